@@ -1,0 +1,96 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// parseFlags parses args, then fills every flag not given on the command
+// line from WSGATE_<NAME> in the environment (secrets stay out of argv).
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		env := "WSGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", env, v, e)
+			}
+		}
+	})
+	if err == nil && fs.NArg() > 0 {
+		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return err
+}
+
+// redisFlags registers the Redis connection flags shared by every command.
+func redisFlags(fs *flag.FlagSet) *redisOptions {
+	o := &redisOptions{}
+	fs.StringVar(&o.addrs, "redis-addr", "127.0.0.1:6379", "Redis address; several, comma-separated, for Cluster seeds or Sentinels")
+	fs.StringVar(&o.cfg.MasterName, "redis-master-name", "", "Sentinel master name (redis-addr then lists the Sentinels)")
+	fs.BoolVar(&o.cfg.Cluster, "redis-cluster", false, "Redis Cluster, even with a single seed address")
+	fs.StringVar(&o.cfg.Username, "redis-username", "", "Redis ACL user")
+	fs.StringVar(&o.cfg.Password, "redis-password", "", "Redis password (prefer WSGATE_REDIS_PASSWORD)")
+	fs.StringVar(&o.cfg.SentinelPassword, "redis-sentinel-password", "", "password of the Sentinels, if they need one")
+	fs.IntVar(&o.cfg.DB, "redis-db", 0, "Redis database (single node and Sentinel only)")
+	fs.BoolVar(&o.cfg.TLS, "redis-tls", false, "connect to Redis over TLS")
+	fs.StringVar(&o.cfg.TLSCAFile, "redis-tls-ca", "", "CA bundle that signs the Redis server certificate (default: system roots)")
+	fs.StringVar(&o.cfg.TLSCertFile, "redis-tls-cert", "", "client certificate, for Redis servers that require one")
+	fs.StringVar(&o.cfg.TLSKeyFile, "redis-tls-key", "", "client certificate key")
+	fs.StringVar(&o.cfg.TLSServerName, "redis-tls-server-name", "", "server name to verify (default: from the address)")
+	fs.StringVar(&o.cfg.Prefix, "redis-prefix", "wsgate", "key prefix: keys are {<prefix>:<fleet>}:...")
+	fs.DurationVar(&o.cfg.DialTimeout, "redis-dial-timeout", 2*time.Second, "Redis connect timeout")
+	return o
+}
+
+type redisOptions struct {
+	addrs string
+	cfg   tracker.RedisConfig
+}
+
+func (o *redisOptions) config() tracker.RedisConfig {
+	c := o.cfg
+	for _, a := range strings.Split(o.addrs, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			c.Addrs = append(c.Addrs, a)
+		}
+	}
+	return c
+}
+
+// requireLoopback refuses to serve the admission API beyond this host:
+// whoever reaches it can place connections on any pod.
+func requireLoopback(flagName, addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--%s %q: %w", flagName, addr, err)
+	}
+	ip := net.ParseIP(host)
+	if host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		return nil
+	}
+	return fmt.Errorf("--%s %q: the admission API must listen on a loopback address (127.0.0.1 or ::1)", flagName, addr)
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxevent"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+func init() { commands["tracker"] = runTracker }
+
+type trackerFlags struct {
+	config, listen, telemetry, logLevel string
+	embedded                            bool
+	redis                               *redisOptions
+	cfg                                 tracker.Config
+}
+
+func runTracker(args []string) error {
+	fs := flag.NewFlagSet("wsgate tracker", flag.ContinueOnError)
+	f := trackerFlags{redis: redisFlags(fs)}
+	host, _ := os.Hostname()
+	fs.StringVar(&f.config, "config", "", "fleets file (YAML); see tracker/fleets.example.yaml")
+	fs.StringVar(&f.cfg.InstanceID, "instance-id", host, "this instance's id in Redis, unique per Envoy pod (default: host name)")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:9090", "admission API address (loopback only)")
+	fs.StringVar(&f.telemetry, "telemetry-listen", ":9102", "address of /metrics, /healthz and /readyz for Prometheus and probes (empty: serve them on --listen)")
+	fs.DurationVar(&f.cfg.Heartbeat, "heartbeat", 2*time.Second, "interval of the heartbeat that re-publishes this instance's counts")
+	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "how long this instance's counts outlive its last heartbeat")
+	fs.DurationVar(&f.cfg.EstablishTimeout, "establish-timeout", 30*time.Second, "release an admitted connection Envoy never reported established")
+	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", 90*time.Second, "release an established connection whose lease Envoy stopped renewing")
+	fs.DurationVar(&f.cfg.RedisTimeout, "redis-timeout", 250*time.Millisecond, "bound of one admission's Redis call, after which the fallback decides")
+	fallback := fs.String("fallback", "share", "admission while Redis is down: share, closed or open")
+	fs.BoolVar(&f.embedded, "redis-embedded", false, "run an in-process Redis (miniredis) instead of --redis-addr: for trying wsgate out, never for production")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	f.cfg.Fallback = tracker.FallbackMode(*fallback)
+	if f.config == "" {
+		return errors.New("--config: a fleets file is required (see tracker/fleets.example.yaml)")
+	}
+	data, err := os.ReadFile(f.config)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	if f.cfg.Fleets, err = tracker.ParseFleets(data); err != nil {
+		return fmt.Errorf("--config %s: %w", f.config, err)
+	}
+	if err := requireLoopback("listen", f.listen); err != nil {
+		return err
+	}
+	log, err := newLogger(f.logLevel)
+	if err != nil {
+		return err
+	}
+	app := fx.New(
+		fxLogger(log),
+		fx.Supply(f, log),
+		fx.Provide(newRegistry, newRedis, newStore, newTracker),
+		fx.Invoke(runHeartbeat, serveAdmission),
+	)
+	return runApp(app)
+}
+
+// fxLogger shows fx's own wiring events only at debug level.
+func fxLogger(log *slog.Logger) fx.Option {
+	if !log.Enabled(context.Background(), slog.LevelDebug) {
+		return fx.NopLogger
+	}
+	return fx.WithLogger(func() fxevent.Logger { return &fxevent.SlogLogger{Logger: log.With("component", "fx")} })
+}
+
+// runApp starts app, waits for SIGINT/SIGTERM and stops it, returning the
+// first error: a bind or configuration failure reaches the user as one line.
+func runApp(app *fx.App) error {
+	if err := app.Start(context.Background()); err != nil {
+		return err
+	}
+	<-app.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return app.Stop(ctx)
+}
+
+func newRegistry() (*prometheus.Registry, prometheus.Registerer, prometheus.Gatherer) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg, reg, reg
+}
+
+func newRedis(lc fx.Lifecycle, f trackerFlags, log *slog.Logger) (redis.UniversalClient, error) {
+	cfg := f.redis.config()
+	if f.embedded {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("embedded redis: %w", err)
+		}
+		log.Warn("using an embedded in-process Redis: state is lost on exit and not shared with other hosts", "addr", mr.Addr())
+		cfg = tracker.RedisConfig{Addrs: []string{mr.Addr()}, Prefix: cfg.Prefix}
+		lc.Append(fx.StopHook(mr.Close))
+	}
+	rdb, err := tracker.NewRedisClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	lc.Append(fx.StopHook(rdb.Close))
+	return rdb, nil
+}
+
+func newStore(rdb redis.UniversalClient, f trackerFlags) *tracker.Store {
+	return tracker.NewStore(rdb, f.redis.cfg.Prefix)
+}
+
+func newTracker(f trackerFlags, store *tracker.Store, reg prometheus.Registerer, log *slog.Logger) (*tracker.Tracker, error) {
+	return tracker.New(f.cfg, store, tracker.WithLogger(log), tracker.WithMetrics(tracker.NewMetrics(reg)))
+}
+
+func runHeartbeat(lc fx.Lifecycle, t *tracker.Tracker) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			go func() { defer close(done); t.Run(ctx) }()
+			return nil
+		},
+		OnStop: func(context.Context) error { cancel(); <-done; return nil },
+	})
+}
+
+func serveAdmission(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, g prometheus.Gatherer, log *slog.Logger) {
+	admission := t.Handler(nil)
+	if f.telemetry == "" {
+		admission = t.Handler(g)
+	} else {
+		serveHTTP(lc, "telemetry", f.telemetry, t.TelemetryHandler(g), log)
+	}
+	serveHTTP(lc, "admission", f.listen, admission, log)
+}
+
+// serveHTTP binds addr when the app starts (so a busy port fails the start)
+// and shuts the server down gracefully when it stops.
+func serveHTTP(lc fx.Lifecycle, name, addr string, h http.Handler, log *slog.Logger) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("%s listener: %w", name, err)
+			}
+			log.Info("listening", "server", name, "addr", ln.Addr().String())
+			go func() {
+				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					log.Error("server stopped", "server", name, "err", err)
+				}
+			}()
+			return nil
+		},
+		OnStop: srv.Shutdown,
+	})
+}

@@ -1,0 +1,279 @@
+package tracker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Policy chooses among the pods that are under the cap.
+type Policy string
+
+const (
+	// PolicyPack places a connection on the fullest pod under the cap, so
+	// empty pods stay empty and can be removed without cutting anyone.
+	PolicyPack Policy = "pack"
+	// PolicySpread places a connection on the emptiest pod.
+	PolicySpread Policy = "spread"
+)
+
+// FallbackMode says how a tracker admits while Redis cannot be reached.
+type FallbackMode string
+
+const (
+	// FallbackShare admits within this instance's share of each pod's free
+	// headroom as last seen in Redis, so the fleet as a whole stays under the cap.
+	FallbackShare FallbackMode = "share"
+	// FallbackClosed rejects every admission while Redis is down.
+	FallbackClosed FallbackMode = "closed"
+	// FallbackOpen admits against the last known counts as if the other
+	// instances admitted nothing: availability first, the cap may be exceeded.
+	FallbackOpen FallbackMode = "open"
+)
+
+// Reason says why an admission was rejected. The values are the suffixes of
+// the rejection keys in Redis (rej:<reason>) and the label of the metrics.
+type Reason string
+
+const (
+	ReasonCapacity  Reason = "capacity"
+	ReasonNoPods    Reason = "no_pods"
+	ReasonRateLimit Reason = "rate_limit"
+	ReasonRedisDown Reason = "redis_down"
+)
+
+// Reasons lists every rejection reason, in the order summaries report them.
+var Reasons = []Reason{ReasonCapacity, ReasonNoPods, ReasonRateLimit, ReasonRedisDown}
+
+// Pod is one backend pod of a fleet's registry.
+type Pod struct {
+	Addr     string `json:"-"`
+	Name     string `json:"name,omitempty"`
+	Node     string `json:"node,omitempty"`
+	Ready    bool   `json:"ready"`
+	Draining bool   `json:"draining"`
+}
+
+// FleetConfig is one fleet: a set of backend pods sharing a cap.
+type FleetConfig struct {
+	// Name identifies the fleet in admissions, metrics and Redis keys.
+	Name string `json:"name"`
+	// MaxConnectionsPerPod is the global cap per pod, all Envoy instances
+	// together. Default 2.
+	MaxConnectionsPerPod int `json:"maxConnectionsPerPod"`
+	// RatePerSecond is the rate of new connections one Envoy instance admits
+	// for this fleet. Default 1.
+	RatePerSecond float64 `json:"ratePerSecond"`
+	// Burst is the token bucket's size. Default max(1, ceil(RatePerSecond)).
+	Burst int `json:"burst"`
+	// Policy is pack (default) or spread.
+	Policy Policy `json:"policy"`
+	// Pods is a static pod list ("ip:port"), for use without Kubernetes.
+	Pods []string `json:"pods"`
+	// RetryAfter is the Retry-After hint for capacity and no_pods
+	// rejections. Default 5s.
+	RetryAfter Duration `json:"retryAfter"`
+}
+
+// Duration is a time.Duration written as "5s" in configuration files.
+type Duration time.Duration
+
+// UnmarshalJSON accepts a Go duration string ("5s", "1m30s").
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: want a string such as \"5s\", got %s", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// FleetsFile is the tracker's --config file.
+type FleetsFile struct {
+	Fleets []FleetConfig `json:"fleets"`
+}
+
+// ParseFleets decodes a fleets file (YAML or JSON), rejecting unknown
+// fields, and validates every fleet with defaults applied.
+func ParseFleets(data []byte) ([]FleetConfig, error) {
+	var f FleetsFile
+	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+		return nil, fmt.Errorf("fleets file: %w", err)
+	}
+	if len(f.Fleets) == 0 {
+		return nil, errors.New("fleets file: no fleets defined (want a top-level `fleets:` list)")
+	}
+	for i := range f.Fleets {
+		f.Fleets[i] = f.Fleets[i].WithDefaults()
+		if err := f.Fleets[i].Validate(); err != nil {
+			return nil, fmt.Errorf("fleets file: %w", err)
+		}
+	}
+	return f.Fleets, nil
+}
+
+var fleetName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
+
+// WithDefaults returns c with every unset field at its documented default.
+func (c FleetConfig) WithDefaults() FleetConfig {
+	if c.MaxConnectionsPerPod == 0 {
+		c.MaxConnectionsPerPod = 2
+	}
+	if c.RatePerSecond == 0 {
+		c.RatePerSecond = 1
+	}
+	if c.Burst == 0 {
+		c.Burst = max(1, int(c.RatePerSecond+0.999999))
+	}
+	if c.Policy == "" {
+		c.Policy = PolicyPack
+	}
+	if c.RetryAfter == 0 {
+		c.RetryAfter = Duration(5 * time.Second)
+	}
+	return c
+}
+
+// Validate names the first field of c that is wrong.
+func (c FleetConfig) Validate() error {
+	if !fleetName.MatchString(c.Name) {
+		return fmt.Errorf("fleet name %q: want 1-63 characters of letters, digits, '.', '_' or '-'", c.Name)
+	}
+	if c.MaxConnectionsPerPod < 1 {
+		return fmt.Errorf("fleet %s: maxConnectionsPerPod %d: must be at least 1", c.Name, c.MaxConnectionsPerPod)
+	}
+	if c.RatePerSecond <= 0 {
+		return fmt.Errorf("fleet %s: ratePerSecond %g: must be positive", c.Name, c.RatePerSecond)
+	}
+	if c.Burst < 1 {
+		return fmt.Errorf("fleet %s: burst %d: must be at least 1", c.Name, c.Burst)
+	}
+	if c.Policy != PolicyPack && c.Policy != PolicySpread {
+		return fmt.Errorf("fleet %s: policy %q: want pack or spread", c.Name, c.Policy)
+	}
+	if c.RetryAfter < 0 {
+		return fmt.Errorf("fleet %s: retryAfter %s: must not be negative", c.Name, time.Duration(c.RetryAfter))
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Pods {
+		if err := ValidatePodAddr(p); err != nil {
+			return fmt.Errorf("fleet %s: pods: %w", c.Name, err)
+		}
+		if seen[p] {
+			return fmt.Errorf("fleet %s: pods: %q listed twice", c.Name, p)
+		}
+		seen[p] = true
+	}
+	return nil
+}
+
+// ValidatePodAddr checks that addr is a literal "ip:port": Envoy's
+// ORIGINAL_DST cluster connects to exactly this address, so no host names.
+func ValidatePodAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("pod address %q: %w", addr, err)
+	}
+	if net.ParseIP(host) == nil {
+		return fmt.Errorf("pod address %q: %q is not an IP address", addr, host)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("pod address %q: port %q is not in 1-65535", addr, port)
+	}
+	return nil
+}
+
+// Config is one tracker instance.
+type Config struct {
+	// InstanceID names this instance in Redis; it must be unique among the
+	// instances of a fleet (the Envoy pod's name is a good choice).
+	InstanceID string
+	Fleets     []FleetConfig
+	// Heartbeat is the interval of sync. Default 2s.
+	Heartbeat time.Duration
+	// InstanceTTL is how long an instance stays alive in Redis without a
+	// heartbeat before others reap its connections. Default 5 x Heartbeat.
+	InstanceTTL time.Duration
+	// EstablishTimeout releases an admitted connection that Envoy never
+	// reported established. Default 30s.
+	EstablishTimeout time.Duration
+	// LeaseTTL releases an established connection whose lease Envoy did not
+	// renew (access_log_flush_interval) in time. Default 90s.
+	LeaseTTL time.Duration
+	// RedisTimeout bounds one admission's Redis call. Default 250ms.
+	RedisTimeout time.Duration
+	Fallback     FallbackMode
+}
+
+// WithDefaults returns c with every unset field at its documented default.
+func (c Config) WithDefaults() Config {
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 2 * time.Second
+	}
+	if c.InstanceTTL == 0 {
+		c.InstanceTTL = 5 * c.Heartbeat
+	}
+	if c.EstablishTimeout == 0 {
+		c.EstablishTimeout = 30 * time.Second
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 90 * time.Second
+	}
+	if c.RedisTimeout == 0 {
+		c.RedisTimeout = 250 * time.Millisecond
+	}
+	if c.Fallback == "" {
+		c.Fallback = FallbackShare
+	}
+	for i := range c.Fleets {
+		c.Fleets[i] = c.Fleets[i].WithDefaults()
+	}
+	return c
+}
+
+// Validate names the first field of c that is wrong.
+func (c Config) Validate() error {
+	if !fleetName.MatchString(c.InstanceID) {
+		return fmt.Errorf("instance id %q: want 1-63 characters of letters, digits, '.', '_' or '-'", c.InstanceID)
+	}
+	if len(c.Fleets) == 0 {
+		return errors.New("fleets: at least one fleet is required")
+	}
+	seen := map[string]bool{}
+	for _, f := range c.Fleets {
+		if err := f.Validate(); err != nil {
+			return err
+		}
+		if seen[f.Name] {
+			return fmt.Errorf("fleet %s: defined twice", f.Name)
+		}
+		seen[f.Name] = true
+	}
+	for name, d := range map[string]time.Duration{"heartbeat": c.Heartbeat, "establishTimeout": c.EstablishTimeout, "leaseTTL": c.LeaseTTL, "redisTimeout": c.RedisTimeout} {
+		if d <= 0 {
+			return fmt.Errorf("%s %s: must be positive", name, d)
+		}
+	}
+	if c.InstanceTTL <= c.Heartbeat {
+		return fmt.Errorf("instanceTTL %s: must be longer than heartbeat %s", c.InstanceTTL, c.Heartbeat)
+	}
+	switch c.Fallback {
+	case FallbackShare, FallbackClosed, FallbackOpen:
+	default:
+		return fmt.Errorf("fallback %q: want share, closed or open", c.Fallback)
+	}
+	return nil
+}

@@ -1,0 +1,13 @@
+// Package tracker keeps the shared, exact view of WebSocket connections per
+// backend pod that wsgate's Envoy fleet admits against.
+//
+// State lives in Redis, counted rather than listed (see DESIGN.md section 3):
+// one counter per (tracker instance, pod), summed per pod in a sorted set that
+// admission picks from in O(log pods). All keys of a fleet share one hash tag,
+// so every script is atomic on one node, also on Redis Cluster.
+//
+// A Store runs the scripts; a Tracker is one Envoy sidecar's side of it: the
+// connections it admitted (its local truth), the per-fleet token bucket, the
+// heartbeat that re-publishes the local truth, and the fallback used while
+// Redis cannot be reached.
+package tracker

@@ -1,0 +1,188 @@
+package tracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Run publishes this instance's state every Heartbeat until ctx ends. The
+// first heartbeat runs at once; its error is returned only through logs and
+// metrics, since the tracker must keep serving (from its fallback) while
+// Redis is down.
+func (t *Tracker) Run(ctx context.Context) {
+	tick := time.NewTicker(t.cfg.Heartbeat)
+	defer tick.Stop()
+	for {
+		if err := t.Heartbeat(ctx); err != nil && ctx.Err() == nil {
+			t.log.Debug("heartbeat failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// Heartbeat expires stale connections and syncs every fleet once. It returns
+// the fleets' errors joined.
+func (t *Tracker) Heartbeat(ctx context.Context) error {
+	var errs []error
+	for _, name := range t.Fleets() {
+		if err := t.syncFleet(ctx, t.fleets[name]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
+	now := t.now()
+	t.expire(f, now)
+	res, err := t.sync(ctx, f, now)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	newEpoch := res.Epoch != f.epoch
+	f.epoch = res.Epoch
+	f.mu.Unlock()
+	if newEpoch && len(f.cfg.Pods) > 0 {
+		// A new epoch means Redis lost its data (or this is the first
+		// heartbeat): the static registry goes back in, and one more sync
+		// refreshes the fallback's view of the placeable pods.
+		if err := t.SetStaticPods(ctx, f.cfg.Name); err != nil {
+			return err
+		}
+		if res, err = t.sync(ctx, f, now); err != nil {
+			return err
+		}
+	}
+	if res.EpochCreated {
+		t.log.Info("new epoch: Redis had no state for the fleet", "fleet", f.cfg.Name, "epoch", res.Epoch)
+	}
+	if len(res.Reaped) > 0 {
+		t.log.Info("reaped expired tracker instances", "fleet", f.cfg.Name, "instances", res.Reaped)
+	}
+	return nil
+}
+
+// sync publishes the local truth and, on success, ends the fallback.
+func (t *Tracker) sync(ctx context.Context, f *fleet, now time.Time) (SyncResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, 4*t.cfg.RedisTimeout)
+	defer cancel()
+
+	f.gate.Lock()
+	f.mu.Lock()
+	counts := make([]PodCount, 0, len(f.live))
+	for pod, n := range f.live {
+		counts = append(counts, PodCount{Pod: pod, Live: n, Established: f.est[pod]})
+	}
+	oldest := Bucket(now) - BucketSlots
+	rej := make([]RejectionCount, 0, len(f.rej))
+	for k, n := range f.rej {
+		if k.bucket > oldest {
+			rej = append(rej, RejectionCount{Reason: k.reason, Bucket: k.bucket, Count: n})
+		}
+	}
+	clear(f.rej)
+	f.mu.Unlock()
+
+	res, err := t.store.Sync(ctx, SyncRequest{
+		Fleet: f.cfg.Name, Instance: t.cfg.InstanceID, Now: now, LeaseUntil: now.Add(t.cfg.InstanceTTL),
+		Counts: counts, Rejections: rej,
+	})
+	f.gate.Unlock()
+
+	if err != nil {
+		f.mu.Lock()
+		for _, r := range rej { // flushed by the next heartbeat
+			f.rej[rejKey{r.Reason, r.Bucket}] += r.Count
+		}
+		f.mu.Unlock()
+		t.redisFailed(f, "sync", err)
+		return res, err
+	}
+	f.mu.Lock()
+	f.view = newView(res, counts, t.cfg.InstanceID)
+	recovered := f.degraded
+	f.degraded = false
+	f.mu.Unlock()
+	if recovered {
+		t.metrics.Degraded.WithLabelValues(f.cfg.Name).Set(0)
+		t.log.Info("redis reachable again, counts re-published", "fleet", f.cfg.Name, "epoch", res.Epoch)
+	}
+	return res, nil
+}
+
+func newView(res SyncResult, counts []PodCount, self string) view {
+	v := view{ok: true, load: res.Avail, mine: map[string]int{}, rank: -1}
+	for _, c := range counts {
+		v.mine[c.Pod] = c.Live
+	}
+	for pod := range res.Avail {
+		v.pods = append(v.pods, pod)
+	}
+	sort.Strings(v.pods)
+	ids := append([]string(nil), res.Instances...)
+	sort.Strings(ids)
+	v.instances = len(ids)
+	for i, id := range ids {
+		if id == self {
+			v.rank = i
+		}
+	}
+	return v
+}
+
+// expire drops connections Envoy never reported established within
+// EstablishTimeout, and established ones whose lease was not renewed within
+// LeaseTTL. The heartbeat that follows publishes the release.
+func (t *Tracker) expire(f *fleet, now time.Time) {
+	f.mu.Lock()
+	var pending, lease int
+	for _, c := range f.conns {
+		switch {
+		case !c.established && now.Sub(c.admitted) > t.cfg.EstablishTimeout:
+			pending++
+		case c.established && now.Sub(c.renewed) > t.cfg.LeaseTTL:
+			lease++
+		default:
+			continue
+		}
+		f.dropLocked(c)
+		t.byConn.Delete(c.id)
+	}
+	f.mu.Unlock()
+	if pending > 0 {
+		t.metrics.Expired.WithLabelValues(f.cfg.Name, "establish").Add(float64(pending))
+	}
+	if lease > 0 {
+		t.metrics.Expired.WithLabelValues(f.cfg.Name, "lease").Add(float64(lease))
+	}
+	if pending+lease > 0 {
+		t.log.Info("released connections Envoy stopped reporting", "fleet", f.cfg.Name, "never_established", pending, "lease_expired", lease)
+	}
+}
+
+// SetStaticPods writes the fleet's static pod list (all ready) to Redis.
+func (t *Tracker) SetStaticPods(ctx context.Context, fleetName string) error {
+	f, err := t.fleet(fleetName)
+	if err != nil {
+		return err
+	}
+	pods := make([]Pod, len(f.cfg.Pods))
+	for i, addr := range f.cfg.Pods {
+		pods[i] = Pod{Addr: addr, Name: addr, Ready: true}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 4*t.cfg.RedisTimeout)
+	defer cancel()
+	if err := t.store.SetPods(ctx, fleetName, pods); err != nil {
+		t.metrics.RedisErrors.WithLabelValues("set_pods").Inc()
+		return fmt.Errorf("static pods: %w", err)
+	}
+	return nil
+}

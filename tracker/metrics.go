@@ -1,0 +1,57 @@
+package tracker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the tracker's Prometheus collectors, registered on the
+// Registerer given to NewMetrics (never the global default).
+type Metrics struct {
+	Admissions       *prometheus.CounterVec
+	AdmitSeconds     prometheus.Histogram
+	RedisErrors      *prometheus.CounterVec
+	Degraded         *prometheus.GaugeVec
+	FallbackMode     *prometheus.GaugeVec
+	Expired          *prometheus.CounterVec
+	AccessLogEntries *prometheus.CounterVec
+}
+
+// NewMetrics creates the tracker's collectors and registers them on reg
+// (nil: not registered, as in tests that do not look at them).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wsgate_tracker_admissions_total",
+			Help: "Admission decisions by fleet, result (admitted, rejected) and reason (empty when admitted).",
+		}, []string{"fleet", "result", "reason"}),
+		AdmitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "wsgate_tracker_admission_duration_seconds",
+			Help:    "Time to decide one admission, Redis round trip included.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5},
+		}),
+		RedisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wsgate_tracker_redis_errors_total",
+			Help: "Failed Redis calls by operation (admit, release, sync, set_pods).",
+		}, []string{"op"}),
+		Degraded: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wsgate_tracker_fallback_active",
+			Help: "1 while the fleet admits from local state because Redis is unreachable.",
+		}, []string{"fleet"}),
+		FallbackMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wsgate_tracker_fallback_mode",
+			Help: "The configured fallback mode (share, closed, open): 1 for the one in force.",
+		}, []string{"mode"}),
+		Expired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wsgate_tracker_connections_expired_total",
+			Help: "Connections released by the tracker itself: never established in time (establish) or lease not renewed (lease).",
+		}, []string{"fleet", "why"}),
+		AccessLogEntries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wsgate_tracker_access_log_entries_total",
+			Help: "Envoy access-log entries received, by type (established, periodic, end) and outcome (ok, unknown_conn, no_conn, malformed).",
+		}, []string{"type", "outcome"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.FallbackMode, m.Expired, m.AccessLogEntries)
+	}
+	return m
+}

@@ -1,0 +1,100 @@
+package tracker
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisConfig says how to reach Redis: one address, Sentinel (MasterName) or
+// Cluster (Cluster, or several Addrs).
+type RedisConfig struct {
+	Addrs      []string
+	MasterName string
+	Cluster    bool
+	Username   string
+	Password   string
+	// SentinelPassword authenticates to the Sentinels, when they need it.
+	SentinelPassword string
+	DB               int
+	TLS              bool
+	TLSCAFile        string
+	TLSCertFile      string
+	TLSKeyFile       string
+	TLSServerName    string
+	// Prefix starts every key: {<Prefix>:<fleet>}:... Default "wsgate".
+	Prefix       string
+	DialTimeout  time.Duration
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
+	PoolSize     int
+}
+
+// NewRedisClient builds the go-redis client of c.
+func NewRedisClient(c RedisConfig) (redis.UniversalClient, error) {
+	if len(c.Addrs) == 0 {
+		return nil, errors.New("redis: at least one address is required")
+	}
+	if c.MasterName != "" && c.Cluster {
+		return nil, errors.New("redis: a Sentinel master name and cluster mode exclude each other")
+	}
+	if (c.Cluster || len(c.Addrs) > 1) && c.MasterName == "" && c.DB != 0 {
+		return nil, fmt.Errorf("redis: db %d: Redis Cluster has only db 0", c.DB)
+	}
+	opts := &redis.UniversalOptions{
+		Addrs:            c.Addrs,
+		MasterName:       c.MasterName,
+		IsClusterMode:    c.Cluster,
+		Username:         c.Username,
+		Password:         c.Password,
+		SentinelPassword: c.SentinelPassword,
+		DB:               c.DB,
+		DialTimeout:      c.DialTimeout,
+		ReadTimeout:      c.ReadTimeout,
+		WriteTimeout:     c.WriteTimeout,
+		PoolSize:         c.PoolSize,
+		// Admission must fail fast into the fallback rather than queue
+		// behind a dead connection: the caller's context bounds each call.
+		ContextTimeoutEnabled: true,
+		MaxRetries:            -1,
+	}
+	if c.TLS {
+		tc, err := clientTLS(c)
+		if err != nil {
+			return nil, err
+		}
+		opts.TLSConfig = tc
+	}
+	return redis.NewUniversalClient(opts), nil
+}
+
+func clientTLS(c RedisConfig) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName}
+	if c.TLSCAFile != "" {
+		pem, err := os.ReadFile(c.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("redis tls ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("redis tls ca %s: no PEM certificate found", c.TLSCAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return nil, errors.New("redis tls: a client certificate needs both the cert and the key file")
+	}
+	if c.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("redis tls client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}

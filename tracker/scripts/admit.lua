@@ -1,0 +1,34 @@
+-- admit: place one new connection of instance ARGV[3] on a pod under the cap.
+-- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 instances, 5 stats, 6 rej:capacity,
+--       7 rej:no_pods, 8 rejinst:<id>
+-- ARGV: 1 cap, 2 policy (pack|spread), 3 instance id, 4 lease expiry (ms),
+--       5 bucket, 6 slots, 7 events channel
+-- Returns {1, pod} or {0, reason}.
+local cap = tonumber(ARGV[1])
+local pod
+if ARGV[2] == 'pack' then
+  -- fullest pod still under the cap: empty pods stay empty and can go.
+  pod = redis.call('ZREVRANGEBYSCORE', KEYS[2], '(' .. cap, '-inf', 'LIMIT', 0, 1)[1]
+else
+  local r = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if r[1] and tonumber(r[2]) < cap then pod = r[1] end
+end
+if pod then
+  adjust(KEYS[1], KEYS[2], pod, 1)
+  redis.call('HINCRBY', KEYS[3], pod, 1)
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+  if redis.call('HINCRBY', KEYS[5], 'live', 1) == 1 then
+    redis.call('PUBLISH', ARGV[7], 'active')
+  end
+  return {1, pod}
+end
+local reason, ring = 'capacity', KEYS[6]
+if redis.call('ZCARD', KEYS[2]) == 0 then reason, ring = 'no_pods', KEYS[7] end
+local bucket, slots = tonumber(ARGV[5]), tonumber(ARGV[6])
+ring_add(KEYS[8], reason .. ':', bucket, slots, 1)
+-- Publishing once per bucket is enough to wake a scaler waiting for the
+-- first rejection, and keeps a rejection storm off the pub/sub bus.
+if ring_add(ring, '', bucket, slots, 1) then
+  redis.call('PUBLISH', ARGV[7], reason)
+end
+return {0, reason}

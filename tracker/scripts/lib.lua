@@ -1,0 +1,85 @@
+-- Shared helpers, prepended to every script by scripts.go. Every key a script
+-- touches starts with the fleet's hash tag, so each script runs atomically on
+-- the one node that owns the fleet's slot (single node, Sentinel or Cluster).
+
+-- adjust moves a pod's live count by d in load (all instances summed) and in
+-- avail (where the pod is placeable), never below zero. It returns the change
+-- actually applied, so callers keep stats.live equal to the sum of load.
+local function adjust(load, avail, pod, d)
+  local before = tonumber(redis.call('ZSCORE', load, pod) or '0')
+  local after = before + d
+  if after <= 0 then
+    after = 0
+    redis.call('ZREM', load, pod)
+  else
+    redis.call('ZADD', load, after, pod)
+  end
+  redis.call('ZADD', avail, 'XX', after, pod)
+  return after - before
+end
+
+-- A rejection ring is a hash of `slots` fixed-width time buckets: field c<i>
+-- holds the count of bucket i (mod slots) and t<i> the bucket it belongs to,
+-- so a stale slot is recognised and overwritten. Memory is bounded whatever
+-- the rejection rate. Several rings can share one hash under field prefixes
+-- (pfx). Returns true when this call opened a new bucket.
+local function ring_add(key, pfx, bucket, slots, n)
+  local slot = bucket % slots
+  local tf = pfx .. 't' .. slot
+  if redis.call('HGET', key, tf) == tostring(bucket) then
+    redis.call('HINCRBY', key, pfx .. 'c' .. slot, n)
+    return false
+  end
+  redis.call('HSET', key, tf, bucket, pfx .. 'c' .. slot, n)
+  return true
+end
+
+-- ring_windows sums a ring over the last w1, w2, w3 buckets (current one
+-- included) in one pass over at most 2*slots fields. A bucket one ahead of
+-- `bucket` counts as current: instances' clocks differ a little.
+local function ring_windows(key, pfx, bucket, w1, w2, w3)
+  local f = redis.call('HGETALL', key)
+  local t, c = {}, {}
+  local n = #pfx
+  for i = 1, #f, 2 do
+    local name = f[i]
+    if string.sub(name, 1, n) == pfx then
+      local kind, slot = string.sub(name, n + 1, n + 1), string.sub(name, n + 2)
+      if kind == 't' then t[slot] = tonumber(f[i + 1]) else c[slot] = tonumber(f[i + 1]) end
+    end
+  end
+  local s1, s2, s3 = 0, 0, 0
+  for slot, b in pairs(t) do
+    local age = bucket - b
+    local n = c[slot] or 0
+    if age < -1 then n = 0 end
+    if age < w3 then s3 = s3 + n end
+    if age < w2 then s2 = s2 + n end
+    if age < w1 then s1 = s1 + n end
+  end
+  return {s1, s2, s3}
+end
+
+-- reap_expired removes up to `limit` instances whose lease ended before now
+-- (except `self`): their per-pod counts are subtracted from load/avail and
+-- their keys deleted. Returns the reaped ids.
+local function reap_expired(prefix, now, limit, self)
+  local load, avail, stats = prefix .. 'load', prefix .. 'avail', prefix .. 'stats'
+  local ids = redis.call('ZRANGEBYSCORE', prefix .. 'instances', '-inf', '(' .. now, 'LIMIT', 0, limit)
+  local reaped = {}
+  for _, id in ipairs(ids) do
+    if id ~= self then
+      local ik = prefix .. 'inst:' .. id
+      local f = redis.call('HGETALL', ik)
+      local moved = 0
+      for i = 1, #f, 2 do
+        moved = moved + adjust(load, avail, f[i], -tonumber(f[i + 1]))
+      end
+      if moved ~= 0 then redis.call('HINCRBY', stats, 'live', moved) end
+      redis.call('DEL', ik, prefix .. 'est:' .. id, prefix .. 'rejinst:' .. id)
+      redis.call('ZREM', prefix .. 'instances', id)
+      reaped[#reaped + 1] = id
+    end
+  end
+  return reaped
+end

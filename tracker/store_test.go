@@ -1,0 +1,368 @@
+package tracker_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func newMiniStore(t *testing.T) (*tracker.Store, *miniredis.Miniredis) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	return tracker.NewStore(rdb, "wsgate"), mr
+}
+
+func podsOf(addrs ...string) []tracker.Pod {
+	out := make([]tracker.Pod, len(addrs))
+	for i, a := range addrs {
+		out[i] = tracker.Pod{Addr: a, Name: fmt.Sprintf("pod-%d", i), Ready: true}
+	}
+	return out
+}
+
+func mustSetPods(t *testing.T, s *tracker.Store, fleet string, pods []tracker.Pod) {
+	t.Helper()
+	if err := s.SetPods(context.Background(), fleet, pods); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustAdmit(t *testing.T, s *tracker.Store, fleet string, cap int, p tracker.Policy, inst string, now time.Time) tracker.Admission {
+	t.Helper()
+	a, err := s.Admit(context.Background(), fleet, cap, p, inst, now, now.Add(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func mustSummary(t *testing.T, s *tracker.Store, fleet string, now time.Time) tracker.Summary {
+	t.Helper()
+	sum, err := s.Summary(context.Background(), fleet, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum
+}
+
+func TestAdmitPackFillsTheFullestPodFirst(t *testing.T) {
+	s, _ := newMiniStore(t)
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"))
+	got := map[string]int{}
+	var order []string
+	for i := 0; i < 6; i++ {
+		a := mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0)
+		if a.Pod == "" {
+			t.Fatalf("admission %d rejected (%s) with room left", i, a.Reason)
+		}
+		got[a.Pod]++
+		order = append(order, a.Pod)
+	}
+	// pack: the second connection goes where the first went.
+	if order[0] != order[1] || order[2] != order[3] || order[4] != order[5] {
+		t.Errorf("pack did not fill pods one after another: %v", order)
+	}
+	for pod, n := range got {
+		if n != 2 {
+			t.Errorf("pod %s holds %d, want 2", pod, n)
+		}
+	}
+	a := mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0)
+	if a.Pod != "" || a.Reason != tracker.ReasonCapacity {
+		t.Fatalf("seventh admission = %+v, want capacity rejection", a)
+	}
+	sum := mustSummary(t, s, "chat", t0)
+	if sum.Live != 6 || sum.Rejections[tracker.ReasonCapacity].M5 != 1 {
+		t.Errorf("summary live=%d capacity=%+v, want 6 and one rejection", sum.Live, sum.Rejections[tracker.ReasonCapacity])
+	}
+}
+
+func TestAdmitSpreadPicksTheEmptiestPod(t *testing.T) {
+	s, _ := newMiniStore(t)
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"))
+	seen := map[string]bool{}
+	for i := 0; i < 3; i++ {
+		a := mustAdmit(t, s, "chat", 5, tracker.PolicySpread, "e1", t0)
+		if seen[a.Pod] {
+			t.Fatalf("spread placed two of the first three connections on %s", a.Pod)
+		}
+		seen[a.Pod] = true
+	}
+}
+
+func TestAdmitWithoutReadyPodsSaysNoPods(t *testing.T) {
+	s, _ := newMiniStore(t)
+	a := mustAdmit(t, s, "empty", 2, tracker.PolicyPack, "e1", t0)
+	if a.Reason != tracker.ReasonNoPods {
+		t.Fatalf("admission on a fleet without pods = %+v, want no_pods", a)
+	}
+	pods := podsOf("10.0.0.1:80", "10.0.0.2:80")
+	pods[0].Ready = false
+	pods[1].Draining = true
+	mustSetPods(t, s, "empty", pods)
+	if a := mustAdmit(t, s, "empty", 2, tracker.PolicyPack, "e1", t0); a.Reason != tracker.ReasonNoPods {
+		t.Fatalf("admission with only a not-ready and a draining pod = %+v, want no_pods", a)
+	}
+	sum := mustSummary(t, s, "empty", t0)
+	if sum.Pods != 2 || sum.Ready != 1 || sum.Draining != 1 || sum.Placeable != 0 {
+		t.Errorf("summary pods=%d ready=%d draining=%d placeable=%d, want 2 1 1 0", sum.Pods, sum.Ready, sum.Draining, sum.Placeable)
+	}
+	if got := sum.Rejections[tracker.ReasonNoPods].M5; got != 2 {
+		t.Errorf("no_pods rejections = %d, want 2", got)
+	}
+}
+
+func TestReleaseGivesBackOnlyWhatTheInstanceHolds(t *testing.T) {
+	s, _ := newMiniStore(t)
+	ctx := context.Background()
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
+	a := mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0)
+	mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e2", t0)
+	if n, err := s.Release(ctx, "chat", "e1", a.Pod, 1); err != nil || n != 1 {
+		t.Fatalf("release = %d, %v; want 1", n, err)
+	}
+	// A duplicate release, or e1 releasing e2's connection, changes nothing.
+	if n, err := s.Release(ctx, "chat", "e1", a.Pod, 1); err != nil || n != 0 {
+		t.Fatalf("duplicate release = %d, %v; want 0", n, err)
+	}
+	snap, err := s.Snapshot(ctx, "chat", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Load[a.Pod] != 1 || snap.Live != 1 {
+		t.Errorf("after release load=%v live=%d, want 1 and 1", snap.Load, snap.Live)
+	}
+	// The freed slot is placeable again.
+	if b := mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0); b.Pod != a.Pod {
+		t.Errorf("admission after release = %+v, want %s", b, a.Pod)
+	}
+}
+
+func TestSyncReplacesTheInstanceCountsAndFixesLoad(t *testing.T) {
+	s, mr := newMiniStore(t)
+	ctx := context.Background()
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80"))
+	for i := 0; i < 3; i++ {
+		mustAdmit(t, s, "chat", 2, tracker.PolicySpread, "e1", t0)
+	}
+	mustAdmit(t, s, "chat", 2, tracker.PolicySpread, "e2", t0)
+	// e1's local truth: one connection on pod 2 (its release of the others was lost).
+	res, err := s.Sync(ctx, tracker.SyncRequest{
+		Fleet: "chat", Instance: "e1", Now: t0, LeaseUntil: t0.Add(10 * time.Second),
+		Counts: []tracker.PodCount{{Pod: "10.0.0.2:80", Live: 1, Established: 1}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.EpochCreated || res.Epoch == "" {
+		t.Errorf("first sync: epoch %q created=%v, want a new epoch", res.Epoch, res.EpochCreated)
+	}
+	snap, err := s.Snapshot(ctx, "chat", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2 := 0
+	for _, in := range snap.Instances {
+		if in.ID == "e2" {
+			for _, n := range in.Live {
+				e2 += n
+			}
+		}
+		if in.ID == "e1" && (len(in.Live) != 1 || in.Live["10.0.0.2:80"] != 1 || in.Established["10.0.0.2:80"] != 1) {
+			t.Errorf("e1 after sync live=%v est=%v, want exactly its local truth", in.Live, in.Established)
+		}
+	}
+	var total int
+	for _, n := range snap.Load {
+		total += n
+	}
+	if total != 1+e2 || snap.Live != int64(total) {
+		t.Errorf("load %v (live %d) does not equal e1's 1 + e2's %d", snap.Load, snap.Live, e2)
+	}
+	if res.Avail["10.0.0.1:80"]+res.Avail["10.0.0.2:80"] != total {
+		t.Errorf("sync's avail view %v does not match load %v", res.Avail, snap.Load)
+	}
+
+	// Redis loses everything: the next sync opens a new epoch and restores e1's part.
+	mr.FlushAll()
+	res2, err := s.Sync(ctx, tracker.SyncRequest{
+		Fleet: "chat", Instance: "e1", Now: t0.Add(time.Second), LeaseUntil: t0.Add(11 * time.Second),
+		Counts: []tracker.PodCount{{Pod: "10.0.0.2:80", Live: 1}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res2.EpochCreated || res2.Epoch == res.Epoch {
+		t.Errorf("after data loss: epoch %q created=%v, want a new one (old %q)", res2.Epoch, res2.EpochCreated, res.Epoch)
+	}
+	if sum := mustSummary(t, s, "chat", t0.Add(time.Second)); sum.Live != 1 || sum.Synced != 1 {
+		t.Errorf("after re-sync live=%d synced=%d, want 1 and 1", sum.Live, sum.Synced)
+	}
+}
+
+func TestSyncReapsExpiredInstancesOnly(t *testing.T) {
+	s, _ := newMiniStore(t)
+	ctx := context.Background()
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80"))
+	sync := func(inst string, now time.Time, counts ...tracker.PodCount) tracker.SyncResult {
+		t.Helper()
+		res, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: inst, Now: now, LeaseUntil: now.Add(10 * time.Second), Counts: counts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	sync("dead", t0, tracker.PodCount{Pod: "10.0.0.1:80", Live: 2})
+	sync("alive", t0, tracker.PodCount{Pod: "10.0.0.2:80", Live: 1})
+	res := sync("alive", t0.Add(5*time.Second), tracker.PodCount{Pod: "10.0.0.2:80", Live: 1})
+	if len(res.Reaped) != 0 {
+		t.Fatalf("reaped %v before the lease ended", res.Reaped)
+	}
+	res = sync("alive", t0.Add(11*time.Second), tracker.PodCount{Pod: "10.0.0.2:80", Live: 1})
+	if len(res.Reaped) != 1 || res.Reaped[0] != "dead" {
+		t.Fatalf("reaped %v, want [dead]", res.Reaped)
+	}
+	if len(res.Instances) != 1 || res.Instances[0] != "alive" {
+		t.Errorf("live instances %v, want [alive]", res.Instances)
+	}
+	if res.Avail["10.0.0.1:80"] != 0 || res.Avail["10.0.0.2:80"] != 1 {
+		t.Errorf("avail after reap %v, want the dead instance's 2 gone and the live one's 1 kept", res.Avail)
+	}
+	// The scaler's reap finds nothing more to do.
+	if ids, err := s.Reap(ctx, "chat", t0.Add(12*time.Second)); err != nil || len(ids) != 0 {
+		t.Errorf("second reap = %v, %v; want nothing", ids, err)
+	}
+}
+
+func TestRejectionWindowsAgeOut(t *testing.T) {
+	s, _ := newMiniStore(t)
+	ctx := context.Background()
+	// no pods: every admission is a no_pods rejection, recorded at its time.
+	at := []time.Duration{0, 2 * time.Minute, 10 * time.Minute, 40 * time.Minute, 40 * time.Minute}
+	for _, d := range at {
+		mustAdmit(t, s, "f", 1, tracker.PolicyPack, "e1", t0.Add(d))
+	}
+	// rate_limit rejections arrive through sync, attributed to the instance.
+	_, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "f", Instance: "e1", Now: t0, LeaseUntil: t0.Add(time.Hour),
+		Rejections: []tracker.RejectionCount{{Reason: tracker.ReasonRateLimit, Bucket: tracker.Bucket(t0.Add(41 * time.Minute)), Count: 7}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		now       time.Duration
+		noPods    tracker.Windows
+		rateLimit tracker.Windows
+	}{
+		{0, tracker.Windows{M5: 1, M15: 1, H1: 1}, tracker.Windows{}},
+		{3 * time.Minute, tracker.Windows{M5: 2, M15: 2, H1: 2}, tracker.Windows{}},
+		{12 * time.Minute, tracker.Windows{M5: 1, M15: 3, H1: 3}, tracker.Windows{}},
+		{42 * time.Minute, tracker.Windows{M5: 2, M15: 2, H1: 5}, tracker.Windows{M5: 7, M15: 7, H1: 7}},
+		{65 * time.Minute, tracker.Windows{M5: 0, M15: 0, H1: 3}, tracker.Windows{M5: 0, M15: 0, H1: 7}},
+		{101 * time.Minute, tracker.Windows{}, tracker.Windows{}},
+	}
+	for _, c := range cases {
+		sum := mustSummary(t, s, "f", t0.Add(c.now))
+		if got := sum.Rejections[tracker.ReasonNoPods]; got != c.noPods {
+			t.Errorf("at +%s no_pods = %+v, want %+v", c.now, got, c.noPods)
+		}
+		if got := sum.Rejections[tracker.ReasonRateLimit]; got != c.rateLimit {
+			t.Errorf("at +%s rate_limit = %+v, want %+v", c.now, got, c.rateLimit)
+		}
+	}
+	snap, err := s.Snapshot(ctx, "f", t0.Add(42*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Instances) != 1 || snap.Instances[0].Rejections[tracker.ReasonRateLimit].M5 != 7 || snap.Instances[0].Rejections[tracker.ReasonNoPods].H1 != 5 {
+		t.Errorf("per-instance rejections = %+v, want e1 with 7 rate_limit and 5 no_pods", snap.Instances)
+	}
+}
+
+func TestRejectionMemoryIsBounded(t *testing.T) {
+	s, mr := newMiniStore(t)
+	// Three hours of rejections, one per bucket: the ring keeps one hour.
+	for now := t0; now.Before(t0.Add(3 * time.Hour)); now = now.Add(tracker.BucketWidth) {
+		mustAdmit(t, s, "f", 1, tracker.PolicyPack, "e1", now)
+	}
+	fields, err := mr.HKeys(s.KeyPrefix("f") + "rej:no_pods")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if max := 2 * int(tracker.BucketSlots); len(fields) > max {
+		t.Errorf("rejection ring holds %d fields, want at most %d", len(fields), max)
+	}
+	if got := mustSummary(t, s, "f", t0.Add(3*time.Hour-time.Second)).Rejections[tracker.ReasonNoPods].H1; got != tracker.BucketSlots {
+		t.Errorf("1h window = %d, want %d (one per bucket)", got, tracker.BucketSlots)
+	}
+}
+
+func TestSetPodsFollowsTheRegistry(t *testing.T) {
+	s, _ := newMiniStore(t)
+	ctx := context.Background()
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80"))
+	a := mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0)
+	// The pod holding the connection becomes not ready: it leaves avail, its load stays.
+	pods := podsOf("10.0.0.1:80", "10.0.0.2:80")
+	for i := range pods {
+		if pods[i].Addr == a.Pod {
+			pods[i].Ready = false
+		}
+	}
+	mustSetPods(t, s, "chat", pods)
+	b := mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0)
+	if b.Pod == a.Pod {
+		t.Fatalf("admitted to not-ready pod %s", a.Pod)
+	}
+	snap, err := s.Snapshot(ctx, "chat", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Load[a.Pod] != 1 || snap.Pods[a.Pod].Ready {
+		t.Errorf("not-ready pod: load %d ready %v, want its connection still counted and ready=false", snap.Load[a.Pod], snap.Pods[a.Pod].Ready)
+	}
+	// Ready again: it comes back with its count, so the cap still holds.
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80"))
+	for i := 0; i < 2; i++ {
+		mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0)
+	}
+	if c := mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0); c.Reason != tracker.ReasonCapacity {
+		t.Fatalf("fifth admission on 2 pods x cap 2 = %+v, want capacity", c)
+	}
+	// A pod that leaves the registry is gone from it.
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
+	if snap, _ = s.Snapshot(ctx, "chat", t0); len(snap.Pods) != 1 {
+		t.Errorf("registry after removal = %v, want one pod", snap.Pods)
+	}
+	if err := s.SetPods(ctx, "chat", []tracker.Pod{{Addr: "pod-a"}}); err == nil {
+		t.Error("SetPods accepted a pod address without a port")
+	}
+}
+
+func TestFleetsLiveInTheirOwnHashSlot(t *testing.T) {
+	s, _ := newMiniStore(t)
+	if got := s.KeyPrefix("chat"); got != "{wsgate:chat}:" {
+		t.Errorf("key prefix = %q", got)
+	}
+}
+
+func TestStoreReportsRedisErrors(t *testing.T) {
+	s, mr := newMiniStore(t)
+	mr.SetError("LOADING Redis is loading the dataset in memory")
+	_, err := s.Admit(context.Background(), "chat", 2, tracker.PolicyPack, "e1", t0, t0)
+	if err == nil {
+		t.Fatal("admit succeeded on a Redis that answers errors")
+	}
+	if want := "admit chat: LOADING"; len(err.Error()) < len(want) || err.Error()[:len(want)] != want {
+		t.Errorf("error %q does not say what was attempted", err)
+	}
+}

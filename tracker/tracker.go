@@ -1,0 +1,419 @@
+package tracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Errors of the admission path that callers turn into client errors.
+var (
+	ErrUnknownFleet = errors.New("unknown fleet")
+	ErrUnknownConn  = errors.New("unknown connection id")
+)
+
+// Result is the outcome of one admission.
+type Result struct {
+	Fleet    string
+	Admitted bool
+	// Conn identifies the admitted connection in Establish, Renew, Release.
+	Conn string
+	// Pod is the "ip:port" the connection must go to.
+	Pod        string
+	Reason     Reason
+	RetryAfter time.Duration
+	// Fallback is true when the decision was made without Redis.
+	Fallback bool
+}
+
+// Tracker is one Envoy instance's side of the shared state. Create it with
+// New, call Start (or Heartbeat in a loop of your own) and Admit/Establish/
+// Renew/Release from the data plane.
+type Tracker struct {
+	cfg     Config
+	store   *Store
+	log     *slog.Logger
+	metrics *Metrics
+	now     func() time.Time
+
+	fleets map[string]*fleet
+	byConn sync.Map // conn id -> *fleet
+}
+
+// Option changes how New builds a Tracker.
+type Option func(*Tracker)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(t *Tracker) { t.log = l } }
+
+// WithMetrics sets the collectors (default: unregistered ones).
+func WithMetrics(m *Metrics) Option { return func(t *Tracker) { t.metrics = m } }
+
+// WithClock sets the time source, for tests with a controlled clock.
+func WithClock(now func() time.Time) Option { return func(t *Tracker) { t.now = now } }
+
+// New validates cfg (after defaults) and returns a Tracker on store.
+func New(cfg Config, store *Store, opts ...Option) (*Tracker, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("tracker config: %w", err)
+	}
+	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, fleets: map[string]*fleet{}}
+	for _, o := range opts {
+		o(t)
+	}
+	if t.metrics == nil {
+		t.metrics = NewMetrics(nil)
+	}
+	for _, m := range []FallbackMode{FallbackShare, FallbackClosed, FallbackOpen} {
+		v := 0.0
+		if m == cfg.Fallback {
+			v = 1
+		}
+		t.metrics.FallbackMode.WithLabelValues(string(m)).Set(v)
+	}
+	for _, fc := range cfg.Fleets {
+		t.fleets[fc.Name] = newFleet(fc, t.now())
+	}
+	return t, nil
+}
+
+// Config is the tracker's configuration, defaults applied.
+func (t *Tracker) Config() Config { return t.cfg }
+
+// Store is the store the tracker writes to.
+func (t *Tracker) Store() *Store { return t.store }
+
+// conn is one connection this instance admitted: the local truth that every
+// heartbeat re-publishes.
+type conn struct {
+	id, pod     string
+	established bool
+	admitted    time.Time
+	renewed     time.Time
+}
+
+type rejKey struct {
+	reason Reason
+	bucket int64
+}
+
+type fleet struct {
+	cfg     FleetConfig
+	limiter *rate.Limiter
+
+	// gate orders Redis writes against heartbeats: admissions and releases
+	// hold it shared from their script to their local update, a heartbeat
+	// holds it exclusively while it publishes the local truth. Without it a
+	// heartbeat could overwrite a count an admission had just made and not
+	// yet recorded, and Redis would undercount for a whole heartbeat.
+	gate sync.RWMutex
+
+	mu       sync.Mutex // guards everything below
+	conns    map[string]*conn
+	live     map[string]int // pod -> live connections of this instance
+	est      map[string]int // pod -> established connections of this instance
+	rej      map[rejKey]int64
+	degraded bool
+	epoch    string
+	view     view
+}
+
+// view is what the last successful heartbeat saw; the fallback decides from it.
+type view struct {
+	ok        bool
+	instances int
+	rank      int
+	pods      []string       // placeable pods, sorted
+	load      map[string]int // pod -> live connections, all instances
+	mine      map[string]int // pod -> this instance's share of load
+}
+
+func newFleet(fc FleetConfig, now time.Time) *fleet {
+	lim := rate.NewLimiter(rate.Limit(fc.RatePerSecond), fc.Burst)
+	lim.SetBurstAt(now, fc.Burst)
+	return &fleet{cfg: fc, limiter: lim, conns: map[string]*conn{}, live: map[string]int{}, est: map[string]int{}, rej: map[rejKey]int64{}}
+}
+
+func (t *Tracker) fleet(name string) (*fleet, error) {
+	f, ok := t.fleets[name]
+	if !ok {
+		return nil, fmt.Errorf("fleet %q: %w", name, ErrUnknownFleet)
+	}
+	return f, nil
+}
+
+// Fleets lists the configured fleet names, sorted.
+func (t *Tracker) Fleets() []string {
+	out := make([]string, 0, len(t.fleets))
+	for n := range t.fleets {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Admit decides one new connection of fleet: the local token bucket first,
+// then one Redis script; while Redis is unreachable, the fallback.
+func (t *Tracker) Admit(ctx context.Context, fleetName string) (Result, error) {
+	start := time.Now()
+	f, err := t.fleet(fleetName)
+	if err != nil {
+		return Result{}, fmt.Errorf("admit: %w", err)
+	}
+	res, err := t.admit(ctx, f)
+	if err != nil {
+		return res, err
+	}
+	t.metrics.AdmitSeconds.Observe(time.Since(start).Seconds())
+	if res.Admitted {
+		t.metrics.Admissions.WithLabelValues(f.cfg.Name, "admitted", "").Inc()
+	} else {
+		t.metrics.Admissions.WithLabelValues(f.cfg.Name, "rejected", string(res.Reason)).Inc()
+	}
+	return res, nil
+}
+
+func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
+	now := t.now()
+	if r := f.limiter.ReserveN(now, 1); r.DelayFrom(now) > 0 {
+		d := r.DelayFrom(now)
+		r.CancelAt(now)
+		f.reject(ReasonRateLimit, now)
+		return Result{Fleet: f.cfg.Name, Reason: ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
+	}
+	if !f.isDegraded() {
+		res, err := t.admitRedis(ctx, f, now)
+		if err == nil {
+			return res, nil
+		}
+		if ctx.Err() != nil {
+			// The caller left; whatever the script did, the next heartbeat
+			// publishes the truth again.
+			return Result{}, fmt.Errorf("admit %s: %w", f.cfg.Name, ctx.Err())
+		}
+		t.redisFailed(f, "admit", err)
+	}
+	return t.admitFallback(f, now), nil
+}
+
+func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
+	defer cancel()
+	f.gate.RLock()
+	defer f.gate.RUnlock()
+	a, err := t.store.Admit(ctx, f.cfg.Name, f.cfg.MaxConnectionsPerPod, f.cfg.Policy, t.cfg.InstanceID, now, now.Add(t.cfg.InstanceTTL))
+	if err != nil {
+		return Result{}, err
+	}
+	if a.Pod == "" {
+		return Result{Fleet: f.cfg.Name, Reason: a.Reason, RetryAfter: time.Duration(f.cfg.RetryAfter)}, nil
+	}
+	return t.record(f, a.Pod, now, false), nil
+}
+
+// record adds an admitted connection to the local truth.
+func (t *Tracker) record(f *fleet, pod string, now time.Time, fallback bool) Result {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return t.recordLocked(f, pod, now, fallback)
+}
+
+func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback bool) Result {
+	c := &conn{id: randomHex(8), pod: pod, admitted: now, renewed: now}
+	f.conns[c.id] = c
+	f.live[pod]++
+	t.byConn.Store(c.id, f)
+	return Result{Fleet: f.cfg.Name, Admitted: true, Conn: c.id, Pod: pod, Fallback: fallback}
+}
+
+// admitFallback decides from the last heartbeat's view while Redis is down.
+//
+// share: each pod's free headroom at the last heartbeat (cap - load) is split
+// among the live instances, floor(headroom/n) each and the remainder to one
+// instance more per unit, rotated by pod so no instance always gets it. An
+// instance may hold what it held then plus its part: the parts add up to the
+// headroom, so the instances together stay under the cap without talking.
+// When the fleet was empty this is floor(cap/n) plus the shared remainder.
+//
+// open: as if the other instances admitted nothing since the heartbeat.
+func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	reject := Result{Fleet: f.cfg.Name, Reason: ReasonRedisDown, RetryAfter: time.Second, Fallback: true}
+	if t.cfg.Fallback == FallbackClosed || !f.view.ok {
+		f.rejectLocked(ReasonRedisDown, now)
+		return reject
+	}
+	v := f.view
+	best, bestLoad := "", 0
+	for i, pod := range v.pods {
+		budget := f.cfg.MaxConnectionsPerPod - (v.load[pod] - v.mine[pod])
+		if t.cfg.Fallback == FallbackShare {
+			budget = v.mine[pod] + headroomShare(f.cfg.MaxConnectionsPerPod-v.load[pod], v.instances, v.rank, i)
+		}
+		if f.live[pod] >= budget {
+			continue
+		}
+		load := v.load[pod] - v.mine[pod] + f.live[pod]
+		better := best == "" || (f.cfg.Policy == PolicyPack && load > bestLoad) || (f.cfg.Policy == PolicySpread && load < bestLoad)
+		if better {
+			best, bestLoad = pod, load
+		}
+	}
+	if best == "" {
+		f.rejectLocked(ReasonRedisDown, now)
+		return reject
+	}
+	return t.recordLocked(f, best, now, true)
+}
+
+// headroomShare is instance rank's part of headroom among n instances on the
+// pod at index podIndex: the parts of all ranks add up to headroom exactly.
+func headroomShare(headroom, n, rank, podIndex int) int {
+	if headroom <= 0 || n <= 0 || rank < 0 || rank >= n {
+		return 0
+	}
+	share := headroom / n
+	if (podIndex-rank%n+n)%n < headroom%n {
+		share++
+	}
+	return share
+}
+
+// Establish marks a connection established (Envoy's tunnel is up).
+func (t *Tracker) Establish(id string) error { return t.touch(id, true) }
+
+// Renew extends a connection's lease (Envoy's periodic access-log entry).
+func (t *Tracker) Renew(id string) error { return t.touch(id, true) }
+
+func (t *Tracker) touch(id string, established bool) error {
+	v, ok := t.byConn.Load(id)
+	if !ok {
+		return fmt.Errorf("connection %q: %w", id, ErrUnknownConn)
+	}
+	f := v.(*fleet)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.conns[id]
+	if !ok {
+		return fmt.Errorf("connection %q: %w", id, ErrUnknownConn)
+	}
+	c.renewed = t.now()
+	if established && !c.established {
+		c.established = true
+		f.est[c.pod]++
+	}
+	return nil
+}
+
+// Release frees a connection's slot: locally at once, in Redis by the release
+// script (or, if Redis is down, by the next heartbeat).
+func (t *Tracker) Release(ctx context.Context, id string) error {
+	v, ok := t.byConn.Load(id)
+	if !ok {
+		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
+	}
+	f := v.(*fleet)
+	f.gate.RLock()
+	defer f.gate.RUnlock()
+	c := f.remove(id)
+	if c == nil {
+		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
+	}
+	t.byConn.Delete(id)
+	if f.isDegraded() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
+	defer cancel()
+	if _, err := t.store.Release(ctx, f.cfg.Name, t.cfg.InstanceID, c.pod, 1); err != nil {
+		t.redisFailed(f, "release", err)
+	}
+	return nil
+}
+
+func (f *fleet) remove(id string) *conn {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.conns[id]
+	if !ok {
+		return nil
+	}
+	f.dropLocked(c)
+	return c
+}
+
+func (f *fleet) dropLocked(c *conn) {
+	delete(f.conns, c.id)
+	if f.live[c.pod]--; f.live[c.pod] <= 0 {
+		delete(f.live, c.pod)
+	}
+	if c.established {
+		if f.est[c.pod]--; f.est[c.pod] <= 0 {
+			delete(f.est, c.pod)
+		}
+	}
+}
+
+func (f *fleet) reject(r Reason, now time.Time) {
+	f.mu.Lock()
+	f.rejectLocked(r, now)
+	f.mu.Unlock()
+}
+
+// rejectLocked buffers a rejection the admit script did not record; the next
+// heartbeat flushes it.
+func (f *fleet) rejectLocked(r Reason, now time.Time) {
+	f.rej[rejKey{r, Bucket(now)}]++
+}
+
+func (f *fleet) isDegraded() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.degraded
+}
+
+func (t *Tracker) redisFailed(f *fleet, op string, err error) {
+	t.metrics.RedisErrors.WithLabelValues(op).Inc()
+	f.mu.Lock()
+	was := f.degraded
+	f.degraded = true
+	f.mu.Unlock()
+	if !was {
+		t.metrics.Degraded.WithLabelValues(f.cfg.Name).Set(1)
+		t.log.Warn("redis unreachable, admitting from local state", "fleet", f.cfg.Name, "op", op, "fallback", string(t.cfg.Fallback), "err", err)
+	}
+}
+
+// LocalCounts returns this instance's live connections per pod of fleet.
+func (t *Tracker) LocalCounts(fleetName string) (map[string]int, error) {
+	f, err := t.fleet(fleetName)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]int, len(f.live))
+	for p, n := range f.live {
+		out[p] = n
+	}
+	return out, nil
+}
+
+// Degraded reports whether fleet is currently admitting without Redis.
+func (t *Tracker) Degraded(fleetName string) bool {
+	f, err := t.fleet(fleetName)
+	return err == nil && f.isDegraded()
+}
+
+func ceilSecond(d time.Duration) time.Duration {
+	return time.Duration(math.Ceil(d.Seconds())) * time.Second
+}
