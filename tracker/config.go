@@ -79,6 +79,14 @@ type FleetConfig struct {
 	// RetryAfter is the Retry-After hint for capacity and no_pods
 	// rejections. Default 5s.
 	RetryAfter Duration `json:"retryAfter"`
+	// Service is the backend Kubernetes Service whose EndpointSlices the
+	// scaler's discovery follows (empty: static Pods only).
+	Service string `json:"service,omitempty"`
+	// Port is the Service port (name or number) connections go to.
+	Port string `json:"port,omitempty"`
+	// EnvoyService, when set, is the Envoy Service whose ready endpoints
+	// tell the scaler how many tracker instances to expect.
+	EnvoyService string `json:"envoyService,omitempty"`
 }
 
 // Duration is a time.Duration written as "5s" in configuration files.
@@ -166,6 +174,12 @@ func (c FleetConfig) Validate() error {
 	}
 	if c.RetryAfter < 0 {
 		return fmt.Errorf("fleet %s: retryAfter %s: must not be negative", c.Name, time.Duration(c.RetryAfter))
+	}
+	if c.Service != "" && len(c.Pods) > 0 {
+		return fmt.Errorf("fleet %s: service and pods: choose one, discovery or a static list", c.Name)
+	}
+	if c.Service == "" && c.Port != "" {
+		return fmt.Errorf("fleet %s: port %q: only meaningful with service", c.Name, c.Port)
 	}
 	seen := map[string]bool{}
 	for _, p := range c.Pods {
