@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/wsgate/wsgate/report"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+func init() { commands["metrics"] = runMetrics }
+
+const metricsUsage = `Usage: wsgate metrics [connections|rejections|scaling|detailed|readiness] [flags]
+
+Shows, read-only, the state the fleets keep in Redis: all views when none is
+named, all fleets found in Redis when --fleet is not given.
+
+Flags:
+`
+
+func runMetrics(args []string) error {
+	return metricsTo(context.Background(), os.Stdout, args, time.Now)
+}
+
+// metricsTo is runMetrics with its output and clock injected, for tests.
+func metricsTo(ctx context.Context, out io.Writer, args []string, now func() time.Time) error {
+	fs := flag.NewFlagSet("wsgate metrics", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), metricsUsage)
+		fs.PrintDefaults()
+	}
+	ro := redisFlags(fs)
+	fleet := fs.String("fleet", "", "show only this fleet (default: every fleet found in Redis)")
+	output := fs.String("o", "table", "output: table (for people) or json (for scripts)")
+	config := fs.String("config", "", "fleets file, to show each fleet's maxConnectionsPerPod (Redis does not hold it)")
+	settle := fs.Duration("settle", 60*time.Second, "readiness: the epoch must be at least this old (as the scaler's --settle)")
+	ratio := fs.Float64("readiness-ratio", 0.95, "readiness: share of alive instances that must have synced (as the scaler's --readiness-ratio)")
+	timeout := fs.Duration("timeout", 5*time.Second, "bound of the whole read from Redis")
+
+	var views []report.View
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		v, err := report.ParseView(args[0])
+		if err != nil {
+			return err
+		}
+		views, args = []report.View{v}, args[1:]
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *output != "table" && *output != "json" {
+		return fmt.Errorf("-o %q: want table or json", *output)
+	}
+	if *ratio < 0 || *ratio > 1 {
+		return fmt.Errorf("--readiness-ratio %g: want a share between 0 and 1", *ratio)
+	}
+	if *timeout <= 0 {
+		return fmt.Errorf("--timeout %s: must be positive", *timeout)
+	}
+	caps, err := capsFrom(*config)
+	if err != nil {
+		return err
+	}
+
+	cfg := ro.config()
+	rdb, err := tracker.NewRedisClient(cfg)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	addr := strings.Join(cfg.Addrs, ",")
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("reach Redis at %s: %w", addr, unwrapDeadline(err, *timeout))
+	}
+	store := tracker.NewStore(rdb, cfg.Prefix)
+	reader := report.NewReader(store)
+
+	fleets := []string{*fleet}
+	if *fleet == "" {
+		if fleets, err = reader.Fleets(ctx); err != nil {
+			return unwrapDeadline(err, *timeout)
+		}
+		if len(fleets) == 0 {
+			return fmt.Errorf("no fleet found in Redis at %s under prefix %q (is a tracker running against it? is --redis-prefix right?)", addr, cfg.Prefix)
+		}
+	}
+	at := now()
+	states := make([]report.FleetState, 0, len(fleets))
+	for _, f := range fleets {
+		st, err := reader.Read(ctx, f, at)
+		if err != nil {
+			return unwrapDeadline(err, *timeout)
+		}
+		if !st.Snapshot.Known() {
+			return unknownFleet(ctx, reader, store, f)
+		}
+		states = append(states, st)
+	}
+	rep := report.Build(states, report.Options{Views: views, Caps: caps, Settle: *settle, ReadinessRatio: *ratio, Now: at})
+	if *output == "json" {
+		return report.WriteJSON(out, rep)
+	}
+	return report.WriteTable(out, rep)
+}
+
+// unknownFleet names the fleets that do exist, so a typo is obvious.
+func unknownFleet(ctx context.Context, r *report.Reader, s *tracker.Store, fleet string) error {
+	known, err := r.Fleets(ctx)
+	list := strings.Join(known, ", ")
+	if err != nil || list == "" {
+		list = "none"
+	}
+	return fmt.Errorf("fleet %q is unknown: Redis holds no state under %s (fleets found: %s)", fleet, s.KeyPrefix(fleet), list)
+}
+
+// unwrapDeadline says "timed out after 5s" instead of a bare "context
+// deadline exceeded", which does not tell an operator what to change.
+func unwrapDeadline(err error, d time.Duration) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w (timed out after %s; see --timeout)", err, d)
+	}
+	return err
+}
+
+// capsFrom reads maxConnectionsPerPod of every fleet in a fleets file.
+func capsFrom(path string) (map[string]int, error) {
+	if path == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--config: %w", err)
+	}
+	fleets, err := tracker.ParseFleets(data)
+	if err != nil {
+		return nil, fmt.Errorf("--config %s: %w", path, err)
+	}
+	caps := make(map[string]int, len(fleets))
+	for _, f := range fleets {
+		caps[f.Name] = f.MaxConnectionsPerPod
+	}
+	return caps, nil
+}
