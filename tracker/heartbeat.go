@@ -71,8 +71,8 @@ func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
 }
 
 // sync publishes the local truth and, on success, ends the fallback.
-func (t *Tracker) sync(ctx context.Context, f *fleet, now time.Time) (SyncResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, 4*t.cfg.RedisTimeout)
+func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncResult, error) {
+	ctx, cancel := context.WithTimeout(parent, 4*t.cfg.RedisTimeout)
 	defer cancel()
 
 	f.gate.Lock()
@@ -103,7 +103,9 @@ func (t *Tracker) sync(ctx context.Context, f *fleet, now time.Time) (SyncResult
 			f.rej[rejKey{r.Reason, r.Bucket}] += r.Count
 		}
 		f.mu.Unlock()
-		t.redisFailed(f, "sync", err)
+		if parent.Err() == nil { // a stopping tracker is not a Redis outage
+			t.redisFailed(f, "sync", err)
+		}
 		return res, err
 	}
 	f.mu.Lock()

@@ -330,11 +330,11 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	}
 	t.byConn.Delete(id)
 	if f.isDegraded() {
-		return nil
+		return nil // the next heartbeat publishes it
 	}
-	ctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
+	rctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
 	defer cancel()
-	if _, err := t.store.Release(ctx, f.cfg.Name, t.cfg.InstanceID, c.pod, 1); err != nil {
+	if _, err := t.store.Release(rctx, f.cfg.Name, t.cfg.InstanceID, c.pod, 1); err != nil && ctx.Err() == nil {
 		t.redisFailed(f, "release", err)
 	}
 	return nil

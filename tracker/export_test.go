@@ -1,0 +1,4 @@
+package tracker
+
+// HeadroomShare exposes headroomShare to the external tests.
+var HeadroomShare = headroomShare

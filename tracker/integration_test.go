@@ -1,0 +1,346 @@
+package tracker_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+func podAddrs(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("10.0.%d.%d:8080", i/200, i%200+1)
+	}
+	return out
+}
+
+// TestNoOverAdmission races 4 instances x 64 goroutines of admissions and
+// releases (heartbeats running too) on 10 pods with cap 2.
+func TestNoOverAdmission(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	pods := podAddrs(10)
+	const cap, instances, workers, rounds = 2, 4, 64, 40
+	var trs []*tracker.Tracker
+	for i := 0; i < instances; i++ {
+		tr := newTracker(t, srv.Client(), fmt.Sprintf("e%d", i), clk, tracker.FallbackShare, fleetCfg("chat", cap, pods...))
+		trs = append(trs, tr)
+	}
+	heartbeat(t, trs...)
+
+	// held counts what the test itself holds: raised after an admission
+	// returned, lowered before a release starts, so held <= Redis <= cap.
+	var held sync.Map
+	counter := func(pod string) *atomic.Int64 {
+		v, _ := held.LoadOrStore(pod, new(atomic.Int64))
+		return v.(*atomic.Int64)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var violations atomic.Int64
+	var watchers sync.WaitGroup
+	watchers.Add(2)
+	go func() { // Redis never shows a pod over the cap
+		defer watchers.Done()
+		rdb := srv.Client()
+		for ctx.Err() == nil {
+			load, err := rdb.ZRangeWithScores(ctx, trs[0].Store().KeyPrefix("chat")+"load", 0, -1).Result()
+			if err != nil {
+				continue
+			}
+			for _, z := range load {
+				if z.Score > cap {
+					violations.Add(1)
+					t.Errorf("Redis shows %v connections on %v", z.Score, z.Member)
+				}
+			}
+		}
+	}()
+	go func() { // heartbeats interleave with admissions
+		defer watchers.Done()
+		for ctx.Err() == nil {
+			for _, tr := range trs {
+				_ = tr.Heartbeat(ctx)
+			}
+		}
+	}()
+
+	var wg sync.WaitGroup
+	var admitted, rejected atomic.Int64
+	for i := 0; i < instances*workers; i++ {
+		tr := trs[i%instances]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := 0; r < rounds; r++ {
+				res, err := tr.Admit(ctx, "chat")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if res.Fallback {
+					t.Errorf("admission fell back with Redis up: %+v", res)
+					return
+				}
+				if !res.Admitted {
+					rejected.Add(1)
+					continue
+				}
+				admitted.Add(1)
+				if n := counter(res.Pod).Add(1); n > cap {
+					violations.Add(1)
+					t.Errorf("pod %s holds %d admitted connections", res.Pod, n)
+				}
+				counter(res.Pod).Add(-1)
+				if err := tr.Release(ctx, res.Conn); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	cancel()
+	watchers.Wait()
+	if admitted.Load() == 0 || rejected.Load() == 0 {
+		t.Fatalf("admitted %d, rejected %d: the race never reached the cap", admitted.Load(), rejected.Load())
+	}
+	heartbeat(t, trs...)
+	sum, err := trs[0].Store().Summary(context.Background(), "chat", clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Live != 0 || len(sumLocal(t, "chat", trs...)) != 0 {
+		t.Errorf("after all releases Redis live=%d, local %v; want 0", sum.Live, sumLocal(t, "chat", trs...))
+	}
+	t.Logf("admitted %d, rejected %d, violations %d", admitted.Load(), rejected.Load(), violations.Load())
+}
+
+// TestRedisRestart kills Redis under load, keeps admitting through the
+// share fallback, then restarts it empty: one heartbeat restores the truth.
+func TestRedisRestart(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	pods := podAddrs(10)
+	const cap = 2
+	var trs []*tracker.Tracker
+	for i := 0; i < 3; i++ {
+		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+		t.Cleanup(func() { rdb.Close() })
+		trs = append(trs, newTracker(t, rdb, fmt.Sprintf("e%d", i), clk, tracker.FallbackShare, fleetCfg("chat", cap, pods...)))
+	}
+	heartbeat(t, trs...)
+	before, err := trs[0].Store().Summary(context.Background(), "chat", clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns [][]string
+	for i, tr := range trs {
+		conns = append(conns, nil)
+		for j := 0; j < 3; j++ {
+			if r := admit(t, tr, "chat"); r.Admitted {
+				conns[i] = append(conns[i], r.Conn)
+			}
+		}
+	}
+	heartbeat(t, trs...)
+
+	srv.Kill()
+	fallbacks := 0
+	for round := 0; round < 10; round++ {
+		for i, tr := range trs {
+			r := admit(t, tr, "chat")
+			if r.Admitted {
+				fallbacks++
+				conns[i] = append(conns[i], r.Conn)
+			}
+		}
+		// Releases during the outage only change local truth.
+		if round == 3 {
+			if err := trs[1].Release(context.Background(), conns[1][0]); err != nil {
+				t.Fatal(err)
+			}
+			conns[1] = conns[1][1:]
+		}
+	}
+	if fallbacks == 0 {
+		t.Fatal("nothing admitted during the outage: the share fallback did not work")
+	}
+	for pod, n := range sumLocal(t, "chat", trs...) {
+		if n > cap {
+			t.Errorf("during the outage pod %s holds %d across instances, cap %d", pod, n, cap)
+		}
+	}
+
+	srv.Restart()
+	clk.Advance(time.Second)
+	heartbeat(t, trs...) // one heartbeat each
+	after, err := trs[0].Store().Snapshot(context.Background(), "chat", clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Epoch == "" || after.Epoch == before.Epoch {
+		t.Errorf("epoch after restart %q, before %q: want a new one", after.Epoch, before.Epoch)
+	}
+	local := sumLocal(t, "chat", trs...)
+	for _, pod := range pods {
+		if after.Load[pod] != local[pod] {
+			t.Errorf("pod %s: Redis %d, instances %d", pod, after.Load[pod], local[pod])
+		}
+	}
+	for i, tr := range trs {
+		mine, _ := tr.LocalCounts("chat")
+		for _, in := range after.Instances {
+			if in.ID == fmt.Sprintf("e%d", i) && fmt.Sprint(in.Live) != fmt.Sprint(mine) {
+				t.Errorf("instance e%d: Redis %v, local %v", i, in.Live, mine)
+			}
+		}
+	}
+	if len(after.Synced) != 3 || len(after.Pods) != len(pods) {
+		t.Errorf("after restart synced=%v pods=%d; want all 3 instances and the static registry back", after.Synced, len(after.Pods))
+	}
+	// Admission through Redis resumes and respects what is already held.
+	for i := 0; i < 30; i++ {
+		if r := admit(t, trs[i%3], "chat"); r.Admitted && r.Fallback {
+			t.Fatalf("still in fallback after recovery: %+v", r)
+		}
+	}
+	for pod, n := range sumLocal(t, "chat", trs...) {
+		if n > cap {
+			t.Errorf("after recovery pod %s holds %d, cap %d", pod, n, cap)
+		}
+	}
+}
+
+// TestDeadInstanceIsReaped: an instance that stops heartbeating loses its
+// connections after its lease; the others' are untouched.
+func TestDeadInstanceIsReaped(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	pods := podAddrs(4)
+	alive := newTracker(t, srv.Client(), "alive", clk, tracker.FallbackShare, fleetCfg("chat", 2, pods...))
+	dead := newTracker(t, srv.Client(), "dead", clk, tracker.FallbackShare, fleetCfg("chat", 2, pods...))
+	heartbeat(t, alive, dead)
+	for i := 0; i < 3; i++ {
+		admit(t, alive, "chat")
+		admit(t, dead, "chat")
+	}
+	heartbeat(t, alive, dead)
+	total := func() int64 {
+		s, err := alive.Store().Summary(context.Background(), "chat", clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Live
+	}
+	if got := total(); got != 6 {
+		t.Fatalf("live = %d, want 6", got)
+	}
+	// dead stops; alive goes on. Within the lease nothing changes.
+	clk.Advance(4 * time.Second)
+	heartbeat(t, alive)
+	if got := total(); got != 6 {
+		t.Fatalf("reaped before the lease ended: live = %d", got)
+	}
+	clk.Advance(2 * time.Second) // dead's lease (5s) is over
+	heartbeat(t, alive)
+	snap, err := alive.Store().Snapshot(context.Background(), "chat", clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, _ := alive.LocalCounts("chat")
+	if snap.Live != 3 || len(snap.Instances) != 1 || fmt.Sprint(snap.Instances[0].Live) != fmt.Sprint(mine) {
+		t.Errorf("after the lease: live=%d instances=%+v; want only alive's 3 (%v)", snap.Live, snap.Instances, mine)
+	}
+}
+
+// TestRedisCluster runs every script on a 3-master cluster for two fleets
+// whose keys live in different slots.
+func TestRedisCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	clk := newClock()
+	fleets := []string{"chat", "game"}
+	store := tracker.NewStore(rdb, "wsgate")
+	slot := func(key string) int64 {
+		t.Helper()
+		s, err := rdb.ClusterKeySlot(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if slot(store.KeyPrefix("chat")+"load") == slot(store.KeyPrefix("game")+"load") {
+		t.Fatal("test fleets hash to the same slot; pick other names")
+	}
+	var trs []*tracker.Tracker
+	for i := 0; i < 2; i++ {
+		trs = append(trs, newTracker(t, rdb, fmt.Sprintf("e%d", i), clk, tracker.FallbackShare,
+			fleetCfg("chat", 2, podAddrs(3)...), fleetCfg("game", 1, podAddrs(2)...)))
+	}
+	heartbeat(t, trs...)
+	for _, f := range fleets {
+		var conns []string
+		owner := map[string]*tracker.Tracker{}
+		for i := 0; i < 8; i++ {
+			r := admit(t, trs[i%2], f)
+			if r.Fallback {
+				t.Fatalf("%s: admission fell back on a healthy cluster: %+v", f, r)
+			}
+			if r.Admitted {
+				conns = append(conns, r.Conn)
+				owner[r.Conn] = trs[i%2]
+			}
+		}
+		if len(conns) == 0 || len(conns) == 8 {
+			t.Fatalf("%s: admitted %d of 8; want the cap to bite", f, len(conns))
+		}
+		rejected := 8 - len(conns)
+		if err := owner[conns[0]].Release(ctx, conns[0]); err != nil {
+			t.Fatalf("%s: release: %v", f, err)
+		}
+		conns = conns[1:]
+		heartbeat(t, trs...)
+		sum, err := store.Summary(ctx, f, clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum.Live != int64(len(conns)) || sum.Rejections[tracker.ReasonCapacity].M5 != int64(rejected) || sum.Synced != 2 {
+			t.Errorf("%s: summary %+v, want live %d, %d capacity rejections, 2 synced", f, sum, len(conns), rejected)
+		}
+		if _, err := store.Snapshot(ctx, f, clk.Now()); err != nil {
+			t.Errorf("%s: snapshot: %v", f, err)
+		}
+		if _, err := store.Reap(ctx, f, clk.Now()); err != nil {
+			t.Errorf("%s: reap: %v", f, err)
+		}
+	}
+	// Every key of a fleet lives in that fleet's slot.
+	err := rdb.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		keys, err := node.Keys(ctx, "*").Result()
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			for _, f := range fleets {
+				if strings.HasPrefix(k, store.KeyPrefix(f)) && slot(k) != slot(store.KeyPrefix(f)+"load") {
+					t.Errorf("key %s is not in fleet %s's slot", k, f)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
