@@ -1,0 +1,197 @@
+package discovery_test
+
+import (
+	"context"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/wsgate/wsgate/scaler/discovery"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+const ns = "apps"
+
+func newMiniStore(t *testing.T) *tracker.Store {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	return tracker.NewStore(rdb, "wsgate")
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func endpoint(ip, pod string, ready, terminating bool) discoveryv1.Endpoint {
+	return discoveryv1.Endpoint{
+		Addresses:  []string{ip},
+		Conditions: discoveryv1.EndpointConditions{Ready: ptr(ready), Serving: ptr(true), Terminating: ptr(terminating)},
+		TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: pod},
+		NodeName:   ptr("node-" + pod),
+	}
+}
+
+// slice is an EndpointSlice of service with a "ws" port 8080 listed after
+// a "metrics" port, so picking the first port would be wrong.
+func slice(name, service string, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	return &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: service}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports: []discoveryv1.EndpointPort{
+			{Name: ptr("metrics"), Port: ptr(int32(9090))},
+			{Name: ptr("ws"), Port: ptr(int32(8080))},
+		},
+		Endpoints: eps,
+	}
+}
+
+// waitFor polls cond until it holds: the informer delivers events on its
+// own goroutine and the Registry writes on another.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+type view struct {
+	pods  map[string]tracker.Pod
+	avail []string
+	load  map[string]int
+}
+
+func readView(t *testing.T, s *tracker.Store, fleet string) view {
+	t.Helper()
+	ctx := context.Background()
+	snap, err := s.Snapshot(ctx, fleet, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	avail, err := s.Client().ZRange(ctx, s.KeyPrefix(fleet)+"avail", 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(avail)
+	return view{pods: snap.Pods, avail: avail, load: snap.Load}
+}
+
+func (v view) is(pods map[string]bool, avail ...string) bool {
+	if len(v.pods) != len(pods) || len(v.avail) != len(avail) {
+		return false
+	}
+	for addr, ready := range pods {
+		if p, ok := v.pods[addr]; !ok || p.Ready != ready {
+			return false
+		}
+	}
+	for i := range avail {
+		if v.avail[i] != avail[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestDiscoveryFollowsSlices(t *testing.T) {
+	store := newMiniStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset(
+		slice("chat-a", "chat", endpoint("10.0.0.1", "chat-1", true, false), endpoint("10.0.0.2", "chat-2", true, false)),
+		slice("envoy-a", "envoy", endpoint("10.1.0.1", "envoy-1", true, false), endpoint("10.1.0.2", "envoy-2", false, false)),
+		slice("other-a", "other", endpoint("10.9.0.1", "other-1", true, false)),
+	)
+	reg := discovery.NewRegistry(store)
+	fleets := []tracker.FleetConfig{{Name: "chat", Service: "chat", Port: "ws", EnvoyService: "envoy"}}
+	d, err := discovery.New(client, ns, fleets, reg, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go reg.Run(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- d.Run(ctx) }()
+	slices := client.DiscoveryV1().EndpointSlices(ns)
+
+	const a1, a2, a3 = "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"
+	waitFor(t, "the first slice in Redis", func() bool {
+		return readView(t, store, "chat").is(map[string]bool{a1: true, a2: true}, a1, a2)
+	})
+	if got := readView(t, store, "chat").pods[a1]; got.Name != "chat-1" || got.Node != "node-chat-1" {
+		t.Errorf("pod %s registered as %+v, want name chat-1 on node-chat-1", a1, got)
+	}
+	if got := d.ExpectedInstances("chat"); got != 1 {
+		t.Errorf("ExpectedInstances = %d, want 1 (one of two Envoy endpoints is ready)", got)
+	}
+
+	// A connection on pod 2 before it stops being ready: it stays counted.
+	now := time.Now()
+	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", now, now.Add(time.Minute)); err != nil || a.Pod == "" {
+		t.Fatalf("admit: %+v, %v", a, err)
+	}
+	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", now, now.Add(time.Minute)); err != nil || a.Pod == "" {
+		t.Fatalf("admit: %+v, %v", a, err)
+	}
+
+	if _, err := slices.Create(ctx, slice("chat-b", "chat", endpoint("10.0.0.3", "chat-3", true, false)), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a second slice", func() bool {
+		return readView(t, store, "chat").is(map[string]bool{a1: true, a2: true, a3: true}, a1, a2, a3)
+	})
+
+	notReady := slice("chat-a", "chat", endpoint("10.0.0.1", "chat-1", true, false), endpoint("10.0.0.2", "chat-2", false, false))
+	if _, err := slices.Update(ctx, notReady, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a not-ready endpoint out of avail", func() bool {
+		return readView(t, store, "chat").is(map[string]bool{a1: true, a2: false, a3: true}, a1, a3)
+	})
+	if got := readView(t, store, "chat").load[a2]; got != 1 {
+		t.Errorf("load of the not-ready pod = %d, want its live connection still counted (1)", got)
+	}
+
+	// Terminating: Kubernetes may still say serving; no new connection goes there.
+	terminating := endpoint("10.0.0.3", "chat-3", true, true)
+	if _, err := slices.Update(ctx, slice("chat-b", "chat", terminating), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a terminating endpoint out of avail", func() bool {
+		return readView(t, store, "chat").is(map[string]bool{a1: true, a2: false, a3: false}, a1)
+	})
+
+	if err := slices.Delete(ctx, "chat-b", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a deleted slice's pod out of the registry", func() bool {
+		return readView(t, store, "chat").is(map[string]bool{a1: true, a2: false}, a1)
+	})
+
+	if _, err := client.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice("envoy-a", "envoy",
+		endpoint("10.1.0.1", "envoy-1", true, false), endpoint("10.1.0.2", "envoy-2", true, false)), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second Envoy endpoint ready", func() bool { return d.ExpectedInstances("chat") == 2 })
+
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Errorf("Run after cancel: %v", err)
+	}
+}
+
+func TestDiscoveryRequiresAService(t *testing.T) {
+	_, err := discovery.New(fake.NewClientset(), ns, []tracker.FleetConfig{{Name: "static", Pods: []string{"10.0.0.1:80"}}}, discovery.NewRegistry(newMiniStore(t)), 0)
+	if err == nil {
+		t.Fatal("New without any fleet naming a service: want an error")
+	}
+}

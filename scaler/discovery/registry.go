@@ -1,0 +1,331 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// Registry is the in-process pod registry of the fleets that discovery
+// manages. Discovery sets what the EndpointSlices say (SetEndpoints), the
+// pod-deletion-cost hook sets which pods drain (SetDraining); the Registry
+// merges both and is the only writer of the fleets' registries in Redis.
+//
+// A fleet is managed, and written, only after its first SetEndpoints: a
+// fleet without discovery keeps its static pod list.
+type Registry struct {
+	store   *tracker.Store
+	log     *slog.Logger
+	clock   clock.WithTicker
+	metrics *Metrics
+
+	// Resync is the longest time between two writes of a fleet's registry
+	// even when nothing changed, repairing writes lost to anything the
+	// epoch check does not see. Default 1m.
+	Resync time.Duration
+	// CheckInterval is how often Run compares each fleet's epoch and pod
+	// count in Redis with what it wrote. Default 5s.
+	CheckInterval time.Duration
+
+	writeMu sync.Mutex // one registry write at a time, so writes never reorder
+
+	mu     sync.Mutex
+	fleets map[string]*fleetEntry
+	kick   chan struct{}
+}
+
+type fleetEntry struct {
+	endpoints    map[string]tracker.Pod // address -> pod as discovery sees it
+	endpointsSet bool
+	draining     map[string]bool
+	// ownsDrain is set once the hook decided the fleet's draining flags in
+	// this process; until then writes keep the flags found in Redis, which
+	// another scaler replica may have set.
+	ownsDrain bool
+	gen       uint64 // bumped on every change
+	written   uint64 // gen of the last successful write
+	epoch     string // epoch seen right after the last write
+	pods      int64  // number of pods in the last write
+	lastWrite time.Time
+}
+
+// RegistryOption configures a Registry.
+type RegistryOption func(*Registry)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) RegistryOption { return func(r *Registry) { r.log = l } }
+
+// WithClock sets the clock (default the real one).
+func WithClock(c clock.WithTicker) RegistryOption { return func(r *Registry) { r.clock = c } }
+
+// WithMetrics sets the collectors (default unregistered ones).
+func WithMetrics(m *Metrics) RegistryOption { return func(r *Registry) { r.metrics = m } }
+
+// NewRegistry returns an empty Registry writing through store.
+func NewRegistry(store *tracker.Store, opts ...RegistryOption) *Registry {
+	r := &Registry{
+		store: store, log: slog.Default(), clock: clock.RealClock{},
+		Resync: time.Minute, CheckInterval: 5 * time.Second,
+		fleets: map[string]*fleetEntry{}, kick: make(chan struct{}, 1),
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	if r.metrics == nil {
+		r.metrics = NewMetrics(nil)
+	}
+	return r
+}
+
+func (r *Registry) entry(fleet string) *fleetEntry {
+	e := r.fleets[fleet]
+	if e == nil {
+		e = &fleetEntry{endpoints: map[string]tracker.Pod{}, draining: map[string]bool{}}
+		r.fleets[fleet] = e
+	}
+	return e
+}
+
+func (r *Registry) changed(e *fleetEntry) {
+	e.gen++
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// SetEndpoints replaces the pods discovery sees for fleet (their Draining
+// field is ignored) and makes fleet managed.
+func (r *Registry) SetEndpoints(fleet string, pods []tracker.Pod) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entry(fleet)
+	next := make(map[string]tracker.Pod, len(pods))
+	for _, p := range pods {
+		p.Draining = false
+		next[p.Addr] = p
+	}
+	if e.endpointsSet && sameEndpoints(e.endpoints, next) {
+		return
+	}
+	e.endpoints, e.endpointsSet = next, true
+	r.changed(e)
+}
+
+func sameEndpoints(a, b map[string]tracker.Pod) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// SetDraining replaces the set of fleet's pods (by address) that admission
+// must stop placing connections on; nil undrains them all.
+func (r *Registry) SetDraining(fleet string, addrs []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entry(fleet)
+	next := make(map[string]bool, len(addrs))
+	for _, a := range addrs {
+		next[a] = true
+	}
+	same := e.ownsDrain && len(next) == len(e.draining)
+	for a := range next {
+		same = same && e.draining[a]
+	}
+	if same {
+		return
+	}
+	e.draining, e.ownsDrain = next, true
+	r.changed(e)
+}
+
+// Pods returns fleet's merged registry, sorted by address. Until this
+// process decided the draining flags, Draining is false everywhere.
+func (r *Registry) Pods(fleet string) []tracker.Pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.fleets[fleet]
+	if e == nil {
+		return nil
+	}
+	return e.merged()
+}
+
+func (e *fleetEntry) merged() []tracker.Pod {
+	out := make([]tracker.Pod, 0, len(e.endpoints))
+	for _, p := range e.endpoints {
+		p.Draining = e.draining[p.Addr]
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
+	return out
+}
+
+// Fleets lists the managed fleets, sorted.
+func (r *Registry) Fleets() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.fleets))
+	for f, e := range r.fleets {
+		if e.managed() {
+			out = append(out, f)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// managed: discovery has reported the fleet at least once (a SetDraining
+// alone must not wipe a registry discovery has not seen yet).
+func (e *fleetEntry) managed() bool { return e.endpointsSet }
+
+// Publish writes fleet's merged registry to Redis now.
+func (r *Registry) Publish(ctx context.Context, fleet string) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	r.mu.Lock()
+	e := r.fleets[fleet]
+	if e == nil || !e.managed() {
+		r.mu.Unlock()
+		return nil
+	}
+	pods, gen, owns := e.merged(), e.gen, e.ownsDrain
+	r.mu.Unlock()
+
+	if !owns {
+		if err := r.keepDraining(ctx, fleet, pods); err != nil {
+			r.metrics.Publishes.WithLabelValues(fleet, "error").Inc()
+			return err
+		}
+	}
+	if err := r.store.SetPods(ctx, fleet, pods); err != nil {
+		r.metrics.Publishes.WithLabelValues(fleet, "error").Inc()
+		return fmt.Errorf("publish pods of %s: %w", fleet, err)
+	}
+	now := r.clock.Now()
+	sum, err := r.store.Summary(ctx, fleet, now)
+	if err != nil {
+		r.metrics.Publishes.WithLabelValues(fleet, "error").Inc()
+		return fmt.Errorf("publish pods of %s: read epoch: %w", fleet, err)
+	}
+	r.metrics.Publishes.WithLabelValues(fleet, "ok").Inc()
+	r.countPods(fleet, pods)
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e.written, e.epoch, e.pods, e.lastWrite = gen, sum.Epoch, int64(len(pods)), now
+	return nil
+}
+
+// keepDraining copies the draining flags another replica wrote into pods.
+func (r *Registry) keepDraining(ctx context.Context, fleet string, pods []tracker.Pod) error {
+	snap, err := r.store.Snapshot(ctx, fleet, r.clock.Now())
+	if err != nil {
+		return fmt.Errorf("publish pods of %s: read draining flags: %w", fleet, err)
+	}
+	for i := range pods {
+		pods[i].Draining = snap.Pods[pods[i].Addr].Draining
+	}
+	return nil
+}
+
+func (r *Registry) countPods(fleet string, pods []tracker.Pod) {
+	var ready, notReady, draining float64
+	for _, p := range pods {
+		switch {
+		case !p.Ready:
+			notReady++
+		case p.Draining:
+			draining++
+		default:
+			ready++
+		}
+	}
+	r.metrics.Endpoints.WithLabelValues(fleet, "ready").Set(ready)
+	r.metrics.Endpoints.WithLabelValues(fleet, "not_ready").Set(notReady)
+	r.metrics.Endpoints.WithLabelValues(fleet, "draining").Set(draining)
+}
+
+// Reconcile writes every managed fleet whose registry in Redis may differ
+// from the Registry: changed since the last write, a new epoch or another
+// pod count in Redis (Redis lost its data), or Resync elapsed.
+func (r *Registry) Reconcile(ctx context.Context) error {
+	var errs []error
+	for _, fleet := range r.Fleets() {
+		stale, err := r.stale(ctx, fleet)
+		if err == nil && stale {
+			err = r.Publish(ctx, fleet)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Registry) stale(ctx context.Context, fleet string) (bool, error) {
+	now := r.clock.Now()
+	r.mu.Lock()
+	e := r.fleets[fleet]
+	dirty := e.gen != e.written || now.Sub(e.lastWrite) >= r.Resync
+	epoch, pods := e.epoch, e.pods
+	r.mu.Unlock()
+	if dirty {
+		return true, nil
+	}
+	sum, err := r.store.Summary(ctx, fleet, now)
+	if err != nil {
+		return false, fmt.Errorf("check pods of %s: %w", fleet, err)
+	}
+	return sum.Epoch != epoch || sum.Pods != pods, nil
+}
+
+// publishDirty writes the fleets changed since their last write.
+func (r *Registry) publishDirty(ctx context.Context) error {
+	var errs []error
+	for _, fleet := range r.Fleets() {
+		r.mu.Lock()
+		e := r.fleets[fleet]
+		dirty := e.gen != e.written
+		r.mu.Unlock()
+		if dirty {
+			errs = append(errs, r.Publish(ctx, fleet))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run writes changes as they come and reconciles every CheckInterval until
+// ctx ends. Failed writes are logged and retried at the next check.
+func (r *Registry) Run(ctx context.Context) {
+	t := r.clock.NewTicker(r.CheckInterval)
+	defer t.Stop()
+	for {
+		var err error
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.kick:
+			err = r.publishDirty(ctx)
+		case <-t.C():
+			err = r.Reconcile(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
+			r.log.Warn("pod registry not written; retrying at the next check", "err", err)
+		}
+	}
+}

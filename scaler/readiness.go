@@ -1,0 +1,72 @@
+package scaler
+
+import (
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// readiness decides whether a fleet's counts are complete enough to act on.
+// After Redis lost its data (a new epoch) the counts come back one tracker
+// heartbeat at a time; until enough trackers re-synced, live connections
+// are undercounted and any number derived from them would scale down.
+type readiness struct {
+	settle   time.Duration
+	ratio    float64
+	expected int64 // --expected-instances; 0 = learn
+	// lapse is how long after an epoch began a remembered expectation
+	// holds: instances that died with Redis never sync again.
+	lapse time.Duration
+
+	mu     sync.Mutex
+	fleets map[string]*epochMemory
+}
+
+type epochMemory struct {
+	epoch string
+	// alive is the number of live instances last seen in epoch.
+	alive int64
+	// expected is alive of the previous epoch, remembered at the change.
+	expected int64
+}
+
+func newReadiness(settle time.Duration, ratio float64, expected int64) *readiness {
+	return &readiness{settle: settle, ratio: ratio, expected: expected, lapse: max(5*settle, 5*time.Minute), fleets: map[string]*epochMemory{}}
+}
+
+// check returns nil when s can be acted on, or why not.
+func (r *readiness) check(s tracker.Summary, now time.Time) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.fleets[s.Fleet]
+	if m == nil {
+		m = &epochMemory{epoch: s.Epoch}
+		r.fleets[s.Fleet] = m
+	}
+	if s.Epoch == "" {
+		return fmt.Errorf("no epoch: no tracker has synced fleet %s since Redis started", s.Fleet)
+	}
+	if s.Epoch != m.epoch {
+		if m.epoch != "" {
+			m.expected = m.alive
+		}
+		m.epoch, m.alive = s.Epoch, 0
+	}
+	start := s.EpochStart()
+	age := now.Sub(start)
+	if start.IsZero() || age < r.settle {
+		return fmt.Errorf("epoch %s is %s old, settle time is %s", s.Epoch, age.Round(time.Millisecond), r.settle)
+	}
+	want, from := r.expected, "--expected-instances"
+	if want == 0 && m.expected > 0 && age < r.lapse {
+		want, from = m.expected, "alive before the epoch changed"
+	}
+	if need := int64(math.Ceil(r.ratio*float64(want) - 1e-9)); s.Synced < need {
+		return fmt.Errorf("%d of %d expected tracker instances (%s) synced in epoch %s, need %d", s.Synced, want, from, s.Epoch, need)
+	}
+	m.alive = s.Alive
+	return nil
+}

@@ -1,0 +1,444 @@
+package scaler
+
+// This file serves KEDA's external scaler contract
+// (https://keda.sh/docs/latest/concepts/external-scalers/): GetMetricSpec
+// names one metric per trigger, GetMetrics reports it, IsActive answers the
+// 0 <-> 1 question. StreamIsActive is in stream.go.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// Reader reads one fleet's summary; *tracker.Store implements it in one
+// Redis round trip, whatever the number of pods.
+type Reader interface {
+	Summary(ctx context.Context, fleet string, now time.Time) (tracker.Summary, error)
+}
+
+// Store is what the scaler needs of the tracker's state: *tracker.Store.
+type Store interface {
+	Reader
+	// Reap removes the fleet's tracker instances whose lease ended.
+	Reap(ctx context.Context, fleet string, now time.Time) ([]string, error)
+	// KeyPrefix starts every key of the fleet; the scaler writes its
+	// decision under it ("scaler" hash).
+	KeyPrefix(fleet string) string
+	// EventsChannel is where the admit script announces activity.
+	EventsChannel(fleet string) string
+	// Client is the Redis client the store runs on.
+	Client() redis.UniversalClient
+}
+
+// ScaleDownGate holds a scale-down until the pods to remove are prepared
+// (marked draining, their pod-deletion-cost patched and observed). Gate is
+// called on every desiredReplicas evaluation with the fleet's ready
+// replicas and the policy's recommendation, and returns the number to
+// report: recommended when nothing is to be removed or the pods are ready
+// to go, something between ready and recommended while it prepares them.
+// It must not block longer than the RPC's context allows.
+type ScaleDownGate interface {
+	Gate(ctx context.Context, fleet string, ready, recommended int) int
+}
+
+// Config is the scaler's configuration.
+type Config struct {
+	// Fleets are the fleets the scaler serves (the trackers' fleets file).
+	Fleets []tracker.FleetConfig
+	// Settle is how old an epoch must be before its counts are used.
+	// Default 60s.
+	Settle time.Duration
+	// ReadinessRatio is the share of expected tracker instances that must
+	// have synced in the epoch. Default 0.95.
+	ReadinessRatio float64
+	// ExpectedInstances, when set, is the number of tracker instances to
+	// expect; 0 learns it (instances alive before the epoch changed).
+	ExpectedInstances int
+	// PollInterval is StreamIsActive's safety-net poll beside pub/sub.
+	// Default 1s.
+	PollInterval time.Duration
+}
+
+// WithDefaults returns c with every unset field at its documented default.
+func (c Config) WithDefaults() Config {
+	if c.Settle == 0 {
+		c.Settle = 60 * time.Second
+	}
+	if c.ReadinessRatio == 0 {
+		c.ReadinessRatio = 0.95
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = time.Second
+	}
+	for i := range c.Fleets {
+		c.Fleets[i] = c.Fleets[i].WithDefaults()
+	}
+	return c
+}
+
+// Validate names the first field of c that is wrong.
+func (c Config) Validate() error {
+	if len(c.Fleets) == 0 {
+		return errors.New("fleets: at least one fleet is required")
+	}
+	for _, f := range c.Fleets {
+		if err := f.Validate(); err != nil {
+			return err
+		}
+	}
+	if c.Settle < 0 {
+		return fmt.Errorf("settle %s: must not be negative", c.Settle)
+	}
+	if c.ReadinessRatio <= 0 || c.ReadinessRatio > 1 {
+		return fmt.Errorf("readiness ratio %g: want (0, 1]", c.ReadinessRatio)
+	}
+	if c.ExpectedInstances < 0 {
+		return fmt.Errorf("expected instances %d: must not be negative", c.ExpectedInstances)
+	}
+	if c.PollInterval <= 0 {
+		return fmt.Errorf("poll interval %s: must be positive", c.PollInterval)
+	}
+	return nil
+}
+
+// Server implements KEDA's ExternalScalerServer for wsgate fleets.
+type Server struct {
+	externalscaler.UnimplementedExternalScalerServer
+
+	cfg     Config
+	store   Store
+	fleets  map[string]tracker.FleetConfig
+	ready   *readiness
+	gate    ScaleDownGate
+	log     *slog.Logger
+	metrics *Metrics
+	now     func() time.Time
+
+	done      chan struct{} // closed by Close: streams end
+	closeOnce sync.Once
+}
+
+// Option changes how New builds a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithMetrics sets the collectors (default: unregistered ones).
+func WithMetrics(m *Metrics) Option { return func(s *Server) { s.metrics = m } }
+
+// WithGate sets the scale-down gate (default none: the recommendation is
+// reported as is).
+func WithGate(g ScaleDownGate) Option { return func(s *Server) { s.gate = g } }
+
+// WithClock sets the time source, for tests with a controlled clock.
+func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
+
+// New validates cfg (after defaults) and returns a Server on store.
+func New(cfg Config, store Store, opts ...Option) (*Server, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("scaler config: %w", err)
+	}
+	s := &Server{
+		cfg: cfg, store: store, fleets: map[string]tracker.FleetConfig{},
+		ready: newReadiness(cfg.Settle, cfg.ReadinessRatio, int64(cfg.ExpectedInstances)),
+		log:   slog.Default(), now: time.Now, done: make(chan struct{}),
+	}
+	for _, f := range cfg.Fleets {
+		if _, dup := s.fleets[f.Name]; dup {
+			return nil, fmt.Errorf("scaler config: fleet %s defined twice", f.Name)
+		}
+		s.fleets[f.Name] = f
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.metrics == nil {
+		s.metrics = NewMetrics(nil)
+	}
+	return s, nil
+}
+
+// Fleets lists the configured fleet names, sorted.
+func (s *Server) Fleets() []string {
+	out := make([]string, 0, len(s.fleets))
+	for n := range s.fleets {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Close ends every StreamIsActive, so a graceful gRPC stop can complete.
+func (s *Server) Close() { s.closeOnce.Do(func() { close(s.done) }) }
+
+var (
+	errUnknownFleet = errors.New("unknown fleet")
+	errHeld         = errors.New("metrics held")
+)
+
+// trigger parses a ScaledObjectRef's metadata and finds its fleet.
+func (s *Server) trigger(ref *externalscaler.ScaledObjectRef) (Trigger, tracker.FleetConfig, error) {
+	t, err := ParseTrigger(ref.GetScalerMetadata())
+	if err != nil {
+		return t, tracker.FleetConfig{}, err
+	}
+	fc, ok := s.fleets[t.Fleet]
+	if !ok {
+		return t, fc, fmt.Errorf("fleet %q (configured: %s): %w", t.Fleet, strings.Join(s.Fleets(), ", "), errUnknownFleet)
+	}
+	return t, fc, nil
+}
+
+// summary reads the fleet and checks readiness; the summary is returned
+// even when held, with the reason as an error wrapping errHeld.
+func (s *Server) summary(ctx context.Context, fleet string) (tracker.Summary, error) {
+	now := s.now()
+	sum, err := s.store.Summary(ctx, fleet, now)
+	if err != nil {
+		return sum, err
+	}
+	if err := s.ready.check(sum, now); err != nil {
+		s.metrics.Ready.WithLabelValues(fleet).Set(0)
+		return sum, fmt.Errorf("%w: %w", errHeld, err)
+	}
+	s.metrics.Ready.WithLabelValues(fleet).Set(1)
+	return sum, nil
+}
+
+// grpcError turns an error of this package into the status KEDA sees.
+// Called once per RPC, at the edge.
+func grpcError(err error) error {
+	var md *metadataError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &md):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, errUnknownFleet):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, errHeld):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}
+
+// MetricName is the name GetMetricSpec gives a trigger's metric: KEDA
+// prefixes it with the trigger index, so it only needs to be readable.
+func MetricName(t Trigger) string {
+	fleet := strings.NewReplacer(".", "-", "_", "-").Replace(strings.ToLower(t.Fleet))
+	return "wsgate-" + fleet + "-" + strings.ToLower(string(t.Metric))
+}
+
+// GetMetricSpec names the trigger's one metric and its target.
+func (s *Server) GetMetricSpec(_ context.Context, ref *externalscaler.ScaledObjectRef) (*externalscaler.GetMetricSpecResponse, error) {
+	t, fc, err := s.trigger(ref)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	target := 1.0
+	switch t.Metric {
+	case MetricConnections:
+		target = float64(fc.MaxConnectionsPerPod) * t.Params.TargetUtilization
+	case MetricSaturation:
+		target = t.Params.TargetUtilization
+	case MetricRateLimitPressure:
+		target = t.RateLimitTarget
+	}
+	return &externalscaler.GetMetricSpecResponse{MetricSpecs: []*externalscaler.MetricSpec{{
+		MetricName: MetricName(t), TargetSizeFloat: target,
+	}}}, nil
+}
+
+// GetMetrics reports the trigger's metric, or holds it (Unavailable, which
+// KEDA counts toward the ScaledObject's fallback) while the counts are
+// incomplete.
+func (s *Server) GetMetrics(ctx context.Context, req *externalscaler.GetMetricsRequest) (*externalscaler.GetMetricsResponse, error) {
+	t, fc, err := s.trigger(req.GetScaledObjectRef())
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	name := MetricName(t)
+	if n := req.GetMetricName(); n != "" && !strings.EqualFold(n, name) {
+		return nil, status.Errorf(codes.InvalidArgument, "metricName %q: this trigger reports only %q (or send an empty name)", n, name)
+	}
+	v, err := s.evaluate(ctx, t, fc)
+	if err != nil {
+		if errors.Is(err, errHeld) {
+			s.log.Warn("holding metric: fleet counts incomplete", "fleet", t.Fleet, "metric", string(t.Metric), "why", err.Error())
+		}
+		return nil, grpcError(err)
+	}
+	s.metrics.Reported.WithLabelValues(t.Fleet, string(t.Metric)).Set(v)
+	return &externalscaler.GetMetricsResponse{MetricValues: []*externalscaler.MetricValue{{
+		MetricName: name, MetricValueFloat: v, MetricValue: int64(v),
+	}}}, nil
+}
+
+// evaluate computes the value of t's metric.
+func (s *Server) evaluate(ctx context.Context, t Trigger, fc tracker.FleetConfig) (float64, error) {
+	sum, err := s.summary(ctx, t.Fleet)
+	if t.Metric == MetricDesiredReplicas && (err == nil || errors.Is(err, errHeld)) {
+		return s.recommend(ctx, t, fc, sum, err)
+	}
+	if err != nil {
+		return 0, err
+	}
+	switch t.Metric {
+	case MetricConnections:
+		return float64(sum.Live), nil
+	case MetricSaturation:
+		return saturation(sum, fc.MaxConnectionsPerPod), nil
+	case MetricRateLimitPressure:
+		return rateLimitPressure(sum, fc.RatePerSecond), nil
+	}
+	return 0, fmt.Errorf("metric %q not implemented", t.Metric)
+}
+
+// recommend runs the policy and the gate and records the decision in the
+// fleet's scaler hash, also when held.
+func (s *Server) recommend(ctx context.Context, t Trigger, fc tracker.FleetConfig, sum tracker.Summary, held error) (float64, error) {
+	if held != nil {
+		s.persist(ctx, t.Fleet, map[string]any{"ready": sum.Ready, "updatedMs": s.now().UnixMilli(), "reason": held.Error()})
+		return 0, held
+	}
+	d := Decide(t.Params, policyInput(sum, fc))
+	reported := int(d.Replicas)
+	reason := d.Reason
+	if s.gate != nil {
+		reported = s.gate.Gate(ctx, t.Fleet, int(sum.Ready), int(d.Replicas))
+		if reported != int(d.Replicas) {
+			reason += "; scale-down gate holds " + strconv.Itoa(reported) + " until pods are prepared"
+		}
+	}
+	s.persist(ctx, t.Fleet, map[string]any{
+		"recommended": d.Replicas, "reported": reported, "ready": sum.Ready,
+		"updatedMs": s.now().UnixMilli(), "reason": reason,
+	})
+	return float64(reported), nil
+}
+
+// persist writes the scaler hash for `wsgate metrics scaling`. A failed
+// write does not fail the RPC: the metric is right, only the view is stale.
+func (s *Server) persist(ctx context.Context, fleet string, fields map[string]any) {
+	if err := s.store.Client().HSet(ctx, s.store.KeyPrefix(fleet)+"scaler", fields).Err(); err != nil {
+		s.log.Warn("recording the scaler decision failed", "fleet", fleet, "err", err)
+	}
+}
+
+func policyInput(sum tracker.Summary, fc tracker.FleetConfig) Input {
+	c, n := sum.Rejections[tracker.ReasonCapacity], sum.Rejections[tracker.ReasonNoPods]
+	return Input{
+		Cap: fc.MaxConnectionsPerPod, RetryAfter: time.Duration(fc.RetryAfter),
+		Live: sum.Live, Pods: sum.Pods, Ready: sum.Ready, Placeable: sum.Placeable,
+		Pressure: Window{M5: c.M5 + n.M5, M15: c.M15 + n.M15, H1: c.H1 + n.H1},
+	}
+}
+
+// saturation is live ÷ (placeable pods × cap). With no placeable pod it is
+// 1 when connections exist or were refused, 0 otherwise.
+func saturation(sum tracker.Summary, capPerPod int) float64 {
+	if sum.Placeable == 0 {
+		if sum.Live > 0 || policyInput(sum, tracker.FleetConfig{}).Pressure.M5 > 0 {
+			return 1
+		}
+		return 0
+	}
+	return float64(sum.Live) / float64(sum.Placeable*int64(capPerPod))
+}
+
+// rateLimitPressure is the rate_limit rejections per second of the last
+// 5 min, per live tracker instance, as a fraction of one instance's rate.
+func rateLimitPressure(sum tracker.Summary, ratePerSecond float64) float64 {
+	rl := sum.Rejections[tracker.ReasonRateLimit].M5
+	if rl == 0 || ratePerSecond <= 0 {
+		return 0
+	}
+	return float64(rl) / tracker.Window5m.Seconds() / float64(max(sum.Alive, 1)) / ratePerSecond
+}
+
+// IsActive is true when the fleet has live connections or recent
+// rejections (rate_limit ones for a rateLimitPressure trigger). While the
+// counts are held, a true answer stands (more demand can only be
+// undercounted) but a false one is an error: no scale to zero on
+// incomplete data.
+func (s *Server) IsActive(ctx context.Context, ref *externalscaler.ScaledObjectRef) (*externalscaler.IsActiveResponse, error) {
+	t, _, err := s.trigger(ref)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	active, err := s.active(ctx, t)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	return &externalscaler.IsActiveResponse{Result: active}, nil
+}
+
+func (s *Server) active(ctx context.Context, t Trigger) (bool, error) {
+	sum, err := s.summary(ctx, t.Fleet)
+	if err != nil && !errors.Is(err, errHeld) {
+		return false, err
+	}
+	rej := policyInput(sum, tracker.FleetConfig{}).Pressure.M5
+	if t.Metric == MetricRateLimitPressure {
+		rej = sum.Rejections[tracker.ReasonRateLimit].M5
+	}
+	active := sum.Live > t.ActivationConnections || rej > t.ActivationRejections
+	if !active && err != nil {
+		return false, err
+	}
+	return active, nil
+}
+
+// Reap removes expired tracker instances of every fleet, so counts stay
+// true even when every tracker died. It returns the fleets' errors joined.
+func (s *Server) Reap(ctx context.Context) error {
+	var errs []error
+	for _, f := range s.Fleets() {
+		ids, err := s.store.Reap(ctx, f, s.now())
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if len(ids) > 0 {
+			s.metrics.Reaped.WithLabelValues(f).Add(float64(len(ids)))
+			s.log.Info("reaped expired tracker instances", "fleet", f, "instances", ids)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RunReaper calls Reap every interval until ctx ends.
+func (s *Server) RunReaper(ctx context.Context, interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		if err := s.Reap(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("reaping expired tracker instances failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
