@@ -44,7 +44,7 @@ local function strip_spoofed(headers)
   local doomed = {}
   for name, _ in pairs(headers) do
     local n = lower(name)
-    if string.sub(n, 1, 7) == "x-wsgate" or n == "x-envoy-original-dst-host" then
+    if string.sub(n, 1, 9) == "x-wsgate-" or n == "x-envoy-original-dst-host" then
       doomed[#doomed + 1] = name
     end
   end

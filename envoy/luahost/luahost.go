@@ -1,0 +1,377 @@
+// Package luahost runs an Envoy HTTP Lua filter (envoy.filters.http.lua) in
+// Go, on gopher-lua (Lua 5.1), so that wsgate's tests and demo execute the
+// very envoy/wsgate.lua that Envoy runs. It implements the part of Envoy's
+// Lua stream API the filter uses, as Envoy documents it:
+//
+//   - envoy_on_request(request_handle)
+//   - handle:headers() with get, add, replace, remove and pairs() iteration
+//     (changing headers while iterating is an error, as in Envoy)
+//   - handle:httpCall(cluster, headers, body, {timeout_ms = ...}) (and the
+//     older positional form), blocking; a failed or timed-out call returns
+//     Envoy's synthesized 503 with body "upstream failure"
+//   - handle:respond(headers, body), which ends the script
+//   - handle:streamInfo():dynamicMetadata():set/get and
+//     handle:streamInfo():downstreamRemoteAddress()
+//   - handle:metadata():get(key), the route's filter metadata
+//   - handle:logTrace/logDebug/logInfo/logWarn/logErr/logCritical
+//
+// Envoy's coroutine scheduling is not reproduced: httpCall simply blocks the
+// goroutine of the request, which is what the script observes.
+package luahost
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	lua "github.com/yuin/gopher-lua"
+	"github.com/yuin/gopher-lua/parse"
+)
+
+// Options configure a Filter.
+type Options struct {
+	// Clusters maps the Envoy cluster names httpCall may use to the base URL
+	// that reaches them ("http://127.0.0.1:9090").
+	Clusters map[string]string
+	// Client makes httpCall's requests (default: a client with no timeout of
+	// its own; each call's timeout_ms bounds it).
+	Client *http.Client
+	// Logger receives the script's log calls (default: slog.Default()).
+	Logger *slog.Logger
+}
+
+// Filter is a compiled Lua filter, safe for concurrent requests: every
+// request runs in a fresh Lua state, so the script shares nothing across
+// requests, as in Envoy where globals of one request are not visible to the
+// next.
+type Filter struct {
+	proto *lua.FunctionProto
+	opts  Options
+}
+
+// Load compiles code and checks that it defines envoy_on_request.
+func Load(code []byte, opts Options) (*Filter, error) {
+	chunk, err := parse.Parse(bytes.NewReader(code), "wsgate.lua")
+	if err != nil {
+		return nil, fmt.Errorf("parse lua filter: %w", err)
+	}
+	proto, err := lua.Compile(chunk, "wsgate.lua")
+	if err != nil {
+		return nil, fmt.Errorf("compile lua filter: %w", err)
+	}
+	if opts.Client == nil {
+		opts.Client = &http.Client{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	f := &Filter{proto: proto, opts: opts}
+	L, err := f.newState(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	defer L.Close()
+	if _, ok := L.GetGlobal("envoy_on_request").(*lua.LFunction); !ok {
+		return nil, errors.New("lua filter: no function envoy_on_request")
+	}
+	return f, nil
+}
+
+func (f *Filter) newState(ctx context.Context) (*lua.LState, error) {
+	L := lua.NewState()
+	L.SetContext(ctx)
+	installPairs(L)
+	L.Push(L.NewFunctionFromProto(f.proto))
+	if err := L.PCall(0, 0, nil); err != nil {
+		L.Close()
+		return nil, fmt.Errorf("run lua filter chunk: %w", err)
+	}
+	return L, nil
+}
+
+// Request is what a filter sees of one downstream request.
+type Request struct {
+	// Headers are the request headers, pseudo-headers (":path") included.
+	Headers Headers
+	// RemoteAddr is the downstream "ip:port".
+	RemoteAddr string
+	// RouteMetadata is the route's filter_metadata for the Lua filter:
+	// what handle:metadata():get(key) reads.
+	RouteMetadata map[string]any
+}
+
+// Decision is what the filter decided for one request.
+type Decision struct {
+	// Local is the response the filter sent itself (respond); nil when the
+	// request continues upstream.
+	Local *LocalReply
+	// Headers are the request headers as the filter left them.
+	Headers Headers
+	// Metadata is the dynamic metadata the filter set, by namespace.
+	Metadata map[string]map[string]any
+	// Logs are the script's log calls, in order.
+	Logs []Log
+}
+
+// LocalReply is a response sent by handle:respond.
+type LocalReply struct {
+	Status  int
+	Headers Headers
+	Body    string
+}
+
+// Log is one call of a handle:log* function.
+type Log struct {
+	Level   string // trace, debug, info, warn, err, critical
+	Message string
+}
+
+// OnRequest runs envoy_on_request for req. A Lua error (a bug of the
+// script) is returned as an error, as Envoy would answer 500 for it.
+func (f *Filter) OnRequest(ctx context.Context, req Request) (Decision, error) {
+	L, err := f.newState(ctx)
+	if err != nil {
+		return Decision{}, err
+	}
+	defer L.Close()
+	c := &call{ctx: ctx, f: f, req: req, headers: append(Headers(nil), req.Headers...), meta: map[string]map[string]any{}}
+	c.headers.lower()
+	err = L.CallByParam(lua.P{Fn: L.GetGlobal("envoy_on_request"), NRet: 0, Protect: true}, c.handle(L))
+	if err != nil && c.reply == nil {
+		return Decision{}, fmt.Errorf("envoy_on_request: %w", err)
+	}
+	return Decision{Local: c.reply, Headers: c.headers, Metadata: c.meta, Logs: c.logs}, nil
+}
+
+// call is the state of one request, owned by the goroutine running it.
+type call struct {
+	ctx       context.Context
+	f         *Filter
+	req       Request
+	headers   Headers
+	iterating int
+	meta      map[string]map[string]any
+	reply     *LocalReply
+	logs      []Log
+}
+
+// errResponded unwinds the script after respond, which in Envoy never
+// returns to it.
+var errResponded = errors.New("respond ends the script")
+
+func (c *call) handle(L *lua.LState) lua.LValue {
+	return object(L, map[string]lua.LGFunction{
+		"headers":    func(L *lua.LState) int { L.Push(c.headerMap(L)); return 1 },
+		"httpCall":   c.httpCall,
+		"respond":    c.respond,
+		"streamInfo": func(L *lua.LState) int { L.Push(c.streamInfo(L)); return 1 },
+		"metadata": func(L *lua.LState) int {
+			L.Push(object(L, map[string]lua.LGFunction{"get": func(L *lua.LState) int {
+				L.Push(toLua(L, c.req.RouteMetadata[L.CheckString(2)]))
+				return 1
+			}}))
+			return 1
+		},
+		"logTrace":    c.logger("trace", slog.LevelDebug-4),
+		"logDebug":    c.logger("debug", slog.LevelDebug),
+		"logInfo":     c.logger("info", slog.LevelInfo),
+		"logWarn":     c.logger("warn", slog.LevelWarn),
+		"logErr":      c.logger("err", slog.LevelError),
+		"logCritical": c.logger("critical", slog.LevelError+4),
+	})
+}
+
+func (c *call) logger(level string, l slog.Level) lua.LGFunction {
+	return func(L *lua.LState) int {
+		msg := L.CheckString(2)
+		c.logs = append(c.logs, Log{Level: level, Message: msg})
+		c.f.opts.Logger.Log(c.ctx, l, msg, "source", "lua")
+		return 0
+	}
+}
+
+func (c *call) respond(L *lua.LState) int {
+	h := tableHeaders(L, L.CheckTable(2))
+	status := 0
+	if _, err := fmt.Sscanf(h.Get(":status"), "%d", &status); err != nil || status < 100 || status > 999 {
+		L.RaiseError("respond: headers need a valid :status")
+	}
+	h.Del(":status")
+	c.reply = &LocalReply{Status: status, Headers: h, Body: L.OptString(3, "")}
+	L.Error(lua.LString(errResponded.Error()), 0)
+	return 0
+}
+
+func (c *call) streamInfo(L *lua.LState) lua.LValue {
+	return object(L, map[string]lua.LGFunction{
+		"downstreamRemoteAddress": func(L *lua.LState) int { L.Push(lua.LString(c.req.RemoteAddr)); return 1 },
+		"dynamicMetadata": func(L *lua.LState) int {
+			L.Push(object(L, map[string]lua.LGFunction{
+				"set": func(L *lua.LState) int {
+					ns, key := L.CheckString(2), L.CheckString(3)
+					if c.meta[ns] == nil {
+						c.meta[ns] = map[string]any{}
+					}
+					c.meta[ns][key] = fromLua(L.Get(4))
+					return 0
+				},
+				"get": func(L *lua.LState) int {
+					m, ok := c.meta[L.CheckString(2)]
+					if !ok {
+						L.Push(lua.LNil)
+						return 1
+					}
+					anyMap := make(map[string]any, len(m))
+					for k, v := range m {
+						anyMap[k] = v
+					}
+					L.Push(toLua(L, anyMap))
+					return 1
+				},
+			}))
+			return 1
+		},
+	})
+}
+
+// object is a userdata whose methods are fns, called with ':' as in Envoy.
+func object(L *lua.LState, fns map[string]lua.LGFunction) *lua.LUserData {
+	ud := L.NewUserData()
+	mt := L.NewTable()
+	L.SetField(mt, "__index", L.SetFuncs(L.NewTable(), fns))
+	L.SetMetatable(ud, mt)
+	return ud
+}
+
+// installPairs makes pairs() honour a __pairs metamethod, as Envoy's LuaJIT
+// (built with Lua 5.2 compatibility) does for header maps.
+func installPairs(L *lua.LState) {
+	orig := L.GetGlobal("pairs")
+	L.SetGlobal("pairs", L.NewFunction(func(L *lua.LState) int {
+		v := L.Get(1)
+		if mm := L.GetMetaField(v, "__pairs"); mm != lua.LNil {
+			L.Push(mm)
+			L.Push(v)
+			L.Call(1, 3)
+			return 3
+		}
+		L.Push(orig)
+		L.Push(v)
+		L.Call(1, 3)
+		return 3
+	}))
+}
+
+func toLua(L *lua.LState, v any) lua.LValue {
+	switch v := v.(type) {
+	case nil:
+		return lua.LNil
+	case string:
+		return lua.LString(v)
+	case bool:
+		return lua.LBool(v)
+	case float64:
+		return lua.LNumber(v)
+	case int:
+		return lua.LNumber(v)
+	case map[string]any:
+		t := L.NewTable()
+		for k, e := range v {
+			t.RawSetString(k, toLua(L, e))
+		}
+		return t
+	case []any:
+		t := L.NewTable()
+		for _, e := range v {
+			t.Append(toLua(L, e))
+		}
+		return t
+	default:
+		return lua.LString(fmt.Sprint(v))
+	}
+}
+
+func fromLua(v lua.LValue) any {
+	switch v := v.(type) {
+	case lua.LString:
+		return string(v)
+	case lua.LNumber:
+		return float64(v)
+	case lua.LBool:
+		return bool(v)
+	case *lua.LTable:
+		m := map[string]any{}
+		v.ForEach(func(k, e lua.LValue) { m[k.String()] = fromLua(e) })
+		return m
+	default:
+		return nil
+	}
+}
+
+// Headers is an ordered header list with lower-case names, as Envoy's
+// header map holds them.
+type Headers []Header
+
+// Header is one header line.
+type Header struct{ Name, Value string }
+
+// HeadersOf builds Headers from name, value pairs.
+func HeadersOf(kv ...string) Headers {
+	h := make(Headers, 0, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		h = append(h, Header{strings.ToLower(kv[i]), kv[i+1]})
+	}
+	return h
+}
+
+// Get returns the values of name joined by ",", as Envoy's get does, or ""
+// when absent.
+func (h Headers) Get(name string) string { return strings.Join(h.Values(name), ",") }
+
+// Values returns every value of name.
+func (h Headers) Values(name string) []string {
+	name = strings.ToLower(name)
+	var out []string
+	for _, e := range h {
+		if e.Name == name {
+			out = append(out, e.Value)
+		}
+	}
+	return out
+}
+
+// Has reports whether name is present.
+func (h Headers) Has(name string) bool { return len(h.Values(name)) > 0 }
+
+// Del removes every value of name.
+func (h *Headers) Del(name string) {
+	name = strings.ToLower(name)
+	out := (*h)[:0]
+	for _, e := range *h {
+		if e.Name != name {
+			out = append(out, e)
+		}
+	}
+	*h = out
+}
+
+func (h Headers) lower() {
+	for i := range h {
+		h[i].Name = strings.ToLower(h[i].Name)
+	}
+}
+
+// HTTP converts h to net/http headers, pseudo-headers left out.
+func (h Headers) HTTP() http.Header {
+	out := http.Header{}
+	for _, e := range h {
+		if !strings.HasPrefix(e.Name, ":") {
+			out.Add(e.Name, e.Value)
+		}
+	}
+	return out
+}

@@ -1,0 +1,290 @@
+package luahost_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wsgate/wsgate/envoy"
+	"github.com/wsgate/wsgate/envoy/luahost"
+	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+var (
+	chatPods  = []string{"10.0.0.1:8080", "10.0.0.2:8080"}
+	smallPods = []string{"10.0.1.1:8080"}
+)
+
+// env is the real wsgate.lua in the host, calling a real tracker HTTP
+// server over a real redis-server.
+type env struct {
+	tr     *tracker.Tracker
+	calls  atomic.Int64
+	bodies chan []byte
+	url    string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	rs := redistest.Start(t)
+	rdb := rs.Client()
+	t.Cleanup(func() { rdb.Close() })
+	cfg := tracker.Config{InstanceID: "envoy-0", Fleets: []tracker.FleetConfig{
+		{Name: "default", MaxConnectionsPerPod: 100, RatePerSecond: 1000, Burst: 1000, Pods: chatPods},
+		{Name: "chat", MaxConnectionsPerPod: 100, RatePerSecond: 1000, Burst: 1000, Pods: chatPods},
+		{Name: "tight", MaxConnectionsPerPod: 100, RatePerSecond: 0.001, Burst: 1, Pods: chatPods},
+		{Name: "small", MaxConnectionsPerPod: 1, RatePerSecond: 1000, Burst: 1000, Pods: smallPods, RetryAfter: tracker.Duration(7 * time.Second)},
+	}}
+	tr, err := tracker.New(cfg, tracker.NewStore(rdb, "wsgate"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Heartbeat(context.Background()); err != nil {
+		t.Fatalf("first heartbeat: %v", err)
+	}
+	e := &env{tr: tr, bodies: make(chan []byte, 100)}
+	h := tr.Handler(nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.calls.Add(1)
+		b, _ := io.ReadAll(r.Body)
+		select {
+		case e.bodies <- b:
+		default:
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	e.url = srv.URL
+	return e
+}
+
+func mustLoad(t *testing.T, trackerURL string) *luahost.Filter {
+	t.Helper()
+	f, err := luahost.Load(envoy.FilterLua, luahost.Options{Clusters: map[string]string{"wsgate_tracker": trackerURL}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatalf("load wsgate.lua: %v", err)
+	}
+	return f
+}
+
+func upgrade(fleet string, extra ...string) luahost.Request {
+	h := luahost.HeadersOf(append([]string{
+		":method", "GET", ":path", "/ws", ":authority", "chat.example", ":scheme", "http",
+		"Connection", "Upgrade", "Upgrade", "websocket", "x-request-id", "req-1",
+	}, extra...)...)
+	req := luahost.Request{Headers: h, RemoteAddr: "203.0.113.7:51234"}
+	if fleet != "" {
+		req.RouteMetadata = map[string]any{"fleet": fleet}
+	}
+	return req
+}
+
+func mustRun(t *testing.T, f *luahost.Filter, req luahost.Request) luahost.Decision {
+	t.Helper()
+	d, err := f.OnRequest(context.Background(), req)
+	if err != nil {
+		t.Fatalf("envoy_on_request: %v", err)
+	}
+	return d
+}
+
+func TestNonUpgradePassesWithoutAskingTheTracker(t *testing.T) {
+	e := newEnv(t)
+	f := mustLoad(t, e.url)
+	req := luahost.Request{Headers: luahost.HeadersOf(":method", "GET", ":path", "/", "x-wsgate-upstream", "10.9.9.9:1"), RemoteAddr: "203.0.113.7:1"}
+	d := mustRun(t, f, req)
+	if d.Local != nil || len(d.Metadata) != 0 {
+		t.Fatalf("plain request: local reply %+v, metadata %v; want it untouched", d.Local, d.Metadata)
+	}
+	if !slices.Equal(d.Headers, req.Headers) {
+		t.Errorf("headers changed: %v -> %v", req.Headers, d.Headers)
+	}
+	if n := e.calls.Load(); n != 0 {
+		t.Errorf("tracker called %d times for a plain request", n)
+	}
+}
+
+func TestUpgradeIsAdmittedAndSpoofedHeadersAreGone(t *testing.T) {
+	e := newEnv(t)
+	f := mustLoad(t, e.url)
+	d := mustRun(t, f, upgrade("chat",
+		"X-Wsgate-Upstream", "6.6.6.6:22", "x-wsgate-conn", "forged", "X-WSGATE-Fleet", "other",
+		"x-envoy-original-dst-host", "6.6.6.6:22", "x-keep", "yes"))
+	if d.Local != nil {
+		t.Fatalf("rejected: %d %q", d.Local.Status, d.Local.Body)
+	}
+	md := d.Metadata["wsgate"]
+	pod, _ := md["upstream"].(string)
+	conn, _ := md["conn"].(string)
+	if !slices.Contains(chatPods, pod) || conn == "" || md["fleet"] != "chat" {
+		t.Fatalf("dynamic metadata wsgate = %v: want upstream among %v, a conn id, fleet chat", md, chatPods)
+	}
+	for _, h := range d.Headers {
+		if strings.HasPrefix(h.Name, "x-wsgate") || h.Name == "x-envoy-original-dst-host" {
+			t.Errorf("client header %s: %s reached the backend", h.Name, h.Value)
+		}
+	}
+	if d.Headers.Get("x-keep") != "yes" || d.Headers.Get("upgrade") != "websocket" {
+		t.Errorf("other headers lost: %v", d.Headers)
+	}
+	counts, err := e.tr.LocalCounts("chat")
+	if err != nil || counts[pod] != 1 {
+		t.Errorf("tracker counts %v (%v), want 1 on %s", counts, err, pod)
+	}
+	snap, err := e.tr.Store().Snapshot(context.Background(), "chat", time.Now())
+	if err != nil || snap.Load[pod] != 1 {
+		t.Errorf("Redis load %v (%v), want 1 on %s", snap.Load, err, pod)
+	}
+	// The id written to metadata is the one the access log releases by.
+	if err := e.tr.Release(context.Background(), conn); err != nil {
+		t.Errorf("release %s: %v", conn, err)
+	}
+}
+
+func TestFleetDefaultsAndTheAdmitBodyIsValidJSON(t *testing.T) {
+	e := newEnv(t)
+	f := mustLoad(t, e.url)
+	weird := "id \"quoted\" \\ back\nnew\x01line"
+	d := mustRun(t, f, upgrade("", "x-request-id", weird))
+	if d.Local != nil || d.Metadata["wsgate"]["fleet"] != "default" {
+		t.Fatalf("no route fleet: local %+v, metadata %v; want admitted into default", d.Local, d.Metadata)
+	}
+	body := <-e.bodies
+	var got tracker.AdmitRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&got); err != nil {
+		t.Fatalf("admit body %s: %v", body, err)
+	}
+	want := tracker.AdmitRequest{Fleet: "default", Client: "203.0.113.7:51234", RequestID: "req-1," + weird}
+	if got != want {
+		t.Errorf("admit body = %+v, want %+v", got, want)
+	}
+}
+
+func TestRejectionsKeepStatusRetryAfterAndReason(t *testing.T) {
+	e := newEnv(t)
+	f := mustLoad(t, e.url)
+	cases := []struct {
+		fleet, reason, retryAfter string
+		status                    int
+	}{
+		{"tight", "rate_limit", "", http.StatusTooManyRequests},
+		{"small", "capacity", "7", http.StatusServiceUnavailable},
+	}
+	for _, c := range cases {
+		t.Run(c.reason, func(t *testing.T) {
+			if d := mustRun(t, f, upgrade(c.fleet)); d.Local != nil {
+				t.Fatalf("first connection rejected: %+v", d.Local)
+			}
+			d := mustRun(t, f, upgrade(c.fleet))
+			if d.Local == nil {
+				t.Fatalf("second connection admitted: %v", d.Metadata)
+			}
+			if d.Local.Status != c.status || !strings.Contains(d.Local.Body, c.reason) || d.Local.Headers.Get("x-wsgate-reason") != c.reason {
+				t.Errorf("reply %d %q %v, want %d naming %s", d.Local.Status, d.Local.Body, d.Local.Headers, c.status, c.reason)
+			}
+			ra := d.Local.Headers.Get("retry-after")
+			if ra == "" || (c.retryAfter != "" && ra != c.retryAfter) {
+				t.Errorf("Retry-After %q, want %q", ra, c.retryAfter)
+			}
+			if len(d.Metadata) != 0 {
+				t.Errorf("rejected request carries metadata %v", d.Metadata)
+			}
+		})
+	}
+}
+
+func TestTrackerDownRefusesAndLogs(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	ln.Close()
+	d := mustRun(t, mustLoad(t, url), upgrade("chat"))
+	assertTrackerUnavailable(t, d)
+}
+
+func TestTrackerSlowerThanTheTimeoutRefuses(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		w.Header().Set(tracker.HeaderUpstream, "10.0.0.1:8080")
+		w.Header().Set(tracker.HeaderConn, "late")
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	start := time.Now()
+	d := mustRun(t, mustLoad(t, srv.URL), upgrade("chat"))
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("filter waited %s for a hung tracker", took)
+	}
+	assertTrackerUnavailable(t, d)
+}
+
+func assertTrackerUnavailable(t *testing.T, d luahost.Decision) {
+	t.Helper()
+	if d.Local == nil || d.Local.Status != http.StatusServiceUnavailable || d.Local.Headers.Get("retry-after") == "" {
+		t.Fatalf("decision %+v: want a local 503 with Retry-After", d)
+	}
+	if len(d.Metadata) != 0 {
+		t.Errorf("metadata %v set without an admission", d.Metadata)
+	}
+	logged := false
+	for _, l := range d.Logs {
+		logged = logged || (l.Level == "err" && strings.Contains(l.Message, "upstream failure"))
+	}
+	if !logged {
+		t.Errorf("logs %v: want an error naming the failure", d.Logs)
+	}
+}
+
+func TestConcurrentRequestsShareNothing(t *testing.T) {
+	e := newEnv(t)
+	f := mustLoad(t, e.url)
+	const n = 40
+	conns := make(chan string, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := f.OnRequest(context.Background(), upgrade("chat"))
+			if err != nil || d.Local != nil {
+				t.Errorf("request: %v %+v", err, d.Local)
+				return
+			}
+			conns <- d.Metadata["wsgate"]["conn"].(string)
+		}()
+	}
+	wg.Wait()
+	close(conns)
+	seen := map[string]bool{}
+	for c := range conns {
+		if seen[c] {
+			t.Errorf("conn id %s handed to two requests", c)
+		}
+		seen[c] = true
+	}
+	counts, _ := e.tr.LocalCounts("chat")
+	if counts[chatPods[0]]+counts[chatPods[1]] != n {
+		t.Errorf("tracker counts %v, want %d in all", counts, n)
+	}
+}
