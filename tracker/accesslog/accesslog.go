@@ -1,0 +1,147 @@
+// Package accesslog is the tracker's receiver of Envoy's gRPC access log
+// (envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs). Envoy's
+// envoy.access_loggers.http_grpc sends one entry when a WebSocket tunnel is
+// established, one per access_log_flush_interval while it lives and one at
+// its end; the receiver turns them into Establish, Renew and Release of the
+// connection named by the dynamic metadata wsgate.conn (DESIGN.md section 1).
+//
+// Delivery is best effort: an entry that never arrives is repaired by the
+// tracker's establish timeout and leases, so anything that cannot be matched
+// is counted and dropped, never an error of the stream.
+package accesslog
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+
+	datav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// MetadataNamespace and ConnKey locate the connection id in an entry's
+// dynamic metadata, where envoy/wsgate.lua writes it.
+const (
+	MetadataNamespace = "wsgate"
+	ConnKey           = "conn"
+)
+
+// Outcomes of one entry, the outcome label of the entries metric.
+const (
+	OutcomeOK          = "ok"
+	OutcomeUnknownConn = "unknown_conn"
+	OutcomeNoConn      = "no_conn"
+	OutcomeMalformed   = "malformed"
+	OutcomeIgnored     = "ignored"
+)
+
+// Tracker is what the receiver needs of a tracker.Tracker.
+type Tracker interface {
+	Establish(id string) error
+	Renew(id string) error
+	Release(ctx context.Context, id string) error
+}
+
+// Server implements AccessLogServiceServer on a Tracker.
+type Server struct {
+	accesslogv3.UnimplementedAccessLogServiceServer
+
+	tracker Tracker
+	entries *prometheus.CounterVec // labels type, outcome
+	log     *slog.Logger
+}
+
+// New returns a receiver that applies entries to t and counts them in
+// entries (tracker.Metrics.AccessLogEntries: labels type and outcome).
+func New(t Tracker, entries *prometheus.CounterVec, log *slog.Logger) *Server {
+	return &Server{tracker: t, entries: entries, log: log}
+}
+
+// Register adds the service to g.
+func (s *Server) Register(g *grpc.Server) { accesslogv3.RegisterAccessLogServiceServer(g, s) }
+
+// StreamAccessLogs applies every entry of one Envoy stream as it arrives, so
+// a stream cut mid-way loses nothing already received; the next stream Envoy
+// opens carries on.
+func (s *Server) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccessLogsServer) error {
+	// A release must reach Redis even if Envoy hangs up meanwhile: a
+	// cancelled call would count as Redis failing.
+	ctx := context.WithoutCancel(stream.Context())
+	var node string
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if status.Code(err) != codes.Canceled {
+				s.log.Warn("access-log stream broken; Envoy reconnects and the next stream resumes", "node", node, "err", err)
+			}
+			return nil
+		}
+		if id := msg.GetIdentifier(); id != nil && node == "" {
+			node = id.GetNode().GetId()
+			s.log.Debug("access-log stream opened", "node", node, "log_name", id.GetLogName())
+		}
+		switch e := msg.GetLogEntries().(type) {
+		case *accesslogv3.StreamAccessLogsMessage_HttpLogs:
+			for _, entry := range e.HttpLogs.GetLogEntry() {
+				s.apply(ctx, entry)
+			}
+		case *accesslogv3.StreamAccessLogsMessage_TcpLogs:
+			s.entries.WithLabelValues("tcp", OutcomeIgnored).Add(float64(len(e.TcpLogs.GetLogEntry())))
+		case nil:
+			// The first message may carry only the identifier.
+		}
+	}
+}
+
+func (s *Server) apply(ctx context.Context, entry *datav3.HTTPAccessLogEntry) {
+	typ, outcome := s.classify(ctx, entry)
+	s.entries.WithLabelValues(typ, outcome).Inc()
+}
+
+func (s *Server) classify(ctx context.Context, entry *datav3.HTTPAccessLogEntry) (typ, outcome string) {
+	props := entry.GetCommonProperties()
+	if props == nil {
+		return "unknown", OutcomeMalformed
+	}
+	var op func(id string) error
+	switch props.GetAccessLogType() {
+	case datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished:
+		typ, op = "established", s.tracker.Establish
+	case datav3.AccessLogType_DownstreamPeriodic:
+		typ, op = "periodic", s.tracker.Renew
+	case datav3.AccessLogType_DownstreamEnd:
+		// Also when the upgrade failed (no 101): the slot was taken at
+		// admission and must come back.
+		typ, op = "end", func(id string) error { return s.tracker.Release(ctx, id) }
+	case datav3.AccessLogType_NotSet:
+		// Envoy 1.30+ always sets the type; without it the entry cannot say
+		// whether the connection ended.
+		return "unknown", OutcomeMalformed
+	default:
+		return "other", OutcomeIgnored
+	}
+	conn := props.GetMetadata().GetFilterMetadata()[MetadataNamespace].GetFields()[ConnKey].GetStringValue()
+	if conn == "" {
+		return typ, OutcomeNoConn
+	}
+	if err := op(conn); err != nil {
+		if errors.Is(err, tracker.ErrUnknownConn) {
+			// Expired by the tracker already, or admitted by another
+			// tracker before a restart: nothing to do.
+			return typ, OutcomeUnknownConn
+		}
+		s.log.Warn("access-log entry not applied", "type", typ, "conn", conn, "err", err)
+		return typ, "error"
+	}
+	return typ, OutcomeOK
+}

@@ -1,0 +1,247 @@
+package accesslog_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	datav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/tracker/accesslog"
+)
+
+const (
+	fleet = "chat"
+	inst  = "envoy-0"
+)
+
+type env struct {
+	tr      *tracker.Tracker
+	metrics *tracker.Metrics
+	client  accesslogv3.AccessLogServiceClient
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	rs := redistest.Start(t)
+	rdb := rs.Client()
+	t.Cleanup(func() { rdb.Close() })
+	m := tracker.NewMetrics(prometheus.NewRegistry())
+	tr, err := tracker.New(tracker.Config{InstanceID: inst, Fleets: []tracker.FleetConfig{
+		{Name: fleet, MaxConnectionsPerPod: 10, RatePerSecond: 1000, Burst: 1000, Pods: []string{"10.0.0.1:8080"}},
+	}}, tracker.NewStore(rdb, "wsgate"), tracker.WithMetrics(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Heartbeat(context.Background()); err != nil {
+		t.Fatalf("first heartbeat: %v", err)
+	}
+	srv := grpc.NewServer()
+	accesslog.New(tr, tr.Metrics().AccessLogEntries, slog.New(slog.DiscardHandler)).Register(srv)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.GracefulStop)
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return &env{tr: tr, metrics: m, client: accesslogv3.NewAccessLogServiceClient(cc)}
+}
+
+func (e *env) admit(t *testing.T) string {
+	t.Helper()
+	res, err := e.tr.Admit(context.Background(), fleet)
+	if err != nil || !res.Admitted {
+		t.Fatalf("admit: %+v %v", res, err)
+	}
+	return res.Conn
+}
+
+func (e *env) open(t *testing.T, ctx context.Context) accesslogv3.AccessLogService_StreamAccessLogsClient {
+	t.Helper()
+	s, err := e.client.StreamAccessLogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func send(t *testing.T, s accesslogv3.AccessLogService_StreamAccessLogsClient, entries ...*datav3.HTTPAccessLogEntry) {
+	t.Helper()
+	err := s.Send(&accesslogv3.StreamAccessLogsMessage{
+		Identifier: &accesslogv3.StreamAccessLogsMessage_Identifier{Node: &corev3.Node{Id: inst}, LogName: "wsgate"},
+		LogEntries: &accesslogv3.StreamAccessLogsMessage_HttpLogs{HttpLogs: &accesslogv3.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: entries}},
+	})
+	if err != nil {
+		t.Fatalf("send: %v", err)
+	}
+}
+
+// entry is what Envoy's http_grpc logger sends, wsgate.conn in the dynamic
+// metadata when conn is not empty.
+func entry(typ datav3.AccessLogType, conn string) *datav3.HTTPAccessLogEntry {
+	props := &datav3.AccessLogCommon{AccessLogType: typ, Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{}}}
+	if conn != "" {
+		props.Metadata.FilterMetadata["wsgate"] = &structpb.Struct{Fields: map[string]*structpb.Value{"conn": structpb.NewStringValue(conn)}}
+	}
+	return &datav3.HTTPAccessLogEntry{CommonProperties: props, Response: &datav3.HTTPResponseProperties{}}
+}
+
+func (e *env) count(t *testing.T, typ, outcome string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := e.metrics.AccessLogEntries.WithLabelValues(typ, outcome).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// waitFor polls cond until it holds: the receiver runs on the server's
+// goroutine, and the test sees its effect only through state.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (e *env) redis(t *testing.T) (load int, established int) {
+	t.Helper()
+	snap, err := e.tr.Store().Snapshot(context.Background(), fleet, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range snap.Instances {
+		if in.ID == inst {
+			established = in.Established["10.0.0.1:8080"]
+		}
+	}
+	return snap.Load["10.0.0.1:8080"], established
+}
+
+func TestEstablishRenewEndReleasesTheSlotInRedis(t *testing.T) {
+	e := newEnv(t)
+	conn := e.admit(t)
+	if load, _ := e.redis(t); load != 1 {
+		t.Fatalf("load after admission %d, want 1", load)
+	}
+	s := e.open(t, context.Background())
+	send(t, s, entry(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, conn))
+	send(t, s, entry(datav3.AccessLogType_DownstreamPeriodic, conn))
+	waitFor(t, "establish and renew applied", func() bool {
+		return e.count(t, "established", "ok") == 1 && e.count(t, "periodic", "ok") == 1
+	})
+	if err := e.tr.Heartbeat(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if load, est := e.redis(t); load != 1 || est != 1 {
+		t.Fatalf("after establish: load %d, established %d; want 1, 1", load, est)
+	}
+
+	send(t, s, entry(datav3.AccessLogType_DownstreamEnd, conn))
+	waitFor(t, "slot released in Redis", func() bool { load, _ := e.redis(t); return load == 0 })
+	if e.count(t, "end", "ok") != 1 {
+		t.Errorf("end entries ok = %v, want 1", e.count(t, "end", "ok"))
+	}
+	if n, _ := e.tr.LocalCounts(fleet); len(n) != 0 {
+		t.Errorf("tracker still counts %v", n)
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEndWithoutEstablishmentReleases(t *testing.T) {
+	e := newEnv(t)
+	conn := e.admit(t)
+	s := e.open(t, context.Background())
+	send(t, s, entry(datav3.AccessLogType_DownstreamEnd, conn)) // the backend refused the upgrade
+	waitFor(t, "slot released", func() bool { load, _ := e.redis(t); return load == 0 })
+}
+
+func TestGarbageIsCountedAndIgnored(t *testing.T) {
+	e := newEnv(t)
+	conn := e.admit(t)
+	s := e.open(t, context.Background())
+	send(t, s,
+		&datav3.HTTPAccessLogEntry{}, // no common properties
+		nil,
+		entry(datav3.AccessLogType_NotSet, conn),
+		entry(datav3.AccessLogType_DownstreamEnd, ""),
+		entry(datav3.AccessLogType_DownstreamPeriodic, "no-such-conn"),
+		entry(datav3.AccessLogType_UpstreamPeriodic, conn),
+	)
+	if err := s.Send(&accesslogv3.StreamAccessLogsMessage{}); err != nil { // no entries at all
+		t.Fatal(err)
+	}
+	if err := s.Send(&accesslogv3.StreamAccessLogsMessage{LogEntries: &accesslogv3.StreamAccessLogsMessage_TcpLogs{
+		TcpLogs: &accesslogv3.StreamAccessLogsMessage_TCPAccessLogEntries{LogEntry: []*datav3.TCPAccessLogEntry{{}, {}}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	// The stream survives the garbage: a good entry after it still works.
+	send(t, s, entry(datav3.AccessLogType_DownstreamEnd, conn))
+	waitFor(t, "the good entry after the garbage", func() bool { return e.count(t, "end", "ok") == 1 })
+
+	want := map[[2]string]float64{
+		{"unknown", "malformed"}:     3,
+		{"end", "no_conn"}:           1,
+		{"periodic", "unknown_conn"}: 1,
+		{"other", "ignored"}:         1,
+		{"tcp", "ignored"}:           2,
+	}
+	for k, n := range want {
+		if got := e.count(t, k[0], k[1]); got != n {
+			t.Errorf("entries{type=%s,outcome=%s} = %v, want %v", k[0], k[1], got, n)
+		}
+	}
+	if load, _ := e.redis(t); load != 0 {
+		t.Errorf("load %d after the end entry, want 0", load)
+	}
+}
+
+func TestStreamCutLosesNothingReceivedAndTheNextResumes(t *testing.T) {
+	e := newEnv(t)
+	a, b, c := e.admit(t), e.admit(t), e.admit(t)
+	ctx, cut := context.WithCancel(context.Background())
+	s := e.open(t, ctx)
+	send(t, s, entry(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, a),
+		entry(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, b))
+	send(t, s, entry(datav3.AccessLogType_DownstreamEnd, b))
+	waitFor(t, "entries received", func() bool { return e.count(t, "established", "ok") == 2 && e.count(t, "end", "ok") == 1 })
+	cut() // Envoy's connection drops mid-stream, no CloseSend
+
+	// What was received stays applied: b released, a established.
+	if err := e.tr.Heartbeat(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if load, est := e.redis(t); load != 2 || est != 1 {
+		t.Fatalf("after the cut: load %d, established %d; want 2 (a, c) and 1 (a)", load, est)
+	}
+	if e.tr.Degraded(fleet) {
+		t.Fatal("a cut stream put the tracker in fallback")
+	}
+
+	s2 := e.open(t, context.Background())
+	send(t, s2, entry(datav3.AccessLogType_DownstreamEnd, a), entry(datav3.AccessLogType_DownstreamEnd, c))
+	waitFor(t, "the next stream's releases", func() bool { load, _ := e.redis(t); return load == 0 })
+}
