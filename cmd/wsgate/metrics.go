@@ -6,9 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/report"
 	"github.com/wsgate/wsgate/tracker"
@@ -25,8 +28,15 @@ Flags:
 `
 
 func runMetrics(args []string) error {
+	// go-redis logs each failed dial on its own; the one error this
+	// command returns already says what went wrong.
+	redis.SetLogger(quietRedis{})
 	return metricsTo(context.Background(), os.Stdout, args, time.Now)
 }
+
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
 
 // metricsTo is runMetrics with its output and clock injected, for tests.
 func metricsTo(ctx context.Context, out io.Writer, args []string, now func() time.Time) error {
@@ -122,9 +132,11 @@ func unknownFleet(ctx context.Context, r *report.Reader, s *tracker.Store, fleet
 }
 
 // unwrapDeadline says "timed out after 5s" instead of a bare "context
-// deadline exceeded", which does not tell an operator what to change.
+// deadline exceeded" or "i/o timeout", which do not tell an operator what
+// to change.
 func unwrapDeadline(err error, d time.Duration) error {
-	if errors.Is(err, context.DeadlineExceeded) {
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 		return fmt.Errorf("%w (timed out after %s; see --timeout)", err, d)
 	}
 	return err

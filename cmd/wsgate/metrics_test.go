@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+var metricsNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+// metricsRedis is a miniredis holding fleet chat: one pod, one connection
+// admitted by instance envoy-1 and synced.
+func metricsRedis(t *testing.T) *miniredis.Miniredis {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	s := tracker.NewStore(rdb, "wsgate")
+	ctx := context.Background()
+	if err := s.SetPods(ctx, "chat", []tracker.Pod{{Addr: "10.0.0.1:8080", Name: "chat-0", Ready: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "envoy-1", Now: metricsNow, LeaseUntil: metricsNow.Add(5 * time.Minute),
+		Counts: []tracker.PodCount{{Pod: "10.0.0.1:8080", Live: 1, Established: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	return mr
+}
+
+func runMetricsTest(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	err := metricsTo(context.Background(), &out, args, func() time.Time { return metricsNow.Add(2 * time.Minute) })
+	return out.String(), err
+}
+
+func TestMetricsJSONOfOneView(t *testing.T) {
+	mr := metricsRedis(t)
+	out, err := runMetricsTest(t, "readiness", "--redis-addr", mr.Addr(), "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Views  []string `json:"views"`
+		Fleets []struct {
+			Name      string `json:"name"`
+			Readiness struct {
+				Ready  bool `json:"ready"`
+				Synced int  `json:"synced"`
+			} `json:"readiness"`
+		} `json:"fleets"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(rep.Views) != 1 || rep.Views[0] != "readiness" || len(rep.Fleets) != 1 || rep.Fleets[0].Name != "chat" ||
+		!rep.Fleets[0].Readiness.Ready || rep.Fleets[0].Readiness.Synced != 1 {
+		t.Errorf("report %+v, want chat ready with one instance synced", rep)
+	}
+}
+
+func TestMetricsTableCapFromConfig(t *testing.T) {
+	mr := metricsRedis(t)
+	cfg := filepath.Join(t.TempDir(), "fleets.yaml")
+	if err := os.WriteFile(cfg, []byte("fleets:\n  - name: chat\n    maxConnectionsPerPod: 7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runMetricsTest(t, "connections", "--redis-addr", mr.Addr(), "--fleet", "chat", "--config", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "cap 7 per pod") || !strings.Contains(out, "1/7") {
+		t.Errorf("the cap of the fleets file is not shown:\n%s", out)
+	}
+}
+
+func TestMetricsErrors(t *testing.T) {
+	mr := metricsRedis(t)
+	empty := miniredis.RunT(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown view", []string{"conections", "--redis-addr", mr.Addr()}, `unknown view "conections"`},
+		{"unknown fleet", []string{"--redis-addr", mr.Addr(), "--fleet", "chta"}, `fleet "chta" is unknown: Redis holds no state under {wsgate:chta}: (fleets found: chat)`},
+		{"no fleet at all", []string{"--redis-addr", empty.Addr()}, "no fleet found in Redis"},
+		{"wrong prefix", []string{"--redis-addr", mr.Addr(), "--redis-prefix", "other"}, `under prefix "other"`},
+		{"bad output", []string{"--redis-addr", mr.Addr(), "-o", "yaml"}, `-o "yaml": want table or json`},
+		{"bad ratio", []string{"--redis-addr", mr.Addr(), "--readiness-ratio", "95"}, "want a share between 0 and 1"},
+		{"stray argument", []string{"--redis-addr", mr.Addr(), "connections"}, `unexpected argument "connections"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := runMetricsTest(t, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+			if out != "" {
+				t.Errorf("printed %q before failing", out)
+			}
+		})
+	}
+}
+
+func TestMetricsRedisRefused(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	_, err = runMetricsTest(t, "--redis-addr", addr)
+	if err == nil || !strings.Contains(err.Error(), "reach Redis at "+addr) {
+		t.Fatalf("error %v, want one saying Redis at %s cannot be reached", err, addr)
+	}
+}
+
+// A Redis that accepts connections and never answers must not hang the
+// command: --timeout bounds it.
+func TestMetricsRedisSilentIsBounded(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() { l.Close(); <-done })
+	start := time.Now()
+	_, err = runMetricsTest(t, "--redis-addr", l.Addr().String(), "--timeout", "300ms")
+	if err == nil || !strings.Contains(err.Error(), "timed out after 300ms") {
+		t.Fatalf("error %v, want a timeout after 300ms", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("gave up after %s, want about 300ms", d)
+	}
+}
