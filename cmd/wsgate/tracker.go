@@ -17,14 +17,17 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
+	"google.golang.org/grpc"
 
 	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/tracker/accesslog"
 )
 
 func init() { commands["tracker"] = runTracker }
 
 type trackerFlags struct {
 	config, listen, telemetry, logLevel string
+	accessLog                           string
 	embedded                            bool
 	redis                               *redisOptions
 	cfg                                 tracker.Config
@@ -37,6 +40,7 @@ func runTracker(args []string) error {
 	fs.StringVar(&f.config, "config", "", "fleets file (YAML); see tracker/fleets.example.yaml")
 	fs.StringVar(&f.cfg.InstanceID, "instance-id", host, "this instance's id in Redis, unique per Envoy pod (default: host name)")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:9090", "admission API address (loopback only)")
+	fs.StringVar(&f.accessLog, "access-log-listen", "127.0.0.1:9091", "address of the gRPC access-log receiver Envoy streams to (loopback only)")
 	fs.StringVar(&f.telemetry, "telemetry-listen", ":9102", "address of /metrics, /healthz and /readyz for Prometheus and probes (empty: serve them on --listen)")
 	fs.DurationVar(&f.cfg.Heartbeat, "heartbeat", 2*time.Second, "interval of the heartbeat that re-publishes this instance's counts")
 	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "how long this instance's counts outlive its last heartbeat")
@@ -63,6 +67,9 @@ func runTracker(args []string) error {
 	if err := requireLoopback("listen", f.listen); err != nil {
 		return err
 	}
+	if err := requireLoopback("access-log-listen", f.accessLog); err != nil {
+		return err
+	}
 	log, err := newLogger(f.logLevel)
 	if err != nil {
 		return err
@@ -71,7 +78,7 @@ func runTracker(args []string) error {
 		fxLogger(log),
 		fx.Supply(f, log),
 		fx.Provide(newRegistry, newRedis, newStore, newTracker),
-		fx.Invoke(runHeartbeat, serveAdmission),
+		fx.Invoke(runHeartbeat, serveAdmission, serveAccessLog),
 	)
 	return runApp(app)
 }
@@ -126,7 +133,48 @@ func newStore(rdb redis.UniversalClient, f trackerFlags) *tracker.Store {
 }
 
 func newTracker(f trackerFlags, store *tracker.Store, reg prometheus.Registerer, log *slog.Logger) (*tracker.Tracker, error) {
-	return tracker.New(f.cfg, store, tracker.WithLogger(log), tracker.WithMetrics(tracker.NewMetrics(reg)))
+	t, err := tracker.New(f.cfg, store, tracker.WithLogger(log), tracker.WithMetrics(tracker.NewMetrics(reg)))
+	if err != nil {
+		return nil, err
+	}
+	if err := reg.Register(tracker.NewCollector(t)); err != nil {
+		return nil, fmt.Errorf("register connections collector: %w", err)
+	}
+	return t, nil
+}
+
+// serveAccessLog runs the gRPC access-log receiver Envoy streams entries to
+// (envoy.yaml's wsgate_accesslog cluster), stopped gracefully with the app.
+func serveAccessLog(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, log *slog.Logger) {
+	srv := grpc.NewServer()
+	accesslog.New(t, t.Metrics().AccessLogEntries, log.With("component", "accesslog")).Register(srv)
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			ln, err := net.Listen("tcp", f.accessLog)
+			if err != nil {
+				return fmt.Errorf("access-log listener: %w", err)
+			}
+			log.Info("listening", "server", "accesslog", "addr", ln.Addr().String())
+			go func() {
+				if err := srv.Serve(ln); err != nil {
+					log.Error("server stopped", "server", "accesslog", "err", err)
+				}
+			}()
+			return nil
+		},
+		OnStop: func(ctx context.Context) error {
+			// Envoy holds its access-log stream open for good: past the
+			// deadline, cut it rather than hang the shutdown.
+			done := make(chan struct{})
+			go func() { srv.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				srv.Stop()
+			}
+			return nil
+		},
+	})
 }
 
 func runHeartbeat(lc fx.Lifecycle, t *tracker.Tracker) {
