@@ -1,0 +1,68 @@
+package tracker_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+func TestCollectorFollowsLocalConnections(t *testing.T) {
+	store, _ := newMiniStore(t)
+	tr, err := tracker.New(tracker.Config{InstanceID: "envoy-0", Fleets: []tracker.FleetConfig{
+		{Name: "chat", MaxConnectionsPerPod: 10, RatePerSecond: 100, Pods: []string{"10.0.0.1:8080"}},
+	}}, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := tr.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(tracker.NewCollector(tr))
+	gauge := func() (float64, bool) {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "wsgate_tracker_connections" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				var labels []string
+				for _, l := range m.GetLabel() {
+					labels = append(labels, l.GetName()+"="+l.GetValue())
+				}
+				if strings.Join(labels, ",") == "fleet=chat,pod=10.0.0.1:8080" {
+					return m.GetGauge().GetValue(), true
+				}
+			}
+		}
+		return 0, false
+	}
+	var conns []string
+	for range 2 {
+		res, err := tr.Admit(ctx, "chat")
+		if err != nil || !res.Admitted {
+			t.Fatalf("admit: %+v %v", res, err)
+		}
+		conns = append(conns, res.Conn)
+	}
+	if v, ok := gauge(); !ok || v != 2 {
+		t.Fatalf("gauge = %v (present %v), want 2", v, ok)
+	}
+	for _, c := range conns {
+		if err := tr.Release(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, ok := gauge(); ok {
+		t.Errorf("gauge %v still exported for a pod without connections", v)
+	}
+}
