@@ -1,0 +1,162 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "wsgate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "wsgate.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Component names: room is left for the longest suffix ("-scaler-metrics"). */}}
+{{- define "wsgate.envoy" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-envoy{{- end -}}
+{{- define "wsgate.scaler" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-scaler{{- end -}}
+{{- define "wsgate.redis" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-redis{{- end -}}
+{{- define "wsgate.config" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-config{{- end -}}
+
+{{- define "wsgate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "wsgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: include with (list $ "envoy"). */}}
+{{- define "wsgate.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "wsgate.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "wsgate.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* Prometheus scrape annotations for the telemetry port. */}}
+{{- define "wsgate.scrapeAnnotations" -}}
+{{- if .Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: "9102"
+prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
+
+{{/* Checksum of the rendered ConfigMap: a change rolls the pods that read it. */}}
+{{- define "wsgate.configChecksum" -}}
+{{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- end -}}
+
+{{- define "wsgate.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ . }}
+runAsGroup: {{ . }}
+fsGroup: {{ . }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "wsgate.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{/*
+Redis connection as WSGATE_REDIS_* environment: the binary reads every flag
+from its environment, and the password never shows in the pod's argv.
+*/}}
+{{- define "wsgate.redisEnv" -}}
+{{- $r := .Values.redis -}}
+- name: WSGATE_REDIS_ADDR
+{{- if $r.bundled.enabled }}
+  value: {{ printf "%s:6379" (include "wsgate.redis" .) | quote }}
+{{- else }}
+  value: {{ join "," $r.addrs | quote }}
+{{- end }}
+- name: WSGATE_REDIS_PREFIX
+  value: {{ $r.prefix | quote }}
+{{- if not $r.bundled.enabled }}
+{{- if eq $r.mode "sentinel" }}
+- name: WSGATE_REDIS_MASTER_NAME
+  value: {{ $r.masterName | quote }}
+{{- end }}
+{{- if eq $r.mode "cluster" }}
+- name: WSGATE_REDIS_CLUSTER
+  value: "true"
+{{- else }}
+- name: WSGATE_REDIS_DB
+  value: {{ $r.db | quote }}
+{{- end }}
+{{- with $r.username }}
+- name: WSGATE_REDIS_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- if $r.auth.existingSecret }}
+- name: WSGATE_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $r.auth.existingSecret }}
+      key: {{ $r.auth.passwordKey }}
+{{- if $r.auth.sentinelPasswordKey }}
+- name: WSGATE_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $r.auth.existingSecret }}
+      key: {{ $r.auth.sentinelPasswordKey }}
+{{- end }}
+{{- end }}
+{{- if $r.tls.enabled }}
+- name: WSGATE_REDIS_TLS
+  value: "true"
+{{- if and $r.tls.existingSecret $r.tls.caKey }}
+- name: WSGATE_REDIS_TLS_CA
+  value: /etc/wsgate/redis-tls/{{ $r.tls.caKey }}
+{{- end }}
+{{- if $r.tls.clientCert }}
+- name: WSGATE_REDIS_TLS_CERT
+  value: /etc/wsgate/redis-tls/tls.crt
+- name: WSGATE_REDIS_TLS_KEY
+  value: /etc/wsgate/redis-tls/tls.key
+{{- end }}
+{{- with $r.tls.serverName }}
+- name: WSGATE_REDIS_TLS_SERVER_NAME
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "wsgate.redisTLSMount" -}}
+{{- if and (not .Values.redis.bundled.enabled) .Values.redis.tls.enabled .Values.redis.tls.existingSecret }}
+- name: redis-tls
+  mountPath: /etc/wsgate/redis-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "wsgate.redisTLSVolume" -}}
+{{- if and (not .Values.redis.bundled.enabled) .Values.redis.tls.enabled .Values.redis.tls.existingSecret }}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.redis.tls.existingSecret }}
+{{- end }}
+{{- end -}}
+
+{{- define "wsgate.scalerAddress" -}}
+{{ include "wsgate.scaler" . }}.{{ .Release.Namespace }}.svc.cluster.local:9000
+{{- end -}}

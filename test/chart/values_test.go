@@ -1,0 +1,109 @@
+package chart_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+
+	"github.com/wsgate/wsgate/envoy"
+)
+
+// TestSchemaRejects: a wrong value fails at install with the path of the
+// value and what is wrong with it, before anything renders.
+func TestSchemaRejects(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		want []string // all must appear in helm's error
+	}{
+		{"unknown redis mode", []string{"--set", "redis.bundled.enabled=false", "--set", "redis.addrs[0]=r:6379", "--set", "redis.mode=replicated"},
+			[]string{"/redis/mode", "'standalone', 'sentinel', 'cluster'"}},
+		{"external redis without addrs", []string{"--set", "redis.bundled.enabled=false"},
+			[]string{"/redis/addrs", "minItems"}},
+		{"sentinel without master name", []string{"--set", "redis.bundled.enabled=false", "--set", "redis.addrs[0]=s:26379", "--set", "redis.mode=sentinel"},
+			[]string{"/redis/masterName"}},
+		{"bundled redis as a cluster", []string{"--set", "redis.mode=cluster"},
+			[]string{"/redis/mode", "'standalone'"}},
+		{"placement policy", []string{"--set-json", `fleets=[{"name":"default","policy":"fastest"}]`},
+			[]string{"/fleets/0/policy", "'pack', 'spread'"}},
+		{"fleet name", []string{"--set-json", `fleets=[{"name":"no spaces"}]`},
+			[]string{"/fleets/0/name"}},
+		{"no fleets", []string{"--set-json", `fleets=[]`},
+			[]string{"/fleets", "minItems"}},
+		{"duration without unit", []string{"--set", "tracker.heartbeat=2"},
+			[]string{"/tracker/heartbeat", "want string"}},
+		{"fallback mode", []string{"--set", "tracker.fallback=maybe"},
+			[]string{"/tracker/fallback", "'share', 'closed', 'open'"}},
+		{"trigger type", []string{"--set", "keda.triggerType=pull"},
+			[]string{"/keda/triggerType", "'external', 'external-push'"}},
+		{"metric", []string{"--set-json", `keda.backends=[{"name":"b","kind":"Deployment","fleet":"default","metric":"cpu","minReplicaCount":1,"maxReplicaCount":2}]`},
+			[]string{"/keda/backends/0/metric"}},
+		{"scaler TLS without a Secret", []string{"--set", "scaler.tls.enabled=true"},
+			[]string{"/scaler/tls/existingSecret"}},
+		{"misspelt key", []string{"--set", "envoy.replica=3"},
+			[]string{"/envoy", "'replica' not allowed"}},
+		{"readiness ratio above 1", []string{"--set-json", "scaler.readinessRatio=1.5"},
+			[]string{"/scaler/readinessRatio", "maximum"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			args := append([]string{"template", "wsg", chartDir, "--kube-version", kubeVersion}, tc.args...)
+			_, errOut, err := runHelm(t, args...)
+			if err == nil {
+				t.Fatalf("helm template %v succeeded, want a schema error", tc.args)
+			}
+			msg := string(errOut)
+			if !strings.Contains(msg, "values don't meet the specifications of the schema") {
+				t.Fatalf("not a schema error:\n%s", msg)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error lacks %q:\n%s", w, msg)
+				}
+			}
+		})
+	}
+}
+
+// TestChartFilesMatchEnvoy: Helm reads files only inside the chart, so the
+// chart keeps copies of envoy/; scripts/chart-sync.sh refreshes them.
+func TestChartFilesMatchEnvoy(t *testing.T) {
+	for name, src := range map[string][]byte{"envoy.yaml": envoy.BootstrapYAML, "wsgate.lua": envoy.FilterLua} {
+		got, err := os.ReadFile(filepath.Join(chartDir, "files", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, src) {
+			t.Errorf("charts/wsgate/files/%s differs from envoy/%s: run scripts/chart-sync.sh", name, name)
+		}
+	}
+}
+
+// TestConfigChangeRollsPods: the checksum annotation follows the config,
+// and only the config.
+func TestConfigChangeRollsPods(t *testing.T) {
+	checksums := func(extra ...string) map[string]string {
+		r := decodeStrict(t, template(t, "", extra...))
+		m := map[string]string{}
+		for _, d := range []string{envoyName, scalerName} {
+			m[d] = get[*appsv1.Deployment](t, r, "Deployment", d).Spec.Template.Annotations["checksum/config"]
+		}
+		return m
+	}
+	base := checksums()
+	same := checksums("--set", "envoy.replicas=5")
+	changed := checksums("--set-json", `fleets=[{"name":"default","maxConnectionsPerPod":7,"service":"backend","port":"http"}]`)
+	for d := range base {
+		if base[d] != same[d] {
+			t.Errorf("%s: checksum changed with the replica count, which is not config", d)
+		}
+		if base[d] == changed[d] {
+			t.Errorf("%s: checksum unchanged after the fleets changed: pods would keep the old config", d)
+		}
+	}
+}
