@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/wsgate/wsgate/envoy"
 	"github.com/wsgate/wsgate/tracker"
@@ -536,7 +537,23 @@ func checkPush(t *testing.T, r rendered) {
 		ev.Spec.Triggers[0].Metadata["fleet"] != "games" {
 		t.Errorf("Envoy ScaledObject: %+v %+v", ev.Spec.ScaleTargetRef, ev.Spec.Triggers)
 	}
-	get[*corev1.Service](t, r, "Service", envoyName+"-metrics")
+	// The ServiceMonitor selects both metrics Services by a label they carry.
+	sm := get[*unstructured.Unstructured](t, r, "ServiceMonitor", "wsg-wsgate")
+	sel, _, _ := unstructured.NestedStringMap(sm.Object, "spec", "selector", "matchLabels")
+	if sm.GetLabels()["release"] != "prometheus" {
+		t.Errorf("ServiceMonitor labels %v lack release=prometheus", sm.GetLabels())
+	}
+	for _, svc := range []string{envoyName + "-metrics", scalerName} {
+		s := get[*corev1.Service](t, r, "Service", svc)
+		for k, v := range sel {
+			if s.Labels[k] != v {
+				t.Errorf("ServiceMonitor selector %s=%s misses Service %s", k, v, svc)
+			}
+		}
+		if !slices.ContainsFunc(s.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == "metrics" }) {
+			t.Errorf("Service %s has no metrics port for the ServiceMonitor", svc)
+		}
+	}
 	cm := get[*corev1.ConfigMap](t, r, "ConfigMap", configName)
 	fleets, err := tracker.ParseFleets([]byte(cm.Data["fleets.yaml"]))
 	if err != nil || len(fleets) != 2 || fleets[1].Policy != tracker.PolicySpread || fleets[1].RatePerSecond != 2.5 {
