@@ -125,7 +125,7 @@ const reapLimit = 16
 // buffered rejections (see sync.lua).
 func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	p := s.KeyPrefix(req.Fleet)
-	keys := []string{p + "load", p + "avail", p + "inst:" + req.Instance, p + "est:" + req.Instance,
+	keys := []string{p + "load", p + "avail", p + "inst:" + req.Instance, p + "pend:" + req.Instance,
 		p + "instances", p + "stats", p + "epoch"}
 	args := []any{req.Instance, req.Now.UnixMilli(), req.LeaseUntil.UnixMilli(), newEpoch(req.Now), p,
 		BucketSlots, reapLimit, s.EventsChannel(req.Fleet), len(req.Counts)}
@@ -303,10 +303,14 @@ func (s *Store) Snapshot(ctx context.Context, fleet string, now time.Time) (Snap
 		}
 		id, _ := f[0].(string)
 		lease, _ := strconv.ParseFloat(fmt.Sprint(f[1]), 64)
-		out.Instances = append(out.Instances, InstanceState{
-			ID: id, LeaseUntil: time.UnixMilli(int64(lease)),
-			Live: counts(f[2]), Established: counts(f[3]), Rejections: windows(f[4]),
-		})
+		in := InstanceState{ID: id, LeaseUntil: time.UnixMilli(int64(lease)), Live: counts(f[2]), Established: map[string]int{}, Rejections: windows(f[4])}
+		pending := counts(f[3])
+		for pod, n := range in.Live {
+			if e := n - pending[pod]; e > 0 {
+				in.Established[pod] = e
+			}
+		}
+		out.Instances = append(out.Instances, in)
 	}
 	sort.Slice(out.Instances, func(i, j int) bool { return out.Instances[i].ID < out.Instances[j].ID })
 	out.Rejections = windows(res[6])

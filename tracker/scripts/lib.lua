@@ -6,16 +6,14 @@
 -- avail (where the pod is placeable), never below zero. It returns the change
 -- actually applied, so callers keep stats.live equal to the sum of load.
 local function adjust(load, avail, pod, d)
-  local before = tonumber(redis.call('ZSCORE', load, pod) or '0')
-  local after = before + d
+  local after = tonumber(redis.call('ZINCRBY', load, d, pod))
+  local before = after - d
   if after <= 0 then
     after = 0
     redis.call('ZREM', load, pod)
-  else
-    redis.call('ZADD', load, after, pod)
   end
   redis.call('ZADD', avail, 'XX', after, pod)
-  return after - before
+  return after - math.max(before, 0)
 end
 
 -- A rejection ring is a hash of `slots` fixed-width time buckets: field c<i>
@@ -76,7 +74,7 @@ local function reap_expired(prefix, now, limit, self)
         moved = moved + adjust(load, avail, f[i], -tonumber(f[i + 1]))
       end
       if moved ~= 0 then redis.call('HINCRBY', stats, 'live', moved) end
-      redis.call('DEL', ik, prefix .. 'est:' .. id, prefix .. 'rejinst:' .. id)
+      redis.call('DEL', ik, prefix .. 'pend:' .. id, prefix .. 'rejinst:' .. id)
       redis.call('ZREM', prefix .. 'instances', id)
       reaped[#reaped + 1] = id
     end

@@ -3,7 +3,7 @@
 -- KEYS: 1 pods, 2 load, 3 instances, 4 stats, 5 epoch
 -- ARGV: 1 prefix, 2 bucket, 3 w1, 4 w2, 5 w3, 6.. reasons
 -- Returns {pods, load, stats, epoch, synced, instances, rejections} where
--- instances is a list of {id, lease, live, established, windows} and
+-- instances is a list of {id, lease, live, pending, windows} and
 -- windows/rejections are flat lists of (reason, w1, w2, w3).
 local prefix = ARGV[1]
 local bucket, w1, w2, w3 = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -30,7 +30,7 @@ for i = 1, #ids, 2 do
   inst[#inst + 1] = {
     id, ids[i + 1],
     redis.call('HGETALL', prefix .. 'inst:' .. id),
-    redis.call('HGETALL', prefix .. 'est:' .. id),
+    redis.call('HGETALL', prefix .. 'pend:' .. id),
     windows(prefix .. 'rejinst:' .. id, function(r) return r .. ':' end),
   }
 end

@@ -2,7 +2,9 @@
 -- local truth, load/avail are corrected by the difference, its lease is
 -- renewed, it joins the epoch's synced set, buffered rejections are flushed
 -- and expired instances are reaped.
--- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 est:<id>, 5 instances, 6 stats, 7 epoch
+-- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 pend:<id>, 5 instances, 6 stats, 7 epoch
+-- pend:<id> holds only the connections not yet established: they are few and
+-- short-lived, so established = live - pending costs almost no memory.
 -- ARGV: 1 id, 2 now (ms), 3 lease expiry (ms), 4 candidate epoch, 5 prefix,
 --       6 bucket slots, 7 reap limit, 8 events channel,
 --       9 npods, then npods x (pod, live, established),
@@ -34,7 +36,7 @@ for _ = 1, npods do
   old[pod] = nil
   if d ~= 0 then moved = moved + adjust(KEYS[1], KEYS[2], pod, d) end
   if live > 0 then redis.call('HSET', KEYS[3], pod, live) end
-  if est > 0 then redis.call('HSET', KEYS[4], pod, est) end
+  if live > est then redis.call('HSET', KEYS[4], pod, live - est) end
 end
 for pod, n in pairs(old) do
   moved = moved + adjust(KEYS[1], KEYS[2], pod, -n)

@@ -1,0 +1,199 @@
+package tracker_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// quantiles returns the p50 and p99 of durations (sorted in place).
+func quantiles(d []time.Duration) (p50, p99 time.Duration) {
+	if len(d) == 0 {
+		return 0, 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d[len(d)/2], d[len(d)*99/100]
+}
+
+// pingQuantiles measures n bare Redis PING round trips: the baseline every
+// admission figure is divided by, taken in the same run on the same machine.
+func pingQuantiles(b *testing.B, rdb redis.UniversalClient, n int) (p50, p99 time.Duration) {
+	b.Helper()
+	ctx := context.Background()
+	lat := make([]time.Duration, n)
+	for i := range lat {
+		start := time.Now()
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			b.Fatal(err)
+		}
+		lat[i] = time.Since(start)
+	}
+	return quantiles(lat)
+}
+
+func benchTracker(b *testing.B, rdb redis.UniversalClient, pods int) *tracker.Tracker {
+	b.Helper()
+	tr, err := tracker.New(tracker.Config{
+		InstanceID: "bench", Fleets: []tracker.FleetConfig{{Name: "bench", MaxConnectionsPerPod: 1 << 30, RatePerSecond: 1e9, Burst: 1e9, Pods: podAddrs(pods)}},
+	}, tracker.NewStore(rdb, "wsgate"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := tr.Heartbeat(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return tr
+}
+
+// BenchmarkAdmit is one admission (token bucket + admit script + local
+// record) followed by its release, sequentially, against a real
+// redis-server. It reports p50/p99 of the admission alone and their ratio to
+// a bare PING round trip of the same run.
+func BenchmarkAdmit(b *testing.B) {
+	srv := redistest.Start(b)
+	rdb := srv.Client()
+	tr := benchTracker(b, rdb, 1000)
+	ctx := context.Background()
+	ping50, ping99 := pingQuantiles(b, rdb, 2000)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		res, err := tr.Admit(ctx, "bench")
+		lat = append(lat, time.Since(start))
+		if err != nil || !res.Admitted {
+			b.Fatalf("admit: %+v %v", res, err)
+		}
+		if err := tr.Release(ctx, res.Conn); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	p50, p99 := quantiles(lat)
+	b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(p99.Nanoseconds()), "p99-ns")
+	b.ReportMetric(float64(ping50.Nanoseconds()), "ping-p50-ns")
+	b.ReportMetric(float64(p50)/float64(ping50), "p50/ping")
+	b.ReportMetric(float64(p99)/float64(ping99), "p99/ping-p99")
+}
+
+// BenchmarkAdmitParallel32 is the admission throughput with 32 concurrent
+// callers, in admissions per second; the PING throughput with the same 32
+// callers is the baseline.
+func BenchmarkAdmitParallel32(b *testing.B) {
+	srv := redistest.Start(b)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
+	defer rdb.Close()
+	tr := benchTracker(b, rdb, 1000)
+	ctx := context.Background()
+	run := func(n int, op func() error) time.Duration {
+		var wg sync.WaitGroup
+		work := make(chan struct{}, n)
+		for i := 0; i < n; i++ {
+			work <- struct{}{}
+		}
+		close(work)
+		start := time.Now()
+		for w := 0; w < 32; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range work {
+					if err := op(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	pingTime := run(20000, func() error { return rdb.Ping(ctx).Err() })
+	b.ResetTimer()
+	elapsed := run(b.N, func() error {
+		res, err := tr.Admit(ctx, "bench")
+		if err != nil || !res.Admitted {
+			return fmt.Errorf("admit: %+v %v", res, err)
+		}
+		return tr.Release(ctx, res.Conn)
+	})
+	b.StopTimer()
+	admitsPerSec := float64(b.N) / elapsed.Seconds()
+	pingsPerSec := 20000 / pingTime.Seconds()
+	b.ReportMetric(admitsPerSec, "admissions/s")
+	b.ReportMetric(admitsPerSec/pingsPerSec, "vs-ping-throughput")
+}
+
+// BenchmarkMemoryPerConnection fills Redis with 1,000 pods x 10 instances
+// holding 100,000 live connections between them, published by the
+// instances' own sync, and reports Redis memory per live connection.
+func BenchmarkMemoryPerConnection(b *testing.B) {
+	const pods, instances, conns = 1000, 10, 100000
+	srv := redistest.Start(b)
+	rdb := srv.Client()
+	ctx := context.Background()
+	store := tracker.NewStore(rdb, "wsgate")
+	addrs := podAddrs(pods)
+	reg := make([]tracker.Pod, pods)
+	for j, a := range addrs {
+		reg[j] = tracker.Pod{Addr: a, Name: fmt.Sprintf("backend-%d", j), Node: "node-1", Ready: true}
+	}
+	used := func() int64 {
+		b.Helper()
+		info, err := rdb.Info(ctx, "memory").Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return n
+			}
+		}
+		b.Fatal("no used_memory in INFO")
+		return 0
+	}
+	sync := func(counts []tracker.PodCount) {
+		b.Helper()
+		now := time.Now()
+		for in := 0; in < instances; in++ {
+			if _, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "bench", Instance: fmt.Sprintf("envoy-%d", in), Now: now, LeaseUntil: now.Add(time.Minute), Counts: counts}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	// The registry and the instances exist whatever the number of
+	// connections: the baseline is taken with them in place.
+	if err := store.SetPods(ctx, "bench", reg); err != nil {
+		b.Fatal(err)
+	}
+	sync(nil)
+	before := used()
+	counts := make([]tracker.PodCount, pods)
+	for p := range counts {
+		counts[p] = tracker.PodCount{Pod: addrs[p], Live: conns / instances / pods, Established: conns / instances / pods}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ { // each round re-publishes the same truth: a heartbeat of all instances
+		sync(counts)
+	}
+	b.StopTimer()
+	sum, err := store.Summary(ctx, "bench", time.Now())
+	if err != nil || sum.Live != conns {
+		b.Fatalf("live = %d (%v), want %d", sum.Live, err, conns)
+	}
+	after := used()
+	b.ReportMetric(float64(after-before)/conns, "bytes/conn")
+	b.ReportMetric(float64(after-before)/(pods*instances), "bytes/(pod*instance)")
+}
