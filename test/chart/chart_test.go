@@ -310,6 +310,16 @@ func checkScaledObjects(t *testing.T, r rendered) {
 		if !ok {
 			continue
 		}
+		// The checks KEDA's admission webhook runs on a ScaledObject.
+		if err := kedav1alpha1.ValidateTriggers(so.Spec.Triggers); err != nil {
+			t.Errorf("%s: %v", k, err)
+		}
+		if err := kedav1alpha1.CheckReplicaCountBoundsAreValid(so); err != nil {
+			t.Errorf("%s: %v", k, err)
+		}
+		if err := kedav1alpha1.CheckFallbackValid(so); err != nil {
+			t.Errorf("%s: %v", k, err)
+		}
 		for _, trg := range so.Spec.Triggers {
 			if trg.Metadata["scalerAddress"] != wantAddr {
 				t.Errorf("%s: scalerAddress %q, want %q", k, trg.Metadata["scalerAddress"], wantAddr)

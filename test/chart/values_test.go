@@ -2,6 +2,7 @@ package chart_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,6 +66,36 @@ func TestSchemaRejects(t *testing.T) {
 				if !strings.Contains(msg, w) {
 					t.Errorf("error lacks %q:\n%s", w, msg)
 				}
+			}
+		})
+	}
+}
+
+// TestTemplateRejects: what the schema cannot express, the templates check,
+// failing the install with the value's path.
+func TestTemplateRejects(t *testing.T) {
+	backend := func(fleet string, lo, hi int) string {
+		return fmt.Sprintf(`keda.backends=[{"name":"b","kind":"Deployment","fleet":%q,"metric":"connections","minReplicaCount":%d,"maxReplicaCount":%d}]`, fleet, lo, hi)
+	}
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"min above max", []string{"--set-json", backend("default", 5, 2)}, "keda.backends[0] (b): minReplicaCount 5 is above maxReplicaCount 2"},
+		{"unknown backend fleet", []string{"--set-json", backend("chat", 1, 2)}, `keda.backends[0] (b): fleet "chat" is not one of fleets[].name`},
+		{"unknown envoy fleet", []string{"--set", "keda.envoy.enabled=true", "--set", "keda.envoy.fleet=chat"}, `keda.envoy.fleet "chat" is not one of fleets[].name`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			args := append([]string{"template", "wsg", chartDir, "--kube-version", kubeVersion}, tc.args...)
+			_, errOut, err := runHelm(t, args...)
+			if err == nil {
+				t.Fatalf("helm template %v succeeded, want an error", tc.args)
+			}
+			if !strings.Contains(string(errOut), tc.want) {
+				t.Errorf("error lacks %q:\n%s", tc.want, errOut)
 			}
 		})
 	}
