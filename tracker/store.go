@@ -53,7 +53,7 @@ type Admission struct {
 func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance string, now, leaseUntil time.Time) (Admission, error) {
 	p := s.KeyPrefix(fleet)
 	keys := []string{p + "load", p + "avail", p + "inst:" + instance, p + "instances", p + "stats",
-		p + "rej:" + string(ReasonCapacity), p + "rej:" + string(ReasonNoPods), p + "rejinst:" + instance}
+		p + "rej:" + string(ReasonCapacity), p + "rej:" + string(ReasonNoPods), p + "rejinst:" + instance, p + "pend:" + instance}
 	res, err := scriptAdmit.Run(ctx, s.rdb, keys, maxPerPod, string(policy), instance,
 		leaseUntil.UnixMilli(), Bucket(now), BucketSlots, s.EventsChannel(fleet)).Slice()
 	if err != nil {
@@ -69,11 +69,11 @@ func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy P
 	return Admission{Reason: Reason(v)}, nil
 }
 
-// Release gives back up to n connections that instance holds on pod and
-// returns how many it held.
-func (s *Store) Release(ctx context.Context, fleet, instance, pod string, n int) (int, error) {
+// Release gives back up to n connections that instance holds on pod, of
+// which pending were never established, and returns how many it held.
+func (s *Store) Release(ctx context.Context, fleet, instance, pod string, n, pending int) (int, error) {
 	p := s.KeyPrefix(fleet)
-	got, err := scriptRelease.Run(ctx, s.rdb, []string{p + "load", p + "avail", p + "inst:" + instance, p + "stats"}, pod, n).Int()
+	got, err := scriptRelease.Run(ctx, s.rdb, []string{p + "load", p + "avail", p + "inst:" + instance, p + "stats", p + "pend:" + instance}, pod, n, pending).Int()
 	if err != nil {
 		return 0, fmt.Errorf("release %s %s: %w", fleet, pod, err)
 	}

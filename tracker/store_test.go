@@ -128,11 +128,11 @@ func TestReleaseGivesBackOnlyWhatTheInstanceHolds(t *testing.T) {
 	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
 	a := mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0)
 	mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e2", t0)
-	if n, err := s.Release(ctx, "chat", "e1", a.Pod, 1); err != nil || n != 1 {
+	if n, err := s.Release(ctx, "chat", "e1", a.Pod, 1, 1); err != nil || n != 1 {
 		t.Fatalf("release = %d, %v; want 1", n, err)
 	}
 	// A duplicate release, or e1 releasing e2's connection, changes nothing.
-	if n, err := s.Release(ctx, "chat", "e1", a.Pod, 1); err != nil || n != 0 {
+	if n, err := s.Release(ctx, "chat", "e1", a.Pod, 1, 1); err != nil || n != 0 {
 		t.Fatalf("duplicate release = %d, %v; want 0", n, err)
 	}
 	snap, err := s.Snapshot(ctx, "chat", t0)
@@ -364,5 +364,39 @@ func TestStoreReportsRedisErrors(t *testing.T) {
 	}
 	if want := "admit chat: LOADING"; len(err.Error()) < len(want) || err.Error()[:len(want)] != want {
 		t.Errorf("error %q does not say what was attempted", err)
+	}
+}
+
+func TestNewConnectionsArePendingUntilEstablished(t *testing.T) {
+	s, _ := newMiniStore(t)
+	ctx := context.Background()
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
+	a := mustAdmit(t, s, "chat", 5, tracker.PolicyPack, "e1", t0)
+	mustAdmit(t, s, "chat", 5, tracker.PolicyPack, "e1", t0)
+	est := func() int {
+		t.Helper()
+		snap, err := s.Snapshot(ctx, "chat", t0)
+		if err != nil || len(snap.Instances) != 1 {
+			t.Fatalf("snapshot: %+v %v", snap.Instances, err)
+		}
+		return snap.Instances[0].Established[a.Pod]
+	}
+	if got := est(); got != 0 {
+		t.Fatalf("established right after admission = %d, want 0", got)
+	}
+	// The heartbeat reports one of the two established.
+	if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Now: t0, LeaseUntil: t0.Add(time.Minute),
+		Counts: []tracker.PodCount{{Pod: a.Pod, Live: 2, Established: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := est(); got != 1 {
+		t.Fatalf("established after the heartbeat = %d, want 1", got)
+	}
+	// Releasing the pending one leaves the established one.
+	if _, err := s.Release(ctx, "chat", "e1", a.Pod, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := est(); got != 1 {
+		t.Fatalf("established after releasing the pending connection = %d, want 1", got)
 	}
 }

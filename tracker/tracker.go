@@ -334,7 +334,11 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	}
 	rctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
 	defer cancel()
-	if _, err := t.store.Release(rctx, f.cfg.Name, t.cfg.InstanceID, c.pod, 1); err != nil && ctx.Err() == nil {
+	pending := 0
+	if !c.established {
+		pending = 1
+	}
+	if _, err := t.store.Release(rctx, f.cfg.Name, t.cfg.InstanceID, c.pod, 1, pending); err != nil && ctx.Err() == nil {
 		t.redisFailed(f, "release", err)
 	}
 	return nil

@@ -1,6 +1,6 @@
 -- admit: place one new connection of instance ARGV[3] on a pod under the cap.
 -- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 instances, 5 stats, 6 rej:capacity,
---       7 rej:no_pods, 8 rejinst:<id>
+--       7 rej:no_pods, 8 rejinst:<id>, 9 pend:<id>
 -- ARGV: 1 cap, 2 policy (pack|spread), 3 instance id, 4 lease expiry (ms),
 --       5 bucket, 6 slots, 7 events channel
 -- Returns {1, pod} or {0, reason}.
@@ -16,6 +16,7 @@ end
 if pod then
   adjust(KEYS[1], KEYS[2], pod, 1)
   redis.call('HINCRBY', KEYS[3], pod, 1)
+  redis.call('HINCRBY', KEYS[9], pod, 1) -- not established yet
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
   if redis.call('HINCRBY', KEYS[5], 'live', 1) == 1 then
     redis.call('PUBLISH', ARGV[7], 'active')
