@@ -54,7 +54,12 @@ func (s *Server) StreamIsActive(ref *externalscaler.ScaledObjectRef, stream grpc
 			return nil
 		case <-s.done:
 			return nil
-		case <-events:
+		case msg := <-events:
+			// "active" is the admit script's 0 -> 1 live connections: a
+			// transition even if no poll saw the fleet idle in between.
+			if msg != nil && msg.Payload == "active" {
+				was = false
+			}
 		case <-tick.C:
 		}
 	}

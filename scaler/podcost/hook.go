@@ -1,0 +1,322 @@
+package podcost
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/scaler/discovery"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// CostAnnotation is the annotation the ReplicaSet controller reads to pick
+// which pods to delete first on a scale-down (lowest cost first).
+const CostAnnotation = "controller.kubernetes.io/pod-deletion-cost"
+
+// Hook prepares the scale-downs of the fleets whose pods discovery knows.
+// It implements the scaler's ScaleDownGate.
+type Hook struct {
+	client    kubernetes.Interface
+	namespace string
+	pods      cache.SharedIndexInformer
+	lister    corelisters.PodLister
+	store     *tracker.Store
+	reg       *discovery.Registry
+	log       *slog.Logger
+	clock     clock.PassiveClock
+	metrics   *Metrics
+
+	settle, minInterval, backoffBase, backoffMax time.Duration
+
+	mu      sync.Mutex // held for a whole Gate: one decision at a time
+	drains  map[string]*drain
+	patches map[string]*patchState // pod name -> what was sent
+}
+
+// drain is one fleet's scale-down in preparation.
+type drain struct {
+	addrs      []string
+	costs      map[string]int32 // draining pod name -> the cost it must show
+	observedAt time.Time        // when the informer first showed every cost; zero until then
+	released   bool
+}
+
+type patchState struct {
+	sent     int32
+	ok       bool // sent was accepted by the API server
+	lastSent time.Time
+	failures int
+	retryAt  time.Time
+}
+
+// Option configures a Hook.
+type Option func(*Hook)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(h *Hook) { h.log = l } }
+
+// WithClock sets the clock (default the real one).
+func WithClock(c clock.PassiveClock) Option { return func(h *Hook) { h.clock = c } }
+
+// WithMetrics sets the collectors (default unregistered ones).
+func WithMetrics(m *Metrics) Option { return func(h *Hook) { h.metrics = m } }
+
+// WithSettle sets how long the observed costs must stand before the lower
+// recommendation is reported (default 15s): the ReplicaSet controller reads
+// its own cache, which may lag the scaler's.
+func WithSettle(d time.Duration) Option { return func(h *Hook) { h.settle = d } }
+
+// WithMinPatchInterval sets the shortest time between two patches of one
+// pod (default 10s).
+func WithMinPatchInterval(d time.Duration) Option { return func(h *Hook) { h.minInterval = d } }
+
+// WithBackoff sets the retry delay after a pod's first failed patch and its
+// ceiling; it doubles with every further failure (default 1s, 2m).
+func WithBackoff(base, ceiling time.Duration) Option {
+	return func(h *Hook) { h.backoffBase, h.backoffMax = base, ceiling }
+}
+
+// New returns a Hook patching pods of namespace. pods is the namespace's
+// pod informer: the caller starts its factory; the Hook reads what the
+// informer has observed before it lets a scale-down through.
+func New(client kubernetes.Interface, pods coreinformers.PodInformer, namespace string, store *tracker.Store, reg *discovery.Registry, opts ...Option) *Hook {
+	h := &Hook{
+		client: client, namespace: namespace, pods: pods.Informer(), lister: pods.Lister(),
+		store: store, reg: reg, log: slog.Default(), clock: clock.RealClock{},
+		settle: 15 * time.Second, minInterval: 10 * time.Second,
+		backoffBase: time.Second, backoffMax: 2 * time.Minute,
+		drains: map[string]*drain{}, patches: map[string]*patchState{},
+	}
+	for _, o := range opts {
+		o(h)
+	}
+	if h.metrics == nil {
+		h.metrics = NewMetrics(nil)
+	}
+	return h
+}
+
+// Gate returns the replica count to report for fleet: recommended at once
+// when it is not below ready (undraining whatever was drained), else ready
+// until the (ready - recommended) emptiest pods are draining and their
+// costs have been observed for the settle delay.
+func (h *Hook) Gate(ctx context.Context, fleet string, ready, recommended int) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if recommended >= ready {
+		h.undrain(ctx, fleet)
+		return recommended
+	}
+	if h.prepare(ctx, fleet, ready-recommended) {
+		h.metrics.Holding.WithLabelValues(fleet).Set(0)
+		return recommended
+	}
+	h.metrics.Holding.WithLabelValues(fleet).Set(1)
+	return ready
+}
+
+// prepare drains n pods of fleet, patches costs, and reports whether the
+// scale-down may go ahead.
+func (h *Hook) prepare(ctx context.Context, fleet string, n int) bool {
+	now := h.clock.Now()
+	if !h.pods.HasSynced() {
+		return false
+	}
+	cands, err := h.candidates(ctx, fleet, now)
+	if err != nil {
+		h.log.Warn("scale-down held: cannot rank pods", "fleet", fleet, "err", err)
+		return false
+	}
+	n = min(n, len(cands))
+	d := h.drains[fleet]
+	addrs := make([]string, n)
+	for i := range n {
+		addrs[i] = cands[i].addr
+	}
+	if d == nil || !sameSet(d.addrs, addrs) {
+		d = &drain{addrs: addrs}
+		h.drains[fleet] = d
+	}
+	d.costs = map[string]int32{}
+	for i, c := range cands {
+		v := cost(c.live, i < n)
+		if i < n {
+			d.costs[c.name] = v
+		}
+		h.patch(ctx, fleet, c.name, v, now)
+	}
+	h.metrics.Draining.WithLabelValues(fleet).Set(float64(n))
+	h.writeScaledown(ctx, fleet, cands)
+
+	h.reg.SetDraining(fleet, addrs)
+	if err := h.reg.Publish(ctx, fleet); err != nil {
+		h.log.Warn("scale-down held: draining flags not written", "fleet", fleet, "err", err)
+		return false
+	}
+	if d.released {
+		return true
+	}
+	if !h.observed(d) {
+		d.observedAt = time.Time{}
+		return false
+	}
+	if d.observedAt.IsZero() {
+		d.observedAt = now
+	}
+	d.released = !now.Before(d.observedAt.Add(h.settle))
+	return d.released
+}
+
+// candidates are fleet's ready, named pods, ranked.
+func (h *Hook) candidates(ctx context.Context, fleet string, now time.Time) ([]candidate, error) {
+	snap, err := h.store.Snapshot(ctx, fleet, now)
+	if err != nil {
+		return nil, err
+	}
+	var out []candidate
+	for _, p := range h.reg.Pods(fleet) {
+		if !p.Ready || p.Name == "" {
+			continue
+		}
+		c := candidate{addr: p.Addr, name: p.Name, live: snap.Load[p.Addr], draining: p.Draining}
+		if pod, err := h.lister.Pods(h.namespace).Get(p.Name); err == nil {
+			c.created = pod.CreationTimestamp.Time
+		}
+		out = append(out, c)
+	}
+	rank(out)
+	return out, nil
+}
+
+// observed reports whether the informer shows every draining pod's cost
+// (a pod it no longer knows is gone, which is what the cost was for).
+func (h *Hook) observed(d *drain) bool {
+	for name, want := range d.costs {
+		pod, err := h.lister.Pods(h.namespace).Get(name)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil || pod.Annotations[CostAnnotation] != strconv.Itoa(int(want)) {
+			return false
+		}
+	}
+	return true
+}
+
+// patch sets pod's cost unless it already shows it or was sent it, the pod
+// was patched too recently, or it is backing off after a failure.
+func (h *Hook) patch(ctx context.Context, fleet, name string, v int32, now time.Time) {
+	ps := h.patches[name]
+	if ps == nil {
+		ps = &patchState{}
+		h.patches[name] = ps
+	}
+	if ps.ok && ps.sent == v {
+		return
+	}
+	if pod, err := h.lister.Pods(h.namespace).Get(name); err == nil && pod.Annotations[CostAnnotation] == strconv.Itoa(int(v)) {
+		ps.sent, ps.ok = v, true
+		return
+	}
+	if now.Before(ps.retryAt) || (ps.ok && now.Sub(ps.lastSent) < h.minInterval) {
+		return
+	}
+	body := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, CostAnnotation, strconv.Itoa(int(v)))
+	_, err := h.client.CoreV1().Pods(h.namespace).Patch(ctx, name, types.MergePatchType, []byte(body), metav1.PatchOptions{})
+	ps.lastSent = now
+	if err == nil {
+		ps.sent, ps.ok, ps.failures, ps.retryAt = v, true, 0, time.Time{}
+		h.metrics.Patches.WithLabelValues(fleet, "ok").Inc()
+		return
+	}
+	result := "error"
+	switch {
+	case apierrors.IsForbidden(err):
+		result = "forbidden"
+	case apierrors.IsConflict(err):
+		result = "conflict"
+	case apierrors.IsNotFound(err):
+		// Gone: nothing to retry; discovery drops it from the registry.
+		delete(h.patches, name)
+		h.metrics.Patches.WithLabelValues(fleet, "not_found").Inc()
+		return
+	}
+	ps.ok = false
+	ps.failures++
+	wait := min(h.backoffBase<<min(ps.failures-1, 20), h.backoffMax)
+	ps.retryAt = now.Add(wait)
+	h.metrics.Patches.WithLabelValues(fleet, result).Inc()
+	h.log.Warn("pod-deletion-cost patch failed; retrying", "fleet", fleet, "pod", name, "cost", v,
+		"result", result, "retry_in", wait, "err", err)
+}
+
+// writeScaledown publishes the ranking for operators (wsgate metrics):
+// pod address -> position, the first to go first.
+func (h *Hook) writeScaledown(ctx context.Context, fleet string, cands []candidate) {
+	key := h.store.KeyPrefix(fleet) + "scaledown"
+	members := make([]redis.Z, len(cands))
+	for i, c := range cands {
+		members[i] = redis.Z{Score: float64(i), Member: c.addr}
+	}
+	_, err := h.store.Client().TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, key)
+		if len(members) > 0 {
+			p.ZAdd(ctx, key, members...)
+		}
+		return nil
+	})
+	if err != nil {
+		h.log.Warn("scale-down candidates not written", "fleet", fleet, "err", err)
+	}
+}
+
+// undrain ends fleet's scale-down preparation. It never holds anything:
+// a failed write is logged and the Registry's own loop retries it.
+func (h *Hook) undrain(ctx context.Context, fleet string) {
+	h.metrics.Holding.WithLabelValues(fleet).Set(0)
+	if _, ok := h.drains[fleet]; !ok {
+		// Flags another replica (or this one before a restart) left in
+		// Redis go too; the Registry's loop writes it.
+		h.reg.SetDraining(fleet, nil)
+		return
+	}
+	delete(h.drains, fleet)
+	h.metrics.Draining.WithLabelValues(fleet).Set(0)
+	h.reg.SetDraining(fleet, nil)
+	if err := h.reg.Publish(ctx, fleet); err != nil {
+		h.log.Warn("undrain not written yet; the registry retries", "fleet", fleet, "err", err)
+	}
+	if err := h.store.Client().Del(ctx, h.store.KeyPrefix(fleet)+"scaledown").Err(); err != nil {
+		h.log.Warn("scale-down candidates not removed", "fleet", fleet, "err", err)
+	}
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	in := make(map[string]bool, len(a))
+	for _, s := range a {
+		in[s] = true
+	}
+	for _, s := range b {
+		if !in[s] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,431 @@
+package podcost_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/wsgate/wsgate/scaler/discovery"
+	"github.com/wsgate/wsgate/scaler/podcost"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+const (
+	ns     = "apps"
+	fleet  = "chat"
+	settle = 10 * time.Second
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+type env struct {
+	client  *fake.Clientset
+	store   *tracker.Store
+	reg     *discovery.Registry
+	hook    *podcost.Hook
+	clock   *clocktesting.FakeClock
+	metrics *podcost.Metrics
+	seen    chan string // pod names whose cost annotation the informer showed
+}
+
+func addr(i int) string { return fmt.Sprintf("10.0.0.%d:8080", i+1) }
+func name(i int) string { return fmt.Sprintf("pod-%d", i) }
+
+// newEnv starts a fleet of len(live) pods, pod-i created i minutes after
+// t0, holding live[i] connections reported by a tracker's heartbeat.
+func newEnv(t *testing.T, live []int) *env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	e := &env{store: tracker.NewStore(rdb, "wsgate"), clock: clocktesting.NewFakeClock(t0), seen: make(chan string, 1000)}
+
+	var objs []runtime.Object
+	var pods []tracker.Pod
+	var counts []tracker.PodCount
+	for i, n := range live {
+		objs = append(objs, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+			Name: name(i), Namespace: ns, CreationTimestamp: metav1.NewTime(t0.Add(time.Duration(i) * time.Minute)),
+		}})
+		pods = append(pods, tracker.Pod{Addr: addr(i), Name: name(i), Ready: true})
+		counts = append(counts, tracker.PodCount{Pod: addr(i), Live: n})
+	}
+	e.client = fake.NewClientset(objs...)
+	e.reg = discovery.NewRegistry(e.store)
+	e.reg.SetEndpoints(fleet, pods)
+	if err := e.reg.Publish(ctx, fleet); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "envoy-1", Now: time.Now(), LeaseUntil: time.Now().Add(time.Hour), Counts: counts}); err != nil {
+		t.Fatal(err)
+	}
+
+	factory := informers.NewSharedInformerFactoryWithOptions(e.client, 0, informers.WithNamespace(ns))
+	podInformer := factory.Core().V1().Pods()
+	e.metrics = podcost.NewMetrics(prometheus.NewRegistry())
+	e.hook = podcost.New(e.client, podInformer, ns, e.store, e.reg,
+		podcost.WithClock(e.clock), podcost.WithSettle(settle), podcost.WithMetrics(e.metrics),
+		podcost.WithMinPatchInterval(5*time.Second), podcost.WithBackoff(time.Second, time.Minute))
+	// Handlers run after the informer's cache is updated: what arrives
+	// here is what the hook's lister shows.
+	if _, err := podInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: func(_, obj any) {
+		if p := obj.(*corev1.Pod); p.Annotations[podcost.CostAnnotation] != "" {
+			e.seen <- p.Name + "=" + p.Annotations[podcost.CostAnnotation]
+		}
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	factory.Start(ctx.Done())
+	t.Cleanup(factory.Shutdown)
+	if !cache.WaitForCacheSync(ctx.Done(), podInformer.Informer().HasSynced) {
+		t.Fatal("pod informer did not sync")
+	}
+	return e
+}
+
+func (e *env) gate(t *testing.T, ready, recommended int) int {
+	t.Helper()
+	return e.hook.Gate(context.Background(), fleet, ready, recommended)
+}
+
+// patches lists the cost values patched onto each pod, in order.
+func (e *env) patches() map[string][]string {
+	out := map[string][]string{}
+	for _, a := range e.client.Actions() {
+		p, ok := a.(k8stesting.PatchAction)
+		if !ok || a.GetVerb() != "patch" || a.GetResource().Resource != "pods" {
+			continue
+		}
+		out[p.GetName()] = append(out[p.GetName()], costOf(p))
+	}
+	return out
+}
+
+func costOf(p k8stesting.PatchAction) string {
+	var body struct {
+		Metadata struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"metadata"`
+	}
+	if err := json.Unmarshal(p.GetPatch(), &body); err != nil {
+		return "malformed patch: " + err.Error()
+	}
+	return body.Metadata.Annotations[podcost.CostAnnotation]
+}
+
+func total(m map[string][]string) int {
+	n := 0
+	for _, v := range m {
+		n += len(v)
+	}
+	return n
+}
+
+// awaitSeen waits until the informer has shown want (pod=cost entries).
+func (e *env) awaitSeen(t *testing.T, want map[string]bool) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for len(want) > 0 {
+		select {
+		case s := <-e.seen:
+			delete(want, s)
+		case <-timeout:
+			t.Fatalf("informer never showed %v", want)
+		}
+	}
+}
+
+func (e *env) draining(t *testing.T) []string {
+	t.Helper()
+	snap, err := e.store.Snapshot(context.Background(), fleet, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for a, p := range snap.Pods {
+		if p.Draining {
+			out = append(out, a)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func counter(t *testing.T, m *podcost.Metrics, result string) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := m.Patches.WithLabelValues(fleet, result).Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetCounter().GetValue()
+}
+
+// hidePatches makes the API server accept patches that the watch never
+// shows, until the test reveals them: the state right after a patch, before
+// the informer caught up.
+type hidePatches struct {
+	mu     sync.Mutex
+	hidden []k8stesting.PatchAction
+}
+
+func (h *hidePatches) react(a k8stesting.Action) (bool, runtime.Object, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.hidden = append(h.hidden, a.(k8stesting.PatchAction))
+	return true, &corev1.Pod{}, nil
+}
+
+func (h *hidePatches) reveal(t *testing.T, c *fake.Clientset) {
+	t.Helper()
+	h.mu.Lock()
+	hidden := h.hidden
+	h.hidden = nil
+	h.mu.Unlock()
+	gvr := schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+	for _, p := range hidden {
+		obj, err := c.Tracker().Get(gvr, ns, p.GetName())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := obj.(*corev1.Pod).DeepCopy()
+		if pod.Annotations == nil {
+			pod.Annotations = map[string]string{}
+		}
+		pod.Annotations[podcost.CostAnnotation] = costOf(p)
+		if err := c.Tracker().Update(gvr, pod, ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestScaleDownDrainsTheEmptiestAndWaitsForTheInformer(t *testing.T) {
+	live := []int{5, 0, 3, 1, 7, 2, 0, 4, 6, 1}
+	e := newEnv(t, live)
+	hide := &hidePatches{}
+	e.client.PrependReactor("patch", "pods", hide.react)
+
+	if got := e.gate(t, 10, 6); got != 10 {
+		t.Fatalf("first Gate = %d, want 10 held", got)
+	}
+	// Emptiest first; among equals the youngest (pod-6 before pod-1).
+	wantDrained := []string{addr(1), addr(3), addr(6), addr(9)}
+	if got := e.draining(t); fmt.Sprint(got) != fmt.Sprint(wantDrained) {
+		t.Fatalf("draining in Redis = %v, want %v", got, wantDrained)
+	}
+	if n := total(e.patches()); n != 10 {
+		t.Fatalf("patches after the first Gate = %d, want one per pod (10)", n)
+	}
+
+	// Accepted but not yet observed: no amount of time lets it through,
+	// and nothing is patched again.
+	e.clock.Step(time.Hour)
+	if got := e.gate(t, 10, 6); got != 10 {
+		t.Fatalf("Gate before the informer saw the costs = %d, want 10", got)
+	}
+	if n := total(e.patches()); n != 10 {
+		t.Fatalf("patches after a second Gate = %d, want still 10", n)
+	}
+
+	want := map[string]bool{}
+	for pod, vals := range e.patches() {
+		want[pod+"="+vals[0]] = true
+	}
+	hide.reveal(t, e.client)
+	e.awaitSeen(t, want)
+	if got := e.gate(t, 10, 6); got != 10 {
+		t.Fatalf("Gate when the costs were just observed = %d, want 10 until the settle delay", got)
+	}
+	e.clock.Step(settle - time.Second)
+	if got := e.gate(t, 10, 6); got != 10 {
+		t.Fatalf("Gate 1s before the settle delay = %d, want 10", got)
+	}
+	e.clock.Step(time.Second)
+	if got := e.gate(t, 10, 6); got != 6 {
+		t.Fatalf("Gate after observation and settle = %d, want 6", got)
+	}
+
+	// The drained pods carry the 4 lowest costs.
+	pods, err := e.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type pc struct {
+		name string
+		cost int
+	}
+	var costs []pc
+	for _, p := range pods.Items {
+		c, err := strconv.Atoi(p.Annotations[podcost.CostAnnotation])
+		if err != nil {
+			t.Fatalf("pod %s cost %q: %v", p.Name, p.Annotations[podcost.CostAnnotation], err)
+		}
+		costs = append(costs, pc{p.Name, c})
+	}
+	sort.Slice(costs, func(i, j int) bool { return costs[i].cost < costs[j].cost })
+	lowest := map[string]bool{}
+	for _, c := range costs[:4] {
+		lowest[c.name] = true
+	}
+	if costs[3].cost >= costs[4].cost || !lowest["pod-1"] || !lowest["pod-3"] || !lowest["pod-6"] || !lowest["pod-9"] {
+		t.Errorf("costs %v: want pod-1, pod-3, pod-6, pod-9 strictly lowest", costs)
+	}
+	for i := 1; i < len(costs); i++ {
+		a, b := costs[i-1], costs[i]
+		la, lb := live[podIndex(a.name)], live[podIndex(b.name)]
+		if la > lb && !lowest[a.name] {
+			t.Errorf("%s (%d conns, cost %d) costs less than %s (%d conns, cost %d)", a.name, la, a.cost, b.name, lb, b.cost)
+		}
+	}
+
+	// Admissions during the drain go to the other pods only.
+	ctx := context.Background()
+	drained := map[string]bool{}
+	for _, a := range wantDrained {
+		drained[a] = true
+	}
+	now := time.Now()
+	for i := 0; i < 12; i++ {
+		a, err := e.store.Admit(ctx, fleet, 100, tracker.PolicySpread, "envoy-1", now, now.Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Pod == "" || drained[a.Pod] {
+			t.Fatalf("admission %d went to %q (%s), want a non-draining pod", i, a.Pod, a.Reason)
+		}
+	}
+
+	// Counts moved: only pods whose band changed are patched again, never
+	// twice with the same value; the released scale-down stays released.
+	e.clock.Step(time.Minute)
+	if got := e.gate(t, 10, 6); got != 6 {
+		t.Fatalf("Gate after admissions = %d, want 6", got)
+	}
+	hide.reveal(t, e.client)
+	for pod, vals := range e.patches() {
+		for i := 1; i < len(vals); i++ {
+			if vals[i] == vals[i-1] {
+				t.Errorf("pod %s patched twice in a row with %s: %v", pod, vals[i], vals)
+			}
+		}
+	}
+
+	scaledown, err := e.store.Client().ZRange(ctx, e.store.KeyPrefix(fleet)+"scaledown", 0, 3).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(scaledown) != fmt.Sprint([]string{addr(6), addr(1), addr(9), addr(3)}) {
+		t.Errorf("scaledown zset starts %v, want pod-6, pod-1, pod-9, pod-3", scaledown)
+	}
+
+	// The recommendation rises: undrained at once.
+	if got := e.gate(t, 10, 12); got != 12 {
+		t.Fatalf("Gate on scale-up = %d, want 12 at once", got)
+	}
+	if got := e.draining(t); len(got) != 0 {
+		t.Errorf("draining after scale-up = %v, want none", got)
+	}
+	if n, _ := e.store.Client().Exists(ctx, e.store.KeyPrefix(fleet)+"scaledown").Result(); n != 0 {
+		t.Errorf("scaledown zset still present after scale-up")
+	}
+}
+
+func podIndex(name string) int {
+	var i int
+	fmt.Sscanf(name, "pod-%d", &i)
+	return i
+}
+
+func TestFailedPatchesAreRetriedWithBackoffAndNeverBlockScaleUp(t *testing.T) {
+	e := newEnv(t, []int{4, 0, 2})
+	var mu sync.Mutex
+	attempts := 0
+	e.client.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.(k8stesting.PatchAction).GetName() != "pod-1" {
+			return false, nil, nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		attempts++
+		gr := schema.GroupResource{Resource: "pods"}
+		switch attempts {
+		case 1:
+			return true, nil, apierrors.NewForbidden(gr, "pod-1", fmt.Errorf("RBAC: patch not allowed"))
+		case 2:
+			return true, nil, apierrors.NewConflict(gr, "pod-1", fmt.Errorf("the object has been modified"))
+		}
+		return false, nil, nil
+	})
+	attemptsOf := func() int { mu.Lock(); defer mu.Unlock(); return attempts }
+
+	if got := e.gate(t, 3, 2); got != 3 {
+		t.Fatalf("Gate with a forbidden patch = %d, want 3 held", got)
+	}
+	if got := e.draining(t); fmt.Sprint(got) != fmt.Sprint([]string{addr(1)}) {
+		t.Fatalf("draining = %v, want pod-1 drained even before its cost is set", got)
+	}
+	if n := counter(t, e.metrics, "forbidden"); n != 1 {
+		t.Errorf("forbidden patches counted = %v, want 1", n)
+	}
+	// Still backing off: no new attempt.
+	e.gate(t, 3, 2)
+	if n := attemptsOf(); n != 1 {
+		t.Errorf("attempts within the backoff = %d, want 1", n)
+	}
+
+	// Scale-up while the patch fails: reported at once, pod undrained.
+	if got := e.gate(t, 3, 4); got != 4 {
+		t.Fatalf("Gate on scale-up during failures = %d, want 4", got)
+	}
+	if got := e.draining(t); len(got) != 0 {
+		t.Fatalf("draining after scale-up = %v, want none", got)
+	}
+
+	e.clock.Step(time.Second)
+	if got := e.gate(t, 3, 2); got != 3 {
+		t.Fatalf("Gate after a conflict = %d, want 3", got)
+	}
+	if n := counter(t, e.metrics, "conflict"); n != 1 || attemptsOf() != 2 {
+		t.Errorf("conflicts counted = %v after %d attempts, want 1 after 2", n, attemptsOf())
+	}
+	e.clock.Step(time.Second) // the second failure doubled the wait
+	e.gate(t, 3, 2)
+	if n := attemptsOf(); n != 2 {
+		t.Errorf("attempts 1s into a 2s backoff = %d, want 2", n)
+	}
+	e.clock.Step(time.Second)
+	e.gate(t, 3, 2)
+	if n := attemptsOf(); n != 3 {
+		t.Fatalf("attempts after the backoff = %d, want 3", n)
+	}
+	if n := counter(t, e.metrics, "ok"); n != 3 {
+		t.Errorf("successful patches = %v, want 3 (every pod once)", n)
+	}
+	e.awaitSeen(t, map[string]bool{"pod-1=-10000": true})
+	e.gate(t, 3, 2) // observed: the settle delay starts
+	e.clock.Step(settle)
+	if got := e.gate(t, 3, 2); got != 2 {
+		t.Fatalf("Gate once pod-1's cost is observed and settled = %d, want 2", got)
+	}
+}
