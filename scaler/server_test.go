@@ -43,7 +43,7 @@ func (c *clock) now() time.Time          { return time.Now().Add(time.Duration(c
 func (c *clock) advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	redis  *redistest.Server
 	rdb    *redis.Client
 	store  *tracker.Store
@@ -61,7 +61,7 @@ type opts struct {
 	dialTLS *tls.Config
 }
 
-func start(t *testing.T, o opts) *env {
+func start(t testing.TB, o opts) *env {
 	t.Helper()
 	rs := redistest.Start(t)
 	e := &env{t: t, redis: rs, rdb: rs.Client(), clock: &clock{}, reg: prometheus.NewRegistry()}
