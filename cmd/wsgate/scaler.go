@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/fx"
+
+	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+func init() { commands["scaler"] = runScaler }
+
+type scalerFlags struct {
+	config, listen, telemetry, logLevel string
+	tlsCert, tlsKey, tlsClientCA        string
+	reapInterval                        time.Duration
+	redis                               *redisOptions
+	cfg                                 scaler.Config
+}
+
+func runScaler(args []string) error {
+	fs := flag.NewFlagSet("wsgate scaler", flag.ContinueOnError)
+	f := scalerFlags{redis: redisFlags(fs)}
+	fs.StringVar(&f.config, "config", "", "fleets file (YAML), the same as the trackers'; see tracker/fleets.example.yaml")
+	fs.StringVar(&f.listen, "listen", ":9000", "gRPC address of the external scaler (KEDA's scalerAddress) and its health service")
+	fs.StringVar(&f.telemetry, "telemetry-listen", ":9102", "address of /metrics, /healthz and /readyz")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "server certificate (PEM); with --tls-key, serve TLS (KEDA trigger: enableTLS + caCert)")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "server certificate key (PEM)")
+	fs.StringVar(&f.tlsClientCA, "tls-client-ca", "", "CA bundle for client certificates; when set, KEDA must present one (tlsClientCert/tlsClientKey)")
+	fs.DurationVar(&f.cfg.Settle, "settle", 60*time.Second, "hold metrics until the Redis epoch is this old")
+	fs.Float64Var(&f.cfg.ReadinessRatio, "readiness-ratio", 0.95, "hold metrics until this share of the expected tracker instances re-synced")
+	fs.IntVar(&f.cfg.ExpectedInstances, "expected-instances", 0, "tracker instances to expect (0: learn them, those alive before the epoch changed)")
+	fs.DurationVar(&f.reapInterval, "reap-interval", 5*time.Second, "interval of reaping expired tracker instances")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if f.config == "" {
+		return errors.New("--config: a fleets file is required (see tracker/fleets.example.yaml)")
+	}
+	data, err := os.ReadFile(f.config)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	if f.cfg.Fleets, err = tracker.ParseFleets(data); err != nil {
+		return fmt.Errorf("--config %s: %w", f.config, err)
+	}
+	if f.reapInterval <= 0 {
+		return fmt.Errorf("--reap-interval %s: must be positive", f.reapInterval)
+	}
+	if f.cfg.Settle <= 0 {
+		return fmt.Errorf("--settle %s: must be positive", f.cfg.Settle)
+	}
+	log, err := newLogger(f.logLevel)
+	if err != nil {
+		return err
+	}
+	app := fx.New(
+		fxLogger(log),
+		fx.Supply(f, log),
+		fx.Provide(newRegistry, newScalerRedis, newScalerStore, newScaler),
+		fx.Invoke(runReaper, serveScaler, serveScalerTelemetry),
+	)
+	return runApp(app)
+}
+
+func newScalerRedis(lc fx.Lifecycle, f scalerFlags) (redis.UniversalClient, error) {
+	rdb, err := tracker.NewRedisClient(f.redis.config())
+	if err != nil {
+		return nil, err
+	}
+	lc.Append(fx.StopHook(rdb.Close))
+	return rdb, nil
+}
+
+func newScalerStore(rdb redis.UniversalClient, f scalerFlags) *tracker.Store {
+	return tracker.NewStore(rdb, f.redis.cfg.Prefix)
+}
+
+func newScaler(f scalerFlags, store *tracker.Store, reg prometheus.Registerer, log *slog.Logger) (*scaler.Server, error) {
+	return scaler.New(f.cfg, store, scaler.WithLogger(log), scaler.WithMetrics(scaler.NewMetrics(reg)))
+}
+
+func runReaper(lc fx.Lifecycle, f scalerFlags, s *scaler.Server) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			go func() { defer close(done); s.RunReaper(ctx, f.reapInterval) }()
+			return nil
+		},
+		OnStop: func(context.Context) error { cancel(); <-done; return nil },
+	})
+}
+
+// serveScaler binds --listen at start and stops gracefully: health goes
+// NOT_SERVING, streams end, unary calls finish.
+func serveScaler(lc fx.Lifecycle, f scalerFlags, s *scaler.Server, log *slog.Logger) error {
+	tlsConfig, err := scaler.LoadTLS(f.tlsCert, f.tlsKey, f.tlsClientCA)
+	if err != nil {
+		return err
+	}
+	g := scaler.NewGRPC(s, tlsConfig)
+	served := make(chan struct{})
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			ln, err := net.Listen("tcp", f.listen)
+			if err != nil {
+				return fmt.Errorf("scaler listener: %w", err)
+			}
+			log.Info("listening", "server", "scaler", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "mtls", f.tlsClientCA != "")
+			go func() {
+				defer close(served)
+				if err := g.Serve(ln); err != nil {
+					log.Error("server stopped", "server", "scaler", "err", err)
+				}
+			}()
+			return nil
+		},
+		OnStop: func(ctx context.Context) error { g.Stop(ctx); <-served; return nil },
+	})
+	return nil
+}
+
+func serveScalerTelemetry(lc fx.Lifecycle, f scalerFlags, rdb redis.UniversalClient, g prometheus.Gatherer, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	serveHTTP(lc, "telemetry", f.telemetry, mux, log)
+}
