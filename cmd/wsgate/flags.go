@@ -73,8 +73,8 @@ func (o *redisOptions) config() tracker.RedisConfig {
 	return c
 }
 
-// requireLoopback refuses to serve the admission API beyond this host:
-// whoever reaches it can place connections on any pod.
+// requireLoopback refuses to serve the tracker's APIs beyond this host:
+// whoever reaches them can place or release connections on any pod.
 func requireLoopback(flagName, addr string) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -84,7 +84,7 @@ func requireLoopback(flagName, addr string) error {
 	if host == "localhost" || (ip != nil && ip.IsLoopback()) {
 		return nil
 	}
-	return fmt.Errorf("--%s %q: the admission API must listen on a loopback address (127.0.0.1 or ::1)", flagName, addr)
+	return fmt.Errorf("--%s %q: must be a loopback address (127.0.0.1 or ::1): only the local Envoy may reach it", flagName, addr)
 }
 
 func newLogger(level string) (*slog.Logger, error) {
