@@ -76,10 +76,22 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 	defer cancel()
 
 	f.gate.Lock()
+	if err := t.inherit(ctx, f, now); err != nil {
+		f.gate.Unlock()
+		if parent.Err() == nil {
+			t.redisFailed(f, "sync", err)
+		}
+		return SyncResult{}, err
+	}
 	f.mu.Lock()
-	counts := make([]PodCount, 0, len(f.live))
+	counts := make([]PodCount, 0, len(f.live)+len(f.inherited))
 	for pod, n := range f.live {
-		counts = append(counts, PodCount{Pod: pod, Live: n, Established: f.est[pod]})
+		counts = append(counts, PodCount{Pod: pod, Live: n + f.inherited[pod], Established: f.est[pod] + f.inherited[pod]})
+	}
+	for pod, n := range f.inherited {
+		if f.live[pod] == 0 {
+			counts = append(counts, PodCount{Pod: pod, Live: n, Established: n})
+		}
 	}
 	oldest := Bucket(now) - BucketSlots
 	rej := make([]RejectionCount, 0, len(f.rej))
@@ -120,6 +132,41 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 	return res, nil
 }
 
+// inherit runs once per fleet, before the first heartbeat publishes this
+// instance's counts (the caller holds the gate, so no admission is between
+// its script and its local record): whatever Redis holds for this instance
+// beyond its local truth was left by a previous run whose Envoy may still
+// carry those connections. They stay counted for one lease.
+func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
+	f.mu.Lock()
+	done := f.inheritChecked
+	f.mu.Unlock()
+	if done {
+		return nil
+	}
+	held, err := t.store.InstanceCounts(ctx, f.cfg.Name, t.cfg.InstanceID)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.inheritChecked = true
+	f.inherited = map[string]int{}
+	total := 0
+	for pod, n := range held {
+		if extra := n - f.live[pod]; extra > 0 {
+			f.inherited[pod] = extra
+			total += extra
+		}
+	}
+	if total > 0 {
+		f.inheritUntil = now.Add(t.cfg.LeaseTTL)
+		t.log.Info("kept the connections a previous run of this instance left in Redis until their lease ends",
+			"fleet", f.cfg.Name, "connections", total, "until", f.inheritUntil)
+	}
+	return nil
+}
+
 func newView(res SyncResult, counts []PodCount, self string) view {
 	v := view{ok: true, load: res.Avail, mine: map[string]int{}, rank: -1}
 	for _, c := range counts {
@@ -146,6 +193,12 @@ func newView(res SyncResult, counts []PodCount, self string) view {
 func (t *Tracker) expire(f *fleet, now time.Time) {
 	f.mu.Lock()
 	var pending, lease int
+	if len(f.inherited) > 0 && now.After(f.inheritUntil) {
+		for _, n := range f.inherited {
+			lease += n
+		}
+		clear(f.inherited)
+	}
 	for _, c := range f.conns {
 		switch {
 		case !c.established && now.Sub(c.admitted) > t.cfg.EstablishTimeout:

@@ -157,6 +157,21 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	return out, nil
 }
 
+// InstanceCounts reads what Redis holds for instance: pod -> connections.
+func (s *Store) InstanceCounts(ctx context.Context, fleet, instance string) (map[string]int, error) {
+	m, err := s.rdb.HGetAll(ctx, s.key(fleet, "inst:"+instance)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("instance counts %s %s: %w", fleet, instance, err)
+	}
+	out := make(map[string]int, len(m))
+	for pod, v := range m {
+		if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			out[pod] = n
+		}
+	}
+	return out, nil
+}
+
 // Reap removes the instances of fleet whose lease ended before now and
 // returns their ids.
 func (s *Store) Reap(ctx context.Context, fleet string, now time.Time) ([]string, error) {

@@ -124,7 +124,19 @@ type fleet struct {
 	degraded bool
 	epoch    string
 	view     view
+
+	// inherited are connections a previous run of this instance left in
+	// Redis (the tracker restarted, its Envoy kept its connections). They
+	// stay counted until inheritUntil, one lease, unless Envoy's access log
+	// names them first (Adopt).
+	inheritChecked bool
+	inherited      map[string]int
+	inheritUntil   time.Time
 }
+
+// heldLocked is what this instance holds on pod: its own connections and
+// the ones it inherited.
+func (f *fleet) heldLocked(pod string) int { return f.live[pod] + f.inherited[pod] }
 
 // view is what the last successful heartbeat saw; the fallback decides from it.
 type view struct {
@@ -259,10 +271,11 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 		if t.cfg.Fallback == FallbackShare {
 			budget = v.mine[pod] + headroomShare(f.cfg.MaxConnectionsPerPod-v.load[pod], v.instances, v.rank, i)
 		}
-		if f.live[pod] >= budget {
+		held := f.heldLocked(pod)
+		if held >= budget {
 			continue
 		}
-		load := v.load[pod] - v.mine[pod] + f.live[pod]
+		load := v.load[pod] - v.mine[pod] + held
 		better := best == "" || (f.cfg.Policy == PolicyPack && load > bestLoad) || (f.cfg.Policy == PolicySpread && load < bestLoad)
 		if better {
 			best, bestLoad = pod, load
@@ -311,6 +324,36 @@ func (t *Tracker) touch(id string, established bool) error {
 		c.established = true
 		f.est[c.pod]++
 	}
+	return nil
+}
+
+// Adopt takes over a connection that a previous run of this instance
+// admitted, when Envoy's access log names it (by id, fleet and upstream pod)
+// while its count is still inherited. ended says the entry reports its end:
+// the inherited slot is then simply given back. ErrUnknownConn when there
+// is nothing inherited on that pod.
+func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
+	f, err := t.fleet(fleetName)
+	if err != nil {
+		return fmt.Errorf("adopt: %w", err)
+	}
+	now := t.now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.inherited[pod] <= 0 || now.After(f.inheritUntil) {
+		return fmt.Errorf("adopt: connection %q on %s: %w", id, pod, ErrUnknownConn)
+	}
+	if f.inherited[pod]--; f.inherited[pod] == 0 {
+		delete(f.inherited, pod)
+	}
+	if ended {
+		return nil // the next heartbeat publishes the release
+	}
+	c := &conn{id: id, pod: pod, established: true, admitted: now, renewed: now}
+	f.conns[id] = c
+	f.live[pod]++
+	f.est[pod]++
+	t.byConn.Store(id, f)
 	return nil
 }
 

@@ -375,3 +375,64 @@ func contains(s, sub string) bool {
 	}
 	return false
 }
+
+// TestRestartedTrackerKeepsItsConnectionsCounted: a tracker that restarts
+// while its Envoy keeps its connections must not publish an empty truth.
+func TestRestartedTrackerKeepsItsConnectionsCounted(t *testing.T) {
+	rdb, _ := miniClient(t)
+	clk := newClock()
+	fc := fleetCfg("chat", 2, "10.0.0.1:80", "10.0.0.2:80")
+	before := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fc)
+	heartbeat(t, before)
+	var held []tracker.Result
+	for i := 0; i < 3; i++ {
+		held = append(held, admit(t, before, "chat"))
+	}
+	heartbeat(t, before)
+
+	after := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fc) // same instance, new process
+	heartbeat(t, after)
+	live := func() int64 {
+		s, err := after.Store().Summary(context.Background(), "chat", clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Live
+	}
+	if got := live(); got != 3 {
+		t.Fatalf("after the restart Redis counts %d, want the 3 Envoy still holds", got)
+	}
+	if r := admit(t, after, "chat"); !r.Admitted {
+		t.Fatalf("the one free slot was not admitted: %+v", r)
+	} else if r2 := admit(t, after, "chat"); r2.Admitted {
+		t.Fatalf("admitted past the cap after a restart: %+v", r2)
+	}
+	// Envoy's access log names two of the old connections: one renews, one ends.
+	if err := after.Adopt("chat", held[0].Conn, held[0].Pod, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := after.Adopt("chat", held[1].Conn, held[1].Pod, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := after.Adopt("chat", "never-seen", "10.0.0.9:80", false); !errors.Is(err, tracker.ErrUnknownConn) {
+		t.Errorf("adopting a connection nothing was inherited for: %v, want ErrUnknownConn", err)
+	}
+	heartbeat(t, after)
+	if got := live(); got != 3 {
+		t.Fatalf("after one end and one renewal Redis counts %d, want 3 (2 old + 1 new)", got)
+	}
+	// One lease later the never-named inherited connection is gone; the
+	// adopted one, renewed, stays.
+	clk.Advance(25 * time.Second)
+	if err := after.Renew(held[0].Conn); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(6 * time.Second)
+	heartbeat(t, after)
+	if err := after.Renew(held[0].Conn); err != nil {
+		t.Fatalf("adopted connection lost: %v", err)
+	}
+	if got := live(); got != 1 {
+		t.Errorf("after the inherited lease Redis counts %d, want 1 (the adopted one; the new one expired unestablished)", got)
+	}
+}

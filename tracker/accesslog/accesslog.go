@@ -26,17 +26,20 @@ import (
 	"github.com/wsgate/wsgate/tracker"
 )
 
-// MetadataNamespace and ConnKey locate the connection id in an entry's
+// MetadataNamespace and its keys locate the connection in an entry's
 // dynamic metadata, where envoy/wsgate.lua writes it.
 const (
 	MetadataNamespace = "wsgate"
 	ConnKey           = "conn"
+	FleetKey          = "fleet"
+	UpstreamKey       = "upstream"
 )
 
 // Outcomes of one entry, the outcome label of the entries metric.
 const (
 	OutcomeOK          = "ok"
 	OutcomeUnknownConn = "unknown_conn"
+	OutcomeAdopted     = "adopted"
 	OutcomeNoConn      = "no_conn"
 	OutcomeMalformed   = "malformed"
 	OutcomeIgnored     = "ignored"
@@ -47,6 +50,7 @@ type Tracker interface {
 	Establish(id string) error
 	Renew(id string) error
 	Release(ctx context.Context, id string) error
+	Adopt(fleet, id, pod string, ended bool) error
 }
 
 // Server implements AccessLogServiceServer on a Tracker.
@@ -136,8 +140,14 @@ func (s *Server) classify(ctx context.Context, entry *datav3.HTTPAccessLogEntry)
 	}
 	if err := op(conn); err != nil {
 		if errors.Is(err, tracker.ErrUnknownConn) {
-			// Expired by the tracker already, or admitted by another
-			// tracker before a restart: nothing to do.
+			// Admitted by a previous run of this tracker: take it over
+			// while its count is still inherited. Otherwise it expired
+			// already and there is nothing to do.
+			md := props.GetMetadata().GetFilterMetadata()[MetadataNamespace].GetFields()
+			fleet, pod := md[FleetKey].GetStringValue(), md[UpstreamKey].GetStringValue()
+			if fleet != "" && pod != "" && s.tracker.Adopt(fleet, conn, pod, typ == "end") == nil {
+				return typ, OutcomeAdopted
+			}
 			return typ, OutcomeUnknownConn
 		}
 		s.log.Warn("access-log entry not applied", "type", typ, "conn", conn, "err", err)

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
@@ -34,9 +36,12 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	rs := redistest.Start(t)
-	rdb := rs.Client()
-	t.Cleanup(func() { rdb.Close() })
+	return newEnvOn(t, redistest.Start(t).Client())
+}
+
+// newEnvOn starts a tracker and its receiver on rdb.
+func newEnvOn(t *testing.T, rdb *redis.Client) *env {
+	t.Helper()
 	m := tracker.NewMetrics(prometheus.NewRegistry())
 	tr, err := tracker.New(tracker.Config{InstanceID: inst, Fleets: []tracker.FleetConfig{
 		{Name: fleet, MaxConnectionsPerPod: 10, RatePerSecond: 1000, Burst: 1000, Pods: []string{"10.0.0.1:8080"}},
@@ -167,6 +172,41 @@ func TestEstablishRenewEndReleasesTheSlotInRedis(t *testing.T) {
 	}
 	if err := s.CloseSend(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRestartedTrackerAdoptsItsConnections: entries naming connections a
+// previous run of this tracker admitted take them over (or release them).
+func TestRestartedTrackerAdoptsItsConnections(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	first := newEnvOn(t, rdb)
+	a, b := first.admit(t), first.admit(t)
+	if err := first.tr.Heartbeat(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	second := newEnvOn(t, rdb) // same instance id: the tracker restarted
+	if load, _ := second.redis(t); load != 2 {
+		t.Fatalf("after the restart Redis counts %d, want the 2 inherited", load)
+	}
+	withPod := func(e *datav3.HTTPAccessLogEntry) *datav3.HTTPAccessLogEntry {
+		f := e.CommonProperties.Metadata.FilterMetadata["wsgate"].Fields
+		f["fleet"], f["upstream"] = structpb.NewStringValue(fleet), structpb.NewStringValue("10.0.0.1:8080")
+		return e
+	}
+	s := second.open(t, context.Background())
+	send(t, s, withPod(entry(datav3.AccessLogType_DownstreamPeriodic, a)), withPod(entry(datav3.AccessLogType_DownstreamEnd, b)),
+		entry(datav3.AccessLogType_DownstreamPeriodic, "gone"))
+	waitFor(t, "entries applied", func() bool {
+		return second.count(t, "periodic", "adopted") == 1 && second.count(t, "end", "adopted") == 1 && second.count(t, "periodic", "unknown_conn") == 1
+	})
+	if err := second.tr.Renew(a); err != nil {
+		t.Errorf("adopted connection is not tracked: %v", err)
+	}
+	if err := second.tr.Heartbeat(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if load, _ := second.redis(t); load != 1 {
+		t.Errorf("after adopting one and ending one Redis counts %d, want 1", load)
 	}
 }
 
