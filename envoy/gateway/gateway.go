@@ -1,0 +1,360 @@
+// Package gateway is the stand-in for Envoy where Envoy cannot run (tests,
+// `wsgate demo`, the load tool; DESIGN.md section 6). Per request it runs
+// the real envoy/wsgate.lua in the Lua host, with the wsgate_tracker
+// cluster mapped to its tracker's admission API; an admitted WebSocket
+// upgrade is reverse-proxied to exactly the pod named by the dynamic
+// metadata wsgate.upstream, as Envoy's ORIGINAL_DST cluster does, never to
+// anything a client sent. Every tunnel is reported over Envoy's gRPC access
+// log (envoy.service.accesslog.v3) to the tracker: established, periodic
+// while it lives, and its end.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+
+	datav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/wsgate/wsgate/envoy"
+	"github.com/wsgate/wsgate/envoy/luahost"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// metadataNS is the dynamic metadata namespace wsgate.lua writes.
+const metadataNS = "wsgate"
+
+// trackerCluster is the cluster name wsgate.lua's httpCall uses.
+const trackerCluster = "wsgate_tracker"
+
+// Config configures a Gateway. TrackerURL and AccessLogAddr are required.
+type Config struct {
+	// TrackerURL is the base URL of the tracker's admission API
+	// ("http://127.0.0.1:9090").
+	TrackerURL string
+	// AccessLogAddr is the tracker's gRPC access-log listener ("127.0.0.1:9091").
+	AccessLogAddr string
+	// Fleet is the route's fleet (the Lua filter's route metadata). Default "default".
+	Fleet string
+	// NodeID names this gateway in the access-log stream identifier.
+	// Default "gateway".
+	NodeID string
+	// FlushInterval is Envoy's access_log_flush_interval: how often a live
+	// tunnel sends a DownstreamPeriodic entry. Default 1s.
+	FlushInterval time.Duration
+	// LogBuffer is how many access-log entries may wait for the stream
+	// before new ones are dropped. Default 65536.
+	LogBuffer int
+	// Logger receives the gateway's and the script's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Gateway is a running Envoy stand-in. Create it with New, Serve it on a
+// listener, and Close it.
+type Gateway struct {
+	cfg    Config
+	filter *luahost.Filter
+	proxy  *httputil.ReverseProxy
+	trans  *http.Transport
+	admit  *http.Client
+	cc     *grpc.ClientConn
+	logs   *logStream
+	srv    *http.Server
+	log    *slog.Logger
+
+	ctx    context.Context // cancelled by Close: every tunnel ends
+	cancel context.CancelFunc
+	// sendCtx outlives ctx so that the tunnels' last entries can be sent.
+	sendCtx    context.Context
+	sendCancel context.CancelFunc
+	drain  chan struct{}
+	sender sync.WaitGroup // the access-log sender
+
+	mu       sync.Mutex
+	closing  bool
+	handlers sync.WaitGroup
+	once     sync.Once
+}
+
+// New loads envoy/wsgate.lua and opens the access-log connection (lazily:
+// a tracker not yet listening is retried as Envoy would).
+func New(cfg Config) (*Gateway, error) {
+	if cfg.TrackerURL == "" || cfg.AccessLogAddr == "" {
+		return nil, errors.New("gateway: TrackerURL and AccessLogAddr are required")
+	}
+	if cfg.Fleet == "" {
+		cfg.Fleet = "default"
+	}
+	if cfg.NodeID == "" {
+		cfg.NodeID = "gateway"
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = time.Second
+	}
+	if cfg.LogBuffer <= 0 {
+		cfg.LogBuffer = 1 << 16
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, drain: make(chan struct{})}
+	g.admit = &http.Client{Transport: &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 512, IdleConnTimeout: 30 * time.Second}}
+	f, err := luahost.Load(envoy.FilterLua, luahost.Options{
+		Clusters: map[string]string{trackerCluster: strings.TrimSuffix(cfg.TrackerURL, "/")},
+		Client:   g.admit,
+		Logger:   cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.filter = f
+	cc, err := grpc.NewClient(cfg.AccessLogAddr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// A tracker restarting is back within a second; Envoy's default
+		// backoff would leave the stream down far longer than a lease.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, MaxDelay: time.Second}, MinConnectTimeout: time.Second}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: access-log client %s: %w", cfg.AccessLogAddr, err)
+	}
+	g.cc = cc
+	g.logs = newLogStream(cc, cfg.NodeID, cfg.LogBuffer, cfg.Logger)
+	g.trans = &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		ResponseHeaderTimeout: 5 * time.Second,
+		MaxIdleConnsPerHost:   -1,
+	}
+	g.proxy = &httputil.ReverseProxy{
+		Rewrite:        rewrite,
+		Transport:      g.trans,
+		ModifyResponse: g.upstreamResponded,
+		ErrorHandler:   g.upstreamFailed,
+		ErrorLog:       nil,
+	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.sendCtx, g.sendCancel = context.WithCancel(context.Background())
+	g.srv = &http.Server{
+		Handler:           g,
+		ReadHeaderTimeout: 5 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return g.ctx },
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
+	g.sender.Add(1)
+	go func() { defer g.sender.Done(); g.logs.run(g.sendCtx, g.drain) }()
+	return g, nil
+}
+
+// Serve accepts downstream connections on ln until Close.
+func (g *Gateway) Serve(ln net.Listener) error {
+	if err := g.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("gateway serve: %w", err)
+	}
+	return nil
+}
+
+// Stats reports the access-log entries sent and dropped so far.
+func (g *Gateway) Stats() (sent, dropped int64) { return g.logs.sent.Load(), g.logs.dropped.Load() }
+
+// Close stops accepting, ends every tunnel (each reported with its
+// DownstreamEnd entry), sends what the access log still holds for up to 2 s,
+// and returns once every goroutine of the gateway has ended.
+func (g *Gateway) Close() error {
+	var err error
+	g.once.Do(func() {
+		g.mu.Lock()
+		g.closing = true
+		g.mu.Unlock()
+		err = g.srv.Close()
+		g.cancel()
+		g.handlers.Wait()
+		close(g.drain)
+		done := make(chan struct{})
+		go func() { g.sender.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			g.log.Warn("access-log entries not delivered before close", "queued", len(g.logs.entries))
+		}
+		g.sendCancel()
+		<-done
+		if cerr := g.cc.Close(); err == nil {
+			err = cerr
+		}
+		g.trans.CloseIdleConnections()
+		g.admit.CloseIdleConnections()
+	})
+	return err
+}
+
+// tunnel is one admitted upgrade, from admission to its end.
+type tunnel struct {
+	conn, upstream, remote, authority, path string
+	meta                                    *structpb.Struct
+	start                                   time.Time
+	established                             chan struct{} // closed on 101
+	status                                  int
+}
+
+type tunnelKey struct{}
+
+// ServeHTTP is the HTTP connection manager's filter chain and router.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.mu.Lock()
+	if g.closing {
+		g.mu.Unlock()
+		http.Error(w, "gateway shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	g.handlers.Add(1)
+	g.mu.Unlock()
+	defer g.handlers.Done()
+
+	dec, err := g.filter.OnRequest(r.Context(), luahost.Request{
+		Headers:       requestHeaders(r),
+		RemoteAddr:    r.RemoteAddr,
+		RouteMetadata: map[string]any{"fleet": g.cfg.Fleet},
+	})
+	if err != nil {
+		// A script error: Envoy answers 500 and logs it.
+		g.log.Error("lua filter failed", "err", err)
+		http.Error(w, "lua filter error", http.StatusInternalServerError)
+		return
+	}
+	if dec.Local != nil {
+		writeLocal(w, dec.Local)
+		return
+	}
+	md := dec.Metadata[metadataNS]
+	upstream, _ := md["upstream"].(string)
+	if upstream == "" {
+		// Only admitted upgrades have a route: the ORIGINAL_DST cluster has
+		// no host without wsgate.upstream.
+		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
+		return
+	}
+	t := &tunnel{upstream: upstream, remote: r.RemoteAddr, authority: r.Host, path: r.URL.RequestURI(), start: time.Now(), established: make(chan struct{})}
+	t.conn, _ = md["conn"].(string)
+	if t.meta, err = structpb.NewStruct(md); err != nil {
+		g.log.Error("dynamic metadata not representable", "err", err)
+	}
+	if err := tracker.ValidatePodAddr(upstream); err != nil {
+		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
+	} else {
+		g.tunnel(w, r, t)
+	}
+	// Also when the upgrade failed: the slot taken at admission comes back.
+	g.logs.enqueue(t.entry(datav3.AccessLogType_DownstreamEnd, t.status))
+}
+
+// tunnel proxies the upgrade and reports it while it lives.
+func (g *Gateway) tunnel(w http.ResponseWriter, r *http.Request, t *tunnel) {
+	ended := make(chan struct{})
+	var periodic sync.WaitGroup
+	periodic.Add(1)
+	go func() {
+		defer periodic.Done()
+		select {
+		case <-t.established:
+		case <-ended:
+			return
+		}
+		tick := time.NewTicker(g.cfg.FlushInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ended:
+				return
+			case <-tick.C:
+				g.logs.enqueue(t.entry(datav3.AccessLogType_DownstreamPeriodic, t.statusSeen()))
+			}
+		}
+	}()
+	g.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tunnelKey{}, t)))
+	close(ended)
+	periodic.Wait()
+}
+
+func (t *tunnel) statusSeen() int {
+	select {
+	case <-t.established:
+		return http.StatusSwitchingProtocols
+	default:
+		return 0
+	}
+}
+
+// rewrite sends the request to the admitted pod with the headers as the
+// filter left them (its x-wsgate-* strip applied).
+func rewrite(pr *httputil.ProxyRequest) {
+	t := pr.In.Context().Value(tunnelKey{}).(*tunnel)
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = t.upstream
+	pr.Out.Host = pr.In.Host
+	for name := range pr.Out.Header {
+		n := strings.ToLower(name)
+		if strings.HasPrefix(n, "x-wsgate-") || n == "x-envoy-original-dst-host" {
+			pr.Out.Header.Del(name)
+		}
+	}
+}
+
+// upstreamResponded records the status; a 101 is the moment Envoy logs
+// DownstreamTunnelSuccessfullyEstablished.
+func (g *Gateway) upstreamResponded(res *http.Response) error {
+	t := res.Request.Context().Value(tunnelKey{}).(*tunnel)
+	t.status = res.StatusCode
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		g.logs.enqueue(t.entry(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, res.StatusCode))
+		close(t.established)
+	}
+	return nil
+}
+
+// upstreamFailed answers as Envoy does when the chosen pod cannot be reached.
+func (g *Gateway) upstreamFailed(w http.ResponseWriter, r *http.Request, err error) {
+	t := r.Context().Value(tunnelKey{}).(*tunnel)
+	if t.status == 0 {
+		t.status = http.StatusServiceUnavailable
+	}
+	if r.Context().Err() != nil {
+		return
+	}
+	g.log.Debug("upstream connect failed", "upstream", t.upstream, "conn", t.conn, "err", err)
+	w.Header().Set("x-envoy-upstream-failure", "connect")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, _ = io.WriteString(w, "upstream connect error\n")
+}
+
+// requestHeaders presents r as Envoy's header map: pseudo-headers first,
+// names in lower case.
+func requestHeaders(r *http.Request) luahost.Headers {
+	h := luahost.HeadersOf(":method", r.Method, ":path", r.URL.RequestURI(), ":authority", r.Host, ":scheme", "http")
+	for name, vs := range r.Header {
+		for _, v := range vs {
+			h = append(h, luahost.Header{Name: strings.ToLower(name), Value: v})
+		}
+	}
+	return h
+}
+
+func writeLocal(w http.ResponseWriter, l *luahost.LocalReply) {
+	for _, e := range l.Headers {
+		if !strings.HasPrefix(e.Name, ":") {
+			w.Header().Add(e.Name, e.Value)
+		}
+	}
+	w.WriteHeader(l.Status)
+	_, _ = io.WriteString(w, l.Body)
+}

@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// TestGlobalCapAcrossGateways: many clients dial through both gateways at
+// once; the backends themselves never count more than the cap, every
+// admitted tunnel carries data to the pod the tracker chose, the surplus is
+// refused with 503 capacity and a Retry-After, and a spoofed upstream
+// header changes nothing.
+func TestGlobalCapAcrossGateways(t *testing.T) {
+	h := newHarness(t, harnessOptions{cap: 4})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const clients = 40 // 12 slots
+	results := make([]dialResult, clients)
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Every client asks for the first pod; the filter must ignore it.
+			results[i] = dial(ctx, h.nodes[i%2].url, h.backends[0].addr)
+			if results[i].err == nil {
+				results[i].err = ping(ctx, results[i].conn)
+			}
+		}()
+	}
+	wg.Wait()
+	var admitted []*websocket.Conn
+	for i, r := range results {
+		switch {
+		case r.conn != nil && r.err == nil:
+			admitted = append(admitted, r.conn)
+		case r.status == 503 && r.reason == "capacity" && r.retryAfter == "3":
+		default:
+			t.Errorf("client %d: status %d reason %q retry-after %q err %v", i, r.status, r.reason, r.retryAfter, r.err)
+		}
+	}
+	if len(admitted) != 12 {
+		t.Fatalf("admitted %d connections, want exactly 3 pods x cap 4 = 12", len(admitted))
+	}
+	for _, b := range h.backends {
+		if got := b.max.Load(); got > 4 {
+			t.Errorf("backend %s held %d connections at once, cap is 4", b.addr, got)
+		}
+		if got := b.live.Load(); got != 4 {
+			t.Errorf("backend %s holds %d connections, want 4 (spoofed header must not steer)", b.addr, got)
+		}
+	}
+	waitFor(t, 2*time.Second, "redis live count = 12", func() (bool, string) {
+		n := h.live(t)
+		return n == 12, strconv.FormatInt(n, 10)
+	})
+
+	// Release: a closed connection's slot is free again within 2 s.
+	closed := time.Now()
+	admitted[0].Close(websocket.StatusNormalClosure, "")
+	waitFor(t, 2*time.Second, "slot freed after close", func() (bool, string) {
+		n := h.live(t)
+		return n == 11, strconv.FormatInt(n, 10)
+	})
+	t.Logf("release seen in Redis %s after close", time.Since(closed).Round(time.Millisecond))
+	r := dial(ctx, h.nodes[1].url, "")
+	if r.err != nil {
+		t.Fatalf("dial into the freed slot: status %d reason %q: %v", r.status, r.reason, r.err)
+	}
+	admitted[0] = r.conn
+	for _, c := range admitted {
+		c.Close(websocket.StatusNormalClosure, "")
+	}
+	waitFor(t, 2*time.Second, "all slots free", func() (bool, string) {
+		n, _ := h.backendLive()
+		l := h.live(t)
+		return n == 0 && l == 0, fmt.Sprintf("backends %d redis %d", n, l)
+	})
+}
+
+// TestRateLimitReachesClient: one instance admits at most its rate; the
+// client sees 429 rate_limit with a Retry-After, the other gateway is not
+// affected.
+func TestRateLimitReachesClient(t *testing.T) {
+	h := newHarness(t, harnessOptions{cap: 100, rate: 0.5, burst: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var ok, limited int
+	for range 4 {
+		r := dial(ctx, h.nodes[0].url, "")
+		switch {
+		case r.err == nil:
+			ok++
+			defer r.conn.CloseNow()
+		case r.status == 429 && r.reason == "rate_limit" && r.retryAfter != "":
+			limited++
+		default:
+			t.Fatalf("status %d reason %q retry-after %q: %v", r.status, r.reason, r.retryAfter, r.err)
+		}
+	}
+	if ok != 2 || limited != 2 {
+		t.Fatalf("gateway a: %d admitted, %d rate-limited; want burst 2 then 429", ok, limited)
+	}
+	r := dial(ctx, h.nodes[1].url, "")
+	if r.err != nil {
+		t.Fatalf("gateway b has its own bucket, got status %d reason %q", r.status, r.reason)
+	}
+	r.conn.CloseNow()
+}

@@ -1,0 +1,377 @@
+// Package e2e runs wsgate end to end on one machine: a real redis-server,
+// two gateways (the real envoy/wsgate.lua in the Lua host, proxying real
+// WebSockets and streaming Envoy's gRPC access log) each with its own
+// tracker, backend WebSocket servers that count their own connections, and
+// the KEDA external scaler polled through KEDA's generated client.
+package e2e
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/tracker/accesslog"
+)
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// backend is a WebSocket server that counts the connections it holds
+// itself, independent of anything wsgate says.
+type backend struct {
+	addr            string
+	live, max, seen atomic.Int64
+	srv             *http.Server
+	cancel          context.CancelFunc
+	conns           sync.WaitGroup
+}
+
+func startBackend(t *testing.T) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &backend{addr: ln.Addr().String(), cancel: cancel}
+	b.srv = &http.Server{
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c, err := websocket.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			b.conns.Add(1)
+			defer b.conns.Done()
+			n := b.live.Add(1)
+			b.seen.Add(1)
+			for m := b.max.Load(); n > m && !b.max.CompareAndSwap(m, n); m = b.max.Load() {
+			}
+			defer b.live.Add(-1)
+			// Echo until the client or the test goes away.
+			for {
+				typ, msg, err := c.Read(r.Context())
+				if err != nil {
+					c.CloseNow()
+					return
+				}
+				if err := c.Write(r.Context(), typ, msg); err != nil {
+					c.CloseNow()
+					return
+				}
+			}
+		}),
+	}
+	go func() { _ = b.srv.Serve(ln) }()
+	t.Cleanup(b.close)
+	return b
+}
+
+func (b *backend) close() {
+	_ = b.srv.Close()
+	b.cancel()
+	b.conns.Wait()
+}
+
+// node is one Envoy pod: a gateway and its tracker sidecar.
+type node struct {
+	id     string
+	tr     *tracker.Tracker
+	gw     *gateway.Gateway
+	url    string // ws://gateway/
+	admit  *httptest.Server
+	grpc   *grpc.Server
+	alAddr string
+	stopHB context.CancelFunc
+	hbDone chan struct{}
+	once   sync.Once
+}
+
+type nodeOptions struct {
+	cfg   tracker.Config
+	flush time.Duration
+}
+
+func startNode(t *testing.T, store *tracker.Store, id string, o nodeOptions) *node {
+	t.Helper()
+	cfg := o.cfg
+	cfg.InstanceID = id
+	cfg.Fleets = append([]tracker.FleetConfig(nil), cfg.Fleets...)
+	tr, err := tracker.New(cfg, store, tracker.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &node{id: id, tr: tr, hbDone: make(chan struct{})}
+	if err := tr.Heartbeat(context.Background()); err != nil {
+		t.Fatalf("first heartbeat of %s: %v", id, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.stopHB = cancel
+	go func() { defer close(n.hbDone); tr.Run(ctx) }()
+	n.admit = httptest.NewServer(tr.Handler(nil))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.alAddr = ln.Addr().String()
+	n.grpc = grpc.NewServer()
+	accesslog.New(tr, tr.Metrics().AccessLogEntries, quiet).Register(n.grpc)
+	go func() { _ = n.grpc.Serve(ln) }()
+	n.startGateway(t, o.flush)
+	t.Cleanup(n.stop)
+	return n
+}
+
+func (n *node) startGateway(t *testing.T, flush time.Duration) {
+	t.Helper()
+	gw, err := gateway.New(gateway.Config{TrackerURL: n.admit.URL, AccessLogAddr: n.alAddr, Fleet: "chat", NodeID: n.id, FlushInterval: flush, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.gw, n.url = gw, "ws://"+gl.Addr().String()+"/"
+	go func() { _ = gw.Serve(gl) }()
+}
+
+// stop shuts the node down in order: the gateway first, so its tunnels'
+// DownstreamEnd entries reach the tracker.
+func (n *node) stop() {
+	n.once.Do(func() {
+		_ = n.gw.Close()
+		n.grpc.Stop()
+		n.admit.Close()
+		n.stopHB()
+		<-n.hbDone
+	})
+}
+
+// kill is a crash: the tracker stops first, so no access-log entry of the
+// node's connections is ever applied and no heartbeat runs any more.
+func (n *node) kill() {
+	n.once.Do(func() {
+		n.stopHB()
+		<-n.hbDone
+		n.grpc.Stop()
+		n.admit.Close()
+		_ = n.gw.Close()
+	})
+}
+
+// harness is the whole system on loopback.
+type harness struct {
+	redis    *redistest.Server
+	store    *tracker.Store
+	backends []*backend
+	nodes    []*node
+	fleet    tracker.FleetConfig
+	scaler   *scaler.Server
+	keda     externalscaler.ExternalScalerClient
+}
+
+type harnessOptions struct {
+	backends  int
+	cap       int
+	rate      float64
+	burst     int
+	heartbeat time.Duration
+	lease     time.Duration
+	flush     time.Duration
+	redisTO   time.Duration
+	instTTL   time.Duration
+	settle    time.Duration
+	redisAddr func(*redistest.Server) string // default: the server's address
+}
+
+func newHarness(t *testing.T, o harnessOptions) *harness {
+	t.Helper()
+	if o.backends == 0 {
+		o.backends = 3
+	}
+	if o.cap == 0 {
+		o.cap = 5
+	}
+	if o.rate == 0 {
+		o.rate, o.burst = 10000, 10000
+	}
+	if o.heartbeat == 0 {
+		o.heartbeat = 200 * time.Millisecond
+	}
+	if o.lease == 0 {
+		o.lease = 2 * time.Second
+	}
+	if o.flush == 0 {
+		o.flush = 300 * time.Millisecond
+	}
+	if o.instTTL == 0 {
+		o.instTTL = 5 * o.heartbeat
+	}
+	h := &harness{redis: redistest.Start(t)}
+	addr := h.redis.Addr()
+	if o.redisAddr != nil {
+		addr = o.redisAddr(h.redis)
+	}
+	rdb, err := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{addr}, DialTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	h.store = tracker.NewStore(rdb, "wsgate")
+	var pods []string
+	for range o.backends {
+		b := startBackend(t)
+		h.backends = append(h.backends, b)
+		pods = append(pods, b.addr)
+	}
+	h.fleet = tracker.FleetConfig{Name: "chat", MaxConnectionsPerPod: o.cap, RatePerSecond: o.rate, Burst: o.burst, Pods: pods, RetryAfter: tracker.Duration(3 * time.Second)}
+	empty := tracker.FleetConfig{Name: "empty", MaxConnectionsPerPod: 2, RatePerSecond: 1000, Burst: 1000}
+	cfg := tracker.Config{
+		Fleets:    []tracker.FleetConfig{h.fleet, empty},
+		Heartbeat: o.heartbeat, InstanceTTL: o.instTTL, LeaseTTL: o.lease,
+		EstablishTimeout: o.lease, RedisTimeout: o.redisTO,
+	}
+	for _, id := range []string{"envoy-a", "envoy-b"} {
+		h.nodes = append(h.nodes, startNode(t, h.store, id, nodeOptions{cfg: cfg, flush: o.flush}))
+	}
+	settle := o.settle
+	if settle == 0 {
+		settle = time.Millisecond
+	}
+	sc, err := scaler.New(scaler.Config{Fleets: []tracker.FleetConfig{h.fleet, empty}, Settle: settle, PollInterval: 100 * time.Millisecond}, h.store, scaler.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.scaler = sc
+	g := scaler.NewGRPC(sc, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		g.Stop(ctx)
+	})
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	h.keda = externalscaler.NewExternalScalerClient(cc)
+	return h
+}
+
+// dialResult is one client's attempt.
+type dialResult struct {
+	conn       *websocket.Conn
+	status     int
+	retryAfter string
+	reason     string
+	err        error
+}
+
+// dial opens a WebSocket through a gateway, with a spoofed upstream header
+// that the filter must ignore.
+func dial(ctx context.Context, url string, spoof string) dialResult {
+	opts := &websocket.DialOptions{HTTPHeader: http.Header{}}
+	if spoof != "" {
+		opts.HTTPHeader.Set("X-Wsgate-Upstream", spoof)
+		opts.HTTPHeader.Set("X-Envoy-Original-Dst-Host", spoof)
+	}
+	c, resp, err := websocket.Dial(ctx, url, opts)
+	r := dialResult{conn: c, err: err}
+	if resp != nil {
+		r.status = resp.StatusCode
+		r.retryAfter = resp.Header.Get("Retry-After")
+		r.reason = resp.Header.Get("X-Wsgate-Reason")
+		if resp.Body != nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+		}
+	}
+	return r
+}
+
+// ping proves the tunnel carries data end to end.
+func ping(ctx context.Context, c *websocket.Conn) error {
+	if err := c.Write(ctx, websocket.MessageText, []byte("ping")); err != nil {
+		return err
+	}
+	_, msg, err := c.Read(ctx)
+	if err != nil {
+		return err
+	}
+	if string(msg) != "ping" {
+		return errors.New("echo mismatch: " + string(msg))
+	}
+	return nil
+}
+
+func (h *harness) backendLive() (live, max int64) {
+	for _, b := range h.backends {
+		live += b.live.Load()
+		max = maxi(max, b.max.Load())
+	}
+	return live, max
+}
+
+func maxi(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var last string
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s (last: %s)", what, d, last)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// live reads the fleet's live count from Redis.
+func (h *harness) live(t *testing.T) int64 {
+	t.Helper()
+	s, err := h.store.Summary(context.Background(), "chat", time.Now())
+	if err != nil {
+		return -1
+	}
+	return s.Live
+}
+
+func ref(fleet, metric string) *externalscaler.ScaledObjectRef {
+	md := map[string]string{"fleet": fleet}
+	if metric != "" {
+		md["metric"] = metric
+	}
+	return &externalscaler.ScaledObjectRef{Name: "backend", Namespace: "default", ScalerMetadata: md}
+}
