@@ -79,8 +79,8 @@ type Gateway struct {
 	// sendCtx outlives ctx so that the tunnels' last entries can be sent.
 	sendCtx    context.Context
 	sendCancel context.CancelFunc
-	drain  chan struct{}
-	sender sync.WaitGroup // the access-log sender
+	drain      chan struct{}
+	sender     sync.WaitGroup // the access-log sender
 
 	mu       sync.Mutex
 	closing  bool
