@@ -77,12 +77,7 @@ func runScaler(args []string) error {
 }
 
 func newScalerRedis(lc fx.Lifecycle, f scalerFlags) (redis.UniversalClient, error) {
-	rdb, err := tracker.NewRedisClient(f.redis.config())
-	if err != nil {
-		return nil, err
-	}
-	lc.Append(fx.StopHook(rdb.Close))
-	return rdb, nil
+	return openRedis(lc, f.redis.config())
 }
 
 func newScalerStore(rdb redis.UniversalClient, f scalerFlags) *tracker.Store {
@@ -94,15 +89,7 @@ func newScaler(f scalerFlags, store *tracker.Store, reg prometheus.Registerer, l
 }
 
 func runReaper(lc fx.Lifecycle, f scalerFlags, s *scaler.Server) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	lc.Append(fx.Hook{
-		OnStart: func(context.Context) error {
-			go func() { defer close(done); s.RunReaper(ctx, f.reapInterval) }()
-			return nil
-		},
-		OnStop: func(context.Context) error { cancel(); <-done; return nil },
-	})
+	background(lc, func(ctx context.Context) { s.RunReaper(ctx, f.reapInterval) })
 }
 
 // serveScaler binds --listen at start and stops gracefully: health goes

@@ -7,16 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/fx"
-	"go.uber.org/fx/fxevent"
 	"google.golang.org/grpc"
 
 	"github.com/wsgate/wsgate/tracker"
@@ -83,32 +80,6 @@ func runTracker(args []string) error {
 	return runApp(app)
 }
 
-// fxLogger shows fx's own wiring events only at debug level.
-func fxLogger(log *slog.Logger) fx.Option {
-	if !log.Enabled(context.Background(), slog.LevelDebug) {
-		return fx.NopLogger
-	}
-	return fx.WithLogger(func() fxevent.Logger { return &fxevent.SlogLogger{Logger: log.With("component", "fx")} })
-}
-
-// runApp starts app, waits for SIGINT/SIGTERM and stops it, returning the
-// first error: a bind or configuration failure reaches the user as one line.
-func runApp(app *fx.App) error {
-	if err := app.Start(context.Background()); err != nil {
-		return err
-	}
-	<-app.Wait()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	return app.Stop(ctx)
-}
-
-func newRegistry() (*prometheus.Registry, prometheus.Registerer, prometheus.Gatherer) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg, reg, reg
-}
-
 func newRedis(lc fx.Lifecycle, f trackerFlags, log *slog.Logger) (redis.UniversalClient, error) {
 	cfg := f.redis.config()
 	if f.embedded {
@@ -120,12 +91,7 @@ func newRedis(lc fx.Lifecycle, f trackerFlags, log *slog.Logger) (redis.Universa
 		cfg = tracker.RedisConfig{Addrs: []string{mr.Addr()}, Prefix: cfg.Prefix}
 		lc.Append(fx.StopHook(mr.Close))
 	}
-	rdb, err := tracker.NewRedisClient(cfg)
-	if err != nil {
-		return nil, err
-	}
-	lc.Append(fx.StopHook(rdb.Close))
-	return rdb, nil
+	return openRedis(lc, cfg)
 }
 
 func newStore(rdb redis.UniversalClient, f trackerFlags) *tracker.Store {
@@ -177,17 +143,7 @@ func serveAccessLog(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, log *sl
 	})
 }
 
-func runHeartbeat(lc fx.Lifecycle, t *tracker.Tracker) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	lc.Append(fx.Hook{
-		OnStart: func(context.Context) error {
-			go func() { defer close(done); t.Run(ctx) }()
-			return nil
-		},
-		OnStop: func(context.Context) error { cancel(); <-done; return nil },
-	})
-}
+func runHeartbeat(lc fx.Lifecycle, t *tracker.Tracker) { background(lc, t.Run) }
 
 func serveAdmission(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, g prometheus.Gatherer, log *slog.Logger) {
 	admission := t.Handler(nil)
@@ -197,26 +153,4 @@ func serveAdmission(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, g prome
 		serveHTTP(lc, "telemetry", f.telemetry, t.TelemetryHandler(g), log)
 	}
 	serveHTTP(lc, "admission", f.listen, admission, log)
-}
-
-// serveHTTP binds addr when the app starts (so a busy port fails the start)
-// and shuts the server down gracefully when it stops.
-func serveHTTP(lc fx.Lifecycle, name, addr string, h http.Handler, log *slog.Logger) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	lc.Append(fx.Hook{
-		OnStart: func(context.Context) error {
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				return fmt.Errorf("%s listener: %w", name, err)
-			}
-			log.Info("listening", "server", name, "addr", ln.Addr().String())
-			go func() {
-				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-					log.Error("server stopped", "server", name, "err", err)
-				}
-			}()
-			return nil
-		},
-		OnStop: srv.Shutdown,
-	})
 }

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxevent"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// The fx building blocks every command shares.
+
+// fxLogger shows fx's own wiring events only at debug level.
+func fxLogger(log *slog.Logger) fx.Option {
+	if !log.Enabled(context.Background(), slog.LevelDebug) {
+		return fx.NopLogger
+	}
+	return fx.WithLogger(func() fxevent.Logger { return &fxevent.SlogLogger{Logger: log.With("component", "fx")} })
+}
+
+// runApp starts app, waits for SIGINT/SIGTERM and stops it, returning the
+// first error: a bind or configuration failure reaches the user as one line.
+func runApp(app *fx.App) error {
+	if err := app.Start(context.Background()); err != nil {
+		return err
+	}
+	<-app.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return app.Stop(ctx)
+}
+
+func newRegistry() (*prometheus.Registry, prometheus.Registerer, prometheus.Gatherer) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg, reg, reg
+}
+
+// openRedis connects to Redis as cfg says and closes the client when the
+// app stops.
+func openRedis(lc fx.Lifecycle, cfg tracker.RedisConfig) (redis.UniversalClient, error) {
+	rdb, err := tracker.NewRedisClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	lc.Append(fx.StopHook(rdb.Close))
+	return rdb, nil
+}
+
+// background runs loop from the app's start until its stop, and waits for
+// it to return before the app stops.
+func background(lc fx.Lifecycle, loop func(ctx context.Context)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			go func() { defer close(done); loop(ctx) }()
+			return nil
+		},
+		OnStop: func(context.Context) error { cancel(); <-done; return nil },
+	})
+}
+
+// serveHTTP binds addr when the app starts (so a busy port fails the start)
+// and shuts the server down gracefully when it stops.
+func serveHTTP(lc fx.Lifecycle, name, addr string, h http.Handler, log *slog.Logger) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("%s listener: %w", name, err)
+			}
+			log.Info("listening", "server", name, "addr", ln.Addr().String())
+			go func() {
+				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					log.Error("server stopped", "server", name, "err", err)
+				}
+			}()
+			return nil
+		},
+		OnStop: srv.Shutdown,
+	})
+}
