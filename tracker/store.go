@@ -267,7 +267,7 @@ type InstanceState struct {
 type Snapshot struct {
 	Fleet      string
 	Pods       map[string]Pod // address -> registry entry
-	Load       map[string]int // address -> live connections, all instances
+	Load       map[string]int // address -> live connections, all instances (avail and load together)
 	Live       int64
 	Epoch      string
 	Synced     []string
@@ -281,7 +281,7 @@ func (s Snapshot) Known() bool { return s.Epoch != "" || len(s.Pods) > 0 || len(
 // Snapshot reads everything of fleet in one round trip (snapshot.lua).
 func (s *Store) Snapshot(ctx context.Context, fleet string, now time.Time) (Snapshot, error) {
 	p := s.KeyPrefix(fleet)
-	keys := []string{p + "pods", p + "load", p + "instances", p + "stats", p + "epoch"}
+	keys := []string{p + "pods", p + "load", p + "instances", p + "stats", p + "epoch", p + "avail"}
 	args := []any{p, Bucket(now), windowBuckets(Window5m), windowBuckets(Window15m), windowBuckets(Window1h)}
 	for _, r := range Reasons {
 		args = append(args, string(r))
@@ -290,7 +290,7 @@ func (s *Store) Snapshot(ctx context.Context, fleet string, now time.Time) (Snap
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot %s: %w", fleet, err)
 	}
-	if len(res) != 7 {
+	if len(res) != 8 {
 		return Snapshot{}, fmt.Errorf("snapshot %s: unexpected reply of %d elements", fleet, len(res))
 	}
 	out := Snapshot{Fleet: fleet, Pods: map[string]Pod{}}
@@ -303,14 +303,17 @@ func (s *Store) Snapshot(ctx context.Context, fleet string, now time.Time) (Snap
 		pod.Addr = addr
 		out.Pods[addr] = pod
 	}
-	out.Load = counts(res[1])
+	out.Load = counts(res[1]) // pods that are not placeable
+	for pod, n := range counts(res[3]) {
+		out.Load[pod] = n // placeable pods: their counts live in avail
+	}
 	if v, err := strconv.ParseInt(pairs(res[2])["live"], 10, 64); err == nil {
 		out.Live = v
 	}
-	out.Epoch, _ = res[3].(string)
-	out.Synced = strs(res[4])
+	out.Epoch, _ = res[4].(string)
+	out.Synced = strs(res[5])
 	sort.Strings(out.Synced)
-	insts, _ := res[5].([]any)
+	insts, _ := res[6].([]any)
 	for _, v := range insts {
 		f, _ := v.([]any)
 		if len(f) != 5 {
@@ -328,7 +331,7 @@ func (s *Store) Snapshot(ctx context.Context, fleet string, now time.Time) (Snap
 		out.Instances = append(out.Instances, in)
 	}
 	sort.Slice(out.Instances, func(i, j int) bool { return out.Instances[i].ID < out.Instances[j].ID })
-	out.Rejections = windows(res[6])
+	out.Rejections = windows(res[7])
 	return out, nil
 }
 

@@ -14,7 +14,7 @@ else
   if r[1] and tonumber(r[2]) < cap then pod = r[1] end
 end
 if pod then
-  adjust(KEYS[1], KEYS[2], pod, 1)
+  redis.call('ZINCRBY', KEYS[2], 1, pod) -- picked from avail: its count is there
   redis.call('HINCRBY', KEYS[3], pod, 1)
   redis.call('HINCRBY', KEYS[9], pod, 1) -- not established yet
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])

@@ -2,18 +2,27 @@
 -- touches starts with the fleet's hash tag, so each script runs atomically on
 -- the one node that owns the fleet's slot (single node, Sentinel or Cluster).
 
--- adjust moves a pod's live count by d in load (all instances summed) and in
--- avail (where the pod is placeable), never below zero. It returns the change
--- actually applied, so callers keep stats.live equal to the sum of load.
+-- Each pod's live count (all instances summed) is stored once: in avail
+-- while the pod is placeable (ready, not draining), in load otherwise. Both
+-- are sorted sets; admission picks from avail in O(log pods).
+--
+-- adjust moves a pod's live count by d, never below zero, and returns the
+-- change actually applied, so callers keep stats.live equal to the sum.
 local function adjust(load, avail, pod, d)
-  local after = tonumber(redis.call('ZINCRBY', load, d, pod))
+  local key = load
+  if redis.call('ZSCORE', avail, pod) then key = avail end
+  local after = tonumber(redis.call('ZINCRBY', key, d, pod))
   local before = after - d
   if after <= 0 then
     after = 0
-    redis.call('ZREM', load, pod)
+    if key == load then redis.call('ZREM', load, pod) else redis.call('ZADD', avail, 0, pod) end
   end
-  redis.call('ZADD', avail, 'XX', after, pod)
   return after - math.max(before, 0)
+end
+
+-- count is a pod's live connections, wherever its count is stored.
+local function count(load, avail, pod)
+  return tonumber(redis.call('ZSCORE', avail, pod) or redis.call('ZSCORE', load, pod) or '0')
 end
 
 -- A rejection ring is a hash of `slots` fixed-width time buckets: field c<i>

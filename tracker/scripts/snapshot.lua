@@ -1,8 +1,8 @@
 -- snapshot: the whole state of one fleet for operators (wsgate metrics), in
 -- one round trip. Read-only; O(pods x instances), so not for the hot path.
--- KEYS: 1 pods, 2 load, 3 instances, 4 stats, 5 epoch
+-- KEYS: 1 pods, 2 load, 3 instances, 4 stats, 5 epoch, 6 avail
 -- ARGV: 1 prefix, 2 bucket, 3 w1, 4 w2, 5 w3, 6.. reasons
--- Returns {pods, load, stats, epoch, synced, instances, rejections} where
+-- Returns {pods, load, stats, avail, epoch, synced, instances, rejections} where
 -- instances is a list of {id, lease, live, pending, windows} and
 -- windows/rejections are flat lists of (reason, w1, w2, w3).
 local prefix = ARGV[1]
@@ -48,5 +48,6 @@ return {
   redis.call('HGETALL', KEYS[1]),
   redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
   redis.call('HGETALL', KEYS[4]),
+  redis.call('ZRANGEBYSCORE', KEYS[6], 1, '+inf', 'WITHSCORES'),
   epoch, synced, inst, fleet,
 }
