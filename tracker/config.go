@@ -227,7 +227,9 @@ type Config struct {
 	// LeaseTTL releases an established connection whose lease Envoy did not
 	// renew (access_log_flush_interval) in time. Default 90s.
 	LeaseTTL time.Duration
-	// RedisTimeout bounds one admission's Redis call. Default 250ms.
+	// RedisTimeout bounds one admission (waiting for a heartbeat included)
+	// and one heartbeat; past it the fallback decides. Keep it well below
+	// the Lua filter's httpCall timeout (250ms). Default 100ms.
 	RedisTimeout time.Duration
 	Fallback     FallbackMode
 }
@@ -247,7 +249,7 @@ func (c Config) WithDefaults() Config {
 		c.LeaseTTL = 90 * time.Second
 	}
 	if c.RedisTimeout == 0 {
-		c.RedisTimeout = 250 * time.Millisecond
+		c.RedisTimeout = 100 * time.Millisecond
 	}
 	if c.Fallback == "" {
 		c.Fallback = FallbackShare

@@ -72,12 +72,19 @@ func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
 
 // sync publishes the local truth and, on success, ends the fallback.
 func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncResult, error) {
-	ctx, cancel := context.WithTimeout(parent, 4*t.cfg.RedisTimeout)
+	// One Redis timeout, like an admission: the heartbeat holds the gate
+	// meanwhile, and admissions must answer before Envoy's httpCall gives up.
+	ctx, cancel := context.WithTimeout(parent, t.cfg.RedisTimeout)
 	defer cancel()
 
-	f.gate.Lock()
+	if err := f.gate.Acquire(ctx, gateAll); err != nil {
+		if parent.Err() == nil {
+			t.redisFailed(f, "sync", err)
+		}
+		return SyncResult{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.cfg.Name, err)
+	}
 	if err := t.inherit(ctx, f, now); err != nil {
-		f.gate.Unlock()
+		f.gate.Release(gateAll)
 		if parent.Err() == nil {
 			t.redisFailed(f, "sync", err)
 		}
@@ -107,7 +114,7 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		Fleet: f.cfg.Name, Instance: t.cfg.InstanceID, Now: now, LeaseUntil: now.Add(t.cfg.InstanceTTL),
 		Counts: counts, Rejections: rej,
 	})
-	f.gate.Unlock()
+	f.gate.Release(gateAll)
 
 	if err != nil {
 		f.mu.Lock()
@@ -121,7 +128,14 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		return res, err
 	}
 	f.mu.Lock()
+	if f.joined.IsZero() {
+		f.joined = now
+	}
+	if !f.settled {
+		f.settled = knownToAll(res.Instances, t.cfg.InstanceID, f.joined, t.cfg.InstanceTTL)
+	}
 	f.view = newView(res, counts, t.cfg.InstanceID)
+	f.view.settled = f.settled
 	recovered := f.degraded
 	f.degraded = false
 	f.mu.Unlock()
@@ -167,6 +181,19 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 	return nil
 }
 
+// knownToAll reports whether every other live instance has heartbeated since
+// self joined at joined, and so counts self among the instances its
+// fallback shares the headroom with. A lease ends ttl after its heartbeat
+// (every instance is assumed to run with the same --instance-ttl).
+func knownToAll(leases map[string]time.Time, self string, joined time.Time, ttl time.Duration) bool {
+	for id, until := range leases {
+		if id != self && !until.Add(-ttl).After(joined) {
+			return false
+		}
+	}
+	return true
+}
+
 func newView(res SyncResult, counts []PodCount, self string) view {
 	v := view{ok: true, load: res.Avail, mine: map[string]int{}, rank: -1}
 	for _, c := range counts {
@@ -176,7 +203,10 @@ func newView(res SyncResult, counts []PodCount, self string) view {
 		v.pods = append(v.pods, pod)
 	}
 	sort.Strings(v.pods)
-	ids := append([]string(nil), res.Instances...)
+	ids := make([]string, 0, len(res.Instances))
+	for id := range res.Instances {
+		ids = append(ids, id)
+	}
 	sort.Strings(ids)
 	v.instances = len(ids)
 	for i, id := range ids {

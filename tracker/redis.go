@@ -62,6 +62,9 @@ func NewRedisClient(c RedisConfig) (redis.UniversalClient, error) {
 		// behind a dead connection: the caller's context bounds each call.
 		ContextTimeoutEnabled: true,
 		MaxRetries:            -1,
+		// One dial attempt: the pool's own retries (with 100ms pauses)
+		// would outlast every admission's deadline.
+		DialerRetries: 1,
 	}
 	if c.TLS {
 		tc, err := clientTLS(c)

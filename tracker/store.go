@@ -112,9 +112,11 @@ type SyncRequest struct {
 type SyncResult struct {
 	Epoch        string
 	EpochCreated bool
-	Instances    []string
-	Avail        map[string]int
-	Reaped       []string
+	// Instances are the live instances (this one included) and the end of
+	// their leases, which each renews on its heartbeat.
+	Instances map[string]time.Time
+	Avail     map[string]int
+	Reaped    []string
 }
 
 // reapLimit bounds how many dead instances one script call reaps, so a
@@ -147,7 +149,10 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	out.Epoch, _ = res[0].(string)
 	created, _ := res[1].(int64)
 	out.EpochCreated = created == 1
-	out.Instances = strs(res[2])
+	out.Instances = map[string]time.Time{}
+	for id, ms := range counts(res[2]) {
+		out.Instances[id] = time.UnixMilli(int64(ms))
+	}
 	pairs := strs(res[3])
 	for i := 0; i+1 < len(pairs); i += 2 {
 		n, _ := strconv.ParseFloat(pairs[i+1], 64)

@@ -232,7 +232,7 @@ func TestSyncReapsExpiredInstancesOnly(t *testing.T) {
 	if len(res.Reaped) != 1 || res.Reaped[0] != "dead" {
 		t.Fatalf("reaped %v, want [dead]", res.Reaped)
 	}
-	if len(res.Instances) != 1 || res.Instances[0] != "alive" {
+	if _, ok := res.Instances["alive"]; len(res.Instances) != 1 || !ok {
 		t.Errorf("live instances %v, want [alive]", res.Instances)
 	}
 	if res.Avail["10.0.0.1:80"] != 0 || res.Avail["10.0.0.2:80"] != 1 {

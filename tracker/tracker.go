@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 )
 
@@ -100,6 +101,9 @@ type conn struct {
 	renewed     time.Time
 }
 
+// gateAll is the weight a heartbeat takes of fleet.gate: all of it.
+const gateAll = 1 << 30
+
 type rejKey struct {
 	reason Reason
 	bucket int64
@@ -109,12 +113,15 @@ type fleet struct {
 	cfg     FleetConfig
 	limiter *rate.Limiter
 
-	// gate orders Redis writes against heartbeats: admissions and releases
-	// hold it shared from their script to their local update, a heartbeat
-	// holds it exclusively while it publishes the local truth. Without it a
-	// heartbeat could overwrite a count an admission had just made and not
-	// yet recorded, and Redis would undercount for a whole heartbeat.
-	gate sync.RWMutex
+	// gate orders admissions against heartbeats: an admission holds one
+	// unit from its script to its local record, a heartbeat holds all of
+	// them while it publishes the local truth. Without it a heartbeat could
+	// overwrite a count an admission had just made and not yet recorded,
+	// and Redis would undercount for a whole heartbeat. (Releases need no
+	// gate: their race can only overcount.) A semaphore, not an RWMutex,
+	// so that an admission waits for a heartbeat stuck on a slow Redis only
+	// within its own deadline, then falls back.
+	gate *semaphore.Weighted
 
 	mu       sync.Mutex // guards everything below
 	conns    map[string]*conn
@@ -124,6 +131,12 @@ type fleet struct {
 	degraded bool
 	epoch    string
 	view     view
+
+	// joined is this process's first successful heartbeat; settled turns
+	// true once every other live instance has heartbeated since, so that
+	// all of them count this one when they share headroom in a fallback.
+	joined  time.Time
+	settled bool
 
 	// inherited are connections a previous run of this instance left in
 	// Redis (the tracker restarted, its Envoy kept its connections). They
@@ -141,6 +154,7 @@ func (f *fleet) heldLocked(pod string) int { return f.live[pod] + f.inherited[po
 // view is what the last successful heartbeat saw; the fallback decides from it.
 type view struct {
 	ok        bool
+	settled   bool // every other instance knows this one (see fleet.settled)
 	instances int
 	rank      int
 	pods      []string       // placeable pods, sorted
@@ -151,7 +165,7 @@ type view struct {
 func newFleet(fc FleetConfig, now time.Time) *fleet {
 	lim := rate.NewLimiter(rate.Limit(fc.RatePerSecond), fc.Burst)
 	lim.SetBurstAt(now, fc.Burst)
-	return &fleet{cfg: fc, limiter: lim, conns: map[string]*conn{}, live: map[string]int{}, est: map[string]int{}, rej: map[rejKey]int64{}}
+	return &fleet{cfg: fc, limiter: lim, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{}, live: map[string]int{}, est: map[string]int{}, rej: map[rejKey]int64{}}
 }
 
 func (t *Tracker) fleet(name string) (*fleet, error) {
@@ -219,8 +233,10 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
 	defer cancel()
-	f.gate.RLock()
-	defer f.gate.RUnlock()
+	if err := f.gate.Acquire(ctx, 1); err != nil {
+		return Result{}, fmt.Errorf("admit %s: waiting for the heartbeat: %w", f.cfg.Name, err)
+	}
+	defer f.gate.Release(1)
 	a, err := t.store.Admit(ctx, f.cfg.Name, f.cfg.MaxConnectionsPerPod, f.cfg.Policy, t.cfg.InstanceID, now, now.Add(t.cfg.InstanceTTL))
 	if err != nil {
 		return Result{}, err
@@ -255,12 +271,16 @@ func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback boo
 // headroom, so the instances together stay under the cap without talking.
 // When the fleet was empty this is floor(cap/n) plus the shared remainder.
 //
+// An instance that joined so recently that some other instance has not
+// heartbeated since (and so shares the headroom without it) takes no part:
+// the others' parts already add up to the headroom.
+//
 // open: as if the other instances admitted nothing since the heartbeat.
 func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	reject := Result{Fleet: f.cfg.Name, Reason: ReasonRedisDown, RetryAfter: time.Second, Fallback: true}
-	if t.cfg.Fallback == FallbackClosed || !f.view.ok {
+	if t.cfg.Fallback == FallbackClosed || !f.view.ok || (t.cfg.Fallback == FallbackShare && !f.view.settled) {
 		f.rejectLocked(ReasonRedisDown, now)
 		return reject
 	}
@@ -365,8 +385,6 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
 	}
 	f := v.(*fleet)
-	f.gate.RLock()
-	defer f.gate.RUnlock()
 	c := f.remove(id)
 	if c == nil {
 		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)

@@ -207,7 +207,10 @@ func TestFallbackShareKeepsTheFleetUnderTheCap(t *testing.T) {
 			for i := 0; i < preload; i++ {
 				admit(t, trs[i%len(trs)], "chat")
 			}
-			heartbeat(t, trs...) // every instance sees the same load
+			for round := 0; round < 2; round++ { // every instance sees the same load, and knows all the others
+				clk.Advance(time.Second)
+				heartbeat(t, trs...)
+			}
 			mr.SetError("ERR injected outage")
 			admitted := 0
 			for round := 0; round < 5; round++ {
@@ -255,6 +258,54 @@ func TestFallbackShareKeepsTheFleetUnderTheCap(t *testing.T) {
 				t.Errorf("redis_down rejections flushed = %d, want %d", got, 20-admitted)
 			}
 		})
+	}
+}
+
+// TestNewcomerTakesNoShareUntilKnownToAll: an instance that joined after
+// another's last heartbeat is missing from that one's view; if Redis fails
+// then, the newcomer must not add its share on top.
+func TestNewcomerTakesNoShareUntilKnownToAll(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	fc := fleetCfg("chat", 4, "10.0.0.1:80", "10.0.0.2:80")
+	old := newTracker(t, rdb, "old", clk, tracker.FallbackShare, fc)
+	heartbeat(t, old) // old sees only itself
+	clk.Advance(time.Second)
+	newcomer := newTracker(t, rdb, "new", clk, tracker.FallbackShare, fc)
+	heartbeat(t, newcomer) // the newcomer sees both
+	mr.SetError("ERR outage before old heartbeats again")
+	for i := 0; i < 12; i++ {
+		admit(t, old, "chat")
+		if r := admit(t, newcomer, "chat"); r.Admitted {
+			t.Fatalf("newcomer admitted in fallback before the others knew it: %+v", r)
+		}
+	}
+	for pod, n := range sumLocal(t, "chat", old, newcomer) {
+		if n > 4 {
+			t.Errorf("pod %s holds %d, cap 4", pod, n)
+		}
+	}
+	// Once the old instance has heartbeated after the newcomer joined, and
+	// the newcomer has seen that, the newcomer takes its share.
+	mr.SetError("")
+	clk.Advance(time.Second)
+	heartbeat(t, old, newcomer) // old's connections expire: never established
+	for round := 0; round < 2; round++ {
+		clk.Advance(10 * time.Second)
+		heartbeat(t, old, newcomer)
+	}
+	if n := sumLocal(t, "chat", old, newcomer); len(n) != 0 {
+		t.Fatalf("connections left before the second outage: %v", n)
+	}
+	mr.SetError("ERR second outage")
+	admitted := 0
+	for i := 0; i < 12; i++ {
+		if r := admit(t, newcomer, "chat"); r.Admitted {
+			admitted++
+		}
+	}
+	if admitted != 4 {
+		t.Errorf("settled newcomer admitted %d in the second outage, want its share: 2 pods x 4/2", admitted)
 	}
 }
 

@@ -43,7 +43,7 @@ func runTracker(args []string) error {
 	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "how long this instance's counts outlive its last heartbeat")
 	fs.DurationVar(&f.cfg.EstablishTimeout, "establish-timeout", 30*time.Second, "release an admitted connection Envoy never reported established")
 	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", 90*time.Second, "release an established connection whose lease Envoy stopped renewing")
-	fs.DurationVar(&f.cfg.RedisTimeout, "redis-timeout", 250*time.Millisecond, "bound of one admission's Redis call, after which the fallback decides")
+	fs.DurationVar(&f.cfg.RedisTimeout, "redis-timeout", 100*time.Millisecond, "bound of one admission's Redis work, after which the fallback decides (keep below the Lua filter's 250ms httpCall timeout)")
 	fallback := fs.String("fallback", "share", "admission while Redis is down: share, closed or open")
 	fs.BoolVar(&f.embedded, "redis-embedded", false, "run an in-process Redis (miniredis) instead of --redis-addr: for trying wsgate out, never for production")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")

@@ -9,7 +9,7 @@
 --       6 bucket slots, 7 reap limit, 8 events channel,
 --       9 npods, then npods x (pod, live, established),
 --       then nrej, then nrej x (reason, bucket, count)
--- Returns {epoch, created, instance ids, avail (pod, count, ...), reaped ids}.
+-- Returns {epoch, created, live instances (id, lease, ...), avail (pod, count, ...), reaped ids}.
 local id, now, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local slots = tonumber(ARGV[6])
 
@@ -62,5 +62,5 @@ redis.call('SADD', synced, id)
 redis.call('EXPIRE', synced, 86400)
 
 local reaped = reap_expired(prefix, now, tonumber(ARGV[7]), id)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[5], now, '+inf')
+local ids = redis.call('ZRANGEBYSCORE', KEYS[5], now, '+inf', 'WITHSCORES')
 return {epoch, created, ids, redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), reaped}
