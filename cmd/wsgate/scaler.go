@@ -27,6 +27,7 @@ type scalerFlags struct {
 	tlsCert, tlsKey, tlsClientCA        string
 	reapInterval                        time.Duration
 	redis                               *redisOptions
+	kube                                kubeFlags
 	cfg                                 scaler.Config
 }
 
@@ -43,9 +44,15 @@ func runScaler(args []string) error {
 	fs.Float64Var(&f.cfg.ReadinessRatio, "readiness-ratio", 0.95, "hold metrics until this share of the expected tracker instances re-synced")
 	fs.IntVar(&f.cfg.ExpectedInstances, "expected-instances", 0, "tracker instances to expect (0: learn them, those alive before the epoch changed)")
 	fs.DurationVar(&f.reapInterval, "reap-interval", 5*time.Second, "interval of reaping expired tracker instances")
+	fs.BoolVar(&f.kube.enabled, "kube", false, "discover pods from the fleets' Service EndpointSlices and set pod-deletion-cost before scale-downs")
+	fs.StringVar(&f.kube.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the fleets' Services and pods (default: $POD_NAMESPACE)")
+	fs.StringVar(&f.kube.kubeconfig, "kubeconfig", "", "kubeconfig file (default: the in-cluster service account)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if f.kube.enabled && f.kube.namespace == "" {
+		return errors.New("--namespace: required with --kube (or set POD_NAMESPACE)")
 	}
 	if f.config == "" {
 		return errors.New("--config: a fleets file is required (see tracker/fleets.example.yaml)")
@@ -67,13 +74,21 @@ func runScaler(args []string) error {
 	if err != nil {
 		return err
 	}
-	app := fx.New(
-		fxLogger(log),
+	return runApp(fx.New(fxLogger(log), scalerApp(f, log)))
+}
+
+// scalerApp is the scaler's component graph.
+func scalerApp(f scalerFlags, log *slog.Logger) fx.Option {
+	kube := fx.Options()
+	if f.kube.enabled {
+		kube = kubeModule()
+	}
+	return fx.Options(
 		fx.Supply(f, log),
 		fx.Provide(newRegistry, newScalerRedis, newScalerStore, newScaler),
+		kube,
 		fx.Invoke(runReaper, serveScaler, serveScalerTelemetry),
 	)
-	return runApp(app)
 }
 
 func newScalerRedis(lc fx.Lifecycle, f scalerFlags) (redis.UniversalClient, error) {
@@ -84,8 +99,22 @@ func newScalerStore(rdb redis.UniversalClient, f scalerFlags) *tracker.Store {
 	return tracker.NewStore(rdb, f.redis.cfg.Prefix)
 }
 
-func newScaler(f scalerFlags, store *tracker.Store, reg prometheus.Registerer, log *slog.Logger) (*scaler.Server, error) {
-	return scaler.New(f.cfg, store, scaler.WithLogger(log), scaler.WithMetrics(scaler.NewMetrics(reg)))
+type scalerDeps struct {
+	fx.In
+	Flags    scalerFlags
+	Store    *tracker.Store
+	Registry prometheus.Registerer
+	Log      *slog.Logger
+	// Gate is the deletion-cost hook, present with --kube.
+	Gate scaler.ScaleDownGate `optional:"true"`
+}
+
+func newScaler(d scalerDeps) (*scaler.Server, error) {
+	opts := []scaler.Option{scaler.WithLogger(d.Log), scaler.WithMetrics(scaler.NewMetrics(d.Registry))}
+	if d.Gate != nil {
+		opts = append(opts, scaler.WithGate(d.Gate))
+	}
+	return scaler.New(d.Flags.cfg, d.Store, opts...)
 }
 
 func runReaper(lc fx.Lifecycle, f scalerFlags, s *scaler.Server) {

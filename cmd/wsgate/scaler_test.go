@@ -1,0 +1,47 @@
+package main
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/fx"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/scaler/podcost"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// TestScalerGraph builds the scaler's components (without starting them)
+// with and without --kube: with it the deletion-cost hook must reach the
+// scaler as its gate, not be silently left out as an optional dependency.
+func TestScalerGraph(t *testing.T) {
+	for _, kube := range []bool{false, true} {
+		f := scalerFlags{redis: &redisOptions{addrs: "127.0.0.1:1"}, kube: kubeFlags{enabled: kube, namespace: "ns"},
+			cfg: scaler.Config{Fleets: []tracker.FleetConfig{tracker.FleetConfig{Name: "chat", Service: "chat"}.WithDefaults()}, Settle: time.Second, ReadinessRatio: 0.95}}
+		var gate scaler.ScaleDownGate
+		opts := []fx.Option{fx.NopLogger, scalerApp(f, slog.New(slog.DiscardHandler)), fx.Invoke(func(d scalerDeps) { gate = d.Gate })}
+		if kube {
+			opts = append(opts, fx.Replace(fx.Annotate(fake.NewClientset(), fx.As(new(kubernetes.Interface)))))
+		}
+		app := fx.New(opts...)
+		if err := app.Err(); err != nil {
+			t.Fatalf("kube=%v: %v", kube, err)
+		}
+		_, isHook := gate.(*podcost.Hook)
+		if isHook != kube {
+			t.Errorf("kube=%v: scaler gate %T", kube, gate)
+		}
+	}
+}
+
+func TestScalerKubeNeedsANamespace(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "")
+	err := runScaler([]string{"--kube", "--config", "x"})
+	if err == nil || !strings.Contains(err.Error(), "--namespace") {
+		t.Fatalf("--kube without a namespace: %v", err)
+	}
+}
