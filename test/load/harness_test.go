@@ -1,0 +1,194 @@
+package load
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"google.golang.org/grpc"
+
+	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/tracker/accesslog"
+)
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// backend is a WebSocket pod that holds every connection until the client
+// closes it, counting them itself.
+type backend struct {
+	addr   string
+	live   atomic.Int64
+	srv    *http.Server
+	cancel context.CancelFunc
+	conns  sync.WaitGroup
+}
+
+func startBackend(b *testing.B) *backend {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatalf("backend listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	be := &backend{addr: ln.Addr().String(), cancel: cancel}
+	be.srv = &http.Server{
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c, err := websocket.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			be.conns.Add(1)
+			defer be.conns.Done()
+			be.live.Add(1)
+			defer be.live.Add(-1)
+			// Reading is what answers the client's close frame; the pod
+			// sends nothing, so the load is admission and holding only.
+			for {
+				if _, _, err := c.Read(r.Context()); err != nil {
+					c.CloseNow()
+					return
+				}
+			}
+		}),
+	}
+	go func() { _ = be.srv.Serve(ln) }()
+	return be
+}
+
+func (be *backend) close() {
+	_ = be.srv.Close()
+	be.cancel()
+	be.conns.Wait()
+}
+
+// node is one Envoy pod: the gateway stand-in running envoy/wsgate.lua and
+// its tracker sidecar, wired over HTTP (admission) and gRPC (access log)
+// exactly as in production.
+type node struct {
+	tr     *tracker.Tracker
+	gw     *gateway.Gateway
+	url    string
+	admit  *httptest.Server
+	grpc   *grpc.Server
+	stopHB context.CancelFunc
+	hbDone chan struct{}
+	once   sync.Once
+}
+
+func startNode(b *testing.B, store *tracker.Store, id string, cfg tracker.Config, flush time.Duration) *node {
+	b.Helper()
+	cfg.InstanceID = id
+	cfg.Fleets = append([]tracker.FleetConfig(nil), cfg.Fleets...)
+	tr, err := tracker.New(cfg, store, tracker.WithLogger(quiet))
+	if err != nil {
+		b.Fatalf("tracker %s: %v", id, err)
+	}
+	if err := tr.Heartbeat(context.Background()); err != nil {
+		b.Fatalf("first heartbeat of %s: %v", id, err)
+	}
+	n := &node{tr: tr, hbDone: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.stopHB = cancel
+	go func() { defer close(n.hbDone); tr.Run(ctx) }()
+	n.admit = httptest.NewServer(tr.Handler(nil))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatalf("access-log listen: %v", err)
+	}
+	n.grpc = grpc.NewServer()
+	accesslog.New(tr, tr.Metrics().AccessLogEntries, quiet).Register(n.grpc)
+	go func() { _ = n.grpc.Serve(ln) }()
+	gw, err := gateway.New(gateway.Config{TrackerURL: n.admit.URL, AccessLogAddr: ln.Addr().String(), Fleet: fleet, NodeID: id, FlushInterval: flush, Logger: quiet})
+	if err != nil {
+		b.Fatalf("gateway %s: %v", id, err)
+	}
+	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatalf("gateway listen: %v", err)
+	}
+	n.gw, n.url = gw, "ws://"+gl.Addr().String()+"/"
+	go func() { _ = gw.Serve(gl) }()
+	return n
+}
+
+// stop ends the gateway first, so its tunnels' last access-log entries
+// still reach the tracker.
+func (n *node) stop() {
+	n.once.Do(func() {
+		_ = n.gw.Close()
+		n.grpc.Stop()
+		n.admit.Close()
+		n.stopHB()
+		<-n.hbDone
+	})
+}
+
+// system is two nodes in front of the backends, sharing one Redis.
+type system struct {
+	store    *tracker.Store
+	backends []*backend
+	nodes    []*node
+}
+
+func startSystem(b *testing.B, store *tracker.Store, pods, capPerPod int, flush, lease time.Duration) *system {
+	b.Helper()
+	s := &system{store: store}
+	var addrs []string
+	for range pods {
+		be := startBackend(b)
+		s.backends = append(s.backends, be)
+		addrs = append(addrs, be.addr)
+	}
+	cfg := tracker.Config{
+		Fleets: []tracker.FleetConfig{{
+			Name: fleet, MaxConnectionsPerPod: capPerPod, Pods: addrs,
+			// The rate limit is not what is measured here.
+			RatePerSecond: 1e6, Burst: 1e6,
+		}},
+		Heartbeat: time.Second, LeaseTTL: lease, EstablishTimeout: lease,
+		// Below the Lua filter's 250 ms httpCall timeout, but loose enough
+		// that two busy cores do not push admissions into the fallback.
+		RedisTimeout: 200 * time.Millisecond,
+	}
+	for _, id := range []string{"envoy-a", "envoy-b"} {
+		s.nodes = append(s.nodes, startNode(b, store, id, cfg, flush))
+	}
+	return s
+}
+
+func (s *system) close() {
+	for _, n := range s.nodes {
+		n.stop()
+	}
+	for _, be := range s.backends {
+		be.close()
+	}
+}
+
+func (s *system) backendLive() int64 {
+	var n int64
+	for _, be := range s.backends {
+		n += be.live.Load()
+	}
+	return n
+}
+
+// redisLive is the fleet's live count as Redis holds it (the stats hash the
+// admit and release scripts maintain): one HGET, so it can be polled tightly.
+func (s *system) redisLive(ctx context.Context) (int64, error) {
+	n, err := s.store.Client().HGet(ctx, s.store.KeyPrefix(fleet)+"stats", "live").Int64()
+	if err != nil {
+		return 0, fmt.Errorf("read live count of %s: %w", fleet, err)
+	}
+	return n, nil
+}
