@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,7 +16,6 @@ import (
 	"github.com/coder/websocket"
 	"google.golang.org/grpc"
 
-	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
 )
@@ -32,11 +32,10 @@ type backend struct {
 	conns  sync.WaitGroup
 }
 
-func startBackend(b *testing.B) *backend {
-	b.Helper()
+func startBackend() (*backend, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		b.Fatalf("backend listen: %v", err)
+		return nil, fmt.Errorf("backend listen: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	be := &backend{addr: ln.Addr().String(), cancel: cancel}
@@ -62,7 +61,7 @@ func startBackend(b *testing.B) *backend {
 		}),
 	}
 	go func() { _ = be.srv.Serve(ln) }()
-	return be
+	return be, nil
 }
 
 func (be *backend) close() {
@@ -76,7 +75,7 @@ func (be *backend) close() {
 // exactly as in production.
 type node struct {
 	tr     *tracker.Tracker
-	gw     *gateway.Gateway
+	gw     *child // the gateway, in its own process
 	url    string
 	admit  *httptest.Server
 	grpc   *grpc.Server
@@ -108,16 +107,9 @@ func startNode(b *testing.B, store *tracker.Store, id string, cfg tracker.Config
 	n.grpc = grpc.NewServer()
 	accesslog.New(tr, tr.Metrics().AccessLogEntries, quiet).Register(n.grpc)
 	go func() { _ = n.grpc.Serve(ln) }()
-	gw, err := gateway.New(gateway.Config{TrackerURL: n.admit.URL, AccessLogAddr: ln.Addr().String(), Fleet: fleet, NodeID: id, FlushInterval: flush, Logger: quiet})
-	if err != nil {
-		b.Fatalf("gateway %s: %v", id, err)
-	}
-	gl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatalf("gateway listen: %v", err)
-	}
-	n.gw, n.url = gw, "ws://"+gl.Addr().String()+"/"
-	go func() { _ = gw.Serve(gl) }()
+	n.gw = spawn(b, roleGateway, "WSGATE_LOAD_TRACKER="+n.admit.URL, "WSGATE_LOAD_ACCESSLOG="+ln.Addr().String(),
+		"WSGATE_LOAD_NODE="+id, "WSGATE_LOAD_FLUSH="+flush.String())
+	n.url = "ws://" + n.gw.addrs[0] + "/"
 	return n
 }
 
@@ -125,7 +117,7 @@ func startNode(b *testing.B, store *tracker.Store, id string, cfg tracker.Config
 // still reach the tracker.
 func (n *node) stop() {
 	n.once.Do(func() {
-		_ = n.gw.Close()
+		n.gw.stop()
 		n.grpc.Stop()
 		n.admit.Close()
 		n.stopHB()
@@ -136,19 +128,15 @@ func (n *node) stop() {
 // system is two nodes in front of the backends, sharing one Redis.
 type system struct {
 	store    *tracker.Store
-	backends []*backend
+	backends *child
 	nodes    []*node
 }
 
 func startSystem(b *testing.B, store *tracker.Store, pods, capPerPod int, flush, lease time.Duration) *system {
 	b.Helper()
 	s := &system{store: store}
-	var addrs []string
-	for range pods {
-		be := startBackend(b)
-		s.backends = append(s.backends, be)
-		addrs = append(addrs, be.addr)
-	}
+	s.backends = spawn(b, roleBackends, "WSGATE_LOAD_PODS="+strconv.Itoa(pods))
+	addrs := s.backends.addrs
 	cfg := tracker.Config{
 		Fleets: []tracker.FleetConfig{{
 			Name: fleet, MaxConnectionsPerPod: capPerPod, Pods: addrs,
@@ -170,17 +158,7 @@ func (s *system) close() {
 	for _, n := range s.nodes {
 		n.stop()
 	}
-	for _, be := range s.backends {
-		be.close()
-	}
-}
-
-func (s *system) backendLive() int64 {
-	var n int64
-	for _, be := range s.backends {
-		n += be.live.Load()
-	}
-	return n
+	s.backends.stop()
 }
 
 // redisLive is the fleet's live count as Redis holds it (the stats hash the
