@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/wsgate/wsgate/test/redistest"
+)
+
+// checkDemoOutput asserts what a person running the demo must see: the
+// fleet filled exactly to its cap through both gateways, the surplus
+// refused for capacity with a Retry-After, the release after the close,
+// every metrics view, and the scaler's answer through KEDA's client.
+func checkDemoOutput(t *testing.T, out string) {
+	t.Helper()
+	admitted := regexp.MustCompile(`(?m)^  #\d+ +gateway [ab]  101 admitted +-> pod-\d`).FindAllString(out, -1)
+	if len(admitted) != 6 {
+		t.Errorf("%d admitted lines, want 3 pods x cap 2 = 6", len(admitted))
+	}
+	for _, gw := range []string{"gateway a  101", "gateway b  101"} {
+		if !strings.Contains(out, gw) {
+			t.Errorf("no admission through %s", gw)
+		}
+	}
+	rejected := regexp.MustCompile(`(?m)^  #\d+ +gateway [ab]  503 rejected +reason capacity +Retry-After: 5s$`).FindAllString(out, -1)
+	if len(rejected) != 3 {
+		t.Errorf("%d capacity rejections with Retry-After, want 3", len(rejected))
+	}
+	for _, want := range []string{
+		"=> 6 admitted (the fleet holds 6 = 3 pods x cap 2), 3 refused for capacity, 0 otherwise",
+		"released: Redis and the pods both count 3 live connections",
+		"=> a freed slot admits again",
+		"CONNECTIONS  live 4",
+		"REJECTIONS",
+		"fleet                  capacity    3",
+		"SCALING",
+		"DETAILED",
+		"READINESS  ready",
+		"connections        4.00",
+		"saturation         0.67",
+		"=> recommendation: ",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^  desiredReplicas +\d+\.\d\d`).MatchString(out) {
+		t.Error("output lacks the desiredReplicas line")
+	}
+	if strings.Contains(out, "Serving until Ctrl-C") {
+		t.Error("script-only run printed the serving banner")
+	}
+	if strings.Contains(out, "could not") || strings.Contains(out, "failed") {
+		t.Error("output reports a failure")
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", out)
+	}
+}
+
+func TestDemoEmbeddedRedis(t *testing.T) {
+	var out bytes.Buffer
+	err := runDemo(&out, demoOptions{backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn", scriptOnly: true})
+	if err != nil {
+		t.Fatalf("demo: %v\noutput:\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "embedded (in-process miniredis") {
+		t.Error("output does not say the Redis is embedded")
+	}
+	checkDemoOutput(t, out.String())
+}
+
+func TestDemoExternalRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	var out bytes.Buffer
+	err := runDemo(&out, demoOptions{redisAddr: srv.Addr(), backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn", scriptOnly: true})
+	if err != nil {
+		t.Fatalf("demo: %v\noutput:\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), srv.Addr()+" ") || !strings.Contains(out.String(), "external (--redis)") {
+		t.Errorf("output does not name the external Redis %s", srv.Addr())
+	}
+	checkDemoOutput(t, out.String())
+}
+
+func TestDemoUnreachableRedis(t *testing.T) {
+	var out bytes.Buffer
+	err := runDemo(&out, demoOptions{redisAddr: "127.0.0.1:1", backends: 1, cap: 1, rate: 1, listenBase: "127.0.0.1:0", logLevel: "error", scriptOnly: true})
+	if err == nil || !strings.Contains(err.Error(), "reach Redis at 127.0.0.1:1") {
+		t.Fatalf("err = %v, want one line naming the unreachable Redis", err)
+	}
+}
+
+func TestDemoRejectsBadOptions(t *testing.T) {
+	for _, o := range []demoOptions{
+		{backends: 0, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn"},
+		{backends: 3, cap: 2, rate: 5, listenBase: "0.0.0.0:0", logLevel: "warn"},
+		{backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "loud"},
+	} {
+		if err := runDemo(&bytes.Buffer{}, o); err == nil {
+			t.Errorf("%+v: accepted", o)
+		}
+	}
+}
