@@ -269,7 +269,10 @@ func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback boo
 // instance more per unit, rotated by pod so no instance always gets it. An
 // instance may hold what it held then plus its part: the parts add up to the
 // headroom, so the instances together stay under the cap without talking.
-// When the fleet was empty this is floor(cap/n) plus the shared remainder.
+// The instances' last heartbeats are not simultaneous, though, so each is
+// also held to its part of the cap itself (split the same way): those parts
+// add up to the cap whatever moment each view was taken at. When the fleet
+// was empty both bounds are floor(cap/n) plus the shared remainder.
 //
 // An instance that joined so recently that some other instance has not
 // heartbeated since (and so shares the headroom without it) takes no part:
@@ -289,7 +292,10 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 	for i, pod := range v.pods {
 		budget := f.cfg.MaxConnectionsPerPod - (v.load[pod] - v.mine[pod])
 		if t.cfg.Fallback == FallbackShare {
-			budget = v.mine[pod] + headroomShare(f.cfg.MaxConnectionsPerPod-v.load[pod], v.instances, v.rank, i)
+			cap := f.cfg.MaxConnectionsPerPod
+			budget = min(
+				v.mine[pod]+headroomShare(cap-v.load[pod], v.instances, v.rank, i),
+				headroomShare(cap, v.instances, v.rank, i))
 		}
 		held := f.heldLocked(pod)
 		if held >= budget {

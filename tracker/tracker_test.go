@@ -309,6 +309,42 @@ func TestNewcomerTakesNoShareUntilKnownToAll(t *testing.T) {
 	}
 }
 
+// TestFallbackWithViewsOfDifferentMoments: each instance's view comes from
+// its own last heartbeat; connections moved between the two. The parts of
+// the headroom then no longer add up, the parts of the cap still do.
+func TestFallbackWithViewsOfDifferentMoments(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	fc := fleetCfg("chat", 4, "10.0.0.1:80")
+	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
+	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
+	for round := 0; round < 2; round++ {
+		clk.Advance(time.Second)
+		heartbeat(t, a, b)
+	}
+	var held []string
+	for i := 0; i < 3; i++ {
+		held = append(held, admit(t, a, "chat").Conn)
+	}
+	admit(t, b, "chat")
+	heartbeat(t, a) // a's view: a 3, b 1
+	if err := a.Release(context.Background(), held[0]); err != nil {
+		t.Fatal(err)
+	}
+	if r := admit(t, b, "chat"); !r.Admitted {
+		t.Fatalf("b could not take the freed slot: %+v", r)
+	}
+	heartbeat(t, b) // b's view: a 2, b 2
+	mr.SetError("ERR outage")
+	for i := 0; i < 3; i++ {
+		admit(t, a, "chat")
+		admit(t, b, "chat")
+	}
+	if n := sumLocal(t, "chat", a, b)["10.0.0.1:80"]; n > 4 {
+		t.Errorf("the pod holds %d across instances during the outage, cap 4", n)
+	}
+}
+
 func TestFallbackClosedAndOpen(t *testing.T) {
 	rdb, mr := miniClient(t)
 	clk := newClock()
