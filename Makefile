@@ -30,11 +30,10 @@ test: deps vet
 bench: deps
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem $(PKGS)
 
-# run: a tracker on an embedded Redis with three static demo pods.
+# run: the whole system on this machine (embedded Redis, backends, two
+# gateways running envoy/wsgate.lua, trackers, the scaler) until Ctrl-C.
 run: build
-	@echo 'wsgate tracker on 127.0.0.1:9090 with an embedded Redis; in another shell:'
-	@echo "  curl -i -X POST localhost:9090/v1/admit -d '{\"fleet\":\"demo\"}'"
-	$(BIN) tracker --redis-embedded --config tracker/fleets.example.yaml --telemetry-listen 127.0.0.1:9102
+	$(BIN) demo $(RUNFLAGS)
 
 clean:
 	rm -rf bin
