@@ -195,7 +195,7 @@ func scaling(st FleetState, cap *int, now time.Time) *Scaling {
 		}
 	}
 	if rec := st.Scaler; rec != nil {
-		ss := &ScalerState{Recommended: rec.Recommended, Reported: rec.Reported, Ready: rec.Ready, Reason: rec.Reason}
+		ss := &ScalerState{Recommended: rec.Recommended, Reported: rec.Reported, Ready: rec.Ready, ReadyPods: rec.ReadyPods, Reason: rec.Reason}
 		if !rec.Updated.IsZero() {
 			u := rec.Updated.UTC()
 			ss.UpdatedAt = &u

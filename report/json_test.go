@@ -82,9 +82,10 @@ type jsonScaling struct {
 		Draining bool    `json:"draining"`
 	} `json:"candidates"`
 	Scaler *struct {
-		Recommended int        `json:"recommended"`
-		Reported    int        `json:"reported"`
+		Recommended *int       `json:"recommended"`
+		Reported    *int       `json:"reported"`
 		Ready       bool       `json:"ready"`
+		ReadyPods   int        `json:"readyPods"`
 		UpdatedAt   *time.Time `json:"updatedAt"`
 		AgeSeconds  float64    `json:"ageSeconds"`
 		Reason      string     `json:"reason"`
@@ -147,7 +148,7 @@ func decodeStrict(t *testing.T, data []byte) jsonReport {
 func TestJSONSchema(t *testing.T) {
 	sc, mr := miniScenario(t)
 	p := sc.store.KeyPrefix("chat")
-	mr.HSet(p+"scaler", "recommended", "3", "reported", "4", "ready", "true", "updatedMs", "1795608025000", "reason", "capacity target")
+	mr.HSet(p+"scaler", "recommended", "3", "reported", "4", "ready", "1", "readyPods", "4", "updatedMs", "1795608025000", "reason", "capacity target")
 	var buf bytes.Buffer
 	must(t, report.WriteJSON(&buf, sc.report(t)))
 	r := decodeStrict(t, buf.Bytes())
@@ -188,7 +189,7 @@ func TestJSONSchema(t *testing.T) {
 	if s.CandidatesSource != "computed" || len(s.Candidates) != 4 || s.Candidates[0].Addr != "10.0.0.4:8080" || s.Candidates[0].Rank != 1 {
 		t.Errorf("candidates %s %+v, want computed, the empty draining pod first", s.CandidatesSource, s.Candidates)
 	}
-	if s.Scaler == nil || s.Scaler.Recommended != 3 || s.Scaler.Reported != 4 || !s.Scaler.Ready ||
+	if s.Scaler == nil || s.Scaler.Recommended == nil || *s.Scaler.Recommended != 3 || s.Scaler.Reported == nil || *s.Scaler.Reported != 4 || !s.Scaler.Ready || s.Scaler.ReadyPods != 4 ||
 		s.Scaler.UpdatedAt == nil || s.Scaler.AgeSeconds != 5 || s.Scaler.Reason != "capacity target" {
 		t.Errorf("scaler %+v", s.Scaler)
 	}

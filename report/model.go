@@ -124,13 +124,16 @@ type Candidate struct {
 
 // ScalerState is the scaler's hash {wsgate:F}:scaler.
 type ScalerState struct {
-	// Recommended is the replica count the policy wants.
-	Recommended int `json:"recommended"`
+	// Recommended is the replica count the policy wants; null while the
+	// scaler holds its metric (not ready).
+	Recommended *int `json:"recommended"`
 	// Reported is what the scaler tells KEDA (it may lag Recommended while
-	// a coordinated scale-down settles).
-	Reported int `json:"reported"`
-	// Ready is the scaler's readiness gate.
-	Ready     bool       `json:"ready"`
+	// a coordinated scale-down settles); null while held.
+	Reported *int `json:"reported"`
+	// Ready is the scaler's readiness gate: false while it holds its metric.
+	Ready bool `json:"ready"`
+	// ReadyPods is the fleet's ready pods when the scaler last looked.
+	ReadyPods int        `json:"readyPods"`
 	UpdatedAt *time.Time `json:"updatedAt"`
 	// AgeSeconds is how old UpdatedAt was when the report was made.
 	AgeSeconds float64 `json:"ageSeconds"`

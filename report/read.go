@@ -23,11 +23,14 @@ type FleetState struct {
 
 // ScalerRecord is the decoded {wsgate:F}:scaler hash.
 type ScalerRecord struct {
-	Recommended int
-	Reported    int
-	Ready       bool
-	Updated     time.Time // zero when the field is missing
-	Reason      string
+	// Recommended and Reported are nil while the scaler holds its metric.
+	Recommended *int
+	Reported    *int
+	// Ready is false while the scaler holds its metric (readiness).
+	Ready     bool
+	ReadyPods int
+	Updated   time.Time // zero when the field is missing
+	Reason    string
 }
 
 // Ranked is one member of the scaledown set.
@@ -102,8 +105,15 @@ func decodeScaler(h map[string]string) (ScalerRecord, error) {
 		}
 		return int(n)
 	}
-	rec.Recommended = num("recommended")
-	rec.Reported = num("reported")
+	opt := func(field string) *int {
+		if _, ok := h[field]; !ok {
+			return nil
+		}
+		n := num(field)
+		return &n
+	}
+	rec.Recommended, rec.Reported = opt("recommended"), opt("reported")
+	rec.ReadyPods = num("readyPods")
 	if ms := num("updatedMs"); ms > 0 {
 		rec.Updated = time.UnixMilli(int64(ms))
 	}

@@ -198,12 +198,22 @@ func TestTableOneView(t *testing.T) {
 }
 
 // The scaler's keys are written as the scaler documents them: the hash
-// scaler {recommended, reported, ready, updatedMs, reason} and the zset
-// scaledown (pod -> priority, first candidate lowest).
+// scaler {recommended, reported, ready, readyPods, updatedMs, reason} and
+// the zset scaledown (pod -> priority, first candidate lowest).
+// While the scaler holds its metric it writes no recommendation.
+func TestTableScalingWhileTheScalerHolds(t *testing.T) {
+	sc, mr := miniScenario(t)
+	mr.HSet(sc.store.KeyPrefix("chat")+"scaler", "ready", "0", "readyPods", "4", "updatedMs", "1795608025000", "reason", "metrics held: epoch 5s old, settle 1m0s")
+	got := table(t, sc.report(t, report.ViewScaling))
+	if !strings.Contains(got, "scaler: holding its metric (not ready), 4 ready pods") || strings.Contains(got, "recommends") {
+		t.Errorf("scaling view while held:\n%s", got)
+	}
+}
+
 func TestTableScalingWithScalerState(t *testing.T) {
 	sc, mr := miniScenario(t)
 	p := sc.store.KeyPrefix("chat")
-	mr.HSet(p+"scaler", "recommended", "3", "reported", "4", "ready", "1",
+	mr.HSet(p+"scaler", "recommended", "3", "reported", "4", "ready", "1", "readyPods", "4",
 		"updatedMs", "1795608025000", "reason", "capacity target")
 	mr.ZAdd(p+"scaledown", 1, "10.0.0.3:8080")
 	mr.ZAdd(p+"scaledown", 0, "10.0.0.4:8080")

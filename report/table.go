@@ -159,16 +159,16 @@ func writeScaling(w *errWriter, s *Scaling) {
 	w.printf("\nSCALING  pods %d (%d ready, %d draining), live %d; cap %s\n",
 		s.Registry.Pods, s.Registry.Ready, s.Registry.Draining, s.Live, capText(s.Cap))
 	if sc := s.Scaler; sc != nil {
-		ready := "not ready"
-		if sc.Ready {
-			ready = "ready"
-		}
 		updated := "update time unknown"
 		if sc.UpdatedAt != nil {
 			updated = fmt.Sprintf("updated %s ago", roundDur(sc.AgeSeconds))
 		}
-		w.printf("scaler: recommends %d replicas, reports %d to KEDA, %s, %s; reason: %s\n",
-			sc.Recommended, sc.Reported, ready, updated, orDash(sc.Reason))
+		if sc.Recommended == nil || sc.Reported == nil || !sc.Ready {
+			w.printf("scaler: holding its metric (not ready), %d ready pods, %s; reason: %s\n", sc.ReadyPods, updated, orDash(sc.Reason))
+		} else {
+			w.printf("scaler: recommends %d replicas, reports %d to KEDA, %d ready pods, %s; reason: %s\n",
+				*sc.Recommended, *sc.Reported, sc.ReadyPods, updated, orDash(sc.Reason))
+		}
 	} else {
 		w.printf("scaler: no recommendation in Redis (no scaler hash for this fleet): is `wsgate scaler` running?\n")
 	}

@@ -318,7 +318,7 @@ func (s *Server) evaluate(ctx context.Context, t Trigger, fc tracker.FleetConfig
 // fleet's scaler hash, also when held.
 func (s *Server) recommend(ctx context.Context, t Trigger, fc tracker.FleetConfig, sum tracker.Summary, held error) (float64, error) {
 	if held != nil {
-		s.persist(ctx, t.Fleet, map[string]any{"ready": sum.Ready, "updatedMs": s.now().UnixMilli(), "reason": held.Error()})
+		s.persist(ctx, t.Fleet, map[string]any{"ready": 0, "readyPods": sum.Ready, "updatedMs": s.now().UnixMilli(), "reason": held.Error()})
 		return 0, held
 	}
 	d := Decide(t.Params, policyInput(sum, fc))
@@ -331,16 +331,24 @@ func (s *Server) recommend(ctx context.Context, t Trigger, fc tracker.FleetConfi
 		}
 	}
 	s.persist(ctx, t.Fleet, map[string]any{
-		"recommended": d.Replicas, "reported": reported, "ready": sum.Ready,
+		"recommended": d.Replicas, "reported": reported, "ready": 1, "readyPods": sum.Ready,
 		"updatedMs": s.now().UnixMilli(), "reason": reason,
 	})
 	return float64(reported), nil
 }
 
-// persist writes the scaler hash for `wsgate metrics scaling`. A failed
-// write does not fail the RPC: the metric is right, only the view is stale.
+// persist replaces the scaler hash for `wsgate metrics scaling`: recommended
+// and reported are absent while metrics are held, never left over from an
+// earlier evaluation. A failed write does not fail the RPC: the metric is
+// right, only the view is stale.
 func (s *Server) persist(ctx context.Context, fleet string, fields map[string]any) {
-	if err := s.store.Client().HSet(ctx, s.store.KeyPrefix(fleet)+"scaler", fields).Err(); err != nil {
+	key := s.store.KeyPrefix(fleet) + "scaler"
+	_, err := s.store.Client().TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, key)
+		p.HSet(ctx, key, fields)
+		return nil
+	})
+	if err != nil {
 		s.log.Warn("recording the scaler decision failed", "fleet", fleet, "err", err)
 	}
 }

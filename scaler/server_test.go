@@ -210,7 +210,7 @@ func TestGetMetricsReportsEachMetric(t *testing.T) {
 		t.Errorf("desiredReplicas = %v, want 3", got)
 	}
 	h := e.scalerHash("web")
-	if h["recommended"] != "3" || h["reported"] != "3" || h["ready"] != "3" || h["reason"] != "capacity target" || h["updatedMs"] == "" {
+	if h["recommended"] != "3" || h["reported"] != "3" || h["ready"] != "1" || h["readyPods"] != "3" || h["reason"] != "capacity target" || h["updatedMs"] == "" {
 		t.Errorf("scaler hash = %v", h)
 	}
 
@@ -457,7 +457,7 @@ func TestReadinessHoldsAfterRedisRestartUntilResync(t *testing.T) {
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "1 of 3") {
 		t.Fatalf("after restart with 1 of 3 synced: %v, want Unavailable naming 1 of 3", err)
 	}
-	if h := e.scalerHash("web"); !strings.Contains(h["reason"], "held") || h["recommended"] != "" {
+	if h := e.scalerHash("web"); !strings.Contains(h["reason"], "held") || h["recommended"] != "" || h["reported"] != "" || h["ready"] != "0" {
 		t.Errorf("scaler hash while held = %v", h)
 	}
 	if got := mustGauge(t, e.reg, "wsgate_scaler_ready", "web"); got != 0 {
