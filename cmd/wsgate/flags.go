@@ -15,8 +15,29 @@ import (
 // parseFlags parses args, then fills every flag not given on the command
 // line from WSGATE_<NAME> in the environment (secrets stay out of argv).
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return err
+	rest, err := parseFlagsRest(fs, args, 0)
+	if err == nil && len(rest) > 0 {
+		err = fmt.Errorf("unexpected argument %q", rest[0])
+	}
+	return err
+}
+
+// parseFlagsRest is parseFlags for commands that take up to positional
+// arguments, anywhere among the flags; it returns them.
+func parseFlagsRest(fs *flag.FlagSet, args []string, positional int) ([]string, error) {
+	var rest []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		if len(rest) == positional {
+			return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		}
+		rest = append(rest, fs.Arg(0))
+		args = fs.Args()[1:]
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -32,10 +53,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 			}
 		}
 	})
-	if err == nil && fs.NArg() > 0 {
-		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	return err
+	return rest, err
 }
 
 // redisFlags registers the Redis connection flags shared by every command.

@@ -53,16 +53,17 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 	ratio := fs.Float64("readiness-ratio", 0.95, "readiness: share of alive instances that must have synced (as the scaler's --readiness-ratio)")
 	timeout := fs.Duration("timeout", 5*time.Second, "bound of the whole read from Redis")
 
+	rest, err := parseFlagsRest(fs, args, 1)
+	if err != nil {
+		return err
+	}
 	var views []report.View
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		v, err := report.ParseView(args[0])
+	if len(rest) == 1 {
+		v, err := report.ParseView(rest[0])
 		if err != nil {
 			return err
 		}
-		views, args = []report.View{v}, args[1:]
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
+		views = []report.View{v}
 	}
 	if *output != "table" && *output != "json" {
 		return fmt.Errorf("-o %q: want table or json", *output)

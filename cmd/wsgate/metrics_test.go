@@ -47,7 +47,17 @@ func runMetricsTest(t *testing.T, args ...string) (string, error) {
 
 func TestMetricsJSONOfOneView(t *testing.T) {
 	mr := metricsRedis(t)
-	out, err := runMetricsTest(t, "readiness", "--redis-addr", mr.Addr(), "-o", "json")
+	for _, args := range [][]string{
+		{"readiness", "--redis-addr", mr.Addr(), "-o", "json"},
+		{"--redis-addr", mr.Addr(), "readiness", "-o", "json"}, // the view among the flags
+	} {
+		checkReadinessJSON(t, args...)
+	}
+}
+
+func checkReadinessJSON(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := runMetricsTest(t, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +109,8 @@ func TestMetricsErrors(t *testing.T) {
 		{"wrong prefix", []string{"--redis-addr", mr.Addr(), "--redis-prefix", "other"}, `under prefix "other"`},
 		{"bad output", []string{"--redis-addr", mr.Addr(), "-o", "yaml"}, `-o "yaml": want table or json`},
 		{"bad ratio", []string{"--redis-addr", mr.Addr(), "--readiness-ratio", "95"}, "want a share between 0 and 1"},
-		{"stray argument", []string{"--redis-addr", mr.Addr(), "connections"}, `unexpected argument "connections"`},
+		{"two views", []string{"--redis-addr", mr.Addr(), "connections", "scaling"}, `unexpected argument "scaling"`},
+		{"unknown view after flags", []string{"--redis-addr", mr.Addr(), "conections"}, `unknown view "conections"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := runMetricsTest(t, tc.args...)
