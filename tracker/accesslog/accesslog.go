@@ -82,7 +82,9 @@ func (s *Server) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAcce
 	for {
 		msg, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			return nil
+			// A client-streaming RPC ends with one response; without it a
+			// client that closes cleanly sees a cardinality violation.
+			return stream.SendAndClose(&accesslogv3.StreamAccessLogsResponse{})
 		}
 		if err != nil {
 			if status.Code(err) != codes.Canceled {
