@@ -199,6 +199,12 @@ type harnessOptions struct {
 	instTTL   time.Duration
 	settle    time.Duration
 	redisAddr func(*redistest.Server) string // default: the server's address
+	// fleet adjusts the chat fleet before anything starts (default: the
+	// backends as a static pod list, policy pack).
+	fleet func(*tracker.FleetConfig)
+	// gate builds the scaler's scale-down gate once Redis and the backends
+	// are up (default none).
+	gate func(*harness) scaler.ScaleDownGate
 }
 
 func newHarness(t *testing.T, o harnessOptions) *harness {
@@ -242,6 +248,9 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		pods = append(pods, b.addr)
 	}
 	h.fleet = tracker.FleetConfig{Name: "chat", MaxConnectionsPerPod: o.cap, RatePerSecond: o.rate, Burst: o.burst, Pods: pods, RetryAfter: tracker.Duration(3 * time.Second)}
+	if o.fleet != nil {
+		o.fleet(&h.fleet)
+	}
 	empty := tracker.FleetConfig{Name: "empty", MaxConnectionsPerPod: 2, RatePerSecond: 1000, Burst: 1000}
 	cfg := tracker.Config{
 		Fleets:    []tracker.FleetConfig{h.fleet, empty},
@@ -255,7 +264,11 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	if settle == 0 {
 		settle = time.Millisecond
 	}
-	sc, err := scaler.New(scaler.Config{Fleets: []tracker.FleetConfig{h.fleet, empty}, Settle: settle, PollInterval: 100 * time.Millisecond}, h.store, scaler.WithLogger(quiet))
+	scOpts := []scaler.Option{scaler.WithLogger(quiet)}
+	if o.gate != nil {
+		scOpts = append(scOpts, scaler.WithGate(o.gate(h)))
+	}
+	sc, err := scaler.New(scaler.Config{Fleets: []tracker.FleetConfig{h.fleet, empty}, Settle: settle, PollInterval: 100 * time.Millisecond}, h.store, scOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
