@@ -129,7 +129,7 @@ func ptr[T any](v T) *T { return &v }
 type hiddenPatches struct {
 	mu      sync.Mutex
 	patches map[string]string // pod name -> last cost sent
-	order   []string // pod names, one per patch received
+	order   []string          // pod names, one per patch received
 }
 
 func (h *hiddenPatches) react(a k8stesting.Action) (bool, runtime.Object, error) {
