@@ -207,7 +207,7 @@ func TestJSONSchema(t *testing.T) {
 
 	rd := chat.Readiness
 	if rd.Ready || rd.Alive != 3 || rd.Synced != 2 || !reflect.DeepEqual(rd.Unsynced, []string{"envoy-3"}) ||
-		rd.EpochAgeSeconds != 630 || rd.SettleSeconds != 60 || rd.RequiredShare != 0.95 || rd.Why == "" {
+		rd.EpochAgeSeconds != 150 || rd.SettleSeconds != 60 || rd.RequiredShare != 0.95 || rd.Why == "" {
 		t.Errorf("readiness %+v, want not ready: envoy-3 of 3 alive not synced", rd)
 	}
 	if !r.Fleets[1].Readiness.Ready || r.Fleets[1].Readiness.Why != "" {

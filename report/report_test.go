@@ -68,8 +68,11 @@ func admit(t *testing.T, tr *tracker.Tracker, fleet string, want bool) tracker.R
 //
 //	T = t0-10m   e1 syncs (new epoch), admits 3 on chat and is rate-limited once
 //	t0-4m50s     e1 syncs, e4 syncs once and goes silent (expired when the report reads)
-//	t0           e2 admits 2, e3 admits 1 (chat is full: 3 placeable pods x 2),
-//	             e2 is rejected for capacity; e1 and e2 sync; e3 never syncs
+//	t0-2m        e2 and e3 sync; chat's epoch is lost (as when Redis
+//	             restarts) and e1 syncs in a new one
+//	t0           e2 admits 2, e3 admits 1 (chat is full: 3 placeable pods
+//	             x 2), e2 is rejected for capacity; e1 and e2 sync, e3 never
+//	             syncs in the new epoch
 //	t0+30s       the report reads
 func buildScenario(t *testing.T, rdb redis.UniversalClient) scenario {
 	t.Helper()
@@ -101,9 +104,15 @@ func buildScenario(t *testing.T, rdb redis.UniversalClient) scenario {
 	e4 := newTracker(t, s, c, "envoy-4", 1, "chat")
 	must(t, e4.Heartbeat(ctx))
 
-	c.now = t0
+	c.now = t0.Add(-2 * time.Minute)
 	e2 := newTracker(t, s, c, "envoy-2", 3, "chat")
 	e3 := newTracker(t, s, c, "envoy-3", 3, "chat")
+	must(t, e2.Heartbeat(ctx))
+	must(t, e3.Heartbeat(ctx))
+	must(t, rdb.Del(ctx, s.KeyPrefix("chat")+"epoch").Err())
+	must(t, e1.Heartbeat(ctx))
+
+	c.now = t0
 	must(t, e2.Establish(admit(t, e2, "chat", true).Conn))
 	admit(t, e2, "chat", true)
 	admit(t, e3, "chat", true)

@@ -48,14 +48,14 @@ type Admission struct {
 	Reason Reason // set when rejected
 }
 
-// Admit places one connection of instance on a pod of fleet under maxPerPod,
-// counting it for instance, whose lease is renewed until leaseUntil.
-func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance string, now, leaseUntil time.Time) (Admission, error) {
+// Admit places one connection of instance on a pod of fleet under maxPerPod
+// and counts it for instance. It does not renew the instance's lease: the
+// caller admits through Redis only between successful heartbeats.
+func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance string, now time.Time) (Admission, error) {
 	p := s.KeyPrefix(fleet)
-	keys := []string{p + "load", p + "avail", p + "inst:" + instance, p + "instances", p + "stats",
-		p + "rej:" + string(ReasonCapacity), p + "rej:" + string(ReasonNoPods), p + "rejinst:" + instance, p + "pend:" + instance}
-	res, err := scriptAdmit.Run(ctx, s.rdb, keys, maxPerPod, string(policy), instance,
-		leaseUntil.UnixMilli(), Bucket(now), BucketSlots, s.EventsChannel(fleet)).Slice()
+	keys := []string{p + "load", p + "avail", p + "inst:" + instance, p + "pend:" + instance, p + "stats",
+		p + "rej:" + string(ReasonCapacity), p + "rej:" + string(ReasonNoPods), p + "rejinst:" + instance}
+	res, err := scriptAdmit.Run(ctx, s.rdb, keys, maxPerPod, string(policy), Bucket(now), BucketSlots, s.EventsChannel(fleet)).Slice()
 	if err != nil {
 		return Admission{}, fmt.Errorf("admit %s: %w", fleet, err)
 	}

@@ -39,11 +39,22 @@ func mustSetPods(t *testing.T, s *tracker.Store, fleet string, pods []tracker.Po
 
 func mustAdmit(t *testing.T, s *tracker.Store, fleet string, cap int, p tracker.Policy, inst string, now time.Time) tracker.Admission {
 	t.Helper()
-	a, err := s.Admit(context.Background(), fleet, cap, p, inst, now, now.Add(10*time.Second))
+	a, err := s.Admit(context.Background(), fleet, cap, p, inst, now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// register is an instance's first heartbeat: a tracker admits through Redis
+// only after one.
+func register(t *testing.T, s *tracker.Store, fleet string, instances ...string) {
+	t.Helper()
+	for _, in := range instances {
+		if _, err := s.Sync(context.Background(), tracker.SyncRequest{Fleet: fleet, Instance: in, Now: t0, LeaseUntil: t0.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func mustSummary(t *testing.T, s *tracker.Store, fleet string, now time.Time) tracker.Summary {
@@ -152,6 +163,7 @@ func TestSyncReplacesTheInstanceCountsAndFixesLoad(t *testing.T) {
 	s, mr := newMiniStore(t)
 	ctx := context.Background()
 	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80"))
+	register(t, s, "chat", "e1", "e2")
 	for i := 0; i < 3; i++ {
 		mustAdmit(t, s, "chat", 2, tracker.PolicySpread, "e1", t0)
 	}
@@ -164,8 +176,8 @@ func TestSyncReplacesTheInstanceCountsAndFixesLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !res.EpochCreated || res.Epoch == "" {
-		t.Errorf("first sync: epoch %q created=%v, want a new epoch", res.Epoch, res.EpochCreated)
+	if res.EpochCreated || res.Epoch == "" {
+		t.Errorf("e1's second sync: epoch %q created=%v, want the epoch its first one created", res.Epoch, res.EpochCreated)
 	}
 	snap, err := s.Snapshot(ctx, "chat", t0)
 	if err != nil {
@@ -358,7 +370,7 @@ func TestFleetsLiveInTheirOwnHashSlot(t *testing.T) {
 func TestStoreReportsRedisErrors(t *testing.T) {
 	s, mr := newMiniStore(t)
 	mr.SetError("LOADING Redis is loading the dataset in memory")
-	_, err := s.Admit(context.Background(), "chat", 2, tracker.PolicyPack, "e1", t0, t0)
+	_, err := s.Admit(context.Background(), "chat", 2, tracker.PolicyPack, "e1", t0)
 	if err == nil {
 		t.Fatal("admit succeeded on a Redis that answers errors")
 	}
@@ -371,6 +383,7 @@ func TestNewConnectionsArePendingUntilEstablished(t *testing.T) {
 	s, _ := newMiniStore(t)
 	ctx := context.Background()
 	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
+	register(t, s, "chat", "e1")
 	a := mustAdmit(t, s, "chat", 5, tracker.PolicyPack, "e1", t0)
 	mustAdmit(t, s, "chat", 5, tracker.PolicyPack, "e1", t0)
 	est := func() int {

@@ -7,9 +7,12 @@ import (
 	"log/slog"
 	"math"
 	"sort"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 )
@@ -46,6 +49,12 @@ type Tracker struct {
 
 	fleets map[string]*fleet
 	byConn sync.Map // conn id -> *fleet
+
+	// Connection ids are this process's random prefix and a counter: unique
+	// across restarts (a restarted tracker adopts its predecessor's ids)
+	// without reading the system's random source per admission.
+	idPrefix string
+	idSeq    atomic.Uint64
 }
 
 // Option changes how New builds a Tracker.
@@ -66,7 +75,7 @@ func New(cfg Config, store *Store, opts ...Option) (*Tracker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tracker config: %w", err)
 	}
-	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, fleets: map[string]*fleet{}}
+	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, fleets: map[string]*fleet{}, idPrefix: randomHex(6)}
 	for _, o := range opts {
 		o(t)
 	}
@@ -81,7 +90,13 @@ func New(cfg Config, store *Store, opts ...Option) (*Tracker, error) {
 		t.metrics.FallbackMode.WithLabelValues(string(m)).Set(v)
 	}
 	for _, fc := range cfg.Fleets {
-		t.fleets[fc.Name] = newFleet(fc, t.now())
+		f := newFleet(fc, t.now())
+		f.admitted = t.metrics.Admissions.WithLabelValues(fc.Name, "admitted", "")
+		f.rejected = map[Reason]prometheus.Counter{}
+		for _, r := range Reasons {
+			f.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
+		}
+		t.fleets[fc.Name] = f
 	}
 	return t, nil
 }
@@ -110,8 +125,10 @@ type rejKey struct {
 }
 
 type fleet struct {
-	cfg     FleetConfig
-	limiter *rate.Limiter
+	cfg      FleetConfig
+	limiter  *rate.Limiter
+	admitted prometheus.Counter
+	rejected map[Reason]prometheus.Counter
 
 	// gate orders admissions against heartbeats: an admission holds one
 	// unit from its script to its local record, a heartbeat holds all of
@@ -200,9 +217,9 @@ func (t *Tracker) Admit(ctx context.Context, fleetName string) (Result, error) {
 	}
 	t.metrics.AdmitSeconds.Observe(time.Since(start).Seconds())
 	if res.Admitted {
-		t.metrics.Admissions.WithLabelValues(f.cfg.Name, "admitted", "").Inc()
+		f.admitted.Inc()
 	} else {
-		t.metrics.Admissions.WithLabelValues(f.cfg.Name, "rejected", string(res.Reason)).Inc()
+		f.rejected[res.Reason].Inc()
 	}
 	return res, nil
 }
@@ -215,7 +232,7 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 		f.reject(ReasonRateLimit, now)
 		return Result{Fleet: f.cfg.Name, Reason: ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
 	}
-	if !f.isDegraded() {
+	if f.redisUsable() {
 		res, err := t.admitRedis(ctx, f, now)
 		if err == nil {
 			return res, nil
@@ -237,7 +254,7 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 		return Result{}, fmt.Errorf("admit %s: waiting for the heartbeat: %w", f.cfg.Name, err)
 	}
 	defer f.gate.Release(1)
-	a, err := t.store.Admit(ctx, f.cfg.Name, f.cfg.MaxConnectionsPerPod, f.cfg.Policy, t.cfg.InstanceID, now, now.Add(t.cfg.InstanceTTL))
+	a, err := t.store.Admit(ctx, f.cfg.Name, f.cfg.MaxConnectionsPerPod, f.cfg.Policy, t.cfg.InstanceID, now)
 	if err != nil {
 		return Result{}, err
 	}
@@ -255,7 +272,7 @@ func (t *Tracker) record(f *fleet, pod string, now time.Time, fallback bool) Res
 }
 
 func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback bool) Result {
-	c := &conn{id: randomHex(8), pod: pod, admitted: now, renewed: now}
+	c := &conn{id: t.idPrefix + strconv.FormatUint(t.idSeq.Add(1), 36), pod: pod, admitted: now, renewed: now}
 	f.conns[c.id] = c
 	f.live[pod]++
 	t.byConn.Store(c.id, f)
@@ -444,6 +461,15 @@ func (f *fleet) reject(r Reason, now time.Time) {
 // heartbeat flushes it.
 func (f *fleet) rejectLocked(r Reason, now time.Time) {
 	f.rej[rejKey{r, Bucket(now)}]++
+}
+
+// redisUsable says whether admissions go through Redis: after a successful
+// heartbeat (which renewed this instance's lease and read what a previous
+// run left) and until a Redis call fails.
+func (f *fleet) redisUsable() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.view.ok && !f.degraded
 }
 
 func (f *fleet) isDegraded() bool {

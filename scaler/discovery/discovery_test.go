@@ -136,10 +136,10 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 
 	// A connection on pod 2 before it stops being ready: it stays counted.
 	now := time.Now()
-	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", now, now.Add(time.Minute)); err != nil || a.Pod == "" {
+	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", now); err != nil || a.Pod == "" {
 		t.Fatalf("admit: %+v, %v", a, err)
 	}
-	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", now, now.Add(time.Minute)); err != nil || a.Pod == "" {
+	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", now); err != nil || a.Pod == "" {
 		t.Fatalf("admit: %+v, %v", a, err)
 	}
 

@@ -309,7 +309,7 @@ func TestScaleDownDrainsTheEmptiestAndWaitsForTheInformer(t *testing.T) {
 	}
 	now := time.Now()
 	for i := 0; i < 12; i++ {
-		a, err := e.store.Admit(ctx, fleet, 100, tracker.PolicySpread, "envoy-1", now, now.Add(time.Hour))
+		a, err := e.store.Admit(ctx, fleet, 100, tracker.PolicySpread, "envoy-1", now)
 		if err != nil {
 			t.Fatal(err)
 		}
