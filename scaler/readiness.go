@@ -17,6 +17,9 @@ type readiness struct {
 	settle   time.Duration
 	ratio    float64
 	expected int64 // --expected-instances; 0 = learn
+	// counter, when set, counts the Envoy (tracker) instances Kubernetes
+	// says are ready: the expectation when --expected-instances is unset.
+	counter InstanceCounter
 	// lapse is how long after an epoch began a remembered expectation
 	// holds: instances that died with Redis never sync again.
 	lapse time.Duration
@@ -31,6 +34,12 @@ type epochMemory struct {
 	alive int64
 	// expected is alive of the previous epoch, remembered at the change.
 	expected int64
+}
+
+// InstanceCounter tells how many tracker instances a fleet should have (the
+// ready endpoints of its Envoy Service); 0 means unknown.
+type InstanceCounter interface {
+	ExpectedInstances(fleet string) int
 }
 
 func newReadiness(settle time.Duration, ratio float64, expected int64) *readiness {
@@ -61,6 +70,9 @@ func (r *readiness) check(s tracker.Summary, now time.Time) error {
 		return fmt.Errorf("epoch %s is %s old, settle time is %s", s.Epoch, age.Round(time.Millisecond), r.settle)
 	}
 	want, from := r.expected, "--expected-instances"
+	if want == 0 && r.counter != nil {
+		want, from = int64(r.counter.ExpectedInstances(s.Fleet)), "ready endpoints of the Envoy Service"
+	}
 	if want == 0 && m.expected > 0 && age < r.lapse {
 		want, from = m.expected, "alive before the epoch changed"
 	}

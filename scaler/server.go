@@ -145,6 +145,11 @@ func WithMetrics(m *Metrics) Option { return func(s *Server) { s.metrics = m } }
 // reported as is).
 func WithGate(g ScaleDownGate) Option { return func(s *Server) { s.gate = g } }
 
+// WithInstanceCounter makes readiness expect, when Config.ExpectedInstances
+// is unset, as many tracker instances as c counts (Kubernetes discovery of
+// the fleet's envoyService).
+func WithInstanceCounter(c InstanceCounter) Option { return func(s *Server) { s.ready.counter = c } }
+
 // WithClock sets the time source, for tests with a controlled clock.
 func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
 

@@ -30,7 +30,8 @@ type kubeFlags struct {
 // the scaler as its ScaleDownGate.
 func kubeModule() fx.Option {
 	return fx.Options(
-		fx.Provide(newKubeClient, newPodRegistry, newDiscovery, newPodCostHook),
+		fx.Provide(newKubeClient, newPodRegistry, newDiscovery, newPodCostHook,
+			func(d *discovery.Discovery) scaler.InstanceCounter { return d }),
 		fx.Invoke(runKube),
 	)
 }

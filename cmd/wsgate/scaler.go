@@ -105,14 +105,19 @@ type scalerDeps struct {
 	Store    *tracker.Store
 	Registry prometheus.Registerer
 	Log      *slog.Logger
-	// Gate is the deletion-cost hook, present with --kube.
-	Gate scaler.ScaleDownGate `optional:"true"`
+	// Gate is the deletion-cost hook and Instances the Envoy Service's
+	// ready endpoints, both present with --kube.
+	Gate      scaler.ScaleDownGate   `optional:"true"`
+	Instances scaler.InstanceCounter `optional:"true"`
 }
 
 func newScaler(d scalerDeps) (*scaler.Server, error) {
 	opts := []scaler.Option{scaler.WithLogger(d.Log), scaler.WithMetrics(scaler.NewMetrics(d.Registry))}
 	if d.Gate != nil {
 		opts = append(opts, scaler.WithGate(d.Gate))
+	}
+	if d.Instances != nil {
+		opts = append(opts, scaler.WithInstanceCounter(d.Instances))
 	}
 	return scaler.New(d.Flags.cfg, d.Store, opts...)
 }

@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -23,7 +24,8 @@ func TestScalerGraph(t *testing.T) {
 		f := scalerFlags{redis: &redisOptions{addrs: "127.0.0.1:1"}, kube: kubeFlags{enabled: kube, namespace: "ns"},
 			cfg: scaler.Config{Fleets: []tracker.FleetConfig{tracker.FleetConfig{Name: "chat", Service: "chat"}.WithDefaults()}, Settle: time.Second, ReadinessRatio: 0.95}}
 		var gate scaler.ScaleDownGate
-		opts := []fx.Option{fx.NopLogger, scalerApp(f, slog.New(slog.DiscardHandler)), fx.Invoke(func(d scalerDeps) { gate = d.Gate })}
+		var counter scaler.InstanceCounter
+		opts := []fx.Option{fx.NopLogger, scalerApp(f, slog.New(slog.DiscardHandler)), fx.Invoke(func(d scalerDeps) { gate, counter = d.Gate, d.Instances })}
 		if kube {
 			opts = append(opts, fx.Replace(fx.Annotate(fake.NewClientset(), fx.As(new(kubernetes.Interface)))))
 		}
@@ -32,8 +34,9 @@ func TestScalerGraph(t *testing.T) {
 			t.Fatalf("kube=%v: %v", kube, err)
 		}
 		_, isHook := gate.(*podcost.Hook)
-		if isHook != kube {
-			t.Errorf("kube=%v: scaler gate %T", kube, gate)
+		_, isDiscovery := counter.(*discovery.Discovery)
+		if isHook != kube || isDiscovery != kube {
+			t.Errorf("kube=%v: scaler gate %T, instance counter %T", kube, gate, counter)
 		}
 	}
 }

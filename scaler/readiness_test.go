@@ -1,0 +1,41 @@
+package scaler
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+type countFunc func(string) int
+
+func (f countFunc) ExpectedInstances(fleet string) int { return f(fleet) }
+
+// TestReadinessExpectsTheEnvoyServiceEndpoints: with discovery's count of
+// ready Envoy endpoints, a fresh scaler (nothing learned yet) still holds
+// until that many trackers re-synced; the explicit flag wins over it.
+func TestReadinessExpectsTheEnvoyServiceEndpoints(t *testing.T) {
+	now := time.UnixMilli(1_800_000_000_000)
+	sum := tracker.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 2, Alive: 2}
+	envoys := 4
+	r := newReadiness(time.Second, 0.95, 0)
+	if err := r.check(sum, now); err != nil {
+		t.Fatalf("without a counter nothing is expected yet: %v", err)
+	}
+	r = newReadiness(time.Second, 0.95, 0)
+	r.counter = countFunc(func(string) int { return envoys })
+	err := r.check(sum, now)
+	if err == nil || !strings.Contains(err.Error(), "2 of 4 expected tracker instances (ready endpoints of the Envoy Service)") {
+		t.Fatalf("2 of 4 Envoys synced: %v", err)
+	}
+	envoys = 2
+	if err := r.check(sum, now); err != nil {
+		t.Fatalf("2 of 2 Envoys synced: %v", err)
+	}
+	r = newReadiness(time.Second, 0.95, 3)
+	r.counter = countFunc(func(string) int { return 2 })
+	if err := r.check(sum, now); err == nil || !strings.Contains(err.Error(), "--expected-instances") {
+		t.Fatalf("the flag must win over the counter: %v", err)
+	}
+}
