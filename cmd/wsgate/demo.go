@@ -472,18 +472,20 @@ func runScript(ctx context.Context, out io.Writer, d demoSystem, o demoOptions) 
 	if err := awaitSettle(ctx, p, d); err != nil {
 		return err
 	}
-	p.step(3, "wsgate metrics: the operators' view, read from Redis")
+	metrics, err := askScaler(ctx, p, d)
+	if err != nil {
+		return err
+	}
+	p.step(3, "the scaler, asked through KEDA's externalscaler client at %s", d.Scaler.addr)
+	p.scaler(metrics, len(d.Backends))
+	// After the scaler has answered, so that the scaling view shows its
+	// recommendation.
+	p.step(4, "wsgate metrics: the operators' view, read from Redis")
 	if err := printViews(ctx, out, d); err != nil {
 		// A view is a window on the system, not part of it: say what
 		// failed and go on with the demo.
 		p.line("  the views could not be shown: %v", err)
 	}
-	metrics, err := askScaler(ctx, p, d)
-	if err != nil {
-		return err
-	}
-	p.step(4, "the scaler, asked through KEDA's externalscaler client at %s", d.Scaler.addr)
-	p.scaler(metrics, len(d.Backends))
 
 	if o.scriptOnly {
 		return nil

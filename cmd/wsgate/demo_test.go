@@ -36,6 +36,7 @@ func checkDemoOutput(t *testing.T, out string) {
 		"REJECTIONS",
 		"fleet                  capacity    3",
 		"SCALING",
+		"scaler: recommends 3 replicas, reports 3 to KEDA",
 		"DETAILED",
 		"READINESS  ready",
 		"connections        4.00",
