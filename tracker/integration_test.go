@@ -354,3 +354,49 @@ func TestRedisCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReleasesRacingHeartbeatsDoNotUndercount: a heartbeat that runs
+// between a release's local update and its script must not let the script
+// take the connection off a second time.
+func TestReleasesRacingHeartbeatsDoNotUndercount(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	tr := newTracker(t, srv.Client(), "e1", clk, tracker.FallbackShare, fleetCfg("chat", 1000, podAddrs(4)...))
+	heartbeat(t, tr)
+	var conns []string
+	for i := 0; i < 400; i++ {
+		conns = append(conns, admit(t, tr, "chat").Conn)
+	}
+	heartbeat(t, tr)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			_ = tr.Heartbeat(ctx)
+		}
+	}()
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < 300; i += 8 {
+				if err := tr.Release(context.Background(), conns[i]); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	cancel()
+	<-done
+	// No heartbeat since the last release: Redis must already be right.
+	sum, err := tr.Store().Summary(context.Background(), "chat", clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Live != 100 {
+		t.Errorf("Redis counts %d live connections after the releases, the tracker holds 100", sum.Live)
+	}
+}

@@ -134,8 +134,8 @@ type fleet struct {
 	// unit from its script to its local record, a heartbeat holds all of
 	// them while it publishes the local truth. Without it a heartbeat could
 	// overwrite a count an admission had just made and not yet recorded,
-	// and Redis would undercount for a whole heartbeat. (Releases need no
-	// gate: their race can only overcount.) A semaphore, not an RWMutex,
+	// and Redis would undercount for a whole heartbeat; releases hold it the
+	// same way (see Release). A semaphore, not an RWMutex,
 	// so that an admission waits for a heartbeat stuck on a slow Redis only
 	// within its own deadline, then falls back.
 	gate *semaphore.Weighted
@@ -408,16 +408,25 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
 	}
 	f := v.(*fleet)
+	rctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
+	defer cancel()
+	// Like an admission, a release holds the gate from its local update to
+	// its script: a heartbeat in between would publish the count without
+	// the connection and the script would then take it off a second time.
+	// Without the gate in time, only the local truth changes and the next
+	// heartbeat publishes it.
+	gated := f.redisUsable() && f.gate.Acquire(rctx, 1) == nil
+	if gated {
+		defer f.gate.Release(1)
+	}
 	c := f.remove(id)
 	if c == nil {
 		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
 	}
 	t.byConn.Delete(id)
-	if f.isDegraded() {
-		return nil // the next heartbeat publishes it
+	if !gated {
+		return nil
 	}
-	rctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
-	defer cancel()
 	pending := 0
 	if !c.established {
 		pending = 1
