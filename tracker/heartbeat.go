@@ -134,8 +134,23 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 	if !f.settled {
 		f.settled = knownToAll(res.Instances, t.cfg.InstanceID, f.joined, t.cfg.InstanceTTL)
 	}
-	f.view = newView(res, counts, t.cfg.InstanceID)
-	f.view.settled = f.settled
+	if f.view.ok && f.epoch != "" && res.Epoch != f.epoch && f.rejoin == nil {
+		// Redis lost its data: until the other instances re-published
+		// theirs, Redis counts only this one's connections, and admitting
+		// through it would fill their pods a second time. The view from
+		// before the loss stays, and the fallback decides from it.
+		f.rejoin = &rejoin{expect: f.view.ids, until: now.Add(t.cfg.InstanceTTL)}
+		t.log.Warn("Redis lost the fleet's state: admitting from the fallback until the other instances re-publish theirs",
+			"fleet", f.cfg.Name, "epoch", res.Epoch, "waiting_for", len(f.view.ids)-1, "at_most", t.cfg.InstanceTTL)
+	}
+	if f.rejoin != nil && f.rejoin.done(res.Instances, t.cfg.InstanceID, now) {
+		f.rejoin = nil
+		t.log.Info("every instance re-published its connections: admitting through Redis again", "fleet", f.cfg.Name, "epoch", res.Epoch)
+	}
+	if f.rejoin == nil {
+		f.view = newView(res, counts, t.cfg.InstanceID)
+		f.view.settled = f.settled
+	}
 	recovered := f.degraded
 	f.degraded = false
 	f.mu.Unlock()
@@ -144,6 +159,26 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		t.log.Info("redis reachable again, counts re-published", "fleet", f.cfg.Name, "epoch", res.Epoch)
 	}
 	return res, nil
+}
+
+// rejoin is the wait after Redis lost a fleet's state: for the instances of
+// the last view to re-publish their counts in the new epoch, or for their
+// leases to run out.
+type rejoin struct {
+	expect []string
+	until  time.Time
+}
+
+func (r *rejoin) done(alive map[string]time.Time, self string, now time.Time) bool {
+	if !now.Before(r.until) {
+		return true
+	}
+	for _, id := range r.expect {
+		if _, ok := alive[id]; !ok && id != self {
+			return false
+		}
+	}
+	return true
 }
 
 // inherit runs once per fleet, before the first heartbeat publishes this
@@ -209,6 +244,7 @@ func newView(res SyncResult, counts []PodCount, self string) view {
 	}
 	sort.Strings(ids)
 	v.instances = len(ids)
+	v.ids = ids
 	for i, id := range ids {
 		if id == self {
 			v.rank = i

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math"
 	"sort"
@@ -148,6 +149,7 @@ type fleet struct {
 	degraded bool
 	epoch    string
 	view     view
+	rejoin   *rejoin // set while the others re-publish after Redis lost its data
 
 	// joined is this process's first successful heartbeat; settled turns
 	// true once every other live instance has heartbeated since, so that
@@ -171,7 +173,8 @@ func (f *fleet) heldLocked(pod string) int { return f.live[pod] + f.inherited[po
 // view is what the last successful heartbeat saw; the fallback decides from it.
 type view struct {
 	ok        bool
-	settled   bool // every other instance knows this one (see fleet.settled)
+	settled   bool     // every other instance knows this one (see fleet.settled)
+	ids       []string // the live instances, sorted
 	instances int
 	rank      int
 	pods      []string       // placeable pods, sorted
@@ -306,13 +309,13 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 	}
 	v := f.view
 	best, bestLoad := "", 0
-	for i, pod := range v.pods {
+	for _, pod := range v.pods {
 		budget := f.cfg.MaxConnectionsPerPod - (v.load[pod] - v.mine[pod])
 		if t.cfg.Fallback == FallbackShare {
-			cap := f.cfg.MaxConnectionsPerPod
+			cap, spot := f.cfg.MaxConnectionsPerPod, podSpot(pod)
 			budget = min(
-				v.mine[pod]+headroomShare(cap-v.load[pod], v.instances, v.rank, i),
-				headroomShare(cap, v.instances, v.rank, i))
+				v.mine[pod]+headroomShare(cap-v.load[pod], v.instances, v.rank, spot),
+				headroomShare(cap, v.instances, v.rank, spot))
 		}
 		held := f.heldLocked(pod)
 		if held >= budget {
@@ -331,8 +334,16 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 	return t.recordLocked(f, best, now, true)
 }
 
+// podSpot places a pod in the rotation of the remainders: a hash of its
+// address, so that every instance agrees on it whatever pod list it saw.
+func podSpot(pod string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(pod))
+	return int(h.Sum32() & 0x7fffffff)
+}
+
 // headroomShare is instance rank's part of headroom among n instances on the
-// pod at index podIndex: the parts of all ranks add up to headroom exactly.
+// pod at spot podIndex: the parts of all ranks add up to headroom exactly.
 func headroomShare(headroom, n, rank, podIndex int) int {
 	if headroom <= 0 || n <= 0 || rank < 0 || rank >= n {
 		return 0
@@ -474,11 +485,12 @@ func (f *fleet) rejectLocked(r Reason, now time.Time) {
 
 // redisUsable says whether admissions go through Redis: after a successful
 // heartbeat (which renewed this instance's lease and read what a previous
-// run left) and until a Redis call fails.
+// run left), until a Redis call fails, and not while the other instances
+// re-publish their counts after Redis lost its data.
 func (f *fleet) redisUsable() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.view.ok && !f.degraded
+	return f.view.ok && !f.degraded && f.rejoin == nil
 }
 
 func (f *fleet) isDegraded() bool {

@@ -345,6 +345,68 @@ func TestFallbackWithViewsOfDifferentMoments(t *testing.T) {
 	}
 }
 
+// TestAfterDataLossWaitForTheOthers: when Redis comes back empty, the first
+// instance to re-publish must not admit through Redis (which then holds only
+// its own connections) until the others have re-published theirs.
+func TestAfterDataLossWaitForTheOthers(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	fc := fleetCfg("chat", 1, "10.0.0.1:80", "10.0.0.2:80")
+	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
+	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
+	for round := 0; round < 2; round++ {
+		clk.Advance(time.Second)
+		heartbeat(t, a, b)
+	}
+	admit(t, a, "chat")
+	admit(t, b, "chat") // both pods full
+	heartbeat(t, a, b)
+
+	mr.FlushAll()
+	clk.Advance(time.Second)
+	heartbeat(t, a) // a re-publishes; b has not yet
+	if r := admit(t, a, "chat"); r.Admitted {
+		t.Fatalf("admitted before the other instance re-published: %+v", r)
+	}
+	if n := sumLocal(t, "chat", a, b); n["10.0.0.1:80"] > 1 || n["10.0.0.2:80"] > 1 {
+		t.Fatalf("over the cap: %v", n)
+	}
+	heartbeat(t, b, a) // b re-publishes, a sees it
+	r := admit(t, a, "chat")
+	if r.Admitted || r.Fallback || r.Reason != tracker.ReasonCapacity {
+		t.Fatalf("after both re-published: %+v, want a capacity rejection through Redis", r)
+	}
+}
+
+// TestFallbackWithDifferentPodLists: instances whose last views list
+// different pods (discovery added one between their heartbeats) must still
+// agree on who gets each pod's remainder.
+func TestFallbackWithDifferentPodLists(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	fc := fleetCfg("chat", 3)
+	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
+	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
+	store := a.Store()
+	mustSetPods(t, store, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80"))
+	for round := 0; round < 2; round++ {
+		clk.Advance(time.Second)
+		heartbeat(t, a, b)
+	}
+	mustSetPods(t, store, "chat", podsOf("10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"))
+	heartbeat(t, b) // b sees three pods, a still two
+	mr.SetError("ERR outage")
+	for i := 0; i < 10; i++ {
+		admit(t, a, "chat")
+		admit(t, b, "chat")
+	}
+	for pod, n := range sumLocal(t, "chat", a, b) {
+		if n > 3 {
+			t.Errorf("pod %s holds %d across instances, cap 3", pod, n)
+		}
+	}
+}
+
 func TestFallbackClosedAndOpen(t *testing.T) {
 	rdb, mr := miniClient(t)
 	clk := newClock()
