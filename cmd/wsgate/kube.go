@@ -77,11 +77,13 @@ func runKube(lc fx.Lifecycle, pods *discovery.Registry, disc *discovery.Discover
 			log.Error("pod discovery stopped", "err", err)
 		}
 	})
+	stop := make(chan struct{})
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
-			inf.Start(make(chan struct{})) // stopped by Shutdown
+			inf.Start(stop)
 			return nil
 		},
-		OnStop: func(context.Context) error { inf.Shutdown(); return nil },
+		// Shutdown waits for the informers, which end when stop closes.
+		OnStop: func(context.Context) error { close(stop); inf.Shutdown(); return nil },
 	})
 }

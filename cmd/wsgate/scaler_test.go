@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"strings"
 	"testing"
@@ -22,6 +23,7 @@ import (
 func TestScalerGraph(t *testing.T) {
 	for _, kube := range []bool{false, true} {
 		f := scalerFlags{redis: &redisOptions{addrs: "127.0.0.1:1"}, kube: kubeFlags{enabled: kube, namespace: "ns"},
+			listen: "127.0.0.1:0", telemetry: "127.0.0.1:0", reapInterval: time.Hour,
 			cfg: scaler.Config{Fleets: []tracker.FleetConfig{tracker.FleetConfig{Name: "chat", Service: "chat"}.WithDefaults()}, Settle: time.Second, ReadinessRatio: 0.95}}
 		var gate scaler.ScaleDownGate
 		var counter scaler.InstanceCounter
@@ -33,6 +35,16 @@ func TestScalerGraph(t *testing.T) {
 		if err := app.Err(); err != nil {
 			t.Fatalf("kube=%v: %v", kube, err)
 		}
+		// The app starts and stops in time: informers (on the fake
+		// clientset) and background loops all end.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := app.Start(ctx); err != nil {
+			t.Fatalf("kube=%v: start: %v", kube, err)
+		}
+		if err := app.Stop(ctx); err != nil {
+			t.Fatalf("kube=%v: stop: %v", kube, err)
+		}
+		cancel()
 		_, isHook := gate.(*podcost.Hook)
 		_, isDiscovery := counter.(*discovery.Discovery)
 		if isHook != kube || isDiscovery != kube {
