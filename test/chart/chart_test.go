@@ -539,12 +539,14 @@ func checkPush(t *testing.T, r rendered) {
 	}
 	games := get[*kedav1alpha1.ScaledObject](t, r, "ScaledObject", "wsg-wsgate-games")
 	if games.Spec.ScaleTargetRef.Kind != "StatefulSet" || games.Spec.Triggers[0].Metadata["metric"] != "saturation" ||
+		games.Spec.Triggers[0].MetricType != "Value" ||
 		games.Spec.Triggers[0].Metadata["targetUtilization"] != "0.9" || *games.Spec.MaxReplicaCount != 8 {
 		t.Errorf("games ScaledObject: %+v %+v", games.Spec.ScaleTargetRef, games.Spec.Triggers)
 	}
 	ev := get[*kedav1alpha1.ScaledObject](t, r, "ScaledObject", envoyName)
 	if ev.Spec.ScaleTargetRef.Name != envoyName || ev.Spec.Triggers[0].Metadata["metric"] != "rateLimitPressure" ||
-		ev.Spec.Triggers[0].Metadata["fleet"] != "games" {
+		ev.Spec.Triggers[0].Metadata["fleet"] != "games" || ev.Spec.Triggers[0].MetricType != "Value" ||
+		ev.Spec.Triggers[0].Metadata["rateLimitTarget"] != "0.1" {
 		t.Errorf("Envoy ScaledObject: %+v %+v", ev.Spec.ScaleTargetRef, ev.Spec.Triggers)
 	}
 	// The ServiceMonitor selects both metrics Services by a label they carry.
