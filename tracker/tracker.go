@@ -9,6 +9,7 @@ import (
 	"math"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -381,27 +382,42 @@ func (t *Tracker) touch(id string, established bool) error {
 	return nil
 }
 
-// Adopt takes over a connection that a previous run of this instance
-// admitted, when Envoy's access log names it (by id, fleet and upstream pod)
-// while its count is still inherited. ended says the entry reports its end:
-// the inherited slot is then simply given back. ErrUnknownConn when there
-// is nothing inherited on that pod.
+// Adopt takes over a connection Envoy's access log names (by id, fleet and
+// upstream pod) that this tracker does not hold: one a previous run of this
+// instance admitted, while its count is still inherited, or one this
+// tracker released because its renewals were lost although Envoy still
+// carries it. Counting it again tells the truth, even if its slot was
+// given away meanwhile. ended says the entry reports the connection's end:
+// an inherited slot is then given back, anything else needs nothing.
+// ErrUnknownConn when there is nothing to take over.
 func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	f, err := t.fleet(fleetName)
 	if err != nil {
 		return fmt.Errorf("adopt: %w", err)
 	}
+	if err := ValidatePodAddr(pod); err != nil {
+		return fmt.Errorf("adopt: connection %q: %w", id, err)
+	}
 	now := t.now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.inherited[pod] <= 0 || now.After(f.inheritUntil) {
-		return fmt.Errorf("adopt: connection %q on %s: %w", id, pod, ErrUnknownConn)
+	if _, held := f.conns[id]; held {
+		return nil
 	}
-	if f.inherited[pod]--; f.inherited[pod] == 0 {
-		delete(f.inherited, pod)
-	}
+	inherited := !strings.HasPrefix(id, t.idPrefix) && f.inherited[pod] > 0 && now.Before(f.inheritUntil)
 	if ended {
+		if !inherited {
+			return fmt.Errorf("adopt: ended connection %q: %w", id, ErrUnknownConn)
+		}
+		if f.inherited[pod]--; f.inherited[pod] == 0 {
+			delete(f.inherited, pod)
+		}
 		return nil // the next heartbeat publishes the release
+	}
+	if inherited {
+		if f.inherited[pod]--; f.inherited[pod] == 0 {
+			delete(f.inherited, pod)
+		}
 	}
 	c := &conn{id: id, pod: pod, established: true, admitted: now, renewed: now}
 	f.conns[id] = c

@@ -150,6 +150,41 @@ func TestUnestablishedAndUnrenewedConnectionsAreReleased(t *testing.T) {
 	}
 }
 
+// TestExpiredButRenewedConnectionIsCountedAgain: a connection released for
+// lost renewals that Envoy then reports alive is counted again.
+func TestExpiredButRenewedConnectionIsCountedAgain(t *testing.T) {
+	rdb, _ := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 10, "10.0.0.1:80"))
+	heartbeat(t, tr)
+	c := admit(t, tr, "chat")
+	if err := tr.Establish(c.Conn); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(31 * time.Second) // renewals lost past the lease
+	heartbeat(t, tr)
+	if err := tr.Renew(c.Conn); !errors.Is(err, tracker.ErrUnknownConn) {
+		t.Fatalf("renewal of an expired connection: %v", err)
+	}
+	if err := tr.Adopt("chat", c.Conn, c.Pod, true); !errors.Is(err, tracker.ErrUnknownConn) {
+		t.Errorf("end of an expired connection: %v, want ErrUnknownConn (nothing to give back)", err)
+	}
+	if err := tr.Adopt("chat", c.Conn, c.Pod, false); err != nil {
+		t.Fatal(err)
+	}
+	heartbeat(t, tr)
+	s, err := tr.Store().Summary(context.Background(), "chat", clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Live != 1 {
+		t.Errorf("Redis counts %d after Envoy reported the connection alive, want 1", s.Live)
+	}
+	if err := tr.Release(context.Background(), c.Conn); err != nil {
+		t.Errorf("the counted-again connection cannot be released: %v", err)
+	}
+}
+
 func TestReleaseFreesTheSlotAndRejectsUnknownIDs(t *testing.T) {
 	rdb, _ := miniClient(t)
 	clk := newClock()
@@ -563,8 +598,11 @@ func TestRestartedTrackerKeepsItsConnectionsCounted(t *testing.T) {
 	if err := after.Adopt("chat", held[1].Conn, held[1].Pod, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := after.Adopt("chat", "never-seen", "10.0.0.9:80", false); !errors.Is(err, tracker.ErrUnknownConn) {
-		t.Errorf("adopting a connection nothing was inherited for: %v, want ErrUnknownConn", err)
+	if err := after.Adopt("chat", held[1].Conn, held[1].Pod, true); !errors.Is(err, tracker.ErrUnknownConn) {
+		t.Errorf("a second end of the same connection: %v, want ErrUnknownConn", err)
+	}
+	if err := after.Adopt("chat", "x", "not-an-address", false); err == nil {
+		t.Error("adopted a connection to a malformed pod address")
 	}
 	heartbeat(t, after)
 	if got := live(); got != 3 {
