@@ -538,6 +538,11 @@ func checkPush(t *testing.T, r rendered) {
 		}
 	}
 	games := get[*kedav1alpha1.ScaledObject](t, r, "ScaledObject", "wsg-wsgate-games")
+	// While the scaler holds its metric (incomplete data) KEDA must not
+	// scale down to the fallback's replicas.
+	if games.Spec.Fallback == nil || games.Spec.Fallback.Behavior != "currentReplicasIfHigher" {
+		t.Errorf("games ScaledObject fallback %+v, want behavior currentReplicasIfHigher", games.Spec.Fallback)
+	}
 	if games.Spec.ScaleTargetRef.Kind != "StatefulSet" || games.Spec.Triggers[0].Metadata["metric"] != "saturation" ||
 		games.Spec.Triggers[0].MetricType != "Value" ||
 		games.Spec.Triggers[0].Metadata["targetUtilization"] != "0.9" || *games.Spec.MaxReplicaCount != 8 {
