@@ -32,6 +32,9 @@ type epochMemory struct {
 	epoch string
 	// alive is the number of live instances last seen in epoch.
 	alive int64
+	// dropped is when alive was first seen falling below the readiness
+	// ratio of it (zero: no such drop pending).
+	dropped time.Time
 	// expected is alive of the previous epoch, remembered at the change.
 	expected int64
 }
@@ -79,6 +82,20 @@ func (r *readiness) check(s tracker.Summary, now time.Time) error {
 	if need := int64(math.Ceil(r.ratio*float64(want) - 1e-9)); s.Synced < need {
 		return fmt.Errorf("%d of %d expected tracker instances (%s) synced in epoch %s, need %d", s.Synced, want, from, s.Epoch, need)
 	}
+	// Instances vanishing within an epoch were reaped: dead, or only cut off
+	// from Redis with their connections still up. Their counts are gone
+	// either way, so hold until the lower number has lasted the settle time
+	// (an Envoy scale-in then gets through).
+	if need := int64(math.Ceil(r.ratio*float64(m.alive) - 1e-9)); s.Alive < need {
+		if m.dropped.IsZero() {
+			m.dropped = now
+		}
+		if since := now.Sub(m.dropped); since < r.settle {
+			return fmt.Errorf("live tracker instances dropped from %d to %d %s ago (reaped: dead or cut off from Redis); settle time is %s",
+				m.alive, s.Alive, since.Round(time.Millisecond), r.settle)
+		}
+	}
+	m.dropped = time.Time{}
 	m.alive = s.Alive
 	return nil
 }

@@ -39,3 +39,29 @@ func TestReadinessExpectsTheEnvoyServiceEndpoints(t *testing.T) {
 		t.Fatalf("the flag must win over the counter: %v", err)
 	}
 }
+
+// TestReadinessHoldsWhenInstancesVanish: trackers reaped within an epoch
+// (dead, or cut off from Redis with live connections) take their counts
+// with them; the metric holds until the lower number lasted the settle time.
+func TestReadinessHoldsWhenInstancesVanish(t *testing.T) {
+	now := time.UnixMilli(1_800_000_000_000)
+	sum := tracker.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10}
+	r := newReadiness(30*time.Second, 0.95, 0)
+	if err := r.check(sum, now); err != nil {
+		t.Fatal(err)
+	}
+	sum.Alive = 6
+	if err := r.check(sum, now.Add(time.Second)); err == nil || !strings.Contains(err.Error(), "dropped from 10 to 6") {
+		t.Fatalf("4 of 10 instances gone: %v", err)
+	}
+	if err := r.check(sum, now.Add(30*time.Second)); err == nil {
+		t.Fatal("released before the drop lasted the settle time")
+	}
+	if err := r.check(sum, now.Add(31*time.Second)); err != nil {
+		t.Fatalf("after the settle time the new count stands: %v", err)
+	}
+	sum.Alive = 5 // 5 of 6: within the ratio? no: 0.95*6 = 5.7 -> 6 needed
+	if err := r.check(sum, now.Add(32*time.Second)); err == nil {
+		t.Fatal("a further drop below the ratio was not held")
+	}
+}

@@ -147,9 +147,11 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		f.rejoin = nil
 		t.log.Info("every instance re-published its connections: admitting through Redis again", "fleet", f.cfg.Name, "epoch", res.Epoch)
 	}
+	f.view.at = now // renewed even while the old view is kept
 	if f.rejoin == nil {
 		f.view = newView(res, counts, t.cfg.InstanceID)
 		f.view.settled = f.settled
+		f.view.at = now
 	}
 	recovered := f.degraded
 	f.degraded = false

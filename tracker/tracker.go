@@ -174,8 +174,9 @@ func (f *fleet) heldLocked(pod string) int { return f.live[pod] + f.inherited[po
 // view is what the last successful heartbeat saw; the fallback decides from it.
 type view struct {
 	ok        bool
-	settled   bool     // every other instance knows this one (see fleet.settled)
-	ids       []string // the live instances, sorted
+	at        time.Time // the heartbeat's time: this instance's lease ran InstanceTTL from it
+	settled   bool      // every other instance knows this one (see fleet.settled)
+	ids       []string  // the live instances, sorted
 	instances int
 	rank      int
 	pods      []string       // placeable pods, sorted
@@ -297,14 +298,18 @@ func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback boo
 //
 // An instance that joined so recently that some other instance has not
 // heartbeated since (and so shares the headroom without it) takes no part:
-// the others' parts already add up to the headroom.
+// the others' parts already add up to the headroom. Nor does one whose
+// lease has run out since its last heartbeat.
 //
 // open: as if the other instances admitted nothing since the heartbeat.
 func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	reject := Result{Fleet: f.cfg.Name, Reason: ReasonRedisDown, RetryAfter: time.Second, Fallback: true}
-	if t.cfg.Fallback == FallbackClosed || !f.view.ok || (t.cfg.Fallback == FallbackShare && !f.view.settled) {
+	// Once this instance's lease has run out, an instance or a scaler that
+	// still reaches Redis may have reaped it and given its share away.
+	expired := !now.Before(f.view.at.Add(t.cfg.InstanceTTL))
+	if t.cfg.Fallback == FallbackClosed || !f.view.ok || (t.cfg.Fallback == FallbackShare && (!f.view.settled || expired)) {
 		f.rejectLocked(ReasonRedisDown, now)
 		return reject
 	}

@@ -442,6 +442,24 @@ func TestFallbackWithDifferentPodLists(t *testing.T) {
 	}
 }
 
+// TestFallbackEndsWithTheLease: an instance cut off from Redis longer than
+// its lease may have been reaped by one that is not; its share is gone.
+func TestFallbackEndsWithTheLease(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 4, "10.0.0.1:80"))
+	heartbeat(t, tr)
+	mr.SetError("ERR partition")
+	clk.Advance(4 * time.Second) // within the 5s lease
+	if r := admit(t, tr, "chat"); !r.Admitted {
+		t.Fatalf("within its lease: %+v", r)
+	}
+	clk.Advance(time.Second) // the lease has run out
+	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonRedisDown {
+		t.Fatalf("after its lease: %+v, want redis_down", r)
+	}
+}
+
 func TestFallbackClosedAndOpen(t *testing.T) {
 	rdb, mr := miniClient(t)
 	clk := newClock()
