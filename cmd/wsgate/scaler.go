@@ -42,7 +42,7 @@ func runScaler(args []string) error {
 	fs.StringVar(&f.tlsClientCA, "tls-client-ca", "", "CA bundle for client certificates; when set, KEDA must present one (tlsClientCert/tlsClientKey)")
 	fs.DurationVar(&f.cfg.Settle, "settle", 60*time.Second, "hold metrics until the Redis epoch is this old")
 	fs.Float64Var(&f.cfg.ReadinessRatio, "readiness-ratio", 0.95, "hold metrics until this share of the expected tracker instances re-synced")
-	fs.IntVar(&f.cfg.ExpectedInstances, "expected-instances", 0, "tracker instances to expect (0: learn them, those alive before the epoch changed)")
+	fs.IntVar(&f.cfg.ExpectedInstances, "expected-instances", 0, "tracker instances to expect after Redis lost its data (0: the ready endpoints of the fleet's envoyService with --kube, else those alive before the epoch changed)")
 	fs.DurationVar(&f.reapInterval, "reap-interval", 5*time.Second, "interval of reaping expired tracker instances")
 	fs.BoolVar(&f.kube.enabled, "kube", false, "discover pods from the fleets' Service EndpointSlices and set pod-deletion-cost before scale-downs")
 	fs.StringVar(&f.kube.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the fleets' Services and pods (default: $POD_NAMESPACE)")

@@ -1,6 +1,13 @@
 -- Shared helpers, prepended to every script by scripts.go. Every key a script
 -- touches starts with the fleet's hash tag, so each script runs atomically on
 -- the one node that owns the fleet's slot (single node, Sentinel or Cluster).
+--
+-- Some keys are named inside the scripts rather than passed in KEYS: the
+-- keys of other instances (reaping), the epoch's synced set and the
+-- rejection rings flushed by a heartbeat. Their names are only known while
+-- the script runs. Redis, Sentinel and Redis Cluster accept this because
+-- they share the fleet's hash tag, which the Cluster test checks; a proxy
+-- that routes scripts by their declared KEYS alone is not supported.
 
 -- Each pod's live count (all instances summed) is stored once: in avail
 -- while the pod is placeable (ready, not draining), in load otherwise. Both
