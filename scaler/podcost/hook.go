@@ -148,7 +148,11 @@ func (h *Hook) prepare(ctx context.Context, fleet string, n int) bool {
 		addrs[i] = cands[i].addr
 	}
 	if d == nil || !sameSet(d.addrs, addrs) {
-		d = &drain{addrs: addrs}
+		// Kubernetes removing the prepared pods one by one shrinks the set:
+		// what is left was already prepared, so the release stands. A hold
+		// at every step would reset the HPA's stabilization window each time.
+		keep := d != nil && d.released && subset(addrs, d.addrs)
+		d = &drain{addrs: addrs, released: keep}
 		h.drains[fleet] = d
 	}
 	d.costs = map[string]int32{}
@@ -179,6 +183,20 @@ func (h *Hook) prepare(ctx context.Context, fleet string, n int) bool {
 	}
 	d.released = !now.Before(d.observedAt.Add(h.settle))
 	return d.released
+}
+
+// subset reports whether every address of a is in b.
+func subset(a, b []string) bool {
+	in := make(map[string]bool, len(b))
+	for _, x := range b {
+		in[x] = true
+	}
+	for _, x := range a {
+		if !in[x] {
+			return false
+		}
+	}
+	return true
 }
 
 // candidates are fleet's ready, named pods, ranked.

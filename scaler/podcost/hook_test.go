@@ -341,6 +341,19 @@ func TestScaleDownDrainsTheEmptiestAndWaitsForTheInformer(t *testing.T) {
 		t.Errorf("scaledown zset starts %v, want pod-6, pod-1, pod-9, pod-3", scaledown)
 	}
 
+	// Kubernetes removes one of the prepared pods: the scale-down goes on
+	// without a new hold (which would reset the HPA's stabilization window).
+	var left []tracker.Pod
+	for _, p := range e.reg.Pods(fleet) {
+		if p.Addr != wantDrained[0] {
+			left = append(left, p)
+		}
+	}
+	e.reg.SetEndpoints(fleet, left)
+	if got := e.gate(t, 9, 6); got != 6 {
+		t.Fatalf("Gate after the first prepared pod went = %d, want 6 at once", got)
+	}
+
 	// The recommendation rises: undrained at once.
 	if got := e.gate(t, 10, 12); got != 12 {
 		t.Fatalf("Gate on scale-up = %d, want 12 at once", got)
