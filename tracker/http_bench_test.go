@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -109,8 +108,8 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 		}
 		ping[i] = time.Since(t0)
 	}
-	p50, p99 := httpQuantiles(lat)
-	ping50, ping99 := httpQuantiles(ping)
+	p50, p99 := quantiles(lat)
+	ping50, ping99 := quantiles(ping)
 	b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(p99.Nanoseconds()), "p99-ns")
 	b.ReportMetric(float64(ping50.Nanoseconds()), "ping-p50-ns")
@@ -120,10 +119,4 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 	if counts, _ := tr.LocalCounts("bench"); len(counts) != 0 {
 		b.Errorf("connections left after the run: %v", counts)
 	}
-}
-
-// httpQuantiles returns the p50 and p99 of d, sorting it.
-func httpQuantiles(d []time.Duration) (p50, p99 time.Duration) {
-	slices.Sort(d)
-	return d[len(d)/2], d[len(d)*99/100]
 }
