@@ -1,7 +1,7 @@
 // Package tracker keeps the shared, exact view of WebSocket connections per
 // backend pod that wsgate's Envoy fleet admits against.
 //
-// State lives in Redis, counted rather than listed (see DESIGN.md section 3):
+// State lives in Redis, counted rather than listed (README: State in Redis):
 // one counter per (tracker instance, pod), summed per pod in a sorted set that
 // admission picks from in O(log pods). All keys of a fleet share one hash tag,
 // so every script is atomic on one node, also on Redis Cluster.

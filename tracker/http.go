@@ -14,7 +14,7 @@ import (
 )
 
 // The admission API, called by envoy/wsgate.lua through httpCall on
-// 127.0.0.1 (DESIGN.md section 4).
+// 127.0.0.1 (README: How it works).
 //
 //	POST /v1/admit   {"fleet": "chat", "client": "203.0.113.7:51234", "requestId": "..."}
 //	200  x-wsgate-upstream: 10.1.2.3:8080, x-wsgate-conn: <id>

@@ -1,5 +1,5 @@
 // Package gateway is the stand-in for Envoy where Envoy cannot run (tests,
-// `wsgate demo`, the load tool; DESIGN.md section 6). Per request it runs
+// `wsgate demo`, the load tool; README: Tests). Per request it runs
 // the real envoy/wsgate.lua in the Lua host, with the wsgate_tracker
 // cluster mapped to its tracker's admission API; an admitted WebSocket
 // upgrade is reverse-proxied to exactly the pod named by the dynamic

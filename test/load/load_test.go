@@ -79,7 +79,7 @@ type figures struct {
 }
 
 // BenchmarkLoad dials 10,000 WebSockets through two gateways once per
-// invocation and reports what DESIGN.md promises to measure. b.N drives
+// invocation and reports what the README promises to measure. b.N drives
 // only bare Redis PINGs after the run (so ns/op is a Redis round trip on
 // this machine); run it with -benchtime 1x.
 func BenchmarkLoad(b *testing.B) {

@@ -3,7 +3,7 @@
 // envoy.access_loggers.http_grpc sends one entry when a WebSocket tunnel is
 // established, one per access_log_flush_interval while it lives and one at
 // its end; the receiver turns them into Establish, Renew and Release of the
-// connection named by the dynamic metadata wsgate.conn (DESIGN.md section 1).
+// connection named by the dynamic metadata wsgate.conn (README: How it works).
 //
 // Delivery is best effort: an entry that never arrives is repaired by the
 // tracker's establish timeout and leases, so anything that cannot be matched
