@@ -72,9 +72,10 @@ func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
 
 // sync publishes the local truth and, on success, ends the fallback.
 func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncResult, error) {
-	// One Redis timeout, like an admission: the heartbeat holds the gate
-	// meanwhile, and admissions must answer before Envoy's httpCall gives up.
-	ctx, cancel := context.WithTimeout(parent, t.cfg.RedisTimeout)
+	// A heartbeat of a large fleet may take longer than one admission; the
+	// gate it holds does not make admissions queue past their own deadline
+	// (they fall back), so it gets a quarter of the heartbeat interval.
+	ctx, cancel := context.WithTimeout(parent, max(t.cfg.RedisTimeout, t.cfg.Heartbeat/4))
 	defer cancel()
 
 	if err := f.gate.Acquire(ctx, gateAll); err != nil {
