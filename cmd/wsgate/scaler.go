@@ -155,11 +155,35 @@ func serveScaler(lc fx.Lifecycle, f scalerFlags, s *scaler.Server, log *slog.Log
 	return nil
 }
 
-func serveScalerTelemetry(lc fx.Lifecycle, f scalerFlags, rdb redis.UniversalClient, g prometheus.Gatherer, log *slog.Logger) {
+// syncer is pod discovery's first-list flag (present with --kube).
+type syncer interface{ Synced() bool }
+
+type telemetryDeps struct {
+	fx.In
+	Lifecycle fx.Lifecycle
+	Flags     scalerFlags
+	Redis     redis.UniversalClient
+	Gatherer  prometheus.Gatherer
+	Log       *slog.Logger
+	Discovery syncer `optional:"true"`
+}
+
+// serveScalerTelemetry serves /metrics, /healthz and /readyz: ready when
+// Redis answers and, with --kube, discovery has listed the EndpointSlices
+// once (until then the pod registry may be missing).
+func serveScalerTelemetry(d telemetryDeps) {
+	serveHTTP(d.Lifecycle, "telemetry", d.Flags.telemetry, scalerTelemetry(d.Redis, d.Gatherer, d.Discovery), d.Log)
+}
+
+func scalerTelemetry(rdb redis.UniversalClient, g prometheus.Gatherer, disc syncer) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if disc != nil && !disc.Synced() {
+			http.Error(w, "pod discovery has not listed the EndpointSlices yet", http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
 		if err := rdb.Ping(ctx).Err(); err != nil {
@@ -168,5 +192,5 @@ func serveScalerTelemetry(lc fx.Lifecycle, f scalerFlags, rdb redis.UniversalCli
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	serveHTTP(lc, "telemetry", f.telemetry, mux, log)
+	return mux
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
@@ -58,5 +63,38 @@ func TestScalerKubeNeedsANamespace(t *testing.T) {
 	err := runScaler([]string{"--kube", "--config", "x"})
 	if err == nil || !strings.Contains(err.Error(), "--namespace") {
 		t.Fatalf("--kube without a namespace: %v", err)
+	}
+}
+
+type syncFlag bool
+
+func (f *syncFlag) Synced() bool { return bool(*f) }
+
+// TestScalerReadyz: ready when Redis answers and discovery (with --kube) has
+// listed once.
+func TestScalerReadyz(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	synced := syncFlag(false)
+	h := scalerTelemetry(rdb, prometheus.NewRegistry(), &synced)
+	status := func() int {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		return rec.Code
+	}
+	if got := status(); got != http.StatusServiceUnavailable {
+		t.Errorf("before discovery listed: %d, want 503", got)
+	}
+	synced = true
+	if got := status(); got != http.StatusOK {
+		t.Errorf("discovery listed, Redis up: %d, want 200", got)
+	}
+	mr.Close()
+	if got := status(); got != http.StatusServiceUnavailable {
+		t.Errorf("Redis down: %d, want 503", got)
+	}
+	if got := scalerTelemetry(rdb, prometheus.NewRegistry(), nil); got == nil {
+		t.Fatal("no handler without discovery")
 	}
 }
