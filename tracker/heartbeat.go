@@ -132,28 +132,32 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 	if f.joined.IsZero() {
 		f.joined = now
 	}
+	if f.view.ok && !sameIDs(f.view.ids, res.Instances) {
+		// Ranks shift when an instance joins or leaves, and instances that
+		// have not heartbeated since still rank by the old list: this one
+		// takes no share until all of them have (see knownToAll).
+		f.joined, f.settled = now, false
+	}
 	if !f.settled {
 		f.settled = knownToAll(res.Instances, t.cfg.InstanceID, f.joined, t.cfg.InstanceTTL)
 	}
-	if f.view.ok && f.epoch != "" && res.Epoch != f.epoch && f.rejoin == nil {
+	if f.view.ok && f.epoch != "" && res.Epoch != f.epoch {
 		// Redis lost its data: until the other instances re-published
 		// theirs, Redis counts only this one's connections, and admitting
-		// through it would fill their pods a second time. The view from
-		// before the loss stays, and the fallback decides from it.
+		// through it would fill their pods a second time. Nor can the
+		// fallback admit: the others would not know of it when they come
+		// back. The fleet refuses (redis_down) until all re-published.
 		f.rejoin = &rejoin{expect: f.view.ids, until: now.Add(t.cfg.InstanceTTL)}
-		t.log.Warn("Redis lost the fleet's state: admitting from the fallback until the other instances re-publish theirs",
+		t.log.Warn("Redis lost the fleet's state: refusing until the other instances re-publish theirs",
 			"fleet", f.cfg.Name, "epoch", res.Epoch, "waiting_for", len(f.view.ids)-1, "at_most", t.cfg.InstanceTTL)
 	}
 	if f.rejoin != nil && f.rejoin.done(res.Instances, t.cfg.InstanceID, now) {
 		f.rejoin = nil
 		t.log.Info("every instance re-published its connections: admitting through Redis again", "fleet", f.cfg.Name, "epoch", res.Epoch)
 	}
-	f.view.at = now // renewed even while the old view is kept
-	if f.rejoin == nil {
-		f.view = newView(res, counts, t.cfg.InstanceID)
-		f.view.settled = f.settled
-		f.view.at = now
-	}
+	f.view = newView(res, counts, t.cfg.InstanceID)
+	f.view.settled = f.settled
+	f.view.at = now
 	recovered := f.degraded
 	f.degraded = false
 	f.mu.Unlock()
@@ -217,6 +221,19 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 			"fleet", f.cfg.Name, "connections", total, "until", f.inheritUntil)
 	}
 	return nil
+}
+
+// sameIDs reports whether ids (sorted) are exactly the instances of leases.
+func sameIDs(ids []string, leases map[string]time.Time) bool {
+	if len(ids) != len(leases) {
+		return false
+	}
+	for _, id := range ids {
+		if _, ok := leases[id]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // knownToAll reports whether every other live instance has heartbeated since

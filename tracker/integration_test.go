@@ -161,7 +161,10 @@ func TestRedisRestart(t *testing.T) {
 			}
 		}
 	}
-	heartbeat(t, trs...)
+	for round := 0; round < 3; round++ { // every instance knows all the others
+		clk.Advance(time.Second)
+		heartbeat(t, trs...)
+	}
 
 	srv.Kill()
 	fallbacks := 0

@@ -19,6 +19,9 @@ import (
 	"golang.org/x/time/rate"
 )
 
+// errGateBusy: a heartbeat held the admission gate past the deadline.
+var errGateBusy = errors.New("waiting for the heartbeat")
+
 // Errors of the admission path that callers turn into client errors.
 var (
 	ErrUnknownFleet = errors.New("unknown fleet")
@@ -150,7 +153,7 @@ type fleet struct {
 	degraded bool
 	epoch    string
 	view     view
-	rejoin   *rejoin // set while the others re-publish after Redis lost its data
+	rejoin   *rejoin // set while the others re-publish after Redis lost its data: refuse
 
 	// joined is this process's first successful heartbeat; settled turns
 	// true once every other live instance has heartbeated since, so that
@@ -247,7 +250,11 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 			// publishes the truth again.
 			return Result{}, fmt.Errorf("admit %s: %w", f.cfg.Name, ctx.Err())
 		}
-		t.redisFailed(f, "admit", err)
+		// A heartbeat holding the gate past this admission's deadline is no
+		// Redis failure: this one admission falls back, the fleet does not.
+		if !errors.Is(err, errGateBusy) {
+			t.redisFailed(f, "admit", err)
+		}
 	}
 	return t.admitFallback(f, now), nil
 }
@@ -256,7 +263,7 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
 	defer cancel()
 	if err := f.gate.Acquire(ctx, 1); err != nil {
-		return Result{}, fmt.Errorf("admit %s: waiting for the heartbeat: %w", f.cfg.Name, err)
+		return Result{}, fmt.Errorf("admit %s: %w (%v)", f.cfg.Name, errGateBusy, err)
 	}
 	defer f.gate.Release(1)
 	a, err := t.store.Admit(ctx, f.cfg.Name, f.cfg.MaxConnectionsPerPod, f.cfg.Policy, t.cfg.InstanceID, now)
@@ -309,7 +316,7 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 	// Once this instance's lease has run out, an instance or a scaler that
 	// still reaches Redis may have reaped it and given its share away.
 	expired := !now.Before(f.view.at.Add(t.cfg.InstanceTTL))
-	if t.cfg.Fallback == FallbackClosed || !f.view.ok || (t.cfg.Fallback == FallbackShare && (!f.view.settled || expired)) {
+	if t.cfg.Fallback == FallbackClosed || !f.view.ok || f.rejoin != nil || (t.cfg.Fallback == FallbackShare && (!f.view.settled || expired)) {
 		f.rejectLocked(ReasonRedisDown, now)
 		return reject
 	}

@@ -58,6 +58,17 @@ func miniClient(t *testing.T) (*redis.Client, *miniredis.Miniredis) {
 	return rdb, mr
 }
 
+// settle runs heartbeat rounds until every instance has seen every other
+// heartbeat after the last membership change: only then does each take its
+// share in a fallback (three rounds when they joined one after another).
+func settle(t *testing.T, clk *clock, trs ...*tracker.Tracker) {
+	t.Helper()
+	for round := 0; round < 3; round++ {
+		clk.Advance(time.Second)
+		heartbeat(t, trs...)
+	}
+}
+
 func heartbeat(t *testing.T, trs ...*tracker.Tracker) {
 	t.Helper()
 	for _, tr := range trs {
@@ -242,10 +253,7 @@ func TestFallbackShareKeepsTheFleetUnderTheCap(t *testing.T) {
 			for i := 0; i < preload; i++ {
 				admit(t, trs[i%len(trs)], "chat")
 			}
-			for round := 0; round < 2; round++ { // every instance sees the same load, and knows all the others
-				clk.Advance(time.Second)
-				heartbeat(t, trs...)
-			}
+			settle(t, clk, trs...) // every instance sees the same load, and knows all the others
 			mr.SetError("ERR injected outage")
 			admitted := 0
 			for round := 0; round < 5; round++ {
@@ -325,7 +333,7 @@ func TestNewcomerTakesNoShareUntilKnownToAll(t *testing.T) {
 	mr.SetError("")
 	clk.Advance(time.Second)
 	heartbeat(t, old, newcomer) // old's connections expire: never established
-	for round := 0; round < 2; round++ {
+	for round := 0; round < 3; round++ {
 		clk.Advance(10 * time.Second)
 		heartbeat(t, old, newcomer)
 	}
@@ -353,10 +361,7 @@ func TestFallbackWithViewsOfDifferentMoments(t *testing.T) {
 	fc := fleetCfg("chat", 4, "10.0.0.1:80")
 	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
 	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
-	for round := 0; round < 2; round++ {
-		clk.Advance(time.Second)
-		heartbeat(t, a, b)
-	}
+	settle(t, clk, a, b)
 	var held []string
 	for i := 0; i < 3; i++ {
 		held = append(held, admit(t, a, "chat").Conn)
@@ -389,10 +394,7 @@ func TestAfterDataLossWaitForTheOthers(t *testing.T) {
 	fc := fleetCfg("chat", 1, "10.0.0.1:80", "10.0.0.2:80")
 	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
 	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
-	for round := 0; round < 2; round++ {
-		clk.Advance(time.Second)
-		heartbeat(t, a, b)
-	}
+	settle(t, clk, a, b)
 	admit(t, a, "chat")
 	admit(t, b, "chat") // both pods full
 	heartbeat(t, a, b)
@@ -424,10 +426,7 @@ func TestFallbackWithDifferentPodLists(t *testing.T) {
 	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
 	store := a.Store()
 	mustSetPods(t, store, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80"))
-	for round := 0; round < 2; round++ {
-		clk.Advance(time.Second)
-		heartbeat(t, a, b)
-	}
+	settle(t, clk, a, b)
 	mustSetPods(t, store, "chat", podsOf("10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"))
 	heartbeat(t, b) // b sees three pods, a still two
 	mr.SetError("ERR outage")
