@@ -39,6 +39,25 @@ type epochMemory struct {
 	expected int64
 }
 
+// vanished says whether s lost more live instances than a rolling update
+// does (one at a time, or the ratio's share of a large fleet), and more than
+// Kubernetes says are gone (the Envoy Service's ready endpoints).
+func (r *readiness) vanished(s tracker.Summary, before int64) bool {
+	if before == 0 {
+		return false
+	}
+	allowed := max(1, int64(math.Floor((1-r.ratio)*float64(before)+1e-9)))
+	if s.Alive >= before-allowed && s.Alive > 0 { // every instance gone is never a rolling update
+		return false
+	}
+	if r.counter != nil {
+		if want := int64(r.counter.ExpectedInstances(s.Fleet)); want > 0 && s.Alive >= int64(math.Ceil(r.ratio*float64(want)-1e-9)) {
+			return false
+		}
+	}
+	return true
+}
+
 // InstanceCounter tells how many tracker instances a fleet should have (the
 // ready endpoints of its Envoy Service); 0 means unknown.
 type InstanceCounter interface {
@@ -86,7 +105,7 @@ func (r *readiness) check(s tracker.Summary, now time.Time) error {
 	// from Redis with their connections still up. Their counts are gone
 	// either way, so hold until the lower number has lasted the settle time
 	// (an Envoy scale-in then gets through).
-	if need := int64(math.Ceil(r.ratio*float64(m.alive) - 1e-9)); s.Alive < need {
+	if r.vanished(s, m.alive) {
 		if m.dropped.IsZero() {
 			m.dropped = now
 		}

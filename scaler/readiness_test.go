@@ -60,8 +60,38 @@ func TestReadinessHoldsWhenInstancesVanish(t *testing.T) {
 	if err := r.check(sum, now.Add(31*time.Second)); err != nil {
 		t.Fatalf("after the settle time the new count stands: %v", err)
 	}
-	sum.Alive = 5 // 5 of 6: within the ratio? no: 0.95*6 = 5.7 -> 6 needed
+	sum.Alive = 4 // two more of 6 gone: more than one at a time
 	if err := r.check(sum, now.Add(32*time.Second)); err == nil {
-		t.Fatal("a further drop below the ratio was not held")
+		t.Fatal("a further drop of two was not held")
+	}
+}
+
+// TestReadinessRidesOutRollingUpdates: one instance replaced at a time
+// (10 -> 11 -> 10 ...) holds nothing, and a drop Kubernetes confirms
+// (fewer ready Envoy endpoints) holds nothing either.
+func TestReadinessRidesOutRollingUpdates(t *testing.T) {
+	now := time.UnixMilli(1_800_000_000_000)
+	sum := tracker.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10}
+	r := newReadiness(30*time.Second, 0.95, 0)
+	for i, alive := range []int64{10, 11, 10, 11, 10, 9} {
+		sum.Alive = alive
+		if err := r.check(sum, now.Add(time.Duration(i)*time.Second)); err != nil {
+			t.Fatalf("step %d (alive %d): %v", i, alive, err)
+		}
+	}
+	envoys := 10
+	r = newReadiness(30*time.Second, 0.95, 0)
+	r.counter = countFunc(func(string) int { return envoys })
+	sum.Alive = 10
+	if err := r.check(sum, now); err != nil {
+		t.Fatal(err)
+	}
+	envoys, sum.Alive = 6, 6 // a scale-in of Envoy
+	if err := r.check(sum, now.Add(time.Second)); err != nil {
+		t.Fatalf("a scale-in Kubernetes confirms: %v", err)
+	}
+	sum.Alive = 3 // three more vanish, Kubernetes still has 6 ready
+	if err := r.check(sum, now.Add(2*time.Second)); err == nil {
+		t.Fatal("instances vanished that Kubernetes says are ready: not held")
 	}
 }

@@ -50,6 +50,7 @@ type Hook struct {
 // drain is one fleet's scale-down in preparation.
 type drain struct {
 	addrs      []string
+	members    []string         // address and pod name of each: an address may pass to a new pod
 	costs      map[string]int32 // draining pod name -> the cost it must show
 	observedAt time.Time        // when the informer first showed every cost; zero until then
 	released   bool
@@ -143,16 +144,16 @@ func (h *Hook) prepare(ctx context.Context, fleet string, n int) bool {
 	}
 	n = min(n, len(cands))
 	d := h.drains[fleet]
-	addrs := make([]string, n)
+	addrs, members := make([]string, n), make([]string, n)
 	for i := range n {
-		addrs[i] = cands[i].addr
+		addrs[i], members[i] = cands[i].addr, cands[i].addr+" "+cands[i].name
 	}
-	if d == nil || !sameSet(d.addrs, addrs) {
+	if d == nil || !sameSet(d.members, members) {
 		// Kubernetes removing the prepared pods one by one shrinks the set:
 		// what is left was already prepared, so the release stands. A hold
 		// at every step would reset the HPA's stabilization window each time.
-		keep := d != nil && d.released && subset(addrs, d.addrs)
-		d = &drain{addrs: addrs, released: keep}
+		keep := d != nil && d.released && subset(members, d.members)
+		d = &drain{addrs: addrs, members: members, released: keep}
 		h.drains[fleet] = d
 	}
 	d.costs = map[string]int32{}

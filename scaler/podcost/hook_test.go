@@ -353,6 +353,21 @@ func TestScaleDownDrainsTheEmptiestAndWaitsForTheInformer(t *testing.T) {
 	if got := e.gate(t, 9, 6); got != 6 {
 		t.Fatalf("Gate after the first prepared pod went = %d, want 6 at once", got)
 	}
+	// A prepared pod's address passes to a new, empty pod: that pod was not
+	// prepared (no cost seen), so the scale-down holds again.
+	for i := range left {
+		if left[i].Addr == wantDrained[1] {
+			left[i].Name = "pod-new"
+		}
+	}
+	if _, err := e.client.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+		Name: "pod-new", Namespace: ns, CreationTimestamp: metav1.NewTime(t0.Add(time.Hour))}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.reg.SetEndpoints(fleet, left)
+	if got := e.gate(t, 9, 6); got != 9 {
+		t.Fatalf("Gate after a prepared address passed to a new pod = %d, want 9 held", got)
+	}
 
 	// The recommendation rises: undrained at once.
 	if got := e.gate(t, 10, 12); got != 12 {
