@@ -28,7 +28,7 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			// Every client asks for the first pod; the filter must ignore it.
-			results[i] = dial(ctx, h.nodes[i%2].url, h.backends[0].addr)
+			results[i] = dial(ctx, h.nodes[i%2].url, h.backends[0].Addr)
 			if results[i].err == nil {
 				results[i].err = ping(ctx, results[i].conn)
 			}
@@ -49,11 +49,11 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 		t.Fatalf("admitted %d connections, want exactly 3 pods x cap 4 = 12", len(admitted))
 	}
 	for _, b := range h.backends {
-		if got := b.max.Load(); got > 4 {
-			t.Errorf("backend %s held %d connections at once, cap is 4", b.addr, got)
+		if got := b.Max.Load(); got > 4 {
+			t.Errorf("backend %s held %d connections at once, cap is 4", b.Addr, got)
 		}
-		if got := b.live.Load(); got != 4 {
-			t.Errorf("backend %s holds %d connections, want 4 (spoofed header must not steer)", b.addr, got)
+		if got := b.Live.Load(); got != 4 {
+			t.Errorf("backend %s holds %d connections, want 4 (spoofed header must not steer)", b.Addr, got)
 		}
 	}
 	waitFor(t, 2*time.Second, "redis live count = 12", func() (bool, string) {

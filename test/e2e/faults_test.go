@@ -88,8 +88,8 @@ func TestRedisKilledAndRestartedEmpty(t *testing.T) {
 		}
 	}
 	for _, b := range h.backends {
-		if m := b.max.Load(); m > 4 {
-			t.Fatalf("backend %s held %d connections, cap 4, during the outage", b.addr, m)
+		if m := b.Max.Load(); m > 4 {
+			t.Fatalf("backend %s held %d connections, cap 4, during the outage", b.Addr, m)
 		}
 	}
 	if _, err := metric(ctx, h, "chat", "connections"); err == nil {
@@ -310,8 +310,8 @@ func TestSlowRedisFailsFast(t *testing.T) {
 	// last heartbeat did not know it yet, so the newcomer must take no
 	// share of the fallback (it once did, and backends held 6 at cap 4).
 	for _, b := range h2.backends {
-		if m := b.max.Load(); m > 4 {
-			t.Errorf("backend %s held %d connections with Redis slow, cap 4", b.addr, m)
+		if m := b.Max.Load(); m > 4 {
+			t.Errorf("backend %s held %d connections with Redis slow, cap 4", b.Addr, m)
 		}
 	}
 	for _, c := range conns {

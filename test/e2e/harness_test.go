@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,67 +25,24 @@ import (
 	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/test/wsbackend"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
 
-// backend is a WebSocket server that counts the connections it holds
-// itself, independent of anything wsgate says.
-type backend struct {
-	addr            string
-	live, max, seen atomic.Int64
-	srv             *http.Server
-	cancel          context.CancelFunc
-	conns           sync.WaitGroup
-}
+// backend is a pod that counts its own connections (test/wsbackend).
+type backend = wsbackend.Backend
 
 func startBackend(t *testing.T) *backend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	b, err := wsbackend.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	b := &backend{addr: ln.Addr().String(), cancel: cancel}
-	b.srv = &http.Server{
-		BaseContext: func(net.Listener) context.Context { return ctx },
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c, err := websocket.Accept(w, r, nil)
-			if err != nil {
-				return
-			}
-			b.conns.Add(1)
-			defer b.conns.Done()
-			n := b.live.Add(1)
-			b.seen.Add(1)
-			for m := b.max.Load(); n > m && !b.max.CompareAndSwap(m, n); m = b.max.Load() {
-			}
-			defer b.live.Add(-1)
-			// Echo until the client or the test goes away.
-			for {
-				typ, msg, err := c.Read(r.Context())
-				if err != nil {
-					c.CloseNow()
-					return
-				}
-				if err := c.Write(r.Context(), typ, msg); err != nil {
-					c.CloseNow()
-					return
-				}
-			}
-		}),
-	}
-	go func() { _ = b.srv.Serve(ln) }()
-	t.Cleanup(b.close)
+	t.Cleanup(b.Close)
 	return b
-}
-
-func (b *backend) close() {
-	_ = b.srv.Close()
-	b.cancel()
-	b.conns.Wait()
 }
 
 // node is one Envoy pod: a gateway and its tracker sidecar.
@@ -245,7 +201,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	for range o.backends {
 		b := startBackend(t)
 		h.backends = append(h.backends, b)
-		pods = append(pods, b.addr)
+		pods = append(pods, b.Addr)
 	}
 	h.fleet = tracker.FleetConfig{Name: "chat", MaxConnectionsPerPod: o.cap, RatePerSecond: o.rate, Burst: o.burst, Pods: pods, RetryAfter: tracker.Duration(3 * time.Second)}
 	if o.fleet != nil {
@@ -340,8 +296,8 @@ func ping(ctx context.Context, c *websocket.Conn) error {
 
 func (h *harness) backendLive() (live, max int64) {
 	for _, b := range h.backends {
-		live += b.live.Load()
-		max = maxi(max, b.max.Load())
+		live += b.Live.Load()
+		max = maxi(max, b.Max.Load())
 	}
 	return live, max
 }

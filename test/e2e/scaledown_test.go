@@ -58,8 +58,8 @@ func (k *kube) gate(h *harness) scaler.ScaleDownGate {
 	var objs []runtime.Object
 	for i, b := range h.backends {
 		name := fmt.Sprintf("chat-%d", i)
-		k.pod[b.addr] = name
-		_, port, err := net.SplitHostPort(b.addr)
+		k.pod[b.Addr] = name
+		_, port, err := net.SplitHostPort(b.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -244,7 +244,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		t.Helper()
 		before := make([]int64, len(h.backends))
 		for j, b := range h.backends {
-			before[j] = b.seen.Load()
+			before[j] = b.Seen.Load()
 		}
 		r := dial(ctx, h.nodes[i%2].url, "")
 		if r.err != nil {
@@ -255,7 +255,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		}
 		var got *backend
 		for j, b := range h.backends {
-			if b.seen.Load() != before[j] {
+			if b.Seen.Load() != before[j] {
 				if got != nil {
 					t.Fatalf("dial %d reached two backends", i)
 				}
@@ -281,7 +281,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	}
 	for _, b := range h.backends {
 		if n := len(byBackend[b]); n != 6 {
-			t.Fatalf("backend %s took %d of 18 connections, want 6 (policy spread)", b.addr, n)
+			t.Fatalf("backend %s took %d of 18 connections, want 6 (policy spread)", b.Addr, n)
 		}
 	}
 	waitFor(t, 3*time.Second, "18 live in Redis", func() (bool, string) {
@@ -312,7 +312,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		s := snapshot()
 		ok := s.Live == 6
 		for b, want := range map[*backend]int{full: 5, few: 1, empty: 0} {
-			ok = ok && b.live.Load() == int64(want) && s.Load[b.addr] == want
+			ok = ok && b.Live.Load() == int64(want) && s.Load[b.Addr] == want
 		}
 		return ok, fmt.Sprintf("redis %v live %d", s.Load, s.Live)
 	})
@@ -330,16 +330,16 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	}
 	s := snapshot()
 	for b, want := range map[*backend]bool{full: false, few: true, empty: true} {
-		if s.Pods[b.addr].Draining != want {
-			t.Errorf("pod %s (%d conns) draining = %v, want %v", k.pod[b.addr], b.live.Load(), s.Pods[b.addr].Draining, want)
+		if s.Pods[b.Addr].Draining != want {
+			t.Errorf("pod %s (%d conns) draining = %v, want %v", k.pod[b.Addr], b.Live.Load(), s.Pods[b.Addr].Draining, want)
 		}
 	}
 	order, err := h.store.Client().ZRange(ctx, h.store.KeyPrefix("chat")+"scaledown", 0, -1).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(order) != fmt.Sprint([]string{empty.addr, few.addr, full.addr}) {
-		t.Errorf("scaledown order %v, want emptiest first: %s, %s, %s", order, empty.addr, few.addr, full.addr)
+	if fmt.Sprint(order) != fmt.Sprint([]string{empty.Addr, few.Addr, full.Addr}) {
+		t.Errorf("scaledown order %v, want emptiest first: %s, %s, %s", order, empty.Addr, few.Addr, full.Addr)
 	}
 	costs, patches := k.hidden.sent()
 	if patches != 3 {
@@ -347,31 +347,31 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	}
 	cost := func(b *backend) int {
 		t.Helper()
-		c, err := strconv.Atoi(costs[k.pod[b.addr]])
+		c, err := strconv.Atoi(costs[k.pod[b.Addr]])
 		if err != nil {
-			t.Fatalf("cost of %s: %q: %v", k.pod[b.addr], costs[k.pod[b.addr]], err)
+			t.Fatalf("cost of %s: %q: %v", k.pod[b.Addr], costs[k.pod[b.Addr]], err)
 		}
 		return c
 	}
 	// Below 0, the cost of a pod without the annotation, and the emptier
 	// the cheaper.
 	if !(cost(empty) <= cost(few) && cost(few) < 0 && 0 < cost(full)) {
-		t.Errorf("costs %v: want %s <= %s < 0 < %s", costs, k.pod[empty.addr], k.pod[few.addr], k.pod[full.addr])
+		t.Errorf("costs %v: want %s <= %s < 0 < %s", costs, k.pod[empty.Addr], k.pod[few.Addr], k.pod[full.Addr])
 	}
 
 	// New dials during the drain reach only the pod that stays; 8 live
 	// connections still need one pod.
 	for i := range 2 {
 		if b := dialOne(i); b != full {
-			t.Fatalf("dial %d during the drain reached draining pod %s", i, k.pod[b.addr])
+			t.Fatalf("dial %d during the drain reached draining pod %s", i, k.pod[b.Addr])
 		}
 	}
-	if few.live.Load() != 1 || empty.live.Load() != 0 {
-		t.Fatalf("draining backends hold %d and %d connections, want 1 and 0", few.live.Load(), empty.live.Load())
+	if few.Live.Load() != 1 || empty.Live.Load() != 0 {
+		t.Fatalf("draining backends hold %d and %d connections, want 1 and 0", few.Live.Load(), empty.Live.Load())
 	}
 
 	// Patched but not visible: no amount of time lets the scale-down through.
-	for _, name := range []string{k.pod[empty.addr], k.pod[few.addr], k.pod[full.addr]} {
+	for _, name := range []string{k.pod[empty.Addr], k.pod[few.Addr], k.pod[full.Addr]} {
 		p, err := k.client.CoreV1().Pods(kubeNS).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -385,15 +385,15 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		t.Fatalf("desiredReplicas with no cost visible = %d, want 3", got)
 	}
 	// One draining pod's cost visible is not enough.
-	k.reveal(k.pod[empty.addr])
+	k.reveal(k.pod[empty.Addr])
 	k.clock.Step(time.Hour)
 	if got := desired(); got != 3 {
-		t.Fatalf("desiredReplicas with %s's cost still missing = %d, want 3", k.pod[few.addr], got)
+		t.Fatalf("desiredReplicas with %s's cost still missing = %d, want 3", k.pod[few.Addr], got)
 	}
 
 	// Every cost visible: the settle delay starts at the first reading that
 	// sees them all.
-	k.reveal(k.pod[few.addr], k.pod[full.addr])
+	k.reveal(k.pod[few.Addr], k.pod[full.Addr])
 	for name, want := range costs {
 		p, err := k.client.CoreV1().Pods(kubeNS).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -421,10 +421,10 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	// Released to KEDA, the drained pods still take nothing new.
 	for i := range 2 {
 		if b := dialOne(i); b != full {
-			t.Fatalf("dial %d after the release reached draining pod %s", i, k.pod[b.addr])
+			t.Fatalf("dial %d after the release reached draining pod %s", i, k.pod[b.Addr])
 		}
 	}
-	if got := few.seen.Load() + empty.seen.Load(); got != 12 {
+	if got := few.Seen.Load() + empty.Seen.Load(); got != 12 {
 		t.Errorf("draining backends accepted %d connections in all, want only the first 12", got)
 	}
 }

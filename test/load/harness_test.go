@@ -5,15 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"google.golang.org/grpc"
 
 	"github.com/wsgate/wsgate/tracker"
@@ -21,54 +18,6 @@ import (
 )
 
 var quiet = slog.New(slog.DiscardHandler)
-
-// backend is a WebSocket pod that holds every connection until the client
-// closes it, counting them itself.
-type backend struct {
-	addr   string
-	live   atomic.Int64
-	srv    *http.Server
-	cancel context.CancelFunc
-	conns  sync.WaitGroup
-}
-
-func startBackend() (*backend, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("backend listen: %w", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	be := &backend{addr: ln.Addr().String(), cancel: cancel}
-	be.srv = &http.Server{
-		BaseContext: func(net.Listener) context.Context { return ctx },
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c, err := websocket.Accept(w, r, nil)
-			if err != nil {
-				return
-			}
-			be.conns.Add(1)
-			defer be.conns.Done()
-			be.live.Add(1)
-			defer be.live.Add(-1)
-			// Reading is what answers the client's close frame; the pod
-			// sends nothing, so the load is admission and holding only.
-			for {
-				if _, _, err := c.Read(r.Context()); err != nil {
-					c.CloseNow()
-					return
-				}
-			}
-		}),
-	}
-	go func() { _ = be.srv.Serve(ln) }()
-	return be, nil
-}
-
-func (be *backend) close() {
-	_ = be.srv.Close()
-	be.cancel()
-	be.conns.Wait()
-}
 
 // node is one Envoy pod: the gateway stand-in running envoy/wsgate.lua and
 // its tracker sidecar, wired over HTTP (admission) and gRPC (access log)

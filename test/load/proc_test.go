@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsgate/wsgate/test/wsbackend"
+
 	"github.com/wsgate/wsgate/envoy/gateway"
 )
 
@@ -83,19 +85,19 @@ func backendsRole() ([]string, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("WSGATE_LOAD_PODS: %w", err)
 	}
-	var bes []*backend
+	var bes []*wsbackend.Backend
 	var addrs []string
 	for range n {
-		be, err := startBackend()
+		be, err := wsbackend.Start()
 		if err != nil {
 			return nil, nil, err
 		}
 		bes = append(bes, be)
-		addrs = append(addrs, be.addr)
+		addrs = append(addrs, be.Addr)
 	}
 	return addrs, func() {
 		for _, be := range bes {
-			be.close()
+			be.Close()
 		}
 	}, nil
 }
