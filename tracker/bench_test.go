@@ -25,22 +25,6 @@ func quantiles(d []time.Duration) (p50, p99 time.Duration) {
 	return d[len(d)/2], d[len(d)*99/100]
 }
 
-// pingQuantiles measures n bare Redis PING round trips: the baseline every
-// admission figure is divided by, taken in the same run on the same machine.
-func pingQuantiles(b *testing.B, rdb redis.UniversalClient, n int) (p50, p99 time.Duration) {
-	b.Helper()
-	ctx := context.Background()
-	lat := make([]time.Duration, n)
-	for i := range lat {
-		start := time.Now()
-		if err := rdb.Ping(ctx).Err(); err != nil {
-			b.Fatal(err)
-		}
-		lat[i] = time.Since(start)
-	}
-	return quantiles(lat)
-}
-
 func benchTracker(b *testing.B, rdb redis.UniversalClient, pods int) *tracker.Tracker {
 	b.Helper()
 	tr, err := tracker.New(tracker.Config{

@@ -143,7 +143,6 @@ func (t *tunnel) entry(typ datav3.AccessLogType, status int) *datav3.HTTPAccessL
 	e := &datav3.HTTPAccessLogEntry{
 		CommonProperties: &datav3.AccessLogCommon{
 			AccessLogType:           typ,
-			IntermediateLogEntry:    typ == datav3.AccessLogType_DownstreamPeriodic,
 			DownstreamRemoteAddress: socketAddress(t.remote),
 			UpstreamRemoteAddress:   socketAddress(t.upstream),
 			UpstreamCluster:         "wsgate_backend",
