@@ -521,12 +521,6 @@ func (f *fleet) redisUsable() bool {
 	return f.view.ok && !f.degraded && f.rejoin == nil
 }
 
-func (f *fleet) isDegraded() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.degraded
-}
-
 func (t *Tracker) redisFailed(f *fleet, op string, err error) {
 	t.metrics.RedisErrors.WithLabelValues(op).Inc()
 	f.mu.Lock()
@@ -557,7 +551,12 @@ func (t *Tracker) LocalCounts(fleetName string) (map[string]int, error) {
 // Degraded reports whether fleet is currently admitting without Redis.
 func (t *Tracker) Degraded(fleetName string) bool {
 	f, err := t.fleet(fleetName)
-	return err == nil && f.isDegraded()
+	if err != nil {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.degraded
 }
 
 func ceilSecond(d time.Duration) time.Duration {
