@@ -206,10 +206,22 @@ func scaling(st FleetState, cap *int, now time.Time) *Scaling {
 	return sc
 }
 
+// leaseClock is the clock leases are judged by: Redis' own, as read with
+// the snapshot (leases are times of Redis' clock, set by the scripts; the
+// host running the report may be off by any amount), or now for a snapshot
+// that does not carry it.
+func leaseClock(s tracker.Snapshot, now time.Time) time.Time {
+	if !s.RedisNow.IsZero() {
+		return s.RedisNow
+	}
+	return now
+}
+
 func detailed(s tracker.Snapshot, now time.Time) *Detailed {
 	d := &Detailed{Instances: []InstanceInfo{}, Pods: []PodRow{}}
+	at := leaseClock(s, now)
 	for _, in := range s.Instances {
-		d.Instances = append(d.Instances, InstanceInfo{ID: in.ID, LeaseExpiresAt: in.LeaseUntil.UTC(), Alive: !in.LeaseUntil.Before(now)})
+		d.Instances = append(d.Instances, InstanceInfo{ID: in.ID, LeaseExpiresAt: in.LeaseUntil.UTC(), Alive: !in.LeaseUntil.Before(at)})
 	}
 	for _, a := range podAddrs(s) {
 		row := PodRow{Addr: a, Name: s.Pods[a].Name, Live: s.Load[a], Cells: make([]Cell, 0, len(s.Instances))}
@@ -227,8 +239,9 @@ func readiness(s tracker.Snapshot, o Options) *Readiness {
 	for _, id := range s.Synced {
 		synced[id] = true
 	}
+	at := leaseClock(s, o.Now)
 	for _, in := range s.Instances {
-		if in.LeaseUntil.Before(o.Now) {
+		if in.LeaseUntil.Before(at) {
 			continue
 		}
 		r.Alive++
@@ -243,11 +256,22 @@ func readiness(s tracker.Snapshot, o Options) *Readiness {
 	if r.Alive > 0 {
 		r.SyncedShare = float64(r.Synced) / float64(r.Alive)
 	}
+	if !s.RecoveryUntil.IsZero() {
+		// The admit script grants nothing before `until` by Redis' clock,
+		// nor before a tracker confirmed the wait on its own clock.
+		u := s.RecoveryUntil.UTC()
+		r.RecoveryUntil = &u
+		r.RecoveryConfirmed = s.RecoveryConfirmed
+		if left := s.RecoveryUntil.Sub(at); left > 0 {
+			r.RecoverySecondsLeft = left.Seconds()
+		}
+		r.Recovering = r.RecoverySecondsLeft > 0 || !r.RecoveryConfirmed
+	}
 	start := (tracker.Summary{Epoch: s.Epoch}).EpochStart()
 	if !start.IsZero() {
 		u := start.UTC()
 		r.EpochStart = &u
-		r.EpochAgeSeconds = o.Now.Sub(start).Seconds()
+		r.EpochAgeSeconds = at.Sub(start).Seconds() // the id's time is Redis' clock
 	}
 	switch {
 	case s.Epoch == "":

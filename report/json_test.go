@@ -122,6 +122,11 @@ type jsonReadiness struct {
 	SyncedShare     float64    `json:"syncedShare"`
 	RequiredShare   float64    `json:"requiredShare"`
 	Unsynced        []string   `json:"unsynced"`
+	// Added within v1 with the recovery wait (tracker/PROTOCOL.md).
+	Recovering          bool       `json:"recovering"`
+	RecoveryUntil       *time.Time `json:"recoveryUntil"`
+	RecoverySecondsLeft float64    `json:"recoverySecondsLeft"`
+	RecoveryConfirmed   bool       `json:"recoveryConfirmed"`
 }
 
 func decodeStrict(t *testing.T, data []byte) jsonReport {
@@ -210,8 +215,18 @@ func TestJSONSchema(t *testing.T) {
 		rd.EpochAgeSeconds != 150 || rd.SettleSeconds != 60 || rd.RequiredShare != 0.95 || rd.Why == "" {
 		t.Errorf("readiness %+v, want not ready: envoy-3 of 3 alive not synced", rd)
 	}
-	if !r.Fleets[1].Readiness.Ready || r.Fleets[1].Readiness.Why != "" {
-		t.Errorf("video readiness %+v, want ready", r.Fleets[1].Readiness)
+	// chat's epoch was created at t0-2m by Redis' clock (which followed the
+	// scenario's): its wait lasts the instance TTL, 5 min.
+	// No tracker has watched a TTL of its clock pass in it yet either.
+	if wantUntil := t0.Add(3 * time.Minute); !rd.Recovering || rd.RecoveryUntil == nil || !rd.RecoveryUntil.Equal(wantUntil) || rd.RecoverySecondsLeft != 150 || rd.RecoveryConfirmed {
+		t.Errorf("readiness %+v, want recovering until %s, 150s left, unconfirmed", rd, wantUntil)
+	}
+	vr := r.Fleets[1].Readiness
+	if !vr.Ready || vr.Why != "" {
+		t.Errorf("video readiness %+v, want ready", vr)
+	}
+	if wantUntil := t0.Add(-5 * time.Minute); vr.Recovering || vr.RecoveryUntil == nil || !vr.RecoveryUntil.Equal(wantUntil) || vr.RecoverySecondsLeft != 0 || !vr.RecoveryConfirmed {
+		t.Errorf("video readiness %+v, want its recovery wait over since %s", vr, wantUntil)
 	}
 }
 

@@ -148,10 +148,12 @@ type Detailed struct {
 
 // InstanceInfo is one tracker instance of the fleet.
 type InstanceInfo struct {
-	ID             string    `json:"id"`
+	ID string `json:"id"`
+	// LeaseExpiresAt is the end of the instance's lease, by Redis' clock.
 	LeaseExpiresAt time.Time `json:"leaseExpiresAt"`
-	// Alive is false once the lease has run out (the instance is reaped by
-	// the next heartbeat of another one).
+	// Alive is false once the lease has run out by Redis' clock (the
+	// instance is reaped once another tracker or the scaler has also seen
+	// it stand still for a lease, or kept with --expired-instances=keep).
 	Alive bool `json:"alive"`
 }
 
@@ -181,12 +183,30 @@ type Readiness struct {
 	EpochStart      *time.Time `json:"epochStart"`
 	EpochAgeSeconds float64    `json:"epochAgeSeconds"`
 	SettleSeconds   float64    `json:"settleSeconds"`
-	// Alive counts instances with an unexpired lease; Synced those of them
-	// that re-published their state in this epoch.
+	// Alive counts instances with an unexpired lease (by Redis' clock);
+	// Synced those of them that re-published their state in this epoch.
 	Alive         int     `json:"alive"`
 	Synced        int     `json:"synced"`
 	SyncedShare   float64 `json:"syncedShare"`
 	RequiredShare float64 `json:"requiredShare"`
 	// Unsynced lists alive instances that have not synced in this epoch.
 	Unsynced []string `json:"unsynced"`
+	// Recovering is true while the epoch is in its recovery wait: a new
+	// epoch (Redis started empty, lost or reloaded its data) grants no
+	// admission, the trackers refuse them (reason redis_down), until
+	// every instance has had a lease to re-publish its connections: one
+	// instance TTL of Redis' clock (RecoveryUntil) that a tracker has also
+	// seen pass on its own clock (RecoveryConfirmed). It does not enter
+	// Ready.
+	Recovering bool `json:"recovering"`
+	// RecoveryUntil is when the epoch's recovery wait ends (or ended), by
+	// Redis' clock; null when there is no epoch.
+	RecoveryUntil *time.Time `json:"recoveryUntil"`
+	// RecoverySecondsLeft is how long until RecoveryUntil, by Redis' clock
+	// (0 once it passed).
+	RecoverySecondsLeft float64 `json:"recoverySecondsLeft"`
+	// RecoveryConfirmed: a tracker saw a full instance TTL of its own clock
+	// pass in this epoch, so a forward step of Redis' clock alone did not
+	// end the wait.
+	RecoveryConfirmed bool `json:"recoveryConfirmed"`
 }

@@ -29,6 +29,109 @@ type clock struct{ now time.Time }
 
 func (c *clock) Now() time.Time { return c.now }
 
+// redisClock is what a scenario can do about Redis' own clock, by which the
+// scripts set and judge leases and recovery waits (tracker/PROTOCOL.md).
+type redisClock interface {
+	// at follows the scenario's clock to t, where Redis' clock can be set.
+	at(t time.Time)
+	// recovering checks that fleet's epoch grants nothing yet, for want
+	// (at most want where Redis' clock runs on its own).
+	recovering(t *testing.T, s *tracker.Store, fleet string, want time.Duration)
+	// recovered is where the scenario has waited out fleet's recovery wait.
+	recovered(t *testing.T, s *tracker.Store, fleet string)
+	// expired is where the scenario has outlived instance id's lease.
+	expired(t *testing.T, s *tracker.Store, fleet, id string)
+}
+
+// miniClock is miniredis' clock, frozen at the scenario's time: the
+// scenario's minutes pass for Redis too.
+type miniClock struct{ mr *miniredis.Miniredis }
+
+func (c miniClock) at(t time.Time) { c.mr.SetTime(t) }
+
+func (c miniClock) recovering(t *testing.T, s *tracker.Store, fleet string, want time.Duration) {
+	t.Helper()
+	left, err := s.Recovery(context.Background(), fleet)
+	must(t, err)
+	if left != want {
+		t.Fatalf("%s: recovery wait %s left, want %s", fleet, left, want)
+	}
+}
+
+func (c miniClock) recovered(t *testing.T, s *tracker.Store, fleet string) {
+	t.Helper()
+	left, err := s.Recovery(context.Background(), fleet)
+	must(t, err)
+	if left != 0 {
+		t.Fatalf("%s: recovery wait still %s left where the scenario expects it over", fleet, left)
+	}
+}
+
+func (c miniClock) expired(t *testing.T, s *tracker.Store, fleet, id string) {
+	t.Helper()
+	if !leaseEnded(t, s, fleet, id) {
+		t.Fatalf("%s: the lease of %s has not ended by Redis' clock where the scenario expects it", fleet, id)
+	}
+}
+
+// serverClock is a real server's clock, which runs on its own: the
+// scenario's minutes do not pass for it. A recovery wait the scenario has
+// waited out is ended by moving the epoch's `until` to Redis' now (what
+// those minutes would have done), and an expected expiry is waited for
+// (the scenario gives such an instance a 1s lease).
+type serverClock struct{}
+
+func (serverClock) at(time.Time) {}
+
+func (serverClock) recovering(t *testing.T, s *tracker.Store, fleet string, want time.Duration) {
+	t.Helper()
+	left, err := s.Recovery(context.Background(), fleet)
+	must(t, err)
+	if left <= 0 || left > want {
+		t.Fatalf("%s: recovery wait %s left, want in (0, %s]", fleet, left, want)
+	}
+}
+
+func (serverClock) recovered(t *testing.T, s *tracker.Store, fleet string) {
+	t.Helper()
+	ctx := context.Background()
+	// In a script, so that it runs on the fleet's shard, by its clock.
+	must(t, endRecovery.Run(ctx, s.Client(), []string{s.KeyPrefix(fleet) + "epoch"}).Err())
+	left, err := s.Recovery(ctx, fleet)
+	must(t, err)
+	if left != 0 {
+		t.Fatalf("%s: recovery wait %s left after ending it", fleet, left)
+	}
+}
+
+func (serverClock) expired(t *testing.T, s *tracker.Store, fleet, id string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !leaseEnded(t, s, fleet, id); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: Redis' clock did not pass the lease of %s in 10s", fleet, id)
+		}
+	}
+}
+
+var endRecovery = redis.NewScript(`
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'until', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+return 1`)
+
+// leaseEnded says whether instance id's lease has ended by Redis' clock.
+func leaseEnded(t *testing.T, s *tracker.Store, fleet, id string) bool {
+	t.Helper()
+	snap, err := s.Snapshot(context.Background(), fleet, time.Now())
+	must(t, err)
+	for _, in := range snap.Instances {
+		if in.ID == id {
+			return in.LeaseUntil.Before(snap.RedisNow)
+		}
+	}
+	t.Fatalf("%s: no instance %s", fleet, id)
+	return false
+}
+
 // scenario is state produced by the tracker's own code on a store.
 type scenario struct {
 	store *tracker.Store
@@ -42,10 +145,14 @@ func must(t *testing.T, err error) {
 	}
 }
 
-func newTracker(t *testing.T, s *tracker.Store, c *clock, id string, burst int, fleets ...string) *tracker.Tracker {
+// ttl is the trackers' instance TTL: their lease, and the recovery wait of
+// an epoch they create. Longer than the scenario's steps: the connections
+// of an instance stay until it ends.
+const ttl = 5 * time.Minute
+
+func newTracker(t *testing.T, s *tracker.Store, c *clock, id string, ttl time.Duration, burst int, fleets ...string) *tracker.Tracker {
 	t.Helper()
-	// Leases longer than the scenario: its connections stay until it ends.
-	cfg := tracker.Config{InstanceID: id, Heartbeat: 2 * time.Second, InstanceTTL: 5 * time.Minute, EstablishTimeout: time.Hour, LeaseTTL: time.Hour}
+	cfg := tracker.Config{InstanceID: id, Heartbeat: min(2*time.Second, ttl/2), InstanceTTL: ttl, EstablishTimeout: time.Hour, LeaseTTL: time.Hour}
 	for _, f := range fleets {
 		cfg.Fleets = append(cfg.Fleets, tracker.FleetConfig{Name: f, MaxConnectionsPerPod: 2, RatePerSecond: 0.001, Burst: burst})
 	}
@@ -64,23 +171,35 @@ func admit(t *testing.T, tr *tracker.Tracker, fleet string, want bool) tracker.R
 	return res
 }
 
-// buildScenario runs three trackers against rdb:
+// buildScenario runs four trackers against rdb, Redis' clock following the
+// scenario's where rc can set it (every lease is ttl, but envoy-4's):
 //
-//	T = t0-10m   e1 syncs (new epoch), admits 3 on chat and is rate-limited once
-//	t0-4m50s     e1 syncs, e4 syncs once and goes silent (expired when the report reads)
-//	t0-2m        e2 and e3 sync; chat's epoch is lost (as when Redis
-//	             restarts) and e1 syncs in a new one
-//	t0           e2 admits 2, e3 admits 1 (chat is full: 3 placeable pods
-//	             x 2), e2 is rejected for capacity; e1 and e2 sync, e3 never
-//	             syncs in the new epoch
-//	t0+30s       the report reads
-func buildScenario(t *testing.T, rdb redis.UniversalClient) scenario {
+//	t0-10m   e1 syncs: new epochs of chat and video, which grant nothing
+//	         for ttl (the recovery wait)
+//	t0-5m    e1 syncs, confirming the waits on its clock; they are over,
+//	         e1 admits 3 on chat and is rate-limited once
+//	t0-4m50s e1 syncs, e4 (a 1s lease) syncs once and goes silent: expired
+//	         when the report reads, not yet reaped (nobody watched it stand
+//	         still for a lease)
+//	t0-2m    e2 and e3 sync; e2 admits 2, e3 admits 1 (chat is full: 3
+//	         placeable pods x 2), e2 is rejected for capacity; chat's epoch
+//	         is lost (as when Redis restarts) and e1 syncs in a new one,
+//	         whose recovery wait lasts until t0+3m (and a tracker's
+//	         confirmation)
+//	t0       e1 and e2 sync; e3 never syncs in the new epoch
+//	t0+30s   the report reads: chat is in its recovery wait, e3 alive but
+//	         not synced
+func buildScenario(t *testing.T, rdb redis.UniversalClient, rc redisClock, s *tracker.Store) scenario {
 	t.Helper()
 	ctx := context.Background()
-	s := tracker.NewStore(rdb, "wsgate")
-	c := &clock{now: t0.Add(-10 * time.Minute)}
-	e1 := newTracker(t, s, c, "envoy-1", 3, "chat", "video")
+	c := &clock{}
+	step := func(at time.Time) { c.now = at; rc.at(at) }
+
+	step(t0.Add(-10 * time.Minute))
+	e1 := newTracker(t, s, c, "envoy-1", ttl, 3, "chat", "video")
 	must(t, e1.Heartbeat(ctx))
+	rc.recovering(t, s, "chat", ttl)
+	rc.recovering(t, s, "video", ttl)
 	must(t, s.SetPods(ctx, "chat", []tracker.Pod{
 		{Addr: "10.0.0.1:8080", Name: "chat-0", Node: "node-a", Ready: true},
 		{Addr: "10.0.0.2:8080", Name: "chat-1", Node: "node-b", Ready: true},
@@ -88,6 +207,13 @@ func buildScenario(t *testing.T, rdb redis.UniversalClient) scenario {
 		{Addr: "10.0.0.4:8080", Name: "chat-3", Node: "node-b", Ready: true, Draining: true},
 	}))
 	must(t, s.SetPods(ctx, "video", []tracker.Pod{{Addr: "10.0.1.1:9000", Name: "video-0", Node: "node-c", Ready: true}}))
+
+	// e1 has watched a TTL of its own clock pass since it saw the epochs
+	// begin: its heartbeat confirms their waits, which Redis' clock ends.
+	step(t0.Add(-5 * time.Minute))
+	must(t, e1.Heartbeat(ctx))
+	rc.recovered(t, s, "chat")
+	rc.recovered(t, s, "video")
 	var conns []string
 	for range 3 {
 		conns = append(conns, admit(t, e1, "chat", true).Conn)
@@ -99,29 +225,33 @@ func buildScenario(t *testing.T, rdb redis.UniversalClient) scenario {
 	must(t, e1.Establish(conns[1]))
 	must(t, e1.Heartbeat(ctx))
 
-	c.now = t0.Add(-4*time.Minute - 50*time.Second)
+	step(t0.Add(-4*time.Minute - 50*time.Second))
 	must(t, e1.Heartbeat(ctx))
-	e4 := newTracker(t, s, c, "envoy-4", 1, "chat")
+	e4 := newTracker(t, s, c, "envoy-4", time.Second, 1, "chat")
 	must(t, e4.Heartbeat(ctx))
 
-	c.now = t0.Add(-2 * time.Minute)
-	e2 := newTracker(t, s, c, "envoy-2", 3, "chat")
-	e3 := newTracker(t, s, c, "envoy-3", 3, "chat")
+	step(t0.Add(-2 * time.Minute))
+	e2 := newTracker(t, s, c, "envoy-2", ttl, 3, "chat")
+	e3 := newTracker(t, s, c, "envoy-3", ttl, 3, "chat")
 	must(t, e2.Heartbeat(ctx))
 	must(t, e3.Heartbeat(ctx))
-	must(t, rdb.Del(ctx, s.KeyPrefix("chat")+"epoch").Err())
-	must(t, e1.Heartbeat(ctx))
-
-	c.now = t0
 	must(t, e2.Establish(admit(t, e2, "chat", true).Conn))
 	admit(t, e2, "chat", true)
 	admit(t, e3, "chat", true)
 	if r := admit(t, e2, "chat", false); r.Reason != tracker.ReasonCapacity {
 		t.Fatalf("admission into a full fleet: reason %s, want capacity", r.Reason)
 	}
+	must(t, rdb.Del(ctx, s.KeyPrefix("chat")+"epoch").Err())
+	must(t, e1.Heartbeat(ctx))
+	rc.recovering(t, s, "chat", ttl)
+
+	step(t0)
 	must(t, e1.Heartbeat(ctx))
 	must(t, e2.Heartbeat(ctx))
-	return scenario{store: s, now: t0.Add(30 * time.Second)}
+
+	step(t0.Add(30 * time.Second))
+	rc.expired(t, s, "chat", "envoy-4")
+	return scenario{store: s, now: c.now}
 }
 
 func miniScenario(t *testing.T) (scenario, *miniredis.Miniredis) {
@@ -129,10 +259,18 @@ func miniScenario(t *testing.T) (scenario, *miniredis.Miniredis) {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	return buildScenario(t, rdb), mr
+	// miniredis cannot say its run_id (INFO server).
+	s := tracker.NewStore(rdb, "wsgate").WithoutRestartDetection()
+	return buildScenario(t, rdb, miniClock{mr}, s), mr
 }
 
 func (sc scenario) report(t *testing.T, views ...report.View) report.Report {
+	t.Helper()
+	return sc.reportSettle(t, time.Minute, views...)
+}
+
+// reportSettle is report with the readiness settle time given.
+func (sc scenario) reportSettle(t *testing.T, settle time.Duration, views ...report.View) report.Report {
 	t.Helper()
 	ctx := context.Background()
 	r := report.NewReader(sc.store)
@@ -145,7 +283,7 @@ func (sc scenario) report(t *testing.T, views ...report.View) report.Report {
 		states = append(states, st)
 	}
 	return report.Build(states, report.Options{
-		Views: views, Caps: map[string]int{"chat": 2}, Settle: time.Minute, ReadinessRatio: 0.95, Now: sc.now,
+		Views: views, Caps: map[string]int{"chat": 2}, Settle: settle, ReadinessRatio: 0.95, Now: sc.now,
 	})
 }
 

@@ -230,14 +230,36 @@ func writeReadiness(w *errWriter, r *Readiness) {
 	if !r.Ready {
 		flag = "NOT READY: " + r.Why
 	}
+	switch {
+	case r.Recovering && r.RecoverySecondsLeft > 0:
+		flag += fmt.Sprintf("; recovery wait: %s left", roundDur(r.RecoverySecondsLeft))
+	case r.Recovering:
+		flag += "; recovery wait: no tracker has confirmed its end yet"
+	}
 	w.printf("\nREADINESS  %s\n", flag)
 	start := "-"
 	if r.EpochStart != nil {
 		start = fmt.Sprintf("%s (%s ago; settle %s)", r.EpochStart.Format(time.RFC3339), roundDur(r.EpochAgeSeconds), roundDur(r.SettleSeconds))
 	}
+	recovery := "-"
+	switch {
+	case r.Recovering:
+		end := fmt.Sprintf("until %s by Redis' clock (%s left)", r.RecoveryUntil.Format(time.RFC3339), roundDur(r.RecoverySecondsLeft))
+		if r.RecoverySecondsLeft == 0 {
+			end = "Redis' clock passed " + r.RecoveryUntil.Format(time.RFC3339)
+		}
+		confirmed := "confirmed"
+		if !r.RecoveryConfirmed {
+			confirmed = "not yet confirmed"
+		}
+		recovery = fmt.Sprintf("%s, %s on a tracker's clock: admissions refused (redis_down)", end, confirmed)
+	case r.RecoveryUntil != nil:
+		recovery = "over (ended " + r.RecoveryUntil.Format(time.RFC3339) + ")"
+	}
 	rows := [][]string{
 		{"epoch", orDash(r.Epoch)},
 		{"epoch start", start},
+		{"recovery", recovery},
 		{"synced", fmt.Sprintf("%d of %d alive instances (%.0f%%; %.0f%% required)", r.Synced, r.Alive, 100*r.SyncedShare, 100*r.RequiredShare)},
 	}
 	if len(r.Unsynced) > 0 {

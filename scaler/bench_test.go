@@ -55,7 +55,7 @@ func benchGetMetrics(b *testing.B, pods, instances int) {
 		for p := range counts {
 			counts[p] = tracker.PodCount{Pod: reg[p].Addr, Live: 1, Established: 1}
 		}
-		_, err := e.store.Sync(ctx, tracker.SyncRequest{Fleet: "big", Instance: fmt.Sprintf("envoy-%02d", i), Now: now, LeaseUntil: now.Add(time.Hour),
+		_, err := e.store.Sync(ctx, tracker.SyncRequest{Fleet: "big", Instance: fmt.Sprintf("envoy-%02d", i), Lease: time.Hour,
 			Counts: counts, Rejections: []tracker.RejectionCount{{Reason: tracker.ReasonCapacity, Bucket: tracker.Bucket(now), Count: 3}}})
 		if err != nil {
 			b.Fatal(err)

@@ -37,6 +37,8 @@ type epochMemory struct {
 	dropped time.Time
 	// expected is alive of the previous epoch, remembered at the change.
 	expected int64
+	// began is when the epoch began, on this scaler's clock.
+	began time.Time
 }
 
 // vanished says whether s lost more live instances than a rolling update
@@ -84,11 +86,19 @@ func (r *readiness) check(s tracker.Summary, now time.Time) error {
 		if m.epoch != "" {
 			m.expected = m.alive
 		}
-		m.epoch, m.alive = s.Epoch, 0
+		m.epoch, m.alive, m.began = s.Epoch, 0, time.Time{}
 	}
-	start := s.EpochStart()
-	age := now.Sub(start)
-	if start.IsZero() || age < r.settle {
+	if m.began.IsZero() {
+		m.began = s.EpochStart()
+		if !s.RedisNow.IsZero() && !m.began.IsZero() {
+			// The epoch's id holds its start by Redis' clock: the age is read
+			// there, once, and goes on by this clock; no two hosts' clocks
+			// are compared.
+			m.began = now.Add(-s.RedisNow.Sub(m.began))
+		}
+	}
+	age := now.Sub(m.began)
+	if s.EpochStart().IsZero() || age < r.settle {
 		return fmt.Errorf("epoch %s is %s old, settle time is %s", s.Epoch, age.Round(time.Millisecond), r.settle)
 	}
 	want, from := r.expected, "--expected-instances"

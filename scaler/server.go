@@ -33,8 +33,10 @@ type Reader interface {
 // Store is what the scaler needs of the tracker's state: *tracker.Store.
 type Store interface {
 	Reader
-	// Reap removes the fleet's tracker instances whose lease ended.
-	Reap(ctx context.Context, fleet string, now time.Time) ([]string, error)
+	// Instances reads the fleet's tracker instances and their seqs.
+	Instances(ctx context.Context, fleet string) (map[string]uint64, error)
+	// Reap removes those of ids whose lease ended by Redis' clock.
+	Reap(ctx context.Context, fleet string, ids []string) ([]string, error)
 	// KeyPrefix starts every key of the fleet; the scaler writes its
 	// decision under it ("scaler" hash).
 	KeyPrefix(fleet string) string
@@ -71,6 +73,13 @@ type Config struct {
 	// PollInterval is StreamIsActive's safety-net poll beside pub/sub.
 	// Default 1s.
 	PollInterval time.Duration
+	// InstanceTTL is the trackers' --instance-ttl: the reaper reaps an
+	// instance only after watching it stand still this long on its own
+	// clock (tracker/PROTOCOL.md). Default 10s, the trackers' default.
+	InstanceTTL time.Duration
+	// ExpiredInstances is the trackers' --expired-instances: keep turns the
+	// reaper off. Default reap.
+	ExpiredInstances tracker.ExpiredMode
 }
 
 // WithDefaults returns c with every unset field at its documented default.
@@ -83,6 +92,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = time.Second
+	}
+	if c.InstanceTTL == 0 {
+		c.InstanceTTL = 10 * time.Second
+	}
+	if c.ExpiredInstances == "" {
+		c.ExpiredInstances = tracker.ExpiredReap
 	}
 	for i := range c.Fleets {
 		c.Fleets[i] = c.Fleets[i].WithDefaults()
@@ -112,7 +127,10 @@ func (c Config) Validate() error {
 	if c.PollInterval <= 0 {
 		return fmt.Errorf("poll interval %s: must be positive", c.PollInterval)
 	}
-	return nil
+	if c.InstanceTTL <= 0 {
+		return fmt.Errorf("instance ttl %s: must be positive", c.InstanceTTL)
+	}
+	return c.ExpiredInstances.Validate()
 }
 
 // Server implements KEDA's ExternalScalerServer for wsgate fleets.
@@ -130,6 +148,9 @@ type Server struct {
 
 	done      chan struct{} // closed by Close: streams end
 	closeOnce sync.Once
+
+	reapMu  sync.Mutex
+	stalled map[string]*tracker.Stalled // fleet -> the reaper's witness
 }
 
 // Option changes how New builds a Server.
@@ -162,7 +183,7 @@ func New(cfg Config, store Store, opts ...Option) (*Server, error) {
 	s := &Server{
 		cfg: cfg, store: store, fleets: map[string]tracker.FleetConfig{},
 		ready: newReadiness(cfg.Settle, cfg.ReadinessRatio, int64(cfg.ExpectedInstances)),
-		log:   slog.Default(), now: time.Now, done: make(chan struct{}),
+		log:   slog.Default(), now: time.Now, done: make(chan struct{}), stalled: map[string]*tracker.Stalled{},
 	}
 	for _, f := range cfg.Fleets {
 		if _, dup := s.fleets[f.Name]; dup {
@@ -423,11 +444,29 @@ func (s *Server) active(ctx context.Context, t Trigger) (bool, error) {
 }
 
 // Reap removes expired tracker instances of every fleet, so counts stay
-// true even when every tracker died. It returns the fleets' errors joined.
+// true even when every tracker died: those whose seq this scaler watched
+// stand still for a full InstanceTTL and whose lease Redis also judges
+// ended. With ExpiredInstances keep it does nothing. It returns the fleets'
+// errors joined.
 func (s *Server) Reap(ctx context.Context) error {
+	if s.cfg.ExpiredInstances == tracker.ExpiredKeep {
+		return nil
+	}
+	s.reapMu.Lock()
+	defer s.reapMu.Unlock()
 	var errs []error
 	for _, f := range s.Fleets() {
-		ids, err := s.store.Reap(ctx, f, s.now())
+		seqs, err := s.store.Instances(ctx, f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		w := s.stalled[f]
+		if w == nil {
+			w = tracker.NewStalled(s.cfg.InstanceTTL)
+			s.stalled[f] = w
+		}
+		ids, err := s.store.Reap(ctx, f, w.Observe(seqs, "", s.now()))
 		if err != nil {
 			errs = append(errs, err)
 			continue

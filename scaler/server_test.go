@@ -36,6 +36,11 @@ func fleets() []tracker.FleetConfig {
 
 var quiet = slog.New(slog.DiscardHandler)
 
+// ttl is the trackers' --instance-ttl and the scaler's InstanceTTL. Short:
+// the tests run on a real redis-server, whose clock judges the leases and
+// the recovery wait of a new epoch (one ttl) and cannot be moved.
+const ttl = time.Second
+
 // clock is the scaler's time: the real clock plus an offset tests move.
 type clock struct{ offset atomic.Int64 }
 
@@ -72,6 +77,9 @@ func start(t testing.TB, o opts) *env {
 	}
 	if cfg.Settle == 0 {
 		cfg.Settle = time.Nanosecond
+	}
+	if cfg.InstanceTTL == 0 {
+		cfg.InstanceTTL = ttl
 	}
 	sopts := []scaler.Option{scaler.WithLogger(quiet), scaler.WithClock(e.clock.now), scaler.WithMetrics(scaler.NewMetrics(e.reg))}
 	if o.gate != nil {
@@ -110,16 +118,68 @@ func start(t testing.TB, o opts) *env {
 	return e
 }
 
-// tracker starts a tracker instance on the env's Redis and syncs it once.
+// tracker starts a tracker instance on the env's Redis and syncs it, ready
+// to admit: a new epoch grants nothing until its recovery wait (one ttl of
+// Redis' clock) is over and a tracker watched a ttl pass on its own clock,
+// so it heartbeats until every fleet grants: the test goes on from a fresh
+// lease. Leases are
+// judged by Redis' clock, so moving the scaler's clock does not end them.
 func (e *env) tracker(id string) *tracker.Tracker {
 	e.t.Helper()
-	// A long lease: tests move the scaler's clock by minutes.
-	tr, err := tracker.New(tracker.Config{InstanceID: id, Fleets: fleets(), InstanceTTL: time.Hour}, e.store, tracker.WithLogger(quiet))
+	return e.trackerWith(tracker.Config{InstanceID: id, Fleets: fleets(), Heartbeat: ttl / 5, InstanceTTL: ttl})
+}
+
+func (e *env) trackerWith(cfg tracker.Config) *tracker.Tracker {
+	e.t.Helper()
+	tr, err := tracker.New(cfg, e.store, tracker.WithLogger(quiet))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	e.heartbeat(tr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tr.AwaitGranting(ctx); err != nil {
+		e.t.Fatal(err)
+	}
 	return tr
+}
+
+// awaitLeaseEnd returns once Redis' clock has passed the lease of instance
+// id in fleet: Redis gives no event for it, so it polls.
+func (e *env) awaitLeaseEnd(fleet, id string) {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		snap, err := e.store.Snapshot(context.Background(), fleet, time.Now())
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		var lease time.Time
+		for _, in := range snap.Instances {
+			if in.ID == id {
+				lease = in.LeaseUntil
+			}
+		}
+		if lease.IsZero() {
+			e.t.Fatalf("%s is not an instance of %s", id, fleet)
+		}
+		if snap.RedisNow.After(lease) {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s's lease in %s (%s) not over by Redis' clock (%s) in 10s", id, fleet, lease, snap.RedisNow)
+		}
+		time.Sleep(min(lease.Sub(snap.RedisNow)+time.Millisecond, 50*time.Millisecond))
+	}
+}
+
+// instances lists the instances Redis holds for fleet.
+func (e *env) instances(fleet string) map[string]uint64 {
+	e.t.Helper()
+	m, err := e.store.Instances(context.Background(), fleet)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return m
 }
 
 func (e *env) heartbeat(tr *tracker.Tracker) {
@@ -369,16 +429,40 @@ func TestIsActive(t *testing.T) {
 	}
 }
 
+// TestReaperRemovesDeadTrackers: the scaler reaps an instance on two
+// witnesses (tracker/PROTOCOL.md, "Leases and clocks"): its lease ended by
+// Redis' clock, and the scaler itself watched its seq stand still for a
+// full InstanceTTL of its own clock. Either alone reaps nobody.
 func TestReaperRemovesDeadTrackers(t *testing.T) {
 	e := start(t, opts{})
 	tr := e.tracker("envoy-a")
 	e.admit(tr, "web", 3)
+	// envoy-b's lease (an hour) outlasts the test in Redis: it shows the
+	// scaler's witness alone reaps nobody. It is only in cold, so that web's
+	// readiness sees envoy-a alone.
+	e.trackerWith(tracker.Config{InstanceID: "envoy-b", Fleets: fleets()[1:2], InstanceTTL: time.Hour})
 	if got := e.metric("fleet", "web", "metric", "connections"); got != 3 {
 		t.Fatalf("connections = %v, want 3", got)
 	}
-	e.clock.advance(2 * time.Hour) // envoy-a's lease (1h) ran out: it died
+	e.awaitLeaseEnd("web", "envoy-a") // envoy-a died: no more heartbeats
+
+	// Redis' witness alone: the scaler sees the instances for the first time.
 	if err := e.srv.Reap(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	if _, ok := e.instances("web")["envoy-a"]; !ok {
+		t.Fatal("envoy-a reaped on the scaler's first sight of it: its clock watched it stand still for no time")
+	}
+
+	e.clock.advance(ttl) // the scaler watched both stand still for a full TTL
+	if err := e.srv.Reap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.instances("web")["envoy-a"]; ok {
+		t.Fatal("envoy-a not reaped: both witnesses say it is dead")
+	}
+	if _, ok := e.instances("cold")["envoy-b"]; !ok {
+		t.Error("envoy-b reaped while its lease holds by Redis' clock: the scaler's clock alone reaped it")
 	}
 	// The vanished instance holds the metric for the settle time first: it
 	// may only be cut off from Redis, its connections still up.
@@ -391,6 +475,31 @@ func TestReaperRemovesDeadTrackers(t *testing.T) {
 	}
 	if got := mustCounter(t, e.reg, "web"); got != 1 {
 		t.Errorf("reaped counter = %v, want 1", got)
+	}
+}
+
+// TestReaperKeepsExpiredInstancesWhenTold: with ExpiredInstances keep the
+// scaler reaps nobody, whatever both witnesses say.
+func TestReaperKeepsExpiredInstancesWhenTold(t *testing.T) {
+	e := start(t, opts{cfg: scaler.Config{Fleets: fleets(), ExpiredInstances: tracker.ExpiredKeep}})
+	tr := e.tracker("envoy-a")
+	e.admit(tr, "web", 3)
+	e.awaitLeaseEnd("web", "envoy-a")
+	for range 2 {
+		if err := e.srv.Reap(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		e.clock.advance(2 * ttl)
+	}
+	if _, ok := e.instances("web")["envoy-a"]; !ok {
+		t.Fatal("envoy-a reaped with ExpiredInstances keep")
+	}
+	snap, err := e.store.Snapshot(context.Background(), "web", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := snap.Load["10.0.0.1:80"] + snap.Load["10.0.0.2:80"] + snap.Load["10.0.0.3:80"]; n != 3 {
+		t.Errorf("load %d after the reaper ran, want envoy-a's 3 still counted", n)
 	}
 }
 
@@ -458,6 +567,9 @@ func TestReadinessHoldsAfterRedisRestartUntilResync(t *testing.T) {
 
 	e.redis.Restart() // Redis loses everything
 	e.heartbeat(a)    // new epoch, one of three trackers back
+	if _, err := e.metricErr("fleet", "web"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("right after the restart: %v, want held", err) // the scaler sees the new epoch begin
+	}
 	e.clock.advance(2 * time.Minute)
 	_, err := e.metricErr("fleet", "web")
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "1 of 3") {

@@ -29,14 +29,32 @@ func benchTracker(b *testing.B, rdb redis.UniversalClient, pods int) *tracker.Tr
 	b.Helper()
 	tr, err := tracker.New(tracker.Config{
 		InstanceID: "bench", Fleets: []tracker.FleetConfig{{Name: "bench", MaxConnectionsPerPod: 1 << 30, RatePerSecond: 1e9, Burst: 1e9, Pods: podAddrs(pods)}},
+		Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second,
 	}, tracker.NewStore(rdb, "wsgate"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := tr.Heartbeat(context.Background()); err != nil {
+	runTracker(b, tr, "bench")
+	return tr
+}
+
+// runTracker heartbeats tr in the background, as in production (its lease
+// lives on Redis' clock), once the new epoch's recovery wait is over.
+func runTracker(b *testing.B, tr *tracker.Tracker, fleet string) {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := tr.Heartbeat(ctx); err != nil {
 		b.Fatal(err)
 	}
-	return tr
+	if err := tr.Store().AwaitRecovery(ctx, fleet); err != nil {
+		b.Fatal(err)
+	}
+	if err := tr.Heartbeat(ctx); err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); tr.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
 }
 
 // BenchmarkAdmit is one admission (token bucket + admit script + local
@@ -157,9 +175,8 @@ func BenchmarkMemoryPerConnection(b *testing.B) {
 	}
 	sync := func(counts []tracker.PodCount) {
 		b.Helper()
-		now := time.Now()
 		for in := 0; in < instances; in++ {
-			if _, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "bench", Instance: fmt.Sprintf("envoy-%d", in), Now: now, LeaseUntil: now.Add(time.Minute), Counts: counts}); err != nil {
+			if _, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "bench", Instance: fmt.Sprintf("envoy-%d", in), Lease: time.Minute, Counts: counts}); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -11,14 +12,25 @@ import (
 )
 
 func TestCollectorFollowsLocalConnections(t *testing.T) {
-	store, _ := newMiniStore(t)
+	store, mr := newMiniStore(t)
+	clk := newClock()
 	tr, err := tracker.New(tracker.Config{InstanceID: "envoy-0", Fleets: []tracker.FleetConfig{
 		{Name: "chat", MaxConnectionsPerPod: 10, RatePerSecond: 100, Pods: []string{"10.0.0.1:8080"}},
-	}}, store)
+	}}, store, tracker.WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	// The first heartbeat starts an epoch that grants nothing for an
+	// instance TTL, by Redis' clock and by the tracker's: the next one, past
+	// it on both, confirms the wait and renews the lease.
+	base, ttl := time.Now(), tr.Config().InstanceTTL
+	mr.SetTime(base)
+	if err := tr.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mr.SetTime(base.Add(ttl))
+	clk.Advance(ttl)
 	if err := tr.Heartbeat(ctx); err != nil {
 		t.Fatal(err)
 	}

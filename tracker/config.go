@@ -27,14 +27,28 @@ const (
 type FallbackMode string
 
 const (
-	// FallbackShare admits within this instance's share of each pod's free
-	// headroom as last seen in Redis, so the fleet as a whole stays under the cap.
+	// FallbackShare admits only into slots Redis already counts for this
+	// instance (its entitlement), so the fleet never exceeds the cap.
 	FallbackShare FallbackMode = "share"
 	// FallbackClosed rejects every admission while Redis is down.
 	FallbackClosed FallbackMode = "closed"
 	// FallbackOpen admits against the last known counts as if the other
 	// instances admitted nothing: availability first, the cap may be exceeded.
 	FallbackOpen FallbackMode = "open"
+)
+
+// ExpiredMode says what becomes of an instance whose lease ran out without
+// a heartbeat: dead, or only cut off from Redis (PROTOCOL.md, "Partitions").
+type ExpiredMode string
+
+const (
+	// ExpiredReap gives its slots to the others after one lease:
+	// availability first. If it was only cut off, its Envoy still carries
+	// those connections and a pod can exceed its cap until they close.
+	ExpiredReap ExpiredMode = "reap"
+	// ExpiredKeep keeps its slots counted until it heartbeats again or an
+	// operator forgets it: the cap holds under any partition.
+	ExpiredKeep ExpiredMode = "keep"
 )
 
 // Reason says why an admission was rejected. The values are the suffixes of
@@ -50,6 +64,14 @@ const (
 
 // Reasons lists every rejection reason, in the order summaries report them.
 var Reasons = []Reason{ReasonCapacity, ReasonNoPods, ReasonRateLimit, ReasonRedisDown}
+
+// Validate names what is wrong with m.
+func (m ExpiredMode) Validate() error {
+	if m != ExpiredReap && m != ExpiredKeep {
+		return fmt.Errorf("expired-instances %q: want reap or keep", m)
+	}
+	return nil
+}
 
 // Pod is one backend pod of a fleet's registry.
 type Pod struct {
@@ -232,6 +254,9 @@ type Config struct {
 	// the Lua filter's httpCall timeout (250ms). Default 100ms.
 	RedisTimeout time.Duration
 	Fallback     FallbackMode
+	// ExpiredInstances is reap (default) or keep; every tracker and the
+	// scaler of a fleet must agree.
+	ExpiredInstances ExpiredMode
 }
 
 // WithDefaults returns c with every unset field at its documented default.
@@ -253,6 +278,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Fallback == "" {
 		c.Fallback = FallbackShare
+	}
+	if c.ExpiredInstances == "" {
+		c.ExpiredInstances = ExpiredReap
 	}
 	for i := range c.Fleets {
 		c.Fleets[i] = c.Fleets[i].WithDefaults()
@@ -290,6 +318,9 @@ func (c Config) Validate() error {
 	case FallbackShare, FallbackClosed, FallbackOpen:
 	default:
 		return fmt.Errorf("fallback %q: want share, closed or open", c.Fallback)
+	}
+	if err := c.ExpiredInstances.Validate(); err != nil {
+		return err
 	}
 	return nil
 }

@@ -27,6 +27,38 @@ func (t *Tracker) Run(ctx context.Context) {
 	}
 }
 
+// AwaitGranting heartbeats every Heartbeat until the epoch of every fleet
+// grants admissions (a new epoch's recovery wait is over, see PROTOCOL.md),
+// or ctx ends. It returns right after a successful heartbeat, so leases are
+// fresh. For a tracker driven by hand (tests, tools); Run needs none of it.
+func (t *Tracker) AwaitGranting(ctx context.Context) error {
+	tick := time.NewTicker(t.cfg.Heartbeat)
+	defer tick.Stop()
+	for {
+		err := t.Heartbeat(ctx)
+		if err == nil && t.granting() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("await granting: %w (last heartbeat: %v)", ctx.Err(), err)
+		case <-tick.C:
+		}
+	}
+}
+
+func (t *Tracker) granting() bool {
+	for _, f := range t.fleets {
+		f.mu.Lock()
+		ok := f.granting
+		f.mu.Unlock()
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // Heartbeat expires stale connections and syncs every fleet once. It returns
 // the fleets' errors joined.
 func (t *Tracker) Heartbeat(ctx context.Context) error {
@@ -42,15 +74,14 @@ func (t *Tracker) Heartbeat(ctx context.Context) error {
 func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
 	now := t.now()
 	t.expire(f, now)
+	f.mu.Lock()
+	known := f.epoch
+	f.mu.Unlock()
 	res, err := t.sync(ctx, f, now)
 	if err != nil {
 		return err
 	}
-	f.mu.Lock()
-	newEpoch := res.Epoch != f.epoch
-	f.epoch = res.Epoch
-	f.mu.Unlock()
-	if newEpoch && len(f.cfg.Pods) > 0 {
+	if newEpoch := res.Epoch != known; newEpoch && len(f.cfg.Pods) > 0 {
 		// A new epoch means Redis lost its data (or this is the first
 		// heartbeat): the static registry goes back in, and one more sync
 		// refreshes the fallback's view of the placeable pods.
@@ -74,7 +105,7 @@ func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
 func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncResult, error) {
 	// A heartbeat of a large fleet may take longer than one admission; the
 	// gate it holds does not make admissions queue past their own deadline
-	// (they fall back), so it gets a quarter of the heartbeat interval.
+	// (they leave Redis), so it gets a quarter of the heartbeat interval.
 	ctx, cancel := context.WithTimeout(parent, max(t.cfg.RedisTimeout, t.cfg.Heartbeat/4))
 	defer cancel()
 
@@ -101,6 +132,10 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 			counts = append(counts, PodCount{Pod: pod, Live: n, Established: n})
 		}
 	}
+	// The script replaces this instance's slots with what it holds: from
+	// now on it relies on no more, whether or not the reply comes back
+	// (invariant L).
+	f.dropSpareLocked()
 	oldest := Bucket(now) - BucketSlots
 	rej := make([]RejectionCount, 0, len(f.rej))
 	for k, n := range f.rej {
@@ -109,12 +144,38 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		}
 	}
 	clear(f.rej)
+	f.seq++
+	req := SyncRequest{
+		Fleet: f.cfg.Name, Instance: t.cfg.InstanceID, Lease: t.cfg.InstanceTTL, RecoveryWait: t.cfg.InstanceTTL,
+		Seq: f.seq, Counts: counts, Rejections: rej, Reap: f.stale,
+	}
+	if f.epoch != "" && !f.granting && now.Sub(f.epochSeen) >= t.cfg.InstanceTTL {
+		// A full TTL of this clock since it first saw the epoch, which was
+		// after the epoch began: the recovery wait is over, whatever
+		// Redis' clock did meanwhile.
+		req.Confirm = f.epoch
+	}
 	f.mu.Unlock()
 
-	res, err := t.store.Sync(ctx, SyncRequest{
-		Fleet: f.cfg.Name, Instance: t.cfg.InstanceID, Now: now, LeaseUntil: now.Add(t.cfg.InstanceTTL),
-		Counts: counts, Rejections: rej,
-	})
+	sent := t.now()
+	res, err := t.store.Sync(ctx, req)
+	if err == nil && res.Stale {
+		// A previous run of this instance id got further: number on from it.
+		f.mu.Lock()
+		f.seq = max(f.seq, res.Seq)
+		f.mu.Unlock()
+		err = fmt.Errorf("sync %s: seq %d behind %d in Redis", f.cfg.Name, req.Seq, res.Seq)
+	}
+	if err == nil {
+		// Under the gate still: no admission between the script and this.
+		f.mu.Lock()
+		clear(f.ent)
+		for _, c := range counts {
+			f.ent[c.Pod] = c.Live
+		}
+		f.leaseUntil = sent.Add(t.cfg.InstanceTTL)
+		f.mu.Unlock()
+	}
 	f.gate.Release(gateAll)
 
 	if err != nil {
@@ -129,37 +190,25 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		return res, err
 	}
 	f.mu.Lock()
-	if f.joined.IsZero() {
-		f.joined = now
+	if f.epoch != "" && res.Epoch != f.epoch {
+		t.log.Warn("Redis lost or reloaded the fleet's state: it grants nothing until every instance has had a lease to re-publish its connections",
+			"fleet", f.cfg.Name, "epoch", res.Epoch, "for", res.Recovering.String())
 	}
-	if f.view.ok && !sameIDs(f.view.ids, res.Instances) {
-		// Ranks shift when an instance joins or leaves, and instances that
-		// have not heartbeated since still rank by the old list: this one
-		// takes no share until all of them have (see knownToAll).
-		f.joined, f.settled = now, false
+	if res.Epoch != f.epoch {
+		f.epochSeen = t.now()
 	}
-	if !f.settled {
-		f.settled = knownToAll(res.Instances, t.cfg.InstanceID, f.joined, t.cfg.InstanceTTL)
+	f.epoch, f.granting = res.Epoch, res.Recovering == 0
+	f.view = newView(res, counts)
+	seqs := make(map[string]uint64, len(res.Instances))
+	for id, l := range res.Instances {
+		seqs[id] = l.Seq
 	}
-	if f.view.ok && f.epoch != "" && res.Epoch != f.epoch {
-		// Redis lost its data: until the other instances re-published
-		// theirs, Redis counts only this one's connections, and admitting
-		// through it would fill their pods a second time. Nor can the
-		// fallback admit: the others would not know of it when they come
-		// back. The fleet refuses (redis_down) until all re-published.
-		f.rejoin = &rejoin{expect: f.view.ids, until: now.Add(t.cfg.InstanceTTL)}
-		t.log.Warn("Redis lost the fleet's state: refusing until the other instances re-publish theirs",
-			"fleet", f.cfg.Name, "epoch", res.Epoch, "waiting_for", len(f.view.ids)-1, "at_most", t.cfg.InstanceTTL)
+	f.stale = nil
+	if t.cfg.ExpiredInstances == ExpiredReap {
+		f.stale = f.stalled.Observe(seqs, t.cfg.InstanceID, now)
 	}
-	if f.rejoin != nil && f.rejoin.done(res.Instances, t.cfg.InstanceID, now) {
-		f.rejoin = nil
-		t.log.Info("every instance re-published its connections: admitting through Redis again", "fleet", f.cfg.Name, "epoch", res.Epoch)
-	}
-	f.view = newView(res, counts, t.cfg.InstanceID)
-	f.view.settled = f.settled
-	f.view.at = now
-	recovered := f.degraded
-	f.degraded = false
+	recovered := f.degraded || f.fenced
+	f.degraded, f.fenced = false, false
 	f.mu.Unlock()
 	if recovered {
 		t.metrics.Degraded.WithLabelValues(f.cfg.Name).Set(0)
@@ -168,31 +217,13 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 	return res, nil
 }
 
-// rejoin is the wait after Redis lost a fleet's state: for the instances of
-// the last view to re-publish their counts in the new epoch, or for their
-// leases to run out.
-type rejoin struct {
-	expect []string
-	until  time.Time
-}
-
-func (r *rejoin) done(alive map[string]time.Time, self string, now time.Time) bool {
-	if !now.Before(r.until) {
-		return true
-	}
-	for _, id := range r.expect {
-		if _, ok := alive[id]; !ok && id != self {
-			return false
-		}
-	}
-	return true
-}
-
 // inherit runs once per fleet, before the first heartbeat publishes this
 // instance's counts (the caller holds the gate, so no admission is between
 // its script and its local record): whatever Redis holds for this instance
 // beyond its local truth was left by a previous run whose Envoy may still
-// carry those connections. They stay counted for one lease.
+// carry those connections. They stay counted for one lease. This run's seqs
+// start above the previous run's, so Redis ignores a call of that run that
+// runs late.
 func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 	f.mu.Lock()
 	done := f.inheritChecked
@@ -200,13 +231,14 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 	if done {
 		return nil
 	}
-	held, err := t.store.InstanceCounts(ctx, f.cfg.Name, t.cfg.InstanceID)
+	held, seq, err := t.store.Resume(ctx, f.cfg.Name, t.cfg.InstanceID)
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.inheritChecked = true
+	f.seq = max(f.seq, seq)
 	f.inherited = map[string]int{}
 	total := 0
 	for pod, n := range held {
@@ -223,34 +255,8 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 	return nil
 }
 
-// sameIDs reports whether ids (sorted) are exactly the instances of leases.
-func sameIDs(ids []string, leases map[string]time.Time) bool {
-	if len(ids) != len(leases) {
-		return false
-	}
-	for _, id := range ids {
-		if _, ok := leases[id]; !ok {
-			return false
-		}
-	}
-	return true
-}
-
-// knownToAll reports whether every other live instance has heartbeated since
-// self joined at joined, and so counts self among the instances its
-// fallback shares the headroom with. A lease ends ttl after its heartbeat
-// (every instance is assumed to run with the same --instance-ttl).
-func knownToAll(leases map[string]time.Time, self string, joined time.Time, ttl time.Duration) bool {
-	for id, until := range leases {
-		if id != self && !until.Add(-ttl).After(joined) {
-			return false
-		}
-	}
-	return true
-}
-
-func newView(res SyncResult, counts []PodCount, self string) view {
-	v := view{ok: true, load: res.Avail, mine: map[string]int{}, rank: -1}
+func newView(res SyncResult, counts []PodCount) view {
+	v := view{ok: true, load: res.Avail, mine: map[string]int{}}
 	for _, c := range counts {
 		v.mine[c.Pod] = c.Live
 	}
@@ -258,18 +264,6 @@ func newView(res SyncResult, counts []PodCount, self string) view {
 		v.pods = append(v.pods, pod)
 	}
 	sort.Strings(v.pods)
-	ids := make([]string, 0, len(res.Instances))
-	for id := range res.Instances {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	v.instances = len(ids)
-	v.ids = ids
-	for i, id := range ids {
-		if id == self {
-			v.rank = i
-		}
-	}
 	return v
 }
 

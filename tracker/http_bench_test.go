@@ -37,14 +37,12 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 	}
 	tr, err := tracker.New(tracker.Config{InstanceID: "bench-http", Fleets: []tracker.FleetConfig{
 		{Name: "bench", MaxConnectionsPerPod: 1 << 20, RatePerSecond: 1e6, Burst: 1e6, Pods: addrs},
-	}}, tracker.NewStore(rdb, "wsgate"))
+	}, Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second}, tracker.NewStore(rdb, "wsgate"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := tr.Heartbeat(ctx); err != nil {
-		b.Fatal(err)
-	}
+	runTracker(b, tr, "bench")
 	srv := httptest.NewServer(tr.Handler(nil))
 	b.Cleanup(srv.Close)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers}}

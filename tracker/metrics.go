@@ -11,6 +11,7 @@ type Metrics struct {
 	AdmitSeconds     prometheus.Histogram
 	RedisErrors      *prometheus.CounterVec
 	Degraded         *prometheus.GaugeVec
+	Fallbacks        *prometheus.CounterVec
 	FallbackMode     *prometheus.GaugeVec
 	Expired          *prometheus.CounterVec
 	AccessLogEntries *prometheus.CounterVec
@@ -37,6 +38,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "wsgate_tracker_fallback_active",
 			Help: "1 while the fleet admits from local state because Redis is unreachable.",
 		}, []string{"fleet"}),
+		Fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wsgate_tracker_fallback_decisions_total",
+			Help: "Admissions Redis did not decide, by fleet and why: redis_error, gate_busy (a heartbeat held the admission past --redis-timeout), degraded, epoch, recovering, lease (see PROTOCOL.md).",
+		}, []string{"fleet", "why"}),
 		FallbackMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wsgate_tracker_fallback_mode",
 			Help: "The configured fallback mode (share, closed, open): 1 for the one in force.",
@@ -51,7 +56,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"type", "outcome"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.FallbackMode, m.Expired, m.AccessLogEntries)
+		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries)
 	}
 	return m
 }

@@ -32,4 +32,5 @@ var (
 	scriptSetPods  = loadScript("setpods")
 	scriptSummary  = loadScript("summary")
 	scriptSnapshot = loadScript("snapshot")
+	scriptRecovery = loadScript("recovery")
 )

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -18,6 +19,9 @@ import (
 type Store struct {
 	rdb    redis.UniversalClient
 	prefix string
+	// runCheck is "1" when the scripts compare Redis' run_id with the
+	// epoch's, to catch a restart with old data (PROTOCOL.md, "Epochs").
+	runCheck string
 }
 
 // NewStore returns a Store on rdb whose keys start with {prefix:<fleet>}.
@@ -25,7 +29,16 @@ func NewStore(rdb redis.UniversalClient, prefix string) *Store {
 	if prefix == "" {
 		prefix = "wsgate"
 	}
-	return &Store{rdb: rdb, prefix: prefix}
+	return &Store{rdb: rdb, prefix: prefix, runCheck: "1"}
+}
+
+// WithoutRestartDetection is for servers that do not report a run_id
+// (miniredis, in tests and the demo): a restart of such a server with its
+// data is not noticed, an empty one still is.
+func (s *Store) WithoutRestartDetection() *Store {
+	c := *s
+	c.runCheck = "0"
+	return &c
 }
 
 // Client is the Redis client the store runs on.
@@ -42,40 +55,73 @@ func (s *Store) EventsChannel(fleet string) string { return s.KeyPrefix(fleet) +
 
 func (s *Store) key(fleet, name string) string { return s.KeyPrefix(fleet) + name }
 
+// Fence says why Redis could not decide an admission (PROTOCOL.md).
+type Fence string
+
+const (
+	// FenceEpoch: the caller's epoch is not Redis' current one (Redis lost
+	// or reloaded its data, or the caller has not synced in it yet).
+	FenceEpoch Fence = "epoch"
+	// FenceRecovering: after data loss, nothing is granted until every
+	// instance has had a lease to re-publish its connections.
+	FenceRecovering Fence = "recovering"
+	// FenceLease: the caller's lease has ended; it may have been reaped.
+	FenceLease Fence = "lease"
+)
+
+// ErrFenced is returned by Release when the epoch is not the caller's.
+var ErrFenced = errors.New("fenced: not the current epoch")
+
 // Admission is what the admit script decided.
 type Admission struct {
 	Pod    string // set when admitted
-	Reason Reason // set when rejected
+	Reason Reason // set when Redis rejected it
+	Fence  Fence  // set when Redis could not decide
+	// Wait is how long a FenceRecovering lasts.
+	Wait time.Duration
 }
 
 // Admit places one connection of instance on a pod of fleet under maxPerPod
-// and counts it for instance. It does not renew the instance's lease: the
-// caller admits through Redis only between successful heartbeats.
-func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance string, now time.Time) (Admission, error) {
+// as a slot entitled to instance, if instance's epoch and lease are current.
+func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time) (Admission, error) {
 	p := s.KeyPrefix(fleet)
 	keys := []string{p + "load", p + "avail", p + "inst:" + instance, p + "pend:" + instance, p + "stats",
-		p + "rej:" + string(ReasonCapacity), p + "rej:" + string(ReasonNoPods), p + "rejinst:" + instance}
-	res, err := scriptAdmit.Run(ctx, s.rdb, keys, maxPerPod, string(policy), Bucket(now), BucketSlots, s.EventsChannel(fleet)).Slice()
+		p + "rej:" + string(ReasonCapacity), p + "rej:" + string(ReasonNoPods), p + "rejinst:" + instance,
+		p + "epoch", p + "instances"}
+	res, err := scriptAdmit.Run(ctx, s.rdb, keys, maxPerPod, string(policy), Bucket(now), BucketSlots,
+		s.EventsChannel(fleet), epoch, s.runCheck, instance).Slice()
 	if err != nil {
 		return Admission{}, fmt.Errorf("admit %s: %w", fleet, err)
 	}
-	if len(res) != 2 {
+	if len(res) < 2 {
 		return Admission{}, fmt.Errorf("admit %s: unexpected reply %v", fleet, res)
 	}
 	v, _ := res[1].(string)
-	if n, _ := res[0].(int64); n == 1 {
+	switch n, _ := res[0].(int64); n {
+	case 1:
 		return Admission{Pod: v}, nil
+	case 0:
+		return Admission{Reason: Reason(v)}, nil
 	}
-	return Admission{Reason: Reason(v)}, nil
+	a := Admission{Fence: Fence(v)}
+	if len(res) > 2 {
+		a.Wait = time.Duration(i64(res[2])) * time.Millisecond
+	}
+	return a, nil
 }
 
 // Release gives back up to n connections that instance holds on pod, of
-// which pending were never established, and returns how many it held.
-func (s *Store) Release(ctx context.Context, fleet, instance, pod string, n, pending int) (int, error) {
+// which pending were never established, and returns how many it held. seq
+// orders it after the instance's heartbeats (see release.lua).
+func (s *Store) Release(ctx context.Context, fleet, instance, pod string, n, pending int, epoch string, seq uint64) (int, error) {
 	p := s.KeyPrefix(fleet)
-	got, err := scriptRelease.Run(ctx, s.rdb, []string{p + "load", p + "avail", p + "inst:" + instance, p + "stats", p + "pend:" + instance}, pod, n, pending).Int()
+	got, err := scriptRelease.Run(ctx, s.rdb, []string{p + "load", p + "avail", p + "inst:" + instance, p + "stats",
+		p + "pend:" + instance, p + "epoch", p + "seq"}, pod, n, pending, epoch, s.runCheck, instance, seq).Int()
 	if err != nil {
 		return 0, fmt.Errorf("release %s %s: %w", fleet, pod, err)
+	}
+	if got < 0 {
+		return 0, fmt.Errorf("release %s %s: %w", fleet, pod, ErrFenced)
 	}
 	return got, nil
 }
@@ -98,39 +144,56 @@ type RejectionCount struct {
 
 // SyncRequest is one instance's heartbeat for one fleet.
 type SyncRequest struct {
-	Fleet      string
-	Instance   string
-	Now        time.Time
-	LeaseUntil time.Time
+	Fleet    string
+	Instance string
+	// Lease is how long the instance stays alive in Redis (Redis' clock).
+	Lease time.Duration
+	// RecoveryWait is how long a new epoch grants nothing: the instance TTL.
+	RecoveryWait time.Duration
+	// Seq orders the instance's heartbeats and releases (see sync.lua).
+	Seq uint64
+	// Confirm names the epoch whose recovery wait this instance saw pass
+	// on its own clock (see sync.lua); empty for none.
+	Confirm    string
 	Counts     []PodCount
 	Rejections []RejectionCount
+	// Reap names instances whose seq the caller saw stand still for a lease.
+	Reap []string
+}
+
+// Lease is another instance as a heartbeat sees it.
+type Lease struct {
+	// Until is the end of its lease by Redis' clock.
+	Until time.Time
+	// Seq changes with each of its heartbeats and releases.
+	Seq uint64
 }
 
 // SyncResult is what the instance learns from a heartbeat: the epoch, the
-// live instances and the placeable pods with their load, which is the view
-// its fallback works from while Redis is down.
+// live instances and the placeable pods with their load.
 type SyncResult struct {
 	Epoch        string
 	EpochCreated bool
-	// Instances are the live instances (this one included) and the end of
-	// their leases, which each renews on its heartbeat.
-	Instances map[string]time.Time
+	// Recovering is how long the epoch still grants nothing.
+	Recovering time.Duration
+	// Instances are the instances Redis holds (this one included).
+	Instances map[string]Lease
 	Avail     map[string]int
 	Reaped    []string
+	// Stale: a later heartbeat or release of this instance already ran;
+	// nothing done. Seq is the instance's last seq in Redis.
+	Stale bool
+	Seq   uint64
 }
-
-// reapLimit bounds how many dead instances one script call reaps, so a
-// heartbeat stays short even after a mass failure; the next one goes on.
-const reapLimit = 16
 
 // Sync replaces the instance's counts with req.Counts and flushes its
 // buffered rejections (see sync.lua).
 func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	p := s.KeyPrefix(req.Fleet)
 	keys := []string{p + "load", p + "avail", p + "inst:" + req.Instance, p + "pend:" + req.Instance,
-		p + "instances", p + "stats", p + "epoch"}
-	args := []any{req.Instance, req.Now.UnixMilli(), req.LeaseUntil.UnixMilli(), newEpoch(req.Now), p,
-		BucketSlots, reapLimit, s.EventsChannel(req.Fleet), len(req.Counts)}
+		p + "instances", p + "stats", p + "epoch", p + "seq"}
+	args := []any{req.Instance, req.Lease.Milliseconds(), newEpoch(), p,
+		BucketSlots, s.EventsChannel(req.Fleet), s.runCheck, req.Seq, req.RecoveryWait.Milliseconds(), req.Confirm, len(req.Counts)}
 	for _, c := range req.Counts {
 		args = append(args, c.Pod, c.Live, c.Established)
 	}
@@ -138,35 +201,50 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	for _, r := range req.Rejections {
 		args = append(args, string(r.Reason), r.Bucket, r.Count)
 	}
+	args = append(args, len(req.Reap))
+	for _, id := range req.Reap {
+		args = append(args, id)
+	}
 	res, err := scriptSync.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return SyncResult{}, fmt.Errorf("sync %s: %w", req.Fleet, err)
 	}
-	if len(res) != 5 {
+	if len(res) != 8 {
 		return SyncResult{}, fmt.Errorf("sync %s: unexpected reply of %d elements", req.Fleet, len(res))
 	}
-	out := SyncResult{Avail: map[string]int{}}
+	out := SyncResult{Avail: map[string]int{}, Instances: map[string]Lease{}}
 	out.Epoch, _ = res[0].(string)
-	created, _ := res[1].(int64)
-	out.EpochCreated = created == 1
-	out.Instances = map[string]time.Time{}
-	for id, ms := range counts(res[2]) {
-		out.Instances[id] = time.UnixMilli(int64(ms))
+	out.EpochCreated = i64(res[1]) == 1
+	out.Recovering = time.Duration(i64(res[2])) * time.Millisecond
+	inst := strs(res[3])
+	for i := 0; i+2 < len(inst); i += 3 {
+		ms, _ := strconv.ParseFloat(inst[i+1], 64)
+		seq, _ := strconv.ParseUint(inst[i+2], 10, 64)
+		out.Instances[inst[i]] = Lease{Until: time.UnixMilli(int64(ms)), Seq: seq}
 	}
-	pairs := strs(res[3])
+	pairs := strs(res[4])
 	for i := 0; i+1 < len(pairs); i += 2 {
 		n, _ := strconv.ParseFloat(pairs[i+1], 64)
 		out.Avail[pairs[i]] = int(n)
 	}
-	out.Reaped = strs(res[4])
+	out.Reaped = strs(res[5])
+	out.Stale = i64(res[6]) == 1
+	out.Seq, _ = strconv.ParseUint(fmt.Sprint(res[7]), 10, 64)
 	return out, nil
 }
 
-// InstanceCounts reads what Redis holds for instance: pod -> connections.
-func (s *Store) InstanceCounts(ctx context.Context, fleet, instance string) (map[string]int, error) {
+// Resume reads what Redis holds for instance (pod -> connections: what a
+// previous run of it left) and starts a new run of it: the first seq of the
+// run is above every seq an earlier run can have sent, even one still
+// waiting in Redis' input buffer (a generation counter in the high bits).
+func (s *Store) Resume(ctx context.Context, fleet, instance string) (map[string]int, uint64, error) {
 	m, err := s.rdb.HGetAll(ctx, s.key(fleet, "inst:"+instance)).Result()
 	if err != nil {
-		return nil, fmt.Errorf("instance counts %s %s: %w", fleet, instance, err)
+		return nil, 0, fmt.Errorf("resume %s %s: %w", fleet, instance, err)
+	}
+	gen, err := s.rdb.HIncrBy(ctx, s.key(fleet, "gen"), instance, 1).Result()
+	if err != nil {
+		return nil, 0, fmt.Errorf("resume %s %s: %w", fleet, instance, err)
 	}
 	out := make(map[string]int, len(m))
 	for pod, v := range m {
@@ -174,13 +252,74 @@ func (s *Store) InstanceCounts(ctx context.Context, fleet, instance string) (map
 			out[pod] = n
 		}
 	}
+	return out, uint64(gen) << seqGenShift, nil
+}
+
+// seqGenShift leaves 2^32 calls to a run and 2^21 runs to an instance id
+// within Lua's exact integers (2^53).
+const seqGenShift = 32
+
+// Recovery is how long fleet's epoch still grants nothing (see
+// FenceRecovering), by Redis' clock: 0 once it grants. It is at least a
+// millisecond while there is no epoch, while the epoch was made by another
+// Redis process (a restart: the next heartbeat opens a new one), and while
+// no tracker has confirmed the wait on its own clock.
+func (s *Store) Recovery(ctx context.Context, fleet string) (time.Duration, error) {
+	ms, err := scriptRecovery.Run(ctx, s.rdb, []string{s.key(fleet, "epoch")}, s.runCheck).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("recovery %s: %w", fleet, err)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+// AwaitRecovery returns once fleet's epoch grants (Recovery is 0), or with
+// ctx's error. Trackers must heartbeat meanwhile: one of them confirms the
+// wait. Redis' clock gives no event to wait for: it polls.
+func (s *Store) AwaitRecovery(ctx context.Context, fleet string) error {
+	for {
+		left, err := s.Recovery(ctx, fleet)
+		if err != nil || left == 0 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("recovery %s: %w", fleet, ctx.Err())
+		case <-time.After(min(left, 50*time.Millisecond)):
+		}
+	}
+}
+
+// Instances reads the instances of fleet and their seq, for a reaper's
+// watch (see Stalled).
+func (s *Store) Instances(ctx context.Context, fleet string) (map[string]uint64, error) {
+	ids, err := s.rdb.ZRange(ctx, s.key(fleet, "instances"), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("instances %s: %w", fleet, err)
+	}
+	seqs, err := s.rdb.HGetAll(ctx, s.key(fleet, "seq")).Result()
+	if err != nil {
+		return nil, fmt.Errorf("instances %s: %w", fleet, err)
+	}
+	out := make(map[string]uint64, len(ids))
+	for _, id := range ids {
+		n, _ := strconv.ParseUint(seqs[id], 10, 64)
+		out[id] = n
+	}
 	return out, nil
 }
 
-// Reap removes the instances of fleet whose lease ended before now and
-// returns their ids.
-func (s *Store) Reap(ctx context.Context, fleet string, now time.Time) ([]string, error) {
-	res, err := scriptReap.Run(ctx, s.rdb, []string{s.key(fleet, "instances")}, s.KeyPrefix(fleet), now.UnixMilli(), reapLimit).Slice()
+// Reap removes the instances of fleet among ids (ones the caller saw stand
+// still for a lease) whose lease has also ended by Redis' clock, and
+// returns those it removed.
+func (s *Store) Reap(ctx context.Context, fleet string, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args := []any{s.KeyPrefix(fleet)}
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	res, err := scriptReap.Run(ctx, s.rdb, []string{s.key(fleet, "instances")}, args...).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("reap %s: %w", fleet, err)
 	}
@@ -225,9 +364,12 @@ type Summary struct {
 	// Alive is how many instances hold an unexpired lease.
 	Alive      int64
 	Rejections map[Reason]Windows
+	// RedisNow is Redis' clock when the summary was read.
+	RedisNow time.Time
 }
 
-// EpochStart is when the current epoch began (zero when unknown).
+// EpochStart is when the current epoch began by Redis' clock (zero when
+// unknown): compare it with RedisNow, not with another host's clock.
 func (s Summary) EpochStart() time.Time { return epochStart(s.Epoch) }
 
 // Known reports whether Redis holds anything of the fleet.
@@ -245,13 +387,14 @@ func (s *Store) Summary(ctx context.Context, fleet string, now time.Time) (Summa
 	if err != nil {
 		return Summary{}, fmt.Errorf("summary %s: %w", fleet, err)
 	}
-	if len(res) != 8+3*len(Reasons) {
+	if len(res) != 9+3*len(Reasons) {
 		return Summary{}, fmt.Errorf("summary %s: unexpected reply of %d elements", fleet, len(res))
 	}
 	out := Summary{Fleet: fleet, Rejections: map[Reason]Windows{}}
 	out.Live, out.Pods, out.Ready, out.Draining, out.Placeable = i64(res[0]), i64(res[1]), i64(res[2]), i64(res[3]), i64(res[4])
 	out.Epoch, _ = res[5].(string)
 	out.Synced, out.Alive = i64(res[6]), i64(res[7])
+	out.RedisNow = time.UnixMilli(i64(res[8+3*len(Reasons)]))
 	for k, r := range Reasons {
 		b := 8 + 3*k
 		out.Rejections[r] = Windows{M5: i64(res[b]), M15: i64(res[b+1]), H1: i64(res[b+2])}
@@ -278,6 +421,17 @@ type Snapshot struct {
 	Synced     []string
 	Instances  []InstanceState // sorted by id
 	Rejections map[Reason]Windows
+	// RedisNow is Redis' clock when the snapshot was read: leases are
+	// judged by it.
+	RedisNow time.Time
+	// RecoveryUntil is the end of the epoch's recovery wait (its `until`,
+	// Redis' clock): before it, the admit script grants nothing. Zero when
+	// there is no epoch.
+	RecoveryUntil time.Time
+	// RecoveryConfirmed: a tracker confirmed the recovery wait on its own
+	// clock (its `confirmed`); until then the admit script grants nothing
+	// either, whatever Redis' clock says.
+	RecoveryConfirmed bool
 }
 
 // Known reports whether Redis holds anything of the fleet.
@@ -295,7 +449,7 @@ func (s *Store) Snapshot(ctx context.Context, fleet string, now time.Time) (Snap
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot %s: %w", fleet, err)
 	}
-	if len(res) != 8 {
+	if len(res) != 11 {
 		return Snapshot{}, fmt.Errorf("snapshot %s: unexpected reply of %d elements", fleet, len(res))
 	}
 	out := Snapshot{Fleet: fleet, Pods: map[string]Pod{}}
@@ -337,12 +491,17 @@ func (s *Store) Snapshot(ctx context.Context, fleet string, now time.Time) (Snap
 	}
 	sort.Slice(out.Instances, func(i, j int) bool { return out.Instances[i].ID < out.Instances[j].ID })
 	out.Rejections = windows(res[7])
+	out.RedisNow = time.UnixMilli(i64(res[8]))
+	if ms := i64(res[9]); ms > 0 {
+		out.RecoveryUntil = time.UnixMilli(ms)
+	}
+	out.RecoveryConfirmed = i64(res[10]) == 1
 	return out, nil
 }
 
-func newEpoch(now time.Time) string {
-	return fmt.Sprintf("%d-%s", now.UnixMilli(), randomHex(4))
-}
+// newEpoch is the random part of a new epoch's id; sync.lua puts Redis'
+// clock before it, so the id tells when the epoch began by that clock.
+func newEpoch() string { return randomHex(4) }
 
 func randomHex(n int) string {
 	b := make([]byte, n)

@@ -2,7 +2,9 @@ package tracker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +21,7 @@ func newMiniStore(t *testing.T) (*tracker.Store, *miniredis.Miniredis) {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	return tracker.NewStore(rdb, "wsgate"), mr
+	return tracker.NewStore(rdb, "wsgate").WithoutRestartDetection(), mr
 }
 
 func podsOf(addrs ...string) []tracker.Pod {
@@ -39,21 +41,48 @@ func mustSetPods(t *testing.T, s *tracker.Store, fleet string, pods []tracker.Po
 
 func mustAdmit(t *testing.T, s *tracker.Store, fleet string, cap int, p tracker.Policy, inst string, now time.Time) tracker.Admission {
 	t.Helper()
-	a, err := s.Admit(context.Background(), fleet, cap, p, inst, now)
+	a, err := s.Admit(context.Background(), fleet, cap, p, inst, epochOf(t, s, fleet, inst), now)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if a.Fence != "" {
+		t.Fatalf("admit %s for %s: fenced (%s)", fleet, inst, a.Fence)
 	}
 	return a
 }
 
-// register is an instance's first heartbeat: a tracker admits through Redis
-// only after one.
+// registered remembers, per store, fleet and instance, the epoch of the
+// instance's first heartbeat.
+var registered sync.Map
+
+// epochOf is the epoch inst joined in its first heartbeat, sent on first
+// use: a tracker admits through Redis only after one.
+func epochOf(t *testing.T, s *tracker.Store, fleet, inst string) string {
+	t.Helper()
+	key := fmt.Sprintf("%p/%s/%s", s, fleet, inst)
+	if e, ok := registered.Load(key); ok {
+		return e.(string)
+	}
+	res, err := s.Sync(context.Background(), tracker.SyncRequest{Fleet: fleet, Instance: inst, Lease: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No recovery wait (RecoveryWait 0), and the tracker's confirmation of
+	// it (see sync.lua) in a second heartbeat.
+	if res.Recovering > 0 {
+		if res, err = s.Sync(context.Background(), tracker.SyncRequest{Fleet: fleet, Instance: inst, Lease: time.Hour, Confirm: res.Epoch}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registered.Store(key, res.Epoch)
+	return res.Epoch
+}
+
+// register is the instances' first heartbeat.
 func register(t *testing.T, s *tracker.Store, fleet string, instances ...string) {
 	t.Helper()
 	for _, in := range instances {
-		if _, err := s.Sync(context.Background(), tracker.SyncRequest{Fleet: fleet, Instance: in, Now: t0, LeaseUntil: t0.Add(time.Hour)}); err != nil {
-			t.Fatal(err)
-		}
+		epochOf(t, s, fleet, in)
 	}
 }
 
@@ -139,11 +168,11 @@ func TestReleaseGivesBackOnlyWhatTheInstanceHolds(t *testing.T) {
 	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
 	a := mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0)
 	mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e2", t0)
-	if n, err := s.Release(ctx, "chat", "e1", a.Pod, 1, 1); err != nil || n != 1 {
+	if n, err := s.Release(ctx, "chat", "e1", a.Pod, 1, 1, epochOf(t, s, "chat", "e1"), 0); err != nil || n != 1 {
 		t.Fatalf("release = %d, %v; want 1", n, err)
 	}
 	// A duplicate release, or e1 releasing e2's connection, changes nothing.
-	if n, err := s.Release(ctx, "chat", "e1", a.Pod, 1, 1); err != nil || n != 0 {
+	if n, err := s.Release(ctx, "chat", "e1", a.Pod, 1, 1, epochOf(t, s, "chat", "e1"), 0); err != nil || n != 0 {
 		t.Fatalf("duplicate release = %d, %v; want 0", n, err)
 	}
 	snap, err := s.Snapshot(ctx, "chat", t0)
@@ -170,7 +199,7 @@ func TestSyncReplacesTheInstanceCountsAndFixesLoad(t *testing.T) {
 	mustAdmit(t, s, "chat", 2, tracker.PolicySpread, "e2", t0)
 	// e1's local truth: one connection on pod 2 (its release of the others was lost).
 	res, err := s.Sync(ctx, tracker.SyncRequest{
-		Fleet: "chat", Instance: "e1", Now: t0, LeaseUntil: t0.Add(10 * time.Second),
+		Fleet: "chat", Instance: "e1", Lease: 10 * time.Second,
 		Counts: []tracker.PodCount{{Pod: "10.0.0.2:80", Live: 1, Established: 1}},
 	})
 	if err != nil {
@@ -208,7 +237,7 @@ func TestSyncReplacesTheInstanceCountsAndFixesLoad(t *testing.T) {
 	// Redis loses everything: the next sync opens a new epoch and restores e1's part.
 	mr.FlushAll()
 	res2, err := s.Sync(ctx, tracker.SyncRequest{
-		Fleet: "chat", Instance: "e1", Now: t0.Add(time.Second), LeaseUntil: t0.Add(11 * time.Second),
+		Fleet: "chat", Instance: "e1", Lease: 11 * time.Second,
 		Counts: []tracker.PodCount{{Pod: "10.0.0.2:80", Live: 1}},
 	})
 	if err != nil {
@@ -222,25 +251,32 @@ func TestSyncReplacesTheInstanceCountsAndFixesLoad(t *testing.T) {
 	}
 }
 
-func TestSyncReapsExpiredInstancesOnly(t *testing.T) {
-	s, _ := newMiniStore(t)
+// Reaping needs both witnesses: the reaper names the instance (it watched
+// its seq stand still), and its lease has ended by Redis' own clock.
+func TestSyncReapsOnlyNamedInstancesExpiredByRedisClock(t *testing.T) {
+	s, mr := newMiniStore(t)
 	ctx := context.Background()
+	mr.SetTime(t0)
 	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80"))
-	sync := func(inst string, now time.Time, counts ...tracker.PodCount) tracker.SyncResult {
+	sync := func(inst string, reap []string, counts ...tracker.PodCount) tracker.SyncResult {
 		t.Helper()
-		res, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: inst, Now: now, LeaseUntil: now.Add(10 * time.Second), Counts: counts})
+		res, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: inst, Lease: 10 * time.Second, Counts: counts, Reap: reap})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return res
 	}
-	sync("dead", t0, tracker.PodCount{Pod: "10.0.0.1:80", Live: 2})
-	sync("alive", t0, tracker.PodCount{Pod: "10.0.0.2:80", Live: 1})
-	res := sync("alive", t0.Add(5*time.Second), tracker.PodCount{Pod: "10.0.0.2:80", Live: 1})
-	if len(res.Reaped) != 0 {
-		t.Fatalf("reaped %v before the lease ended", res.Reaped)
+	sync("dead", nil, tracker.PodCount{Pod: "10.0.0.1:80", Live: 2})
+	sync("alive", nil, tracker.PodCount{Pod: "10.0.0.2:80", Live: 1})
+	mr.SetTime(t0.Add(5 * time.Second))
+	if res := sync("alive", []string{"dead"}, tracker.PodCount{Pod: "10.0.0.2:80", Live: 1}); len(res.Reaped) != 0 {
+		t.Fatalf("reaped %v before the lease ended by Redis' clock", res.Reaped)
 	}
-	res = sync("alive", t0.Add(11*time.Second), tracker.PodCount{Pod: "10.0.0.2:80", Live: 1})
+	mr.SetTime(t0.Add(11 * time.Second))
+	if res := sync("alive", nil, tracker.PodCount{Pod: "10.0.0.2:80", Live: 1}); len(res.Reaped) != 0 {
+		t.Fatalf("reaped %v that the caller did not name", res.Reaped)
+	}
+	res := sync("alive", []string{"dead", "alive", "unknown"}, tracker.PodCount{Pod: "10.0.0.2:80", Live: 1})
 	if len(res.Reaped) != 1 || res.Reaped[0] != "dead" {
 		t.Fatalf("reaped %v, want [dead]", res.Reaped)
 	}
@@ -251,7 +287,7 @@ func TestSyncReapsExpiredInstancesOnly(t *testing.T) {
 		t.Errorf("avail after reap %v, want the dead instance's 2 gone and the live one's 1 kept", res.Avail)
 	}
 	// The scaler's reap finds nothing more to do.
-	if ids, err := s.Reap(ctx, "chat", t0.Add(12*time.Second)); err != nil || len(ids) != 0 {
+	if ids, err := s.Reap(ctx, "chat", []string{"dead", "alive"}); err != nil || len(ids) != 0 {
 		t.Errorf("second reap = %v, %v; want nothing", ids, err)
 	}
 }
@@ -265,7 +301,7 @@ func TestRejectionWindowsAgeOut(t *testing.T) {
 		mustAdmit(t, s, "f", 1, tracker.PolicyPack, "e1", t0.Add(d))
 	}
 	// rate_limit rejections arrive through sync, attributed to the instance.
-	_, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "f", Instance: "e1", Now: t0, LeaseUntil: t0.Add(time.Hour),
+	_, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "f", Instance: "e1", Lease: time.Hour,
 		Rejections: []tracker.RejectionCount{{Reason: tracker.ReasonRateLimit, Bucket: tracker.Bucket(t0.Add(41 * time.Minute)), Count: 7}}})
 	if err != nil {
 		t.Fatal(err)
@@ -370,7 +406,7 @@ func TestFleetsLiveInTheirOwnHashSlot(t *testing.T) {
 func TestStoreReportsRedisErrors(t *testing.T) {
 	s, mr := newMiniStore(t)
 	mr.SetError("LOADING Redis is loading the dataset in memory")
-	_, err := s.Admit(context.Background(), "chat", 2, tracker.PolicyPack, "e1", t0)
+	_, err := s.Admit(context.Background(), "chat", 2, tracker.PolicyPack, "e1", "", t0)
 	if err == nil {
 		t.Fatal("admit succeeded on a Redis that answers errors")
 	}
@@ -398,7 +434,7 @@ func TestNewConnectionsArePendingUntilEstablished(t *testing.T) {
 		t.Fatalf("established right after admission = %d, want 0", got)
 	}
 	// The heartbeat reports one of the two established.
-	if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Now: t0, LeaseUntil: t0.Add(time.Minute),
+	if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Minute,
 		Counts: []tracker.PodCount{{Pod: a.Pod, Live: 2, Established: 1}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -406,10 +442,40 @@ func TestNewConnectionsArePendingUntilEstablished(t *testing.T) {
 		t.Fatalf("established after the heartbeat = %d, want 1", got)
 	}
 	// Releasing the pending one leaves the established one.
-	if _, err := s.Release(ctx, "chat", "e1", a.Pod, 1, 1); err != nil {
+	if _, err := s.Release(ctx, "chat", "e1", a.Pod, 1, 1, epochOf(t, s, "chat", "e1"), 0); err != nil {
 		t.Fatal(err)
 	}
 	if got := est(); got != 1 {
 		t.Fatalf("established after releasing the pending connection = %d, want 1", got)
+	}
+}
+
+// A release or heartbeat that reaches Redis after a later heartbeat of its
+// instance (its reply timed out, then it ran) is already in that
+// heartbeat's counts: its seq gives it away, and it changes nothing.
+func TestLateCallsOfAnInstanceAreIgnored(t *testing.T) {
+	s, _ := newMiniStore(t)
+	ctx := context.Background()
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
+	counts := []tracker.PodCount{{Pod: "10.0.0.1:80", Live: 2, Established: 2}}
+	res, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, Seq: 5, Counts: counts})
+	if err != nil || res.Stale {
+		t.Fatalf("sync: %+v %v", res, err)
+	}
+	if n, err := s.Release(ctx, "chat", "e1", "10.0.0.1:80", 1, 0, res.Epoch, 4); err != nil || n != 0 {
+		t.Errorf("release sent before the heartbeat = %d, %v; want ignored", n, err)
+	}
+	late, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, Seq: 3})
+	if err != nil || !late.Stale || late.Seq != 5 {
+		t.Errorf("late heartbeat: %+v %v; want stale, last seq 5", late, err)
+	}
+	if sum := mustSummary(t, s, "chat", t0); sum.Live != 2 {
+		t.Errorf("live = %d after late calls, want the heartbeat's 2", sum.Live)
+	}
+	if n, err := s.Release(ctx, "chat", "e1", "10.0.0.1:80", 1, 0, res.Epoch, 6); err != nil || n != 1 {
+		t.Errorf("release after the heartbeat = %d, %v; want 1", n, err)
+	}
+	if _, err := s.Release(ctx, "chat", "e1", "10.0.0.1:80", 1, 0, "another-epoch", 7); !errors.Is(err, tracker.ErrFenced) {
+		t.Errorf("release in another epoch: %v, want ErrFenced", err)
 	}
 }

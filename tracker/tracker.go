@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"math"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 )
@@ -96,6 +97,7 @@ func New(cfg Config, store *Store, opts ...Option) (*Tracker, error) {
 	}
 	for _, fc := range cfg.Fleets {
 		f := newFleet(fc, t.now())
+		f.stalled = NewStalled(cfg.InstanceTTL)
 		f.admitted = t.metrics.Admissions.WithLabelValues(fc.Name, "admitted", "")
 		f.rejected = map[Reason]prometheus.Counter{}
 		for _, r := range Reasons {
@@ -138,28 +140,45 @@ type fleet struct {
 	// gate orders admissions against heartbeats: an admission holds one
 	// unit from its script to its local record, a heartbeat holds all of
 	// them while it publishes the local truth. Without it a heartbeat could
-	// overwrite a count an admission had just made and not yet recorded,
-	// and Redis would undercount for a whole heartbeat; releases hold it the
-	// same way (see Release). A semaphore, not an RWMutex,
-	// so that an admission waits for a heartbeat stuck on a slow Redis only
-	// within its own deadline, then falls back.
+	// overwrite a slot an admission had just been granted and not yet
+	// recorded: the instance would hold a connection Redis does not count
+	// for it. Releases hold it the same way (see Release). A semaphore, not
+	// an RWMutex, so that an admission waits for a heartbeat stuck on a slow
+	// Redis only within its own deadline.
 	gate *semaphore.Weighted
 
-	mu       sync.Mutex // guards everything below
-	conns    map[string]*conn
-	live     map[string]int // pod -> live connections of this instance
-	est      map[string]int // pod -> established connections of this instance
-	rej      map[rejKey]int64
+	mu    sync.Mutex // guards everything below
+	conns map[string]*conn
+	live  map[string]int // pod -> live connections of this instance
+	est   map[string]int // pod -> established connections of this instance
+	// ent is this instance's entitlement per pod: never more than Redis
+	// counts for it in inst:<id> (PROTOCOL.md, invariant L). The share
+	// fallback admits only into ent - held.
+	ent map[string]int
+	rej map[rejKey]int64
+	// degraded: a Redis call failed; fenced: Redis refused to decide
+	// (another epoch, or this instance's lease ended). Either way
+	// admissions leave Redis alone until the next heartbeat succeeds.
 	degraded bool
+	fenced   bool
 	epoch    string
-	view     view
-	rejoin   *rejoin // set while the others re-publish after Redis lost its data: refuse
-
-	// joined is this process's first successful heartbeat; settled turns
-	// true once every other live instance has heartbeated since, so that
-	// all of them count this one when they share headroom in a fallback.
-	joined  time.Time
-	settled bool
+	// epochSeen is when this instance first saw epoch (its own clock), and
+	// granting whether Redis said that its recovery wait is over.
+	epochSeen time.Time
+	granting  bool
+	// seq numbers this instance's heartbeats and releases, so that Redis
+	// ignores one that arrives after a later heartbeat (sync.lua).
+	seq uint64
+	// leaseUntil is the end of this instance's lease by its own monotonic
+	// clock: InstanceTTL from the moment its last successful heartbeat was
+	// sent, before Redis stamped it. Past it, the entitlement may have been
+	// given away.
+	leaseUntil time.Time
+	view       view
+	// stalled watches the other instances' seqs; stale names the ones the
+	// next heartbeat asks Redis to reap.
+	stalled *Stalled
+	stale   []string
 
 	// inherited are connections a previous run of this instance left in
 	// Redis (the tracker restarted, its Envoy kept its connections). They
@@ -174,23 +193,20 @@ type fleet struct {
 // the ones it inherited.
 func (f *fleet) heldLocked(pod string) int { return f.live[pod] + f.inherited[pod] }
 
-// view is what the last successful heartbeat saw; the fallback decides from it.
+// view is what the last successful heartbeat saw; the open fallback
+// decides from it.
 type view struct {
-	ok        bool
-	at        time.Time // the heartbeat's time: this instance's lease ran InstanceTTL from it
-	settled   bool      // every other instance knows this one (see fleet.settled)
-	ids       []string  // the live instances, sorted
-	instances int
-	rank      int
-	pods      []string       // placeable pods, sorted
-	load      map[string]int // pod -> live connections, all instances
-	mine      map[string]int // pod -> this instance's share of load
+	ok   bool
+	pods []string       // placeable pods, sorted
+	load map[string]int // pod -> live connections, all instances
+	mine map[string]int // pod -> this instance's part of load
 }
 
 func newFleet(fc FleetConfig, now time.Time) *fleet {
 	lim := rate.NewLimiter(rate.Limit(fc.RatePerSecond), fc.Burst)
 	lim.SetBurstAt(now, fc.Burst)
-	return &fleet{cfg: fc, limiter: lim, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{}, live: map[string]int{}, est: map[string]int{}, rej: map[rejKey]int64{}}
+	return &fleet{cfg: fc, limiter: lim, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{},
+		live: map[string]int{}, est: map[string]int{}, ent: map[string]int{}, rej: map[rejKey]int64{}}
 }
 
 func (t *Tracker) fleet(name string) (*fleet, error) {
@@ -240,47 +256,90 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 		f.reject(ReasonRateLimit, now)
 		return Result{Fleet: f.cfg.Name, Reason: ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
 	}
+	why := "degraded"
 	if f.redisUsable() {
-		res, err := t.admitRedis(ctx, f, now)
-		if err == nil {
+		res, fence, err := t.admitRedis(ctx, f, now)
+		switch {
+		case err == nil && fence == "":
 			return res, nil
-		}
-		if ctx.Err() != nil {
+		case ctx.Err() != nil:
 			// The caller left; whatever the script did, the next heartbeat
 			// publishes the truth again.
 			return Result{}, fmt.Errorf("admit %s: %w", f.cfg.Name, ctx.Err())
-		}
-		// A heartbeat holding the gate past this admission's deadline is no
-		// Redis failure: this one admission falls back, the fleet does not.
-		if !errors.Is(err, errGateBusy) {
+		case errors.Is(err, errGateBusy):
+			// A heartbeat held the gate past this admission's deadline: no
+			// Redis failure, only this admission leaves Redis.
+			why = "gate_busy"
+		case err != nil:
+			// The script may have run: Redis then counts a slot this
+			// instance does not, which is safe and the next heartbeat fixes.
+			why = "redis_error"
 			t.redisFailed(f, "admit", err)
+		default:
+			why = string(fence)
+			t.fence(f, fence)
 		}
 	}
+	t.metrics.Fallbacks.WithLabelValues(f.cfg.Name, why).Inc()
 	return t.admitFallback(f, now), nil
 }
 
-func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Result, error) {
+// admitRedis runs the admit script. A fence is Redis' refusal to decide.
+func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Result, Fence, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
 	defer cancel()
 	if err := f.gate.Acquire(ctx, 1); err != nil {
-		return Result{}, fmt.Errorf("admit %s: %w (%v)", f.cfg.Name, errGateBusy, err)
+		return Result{}, "", fmt.Errorf("admit %s: %w (%v)", f.cfg.Name, errGateBusy, err)
 	}
 	defer f.gate.Release(1)
-	a, err := t.store.Admit(ctx, f.cfg.Name, f.cfg.MaxConnectionsPerPod, f.cfg.Policy, t.cfg.InstanceID, now)
-	if err != nil {
-		return Result{}, err
+	f.mu.Lock()
+	epoch := f.epoch
+	f.mu.Unlock()
+	a, err := t.store.Admit(ctx, f.cfg.Name, f.cfg.MaxConnectionsPerPod, f.cfg.Policy, t.cfg.InstanceID, epoch, now)
+	if err != nil || a.Fence != "" {
+		return Result{}, a.Fence, err
 	}
 	if a.Pod == "" {
-		return Result{Fleet: f.cfg.Name, Reason: a.Reason, RetryAfter: time.Duration(f.cfg.RetryAfter)}, nil
+		return Result{Fleet: f.cfg.Name, Reason: a.Reason, RetryAfter: time.Duration(f.cfg.RetryAfter)}, "", nil
 	}
-	return t.record(f, a.Pod, now, false), nil
-}
-
-// record adds an admitted connection to the local truth.
-func (t *Tracker) record(f *fleet, pod string, now time.Time, fallback bool) Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return t.recordLocked(f, pod, now, fallback)
+	f.ent[a.Pod]++ // granted: Redis counts it for this instance
+	return t.recordLocked(f, a.Pod, now, false), "", nil
+}
+
+// fence handles Redis' refusal to decide an admission (see Fence).
+func (t *Tracker) fence(f *fleet, why Fence) {
+	if why == FenceRecovering {
+		return // the epoch is ours; it grants nothing yet
+	}
+	f.mu.Lock()
+	was := f.fenced
+	f.fenced = true
+	if why == FenceLease {
+		// The lease ended in Redis: an instance may have reaped this one and
+		// given its slots away, so its own lease is over too, and what it
+		// frees until its next heartbeat is no longer its to reuse.
+		f.dropSpareLocked()
+		f.leaseUntil = time.Time{}
+	}
+	f.mu.Unlock()
+	if !was {
+		t.log.Warn("redis refused to admit for this instance until its next heartbeat", "fleet", f.cfg.Name, "why", string(why))
+	}
+}
+
+// dropSpareLocked gives up the entitlement this instance does not use.
+func (f *fleet) dropSpareLocked() {
+	for pod, n := range f.ent {
+		if h := f.heldLocked(pod); n > h {
+			if h == 0 {
+				delete(f.ent, pod)
+			} else {
+				f.ent[pod] = h
+			}
+		}
+	}
 }
 
 func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback bool) Result {
@@ -291,81 +350,55 @@ func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback boo
 	return Result{Fleet: f.cfg.Name, Admitted: true, Conn: c.id, Pod: pod, Fallback: fallback}
 }
 
-// admitFallback decides from the last heartbeat's view while Redis is down.
+// admitFallback decides an admission Redis did not.
 //
-// share: each pod's free headroom at the last heartbeat (cap - load) is split
-// among the live instances, floor(headroom/n) each and the remainder to one
-// instance more per unit, rotated by pod so no instance always gets it. An
-// instance may hold what it held then plus its part: the parts add up to the
-// headroom, so the instances together stay under the cap without talking.
-// The instances' last heartbeats are not simultaneous, though, so each is
-// also held to its part of the cap itself (split the same way): those parts
-// add up to the cap whatever moment each view was taken at. When the fleet
-// was empty both bounds are floor(cap/n) plus the shared remainder.
+// share: only into a slot Redis already counts for this instance and that
+// it does not use (ent - held: connections that ended while Redis could not
+// be told), and only while its lease holds. Nobody else can hold such a
+// slot, so the cap holds whatever the others do (PROTOCOL.md).
 //
-// An instance that joined so recently that some other instance has not
-// heartbeated since (and so shares the headroom without it) takes no part:
-// the others' parts already add up to the headroom. Nor does one whose
-// lease has run out since its last heartbeat.
-//
-// open: as if the other instances admitted nothing since the heartbeat.
+// open: against the last heartbeat's counts, as if the other instances
+// admitted nothing since. May exceed the cap.
 func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	reject := Result{Fleet: f.cfg.Name, Reason: ReasonRedisDown, RetryAfter: time.Second, Fallback: true}
-	// Once this instance's lease has run out, an instance or a scaler that
-	// still reaches Redis may have reaped it and given its share away.
-	expired := !now.Before(f.view.at.Add(t.cfg.InstanceTTL))
-	if t.cfg.Fallback == FallbackClosed || !f.view.ok || f.rejoin != nil || (t.cfg.Fallback == FallbackShare && (!f.view.settled || expired)) {
-		f.rejectLocked(ReasonRedisDown, now)
-		return reject
-	}
-	v := f.view
 	best, bestLoad := "", 0
-	for _, pod := range v.pods {
-		budget := f.cfg.MaxConnectionsPerPod - (v.load[pod] - v.mine[pod])
-		if t.cfg.Fallback == FallbackShare {
-			cap, spot := f.cfg.MaxConnectionsPerPod, podSpot(pod)
-			budget = min(
-				v.mine[pod]+headroomShare(cap-v.load[pod], v.instances, v.rank, spot),
-				headroomShare(cap, v.instances, v.rank, spot))
+	better := func(pod string, load int) bool {
+		switch {
+		case best == "" || (load == bestLoad && pod < best):
+			return true
+		case f.cfg.Policy == PolicyPack:
+			return load > bestLoad
+		default:
+			return load < bestLoad
 		}
-		held := f.heldLocked(pod)
-		if held >= budget {
-			continue
+	}
+	switch t.cfg.Fallback {
+	case FallbackShare:
+		if !now.Before(f.leaseUntil) {
+			break
 		}
-		load := v.load[pod] - v.mine[pod] + held
-		better := best == "" || (f.cfg.Policy == PolicyPack && load > bestLoad) || (f.cfg.Policy == PolicySpread && load < bestLoad)
-		if better {
-			best, bestLoad = pod, load
+		for pod, n := range f.ent {
+			if held := f.heldLocked(pod); held < n && better(pod, held) {
+				best, bestLoad = pod, held
+			}
+		}
+	case FallbackOpen:
+		if !f.view.ok {
+			break
+		}
+		for _, pod := range f.view.pods {
+			load := f.view.load[pod] - f.view.mine[pod] + f.heldLocked(pod)
+			if load < f.cfg.MaxConnectionsPerPod && better(pod, load) {
+				best, bestLoad = pod, load
+			}
 		}
 	}
 	if best == "" {
 		f.rejectLocked(ReasonRedisDown, now)
-		return reject
+		return Result{Fleet: f.cfg.Name, Reason: ReasonRedisDown, RetryAfter: time.Second, Fallback: true}
 	}
 	return t.recordLocked(f, best, now, true)
-}
-
-// podSpot places a pod in the rotation of the remainders: a hash of its
-// address, so that every instance agrees on it whatever pod list it saw.
-func podSpot(pod string) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(pod))
-	return int(h.Sum32() & 0x7fffffff)
-}
-
-// headroomShare is instance rank's part of headroom among n instances on the
-// pod at spot podIndex: the parts of all ranks add up to headroom exactly.
-func headroomShare(headroom, n, rank, podIndex int) int {
-	if headroom <= 0 || n <= 0 || rank < 0 || rank >= n {
-		return 0
-	}
-	share := headroom / n
-	if (podIndex-rank%n+n)%n < headroom%n {
-		share++
-	}
-	return share
 }
 
 // Establish marks a connection established (Envoy's tunnel is up).
@@ -440,7 +473,9 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 }
 
 // Release frees a connection's slot: locally at once, in Redis by the release
-// script (or, if Redis is down, by the next heartbeat).
+// script. While Redis is unreachable the slot stays entitled to this
+// instance (Redis still counts it), so the share fallback may reuse it; the
+// next heartbeat gives it back.
 func (t *Tracker) Release(ctx context.Context, id string) error {
 	v, ok := t.byConn.Load(id)
 	if !ok {
@@ -450,18 +485,33 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	rctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
 	defer cancel()
 	// Like an admission, a release holds the gate from its local update to
-	// its script: a heartbeat in between would publish the count without
-	// the connection and the script would then take it off a second time.
-	// Without the gate in time, only the local truth changes and the next
-	// heartbeat publishes it.
+	// its script, so that it is ordered against the heartbeats (its seq
+	// orders it against one sent after its reply timed out). Without the
+	// gate in time, only the local truth changes and the next heartbeat
+	// publishes it.
 	gated := f.redisUsable() && f.gate.Acquire(rctx, 1) == nil
 	if gated {
 		defer f.gate.Release(1)
 	}
-	c := f.remove(id)
-	if c == nil {
+	f.mu.Lock()
+	c, ok := f.conns[id]
+	if !ok {
+		f.mu.Unlock()
 		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
 	}
+	f.dropLocked(c)
+	var seq uint64
+	var epoch string
+	if gated {
+		// Lowered before the script runs: a reply that never comes is
+		// taken as applied (invariant L).
+		if f.ent[c.pod]--; f.ent[c.pod] <= 0 {
+			delete(f.ent, c.pod)
+		}
+		f.seq++
+		seq, epoch = f.seq, f.epoch
+	}
+	f.mu.Unlock()
 	t.byConn.Delete(id)
 	if !gated {
 		return nil
@@ -470,21 +520,34 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	if !c.established {
 		pending = 1
 	}
-	if _, err := t.store.Release(rctx, f.cfg.Name, t.cfg.InstanceID, c.pod, 1, pending); err != nil && ctx.Err() == nil {
+	_, err := t.store.Release(rctx, f.cfg.Name, t.cfg.InstanceID, c.pod, 1, pending, epoch, seq)
+	switch {
+	case err == nil || ctx.Err() != nil:
+	case errors.Is(err, ErrFenced):
+		t.fence(f, FenceEpoch)
+	default:
+		if notRun(err) {
+			// Redis still counts the slot for this instance: keep it.
+			f.mu.Lock()
+			f.ent[c.pod]++
+			f.mu.Unlock()
+		}
 		t.redisFailed(f, "release", err)
 	}
 	return nil
 }
 
-func (f *fleet) remove(id string) *conn {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	c, ok := f.conns[id]
-	if !ok {
-		return nil
+// notRun reports whether err proves a script never ran: the connection was
+// never made, or Redis refused the call itself (an error reply that is not
+// a script's runtime error). Anything else, a timeout or a reset, may come
+// after the script ran.
+func notRun(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
 	}
-	f.dropLocked(c)
-	return c
+	var rerr redis.Error
+	return errors.As(err, &rerr) && !strings.Contains(strings.ToLower(rerr.Error()), "script")
 }
 
 func (f *fleet) dropLocked(c *conn) {
@@ -512,13 +575,12 @@ func (f *fleet) rejectLocked(r Reason, now time.Time) {
 }
 
 // redisUsable says whether admissions go through Redis: after a successful
-// heartbeat (which renewed this instance's lease and read what a previous
-// run left), until a Redis call fails, and not while the other instances
-// re-publish their counts after Redis lost its data.
+// heartbeat (which renewed this instance's lease, told it the epoch and read
+// what a previous run left), until a Redis call fails or is fenced.
 func (f *fleet) redisUsable() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.view.ok && !f.degraded && f.rejoin == nil
+	return f.view.ok && !f.degraded && !f.fenced
 }
 
 func (t *Tracker) redisFailed(f *fleet, op string, err error) {

@@ -3,7 +3,6 @@ package tracker_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -40,33 +39,55 @@ func fleetCfg(name string, cap int, pods ...string) tracker.FleetConfig {
 
 func newTracker(t *testing.T, rdb redis.UniversalClient, id string, clk *clock, fallback tracker.FallbackMode, fleets ...tracker.FleetConfig) *tracker.Tracker {
 	t.Helper()
-	tr, err := tracker.New(tracker.Config{
+	return newTrackerCfg(t, rdb, clk, tracker.Config{
 		InstanceID: id, Fleets: fleets, Heartbeat: time.Second, InstanceTTL: 5 * time.Second,
 		EstablishTimeout: 10 * time.Second, LeaseTTL: 30 * time.Second, RedisTimeout: time.Second, Fallback: fallback,
-	}, tracker.NewStore(rdb, "wsgate"), tracker.WithClock(clk.Now))
+	})
+}
+
+func newTrackerCfg(t *testing.T, rdb redis.UniversalClient, clk *clock, cfg tracker.Config) *tracker.Tracker {
+	t.Helper()
+	tr, err := tracker.New(cfg, storeOn(rdb), tracker.WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return tr
 }
 
+// minis are the clients of miniClient: miniredis reports no run_id.
+var minis sync.Map
+
+func storeOn(rdb redis.UniversalClient) *tracker.Store {
+	s := tracker.NewStore(rdb, "wsgate")
+	if _, ok := minis.Load(rdb); ok {
+		s = s.WithoutRestartDetection()
+	}
+	return s
+}
+
 func miniClient(t *testing.T) (*redis.Client, *miniredis.Miniredis) {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
-	t.Cleanup(func() { rdb.Close() })
+	minis.Store(rdb, true)
+	t.Cleanup(func() { rdb.Close(); minis.Delete(rdb) })
 	return rdb, mr
 }
 
-// settle runs heartbeat rounds until every instance has seen every other
-// heartbeat after the last membership change: only then does each take its
-// share in a fallback (three rounds when they joined one after another).
-func settle(t *testing.T, clk *clock, trs ...*tracker.Tracker) {
+// start is the trackers' first heartbeat, then the new epoch's recovery
+// wait passes (an empty Redis may have lost its data: it grants nothing for
+// an instance TTL) and they heartbeat again.
+//
+// The wait passes on both clocks: Redis' (its `until`) and the trackers'
+// (one of them confirms it after a TTL of its own clock).
+func start(t *testing.T, mr *miniredis.Miniredis, clk *clock, trs ...*tracker.Tracker) {
 	t.Helper()
-	for round := 0; round < 3; round++ {
-		clk.Advance(time.Second)
-		heartbeat(t, trs...)
-	}
+	base := time.Now()
+	mr.SetTime(base)
+	heartbeat(t, trs...)
+	mr.SetTime(base.Add(5 * time.Second))
+	clk.Advance(5 * time.Second)
+	heartbeat(t, trs...)
 }
 
 func heartbeat(t *testing.T, trs ...*tracker.Tracker) {
@@ -88,12 +109,12 @@ func admit(t *testing.T, tr *tracker.Tracker, fleet string) tracker.Result {
 }
 
 func TestRateLimitIsLocalAndRecorded(t *testing.T) {
-	rdb, _ := miniClient(t)
+	rdb, mr := miniClient(t)
 	clk := newClock()
 	fc := fleetCfg("chat", 100, "10.0.0.1:80")
 	fc.RatePerSecond, fc.Burst = 1, 1
 	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fc)
-	heartbeat(t, tr)
+	start(t, mr, clk, tr)
 	if r := admit(t, tr, "chat"); !r.Admitted {
 		t.Fatalf("first admission = %+v", r)
 	}
@@ -119,10 +140,10 @@ func TestRateLimitIsLocalAndRecorded(t *testing.T) {
 }
 
 func TestUnestablishedAndUnrenewedConnectionsAreReleased(t *testing.T) {
-	rdb, _ := miniClient(t)
+	rdb, mr := miniClient(t)
 	clk := newClock()
 	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 10, "10.0.0.1:80"))
-	heartbeat(t, tr)
+	start(t, mr, clk, tr)
 	pending := admit(t, tr, "chat")
 	live := admit(t, tr, "chat")
 	if err := tr.Establish(live.Conn); err != nil {
@@ -164,10 +185,10 @@ func TestUnestablishedAndUnrenewedConnectionsAreReleased(t *testing.T) {
 // TestExpiredButRenewedConnectionIsCountedAgain: a connection released for
 // lost renewals that Envoy then reports alive is counted again.
 func TestExpiredButRenewedConnectionIsCountedAgain(t *testing.T) {
-	rdb, _ := miniClient(t)
+	rdb, mr := miniClient(t)
 	clk := newClock()
 	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 10, "10.0.0.1:80"))
-	heartbeat(t, tr)
+	start(t, mr, clk, tr)
 	c := admit(t, tr, "chat")
 	if err := tr.Establish(c.Conn); err != nil {
 		t.Fatal(err)
@@ -197,10 +218,10 @@ func TestExpiredButRenewedConnectionIsCountedAgain(t *testing.T) {
 }
 
 func TestReleaseFreesTheSlotAndRejectsUnknownIDs(t *testing.T) {
-	rdb, _ := miniClient(t)
+	rdb, mr := miniClient(t)
 	clk := newClock()
 	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 1, "10.0.0.1:80"))
-	heartbeat(t, tr)
+	start(t, mr, clk, tr)
 	a := admit(t, tr, "chat")
 	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonCapacity || r.RetryAfter != 5*time.Second {
 		t.Fatalf("admission over the cap = %+v, want capacity with the default Retry-After", r)
@@ -238,217 +259,247 @@ func sumLocal(t *testing.T, fleet string, trs ...*tracker.Tracker) map[string]in
 	return out
 }
 
-func TestFallbackShareKeepsTheFleetUnderTheCap(t *testing.T) {
-	for _, preload := range []int{0, 1, 3} {
-		t.Run(fmt.Sprintf("%d before the outage", preload), func(t *testing.T) {
-			rdb, mr := miniClient(t)
-			clk := newClock()
-			pods := []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"}
-			const cap = 3
-			var trs []*tracker.Tracker
-			for i := 0; i < 4; i++ {
-				trs = append(trs, newTracker(t, rdb, fmt.Sprintf("e%d", i), clk, tracker.FallbackShare, fleetCfg("chat", cap, pods...)))
-			}
-			heartbeat(t, trs...)
-			for i := 0; i < preload; i++ {
-				admit(t, trs[i%len(trs)], "chat")
-			}
-			settle(t, clk, trs...) // every instance sees the same load, and knows all the others
-			mr.SetError("ERR injected outage")
-			admitted := 0
-			for round := 0; round < 5; round++ {
-				for _, tr := range trs {
-					if r := admit(t, tr, "chat"); r.Admitted {
-						if !r.Fallback {
-							t.Fatalf("admitted through Redis during the outage: %+v", r)
-						}
-						admitted++
-					} else if r.Reason != tracker.ReasonRedisDown {
-						t.Fatalf("rejection during the outage = %+v, want redis_down", r)
-					}
-				}
-			}
-			total := 0
-			for pod, n := range sumLocal(t, "chat", trs...) {
-				if n > cap {
-					t.Errorf("pod %s holds %d connections across instances, cap %d", pod, n, cap)
-				}
-				total += n
-			}
-			// The headroom is shared out exactly: the fleet fills up, no more.
-			if want := cap * len(pods); total != want {
-				t.Errorf("fleet holds %d connections after the outage rounds, want all %d slots used", total, want)
-			}
-			if !trs[0].Degraded("chat") {
-				t.Error("tracker does not report the fallback")
-			}
-			mr.SetError("")
-			heartbeat(t, trs...)
-			if trs[0].Degraded("chat") {
-				t.Error("fallback still on after a successful heartbeat")
-			}
-			snap, err := trs[0].Store().Snapshot(context.Background(), "chat", clk.Now())
-			if err != nil {
-				t.Fatal(err)
-			}
-			local := sumLocal(t, "chat", trs...)
-			for _, pod := range pods {
-				if snap.Load[pod] != local[pod] {
-					t.Errorf("after recovery Redis has %d on %s, the instances %d", snap.Load[pod], pod, local[pod])
-				}
-			}
-			if got := snap.Rejections[tracker.ReasonRedisDown].M5; got != int64(20-admitted) {
-				t.Errorf("redis_down rejections flushed = %d, want %d", got, 20-admitted)
-			}
-		})
+// twoTrackers is the smallest fleet of issue 10's reproductions: two
+// instances, one pod, cap 2, both heartbeated once.
+func twoTrackers(t *testing.T, mode tracker.FallbackMode) (a, b *tracker.Tracker, mr *miniredis.Miniredis, clk *clock) {
+	t.Helper()
+	rdb, mr := miniClient(t)
+	clk = newClock()
+	fc := fleetCfg("chat", 2, "10.0.0.1:80")
+	a = newTracker(t, rdb, "a", clk, mode, fc)
+	b = newTracker(t, rdb, "b", clk, mode, fc)
+	start(t, mr, clk, a, b)
+	return a, b, mr, clk
+}
+
+func podHolds(t *testing.T, trs ...*tracker.Tracker) int {
+	t.Helper()
+	return sumLocal(t, "chat", trs...)["10.0.0.1:80"]
+}
+
+// A: b's last view shows the pod empty; a fills it through Redis; Redis
+// dies before b's next heartbeat. b's fallback must not add to it.
+func TestShareFallbackCannotUseAnOlderView(t *testing.T) {
+	a, b, mr, _ := twoTrackers(t, tracker.FallbackShare)
+	admit(t, a, "chat")
+	admit(t, a, "chat")
+	mr.SetError("ERR outage")
+	for i := 0; i < 4; i++ {
+		if r := admit(t, b, "chat"); r.Admitted {
+			t.Fatalf("b admitted from its older view: %+v", r)
+		}
+	}
+	if n := podHolds(t, a, b); n != 2 {
+		t.Errorf("pod holds %d, want 2", n)
 	}
 }
 
-// TestNewcomerTakesNoShareUntilKnownToAll: an instance that joined after
-// another's last heartbeat is missing from that one's view; if Redis fails
-// then, the newcomer must not add its share on top.
-func TestNewcomerTakesNoShareUntilKnownToAll(t *testing.T) {
-	rdb, mr := miniClient(t)
-	clk := newClock()
-	fc := fleetCfg("chat", 4, "10.0.0.1:80", "10.0.0.2:80")
-	old := newTracker(t, rdb, "old", clk, tracker.FallbackShare, fc)
-	heartbeat(t, old) // old sees only itself
-	clk.Advance(time.Second)
-	newcomer := newTracker(t, rdb, "new", clk, tracker.FallbackShare, fc)
-	heartbeat(t, newcomer) // the newcomer sees both
-	mr.SetError("ERR outage before old heartbeats again")
-	for i := 0; i < 12; i++ {
-		admit(t, old, "chat")
-		if r := admit(t, newcomer, "chat"); r.Admitted {
-			t.Fatalf("newcomer admitted in fallback before the others knew it: %+v", r)
-		}
-	}
-	for pod, n := range sumLocal(t, "chat", old, newcomer) {
-		if n > 4 {
-			t.Errorf("pod %s holds %d, cap 4", pod, n)
-		}
-	}
-	// Once the old instance has heartbeated after the newcomer joined, and
-	// the newcomer has seen that, the newcomer takes its share.
-	mr.SetError("")
-	clk.Advance(time.Second)
-	heartbeat(t, old, newcomer) // old's connections expire: never established
-	for round := 0; round < 3; round++ {
-		clk.Advance(10 * time.Second)
-		heartbeat(t, old, newcomer)
-	}
-	if n := sumLocal(t, "chat", old, newcomer); len(n) != 0 {
-		t.Fatalf("connections left before the second outage: %v", n)
-	}
-	mr.SetError("ERR second outage")
-	admitted := 0
-	for i := 0; i < 12; i++ {
-		if r := admit(t, newcomer, "chat"); r.Admitted {
-			admitted++
-		}
-	}
-	if admitted != 4 {
-		t.Errorf("settled newcomer admitted %d in the second outage, want its share: 2 pods x 4/2", admitted)
-	}
-}
-
-// TestFallbackWithViewsOfDifferentMoments: each instance's view comes from
-// its own last heartbeat; connections moved between the two. The parts of
-// the headroom then no longer add up, the parts of the cap still do.
-func TestFallbackWithViewsOfDifferentMoments(t *testing.T) {
-	rdb, mr := miniClient(t)
-	clk := newClock()
-	fc := fleetCfg("chat", 4, "10.0.0.1:80")
-	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
-	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
-	settle(t, clk, a, b)
-	var held []string
-	for i := 0; i < 3; i++ {
-		held = append(held, admit(t, a, "chat").Conn)
-	}
-	admit(t, b, "chat")
-	heartbeat(t, a) // a's view: a 3, b 1
-	if err := a.Release(context.Background(), held[0]); err != nil {
+// The share fallback reuses exactly the slots its own connections freed
+// while Redis could not be told: Redis still counts them for it.
+func TestShareFallbackReusesOnlyItsOwnFreedSlots(t *testing.T) {
+	a, b, mr, _ := twoTrackers(t, tracker.FallbackShare)
+	admit(t, a, "chat")
+	held := admit(t, b, "chat")
+	mr.SetError("ERR outage")
+	if err := b.Release(context.Background(), held.Conn); err != nil {
 		t.Fatal(err)
 	}
-	if r := admit(t, b, "chat"); !r.Admitted {
-		t.Fatalf("b could not take the freed slot: %+v", r)
-	}
-	heartbeat(t, b) // b's view: a 2, b 2
-	mr.SetError("ERR outage")
-	for i := 0; i < 3; i++ {
-		admit(t, a, "chat")
-		admit(t, b, "chat")
-	}
-	if n := sumLocal(t, "chat", a, b)["10.0.0.1:80"]; n > 4 {
-		t.Errorf("the pod holds %d across instances during the outage, cap 4", n)
-	}
-}
-
-// TestAfterDataLossWaitForTheOthers: when Redis comes back empty, the first
-// instance to re-publish must not admit through Redis (which then holds only
-// its own connections) until the others have re-published theirs.
-func TestAfterDataLossWaitForTheOthers(t *testing.T) {
-	rdb, mr := miniClient(t)
-	clk := newClock()
-	fc := fleetCfg("chat", 1, "10.0.0.1:80", "10.0.0.2:80")
-	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
-	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
-	settle(t, clk, a, b)
-	admit(t, a, "chat")
-	admit(t, b, "chat") // both pods full
-	heartbeat(t, a, b)
-
-	mr.FlushAll()
-	clk.Advance(time.Second)
-	heartbeat(t, a) // a re-publishes; b has not yet
-	if r := admit(t, a, "chat"); r.Admitted {
-		t.Fatalf("admitted before the other instance re-published: %+v", r)
-	}
-	if n := sumLocal(t, "chat", a, b); n["10.0.0.1:80"] > 1 || n["10.0.0.2:80"] > 1 {
-		t.Fatalf("over the cap: %v", n)
-	}
-	heartbeat(t, b, a) // b re-publishes, a sees it
-	r := admit(t, a, "chat")
-	if r.Admitted || r.Fallback || r.Reason != tracker.ReasonCapacity {
-		t.Fatalf("after both re-published: %+v, want a capacity rejection through Redis", r)
-	}
-}
-
-// TestFallbackWithDifferentPodLists: instances whose last views list
-// different pods (discovery added one between their heartbeats) must still
-// agree on who gets each pod's remainder.
-func TestFallbackWithDifferentPodLists(t *testing.T) {
-	rdb, mr := miniClient(t)
-	clk := newClock()
-	fc := fleetCfg("chat", 3)
-	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
-	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
-	store := a.Store()
-	mustSetPods(t, store, "chat", podsOf("10.0.0.1:80", "10.0.0.2:80"))
-	settle(t, clk, a, b)
-	mustSetPods(t, store, "chat", podsOf("10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"))
-	heartbeat(t, b) // b sees three pods, a still two
-	mr.SetError("ERR outage")
-	for i := 0; i < 10; i++ {
-		admit(t, a, "chat")
-		admit(t, b, "chat")
-	}
-	for pod, n := range sumLocal(t, "chat", a, b) {
-		if n > 3 {
-			t.Errorf("pod %s holds %d across instances, cap 3", pod, n)
+	got := map[string]int{}
+	for i := 0; i < 4; i++ {
+		for name, tr := range map[string]*tracker.Tracker{"a": a, "b": b} {
+			if r := admit(t, tr, "chat"); r.Admitted {
+				if !r.Fallback {
+					t.Fatalf("%s admitted through Redis during the outage", name)
+				}
+				got[name]++
+			} else if r.Reason != tracker.ReasonRedisDown {
+				t.Fatalf("%s: rejection %+v, want redis_down", name, r)
+			}
 		}
 	}
+	if got["a"] != 0 || got["b"] != 1 {
+		t.Errorf("fallback admissions %v, want only b's freed slot reused", got)
+	}
+	if !b.Degraded("chat") {
+		t.Error("b does not report the fallback")
+	}
+	// Back: Redis counts what the instances hold, and rejections are flushed.
+	mr.SetError("")
+	heartbeat(t, a, b)
+	if b.Degraded("chat") {
+		t.Error("fallback still on after a successful heartbeat")
+	}
+	snap, err := a.Store().Snapshot(context.Background(), "chat", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Load["10.0.0.1:80"] != 2 || podHolds(t, a, b) != 2 {
+		t.Errorf("after recovery Redis %v, instances %d; want 2 and 2", snap.Load, podHolds(t, a, b))
+	}
+	if r := snap.Rejections[tracker.ReasonRedisDown].M5; r != 7 {
+		t.Errorf("redis_down rejections flushed = %d, want 7", r)
+	}
 }
 
-// TestFallbackEndsWithTheLease: an instance cut off from Redis longer than
-// its lease may have been reaped by one that is not; its share is gone.
+// B1: one of a's admissions fails (its reply is lost). a refuses that one
+// and leaves Redis until its next heartbeat; b admits through Redis.
+func TestOneFailedReplyCostsOneAdmission(t *testing.T) {
+	a, b, mr, _ := twoTrackers(t, tracker.FallbackShare)
+	admit(t, a, "chat")
+	mr.SetError("ERR lost reply")
+	if r := admit(t, a, "chat"); r.Admitted {
+		t.Fatalf("a admitted without Redis: %+v", r)
+	}
+	mr.SetError("")
+	if r := admit(t, b, "chat"); !r.Admitted || r.Fallback {
+		t.Fatalf("b through Redis: %+v", r)
+	}
+	if r := admit(t, a, "chat"); r.Admitted {
+		t.Fatalf("a admitted before its next heartbeat: %+v", r)
+	}
+	if n := podHolds(t, a, b); n != 2 {
+		t.Errorf("pod holds %d, want 2", n)
+	}
+	heartbeat(t, a)
+	if r := admit(t, a, "chat"); r.Admitted || r.Reason != tracker.ReasonCapacity {
+		t.Errorf("a after its heartbeat: %+v, want a capacity rejection through Redis", r)
+	}
+}
+
+// D: Redis restarts empty and a heartbeats first (a new epoch). b missed it
+// and its next admission reaches the new, incomplete Redis: the epoch
+// fences it.
+func TestEpochFencesAnInstanceThatMissedARestart(t *testing.T) {
+	a, b, mr, _ := twoTrackers(t, tracker.FallbackShare)
+	admit(t, a, "chat")
+	admit(t, b, "chat")
+	mr.FlushAll()
+	heartbeat(t, a)
+	if r := admit(t, b, "chat"); r.Admitted || r.Reason != tracker.ReasonRedisDown {
+		t.Fatalf("b on a new epoch it has not joined: %+v, want redis_down", r)
+	}
+	if n := podHolds(t, a, b); n != 2 {
+		t.Errorf("pod holds %d, want 2", n)
+	}
+}
+
+// After data loss nothing is granted for one instance TTL, whoever has
+// re-published: an instance may exist that nobody remembers (E: two empty
+// restarts in a row).
+func TestAfterDataLossNothingIsGrantedForALease(t *testing.T) {
+	a, b, mr, clk := twoTrackers(t, tracker.FallbackShare)
+	admit(t, a, "chat")
+	at := time.Now()
+	both := func(d time.Duration) { at = at.Add(d); mr.SetTime(at); clk.Advance(d) }
+	both(0)
+	for restart := 0; restart < 2; restart++ {
+		mr.FlushAll()
+		heartbeat(t, a) // only a re-publishes: b's 0 is all Redis could learn from b
+		both(4 * time.Second)
+		heartbeat(t, a)
+		if r := admit(t, a, "chat"); r.Admitted {
+			t.Fatalf("restart %d: admitted during the recovery wait: %+v", restart, r)
+		}
+	}
+	both(1100 * time.Millisecond) // 5.1s after the second restart
+	heartbeat(t, a, b)
+	if r := admit(t, a, "chat"); !r.Admitted || r.Fallback {
+		t.Fatalf("after the recovery wait: %+v, want admitted through Redis", r)
+	}
+	if n := podHolds(t, a, b); n != 2 {
+		t.Errorf("pod holds %d, want 2", n)
+	}
+}
+
+// Redis' clock steps forward during a recovery wait: the wait is not over
+// until a tracker has seen a TTL pass on its own clock.
+func TestRedisClockStepDoesNotEndTheRecoveryWait(t *testing.T) {
+	a, b, mr, clk := twoTrackers(t, tracker.FallbackShare)
+	admit(t, a, "chat")
+	admit(t, a, "chat")
+	mr.FlushAll()
+	heartbeat(t, b) // b alone re-publishes (nothing); a has not yet
+	mr.SetTime(time.Now().Add(time.Hour))
+	clk.Advance(time.Second)
+	heartbeat(t, b)
+	for i := 0; i < 3; i++ {
+		if r := admit(t, b, "chat"); r.Admitted {
+			t.Fatalf("b admitted after Redis' clock stepped past the wait: %+v", r)
+		}
+	}
+	clk.Advance(4 * time.Second)
+	heartbeat(t, a, b) // a re-publishes its 2; b confirms the wait
+	if r := admit(t, b, "chat"); r.Admitted || r.Reason != tracker.ReasonCapacity {
+		t.Fatalf("b after the wait: %+v, want a capacity rejection through Redis", r)
+	}
+}
+
+// F: Redis' clock steps 11 s forward. Leases are judged by it, but a reaper
+// must also have watched an instance stand still for a lease on its own
+// clock: nobody alive is reaped.
+func TestAClockStepReapsNobody(t *testing.T) {
+	a, b, mr, clk := twoTrackers(t, tracker.FallbackShare)
+	admit(t, b, "chat")
+	admit(t, b, "chat")
+	mr.SetTime(time.Now().Add(11 * time.Second))
+	heartbeat(t, a)
+	if r := admit(t, a, "chat"); r.Admitted {
+		t.Fatalf("a took b's slot after Redis' clock stepped: %+v", r)
+	}
+	// b really dies: a reaps it once its own clock saw b stand still a lease.
+	for i := 0; i < 6; i++ {
+		clk.Advance(time.Second)
+		mr.SetTime(time.Now().Add(time.Duration(12+i) * time.Second))
+		heartbeat(t, a)
+	}
+	if r := admit(t, a, "chat"); !r.Admitted {
+		t.Fatalf("b's slots not given back after it stood still for a lease: %+v", r)
+	}
+}
+
+// G, the safe setting: with ExpiredInstances keep an instance that stopped
+// heartbeating keeps its slots.
+func TestExpiredKeepNeverGivesSlotsAway(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	fc := fleetCfg("chat", 2, "10.0.0.1:80")
+	mk := func(id string) *tracker.Tracker {
+		return newTrackerCfg(t, rdb, clk, tracker.Config{
+			InstanceID: id, Fleets: []tracker.FleetConfig{fc}, Heartbeat: time.Second, InstanceTTL: 5 * time.Second,
+			RedisTimeout: time.Second, ExpiredInstances: tracker.ExpiredKeep,
+		})
+	}
+	a, b := mk("a"), mk("b")
+	start(t, mr, clk, a, b)
+	admit(t, b, "chat")
+	admit(t, b, "chat")
+	for i := 0; i < 8; i++ { // b is cut off for well over its lease
+		clk.Advance(time.Second)
+		mr.SetTime(time.Now().Add(time.Duration(i+1) * time.Second))
+		heartbeat(t, a)
+	}
+	if r := admit(t, a, "chat"); r.Admitted {
+		t.Fatalf("a took the slots of a cut-off instance with keep: %+v", r)
+	}
+}
+
+// An instance cut off from Redis longer than its lease may have been
+// reaped by one that is not: it stops reusing its freed slots.
 func TestFallbackEndsWithTheLease(t *testing.T) {
 	rdb, mr := miniClient(t)
 	clk := newClock()
 	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 4, "10.0.0.1:80"))
-	heartbeat(t, tr)
+	start(t, mr, clk, tr)
+	var held []string
+	for i := 0; i < 2; i++ {
+		held = append(held, admit(t, tr, "chat").Conn)
+	}
 	mr.SetError("ERR partition")
+	for _, c := range held {
+		if err := tr.Release(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+	}
 	clk.Advance(4 * time.Second) // within the 5s lease
 	if r := admit(t, tr, "chat"); !r.Admitted {
 		t.Fatalf("within its lease: %+v", r)
@@ -464,8 +515,12 @@ func TestFallbackClosedAndOpen(t *testing.T) {
 	clk := newClock()
 	closed := newTracker(t, rdb, "closed", clk, tracker.FallbackClosed, fleetCfg("chat", 2, "10.0.0.1:80"))
 	open := newTracker(t, rdb, "open", clk, tracker.FallbackOpen, fleetCfg("chat", 2, "10.0.0.1:80"))
-	heartbeat(t, closed, open)
+	start(t, mr, clk, closed, open)
+	held := admit(t, closed, "chat")
 	mr.SetError("ERR injected outage")
+	if err := closed.Release(context.Background(), held.Conn); err != nil {
+		t.Fatal(err)
+	}
 	if r := admit(t, closed, "chat"); r.Admitted || r.Reason != tracker.ReasonRedisDown {
 		t.Errorf("closed fallback admitted: %+v", r)
 	}
@@ -487,33 +542,12 @@ func TestFallbackNeedsOneHeartbeat(t *testing.T) {
 	if err := tr.Heartbeat(context.Background()); err == nil {
 		t.Fatal("heartbeat succeeded against a failing Redis")
 	}
-	// Without a view of the other instances nothing can be admitted safely.
+	// Without an entitlement nothing can be admitted safely.
 	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonRedisDown {
 		t.Errorf("admission before any heartbeat = %+v, want redis_down", r)
 	}
 	if err := tr.Ready(); err == nil {
 		t.Error("Ready() before any heartbeat reached Redis")
-	}
-}
-
-func TestHeadroomSharesAddUpToTheHeadroom(t *testing.T) {
-	for n := 1; n <= 7; n++ {
-		for headroom := -1; headroom <= 12; headroom++ {
-			for pod := 0; pod < 9; pod++ {
-				sum, most, least := 0, 0, 1<<30
-				for rank := 0; rank < n; rank++ {
-					s := tracker.HeadroomShare(headroom, n, rank, pod)
-					sum += s
-					most, least = max(most, s), min(least, s)
-				}
-				if want := max(0, headroom); sum != want {
-					t.Fatalf("n=%d headroom=%d pod=%d: shares add up to %d", n, headroom, pod, sum)
-				}
-				if most-least > 1 {
-					t.Fatalf("n=%d headroom=%d pod=%d: shares differ by %d", n, headroom, pod, most-least)
-				}
-			}
-		}
 	}
 }
 
@@ -580,11 +614,11 @@ func contains(s, sub string) bool {
 // TestRestartedTrackerKeepsItsConnectionsCounted: a tracker that restarts
 // while its Envoy keeps its connections must not publish an empty truth.
 func TestRestartedTrackerKeepsItsConnectionsCounted(t *testing.T) {
-	rdb, _ := miniClient(t)
+	rdb, mr := miniClient(t)
 	clk := newClock()
 	fc := fleetCfg("chat", 2, "10.0.0.1:80", "10.0.0.2:80")
 	before := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fc)
-	heartbeat(t, before)
+	start(t, mr, clk, before)
 	var held []tracker.Result
 	for i := 0; i < 3; i++ {
 		held = append(held, admit(t, before, "chat"))
@@ -638,5 +672,39 @@ func TestRestartedTrackerKeepsItsConnectionsCounted(t *testing.T) {
 	}
 	if got := live(); got != 1 {
 		t.Errorf("after the inherited lease Redis counts %d, want 1 (the adopted one; the new one expired unestablished)", got)
+	}
+}
+
+// An instance that learns from Redis that its lease ended (it may have been
+// reaped) reuses nothing it frees afterwards until its next heartbeat: those
+// slots may belong to someone else now, even while its own clock says that
+// its lease still runs (here b's clock stands still).
+func TestAReapedInstanceReusesNothing(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk, still := newClock(), newClock()
+	fc := fleetCfg("chat", 2, "10.0.0.1:80")
+	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
+	b := newTracker(t, rdb, "b", still, tracker.FallbackShare, fc)
+	start(t, mr, clk, a, b)
+	held := admit(t, b, "chat")
+	admit(t, b, "chat")
+	// a watches b stand still for a lease, Redis' clock passes b's lease:
+	// a reaps b.
+	for i := 0; i < 7; i++ {
+		clk.Advance(time.Second)
+		mr.SetTime(time.Now().Add(time.Duration(6+i) * time.Second))
+		heartbeat(t, a)
+	}
+	if r := admit(t, a, "chat"); !r.Admitted {
+		t.Fatalf("a could not take the reaped instance's slots: %+v", r)
+	}
+	if r := admit(t, b, "chat"); r.Admitted { // refused: lease
+		t.Fatalf("b admitted after it was reaped: %+v", r)
+	}
+	if err := b.Release(context.Background(), held.Conn); err != nil {
+		t.Fatal(err)
+	}
+	if r := admit(t, b, "chat"); r.Admitted {
+		t.Fatalf("b reused a slot after it was reaped: %+v", r)
 	}
 }

@@ -43,6 +43,10 @@ const (
 	demoSettle = time.Second
 	// demoWait bounds every await of the scripted phase.
 	demoWait = 10 * time.Second
+	// demoInstanceTTL replaces the trackers' 10 s --instance-ttl (their
+	// heartbeat is 1 s): it is also the recovery wait of a new epoch, which
+	// the demo sits through before its first client (tracker/PROTOCOL.md).
+	demoInstanceTTL = 3 * time.Second
 )
 
 // demoOptions are the demo's flags.
@@ -220,7 +224,13 @@ func newDemoRedis(lc fx.Lifecycle, o demoOptions, ls *demoListeners) (demoRedis,
 	return r, nil
 }
 
-func newDemoStore(r demoRedis) *tracker.Store { return tracker.NewStore(r.Client, demoPrefix) }
+func newDemoStore(r demoRedis) *tracker.Store {
+	s := tracker.NewStore(r.Client, demoPrefix)
+	if r.Embedded {
+		s = s.WithoutRestartDetection() // miniredis reports no run_id
+	}
+	return s
+}
 
 func newDemoFleet(o demoOptions, ls *demoListeners) tracker.FleetConfig {
 	pods := make([]string, len(ls.backends))
@@ -299,7 +309,7 @@ func (n *demoNode) URL() string { return "ws://" + n.gatewayLn.Addr().String() +
 func newDemoNodes(lc fx.Lifecycle, ls *demoListeners, store *tracker.Store, fleet tracker.FleetConfig, log *slog.Logger) ([]*demoNode, error) {
 	var nodes []*demoNode
 	for i, name := range []string{"a", "b"} {
-		cfg := tracker.Config{InstanceID: "demo-envoy-" + name, Fleets: []tracker.FleetConfig{fleet}, Heartbeat: time.Second}
+		cfg := tracker.Config{InstanceID: "demo-envoy-" + name, Fleets: []tracker.FleetConfig{fleet}, Heartbeat: time.Second, InstanceTTL: demoInstanceTTL}
 		t, err := tracker.New(cfg, store, tracker.WithLogger(log.With("component", "tracker", "instance", cfg.InstanceID)))
 		if err != nil {
 			return nil, err
@@ -374,7 +384,7 @@ type demoScaler struct {
 }
 
 func newDemoScaler(lc fx.Lifecycle, ls *demoListeners, store *tracker.Store, fleet tracker.FleetConfig, log *slog.Logger) (*demoScaler, error) {
-	s, err := scaler.New(scaler.Config{Fleets: []tracker.FleetConfig{fleet}, Settle: demoSettle}, store, scaler.WithLogger(log.With("component", "scaler")))
+	s, err := scaler.New(scaler.Config{Fleets: []tracker.FleetConfig{fleet}, Settle: demoSettle, InstanceTTL: demoInstanceTTL}, store, scaler.WithLogger(log.With("component", "scaler")))
 	if err != nil {
 		return nil, err
 	}

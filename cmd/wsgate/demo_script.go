@@ -25,6 +25,9 @@ func runScript(ctx context.Context, out io.Writer, d demoSystem, o demoOptions) 
 	slots := len(d.Backends) * d.Fleet.MaxConnectionsPerPod
 	extra := max(3, slots/2)
 	p.intro(d, slots)
+	if err := awaitRecovery(ctx, p, d); err != nil {
+		return err
+	}
 
 	p.step(1, "open connections until the fleet is full and %d more are refused, alternating gateways", extra)
 	var open []*websocket.Conn
@@ -64,6 +67,9 @@ func runScript(ctx context.Context, out io.Writer, d demoSystem, o demoOptions) 
 		return err
 	}
 
+	if len(open) == 0 {
+		return fmt.Errorf("no connection was admitted (%d refused for capacity, %d otherwise)", capacity, other)
+	}
 	closeN := max(1, len(open)/2)
 	p.step(2, "close %d connections and wait for the trackers to release their slots", closeN)
 	closed := time.Now()
@@ -95,6 +101,9 @@ func runScript(ctx context.Context, out io.Writer, d demoSystem, o demoOptions) 
 	// After the scaler has answered, so that the scaling view shows its
 	// recommendation.
 	p.step(4, "wsgate metrics: the operators' view, read from Redis")
+	if err := awaitEstablished(ctx, p, d, len(open)); err != nil {
+		return err
+	}
 	if err := printViews(ctx, out, d); err != nil {
 		// A view is a window on the system, not part of it: say what
 		// failed and go on with the demo.
@@ -159,6 +168,36 @@ func dialDemo(ctx context.Context, node *demoNode, n int) demoDial {
 	return r
 }
 
+// awaitRecovery sits through the recovery wait of the epoch the trackers'
+// first heartbeat created on a fresh Redis: until every instance has had a
+// lease to re-publish its connections, Redis admits nobody (the gateways
+// would answer 503 redis_down).
+func awaitRecovery(ctx context.Context, p *demoPrinter, d demoSystem) error {
+	left, err := d.Store.Recovery(ctx, d.Fleet.Name)
+	if err != nil {
+		return fmt.Errorf("read the recovery wait: %w", err)
+	}
+	if left == 0 {
+		return nil // an external Redis whose epoch is older than the wait
+	}
+	p.line("")
+	p.line("Redis' epoch is new: it grants no admission for one instance TTL (%s, by Redis' clock and", demoInstanceTTL)
+	p.line("a tracker's own), until every tracker has had a lease to re-publish its connections.")
+	p.line("Waiting for it (%s left by Redis' clock).", left.Round(100*time.Millisecond))
+	start := time.Now()
+	p.progress("waiting for the recovery wait to end")
+	wctx, cancel := context.WithTimeout(ctx, demoWait)
+	defer cancel()
+	if err := d.Store.AwaitRecovery(wctx, d.Fleet.Name); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("await the recovery wait: %w", err)
+	}
+	p.line("  => recovery wait over after %s: admissions go through Redis", time.Since(start).Round(100*time.Millisecond))
+	return nil
+}
+
 // awaitLive waits until Redis and the pods themselves both count want live
 // connections: releases travel over the gateways' access-log streams.
 func awaitLive(ctx context.Context, p *demoPrinter, d demoSystem, want int64) error {
@@ -180,6 +219,35 @@ func awaitLive(ctx context.Context, p *demoPrinter, d demoSystem, want int64) er
 			return fmt.Errorf("live connections: Redis counts %d and the pods %d, want %d after %s", s.Live, pods, want, demoWait)
 		}
 		p.progress("waiting for the counts to settle at %d: Redis %d, pods %d (%s)", want, s.Live, pods, time.Since(start).Round(100*time.Millisecond))
+		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// awaitEstablished waits until Redis counts want established connections:
+// a tunnel Envoy reported up reaches Redis with its tracker's next heartbeat.
+func awaitEstablished(ctx context.Context, p *demoPrinter, d demoSystem, want int) error {
+	start := time.Now()
+	deadline := start.Add(demoWait)
+	for {
+		snap, err := d.Store.Snapshot(ctx, d.Fleet.Name, time.Now())
+		est := 0
+		for _, in := range snap.Instances {
+			for _, n := range in.Established {
+				est += n
+			}
+		}
+		if err == nil && est == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("read the established count: %w", err)
+			}
+			return fmt.Errorf("established connections: Redis counts %d, want %d after %s", est, want, demoWait)
+		}
+		p.progress("waiting for the heartbeats to publish the established tunnels: %d of %d (%s)", est, want, time.Since(start).Round(100*time.Millisecond))
 		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
 			return err
 		}

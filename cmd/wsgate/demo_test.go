@@ -10,7 +10,8 @@ import (
 )
 
 // checkDemoOutput asserts what a person running the demo must see: the
-// fleet filled exactly to its cap through both gateways, the surplus
+// new epoch's recovery wait sat out before the first client (no redis_down
+// refusal), the fleet filled exactly to its cap through both gateways, the surplus
 // refused for capacity with a Retry-After, the release after the close,
 // every metrics view, and the scaler's answer through KEDA's client.
 func checkDemoOutput(t *testing.T, out string) {
@@ -29,10 +30,13 @@ func checkDemoOutput(t *testing.T, out string) {
 		t.Errorf("%d capacity rejections with Retry-After, want 3", len(rejected))
 	}
 	for _, want := range []string{
+		"it grants no admission for one instance TTL (3s, by Redis' clock and",
+		"=> recovery wait over after ",
 		"=> 6 admitted (the fleet holds 6 = 3 pods x cap 2), 3 refused for capacity, 0 otherwise",
 		"released: Redis and the pods both count 3 live connections",
 		"=> a freed slot admits again",
-		"CONNECTIONS  live 4",
+		"CONNECTIONS  live 4, established 4",
+		"recovery     over (ended ",
 		"REJECTIONS",
 		"fleet                  capacity    3",
 		"SCALING",

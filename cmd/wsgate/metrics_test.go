@@ -24,17 +24,19 @@ var metricsNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 func metricsRedis(t *testing.T) *miniredis.Miniredis {
 	t.Helper()
 	mr := miniredis.RunT(t)
+	mr.SetTime(metricsNow) // Redis' clock, by which the lease is set and judged
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	s := tracker.NewStore(rdb, "wsgate")
+	s := tracker.NewStore(rdb, "wsgate").WithoutRestartDetection()
 	ctx := context.Background()
 	if err := s.SetPods(ctx, "chat", []tracker.Pod{{Addr: "10.0.0.1:8080", Name: "chat-0", Ready: true}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "envoy-1", Now: metricsNow, LeaseUntil: metricsNow.Add(5 * time.Minute),
+	if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "envoy-1", Lease: 5 * time.Minute,
 		Counts: []tracker.PodCount{{Pod: "10.0.0.1:8080", Live: 1, Established: 1}}}); err != nil {
 		t.Fatal(err)
 	}
+	mr.SetTime(metricsNow.Add(2 * time.Minute)) // the epoch is past its settle time by Redis' clock
 	return mr
 }
 
@@ -77,6 +79,40 @@ func checkReadinessJSON(t *testing.T, args ...string) {
 	if len(rep.Views) != 1 || rep.Views[0] != "readiness" || len(rep.Fleets) != 1 || rep.Fleets[0].Name != "chat" ||
 		!rep.Fleets[0].Readiness.Ready || rep.Fleets[0].Readiness.Synced != 1 {
 		t.Errorf("report %+v, want chat ready with one instance synced", rep)
+	}
+}
+
+// Leases are times of Redis' clock: an operator's host whose clock is an
+// hour ahead (or behind) of Redis' still sees envoy-1 alive, its lease
+// judged by Redis' clock, not by the host's.
+func TestMetricsJudgesLeasesByRedisClock(t *testing.T) {
+	mr := metricsRedis(t)
+	for _, skew := range []time.Duration{-time.Hour, time.Hour} {
+		var out bytes.Buffer
+		err := metricsTo(context.Background(), &out, []string{"--redis-addr", mr.Addr(), "-o", "json"}, func() time.Time { return metricsNow.Add(skew) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep struct {
+			Fleets []struct {
+				Detailed struct {
+					Instances []struct {
+						ID    string `json:"id"`
+						Alive bool   `json:"alive"`
+					} `json:"instances"`
+				} `json:"detailed"`
+				Readiness struct {
+					Alive int `json:"alive"`
+				} `json:"readiness"`
+			} `json:"fleets"`
+		}
+		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+			t.Fatalf("%v\n%s", err, out.String())
+		}
+		if len(rep.Fleets) != 1 || len(rep.Fleets[0].Detailed.Instances) != 1 || !rep.Fleets[0].Detailed.Instances[0].Alive ||
+			rep.Fleets[0].Readiness.Alive != 1 {
+			t.Errorf("host clock %s off Redis': %+v, want envoy-1 alive, 1 alive", skew, rep)
+		}
 	}
 }
 

@@ -44,6 +44,8 @@ func runScaler(args []string) error {
 	fs.Float64Var(&f.cfg.ReadinessRatio, "readiness-ratio", 0.95, "hold metrics until this share of the expected tracker instances re-synced")
 	fs.IntVar(&f.cfg.ExpectedInstances, "expected-instances", 0, "tracker instances to expect after Redis lost its data (0: the ready endpoints of the fleet's envoyService with --kube, else those alive before the epoch changed)")
 	fs.DurationVar(&f.reapInterval, "reap-interval", 5*time.Second, "interval of reaping expired tracker instances")
+	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "the trackers' --instance-ttl: an instance is reaped only after standing still this long")
+	fs.StringVar((*string)(&f.cfg.ExpiredInstances), "expired-instances", string(tracker.ExpiredReap), "the trackers' --expired-instances: reap, or keep (never reap: the cap holds under partitions)")
 	fs.BoolVar(&f.kube.enabled, "kube", false, "discover pods from the fleets' Service EndpointSlices and set pod-deletion-cost before scale-downs")
 	fs.StringVar(&f.kube.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the fleets' Services and pods (default: $POD_NAMESPACE)")
 	fs.StringVar(&f.kube.kubeconfig, "kubeconfig", "", "kubeconfig file (default: the in-cluster service account)")

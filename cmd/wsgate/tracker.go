@@ -44,13 +44,15 @@ func runTracker(args []string) error {
 	fs.DurationVar(&f.cfg.EstablishTimeout, "establish-timeout", 30*time.Second, "release an admitted connection Envoy never reported established")
 	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", 90*time.Second, "release an established connection whose lease Envoy stopped renewing")
 	fs.DurationVar(&f.cfg.RedisTimeout, "redis-timeout", 100*time.Millisecond, "bound of one admission's Redis work, after which the fallback decides (keep below the Lua filter's 250ms httpCall timeout)")
-	fallback := fs.String("fallback", "share", "admission while Redis is down: share, closed or open")
+	fallback := fs.String("fallback", "share", "admission Redis cannot decide: share (only into slots Redis counts for this instance: never above the cap), closed, or open (may exceed the cap)")
+	expired := fs.String("expired-instances", string(tracker.ExpiredReap), "an instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap) or keep (counted until it comes back: the cap holds); the same for every tracker and the scaler")
 	fs.BoolVar(&f.embedded, "redis-embedded", false, "run an in-process Redis (miniredis) instead of --redis-addr: for trying wsgate out, never for production")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	f.cfg.Fallback = tracker.FallbackMode(*fallback)
+	f.cfg.ExpiredInstances = tracker.ExpiredMode(*expired)
 	if f.config == "" {
 		return errors.New("--config: a fleets file is required (see tracker/fleets.example.yaml)")
 	}
@@ -95,7 +97,11 @@ func newRedis(lc fx.Lifecycle, f trackerFlags, log *slog.Logger) (redis.Universa
 }
 
 func newStore(rdb redis.UniversalClient, f trackerFlags) *tracker.Store {
-	return tracker.NewStore(rdb, f.redis.cfg.Prefix)
+	s := tracker.NewStore(rdb, f.redis.cfg.Prefix)
+	if f.embedded {
+		s = s.WithoutRestartDetection() // miniredis reports no run_id
+	}
+	return s
 }
 
 func newTracker(f trackerFlags, store *tracker.Store, reg prometheus.Registerer, log *slog.Logger) (*tracker.Tracker, error) {

@@ -41,7 +41,9 @@ func newEnv(t *testing.T) *env {
 	rs := redistest.Start(t)
 	rdb := rs.Client()
 	t.Cleanup(func() { rdb.Close() })
-	cfg := tracker.Config{InstanceID: "envoy-0", Fleets: []tracker.FleetConfig{
+	// A short instance TTL: a new epoch grants nothing for one of them
+	// (the recovery wait), which awaitGranting waits out.
+	cfg := tracker.Config{InstanceID: "envoy-0", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, Fleets: []tracker.FleetConfig{
 		{Name: "default", MaxConnectionsPerPod: 100, RatePerSecond: 1000, Burst: 1000, Pods: chatPods},
 		{Name: "chat", MaxConnectionsPerPod: 100, RatePerSecond: 1000, Burst: 1000, Pods: chatPods},
 		{Name: "tight", MaxConnectionsPerPod: 100, RatePerSecond: 0.001, Burst: 1, Pods: chatPods},
@@ -51,9 +53,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tr.Heartbeat(context.Background()); err != nil {
-		t.Fatalf("first heartbeat: %v", err)
-	}
+	awaitGranting(t, tr)
 	e := &env{tr: tr, bodies: make(chan []byte, 100)}
 	h := tr.Handler(nil)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -69,6 +69,17 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(srv.Close)
 	e.url = srv.URL
 	return e
+}
+
+// awaitGranting waits out the new epoch's recovery wait: it grants nothing
+// for an instance TTL of both Redis' clock and the tracker's.
+func awaitGranting(t *testing.T, tr *tracker.Tracker) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tr.AwaitGranting(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func mustLoad(t *testing.T, trackerURL string) *luahost.Filter {

@@ -21,10 +21,18 @@ const ns = "apps"
 
 func newMiniStore(t *testing.T) *tracker.Store {
 	t.Helper()
+	s, _ := newMini(t)
+	return s
+}
+
+// newMini is a store on miniredis and the server, whose clock a test may
+// set (Redis' clock judges leases and recovery waits).
+func newMini(t *testing.T) (*tracker.Store, *miniredis.Miniredis) {
+	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	return tracker.NewStore(rdb, "wsgate")
+	return tracker.NewStore(rdb, "wsgate").WithoutRestartDetection(), mr
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -104,9 +112,26 @@ func (v view) is(pods map[string]bool, avail ...string) bool {
 }
 
 func TestDiscoveryFollowsSlices(t *testing.T) {
-	store := newMiniStore(t)
+	store, mr := newMini(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Tracker instance e1 heartbeats: the first heartbeat starts the epoch,
+	// which grants nothing for its recovery wait (an instance TTL, of Redis'
+	// clock and of a tracker's). Redis' clock is frozen, then moved past it;
+	// e1's lease outlasts the test.
+	const recoveryWait = 10 * time.Second
+	base := time.Now()
+	mr.SetTime(base)
+	e1, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, RecoveryWait: recoveryWait, Seq: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// e1 watched the wait pass on its own clock too, and confirms it.
+	mr.SetTime(base.Add(recoveryWait))
+	if _, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour,
+		RecoveryWait: recoveryWait, Seq: 2, Confirm: e1.Epoch}); err != nil {
+		t.Fatal(err)
+	}
 	client := fake.NewClientset(
 		slice("chat-a", "chat", endpoint("10.0.0.1", "chat-1", true, false), endpoint("10.0.0.2", "chat-2", true, false)),
 		slice("envoy-a", "envoy", endpoint("10.1.0.1", "envoy-1", true, false), endpoint("10.1.0.2", "envoy-2", false, false)),
@@ -136,10 +161,10 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 
 	// A connection on pod 2 before it stops being ready: it stays counted.
 	now := time.Now()
-	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", now); err != nil || a.Pod == "" {
+	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", e1.Epoch, now); err != nil || a.Pod == "" {
 		t.Fatalf("admit: %+v, %v", a, err)
 	}
-	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", now); err != nil || a.Pod == "" {
+	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", e1.Epoch, now); err != nil || a.Pod == "" {
 		t.Fatalf("admit: %+v, %v", a, err)
 	}
 

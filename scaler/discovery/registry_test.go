@@ -46,8 +46,7 @@ func TestRegistryRepublishesWhenRedisLosesItsData(t *testing.T) {
 	srv.Kill()
 	srv.Restart()
 	// A tracker's heartbeat starts the new epoch, as in production.
-	now := time.Now()
-	if _, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Now: now, LeaseUntil: now.Add(time.Minute)}); err != nil {
+	if _, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	if err := reg.Reconcile(ctx); err != nil {

@@ -46,6 +46,7 @@ type env struct {
 	clock   *clocktesting.FakeClock
 	metrics *podcost.Metrics
 	seen    chan string // pod names whose cost annotation the informer showed
+	epoch   string      // the epoch envoy-1 synced in
 }
 
 func addr(i int) string { return fmt.Sprintf("10.0.0.%d:8080", i+1) }
@@ -60,7 +61,7 @@ func newEnv(t *testing.T, live []int) *env {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	e := &env{store: tracker.NewStore(rdb, "wsgate"), clock: clocktesting.NewFakeClock(t0), seen: make(chan string, 1000)}
+	e := &env{store: tracker.NewStore(rdb, "wsgate").WithoutRestartDetection(), clock: clocktesting.NewFakeClock(t0), seen: make(chan string, 1000)}
 
 	var objs []runtime.Object
 	var pods []tracker.Pod
@@ -78,7 +79,23 @@ func newEnv(t *testing.T, live []int) *env {
 	if err := e.reg.Publish(ctx, fleet); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.store.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "envoy-1", Now: time.Now(), LeaseUntil: time.Now().Add(time.Hour), Counts: counts}); err != nil {
+	// envoy-1's first heartbeat starts the epoch, which grants nothing for
+	// its recovery wait (an instance TTL, of Redis' clock and of a
+	// tracker's): Redis' clock is frozen, then moved past it. envoy-1's
+	// lease outlasts the test.
+	const recoveryWait = 10 * time.Second
+	base := time.Now()
+	mr.SetTime(base)
+	res, err := e.store.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "envoy-1", Lease: time.Hour,
+		RecoveryWait: recoveryWait, Seq: 1, Counts: counts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.epoch = res.Epoch
+	// envoy-1 watched the wait pass on its own clock too, and confirms it.
+	mr.SetTime(base.Add(recoveryWait))
+	if _, err := e.store.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "envoy-1", Lease: time.Hour,
+		RecoveryWait: recoveryWait, Seq: 2, Confirm: e.epoch, Counts: counts}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -309,7 +326,7 @@ func TestScaleDownDrainsTheEmptiestAndWaitsForTheInformer(t *testing.T) {
 	}
 	now := time.Now()
 	for i := 0; i < 12; i++ {
-		a, err := e.store.Admit(ctx, fleet, 100, tracker.PolicySpread, "envoy-1", now)
+		a, err := e.store.Admit(ctx, fleet, 100, tracker.PolicySpread, "envoy-1", e.epoch, now)
 		if err != nil {
 			t.Fatal(err)
 		}

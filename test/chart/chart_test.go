@@ -145,6 +145,14 @@ func checkPods(t *testing.T, r rendered) {
 			t.Errorf("tracker args %q lack %q", tr.Args, want)
 		}
 	}
+	// The protocol needs every tracker and the scaler to agree on what an
+	// expired instance is (tracker/PROTOCOL.md).
+	sc := container(t, &get[*appsv1.Deployment](t, r, "Deployment", scalerName).Spec.Template.Spec, "scaler")
+	for _, flag := range []string{"--instance-ttl=", "--expired-instances="} {
+		if v := argWith(tr.Args, flag); v == "" || v != argWith(sc.Args, flag) {
+			t.Errorf("tracker %q and scaler %q disagree", v, argWith(sc.Args, flag))
+		}
+	}
 	ev := container(t, &d.Spec.Template.Spec, "envoy")
 	if !hasPort(ev, "http", 8080) {
 		t.Error("envoy: no container port http 8080 (the listener of envoy.yaml)")
@@ -581,4 +589,14 @@ func checkPush(t *testing.T, r rendered) {
 	if len(from) != 1 || from[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "ingress" {
 		t.Errorf("Envoy listener reachable from %+v, want the ingress namespace only", from)
 	}
+}
+
+// argWith is the argument of args that starts with prefix ("" if none).
+func argWith(args []string, prefix string) string {
+	for _, a := range args {
+		if strings.HasPrefix(a, prefix) {
+			return a
+		}
+	}
+	return ""
 }

@@ -216,6 +216,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	for _, id := range []string{"envoy-a", "envoy-b"} {
 		h.nodes = append(h.nodes, startNode(t, h.store, id, nodeOptions{cfg: cfg, flush: o.flush}))
 	}
+	h.awaitRecovery(t)
 	settle := o.settle
 	if settle == 0 {
 		settle = time.Millisecond
@@ -247,6 +248,20 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	t.Cleanup(func() { cc.Close() })
 	h.keda = externalscaler.NewExternalScalerClient(cc)
 	return h
+}
+
+// awaitRecovery waits until the fleets' epoch grants: an empty Redis (new,
+// or restarted) grants nothing for one instance TTL of its own clock. The
+// nodes heartbeat in the background, so their leases are current then.
+func (h *harness) awaitRecovery(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, f := range []string{"chat", "empty"} {
+		if err := h.store.AwaitRecovery(ctx, f); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // dialResult is one client's attempt.

@@ -57,7 +57,15 @@ func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 // Extra arguments are redis-server options ("--requirepass", "x").
 func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
-	s := &Server{t: t, bin: Binary(t, "redis-server"), dir: t.TempDir(), Port: FreePort(t), extra: extra}
+	return StartPort(t, FreePort(t), extra...)
+}
+
+// StartPort is Start on a port the caller chose (for callers that keep
+// the ports they hand out apart from the kernel's ephemeral range, so that
+// a restart finds its port free).
+func StartPort(t testing.TB, port int, extra ...string) *Server {
+	t.Helper()
+	s := &Server{t: t, bin: Binary(t, "redis-server"), dir: t.TempDir(), Port: port, extra: extra}
 	s.start()
 	t.Cleanup(s.Kill)
 	return s
@@ -104,11 +112,111 @@ func (s *Server) Kill() {
 	<-exited
 }
 
-// Restart starts the server again on the same port, empty.
+// Restart starts the server again on the same port, empty: whatever a
+// snapshot or an append-only file left in its directory is removed first.
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Kill()
+	s.removeData()
 	s.start()
+}
+
+// RestartWithData kills the server with SIGKILL, as in a crash, and starts
+// it again on the same port from what it persisted: the append-only file
+// of a server started with "--appendonly", "yes" (with "--appendfsync",
+// "always" it holds every write acknowledged before the kill), or the
+// snapshot of the last Save or BGSave. The data may be older than what
+// the server had acknowledged; a new process (another run_id) serves it.
+func (s *Server) RestartWithData() {
+	s.t.Helper()
+	s.Kill()
+	s.start()
+}
+
+// Save writes a snapshot (SAVE, in the foreground) that RestartWithData
+// loads.
+func (s *Server) Save() {
+	s.t.Helper()
+	if err := s.cmd1("SAVE"); err != nil {
+		s.t.Fatalf("redis SAVE: %v", err)
+	}
+}
+
+// BGSave writes a snapshot in a forked child (BGSAVE) and waits until it
+// is complete: rdb_bgsave_in_progress back to 0, and a LASTSAVE newer than
+// before the call with rdb_last_bgsave_status ok.
+func (s *Server) BGSave() {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer c.Close()
+	before, err := c.LastSave(ctx).Result()
+	if err != nil {
+		s.t.Fatalf("redis LASTSAVE: %v", err)
+	}
+	if err := c.BgSave(ctx).Err(); err != nil {
+		s.t.Fatalf("redis BGSAVE: %v", err)
+	}
+	for {
+		info, err := c.Info(ctx, "persistence").Result()
+		if err != nil {
+			s.t.Fatalf("redis INFO persistence: %v", err)
+		}
+		last, _ := c.LastSave(ctx).Result()
+		// LASTSAVE has a resolution of one second: a save within the same
+		// second as the previous one is recognised by the flags alone.
+		if strings.Contains(info, "rdb_bgsave_in_progress:0") && strings.Contains(info, "rdb_last_bgsave_status:ok") &&
+			(last > before || strings.Contains(info, "rdb_changes_since_last_save:0")) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			s.t.Fatalf("BGSAVE not complete within 20s: %s", info)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Stop sends SIGSTOP: the server keeps its sockets open and answers
+// nothing until Cont, as a host that froze.
+func (s *Server) Stop() { s.signal(syscall.SIGSTOP) }
+
+// Cont sends SIGCONT to a server that Stop froze.
+func (s *Server) Cont() { s.signal(syscall.SIGCONT) }
+
+// Running reports whether the server process is up (possibly stopped).
+func (s *Server) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd != nil
+}
+
+func (s *Server) signal(sig syscall.Signal) {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Signal(sig)
+	}
+}
+
+func (s *Server) cmd1(args ...any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer c.Close()
+	return c.Do(ctx, args...).Err()
+}
+
+// removeData deletes the snapshot and append-only files in the server's
+// directory (their default names; Start's options do not change them).
+func (s *Server) removeData() {
+	for _, name := range []string{"dump.rdb", "appendonly.aof", "appendonlydir"} {
+		if err := os.RemoveAll(filepath.Join(s.dir, name)); err != nil {
+			s.t.Fatalf("remove %s: %v", name, err)
+		}
+	}
 }
 
 // Client returns a go-redis client for the server, closed with the test.

@@ -43,15 +43,16 @@ func newEnv(t *testing.T) *env {
 func newEnvOn(t *testing.T, rdb *redis.Client) *env {
 	t.Helper()
 	m := tracker.NewMetrics(prometheus.NewRegistry())
-	tr, err := tracker.New(tracker.Config{InstanceID: inst, Fleets: []tracker.FleetConfig{
-		{Name: fleet, MaxConnectionsPerPod: 10, RatePerSecond: 1000, Burst: 1000, Pods: []string{"10.0.0.1:8080"}},
-	}}, tracker.NewStore(rdb, "wsgate"), tracker.WithMetrics(m))
+	// A short instance TTL: a new epoch grants nothing for one of them
+	// (the recovery wait), which awaitGranting waits out.
+	tr, err := tracker.New(tracker.Config{InstanceID: inst, Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second,
+		Fleets: []tracker.FleetConfig{
+			{Name: fleet, MaxConnectionsPerPod: 10, RatePerSecond: 1000, Burst: 1000, Pods: []string{"10.0.0.1:8080"}},
+		}}, tracker.NewStore(rdb, "wsgate"), tracker.WithMetrics(m))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tr.Heartbeat(context.Background()); err != nil {
-		t.Fatalf("first heartbeat: %v", err)
-	}
+	awaitGranting(t, tr)
 	srv := grpc.NewServer()
 	accesslog.New(tr, tr.Metrics().AccessLogEntries, slog.New(slog.DiscardHandler)).Register(srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -66,6 +67,17 @@ func newEnvOn(t *testing.T, rdb *redis.Client) *env {
 	}
 	t.Cleanup(func() { cc.Close() })
 	return &env{tr: tr, metrics: m, client: accesslogv3.NewAccessLogServiceClient(cc)}
+}
+
+// awaitGranting waits out the new epoch's recovery wait: it grants nothing
+// for an instance TTL of both Redis' clock and the tracker's.
+func awaitGranting(t *testing.T, tr *tracker.Tracker) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tr.AwaitGranting(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (e *env) admit(t *testing.T) string {

@@ -1,10 +1,21 @@
--- admit: place one new connection of an instance on a pod under the cap.
--- The instance's lease is not renewed here: a tracker admits through Redis
--- only after a heartbeat succeeded (which renewed it) and until one fails.
+-- admit: place one new connection of an instance on a pod under the cap, as
+-- a slot entitled to that instance (inst:<id>; see PROTOCOL.md).
 -- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 pend:<id>, 5 stats, 6 rej:capacity,
---       7 rej:no_pods, 8 rejinst:<id>
--- ARGV: 1 cap, 2 policy (pack|spread), 3 bucket, 4 slots, 5 events channel
--- Returns {1, pod} or {0, reason}.
+--       7 rej:no_pods, 8 rejinst:<id>, 9 epoch, 10 instances
+-- ARGV: 1 cap, 2 policy (pack|spread), 3 bucket, 4 slots, 5 events channel,
+--       6 the caller's epoch id, 7 run id check (1|0), 8 instance id
+-- Returns {1, pod}, {0, reason}, or {-1, why[, ms]} when Redis must not
+-- decide: 'epoch' (not the caller's epoch, or another Redis process),
+-- 'recovering' (after data loss, ms until every instance has re-published:
+-- at least 1 while no tracker has confirmed the wait on its own clock),
+-- 'lease' (the caller's lease ended and it may have been reaped).
+local now = now_ms()
+local until_ms, confirmed = fenced(KEYS[9], ARGV[6], ARGV[7])
+if not until_ms then return {-1, 'epoch'} end
+if now < until_ms or not confirmed then return {-1, 'recovering', math.max(until_ms - now, 1)} end
+local lease = redis.call('ZSCORE', KEYS[10], ARGV[8])
+if not lease or tonumber(lease) < now then return {-1, 'lease'} end
+
 local cap = tonumber(ARGV[1])
 local pod
 if ARGV[2] == 'pack' then

@@ -9,6 +9,32 @@
 -- they share the fleet's hash tag, which the Cluster test checks; a proxy
 -- that routes scripts by their declared KEYS alone is not supported.
 
+-- now_ms is Redis' own clock: every lease and recovery wait is judged by it,
+-- never by comparing the instances' clocks (PROTOCOL.md, "Leases and clocks").
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- run_id names the running Redis process: another one means Redis restarted
+-- (from RDB/AOF, or a replica was promoted) and the data may be old.
+-- check is '0' only for servers that cannot say (miniredis in tests).
+local function run_id(check)
+  if check ~= '1' then return '' end
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+end
+
+-- fenced returns nil when a call must not act on this state: the epoch is
+-- not the caller's (Redis lost its data, or the caller missed a new epoch)
+-- or was created by another Redis process. Otherwise it returns the end of
+-- the epoch's recovery wait by Redis' clock and whether a tracker confirmed
+-- that wait on its own clock (see sync.lua).
+local function fenced(epoch_key, want, check)
+  local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed')
+  if e[1] ~= want or e[2] ~= run_id(check) then return nil end
+  return tonumber(e[3]) or 0, e[4] == '1'
+end
+
 -- Each pod's live count (all instances summed) is stored once: in avail
 -- while the pod is placeable (ready, not draining), in load otherwise. Both
 -- are sorted sets; admission picks from avail in O(log pods).
@@ -74,15 +100,17 @@ local function ring_windows(key, pfx, bucket, w1, w2, w3)
   return {s1, s2, s3}
 end
 
--- reap_expired removes up to `limit` instances whose lease ended before now
--- (except `self`): their per-pod counts are subtracted from load/avail and
--- their keys deleted. Returns the reaped ids.
-local function reap_expired(prefix, now, limit, self)
+-- reap_expired removes the instances named in ids (the caller watched each
+-- one's seq stand still for a full lease of its own clock) whose lease has
+-- also ended by Redis' clock: their per-pod counts are subtracted from
+-- load/avail and their keys deleted. Both witnesses are needed, so that a
+-- clock step on one host reaps nobody. Returns the reaped ids.
+local function reap_expired(prefix, now, ids, self)
   local load, avail, stats = prefix .. 'load', prefix .. 'avail', prefix .. 'stats'
-  local ids = redis.call('ZRANGEBYSCORE', prefix .. 'instances', '-inf', '(' .. now, 'LIMIT', 0, limit)
   local reaped = {}
   for _, id in ipairs(ids) do
-    if id ~= self then
+    local lease = redis.call('ZSCORE', prefix .. 'instances', id)
+    if id ~= self and lease and tonumber(lease) < now then
       local ik = prefix .. 'inst:' .. id
       local f = redis.call('HGETALL', ik)
       local moved = 0
@@ -92,6 +120,7 @@ local function reap_expired(prefix, now, limit, self)
       if moved ~= 0 then redis.call('HINCRBY', stats, 'live', moved) end
       redis.call('DEL', ik, prefix .. 'pend:' .. id, prefix .. 'rejinst:' .. id)
       redis.call('ZREM', prefix .. 'instances', id)
+      redis.call('HDEL', prefix .. 'seq', id)
       reaped[#reaped + 1] = id
     end
   end

@@ -1,4 +1,7 @@
 -- reap: remove instances whose lease ended (run by the scaler too, so counts
 -- stay true even when every tracker died).
--- ARGV: 1 prefix, 2 now (ms), 3 limit. Returns the reaped ids.
-return reap_expired(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), '')
+-- ARGV: 1 prefix, then the ids the caller saw stand still for a lease.
+-- Returns the reaped ids.
+local ids = {}
+for k = 2, #ARGV do ids[#ids + 1] = ARGV[k] end
+return reap_expired(ARGV[1], now_ms(), ids, '')

@@ -2,12 +2,19 @@
 -- one round trip. Read-only; O(pods x instances), so not for the hot path.
 -- KEYS: 1 pods, 2 load, 3 instances, 4 stats, 5 epoch, 6 avail
 -- ARGV: 1 prefix, 2 bucket, 3 w1, 4 w2, 5 w3, 6.. reasons
--- Returns {pods, load, stats, avail, epoch, synced, instances, rejections} where
+-- Returns {pods, load, stats, avail, epoch, synced, instances, rejections,
+-- Redis' clock (ms, what leases are judged by), the epoch's recovery wait
+-- end (ms of Redis' clock, 0 when unknown), whether a tracker confirmed the
+-- wait on its own clock (1|0, see sync.lua)} where
 -- instances is a list of {id, lease, live, pending, windows} and
 -- windows/rejections are flat lists of (reason, w1, w2, w3).
 local prefix = ARGV[1]
 local bucket, w1, w2, w3 = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local epoch = redis.call('GET', KEYS[5]) or ''
+local e = redis.call('HMGET', KEYS[5], 'id', 'until', 'confirmed')
+local epoch = e[1] or ''
+local until_ms = tonumber(e[2] or '0') or 0
+local confirmed = 0
+if e[3] == '1' then confirmed = 1 end
 local synced = {}
 if epoch ~= '' then synced = redis.call('SMEMBERS', prefix .. 'synced:' .. epoch) end
 
@@ -49,5 +56,5 @@ return {
   redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
   redis.call('HGETALL', KEYS[4]),
   redis.call('ZRANGEBYSCORE', KEYS[6], 1, '+inf', 'WITHSCORES'),
-  epoch, synced, inst, fleet,
+  epoch, synced, inst, fleet, now_ms(), until_ms, confirmed,
 }

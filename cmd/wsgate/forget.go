@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+func init() { commands["forget-instance"] = runForget }
+
+const forgetUsage = `Usage: wsgate forget-instance --fleet NAME [flags] INSTANCE-ID
+
+Gives back the slots of a tracker instance that will not come back, for
+fleets run with --expired-instances=keep (which never does it by itself).
+Redis refuses while the instance's lease has not ended by its own clock:
+only an instance that stopped heartbeating can be forgotten. Make sure its
+Envoy is gone: its connections stop being counted.
+
+Flags:
+`
+
+func runForget(args []string) error {
+	fs := flag.NewFlagSet("wsgate forget-instance", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), forgetUsage)
+		fs.PrintDefaults()
+	}
+	ro := redisFlags(fs)
+	fleet := fs.String("fleet", "", "the fleet the instance belongs to (required)")
+	timeout := fs.Duration("timeout", 5*time.Second, "bound of the whole call to Redis")
+	rest, err := parseFlagsRest(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	if *fleet == "" || len(rest) != 1 {
+		return errors.New("want --fleet NAME and one INSTANCE-ID")
+	}
+	id := rest[0]
+	cfg := ro.config()
+	rdb, err := tracker.NewRedisClient(cfg)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	store := tracker.NewStore(rdb, cfg.Prefix)
+	seqs, err := store.Instances(ctx, *fleet)
+	if err != nil {
+		return fmt.Errorf("reach Redis at %s: %w", strings.Join(cfg.Addrs, ","), err)
+	}
+	if _, ok := seqs[id]; !ok {
+		return fmt.Errorf("fleet %s has no instance %q", *fleet, id)
+	}
+	gone, err := store.Reap(ctx, *fleet, []string{id})
+	if err != nil {
+		return err
+	}
+	if len(gone) == 0 {
+		return fmt.Errorf("instance %q of fleet %s still holds a lease: it heartbeated within its --instance-ttl, so it may be alive", id, *fleet)
+	}
+	fmt.Fprintf(os.Stdout, "forgot instance %s of fleet %s: its slots are free\n", id, *fleet)
+	return nil
+}

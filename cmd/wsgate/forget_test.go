@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// forget-instance frees a stopped instance's slots, and Redis refuses it
+// for one whose lease still holds.
+func TestForgetInstanceOnlyAfterTheLease(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s := tracker.NewStore(srv.Client(), "wsgate")
+	sync := func(id string, lease time.Duration) {
+		t.Helper()
+		if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: id, Lease: lease,
+			Counts: []tracker.PodCount{{Pod: "10.0.0.1:80", Live: 2}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sync("alive", time.Hour)
+	sync("gone", time.Millisecond)
+	// Wait for Redis' clock to pass gone's lease; it has no event to await.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		snap, err := s.Snapshot(ctx, "chat", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if snap.Instances[0].ID == "alive" && snap.Instances[1].LeaseUntil.Before(snap.RedisNow) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Redis' clock did not pass a 1ms lease in 10s")
+		}
+	}
+	run := func(args ...string) error {
+		return runForget(append([]string{"--redis-addr", srv.Addr()}, args...))
+	}
+	if err := run("--fleet", "chat", "alive"); err == nil || !strings.Contains(err.Error(), "still holds a lease") {
+		t.Errorf("forgetting a live instance: %v, want refused", err)
+	}
+	if err := run("--fleet", "chat", "nobody"); err == nil || !strings.Contains(err.Error(), `no instance "nobody"`) {
+		t.Errorf("forgetting an unknown instance: %v", err)
+	}
+	if err := run("chat"); err == nil {
+		t.Error("accepted a call without --fleet")
+	}
+	if err := run("--fleet", "chat", "gone"); err != nil {
+		t.Fatalf("forgetting an expired instance: %v", err)
+	}
+	sum, err := s.Summary(ctx, "chat", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Live != 2 {
+		t.Errorf("live after forgetting gone = %d, want alive's 2", sum.Live)
+	}
+}

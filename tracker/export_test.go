@@ -1,4 +1,0 @@
-package tracker
-
-// HeadroomShare exposes headroomShare to the external tests.
-var HeadroomShare = headroomShare

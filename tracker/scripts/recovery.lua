@@ -1,0 +1,11 @@
+-- recovery: ms until the fleet's epoch grants, 0 once it does. At least 1
+-- while there is no epoch, while the epoch was made by another Redis
+-- process (the next heartbeat opens a new one) and while no tracker has
+-- confirmed its wait (see sync.lua). Judged here, on the node that holds
+-- the epoch, by that node's clock.
+-- KEYS: 1 epoch. ARGV: 1 run id check (1|0).
+local e = redis.call('HMGET', KEYS[1], 'id', 'run', 'until', 'confirmed')
+if not e[1] or e[2] ~= run_id(ARGV[1]) then return 1 end
+local left = math.max(0, (tonumber(e[3]) or 0) - now_ms())
+if e[4] ~= '1' then left = math.max(left, 1) end
+return left
