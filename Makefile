@@ -9,7 +9,8 @@ BENCHTIME ?= 2s
 
 all: build
 
-# deps installs what the tests need beyond Go: redis-server and redis-cli.
+# deps installs what the tests need beyond Go: redis-server and redis-cli,
+# spin and gcc (the model check of tracker/model).
 deps:
 	@./scripts/deps.sh
 

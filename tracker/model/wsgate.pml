@@ -1,0 +1,556 @@
+/*
+ * wsgate.pml: SPIN model of the admission protocol of tracker/PROTOCOL.md.
+ *
+ * Two tracker instances, one pod, cap CAP. Checked property (Cap):
+ * held[0] + held[1] <= CAP in every reachable state, where held[i] is what
+ * instance i's Envoy physically carries: a connection counts from the
+ * moment its tracker decides to admit it until after it released it.
+ *
+ *   spin -a -DCAP=1 wsgate.pml && gcc -DSAFETY -O2 -o pan pan.c && ./pan -m1000000
+ *   spin -t -DCAP=1 -DBROKEN wsgate.pml   (replays a counterexample found)
+ *
+ * Configuration macros (model_test.go runs each, see README.md):
+ *   CAP=n           the pod's cap (1 and 2 are checked).
+ *   REAP            --expired-instances=reap instead of keep: an expired
+ *                   instance is reaped although it may be only cut off
+ *                   (the documented trade-off G: fails).
+ *   RCLOCK_STEPS    Redis' wall clock (TIME) may step forward (fails:
+ *                   README.md, flaw 1).
+ *   WAIT_FIX        the fix of flaw 1, as sync.lua and admit.lua do it: admit also needs the epoch
+ *                   confirmed by a tracker that watched a full TTL of its
+ *                   own monotonic clock pass since it first saw the epoch.
+ *   SEQ_RESEED      a restarted tracker numbers its calls on from the seq
+ *                   Redis stored (fails: README.md, flaw 2).
+ * Broken variants, each one rule away from the protocol, must fail:
+ *   BROKEN          the previous design's share fallback (no entitlements).
+ *   NO_LOWER        a heartbeat does not lower ent to held before sending.
+ *   NO_RUNID        the scripts fence on the epoch id only, not the run id.
+ *   NO_SEQ          releases are not ordered against heartbeats by seq.
+ *   SYNC_NO_DEGRADE a heartbeat whose reply was lost does not stop the
+ *                   admissions through Redis until the next heartbeat.
+ *
+ * The model is one process whose steps are the tracker operations, the
+ * Redis faults and the passing of time, interleaved in every order. Each
+ * step is one d_step: a script is atomic in Redis, and a tracker operation
+ * is atomic under the fleet's lock or gate. Where a step has several
+ * outcomes (the reply is read, lost after the script ran, the call runs
+ * later, never), each outcome is a step of its own.
+ *
+ * Abstractions. Each lets the model do at least what the real system can
+ * (sound for safety), except the bounds of the small instance and the
+ * exclusions PROTOCOL.md documents, listed last.
+ * - Time: no clock. A lease ends, a recovery wait ends, at any moment,
+ *   subject only to the orderings that the protocol's argument derives
+ *   from monotonic clocks and Redis' TIME (see "time passes" below). Any
+ *   real timing is one of these interleavings.
+ * - Epoch and run ids are only compared. Within the life of one Redis
+ *   process the epoch changes at most once (created when missing or made
+ *   by another process), and a call never outlives the Redis process it
+ *   was sent to (its connection dies with it). So "instance i's epoch is
+ *   the current one, made by the running process" is one bit, kv[i], and
+ *   whether an admit or release passes the fence is known when it is sent.
+ * - Snapshots: one saved copy of Redis' state (RDB, AOF or a replica),
+ *   which "save" overwrites at any moment; a restart may restore it (so any
+ *   earlier state, any number of times), always under a new run id.
+ * - Late calls: a call whose reply the tracker gave up may still run later
+ *   (an orphan); at most one per instance at a time (a bound). A restarted
+ *   tracker's orphans still run.
+ * - Seq numbers (release.lua, sync.lua) by their effect: once a later call
+ *   of the instance ran, its orphan is stale and does nothing (dropped).
+ * - A restarted tracker keeps held (Envoy still carries the connections;
+ *   inherit and the access log tell the new run) and forgets ent, its
+ *   epoch and its lease.
+ * - Excluded, as documented in PROTOCOL.md: Redis losing its data while an
+ *   instance holding connections is cut off for the whole recovery wait
+ *   (the double fault, see wait_over); Envoy carrying connections its
+ *   tracker let go (Adopt); the operator's --forget-instance; and, with
+ *   REAP, a long partition (the trade-off G).
+ */
+
+#ifndef CAP
+#define CAP 1
+#endif
+/* Instance leases in Redis. With keep they only make the admit script
+ * refuse ('lease'), and leaving a refusal out only adds behaviours: the
+ * fast configurations leave them out, -DLEASES (and REAP) put them in. */
+#ifdef REAP
+#define LEASES
+#endif
+#define N 2
+
+/* Instance lease in Redis (the instances zset), judged by Redis' TIME. */
+#define ABSENT  0
+#define ALIVE   1
+#define EXPIRED 2
+
+/* A call in flight whose reply its tracker gave up (an orphan). */
+#define NONE     0
+#define OADMIT   1
+#define ORELEASE 2
+#define OSYNC    3
+
+/* Replies of the admit script. */
+#define R_GRANT   0
+#define R_CAP     1
+#define R_RECOVER 2
+#define R_LEASE   3
+
+/* ---- Redis ---- */
+byte E[N];        /* inst:<id>: the slots entitled to each instance */
+bool ep_ok;       /* the epoch exists and the running process made it */
+bool rec;         /* its recovery wait (until) has not ended */
+#ifdef LEASES
+byte rl[N];       /* instance leases */
+bool rfree[N];    /* lease restored from old data: may end at any time */
+#endif
+/* ghosts, for the ordering constraints of time only */
+bool synced[N];   /* instance i's heartbeat ran in the current epoch */
+bool pre[N];      /* i's local lease was granted before the current epoch
+                     was made, and still runs */
+
+/* ---- the saved snapshot ---- */
+bool has_snap;
+byte sE[N];
+#ifdef NO_RUNID
+bool snap_cur;    /* it was saved in the current epoch */
+#endif
+
+/* ---- orphans ---- */
+byte okind[N];
+byte oh[N];       /* the held a late heartbeat publishes */
+bool oold[N];     /* sent by a previous run of the tracker (SEQ_RESEED) */
+
+/* ---- trackers ---- */
+byte held[N];     /* its live connections: what its Envoy carries */
+byte ent[N];      /* the entitlement it relies on */
+bool kv[N];       /* its epoch is Redis' current one */
+bool deg[N];      /* degraded: its last heartbeat failed */
+bool valid[N];    /* its local lease (monotonic clock) runs */
+#ifdef WAIT_FIX
+bool tw[N];       /* its own wait, since it learnt the epoch, runs */
+bool ow[N];       /* its own wait for the current epoch is over */
+bool conf;        /* Redis: a tracker confirmed the epoch's wait is over */
+#endif
+#ifdef BROKEN
+byte vload[N];    /* its view at its last heartbeat: the pod's load */
+byte vmine[N];    /* ... and its own count in it */
+#endif
+
+/* scratch (zeroed after every step): an admit script's reply, and kv
+ * before a heartbeat */
+byte res;
+bool kvb;
+
+#define CAP_OK (held[0] + held[1] <= CAP)
+
+/* The end of a recovery wait is at least an instance TTL (of Redis' clock,
+ * or with WAIT_FIX of the tracker's) after the epoch was made, so every
+ * local lease granted before that has run out (pre). And (environment
+ * assumption: no double fault) every instance holding connections has
+ * heartbeated in the epoch by then (the heartbeat interval is shorter than
+ * the lease), unless it is cut off for the whole wait. */
+#define wait_over (!pre[0] && !pre[1] && (synced[0] || held[0] == 0) && (synced[1] || held[1] == 0))
+
+
+/* After every step: (Cap), then zero what can no longer matter, so that
+ * states that differ only in it are one state. */
+inline norm() {
+  assert(CAP_OK);
+  /* ent is read only while the local lease runs, and the heartbeat that
+   * grants a lease overwrites it */
+  if :: !valid[0] -> ent[0] = 0 :: else -> skip fi;
+  if :: !valid[1] -> ent[1] = 0 :: else -> skip fi;
+#ifdef BROKEN
+  if :: !valid[0] -> vload[0] = 0; vmine[0] = 0 :: else -> skip fi;
+  if :: !valid[1] -> vload[1] = 0; vmine[1] = 0 :: else -> skip fi;
+#endif
+#ifdef WAIT_FIX
+  /* the heartbeat that learns the current epoch starts a new own wait */
+  if :: !kv[0] -> tw[0] = false; ow[0] = false :: else -> skip fi;
+  if :: !kv[1] -> tw[1] = false; ow[1] = false :: else -> skip fi;
+#endif
+#ifndef WAIT_FIX
+  /* synced and pre are read only when the recovery wait ends; making an
+   * epoch (the only start of a wait) sets them afresh. (With WAIT_FIX a
+   * tracker's own wait may start later in the same epoch: kept.) */
+  if :: !rec -> synced[0] = false; synced[1] = false; pre[0] = false; pre[1] = false
+     :: else -> skip fi;
+#endif
+#ifdef LEASES
+  if :: rl[0] != ALIVE -> rfree[0] = false :: else -> skip fi;
+  if :: rl[1] != ALIVE -> rfree[1] = false :: else -> skip fi;
+#endif
+#ifndef SEQ_RESEED
+  oold[0] = false; oold[1] = false;
+#endif
+  res = 0; kvb = false
+}
+
+/* A call of instance i ran in Redis under a later seq than i's orphan:
+ * the orphan is stale, it will do nothing. */
+inline newer_call_ran(i) {
+#if defined(NO_SEQ)
+  if :: okind[i] == OSYNC -> okind[i] = NONE; oh[i] = 0 :: else -> skip fi
+#elif defined(SEQ_RESEED)
+  /* an orphan of the previous run may carry a higher seq */
+  if :: (okind[i] == OSYNC || okind[i] == ORELEASE) && !oold[i] -> okind[i] = NONE; oh[i] = 0
+     :: else -> skip fi
+#else
+  if :: okind[i] == OSYNC || okind[i] == ORELEASE -> okind[i] = NONE; oh[i] = 0
+     :: else -> skip fi
+#endif
+}
+
+/* ==== the Redis scripts, each atomic in Redis ==== */
+
+#ifndef WAIT_FIX
+#define NOT_RECOVERING (!rec)
+#else
+#define NOT_RECOVERING (!rec && conf)
+#endif
+/* admit.lua, for a call that passed the fence (its epoch id is the
+ * current one and the current one's run is the running process). */
+inline admit_script(i) {
+  if
+#ifndef WAIT_FIX
+  :: rec -> res = R_RECOVER                            /* 'recovering' */
+#else
+  :: rec || !conf -> res = R_RECOVER     /* 'recovering', or unconfirmed */
+#endif
+#ifdef LEASES
+  :: NOT_RECOVERING && rl[i] != ALIVE -> res = R_LEASE           /* 'lease' */
+  :: NOT_RECOVERING && rl[i] == ALIVE && E[0] + E[1] < CAP -> E[i]++; res = R_GRANT
+#else
+  :: NOT_RECOVERING && E[0] + E[1] < CAP -> E[i]++; res = R_GRANT
+#endif
+  :: else -> res = R_CAP                               /* 'capacity' */
+  fi
+}
+
+/* release.lua, for a call that passed the fence and is not stale: only
+ * what the instance holds is released. */
+inline release_script(i) {
+  if :: E[i] > 0 -> E[i]-- :: else -> skip fi
+}
+
+/* sync.lua, publishing held h. */
+inline sync_script(i, h) {
+  if
+  :: !ep_ok ->
+     /* no epoch, or one another process made (old data): a new epoch
+      * and its recovery wait. Nobody knows it yet; the local leases that
+      * run now were granted before it was made. */
+     ep_ok = true; rec = true;
+#ifdef WAIT_FIX
+     conf = false;
+#endif
+     kv[0] = false; kv[1] = false;
+     synced[0] = false; synced[1] = false;
+     pre[0] = valid[0]; pre[1] = valid[1];
+#ifdef NO_RUNID
+     snap_cur = false;
+#endif
+     skip
+  :: else -> skip
+  fi;
+  E[i] = h;                           /* E_i becomes the truth */
+#ifdef LEASES
+  rl[i] = ALIVE; rfree[i] = false;    /* the lease, by Redis' clock */
+#endif
+  synced[i] = true
+}
+
+/* ==== tracker operations (instance i) ==== */
+
+/* deg (degraded): the last heartbeat failed. Then the tracker admits
+ * nothing through Redis until a heartbeat succeeds; no admission can be
+ * in flight across a heartbeat, which takes the whole gate. The real
+ * tracker also stops using Redis after a failed admit or release, until
+ * its next heartbeat; the model leaves that out (more behaviours), which
+ * also covers calls sent before such a failure and answered after it. */
+#define CAN_ADMIT_REDIS(i) (!deg[i] && kv[i])
+
+/* Admit through Redis, reply read. With a stale epoch the script refuses
+ * ('epoch') and nothing changes, so only a known epoch is modelled. The
+ * tracker counts the connection in held and ent when it reads the grant. */
+inline admit_read(i) {
+  CAN_ADMIT_REDIS(i) ->
+  admit_script(i);
+  if
+  :: res == R_GRANT -> ent[i]++; held[i]++
+  :: res == R_LEASE && ent[i] > held[i] ->
+     ent[i] = held[i]    /* it may have been reaped: only held is its own */
+  :: else -> skip
+  fi
+}
+/* ... the script ran, the reply is lost: Redis counts a slot the tracker
+ * does not (safe; its next heartbeat corrects it) */
+inline admit_lost(i) { CAN_ADMIT_REDIS(i) -> admit_script(i) }
+/* ... it runs later (or never: no change, left out) */
+inline admit_late(i) { CAN_ADMIT_REDIS(i) && okind[i] == NONE -> okind[i] = OADMIT }
+
+/* Fallback admit: whenever Redis did not decide (degraded, fenced,
+ * recovering, gate busy, an error): modelled as allowed at any time. */
+#ifndef BROKEN
+/* share: only into ent - held, slots Redis counts for this instance, and
+ * only while its local lease runs. */
+inline fallback_admit(i) { valid[i] && held[i] < ent[i] -> held[i]++ }
+#else
+/* the previous share fallback (headroomShare, rank i, the remainder to
+ * rank 0): what it held at its last heartbeat plus its part of the
+ * headroom it saw then, and at most its part of the cap; no entitlement;
+ * within its lease, while Redis is unreachable (degraded). */
+#define PART(h, r) ((h) <= 0 -> 0 : (h) / N + ((r) == 0 && (h) % N == 1 -> 1 : 0))
+inline fallback_admit(i) {
+  deg[i] && valid[i] && held[i] < vmine[i] + PART(CAP - vload[i], i) && held[i] < PART(CAP, i) ->
+  held[i]++
+}
+#endif
+
+/* Release without a script: while degraded (or without the gate in time)
+ * only the local truth changes; ent is kept: the slot stays entitled to
+ * it in Redis and its fallback may reuse it. */
+inline release_local(i) { held[i] > 0 -> held[i]-- }
+
+/* Release through Redis: held and ent are lowered before the script is
+ * sent (a lost reply is taken as applied). Modelled even while degraded
+ * (more behaviours). */
+inline lower_both(i) {
+  held[i]--;
+  if :: ent[i] > 0 -> ent[i]-- :: else -> skip fi
+}
+/* ... it ran (the reply, read or lost, changes nothing locally) */
+inline release_ran(i) { held[i] > 0 && kv[i] -> lower_both(i); release_script(i); newer_call_ran(i) }
+/* ... it runs later */
+inline release_late(i) { held[i] > 0 && kv[i] && okind[i] == NONE -> lower_both(i); okind[i] = ORELEASE }
+/* ... it never runs, or it was fenced ('epoch': nothing done) */
+inline release_failed(i) { held[i] > 0 -> lower_both(i) }
+
+/* Heartbeat (sync), under the gate: no admission or release of this
+ * instance between its script and its local record, so the round trip
+ * is one step. First ent is lowered to the held it publishes. */
+inline lower_ent(i) {
+#ifndef NO_LOWER
+  if :: ent[i] > held[i] -> ent[i] = held[i] :: else -> skip fi
+#else
+  skip
+#endif
+}
+/* a heartbeat that fails makes the tracker degraded: no admission
+ * through Redis until a heartbeat succeeds */
+#ifndef SYNC_NO_DEGRADE
+#define SYNC_FAILED(i) deg[i] = true
+#else
+#define SYNC_FAILED(i) skip
+#endif
+/* ... reply read: the epoch, a lease from the moment it was sent, and
+ * ent = held (Redis counts exactly that for it now) */
+inline sync_read(i) {
+  kvb = kv[i];
+  lower_ent(i);
+  sync_script(i, held[i]); newer_call_ran(i);
+  kv[i] = true; valid[i] = true; pre[i] = false; deg[i] = false;
+  ent[i] = held[i];
+#ifdef WAIT_FIX
+  if :: !kvb -> tw[i] = true :: else -> skip fi;
+#endif
+#ifdef BROKEN
+  vload[i] = E[0] + E[1]; vmine[i] = held[i];
+#endif
+  skip
+}
+/* ... the script ran, the reply is lost: no lease, no epoch learnt */
+inline sync_lost(i) { lower_ent(i); sync_script(i, held[i]); newer_call_ran(i); SYNC_FAILED(i) }
+/* ... it runs later, or never */
+inline sync_late(i) { okind[i] == NONE -> lower_ent(i); okind[i] = OSYNC; oh[i] = held[i]; SYNC_FAILED(i) }
+inline sync_failed(i) { lower_ent(i); SYNC_FAILED(i) }
+
+/* Tracker killed and restarted: Envoy keeps the connections (held); the
+ * new run has no entitlement, epoch or lease. The old run's orphan may
+ * still run. */
+inline tracker_restart(i) {
+  ent[i] = 0; kv[i] = false; valid[i] = false; pre[i] = false; deg[i] = false;
+#ifdef WAIT_FIX
+  tw[i] = false; ow[i] = false;
+#endif
+  if :: okind[i] != NONE -> oold[i] = true :: else -> skip fi
+}
+
+/* ==== Redis faults, late calls, reaping ==== */
+
+inline drop_orphans() {
+  okind[0] = NONE; okind[1] = NONE; oh[0] = 0; oh[1] = 0;
+  oold[0] = false; oold[1] = false
+}
+inline new_process() {
+  /* another run id: every epoch in the data is now another process' */
+  ep_ok = false; rec = false;
+#ifdef WAIT_FIX
+  conf = false;
+#endif
+  kv[0] = false; kv[1] = false;
+  synced[0] = false; synced[1] = false;
+  drop_orphans()   /* calls in flight die with the process' connections */
+}
+
+/* crash, restart empty */
+inline redis_restart_empty() {
+  E[0] = 0; E[1] = 0;
+#ifdef LEASES
+  rl[0] = ABSENT; rl[1] = ABSENT; rfree[0] = false; rfree[1] = false;
+#endif
+#ifdef NO_RUNID
+  snap_cur = false;
+#endif
+  new_process()
+}
+
+/* save: RDB/AOF (or a replica) now holds this state */
+#ifndef NO_RUNID
+#define SNAP_DIFFERS (!has_snap || sE[0] != E[0] || sE[1] != E[1])
+#else
+#define SNAP_DIFFERS (!has_snap || sE[0] != E[0] || sE[1] != E[1] || snap_cur != ep_ok)
+#endif
+inline redis_save() {
+  SNAP_DIFFERS ->
+  has_snap = true;
+  sE[0] = E[0]; sE[1] = E[1];
+#ifdef NO_RUNID
+  snap_cur = ep_ok;
+#endif
+  skip
+}
+
+/* restart from the snapshot: old data, a new run id */
+inline redis_restart_old() {
+  has_snap ->
+  E[0] = sE[0]; E[1] = sE[1];
+#ifdef LEASES
+  /* the leases it held then: alive or not, and they end whenever (their
+   * ends are not ordered after the local leases since) */
+  rl[0] = ALIVE; rl[1] = ALIVE; rfree[0] = true; rfree[1] = true;
+#endif
+#ifndef NO_RUNID
+  new_process()
+#else
+  /* Fenced on the epoch id only: if the snapshot was saved in the current
+   * epoch, its id reappears and nothing tells the data is old. (An older
+   * snapshot is treated as fenced: fewer behaviours, enough to fail.) */
+  if
+  :: snap_cur -> drop_orphans()
+  :: else -> new_process()
+  fi
+#endif
+}
+
+/* an orphan runs now (its reply goes nowhere) */
+inline late_call_runs(j) {
+  okind[j] != NONE ->
+  if
+  :: okind[j] == OADMIT -> admit_script(j)
+  :: okind[j] == ORELEASE -> release_script(j)
+  :: okind[j] == OSYNC -> sync_script(j, oh[j])
+  fi;
+  okind[j] = NONE; oh[j] = 0; oold[j] = false
+}
+/* an orphan never runs */
+inline late_call_lost(j) { okind[j] != NONE -> okind[j] = NONE; oh[j] = 0; oold[j] = false }
+
+#ifdef REAP
+/* reap (a tracker's heartbeat or the scaler): the lease ended by Redis'
+ * clock, and the reaper watched the instance's beats stand still for a
+ * TTL of its own monotonic clock, so the instance's local lease has ended
+ * too. Nothing tells a cut-off instance from a dead one. */
+inline reap(j) { rl[j] == EXPIRED && !valid[j] -> E[j] = 0; rl[j] = ABSENT }
+#endif
+
+/* ==== time passes ==== */
+
+/* a tracker's local lease ends (its monotonic clock, InstanceTTL after
+ * its last successful heartbeat was sent): at any moment, since a reply
+ * may come back too late to help */
+inline local_lease_ends(i) { valid[i] -> valid[i] = false; pre[i] = false }
+
+/* an instance lease ends in Redis. Redis stamped it after the tracker sent
+ * the heartbeat of its latest local lease, so it ends after that one,
+ * unless it was restored from old data (or Redis' clock stepped). */
+#ifdef LEASES
+#ifndef RCLOCK_STEPS
+inline redis_lease_ends(i) { rl[i] == ALIVE && (!valid[i] || rfree[i]) -> rl[i] = EXPIRED }
+#else
+inline redis_lease_ends(i) { rl[i] == ALIVE -> rl[i] = EXPIRED }
+#endif
+#endif
+
+/* the epoch's recovery wait ends (until = made + TTL, Redis' clock) */
+#ifndef RCLOCK_STEPS
+inline recovery_wait_ends() { rec && wait_over -> rec = false }
+#else
+/* a forward step of Redis' clock may end it at any moment */
+inline recovery_wait_ends() { rec -> rec = false }
+#endif
+
+#ifdef WAIT_FIX
+/* WAIT_FIX: a tracker's own wait, a TTL of its monotonic clock from the
+ * reply in which it learnt the epoch, so it ends after made + TTL */
+inline own_wait_ends(i) { tw[i] && wait_over -> tw[i] = false; ow[i] = true }
+
+/* WAIT_FIX: a tracker whose own wait is over tells Redis (a call that is
+ * idempotent: lost or late, it changes nothing or the same) */
+inline confirm_epoch(i) { ow[i] && !conf -> conf = true }
+#endif
+
+/* Every step prints its name and the state after it in a simulation
+ * (spin -t -DCAP=.. wsgate.pml replays a counterexample); the verifier
+ * prints nothing. */
+#ifdef WAIT_FIX
+#define TW_SHOW(i) tw[i]
+#else
+#define TW_SHOW(i) 0
+#endif
+inline print_state() {
+  printf("  held=%d,%d ent=%d,%d kv=%d,%d deg=%d,%d lease=%d,%d wait=%d,%d | E=%d,%d epoch=%d recovering=%d snapE=%d,%d late=%d,%d\n",
+    held[0], held[1], ent[0], ent[1], kv[0], kv[1], deg[0], deg[1], valid[0], valid[1], TW_SHOW(0), TW_SHOW(1),
+    E[0], E[1], ep_ok, rec, sE[0], sE[1], okind[0], okind[1])
+}
+#define STEP(op, i) :: d_step { op(i); norm(); printf(#op); printf(" %d\n", i); print_state() }
+#define BOTH(op) STEP(op, 0) STEP(op, 1)
+#define ONCE(op) :: d_step { op(); norm(); printf(#op); printf("\n"); print_state() }
+
+active proctype World() {
+  do
+  /* trackers */
+  BOTH(admit_read)
+  BOTH(admit_lost)
+  BOTH(admit_late)
+  BOTH(fallback_admit)
+  BOTH(release_local)
+  BOTH(release_ran)
+  BOTH(release_late)
+  BOTH(release_failed)
+  BOTH(sync_read)
+  BOTH(sync_lost)
+  BOTH(sync_late)
+  BOTH(sync_failed)
+  BOTH(tracker_restart)
+  /* Redis */
+  ONCE(redis_restart_empty)
+  ONCE(redis_save)
+  ONCE(redis_restart_old)
+  BOTH(late_call_runs)
+  BOTH(late_call_lost)
+#ifdef REAP
+  BOTH(reap)
+#endif
+  /* time */
+  BOTH(local_lease_ends)
+#ifdef LEASES
+  BOTH(redis_lease_ends)
+#endif
+  ONCE(recovery_wait_ends)
+#ifdef WAIT_FIX
+  BOTH(own_wait_ends)
+  BOTH(confirm_epoch)
+#endif
+  od
+}
