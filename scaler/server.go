@@ -78,7 +78,8 @@ type Config struct {
 	// clock (tracker/PROTOCOL.md). Default 10s, the trackers' default.
 	InstanceTTL time.Duration
 	// ExpiredInstances is the trackers' --expired-instances: keep turns the
-	// reaper off. Default reap.
+	// reaper off, kube reaps only instances Kubernetes no longer lists (it
+	// needs WithInstanceJudge). Default reap.
 	ExpiredInstances tracker.ExpiredMode
 }
 
@@ -151,7 +152,18 @@ type Server struct {
 
 	reapMu  sync.Mutex
 	stalled map[string]*tracker.Stalled // fleet -> the reaper's witness
+	judge   InstanceJudge
 }
+
+// InstanceJudge tells whether Kubernetes still lists a tracker instance's
+// pod (see discovery.Discovery.InstanceAlive).
+type InstanceJudge interface {
+	InstanceAlive(fleet, id string) (alive, known bool)
+}
+
+// WithInstanceJudge lets Kubernetes judge expired instances
+// (Config.ExpiredInstances kube).
+func WithInstanceJudge(j InstanceJudge) Option { return func(s *Server) { s.judge = j } }
 
 // Option changes how New builds a Server.
 type Option func(*Server)
@@ -196,6 +208,16 @@ func New(cfg Config, store Store, opts ...Option) (*Server, error) {
 	}
 	if s.metrics == nil {
 		s.metrics = NewMetrics(nil)
+	}
+	if cfg.ExpiredInstances == tracker.ExpiredKube {
+		if s.judge == nil {
+			return nil, errors.New("scaler config: expired-instances kube needs Kubernetes to judge (--kube)")
+		}
+		for _, f := range cfg.Fleets {
+			if f.EnvoyService == "" {
+				return nil, fmt.Errorf("scaler config: expired-instances kube: fleet %s names no envoyService, so Kubernetes cannot say whether its instances live", f.Name)
+			}
+		}
 	}
 	return s, nil
 }
@@ -446,7 +468,8 @@ func (s *Server) active(ctx context.Context, t Trigger) (bool, error) {
 // Reap removes expired tracker instances of every fleet, so counts stay
 // true even when every tracker died: those whose seq this scaler watched
 // stand still for a full InstanceTTL and whose lease Redis also judges
-// ended. With ExpiredInstances keep it does nothing. It returns the fleets'
+// ended, and with ExpiredInstances kube only those whose pod Kubernetes no
+// longer lists. With ExpiredInstances keep it does nothing. It returns the fleets'
 // errors joined.
 func (s *Server) Reap(ctx context.Context) error {
 	if s.cfg.ExpiredInstances == tracker.ExpiredKeep {
@@ -466,7 +489,11 @@ func (s *Server) Reap(ctx context.Context) error {
 			w = tracker.NewStalled(s.cfg.InstanceTTL)
 			s.stalled[f] = w
 		}
-		ids, err := s.store.Reap(ctx, f, w.Observe(seqs, "", s.now()))
+		stalled := w.Observe(seqs, "", s.now())
+		if s.cfg.ExpiredInstances == tracker.ExpiredKube {
+			stalled = s.goneFromKubernetes(f, stalled)
+		}
+		ids, err := s.store.Reap(ctx, f, stalled)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -477,6 +504,18 @@ func (s *Server) Reap(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// goneFromKubernetes keeps the ids whose pod Kubernetes no longer lists: an
+// instance that is only cut off from Redis keeps its slots.
+func (s *Server) goneFromKubernetes(fleet string, ids []string) []string {
+	var out []string
+	for _, id := range ids {
+		if alive, known := s.judge.InstanceAlive(fleet, id); known && !alive {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // RunReaper calls Reap every interval until ctx ends.

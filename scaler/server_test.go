@@ -64,6 +64,7 @@ type opts struct {
 	tls     *tls.Config
 	gate    scaler.ScaleDownGate
 	dialTLS *tls.Config
+	judge   scaler.InstanceJudge
 }
 
 func start(t testing.TB, o opts) *env {
@@ -84,6 +85,9 @@ func start(t testing.TB, o opts) *env {
 	sopts := []scaler.Option{scaler.WithLogger(quiet), scaler.WithClock(e.clock.now), scaler.WithMetrics(scaler.NewMetrics(e.reg))}
 	if o.gate != nil {
 		sopts = append(sopts, scaler.WithGate(o.gate))
+	}
+	if o.judge != nil {
+		sopts = append(sopts, scaler.WithInstanceJudge(o.judge))
 	}
 	srv, err := scaler.New(cfg, e.store, sopts...)
 	if err != nil {
@@ -500,6 +504,60 @@ func TestReaperKeepsExpiredInstancesWhenTold(t *testing.T) {
 	}
 	if n := snap.Load["10.0.0.1:80"] + snap.Load["10.0.0.2:80"] + snap.Load["10.0.0.3:80"]; n != 3 {
 		t.Errorf("load %d after the reaper ran, want envoy-a's 3 still counted", n)
+	}
+}
+
+// judge is Kubernetes' word on instances: id -> pod still listed; an id
+// missing is one Kubernetes cannot judge.
+type judge map[string]bool
+
+func (j judge) InstanceAlive(_, id string) (alive, known bool) { alive, known = j[id]; return }
+
+// TestReaperAsksKubernetesWithKube (issue 10, G): with ExpiredInstances kube
+// an instance whose lease ended by both witnesses is reaped only when
+// Kubernetes no longer lists its pod: a cut-off instance keeps its slots.
+func TestReaperAsksKubernetesWithKube(t *testing.T) {
+	fl := fleets()
+	for i := range fl {
+		fl[i].EnvoyService = "envoy"
+	}
+	j := judge{"envoy-a": true, "envoy-b": false} // a only cut off, b gone, c unknown
+	e := start(t, opts{cfg: scaler.Config{Fleets: fl, ExpiredInstances: tracker.ExpiredKube}, judge: j})
+	for _, id := range []string{"envoy-a", "envoy-b", "envoy-c"} {
+		e.admit(e.tracker(id), "web", 1)
+	}
+	for _, id := range []string{"envoy-a", "envoy-b", "envoy-c"} {
+		e.awaitLeaseEnd("web", id)
+	}
+	for range 2 {
+		if err := e.srv.Reap(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		e.clock.advance(ttl)
+	}
+	got := e.instances("web")
+	if _, ok := got["envoy-b"]; ok {
+		t.Error("envoy-b not reaped: its lease ended and Kubernetes no longer lists its pod")
+	}
+	for _, id := range []string{"envoy-a", "envoy-c"} {
+		if _, ok := got[id]; !ok {
+			t.Errorf("%s reaped although Kubernetes did not say its pod is gone", id)
+		}
+	}
+}
+
+func TestKubeJudgeIsRequired(t *testing.T) {
+	fl := fleets()
+	for i := range fl {
+		fl[i].EnvoyService = "envoy"
+	}
+	store := tracker.NewStore(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), "wsgate")
+	if _, err := scaler.New(scaler.Config{Fleets: fl, ExpiredInstances: tracker.ExpiredKube}, store); err == nil || !strings.Contains(err.Error(), "--kube") {
+		t.Errorf("kube without a judge: %v, want an error naming --kube", err)
+	}
+	fl[1].EnvoyService = ""
+	if _, err := scaler.New(scaler.Config{Fleets: fl, ExpiredInstances: tracker.ExpiredKube}, store, scaler.WithInstanceJudge(judge{})); err == nil || !strings.Contains(err.Error(), "fleet cold names no envoyService") {
+		t.Errorf("kube with a fleet without envoyService: %v", err)
 	}
 }
 

@@ -49,6 +49,11 @@ const (
 	// ExpiredKeep keeps its slots counted until it heartbeats again or an
 	// operator forgets it: the cap holds under any partition.
 	ExpiredKeep ExpiredMode = "keep"
+	// ExpiredKube lets Kubernetes judge: only the scaler (with --kube)
+	// reaps, and only instances whose pod the fleet's Envoy Service no
+	// longer lists in any condition. Trackers reap nobody. The cap holds
+	// under partitions; a dead pod's slots return once Kubernetes removed it.
+	ExpiredKube ExpiredMode = "kube"
 )
 
 // Reason says why an admission was rejected. The values are the suffixes of
@@ -67,8 +72,8 @@ var Reasons = []Reason{ReasonCapacity, ReasonNoPods, ReasonRateLimit, ReasonRedi
 
 // Validate names what is wrong with m.
 func (m ExpiredMode) Validate() error {
-	if m != ExpiredReap && m != ExpiredKeep {
-		return fmt.Errorf("expired-instances %q: want reap or keep", m)
+	if m != ExpiredReap && m != ExpiredKeep && m != ExpiredKube {
+		return fmt.Errorf("expired-instances %q: want reap, keep or kube", m)
 	}
 	return nil
 }

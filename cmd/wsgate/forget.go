@@ -17,7 +17,8 @@ func init() { commands["forget-instance"] = runForget }
 const forgetUsage = `Usage: wsgate forget-instance --fleet NAME [flags] INSTANCE-ID
 
 Gives back the slots of a tracker instance that will not come back, for
-fleets run with --expired-instances=keep (which never does it by itself).
+fleets run with --expired-instances=keep (which never does it by itself)
+or kube (where Kubernetes still lists the pod).
 Redis refuses while the instance's lease has not ended by its own clock:
 only an instance that stopped heartbeating can be forgotten. Make sure its
 Envoy is gone: its connections stop being counted.

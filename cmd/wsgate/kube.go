@@ -32,6 +32,7 @@ func kubeModule() fx.Option {
 	return fx.Options(
 		fx.Provide(newKubeClient, newPodRegistry, newDiscovery, newPodCostHook,
 			func(d *discovery.Discovery) scaler.InstanceCounter { return d },
+			func(d *discovery.Discovery) scaler.InstanceJudge { return d },
 			func(d *discovery.Discovery) syncer { return d }),
 		fx.Invoke(runKube),
 	)

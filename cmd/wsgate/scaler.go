@@ -45,13 +45,16 @@ func runScaler(args []string) error {
 	fs.IntVar(&f.cfg.ExpectedInstances, "expected-instances", 0, "tracker instances to expect after Redis lost its data (0: the ready endpoints of the fleet's envoyService with --kube, else those alive before the epoch changed)")
 	fs.DurationVar(&f.reapInterval, "reap-interval", 5*time.Second, "interval of reaping expired tracker instances")
 	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "the trackers' --instance-ttl: an instance is reaped only after standing still this long")
-	fs.StringVar((*string)(&f.cfg.ExpiredInstances), "expired-instances", string(tracker.ExpiredReap), "the trackers' --expired-instances: reap, or keep (never reap: the cap holds under partitions)")
+	fs.StringVar((*string)(&f.cfg.ExpiredInstances), "expired-instances", string(tracker.ExpiredReap), "the trackers' --expired-instances: reap, keep (never reap: the cap holds under partitions), or kube (reap only instances whose pod the fleet's envoyService no longer lists; needs --kube)")
 	fs.BoolVar(&f.kube.enabled, "kube", false, "discover pods from the fleets' Service EndpointSlices and set pod-deletion-cost before scale-downs")
 	fs.StringVar(&f.kube.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the fleets' Services and pods (default: $POD_NAMESPACE)")
 	fs.StringVar(&f.kube.kubeconfig, "kubeconfig", "", "kubeconfig file (default: the in-cluster service account)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if f.cfg.ExpiredInstances == tracker.ExpiredKube && !f.kube.enabled {
+		return errors.New("--expired-instances kube: Kubernetes judges the instances only with --kube")
 	}
 	if f.kube.enabled && f.kube.namespace == "" {
 		return errors.New("--namespace: required with --kube (or set POD_NAMESPACE)")
@@ -111,6 +114,7 @@ type scalerDeps struct {
 	// ready endpoints, both present with --kube.
 	Gate      scaler.ScaleDownGate   `optional:"true"`
 	Instances scaler.InstanceCounter `optional:"true"`
+	Judge     scaler.InstanceJudge   `optional:"true"`
 }
 
 func newScaler(d scalerDeps) (*scaler.Server, error) {
@@ -120,6 +124,9 @@ func newScaler(d scalerDeps) (*scaler.Server, error) {
 	}
 	if d.Instances != nil {
 		opts = append(opts, scaler.WithInstanceCounter(d.Instances))
+	}
+	if d.Judge != nil {
+		opts = append(opts, scaler.WithInstanceJudge(d.Judge))
 	}
 	return scaler.New(d.Flags.cfg, d.Store, opts...)
 }

@@ -45,7 +45,7 @@ func runTracker(args []string) error {
 	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", 90*time.Second, "release an established connection whose lease Envoy stopped renewing")
 	fs.DurationVar(&f.cfg.RedisTimeout, "redis-timeout", 100*time.Millisecond, "bound of one admission's Redis work, after which the fallback decides (keep below the Lua filter's 250ms httpCall timeout)")
 	fallback := fs.String("fallback", "share", "admission Redis cannot decide: share (only into slots Redis counts for this instance: never above the cap), closed, or open (may exceed the cap)")
-	expired := fs.String("expired-instances", string(tracker.ExpiredReap), "an instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap) or keep (counted until it comes back: the cap holds); the same for every tracker and the scaler")
+	expired := fs.String("expired-instances", string(tracker.ExpiredReap), "an instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap), keep (counted until it comes back: the cap holds), or kube (the scaler reaps it once Kubernetes no longer lists its pod: the cap holds); the same for every tracker and the scaler")
 	fs.BoolVar(&f.embedded, "redis-embedded", false, "run an in-process Redis (miniredis) instead of --redis-addr: for trying wsgate out, never for production")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {

@@ -121,6 +121,33 @@ func (d *Discovery) ExpectedInstances(fleet string) int {
 	return d.expected[fleet]
 }
 
+// InstanceAlive says whether Kubernetes still lists the tracker instance id
+// (the name of its Envoy pod, as the chart's --instance-id) among the
+// endpoints of fleet's Envoy Service, in any condition: ready or not,
+// terminating or not. A pod cut off from the network stays listed until
+// Kubernetes deletes it, so its connections stay counted. known is false
+// when the fleet names no Envoy Service or before Synced: then nobody may
+// be judged gone.
+func (d *Discovery) InstanceAlive(fleet, id string) (alive, known bool) {
+	if !d.synced.Load() {
+		return false, false
+	}
+	for _, f := range d.fleets {
+		if f.Name != fleet || f.EnvoyService == "" {
+			continue
+		}
+		for _, s := range d.slicesOf(f.EnvoyService) {
+			for _, ep := range s.Endpoints {
+				if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" && ep.TargetRef.Name == id {
+					return true, true
+				}
+			}
+		}
+		return false, true
+	}
+	return false, false
+}
+
 func (d *Discovery) onEvent(obj any) {
 	if !d.synced.Load() {
 		return

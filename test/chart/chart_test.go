@@ -197,7 +197,7 @@ func checkConfigMap(t *testing.T, r rendered) {
 	defined := map[string]bool{}
 	for _, f := range fleets {
 		defined[f.Name] = true
-		if f.Service != "" && f.EnvoyService != envoyName {
+		if f.EnvoyService != envoyName {
 			t.Errorf("fleet %s: envoyService %q, want the chart's Envoy Service %q", f.Name, f.EnvoyService, envoyName)
 		}
 	}

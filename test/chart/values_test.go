@@ -40,7 +40,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"fallback mode", []string{"--set", "tracker.fallback=maybe"},
 			[]string{"/tracker/fallback", "'share', 'closed', 'open'"}},
 		{"expired instances mode", []string{"--set", "tracker.expiredInstances=forget"},
-			[]string{"/tracker/expiredInstances", "'reap', 'keep'"}},
+			[]string{"/tracker/expiredInstances", "'reap', 'keep', 'kube'"}},
 		{"trigger type", []string{"--set", "keda.triggerType=pull"},
 			[]string{"/keda/triggerType", "'external', 'external-push'"}},
 		{"metric", []string{"--set-json", `keda.backends=[{"name":"b","kind":"Deployment","fleet":"default","metric":"cpu","minReplicaCount":1,"maxReplicaCount":2}]`},
