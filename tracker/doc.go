@@ -9,5 +9,7 @@
 // A Store runs the scripts; a Tracker is one Envoy sidecar's side of it: the
 // connections it admitted (its local truth), the per-fleet token bucket, the
 // heartbeat that re-publishes the local truth, and the fallback used while
-// Redis cannot be reached.
+// Redis cannot decide. PROTOCOL.md argues why no pod exceeds its cap under
+// any fault: a slot Redis counts for an instance is its entitlement, every
+// script fences on the epoch, leases run on Redis' clock.
 package tracker
