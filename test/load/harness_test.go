@@ -41,8 +41,11 @@ func startNode(b *testing.B, store *tracker.Store, id string, cfg tracker.Config
 	if err != nil {
 		b.Fatalf("tracker %s: %v", id, err)
 	}
-	if err := tr.Heartbeat(context.Background()); err != nil {
-		b.Fatalf("first heartbeat of %s: %v", id, err)
+	// A new Redis epoch grants nothing for one instance TTL.
+	ctx0, cancel0 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel0()
+	if err := tr.AwaitGranting(ctx0); err != nil {
+		b.Fatalf("tracker %s: %v", id, err)
 	}
 	n := &node{tr: tr, hbDone: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())

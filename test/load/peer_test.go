@@ -1,0 +1,210 @@
+package load
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	datav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/tracker/accesslog"
+)
+
+// BenchmarkPeerLifecycle puts a connection's whole lifecycle through wsgate
+// beside what a per-request rate-limit decision costs on the same
+// redis-server, interleaved in blocks so both see the same machine:
+//
+//   - wsgate: POST /v1/admit to a tracker, then the access-log entries Envoy
+//     sends for the tunnel (established, then end) over the gRPC stream,
+//     until Redis counts the slot free again. The tracker heartbeats in the
+//     background as in production: its share of Redis' work is included.
+//   - peer: one INCR + EXPIRE pipeline (a fixed-window rate-limit decision,
+//     as envoyproxy/ratelimit makes it), no code of that project used.
+//
+// It reports Redis commands (INFO commandstats: a script's inner calls
+// count) and Redis CPU (INFO cpu) per lifecycle and per decision, and their
+// ratios. The goal of the performance issue: Redis CPU per lifecycle at most
+// the peer's per decision.
+func BenchmarkPeerLifecycle(b *testing.B) {
+	const block = 500
+	srv := redistest.Start(b)
+	rdb := srv.Client()
+	ctx := context.Background()
+
+	pods := make([]string, 100)
+	for i := range pods {
+		pods[i] = fmt.Sprintf("10.2.%d.%d:8080", i/250, i%250+1)
+	}
+	tr, err := tracker.New(tracker.Config{InstanceID: "peer", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second,
+		Fleets: []tracker.FleetConfig{{Name: fleet, MaxConnectionsPerPod: 1 << 20, RatePerSecond: 1e9, Burst: 1e9, Pods: pods}}},
+		tracker.NewStore(rdb, "wsgate"), tracker.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := tr.AwaitGranting(wctx); err != nil {
+		b.Fatal(err)
+	}
+	hb, stopHB := context.WithCancel(ctx)
+	hbDone := make(chan struct{})
+	go func() { defer close(hbDone); tr.Run(hb) }()
+	defer func() { stopHB(); <-hbDone }()
+
+	admitSrv := httptest.NewServer(tr.Handler(nil))
+	defer admitSrv.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := grpc.NewServer()
+	accesslog.New(tr, tr.Metrics().AccessLogEntries, quiet).Register(g)
+	go func() { _ = g.Serve(ln) }()
+	defer g.Stop()
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Close()
+	stream, err := accesslogv3.NewAccessLogServiceClient(cc).StreamAccessLogs(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	first := true
+	send := func(typ datav3.AccessLogType, conn, pod string) {
+		md := &structpb.Struct{Fields: map[string]*structpb.Value{
+			accesslog.ConnKey: structpb.NewStringValue(conn), accesslog.FleetKey: structpb.NewStringValue(fleet), accesslog.UpstreamKey: structpb.NewStringValue(pod)}}
+		msg := &accesslogv3.StreamAccessLogsMessage{LogEntries: &accesslogv3.StreamAccessLogsMessage_HttpLogs{
+			HttpLogs: &accesslogv3.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: []*datav3.HTTPAccessLogEntry{{
+				CommonProperties: &datav3.AccessLogCommon{AccessLogType: typ,
+					Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{accesslog.MetadataNamespace: md}}},
+			}}}}}
+		if first {
+			msg.Identifier = &accesslogv3.StreamAccessLogsMessage_Identifier{Node: &corev3.Node{Id: "peer"}, LogName: "wsgate"}
+			first = false
+		}
+		if err := stream.Send(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	client := &http.Client{}
+	lifecycle := func() {
+		resp, err := client.Post(admitSrv.URL+"/v1/admit", "application/json",
+			strings.NewReader(`{"fleet":"`+fleet+`","client":"203.0.113.7:5000","requestId":"peer"}`))
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("admit: status %d", resp.StatusCode)
+		}
+		conn, pod := resp.Header.Get(tracker.HeaderConn), resp.Header.Get(tracker.HeaderUpstream)
+		send(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, conn, pod)
+		send(datav3.AccessLogType_DownstreamEnd, conn, pod)
+	}
+	// released waits until Redis counts no live connection: every release
+	// of the block ran. HSCAN, because no script uses it: it is left out of
+	// the counts below.
+	statsKey := tr.Store().KeyPrefix(fleet) + "stats"
+	released := func() {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			kv, _, err := rdb.HScan(ctx, statsKey, 0, "live", 10).Result()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(kv) == 2 && kv[1] == "0" {
+				return
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("releases not applied within a minute: live %v", kv)
+			}
+			time.Sleep(time.Millisecond) // Redis has no event for a count
+		}
+	}
+	pipe := rdb.Pipeline()
+	decision := func(i int) {
+		key := "ratelimit_peer_" + strconv.Itoa(i%64)
+		pipe.Incr(ctx, key)
+		pipe.Expire(ctx, key, time.Second)
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	var wsCmds, wsCPU, peerCmds, peerCPU float64
+	var wsN, peerN int
+	b.ResetTimer()
+	for done := 0; done < b.N; done += block {
+		n := min(block, b.N-done)
+		c0, u0 := redisCost(b, rdb)
+		for range n {
+			lifecycle()
+		}
+		released()
+		c1, u1 := redisCost(b, rdb)
+		for i := range n {
+			decision(i)
+		}
+		c2, u2 := redisCost(b, rdb)
+		wsCmds, wsCPU, wsN = wsCmds+c1-c0, wsCPU+u1-u0, wsN+n
+		peerCmds, peerCPU, peerN = peerCmds+c2-c1, peerCPU+u2-u1, peerN+n
+	}
+	b.StopTimer()
+	b.ReportMetric(wsCmds/float64(wsN), "redis-cmds/lifecycle")
+	b.ReportMetric(peerCmds/float64(peerN), "redis-cmds/decision")
+	b.ReportMetric(wsCPU/float64(wsN)*1e6, "redis-cpu-µs/lifecycle")
+	b.ReportMetric(peerCPU/float64(peerN)*1e6, "redis-cpu-µs/decision")
+	if peerCPU > 0 {
+		b.ReportMetric(wsCPU/float64(wsN)/(peerCPU/float64(peerN)), "cpu-ratio")
+	}
+}
+
+// redisCost reads Redis' commands so far (every command, a script's inner
+// calls included, but INFO and HSCAN, the benchmark's own) and its CPU
+// seconds (user + system).
+func redisCost(b *testing.B, rdb *redis.Client) (cmds, cpu float64) {
+	b.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats", "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(name, "cmdstat_"):
+			if name == "cmdstat_info" || name == "cmdstat_hscan" {
+				continue
+			}
+			for _, f := range strings.Split(rest, ",") {
+				if v, ok := strings.CutPrefix(f, "calls="); ok {
+					n, _ := strconv.ParseFloat(v, 64)
+					cmds += n
+				}
+			}
+		case name == "used_cpu_sys" || name == "used_cpu_user":
+			v, _ := strconv.ParseFloat(rest, 64)
+			cpu += v
+		}
+	}
+	return cmds, cpu
+}
