@@ -52,7 +52,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"fleet", "why"}),
 		AccessLogEntries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wsgate_tracker_access_log_entries_total",
-			Help: "Envoy access-log entries received, by type (established, periodic, end) and outcome (ok, adopted, unknown_conn, no_conn, malformed, ignored).",
+			Help: "Envoy access-log entries received, by type (established, periodic, end) and outcome (ok, adopted, refused: not this instance's to adopt, unknown_conn, no_conn, malformed, ignored).",
 		}, []string{"type", "outcome"}),
 	}
 	if reg != nil {
