@@ -8,19 +8,31 @@
 -- by the tracker, never by the client. A rejection or an unreachable tracker
 -- ends the request here: nothing reaches a backend without an admission.
 --
--- Only the Lua 5.1 subset that Envoy's LuaJIT runs. No state is shared
--- across requests: everything at file level is a constant.
+-- Fail closed: Envoy logs a script error and CONTINUES the request without
+-- the filter. So the whole body runs under pcall, and any error ends in the
+-- filter's own 503 (reason filter_error). LuaJIT yields across pcall, so
+-- httpCall and respond (both yield in Envoy) work inside it.
+--
+-- Only Lua 5.1 as a stock LuaJIT runs it: no pairs() over Envoy objects
+-- (__pairs needs LuaJIT's 5.2 compatibility, which not every build has).
+-- Envoy keeps one Lua state per worker and runs every request of that
+-- worker in it, so nothing here may write a global: everything at file
+-- level is a constant, and the tests run the filter under a _G that
+-- refuses new globals.
 
 local TRACKER_CLUSTER = "wsgate_tracker"
 local TRACKER_AUTHORITY = "wsgate-tracker"
 local ADMIT_PATH = "/v1/admit"
 -- The admission is on the path of every new connection: a tracker slower
--- than this is treated as down.
+-- than this is treated as down. A route may set its own
+-- (filter metadata admit_timeout_ms, an integer from 1 to MAX_TIMEOUT_MS).
 local ADMIT_TIMEOUT_MS = 250
+local MAX_TIMEOUT_MS = 60000
 -- Fleet of routes whose filter metadata (envoy.filters.http.lua: {fleet: ...})
 -- names none.
 local DEFAULT_FLEET = "default"
--- Retry-After when the tracker could not be asked at all.
+-- Retry-After when the tracker could not be asked at all, or the filter
+-- failed.
 local TRACKER_DOWN_RETRY_AFTER = "1"
 -- Dynamic metadata namespace read by the backend cluster and the access log.
 local NS = "wsgate"
@@ -32,24 +44,29 @@ local function lower(s)
   return string.lower(s)
 end
 
--- is_upgrade: only WebSocket upgrades are admitted; everything else passes.
+-- is_upgrade is Envoy's own rule for this route: the upgrade header, all
+-- its values joined, equal to "websocket" ignoring case (the route's
+-- header matcher, and upgrade_configs comparing the upgrade type). A
+-- looser rule would take a slot for a request the route then sends to the
+-- 426 route. An RFC 8441 WebSocket over HTTP/2 (extended CONNECT with
+-- :protocol websocket) reaches the filters in this same form: Envoy's H2
+-- codec rewrites it to GET + upgrade: websocket + connection: upgrade.
 local function is_upgrade(headers)
-  return string.find(lower(headers:get("upgrade")), "websocket", 1, true) ~= nil
+  return lower(headers:get("upgrade")) == "websocket"
 end
 
--- strip_spoofed removes what a client could send to pick a pod or to look
--- admitted. Envoy forbids changing headers while iterating them, so the
--- names are collected first.
+-- SPOOFABLE are the headers a client could send to pick a pod or to look
+-- admitted: the tracker's reply headers and ORIGINAL_DST's host override.
+-- A fixed list, removed by name: iterating the header map would need
+-- pairs() with __pairs (see the top of the file).
+local SPOOFABLE = {
+  "x-wsgate-upstream", "x-wsgate-conn", "x-wsgate-fleet", "x-wsgate-reason",
+  "x-envoy-original-dst-host",
+}
+
 local function strip_spoofed(headers)
-  local doomed = {}
-  for name, _ in pairs(headers) do
-    local n = lower(name)
-    if string.sub(n, 1, 9) == "x-wsgate-" or n == "x-envoy-original-dst-host" then
-      doomed[#doomed + 1] = name
-    end
-  end
-  for i = 1, #doomed do
-    headers:remove(doomed[i])
+  for i = 1, #SPOOFABLE do
+    headers:remove(SPOOFABLE[i])
   end
 end
 
@@ -68,15 +85,29 @@ local function json_string(s)
   return '"' .. s .. '"'
 end
 
-local function route_fleet(handle)
+-- route_config reads the route's filter metadata: the fleet and the
+-- admission timeout.
+local function route_config(handle)
+  local fleet, timeout_ms = DEFAULT_FLEET, ADMIT_TIMEOUT_MS
   local meta = handle:metadata()
-  if meta ~= nil then
-    local fleet = meta:get("fleet")
-    if type(fleet) == "string" and fleet ~= "" then
-      return fleet
-    end
+  if meta == nil then
+    return fleet, timeout_ms
   end
-  return DEFAULT_FLEET
+  local f = meta:get("fleet")
+  if type(f) == "string" and f ~= "" then
+    fleet = f
+  end
+  local t = meta:get("admit_timeout_ms")
+  if t ~= nil then
+    -- Envoy's httpCall refuses a timeout that is not an integer; a bad
+    -- value is a configuration error, and refusing every upgrade of the
+    -- route (filter_error) says so louder than a silent default.
+    if type(t) ~= "number" or t ~= math.floor(t) or t < 1 or t > MAX_TIMEOUT_MS then
+      error("route metadata admit_timeout_ms must be an integer from 1 to " .. MAX_TIMEOUT_MS .. ", got " .. tostring(t))
+    end
+    timeout_ms = t
+  end
+  return fleet, timeout_ms
 end
 
 local function reply(handle, status, retry_after, reason, body)
@@ -90,14 +121,14 @@ local function reply(handle, status, retry_after, reason, body)
   handle:respond(h, body .. "\n")
 end
 
-function envoy_on_request(handle)
+local function admit(handle)
   local headers = handle:headers()
   if not is_upgrade(headers) then
     return
   end
   strip_spoofed(headers)
 
-  local fleet = route_fleet(handle)
+  local fleet, timeout_ms = route_config(handle)
   local client = handle:streamInfo():downstreamRemoteAddress() or ""
   local request_id = headers:get("x-request-id") or ""
   local body = "{" ..
@@ -110,7 +141,7 @@ function envoy_on_request(handle)
     [":path"] = ADMIT_PATH,
     [":authority"] = TRACKER_AUTHORITY,
     ["content-type"] = "application/json",
-  }, body, { timeout_ms = ADMIT_TIMEOUT_MS })
+  }, body, { timeout_ms = timeout_ms })
 
   local status = tonumber(rh and rh[":status"] or "")
   local reason = rh and rh["x-wsgate-reason"] or ""
@@ -136,10 +167,25 @@ function envoy_on_request(handle)
     return
   end
 
-  -- No decision: Envoy synthesizes 503 "upstream failure" (no reason header)
-  -- when the tracker is unreachable or timed out; anything else is a bug on
-  -- one side. Either way the connection is refused.
+  -- No decision. What Envoy hands back when the tracker was not reached:
+  -- 504 "upstream request timeout" (the router's local reply, timeout_ms
+  -- passed), 503 "upstream connect error or disconnect/reset before
+  -- headers..." (connect failure, reset), 503 "upstream failure" (the async
+  -- stream itself reset). Anything else is a bug on one side. Either way
+  -- the connection is refused.
   handle:logErr("wsgate: admission failed: fleet=" .. fleet .. " status=" .. tostring(rh and rh[":status"]) ..
     " body=" .. string.sub(tostring(rbody or ""), 1, 200))
   reply(handle, 503, TRACKER_DOWN_RETRY_AFTER, "tracker_unavailable", "wsgate: admission service unavailable")
+end
+
+function envoy_on_request(handle)
+  local ok, err = pcall(admit, handle)
+  if ok then
+    return
+  end
+  -- A bug of this file, an Envoy that differs from what it expects, or a
+  -- bad route configuration: without this reply Envoy would continue the
+  -- request unadmitted.
+  handle:logErr("wsgate: filter error, refusing the upgrade: " .. tostring(err))
+  reply(handle, 503, TRACKER_DOWN_RETRY_AFTER, "filter_error", "wsgate: admission failed")
 end

@@ -48,6 +48,10 @@ type Config struct {
 	AccessLogAddr string
 	// Fleet is the route's fleet (the Lua filter's route metadata). Default "default".
 	Fleet string
+	// AdmitTimeout is the route's admit_timeout_ms (the Lua filter's route
+	// metadata): how long the filter waits for the tracker. Zero leaves it
+	// unset, so the filter's default applies, as with envoy/envoy.yaml.
+	AdmitTimeout time.Duration
 	// NodeID names this gateway in the access-log stream identifier.
 	// Default "gateway".
 	NodeID string
@@ -205,6 +209,7 @@ type tunnel struct {
 	start                                   time.Time
 	established                             chan struct{} // closed on 101
 	status                                  int
+	headers                                 luahost.Headers // as the filter left them
 }
 
 type tunnelKey struct{}
@@ -221,17 +226,22 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.mu.Unlock()
 	defer g.handlers.Done()
 
+	route := map[string]any{"fleet": g.cfg.Fleet}
+	if g.cfg.AdmitTimeout > 0 {
+		route["admit_timeout_ms"] = float64(g.cfg.AdmitTimeout.Milliseconds())
+	}
 	dec, err := g.filter.OnRequest(r.Context(), luahost.Request{
 		Headers:       requestHeaders(r),
 		RemoteAddr:    r.RemoteAddr,
-		RouteMetadata: map[string]any{"fleet": g.cfg.Fleet},
+		RouteMetadata: map[string]map[string]any{luahost.DefaultFilterName: route},
 	})
 	if err != nil {
-		// A script error: Envoy answers 500 and logs it.
-		g.log.Error("lua filter failed", "err", err)
-		http.Error(w, "lua filter error", http.StatusInternalServerError)
+		g.log.Error("lua host failed", "err", err)
+		http.Error(w, "lua host error", http.StatusInternalServerError)
 		return
 	}
+	// A script error continues the request, as in Envoy (the host logged
+	// it): whatever the filter set before it decides below.
 	if dec.Local != nil {
 		writeLocal(w, dec.Local)
 		return
@@ -246,6 +256,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	t := &tunnel{upstream: upstream, remote: r.RemoteAddr, authority: r.Host, path: r.URL.RequestURI(), start: time.Now(), established: make(chan struct{})}
 	t.conn, _ = md["conn"].(string)
+	t.headers = dec.Headers
 	if t.meta, err = structpb.NewStruct(md); err != nil {
 		g.log.Error("dynamic metadata not representable", "err", err)
 	}
@@ -295,17 +306,24 @@ func (t *tunnel) statusSeen() int {
 	}
 }
 
-// rewrite sends the request to the admitted pod with the headers as the
-// filter left them (its x-wsgate-* strip applied).
+// rewrite sends the request to the admitted pod with the headers exactly
+// as the filter left them: Envoy strips nothing itself, so neither does
+// this, and a broken strip in the filter shows in every e2e test.
 func rewrite(pr *httputil.ProxyRequest) {
 	t := pr.In.Context().Value(tunnelKey{}).(*tunnel)
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = t.upstream
 	pr.Out.Host = pr.In.Host
-	for name := range pr.Out.Header {
-		n := strings.ToLower(name)
-		if strings.HasPrefix(n, "x-wsgate-") || n == "x-envoy-original-dst-host" {
+	// ReverseProxy has already dropped the hop-by-hop headers and set the
+	// upgrade ones; the end-to-end headers become the filter's.
+	for name := range pr.In.Header {
+		if !t.headers.Has(name) {
 			pr.Out.Header.Del(name)
+		}
+	}
+	for name, vs := range t.headers.HTTP() {
+		if pr.Out.Header.Get(name) != "" || pr.In.Header.Get(name) == "" {
+			pr.Out.Header[name] = vs
 		}
 	}
 }

@@ -1,22 +1,39 @@
 // Package luahost runs an Envoy HTTP Lua filter (envoy.filters.http.lua) in
 // Go, on gopher-lua (Lua 5.1), so that wsgate's tests and demo execute the
 // very envoy/wsgate.lua that Envoy runs. It implements the part of Envoy's
-// Lua stream API the filter uses, as Envoy documents it:
+// Lua stream API the filter uses, and fails as Envoy's source
+// (source/extensions/filters/http/lua/lua_filter.cc) does:
 //
-//   - envoy_on_request(request_handle)
-//   - handle:headers() with get, add, replace, remove and pairs() iteration
-//     (changing headers while iterating is an error, as in Envoy)
-//   - handle:httpCall(cluster, headers, body, {timeout_ms = ...}) (and the
-//     older positional form), blocking; a failed or timed-out call returns
-//     Envoy's synthesized 503 with body "upstream failure"
-//   - handle:respond(headers, body), which ends the script
+//   - envoy_on_request(request_handle). A script error is logged and the
+//     request CONTINUES without the filter (Decision.ScriptError), as in
+//     Envoy: only the script itself can fail closed.
+//   - handle:headers() with get (all values joined by ","), add, replace,
+//     remove and pairs() iteration through __pairs, as official Envoy builds
+//     (LuaJIT with Lua 5.2 compatibility) have it; changing headers while
+//     iterating is an error.
+//   - handle:httpCall(cluster, headers, body, options) and the positional
+//     form (timeout_ms, asynchronous). Unknown option keys, a timeout that is
+//     not a non-negative integer and an unknown cluster are errors. Failures
+//     come back as Envoy produces them: a timeout as the router's 504
+//     "upstream request timeout", a connect failure or a reset before
+//     headers as the router's 503 "upstream connect error or
+//     disconnect/reset before headers. reset reason: ...", and only a reset
+//     after the headers as the async client's 503 "upstream failure".
+//     Repeated response headers keep the last value unless
+//     return_duplicate_headers is set.
+//   - handle:respond(headers, body), :status 200-599, which ends the script
+//     even inside pcall (Envoy yields the coroutine and never resumes it).
 //   - handle:streamInfo():dynamicMetadata():set/get and
 //     handle:streamInfo():downstreamRemoteAddress()
-//   - handle:metadata():get(key), the route's filter metadata
+//   - handle:metadata():get(key), the matched route's filter metadata under
+//     the filter's configured name, falling back to envoy.filters.http.lua.
 //   - handle:logTrace/logDebug/logInfo/logWarn/logErr/logCritical
 //
-// Envoy's coroutine scheduling is not reproduced: httpCall simply blocks the
-// goroutine of the request, which is what the script observes.
+// Lua states are reused across requests, as Envoy keeps one per worker:
+// globals a request writes are seen by later ones. Envoy interleaves the
+// coroutines of a worker's requests in its one state; here httpCall blocks
+// the goroutine and a request in flight holds a state of its own, so there
+// are as many states as requests were ever in flight at once.
 package luahost
 
 import (
@@ -26,7 +43,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 
 	lua "github.com/yuin/gopher-lua"
 	"github.com/yuin/gopher-lua/parse"
@@ -42,15 +61,24 @@ type Options struct {
 	Client *http.Client
 	// Logger receives the script's log calls (default: slog.Default()).
 	Logger *slog.Logger
+	// FilterName is the filter's name in the HTTP filter chain: the key of
+	// the route's filter_metadata that handle:metadata() reads (default
+	// envoy.filters.http.lua, which Envoy also falls back to).
+	FilterName string
 }
 
-// Filter is a compiled Lua filter, safe for concurrent requests: every
-// request runs in a fresh Lua state, so the script shares nothing across
-// requests, as in Envoy where globals of one request are not visible to the
-// next.
+// DefaultFilterName is the name Envoy's Lua filter is registered under.
+const DefaultFilterName = "envoy.filters.http.lua"
+
+// Filter is a compiled Lua filter, safe for concurrent requests. Its Lua
+// states are kept and reused (last used first), so a script that keeps
+// state in globals shows it, as in Envoy.
 type Filter struct {
 	proto *lua.FunctionProto
 	opts  Options
+
+	mu   sync.Mutex
+	free []*lua.LState
 }
 
 // Load compiles code and checks that it defines envoy_on_request.
@@ -69,21 +97,52 @@ func Load(code []byte, opts Options) (*Filter, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.FilterName == "" {
+		opts.FilterName = DefaultFilterName
+	}
 	f := &Filter{proto: proto, opts: opts}
-	L, err := f.newState(context.Background())
+	L, err := f.newState()
 	if err != nil {
 		return nil, err
 	}
-	defer L.Close()
 	if _, ok := L.GetGlobal("envoy_on_request").(*lua.LFunction); !ok {
+		L.Close()
 		return nil, errors.New("lua filter: no function envoy_on_request")
 	}
+	f.free = append(f.free, L)
 	return f, nil
 }
 
-func (f *Filter) newState(ctx context.Context) (*lua.LState, error) {
+// Close releases the Lua states.
+func (f *Filter) Close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, L := range f.free {
+		L.Close()
+	}
+	f.free = nil
+}
+
+func (f *Filter) take() (*lua.LState, error) {
+	f.mu.Lock()
+	if n := len(f.free); n > 0 {
+		L := f.free[n-1]
+		f.free = f.free[:n-1]
+		f.mu.Unlock()
+		return L, nil
+	}
+	f.mu.Unlock()
+	return f.newState()
+}
+
+func (f *Filter) put(L *lua.LState) {
+	f.mu.Lock()
+	f.free = append(f.free, L)
+	f.mu.Unlock()
+}
+
+func (f *Filter) newState() (*lua.LState, error) {
 	L := lua.NewState()
-	L.SetContext(ctx)
 	installPairs(L)
 	L.Push(L.NewFunctionFromProto(f.proto))
 	if err := L.PCall(0, 0, nil); err != nil {
@@ -99,9 +158,9 @@ type Request struct {
 	Headers Headers
 	// RemoteAddr is the downstream "ip:port".
 	RemoteAddr string
-	// RouteMetadata is the route's filter_metadata for the Lua filter:
-	// what handle:metadata():get(key) reads.
-	RouteMetadata map[string]any
+	// RouteMetadata is the matched route's filter_metadata, by filter
+	// name; handle:metadata() reads the entry of Options.FilterName.
+	RouteMetadata map[string]map[string]any
 }
 
 // Decision is what the filter decided for one request.
@@ -115,6 +174,10 @@ type Decision struct {
 	Metadata map[string]map[string]any
 	// Logs are the script's log calls, in order.
 	Logs []Log
+	// ScriptError is the error that ended the script, if one did. Envoy
+	// logs it and continues the request (Local is nil): what the filter
+	// changed before it stays.
+	ScriptError error
 }
 
 // LocalReply is a response sent by handle:respond.
@@ -130,21 +193,31 @@ type Log struct {
 	Message string
 }
 
-// OnRequest runs envoy_on_request for req. A Lua error (a bug of the
-// script) is returned as an error, as Envoy would answer 500 for it.
+// OnRequest runs envoy_on_request for req. A Lua error does not fail the
+// call: as in Envoy the request continues, with Decision.ScriptError set.
 func (f *Filter) OnRequest(ctx context.Context, req Request) (Decision, error) {
-	L, err := f.newState(ctx)
+	L, err := f.take()
 	if err != nil {
 		return Decision{}, err
 	}
-	defer L.Close()
-	c := &call{ctx: ctx, f: f, req: req, headers: append(Headers(nil), req.Headers...), meta: map[string]map[string]any{}}
+	// respond cancels the script's context: gopher-lua then raises at the
+	// next instruction, also inside the script's own pcall, so nothing of
+	// the script runs after respond.
+	sctx, cancel := context.WithCancel(ctx)
+	L.SetContext(sctx)
+	c := &call{ctx: ctx, f: f, req: req, headers: append(Headers(nil), req.Headers...), meta: map[string]map[string]any{}, end: cancel}
 	c.headers.lower()
 	err = L.CallByParam(lua.P{Fn: L.GetGlobal("envoy_on_request"), NRet: 0, Protect: true}, c.handle(L))
+	cancel()
+	L.RemoveContext()
+	L.SetTop(0)
+	f.put(L)
+	d := Decision{Local: c.reply, Headers: c.headers, Metadata: c.meta, Logs: c.logs}
 	if err != nil && c.reply == nil {
-		return Decision{}, fmt.Errorf("envoy_on_request: %w", err)
+		d.ScriptError = fmt.Errorf("envoy_on_request: %w", err)
+		f.opts.Logger.ErrorContext(ctx, "script log: lua error", "err", err, "source", "lua")
 	}
-	return Decision{Local: c.reply, Headers: c.headers, Metadata: c.meta, Logs: c.logs}, nil
+	return d, nil
 }
 
 // call is the state of one request, owned by the goroutine running it.
@@ -157,11 +230,8 @@ type call struct {
 	meta      map[string]map[string]any
 	reply     *LocalReply
 	logs      []Log
+	end       context.CancelFunc
 }
-
-// errResponded unwinds the script after respond, which in Envoy never
-// returns to it.
-var errResponded = errors.New("respond ends the script")
 
 func (c *call) handle(L *lua.LState) lua.LValue {
 	return object(L, map[string]lua.LGFunction{
@@ -170,8 +240,12 @@ func (c *call) handle(L *lua.LState) lua.LValue {
 		"respond":    c.respond,
 		"streamInfo": func(L *lua.LState) int { L.Push(c.streamInfo(L)); return 1 },
 		"metadata": func(L *lua.LState) int {
+			md, ok := c.req.RouteMetadata[c.f.opts.FilterName]
+			if !ok {
+				md = c.req.RouteMetadata[DefaultFilterName]
+			}
 			L.Push(object(L, map[string]lua.LGFunction{"get": func(L *lua.LState) int {
-				L.Push(toLua(L, c.req.RouteMetadata[L.CheckString(2)]))
+				L.Push(toLua(L, md[L.CheckString(2)]))
 				return 1
 			}}))
 			return 1
@@ -197,12 +271,14 @@ func (c *call) logger(level string, l slog.Level) lua.LGFunction {
 func (c *call) respond(L *lua.LState) int {
 	h := tableHeaders(L, L.CheckTable(2))
 	status := 0
-	if _, err := fmt.Sscanf(h.Get(":status"), "%d", &status); err != nil || status < 100 || status > 999 {
-		L.RaiseError("respond: headers need a valid :status")
+	if v, err := strconv.ParseUint(h.Get(":status"), 10, 64); err == nil && v >= 200 && v < 600 {
+		status = int(v)
+	} else {
+		L.RaiseError(":status must be between 200-599")
 	}
 	h.Del(":status")
 	c.reply = &LocalReply{Status: status, Headers: h, Body: L.OptString(3, "")}
-	L.Error(lua.LString(errResponded.Error()), 0)
+	c.end()
 	return 0
 }
 

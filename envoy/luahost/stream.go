@@ -2,10 +2,14 @@ package luahost
 
 import (
 	"context"
+	"errors"
 	"io"
+	"math"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	lua "github.com/yuin/gopher-lua"
@@ -108,37 +112,45 @@ func tableHeaders(L *lua.LState, t *lua.LTable) Headers {
 }
 
 // httpCall implements handle:httpCall(cluster, headers, body, options) and
-// the older handle:httpCall(cluster, headers, body, timeout_ms, asynchronous).
+// the positional handle:httpCall(cluster, headers, body, timeout_ms,
+// asynchronous), validating as Envoy's luaHttpCall does.
 func (c *call) httpCall(L *lua.LState) int {
+	var timeoutMS int64
+	async, dupHeaders := false, false
+	if o, ok := L.Get(5).(*lua.LTable); ok {
+		o.ForEach(func(k, v lua.LValue) {
+			key, ok := k.(lua.LString)
+			if !ok {
+				L.RaiseError("httpCall() options key must be a string, got %s", k.Type())
+			}
+			switch string(key) {
+			case "asynchronous":
+				async = lua.LVAsBool(v)
+			case "timeout_ms":
+				timeoutMS = integerOption(L, v, "'timeout_ms' option")
+			case "return_duplicate_headers":
+				dupHeaders = lua.LVAsBool(v)
+			case "trace_sampled", "send_xff":
+			default:
+				L.RaiseError("%q is not valid key for httpCall() options", string(key))
+			}
+		})
+	} else {
+		if v := L.Get(6); v != lua.LNil && v.Type() != lua.LTBool {
+			L.RaiseError("http call asynchronous flag must be 'true', 'false', or empty")
+		}
+		timeoutMS = integerOption(L, L.Get(5), "httpCall")
+		async = lua.LVAsBool(L.Get(6))
+	}
 	cluster := L.CheckString(2)
 	h := tableHeaders(L, L.CheckTable(3))
 	body := L.OptString(4, "")
-	var timeoutMS int64
-	async := false
-	switch o := L.Get(5).(type) {
-	case *lua.LTable:
-		if v, ok := o.RawGetString("timeout_ms").(lua.LNumber); ok {
-			timeoutMS = int64(v)
-		}
-		async = lua.LVAsBool(o.RawGetString("asynchronous"))
-	case lua.LNumber:
-		timeoutMS = int64(o)
-		async = lua.LVAsBool(L.Get(6))
-	case *lua.LNilType:
-	default:
-		L.ArgError(5, "options table or timeout in ms expected")
-	}
 	base, ok := c.f.opts.Clusters[cluster]
 	if !ok {
 		L.RaiseError("http call cluster invalid. Must be configured")
 	}
-	for _, p := range []string{":method", ":path", ":authority"} {
-		if !h.Has(p) {
-			L.RaiseError("http call: headers must include %s", p)
-		}
-	}
-	if timeoutMS < 0 {
-		L.RaiseError("http call timeout must be >= 0")
+	if !h.Has(":path") || !h.Has(":method") || !h.Has(":authority") {
+		L.RaiseError("http call headers must include ':path', ':method', and ':authority'")
 	}
 	if async {
 		go c.do(context.WithoutCancel(c.ctx), base, h, body, timeoutMS)
@@ -148,11 +160,22 @@ func (c *call) httpCall(L *lua.LState) int {
 	t := L.NewTable()
 	t.RawSetString(":status", lua.LString(strconv.Itoa(status)))
 	for _, e := range rh {
-		if prev, ok := t.RawGetString(e.Name).(lua.LString); ok {
-			t.RawSetString(e.Name, lua.LString(string(prev)+","+e.Value))
+		if !dupHeaders {
+			// Envoy sets each header into the table in turn: the last wins.
+			t.RawSetString(e.Name, lua.LString(e.Value))
 			continue
 		}
-		t.RawSetString(e.Name, lua.LString(e.Value))
+		switch prev := t.RawGetString(e.Name).(type) {
+		case lua.LString:
+			list := L.NewTable()
+			list.Append(prev)
+			list.Append(lua.LString(e.Value))
+			t.RawSetString(e.Name, list)
+		case *lua.LTable:
+			prev.Append(lua.LString(e.Value))
+		default:
+			t.RawSetString(e.Name, lua.LString(e.Value))
+		}
 	}
 	L.Push(t)
 	if rbody == "" {
@@ -163,15 +186,31 @@ func (c *call) httpCall(L *lua.LState) int {
 	return 2
 }
 
-// do makes the call; any failure, timeout included, becomes the response
-// Envoy synthesizes for a failed async client request.
+// integerOption reads a non-negative integer timeout as Envoy does: a
+// number with a fraction, a string or nil is an error.
+func integerOption(L *lua.LState, v lua.LValue, what string) int64 {
+	n, ok := v.(lua.LNumber)
+	if !ok || float64(n) != math.Trunc(float64(n)) {
+		L.RaiseError("%s: expected an integer, got %s", what, v.Type())
+	}
+	if n < 0 {
+		L.RaiseError("http call timeout must be >= 0")
+	}
+	return int64(n)
+}
+
+// do makes the call. Its failures come back as the responses Envoy's
+// async client hands the script: the router's local replies for a timeout
+// and for a failure before the response headers, the async client's
+// synthesized 503 for a reset after them.
 func (c *call) do(ctx context.Context, base string, h Headers, body string, timeoutMS int64) (int, Headers, string) {
+	callCtx := ctx
 	if timeoutMS > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
+		callCtx, cancel = context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
 		defer cancel()
 	}
-	req, err := http.NewRequestWithContext(ctx, h.Get(":method"), strings.TrimRight(base, "/")+h.Get(":path"), strings.NewReader(body))
+	req, err := http.NewRequestWithContext(callCtx, h.Get(":method"), strings.TrimRight(base, "/")+h.Get(":path"), strings.NewReader(body))
 	if err != nil {
 		return upstreamFailure()
 	}
@@ -179,11 +218,22 @@ func (c *call) do(ctx context.Context, base string, h Headers, body string, time
 	req.Host = h.Get(":authority")
 	resp, err := c.f.opts.Client.Do(req)
 	if err != nil {
-		return upstreamFailure()
+		if ctx.Err() == nil && errors.Is(callCtx.Err(), context.DeadlineExceeded) {
+			return routerReply(http.StatusGatewayTimeout, "upstream request timeout")
+		}
+		reason := "connection termination"
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			reason = "remote connection failure, transport failure reason: delayed connect error: Connection refused"
+		} else if op := (*net.OpError)(nil); errors.As(err, &op) && op.Op == "dial" {
+			reason = "remote connection failure"
+		}
+		return routerReply(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: "+reason)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
+		// Headers arrived, then the stream broke: the router can no longer
+		// answer locally, the async client reports a reset.
 		return upstreamFailure()
 	}
 	var rh Headers
@@ -195,6 +245,13 @@ func (c *call) do(ctx context.Context, base string, h Headers, body string, time
 	return resp.StatusCode, rh, string(b)
 }
 
+// routerReply is a local reply of Envoy's router as the async client
+// returns it.
+func routerReply(status int, body string) (int, Headers, string) {
+	return status, HeadersOf("content-length", strconv.Itoa(len(body)), "content-type", "text/plain"), body
+}
+
+// upstreamFailure is StreamHandleWrapper::onFailure's fake response.
 func upstreamFailure() (int, Headers, string) {
 	return http.StatusServiceUnavailable, nil, "upstream failure"
 }

@@ -91,23 +91,43 @@ func mustLoad(t *testing.T, trackerURL string) *luahost.Filter {
 	return f
 }
 
+// generousTimeout is the route's admit_timeout_ms in tests that are not
+// about the timeout: a busy machine must not turn an admission into a
+// refusal.
+const generousTimeout = 10000
+
 func upgrade(fleet string, extra ...string) luahost.Request {
 	h := luahost.HeadersOf(append([]string{
 		":method", "GET", ":path", "/ws", ":authority", "chat.example", ":scheme", "http",
 		"Connection", "Upgrade", "Upgrade", "websocket", "x-request-id", "req-1",
 	}, extra...)...)
-	req := luahost.Request{Headers: h, RemoteAddr: "203.0.113.7:51234"}
+	return withRoute(luahost.Request{Headers: h, RemoteAddr: "203.0.113.7:51234"}, fleet, generousTimeout)
+}
+
+// withRoute sets the route metadata the filter reads: fleet ("" for none)
+// and admit_timeout_ms (0 for none).
+func withRoute(req luahost.Request, fleet string, timeoutMS float64) luahost.Request {
+	md := map[string]any{}
 	if fleet != "" {
-		req.RouteMetadata = map[string]any{"fleet": fleet}
+		md["fleet"] = fleet
 	}
+	if timeoutMS != 0 {
+		md["admit_timeout_ms"] = timeoutMS
+	}
+	req.RouteMetadata = map[string]map[string]any{luahost.DefaultFilterName: md}
 	return req
 }
 
+// mustRun runs the filter and fails on a script error: in Envoy an error
+// continues the request unadmitted, so the filter must never raise one.
 func mustRun(t *testing.T, f *luahost.Filter, req luahost.Request) luahost.Decision {
 	t.Helper()
 	d, err := f.OnRequest(context.Background(), req)
 	if err != nil {
-		t.Fatalf("envoy_on_request: %v", err)
+		t.Fatalf("host: %v", err)
+	}
+	if d.ScriptError != nil {
+		t.Fatalf("wsgate.lua raised (Envoy would continue the request): %v", d.ScriptError)
 	}
 	return d
 }
@@ -169,7 +189,7 @@ func TestFleetDefaultsAndTheAdmitBodyIsValidJSON(t *testing.T) {
 	e := newEnv(t)
 	f := mustLoad(t, e.url)
 	weird := "id \"quoted\" \\ back\nnew\x01line"
-	d := mustRun(t, f, upgrade("", "x-request-id", weird))
+	d := mustRun(t, f, withRoute(upgrade("", "x-request-id", weird), "", generousTimeout))
 	if d.Local != nil || d.Metadata["wsgate"]["fleet"] != "default" {
 		t.Fatalf("no route fleet: local %+v, metadata %v; want admitted into default", d.Local, d.Metadata)
 	}
@@ -242,12 +262,106 @@ func TestTrackerSlowerThanTheTimeoutRefuses(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { close(release) })
+	// The route's admit_timeout_ms sets the wait: never shorter than it
+	// (a lower bound, so a busy machine cannot break it).
 	start := time.Now()
-	d := mustRun(t, mustLoad(t, srv.URL), upgrade("chat"))
-	if took := time.Since(start); took > 2*time.Second {
-		t.Errorf("filter waited %s for a hung tracker", took)
+	d := mustRun(t, mustLoad(t, srv.URL), withRoute(upgrade("chat"), "chat", 1000))
+	if took := time.Since(start); took < time.Second || took > 5*time.Second {
+		t.Errorf("filter waited %s for a hung tracker, want the route's 1s", took)
 	}
 	assertTrackerUnavailable(t, d)
+	// Without it, the filter's 250ms default.
+	start = time.Now()
+	d = mustRun(t, mustLoad(t, srv.URL), withRoute(upgrade("chat"), "chat", 0))
+	if took := time.Since(start); took < 250*time.Millisecond || took >= time.Second {
+		t.Errorf("default admission timeout over after %s, want 250ms", took)
+	}
+	assertTrackerUnavailable(t, d)
+}
+
+func TestBadAdmitTimeoutFailsClosed(t *testing.T) {
+	e := newEnv(t)
+	f := mustLoad(t, e.url)
+	for _, bad := range []any{2.5, 0.0, -1.0, 60001.0, "100", true} {
+		req := upgrade("chat")
+		req.RouteMetadata[luahost.DefaultFilterName]["admit_timeout_ms"] = bad
+		d := mustRun(t, f, req)
+		if d.Local == nil || d.Local.Status != http.StatusServiceUnavailable || d.Local.Headers.Get("x-wsgate-reason") != "filter_error" || d.Local.Headers.Get("retry-after") == "" {
+			t.Errorf("admit_timeout_ms %v: decision %+v, want 503 filter_error with Retry-After", bad, d.Local)
+		}
+		if len(d.Metadata) != 0 {
+			t.Errorf("admit_timeout_ms %v: metadata %v", bad, d.Metadata)
+		}
+	}
+	if n := e.calls.Load(); n != 0 {
+		t.Errorf("tracker asked %d times with a broken route config", n)
+	}
+}
+
+// Any error inside the filter must end in its own 503: in Envoy the request
+// would otherwise continue unadmitted.
+func TestFilterErrorsFailClosed(t *testing.T) {
+	e := newEnv(t)
+	// A tracker cluster the Envoy config lacks: httpCall raises.
+	f, err := luahost.Load(envoy.FilterLua, luahost.Options{Clusters: map[string]string{"other": e.url}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := mustRun(t, f, upgrade("chat"))
+	if d.Local == nil || d.Local.Status != http.StatusServiceUnavailable || d.Local.Headers.Get("x-wsgate-reason") != "filter_error" || d.Local.Headers.Get("retry-after") == "" {
+		t.Fatalf("decision %+v, want 503 filter_error with Retry-After", d.Local)
+	}
+	logged := false
+	for _, l := range d.Logs {
+		logged = logged || (l.Level == "err" && strings.Contains(l.Message, "cluster invalid"))
+	}
+	if !logged {
+		t.Errorf("logs %v: want the error named", d.Logs)
+	}
+}
+
+// The filter admits exactly what the route sends to the backend: the
+// upgrade header equal to "websocket", ignoring case. Anything else goes to
+// the 426 route and must not take a slot.
+func TestUpgradeTokenIsEnvoysRule(t *testing.T) {
+	e := newEnv(t)
+	f := mustLoad(t, e.url)
+	for _, v := range []string{"websocket, h2c", "foo-websocket", "websockets", "h2c"} {
+		req := upgrade("chat")
+		req.Headers.Del("upgrade")
+		req.Headers = append(req.Headers, luahost.Header{Name: "upgrade", Value: v})
+		d := mustRun(t, f, req)
+		if d.Local != nil || len(d.Metadata) != 0 {
+			t.Errorf("upgrade %q: decision %+v %v, want it passed to the route untouched", v, d.Local, d.Metadata)
+		}
+	}
+	if n := e.calls.Load(); n != 0 {
+		t.Errorf("tracker asked %d times for upgrades the route does not take", n)
+	}
+	req := upgrade("chat")
+	req.Headers.Del("upgrade")
+	req.Headers = append(req.Headers, luahost.Header{Name: "upgrade", Value: "WebSocket"})
+	if d := mustRun(t, f, req); d.Metadata["wsgate"]["upstream"] == nil {
+		t.Errorf("upgrade WebSocket not admitted: %+v", d.Local)
+	}
+}
+
+// An RFC 8441 WebSocket over HTTP/2 (extended CONNECT, :protocol
+// websocket) reaches Envoy's filters as its H2 codec rewrites it
+// (Utility::transformUpgradeRequestFromH2toH1): :method GET, upgrade set
+// from :protocol, connection: upgrade, :protocol removed.
+func TestHTTP2ExtendedConnectIsAdmitted(t *testing.T) {
+	e := newEnv(t)
+	f := mustLoad(t, e.url)
+	req := withRoute(luahost.Request{Headers: luahost.HeadersOf(
+		":method", "GET", ":path", "/ws", ":authority", "chat.example", ":scheme", "https",
+		"sec-websocket-version", "13", "upgrade", "websocket", "connection", "upgrade",
+		"x-wsgate-upstream", "6.6.6.6:1",
+	), RemoteAddr: "203.0.113.7:1"}, "chat", generousTimeout)
+	d := mustRun(t, f, req)
+	if pod, _ := d.Metadata["wsgate"]["upstream"].(string); !slices.Contains(chatPods, pod) || d.Headers.Has("x-wsgate-upstream") {
+		t.Fatalf("extended CONNECT: decision %+v, metadata %v, headers %v", d.Local, d.Metadata, d.Headers)
+	}
 }
 
 func assertTrackerUnavailable(t *testing.T, d luahost.Decision) {
@@ -258,9 +372,12 @@ func assertTrackerUnavailable(t *testing.T, d luahost.Decision) {
 	if len(d.Metadata) != 0 {
 		t.Errorf("metadata %v set without an admission", d.Metadata)
 	}
+	if got := d.Local.Headers.Get("x-wsgate-reason"); got != "tracker_unavailable" {
+		t.Errorf("reason %q, want tracker_unavailable", got)
+	}
 	logged := false
 	for _, l := range d.Logs {
-		logged = logged || (l.Level == "err" && strings.Contains(l.Message, "upstream failure"))
+		logged = logged || (l.Level == "err" && strings.Contains(l.Message, "admission failed"))
 	}
 	if !logged {
 		t.Errorf("logs %v: want an error naming the failure", d.Logs)
@@ -278,8 +395,8 @@ func TestConcurrentRequestsShareNothing(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			d, err := f.OnRequest(context.Background(), upgrade("chat"))
-			if err != nil || d.Local != nil {
-				t.Errorf("request: %v %+v", err, d.Local)
+			if err != nil || d.ScriptError != nil || d.Local != nil {
+				t.Errorf("request: %v %v %+v", err, d.ScriptError, d.Local)
 				return
 			}
 			conns <- d.Metadata["wsgate"]["conn"].(string)
