@@ -158,3 +158,45 @@ func TestLoadBootstrapRejectsBrokenConfigs(t *testing.T) {
 		})
 	}
 }
+
+// HTTP/2 WebSockets (RFC 8441) need the codec to offer extended CONNECT.
+func TestBootstrapAcceptsHTTP2WebSockets(t *testing.T) {
+	hcm, _ := mustHCM(t)
+	if !hcm.GetHttp2ProtocolOptions().GetAllowConnect() {
+		t.Error("http2_protocol_options.allow_connect is off: browsers' HTTP/2 WebSockets are refused")
+	}
+}
+
+// Without wsgate.upstream no request may reach a backend: ORIGINAL_DST
+// must have no other source of a host (lb chooseHost: filter state, the
+// metadata key, the HTTP header, a restored original destination), and no
+// route may skip the Lua filter.
+func TestNoPathToABackendWithoutAdmission(t *testing.T) {
+	b, err := envoy.LoadBootstrap(envoy.BootstrapYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := b.GetStaticResources().GetListeners()[0]
+	if l.GetUseOriginalDst().GetValue() || len(l.GetListenerFilters()) != 0 {
+		t.Errorf("listener restores an original destination (use_original_dst %v, listener filters %v)", l.GetUseOriginalDst(), l.GetListenerFilters())
+	}
+	hcm, clusters := mustHCM(t)
+	od := clusters["wsgate_backend"].GetOriginalDstLbConfig()
+	if od.GetUseHttpHeader() || od.GetHttpHeaderName() != "" {
+		t.Error("ORIGINAL_DST honours a request header")
+	}
+	filters := hcm.GetHttpFilters()
+	if len(filters) != 2 || filters[0].GetName() != "envoy.filters.http.lua" {
+		t.Errorf("http filters %v: want the Lua filter, then the router, nothing that sets filter state", filters)
+	}
+	for _, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
+		for _, r := range vh.GetRoutes() {
+			if len(r.GetTypedPerFilterConfig()) != 0 || len(vh.GetTypedPerFilterConfig()) != 0 {
+				t.Errorf("route %v: per-filter config could disable the Lua filter", r.GetMatch())
+			}
+			if c := r.GetRoute().GetCluster(); r.GetRoute() != nil && c != "wsgate_backend" {
+				t.Errorf("route to %q: only wsgate_backend, which needs wsgate.upstream", c)
+			}
+		}
+	}
+}
