@@ -2,11 +2,14 @@ package tracker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,6 +30,10 @@ var errGateBusy = errors.New("waiting for the heartbeat")
 var (
 	ErrUnknownFleet = errors.New("unknown fleet")
 	ErrUnknownConn  = errors.New("unknown connection id")
+	// ErrNotAdoptable: an access-log entry names a connection this instance
+	// cannot account for (an id it never issued, beyond what a previous run
+	// left, or a pod outside the fleet's registry); it is not counted.
+	ErrNotAdoptable = errors.New("not this instance's to adopt")
 )
 
 // Result is the outcome of one admission.
@@ -56,9 +63,12 @@ type Tracker struct {
 	fleets map[string]*fleet
 	byConn sync.Map // conn id -> *fleet
 
-	// Connection ids are this process's random prefix and a counter: unique
-	// across restarts (a restarted tracker adopts its predecessor's ids)
-	// without reading the system's random source per admission.
+	// Connection ids are idTag (a hash of the instance id), this process's
+	// random part and a counter: unique across restarts without reading
+	// the system's random source per admission, and recognisably this
+	// instance's (a restarted tracker adopts its predecessor's ids; no
+	// other instance's).
+	idTag    string
 	idPrefix string
 	idSeq    atomic.Uint64
 }
@@ -81,7 +91,8 @@ func New(cfg Config, store *Store, opts ...Option) (*Tracker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tracker config: %w", err)
 	}
-	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, fleets: map[string]*fleet{}, idPrefix: randomHex(6)}
+	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, fleets: map[string]*fleet{}, idTag: instanceTag(cfg.InstanceID)}
+	t.idPrefix = t.idTag + randomHex(idRandomBytes)
 	for _, o := range opts {
 		o(t)
 	}
@@ -430,10 +441,17 @@ func (t *Tracker) touch(id string, established bool) error {
 // Adopt takes over a connection Envoy's access log names (by id, fleet and
 // upstream pod) that this tracker does not hold: one a previous run of this
 // instance admitted, while its count is still inherited, or one this
-// tracker released because its renewals were lost although Envoy still
-// carries it. Counting it again tells the truth, even if its slot was
-// given away meanwhile. ended says the entry reports the connection's end:
-// an inherited slot is then given back, anything else needs nothing.
+// process issued and released because its renewals were lost although
+// Envoy still carries it. Counting it again tells the truth, even if its
+// slot was given away meanwhile. ended says the entry reports the
+// connection's end: an inherited slot is then given back, anything else
+// needs nothing.
+//
+// Only what this instance can account for is adopted: ids of its own
+// format (idTag), of this process up to the last one it issued or of a
+// previous run up to what Redis held for it when it restarted, on a pod of
+// the fleet's registry. Anything else is ErrNotAdoptable: a forged or
+// misrouted entry must not make Redis count slots nobody holds.
 // ErrUnknownConn when there is nothing to take over.
 func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	f, err := t.fleet(fleetName)
@@ -443,13 +461,17 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	if err := ValidatePodAddr(pod); err != nil {
 		return fmt.Errorf("adopt: connection %q: %w", id, err)
 	}
+	mine, previous := t.ownID(id)
+	if !mine && !previous {
+		return fmt.Errorf("adopt: connection %q: not an id of instance %s: %w", id, t.cfg.InstanceID, ErrNotAdoptable)
+	}
 	now := t.now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, held := f.conns[id]; held {
 		return nil
 	}
-	inherited := !strings.HasPrefix(id, t.idPrefix) && f.inherited[pod] > 0 && now.Before(f.inheritUntil)
+	inherited := previous && f.inherited[pod] > 0 && now.Before(f.inheritUntil)
 	if ended {
 		if !inherited {
 			return fmt.Errorf("adopt: ended connection %q: %w", id, ErrUnknownConn)
@@ -459,10 +481,15 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 		}
 		return nil // the next heartbeat publishes the release
 	}
-	if inherited {
+	switch {
+	case inherited:
 		if f.inherited[pod]--; f.inherited[pod] == 0 {
 			delete(f.inherited, pod)
 		}
+	case previous:
+		return fmt.Errorf("adopt: connection %q of a previous run: more than Redis held for it on %s: %w", id, pod, ErrNotAdoptable)
+	case !f.inRegistryLocked(pod):
+		return fmt.Errorf("adopt: connection %q: pod %s is not in fleet %s's registry: %w", id, pod, f.cfg.Name, ErrNotAdoptable)
 	}
 	c := &conn{id: id, pod: pod, established: true, admitted: now, renewed: now}
 	f.conns[id] = c
@@ -470,6 +497,51 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	f.est[pod]++
 	t.byConn.Store(id, f)
 	return nil
+}
+
+// idRandomBytes is the size of a process's random part of connection ids.
+const idRandomBytes = 6
+
+// instanceTag is the part of every connection id that names the instance:
+// 8 hex digits of a hash of its id.
+func instanceTag(instance string) string {
+	h := sha256.Sum256([]byte(instance))
+	return hex.EncodeToString(h[:4])
+}
+
+// ownID says whether id is one this process issued (mine: its prefix, a
+// counter it reached) or one of a previous run of this instance (its tag,
+// another random part).
+func (t *Tracker) ownID(id string) (mine, previous bool) {
+	n := len(t.idPrefix)
+	if len(id) <= n || len(id) > n+13 || !strings.HasPrefix(id, t.idTag) {
+		return false, false
+	}
+	if _, err := hex.DecodeString(id[len(t.idTag):n]); err != nil {
+		return false, false
+	}
+	seq, err := strconv.ParseUint(id[n:], 36, 64)
+	if err != nil || seq == 0 {
+		return false, false
+	}
+	if id[:n] == t.idPrefix {
+		return seq <= t.idSeq.Load(), false
+	}
+	return false, true
+}
+
+// inRegistryLocked says whether pod belongs to the fleet as far as this
+// instance knows: its static list, the placeable pods of the last
+// heartbeat, or a pod Redis counts this instance's connections on (a pod
+// that stopped being ready or began draining still carries them).
+func (f *fleet) inRegistryLocked(pod string) bool {
+	if slices.Contains(f.cfg.Pods, pod) {
+		return true
+	}
+	if _, ok := slices.BinarySearch(f.view.pods, pod); ok {
+		return true
+	}
+	return f.live[pod] > 0 || f.ent[pod] > 0 || f.view.mine[pod] > 0
 }
 
 // Release frees a connection's slot: locally at once, in Redis by the release

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync"
+	"time"
 
 	datav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
@@ -43,6 +45,21 @@ const (
 	OutcomeNoConn      = "no_conn"
 	OutcomeMalformed   = "malformed"
 	OutcomeIgnored     = "ignored"
+	// OutcomeRefused: the entry names a connection this instance cannot
+	// account for (tracker.ErrNotAdoptable): not counted.
+	OutcomeRefused = "refused"
+)
+
+// Defaults of Server's bounds.
+const (
+	// DefaultMaxStreams bounds concurrent streams: one Envoy opens one per
+	// worker thread and log name, so a few; more are abandoned or hostile.
+	DefaultMaxStreams = 64
+	// DefaultIdleTimeout ends a stream that sent nothing for that long. Envoy
+	// sends an entry per access_log_flush_interval of every live connection
+	// and opens a new stream when it next logs, so closing an idle one loses
+	// nothing.
+	DefaultIdleTimeout = 5 * time.Minute
 )
 
 // Tracker is what the receiver needs of a tracker.Tracker.
@@ -57,15 +74,41 @@ type Tracker interface {
 type Server struct {
 	accesslogv3.UnimplementedAccessLogServiceServer
 
+	// MaxStreams bounds the streams served at once; past it a new stream
+	// is refused with ResourceExhausted. Default DefaultMaxStreams.
+	MaxStreams int
+	// IdleTimeout ends a stream that sent no message for that long.
+	// Default DefaultIdleTimeout.
+	IdleTimeout time.Duration
+
 	tracker Tracker
 	entries *prometheus.CounterVec // labels type, outcome
 	log     *slog.Logger
+
+	once  sync.Once
+	slots chan struct{} // one per stream being served
 }
 
 // New returns a receiver that applies entries to t and counts them in
 // entries (tracker.Metrics.AccessLogEntries: labels type and outcome).
 func New(t Tracker, entries *prometheus.CounterVec, log *slog.Logger) *Server {
-	return &Server{tracker: t, entries: entries, log: log}
+	return &Server{tracker: t, entries: entries, log: log, MaxStreams: DefaultMaxStreams, IdleTimeout: DefaultIdleTimeout}
+}
+
+func (s *Server) acquire() bool {
+	s.once.Do(func() {
+		n := s.MaxStreams
+		if n <= 0 {
+			n = DefaultMaxStreams
+		}
+		s.slots = make(chan struct{}, n)
+	})
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
 }
 
 // Register adds the service to g.
@@ -75,12 +118,52 @@ func (s *Server) Register(g *grpc.Server) { accesslogv3.RegisterAccessLogService
 // a stream cut mid-way loses nothing already received; the next stream Envoy
 // opens carries on.
 func (s *Server) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccessLogsServer) error {
+	if !s.acquire() {
+		return status.Errorf(codes.ResourceExhausted, "more than %d access-log streams at once", cap(s.slots))
+	}
+	defer func() { <-s.slots }()
+	idle := s.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	// Recv blocks until a message comes or the stream ends; the handler
+	// returning ends the stream, which ends the Recv too.
+	type recv struct {
+		msg *accesslogv3.StreamAccessLogsMessage
+		err error
+	}
+	msgs := make(chan recv)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			select {
+			case msgs <- recv{m, err}:
+			case <-done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	timer := time.NewTimer(idle)
+	defer timer.Stop()
 	// A release must reach Redis even if Envoy hangs up meanwhile: a
 	// cancelled call would count as Redis failing.
 	ctx := context.WithoutCancel(stream.Context())
 	var node string
 	for {
-		msg, err := stream.Recv()
+		var r recv
+		select {
+		case r = <-msgs:
+		case <-timer.C:
+			s.log.Debug("access-log stream idle: closed; Envoy opens a new one when it next logs", "node", node, "idle", idle)
+			return status.Errorf(codes.DeadlineExceeded, "no access-log message for %s", idle)
+		}
+		timer.Reset(idle)
+		msg, err := r.msg, r.err
 		if errors.Is(err, io.EOF) {
 			// A client-streaming RPC ends with one response; without it a
 			// client that closes cleanly sees a cardinality violation.
@@ -147,8 +230,16 @@ func (s *Server) classify(ctx context.Context, entry *datav3.HTTPAccessLogEntry)
 			// already and there is nothing to do.
 			md := props.GetMetadata().GetFilterMetadata()[MetadataNamespace].GetFields()
 			fleet, pod := md[FleetKey].GetStringValue(), md[UpstreamKey].GetStringValue()
-			if fleet != "" && pod != "" && s.tracker.Adopt(fleet, conn, pod, typ == "end") == nil {
+			if fleet == "" || pod == "" {
+				return typ, OutcomeUnknownConn
+			}
+			err := s.tracker.Adopt(fleet, conn, pod, typ == "end")
+			switch {
+			case err == nil:
 				return typ, OutcomeAdopted
+			case errors.Is(err, tracker.ErrNotAdoptable):
+				s.log.Debug("access-log entry refused", "type", typ, "err", err)
+				return typ, OutcomeRefused
 			}
 			return typ, OutcomeUnknownConn
 		}

@@ -2,6 +2,7 @@ package accesslog_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"testing"
@@ -13,7 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/redis/go-redis/v9"
@@ -42,6 +45,12 @@ func newEnv(t *testing.T) *env {
 // newEnvOn starts a tracker and its receiver on rdb.
 func newEnvOn(t *testing.T, rdb *redis.Client) *env {
 	t.Helper()
+	return newEnvWith(t, rdb, func(*accesslog.Server) {})
+}
+
+// newEnvWith is newEnvOn with the receiver's bounds set by opt.
+func newEnvWith(t *testing.T, rdb *redis.Client, opt func(*accesslog.Server)) *env {
+	t.Helper()
 	m := tracker.NewMetrics(prometheus.NewRegistry())
 	// A short instance TTL: a new epoch grants nothing for one of them
 	// (the recovery wait), which awaitGranting waits out.
@@ -54,7 +63,9 @@ func newEnvOn(t *testing.T, rdb *redis.Client) *env {
 	}
 	awaitGranting(t, tr)
 	srv := grpc.NewServer()
-	accesslog.New(tr, tr.Metrics().AccessLogEntries, slog.New(slog.DiscardHandler)).Register(srv)
+	rcv := accesslog.New(tr, tr.Metrics().AccessLogEntries, slog.New(slog.DiscardHandler))
+	opt(rcv)
+	rcv.Register(srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +143,7 @@ func (e *env) count(t *testing.T, typ, outcome string) float64 {
 // goroutine, and the test sees its effect only through state.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // generous: a loaded machine
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -296,4 +307,120 @@ func TestStreamCutLosesNothingReceivedAndTheNextResumes(t *testing.T) {
 	s2 := e.open(t, context.Background())
 	send(t, s2, entry(datav3.AccessLogType_DownstreamEnd, a), entry(datav3.AccessLogType_DownstreamEnd, c))
 	waitFor(t, "the next stream's releases", func() bool { load, _ := e.redis(t); return load == 0 })
+}
+
+// withPod adds the fleet and upstream Envoy's metadata carries.
+func withPod(e *datav3.HTTPAccessLogEntry, pod string) *datav3.HTTPAccessLogEntry {
+	f := e.CommonProperties.Metadata.FilterMetadata["wsgate"].Fields
+	f["fleet"], f["upstream"] = structpb.NewStringValue(fleet), structpb.NewStringValue(pod)
+	return e
+}
+
+// TestForgedEntriesAreRefused: entries naming ids this instance never
+// issued, or pods outside the fleet, change nothing in Redis.
+func TestForgedEntriesAreRefused(t *testing.T) {
+	e := newEnv(t)
+	real := e.admit(t) // a real id, to forge others of its shape
+	s := e.open(t, context.Background())
+	var forged []*datav3.HTTPAccessLogEntry
+	for i := range 50 {
+		forged = append(forged, withPod(entry(datav3.AccessLogType_DownstreamPeriodic, fmt.Sprintf("forged-%d", i)), "10.0.0.1:8080"))
+	}
+	beyond := real[:len(real)-1] + "zz" // this process's prefix, a counter it never reached
+	send(t, s, append(forged,
+		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, beyond), "10.0.0.1:8080"),
+		withPod(entry(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, real+"0"), "10.255.0.1:9"),
+	)...)
+	waitFor(t, "forged entries refused", func() bool {
+		return e.count(t, "periodic", "refused") == 51 && e.count(t, "established", "refused") == 1
+	})
+	// A real id released (lost renewals) and reported on a pod outside the
+	// registry is refused too; on the fleet's pod it is adopted again.
+	if err := e.tr.Release(context.Background(), real); err != nil {
+		t.Fatal(err)
+	}
+	send(t, s, withPod(entry(datav3.AccessLogType_DownstreamPeriodic, real), "10.255.0.1:9"))
+	waitFor(t, "a real id on a foreign pod refused", func() bool { return e.count(t, "periodic", "refused") == 52 })
+	send(t, s, withPod(entry(datav3.AccessLogType_DownstreamPeriodic, real), "10.0.0.1:8080"))
+	waitFor(t, "a real id re-adopted", func() bool { return e.count(t, "periodic", "adopted") == 1 })
+	if err := e.tr.Heartbeat(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := e.tr.Store().Snapshot(context.Background(), fleet, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Load["10.0.0.1:8080"] != 1 || len(snap.Load) != 1 {
+		t.Errorf("Redis counts %v, want only the one real connection on 10.0.0.1:8080", snap.Load)
+	}
+}
+
+// TestRestartAdoptsAtMostWhatRedisHeld: a restarted tracker takes over its
+// predecessor's ids up to the count Redis held for it, not more.
+func TestRestartAdoptsAtMostWhatRedisHeld(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	first := newEnvOn(t, rdb)
+	a, b := first.admit(t), first.admit(t)
+	if err := first.tr.Heartbeat(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	second := newEnvOn(t, rdb)
+	third := a[:len(a)-1] + "zz" // the predecessor's format, never issued
+	s := second.open(t, context.Background())
+	send(t, s, withPod(entry(datav3.AccessLogType_DownstreamPeriodic, a), "10.0.0.1:8080"),
+		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, b), "10.0.0.1:8080"),
+		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, third), "10.0.0.1:8080"))
+	waitFor(t, "entries applied", func() bool {
+		return second.count(t, "periodic", "adopted") == 2 && second.count(t, "periodic", "refused") == 1
+	})
+	if err := second.tr.Heartbeat(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if load, _ := second.redis(t); load != 2 {
+		t.Errorf("Redis counts %d, want the 2 the predecessor held", load)
+	}
+}
+
+// TestStreamsAreBounded: past MaxStreams a stream is refused.
+func TestStreamsAreBounded(t *testing.T) {
+	e := newEnvWith(t, redistest.Start(t).Client(), func(s *accesslog.Server) { s.MaxStreams = 2 })
+	ctx := context.Background()
+	a, b := e.open(t, ctx), e.open(t, ctx)
+	send(t, a, entry(datav3.AccessLogType_DownstreamPeriodic, "x"))
+	send(t, b, entry(datav3.AccessLogType_DownstreamPeriodic, "y"))
+	waitFor(t, "both streams served", func() bool { return e.count(t, "periodic", "unknown_conn") == 2 })
+	if _, err := e.open(t, ctx).CloseAndRecv(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("third stream: %v, want ResourceExhausted", err)
+	}
+	if _, err := a.CloseAndRecv(); err != nil {
+		t.Fatal(err)
+	}
+	// a's place is free again.
+	waitFor(t, "a stream accepted again", func() bool {
+		s := e.open(t, ctx)
+		send(t, s, entry(datav3.AccessLogType_DownstreamPeriodic, "z"))
+		_, err := s.CloseAndRecv()
+		return err == nil
+	})
+}
+
+// TestIdleStreamIsClosed: a stream that sends nothing for IdleTimeout is
+// ended by the receiver and frees its place.
+func TestIdleStreamIsClosed(t *testing.T) {
+	const idle = 200 * time.Millisecond // the test is about this timeout
+	e := newEnvWith(t, redistest.Start(t).Client(), func(s *accesslog.Server) { s.MaxStreams, s.IdleTimeout = 1, idle })
+	start := time.Now()
+	s := e.open(t, context.Background()) // abandoned: never sends
+	err := s.RecvMsg(new(accesslogv3.StreamAccessLogsResponse))
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("idle stream ended with %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d < idle {
+		t.Errorf("closed after %s, before the idle timeout %s", d, idle)
+	}
+	next := e.open(t, context.Background())
+	send(t, next, entry(datav3.AccessLogType_DownstreamPeriodic, "z"))
+	if _, err := next.CloseAndRecv(); err != nil {
+		t.Fatalf("the next stream: %v", err)
+	}
 }
