@@ -24,9 +24,15 @@ type GRPC struct {
 	scaler *Server
 }
 
+// maxRequestBytes bounds one request message.
+const maxRequestBytes = 64 << 10
+
 // NewGRPC serves s, over TLS when tlsConfig is not nil (see LoadTLS).
 func NewGRPC(s *Server, tlsConfig *tls.Config) *GRPC {
 	opts := []grpc.ServerOption{
+		// KEDA's requests are a trigger's few metadata keys: far below
+		// gRPC's default 4 MB, which would let one call echo megabytes.
+		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.ChainUnaryInterceptor(s.metrics.unary),
 		grpc.ChainStreamInterceptor(s.metrics.stream),
 	}

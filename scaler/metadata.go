@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 	"time"
 )
 
@@ -48,27 +49,66 @@ type Trigger struct {
 // InvalidArgument.
 type metadataError struct {
 	key, value, want string
+	whole            string // what is wrong with the metadata as a whole
 }
 
 func (e *metadataError) Error() string {
-	if e.value == "" {
-		return fmt.Sprintf("scalerMetadata %q is required: want %s", e.key, e.want)
+	if e.whole != "" {
+		return "scalerMetadata: " + e.whole
 	}
-	return fmt.Sprintf("scalerMetadata %q=%q: want %s", e.key, e.value, e.want)
+	if e.value == "" {
+		return fmt.Sprintf("scalerMetadata %q is required: want %s", clip(e.key), e.want)
+	}
+	return fmt.Sprintf("scalerMetadata %q=%q: want %s", clip(e.key), clip(e.value), e.want)
+}
+
+// Bounds of what a trigger's metadata may hold: KEDA sends the trigger's
+// few keys (its own among them); anything far beyond is not a trigger.
+const (
+	maxMetadataKeys  = 64
+	maxMetadataBytes = 16 << 10 // all keys and values together
+	maxEchoed        = 64       // bytes of a value echoed in an error
+)
+
+// clip shortens s for an error message: a caller's input is echoed only
+// as much as it takes to recognise it.
+func clip(s string) string {
+	if len(s) <= maxEchoed {
+		return s
+	}
+	cut := maxEchoed
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes)", s[:cut], len(s))
 }
 
 // ParseTrigger reads a trigger's metadata. Keys it does not know (KEDA's
-// own scalerAddress, enableTLS, ...) are ignored.
+// own scalerAddress, enableTLS, ...) are ignored, up to maxMetadataKeys
+// and maxMetadataBytes.
 func ParseTrigger(md map[string]string) (Trigger, error) {
 	t := Trigger{Metric: MetricDesiredReplicas, Params: DefaultParams, RateLimitTarget: 0.1}
+	if len(md) > maxMetadataKeys {
+		return t, &metadataError{whole: fmt.Sprintf("%d keys, at most %d accepted", len(md), maxMetadataKeys)}
+	}
+	size := 0
+	for k, v := range md {
+		size += len(k) + len(v)
+	}
+	if size > maxMetadataBytes {
+		return t, &metadataError{whole: fmt.Sprintf("%d bytes, at most %d accepted", size, maxMetadataBytes)}
+	}
 	t.Fleet = strings.TrimSpace(md["fleet"])
 	if t.Fleet == "" {
 		return t, &metadataError{key: "fleet", want: "the name of a fleet of the scaler's fleets file"}
 	}
+	if len(t.Fleet) > 63 {
+		return t, &metadataError{key: "fleet", value: t.Fleet, want: "a fleet name: at most 63 characters"}
+	}
 	if v, ok := md["metric"]; ok {
 		t.Metric = Metric(v)
 		if !validMetric(t.Metric) {
-			return t, &metadataError{"metric", v, "one of desiredReplicas (default), connections, saturation, rateLimitPressure"}
+			return t, &metadataError{key: "metric", value: v, want: "one of desiredReplicas (default), connections, saturation, rateLimitPressure"}
 		}
 	}
 	var err error
@@ -101,7 +141,7 @@ func ParseTrigger(md map[string]string) (Trigger, error) {
 		case "off":
 			t.Params.Guard = 0
 		default:
-			return t, &metadataError{"scaleDownGuard", v, "one of 5m, 15m (default), 1h, off"}
+			return t, &metadataError{key: "scaleDownGuard", value: v, want: "one of 5m, 15m (default), 1h, off"}
 		}
 	}
 	return t, nil
@@ -123,7 +163,7 @@ func floatKey(md map[string]string, key string, def float64, want string, ok fun
 	}
 	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 	if err != nil || !ok(f) {
-		return def, &metadataError{key, v, want}
+		return def, &metadataError{key: key, value: v, want: want}
 	}
 	return f, nil
 }
@@ -135,7 +175,7 @@ func intKey(md map[string]string, key string, def int64, want string) (int64, er
 	}
 	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 	if err != nil || n < 0 {
-		return def, &metadataError{key, v, want}
+		return def, &metadataError{key: key, value: v, want: want}
 	}
 	return n, nil
 }

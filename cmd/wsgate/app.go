@@ -74,7 +74,7 @@ func background(lc fx.Lifecycle, loop func(ctx context.Context)) {
 // serveHTTP binds addr when the app starts (so a busy port fails the start)
 // and shuts the server down gracefully when it stops.
 func serveHTTP(lc fx.Lifecycle, name, addr string, h http.Handler, log *slog.Logger) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	srv := tracker.DefaultHTTPLimits.Server(h)
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			ln, err := net.Listen("tcp", addr)
