@@ -151,6 +151,21 @@ func ParseFleets(data []byte) ([]FleetConfig, error) {
 	if len(f.Fleets) == 0 {
 		return nil, errors.New("fleets file: no fleets defined (want a top-level `fleets:` list)")
 	}
+	// WithDefaults cannot tell a field left out from one set to zero: an
+	// explicit zero must not silently become the default.
+	var raw struct {
+		Fleets []map[string]any `json:"fleets"`
+	}
+	if err := yaml.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("fleets file: %w", err)
+	}
+	for i, m := range raw.Fleets {
+		for _, z := range explicitZeros {
+			if v, ok := m[z.field]; ok && isZero(v) {
+				return nil, fmt.Errorf("fleets file: fleet %s: %s %v: %s (leave it out for the default %s)", f.Fleets[i].Name, z.field, v, z.want, z.def)
+			}
+		}
+	}
 	for i := range f.Fleets {
 		f.Fleets[i] = f.Fleets[i].WithDefaults()
 		if err := f.Fleets[i].Validate(); err != nil {
@@ -158,6 +173,26 @@ func ParseFleets(data []byte) ([]FleetConfig, error) {
 		}
 	}
 	return f.Fleets, nil
+}
+
+// explicitZeros are the fleet fields whose zero value means "default" in
+// FleetConfig, so a fleets file must not write it.
+var explicitZeros = []struct{ field, want, def string }{
+	{"maxConnectionsPerPod", "must be at least 1", "2"},
+	{"ratePerSecond", "must be positive", "1"},
+	{"burst", "must be at least 1", "max(1, ceil(ratePerSecond))"},
+	{"retryAfter", "must be positive", "5s"},
+}
+
+func isZero(v any) bool {
+	switch v := v.(type) {
+	case float64:
+		return v == 0
+	case string:
+		d, err := time.ParseDuration(v)
+		return err == nil && d == 0
+	}
+	return false
 }
 
 var fleetName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)

@@ -708,3 +708,28 @@ func TestAReapedInstanceReusesNothing(t *testing.T) {
 		t.Fatalf("b reused a slot after it was reaped: %+v", r)
 	}
 }
+
+// TestExplicitZeroIsAnError: a zero written in the fleets file names its
+// field; left out, the field keeps its default.
+func TestExplicitZeroIsAnError(t *testing.T) {
+	for _, field := range []string{"maxConnectionsPerPod: 0", "ratePerSecond: 0", "ratePerSecond: 0.0", "burst: 0", "retryAfter: 0s"} {
+		doc := "fleets:\n- name: chat\n  pods: ['10.0.0.1:80']\n  " + field + "\n"
+		name := field[:indexByte(field, ':')]
+		_, err := tracker.ParseFleets([]byte(doc))
+		if err == nil || !contains(err.Error(), name) || !contains(err.Error(), "default") {
+			t.Errorf("%s: %v, want an error naming %s and its default", field, err, name)
+		}
+	}
+	if _, err := tracker.ParseFleets([]byte("fleets:\n- name: chat\n  maxConnectionsPerPod: 3\n")); err != nil {
+		t.Errorf("non-zero cap: %v", err)
+	}
+}
+
+func indexByte(s string, b byte) int {
+	for i := range len(s) {
+		if s[i] == b {
+			return i
+		}
+	}
+	return -1
+}

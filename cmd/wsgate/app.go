@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,8 +33,11 @@ func fxLogger(log *slog.Logger) fx.Option {
 // runApp starts app, waits for SIGINT/SIGTERM and stops it, returning the
 // first error: a bind or configuration failure reaches the user as one line.
 func runApp(app *fx.App) error {
+	if err := app.Err(); err != nil {
+		return rootCause(err)
+	}
 	if err := app.Start(context.Background()); err != nil {
-		return err
+		return rootCause(err)
 	}
 	<-app.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -91,4 +96,21 @@ func serveHTTP(lc fx.Lifecycle, name, addr string, h http.Handler, log *slog.Log
 		},
 		OnStop: srv.Shutdown,
 	})
+}
+
+// rootCause strips the dependency-injection layers off err ("could not
+// build arguments for function ...: failed to build ..."): what the user
+// needs is the first error of the chain that a constructor or hook
+// returned, which names the flag or field.
+func rootCause(err error) error {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		t := reflect.TypeOf(e)
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if p := t.PkgPath(); !strings.HasPrefix(p, "go.uber.org/dig") && !strings.HasPrefix(p, "go.uber.org/fx") {
+			return e
+		}
+	}
+	return err
 }

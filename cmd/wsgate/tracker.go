@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -63,6 +64,9 @@ func runTracker(args []string) error {
 	if f.cfg.Fleets, err = tracker.ParseFleets(data); err != nil {
 		return fmt.Errorf("--config %s: %w", f.config, err)
 	}
+	if err := checkTrackerConfig(fs, f.config, f.cfg); err != nil {
+		return err
+	}
 	if err := requireLoopback("listen", f.listen); err != nil {
 		return err
 	}
@@ -80,6 +84,48 @@ func runTracker(args []string) error {
 		fx.Invoke(runHeartbeat, serveAdmission, serveAccessLog),
 	)
 	return runApp(app)
+}
+
+// trackerConfigFlags names the flag of each field tracker.Config.Validate
+// talks about.
+var trackerConfigFlags = []struct{ field, flag string }{
+	{"instance id", "--instance-id"},
+	{"instanceTTL", "--instance-ttl"},
+	{"heartbeat", "--heartbeat"},
+	{"establishTimeout", "--establish-timeout"},
+	{"leaseTTL", "--lease-ttl"},
+	{"redisTimeout", "--redis-timeout"},
+	{"fallback", "--fallback"},
+	{"expired-instances", "--expired-instances"},
+}
+
+// checkTrackerConfig validates before anything is built, so that an error
+// names the flag (or the fleets file's field) that is wrong: an explicit
+// zero duration is an error, never the default in disguise.
+func checkTrackerConfig(fs *flag.FlagSet, file string, cfg tracker.Config) error {
+	var err error
+	fs.Visit(func(fl *flag.Flag) {
+		if d, ok := fl.Value.(flag.Getter).Get().(time.Duration); ok && d == 0 && err == nil {
+			err = fmt.Errorf("--%s 0: must be positive (leave it out for the default %s)", fl.Name, fl.DefValue)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if err := cfg.WithDefaults().Validate(); err != nil {
+		msg := err.Error()
+		if strings.HasPrefix(msg, "fleet") && !strings.HasPrefix(msg, "fallback") {
+			return fmt.Errorf("--config %s: %w", file, err)
+		}
+		for _, m := range trackerConfigFlags {
+			if rest, ok := strings.CutPrefix(msg, m.field+" "); ok {
+				msg = m.flag + " " + strings.Replace(rest, "than heartbeat", "than --heartbeat", 1)
+				break
+			}
+		}
+		return errors.New(msg)
+	}
+	return nil
 }
 
 func newRedis(lc fx.Lifecycle, f trackerFlags, log *slog.Logger) (redis.UniversalClient, error) {
