@@ -80,13 +80,15 @@ func (t *Tracker) Ready() error {
 	for _, name := range t.Fleets() {
 		f := t.fleets[name]
 		f.mu.Lock()
-		ok, degraded := f.view.ok, f.degraded
+		ok, degraded, said := f.view.ok, f.degraded, f.redisSaid
 		f.mu.Unlock()
 		switch {
+		case !ok && said != "":
+			return fmt.Errorf("fleet %s: no heartbeat has reached Redis yet: %s", name, said)
 		case !ok:
 			return fmt.Errorf("fleet %s: no heartbeat has reached Redis yet", name)
 		case degraded && t.cfg.Fallback == FallbackClosed:
-			return fmt.Errorf("fleet %s: Redis unreachable and fallback is closed", name)
+			return fmt.Errorf("fleet %s: %s and fallback is closed", name, said)
 		}
 	}
 	return nil

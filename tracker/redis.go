@@ -1,11 +1,13 @@
 package tracker
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -100,4 +102,36 @@ func clientTLS(c RedisConfig) (*tls.Config, error) {
 		tc.Certificates = []tls.Certificate{cert}
 	}
 	return tc, nil
+}
+
+// DescribeRedisError says, for an operator, what a failed Redis call means:
+// Redis' own error code when it answered, and what to do about it.
+func DescribeRedisError(err error) string {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+			return "Redis did not answer in time"
+		}
+		return "Redis unreachable"
+	}
+	msg := rerr.Error()
+	code, _, _ := strings.Cut(msg, " ")
+	switch code {
+	case "NOPERM":
+		return "Redis refused the command to this ACL user (NOPERM): grant the ACL README's Operations section lists"
+	case "NOAUTH", "WRONGPASS":
+		return "Redis refused the credentials (" + code + "): check --redis-username and --redis-password"
+	case "NOSCRIPT":
+		return "Redis has no such script (NOSCRIPT) and would not take it: is EVAL allowed?"
+	case "OOM":
+		return "Redis is out of memory (OOM): raise maxmemory, or use a noeviction policy with room for wsgate's keys"
+	case "READONLY":
+		return "Redis is a read-only replica (READONLY): point --redis-addr at the master (or use Sentinel)"
+	case "MASTERDOWN", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN":
+		return "Redis is not serving yet (" + code + ")"
+	}
+	if strings.Contains(msg, "scripting") || strings.Contains(strings.ToLower(msg), "unknown command") {
+		return "Redis does not run scripts (" + msg + "): wsgate needs EVAL/EVALSHA"
+	}
+	return "Redis answered an error (" + code + ")"
 }

@@ -186,6 +186,10 @@ type fleet struct {
 	// given away.
 	leaseUntil time.Time
 	view       view
+	// redisSaid describes the last failed Redis call (DescribeRedisError),
+	// for logs and readiness; redisWarned is when it was last warned of.
+	redisSaid   string
+	redisWarned time.Time
 	// stalled watches the other instances' seqs; stale names the ones the
 	// next heartbeat asks Redis to reap.
 	stalled *Stalled
@@ -657,15 +661,32 @@ func (f *fleet) redisUsable() bool {
 
 func (t *Tracker) redisFailed(f *fleet, op string, err error) {
 	t.metrics.RedisErrors.WithLabelValues(op).Inc()
+	said := DescribeRedisError(err)
+	now := time.Now()
 	f.mu.Lock()
 	was := f.degraded
 	f.degraded = true
+	// Warn on the first failure, when Redis says something else, and at
+	// most every redisWarnEvery meanwhile: a long outage is seen in the
+	// logs without a line per admission.
+	warn := !was || said != f.redisSaid || now.Sub(f.redisWarned) >= redisWarnEvery
+	f.redisSaid = said
+	if warn {
+		f.redisWarned = now
+	}
 	f.mu.Unlock()
 	if !was {
 		t.metrics.Degraded.WithLabelValues(f.cfg.Name).Set(1)
-		t.log.Warn("redis unreachable, admitting from local state", "fleet", f.cfg.Name, "op", op, "fallback", string(t.cfg.Fallback), "err", err)
+	}
+	if warn {
+		t.log.Warn("redis call failed, admitting from local state", "fleet", f.cfg.Name, "op", op, "redis", said, "fallback", string(t.cfg.Fallback), "err", err)
+	} else {
+		t.log.Debug("redis call failed", "fleet", f.cfg.Name, "op", op, "redis", said, "err", err)
 	}
 }
+
+// redisWarnEvery spaces the warnings of a lasting Redis failure.
+const redisWarnEvery = 30 * time.Second
 
 // LocalCounts returns this instance's live connections per pod of fleet.
 func (t *Tracker) LocalCounts(fleetName string) (map[string]int, error) {

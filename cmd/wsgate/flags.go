@@ -1,13 +1,19 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -105,10 +111,39 @@ func requireLoopback(flagName, addr string) error {
 	return fmt.Errorf("--%s %q: must be a loopback address (127.0.0.1 or ::1): only the local Envoy may reach it", flagName, addr)
 }
 
-func newLogger(level string) (*slog.Logger, error) {
+func newLogger(level string) (*slog.Logger, error) { return newLoggerTo(os.Stderr, level) }
+
+// newLoggerTo is the JSON logger of every command on w. Durations are
+// written as "10s", not nanoseconds; the Redis client's own messages go
+// through it too (at warn: it reports only trouble), not as plain text.
+func newLoggerTo(w io.Writer, level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	log := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l, ReplaceAttr: durationStrings}))
+	redisLog.Store(log.With("component", "redis"))
+	redisLogOnce.Do(func() { redis.SetLogger(redisLogger{}) })
+	return log, nil
+}
+
+// go-redis' logger is a global its goroutines read: set once, pointing at
+// the latest logger.
+var (
+	redisLog     atomic.Pointer[slog.Logger]
+	redisLogOnce sync.Once
+)
+
+func durationStrings(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
+}
+
+// redisLogger is go-redis' logger on slog.
+type redisLogger struct{}
+
+func (redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	redisLog.Load().WarnContext(ctx, fmt.Sprintf(format, v...))
 }

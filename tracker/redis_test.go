@@ -1,0 +1,140 @@
+package tracker_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// trackerACL and scalerACL are the ACL rules README's Operations section
+// documents (keep them equal): the commands the Go code and the scripts
+// call, on wsgate's keys and channels only.
+const (
+	trackerACL = "~{wsgate:*}* &{wsgate:*}* +evalsha +eval +script|load +info +time +hgetall +hincrby +zrange " +
+		"+del +expire +hdel +hget +hmget +hset +hkeys +publish +sadd +scard +smembers +type " +
+		"+zadd +zcard +zcount +zincrby +zrangebyscore +zrem +zrevrangebyscore +zscore"
+	scalerACL = trackerACL + " +scan +subscribe"
+)
+
+// aclClient creates user on s with rules and returns a client logged in as it.
+func aclClient(t *testing.T, s *redistest.Server, user, rules string) *redis.Client {
+	t.Helper()
+	admin := s.Client()
+	args := []any{"ACL", "SETUSER", user, "on", ">pw", "resetkeys", "resetchannels", "-@all"}
+	for _, r := range strings.Fields(rules) {
+		args = append(args, r)
+	}
+	if err := admin.Do(context.Background(), args...).Err(); err != nil {
+		t.Fatalf("ACL SETUSER: %v", err)
+	}
+	rdb, err := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{s.Addr()}, Username: user, Password: "pw", DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	return rdb.(*redis.Client)
+}
+
+// TestDocumentedACLSuffices: a tracker and the scaler's reads work as a
+// user with exactly the documented ACL.
+func TestDocumentedACLSuffices(t *testing.T) {
+	s := redistest.Start(t)
+	rdb := aclClient(t, s, "wsgate-tracker", trackerACL)
+	tr, err := tracker.New(tracker.Config{InstanceID: "e1", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: 5 * time.Second,
+		Fleets: []tracker.FleetConfig{fleetCfg("chat", 2, "10.0.0.1:80")}}, tracker.NewStore(rdb, "wsgate"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := tr.AwaitGranting(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := tr.Admit(ctx, "chat")
+	if err != nil || !res.Admitted || res.Fallback {
+		t.Fatalf("admit as the ACL user: %+v %v", res, err)
+	}
+	if err := tr.Establish(res.Conn); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Release(ctx, res.Conn); err != nil || tr.Degraded("chat") {
+		t.Fatalf("release as the ACL user: %v (degraded %v)", err, tr.Degraded("chat"))
+	}
+	sc := tracker.NewStore(aclClient(t, s, "wsgate-scaler", scalerACL), "wsgate")
+	if _, err := sc.Summary(ctx, "chat", time.Now()); err != nil {
+		t.Errorf("summary as the scaler's ACL user: %v", err)
+	}
+	if _, err := sc.Snapshot(ctx, "chat", time.Now()); err != nil {
+		t.Errorf("snapshot as the scaler's ACL user: %v", err)
+	}
+	if _, err := sc.Fleets(ctx); err != nil {
+		t.Errorf("fleets as the scaler's ACL user: %v", err)
+	}
+}
+
+// syncBuffer is a log sink the tracker's goroutines may share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestRedisRefusalIsNamed: when Redis answers with an error, the warning
+// and /readyz say what it answered, not only "unreachable".
+func TestRedisRefusalIsNamed(t *testing.T) {
+	s := redistest.Start(t)
+	cases := map[string]struct {
+		rdb  func() *redis.Client
+		want string
+	}{
+		"no evalsha": {func() *redis.Client { return aclClient(t, s, "no-eval", "~* +@all -evalsha -eval") }, "NOPERM"},
+		"wrong password": {func() *redis.Client {
+			rdb, _ := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{s.Addr()}, Username: "no-eval", Password: "wrong"})
+			t.Cleanup(func() { rdb.Close() })
+			return rdb.(*redis.Client)
+		}, "WRONGPASS"},
+	}
+	for name, c := range cases {
+		var logs syncBuffer
+		tr, err := tracker.New(tracker.Config{InstanceID: "e1", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: 5 * time.Second,
+			Fleets: []tracker.FleetConfig{fleetCfg("chat", 2, "10.0.0.1:80")}}, tracker.NewStore(c.rdb(), "wsgate"),
+			tracker.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			if err := tr.Heartbeat(context.Background()); err == nil {
+				t.Fatalf("%s: heartbeat succeeded", name)
+			}
+		}
+		if err := tr.Ready(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: readiness %v, want the reason %s", name, err, c.want)
+		}
+		if out := logs.String(); !strings.Contains(out, `"level":"WARN"`) || !strings.Contains(out, c.want) || strings.Count(out, `"level":"WARN"`) != 1 {
+			t.Errorf("%s: want one warning naming %s (the second rate-limited), got:\n%s", name, c.want, out)
+		}
+	}
+}
