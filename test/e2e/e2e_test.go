@@ -18,7 +18,7 @@ import (
 // header changes nothing.
 func TestGlobalCapAcrossGateways(t *testing.T) {
 	h := newHarness(t, harnessOptions{cap: 4})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const clients = 40 // 12 slots
 	results := make([]dialResult, clients)
@@ -89,7 +89,7 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 // affected.
 func TestRateLimitReachesClient(t *testing.T) {
 	h := newHarness(t, harnessOptions{cap: 100, rate: 0.5, burst: 2})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var ok, limited int
 	for range 4 {

@@ -45,8 +45,8 @@ func openN(t *testing.T, ctx context.Context, h *harness, n int) []*websocket.Co
 // back empty and the counts are exact within a heartbeat; the scaler holds
 // its metric until the instances have re-synced and the settle time passed.
 func TestRedisKilledAndRestartedEmpty(t *testing.T) {
-	h := newHarness(t, harnessOptions{cap: 4, settle: time.Second, redisTO: 100 * time.Millisecond})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	h := newHarness(t, harnessOptions{cap: 4, settle: time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	conns := openN(t, ctx, h, 6)
 	defer func() {
@@ -122,7 +122,7 @@ func TestRedisKilledAndRestartedEmpty(t *testing.T) {
 // dead one's slots after its lease, and its own connections are untouched.
 func TestGatewayKilledWithoutAccessLog(t *testing.T) {
 	h := newHarness(t, harnessOptions{cap: 4})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	conns := openN(t, ctx, h, 6) // 3 through each gateway
 	waitFor(t, 2*time.Second, "6 live", func() (bool, string) { n := h.live(t); return n == 6, fmt.Sprint(n) })
@@ -149,7 +149,7 @@ func TestGatewayKilledWithoutAccessLog(t *testing.T) {
 // released by its lease.
 func TestAccessLogStreamCutAndResumed(t *testing.T) {
 	h := newHarness(t, harnessOptions{cap: 10, lease: 1500 * time.Millisecond, flush: 200 * time.Millisecond})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	n := h.nodes[0]
 	before := dial(ctx, n.url, "")
@@ -253,17 +253,24 @@ func TestSlowRedisFailsFast(t *testing.T) {
 		proxy = startDelayProxy(t, s.Addr())
 		return proxy.ln.Addr().String()
 	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	// Warm up with the same burst while Redis is fast, so the keep-alive
 	// pools (gateway -> tracker) already have their size: what is counted
 	// after the slow phase is a pile-up, not a pool.
 	var warmWG sync.WaitGroup
+	var warmMu sync.Mutex
+	var warmSlowest time.Duration // the same burst with Redis fast: this machine's pace
 	for i := range 30 {
 		warmWG.Add(1)
 		go func() {
 			defer warmWG.Done()
-			if r := dial(ctx, h2.nodes[i%2].url, ""); r.err == nil {
+			start := time.Now()
+			r := dial(ctx, h2.nodes[i%2].url, "")
+			warmMu.Lock()
+			warmSlowest = max(warmSlowest, time.Since(start))
+			warmMu.Unlock()
+			if r.err == nil {
 				r.conn.Close(websocket.StatusNormalClosure, "")
 			}
 		}()
@@ -272,7 +279,8 @@ func TestSlowRedisFailsFast(t *testing.T) {
 	waitFor(t, 2*time.Second, "warm connections released", func() (bool, string) { l := h2.live(t); return l == 0, fmt.Sprint(l) })
 	before := runtime.NumGoroutine()
 
-	proxy.delay.Store(int64(time.Second))
+	const delay = 3 * time.Second
+	proxy.delay.Store(int64(delay))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	outcomes := map[string]int{}
@@ -297,9 +305,12 @@ func TestSlowRedisFailsFast(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	t.Logf("30 dials with Redis 1s slow: %v; slowest %s", outcomes, slowest.Round(time.Millisecond))
-	if slowest > 600*time.Millisecond {
-		t.Errorf("slowest dial %s: admissions must not wait for a slow Redis (timeout 100ms)", slowest)
+	t.Logf("30 dials with Redis %s slow: %v; slowest %s (%s with Redis fast)", delay, outcomes, slowest.Round(time.Millisecond), warmSlowest.Round(time.Millisecond))
+	// Relative to this machine's pace, not to a quiet machine's: the
+	// Redis timeout (100ms) and the fallback may add a little, never
+	// the Redis delay.
+	if limit := min(delay/2, warmSlowest+time.Second); slowest > limit {
+		t.Errorf("slowest dial %s (limit %s): admissions must not wait for a slow Redis (timeout 100ms)", slowest, limit)
 	}
 	for k := range outcomes {
 		if k != "admitted (fallback)" && k != "503 redis_down" && k != "503 capacity" {
@@ -318,7 +329,7 @@ func TestSlowRedisFailsFast(t *testing.T) {
 		c.Close(websocket.StatusNormalClosure, "")
 	}
 	proxy.delay.Store(0)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for runtime.NumGoroutine() > before+5 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -335,7 +346,7 @@ func TestSlowRedisFailsFast(t *testing.T) {
 // system still admits, counts and releases afterwards.
 func TestBadInputToEveryListener(t *testing.T) {
 	h := newHarness(t, harnessOptions{cap: 4})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	n := h.nodes[0]
 

@@ -182,7 +182,7 @@ func (k *kube) reveal(names ...string) {
 		}
 		want[name+"="+costs[name]] = true
 	}
-	timeout := time.After(5 * time.Second)
+	timeout := time.After(60 * time.Second)
 	for len(want) > 0 {
 		select {
 		case s := <-k.seen:
@@ -208,7 +208,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		},
 		gate: k.gate,
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	desired := func() int {
 		t.Helper()

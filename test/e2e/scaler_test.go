@@ -30,7 +30,7 @@ func metric(ctx context.Context, h *harness, fleet, name string) (float64, error
 // KEDA's generated client while real connections come and go.
 func TestScalerFollowsConnectionsAndRejections(t *testing.T) {
 	h := newHarness(t, harnessOptions{cap: 2})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	waitMetric := func(name string, want func(float64) bool, what string) {
 		t.Helper()
@@ -76,7 +76,7 @@ func TestScalerFollowsConnectionsAndRejections(t *testing.T) {
 // StreamIsActive receives true for it.
 func TestZeroPodFleetActivatesOnFirstRejection(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	res, err := h.keda.IsActive(ctx, ref("empty", ""))
 	if err != nil || res.Result {
