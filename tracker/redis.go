@@ -118,7 +118,7 @@ func DescribeRedisError(err error) string {
 	code, _, _ := strings.Cut(msg, " ")
 	switch code {
 	case "NOPERM":
-		return "Redis refused the command to this ACL user (NOPERM): grant the ACL README's Operations section lists"
+		return "Redis refused the command to this ACL user (NOPERM): grant the ACL README's Configuration section lists (Redis ACL)"
 	case "NOAUTH", "WRONGPASS":
 		return "Redis refused the credentials (" + code + "): check --redis-username and --redis-password"
 	case "NOSCRIPT":
