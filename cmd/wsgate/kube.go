@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/fx"
@@ -24,6 +25,7 @@ type kubeFlags struct {
 	enabled    bool
 	namespace  string
 	kubeconfig string
+	settle     time.Duration // the hook's settle delay
 }
 
 // kubeModule wires discovery and the deletion-cost hook; the hook reaches
@@ -68,7 +70,7 @@ type podInformers struct {
 func newPodCostHook(client kubernetes.Interface, f scalerFlags, store *tracker.Store, pods *discovery.Registry, reg prometheus.Registerer, log *slog.Logger) (scaler.ScaleDownGate, podInformers) {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(f.kube.namespace))
 	hook := podcost.New(client, factory.Core().V1().Pods(), f.kube.namespace, store, pods,
-		podcost.WithLogger(log), podcost.WithMetrics(podcost.NewMetrics(reg)))
+		podcost.WithLogger(log), podcost.WithMetrics(podcost.NewMetrics(reg)), podcost.WithSettle(f.kube.settle))
 	return hook, podInformers{factory}
 }
 

@@ -5,7 +5,9 @@
 // patches controller.kubernetes.io/pod-deletion-cost on the fleet's pods
 // (fewest connections = lowest cost), and holds the lower recommendation
 // until its own pod informer has observed the patched values and a settle
-// delay has passed. A rising recommendation undrains at once.
+// delay (less the HPA's stabilization window) has passed. It never drains
+// below the ScaledObject's minReplicaCount. A rising recommendation
+// undrains at once and removes the costs.
 //
 // KUBERNETES.md says what Kubernetes promises about the annotation and what
 // it does not, and the RBAC the hook needs.

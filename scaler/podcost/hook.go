@@ -14,6 +14,7 @@ import (
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
@@ -39,6 +40,7 @@ type Hook struct {
 	log       *slog.Logger
 	clock     clock.PassiveClock
 	metrics   *Metrics
+	scaling   AutoscalingSource
 
 	settle, minInterval, backoffBase, backoffMax time.Duration
 
@@ -57,8 +59,8 @@ type drain struct {
 }
 
 type patchState struct {
-	sent     int32
-	ok       bool // sent was accepted by the API server
+	sent     string // the annotation's value; "" removed it
+	ok       bool   // sent was accepted by the API server
 	lastSent time.Time
 	failures int
 	retryAt  time.Time
@@ -76,10 +78,18 @@ func WithClock(c clock.PassiveClock) Option { return func(h *Hook) { h.clock = c
 // WithMetrics sets the collectors (default unregistered ones).
 func WithMetrics(m *Metrics) Option { return func(h *Hook) { h.metrics = m } }
 
-// WithSettle sets how long the observed costs must stand before the lower
-// recommendation is reported (default 15s): the ReplicaSet controller reads
-// its own cache, which may lag the scaler's.
+// WithSettle sets how long the costs must have been observed before the
+// ReplicaSet controller may act on them (default 15s): it reads its own
+// cache, which may lag the scaler's. The HPA's scale-down stabilization
+// window counts toward it: the HPA scales down only once the lower number
+// has been reported for the whole window, so the hook holds only for
+// settle - window (nothing when the window is longer).
 func WithSettle(d time.Duration) Option { return func(h *Hook) { h.settle = d } }
+
+// WithAutoscaling sets where the hook learns a fleet's minimum replicas
+// and stabilization window (default: the namespace's ScaledObjects, read
+// through the client's REST client).
+func WithAutoscaling(s AutoscalingSource) Option { return func(h *Hook) { h.scaling = s } }
 
 // WithMinPatchInterval sets the shortest time between two patches of one
 // pod (default 10s).
@@ -108,13 +118,19 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, namespace 
 	if h.metrics == nil {
 		h.metrics = NewMetrics(nil)
 	}
+	// A fake clientset's REST client is a nil pointer: no source then.
+	if rc, ok := client.CoreV1().RESTClient().(*rest.RESTClient); h.scaling == nil && ok && rc != nil {
+		h.scaling = NewScaledObjects(rc, namespace, 10*time.Second)
+	}
 	return h
 }
 
 // Gate returns the replica count to report for fleet: recommended at once
-// when it is not below ready (undraining whatever was drained), else ready
-// until the (ready - recommended) emptiest pods are draining and their
-// costs have been observed for the settle delay.
+// when no pod will go (it is not below ready, or ready is at the fleet's
+// minimum replicas), undraining whatever was drained; else ready until the
+// ready - max(recommended, minimum) emptiest pods are draining and their
+// costs have been observed for the settle delay (less the HPA's
+// stabilization window).
 func (h *Hook) Gate(ctx context.Context, fleet string, ready, recommended int) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -122,7 +138,13 @@ func (h *Hook) Gate(ctx context.Context, fleet string, ready, recommended int) i
 		h.undrain(ctx, fleet)
 		return recommended
 	}
-	if h.prepare(ctx, fleet, ready-recommended) {
+	as := h.autoscaling(ctx, fleet)
+	keep := max(recommended, as.MinReplicas)
+	if keep >= ready {
+		h.undrain(ctx, fleet)
+		return recommended
+	}
+	if h.prepare(ctx, fleet, ready-keep, as) {
 		h.metrics.Holding.WithLabelValues(fleet).Set(0)
 		return recommended
 	}
@@ -130,9 +152,24 @@ func (h *Hook) Gate(ctx context.Context, fleet string, ready, recommended int) i
 	return ready
 }
 
+// autoscaling is fleet's Autoscaling, or, unknown, a floor of one pod and
+// no window: scale to zero needs KEDA, whose ScaledObject would be known.
+func (h *Hook) autoscaling(ctx context.Context, fleet string) Autoscaling {
+	if h.scaling != nil {
+		as, err := h.scaling.Autoscaling(ctx, fleet)
+		if err == nil && as.Known {
+			return as
+		}
+		if err != nil {
+			h.log.Warn("ScaledObject not read; keeping at least one pod", "fleet", fleet, "err", err)
+		}
+	}
+	return Autoscaling{MinReplicas: 1}
+}
+
 // prepare drains n pods of fleet, patches costs, and reports whether the
 // scale-down may go ahead.
-func (h *Hook) prepare(ctx context.Context, fleet string, n int) bool {
+func (h *Hook) prepare(ctx context.Context, fleet string, n int, as Autoscaling) bool {
 	now := h.clock.Now()
 	if !h.pods.HasSynced() {
 		return false
@@ -162,7 +199,7 @@ func (h *Hook) prepare(ctx context.Context, fleet string, n int) bool {
 		if i < n {
 			d.costs[c.name] = v
 		}
-		h.patch(ctx, fleet, c.name, v, now)
+		h.patch(ctx, fleet, c.name, strconv.Itoa(int(v)), now)
 	}
 	h.metrics.Draining.WithLabelValues(fleet).Set(float64(n))
 	h.writeScaledown(ctx, fleet, cands)
@@ -182,7 +219,7 @@ func (h *Hook) prepare(ctx context.Context, fleet string, n int) bool {
 	if d.observedAt.IsZero() {
 		d.observedAt = now
 	}
-	d.released = !now.Before(d.observedAt.Add(h.settle))
+	d.released = !now.Before(d.observedAt.Add(max(h.settle-as.ScaleDownWindow, 0)))
 	return d.released
 }
 
@@ -236,9 +273,10 @@ func (h *Hook) observed(d *drain) bool {
 	return true
 }
 
-// patch sets pod's cost unless it already shows it or was sent it, the pod
-// was patched too recently, or it is backing off after a failure.
-func (h *Hook) patch(ctx context.Context, fleet, name string, v int32, now time.Time) {
+// patch sets pod's cost to v ("": removes it) unless it already shows it or
+// was sent it, the pod was patched too recently, or it is backing off
+// after a failure.
+func (h *Hook) patch(ctx context.Context, fleet, name, v string, now time.Time) {
 	ps := h.patches[name]
 	if ps == nil {
 		ps = &patchState{}
@@ -247,14 +285,17 @@ func (h *Hook) patch(ctx context.Context, fleet, name string, v int32, now time.
 	if ps.ok && ps.sent == v {
 		return
 	}
-	if pod, err := h.lister.Pods(h.namespace).Get(name); err == nil && pod.Annotations[CostAnnotation] == strconv.Itoa(int(v)) {
+	if pod, err := h.lister.Pods(h.namespace).Get(name); err == nil && pod.Annotations[CostAnnotation] == v {
 		ps.sent, ps.ok = v, true
 		return
 	}
 	if now.Before(ps.retryAt) || (ps.ok && now.Sub(ps.lastSent) < h.minInterval) {
 		return
 	}
-	body := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, CostAnnotation, strconv.Itoa(int(v)))
+	body := fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, CostAnnotation)
+	if v != "" {
+		body = fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, CostAnnotation, v)
+	}
 	_, err := h.client.CoreV1().Pods(h.namespace).Patch(ctx, name, types.MergePatchType, []byte(body), metav1.PatchOptions{})
 	ps.lastSent = now
 	if err == nil {
@@ -303,10 +344,14 @@ func (h *Hook) writeScaledown(ctx context.Context, fleet string, cands []candida
 	}
 }
 
-// undrain ends fleet's scale-down preparation. It never holds anything:
-// a failed write is logged and the Registry's own loop retries it.
+// undrain ends fleet's scale-down preparation and removes the costs it
+// set, so that a scale-down the hook does not prepare (a rollout, KEDA's
+// own) is not steered by stale ones. It never holds anything: a failed
+// write is logged and retried (the Registry's own loop for the flags, the
+// next Gate for the costs).
 func (h *Hook) undrain(ctx context.Context, fleet string) {
 	h.metrics.Holding.WithLabelValues(fleet).Set(0)
+	h.removeCosts(ctx, fleet)
 	if _, ok := h.drains[fleet]; !ok {
 		// Flags another replica (or this one before a restart) left in
 		// Redis go too; the Registry's loop writes it.
@@ -321,6 +366,24 @@ func (h *Hook) undrain(ctx context.Context, fleet string) {
 	}
 	if err := h.store.Client().Del(ctx, h.store.KeyPrefix(fleet)+"scaledown").Err(); err != nil {
 		h.log.Warn("scale-down candidates not removed", "fleet", fleet, "err", err)
+	}
+}
+
+// removeCosts removes the cost annotation from fleet's pods that show one,
+// also those an earlier run of the scaler patched.
+func (h *Hook) removeCosts(ctx context.Context, fleet string) {
+	now := h.clock.Now()
+	for _, p := range h.reg.Pods(fleet) {
+		if p.Name == "" {
+			continue
+		}
+		pod, err := h.lister.Pods(h.namespace).Get(p.Name)
+		if err != nil {
+			continue
+		}
+		if _, set := pod.Annotations[CostAnnotation]; set {
+			h.patch(ctx, fleet, p.Name, "", now)
+		}
 	}
 }
 

@@ -54,7 +54,7 @@ func name(i int) string { return fmt.Sprintf("pod-%d", i) }
 
 // newEnv starts a fleet of len(live) pods, pod-i created i minutes after
 // t0, holding live[i] connections reported by a tracker's heartbeat.
-func newEnv(t *testing.T, live []int) *env {
+func newEnv(t *testing.T, live []int, opts ...podcost.Option) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -102,14 +102,16 @@ func newEnv(t *testing.T, live []int) *env {
 	factory := informers.NewSharedInformerFactoryWithOptions(e.client, 0, informers.WithNamespace(ns))
 	podInformer := factory.Core().V1().Pods()
 	e.metrics = podcost.NewMetrics(prometheus.NewRegistry())
-	e.hook = podcost.New(e.client, podInformer, ns, e.store, e.reg,
+	e.hook = podcost.New(e.client, podInformer, ns, e.store, e.reg, append([]podcost.Option{
 		podcost.WithClock(e.clock), podcost.WithSettle(settle), podcost.WithMetrics(e.metrics),
-		podcost.WithMinPatchInterval(5*time.Second), podcost.WithBackoff(time.Second, time.Minute))
+		podcost.WithMinPatchInterval(5 * time.Second), podcost.WithBackoff(time.Second, time.Minute)}, opts...)...)
 	// Handlers run after the informer's cache is updated: what arrives
 	// here is what the hook's lister shows.
-	if _, err := podInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: func(_, obj any) {
-		if p := obj.(*corev1.Pod); p.Annotations[podcost.CostAnnotation] != "" {
-			e.seen <- p.Name + "=" + p.Annotations[podcost.CostAnnotation]
+	// A removed cost shows as "pod=".
+	if _, err := podInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: func(old, obj any) {
+		o, p := old.(*corev1.Pod), obj.(*corev1.Pod)
+		if v, ok := p.Annotations[podcost.CostAnnotation]; ok || o.Annotations[podcost.CostAnnotation] != "" {
+			e.seen <- p.Name + "=" + v
 		}
 	}}); err != nil {
 		t.Fatal(err)
@@ -475,4 +477,151 @@ func TestFailedPatchesAreRetriedWithBackoffAndNeverBlockScaleUp(t *testing.T) {
 	if got := e.gate(t, 3, 2); got != 2 {
 		t.Fatalf("Gate once pod-1's cost is observed and settled = %d, want 2", got)
 	}
+}
+
+// fixedScaling is a fleet's ScaledObject as the hook would read it.
+type fixedScaling podcost.Autoscaling
+
+func (f fixedScaling) Autoscaling(context.Context, string) (podcost.Autoscaling, error) {
+	return podcost.Autoscaling(f), nil
+}
+
+// release drives a held scale-down through observation and the settle delay.
+func (e *env) release(t *testing.T, ready, recommended int, want map[string]bool) int {
+	t.Helper()
+	e.awaitSeen(t, want)
+	e.gate(t, ready, recommended) // observed: the settle delay starts
+	e.clock.Step(settle)
+	return e.gate(t, ready, recommended)
+}
+
+func TestNeverDrainsBelowTheMinimumReplicas(t *testing.T) {
+	ctx := context.Background()
+	t.Run("idle fleet above its minimum drains only the surplus", func(t *testing.T) {
+		e := newEnv(t, []int{0, 0, 0, 0, 0}, podcost.WithAutoscaling(fixedScaling{Known: true, MinReplicas: 3}))
+		if got := e.gate(t, 5, 0); got != 5 {
+			t.Fatalf("Gate = %d, want 5 held", got)
+		}
+		// Equal loads: the youngest go, as the ReplicaSet controller prefers.
+		if got, want := e.draining(t), []string{addr(3), addr(4)}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("draining = %v, want %v: 5 ready - max(0 recommended, 3 minimum)", got, want)
+		}
+		if got := e.release(t, 5, 0, map[string]bool{"pod-3=-10000": true, "pod-4=-10000": true}); got != 0 {
+			t.Fatalf("Gate once prepared = %d, want 0 (the HPA holds the minimum)", got)
+		}
+		// The two went: at the minimum nothing drains, admission has pods.
+		var left []tracker.Pod
+		for _, p := range e.reg.Pods(fleet) {
+			if p.Addr != addr(3) && p.Addr != addr(4) {
+				left = append(left, p)
+			}
+		}
+		e.reg.SetEndpoints(fleet, left)
+		if got := e.gate(t, 3, 0); got != 0 {
+			t.Fatalf("Gate at the minimum = %d, want 0", got)
+		}
+		if got := e.draining(t); len(got) != 0 {
+			t.Fatalf("draining at the minimum = %v, want none", got)
+		}
+		a, err := e.store.Admit(ctx, fleet, 100, tracker.PolicySpread, "envoy-1", e.epoch, time.Now())
+		if err != nil || a.Pod == "" {
+			t.Fatalf("admission at the minimum = %+v, %v; want a pod", a, err)
+		}
+	})
+	t.Run("idle fleet at its minimum drains nothing", func(t *testing.T) {
+		e := newEnv(t, []int{0, 0, 0}, podcost.WithAutoscaling(fixedScaling{Known: true, MinReplicas: 3}))
+		for range 3 {
+			if got := e.gate(t, 3, 0); got != 0 {
+				t.Fatalf("Gate = %d, want 0 reported (KEDA will not go below 3)", got)
+			}
+			e.clock.Step(settle)
+		}
+		if got := e.draining(t); len(got) != 0 {
+			t.Errorf("draining = %v, want none", got)
+		}
+		if n := total(e.patches()); n != 0 {
+			t.Errorf("patches = %v, want none", e.patches())
+		}
+		a, err := e.store.Admit(ctx, fleet, 100, tracker.PolicySpread, "envoy-1", e.epoch, time.Now())
+		if err != nil || a.Pod == "" {
+			t.Fatalf("admission = %+v, %v; want a pod, not %s", a, err, tracker.ReasonNoPods)
+		}
+	})
+	t.Run("unknown minimum keeps one pod", func(t *testing.T) {
+		e := newEnv(t, []int{0, 0, 0})
+		e.gate(t, 3, 0)
+		if got, want := e.draining(t), []string{addr(1), addr(2)}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("draining = %v, want %v", got, want)
+		}
+	})
+	t.Run("scale to zero drains every pod", func(t *testing.T) {
+		e := newEnv(t, []int{0, 0, 0}, podcost.WithAutoscaling(fixedScaling{Known: true, MinReplicas: 0}))
+		e.gate(t, 3, 0)
+		if got := e.draining(t); len(got) != 3 {
+			t.Fatalf("draining = %v, want all 3 before KEDA deactivates the fleet", got)
+		}
+	})
+}
+
+func TestUndrainRemovesTheCosts(t *testing.T) {
+	e := newEnv(t, []int{4, 0, 2})
+	e.gate(t, 3, 2)
+	if got := e.release(t, 3, 2, map[string]bool{"pod-0=400": true, "pod-1=-10000": true, "pod-2=300": true}); got != 2 {
+		t.Fatalf("Gate once prepared = %d, want 2", got)
+	}
+	// The load rises: undrained at once; the costs go once the pods may be
+	// patched again, so that a scale-down the hook does not prepare is not
+	// steered by them.
+	if got := e.gate(t, 3, 3); got != 3 {
+		t.Fatalf("Gate on a rising load = %d, want 3", got)
+	}
+	e.clock.Step(5 * time.Second)
+	e.gate(t, 3, 3)
+	e.awaitSeen(t, map[string]bool{"pod-0=": true, "pod-1=": true, "pod-2=": true})
+	pods, err := e.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if v, ok := p.Annotations[podcost.CostAnnotation]; ok {
+			t.Errorf("pod %s still has cost %q after undrain", p.Name, v)
+		}
+	}
+	before := total(e.patches())
+	e.clock.Step(time.Minute)
+	e.gate(t, 3, 3)
+	if n := total(e.patches()); n != before {
+		t.Errorf("patches after the costs were gone: %d, want still %d", n, before)
+	}
+}
+
+func TestSettleOverlapsTheStabilizationWindow(t *testing.T) {
+	want := map[string]bool{"pod-0=400": true, "pod-1=-10000": true, "pod-2=300": true}
+	t.Run("window longer than settle: released once observed", func(t *testing.T) {
+		e := newEnv(t, []int{4, 0, 2}, podcost.WithAutoscaling(fixedScaling{Known: true, MinReplicas: 1, ScaleDownWindow: 5 * time.Minute}))
+		hide := &hidePatches{}
+		e.client.PrependReactor("patch", "pods", hide.react)
+		if got := e.gate(t, 3, 2); got != 3 {
+			t.Fatalf("Gate before the costs are observed = %d, want 3", got)
+		}
+		hide.reveal(t, e.client)
+		e.awaitSeen(t, want)
+		if got := e.gate(t, 3, 2); got != 2 {
+			t.Fatalf("Gate once observed = %d, want 2: the HPA's 5m window covers the settle", got)
+		}
+	})
+	t.Run("window shorter than settle: holds the difference", func(t *testing.T) {
+		e := newEnv(t, []int{4, 0, 2}, podcost.WithAutoscaling(fixedScaling{Known: true, MinReplicas: 1, ScaleDownWindow: 4 * time.Second}))
+		e.gate(t, 3, 2)
+		e.awaitSeen(t, want)
+		e.gate(t, 3, 2)
+		e.clock.Step(settle - 4*time.Second - time.Millisecond)
+		if got := e.gate(t, 3, 2); got != 3 {
+			t.Fatalf("Gate before settle - window = %d, want 3", got)
+		}
+		e.clock.Step(time.Millisecond)
+		if got := e.gate(t, 3, 2); got != 2 {
+			t.Fatalf("Gate at settle - window = %d, want 2", got)
+		}
+	})
 }

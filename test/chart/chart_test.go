@@ -244,6 +244,8 @@ func checkRole(t *testing.T, r rendered) {
 	want := []rbacv1.PolicyRule{
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "patch"}},
+		// Read-only: a fleet's minReplicaCount and stabilization window.
+		{APIGroups: []string{"keda.sh"}, Resources: []string{"scaledobjects"}, Verbs: []string{"get", "list"}},
 	}
 	if !reflect.DeepEqual(role.Rules, want) {
 		t.Errorf("Role rules:\n got %+v\nwant %+v", role.Rules, want)
