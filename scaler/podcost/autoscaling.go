@@ -55,6 +55,7 @@ type ScaledObjects struct {
 	mu     sync.Mutex
 	listed time.Time
 	items  []scaledObject
+	err    error // the last list's, also kept for ttl
 }
 
 // NewScaledObjects returns a ScaledObjects reading namespace with client,
@@ -138,18 +139,21 @@ func (s *ScaledObjects) list(ctx context.Context) ([]scaledObject, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if now := s.now(); !s.listed.IsZero() && now.Sub(s.listed) < s.ttl {
-		return s.items, nil
+		return s.items, s.err
 	}
+	s.listed = s.now()
 	raw, err := s.client.Get().AbsPath("/apis/keda.sh/v1alpha1/namespaces", s.namespace, "scaledobjects").DoRaw(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing ScaledObjects in %s: %w", s.namespace, err)
+		s.items, s.err = nil, fmt.Errorf("listing ScaledObjects in %s: %w", s.namespace, err)
+		return nil, s.err
 	}
 	var l struct {
 		Items []scaledObject `json:"items"`
 	}
 	if err := json.Unmarshal(raw, &l); err != nil {
-		return nil, fmt.Errorf("decoding ScaledObjects in %s: %w", s.namespace, err)
+		s.items, s.err = nil, fmt.Errorf("decoding ScaledObjects in %s: %w", s.namespace, err)
+		return nil, s.err
 	}
-	s.items, s.listed = l.Items, s.now()
+	s.items, s.err = l.Items, nil
 	return s.items, nil
 }
