@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,6 +20,9 @@ import (
 type Store struct {
 	rdb    redis.UniversalClient
 	prefix string
+	// keys caches the key lists of the hot scripts per fleet and instance:
+	// they are the same for every call (read-only once built).
+	keys *sync.Map // fleet + "\x00" + instance -> *hotKeys
 	// runCheck is "1" when the scripts compare Redis' run_id with the
 	// epoch's, to catch a restart with old data (PROTOCOL.md, "Epochs").
 	runCheck string
@@ -29,7 +33,7 @@ func NewStore(rdb redis.UniversalClient, prefix string) *Store {
 	if prefix == "" {
 		prefix = "wsgate"
 	}
-	return &Store{rdb: rdb, prefix: prefix, runCheck: "1"}
+	return &Store{rdb: rdb, prefix: prefix, runCheck: "1", keys: &sync.Map{}}
 }
 
 // WithoutRestartDetection is for servers that do not report a run_id
@@ -39,6 +43,29 @@ func (s *Store) WithoutRestartDetection() *Store {
 	c := *s
 	c.runCheck = "0"
 	return &c
+}
+
+// hotKeys are the KEYS of the scripts every admission, release and
+// heartbeat runs.
+type hotKeys struct{ admit, release, sync []string }
+
+func (s *Store) hot(fleet, instance string) *hotKeys {
+	id := fleet + "\x00" + instance
+	if k, ok := s.keys.Load(id); ok {
+		return k.(*hotKeys)
+	}
+	p := s.KeyPrefix(fleet)
+	k := &hotKeys{
+		admit: []string{p + "load", p + "avail", p + "inst:" + instance, p + "pend:" + instance, p + "stats",
+			p + "rej:" + string(ReasonCapacity), p + "rej:" + string(ReasonNoPods), p + "rejinst:" + instance,
+			p + "epoch", p + "instances"},
+		release: []string{p + "load", p + "avail", p + "inst:" + instance, p + "stats",
+			p + "pend:" + instance, p + "epoch", p + "seq"},
+		sync: []string{p + "load", p + "avail", p + "inst:" + instance, p + "pend:" + instance,
+			p + "instances", p + "stats", p + "epoch", p + "seq"},
+	}
+	v, _ := s.keys.LoadOrStore(id, k)
+	return v.(*hotKeys)
 }
 
 // Client is the Redis client the store runs on.
@@ -84,10 +111,7 @@ type Admission struct {
 // Admit places one connection of instance on a pod of fleet under maxPerPod
 // as a slot entitled to instance, if instance's epoch and lease are current.
 func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time) (Admission, error) {
-	p := s.KeyPrefix(fleet)
-	keys := []string{p + "load", p + "avail", p + "inst:" + instance, p + "pend:" + instance, p + "stats",
-		p + "rej:" + string(ReasonCapacity), p + "rej:" + string(ReasonNoPods), p + "rejinst:" + instance,
-		p + "epoch", p + "instances"}
+	keys := s.hot(fleet, instance).admit
 	res, err := scriptAdmit.Run(ctx, s.rdb, keys, maxPerPod, string(policy), Bucket(now), BucketSlots,
 		s.EventsChannel(fleet), epoch, s.runCheck, instance).Slice()
 	if err != nil {
@@ -114,9 +138,7 @@ func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy P
 // which pending were never established, and returns how many it held. seq
 // orders it after the instance's heartbeats (see release.lua).
 func (s *Store) Release(ctx context.Context, fleet, instance, pod string, n, pending int, epoch string, seq uint64) (int, error) {
-	p := s.KeyPrefix(fleet)
-	got, err := scriptRelease.Run(ctx, s.rdb, []string{p + "load", p + "avail", p + "inst:" + instance, p + "stats",
-		p + "pend:" + instance, p + "epoch", p + "seq"}, pod, n, pending, epoch, s.runCheck, instance, seq).Int()
+	got, err := scriptRelease.Run(ctx, s.rdb, s.hot(fleet, instance).release, pod, n, pending, epoch, s.runCheck, instance, seq).Int()
 	if err != nil {
 		return 0, fmt.Errorf("release %s %s: %w", fleet, pod, err)
 	}
@@ -190,8 +212,7 @@ type SyncResult struct {
 // buffered rejections (see sync.lua).
 func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	p := s.KeyPrefix(req.Fleet)
-	keys := []string{p + "load", p + "avail", p + "inst:" + req.Instance, p + "pend:" + req.Instance,
-		p + "instances", p + "stats", p + "epoch", p + "seq"}
+	keys := s.hot(req.Fleet, req.Instance).sync
 	args := []any{req.Instance, req.Lease.Milliseconds(), newEpoch(), p,
 		BucketSlots, s.EventsChannel(req.Fleet), s.runCheck, req.Seq, req.RecoveryWait.Milliseconds(), req.Confirm, len(req.Counts)}
 	for _, c := range req.Counts {
