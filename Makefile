@@ -9,8 +9,9 @@ BENCHTIME ?= 2s
 
 all: build
 
-# deps installs what the tests need beyond Go: redis-server and redis-cli,
-# spin and gcc (the model check of tracker/model).
+# deps installs what the tests need beyond Go, from Debian's packages:
+# redis-server and redis-cli, spin and gcc (tracker/model), luajit (the
+# filter under a stock LuaJIT), etcd (test/kube's control plane).
 deps:
 	@./scripts/deps.sh
 
