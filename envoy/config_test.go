@@ -10,8 +10,10 @@ import (
 	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	luav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/lua/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
 	"github.com/wsgate/wsgate/envoy"
+	"github.com/wsgate/wsgate/tracker"
 )
 
 func mustHCM(t *testing.T) (*hcmv3.HttpConnectionManager, map[string]*clusterv3.Cluster) {
@@ -116,6 +118,15 @@ func TestBootstrapIsValidForEnvoy(t *testing.T) {
 	}
 	if _, ok := clusters["wsgate_accesslog"].GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]; !ok {
 		t.Error("access-log cluster does not speak HTTP/2: gRPC would fail")
+	}
+	// Envoy must drop an idle connection to the tracker before the tracker
+	// does, or an admission can meet a connection being closed.
+	var po httpv3.HttpProtocolOptions
+	if err := clusters["wsgate_tracker"].GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&po); err != nil {
+		t.Fatalf("tracker cluster protocol options: %v", err)
+	}
+	if idle := po.GetCommonHttpProtocolOptions().GetIdleTimeout(); idle == nil || idle.AsDuration() >= tracker.DefaultHTTPLimits.Idle {
+		t.Errorf("tracker cluster idle timeout %v, want below the tracker's %s", idle.AsDuration(), tracker.DefaultHTTPLimits.Idle)
 	}
 }
 
