@@ -5,7 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/wsgate/wsgate/tracker"
 )
 
 // Metric is what a trigger asks the scaler to report.
@@ -57,9 +58,9 @@ func (e *metadataError) Error() string {
 		return "scalerMetadata: " + e.whole
 	}
 	if e.value == "" {
-		return fmt.Sprintf("scalerMetadata %q is required: want %s", clip(e.key), e.want)
+		return fmt.Sprintf("scalerMetadata %q is required: want %s", tracker.Clip(e.key), e.want)
 	}
-	return fmt.Sprintf("scalerMetadata %q=%q: want %s", clip(e.key), clip(e.value), e.want)
+	return fmt.Sprintf("scalerMetadata %q=%q: want %s", tracker.Clip(e.key), tracker.Clip(e.value), e.want)
 }
 
 // Bounds of what a trigger's metadata may hold: KEDA sends the trigger's
@@ -67,21 +68,7 @@ func (e *metadataError) Error() string {
 const (
 	maxMetadataKeys  = 64
 	maxMetadataBytes = 16 << 10 // all keys and values together
-	maxEchoed        = 64       // bytes of a value echoed in an error
 )
-
-// clip shortens s for an error message: a caller's input is echoed only
-// as much as it takes to recognise it.
-func clip(s string) string {
-	if len(s) <= maxEchoed {
-		return s
-	}
-	cut := maxEchoed
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s... (%d bytes)", s[:cut], len(s))
-}
 
 // ParseTrigger reads a trigger's metadata. Keys it does not know (KEDA's
 // own scalerAddress, enableTLS, ...) are ignored, up to maxMetadataKeys

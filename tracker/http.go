@@ -55,8 +55,9 @@ func (l HTTPLimits) Server(h http.Handler) *http.Server {
 	return &http.Server{Handler: h, ReadHeaderTimeout: l.ReadHeader, ReadTimeout: l.Read, IdleTimeout: l.Idle, MaxHeaderBytes: l.MaxHeaderBytes}
 }
 
-// clip shortens a caller's input for an error message.
-func clip(s string) string {
+// Clip shortens a caller's input for an error message: it is echoed only
+// as much as it takes to recognise it (at most 64 bytes, whole runes).
+func Clip(s string) string {
 	if len(s) <= maxEchoed {
 		return s
 	}
@@ -137,7 +138,7 @@ func (t *Tracker) serveAdmit(w http.ResponseWriter, r *http.Request) {
 	res, err := t.Admit(r.Context(), req.Fleet)
 	switch {
 	case errors.Is(err, ErrUnknownFleet):
-		http.Error(w, fmt.Sprintf("unknown fleet %q", clip(req.Fleet)), http.StatusBadRequest)
+		http.Error(w, fmt.Sprintf("unknown fleet %q", Clip(req.Fleet)), http.StatusBadRequest)
 		return
 	case err != nil:
 		// Only the caller going away gets here; nobody reads the answer.
@@ -173,7 +174,7 @@ func decodeAdmit(w http.ResponseWriter, r *http.Request) (AdmitRequest, error) {
 		if errors.Is(err, io.EOF) {
 			return req, errors.New(`empty body: want JSON {"fleet": "..."}`)
 		}
-		return req, fmt.Errorf("malformed JSON body: %s", clip(err.Error()))
+		return req, fmt.Errorf("malformed JSON body: %s", Clip(err.Error()))
 	}
 	if dec.More() {
 		return req, errors.New("body holds more than one JSON value")
