@@ -176,9 +176,10 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		f.leaseUntil = sent.Add(t.cfg.InstanceTTL)
 		f.mu.Unlock()
 	}
-	f.gate.Release(gateAll)
-
 	if err != nil {
+		// Degraded before the gate opens: the script may still run, and
+		// an admission through Redis after it gave up would then be
+		// missing from the count it publishes (errGaveUp).
 		f.mu.Lock()
 		for _, r := range rej { // flushed by the next heartbeat
 			f.rej[rejKey{r.Reason, r.Bucket}] += r.Count
@@ -186,9 +187,15 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		f.mu.Unlock()
 		if parent.Err() == nil { // a stopping tracker is not a Redis outage
 			t.redisFailed(f, "sync", err)
+		} else {
+			f.mu.Lock()
+			f.degraded = true
+			f.mu.Unlock()
 		}
+		f.gate.Release(gateAll)
 		return res, err
 	}
+	f.gate.Release(gateAll)
 	f.mu.Lock()
 	if f.epoch != "" && res.Epoch != f.epoch {
 		t.log.Warn("Redis lost or reloaded the fleet's state: it grants nothing until every instance has had a lease to re-publish its connections",

@@ -26,6 +26,13 @@ import (
 // errGateBusy: a heartbeat held the admission gate past the deadline.
 var errGateBusy = errors.New("waiting for the heartbeat")
 
+// errGaveUp: while an admission waited for the gate, the heartbeat that
+// held it failed. Its script may still run, and would replace this
+// instance's slots with a count that misses anything admitted after it, so
+// nothing goes through Redis until a heartbeat succeeds (PROTOCOL.md,
+// Entitlements).
+var errGaveUp = errors.New("the heartbeat before it failed")
+
 // Errors of the admission path that callers turn into client errors.
 var (
 	ErrUnknownFleet = errors.New("unknown fleet")
@@ -285,6 +292,7 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 			// A heartbeat held the gate past this admission's deadline: no
 			// Redis failure, only this admission leaves Redis.
 			why = "gate_busy"
+		case errors.Is(err, errGaveUp):
 		case err != nil:
 			// The script may have run: Redis then counts a slot this
 			// instance does not, which is safe and the next heartbeat fixes.
@@ -307,6 +315,9 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 		return Result{}, "", fmt.Errorf("admit %s: %w (%v)", f.cfg.Name, errGateBusy, err)
 	}
 	defer f.gate.Release(1)
+	if !f.redisUsable() {
+		return Result{}, "", fmt.Errorf("admit %s: %w", f.cfg.Name, errGaveUp)
+	}
 	f.mu.Lock()
 	epoch := f.epoch
 	f.mu.Unlock()
@@ -568,6 +579,8 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	gated := f.redisUsable() && f.gate.Acquire(rctx, 1) == nil
 	if gated {
 		defer f.gate.Release(1)
+		// The heartbeat it waited for may have failed (see errGaveUp).
+		gated = f.redisUsable()
 	}
 	f.mu.Lock()
 	c, ok := f.conns[id]

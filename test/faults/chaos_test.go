@@ -121,10 +121,10 @@ func chaosFaults(ttl time.Duration, keep bool) []chaosFault {
 func TestChaos(t *testing.T) {
 	t.Parallel()
 	// A fixed seed by default, so that CI replays one known sequence;
-	// WSGATE_CHAOS_SEED=random draws a new one. Seed 1796164846832562941
-	// reached 3 on a cap of 2 in 2 of 4 runs (a tracker killed and back
-	// while it held connections): open, see issue 10's note.
-	seed := uint64(1796160342960408621)
+	// WSGATE_CHAOS_SEED=random draws a new one. This one reached 3 on a cap
+	// of 2 in 2 of 4 runs, through an admission that waited for the gate
+	// behind a heartbeat that timed out (now TestB3).
+	seed := uint64(1796164846832562941)
 	if s := os.Getenv("WSGATE_CHAOS_SEED"); s == "random" {
 		seed = uint64(time.Now().UnixNano())
 	} else if s != "" {

@@ -157,6 +157,9 @@ type options struct {
 	heartbeat, instanceTTL, redisTimeout time.Duration
 	// expired is --expired-instances ("" leaves the flag out).
 	expired string
+	// admitTimeout is the gateways' admit_timeout_ms (0: the filter's
+	// default).
+	admitTimeout time.Duration
 }
 
 type trackerOptions struct {
@@ -309,7 +312,7 @@ func (h *harness) startTracker(to trackerOptions) *trackerProc {
 		tp.args = append(tp.args, "--expired-instances", h.o.expired)
 	}
 	tp.start()
-	gw, err := gateway.New(gateway.Config{TrackerURL: "http://" + tp.listen, AccessLogAddr: tp.alAddr, Fleet: fleet, NodeID: "envoy-" + to.id, FlushInterval: 500 * time.Millisecond, Logger: quiet})
+	gw, err := gateway.New(gateway.Config{TrackerURL: "http://" + tp.listen, AccessLogAddr: tp.alAddr, Fleet: fleet, NodeID: "envoy-" + to.id, FlushInterval: 500 * time.Millisecond, AdmitTimeout: h.o.admitTimeout, Logger: quiet})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -171,6 +171,43 @@ func TestB2_OnlyHeartbeatSlow(t *testing.T) {
 	}
 }
 
+// TestB3_AdmissionQueuedBehindSlowHeartbeat: an admission of A waits for
+// the gate while A's heartbeat is in flight; the heartbeat times out and
+// its script runs later (the chaos test found this). The admission must
+// not go through Redis once the heartbeat gave up: the late script would
+// replace A's slots with the count it was sent with, one short, and B
+// would take that slot. The Redis timeout is longer than the gateway
+// needs to reach the tracker, so the admission reliably arrives while the
+// heartbeat holds the gate and outlasts it.
+func TestB3_AdmissionQueuedBehindSlowHeartbeat(t *testing.T) {
+	t.Parallel()
+	fault := "B3"
+	hb := 4 * time.Second
+	h := newHarness(t, options{heartbeat: hb, instanceTTL: 12 * time.Second, redisTimeout: time.Second, admitTimeout: 5 * time.Second})
+	h.settle()
+	a, b := h.tracker("A"), h.tracker("B")
+	var held conns
+	defer held.closeAll()
+	h.stats.reset()
+	rule := a.proxy.delayNext(isHeartbeat, onRequest, 3*time.Second)
+	h.waitCh("A's heartbeat held back", rule.fired, 3*hb)
+	// Mid-heartbeat: the admission then still has most of its Redis
+	// timeout left when the heartbeat gives the gate up.
+	sleepUntil(time.Now().Add(400 * time.Millisecond))
+	h.hold(&held, a, 1)
+	h.waitCh("A's late heartbeat ran", rule.done, 10*time.Second)
+	h.hold(&held, b, 2)
+	healed := time.Now()
+	// A decided it from its fallback, not through Redis after the heartbeat
+	// had given up.
+	if v, _ := a.metric(`wsgate_tracker_fallback_decisions_total{fleet="chat",why="degraded"}`); v < 1 {
+		t.Errorf("A's admission behind the failed heartbeat: %v fallback decisions (why=degraded), want 1", v)
+	}
+	h.awaitBackends(int64(held.len()), 5*time.Second)
+	h.checkCap(fault)
+	h.recover(fault, &held, healed)
+}
+
 // TestC_RedisRestartedWithData: Redis dies, both trackers admit during
 // the outage, and Redis comes back with old data under the same epoch as
 // before, counting nothing of what the trackers did meanwhile.
