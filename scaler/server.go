@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
@@ -140,7 +141,7 @@ type Server struct {
 
 	cfg     Config
 	store   Store
-	fleets  map[string]tracker.FleetConfig
+	fleets  atomic.Pointer[map[string]tracker.FleetConfig] // replaced whole by Apply
 	ready   *readiness
 	gate    ScaleDownGate
 	log     *slog.Logger
@@ -193,15 +194,9 @@ func New(cfg Config, store Store, opts ...Option) (*Server, error) {
 		return nil, fmt.Errorf("scaler config: %w", err)
 	}
 	s := &Server{
-		cfg: cfg, store: store, fleets: map[string]tracker.FleetConfig{},
+		cfg: cfg, store: store,
 		ready: newReadiness(cfg.Settle, cfg.ReadinessRatio, int64(cfg.ExpectedInstances)),
 		log:   slog.Default(), now: time.Now, done: make(chan struct{}), stalled: map[string]*tracker.Stalled{},
-	}
-	for _, f := range cfg.Fleets {
-		if _, dup := s.fleets[f.Name]; dup {
-			return nil, fmt.Errorf("scaler config: fleet %s defined twice", f.Name)
-		}
-		s.fleets[f.Name] = f
 	}
 	for _, o := range opts {
 		o(s)
@@ -209,23 +204,42 @@ func New(cfg Config, store Store, opts ...Option) (*Server, error) {
 	if s.metrics == nil {
 		s.metrics = NewMetrics(nil)
 	}
-	if cfg.ExpiredInstances == tracker.ExpiredKube {
-		if s.judge == nil {
-			return nil, errors.New("scaler config: expired-instances kube needs Kubernetes to judge (--kube)")
-		}
-		for _, f := range cfg.Fleets {
-			if f.EnvoyService == "" {
-				return nil, fmt.Errorf("scaler config: expired-instances kube: fleet %s names no envoyService, so Kubernetes cannot say whether its instances live", f.Name)
-			}
-		}
+	if cfg.ExpiredInstances == tracker.ExpiredKube && s.judge == nil {
+		return nil, errors.New("scaler config: expired-instances kube needs Kubernetes to judge (--kube)")
+	}
+	if err := s.Apply(cfg.Fleets); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
+// Apply serves fleets from now on (a changed fleets file): GetMetricSpec
+// and GetMetrics of a fleet use its new cap at their next call; a removed
+// fleet's triggers get unknown fleet. If fleets is invalid nothing changes.
+func (s *Server) Apply(fleets []tracker.FleetConfig) error {
+	m := make(map[string]tracker.FleetConfig, len(fleets))
+	for _, f := range fleets {
+		f = f.WithDefaults()
+		if err := f.Validate(); err != nil {
+			return fmt.Errorf("scaler config: %w", err)
+		}
+		if _, dup := m[f.Name]; dup {
+			return fmt.Errorf("scaler config: fleet %s defined twice", f.Name)
+		}
+		if s.cfg.ExpiredInstances == tracker.ExpiredKube && f.EnvoyService == "" {
+			return fmt.Errorf("scaler config: expired-instances kube: fleet %s names no envoyService, so Kubernetes cannot say whether its instances live", f.Name)
+		}
+		m[f.Name] = f
+	}
+	s.fleets.Store(&m)
+	return nil
+}
+
 // Fleets lists the configured fleet names, sorted.
 func (s *Server) Fleets() []string {
-	out := make([]string, 0, len(s.fleets))
-	for n := range s.fleets {
+	m := *s.fleets.Load()
+	out := make([]string, 0, len(m))
+	for n := range m {
 		out = append(out, n)
 	}
 	sort.Strings(out)
@@ -246,7 +260,7 @@ func (s *Server) trigger(ref *externalscaler.ScaledObjectRef) (Trigger, tracker.
 	if err != nil {
 		return t, tracker.FleetConfig{}, err
 	}
-	fc, ok := s.fleets[t.Fleet]
+	fc, ok := (*s.fleets.Load())[t.Fleet]
 	if !ok {
 		return t, fc, fmt.Errorf("fleet %q (configured: %s): %w", t.Fleet, strings.Join(s.Fleets(), ", "), errUnknownFleet)
 	}

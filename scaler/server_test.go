@@ -669,3 +669,35 @@ func TestExpectedInstancesFlag(t *testing.T) {
 		t.Errorf("desiredReplicas = %v, want 0", got)
 	}
 }
+
+// Apply (a changed fleets file) serves added fleets, forgets removed ones
+// and refuses an invalid configuration whole.
+func TestApplyChangesTheServedFleets(t *testing.T) {
+	e := start(t, opts{})
+	get := func(fleet string) error {
+		_, err := e.client.GetMetricSpec(context.Background(), ref("fleet", fleet))
+		return err
+	}
+	if err := get("game"); status.Code(err) != codes.NotFound {
+		t.Fatalf("fleet game before it is configured: %v, want NotFound", err)
+	}
+	game := tracker.FleetConfig{Name: "game", MaxConnectionsPerPod: 3}
+	if err := e.srv.Apply([]tracker.FleetConfig{game}); err != nil {
+		t.Fatal(err)
+	}
+	if err := get("game"); err != nil {
+		t.Fatalf("added fleet game: %v", err)
+	}
+	if err := get("web"); status.Code(err) != codes.NotFound {
+		t.Fatalf("removed fleet web: %v, want NotFound", err)
+	}
+	if err := e.srv.Apply([]tracker.FleetConfig{game, game}); err == nil || !strings.Contains(err.Error(), "game defined twice") {
+		t.Fatalf("apply of a fleet defined twice: %v", err)
+	}
+	if err := e.srv.Apply([]tracker.FleetConfig{{Name: "bad name!"}}); err == nil {
+		t.Fatal("apply of an invalid fleet name succeeded")
+	}
+	if got := strings.Join(e.srv.Fleets(), ","); got != "game" {
+		t.Errorf("after refused changes the scaler serves %s, want game", got)
+	}
+}

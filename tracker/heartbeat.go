@@ -23,6 +23,7 @@ func (t *Tracker) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-t.kick:
 		}
 	}
 }
@@ -48,7 +49,7 @@ func (t *Tracker) AwaitGranting(ctx context.Context) error {
 }
 
 func (t *Tracker) granting() bool {
-	for _, f := range t.fleets {
+	for _, f := range t.allFleets() {
 		f.mu.Lock()
 		ok := f.granting
 		f.mu.Unlock()
@@ -63,8 +64,8 @@ func (t *Tracker) granting() bool {
 // the fleets' errors joined.
 func (t *Tracker) Heartbeat(ctx context.Context) error {
 	var errs []error
-	for _, name := range t.Fleets() {
-		if err := t.syncFleet(ctx, t.fleets[name]); err != nil {
+	for _, f := range t.allFleets() {
+		if err := t.syncFleet(ctx, f); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -81,11 +82,14 @@ func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
 	if err != nil {
 		return err
 	}
-	if newEpoch := res.Epoch != known; newEpoch && len(f.cfg.Pods) > 0 {
+	if newEpoch := res.Epoch != known; (newEpoch || f.podsDirty.Load()) && len(f.conf().Pods) > 0 {
 		// A new epoch means Redis lost its data (or this is the first
-		// heartbeat): the static registry goes back in, and one more sync
-		// refreshes the fallback's view of the placeable pods.
-		if err := t.SetStaticPods(ctx, f.cfg.Name); err != nil {
+		// heartbeat): the static registry goes back in, as it does when
+		// Apply changed it, and one more sync refreshes the fallback's
+		// view of the placeable pods.
+		f.podsDirty.Store(false)
+		if err := t.SetStaticPods(ctx, f.name); err != nil {
+			f.podsDirty.Store(true)
 			return err
 		}
 		if res, err = t.sync(ctx, f, now); err != nil {
@@ -93,12 +97,12 @@ func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
 		}
 	}
 	if res.EpochCreated {
-		t.log.Info("new epoch: Redis had no state for the fleet", "fleet", f.cfg.Name, "epoch", res.Epoch)
+		t.log.Info("new epoch: Redis had no state for the fleet", "fleet", f.name, "epoch", res.Epoch)
 	}
 	if len(res.Reaped) > 0 {
-		t.log.Info("reaped expired tracker instances", "fleet", f.cfg.Name, "instances", res.Reaped)
+		t.log.Info("reaped expired tracker instances", "fleet", f.name, "instances", res.Reaped)
 	}
-	return nil
+	return t.retire(ctx, f)
 }
 
 // sync publishes the local truth and, on success, ends the fallback.
@@ -113,7 +117,7 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		if parent.Err() == nil {
 			t.redisFailed(f, "sync", err)
 		}
-		return SyncResult{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.cfg.Name, err)
+		return SyncResult{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.name, err)
 	}
 	if err := t.inherit(ctx, f, now); err != nil {
 		f.gate.Release(gateAll)
@@ -146,7 +150,7 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 	clear(f.rej)
 	f.seq++
 	req := SyncRequest{
-		Fleet: f.cfg.Name, Instance: t.cfg.InstanceID, Lease: t.cfg.InstanceTTL, RecoveryWait: t.cfg.InstanceTTL,
+		Fleet: f.name, Instance: t.cfg.InstanceID, Lease: t.cfg.InstanceTTL, RecoveryWait: t.cfg.InstanceTTL,
 		Seq: f.seq, Counts: counts, Rejections: rej, Reap: f.stale,
 	}
 	if f.epoch != "" && !f.granting && now.Sub(f.epochSeen) >= t.cfg.InstanceTTL {
@@ -164,7 +168,7 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		f.mu.Lock()
 		f.seq = max(f.seq, res.Seq)
 		f.mu.Unlock()
-		err = fmt.Errorf("sync %s: seq %d behind %d in Redis", f.cfg.Name, req.Seq, res.Seq)
+		err = fmt.Errorf("sync %s: seq %d behind %d in Redis", f.name, req.Seq, res.Seq)
 	}
 	if err == nil {
 		// Under the gate still: no admission between the script and this.
@@ -199,7 +203,7 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 	f.mu.Lock()
 	if f.epoch != "" && res.Epoch != f.epoch {
 		t.log.Warn("Redis lost or reloaded the fleet's state: it grants nothing until every instance has had a lease to re-publish its connections",
-			"fleet", f.cfg.Name, "epoch", res.Epoch, "for", res.Recovering.String())
+			"fleet", f.name, "epoch", res.Epoch, "for", res.Recovering.String())
 	}
 	if res.Epoch != f.epoch {
 		f.epochSeen = t.now()
@@ -218,8 +222,8 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 	f.degraded, f.fenced = false, false
 	f.mu.Unlock()
 	if recovered {
-		t.metrics.Degraded.WithLabelValues(f.cfg.Name).Set(0)
-		t.log.Info("redis reachable again, counts re-published", "fleet", f.cfg.Name, "epoch", res.Epoch)
+		t.metrics.Degraded.WithLabelValues(f.name).Set(0)
+		t.log.Info("redis reachable again, counts re-published", "fleet", f.name, "epoch", res.Epoch)
 	}
 	return res, nil
 }
@@ -238,7 +242,7 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 	if done {
 		return nil
 	}
-	held, seq, err := t.store.Resume(ctx, f.cfg.Name, t.cfg.InstanceID)
+	held, seq, err := t.store.Resume(ctx, f.name, t.cfg.InstanceID)
 	if err != nil {
 		return err
 	}
@@ -257,7 +261,7 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 	if total > 0 {
 		f.inheritUntil = now.Add(t.cfg.LeaseTTL)
 		t.log.Info("kept the connections a previous run of this instance left in Redis until their lease ends",
-			"fleet", f.cfg.Name, "connections", total, "until", f.inheritUntil)
+			"fleet", f.name, "connections", total, "until", f.inheritUntil)
 	}
 	return nil
 }
@@ -300,13 +304,13 @@ func (t *Tracker) expire(f *fleet, now time.Time) {
 	}
 	f.mu.Unlock()
 	if pending > 0 {
-		t.metrics.Expired.WithLabelValues(f.cfg.Name, "establish").Add(float64(pending))
+		t.metrics.Expired.WithLabelValues(f.name, "establish").Add(float64(pending))
 	}
 	if lease > 0 {
-		t.metrics.Expired.WithLabelValues(f.cfg.Name, "lease").Add(float64(lease))
+		t.metrics.Expired.WithLabelValues(f.name, "lease").Add(float64(lease))
 	}
 	if pending+lease > 0 {
-		t.log.Info("released connections Envoy stopped reporting", "fleet", f.cfg.Name, "never_established", pending, "lease_expired", lease)
+		t.log.Info("released connections Envoy stopped reporting", "fleet", f.name, "never_established", pending, "lease_expired", lease)
 	}
 }
 
@@ -316,8 +320,8 @@ func (t *Tracker) SetStaticPods(ctx context.Context, fleetName string) error {
 	if err != nil {
 		return err
 	}
-	pods := make([]Pod, len(f.cfg.Pods))
-	for i, addr := range f.cfg.Pods {
+	pods := make([]Pod, len(f.conf().Pods))
+	for i, addr := range f.conf().Pods {
 		pods[i] = Pod{Addr: addr, Name: addr, Ready: true}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 4*t.cfg.RedisTimeout)

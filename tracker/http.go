@@ -79,7 +79,7 @@ type AdmitRequest struct {
 // the last heartbeat of every fleet, or the fallback can decide without it.
 func (t *Tracker) Ready() error {
 	for _, name := range t.Fleets() {
-		f := t.fleets[name]
+		f, _ := t.fleet(name)
 		f.mu.Lock()
 		ok, degraded, said := f.view.ok, f.degraded, f.redisSaid
 		f.mu.Unlock()

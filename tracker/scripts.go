@@ -29,6 +29,7 @@ var (
 	scriptRelease  = loadScript("release")
 	scriptSync     = loadScript("sync")
 	scriptReap     = loadScript("reap")
+	scriptLeave    = loadScript("leave")
 	scriptSetPods  = loadScript("setpods")
 	scriptSummary  = loadScript("summary")
 	scriptSnapshot = loadScript("snapshot")

@@ -347,6 +347,18 @@ func (s *Store) Reap(ctx context.Context, fleet string, ids []string) ([]string,
 	return strs(res), nil
 }
 
+// Leave removes instance from fleet at once, with whatever Redis counts for
+// it: only for an instance whose Envoy carries none of those connections any
+// more (it drained, or Envoy is gone). It reports whether the instance was
+// there.
+func (s *Store) Leave(ctx context.Context, fleet, instance string) (bool, error) {
+	n, err := scriptLeave.Run(ctx, s.rdb, []string{s.key(fleet, "instances")}, s.KeyPrefix(fleet), instance).Int()
+	if err != nil {
+		return false, fmt.Errorf("leave %s: %w", fleet, err)
+	}
+	return n == 1, nil
+}
+
 // SetPods replaces the pod registry of fleet. Writing the same list twice
 // changes nothing, so several writers may run.
 func (s *Store) SetPods(ctx context.Context, fleet string, pods []Pod) error {

@@ -67,8 +67,12 @@ type Tracker struct {
 	metrics *Metrics
 	now     func() time.Time
 
-	fleets map[string]*fleet
-	byConn sync.Map // conn id -> *fleet
+	// fleets holds every fleet, the retiring ones too (see Apply); the map
+	// is never changed, Apply swaps in a new one.
+	fleets  atomic.Pointer[map[string]*fleet]
+	applyMu sync.Mutex
+	kick    chan struct{} // asks Run for a heartbeat now
+	byConn  sync.Map      // conn id -> *fleet
 
 	// Connection ids are idTag (a hash of the instance id), this process's
 	// random part and a counter: unique across restarts without reading
@@ -98,7 +102,7 @@ func New(cfg Config, store *Store, opts ...Option) (*Tracker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tracker config: %w", err)
 	}
-	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, fleets: map[string]*fleet{}, idTag: instanceTag(cfg.InstanceID)}
+	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, kick: make(chan struct{}, 1), idTag: instanceTag(cfg.InstanceID)}
 	t.idPrefix = t.idTag + randomHex(idRandomBytes)
 	for _, o := range opts {
 		o(t)
@@ -113,21 +117,35 @@ func New(cfg Config, store *Store, opts ...Option) (*Tracker, error) {
 		}
 		t.metrics.FallbackMode.WithLabelValues(string(m)).Set(v)
 	}
+	fleets := map[string]*fleet{}
 	for _, fc := range cfg.Fleets {
-		f := newFleet(fc, t.now())
-		f.stalled = NewStalled(cfg.InstanceTTL)
-		f.admitted = t.metrics.Admissions.WithLabelValues(fc.Name, "admitted", "")
-		f.rejected = map[Reason]prometheus.Counter{}
-		for _, r := range Reasons {
-			f.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
-		}
-		t.fleets[fc.Name] = f
+		fleets[fc.Name] = t.newFleet(fc)
 	}
+	t.fleets.Store(&fleets)
 	return t, nil
 }
 
-// Config is the tracker's configuration, defaults applied.
-func (t *Tracker) Config() Config { return t.cfg }
+func (t *Tracker) newFleet(fc FleetConfig) *fleet {
+	f := newFleet(fc, t.now())
+	f.stalled = NewStalled(t.cfg.InstanceTTL)
+	f.admitted = t.metrics.Admissions.WithLabelValues(fc.Name, "admitted", "")
+	f.rejected = map[Reason]prometheus.Counter{}
+	for _, r := range Reasons {
+		f.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
+	}
+	return f
+}
+
+// Config is the tracker's configuration, defaults applied, with the fleets
+// it serves now (see Apply).
+func (t *Tracker) Config() Config {
+	c := t.cfg
+	c.Fleets = nil
+	for _, name := range t.Fleets() {
+		c.Fleets = append(c.Fleets, *(*t.fleets.Load())[name].conf())
+	}
+	return c
+}
 
 // Store is the store the tracker writes to.
 func (t *Tracker) Store() *Store { return t.store }
@@ -150,10 +168,16 @@ type rejKey struct {
 }
 
 type fleet struct {
-	cfg      FleetConfig
-	limiter  *rate.Limiter
-	admitted prometheus.Counter
-	rejected map[Reason]prometheus.Counter
+	name string
+	// cfg is replaced whole by Apply; read it through conf.
+	cfg atomic.Pointer[FleetConfig]
+	// retired: the fleet left the configuration; it admits nothing and
+	// stays until its connections have ended (Apply).
+	retired   atomic.Bool
+	podsDirty atomic.Bool // its static pods changed: the next heartbeat writes them
+	limiter   *rate.Limiter
+	admitted  prometheus.Counter
+	rejected  map[Reason]prometheus.Counter
 
 	// gate orders admissions against heartbeats: an admission holds one
 	// unit from its script to its local record, a heartbeat holds all of
@@ -225,27 +249,47 @@ type view struct {
 }
 
 func newFleet(fc FleetConfig, now time.Time) *fleet {
-	lim := rate.NewLimiter(rate.Limit(fc.RatePerSecond), fc.Burst)
+	lim := rate.NewLimiter(rateOf(fc), fc.Burst)
 	lim.SetBurstAt(now, fc.Burst)
-	return &fleet{cfg: fc, limiter: lim, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{},
+	f := &fleet{name: fc.Name, limiter: lim, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{},
 		live: map[string]int{}, est: map[string]int{}, ent: map[string]int{}, rej: map[rejKey]int64{}}
+	f.cfg.Store(&fc)
+	return f
 }
 
+// conf is the fleet's configuration as of now (see Apply).
+func (f *fleet) conf() *FleetConfig { return f.cfg.Load() }
+
+// fleet finds a fleet by name, a retiring one too: its connections still
+// end, renew and are adopted.
 func (t *Tracker) fleet(name string) (*fleet, error) {
-	f, ok := t.fleets[name]
+	f, ok := (*t.fleets.Load())[name]
 	if !ok {
 		return nil, fmt.Errorf("fleet %q: %w", name, ErrUnknownFleet)
 	}
 	return f, nil
 }
 
-// Fleets lists the configured fleet names, sorted.
+// Fleets lists the configured fleet names, sorted (not the retiring ones).
 func (t *Tracker) Fleets() []string {
-	out := make([]string, 0, len(t.fleets))
-	for n := range t.fleets {
-		out = append(out, n)
+	var out []string
+	for n, f := range *t.fleets.Load() {
+		if !f.retired.Load() {
+			out = append(out, n)
+		}
 	}
 	sort.Strings(out)
+	return out
+}
+
+// allFleets lists every fleet, retiring ones included, sorted by name.
+func (t *Tracker) allFleets() []*fleet {
+	m := *t.fleets.Load()
+	out := make([]*fleet, 0, len(m))
+	for _, f := range m {
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out
 }
 
@@ -254,6 +298,9 @@ func (t *Tracker) Fleets() []string {
 func (t *Tracker) Admit(ctx context.Context, fleetName string) (Result, error) {
 	start := time.Now()
 	f, err := t.fleet(fleetName)
+	if err == nil && f.retired.Load() {
+		err = fmt.Errorf("fleet %q: removed from the configuration: %w", fleetName, ErrUnknownFleet)
+	}
 	if err != nil {
 		return Result{}, fmt.Errorf("admit: %w", err)
 	}
@@ -276,7 +323,7 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 		d := r.DelayFrom(now)
 		r.CancelAt(now)
 		f.reject(ReasonRateLimit, now)
-		return Result{Fleet: f.cfg.Name, Reason: ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
+		return Result{Fleet: f.name, Reason: ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
 	}
 	why := "degraded"
 	if f.redisUsable() {
@@ -287,7 +334,7 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 		case ctx.Err() != nil:
 			// The caller left; whatever the script did, the next heartbeat
 			// publishes the truth again.
-			return Result{}, fmt.Errorf("admit %s: %w", f.cfg.Name, ctx.Err())
+			return Result{}, fmt.Errorf("admit %s: %w", f.name, ctx.Err())
 		case errors.Is(err, errGateBusy):
 			// A heartbeat held the gate past this admission's deadline: no
 			// Redis failure, only this admission leaves Redis.
@@ -303,7 +350,7 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 			t.fence(f, fence)
 		}
 	}
-	t.metrics.Fallbacks.WithLabelValues(f.cfg.Name, why).Inc()
+	t.metrics.Fallbacks.WithLabelValues(f.name, why).Inc()
 	return t.admitFallback(f, now), nil
 }
 
@@ -312,21 +359,21 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
 	defer cancel()
 	if err := f.gate.Acquire(ctx, 1); err != nil {
-		return Result{}, "", fmt.Errorf("admit %s: %w (%v)", f.cfg.Name, errGateBusy, err)
+		return Result{}, "", fmt.Errorf("admit %s: %w (%v)", f.name, errGateBusy, err)
 	}
 	defer f.gate.Release(1)
 	if !f.redisUsable() {
-		return Result{}, "", fmt.Errorf("admit %s: %w", f.cfg.Name, errGaveUp)
+		return Result{}, "", fmt.Errorf("admit %s: %w", f.name, errGaveUp)
 	}
 	f.mu.Lock()
 	epoch := f.epoch
 	f.mu.Unlock()
-	a, err := t.store.Admit(ctx, f.cfg.Name, f.cfg.MaxConnectionsPerPod, f.cfg.Policy, t.cfg.InstanceID, epoch, now)
+	a, err := t.store.Admit(ctx, f.name, f.conf().MaxConnectionsPerPod, f.conf().Policy, t.cfg.InstanceID, epoch, now)
 	if err != nil || a.Fence != "" {
 		return Result{}, a.Fence, err
 	}
 	if a.Pod == "" {
-		return Result{Fleet: f.cfg.Name, Reason: a.Reason, RetryAfter: time.Duration(f.cfg.RetryAfter)}, "", nil
+		return Result{Fleet: f.name, Reason: a.Reason, RetryAfter: time.Duration(f.conf().RetryAfter)}, "", nil
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -351,7 +398,7 @@ func (t *Tracker) fence(f *fleet, why Fence) {
 	}
 	f.mu.Unlock()
 	if !was {
-		t.log.Warn("redis refused to admit for this instance until its next heartbeat", "fleet", f.cfg.Name, "why", string(why))
+		t.log.Warn("redis refused to admit for this instance until its next heartbeat", "fleet", f.name, "why", string(why))
 	}
 }
 
@@ -373,7 +420,7 @@ func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback boo
 	f.conns[c.id] = c
 	f.live[pod]++
 	t.byConn.Store(c.id, f)
-	return Result{Fleet: f.cfg.Name, Admitted: true, Conn: c.id, Pod: pod, Fallback: fallback}
+	return Result{Fleet: f.name, Admitted: true, Conn: c.id, Pod: pod, Fallback: fallback}
 }
 
 // admitFallback decides an admission Redis did not.
@@ -393,7 +440,7 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 		switch {
 		case best == "" || (load == bestLoad && pod < best):
 			return true
-		case f.cfg.Policy == PolicyPack:
+		case f.conf().Policy == PolicyPack:
 			return load > bestLoad
 		default:
 			return load < bestLoad
@@ -415,14 +462,14 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 		}
 		for _, pod := range f.view.pods {
 			load := f.view.load[pod] - f.view.mine[pod] + f.heldLocked(pod)
-			if load < f.cfg.MaxConnectionsPerPod && better(pod, load) {
+			if load < f.conf().MaxConnectionsPerPod && better(pod, load) {
 				best, bestLoad = pod, load
 			}
 		}
 	}
 	if best == "" {
 		f.rejectLocked(ReasonRedisDown, now)
-		return Result{Fleet: f.cfg.Name, Reason: ReasonRedisDown, RetryAfter: time.Second, Fallback: true}
+		return Result{Fleet: f.name, Reason: ReasonRedisDown, RetryAfter: time.Second, Fallback: true}
 	}
 	return t.recordLocked(f, best, now, true)
 }
@@ -504,7 +551,7 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	case previous:
 		return fmt.Errorf("adopt: connection %q of a previous run: more than Redis held for it on %s: %w", id, pod, ErrNotAdoptable)
 	case !f.inRegistryLocked(pod):
-		return fmt.Errorf("adopt: connection %q: pod %s is not in fleet %s's registry: %w", id, pod, f.cfg.Name, ErrNotAdoptable)
+		return fmt.Errorf("adopt: connection %q: pod %s is not in fleet %s's registry: %w", id, pod, f.name, ErrNotAdoptable)
 	}
 	c := &conn{id: id, pod: pod, established: true, admitted: now, renewed: now}
 	f.conns[id] = c
@@ -550,7 +597,7 @@ func (t *Tracker) ownID(id string) (mine, previous bool) {
 // heartbeat, or a pod Redis counts this instance's connections on (a pod
 // that stopped being ready or began draining still carries them).
 func (f *fleet) inRegistryLocked(pod string) bool {
-	if slices.Contains(f.cfg.Pods, pod) {
+	if slices.Contains(f.conf().Pods, pod) {
 		return true
 	}
 	if _, ok := slices.BinarySearch(f.view.pods, pod); ok {
@@ -609,7 +656,7 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	if !c.established {
 		pending = 1
 	}
-	_, err := t.store.Release(rctx, f.cfg.Name, t.cfg.InstanceID, c.pod, 1, pending, epoch, seq)
+	_, err := t.store.Release(rctx, f.name, t.cfg.InstanceID, c.pod, 1, pending, epoch, seq)
 	switch {
 	case err == nil || ctx.Err() != nil:
 	case errors.Is(err, ErrFenced):
@@ -689,12 +736,12 @@ func (t *Tracker) redisFailed(f *fleet, op string, err error) {
 	}
 	f.mu.Unlock()
 	if !was {
-		t.metrics.Degraded.WithLabelValues(f.cfg.Name).Set(1)
+		t.metrics.Degraded.WithLabelValues(f.name).Set(1)
 	}
 	if warn {
-		t.log.Warn("redis call failed, admitting from local state", "fleet", f.cfg.Name, "op", op, "redis", said, "fallback", string(t.cfg.Fallback), "err", err)
+		t.log.Warn("redis call failed, admitting from local state", "fleet", f.name, "op", op, "redis", said, "fallback", string(t.cfg.Fallback), "err", err)
 	} else {
-		t.log.Debug("redis call failed", "fleet", f.cfg.Name, "op", op, "redis", said, "err", err)
+		t.log.Debug("redis call failed", "fleet", f.name, "op", op, "redis", said, "err", err)
 	}
 }
 

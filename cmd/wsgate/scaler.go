@@ -17,6 +17,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/tracker"
 )
 
@@ -25,7 +26,8 @@ func init() { commands["scaler"] = runScaler }
 type scalerFlags struct {
 	config, listen, telemetry, logLevel string
 	tlsCert, tlsKey, tlsClientCA        string
-	reapInterval                        time.Duration
+	reapInterval, configCheck           time.Duration
+	configData                          []byte
 	redis                               *redisOptions
 	kube                                kubeFlags
 	cfg                                 scaler.Config
@@ -34,7 +36,8 @@ type scalerFlags struct {
 func runScaler(args []string) error {
 	fs := flag.NewFlagSet("wsgate scaler", flag.ContinueOnError)
 	f := scalerFlags{redis: redisFlags(fs)}
-	fs.StringVar(&f.config, "config", "", "fleets file (YAML), the same as the trackers'; see tracker/fleets.example.yaml")
+	fs.StringVar(&f.config, "config", "", "fleets file (YAML), the same as the trackers'; see tracker/fleets.example.yaml. Re-read every --config-check-interval and applied without a restart")
+	fs.DurationVar(&f.configCheck, "config-check-interval", 5*time.Second, "how often the fleets file is re-read; a change is applied live, an invalid one refused")
 	fs.StringVar(&f.listen, "listen", ":9000", "gRPC address of the external scaler (KEDA's scalerAddress) and its health service")
 	fs.StringVar(&f.telemetry, "telemetry-listen", ":9102", "address of /metrics, /healthz and /readyz")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "server certificate (PEM); with --tls-key, serve TLS (KEDA trigger: enableTLS + caCert)")
@@ -70,6 +73,10 @@ func runScaler(args []string) error {
 	if f.cfg.Fleets, err = tracker.ParseFleets(data); err != nil {
 		return fmt.Errorf("--config %s: %w", f.config, err)
 	}
+	f.configData = data
+	if f.configCheck <= 0 {
+		return fmt.Errorf("--config-check-interval %s: must be positive", f.configCheck)
+	}
 	if f.reapInterval <= 0 {
 		return fmt.Errorf("--reap-interval %s: must be positive", f.reapInterval)
 	}
@@ -93,7 +100,7 @@ func scalerApp(f scalerFlags, log *slog.Logger) fx.Option {
 		fx.Supply(f, log),
 		fx.Provide(newRegistry, newScalerRedis, newScalerStore, newScaler),
 		kube,
-		fx.Invoke(runReaper, serveScaler, serveScalerTelemetry),
+		fx.Invoke(runReaper, serveScaler, serveScalerTelemetry, watchScalerConfig),
 	)
 }
 
@@ -130,6 +137,37 @@ func newScaler(d scalerDeps) (*scaler.Server, error) {
 		opts = append(opts, scaler.WithInstanceJudge(d.Judge))
 	}
 	return scaler.New(d.Flags.cfg, d.Store, opts...)
+}
+
+type scalerConfigDeps struct {
+	fx.In
+	Lifecycle fx.Lifecycle
+	Flags     scalerFlags
+	Scaler    *scaler.Server
+	Registry  prometheus.Registerer
+	Log       *slog.Logger
+	Discovery *discovery.Discovery `optional:"true"`
+}
+
+// watchScalerConfig applies every valid change of the fleets file to the
+// scaler and, with --kube, to pod discovery.
+func watchScalerConfig(d scalerConfigDeps) {
+	m := tracker.NewReloadMetrics(d.Registry, "scaler")
+	apply := func(fleets []tracker.FleetConfig) error {
+		if d.Discovery != nil {
+			if err := d.Discovery.SetFleets(fleets); err != nil {
+				return err
+			}
+		}
+		if err := d.Scaler.Apply(fleets); err != nil {
+			return err
+		}
+		d.Log.Info("fleets file applied", "config", d.Flags.config, "fleets", d.Scaler.Fleets())
+		return nil
+	}
+	background(d.Lifecycle, func(ctx context.Context) {
+		tracker.WatchFleets(ctx, d.Flags.config, d.Flags.configData, d.Flags.configCheck, apply, m, d.Log)
+	})
 }
 
 func runReaper(lc fx.Lifecycle, f scalerFlags, s *scaler.Server) {

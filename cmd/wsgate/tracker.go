@@ -25,6 +25,8 @@ func init() { commands["tracker"] = runTracker }
 
 type trackerFlags struct {
 	config, listen, telemetry, logLevel string
+	configData                          []byte
+	configCheck                         time.Duration
 	accessLog                           string
 	embedded                            bool
 	redis                               *redisOptions
@@ -35,7 +37,8 @@ func runTracker(args []string) error {
 	fs := flag.NewFlagSet("wsgate tracker", flag.ContinueOnError)
 	f := trackerFlags{redis: redisFlags(fs)}
 	host, _ := os.Hostname()
-	fs.StringVar(&f.config, "config", "", "fleets file (YAML); see tracker/fleets.example.yaml")
+	fs.StringVar(&f.config, "config", "", "fleets file (YAML); see tracker/fleets.example.yaml. Re-read every --config-check-interval and applied without a restart")
+	fs.DurationVar(&f.configCheck, "config-check-interval", 5*time.Second, "how often the fleets file is re-read; a change is applied live, an invalid one refused")
 	fs.StringVar(&f.cfg.InstanceID, "instance-id", host, "this instance's id in Redis, unique per Envoy pod (default: host name)")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:9090", "admission API address (loopback only)")
 	fs.StringVar(&f.accessLog, "access-log-listen", "127.0.0.1:9091", "address of the gRPC access-log receiver Envoy streams to (loopback only)")
@@ -64,6 +67,10 @@ func runTracker(args []string) error {
 	if f.cfg.Fleets, err = tracker.ParseFleets(data); err != nil {
 		return fmt.Errorf("--config %s: %w", f.config, err)
 	}
+	f.configData = data
+	if f.configCheck <= 0 {
+		return fmt.Errorf("--config-check-interval %s: must be positive", f.configCheck)
+	}
 	if err := checkTrackerConfig(fs, f.config, f.cfg); err != nil {
 		return err
 	}
@@ -81,7 +88,7 @@ func runTracker(args []string) error {
 		fxLogger(log),
 		fx.Supply(f, log),
 		fx.Provide(newRegistry, newRedis, newStore, newTracker),
-		fx.Invoke(runHeartbeat, serveAdmission, serveAccessLog),
+		fx.Invoke(runHeartbeat, serveAdmission, serveAccessLog, watchTrackerConfig),
 	)
 	return runApp(app)
 }
@@ -196,6 +203,21 @@ func serveAccessLog(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, log *sl
 }
 
 func runHeartbeat(lc fx.Lifecycle, t *tracker.Tracker) { background(lc, t.Run) }
+
+// watchTrackerConfig applies every valid change of the fleets file.
+func watchTrackerConfig(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, reg prometheus.Registerer, log *slog.Logger) {
+	m := tracker.NewReloadMetrics(reg, "tracker")
+	apply := func(fleets []tracker.FleetConfig) error {
+		ch, err := t.Apply(fleets)
+		if err == nil {
+			log.Info("fleets file applied", "config", f.config, "added", ch.Added, "changed", ch.Changed, "removed", ch.Removed)
+		}
+		return err
+	}
+	background(lc, func(ctx context.Context) {
+		tracker.WatchFleets(ctx, f.config, f.configData, f.configCheck, apply, m, log)
+	})
+}
 
 func serveAdmission(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, g prometheus.Gatherer, log *slog.Logger) {
 	admission := t.Handler(nil)

@@ -64,7 +64,7 @@ func slice(name, service string, eps ...discoveryv1.Endpoint) *discoveryv1.Endpo
 // own goroutine and the Registry writes on another.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -218,5 +218,62 @@ func TestDiscoveryRequiresAService(t *testing.T) {
 	_, err := discovery.New(fake.NewClientset(), ns, []tracker.FleetConfig{{Name: "static", Pods: []string{"10.0.0.1:80"}}}, discovery.NewRegistry(newMiniStore(t)), 0)
 	if err == nil {
 		t.Fatal("New without any fleet naming a service: want an error")
+	}
+}
+
+// SetFleets (a changed fleets file) follows a fleet added with a Service
+// the informer did not watch, and judges a removed fleet's instances no
+// more.
+func TestSetFleetsFollowsANewService(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := newMiniStore(t)
+	client := fake.NewClientset(
+		slice("chat-a", "chat", endpoint("10.0.0.1", "chat-1", true, false)),
+		slice("game-a", "game", endpoint("10.0.5.1", "game-1", true, false)),
+		slice("envoy-a", "envoy", endpoint("10.1.0.1", "envoy-1", true, false)),
+	)
+	reg := discovery.NewRegistry(store)
+	chat := tracker.FleetConfig{Name: "chat", Service: "chat", Port: "ws", EnvoyService: "envoy"}
+	d, err := discovery.New(client, ns, []tracker.FleetConfig{chat}, reg, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go reg.Run(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- d.Run(ctx) }()
+	waitFor(t, "chat's pod in Redis", func() bool { return readView(t, store, "chat").is(map[string]bool{"10.0.0.1:8080": true}, "10.0.0.1:8080") })
+	if readView(t, store, "game").pods != nil && len(readView(t, store, "game").pods) != 0 {
+		t.Fatal("game's pods registered before game is configured")
+	}
+
+	game := tracker.FleetConfig{Name: "game", Service: "game", Port: "ws", EnvoyService: "envoy"}
+	if err := d.SetFleets([]tracker.FleetConfig{chat, game}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the added fleet's pod in Redis", func() bool {
+		return readView(t, store, "game").is(map[string]bool{"10.0.5.1:8080": true}, "10.0.5.1:8080")
+	})
+	if alive, known := d.InstanceAlive("game", "envoy-1"); !alive || !known {
+		t.Errorf("InstanceAlive(game, envoy-1) = %v, %v; want listed", alive, known)
+	}
+
+	if err := d.SetFleets([]tracker.FleetConfig{game}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "only game judged", func() bool {
+		_, chatKnown := d.InstanceAlive("chat", "envoy-1")
+		alive, _ := d.InstanceAlive("game", "envoy-1")
+		return !chatKnown && alive
+	})
+	if err := d.SetFleets([]tracker.FleetConfig{{Name: "static", Pods: []string{"10.0.0.9:80"}}}); err == nil {
+		t.Error("SetFleets with no fleet naming a Service succeeded")
+	}
+	if alive, _ := d.InstanceAlive("game", "envoy-1"); !alive {
+		t.Error("a refused SetFleets changed what discovery follows")
+	}
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Errorf("Run after cancel: %v", err)
 	}
 }

@@ -213,15 +213,7 @@ func newHarness(t *testing.T, o options) *harness {
 		pods = append(pods, b.Addr)
 	}
 	h.config = filepath.Join(t.TempDir(), "fleets.yaml")
-	quoted := make([]string, len(pods))
-	for i, p := range pods {
-		quoted[i] = strconv.Quote(p)
-	}
-	yaml := fmt.Sprintf("fleets:\n  - name: %s\n    maxConnectionsPerPod: %d\n    ratePerSecond: 10000\n    burst: 10000\n    policy: pack\n    retryAfter: 1s\n    pods: [%s]\n",
-		fleet, o.cap, strings.Join(quoted, ", "))
-	if err := os.WriteFile(h.config, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	h.writeFleets(fleetYAML(fleet, o.cap, pods...))
 	// One cleanup, in the order that lets everything end quickly: frozen
 	// processes thawed, gateways closed while their trackers still listen
 	// (their last access-log entries delivered), trackers killed, then the
@@ -253,6 +245,33 @@ func newHarness(t *testing.T, o options) *harness {
 		h.trackers = append(h.trackers, h.startTracker(to))
 	}
 	return h
+}
+
+// configCheck is the trackers' --config-check-interval.
+const configCheck = 100 * time.Millisecond
+
+// fleetYAML is one fleet of the fleets file, placing by pack with a rate
+// no test reaches.
+func fleetYAML(name string, cap int, pods ...string) string {
+	quoted := make([]string, len(pods))
+	for i, p := range pods {
+		quoted[i] = strconv.Quote(p)
+	}
+	return fmt.Sprintf("  - name: %s\n    maxConnectionsPerPod: %d\n    ratePerSecond: 10000\n    burst: 10000\n    policy: pack\n    retryAfter: 1s\n    pods: [%s]\n",
+		name, cap, strings.Join(quoted, ", "))
+}
+
+// writeFleets replaces the trackers' fleets file with these fleets, in
+// one rename as an editor or the kubelet does: a reader never sees half.
+func (h *harness) writeFleets(fleets ...string) {
+	h.t.Helper()
+	tmp := h.config + ".tmp"
+	if err := os.WriteFile(tmp, []byte("fleets:\n"+strings.Join(fleets, "")), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, h.config); err != nil {
+		h.t.Fatal(err)
+	}
 }
 
 // tracker returns the tracker with instance id.
@@ -310,6 +329,9 @@ func (h *harness) startTracker(to trackerOptions) *trackerProc {
 	}
 	if h.o.expired != "" {
 		tp.args = append(tp.args, "--expired-instances", h.o.expired)
+	}
+	if trackerHasFlag("config-check-interval") {
+		tp.args = append(tp.args, "--config-check-interval", configCheck.String())
 	}
 	tp.start()
 	gw, err := gateway.New(gateway.Config{TrackerURL: "http://" + tp.listen, AccessLogAddr: tp.alAddr, Fleet: fleet, NodeID: "envoy-" + to.id, FlushInterval: 500 * time.Millisecond, AdmitTimeout: h.o.admitTimeout, Logger: quiet})

@@ -100,27 +100,32 @@ local function ring_windows(key, pfx, bucket, w1, w2, w3)
   return {s1, s2, s3}
 end
 
+-- remove_instance drops instance id from the fleet: its per-pod counts
+-- leave load/avail, its keys go. Its seq generation (gen) stays, so that a
+-- later run of the same id still numbers above every call of this one.
+local function remove_instance(prefix, id)
+  local ik = prefix .. 'inst:' .. id
+  local f = redis.call('HGETALL', ik)
+  local moved = 0
+  for i = 1, #f, 2 do
+    moved = moved + adjust(prefix .. 'load', prefix .. 'avail', f[i], -tonumber(f[i + 1]))
+  end
+  if moved ~= 0 then redis.call('HINCRBY', prefix .. 'stats', 'live', moved) end
+  redis.call('DEL', ik, prefix .. 'pend:' .. id, prefix .. 'rejinst:' .. id)
+  redis.call('ZREM', prefix .. 'instances', id)
+  redis.call('HDEL', prefix .. 'seq', id)
+end
+
 -- reap_expired removes the instances named in ids (the caller watched each
 -- one's seq stand still for a full lease of its own clock) whose lease has
--- also ended by Redis' clock: their per-pod counts are subtracted from
--- load/avail and their keys deleted. Both witnesses are needed, so that a
--- clock step on one host reaps nobody. Returns the reaped ids.
+-- also ended by Redis' clock. Both witnesses are needed, so that a clock
+-- step on one host reaps nobody. Returns the reaped ids.
 local function reap_expired(prefix, now, ids, self)
-  local load, avail, stats = prefix .. 'load', prefix .. 'avail', prefix .. 'stats'
   local reaped = {}
   for _, id in ipairs(ids) do
     local lease = redis.call('ZSCORE', prefix .. 'instances', id)
     if id ~= self and lease and tonumber(lease) < now then
-      local ik = prefix .. 'inst:' .. id
-      local f = redis.call('HGETALL', ik)
-      local moved = 0
-      for i = 1, #f, 2 do
-        moved = moved + adjust(load, avail, f[i], -tonumber(f[i + 1]))
-      end
-      if moved ~= 0 then redis.call('HINCRBY', stats, 'live', moved) end
-      redis.call('DEL', ik, prefix .. 'pend:' .. id, prefix .. 'rejinst:' .. id)
-      redis.call('ZREM', prefix .. 'instances', id)
-      redis.call('HDEL', prefix .. 'seq', id)
+      remove_instance(prefix, id)
       reaped[#reaped + 1] = id
     end
   end

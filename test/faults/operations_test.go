@@ -1,0 +1,235 @@
+package faults
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/wsgate/wsgate/test/wsbackend"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// echoAll checks that every held connection still carries messages: a
+// configuration change must cut none of them.
+func (h *harness) echoAll(held *conns, when string) {
+	h.t.Helper()
+	held.mu.Lock()
+	cs := append([]*websocket.Conn(nil), held.cs...)
+	held.mu.Unlock()
+	for i, c := range cs {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		msg := []byte(fmt.Sprintf("%s %d", when, i))
+		err := c.Write(ctx, websocket.MessageText, msg)
+		var got []byte
+		if err == nil {
+			_, got, err = c.Read(ctx)
+		}
+		cancel()
+		if err != nil || !bytes.Equal(got, msg) {
+			h.t.Fatalf("%s: held connection %d no longer echoes: %v", when, i, err)
+		}
+	}
+}
+
+// awaitApplied waits until every tracker has applied n changes of the
+// fleets file and returns how long the slowest took.
+func (h *harness) awaitApplied(n float64, result string) time.Duration {
+	h.t.Helper()
+	start := time.Now()
+	h.await(fmt.Sprintf("every tracker applied %v changes (%s)", n, result), 30*time.Second, func() (bool, string) {
+		var got []string
+		ok := true
+		for _, tp := range h.trackers {
+			v, _ := tp.metric(`wsgate_tracker_config_reloads_total{result="` + result + `"}`)
+			ok = ok && v >= n
+			got = append(got, fmt.Sprintf("%s=%v", tp.id, v))
+		}
+		return ok, strings.Join(got, " ")
+	})
+	return time.Since(start)
+}
+
+// resetMax starts a new phase: each backend's most held is what it holds.
+func (h *harness) resetMax() {
+	for _, b := range h.backends {
+		b.Max.Store(b.Live.Load())
+	}
+}
+
+func (h *harness) checkMax(phase string, cap int64) {
+	h.t.Helper()
+	for _, b := range h.backends {
+		if m := b.Max.Load(); m > cap {
+			h.t.Errorf("%s: backend %s held %d at once, cap %d", phase, b.Addr, m, cap)
+		}
+	}
+}
+
+// fill dials through every gateway in turn until one is refused for
+// capacity, keeping what is admitted; it returns how many were.
+func (h *harness) fill(held *conns) int {
+	h.t.Helper()
+	n := 0
+	for i := 0; i < 100; i++ {
+		r := h.dial(h.trackers[i%len(h.trackers)])
+		if r.reason == "capacity" {
+			return n
+		}
+		if !held.add(r) {
+			h.t.Fatalf("fill: dial %d: %s (%v)", i, r.outcome(), r.err)
+		}
+		n++
+	}
+	h.t.Fatalf("fill: 100 admitted and still no capacity rejection")
+	return n
+}
+
+// TestLiveConfigChange changes the fleets file under load the way an
+// operator does (lower and raise the cap, add a pod, change the rate, add
+// a fleet, write a broken file): the trackers apply each change within
+// their --config-check-interval plus a heartbeat, no held connection is
+// cut, and no backend ever holds more than the higher of the caps in
+// force.
+func TestLiveConfigChange(t *testing.T) {
+	if !trackerHasFlag("config-check-interval") {
+		t.Skip("the tracker under test cannot reload its configuration")
+	}
+	t.Parallel()
+	h := newHarness(t, options{backends: 2})
+	extra, err := wsbackend.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := wsbackend.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed by the harness' cleanup, counted by checkMax.
+	h.backends = append(h.backends, extra, other)
+	pods := []string{h.backends[0].Addr, h.backends[1].Addr}
+	h.settle()
+	var held conns
+	defer held.closeAll()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	if n := h.fill(&held); n != 4 {
+		t.Fatalf("cap 2 on 2 pods admitted %d, want 4", n)
+	}
+
+	// Lower the cap below what the pods hold: nothing is cut, nothing
+	// new is admitted until a pod is under the new cap.
+	h.resetMax()
+	changed := time.Now()
+	h.writeFleets(fleetYAML(fleet, 1, pods...))
+	took := h.awaitApplied(1, "applied")
+	t.Logf("cap 2 -> 1 applied by every tracker %.1fs after the write", time.Since(changed).Seconds())
+	h.echoAll(&held, "after lowering the cap")
+	if l := h.backendLive(); l != 4 {
+		t.Fatalf("after lowering the cap the backends hold %d, want the 4 they had", l)
+	}
+	if r := h.dial(h.trackers[0]); r.conn != nil || r.reason != "capacity" {
+		t.Fatalf("dial over the lowered cap: %s, want capacity", r.outcome())
+	}
+	held.closeAll()
+	h.awaitDrained(20 * time.Second)
+	if n := h.fill(&held); n != 2 {
+		t.Fatalf("cap 1 on 2 pods admitted %d, want 2", n)
+	}
+	h.checkMax("cap 1", 2) // 2 while the old connections lasted, then 1
+	h.checkMaxNow("cap 1", 1)
+
+	// Raise the cap and add a pod, under churn.
+	stop := h.churn(ctx, 4, 1, func() []*trackerProc { return h.trackers })
+	h.resetMax()
+	h.writeFleets(fleetYAML(fleet, 3, append(pods, extra.Addr)...))
+	took = max(took, h.awaitApplied(2, "applied"))
+	// The pod is placeable once a heartbeat wrote it to Redis.
+	h.await("the added pod takes connections", 30*time.Second, func() (bool, string) {
+		h.hold(&held, h.trackers[0], 1)
+		return extra.Live.Load() > 0, fmt.Sprint(extra.Live.Load())
+	})
+	cancel()
+	stop()
+	h.fill(&held)
+	if l, want := h.backendLive(), int64(9); l != want {
+		t.Errorf("cap 3 on 3 pods: the backends hold %d, want %d", l, want)
+	}
+	h.checkMax("cap 3 with the added pod", 3)
+	h.echoAll(&held, "after raising the cap")
+
+	// Change the rate: one new connection per second per Envoy.
+	held.closeAll()
+	h.awaitDrained(20 * time.Second)
+	slow := strings.Replace(fleetYAML(fleet, 3, append(pods, extra.Addr)...), "ratePerSecond: 10000\n    burst: 10000", "ratePerSecond: 1\n    burst: 1", 1)
+	h.writeFleets(slow)
+	took = max(took, h.awaitApplied(3, "applied"))
+	first, second := h.dial(h.trackers[0]), h.dial(h.trackers[0])
+	held.add(first)
+	held.add(second)
+	if first.conn == nil || second.reason != "rate_limit" {
+		t.Errorf("two dials in a row at 1/s: %s, %s; want admitted, rate_limit", first.outcome(), second.outcome())
+	}
+
+	// Add a fleet: served once Redis has state for it (a new epoch's
+	// recovery wait, one --instance-ttl).
+	h.writeFleets(slow, fleetYAML("game", 1, other.Addr))
+	took = max(took, h.awaitApplied(4, "applied"))
+	added := time.Now()
+	h.await("the added fleet admits", h.o.instanceTTL*3+15*time.Second, func() (bool, string) {
+		code, body := h.admitHTTP(h.trackers[1], "game")
+		return code == http.StatusOK && body == other.Addr, fmt.Sprint(code, " ", body)
+	})
+	t.Logf("added fleet admitting %.1fs after every tracker applied it", time.Since(added).Seconds())
+
+	// A broken file is refused; the running configuration stays.
+	h.writeFleets("  - name: chat\n    maxConnectionsPerPod: 0\n")
+	h.awaitApplied(1, "invalid")
+	for _, tp := range h.trackers {
+		if v, _ := tp.metric("wsgate_tracker_config_last_reload_successful"); v != 0 {
+			t.Errorf("tracker %s: config_last_reload_successful = %v after a broken file, want 0", tp.id, v)
+		}
+	}
+	// Its one slot is taken: still served means refused for capacity,
+	// not an unknown fleet.
+	if code, body := h.admitHTTP(h.trackers[0], "game"); code != http.StatusServiceUnavailable || body != "capacity" {
+		t.Errorf("after a refused change, fleet game answers %d %q; want 503 capacity (still served, its slot taken)", code, body)
+	}
+	h.echoAll(&held, "after a broken file")
+	t.Logf("slowest tracker to apply a change: %.2fs (check interval %s)", took.Seconds(), configCheck)
+	held.closeAll()
+}
+
+// checkMaxNow fails if a backend holds more than cap right now.
+func (h *harness) checkMaxNow(phase string, cap int64) {
+	h.t.Helper()
+	for _, b := range h.backends {
+		if l := b.Live.Load(); l > cap {
+			h.t.Errorf("%s: backend %s holds %d, cap %d", phase, b.Addr, l, cap)
+		}
+	}
+}
+
+// admitHTTP asks tp's admission API directly (the fleet need not be the
+// gateway's) and returns the status and the pod (admitted) or the reason.
+func (h *harness) admitHTTP(tp *trackerProc, fleet string) (int, string) {
+	ctx, cancel := rctx()
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+tp.listen+"/v1/admit", strings.NewReader(`{"fleet":"`+fleet+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		return resp.StatusCode, resp.Header.Get(tracker.HeaderUpstream)
+	}
+	return resp.StatusCode, resp.Header.Get(tracker.HeaderReason)
+}

@@ -1,0 +1,267 @@
+package tracker_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+func apply(t *testing.T, tr *tracker.Tracker, fleets ...tracker.FleetConfig) tracker.Change {
+	t.Helper()
+	ch, err := tr.Apply(fleets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+func release(t *testing.T, tr *tracker.Tracker, id string) {
+	t.Helper()
+	if err := tr.Release(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Lowering the cap below a pod's live count cuts nothing: admissions wait
+// until the pod is under the new cap. Raising it admits at once.
+func TestApplyLowersTheCapWithoutCuttingConnections(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 3, "10.0.0.1:80"))
+	start(t, mr, clk, tr)
+	var ids []string
+	for range 3 {
+		ids = append(ids, admit(t, tr, "chat").Conn)
+	}
+	if ch := apply(t, tr, fleetCfg("chat", 1, "10.0.0.1:80")); strings.Join(ch.Changed, ",") != "chat" || len(ch.Added)+len(ch.Removed) != 0 {
+		t.Fatalf("change = %+v, want chat changed", ch)
+	}
+	heartbeat(t, tr)
+	if got := sumLocal(t, "chat", tr)["10.0.0.1:80"]; got != 3 {
+		t.Fatalf("after lowering the cap the pod holds %d, want the 3 it had", got)
+	}
+	for i := range 2 {
+		if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonCapacity {
+			t.Fatalf("admission %d at %d live under cap 1 = %+v, want capacity", i, 3-i, r)
+		}
+		release(t, tr, ids[i])
+	}
+	if r := admit(t, tr, "chat"); r.Admitted {
+		t.Fatalf("admission at 1 live under cap 1 = %+v, want capacity", r)
+	}
+	release(t, tr, ids[2])
+	if r := admit(t, tr, "chat"); !r.Admitted {
+		t.Fatalf("admission at 0 live under cap 1 = %+v, want admitted", r)
+	}
+	apply(t, tr, fleetCfg("chat", 2, "10.0.0.1:80"))
+	if r := admit(t, tr, "chat"); !r.Admitted {
+		t.Fatalf("admission after raising the cap to 2 = %+v, want admitted", r)
+	}
+}
+
+func TestApplyChangesRateRetryAfterAndPods(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	fc := tracker.FleetConfig{Name: "chat", MaxConnectionsPerPod: 1, RatePerSecond: 1, Burst: 1, Pods: []string{"10.0.0.1:80"}}
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fc)
+	start(t, mr, clk, tr)
+	admit(t, tr, "chat")
+	if r := admit(t, tr, "chat"); r.Reason != tracker.ReasonRateLimit {
+		t.Fatalf("second admission in the same instant at 1/s = %+v, want rate_limit", r)
+	}
+	fc.RatePerSecond, fc.Burst, fc.RetryAfter = 100, 100, tracker.Duration(7*time.Second)
+	fc.Pods = []string{"10.0.0.1:80", "10.0.0.2:80"}
+	apply(t, tr, fc)
+	clk.Advance(20 * time.Millisecond) // two tokens at 100/s; none at 1/s
+	if r := admit(t, tr, "chat"); r.Reason != tracker.ReasonNoPods && r.Reason != tracker.ReasonCapacity {
+		// The new pod is not in Redis until the next heartbeat writes it.
+		t.Fatalf("admission right after raising the rate = %+v, want the pod full (not rate_limit)", r)
+	} else if r.RetryAfter != 7*time.Second {
+		t.Errorf("Retry-After = %s, want the new 7s", r.RetryAfter)
+	}
+	heartbeat(t, tr)
+	if r := admit(t, tr, "chat"); !r.Admitted || r.Pod != "10.0.0.2:80" {
+		t.Fatalf("admission after the heartbeat wrote the added pod = %+v, want 10.0.0.2:80", r)
+	}
+}
+
+// An added fleet is served once Redis has its state: a fleet Redis never
+// saw gets a new epoch, with the same wait as after data loss.
+func TestApplyAddsAFleet(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 1, "10.0.0.1:80"))
+	start(t, mr, clk, tr)
+	if _, err := tr.Admit(context.Background(), "game"); !errors.Is(err, tracker.ErrUnknownFleet) {
+		t.Fatalf("admission to a fleet not configured yet: %v, want ErrUnknownFleet", err)
+	}
+	if ch := apply(t, tr, fleetCfg("chat", 1, "10.0.0.1:80"), fleetCfg("game", 1, "10.0.0.9:80")); strings.Join(ch.Added, ",") != "game" || len(ch.Changed) != 0 {
+		t.Fatalf("change = %+v, want game added and chat unchanged", ch)
+	}
+	start(t, mr, clk, tr)
+	if r := admit(t, tr, "game"); !r.Admitted || r.Pod != "10.0.0.9:80" {
+		t.Fatalf("admission to the added fleet = %+v", r)
+	}
+	if got := strings.Join(tr.Fleets(), ","); got != "chat,game" {
+		t.Errorf("Fleets() = %s", got)
+	}
+}
+
+// A removed fleet admits nothing more, keeps its connections counted in
+// Redis, and leaves Redis after the last one ended.
+func TestApplyRemovesAFleetAfterItsLastConnection(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 1, "10.0.0.1:80"), fleetCfg("game", 2, "10.0.0.9:80"))
+	start(t, mr, clk, tr)
+	c := admit(t, tr, "game")
+	if ch := apply(t, tr, fleetCfg("chat", 1, "10.0.0.1:80")); strings.Join(ch.Removed, ",") != "game" {
+		t.Fatalf("change = %+v, want game removed", ch)
+	}
+	if _, err := tr.Admit(context.Background(), "game"); !errors.Is(err, tracker.ErrUnknownFleet) {
+		t.Fatalf("admission to a removed fleet: %v, want ErrUnknownFleet", err)
+	}
+	store := storeOn(rdb)
+	heartbeat(t, tr)
+	s, err := store.Summary(context.Background(), "game", clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Live != 1 {
+		t.Fatalf("removed fleet with a live connection: Redis counts %d, want 1", s.Live)
+	}
+	if ids, _ := store.Instances(context.Background(), "game"); len(ids) != 1 {
+		t.Fatalf("instances of the removed fleet while it holds a connection = %v, want e1", ids)
+	}
+	release(t, tr, c.Conn)
+	heartbeat(t, tr)
+	if ids, err := store.Instances(context.Background(), "game"); err != nil || len(ids) != 0 {
+		t.Fatalf("instances of the removed fleet after its last connection = %v (%v), want none", ids, err)
+	}
+	if _, err := tr.LocalCounts("game"); !errors.Is(err, tracker.ErrUnknownFleet) {
+		t.Errorf("the tracker still knows the removed fleet: %v", err)
+	}
+}
+
+func TestApplyRefusesAnInvalidConfigurationWhole(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 1, "10.0.0.1:80"))
+	start(t, mr, clk, tr)
+	bad := fleetCfg("game", 1, "not-an-address")
+	if _, err := tr.Apply([]tracker.FleetConfig{fleetCfg("chat", 5, "10.0.0.1:80"), bad}); err == nil || !strings.Contains(err.Error(), "not-an-address") {
+		t.Fatalf("apply of an invalid configuration: %v, want an error naming the bad pod", err)
+	}
+	if got := tr.Config().Fleets; len(got) != 1 || got[0].MaxConnectionsPerPod != 1 {
+		t.Fatalf("after a refused change the configuration is %+v, want chat with cap 1 as before", got)
+	}
+}
+
+// WatchFleets sees a ConfigMap update the way the kubelet makes it: a new
+// timestamped directory and the ..data symlink swapped to it.
+func TestWatchFleetsFollowsAConfigMapSymlinkSwap(t *testing.T) {
+	dir := t.TempDir()
+	write := func(version, content string) {
+		t.Helper()
+		d := filepath.Join(dir, "..2026_"+version)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "fleets.yaml"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(filepath.Base(d), tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v1 := "fleets:\n- name: chat\n  maxConnectionsPerPod: 2\n"
+	write("1", v1)
+	if err := os.Symlink("..data/fleets.yaml", filepath.Join(dir, "fleets.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	applied := make(chan []tracker.FleetConfig, 4)
+	m := tracker.NewReloadMetrics(nil, "tracker")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tracker.WatchFleets(ctx, filepath.Join(dir, "fleets.yaml"), []byte(v1), 10*time.Millisecond,
+			func(f []tracker.FleetConfig) error { applied <- f; return nil }, m, slog.New(slog.DiscardHandler))
+	}()
+	defer func() { cancel(); <-done }()
+
+	write("2", "fleets:\n- name: chat\n  maxConnectionsPerPod: 3\n")
+	if f := <-applied; len(f) != 1 || f[0].MaxConnectionsPerPod != 3 {
+		t.Fatalf("applied %+v, want chat with cap 3", f)
+	}
+	write("3", "fleets:\n- name: chat\n  maxConnectionsPerPod: 0\n")
+	awaitMetric(t, func() float64 { return testutil.ToFloat64(m.Reloads.WithLabelValues("invalid")) }, 1)
+	if v := testutil.ToFloat64(m.LastSuccessful); v != 0 {
+		t.Errorf("config_last_reload_successful = %v after an invalid file, want 0", v)
+	}
+	write("4", "fleets:\n- name: chat\n  maxConnectionsPerPod: 4\n")
+	if f := <-applied; f[0].MaxConnectionsPerPod != 4 {
+		t.Fatalf("applied %+v, want cap 4", f)
+	}
+	awaitMetric(t, func() float64 { return testutil.ToFloat64(m.LastSuccessful) }, 1)
+	if n := testutil.ToFloat64(m.Reloads.WithLabelValues("applied")); n != 2 {
+		t.Errorf("applied reloads = %v, want 2", n)
+	}
+	select {
+	case f := <-applied:
+		t.Errorf("the invalid file was applied: %+v", f)
+	default:
+	}
+}
+
+func awaitMetric(t *testing.T, get func() float64, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for get() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("metric = %v, want %v", get(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// While trackers read different versions of the fleets file, each admits
+// against its own cap and Redis counts all: the pod never holds more than
+// the higher of the two.
+func TestMixedCapsNeverExceedTheHigher(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fleetCfg("chat", 1, "10.0.0.1:80"))
+	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fleetCfg("chat", 3, "10.0.0.1:80"))
+	start(t, mr, clk, a, b)
+	if r := admit(t, b, "chat"); !r.Admitted {
+		t.Fatalf("b under its cap 3: %+v", r)
+	}
+	if r := admit(t, a, "chat"); r.Admitted {
+		t.Fatalf("a at 1 live under its cap 1 admitted: %+v", r)
+	}
+	for range 2 {
+		if r := admit(t, b, "chat"); !r.Admitted {
+			t.Fatalf("b under its cap 3: %+v", r)
+		}
+	}
+	if r := admit(t, b, "chat"); r.Admitted {
+		t.Fatalf("b at 3 live under its cap 3 admitted: %+v", r)
+	}
+	if got := podHolds(t, a, b); got != 3 {
+		t.Errorf("pod holds %d, want 3", got)
+	}
+}

@@ -1,0 +1,9 @@
+-- leave: an instance leaves the fleet on its own: its Envoy's last
+-- connection ended (a graceful drain, or the fleet left its configuration),
+-- or its Envoy is gone, so nothing it counted is carried any more. Unlike
+-- reap, no lease needs to have ended: the instance itself says so.
+-- ARGV: 1 prefix, 2 instance id. Returns 1 if the instance was there.
+local there = redis.call('ZSCORE', ARGV[1] .. 'instances', ARGV[2])
+remove_instance(ARGV[1], ARGV[2])
+if there then return 1 end
+return 0
