@@ -30,6 +30,7 @@ const (
 	scalerName = "wsg-wsgate-scaler"
 	redisName  = "wsg-wsgate-redis"
 	configName = "wsg-wsgate-config"
+	fleetsName = "wsg-wsgate-fleets"
 	namespace  = "edge"
 )
 
@@ -134,13 +135,40 @@ func checkPods(t *testing.T, r rendered) {
 		if !hasPort(c, "metrics", 9102) {
 			t.Errorf("%s: no container port metrics 9102", wc.container)
 		}
-		if d.Spec.Template.Annotations["checksum/config"] == "" {
-			t.Errorf("%s: no checksum/config annotation: a config change would not roll its pods", wc.deploy)
+	}
+	envoyPods := get[*appsv1.Deployment](t, r, "Deployment", envoyName).Spec.Template
+	if envoyPods.Annotations["checksum/config"] == "" {
+		t.Errorf("%s: no checksum/config annotation: a change of envoy.yaml or the filter would not roll its pods", envoyName)
+	}
+	// Trackers and scaler re-read the fleets file: mounted as the
+	// ConfigMap's directory, which the kubelet updates (a subPath never is).
+	for _, wc := range []struct{ deploy, container string }{{envoyName, "tracker"}, {scalerName, "scaler"}} {
+		spec := get[*appsv1.Deployment](t, r, "Deployment", wc.deploy).Spec.Template.Spec
+		c := container(t, &spec, wc.container)
+		if !slices.Contains(c.Args, "--config=/etc/wsgate/fleets/fleets.yaml") {
+			t.Errorf("%s args %q: want --config=/etc/wsgate/fleets/fleets.yaml", wc.container, c.Args)
+		}
+		found := false
+		for _, m := range c.VolumeMounts {
+			if m.MountPath == "/etc/wsgate/fleets" {
+				found = true
+				if m.SubPath != "" {
+					t.Errorf("%s: fleets mounted with subPath %q: the kubelet never updates it", wc.container, m.SubPath)
+				}
+				for _, v := range spec.Volumes {
+					if v.Name == m.Name && (v.ConfigMap == nil || v.ConfigMap.Name != fleetsName) {
+						t.Errorf("%s: /etc/wsgate/fleets is volume %s, not ConfigMap %s", wc.container, v.Name, fleetsName)
+					}
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s: nothing mounted at /etc/wsgate/fleets", wc.container)
 		}
 	}
 	d := get[*appsv1.Deployment](t, r, "Deployment", envoyName)
 	tr := container(t, &d.Spec.Template.Spec, "tracker")
-	for _, want := range []string{"tracker", "--listen=127.0.0.1:9090", "--access-log-listen=127.0.0.1:9091", "--instance-id=$(POD_NAME)", "--config=/etc/wsgate/fleets.yaml"} {
+	for _, want := range []string{"tracker", "--listen=127.0.0.1:9090", "--access-log-listen=127.0.0.1:9091", "--instance-id=$(POD_NAME)"} {
 		if !slices.Contains(tr.Args, want) {
 			t.Errorf("tracker args %q lack %q", tr.Args, want)
 		}
@@ -189,8 +217,7 @@ func hasPort(c *corev1.Container, name string, port int32) bool {
 // envoy.LoadBootstrap, and it requires every fleet a route names to exist.
 func checkConfigMap(t *testing.T, r rendered) {
 	t.Helper()
-	cm := get[*corev1.ConfigMap](t, r, "ConfigMap", configName)
-	fleets, err := tracker.ParseFleets([]byte(cm.Data["fleets.yaml"]))
+	fleets, err := tracker.ParseFleets([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
 	if err != nil {
 		t.Fatalf("fleets.yaml: %v", err)
 	}
@@ -201,6 +228,7 @@ func checkConfigMap(t *testing.T, r rendered) {
 			t.Errorf("fleet %s: envoyService %q, want the chart's Envoy Service %q", f.Name, f.EnvoyService, envoyName)
 		}
 	}
+	cm := get[*corev1.ConfigMap](t, r, "ConfigMap", configName)
 	boot, err := envoy.LoadBootstrap([]byte(cm.Data["envoy.yaml"]))
 	if err != nil {
 		t.Fatalf("envoy.yaml in the ConfigMap: %v", err)
@@ -310,8 +338,7 @@ func checkScaledObjects(t *testing.T, r rendered) {
 		}
 	}
 	wantAddr := fmt.Sprintf("%s.%s.svc.cluster.local:%d", scalerName, namespace, grpcPort)
-	cm := get[*corev1.ConfigMap](t, r, "ConfigMap", configName)
-	fleets, err := tracker.ParseFleets([]byte(cm.Data["fleets.yaml"]))
+	fleets, err := tracker.ParseFleets([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -581,8 +608,7 @@ func checkPush(t *testing.T, r rendered) {
 			t.Errorf("Service %s has no metrics port for the ServiceMonitor", svc)
 		}
 	}
-	cm := get[*corev1.ConfigMap](t, r, "ConfigMap", configName)
-	fleets, err := tracker.ParseFleets([]byte(cm.Data["fleets.yaml"]))
+	fleets, err := tracker.ParseFleets([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
 	if err != nil || len(fleets) != 2 || fleets[1].Policy != tracker.PolicySpread || fleets[1].RatePerSecond != 2.5 {
 		t.Errorf("fleets: %+v, %v", fleets, err)
 	}

@@ -8,7 +8,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 
 	"github.com/wsgate/wsgate/envoy"
 )
@@ -117,26 +120,22 @@ func TestChartFilesMatchEnvoy(t *testing.T) {
 	}
 }
 
-// TestConfigChangeRollsPods: the checksum annotation follows the config,
-// and only the config.
-func TestConfigChangeRollsPods(t *testing.T) {
-	checksums := func(extra ...string) map[string]string {
-		r := decodeStrict(t, template(t, "", extra...))
-		m := map[string]string{}
-		for _, d := range []string{envoyName, scalerName} {
-			m[d] = get[*appsv1.Deployment](t, r, "Deployment", d).Spec.Template.Annotations["checksum/config"]
+// TestFleetsChangeRollsNoPod: `helm upgrade` with other fleet values
+// changes the fleets ConfigMap only. Neither the Envoy pods (a roll would
+// cut their WebSockets) nor the scaler's change: both re-read the file.
+func TestFleetsChangeRollsNoPod(t *testing.T) {
+	before := decodeStrict(t, template(t, ""))
+	after := decodeStrict(t, template(t, "", "--set-json", `fleets=[{"name":"default","maxConnectionsPerPod":7,"service":"backend","port":"http"}]`))
+	for _, name := range []string{envoyName, scalerName} {
+		a := get[*appsv1.Deployment](t, before, "Deployment", name).Spec.Template
+		b := get[*appsv1.Deployment](t, after, "Deployment", name).Spec.Template
+		if !equality.Semantic.DeepEqual(a, b) {
+			t.Errorf("%s: a fleets change alters the pod template, so its pods would roll:\n%s", name, cmp.Diff(a, b))
 		}
-		return m
 	}
-	base := checksums()
-	same := checksums("--set", "envoy.replicas=5")
-	changed := checksums("--set-json", `fleets=[{"name":"default","maxConnectionsPerPod":7,"service":"backend","port":"http"}]`)
-	for d := range base {
-		if base[d] != same[d] {
-			t.Errorf("%s: checksum changed with the replica count, which is not config", d)
-		}
-		if base[d] == changed[d] {
-			t.Errorf("%s: checksum unchanged after the fleets changed: pods would keep the old config", d)
-		}
+	fa := get[*corev1.ConfigMap](t, before, "ConfigMap", fleetsName).Data["fleets.yaml"]
+	fb := get[*corev1.ConfigMap](t, after, "ConfigMap", fleetsName).Data["fleets.yaml"]
+	if fa == fb || !strings.Contains(fb, "maxConnectionsPerPod: 7") {
+		t.Errorf("the fleets ConfigMap does not carry the change:\n%s", fb)
 	}
 }

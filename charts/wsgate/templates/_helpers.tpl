@@ -22,6 +22,7 @@
 {{- define "wsgate.scaler" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-scaler{{- end -}}
 {{- define "wsgate.redis" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-redis{{- end -}}
 {{- define "wsgate.config" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-config{{- end -}}
+{{- define "wsgate.fleetsConfig" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-fleets{{- end -}}
 
 {{- define "wsgate.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
