@@ -242,7 +242,9 @@ func TestSetFleetsFollowsANewService(t *testing.T) {
 	go reg.Run(ctx)
 	runErr := make(chan error, 1)
 	go func() { runErr <- d.Run(ctx) }()
-	waitFor(t, "chat's pod in Redis", func() bool { return readView(t, store, "chat").is(map[string]bool{"10.0.0.1:8080": true}, "10.0.0.1:8080") })
+	waitFor(t, "chat's pod in Redis", func() bool {
+		return readView(t, store, "chat").is(map[string]bool{"10.0.0.1:8080": true}, "10.0.0.1:8080")
+	})
 	if readView(t, store, "game").pods != nil && len(readView(t, store, "game").pods) != 0 {
 		t.Fatal("game's pods registered before game is configured")
 	}
