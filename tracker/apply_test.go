@@ -265,3 +265,37 @@ func TestMixedCapsNeverExceedTheHigher(t *testing.T) {
 		t.Errorf("pod holds %d, want 3", got)
 	}
 }
+
+// Drain admits nothing and reports not ready, without forgetting a
+// connection; Leave removes the instance from Redis at once, and no later
+// heartbeat brings it back.
+func TestDrainThenLeave(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 2, "10.0.0.1:80"))
+	start(t, mr, clk, tr)
+	c := admit(t, tr, "chat")
+	tr.Drain()
+	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonDraining {
+		t.Fatalf("admission while draining = %+v, want draining", r)
+	}
+	if err := tr.Ready(); err == nil || !strings.Contains(err.Error(), "draining") {
+		t.Errorf("Ready while draining: %v", err)
+	}
+	heartbeat(t, tr)
+	store := storeOn(rdb)
+	if s, _ := store.Summary(context.Background(), "chat", clk.Now()); s.Live != 1 || tr.Live() != 1 {
+		t.Fatalf("while draining Redis counts %d and the tracker %d, want the 1 held", s.Live, tr.Live())
+	}
+	release(t, tr, c.Conn)
+	if !tr.AwaitDrained(context.Background(), nil) {
+		t.Fatal("AwaitDrained with nothing held")
+	}
+	if err := tr.Leave(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	heartbeat(t, tr)
+	if ids, err := store.Instances(context.Background(), "chat"); err != nil || len(ids) != 0 {
+		t.Fatalf("instances after Leave and a heartbeat = %v (%v), want none", ids, err)
+	}
+}

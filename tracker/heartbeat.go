@@ -73,6 +73,9 @@ func (t *Tracker) Heartbeat(ctx context.Context) error {
 }
 
 func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
+	if t.left.Load() {
+		return nil
+	}
 	now := t.now()
 	t.expire(f, now)
 	f.mu.Lock()
@@ -118,6 +121,10 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 			t.redisFailed(f, "sync", err)
 		}
 		return SyncResult{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.name, err)
+	}
+	if t.left.Load() { // Leave ran while this waited: publish nothing
+		f.gate.Release(gateAll)
+		return SyncResult{}, fmt.Errorf("sync %s: %w", f.name, errLeft)
 	}
 	if err := t.inherit(ctx, f, now); err != nil {
 		f.gate.Release(gateAll)

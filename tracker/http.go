@@ -78,6 +78,9 @@ type AdmitRequest struct {
 // Ready reports whether the tracker can decide admissions: Redis answered
 // the last heartbeat of every fleet, or the fallback can decide without it.
 func (t *Tracker) Ready() error {
+	if t.draining.Load() {
+		return errors.New("draining: its Envoy is terminating")
+	}
 	for _, name := range t.Fleets() {
 		f, _ := t.fleet(name)
 		f.mu.Lock()

@@ -350,9 +350,10 @@ func (s *Store) Reap(ctx context.Context, fleet string, ids []string) ([]string,
 // Leave removes instance from fleet at once, with whatever Redis counts for
 // it: only for an instance whose Envoy carries none of those connections any
 // more (it drained, or Envoy is gone). It reports whether the instance was
-// there.
-func (s *Store) Leave(ctx context.Context, fleet, instance string) (bool, error) {
-	n, err := scriptLeave.Run(ctx, s.rdb, []string{s.key(fleet, "instances")}, s.KeyPrefix(fleet), instance).Int()
+// there. seq is above every call the instance made before: a late one is
+// then ignored.
+func (s *Store) Leave(ctx context.Context, fleet, instance string, seq uint64) (bool, error) {
+	n, err := scriptLeave.Run(ctx, s.rdb, []string{s.key(fleet, "instances")}, s.KeyPrefix(fleet), instance, seq).Int()
 	if err != nil {
 		return false, fmt.Errorf("leave %s: %w", fleet, err)
 	}

@@ -72,6 +72,8 @@ type Tracker struct {
 	fleets  atomic.Pointer[map[string]*fleet]
 	applyMu sync.Mutex
 	kick    chan struct{} // asks Run for a heartbeat now
+	// draining: admit nothing (Drain); left: heartbeat no more (Leave).
+	draining, left atomic.Bool
 	byConn  sync.Map      // conn id -> *fleet
 
 	// Connection ids are idTag (a hash of the instance id), this process's
@@ -303,6 +305,9 @@ func (t *Tracker) Admit(ctx context.Context, fleetName string) (Result, error) {
 	}
 	if err != nil {
 		return Result{}, fmt.Errorf("admit: %w", err)
+	}
+	if t.draining.Load() {
+		return Result{Fleet: f.name, Reason: ReasonDraining, RetryAfter: time.Second}, nil
 	}
 	res, err := t.admit(ctx, f)
 	if err != nil {

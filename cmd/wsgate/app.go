@@ -32,7 +32,11 @@ func fxLogger(log *slog.Logger) fx.Option {
 
 // runApp starts app, waits for SIGINT/SIGTERM and stops it, returning the
 // first error: a bind or configuration failure reaches the user as one line.
-func runApp(app *fx.App) error {
+func runApp(app *fx.App) error { return runAppDraining(app, nil) }
+
+// runAppDraining is runApp with drain run after the signal and before any
+// component stops (their servers still answer meanwhile).
+func runAppDraining(app *fx.App, drain func()) error {
 	if err := app.Err(); err != nil {
 		return rootCause(err)
 	}
@@ -40,6 +44,9 @@ func runApp(app *fx.App) error {
 		return rootCause(err)
 	}
 	<-app.Wait()
+	if drain != nil {
+		drain()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return app.Stop(ctx)

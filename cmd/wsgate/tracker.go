@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"go.uber.org/fx"
 	"google.golang.org/grpc"
 
+	"github.com/wsgate/wsgate/envoy/admin"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
 )
@@ -26,7 +29,8 @@ func init() { commands["tracker"] = runTracker }
 type trackerFlags struct {
 	config, listen, telemetry, logLevel string
 	configData                          []byte
-	configCheck                         time.Duration
+	configCheck, shutdownTimeout        time.Duration
+	shutdownListen, envoyAdmin          string
 	accessLog                           string
 	embedded                            bool
 	redis                               *redisOptions
@@ -51,6 +55,9 @@ func runTracker(args []string) error {
 	fallback := fs.String("fallback", "share", "admission Redis cannot decide: share (only into slots Redis counts for this instance: never above the cap), closed, or open (may exceed the cap)")
 	expired := fs.String("expired-instances", string(tracker.ExpiredReap), "an instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap), keep (counted until it comes back: the cap holds), or kube (the scaler reaps it once Kubernetes no longer lists its pod: the cap holds); the same for every tracker and the scaler")
 	fs.BoolVar(&f.embedded, "redis-embedded", false, "run an in-process Redis (miniredis) instead of --redis-addr: for trying wsgate out, never for production")
+	fs.StringVar(&f.shutdownListen, "shutdown-listen", "", "address of GET /shutdown, for the Envoy container's preStop hook: drain, then answer once Envoy's connections have ended (empty: off)")
+	fs.StringVar(&f.envoyAdmin, "envoy-admin", "", "Envoy's admin address (127.0.0.1:9901): /shutdown fails its health check and drains its listeners, and on SIGTERM an Envoy that is gone lets this instance leave Redis at once (empty: wait for the connections to end)")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM (and in /shutdown), how long to keep this instance's connections counted while they end; keep it below the pod's terminationGracePeriodSeconds")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -84,13 +91,82 @@ func runTracker(args []string) error {
 	if err != nil {
 		return err
 	}
+	var t *tracker.Tracker
 	app := fx.New(
 		fxLogger(log),
 		fx.Supply(f, log),
 		fx.Provide(newRegistry, newRedis, newStore, newTracker),
-		fx.Invoke(runHeartbeat, serveAdmission, serveAccessLog, watchTrackerConfig),
+		fx.Invoke(runHeartbeat, serveAdmission, serveAccessLog, watchTrackerConfig, serveShutdown),
+		fx.Populate(&t),
 	)
-	return runApp(app)
+	return runAppDraining(app, func() { shutdownTracker(t, f, log) })
+}
+
+func (f trackerFlags) envoy() *admin.Client {
+	if f.envoyAdmin == "" {
+		return nil
+	}
+	return admin.New(f.envoyAdmin)
+}
+
+func (f trackerFlags) envoyGone() func() bool {
+	if a := f.envoy(); a != nil {
+		return a.Gone
+	}
+	return nil
+}
+
+// shutdownTracker runs on SIGTERM, before any server stops: the instance
+// admits nothing more and keeps its connections counted until they have
+// ended, or its Envoy is gone (a native sidecar stops after Envoy), then
+// leaves Redis at once. Past --shutdown-timeout it exits without leaving:
+// what Envoy may still carry stays counted until the instance is reaped.
+func shutdownTracker(t *tracker.Tracker, f trackerFlags, log *slog.Logger) {
+	if t == nil {
+		return
+	}
+	t.Drain()
+	ctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
+	defer cancel()
+	if !t.AwaitDrained(ctx, f.envoyGone()) {
+		log.Warn("shutdown timeout: connections remain; they stay counted in Redis until this instance is reaped", "connections", t.Live(), "timeout", f.shutdownTimeout)
+		return
+	}
+	lctx, lcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer lcancel()
+	if err := t.Leave(lctx); err != nil {
+		log.Warn("leaving Redis failed: this instance is reaped after its lease instead", "err", err)
+	}
+}
+
+// serveShutdown serves GET /shutdown for the Envoy container's preStop
+// hook (Kubernetes runs it before it sends Envoy SIGTERM): the instance
+// drains, Envoy fails its health check and drains its listeners, and the
+// answer comes once Envoy's last connection ended, or --shutdown-timeout.
+func serveShutdown(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, log *slog.Logger) {
+	if f.shutdownListen == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /shutdown", func(w http.ResponseWriter, r *http.Request) {
+		t.Drain()
+		if a := f.envoy(); a != nil {
+			for _, call := range []func(context.Context) error{a.FailHealthcheck, a.DrainListeners} {
+				if err := call(r.Context()); err != nil {
+					log.Warn("draining envoy failed", "err", err)
+				}
+			}
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), f.shutdownTimeout)
+		defer cancel()
+		if t.AwaitDrained(ctx, nil) {
+			_, _ = io.WriteString(w, "drained\n")
+			return
+		}
+		// 200 all the same: Kubernetes goes on with the termination.
+		fmt.Fprintf(w, "timeout: %d connections remain\n", t.Live())
+	})
+	serveHTTP(lc, "shutdown", f.shutdownListen, mux, log)
 }
 
 // trackerConfigFlags names the flag of each field tracker.Config.Validate
@@ -188,13 +264,16 @@ func serveAccessLog(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, log *sl
 			return nil
 		},
 		OnStop: func(ctx context.Context) error {
-			// Envoy holds its access-log stream open for good: past the
-			// deadline, cut it rather than hang the shutdown.
+			// Envoy holds its access-log stream open for good, and after
+			// the drain nothing it could still send matters: give what is
+			// in flight a second, then cut it rather than hang the shutdown.
 			done := make(chan struct{})
 			go func() { srv.GracefulStop(); close(done) }()
 			select {
 			case <-done:
 			case <-ctx.Done():
+				srv.Stop()
+			case <-time.After(time.Second):
 				srv.Stop()
 			}
 			return nil

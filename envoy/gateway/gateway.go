@@ -20,6 +20,7 @@ import (
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	datav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
@@ -90,6 +91,37 @@ type Gateway struct {
 	closing  bool
 	handlers sync.WaitGroup
 	once     sync.Once
+
+	healthFailed atomic.Bool
+	drainOnce    sync.Once
+}
+
+// AdminHandler is the part of Envoy's admin API a terminating pod uses,
+// as Envoy answers it: POST /healthcheck/fail, POST
+// /drain_listeners?graceful (the listeners close; established tunnels go
+// on until they end, as upgraded streams do in Envoy's drain), and GET
+// /ready (503 once the health check failed). Serve it on its own listener;
+// closing that listener is Envoy gone.
+func (g *Gateway) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /healthcheck/fail", func(w http.ResponseWriter, _ *http.Request) {
+		g.healthFailed.Store(true)
+		_, _ = io.WriteString(w, "OK\n")
+	})
+	mux.HandleFunc("POST /drain_listeners", func(w http.ResponseWriter, _ *http.Request) {
+		// Shutdown closes the listeners and waits only for requests in
+		// flight: hijacked (upgraded) connections are not its to close.
+		g.drainOnce.Do(func() { go func() { _ = g.srv.Shutdown(context.Background()) }() })
+		_, _ = io.WriteString(w, "OK\n")
+	})
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+		if g.healthFailed.Load() {
+			http.Error(w, "DRAINING", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "LIVE\n")
+	})
+	return mux
 }
 
 // New loads envoy/wsgate.lua and opens the access-log connection (lazily:

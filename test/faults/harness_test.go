@@ -304,6 +304,9 @@ type trackerProc struct {
 
 	gw    *gateway.Gateway
 	gwURL string // ws://gateway/
+	// The gateway's admin API (Envoy's), and the tracker's /shutdown.
+	adminAddr, shutAddr string
+	admin               *http.Server
 }
 
 func (h *harness) startTracker(to trackerOptions) *trackerProc {
@@ -333,6 +336,10 @@ func (h *harness) startTracker(to trackerOptions) *trackerProc {
 	if trackerHasFlag("config-check-interval") {
 		tp.args = append(tp.args, "--config-check-interval", configCheck.String())
 	}
+	tp.adminAddr, tp.shutAddr = freeAddr(h.t), freeAddr(h.t)
+	if trackerHasFlag("shutdown-listen") {
+		tp.args = append(tp.args, "--envoy-admin", tp.adminAddr, "--shutdown-listen", tp.shutAddr, "--shutdown-timeout", "60s")
+	}
 	tp.start()
 	gw, err := gateway.New(gateway.Config{TrackerURL: "http://" + tp.listen, AccessLogAddr: tp.alAddr, Fleet: fleet, NodeID: "envoy-" + to.id, FlushInterval: 500 * time.Millisecond, AdmitTimeout: h.o.admitTimeout, Logger: quiet})
 	if err != nil {
@@ -344,6 +351,12 @@ func (h *harness) startTracker(to trackerOptions) *trackerProc {
 	}
 	tp.gw, tp.gwURL = gw, "ws://"+ln.Addr().String()+"/"
 	go func() { _ = gw.Serve(ln) }()
+	aln, err := net.Listen("tcp", tp.adminAddr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	tp.admin = &http.Server{Handler: gw.AdminHandler()}
+	go func() { _ = tp.admin.Serve(aln) }()
 	return tp
 }
 
@@ -418,9 +431,13 @@ func (tp *trackerProc) signal(sig syscall.Signal) {
 	}
 }
 
+// closeGateway is Envoy gone: its tunnels end, its admin port closes.
 func (tp *trackerProc) closeGateway() {
 	if tp.gw != nil {
 		_ = tp.gw.Close()
+	}
+	if tp.admin != nil {
+		_ = tp.admin.Close()
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,13 +72,16 @@ func (h *harness) checkMax(phase string, cap int64) {
 	}
 }
 
-// fill dials through every gateway in turn until one is refused for
-// capacity, keeping what is admitted; it returns how many were.
-func (h *harness) fill(held *conns) int {
+// fill dials through the gateways of tps (none: all) in turn until one is
+// refused for capacity, keeping what is admitted; it returns how many were.
+func (h *harness) fill(held *conns, tps ...*trackerProc) int {
 	h.t.Helper()
+	if len(tps) == 0 {
+		tps = h.trackers
+	}
 	n := 0
 	for i := 0; i < 100; i++ {
-		r := h.dial(h.trackers[i%len(h.trackers)])
+		r := h.dial(tps[i%len(tps)])
 		if r.reason == "capacity" {
 			return n
 		}
@@ -232,4 +236,148 @@ func (h *harness) admitHTTP(tp *trackerProc, fleet string) (int, string) {
 		return resp.StatusCode, resp.Header.Get(tracker.HeaderUpstream)
 	}
 	return resp.StatusCode, resp.Header.Get(tracker.HeaderReason)
+}
+
+// term is SIGTERM; exitedWithin waits for the process to end.
+func (tp *trackerProc) term() { tp.signal(syscall.SIGTERM) }
+
+func (tp *trackerProc) awaitExit(d time.Duration) {
+	tp.h.t.Helper()
+	tp.mu.Lock()
+	exited := tp.exited
+	tp.mu.Unlock()
+	select {
+	case <-exited:
+	case <-time.After(d):
+		tp.h.t.Fatalf("tracker %s still running %s after SIGTERM:\n%s", tp.id, d, tp.logTail(20))
+	}
+	tp.mu.Lock()
+	tp.cmd = nil
+	tp.mu.Unlock()
+}
+
+func (h *harness) instances() map[string]uint64 {
+	h.t.Helper()
+	ctx, cancel := rctx()
+	defer cancel()
+	ids, err := tracker.NewStore(h.rdb, "wsgate").Instances(ctx, fleet)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ids
+}
+
+// shutdown calls tp's /shutdown as the kubelet runs the Envoy container's
+// preStop hook; the channel gets the answer once it comes.
+func (tp *trackerProc) shutdown() <-chan string {
+	out := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://" + tp.shutAddr + "/shutdown")
+		if err != nil {
+			out <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		out <- fmt.Sprint(resp.StatusCode, " ", strings.TrimSpace(b.String()))
+	}()
+	return out
+}
+
+// TestGracefulTermination terminates a gateway+tracker pod that holds
+// connections, as Kubernetes does: preStop, then SIGTERM to Envoy, then to
+// the tracker (a native sidecar stops last) — or, on a cluster without
+// native sidecars, SIGTERM to the tracker while Envoy still drains. New
+// dials go to the other gateway, the held ones keep working and stay
+// counted until they close (the other tracker cannot take their slots),
+// and the instance is gone from Redis as soon as the last one ended,
+// without waiting for its lease.
+func TestGracefulTermination(t *testing.T) {
+	if !trackerHasFlag("shutdown-listen") {
+		t.Skip("the tracker under test has no graceful shutdown")
+	}
+	t.Parallel()
+	for _, sidecar := range []bool{true, false} {
+		name := map[bool]string{true: "native-sidecar", false: "sigterm-first"}[sidecar]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, options{backends: 2, instanceTTL: 20 * time.Second})
+			h.settle()
+			a, b := h.tracker("A"), h.tracker("B")
+			var heldA, heldB conns
+			defer heldA.closeAll()
+			defer heldB.closeAll()
+			if n := h.hold(&heldA, a, 2); n != 2 {
+				t.Fatalf("A admitted %d of 2", n)
+			}
+			h.hold(&heldB, b, 1)
+
+			var answered <-chan string
+			if sidecar {
+				answered = a.shutdown()
+				h.await("A not ready", 10*time.Second, func() (bool, string) {
+					resp, err := http.Get("http://" + a.telem + "/readyz")
+					if err != nil {
+						return false, err.Error()
+					}
+					resp.Body.Close()
+					return resp.StatusCode == http.StatusServiceUnavailable, resp.Status
+				})
+			} else {
+				a.term()
+				h.await("A draining", 10*time.Second, func() (bool, string) {
+					r := h.dial(a)
+					if r.conn != nil {
+						heldA.add(r)
+					}
+					return r.reason == "draining", r.outcome()
+				})
+			}
+			// Draining, or (after Envoy drained its listeners) refused.
+			if r := h.dial(a); r.conn != nil || (r.reason != "draining" && r.status != 0) {
+				heldA.add(r)
+				t.Fatalf("dial through the draining gateway: %s, want draining or refused", r.outcome())
+			}
+			// The other gateway takes the new clients, up to the cap: A's
+			// two stay counted while they last.
+			h.resetMax()
+			if n := h.fill(&heldB, b); n != 1 {
+				t.Errorf("B admitted %d while A drains, want 1 (4 slots, A's 2 and B's 1 taken)", n)
+			}
+			h.echoAll(&heldA, "while A drains")
+			if _, ok := h.instances()["A"]; !ok {
+				t.Fatal("A left Redis while its Envoy still carries connections")
+			}
+			select {
+			case got := <-answered:
+				t.Fatalf("/shutdown answered while connections remain: %s", got)
+			default:
+			}
+			heldA.closeAll()
+			if sidecar {
+				select {
+				case got := <-answered:
+					if got != "200 drained" {
+						t.Errorf("/shutdown answered %q, want 200 drained", got)
+					}
+				case <-time.After(30 * time.Second):
+					t.Fatal("/shutdown did not answer after the last connection ended")
+				}
+				// Kubernetes stops Envoy, then the sidecar.
+				a.closeGateway()
+				a.term()
+			}
+			a.awaitExit(30 * time.Second)
+			if _, ok := h.instances()["A"]; ok {
+				t.Errorf("A still in Redis when its tracker exited; want it gone at once, not after its lease")
+			}
+			// Its slots are free for B at once.
+			if n := h.fill(&heldB, b); n != 2 {
+				t.Errorf("B admitted %d after A left, want its 2 freed slots", n)
+			}
+			h.checkMax("graceful termination", 2)
+			heldB.closeAll()
+		})
+	}
 }
