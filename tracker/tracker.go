@@ -74,7 +74,7 @@ type Tracker struct {
 	kick    chan struct{} // asks Run for a heartbeat now
 	// draining: admit nothing (Drain); left: heartbeat no more (Leave).
 	draining, left atomic.Bool
-	byConn  sync.Map      // conn id -> *fleet
+	byConn         sync.Map // conn id -> *fleet
 
 	// Connection ids are idTag (a hash of the instance id), this process's
 	// random part and a counter: unique across restarts without reading
