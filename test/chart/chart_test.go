@@ -99,7 +99,7 @@ func checkPods(t *testing.T, r rendered) {
 		if psc == nil || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 			t.Errorf("%s: pod seccompProfile is not RuntimeDefault", key)
 		}
-		for _, c := range spec.Containers {
+		for _, c := range append(slices.Clone(spec.Containers), spec.InitContainers...) {
 			where := key + " container " + c.Name
 			sc := c.SecurityContext
 			if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
@@ -517,7 +517,8 @@ func checkSecretMounted(t *testing.T, d *appsv1.Deployment, secret, dir string) 
 		t.Errorf("%s: no volume of Secret %s", d.Name, secret)
 		return
 	}
-	for _, c := range d.Spec.Template.Spec.Containers {
+	spec := d.Spec.Template.Spec
+	for _, c := range append(slices.Clone(spec.Containers), spec.InitContainers...) {
 		for _, m := range c.VolumeMounts {
 			if m.Name == vol && m.MountPath == dir {
 				return

@@ -181,6 +181,11 @@ func container(t *testing.T, spec *corev1.PodSpec, name string) *corev1.Containe
 			return &spec.Containers[i]
 		}
 	}
+	for i := range spec.InitContainers { // native sidecars
+		if spec.InitContainers[i].Name == name {
+			return &spec.InitContainers[i]
+		}
+	}
 	t.Fatalf("no container %q", name)
 	return nil
 }

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
@@ -137,5 +139,43 @@ func TestFleetsChangeRollsNoPod(t *testing.T) {
 	fb := get[*corev1.ConfigMap](t, after, "ConfigMap", fleetsName).Data["fleets.yaml"]
 	if fa == fb || !strings.Contains(fb, "maxConnectionsPerPod: 7") {
 		t.Errorf("the fleets ConfigMap does not carry the change:\n%s", fb)
+	}
+}
+
+// TestTerminationDrainsEnvoy: on Kubernetes 1.29+ the tracker is a native
+// sidecar (it stops after Envoy), Envoy's preStop calls the tracker's
+// /shutdown, and the tracker's shutdown timeout ends before the pod's grace
+// period. On older clusters the tracker is an ordinary container (it then
+// waits for Envoy's connections on SIGTERM).
+func TestTerminationDrainsEnvoy(t *testing.T) {
+	for _, v := range []struct {
+		kube    string
+		sidecar bool
+	}{{kubeVersion, true}, {"1.28.0", false}} {
+		args := []string{"template", "wsg", chartDir, "--namespace", "edge", "--kube-version", v.kube}
+		out, errOut, err := runHelm(t, args...)
+		if err != nil {
+			t.Fatalf("helm template --kube-version %s: %v\n%s", v.kube, err, errOut)
+		}
+		spec := get[*appsv1.Deployment](t, decodeStrict(t, out), "Deployment", envoyName).Spec.Template.Spec
+		tr := container(t, &spec, "tracker")
+		isInit := slices.ContainsFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == "tracker" })
+		if isInit != v.sidecar || (v.sidecar && (tr.RestartPolicy == nil || *tr.RestartPolicy != corev1.ContainerRestartPolicyAlways)) {
+			t.Errorf("kube %s: tracker an init container %v (restartPolicy %v), want native sidecar %v", v.kube, isInit, tr.RestartPolicy, v.sidecar)
+		}
+		for _, want := range []string{"--shutdown-listen=:9103", "--envoy-admin=127.0.0.1:9901"} {
+			if !slices.Contains(tr.Args, want) {
+				t.Errorf("kube %s: tracker args %q lack %s", v.kube, tr.Args, want)
+			}
+		}
+		timeout, err := time.ParseDuration(strings.TrimPrefix(argWith(tr.Args, "--shutdown-timeout="), "--shutdown-timeout="))
+		if err != nil || spec.TerminationGracePeriodSeconds == nil || timeout <= 0 || timeout >= time.Duration(*spec.TerminationGracePeriodSeconds)*time.Second {
+			t.Errorf("kube %s: --shutdown-timeout %v (%v) not within the grace period %v", v.kube, timeout, err, spec.TerminationGracePeriodSeconds)
+		}
+		ev := container(t, &spec, "envoy")
+		pre := ev.Lifecycle
+		if pre == nil || pre.PreStop == nil || pre.PreStop.HTTPGet == nil || pre.PreStop.HTTPGet.Path != "/shutdown" || pre.PreStop.HTTPGet.Port.IntValue() != 9103 {
+			t.Errorf("kube %s: envoy preStop %+v, want GET /shutdown on 9103", v.kube, pre)
+		}
 	}
 }

@@ -161,3 +161,20 @@ from its environment, and the password never shows in the pod's argv.
 {{- define "wsgate.scalerAddress" -}}
 {{ include "wsgate.scaler" . }}.{{ .Release.Namespace }}.svc.cluster.local:9000
 {{- end -}}
+
+{{- /* Whether the tracker runs as a native sidecar: asked for, and the
+cluster (or helm template's --kube-version) is 1.29 or later. */ -}}
+{{- define "wsgate.nativeSidecar" -}}
+{{- if and .Values.tracker.nativeSidecar (semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version) }}true{{ end -}}
+{{- end -}}
+
+{{- /* The tracker's --shutdown-timeout: tracker.shutdownTimeout, or the pod's
+grace period less 10s, so that it answers the preStop and leaves Redis
+before the kubelet kills the pod. */ -}}
+{{- define "wsgate.trackerShutdownTimeout" -}}
+{{- if .Values.tracker.shutdownTimeout -}}
+{{ .Values.tracker.shutdownTimeout }}
+{{- else -}}
+{{ max 1 (sub (int .Values.envoy.terminationGracePeriodSeconds) 10) }}s
+{{- end -}}
+{{- end -}}
