@@ -39,6 +39,9 @@ type epochMemory struct {
 	expected int64
 	// began is when the epoch began, on this scaler's clock.
 	began time.Time
+	// left is the fleet's count of instances that left on their own, as
+	// last seen.
+	left int64
 }
 
 // vanished says whether s lost more live instances than a rolling update
@@ -86,7 +89,7 @@ func (r *readiness) check(s tracker.Summary, now time.Time) error {
 		if m.epoch != "" {
 			m.expected = m.alive
 		}
-		m.epoch, m.alive, m.began = s.Epoch, 0, time.Time{}
+		m.epoch, m.alive, m.began, m.left = s.Epoch, 0, time.Time{}, s.Left
 	}
 	if m.began.IsZero() {
 		m.began = s.EpochStart()
@@ -115,7 +118,8 @@ func (r *readiness) check(s tracker.Summary, now time.Time) error {
 	// from Redis with their connections still up. Their counts are gone
 	// either way, so hold until the lower number has lasted the settle time
 	// (an Envoy scale-in then gets through).
-	if r.vanished(s, m.alive) {
+	// Instances that left on their own (drained) took no count with them.
+	if r.vanished(s, max(0, m.alive-max(0, s.Left-m.left))) {
 		if m.dropped.IsZero() {
 			m.dropped = now
 		}
@@ -125,6 +129,6 @@ func (r *readiness) check(s tracker.Summary, now time.Time) error {
 		}
 	}
 	m.dropped = time.Time{}
-	m.alive = s.Alive
+	m.alive, m.left = s.Alive, s.Left
 	return nil
 }

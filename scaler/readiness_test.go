@@ -66,6 +66,26 @@ func TestReadinessHoldsWhenInstancesVanish(t *testing.T) {
 	}
 }
 
+// TestReadinessTrustsInstancesThatLeft: drained Envoy pods leave Redis on
+// their own (Summary.Left); their connections had ended, so four of ten
+// leaving at once holds nothing, while a fifth vanishing still does.
+func TestReadinessTrustsInstancesThatLeft(t *testing.T) {
+	now := time.UnixMilli(1_800_000_000_000)
+	sum := tracker.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10, Left: 1}
+	r := newReadiness(30*time.Second, 0.95, 0)
+	if err := r.check(sum, now); err != nil {
+		t.Fatal(err)
+	}
+	sum.Alive, sum.Left = 6, 5
+	if err := r.check(sum, now.Add(time.Second)); err != nil {
+		t.Fatalf("4 of 10 instances left on their own: %v", err)
+	}
+	sum.Alive, sum.Left = 3, 6 // one more left, two vanished
+	if err := r.check(sum, now.Add(2*time.Second)); err == nil || !strings.Contains(err.Error(), "dropped from 6 to 3") {
+		t.Fatalf("two vanished beside one that left: %v", err)
+	}
+}
+
 // TestReadinessRidesOutRollingUpdates: one instance replaced at a time
 // (10 -> 11 -> 10 ...) holds nothing, and a drop Kubernetes confirms
 // (fewer ready Envoy endpoints) holds nothing either.

@@ -396,7 +396,10 @@ type Summary struct {
 	// Synced is how many instances re-published their state in Epoch.
 	Synced int64
 	// Alive is how many instances hold an unexpired lease.
-	Alive      int64
+	Alive int64
+	// Left counts the instances that left on their own in this epoch (a
+	// drained Envoy pod): a drop of Alive they explain lost no count.
+	Left       int64
 	Rejections map[Reason]Windows
 	// RedisNow is Redis' clock when the summary was read.
 	RedisNow time.Time
@@ -421,7 +424,7 @@ func (s *Store) Summary(ctx context.Context, fleet string, now time.Time) (Summa
 	if err != nil {
 		return Summary{}, fmt.Errorf("summary %s: %w", fleet, err)
 	}
-	if len(res) != 9+3*len(Reasons) {
+	if len(res) != 10+3*len(Reasons) {
 		return Summary{}, fmt.Errorf("summary %s: unexpected reply of %d elements", fleet, len(res))
 	}
 	out := Summary{Fleet: fleet, Rejections: map[Reason]Windows{}}
@@ -429,6 +432,7 @@ func (s *Store) Summary(ctx context.Context, fleet string, now time.Time) (Summa
 	out.Epoch, _ = res[5].(string)
 	out.Synced, out.Alive = i64(res[6]), i64(res[7])
 	out.RedisNow = time.UnixMilli(i64(res[8+3*len(Reasons)]))
+	out.Left = i64(res[9+3*len(Reasons)])
 	for k, r := range Reasons {
 		b := 8 + 3*k
 		out.Rejections[r] = Windows{M5: i64(res[b]), M15: i64(res[b+1]), H1: i64(res[b+2])}

@@ -9,5 +9,9 @@
 local there = redis.call('ZSCORE', ARGV[1] .. 'instances', ARGV[2])
 remove_instance(ARGV[1], ARGV[2])
 redis.call('HSET', ARGV[1] .. 'seq', ARGV[2], ARGV[3])
-if there then return 1 end
+if there then
+  -- Counted, so that the scaler tells a departure from a loss.
+  redis.call('HINCRBY', ARGV[1] .. 'stats', 'left', 1)
+  return 1
+end
 return 0

@@ -3,9 +3,10 @@
 -- KEYS: 1 stats, 2 avail, 3 epoch, 4 instances, 5.. rej:<reason> (one per reason)
 -- ARGV: 1 prefix, 2 (unused), 3 bucket, 4 w1, 5 w2, 6 w3 (windows, in buckets)
 -- Returns {live, pods, ready, draining, placeable, epoch, synced, alive,
---          then per reason: w1, w2, w3, then Redis' clock (ms)}. Alive is
---          judged by Redis' clock.
-local st = redis.call('HMGET', KEYS[1], 'live', 'pods', 'ready', 'draining')
+--          then per reason: w1, w2, w3, then Redis' clock (ms), then how
+--          many instances left on their own (leave.lua)}. Alive is judged
+--          by Redis' clock.
+local st = redis.call('HMGET', KEYS[1], 'live', 'pods', 'ready', 'draining', 'left')
 local epoch = redis.call('HGET', KEYS[3], 'id') or ''
 local synced = 0
 if epoch ~= '' then synced = redis.call('SCARD', ARGV[1] .. 'synced:' .. epoch) end
@@ -22,4 +23,5 @@ for k = 5, #KEYS do
   table.insert(out, w[3])
 end
 out[#out + 1] = now_ms()
+out[#out + 1] = tonumber(st[5] or '0')
 return out
