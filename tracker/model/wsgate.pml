@@ -28,6 +28,8 @@
  *   NO_SEQ          releases are not ordered against heartbeats by seq.
  *   SYNC_NO_DEGRADE a heartbeat whose reply was lost does not stop the
  *                   admissions through Redis until the next heartbeat.
+ *   LEAVE_EARLY     an instance leaves Redis while its Envoy still
+ *                   carries connections.
  *
  * The model is one process whose steps are the tracker operations, the
  * Redis faults and the passing of time, interleaved in every order. Each
@@ -376,6 +378,24 @@ inline tracker_restart(i) {
   if :: okind[i] != NONE -> oold[i] = true :: else -> skip fi
 }
 
+/* Leave (drain.go, leave.lua): the instance holds nothing (every
+ * connection of its Envoy ended, or Envoy is gone: release_local) and
+ * removes itself from Redis, E_i = 0. The leave's seq is above every
+ * earlier call of the instance and stays in Redis, so its orphans are
+ * stale. It keeps no epoch, lease or entitlement: what it does next is
+ * what a new run does. LEAVE_EARLY: it leaves while its Envoy still
+ * carries connections (must fail). */
+inline leave(i) {
+#ifndef LEAVE_EARLY
+  held[i] == 0 ->
+#endif
+  E[i] = 0; newer_call_ran(i);
+#ifdef LEASES
+  rl[i] = ABSENT; rfree[i] = false;
+#endif
+  ent[i] = 0; kv[i] = false; valid[i] = false; pre[i] = false; deg[i] = false
+}
+
 /* ==== Redis faults, late calls, reaping ==== */
 
 inline drop_orphans() {
@@ -533,6 +553,7 @@ active proctype World() {
   BOTH(sync_late)
   BOTH(sync_failed)
   BOTH(tracker_restart)
+  BOTH(leave)
   /* Redis */
   ONCE(redis_restart_empty)
   ONCE(redis_save)
