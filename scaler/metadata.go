@@ -2,6 +2,7 @@ package scaler
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -105,7 +106,9 @@ func ParseTrigger(md map[string]string) (Trigger, error) {
 	if t.Params.Headroom, err = floatKey(md, "headroom", t.Params.Headroom, "a number in [0, 10], default 0.25", func(f float64) bool { return f >= 0 && f <= 10 }); err != nil {
 		return t, err
 	}
-	if t.RateLimitTarget, err = floatKey(md, "rateLimitTarget", t.RateLimitTarget, "a positive number, default 0.1", func(f float64) bool { return f > 0 }); err != nil {
+	// KEDA hands the HPA the target as a milli-quantity: below 0.001 it
+	// would be 0, and Inf no target at all.
+	if t.RateLimitTarget, err = floatKey(md, "rateLimitTarget", t.RateLimitTarget, "a finite number from 0.001, default 0.1", func(f float64) bool { return f >= 0.001 && !math.IsInf(f, 0) }); err != nil {
 		return t, err
 	}
 	if t.Params.HeadroomAfter, err = intKey(md, "headroomAfter", t.Params.HeadroomAfter, "an integer ≥ 0 (0: never), default 10"); err != nil {

@@ -369,6 +369,8 @@ func TestBadMetadataIsInvalidArgument(t *testing.T) {
 		{[]string{"fleet", "web", "targetUtilization", "1.5"}, codes.InvalidArgument, []string{`"targetUtilization"`, "(0, 1]"}},
 		{[]string{"fleet", "web", "scaleDownGuard", "forever"}, codes.InvalidArgument, []string{`"scaleDownGuard"`, "15m"}},
 		{[]string{"fleet", "nope"}, codes.NotFound, []string{`"nope"`, "web"}},
+		{[]string{"fleet", "web", "rateLimitTarget", "Inf"}, codes.InvalidArgument, []string{`"rateLimitTarget"`, "0.001"}},
+		{[]string{"fleet", "web", "rateLimitTarget", "0.0001"}, codes.InvalidArgument, []string{`"rateLimitTarget"`, "0.001"}},
 	}
 	for _, c := range cases {
 		calls := map[string]error{}
