@@ -37,7 +37,7 @@ func NewGRPC(s *Server, tlsConfig *tls.Config) *GRPC {
 		grpc.ChainStreamInterceptor(s.metrics.stream),
 	}
 	if tlsConfig != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConfig)))
+		opts = append(opts, grpc.Creds(loggedHandshakes{credentials.NewTLS(tlsConfig), s}))
 	}
 	g := &GRPC{srv: grpc.NewServer(opts...), health: health.NewServer(), scaler: s}
 	externalscaler.RegisterExternalScalerServer(g.srv, s)
@@ -101,4 +101,26 @@ func LoadTLS(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 		c.ClientAuth = tls.RequireAndVerifyClientCert
 	}
 	return c, nil
+}
+
+// loggedHandshakes logs and counts the TLS handshakes that fail: gRPC
+// drops such a connection silently, and an expired certificate or a KEDA
+// without the client certificate would otherwise show only as KEDA's
+// errors, on the other side.
+type loggedHandshakes struct {
+	credentials.TransportCredentials
+	s *Server
+}
+
+func (l loggedHandshakes) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := l.TransportCredentials.ServerHandshake(c)
+	if err != nil {
+		l.s.metrics.TLSHandshakeFailures.Inc()
+		l.s.log.Warn("TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+	}
+	return conn, info, err
+}
+
+func (l loggedHandshakes) Clone() credentials.TransportCredentials {
+	return loggedHandshakes{l.TransportCredentials.Clone(), l.s}
 }

@@ -19,6 +19,8 @@ type Metrics struct {
 	Ready *prometheus.GaugeVec
 	// Reaped counts expired tracker instances the scaler reaped.
 	Reaped *prometheus.CounterVec
+	// TLSHandshakeFailures counts connections refused in the TLS handshake.
+	TLSHandshakeFailures prometheus.Counter
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: not
@@ -42,9 +44,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "wsgate_scaler_reaped_instances_total",
 			Help: "Expired tracker instances whose connections the scaler removed.",
 		}, []string{"fleet"}),
+		TLSHandshakeFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wsgate_scaler_tls_handshake_failures_total",
+			Help: "Connections to the scaler's gRPC listener that failed the TLS handshake (each is also logged).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.RPCSeconds, m.Reported, m.Ready, m.Reaped)
+		reg.MustRegister(m.RPCSeconds, m.Reported, m.Ready, m.Reaped, m.TLSHandshakeFailures)
 	}
 	return m
 }

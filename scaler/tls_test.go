@@ -125,6 +125,33 @@ func TestMutualTLS(t *testing.T) {
 	if _, err := plain.client.IsActive(ctx, ref("fleet", "web")); err == nil {
 		t.Error("TLS server answered a plaintext client")
 	}
+	// Each refusal is counted (and logged), not dropped in silence.
+	for name, env := range map[string]*env{"no client certificate": anon, "plaintext": plain} {
+		deadline := time.Now().Add(30 * time.Second)
+		for handshakeFailures(t, env) < 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no TLS handshake failure counted", name)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if n := handshakeFailures(t, e); n != 0 {
+		t.Errorf("a client with its certificate counted %v handshake failures", n)
+	}
+}
+
+func handshakeFailures(t *testing.T, e *env) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "wsgate_scaler_tls_handshake_failures_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
 }
 
 func TestLoadTLSRejectsIncompleteSettings(t *testing.T) {
