@@ -97,7 +97,9 @@ func (r *readiness) check(s tracker.Summary, now time.Time) error {
 			// The epoch's id holds its start by Redis' clock: the age is read
 			// there, once, and goes on by this clock; no two hosts' clocks
 			// are compared.
-			m.began = now.Add(-s.RedisNow.Sub(m.began))
+			// Both are whole milliseconds, floored: the age may read up
+			// to 1ms long, and the settle time is a lower bound.
+			m.began = now.Add(-s.RedisNow.Sub(m.began) + time.Millisecond)
 		}
 	}
 	age := now.Sub(m.began)
