@@ -78,7 +78,7 @@ func TestParseTrigger(t *testing.T) {
 		{map[string]string{"fleet": "web", "targetUtilization": "abc"}, `"targetUtilization"`, "(0, 1]"},
 		{map[string]string{"fleet": "web", "scaleDownGuard": "2m"}, `"scaleDownGuard"`, "5m, 15m (default), 1h, off"},
 		{map[string]string{"fleet": "web", "headroomAfter": "-1"}, `"headroomAfter"`, "integer"},
-		{map[string]string{"fleet": "web", "rateLimitTarget": "0"}, `"rateLimitTarget"`, "positive"},
+		{map[string]string{"fleet": "web", "rateLimitTarget": "0"}, `"rateLimitTarget"`, "from 0.001"},
 	}
 	for _, b := range bad {
 		_, err := ParseTrigger(b.md)
