@@ -105,7 +105,9 @@ func TestLiveConfigChange(t *testing.T) {
 		t.Skip("the tracker under test cannot reload its configuration")
 	}
 	t.Parallel()
-	h := newHarness(t, options{backends: 2})
+	// Not a test of timeouts: a busy machine must not turn an admission
+	// into redis_down.
+	h := newHarness(t, options{backends: 2, redisTimeout: time.Second, admitTimeout: 5 * time.Second})
 	extra, err := wsbackend.Start()
 	if err != nil {
 		t.Fatal(err)
@@ -302,7 +304,7 @@ func TestGracefulTermination(t *testing.T) {
 		name := map[bool]string{true: "native-sidecar", false: "sigterm-first"}[sidecar]
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			h := newHarness(t, options{backends: 2, instanceTTL: 20 * time.Second})
+			h := newHarness(t, options{backends: 2, instanceTTL: 20 * time.Second, redisTimeout: time.Second, admitTimeout: 5 * time.Second})
 			h.settle()
 			a, b := h.tracker("A"), h.tracker("B")
 			var heldA, heldB conns
