@@ -194,14 +194,18 @@ func scaling(st FleetState, cap *int, now time.Time) *Scaling {
 			})
 		}
 	}
-	if rec := st.Scaler; rec != nil {
-		ss := &ScalerState{Recommended: rec.Recommended, Reported: rec.Reported, Ready: rec.Ready, ReadyPods: rec.ReadyPods, Reason: rec.Reason}
+	sc.Scalers = make([]ScalerState, 0, len(st.Scalers))
+	for _, rec := range st.Scalers {
+		ss := ScalerState{
+			Trigger: rec.Trigger, ScaledObject: rec.ScaledObject, Params: rec.Params, DrainFloor: rec.DrainFloor, DrivenBy: rec.DrivenBy,
+			Recommended: rec.Recommended, Reported: rec.Reported, Ready: rec.Ready, ReadyPods: rec.ReadyPods, Reason: rec.Reason,
+		}
 		if !rec.Updated.IsZero() {
 			u := rec.Updated.UTC()
 			ss.UpdatedAt = &u
 			ss.AgeSeconds = now.Sub(u).Seconds()
 		}
-		sc.Scaler = ss
+		sc.Scalers = append(sc.Scalers, ss)
 	}
 	return sc
 }

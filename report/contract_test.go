@@ -34,7 +34,7 @@ func TestScalerHashAsTheScalerWritesIt(t *testing.T) {
 	if _, err := held.GetMetrics(ctx, req); err == nil {
 		t.Fatal("GetMetrics answered while the epoch is younger than the settle time")
 	}
-	if got := view(); !strings.Contains(got, "scaler: holding its metric") {
+	if got := view(); !strings.Contains(got, "held (not ready)") {
 		t.Errorf("scaling view while the scaler holds:\n%s", got)
 	}
 
@@ -43,7 +43,7 @@ func TestScalerHashAsTheScalerWritesIt(t *testing.T) {
 	if _, err := ready.GetMetrics(ctx, req); err != nil {
 		t.Fatal(err)
 	}
-	if got := view(); !strings.Contains(got, "scaler: recommends ") || !strings.Contains(got, "ready pods") {
+	if got := view(); !strings.Contains(got, "reporting") || !strings.Contains(got, "drain: ") {
 		t.Errorf("scaling view once the scaler reports:\n%s", got)
 	}
 }

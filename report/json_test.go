@@ -81,15 +81,20 @@ type jsonScaling struct {
 		Live     int     `json:"live"`
 		Draining bool    `json:"draining"`
 	} `json:"candidates"`
-	Scaler *struct {
-		Recommended *int       `json:"recommended"`
-		Reported    *int       `json:"reported"`
-		Ready       bool       `json:"ready"`
-		ReadyPods   int        `json:"readyPods"`
-		UpdatedAt   *time.Time `json:"updatedAt"`
-		AgeSeconds  float64    `json:"ageSeconds"`
-		Reason      string     `json:"reason"`
-	} `json:"scaler"`
+	Scalers []struct {
+		Trigger      string     `json:"trigger"`
+		ScaledObject string     `json:"scaledObject"`
+		Params       string     `json:"params"`
+		DrainFloor   *int       `json:"drainFloor"`
+		DrivenBy     string     `json:"drivenBy"`
+		Recommended  *int       `json:"recommended"`
+		Reported     *int       `json:"reported"`
+		Ready        bool       `json:"ready"`
+		ReadyPods    int        `json:"readyPods"`
+		UpdatedAt    *time.Time `json:"updatedAt"`
+		AgeSeconds   float64    `json:"ageSeconds"`
+		Reason       string     `json:"reason"`
+	} `json:"scalers"`
 }
 
 type jsonDetailed struct {
@@ -153,7 +158,8 @@ func decodeStrict(t *testing.T, data []byte) jsonReport {
 func TestJSONSchema(t *testing.T) {
 	sc, mr := miniScenario(t)
 	p := sc.store.KeyPrefix("chat")
-	mr.HSet(p+"scaler", "recommended", "3", "reported", "4", "ready", "1", "readyPods", "4", "updatedMs", "1795608025000", "reason", "capacity target")
+	decision(mr, p, "ns/chat@0123abcd", "scaledObject", "ns/chat", "params", "targetUtilization=0.8", "recommended", "3", "reported", "4",
+		"drainFloor", "4", "drivenBy", "ns/probe@4567cdef", "ready", "1", "readyPods", "4", "updatedMs", "1795608025000", "reason", "capacity target")
 	var buf bytes.Buffer
 	must(t, report.WriteJSON(&buf, sc.report(t)))
 	r := decodeStrict(t, buf.Bytes())
@@ -194,12 +200,17 @@ func TestJSONSchema(t *testing.T) {
 	if s.CandidatesSource != "computed" || len(s.Candidates) != 4 || s.Candidates[0].Addr != "10.0.0.4:8080" || s.Candidates[0].Rank != 1 {
 		t.Errorf("candidates %s %+v, want computed, the empty draining pod first", s.CandidatesSource, s.Candidates)
 	}
-	if s.Scaler == nil || s.Scaler.Recommended == nil || *s.Scaler.Recommended != 3 || s.Scaler.Reported == nil || *s.Scaler.Reported != 4 || !s.Scaler.Ready || s.Scaler.ReadyPods != 4 ||
-		s.Scaler.UpdatedAt == nil || s.Scaler.AgeSeconds != 5 || s.Scaler.Reason != "capacity target" {
-		t.Errorf("scaler %+v", s.Scaler)
+	if len(s.Scalers) != 1 {
+		t.Fatalf("scalers %+v, want one trigger", s.Scalers)
 	}
-	if r.Fleets[1].Scaling.Scaler != nil {
-		t.Errorf("video: scaler %+v, want null: no scaler hash", r.Fleets[1].Scaling.Scaler)
+	if d := s.Scalers[0]; d.Trigger != "ns/chat@0123abcd" || d.ScaledObject != "ns/chat" || d.Params != "targetUtilization=0.8" ||
+		d.DrainFloor == nil || *d.DrainFloor != 4 || d.DrivenBy != "ns/probe@4567cdef" ||
+		d.Recommended == nil || *d.Recommended != 3 || d.Reported == nil || *d.Reported != 4 || !d.Ready || d.ReadyPods != 4 ||
+		d.UpdatedAt == nil || d.AgeSeconds != 5 || d.Reason != "capacity target" {
+		t.Errorf("scaler %+v", d)
+	}
+	if v := r.Fleets[1].Scaling.Scalers; v == nil || len(v) != 0 {
+		t.Errorf("video: scalers %+v, want []: no scaler hash", v)
 	}
 
 	d := chat.Detailed

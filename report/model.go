@@ -101,9 +101,10 @@ type Scaling struct {
 	// ranked here, fewest connections first.
 	CandidatesSource string      `json:"candidatesSource"`
 	Candidates       []Candidate `json:"candidates"`
-	// Scaler is the scaler's last recommendation, null when no scaler has
-	// written one for this fleet.
-	Scaler *ScalerState `json:"scaler"`
+	// Scalers are the scaler's last decisions, one per desiredReplicas
+	// trigger (ScaledObject and parameters) evaluated within the scaler's
+	// decision TTL, by trigger ID; empty when no scaler has written one.
+	Scalers []ScalerState `json:"scalers"`
 }
 
 // Candidates sources.
@@ -122,8 +123,17 @@ type Candidate struct {
 	Draining bool    `json:"draining"`
 }
 
-// ScalerState is the scaler's hash {wsgate:F}:scaler.
+// ScalerState is one trigger's hash {wsgate:F}:scaler:<trigger>.
 type ScalerState struct {
+	// Trigger is <namespace>/<ScaledObject>@<hash of its parameters>.
+	Trigger      string `json:"trigger"`
+	ScaledObject string `json:"scaledObject"`
+	Params       string `json:"params"`
+	// DrainFloor is what the scale-down gate acted on: the highest fresh
+	// recommendation among the fleet's triggers, wanted by DrivenBy; null
+	// without a gate or while held.
+	DrainFloor *int   `json:"drainFloor"`
+	DrivenBy   string `json:"drivenBy"`
 	// Recommended is the replica count the policy wants; null while the
 	// scaler holds its metric (not ready).
 	Recommended *int `json:"recommended"`

@@ -3,6 +3,7 @@ package report
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strconv"
 	"time"
 
@@ -14,15 +15,27 @@ import (
 // FleetState is everything the views of one fleet are built from.
 type FleetState struct {
 	Snapshot tracker.Snapshot
-	// Scaler is the scaler's last recommendation, nil when its hash is absent.
-	Scaler *ScalerRecord
+	// Scalers are the scaler's last decisions, one per desiredReplicas
+	// trigger evaluated within the scaler's decision TTL, by trigger ID;
+	// empty when no scaler has written one.
+	Scalers []ScalerRecord
 	// ScaleDown is the scaler's scale-down order, first candidate first;
 	// nil when the scaledown set is absent.
 	ScaleDown []Ranked
 }
 
-// ScalerRecord is the decoded {wsgate:F}:scaler hash.
+// ScalerRecord is one decoded {wsgate:F}:scaler:<trigger> hash.
 type ScalerRecord struct {
+	// Trigger is the trigger's ID: <namespace>/<ScaledObject>@<params hash>.
+	Trigger string
+	// ScaledObject is namespace/name; Params the trigger's policy parameters.
+	ScaledObject, Params string
+	// DrainFloor is the highest fresh recommendation among the fleet's
+	// triggers when this one was evaluated, what the scale-down gate acted
+	// on, and DrivenBy the trigger that wanted it; nil and "" without a
+	// gate or while held.
+	DrainFloor *int
+	DrivenBy   string
 	// Recommended and Reported are nil while the scaler holds its metric.
 	Recommended *int
 	Reported    *int
@@ -39,8 +52,9 @@ type Ranked struct {
 	Priority float64
 }
 
-// Reader reads fleet state from Redis, read-only: one Snapshot script and
-// one pipeline of the scaler's two keys per fleet.
+// Reader reads fleet state from Redis, read-only: one Snapshot script, one
+// pipeline of the scaler's index and scaledown set, one of the triggers'
+// decision hashes per fleet.
 type Reader struct {
 	store *tracker.Store
 }
@@ -61,25 +75,22 @@ func (r *Reader) Read(ctx context.Context, fleet string, now time.Time) (FleetSt
 	st := FleetState{Snapshot: snap}
 	p := r.store.KeyPrefix(fleet)
 	var (
-		hash *redis.MapStringStringCmd
-		down *redis.ZSliceCmd
+		index *redis.ZSliceCmd
+		down  *redis.ZSliceCmd
 	)
-	// Both keys share the fleet's hash slot, so one pipeline reaches them
-	// on a single node even in Redis Cluster.
+	// Every key shares the fleet's hash slot, so each pipeline reaches a
+	// single node even in Redis Cluster. The names are the scaler's
+	// (scaler/decision.go).
 	_, err = r.store.Client().Pipelined(ctx, func(pl redis.Pipeliner) error {
-		hash = pl.HGetAll(ctx, p+"scaler")
+		index = pl.ZRangeWithScores(ctx, p+"scalers", 0, -1)
 		down = pl.ZRangeWithScores(ctx, p+"scaledown", 0, -1)
 		return nil
 	})
 	if err != nil {
 		return FleetState{}, fmt.Errorf("read scaler state of %s: %w", fleet, err)
 	}
-	if h := hash.Val(); len(h) > 0 {
-		rec, err := decodeScaler(h)
-		if err != nil {
-			return FleetState{}, fmt.Errorf("read scaler state of %s: %w", fleet, err)
-		}
-		st.Scaler = &rec
+	if st.Scalers, err = r.decisions(ctx, fleet, index.Val()); err != nil {
+		return FleetState{}, err
 	}
 	if zs := down.Val(); len(zs) > 0 {
 		st.ScaleDown = make([]Ranked, 0, len(zs))
@@ -89,6 +100,46 @@ func (r *Reader) Read(ctx context.Context, fleet string, now time.Time) (FleetSt
 		}
 	}
 	return st, nil
+}
+
+// decisions reads the hashes of the indexed triggers, skipping those that
+// expired (a deleted ScaledObject's, an old probe's): sorted by trigger ID.
+func (r *Reader) decisions(ctx context.Context, fleet string, index []redis.Z) ([]ScalerRecord, error) {
+	if len(index) == 0 {
+		return nil, nil
+	}
+	p := r.store.KeyPrefix(fleet)
+	ids := make([]string, 0, len(index))
+	for _, z := range index {
+		if id, ok := z.Member.(string); ok {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	_, err := r.store.Client().Pipelined(ctx, func(pl redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = pl.HGetAll(ctx, p+"scaler:"+id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read scaler decisions of %s: %w", fleet, err)
+	}
+	var out []ScalerRecord
+	for i, c := range cmds {
+		h := c.Val()
+		if len(h) == 0 {
+			continue
+		}
+		rec, err := decodeScaler(h)
+		if err != nil {
+			return nil, fmt.Errorf("read scaler decision %s of %s: %w", ids[i], fleet, err)
+		}
+		rec.Trigger = ids[i]
+		out = append(out, rec)
+	}
+	return out, nil
 }
 
 func decodeScaler(h map[string]string) (ScalerRecord, error) {
@@ -112,7 +163,7 @@ func decodeScaler(h map[string]string) (ScalerRecord, error) {
 		n := num(field)
 		return &n
 	}
-	rec.Recommended, rec.Reported = opt("recommended"), opt("reported")
+	rec.Recommended, rec.Reported, rec.DrainFloor = opt("recommended"), opt("reported"), opt("drainFloor")
 	rec.ReadyPods = num("readyPods")
 	if ms := num("updatedMs"); ms > 0 {
 		rec.Updated = time.UnixMilli(int64(ms))
@@ -127,6 +178,6 @@ func decodeScaler(h map[string]string) (ScalerRecord, error) {
 		}
 		rec.Ready = b
 	}
-	rec.Reason = h["reason"]
+	rec.Reason, rec.ScaledObject, rec.Params, rec.DrivenBy = h["reason"], h["scaledObject"], h["params"], h["drivenBy"]
 	return rec, nil
 }

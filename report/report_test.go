@@ -344,15 +344,22 @@ func TestTableOneView(t *testing.T) {
 	}
 }
 
-// The scaler's keys are written as the scaler documents them: the hash
-// scaler {recommended, reported, ready, readyPods, updatedMs, reason} and
-// the zset scaledown (pod -> priority, first candidate lowest).
-// While the scaler holds its metric it writes no recommendation.
+// decision writes trigger id's hash and indexes it as the scaler does
+// (scaler/decision.go): the hash scaler:<id> {scaledObject, params,
+// recommended, reported, drainFloor, drivenBy, ready, readyPods,
+// updatedMs, reason}, the zset scalers (id -> updatedMs).
+func decision(mr *miniredis.Miniredis, prefix, id string, fields ...string) {
+	mr.ZAdd(prefix+"scalers", 1795608025000, id)
+	mr.HSet(prefix+"scaler:"+id, fields...)
+}
+
+// The zset scaledown is pod -> priority, first candidate lowest. While the
+// scaler holds a trigger's metric it writes no recommendation for it.
 func TestTableScalingWhileTheScalerHolds(t *testing.T) {
 	sc, mr := miniScenario(t)
-	mr.HSet(sc.store.KeyPrefix("chat")+"scaler", "ready", "0", "readyPods", "4", "updatedMs", "1795608025000", "reason", "metrics held: epoch 5s old, settle 1m0s")
+	decision(mr, sc.store.KeyPrefix("chat"), "ns/chat@0123abcd", "ready", "0", "readyPods", "4", "updatedMs", "1795608025000", "reason", "metrics held: epoch 5s old, settle 1m0s")
 	got := table(t, sc.report(t, report.ViewScaling))
-	if !strings.Contains(got, "scaler: holding its metric (not ready), 4 ready pods") || strings.Contains(got, "recommends") {
+	if !strings.Contains(got, "ns/chat@0123abcd  held (not ready)") || strings.Contains(got, "reporting") {
 		t.Errorf("scaling view while held:\n%s", got)
 	}
 }
@@ -360,8 +367,13 @@ func TestTableScalingWhileTheScalerHolds(t *testing.T) {
 func TestTableScalingWithScalerState(t *testing.T) {
 	sc, mr := miniScenario(t)
 	p := sc.store.KeyPrefix("chat")
-	mr.HSet(p+"scaler", "recommended", "3", "reported", "4", "ready", "1", "readyPods", "4",
-		"updatedMs", "1795608025000", "reason", "capacity target")
+	// Two triggers, each its own row; an expired one (indexed, no hash) none.
+	decision(mr, p, "ns/chat@0123abcd", "scaledObject", "ns/chat", "params", "targetUtilization=0.8", "recommended", "3", "reported", "4",
+		"drainFloor", "4", "drivenBy", "ns/probe@4567cdef", "ready", "1", "readyPods", "4", "updatedMs", "1795608025000",
+		"reason", "capacity target; scale-down held at 4: trigger ns/probe@4567cdef recommends 4")
+	decision(mr, p, "ns/probe@4567cdef", "scaledObject", "ns/probe", "params", "targetUtilization=0.5", "recommended", "4", "reported", "4",
+		"drainFloor", "4", "drivenBy", "ns/probe@4567cdef", "ready", "1", "readyPods", "4", "updatedMs", "1795608024000", "reason", "capacity target")
+	mr.ZAdd(p+"scalers", 1795607000000, "ns/gone@89abcdef")
 	mr.ZAdd(p+"scaledown", 1, "10.0.0.3:8080")
 	mr.ZAdd(p+"scaledown", 0, "10.0.0.4:8080")
 	got := table(t, sc.report(t, report.ViewScaling))

@@ -158,20 +158,7 @@ func windowRow(scope string, rw ReasonWindows) []string {
 func writeScaling(w *errWriter, s *Scaling) {
 	w.printf("\nSCALING  pods %d (%d ready, %d draining), live %d; cap %s\n",
 		s.Registry.Pods, s.Registry.Ready, s.Registry.Draining, s.Live, capText(s.Cap))
-	if sc := s.Scaler; sc != nil {
-		updated := "update time unknown"
-		if sc.UpdatedAt != nil {
-			updated = fmt.Sprintf("updated %s ago", roundDur(sc.AgeSeconds))
-		}
-		if sc.Recommended == nil || sc.Reported == nil || !sc.Ready {
-			w.printf("scaler: holding its metric (not ready), %d ready pods, %s; reason: %s\n", sc.ReadyPods, updated, orDash(sc.Reason))
-		} else {
-			w.printf("scaler: recommends %d replicas, reports %d to KEDA, %d ready pods, %s; reason: %s\n",
-				*sc.Recommended, *sc.Reported, sc.ReadyPods, updated, orDash(sc.Reason))
-		}
-	} else {
-		w.printf("scaler: no recommendation in Redis (no scaler hash for this fleet): is `wsgate scaler` running?\n")
-	}
+	writeScalers(w, s.Scalers)
 	if s.CandidatesSource == SourceScaler {
 		w.printf("scale-down order: the scaler's scaledown set, first goes first\n")
 	} else {
@@ -187,6 +174,40 @@ func writeScaling(w *errWriter, s *Scaling) {
 			strconv.FormatFloat(c.Priority, 'f', -1, 64), strconv.Itoa(c.Live), yesNo(c.Draining)})
 	}
 	w.table(rows)
+}
+
+// writeScalers shows one row per trigger and which one the drain follows.
+func writeScalers(w *errWriter, scalers []ScalerState) {
+	if len(scalers) == 0 {
+		w.printf("scaler: no recommendation in Redis (no scaler hash for this fleet): is `wsgate scaler` running?\n")
+		return
+	}
+	w.printf("scaler: %d trigger(s), one decision each\n", len(scalers))
+	rows := [][]string{{"TRIGGER", "STATE", "RECOMMENDED", "REPORTED", "DRAIN FLOOR", "READY PODS", "UPDATED", "PARAMS", "REASON"}}
+	var floor *ScalerState
+	for i, sc := range scalers {
+		updated := "-"
+		if sc.UpdatedAt != nil {
+			updated = roundDur(sc.AgeSeconds).String() + " ago"
+		}
+		state, rec, rep, fl := "held (not ready)", "-", "-", "-"
+		if sc.Recommended != nil && sc.Reported != nil && sc.Ready {
+			state, rec, rep = "reporting", strconv.Itoa(*sc.Recommended), strconv.Itoa(*sc.Reported)
+		}
+		if sc.DrainFloor != nil {
+			fl = strconv.Itoa(*sc.DrainFloor)
+			if floor == nil || sc.UpdatedAt != nil && floor.UpdatedAt != nil && sc.UpdatedAt.After(*floor.UpdatedAt) {
+				floor = &scalers[i]
+			}
+		}
+		rows = append(rows, []string{sc.Trigger, state, rec, rep, fl, strconv.Itoa(sc.ReadyPods), updated, orDash(sc.Params), orDash(sc.Reason)})
+	}
+	w.table(rows)
+	if floor != nil {
+		w.printf("drain: the scale-down gate acts on the highest fresh recommendation, %d, of trigger %s (as of its latest evaluation)\n", *floor.DrainFloor, floor.DrivenBy)
+	} else {
+		w.printf("drain: no scale-down gate recorded a floor (no --kube pod-deletion-cost hook, or every trigger held)\n")
+	}
 }
 
 func yesNo(b bool) string {

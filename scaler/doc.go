@@ -6,6 +6,8 @@
 // The policy is a pure function (Decide, documented in POLICY.md). The
 // server holds its metrics while Redis' counts are incomplete after a data
 // loss (readiness), never reports a scale-down on such data, records every
-// decision in the fleet's "scaler" hash, reaps expired tracker instances,
-// and leaves the preparation of a scale-down to a ScaleDownGate.
+// trigger's decision in its own "scaler:<trigger>" hash (decision.go),
+// reaps expired tracker instances, and leaves the preparation of a
+// scale-down to a ScaleDownGate, handed the highest fresh recommendation
+// of the fleet's triggers.
 package scaler

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,8 +37,9 @@ type Store interface {
 	Instances(ctx context.Context, fleet string) (map[string]uint64, error)
 	// Reap removes those of ids whose lease ended by Redis' clock.
 	Reap(ctx context.Context, fleet string, ids []string) ([]string, error)
-	// KeyPrefix starts every key of the fleet; the scaler writes its
-	// decision under it ("scaler" hash).
+	// KeyPrefix starts every key of the fleet; the scaler writes each
+	// trigger's decision under it ("scaler:<trigger>" hashes, "scalers"
+	// index).
 	KeyPrefix(fleet string) string
 	// EventsChannel is where the admit script announces activity.
 	EventsChannel(fleet string) string
@@ -50,9 +50,11 @@ type Store interface {
 // ScaleDownGate holds a scale-down until the pods to remove are prepared
 // (marked draining, their pod-deletion-cost patched and observed). Gate is
 // called on every desiredReplicas evaluation with the fleet's ready
-// replicas and the policy's recommendation, and returns the number to
-// report: recommended when nothing is to be removed or the pods are ready
-// to go, something between ready and recommended while it prepares them.
+// replicas and the drain floor (the highest fresh recommendation among the
+// fleet's triggers, so that every trigger hands it the same number; see
+// gated), and returns the number to report: recommended when nothing is to
+// be removed or the pods are ready to go, something between ready and
+// recommended while it prepares them.
 // It must not block longer than the RPC's context allows.
 type ScaleDownGate interface {
 	Gate(ctx context.Context, fleet string, ready, recommended int) int
@@ -343,7 +345,7 @@ func (s *Server) GetMetrics(ctx context.Context, req *externalscaler.GetMetricsR
 	if n := req.GetMetricName(); n != "" && !strings.EqualFold(n, name) {
 		return nil, status.Errorf(codes.InvalidArgument, "metricName %q: this trigger reports only %q (or send an empty name)", n, name)
 	}
-	v, err := s.evaluate(ctx, t, fc)
+	v, err := s.evaluate(ctx, req.GetScaledObjectRef(), t, fc)
 	if err != nil {
 		if errors.Is(err, errHeld) {
 			s.log.Warn("holding metric: fleet counts incomplete", "fleet", t.Fleet, "metric", string(t.Metric), "why", err.Error())
@@ -357,10 +359,10 @@ func (s *Server) GetMetrics(ctx context.Context, req *externalscaler.GetMetricsR
 }
 
 // evaluate computes the value of t's metric.
-func (s *Server) evaluate(ctx context.Context, t Trigger, fc tracker.FleetConfig) (float64, error) {
+func (s *Server) evaluate(ctx context.Context, ref *externalscaler.ScaledObjectRef, t Trigger, fc tracker.FleetConfig) (float64, error) {
 	sum, err := s.summary(ctx, t.Fleet)
 	if t.Metric == MetricDesiredReplicas && (err == nil || errors.Is(err, errHeld)) {
-		return s.recommend(ctx, t, fc, sum, err)
+		return s.recommend(ctx, ref, t, fc, sum, err)
 	}
 	if err != nil {
 		return 0, err
@@ -377,42 +379,26 @@ func (s *Server) evaluate(ctx context.Context, t Trigger, fc tracker.FleetConfig
 }
 
 // recommend runs the policy and the gate and records the decision in the
-// fleet's scaler hash, also when held.
-func (s *Server) recommend(ctx context.Context, t Trigger, fc tracker.FleetConfig, sum tracker.Summary, held error) (float64, error) {
+// trigger's own scaler hash, also when held.
+func (s *Server) recommend(ctx context.Context, ref *externalscaler.ScaledObjectRef, t Trigger, fc tracker.FleetConfig, sum tracker.Summary, held error) (float64, error) {
+	id := TriggerID(ref, t)
+	fields := map[string]any{
+		"scaledObject": ref.GetNamespace() + "/" + ref.GetName(), "params": paramsLabel(t.Params),
+		"readyPods": sum.Ready, "updatedMs": s.now().UnixMilli(),
+	}
 	if held != nil {
-		s.persist(ctx, t.Fleet, map[string]any{"ready": 0, "readyPods": sum.Ready, "updatedMs": s.now().UnixMilli(), "reason": held.Error()})
+		fields["ready"], fields["reason"] = 0, held.Error()
+		s.persist(ctx, t.Fleet, id, fields)
 		return 0, held
 	}
 	d := Decide(t.Params, policyInput(sum, fc))
-	reported := int(d.Replicas)
-	reason := d.Reason
+	reported, reason := int(d.Replicas), d.Reason
 	if s.gate != nil {
-		reported = s.gate.Gate(ctx, t.Fleet, int(sum.Ready), int(d.Replicas))
-		if reported != int(d.Replicas) {
-			reason += "; scale-down gate holds " + strconv.Itoa(reported) + " until pods are prepared"
-		}
+		reported, reason = s.gated(ctx, t.Fleet, id, int(sum.Ready), int(d.Replicas), reason, fields)
 	}
-	s.persist(ctx, t.Fleet, map[string]any{
-		"recommended": d.Replicas, "reported": reported, "ready": 1, "readyPods": sum.Ready,
-		"updatedMs": s.now().UnixMilli(), "reason": reason,
-	})
+	fields["recommended"], fields["reported"], fields["ready"], fields["reason"] = d.Replicas, reported, 1, reason
+	s.persist(ctx, t.Fleet, id, fields)
 	return float64(reported), nil
-}
-
-// persist replaces the scaler hash for `wsgate metrics scaling`: recommended
-// and reported are absent while metrics are held, never left over from an
-// earlier evaluation. A failed write does not fail the RPC: the metric is
-// right, only the view is stale.
-func (s *Server) persist(ctx context.Context, fleet string, fields map[string]any) {
-	key := s.store.KeyPrefix(fleet) + "scaler"
-	_, err := s.store.Client().TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, key)
-		p.HSet(ctx, key, fields)
-		return nil
-	})
-	if err != nil {
-		s.log.Warn("recording the scaler decision failed", "fleet", fleet, "err", err)
-	}
 }
 
 func policyInput(sum tracker.Summary, fc tracker.FleetConfig) Input {

@@ -226,8 +226,10 @@ func (e *env) metric(md ...string) float64 {
 	return v
 }
 
-func (e *env) metricErr(md ...string) (float64, error) {
-	res, err := e.client.GetMetrics(context.Background(), &externalscaler.GetMetricsRequest{ScaledObjectRef: ref(md...)})
+func (e *env) metricErr(md ...string) (float64, error) { return e.metricOfErr(ref(md...)) }
+
+func (e *env) metricOfErr(r *externalscaler.ScaledObjectRef) (float64, error) {
+	res, err := e.client.GetMetrics(context.Background(), &externalscaler.GetMetricsRequest{ScaledObjectRef: r})
 	if err != nil {
 		return 0, err
 	}
@@ -246,13 +248,42 @@ func (e *env) active(md ...string) bool {
 	return res.Result
 }
 
-func (e *env) scalerHash(fleet string) map[string]string {
+// scalerHash is the decision hash of the trigger ref(md...) names (fleet
+// "web" unless md says otherwise).
+func (e *env) scalerHash(fleet string, md ...string) map[string]string {
 	e.t.Helper()
-	h, err := e.rdb.HGetAll(context.Background(), e.store.KeyPrefix(fleet)+"scaler").Result()
+	return e.decision(fleet, ref(append([]string{"fleet", fleet}, md...)...))
+}
+
+// decision is the decision hash the scaler keeps for the trigger of r.
+func (e *env) decision(fleet string, r *externalscaler.ScaledObjectRef) map[string]string {
+	e.t.Helper()
+	tr, err := scaler.ParseTrigger(r.GetScalerMetadata())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	h, err := e.rdb.HGetAll(context.Background(), e.store.KeyPrefix(fleet)+"scaler:"+scaler.TriggerID(r, tr)).Result()
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return h
+}
+
+// metricOf is GetMetrics' value for the trigger r.
+func (e *env) metricOf(r *externalscaler.ScaledObjectRef) float64 {
+	e.t.Helper()
+	v, err := e.metricOfErr(r)
+	if err != nil {
+		e.t.Fatalf("GetMetrics(%s/%s): %v", r.Namespace, r.Name, err)
+	}
+	return v
+}
+
+// named is ref(md...) for the ScaledObject ns/name.
+func named(name string, md ...string) *externalscaler.ScaledObjectRef {
+	r := ref(md...)
+	r.Name = name
+	return r
 }
 
 func near(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }

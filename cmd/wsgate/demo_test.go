@@ -40,7 +40,7 @@ func checkDemoOutput(t *testing.T, out string) {
 		"REJECTIONS",
 		"fleet                  capacity    3",
 		"SCALING",
-		"scaler: recommends 3 replicas, reports 3 to KEDA",
+		"scaler: 1 trigger(s)", "demo/backend@", "reporting  3            3",
 		"DETAILED",
 		"READINESS  ready",
 		"connections        4.00",

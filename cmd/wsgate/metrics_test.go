@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -205,5 +206,28 @@ func TestMetricsRedisSilentIsBounded(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("gave up after %s, want about 300ms", d)
+	}
+}
+
+// `wsgate metrics scaling` shows one row per trigger's decision (hashes
+// scaler:<trigger>, indexed by the zset scalers) and the drain floor.
+func TestMetricsScalingShowsEveryTrigger(t *testing.T) {
+	mr := metricsRedis(t)
+	p := "{wsgate:chat}:"
+	ms := metricsNow.Add(2 * time.Minute).UnixMilli()
+	for _, d := range []struct{ id, rec string }{{"ns/chat@0123abcd", "1"}, {"ns/probe@4567cdef", "2"}} {
+		mr.ZAdd(p+"scalers", float64(ms), d.id)
+		mr.HSet(p+"scaler:"+d.id, "recommended", d.rec, "reported", "2", "drainFloor", "2", "drivenBy", "ns/probe@4567cdef",
+			"ready", "1", "readyPods", "1", "updatedMs", strconv.FormatInt(ms, 10), "reason", "capacity target")
+	}
+	out, err := runMetricsTest(t, "scaling", "--redis-addr", mr.Addr(), "--fleet", "chat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"scaler: 2 trigger(s)", "ns/chat@0123abcd   reporting  1", "ns/probe@4567cdef  reporting  2",
+		"highest fresh recommendation, 2, of trigger ns/probe@4567cdef"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("scaling view lacks %q:\n%s", want, out)
+		}
 	}
 }
