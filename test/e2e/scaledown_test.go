@@ -321,7 +321,12 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	if got := desired(); got != 3 {
 		t.Fatalf("desiredReplicas when the drain starts = %d, want 3 held", got)
 	}
-	sc, err := h.store.Client().HGetAll(ctx, h.store.KeyPrefix("chat")+"scaler").Result()
+	// One trigger, so one decision hash, named in the fleet's index.
+	triggers, err := h.store.Client().ZRange(ctx, h.store.KeyPrefix("chat")+"scalers", 0, -1).Result()
+	if err != nil || len(triggers) != 1 {
+		t.Fatalf("scaler triggers of chat = %v (%v), want the test's one", triggers, err)
+	}
+	sc, err := h.store.Client().HGetAll(ctx, h.store.KeyPrefix("chat")+"scaler:"+triggers[0]).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
