@@ -43,7 +43,10 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(func() { rdb.Close() })
 	// A short instance TTL: a new epoch grants nothing for one of them
 	// (the recovery wait), which awaitGranting waits out.
-	cfg := tracker.Config{InstanceID: "envoy-0", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, Fleets: []tracker.FleetConfig{
+	// RedisTimeout well above the default 100ms: forty admissions at once
+	// on a busy machine must not become redis_down (the requests carry
+	// generousTimeout, so the filter waits for them).
+	cfg := tracker.Config{InstanceID: "envoy-0", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: time.Second, Fleets: []tracker.FleetConfig{
 		{Name: "default", MaxConnectionsPerPod: 100, RatePerSecond: 1000, Burst: 1000, Pods: chatPods},
 		{Name: "chat", MaxConnectionsPerPod: 100, RatePerSecond: 1000, Burst: 1000, Pods: chatPods},
 		{Name: "tight", MaxConnectionsPerPod: 100, RatePerSecond: 0.001, Burst: 1, Pods: chatPods},
