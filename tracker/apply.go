@@ -3,6 +3,7 @@ package tracker
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 
 	"golang.org/x/time/rate"
@@ -54,7 +55,7 @@ func (t *Tracker) Apply(fleets []FleetConfig) (Change, error) {
 		}
 		next[fc.Name] = f
 		prev := f.conf()
-		if f.retired.Swap(false) || !sameFleet(*prev, fc) {
+		if f.retired.Swap(false) || !reflect.DeepEqual(*prev, fc) {
 			ch.Changed = append(ch.Changed, fc.Name)
 		}
 		f.limiter.SetLimitAt(now, rateOf(fc))
@@ -87,12 +88,6 @@ func (t *Tracker) Apply(fleets []FleetConfig) (Change, error) {
 }
 
 func rateOf(fc FleetConfig) rate.Limit { return rate.Limit(fc.RatePerSecond) }
-
-func sameFleet(a, b FleetConfig) bool {
-	return slices.Equal(a.Pods, b.Pods) && a.Name == b.Name && a.MaxConnectionsPerPod == b.MaxConnectionsPerPod &&
-		a.RatePerSecond == b.RatePerSecond && a.Burst == b.Burst && a.Policy == b.Policy && a.RetryAfter == b.RetryAfter &&
-		a.Service == b.Service && a.Port == b.Port && a.EnvoyService == b.EnvoyService
-}
 
 // retire ends a removed fleet once its last connection has ended and a
 // heartbeat published that: the instance leaves the fleet in Redis and the

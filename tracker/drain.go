@@ -30,7 +30,7 @@ func (t *Tracker) Draining() bool { return t.draining.Load() }
 // together (the ones a previous run left included).
 func (t *Tracker) Live() int {
 	n := 0
-	for _, f := range t.allFleets() {
+	for _, f := range *t.fleets.Load() {
 		f.mu.Lock()
 		n += len(f.conns)
 		for _, k := range f.inherited {

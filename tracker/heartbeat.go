@@ -327,8 +327,9 @@ func (t *Tracker) SetStaticPods(ctx context.Context, fleetName string) error {
 	if err != nil {
 		return err
 	}
-	pods := make([]Pod, len(f.conf().Pods))
-	for i, addr := range f.conf().Pods {
+	static := f.conf().Pods
+	pods := make([]Pod, len(static))
+	for i, addr := range static {
 		pods[i] = Pod{Addr: addr, Name: addr, Ready: true}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 4*t.cfg.RedisTimeout)

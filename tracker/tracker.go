@@ -367,13 +367,14 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 		return Result{}, "", fmt.Errorf("admit %s: %w (%v)", f.name, errGateBusy, err)
 	}
 	defer f.gate.Release(1)
-	if !f.redisUsable() {
+	f.mu.Lock()
+	epoch, usable := f.epoch, f.usableLocked()
+	f.mu.Unlock()
+	if !usable { // the heartbeat it waited for failed
 		return Result{}, "", fmt.Errorf("admit %s: %w", f.name, errGaveUp)
 	}
-	f.mu.Lock()
-	epoch := f.epoch
-	f.mu.Unlock()
-	a, err := t.store.Admit(ctx, f.name, f.conf().MaxConnectionsPerPod, f.conf().Policy, t.cfg.InstanceID, epoch, now)
+	fc := f.conf()
+	a, err := t.store.Admit(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, now)
 	if err != nil || a.Fence != "" {
 		return Result{}, a.Fence, err
 	}
@@ -631,10 +632,10 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	gated := f.redisUsable() && f.gate.Acquire(rctx, 1) == nil
 	if gated {
 		defer f.gate.Release(1)
-		// The heartbeat it waited for may have failed (see errGaveUp).
-		gated = f.redisUsable()
 	}
 	f.mu.Lock()
+	// The heartbeat it waited for may have failed (see errGaveUp).
+	gated = gated && f.usableLocked()
 	c, ok := f.conns[id]
 	if !ok {
 		f.mu.Unlock()
@@ -721,8 +722,10 @@ func (f *fleet) rejectLocked(r Reason, now time.Time) {
 func (f *fleet) redisUsable() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.view.ok && !f.degraded && !f.fenced
+	return f.usableLocked()
 }
+
+func (f *fleet) usableLocked() bool { return f.view.ok && !f.degraded && !f.fenced }
 
 func (t *Tracker) redisFailed(f *fleet, op string, err error) {
 	t.metrics.RedisErrors.WithLabelValues(op).Inc()
