@@ -154,13 +154,19 @@ type scalerConfigDeps struct {
 func watchScalerConfig(d scalerConfigDeps) {
 	m := tracker.NewReloadMetrics(d.Registry, "scaler")
 	apply := func(fleets []tracker.FleetConfig) error {
+		// Both accept it, or neither changes.
 		if d.Discovery != nil {
-			if err := d.Discovery.SetFleets(fleets); err != nil {
+			if err := discovery.Check(fleets); err != nil {
 				return err
 			}
 		}
 		if err := d.Scaler.Apply(fleets); err != nil {
 			return err
+		}
+		if d.Discovery != nil {
+			if err := d.Discovery.SetFleets(fleets); err != nil {
+				return err
+			}
 		}
 		d.Log.Info("fleets file applied", "config", d.Flags.config, "fleets", d.Scaler.Fleets())
 		return nil

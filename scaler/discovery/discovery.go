@@ -97,6 +97,12 @@ func newWatch(fleets []tracker.FleetConfig) (*watch, error) {
 	return w, nil
 }
 
+// Check says whether SetFleets would accept fleets, changing nothing.
+func Check(fleets []tracker.FleetConfig) error {
+	_, err := newWatch(fleets)
+	return err
+}
+
 // SetFleets follows fleets from now on (a changed fleets file): the
 // registries are recomputed at once; if the Services to watch changed, the
 // informer is replaced, and until the new one has listed them nobody is
