@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/wsgate/wsgate/test/redistest"
 )
 
 // A real control plane: etcd from Debian's etcd-server, kube-apiserver and
@@ -78,16 +79,6 @@ type controlPlane struct {
 	admin kubernetes.Interface
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // run starts a process for the test's lifetime, its output in dir/name.log.
 func run(t *testing.T, dir, name string, args ...string) {
 	t.Helper()
@@ -122,10 +113,10 @@ func startControlPlane(t *testing.T) *controlPlane {
 		t.Skip("control plane not available (see TestMain's message)")
 	}
 	dir := t.TempDir()
-	etcdURL := "http://127.0.0.1:" + strconv.Itoa(freePort(t))
+	etcdURL := "http://127.0.0.1:" + strconv.Itoa(redistest.FreePort(t))
 	run(t, dir, "etcd", "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
-		"--listen-peer-urls", "http://127.0.0.1:"+strconv.Itoa(freePort(t)))
+		"--listen-peer-urls", "http://127.0.0.1:"+strconv.Itoa(redistest.FreePort(t)))
 
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -139,7 +130,7 @@ func startControlPlane(t *testing.T) *controlPlane {
 	writeFile(t, dir, "sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}))
 	writeFile(t, dir, "tokens.csv", []byte(adminToken+",admin,admin,system:masters\n"))
 
-	port := freePort(t)
+	port := redistest.FreePort(t)
 	host := "https://127.0.0.1:" + strconv.Itoa(port)
 	run(t, dir, filepath.Join(binDir, "kube-apiserver"),
 		"--etcd-servers", etcdURL, "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	authnv1 "k8s.io/api/authentication/v1"
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -112,17 +111,7 @@ func TestScaleDownDeletesTheEmptiestPods(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(a.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
-	must(a.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "wsgate-scaler"}}, metav1.CreateOptions{}))
-	must(a.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "wsgate-scaler"}, Rules: chartRole(t)}, metav1.CreateOptions{}))
-	must(a.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "wsgate-scaler"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "wsgate-scaler"},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "wsgate-scaler", Namespace: ns}}}, metav1.CreateOptions{}))
-	tok, err := a.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "wsgate-scaler", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	scalerClient := cp.client(t, tok.Status.Token)
+	scalerClient := scalerAccount(ctx, t, a, cp)
 
 	labels := map[string]string{"app": fleet}
 	must(a.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fleet},
