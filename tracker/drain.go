@@ -23,9 +23,6 @@ func (t *Tracker) Drain() {
 	}
 }
 
-// Draining reports whether Drain was called.
-func (t *Tracker) Draining() bool { return t.draining.Load() }
-
 // Live is the number of connections this instance holds, all fleets
 // together (the ones a previous run left included).
 func (t *Tracker) Live() int {
