@@ -34,22 +34,18 @@ func benchTracker(b *testing.B, rdb redis.UniversalClient, pods int) *tracker.Tr
 	if err != nil {
 		b.Fatal(err)
 	}
-	runTracker(b, tr, "bench")
+	runTracker(b, tr)
 	return tr
 }
 
 // runTracker heartbeats tr in the background, as in production (its lease
 // lives on Redis' clock), once the new epoch's recovery wait is over.
-func runTracker(b *testing.B, tr *tracker.Tracker, fleet string) {
+func runTracker(b *testing.B, tr *tracker.Tracker) {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := tr.Heartbeat(ctx); err != nil {
-		b.Fatal(err)
-	}
-	if err := tr.Store().AwaitRecovery(ctx, fleet); err != nil {
-		b.Fatal(err)
-	}
-	if err := tr.Heartbeat(ctx); err != nil {
+	wait, stop := context.WithTimeout(ctx, time.Minute)
+	defer stop()
+	if err := tr.AwaitGranting(wait); err != nil {
 		b.Fatal(err)
 	}
 	done := make(chan struct{})

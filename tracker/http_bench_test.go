@@ -42,7 +42,7 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	runTracker(b, tr, "bench")
+	runTracker(b, tr)
 	srv := httptest.NewServer(tr.Handler(nil))
 	b.Cleanup(srv.Close)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
