@@ -24,13 +24,6 @@ func apply(t *testing.T, tr *tracker.Tracker, fleets ...tracker.FleetConfig) tra
 	return ch
 }
 
-func release(t *testing.T, tr *tracker.Tracker, id string) {
-	t.Helper()
-	if err := tr.Release(context.Background(), id); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // Lowering the cap below a pod's live count cuts nothing: admissions wait
 // until the pod is under the new cap. Raising it admits at once.
 func TestApplyLowersTheCapWithoutCuttingConnections(t *testing.T) {

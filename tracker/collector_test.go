@@ -70,9 +70,7 @@ func TestCollectorFollowsLocalConnections(t *testing.T) {
 		t.Fatalf("gauge = %v (present %v), want 2", v, ok)
 	}
 	for _, c := range conns {
-		if err := tr.Release(ctx, c); err != nil {
-			t.Fatal(err)
-		}
+		release(t, tr, c)
 	}
 	if v, ok := gauge(); ok {
 		t.Errorf("gauge %v still exported for a pod without connections", v)

@@ -11,7 +11,8 @@ import (
 // Run publishes this instance's state every Heartbeat until ctx ends. The
 // first heartbeat runs at once; its error is returned only through logs and
 // metrics, since the tracker must keep serving (from its fallback) while
-// Redis is down.
+// Redis is down. When ctx ends, Run waits (up to RedisTimeout) for the
+// releases already queued to reach Redis.
 func (t *Tracker) Run(ctx context.Context) {
 	tick := time.NewTicker(t.cfg.Heartbeat)
 	defer tick.Stop()
@@ -21,6 +22,11 @@ func (t *Tracker) Run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), t.cfg.RedisTimeout)
+			defer cancel()
+			if err := t.Flush(fctx); err != nil {
+				t.log.Warn("stopping with releases not yet in Redis: they stay counted until this instance leaves or is reaped", "err", err)
+			}
 			return
 		case <-tick.C:
 		case <-t.kick:

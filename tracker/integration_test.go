@@ -111,9 +111,7 @@ func TestNoOverAdmission(t *testing.T) {
 					t.Errorf("pod %s holds %d admitted connections", res.Pod, n)
 				}
 				counter(res.Pod).Add(-1)
-				if err := tr.Release(ctx, res.Conn); err != nil {
-					t.Error(err)
-				}
+				release(t, tr, res.Conn)
 			}
 		}()
 	}
@@ -178,9 +176,7 @@ func TestRedisRestart(t *testing.T) {
 		}
 		// Releases during the outage only change local truth.
 		if round == 3 {
-			if err := trs[1].Release(context.Background(), conns[1][0]); err != nil {
-				t.Fatal(err)
-			}
+			release(t, trs[1], conns[1][0])
 			conns[1] = conns[1][1:]
 		}
 	}
@@ -427,9 +423,7 @@ func TestReleasesRacingHeartbeatsDoNotUndercount(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := w; i < 300; i += 8 {
-				if err := tr.Release(context.Background(), conns[i]); err != nil {
-					t.Error(err)
-				}
+				release(t, tr, conns[i])
 			}
 		}()
 	}

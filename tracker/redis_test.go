@@ -69,7 +69,7 @@ func TestDocumentedACLSuffices(t *testing.T) {
 	if err := tr.Heartbeat(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := tr.Release(ctx, res.Conn); err != nil || tr.Degraded("chat") {
+	if err := tr.Release(ctx, res.Conn); err != nil || tr.Flush(ctx) != nil || tr.Degraded("chat") {
 		t.Fatalf("release as the ACL user: %v (degraded %v)", err, tr.Degraded("chat"))
 	}
 	sc := tracker.NewStore(aclClient(t, s, "wsgate-scaler", scalerACL), "wsgate")

@@ -56,7 +56,7 @@ func (s *Store) hot(fleet, instance string) *hotKeys {
 	}
 	p := s.KeyPrefix(fleet)
 	k := &hotKeys{
-		admit: []string{p + "load", p + "avail", p + "inst:" + instance, p + "pend:" + instance, p + "stats",
+		admit: []string{p + "load", p + "avail", p + "inst:" + instance, p + "stats",
 			p + "rej:" + string(ReasonCapacity), p + "rej:" + string(ReasonNoPods), p + "rejinst:" + instance,
 			p + "epoch", p + "instances"},
 		release: []string{p + "load", p + "avail", p + "inst:" + instance, p + "stats",
@@ -99,7 +99,7 @@ const (
 // ErrFenced is returned by Release when the epoch is not the caller's.
 var ErrFenced = errors.New("fenced: not the current epoch")
 
-// Admission is what the admit script decided.
+// Admission is what the admit script decided for one connection.
 type Admission struct {
 	Pod    string // set when admitted
 	Reason Reason // set when Redis rejected it
@@ -108,42 +108,82 @@ type Admission struct {
 	Wait time.Duration
 }
 
+// Admissions is what the admit script decided for n connections: the pods
+// granted (a pod once per connection), and Reason for the others.
+type Admissions struct {
+	Pods   []string
+	Reason Reason // why the ones beyond Pods were refused
+	Fence  Fence  // set when Redis could not decide: none was admitted
+	Wait   time.Duration
+}
+
 // Admit places one connection of instance on a pod of fleet under maxPerPod
 // as a slot entitled to instance, if instance's epoch and lease are current.
 func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time) (Admission, error) {
+	a, err := s.AdmitN(ctx, fleet, maxPerPod, policy, instance, epoch, now, 1)
+	if len(a.Pods) == 1 {
+		return Admission{Pod: a.Pods[0]}, err
+	}
+	return Admission{Reason: a.Reason, Fence: a.Fence, Wait: a.Wait}, err
+}
+
+// AdmitN places n connections as n admissions in a row would, in one
+// script call.
+func (s *Store) AdmitN(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time, n int) (Admissions, error) {
 	keys := s.hot(fleet, instance).admit
 	res, err := scriptAdmit.Run(ctx, s.rdb, keys, maxPerPod, string(policy), Bucket(now), BucketSlots,
-		s.EventsChannel(fleet), epoch, s.runCheck, instance).Slice()
+		s.EventsChannel(fleet), epoch, s.runCheck, instance, n).Slice()
 	if err != nil {
-		return Admission{}, fmt.Errorf("admit %s: %w", fleet, err)
+		return Admissions{}, fmt.Errorf("admit %s: %w", fleet, err)
 	}
 	if len(res) < 2 {
-		return Admission{}, fmt.Errorf("admit %s: unexpected reply %v", fleet, res)
+		return Admissions{}, fmt.Errorf("admit %s: unexpected reply %v", fleet, res)
 	}
 	v, _ := res[1].(string)
-	switch n, _ := res[0].(int64); n {
-	case 1:
-		return Admission{Pod: v}, nil
-	case 0:
-		return Admission{Reason: Reason(v)}, nil
+	granted, _ := res[0].(int64)
+	if granted < 0 {
+		a := Admissions{Fence: Fence(v)}
+		if len(res) > 2 {
+			a.Wait = time.Duration(i64(res[2])) * time.Millisecond
+		}
+		return a, nil
 	}
-	a := Admission{Fence: Fence(v)}
-	if len(res) > 2 {
-		a.Wait = time.Duration(i64(res[2])) * time.Millisecond
+	a := Admissions{Reason: Reason(v), Pods: make([]string, 0, granted)}
+	for i := 2; i+1 < len(res); i += 2 {
+		pod, _ := res[i].(string)
+		for range i64(res[i+1]) {
+			a.Pods = append(a.Pods, pod)
+		}
+	}
+	if int64(len(a.Pods)) != granted || len(a.Pods) > n {
+		return Admissions{}, fmt.Errorf("admit %s: unexpected reply %v", fleet, res)
 	}
 	return a, nil
 }
 
-// Release gives back up to n connections that instance holds on pod, of
-// which pending were never established, and returns how many it held. seq
-// orders it after the instance's heartbeats (see release.lua).
-func (s *Store) Release(ctx context.Context, fleet, instance, pod string, n, pending int, epoch string, seq uint64) (int, error) {
-	got, err := scriptRelease.Run(ctx, s.rdb, s.hot(fleet, instance).release, pod, n, pending, epoch, s.runCheck, instance, seq).Int()
+// ReleaseCount gives back N connections of one pod, Pending of which were
+// never established, that ended when the instance's seq was Seq.
+type ReleaseCount struct {
+	Pod        string
+	N, Pending int
+	Seq        uint64
+}
+
+// Release gives back the connections of rs that instance holds, in one
+// script call, and returns how many it held. Each Seq orders its release
+// after the instance's heartbeats (see release.lua).
+func (s *Store) Release(ctx context.Context, fleet, instance, epoch string, rs ...ReleaseCount) (int, error) {
+	args := make([]any, 0, 3+4*len(rs))
+	args = append(args, epoch, s.runCheck, instance)
+	for _, r := range rs {
+		args = append(args, r.Pod, r.N, r.Pending, r.Seq)
+	}
+	got, err := scriptRelease.Run(ctx, s.rdb, s.hot(fleet, instance).release, args...).Int()
 	if err != nil {
-		return 0, fmt.Errorf("release %s %s: %w", fleet, pod, err)
+		return 0, fmt.Errorf("release %s: %w", fleet, err)
 	}
 	if got < 0 {
-		return 0, fmt.Errorf("release %s %s: %w", fleet, pod, ErrFenced)
+		return 0, fmt.Errorf("release %s: %w", fleet, ErrFenced)
 	}
 	return got, nil
 }
@@ -442,10 +482,12 @@ func (s *Store) Summary(ctx context.Context, fleet string, now time.Time) (Summa
 
 // InstanceState is one tracker instance as Redis knows it.
 type InstanceState struct {
-	ID          string
-	LeaseUntil  time.Time
-	Live        map[string]int // pod -> connections
-	Established map[string]int // pod -> established connections
+	ID         string
+	LeaseUntil time.Time
+	Live       map[string]int // pod -> connections
+	// Established is pod -> established connections: those the instance
+	// counted established at its last heartbeat, and those it admitted since.
+	Established map[string]int
 	Rejections  map[Reason]Windows
 }
 

@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -135,8 +136,14 @@ func (t *Tracker) newFleet(fc FleetConfig) *fleet {
 	for _, r := range Reasons {
 		f.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
 	}
+	f.admits = &batcher[string, Admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f)}
+	f.releases = &batcher[releaseReq, struct{}]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendReleases(f)}
 	return f
 }
+
+// maxBatch bounds the admissions or releases of one script call, and so
+// the time Redis spends in it.
+const maxBatch = 64
 
 // Config is the tracker's configuration, defaults applied, with the fleets
 // it serves now (see Apply).
@@ -190,6 +197,11 @@ type fleet struct {
 	// an RWMutex, so that an admission waits for a heartbeat stuck on a slow
 	// Redis only within its own deadline.
 	gate *semaphore.Weighted
+	// admits sends the admissions that hold the gate, releases the releases
+	// queued since the last call: each as few script calls as they can
+	// share (batch.go).
+	admits   *batcher[string, Admission] // epoch -> what Redis decided
+	releases *batcher[releaseReq, struct{}]
 
 	mu    sync.Mutex // guards everything below
 	conns map[string]*conn
@@ -373,8 +385,7 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 	if !usable { // the heartbeat it waited for failed
 		return Result{}, "", fmt.Errorf("admit %s: %w", f.name, errGaveUp)
 	}
-	fc := f.conf()
-	a, err := t.store.Admit(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, now)
+	a, err := f.admits.do(ctx, epoch)
 	if err != nil || a.Fence != "" {
 		return Result{}, a.Fence, err
 	}
@@ -385,6 +396,31 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 	defer f.mu.Unlock()
 	f.ent[a.Pod]++ // granted: Redis counts it for this instance
 	return t.recordLocked(f, a.Pod, now, false), "", nil
+}
+
+// sendAdmits makes one admit call for admissions that all hold the gate,
+// so all read the same epoch (only a heartbeat, which takes the whole gate,
+// changes it).
+func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []string) ([]Admission, error) {
+	return func(ctx context.Context, epochs []string) ([]Admission, error) {
+		fc := f.conf()
+		a, err := t.store.AdmitN(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epochs[0], t.now(), len(epochs))
+		if err != nil {
+			return nil, err
+		}
+		res := make([]Admission, len(epochs))
+		for i := range res {
+			switch {
+			case a.Fence != "" || epochs[i] != epochs[0]:
+				res[i] = Admission{Fence: cmp.Or(a.Fence, FenceEpoch), Wait: a.Wait}
+			case i < len(a.Pods):
+				res[i] = Admission{Pod: a.Pods[i]}
+			default:
+				res[i] = Admission{Reason: a.Reason}
+			}
+		}
+		return res, nil
+	}
 }
 
 // fence handles Redis' refusal to decide an admission (see Fence).
@@ -612,10 +648,11 @@ func (f *fleet) inRegistryLocked(pod string) bool {
 	return f.live[pod] > 0 || f.ent[pod] > 0 || f.view.mine[pod] > 0
 }
 
-// Release frees a connection's slot: locally at once, in Redis by the release
-// script. While Redis is unreachable the slot stays entitled to this
-// instance (Redis still counts it), so the share fallback may reuse it; the
-// next heartbeat gives it back.
+// Release frees a connection's slot: locally at once, in Redis by the next
+// release call, which carries every release queued meanwhile. While Redis
+// is unreachable the slot stays entitled to this instance (Redis still
+// counts it), so the share fallback may reuse it; the next heartbeat gives
+// it back.
 func (t *Tracker) Release(ctx context.Context, id string) error {
 	v, ok := t.byConn.Load(id)
 	if !ok {
@@ -624,59 +661,115 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	f := v.(*fleet)
 	rctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
 	defer cancel()
-	// Like an admission, a release holds the gate from its local update to
-	// its script, so that it is ordered against the heartbeats (its seq
-	// orders it against one sent after its reply timed out). Without the
-	// gate in time, only the local truth changes and the next heartbeat
+	// The local update waits for a heartbeat in flight, so that the
+	// heartbeat's counts and the entitlement it sets either include the
+	// connection (and the release is queued after it) or do not. Without
+	// the gate in time, only the local truth changes and the next heartbeat
 	// publishes it.
 	gated := f.redisUsable() && f.gate.Acquire(rctx, 1) == nil
-	if gated {
-		defer f.gate.Release(1)
-	}
 	f.mu.Lock()
 	// The heartbeat it waited for may have failed (see errGaveUp).
-	gated = gated && f.usableLocked()
+	queued := gated && f.usableLocked()
 	c, ok := f.conns[id]
 	if !ok {
 		f.mu.Unlock()
+		if gated {
+			f.gate.Release(1)
+		}
 		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
 	}
 	f.dropLocked(c)
-	var seq uint64
-	var epoch string
-	if gated {
-		// Lowered before the script runs: a reply that never comes is
-		// taken as applied (invariant L).
+	r := releaseReq{pod: c.pod, pending: !c.established, seq: f.seq, epoch: f.epoch}
+	if queued {
+		// Lowered now: a release that never reaches Redis is taken as
+		// applied (invariant L), unless it surely did not run (sendReleases).
 		if f.ent[c.pod]--; f.ent[c.pod] <= 0 {
 			delete(f.ent, c.pod)
 		}
-		f.seq++
-		seq, epoch = f.seq, f.epoch
 	}
 	f.mu.Unlock()
+	if gated {
+		f.gate.Release(1)
+	}
 	t.byConn.Delete(id)
-	if !gated {
-		return nil
-	}
-	pending := 0
-	if !c.established {
-		pending = 1
-	}
-	_, err := t.store.Release(rctx, f.name, t.cfg.InstanceID, c.pod, 1, pending, epoch, seq)
-	switch {
-	case err == nil || ctx.Err() != nil:
-	case errors.Is(err, ErrFenced):
-		t.fence(f, FenceEpoch)
-	default:
-		if notRun(err) {
-			// Redis still counts the slot for this instance: keep it.
-			f.mu.Lock()
-			f.ent[c.pod]++
-			f.mu.Unlock()
-		}
-		t.redisFailed(f, "release", err)
+	if queued {
+		f.releases.post(r)
 	}
 	return nil
+}
+
+// Flush waits until the releases queued so far have been sent to Redis
+// and their calls have returned (or failed), or ctx ends.
+func (t *Tracker) Flush(ctx context.Context) error {
+	for _, f := range t.allFleets() {
+		if err := f.releases.wait(ctx); err != nil {
+			return fmt.Errorf("flush %s: %w", f.name, err)
+		}
+	}
+	return nil
+}
+
+// releaseReq is one ended connection for the next release call. seq is the
+// instance's seq when it ended: the seq of the heartbeat before its end.
+type releaseReq struct {
+	pod     string
+	pending bool
+	seq     uint64
+	epoch   string
+}
+
+// sendReleases makes one release call for the releases queued since the
+// last one, summed per pod.
+func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]struct{}, error) {
+	return func(ctx context.Context, reqs []releaseReq) ([]struct{}, error) {
+		f.mu.Lock()
+		epoch := f.epoch
+		f.mu.Unlock()
+		counts := make([]ReleaseCount, 0, len(reqs))
+		at := make(map[releaseReq]int, len(reqs)) // (pod, seq) -> index in counts
+		for _, r := range reqs {
+			if r.epoch != epoch {
+				// A heartbeat in a new epoch published the truth since: Redis
+				// does not count the connection any more.
+				continue
+			}
+			k := releaseReq{pod: r.pod, seq: r.seq}
+			i, ok := at[k]
+			if !ok {
+				i = len(counts)
+				at[k] = i
+				counts = append(counts, ReleaseCount{Pod: r.pod, Seq: r.seq})
+			}
+			counts[i].N++
+			if r.pending {
+				counts[i].Pending++
+			}
+		}
+		if len(counts) == 0 {
+			return nil, nil
+		}
+		_, err := t.store.Release(ctx, f.name, t.cfg.InstanceID, epoch, counts...)
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrFenced):
+			t.fence(f, FenceEpoch)
+		default:
+			if notRun(err) {
+				// Redis still counts these slots for this instance, unless a
+				// heartbeat was sent since (its seq is higher): it published
+				// the truth, or may have.
+				f.mu.Lock()
+				for _, c := range counts {
+					if c.Seq == f.seq && epoch == f.epoch {
+						f.ent[c.Pod] += c.N
+					}
+				}
+				f.mu.Unlock()
+			}
+			t.redisFailed(f, "release", err)
+		}
+		return nil, nil
+	}
 }
 
 // notRun reports whether err proves a script never ran: the connection was

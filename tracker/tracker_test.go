@@ -99,6 +99,17 @@ func heartbeat(t *testing.T, trs ...*tracker.Tracker) {
 	}
 }
 
+// release ends connection id and waits until its release call returned.
+func release(t *testing.T, tr *tracker.Tracker, id string) {
+	t.Helper()
+	if err := tr.Release(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func admit(t *testing.T, tr *tracker.Tracker, fleet string) tracker.Result {
 	t.Helper()
 	res, err := tr.Admit(context.Background(), fleet)
@@ -226,9 +237,7 @@ func TestReleaseFreesTheSlotAndRejectsUnknownIDs(t *testing.T) {
 	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonCapacity || r.RetryAfter != 5*time.Second {
 		t.Fatalf("admission over the cap = %+v, want capacity with the default Retry-After", r)
 	}
-	if err := tr.Release(context.Background(), a.Conn); err != nil {
-		t.Fatal(err)
-	}
+	release(t, tr, a.Conn)
 	if err := tr.Release(context.Background(), a.Conn); !errors.Is(err, tracker.ErrUnknownConn) {
 		t.Errorf("second release: %v, want ErrUnknownConn", err)
 	}
@@ -301,9 +310,7 @@ func TestShareFallbackReusesOnlyItsOwnFreedSlots(t *testing.T) {
 	admit(t, a, "chat")
 	held := admit(t, b, "chat")
 	mr.SetError("ERR outage")
-	if err := b.Release(context.Background(), held.Conn); err != nil {
-		t.Fatal(err)
-	}
+	release(t, b, held.Conn)
 	got := map[string]int{}
 	for i := 0; i < 4; i++ {
 		for name, tr := range map[string]*tracker.Tracker{"a": a, "b": b} {
@@ -496,9 +503,7 @@ func TestFallbackEndsWithTheLease(t *testing.T) {
 	}
 	mr.SetError("ERR partition")
 	for _, c := range held {
-		if err := tr.Release(context.Background(), c); err != nil {
-			t.Fatal(err)
-		}
+		release(t, tr, c)
 	}
 	clk.Advance(4 * time.Second) // within the 5s lease
 	if r := admit(t, tr, "chat"); !r.Admitted {
@@ -518,9 +523,7 @@ func TestFallbackClosedAndOpen(t *testing.T) {
 	start(t, mr, clk, closed, open)
 	held := admit(t, closed, "chat")
 	mr.SetError("ERR injected outage")
-	if err := closed.Release(context.Background(), held.Conn); err != nil {
-		t.Fatal(err)
-	}
+	release(t, closed, held.Conn)
 	if r := admit(t, closed, "chat"); r.Admitted || r.Reason != tracker.ReasonRedisDown {
 		t.Errorf("closed fallback admitted: %+v", r)
 	}
@@ -701,9 +704,7 @@ func TestAReapedInstanceReusesNothing(t *testing.T) {
 	if r := admit(t, b, "chat"); r.Admitted { // refused: lease
 		t.Fatalf("b admitted after it was reaped: %+v", r)
 	}
-	if err := b.Release(context.Background(), held.Conn); err != nil {
-		t.Fatal(err)
-	}
+	release(t, b, held.Conn)
 	if r := admit(t, b, "chat"); r.Admitted {
 		t.Fatalf("b reused a slot after it was reaped: %+v", r)
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,12 +28,15 @@ import (
 
 // BenchmarkPeerLifecycle puts a connection's whole lifecycle through wsgate
 // beside what a per-request rate-limit decision costs on the same
-// redis-server, interleaved in blocks so both see the same machine:
+// redis-server, interleaved in blocks so both see the same machine, with 1,
+// 8 and 32 concurrent callers:
 //
 //   - wsgate: POST /v1/admit to a tracker, then the access-log entries Envoy
-//     sends for the tunnel (established, then end) over the gRPC stream,
-//     until Redis counts the slot free again. The tracker heartbeats in the
-//     background as in production: its share of Redis' work is included.
+//     sends for the tunnel (established, then end), one per message as
+//     envoy/envoy.yaml's buffer_size_bytes 0 has Envoy send them, over the
+//     gRPC stream of one Envoy, until Redis counts the slot free again. The
+//     tracker heartbeats in the background as in production: its share of
+//     Redis' work is included.
 //   - peer: one INCR + EXPIRE pipeline (a fixed-window rate-limit decision,
 //     as envoyproxy/ratelimit makes it), no code of that project used.
 //
@@ -41,9 +45,28 @@ import (
 // ratios. The goal of the performance issue: Redis CPU per lifecycle at most
 // the peer's per decision.
 func BenchmarkPeerLifecycle(b *testing.B) {
-	const block = 500
+	p := newPeerRig(b)
+	for _, callers := range []int{1, 8, 32} {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) { p.run(b, callers) })
+	}
+}
+
+// peerRig is one redis-server, a tracker on it with its admission API and
+// access-log service, and one Envoy's access-log stream to it.
+type peerRig struct {
+	rdb    *redis.Client
+	tr     *tracker.Tracker
+	url    string
+	client *http.Client
+	mu     sync.Mutex // one stream, as one Envoy has; Send is not concurrent
+	stream accesslogv3.AccessLogService_StreamAccessLogsClient
+	first  bool
+}
+
+func newPeerRig(b *testing.B) *peerRig {
 	srv := redistest.Start(b)
-	rdb := srv.Client()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
+	b.Cleanup(func() { rdb.Close() })
 	ctx := context.Background()
 
 	pods := make([]string, 100)
@@ -64,10 +87,10 @@ func BenchmarkPeerLifecycle(b *testing.B) {
 	hb, stopHB := context.WithCancel(ctx)
 	hbDone := make(chan struct{})
 	go func() { defer close(hbDone); tr.Run(hb) }()
-	defer func() { stopHB(); <-hbDone }()
+	b.Cleanup(func() { stopHB(); <-hbDone })
 
 	admitSrv := httptest.NewServer(tr.Handler(nil))
-	defer admitSrv.Close()
+	b.Cleanup(admitSrv.Close)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -75,94 +98,121 @@ func BenchmarkPeerLifecycle(b *testing.B) {
 	g := grpc.NewServer()
 	accesslog.New(tr, tr.Metrics().AccessLogEntries, quiet).Register(g)
 	go func() { _ = g.Serve(ln) }()
-	defer g.Stop()
+	b.Cleanup(g.Stop)
 	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer cc.Close()
+	b.Cleanup(func() { cc.Close() })
 	stream, err := accesslogv3.NewAccessLogServiceClient(cc).StreamAccessLogs(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
-	first := true
-	send := func(typ datav3.AccessLogType, conn, pod string) {
-		md := &structpb.Struct{Fields: map[string]*structpb.Value{
-			accesslog.ConnKey: structpb.NewStringValue(conn), accesslog.FleetKey: structpb.NewStringValue(fleet), accesslog.UpstreamKey: structpb.NewStringValue(pod)}}
-		msg := &accesslogv3.StreamAccessLogsMessage{LogEntries: &accesslogv3.StreamAccessLogsMessage_HttpLogs{
-			HttpLogs: &accesslogv3.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: []*datav3.HTTPAccessLogEntry{{
-				CommonProperties: &datav3.AccessLogCommon{AccessLogType: typ,
-					Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{accesslog.MetadataNamespace: md}}},
-			}}}}}
-		if first {
-			msg.Identifier = &accesslogv3.StreamAccessLogsMessage_Identifier{Node: &corev3.Node{Id: "peer"}, LogName: "wsgate"}
-			first = false
-		}
-		if err := stream.Send(msg); err != nil {
-			b.Fatal(err)
-		}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	b.Cleanup(client.CloseIdleConnections)
+	return &peerRig{rdb: rdb, tr: tr, url: admitSrv.URL, client: client, stream: stream, first: true}
+}
+
+func (p *peerRig) send(b *testing.B, typ datav3.AccessLogType, conn, pod string) {
+	md := &structpb.Struct{Fields: map[string]*structpb.Value{
+		accesslog.ConnKey: structpb.NewStringValue(conn), accesslog.FleetKey: structpb.NewStringValue(fleet), accesslog.UpstreamKey: structpb.NewStringValue(pod)}}
+	msg := &accesslogv3.StreamAccessLogsMessage{LogEntries: &accesslogv3.StreamAccessLogsMessage_HttpLogs{
+		HttpLogs: &accesslogv3.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: []*datav3.HTTPAccessLogEntry{{
+			CommonProperties: &datav3.AccessLogCommon{AccessLogType: typ,
+				Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{accesslog.MetadataNamespace: md}}},
+		}}}}}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.first {
+		msg.Identifier = &accesslogv3.StreamAccessLogsMessage_Identifier{Node: &corev3.Node{Id: "peer"}, LogName: "wsgate"}
+		p.first = false
 	}
-	client := &http.Client{}
-	lifecycle := func() {
-		resp, err := client.Post(admitSrv.URL+"/v1/admit", "application/json",
-			strings.NewReader(`{"fleet":"`+fleet+`","client":"203.0.113.7:5000","requestId":"peer"}`))
+	if err := p.stream.Send(msg); err != nil {
+		b.Error(err)
+	}
+}
+
+func (p *peerRig) lifecycle(b *testing.B) {
+	resp, err := p.client.Post(p.url+"/v1/admit", "application/json",
+		strings.NewReader(`{"fleet":"`+fleet+`","client":"203.0.113.7:5000","requestId":"peer"}`))
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Errorf("admit: status %d", resp.StatusCode)
+		return
+	}
+	conn, pod := resp.Header.Get(tracker.HeaderConn), resp.Header.Get(tracker.HeaderUpstream)
+	p.send(b, datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, conn, pod)
+	p.send(b, datav3.AccessLogType_DownstreamEnd, conn, pod)
+}
+
+// released waits until Redis counts no live connection: every release of
+// the block ran. HSCAN, because no script uses it: it is left out of the
+// counts.
+func (p *peerRig) released(b *testing.B) {
+	statsKey := p.tr.Store().KeyPrefix(fleet) + "stats"
+	deadline := time.Now().Add(time.Minute)
+	for {
+		kv, _, err := p.rdb.HScan(context.Background(), statsKey, 0, "live", 10).Result()
 		if err != nil {
 			b.Fatal(err)
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			b.Fatalf("admit: status %d", resp.StatusCode)
+		if len(kv) == 2 && kv[1] == "0" {
+			return
 		}
-		conn, pod := resp.Header.Get(tracker.HeaderConn), resp.Header.Get(tracker.HeaderUpstream)
-		send(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, conn, pod)
-		send(datav3.AccessLogType_DownstreamEnd, conn, pod)
-	}
-	// released waits until Redis counts no live connection: every release
-	// of the block ran. HSCAN, because no script uses it: it is left out of
-	// the counts below.
-	statsKey := tr.Store().KeyPrefix(fleet) + "stats"
-	released := func() {
-		deadline := time.Now().Add(time.Minute)
-		for {
-			kv, _, err := rdb.HScan(ctx, statsKey, 0, "live", 10).Result()
-			if err != nil {
-				b.Fatal(err)
-			}
-			if len(kv) == 2 && kv[1] == "0" {
-				return
-			}
-			if time.Now().After(deadline) {
-				b.Fatalf("releases not applied within a minute: live %v", kv)
-			}
-			time.Sleep(time.Millisecond) // Redis has no event for a count
+		if time.Now().After(deadline) {
+			b.Fatalf("releases not applied within a minute: live %v", kv)
 		}
+		time.Sleep(time.Millisecond) // Redis has no event for a count
 	}
-	pipe := rdb.Pipeline()
+}
+
+// parallel runs n calls of op over callers goroutines.
+func parallel(callers, n int, op func(i int)) {
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := c; i < n; i += callers {
+				op(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (p *peerRig) run(b *testing.B, callers int) {
+	const block = 500
+	ctx := context.Background()
+	pipes := make([]redis.Pipeliner, callers)
+	for i := range pipes {
+		pipes[i] = p.rdb.Pipeline()
+	}
 	decision := func(i int) {
+		pipe := pipes[i%callers]
 		key := "ratelimit_peer_" + strconv.Itoa(i%64)
 		pipe.Incr(ctx, key)
 		pipe.Expire(ctx, key, time.Second)
 		if _, err := pipe.Exec(ctx); err != nil {
-			b.Fatal(err)
+			b.Error(err)
 		}
 	}
-
 	var wsCmds, wsCPU, peerCmds, peerCPU float64
 	var wsN, peerN int
 	b.ResetTimer()
 	for done := 0; done < b.N; done += block {
 		n := min(block, b.N-done)
-		c0, u0 := redisCost(b, rdb)
-		for range n {
-			lifecycle()
-		}
-		released()
-		c1, u1 := redisCost(b, rdb)
-		for i := range n {
-			decision(i)
-		}
-		c2, u2 := redisCost(b, rdb)
+		c0, u0 := redisCost(b, p.rdb)
+		parallel(callers, n, func(int) { p.lifecycle(b) })
+		p.released(b)
+		c1, u1 := redisCost(b, p.rdb)
+		parallel(callers, n, decision)
+		c2, u2 := redisCost(b, p.rdb)
 		wsCmds, wsCPU, wsN = wsCmds+c1-c0, wsCPU+u1-u0, wsN+n
 		peerCmds, peerCPU, peerN = peerCmds+c2-c1, peerCPU+u2-u1, peerN+n
 	}

@@ -57,8 +57,12 @@
  * - Late calls: a call whose reply the tracker gave up may still run later
  *   (an orphan); at most one per instance at a time (a bound). A restarted
  *   tracker's orphans still run.
- * - Seq numbers (release.lua, sync.lua) by their effect: once a later call
- *   of the instance ran, its orphan is stale and does nothing (dropped).
+ * - Seq numbers (release.lua, sync.lua) by their effect: once a later
+ *   heartbeat or the leave of the instance ran, its orphan is stale and
+ *   does nothing (dropped). Releases do not move Redis' seq: a release
+ *   that ran leaves the orphans as they are. A batch (several admissions
+ *   or releases in one script, PROTOCOL.md "Batches") is those steps one
+ *   after the other with nothing between: fewer interleavings.
  * - A restarted tracker keeps held (Envoy still carries the connections;
  *   inherit and the access log tell the new run) and forgets ent, its
  *   epoch and its lease.
@@ -188,8 +192,8 @@ inline norm() {
   res = 0; kvb = false
 }
 
-/* A call of instance i ran in Redis under a later seq than i's orphan:
- * the orphan is stale, it will do nothing. */
+/* A heartbeat or leave of instance i ran in Redis under a later seq than
+ * i's orphan: the orphan is stale, it will do nothing. */
 inline newer_call_ran(i) {
 #if defined(NO_SEQ)
   if :: okind[i] == OSYNC -> okind[i] = NONE; oh[i] = 0 :: else -> skip fi
@@ -322,7 +326,7 @@ inline lower_both(i) {
   if :: ent[i] > 0 -> ent[i]-- :: else -> skip fi
 }
 /* ... it ran (the reply, read or lost, changes nothing locally) */
-inline release_ran(i) { held[i] > 0 && kv[i] -> lower_both(i); release_script(i); newer_call_ran(i) }
+inline release_ran(i) { held[i] > 0 && kv[i] -> lower_both(i); release_script(i) }
 /* ... it runs later */
 inline release_late(i) { held[i] > 0 && kv[i] && okind[i] == NONE -> lower_both(i); okind[i] = ORELEASE }
 /* ... it never runs, or it was fenced ('epoch': nothing done) */

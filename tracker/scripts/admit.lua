@@ -1,46 +1,96 @@
--- admit: place one new connection of an instance on a pod under the cap, as
--- a slot entitled to that instance (inst:<id>; see PROTOCOL.md).
--- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 pend:<id>, 5 stats, 6 rej:capacity,
---       7 rej:no_pods, 8 rejinst:<id>, 9 epoch, 10 instances
+-- admit: place ARGV[9] new connections of an instance, each on a pod under
+-- the cap, as a slot entitled to that instance (inst:<id>; see PROTOCOL.md).
+-- The state afterwards is what ARGV[9] admissions one after the other would
+-- leave: the tracker sends the admissions that arrived while its previous
+-- call was in flight as one call (PROTOCOL.md, "Batches").
+-- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 stats, 5 rej:capacity, 6 rej:no_pods,
+--       7 rejinst:<id>, 8 epoch, 9 instances
+-- pend:<id> is not touched: a new connection counts as established until
+-- the instance's next heartbeat says otherwise (sync.lua).
 -- ARGV: 1 cap, 2 policy (pack|spread), 3 bucket, 4 slots, 5 events channel,
---       6 the caller's epoch id, 7 run id check (1|0), 8 instance id
--- Returns {1, pod}, {0, reason}, or {-1, why[, ms]} when Redis must not
--- decide: 'epoch' (not the caller's epoch, or another Redis process),
--- 'recovering' (after data loss, ms until every instance has re-published:
--- at least 1 while no tracker has confirmed the wait on its own clock),
--- 'lease' (the caller's lease ended and it may have been reaped).
+--       6 the caller's epoch id, 7 run id check (1|0), 8 instance id,
+--       9 how many connections
+-- Returns {granted, reason, pod, n, pod, n, ...}: the pods granted with how
+-- many each, and why the others were refused ('' when none was); or
+-- {-1, why[, ms]} when Redis must not decide: 'epoch' (not the caller's
+-- epoch, or another Redis process), 'recovering' (after data loss, ms until
+-- every instance has re-published: at least 1 while no tracker has
+-- confirmed the wait on its own clock), 'lease' (the caller's lease ended
+-- and it may have been reaped).
 local now = now_ms()
-local until_ms, confirmed = fenced(KEYS[9], ARGV[6], ARGV[7])
+local until_ms, confirmed = fenced(KEYS[8], ARGV[6], ARGV[7])
 if not until_ms then return {-1, 'epoch'} end
 if now < until_ms or not confirmed then return {-1, 'recovering', math.max(until_ms - now, 1)} end
-local lease = redis.call('ZSCORE', KEYS[10], ARGV[8])
+local lease = redis.call('ZSCORE', KEYS[9], ARGV[8])
 if not lease or tonumber(lease) < now then return {-1, 'lease'} end
 
-local cap = tonumber(ARGV[1])
-local pod
+local cap, want = tonumber(ARGV[1]), tonumber(ARGV[9])
+local give = {} -- pod -> connections granted on it
+local pods = {} -- the pods of give, in order
+local granted = 0
+-- n admissions in a row use at most the n pods they would pick first:
+-- each of those takes one or more, and a pod further down the order is
+-- never better than one of them that is still under the cap.
 if ARGV[2] == 'pack' then
-  -- fullest pod still under the cap: empty pods stay empty and can go.
-  pod = redis.call('ZREVRANGEBYSCORE', KEYS[2], '(' .. cap, '-inf', 'LIMIT', 0, 1)[1]
-else
-  local r = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  if r[1] and tonumber(r[2]) < cap then pod = r[1] end
-end
-if pod then
-  redis.call('ZINCRBY', KEYS[2], 1, pod) -- picked from avail: its count is there
-  redis.call('HINCRBY', KEYS[3], pod, 1)
-  redis.call('HINCRBY', KEYS[4], pod, 1) -- not established yet
-  if redis.call('HINCRBY', KEYS[5], 'live', 1) == 1 then
-    redis.call('PUBLISH', ARGV[5], 'active')
+  -- fullest pod under the cap first (empty pods stay empty and can go); it
+  -- stays the fullest until it reaches the cap.
+  local r = redis.call('ZREVRANGEBYSCORE', KEYS[2], '(' .. cap, '-inf', 'WITHSCORES', 'LIMIT', 0, want)
+  for i = 1, #r, 2 do
+    if granted == want then break end
+    local n = math.min(cap - tonumber(r[i + 1]), want - granted)
+    give[r[i]], pods[#pods + 1], granted = n, r[i], granted + n
   end
-  return {1, pod}
+else
+  -- emptiest first: water-filling. The pods at the lowest count rise
+  -- together to the next count (where the next pod joins them) or to the
+  -- cap; a last partial round goes to the first of them in the set's
+  -- order (count, then name), where admissions in a row would have given
+  -- it to the lowest names: the counts are the same, up to which of the
+  -- equally loaded pods gets the one more.
+  local r = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cap, 'WITHSCORES', 'LIMIT', 0, want)
+  local m = #r / 2
+  if m > 0 then
+    local level, k, left, extra = tonumber(r[2]), 0, want, 0
+    while true do
+      while k < m and tonumber(r[2 * k + 2]) == level do k = k + 1 end
+      local to = cap
+      if k < m then to = tonumber(r[2 * k + 2]) end
+      local room = k * (to - level)
+      if left < room then
+        level, extra = level + math.floor(left / k), left % k
+        break
+      end
+      left, level = left - room, to
+      if level == cap or left == 0 then break end
+    end
+    for j = 1, k do
+      local pod, n = r[2 * j - 1], level - tonumber(r[2 * j])
+      if j <= extra then n = n + 1 end
+      if n > 0 then give[pod], pods[#pods + 1], granted = n, pod, granted + n end
+    end
+  end
 end
-local reason, ring = 'capacity', KEYS[6]
-if redis.call('ZCARD', KEYS[2]) == 0 then reason, ring = 'no_pods', KEYS[7] end
-local bucket, slots = tonumber(ARGV[3]), tonumber(ARGV[4])
-ring_add(KEYS[8], reason .. ':', bucket, slots, 1)
--- Publishing once per bucket is enough to wake a scaler waiting for the
--- first rejection, and keeps a rejection storm off the pub/sub bus.
-if ring_add(ring, '', bucket, slots, 1) then
-  redis.call('PUBLISH', ARGV[5], reason)
+local reply = {granted, ''}
+for _, pod in ipairs(pods) do
+  local n = give[pod]
+  redis.call('ZINCRBY', KEYS[2], n, pod) -- picked from avail: its count is there
+  redis.call('HINCRBY', KEYS[3], pod, n)
+  reply[#reply + 1], reply[#reply + 2] = pod, n
 end
-return {0, reason}
+if granted > 0 and redis.call('HINCRBY', KEYS[4], 'live', granted) == granted then
+  redis.call('PUBLISH', ARGV[5], 'active')
+end
+local refused = want - granted
+if refused > 0 then
+  local reason, ring = 'capacity', KEYS[5]
+  if redis.call('ZCARD', KEYS[2]) == 0 then reason, ring = 'no_pods', KEYS[6] end
+  local bucket, slots = tonumber(ARGV[3]), tonumber(ARGV[4])
+  ring_add(KEYS[7], reason .. ':', bucket, slots, refused)
+  -- Publishing once per bucket is enough to wake a scaler waiting for the
+  -- first rejection, and keeps a rejection storm off the pub/sub bus.
+  if ring_add(ring, '', bucket, slots, refused) then
+    redis.call('PUBLISH', ARGV[5], reason)
+  end
+  reply[2] = reason
+end
+return reply

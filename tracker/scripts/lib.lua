@@ -41,15 +41,17 @@ end
 --
 -- adjust moves a pod's live count by d, never below zero, and returns the
 -- change actually applied, so callers keep stats.live equal to the sum.
+-- ZADD XX INCR touches avail only if the pod is there: one call where a
+-- ZSCORE and a ZINCRBY would take two.
 local function adjust(load, avail, pod, d)
-  local key = load
-  if redis.call('ZSCORE', avail, pod) then key = avail end
-  local after = tonumber(redis.call('ZINCRBY', key, d, pod))
+  local key, after = avail, redis.call('ZADD', avail, 'XX', 'INCR', d, pod)
+  if not after then key, after = load, redis.call('ZINCRBY', load, d, pod) end
+  after = tonumber(after)
   local before = after - d
-  if after <= 0 then
-    after = 0
+  if after < 0 or (after == 0 and key == load) then
     if key == load then redis.call('ZREM', load, pod) else redis.call('ZADD', avail, 0, pod) end
   end
+  after = math.max(after, 0)
   return after - math.max(before, 0)
 end
 

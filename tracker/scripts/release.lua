@@ -1,32 +1,40 @@
--- release: instance <id> gives back up to ARGV[2] connections on pod ARGV[1],
--- ARGV[3] of which were never established.
+-- release: instance <id> gives back connections, as many as it queued since
+-- its previous release call (PROTOCOL.md, "Batches"): for each pod, up to n
+-- connections, `pending` of which were never established.
 -- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 stats, 5 pend:<id>, 6 epoch, 7 seq
--- ARGV: 1 pod, 2 n, 3 pending, 4 the caller's epoch id, 5 run id check,
---       6 instance id, 7 the call's sequence number
+-- ARGV: 1 the caller's epoch id, 2 run id check, 3 instance id, then per
+--       pod: pod, n, pending, seq
 -- Only what the instance holds is released, so a duplicate release (or one
--- after Redis lost its data) cannot push load below the truth. A release
--- that arrives after a later heartbeat of its instance (a reply that timed
--- out, then ran) is already in that heartbeat's counts: its sequence number
--- is below the heartbeat's, and it is ignored. Releases do not move seq:
--- only heartbeats do, so that a reaper watching it sees heartbeats. A late
--- heartbeat after a release counts that connection again: Redis then
--- over-counts until the next heartbeat, which is safe. Returns the number
--- released, -1 when fenced.
-if not fenced(KEYS[6], ARGV[4], ARGV[5]) then return -1 end
-if tonumber(ARGV[7]) < tonumber(redis.call('HGET', KEYS[7], ARGV[6]) or '0') then return 0 end
-local pod, n = ARGV[1], tonumber(ARGV[2])
-local have = tonumber(redis.call('HGET', KEYS[3], pod) or '0')
-local d = math.min(have, n)
-if d <= 0 then return 0 end
-if have == d then
-  redis.call('HDEL', KEYS[3], pod)
-else
-  redis.call('HINCRBY', KEYS[3], pod, -d)
+-- after Redis lost its data) cannot push load below the truth. seq is the
+-- instance's seq when the connections ended, that of its last heartbeat
+-- before: a release queued before a heartbeat is in that heartbeat's counts
+-- if the heartbeat ran first (Redis' seq is then above it) and is ignored.
+-- Releases do not move seq: only heartbeats do, so that a reaper watching it
+-- sees heartbeats. A late heartbeat after a release counts those
+-- connections again: Redis then over-counts until the next heartbeat, which
+-- is safe. Returns the number released, -1 when fenced.
+if not fenced(KEYS[6], ARGV[1], ARGV[2]) then return -1 end
+local last = tonumber(redis.call('HGET', KEYS[7], ARGV[3]) or '0')
+local total, moved = 0, 0
+for i = 4, #ARGV, 4 do
+  local pod, n, pending = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  if tonumber(ARGV[i + 3]) >= last then
+    -- HINCRBY first: the common case (it held them) takes one call.
+    local left, d = redis.call('HINCRBY', KEYS[3], pod, -n), n
+    if left <= 0 then
+      d = n + left -- what it held
+      redis.call('HDEL', KEYS[3], pod)
+    end
+    if d > 0 then
+      total = total + d
+      pending = math.min(pending, d)
+      if pending > 0 then
+        local p = redis.call('HINCRBY', KEYS[5], pod, -pending)
+        if p <= 0 then redis.call('HDEL', KEYS[5], pod) end
+      end
+      moved = moved + adjust(KEYS[1], KEYS[2], pod, -d)
+    end
+  end
 end
-local pending = math.min(tonumber(ARGV[3]), tonumber(redis.call('HGET', KEYS[5], pod) or '0'))
-if pending > 0 then
-  if redis.call('HINCRBY', KEYS[5], pod, -pending) <= 0 then redis.call('HDEL', KEYS[5], pod) end
-end
-local moved = adjust(KEYS[1], KEYS[2], pod, -d)
 if moved ~= 0 then redis.call('HINCRBY', KEYS[4], 'live', moved) end
-return d
+return total

@@ -4,8 +4,9 @@
 -- rejections are flushed and the expired instances it names are reaped.
 -- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 pend:<id>, 5 instances, 6 stats,
 --       7 epoch, 8 seq
--- pend:<id> holds only the connections not yet established: they are few and
--- short-lived, so established = live - pending costs almost no memory.
+-- pend:<id> holds only the connections not yet established at the instance's
+-- last heartbeat (admit.lua leaves it alone, releases lower it): they are few
+-- and short-lived, so established = live - pending costs almost no memory.
 -- ARGV: 1 id, 2 lease (ms), 3 random part of a new epoch's id (Redis' clock
 --       goes before it), 4 prefix, 5 bucket slots,
 --       6 events channel, 7 run id check (1|0), 8 the call's sequence number,

@@ -1,0 +1,174 @@
+package tracker
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// gatedSend is a send whose calls block until the test lets each one go;
+// it records the requests of every call.
+type gatedSend struct {
+	mu    sync.Mutex
+	calls [][]int
+	enter chan []int    // each call's requests, as it starts
+	leave chan struct{} // one per call allowed to return
+}
+
+func newGatedSend() *gatedSend {
+	return &gatedSend{enter: make(chan []int, 100), leave: make(chan struct{}, 100)}
+}
+
+func (g *gatedSend) send(ctx context.Context, reqs []int) ([]int, error) {
+	g.mu.Lock()
+	g.calls = append(g.calls, slices.Clone(reqs))
+	g.mu.Unlock()
+	g.enter <- slices.Clone(reqs)
+	select {
+	case <-g.leave:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	res := make([]int, len(reqs))
+	for i, r := range reqs {
+		res[i] = r * 10
+	}
+	return res, nil
+}
+
+// queued waits until n requests wait in b's queue.
+func queued[Req, Res any](t *testing.T, b *batcher[Req, Res], n int) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		b.mu.Lock()
+		got := len(b.queue)
+		b.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests queued, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond) // the queue has no event of its own
+	}
+}
+
+// The calls that arrive while one is in flight go together in the next
+// one, each caller gets its own result, and the first caller does not wait
+// for the batch behind it.
+func TestBatcherGroupsWhatArrivesDuringACall(t *testing.T) {
+	g := newGatedSend()
+	b := &batcher[int, int]{max: 64, timeout: time.Minute, send: g.send}
+	ctx := context.Background()
+
+	first := make(chan int)
+	go func() {
+		r, err := b.do(ctx, 1)
+		if err != nil {
+			t.Error(err)
+		}
+		first <- r
+	}()
+	if got := <-g.enter; !slices.Equal(got, []int{1}) {
+		t.Fatalf("first call %v, want [1]", got)
+	}
+	var wg sync.WaitGroup
+	results := make([]int, 5)
+	for i := range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := b.do(ctx, 2+i)
+			if err != nil {
+				t.Error(err)
+			}
+			results[i] = r
+		}()
+	}
+	queued(t, b, 5)
+	g.leave <- struct{}{}
+	if r := <-first; r != 10 {
+		t.Errorf("first result %d, want 10", r)
+	}
+	second := <-g.enter // sent by another goroutine: the first caller has returned
+	slices.Sort(second)
+	if !slices.Equal(second, []int{2, 3, 4, 5, 6}) {
+		t.Errorf("second call %v, want the five that queued", second)
+	}
+	g.leave <- struct{}{}
+	wg.Wait()
+	for i, r := range results {
+		if r != (2+i)*10 {
+			t.Errorf("caller %d got %d, want %d", i, r, (2+i)*10)
+		}
+	}
+	if err := b.wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.calls) != 2 {
+		t.Errorf("%d calls for 6 requests, want 2", len(g.calls))
+	}
+}
+
+// A caller that leaves while queued is not sent; one that leaves while its
+// call is in flight gets its context's error, the others their results.
+func TestBatcherCallerLeaving(t *testing.T) {
+	g := newGatedSend()
+	b := &batcher[int, int]{max: 64, timeout: time.Minute, send: g.send}
+	bg := context.Background()
+	go func() { _, _ = b.do(bg, 1) }()
+	<-g.enter
+
+	left, leave := context.WithCancel(bg)
+	errc := make(chan error)
+	go func() { _, err := b.do(left, 2); errc <- err }()
+	stay := make(chan int)
+	go func() { r, _ := b.do(bg, 3); stay <- r }()
+	queued(t, b, 2)
+	leave()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("queued caller that left: %v, want context.Canceled", err)
+	}
+	queued(t, b, 1)
+	g.leave <- struct{}{}
+	if got := <-g.enter; !slices.Equal(got, []int{3}) {
+		t.Errorf("second call %v, want only the caller that stayed", got)
+	}
+	g.leave <- struct{}{}
+	if r := <-stay; r != 30 {
+		t.Errorf("result %d, want 30", r)
+	}
+}
+
+// post does not wait; what is posted during a call goes in the next one,
+// at most max per call, and wait returns once all of it was sent.
+func TestBatcherPost(t *testing.T) {
+	g := newGatedSend()
+	b := &batcher[int, int]{max: 3, timeout: time.Minute, send: g.send}
+	b.post(1)
+	<-g.enter
+	for i := range 5 {
+		b.post(2 + i)
+	}
+	done := make(chan error)
+	go func() { done <- b.wait(context.Background()) }()
+	for range 3 {
+		g.leave <- struct{}{}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	want := [][]int{{1}, {2, 3, 4}, {5, 6}}
+	if len(g.calls) != len(want) {
+		t.Fatalf("calls %v, want %v", g.calls, want)
+	}
+	for i := range want {
+		if !slices.Equal(g.calls[i], want[i]) {
+			t.Errorf("call %d sent %v, want %v", i, g.calls[i], want[i])
+		}
+	}
+}

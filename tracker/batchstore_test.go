@@ -1,0 +1,190 @@
+package tracker_test
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// AdmitN(n) leaves Redis as n admissions in a row leave it: the same count
+// on every pod under pack, the same counts (up to which of equally loaded
+// pods gets a last one) under spread, the same rejections; checked on
+// random loads, caps and batch sizes, on miniredis and a real redis-server
+// (whose Lua the scripts run in production).
+func TestAdmitNIsAdmissionsInARow(t *testing.T) {
+	t.Run("miniredis", func(t *testing.T) {
+		mr := miniredis.RunT(t)
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		t.Cleanup(func() { rdb.Close() })
+		checkAdmitN(t, rdb, true)
+	})
+	t.Run("redis-server", func(t *testing.T) {
+		checkAdmitN(t, redistest.Start(t).Client(), false)
+	})
+}
+
+func checkAdmitN(t *testing.T, rdb *redis.Client, mini bool) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(1, 2))
+	stores := map[string]*tracker.Store{}
+	for _, prefix := range []string{"seq", "batch"} {
+		stores[prefix] = tracker.NewStore(rdb, prefix)
+		if mini {
+			stores[prefix] = stores[prefix].WithoutRestartDetection()
+		}
+	}
+	for round := range 60 {
+		policy := []tracker.Policy{tracker.PolicyPack, tracker.PolicySpread}[round%2]
+		pods := 1 + rng.IntN(6)
+		limit := 1 + rng.IntN(4)
+		n := 1 + rng.IntN(12)
+		var addrs []string
+		var counts []tracker.PodCount
+		for p := range pods {
+			addr := fmt.Sprintf("10.0.%d.%d:80", rng.IntN(3), p)
+			addrs = append(addrs, addr)
+			if c := rng.IntN(limit + 1); c > 0 { // some pods full already
+				counts = append(counts, tracker.PodCount{Pod: addr, Live: c, Established: c})
+			}
+		}
+		if rng.IntN(8) == 0 {
+			addrs = nil // no pod at all: no_pods
+		}
+		run := func(prefix string, admit func(s *tracker.Store, epoch string) []string) (map[string]float64, []string, tracker.Summary) {
+			s := stores[prefix]
+			fleet := fmt.Sprintf("r%d", round)
+			mustSetPods(t, s, fleet, podsOf(addrs...))
+			if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "other", Lease: 1 << 40, Counts: counts}); err != nil {
+				t.Fatal(err)
+			}
+			got := admit(s, epochOf(t, s, fleet, "e1"))
+			load, err := rdb.ZRangeWithScores(ctx, s.KeyPrefix(fleet)+"avail", 0, -1).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := map[string]float64{}
+			for _, z := range load {
+				m[z.Member.(string)] = z.Score
+			}
+			slices.Sort(got)
+			return m, got, mustSummary(t, s, fleet, t0)
+		}
+		fleet := fmt.Sprintf("r%d", round)
+		var reasonSeq, reasonBatch tracker.Reason
+		oneByOne, seqPods, seqSum := run("seq", func(s *tracker.Store, epoch string) []string {
+			var pods []string
+			for range n {
+				a, err := s.Admit(ctx, fleet, limit, policy, "e1", epoch, t0)
+				if err != nil || a.Fence != "" {
+					t.Fatalf("admit: %+v %v", a, err)
+				}
+				if a.Pod != "" {
+					pods = append(pods, a.Pod)
+				} else {
+					reasonSeq = a.Reason
+				}
+			}
+			return pods
+		})
+		batched, batchPods, batchSum := run("batch", func(s *tracker.Store, epoch string) []string {
+			a, err := s.AdmitN(ctx, fleet, limit, policy, "e1", epoch, t0, n)
+			if err != nil || a.Fence != "" {
+				t.Fatalf("admit %d: %+v %v", n, a, err)
+			}
+			reasonBatch = a.Reason
+			return a.Pods
+		})
+		desc := fmt.Sprintf("round %d: %s, cap %d, %d admissions, loads %v", round, policy, limit, n, counts)
+		if len(seqPods) != len(batchPods) || reasonSeq != reasonBatch {
+			t.Errorf("%s: one by one %d granted (%q), batched %d (%q)", desc, len(seqPods), reasonSeq, len(batchPods), reasonBatch)
+		}
+		if seqSum.Live != batchSum.Live || !maps.Equal(seqSum.Rejections, batchSum.Rejections) {
+			t.Errorf("%s: summaries differ: live %d/%d, rejections %v/%v", desc, seqSum.Live, batchSum.Live, seqSum.Rejections, batchSum.Rejections)
+		}
+		if policy == tracker.PolicyPack {
+			if !maps.Equal(oneByOne, batched) || !slices.Equal(seqPods, batchPods) {
+				t.Errorf("%s: one by one %v (%v), batched %v (%v)", desc, oneByOne, seqPods, batched, batchPods)
+			}
+			continue
+		}
+		a, b := slices.Sorted(maps.Values(oneByOne)), slices.Sorted(maps.Values(batched))
+		if !slices.Equal(a, b) {
+			t.Errorf("%s: counts one by one %v, batched %v", desc, oneByOne, batched)
+		}
+	}
+}
+
+// refused is an error reply of Redis to the command itself: proof that a
+// script never ran (tracker's notRun).
+type refused struct{}
+
+func (refused) Error() string { return "ERR refused by the test" }
+func (refused) RedisError()   {}
+
+// holdRelease makes the first release call wait for the test, then fail
+// as refused.
+type holdRelease struct {
+	entered, unblock chan struct{}
+	once             sync.Once
+}
+
+func (h *holdRelease) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdRelease) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *holdRelease) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		// release.lua is the script with 7 keys.
+		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 && fmt.Sprint(a[2]) == "7" {
+			first := false
+			h.once.Do(func() { first = true })
+			if first {
+				close(h.entered)
+				<-h.unblock
+				cmd.SetErr(refused{})
+				return refused{}
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// A queued release that Redis refused gives the slot back to the
+// instance's entitlement only if no heartbeat was sent since: a heartbeat
+// that ran meanwhile published the pod without it, and the share fallback
+// must then not reuse a slot Redis no longer counts for it.
+func TestRefusedReleaseAfterAHeartbeatGivesNothingBack(t *testing.T) {
+	rdb, mr := miniClient(t)
+	hold := &holdRelease{entered: make(chan struct{}), unblock: make(chan struct{})}
+	rdb.AddHook(hold)
+	clk := newClock()
+	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fleetCfg("chat", 1, "10.0.0.1:80"))
+	start(t, mr, clk, a)
+	c := admit(t, a, "chat")
+	if !c.Admitted {
+		t.Fatalf("admit: %+v", c)
+	}
+	if err := a.Release(context.Background(), c.Conn); err != nil {
+		t.Fatal(err)
+	}
+	<-hold.entered
+	heartbeat(t, a) // publishes the pod empty for a
+	close(hold.unblock)
+	if err := a.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mr.SetError("ERR outage")
+	if r := admit(t, a, "chat"); r.Admitted {
+		t.Fatalf("the share fallback reused a slot Redis no longer counts for it: %+v", r)
+	}
+}
