@@ -16,10 +16,10 @@ type Autoscaling struct {
 	// hook then keeps at least one pod and does not overlap the settle
 	// delay with a stabilization window it cannot see.
 	Known bool
-	// MinReplicas is the ScaledObject's minReplicaCount (KEDA's default 0):
-	// the HPA never goes below it while the fleet is active, so the hook
-	// never drains below it either. 0 is scale to zero: KEDA removes every
-	// pod when the fleet deactivates, and draining them all first is right.
+	// MinReplicas is the ScaledObject's minReplicaCount (KEDA's default 0).
+	// KEDA's HPA never goes below max(MinReplicas, 1), so the hook never
+	// drains below that either; with 0 (scale to zero) KEDA itself removes
+	// the last pod when it deactivates the fleet, idle for its cooldown.
 	MinReplicas int
 	// ScaleDownWindow is the HPA's scale-down stabilization window
 	// (advanced.horizontalPodAutoscalerConfig.behavior.scaleDown; the

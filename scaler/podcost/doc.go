@@ -6,8 +6,9 @@
 // (fewest connections = lowest cost), and holds the lower recommendation
 // until its own pod informer has observed the patched values and a settle
 // delay (less the HPA's stabilization window) has passed. It never drains
-// below the ScaledObject's minReplicaCount. A rising recommendation
-// undrains at once and removes the costs.
+// below the HPA's minimum: the ScaledObject's minReplicaCount, and at least
+// one pod, which KEDA itself removes when it deactivates an idle fleet. A
+// rising recommendation undrains at once and removes the costs.
 //
 // KUBERNETES.md says what Kubernetes promises about the annotation and what
 // it does not, and the RBAC the hook needs.

@@ -126,7 +126,7 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, namespace 
 }
 
 // Gate returns the replica count to report for fleet: recommended at once
-// when no pod will go (it is not below ready, or ready is at the fleet's
+// when no pod will go (it is not below ready, or ready is at the HPA's
 // minimum replicas), undraining whatever was drained; else ready until the
 // ready - max(recommended, minimum) emptiest pods are draining and their
 // costs have been observed for the settle delay (less the HPA's
@@ -139,7 +139,7 @@ func (h *Hook) Gate(ctx context.Context, fleet string, ready, recommended int) i
 		return recommended
 	}
 	as := h.autoscaling(ctx, fleet)
-	keep := max(recommended, as.MinReplicas)
+	keep := max(recommended, hpaMinReplicas(as))
 	if keep >= ready {
 		h.undrain(ctx, fleet)
 		return recommended
@@ -152,8 +152,17 @@ func (h *Hook) Gate(ctx context.Context, fleet string, ready, recommended int) i
 	return ready
 }
 
+// hpaMinReplicas is the fewest pods the HPA of as keeps: KEDA gives its
+// HPA minReplicas max(minReplicaCount, 1). With minReplicaCount 0 the last
+// pod is not the HPA's to remove: KEDA deletes it on deactivation, after
+// IsActive has been false (no live connection, no recent rejection) for
+// the cooldown period, so there is nothing on it to cut. Draining it
+// earlier would refuse the first client of that whole cooldown (no_pods)
+// and, no pod being placeable, make the scaler ask for a second pod.
+func hpaMinReplicas(as Autoscaling) int { return max(as.MinReplicas, 1) }
+
 // autoscaling is fleet's Autoscaling, or, unknown, a floor of one pod and
-// no window: scale to zero needs KEDA, whose ScaledObject would be known.
+// no window.
 func (h *Hook) autoscaling(ctx context.Context, fleet string) Autoscaling {
 	if h.scaling != nil {
 		as, err := h.scaling.Autoscaling(ctx, fleet)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -498,35 +499,7 @@ func (e *env) release(t *testing.T, ready, recommended int, want map[string]bool
 func TestNeverDrainsBelowTheMinimumReplicas(t *testing.T) {
 	ctx := context.Background()
 	t.Run("idle fleet above its minimum drains only the surplus", func(t *testing.T) {
-		e := newEnv(t, []int{0, 0, 0, 0, 0}, podcost.WithAutoscaling(fixedScaling{Known: true, MinReplicas: 3}))
-		if got := e.gate(t, 5, 0); got != 5 {
-			t.Fatalf("Gate = %d, want 5 held", got)
-		}
-		// Equal loads: the youngest go, as the ReplicaSet controller prefers.
-		if got, want := e.draining(t), []string{addr(3), addr(4)}; fmt.Sprint(got) != fmt.Sprint(want) {
-			t.Fatalf("draining = %v, want %v: 5 ready - max(0 recommended, 3 minimum)", got, want)
-		}
-		if got := e.release(t, 5, 0, map[string]bool{"pod-3=-10000": true, "pod-4=-10000": true}); got != 0 {
-			t.Fatalf("Gate once prepared = %d, want 0 (the HPA holds the minimum)", got)
-		}
-		// The two went: at the minimum nothing drains, admission has pods.
-		var left []tracker.Pod
-		for _, p := range e.reg.Pods(fleet) {
-			if p.Addr != addr(3) && p.Addr != addr(4) {
-				left = append(left, p)
-			}
-		}
-		e.reg.SetEndpoints(fleet, left)
-		if got := e.gate(t, 3, 0); got != 0 {
-			t.Fatalf("Gate at the minimum = %d, want 0", got)
-		}
-		if got := e.draining(t); len(got) != 0 {
-			t.Fatalf("draining at the minimum = %v, want none", got)
-		}
-		a, err := e.store.Admit(ctx, fleet, 100, tracker.PolicySpread, "envoy-1", e.epoch, time.Now())
-		if err != nil || a.Pod == "" {
-			t.Fatalf("admission at the minimum = %+v, %v; want a pod", a, err)
-		}
+		drainsOnlyTheSurplus(t, 5, 3, 3)
 	})
 	t.Run("idle fleet at its minimum drains nothing", func(t *testing.T) {
 		e := newEnv(t, []int{0, 0, 0}, podcost.WithAutoscaling(fixedScaling{Known: true, MinReplicas: 3}))
@@ -554,13 +527,53 @@ func TestNeverDrainsBelowTheMinimumReplicas(t *testing.T) {
 			t.Fatalf("draining = %v, want %v", got, want)
 		}
 	})
-	t.Run("scale to zero drains every pod", func(t *testing.T) {
-		e := newEnv(t, []int{0, 0, 0}, podcost.WithAutoscaling(fixedScaling{Known: true, MinReplicas: 0}))
-		e.gate(t, 3, 0)
-		if got := e.draining(t); len(got) != 3 {
-			t.Fatalf("draining = %v, want all 3 before KEDA deactivates the fleet", got)
-		}
+	// KEDA's HPA keeps max(minReplicaCount, 1) pods; the last one goes on
+	// deactivation, once the fleet has been idle for the cooldown. A client
+	// coming meanwhile must find it placeable.
+	t.Run("scale to zero keeps the HPA's last pod placeable", func(t *testing.T) {
+		drainsOnlyTheSurplus(t, 3, 0, 1)
 	})
+}
+
+// drainsOnlyTheSurplus: an idle fleet of n pods whose ScaledObject has
+// minReplicaCount min, which the HPA keeps keep of. The youngest n - keep
+// drain (equal loads: as the ReplicaSet controller prefers) and are
+// released; once they went, nothing drains and admission has a pod.
+func drainsOnlyTheSurplus(t *testing.T, n, min, keep int) {
+	t.Helper()
+	e := newEnv(t, make([]int, n), podcost.WithAutoscaling(fixedScaling{Known: true, MinReplicas: min}))
+	if got := e.gate(t, n, 0); got != n {
+		t.Fatalf("Gate = %d, want %d held", got, n)
+	}
+	var want []string
+	seen := map[string]bool{}
+	for i := keep; i < n; i++ {
+		want = append(want, addr(i))
+		seen[fmt.Sprintf("pod-%d=-10000", i)] = true
+	}
+	if got := e.draining(t); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("draining = %v, want %v: %d ready - max(0 recommended, the HPA's minimum %d)", got, want, n, keep)
+	}
+	if got := e.release(t, n, 0, seen); got != 0 {
+		t.Fatalf("Gate once prepared = %d, want 0 (the HPA holds its minimum)", got)
+	}
+	var left []tracker.Pod
+	for _, p := range e.reg.Pods(fleet) {
+		if !slices.Contains(want, p.Addr) {
+			left = append(left, p)
+		}
+	}
+	e.reg.SetEndpoints(fleet, left)
+	if got := e.gate(t, keep, 0); got != 0 {
+		t.Fatalf("Gate at the minimum = %d, want 0", got)
+	}
+	if got := e.draining(t); len(got) != 0 {
+		t.Fatalf("draining at the minimum = %v, want none", got)
+	}
+	a, err := e.store.Admit(context.Background(), fleet, 100, tracker.PolicySpread, "envoy-1", e.epoch, time.Now())
+	if err != nil || a.Pod == "" {
+		t.Fatalf("admission at the minimum = %+v, %v; want a pod, not %s", a, err, tracker.ReasonNoPods)
+	}
 }
 
 func TestUndrainRemovesTheCosts(t *testing.T) {

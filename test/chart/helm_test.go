@@ -1,18 +1,14 @@
 package chart_test
 
 import (
-	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
-)
 
-// helmVersion is built from its Go module, never taken from PATH, so every
-// machine renders the chart with the same helm.
-const helmVersion = "v3.22.0"
+	"github.com/wsgate/wsgate/test/helmtest"
+)
 
 // kubeVersion is passed to helm explicitly: a helm built with go install
 // lacks the release build's ldflags and would assume Kubernetes 1.20.
@@ -37,61 +33,14 @@ func setup() error {
 	repoRoot = filepath.Join(filepath.Dir(file), "..", "..")
 	chartDir = filepath.Join(repoRoot, "charts", "wsgate")
 	var err error
-	helmBin, err = buildHelm()
+	helmBin, err = helmtest.Build()
 	return err
 }
 
-// buildHelm installs helm into the user cache once; later runs reuse it.
-// The first build takes minutes on a small machine.
-func buildHelm() (string, error) {
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	dir := filepath.Join(cache, "wsgate", "helm-"+helmVersion)
-	bin := filepath.Join(dir, "helm")
-	if _, err := os.Stat(bin); err == nil {
-		return bin, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("build helm: %w", err)
-	}
-	// Install into a fresh directory and rename, so an interrupted build
-	// never leaves a half-written binary that later runs would trust.
-	tmp, err := os.MkdirTemp(dir, "build-")
-	if err != nil {
-		return "", fmt.Errorf("build helm: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	cmd := exec.Command("go", "install", "helm.sh/helm/v3/cmd/helm@"+helmVersion)
-	cmd.Dir = tmp // outside this module: helm's own go.mod decides its dependencies
-	cmd.Env = append(os.Environ(), "GOBIN="+tmp, "CGO_ENABLED=0", "GOFLAGS=-mod=mod")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("build helm %s (go install): %w\n%s", helmVersion, err, out.Bytes())
-	}
-	if err := os.Rename(filepath.Join(tmp, "helm"), bin); err != nil {
-		return "", fmt.Errorf("build helm: %w", err)
-	}
-	return bin, nil
-}
-
-// runHelm runs helm with a private home, so no user repositories or
-// plugins change the outcome, and returns stdout and stderr.
+// runHelm runs the pinned helm and returns stdout and stderr.
 func runHelm(t *testing.T, args ...string) (stdout, stderr []byte, err error) {
 	t.Helper()
-	home := t.TempDir()
-	cmd := exec.Command(helmBin, args...)
-	cmd.Env = append(os.Environ(),
-		"HELM_CACHE_HOME="+filepath.Join(home, "cache"),
-		"HELM_CONFIG_HOME="+filepath.Join(home, "config"),
-		"HELM_DATA_HOME="+filepath.Join(home, "data"),
-	)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err = cmd.Run()
-	return o.Bytes(), e.Bytes(), err
+	return helmtest.Run(t, helmBin, args...)
 }
 
 // valuesArgs turns a value set's testdata file (empty: the chart's defaults)

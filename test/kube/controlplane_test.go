@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,7 +65,11 @@ func buildControlPlane() (string, error) {
 		return "", err
 	}
 	start := time.Now()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager")
+	ldflags, err := versionFlags()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command("go", "build", "-ldflags", ldflags, "-o", dir+"/", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager")
 	cmd.Dir = "tools"
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("building the control plane in test/kube/tools: %v\n%s", err, out)
@@ -73,10 +78,32 @@ func buildControlPlane() (string, error) {
 	return dir, nil
 }
 
+// versionFlags stamps the binaries with the release test/kube/tools pins,
+// as Kubernetes' own build does: without them kube-apiserver reports
+// v0.0.0-master, and helm refuses the chart's kubeVersion. -X only changes
+// the link, so Go's build cache still holds every compiled package.
+func versionFlags() (string, error) {
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "k8s.io/kubernetes")
+	cmd.Dir = "tools"
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("reading the pinned k8s.io/kubernetes version in test/kube/tools: %v", err)
+	}
+	v := strings.TrimSpace(string(out))
+	parts := strings.SplitN(strings.TrimPrefix(v, "v"), ".", 3)
+	if len(parts) < 2 {
+		return "", fmt.Errorf("k8s.io/kubernetes version %q: want vMAJOR.MINOR.PATCH", v)
+	}
+	const pkg = "k8s.io/component-base/version."
+	return fmt.Sprintf("-X %sgitVersion=%s -X %sgitMajor=%s -X %sgitMinor=%s -X %sgitTreeState=clean",
+		pkg, v, pkg, parts[0], pkg, parts[1], pkg), nil
+}
+
 // controlPlane is one etcd, kube-apiserver and kube-controller-manager.
 type controlPlane struct {
-	host  string // https://127.0.0.1:port
-	admin kubernetes.Interface
+	host       string // https://127.0.0.1:port
+	admin      kubernetes.Interface
+	kubeconfig string // the admin's, for tools such as helm
 }
 
 // run starts a process for the test's lifetime, its output in dir/name.log.
@@ -162,8 +189,9 @@ contexts: [{name: test, context: {cluster: test, user: admin}}]
 current-context: test
 `, host, adminToken)
 	writeFile(t, dir, "kubeconfig", []byte(kubeconfig))
+	cp.kubeconfig = filepath.Join(dir, "kubeconfig")
 	run(t, dir, filepath.Join(binDir, "kube-controller-manager"),
-		"--kubeconfig", filepath.Join(dir, "kubeconfig"), "--leader-elect=false", "--secure-port=0",
+		"--kubeconfig", cp.kubeconfig, "--leader-elect=false", "--secure-port=0",
 		"--controllers", "deployment,replicaset,endpointslice")
 	return cp
 }

@@ -42,14 +42,11 @@ func TestKubeJudgesExpiredInstances(t *testing.T) {
 	defer cancel()
 	a := cp.admin
 	must := func(_ any, err error) { t.Helper(); noErr(t, err) }
-	scalerClient := scalerAccount(ctx, t, a, cp)
+	scalerClient := scalerAccount(ctx, t, a, cp, chartRole(t))
 	kubelet(ctx, t, a)
 
 	// The backend: one pod, cap 2. The Envoy fleet: three bare pods.
-	labels := map[string]string{"app": fleet}
-	must(a.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fleet},
-		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "ws", Port: 8080, TargetPort: intstr.FromInt32(8080)}}}}, metav1.CreateOptions{}))
-	must(a.CoreV1().Pods(ns).Create(ctx, barePod(fleet+"-0", labels), metav1.CreateOptions{}))
+	must(a.CoreV1().Pods(ns).Create(ctx, barePod(fleet+"-0", service(ctx, t, a, fleet)), metav1.CreateOptions{}))
 	envoyLabels := map[string]string{"app": "envoy"}
 	must(a.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: envoyService},
 		Spec: corev1.ServiceSpec{Selector: envoyLabels, Ports: []corev1.ServicePort{{Name: "http", Port: 10000, TargetPort: intstr.FromInt32(10000)}}}}, metav1.CreateOptions{}))
@@ -154,9 +151,9 @@ func TestKubeJudgesExpiredInstances(t *testing.T) {
 	defer func() { bcancel(); <-bdone }()
 
 	// envoy-a's node stops reporting: its pod goes NotReady, still listed.
-	setNotReady(ctx, t, a, "envoy-a")
+	setReady(ctx, t, a, "envoy-a", false)
 	awaitEvery(100*time.Millisecond, "envoy-a listed not ready", func(ctx context.Context) (bool, error) {
-		ep, err := envoyEndpoint(ctx, a, "envoy-a")
+		ep, err := endpointOf(ctx, a, envoyService, "envoy-a")
 		return err == nil && ep != nil && ep.Conditions.Ready != nil && !*ep.Conditions.Ready && disc.ExpectedInstances(fleet) == 2, err
 	})
 	// envoy-c's pod is deleted.
@@ -166,7 +163,7 @@ func TestKubeJudgesExpiredInstances(t *testing.T) {
 	awaitUnlisted := func(id string) {
 		t.Helper()
 		awaitEvery(100*time.Millisecond, id+" no longer listed", func(ctx context.Context) (bool, error) {
-			ep, err := envoyEndpoint(ctx, a, id)
+			ep, err := endpointOf(ctx, a, envoyService, id)
 			alive, known := disc.InstanceAlive(fleet, id)
 			return err == nil && ep == nil && known && !alive, err
 		})
@@ -240,14 +237,15 @@ func TestKubeJudgesExpiredInstances(t *testing.T) {
 }
 
 // scalerAccount creates the namespace and the scaler's ServiceAccount bound
-// to the chart's Role, and returns a clientset on its token.
-func scalerAccount(ctx context.Context, t *testing.T, a kubernetes.Interface, cp *controlPlane) kubernetes.Interface {
+// to a Role of rules (the chart's: chartRole), and returns a clientset on
+// its token.
+func scalerAccount(ctx context.Context, t *testing.T, a kubernetes.Interface, cp *controlPlane, rules []rbacv1.PolicyRule) kubernetes.Interface {
 	t.Helper()
 	_, err := a.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 	noErr(t, err)
 	_, err = a.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "wsgate-scaler"}}, metav1.CreateOptions{})
 	noErr(t, err)
-	_, err = a.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "wsgate-scaler"}, Rules: chartRole(t)}, metav1.CreateOptions{})
+	_, err = a.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "wsgate-scaler"}, Rules: rules}, metav1.CreateOptions{})
 	noErr(t, err)
 	_, err = a.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "wsgate-scaler"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "wsgate-scaler"},
@@ -271,18 +269,23 @@ func barePod(name string, labels map[string]string) *corev1.Pod {
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "main", Image: labels["app"]}}}}
 }
 
-// setNotReady does what the node lifecycle controller does to the pods of a
-// node that stopped reporting: Ready=False, the pod still Running (so the
-// kubelet helper leaves it alone) and its IP kept.
-func setNotReady(ctx context.Context, t *testing.T, c kubernetes.Interface, name string) {
+// setReady sets a running pod's Ready condition. False is what the node
+// lifecycle controller does to the pods of a node that stopped reporting:
+// Ready=False, the pod still Running (so the kubelet helper leaves it
+// alone) and its IP kept.
+func setReady(ctx context.Context, t *testing.T, c kubernetes.Interface, name string, ready bool) {
 	t.Helper()
+	status, reason := corev1.ConditionTrue, ""
+	if !ready {
+		status, reason = corev1.ConditionFalse, "NodeStatusUnknown"
+	}
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		p, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
 		now := metav1.Now()
-		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: now, Reason: "NodeStatusUnknown"}}
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: status, LastTransitionTime: now, Reason: reason}}
 		_, err = c.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
 		return err
 	})
@@ -291,10 +294,10 @@ func setNotReady(ctx context.Context, t *testing.T, c kubernetes.Interface, name
 	}
 }
 
-// envoyEndpoint is pod's endpoint in the Envoy Service's EndpointSlices as
-// the API server has them (nil: not listed).
-func envoyEndpoint(ctx context.Context, c kubernetes.Interface, pod string) (*discoveryv1.Endpoint, error) {
-	l, err := c.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + envoyService})
+// endpointOf is pod's endpoint in the EndpointSlices of service as the API
+// server has them (nil: not listed).
+func endpointOf(ctx context.Context, c kubernetes.Interface, service, pod string) (*discoveryv1.Endpoint, error) {
+	l, err := c.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + service})
 	if err != nil {
 		return nil, err
 	}

@@ -10,12 +10,9 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -23,11 +20,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
-	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
 
@@ -99,123 +92,204 @@ func kubelet(ctx context.Context, t *testing.T, c kubernetes.Interface) {
 // TestScaleDownDeletesTheEmptiestPods: ten pods under mixed load, the
 // recommendation falls to five; the hook, with the chart's Role through a
 // ServiceAccount token, prepares the scale-down and the real ReplicaSet
-// controller deletes exactly the five emptiest.
+// controller deletes exactly the five emptiest. The baseline, a plain
+// HPA's scale-down of the same load without the hook, is measured beside
+// it on three more Deployments: the ReplicaSet controller then picks among
+// equally ready pods by its own tie-break, blind to connections.
 func TestScaleDownDeletesTheEmptiestPods(t *testing.T) {
-	cp := startControlPlane(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	a := cp.admin
-	must := func(_ any, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	scalerClient := scalerAccount(ctx, t, a, cp)
-
-	labels := map[string]string{"app": fleet}
-	must(a.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fleet},
-		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "ws", Port: 8080, TargetPort: intstr.FromInt32(8080)}}}}, metav1.CreateOptions{}))
-	kubelet(ctx, t, a)
-	must(a.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: fleet},
-		Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](10), Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "backend", Image: "wsbackend",
-					Ports: []corev1.ContainerPort{{Name: "ws", ContainerPort: 8080}}}}}}}}, metav1.CreateOptions{}))
-
-	// The scaler's side: real Redis, discovery and the hook on the SA token.
-	rdb := redis.NewClient(&redis.Options{Addr: redistest.Start(t).Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	store := tracker.NewStore(rdb, "wsgate")
-	reg := discovery.NewRegistry(store)
-	disc, err := discovery.New(scalerClient, ns, []tracker.FleetConfig{{Name: fleet, MaxConnectionsPerPod: 10, Service: fleet, Port: "ws"}}, reg, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go disc.Run(ctx)
-	go reg.Run(ctx)
-	factory := informers.NewSharedInformerFactoryWithOptions(scalerClient, 0, informers.WithNamespace(ns))
-	hook := podcost.New(scalerClient, factory.Core().V1().Pods(), ns, store, reg,
-		podcost.WithSettle(2*time.Second), podcost.WithMinPatchInterval(time.Second))
-	factory.Start(ctx.Done())
-	t.Cleanup(factory.Shutdown)
-
-	ready := func() []tracker.Pod {
-		var out []tracker.Pod
-		for _, p := range reg.Pods(fleet) {
-			if p.Ready && p.Name != "" {
-				out = append(out, p)
-			}
-		}
-		return out
-	}
-	if err := wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(context.Context) (bool, error) {
-		return len(ready()) == 10, nil
-	}); err != nil {
-		t.Fatalf("discovery never showed 10 ready pods: %v (%d)", err, len(ready()))
-	}
-
-	// Mixed load, reported by a tracker's heartbeat.
-	pods := ready()
-	sort.Slice(pods, func(i, j int) bool { return pods[i].Name < pods[j].Name })
+	// 29 connections at cap 8 (8 × 0.8 per pod): the policy wants 5 pods.
+	// No ScaledObject: the hook knows no window and holds the full settle.
+	s := fleetSetup{replicas: 10, cap: 8, hook: []podcost.Option{podcost.WithSettle(2 * time.Second)}}.start(ctx, t)
+	a := s.a
 	loads := []int{5, 0, 3, 1, 7, 2, 0, 4, 6, 1}
-	var counts []tracker.PodCount
-	load := map[string]int{}
+	plain := []string{"plain-1", "plain-2", "plain-3"}
+	for _, p := range plain {
+		backend(ctx, t, a, p, 10)
+	}
+	pods := s.awaitReady(ctx, t, fleet, 10)
+	live, load := map[string]int{}, map[string]int{}
 	for i, p := range pods {
-		counts = append(counts, tracker.PodCount{Pod: p.Addr, Live: loads[i]})
-		load[p.Name] = loads[i]
+		live[p.Addr], load[p.Name] = loads[i], loads[i]
 	}
-	if _, err := store.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "envoy-1", Lease: time.Hour,
-		RecoveryWait: time.Millisecond, Seq: 1, Counts: counts}); err != nil {
-		t.Fatal(err)
-	}
-	byLoad := append([]tracker.Pod(nil), pods...)
-	sort.SliceStable(byLoad, func(i, j int) bool { return load[byLoad[i].Name] < load[byLoad[j].Name] })
-	minCut, keep := 0, map[string]bool{}
-	for i, p := range byLoad {
-		if i < 5 {
-			minCut += load[p.Name]
-		} else {
-			keep[p.Name] = true
-		}
+	setLoad(ctx, t, s.store, fleet, 1, live)
+	sorted := append([]int(nil), loads...)
+	sort.Ints(sorted)
+	minCut := 0
+	for _, n := range sorted[:5] {
+		minCut += n
 	}
 
-	// The HPA's side: poll the gate until it reports 5, then scale.
+	// The HPA's side: poll the scaler until it reports 5, then scale.
 	start := time.Now()
-	if err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		return hook.Gate(ctx, fleet, 10, 5) == 5, nil
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		return s.desired(ctx, t, fleet) == 5, nil
 	}); err != nil {
 		t.Fatalf("the hook never released the scale-down: %v", err)
 	}
 	held := time.Since(start)
-	must(a.AppsV1().Deployments(ns).UpdateScale(ctx, fleet, &autoscalingv1.Scale{ObjectMeta: metav1.ObjectMeta{Name: fleet, Namespace: ns},
-		Spec: autoscalingv1.ScaleSpec{Replicas: 5}}, metav1.UpdateOptions{}))
-
-	var left []corev1.Pod
-	if err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		l, err := a.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
-		left = l.Items
-		return len(left) == 5, nil
-	}); err != nil {
-		t.Fatalf("pods never went down to 5: %v (%d)", err, len(left))
+	scale(ctx, t, a, fleet, 5)
+	left := awaitPods(ctx, t, a, fleet, 5)
+	kept := map[string]bool{}
+	for _, p := range left {
+		kept[p.Name] = true
 	}
 	cut := 0
 	for _, p := range pods {
-		gone := true
-		for _, l := range left {
-			if l.Name == p.Name {
-				gone = false
-			}
-		}
-		if gone {
+		if !kept[p.Name] {
 			cut += load[p.Name]
-			if keep[p.Name] {
-				t.Errorf("pod %s with %d connections was deleted; the emptiest should have gone", p.Name, load[p.Name])
-			}
 		}
 	}
-	t.Logf("scale-down 10 -> 5: cut %d connections (minimum %d); the hook held %s", cut, minCut, held.Round(time.Millisecond))
+	if cut != minCut {
+		t.Errorf("the scale-down cut %d connections (kept %v of loads %v by pod name); the five emptiest hold %d", cut, left, loads, minCut)
+	}
+
+	// The baseline: the same load on pods nobody prepared.
+	var plainCuts []int
+	for _, name := range plain {
+		before := awaitPods(ctx, t, a, name, 10)
+		scale(ctx, t, a, name, 5)
+		kept := map[string]bool{}
+		for _, p := range awaitPods(ctx, t, a, name, 5) {
+			kept[p.Name] = true
+		}
+		n := 0
+		for i, p := range before {
+			if !kept[p.Name] {
+				n += loads[i]
+			}
+		}
+		plainCuts = append(plainCuts, n)
+	}
+	t.Logf("scale-down 10 -> 5 of loads %v: with the hook cut %d connections (minimum %d), held %s; without it cut %v",
+		loads, cut, minCut, held.Round(time.Millisecond), plainCuts)
+}
+
+func podReady(p corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// TestStepwiseScaleDownFollowsTheChartPolicy: the chart's HPA behaviour
+// (a 300 s stabilization window, then one pod a minute), 60 times faster,
+// played on the scale subresource from the scaler's metric, takes ten
+// pods under mixed load down to the four the policy wants, one step at a
+// time. The hook releases the scale-down once, as soon as its costs are
+// observed (the window covers the chart's settle delay), and holds none of
+// the steps, which would restart the window each time; at every poll the
+// pods draining are exactly the emptiest pods still there, so each step
+// removes one of them and the kept pods never drain.
+func TestStepwiseScaleDownFollowsTheChartPolicy(t *testing.T) {
+	const speed = 60
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	chart := chartValues(t)
+	behavior := scaledBehavior(chart.Behavior, speed)
+	// 29 connections at cap 10 (8 per pod): the policy wants 4 pods.
+	s := fleetSetup{replicas: 10, cap: 10, scaledObject: true, min: 1, behavior: behavior,
+		hook: []podcost.Option{podcost.WithSettle(chart.Settle / speed)}}.start(ctx, t)
+	a, store := s.a, s.store
+	pods := s.awaitReady(ctx, t, fleet, 10)
+	loads := []int{5, 0, 3, 1, 7, 2, 0, 4, 6, 1}
+	live, load := map[string]int{}, map[string]int{}
+	for i, p := range pods {
+		live[p.Addr], load[p.Name] = loads[i], loads[i]
+	}
+	byLoad := append([]tracker.Pod(nil), pods...)
+	sort.SliceStable(byLoad, func(i, j int) bool { return load[byLoad[i].Name] < load[byLoad[j].Name] })
+	emptiest, minCut := map[string]bool{}, 0
+	for _, p := range byLoad[:6] {
+		emptiest[p.Name] = true
+		minCut += load[p.Name]
+	}
+
+	// Until now the fleet needed its ten pods (75 connections): the HPA
+	// has seen 10, which its window remembers when the load falls.
+	h := &hpa{down: *behavior.ScaleDown, sync: 15 * time.Second / speed, min: 1}
+	full := map[string]int{}
+	for _, p := range pods {
+		full[p.Addr] = 7 + len(full)%2
+	}
+	setLoad(ctx, t, store, fleet, 1, full)
+	if d := s.desired(ctx, t, fleet); h.next(time.Now(), 10, int32(d)) != 10 {
+		t.Fatalf("at 75 connections the scaler reported %d: want 10", d)
+	}
+	setLoad(ctx, t, store, fleet, 2, live)
+	tick := time.NewTicker(h.sync)
+	defer tick.Stop()
+	start := time.Now()
+	var released time.Duration // when the scaler first reported 4
+	var steps []time.Duration  // when the HPA lowered the replicas
+	current := int32(10)
+	for present := 10; current > 4 || present > 4; {
+		reported := s.desired(ctx, t, fleet)
+		now := time.Now()
+		switch {
+		case reported == 4 && released == 0:
+			released = now.Sub(start)
+		case reported != 4 && released != 0:
+			t.Fatalf("after %s the scaler reported %d again, having released the scale-down to 4 at %s: a step was held",
+				now.Sub(start).Round(time.Millisecond), reported, released.Round(time.Millisecond))
+		case reported != 4 && reported != 10:
+			t.Fatalf("the scaler reported %d: want 10 (held) or 4", reported)
+		}
+		// Draining first, then the pods: a pod drained then deleted is
+		// gone from the list, never the other way round.
+		draining := s.draining(ctx, t, fleet)
+		l, err := a.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + fleet})
+		noErr(t, err)
+		present = 0
+		for _, p := range l.Items {
+			if p.DeletionTimestamp != nil {
+				continue
+			}
+			present++
+			if draining[p.Name] != emptiest[p.Name] {
+				t.Fatalf("after %s: pod %s (%d connections) draining %v; want exactly the emptiest pods still there draining (%v)",
+					now.Sub(start).Round(time.Millisecond), p.Name, load[p.Name], draining[p.Name], draining)
+			}
+		}
+		if next := h.next(now, current, int32(reported)); next != current {
+			scale(ctx, t, a, fleet, next)
+			current = next
+			steps = append(steps, now.Sub(start))
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("the scale-down never reached 4 pods: at %d replicas, %d pods", current, present)
+		}
+	}
+	cut := 0
+	kept := map[string]bool{}
+	for _, p := range awaitPods(ctx, t, a, fleet, 4) {
+		kept[p.Name] = true
+		if emptiest[p.Name] {
+			t.Errorf("pod %s with %d connections was kept; one of the six emptiest", p.Name, load[p.Name])
+		}
+	}
+	for _, p := range pods {
+		if !kept[p.Name] {
+			cut += load[p.Name]
+		}
+	}
+	if len(steps) != 6 {
+		t.Errorf("%d scale-down steps %v; the chart's policy removes one pod per period, 6 in all", len(steps), steps)
+	}
+	t.Logf("10 -> 4 pods at 1/%d of the chart's timings (window %ds, one pod per %ds): the hook released after %s, steps at %v; cut %d connections (minimum %d)",
+		speed, *behavior.ScaleDown.StabilizationWindowSeconds, behavior.ScaleDown.Policies[0].PeriodSeconds,
+		released.Round(time.Millisecond), roundAll(steps), cut, minCut)
+}
+
+func roundAll(ds []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = d.Round(10 * time.Millisecond)
+	}
+	return out
 }
