@@ -36,9 +36,9 @@ type waiter[Req, Res any] struct {
 }
 
 // do sends req, alone or in a batch, and returns its result. When ctx ends
-// first, do returns ctx's error: a request still queued is not sent, one
-// in flight may still take effect.
-func (b *batcher[Req, Res]) do(ctx context.Context, req Req) (Res, error) {
+// or deadline passes first, do returns an error: a request still queued is
+// not sent, one in flight may still take effect.
+func (b *batcher[Req, Res]) do(ctx context.Context, req Req, deadline time.Time) (Res, error) {
 	w := &waiter[Req, Res]{req: req, done: make(chan struct{})}
 	b.mu.Lock()
 	if !b.busy {
@@ -49,18 +49,23 @@ func (b *batcher[Req, Res]) do(ctx context.Context, req Req) (Res, error) {
 	}
 	b.queue = append(b.queue, w)
 	b.mu.Unlock()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	err := context.DeadlineExceeded
 	select {
 	case <-w.done:
 		return w.res, w.err
 	case <-ctx.Done():
-		b.mu.Lock()
-		if i := slices.Index(b.queue, w); i >= 0 {
-			b.queue = slices.Delete(b.queue, i, i+1)
-		}
-		b.mu.Unlock()
-		var zero Res
-		return zero, ctx.Err()
+		err = ctx.Err()
+	case <-timer.C:
 	}
+	b.mu.Lock()
+	if i := slices.Index(b.queue, w); i >= 0 {
+		b.queue = slices.Delete(b.queue, i, i+1)
+	}
+	b.mu.Unlock()
+	var zero Res
+	return zero, err
 }
 
 // post queues req without waiting for it; send's results go nowhere, so

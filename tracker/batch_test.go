@@ -67,7 +67,7 @@ func TestBatcherGroupsWhatArrivesDuringACall(t *testing.T) {
 
 	first := make(chan int)
 	go func() {
-		r, err := b.do(ctx, 1)
+		r, err := b.do(ctx, 1, time.Now().Add(time.Minute))
 		if err != nil {
 			t.Error(err)
 		}
@@ -82,7 +82,7 @@ func TestBatcherGroupsWhatArrivesDuringACall(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := b.do(ctx, 2+i)
+			r, err := b.do(ctx, 2+i, time.Now().Add(time.Minute))
 			if err != nil {
 				t.Error(err)
 			}
@@ -120,14 +120,14 @@ func TestBatcherCallerLeaving(t *testing.T) {
 	g := newGatedSend()
 	b := &batcher[int, int]{max: 64, timeout: time.Minute, send: g.send}
 	bg := context.Background()
-	go func() { _, _ = b.do(bg, 1) }()
+	go func() { _, _ = b.do(bg, 1, time.Now().Add(time.Minute)) }()
 	<-g.enter
 
 	left, leave := context.WithCancel(bg)
 	errc := make(chan error)
-	go func() { _, err := b.do(left, 2); errc <- err }()
+	go func() { _, err := b.do(left, 2, time.Now().Add(time.Minute)); errc <- err }()
 	stay := make(chan int)
-	go func() { r, _ := b.do(bg, 3); stay <- r }()
+	go func() { r, _ := b.do(bg, 3, time.Now().Add(time.Minute)); stay <- r }()
 	queued(t, b, 2)
 	leave()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
@@ -170,5 +170,25 @@ func TestBatcherPost(t *testing.T) {
 		if !slices.Equal(g.calls[i], want[i]) {
 			t.Errorf("call %d sent %v, want %v", i, g.calls[i], want[i])
 		}
+	}
+}
+
+// A queued caller waits for its call no longer than its deadline, and is
+// then not sent.
+func TestBatcherDeadline(t *testing.T) {
+	g := newGatedSend()
+	b := &batcher[int, int]{max: 64, timeout: time.Minute, send: g.send}
+	bg := context.Background()
+	go func() { _, _ = b.do(bg, 1, time.Now().Add(time.Minute)) }()
+	<-g.enter
+	if _, err := b.do(bg, 2, time.Now().Add(10*time.Millisecond)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued past its deadline: %v, want context.DeadlineExceeded", err)
+	}
+	g.leave <- struct{}{}
+	if err := b.wait(bg); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.calls) != 1 {
+		t.Errorf("calls %v: the caller past its deadline was sent", g.calls)
 	}
 }

@@ -188,3 +188,28 @@ func TestRefusedReleaseAfterAHeartbeatGivesNothingBack(t *testing.T) {
 		t.Fatalf("the share fallback reused a slot Redis no longer counts for it: %+v", r)
 	}
 }
+
+// The admit and release calls load their script again when Redis does not
+// know it (NOSCRIPT after a restart, a failover or SCRIPT FLUSH).
+func TestHotScriptsAfterScriptFlush(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	ctx := context.Background()
+	s := tracker.NewStore(rdb, "wsgate")
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
+	epoch := epochOf(t, s, "chat", "e1")
+	for i := range 2 {
+		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		a, err := s.Admit(ctx, "chat", 5, tracker.PolicyPack, "e1", epoch, t0)
+		if err != nil || a.Pod == "" {
+			t.Fatalf("admit %d after SCRIPT FLUSH: %+v %v", i, a, err)
+		}
+		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.Release(ctx, "chat", "e1", epoch, tracker.ReleaseCount{Pod: a.Pod, N: 1}); err != nil || n != 1 {
+			t.Fatalf("release %d after SCRIPT FLUSH: %d %v", i, n, err)
+		}
+	}
+}

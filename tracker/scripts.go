@@ -1,7 +1,9 @@
 package tracker
 
 import (
+	"context"
 	"embed"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -21,8 +23,48 @@ func loadScript(name string) *redis.Script {
 	if err != nil {
 		panic(err)
 	}
-	return redis.NewScript(string(lib) + "\n" + string(body))
+	src := string(lib) + "\n" + string(body)
+	s := redis.NewScript(src)
+	sources[s.Hash()] = src
+	return s
 }
+
+// sources are the scripts' texts by hash, for runHot's EVAL.
+var sources = map[string]string{}
+
+// evalsha begins an EVALSHA command of s on keys: the fixed part of the
+// calls runHot makes.
+func evalsha(s *redis.Script, keys ...string) []any {
+	args := make([]any, 0, 3+len(keys)+8)
+	args = append(args, "evalsha", s.Hash(), len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	return args
+}
+
+// runHot runs the EVALSHA command args (from evalsha), and EVAL of the
+// script's text when Redis does not know it yet (NOSCRIPT: restarted,
+// failed over, flushed), as redis.Script.Run does. It takes the arguments
+// already boxed, so that the admit and release calls box only their own.
+func runHot(ctx context.Context, c redis.UniversalClient, s *redis.Script, args []any) *redis.Cmd {
+	cmd := c.Do(ctx, args...)
+	if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		eval := append([]any{"eval", sources[s.Hash()]}, args[2:]...)
+		cmd = c.Do(ctx, eval...)
+	}
+	return cmd
+}
+
+// policyArg is a policy as a script argument, boxed once.
+func policyArg(p Policy) any {
+	if p == PolicySpread {
+		return spreadArg
+	}
+	return packArg
+}
+
+var packArg, spreadArg any = string(PolicyPack), string(PolicySpread)
 
 var (
 	scriptAdmit    = loadScript("admit")

@@ -22,7 +22,8 @@ type Store struct {
 	prefix string
 	// keys caches the key lists of the hot scripts per fleet and instance:
 	// they are the same for every call (read-only once built).
-	keys *sync.Map // fleet + "\x00" + instance -> *hotKeys
+	keysMu *sync.RWMutex
+	keys   map[hotID]*hotKeys
 	// runCheck is "1" when the scripts compare Redis' run_id with the
 	// epoch's, to catch a restart with old data (PROTOCOL.md, "Epochs").
 	runCheck string
@@ -33,7 +34,7 @@ func NewStore(rdb redis.UniversalClient, prefix string) *Store {
 	if prefix == "" {
 		prefix = "wsgate"
 	}
-	return &Store{rdb: rdb, prefix: prefix, runCheck: "1", keys: &sync.Map{}}
+	return &Store{rdb: rdb, prefix: prefix, runCheck: "1", keysMu: &sync.RWMutex{}, keys: map[hotID]*hotKeys{}}
 }
 
 // WithoutRestartDetection is for servers that do not report a run_id
@@ -46,26 +47,43 @@ func (s *Store) WithoutRestartDetection() *Store {
 }
 
 // hotKeys are the KEYS of the scripts every admission, release and
-// heartbeat runs.
-type hotKeys struct{ admit, release, sync []string }
+// heartbeat runs; admit and release are also the beginnings of their
+// EVALSHA commands (name, hash, keys and the arguments that never change),
+// built once, so that a call boxes only its own arguments.
+type hotKeys struct {
+	sync           []string
+	admit, release []any
+}
+
+type hotID struct{ fleet, instance string }
 
 func (s *Store) hot(fleet, instance string) *hotKeys {
-	id := fleet + "\x00" + instance
-	if k, ok := s.keys.Load(id); ok {
-		return k.(*hotKeys)
+	id := hotID{fleet, instance}
+	s.keysMu.RLock()
+	k := s.keys[id]
+	s.keysMu.RUnlock()
+	if k != nil {
+		return k
 	}
 	p := s.KeyPrefix(fleet)
-	k := &hotKeys{
-		admit: []string{p + "load", p + "avail", p + "inst:" + instance, p + "stats",
-			p + "rej:" + string(ReasonCapacity), p + "rej:" + string(ReasonNoPods), p + "rejinst:" + instance,
-			p + "epoch", p + "instances"},
-		release: []string{p + "load", p + "avail", p + "inst:" + instance, p + "stats",
-			p + "pend:" + instance, p + "epoch", p + "seq"},
+	k = &hotKeys{
+		admit: evalsha(scriptAdmit, p+"load", p+"avail", p+"inst:"+instance, p+"stats",
+			p+"rej:"+string(ReasonCapacity), p+"rej:"+string(ReasonNoPods), p+"rejinst:"+instance,
+			p+"epoch", p+"instances"),
+		release: evalsha(scriptRelease, p+"load", p+"avail", p+"inst:"+instance, p+"stats",
+			p+"pend:"+instance, p+"epoch", p+"seq"),
 		sync: []string{p + "load", p + "avail", p + "inst:" + instance, p + "pend:" + instance,
 			p + "instances", p + "stats", p + "epoch", p + "seq"},
 	}
-	v, _ := s.keys.LoadOrStore(id, k)
-	return v.(*hotKeys)
+	k.admit = append(k.admit, s.EventsChannel(fleet), s.runCheck, instance)
+	k.release = append(k.release, s.runCheck, instance)
+	s.keysMu.Lock()
+	defer s.keysMu.Unlock()
+	if old := s.keys[id]; old != nil {
+		return old
+	}
+	s.keys[id] = k
+	return k
 }
 
 // Client is the Redis client the store runs on.
@@ -130,9 +148,13 @@ func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy P
 // AdmitN places n connections as n admissions in a row would, in one
 // script call.
 func (s *Store) AdmitN(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time, n int) (Admissions, error) {
-	keys := s.hot(fleet, instance).admit
-	res, err := scriptAdmit.Run(ctx, s.rdb, keys, maxPerPod, string(policy), Bucket(now), BucketSlots,
-		s.EventsChannel(fleet), epoch, s.runCheck, instance, n).Slice()
+	hot := s.hot(fleet, instance).admit
+	static := len(hot) - 3 // the channel, run id check and instance go last
+	args := make([]any, static, len(hot)+6)
+	copy(args, hot)
+	args = append(args, maxPerPod, policyArg(policy), Bucket(now), BucketSlots)
+	args = append(args, hot[static], epoch, hot[static+1], hot[static+2], n)
+	res, err := runHot(ctx, s.rdb, scriptAdmit, args).Slice()
 	if err != nil {
 		return Admissions{}, fmt.Errorf("admit %s: %w", fleet, err)
 	}
@@ -173,12 +195,15 @@ type ReleaseCount struct {
 // script call, and returns how many it held. Each Seq orders its release
 // after the instance's heartbeats (see release.lua).
 func (s *Store) Release(ctx context.Context, fleet, instance, epoch string, rs ...ReleaseCount) (int, error) {
-	args := make([]any, 0, 3+4*len(rs))
-	args = append(args, epoch, s.runCheck, instance)
+	hot := s.hot(fleet, instance).release
+	static := len(hot) - 2 // the run id check and instance follow the epoch
+	args := make([]any, static, len(hot)+1+4*len(rs))
+	copy(args, hot)
+	args = append(args, epoch, hot[static], hot[static+1])
 	for _, r := range rs {
 		args = append(args, r.Pod, r.N, r.Pending, r.Seq)
 	}
-	got, err := scriptRelease.Run(ctx, s.rdb, s.hot(fleet, instance).release, args...).Int()
+	got, err := runHot(ctx, s.rdb, scriptRelease, args).Int()
 	if err != nil {
 		return 0, fmt.Errorf("release %s: %w", fleet, err)
 	}

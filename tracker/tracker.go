@@ -373,9 +373,8 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 
 // admitRedis runs the admit script. A fence is Redis' refusal to decide.
 func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Result, Fence, error) {
-	ctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
-	defer cancel()
-	if err := f.gate.Acquire(ctx, 1); err != nil {
+	deadline := time.Now().Add(t.cfg.RedisTimeout)
+	if err := acquire(ctx, f.gate, deadline); err != nil {
 		return Result{}, "", fmt.Errorf("admit %s: %w (%v)", f.name, errGateBusy, err)
 	}
 	defer f.gate.Release(1)
@@ -385,7 +384,7 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 	if !usable { // the heartbeat it waited for failed
 		return Result{}, "", fmt.Errorf("admit %s: %w", f.name, errGaveUp)
 	}
-	a, err := f.admits.do(ctx, epoch)
+	a, err := f.admits.do(ctx, epoch, deadline)
 	if err != nil || a.Fence != "" {
 		return Result{}, a.Fence, err
 	}
@@ -421,6 +420,17 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []string) ([]Admiss
 		}
 		return res, nil
 	}
+}
+
+// acquire takes one unit of gate, waiting until deadline at most. A free
+// gate, the common case, costs no timer.
+func acquire(ctx context.Context, gate *semaphore.Weighted, deadline time.Time) error {
+	if gate.TryAcquire(1) {
+		return nil
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	return gate.Acquire(ctx, 1)
 }
 
 // fence handles Redis' refusal to decide an admission (see Fence).
@@ -659,14 +669,12 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
 	}
 	f := v.(*fleet)
-	rctx, cancel := context.WithTimeout(ctx, t.cfg.RedisTimeout)
-	defer cancel()
 	// The local update waits for a heartbeat in flight, so that the
 	// heartbeat's counts and the entitlement it sets either include the
 	// connection (and the release is queued after it) or do not. Without
 	// the gate in time, only the local truth changes and the next heartbeat
 	// publishes it.
-	gated := f.redisUsable() && f.gate.Acquire(rctx, 1) == nil
+	gated := f.redisUsable() && acquire(ctx, f.gate, time.Now().Add(t.cfg.RedisTimeout)) == nil
 	f.mu.Lock()
 	// The heartbeat it waited for may have failed (see errGaveUp).
 	queued := gated && f.usableLocked()
