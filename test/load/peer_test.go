@@ -202,14 +202,16 @@ func (p *peerRig) run(b *testing.B, callers int) {
 			b.Error(err)
 		}
 	}
-	var wsCmds, wsCPU, peerCmds, peerCPU float64
+	var wsCmds, wsCPU, peerCmds, peerCPU, selfCPU float64
 	var wsN, peerN int
 	b.ResetTimer()
 	for done := 0; done < b.N; done += block {
 		n := min(block, b.N-done)
 		c0, u0 := redisCost(b, p.rdb)
+		s0 := processCPU()
 		parallel(callers, n, func(int) { p.lifecycle(b) })
 		p.released(b)
+		selfCPU += processCPU() - s0
 		c1, u1 := redisCost(b, p.rdb)
 		parallel(callers, n, decision)
 		c2, u2 := redisCost(b, p.rdb)
@@ -224,6 +226,9 @@ func (p *peerRig) run(b *testing.B, callers int) {
 	if peerCPU > 0 {
 		b.ReportMetric(wsCPU/float64(wsN)/(peerCPU/float64(peerN)), "cpu-ratio")
 	}
+	// This process holds the tracker and the load's clients (HTTP and
+	// gRPC): an upper bound on the tracker's own CPU per lifecycle.
+	b.ReportMetric(selfCPU/float64(wsN)*1e6, "process-cpu-µs/lifecycle")
 }
 
 // redisCost reads Redis' commands so far (every command, a script's inner

@@ -5,7 +5,17 @@ package load
 import (
 	"fmt"
 	"syscall"
+	"time"
 )
+
+// processCPU is this process' CPU seconds so far (user + system).
+func processCPU() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
 
 // raiseNofile lifts the open-file limit towards want (raising the hard
 // limit needs privileges; without them the soft limit goes to the hard one)
