@@ -238,6 +238,8 @@ func buildScenario(t *testing.T, rdb redis.UniversalClient, rc redisClock, s *tr
 	must(t, e2.Establish(admit(t, e2, "chat", true).Conn))
 	admit(t, e2, "chat", true)
 	admit(t, e3, "chat", true)
+	// Not established: Redis counts it pending once e3's heartbeat says so.
+	must(t, e3.Heartbeat(ctx))
 	if r := admit(t, e2, "chat", false); r.Reason != tracker.ReasonCapacity {
 		t.Fatalf("admission into a full fleet: reason %s, want capacity", r.Reason)
 	}
