@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"time"
@@ -35,37 +36,62 @@ type waiter[Req, Res any] struct {
 	done chan struct{} // closed when res and err are set; nil for post
 }
 
-// do sends req, alone or in a batch, and returns its result. When ctx ends
-// or deadline passes first, do returns an error: a request still queued is
-// not sent, one in flight may still take effect.
+// errQueued: a request waited in the queue, behind calls in flight, past
+// its deadline and was not sent. Redis did not fail: it is slow.
+var errQueued = errors.New("queued behind calls in flight")
+
+// do sends req, alone or in a batch, and returns its result. A request
+// that finds no call in flight is sent at once on ctx, bounded by
+// deadline. One that must queue waits until deadline at most (then
+// errQueued: it is not sent); once sent, it waits for its call, which has
+// a deadline of its own. When ctx ends first, do returns ctx's error: a
+// request still queued is not sent, one in flight may still take effect.
 func (b *batcher[Req, Res]) do(ctx context.Context, req Req, deadline time.Time) (Res, error) {
 	w := &waiter[Req, Res]{req: req, done: make(chan struct{})}
 	b.mu.Lock()
 	if !b.busy {
 		b.start()
 		b.mu.Unlock()
-		b.run([]*waiter[Req, Res]{w}, true)
+		cctx, cancel := context.WithDeadline(ctx, deadline)
+		b.call(cctx, []*waiter[Req, Res]{w})
+		cancel()
+		b.run(nil, true)
 		return w.res, w.err
 	}
 	b.queue = append(b.queue, w)
 	b.mu.Unlock()
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
-	err := context.DeadlineExceeded
+	var zero Res
 	select {
 	case <-w.done:
 		return w.res, w.err
 	case <-ctx.Done():
-		err = ctx.Err()
+		b.unqueue(w)
+		return zero, ctx.Err()
 	case <-timer.C:
+		if !b.unqueue(w) { // sent meanwhile: its call decides
+			select {
+			case <-w.done:
+				return w.res, w.err
+			case <-ctx.Done():
+				return zero, ctx.Err()
+			}
+		}
+		return zero, errQueued
 	}
+}
+
+// unqueue takes w out of the queue; false when it was sent already.
+func (b *batcher[Req, Res]) unqueue(w *waiter[Req, Res]) bool {
 	b.mu.Lock()
-	if i := slices.Index(b.queue, w); i >= 0 {
-		b.queue = slices.Delete(b.queue, i, i+1)
+	defer b.mu.Unlock()
+	i := slices.Index(b.queue, w)
+	if i < 0 {
+		return false
 	}
-	b.mu.Unlock()
-	var zero Res
-	return zero, err
+	b.queue = slices.Delete(b.queue, i, i+1)
+	return true
 }
 
 // post queues req without waiting for it; send's results go nowhere, so
@@ -105,13 +131,16 @@ func (b *batcher[Req, Res]) wait(ctx context.Context) error {
 	}
 }
 
-// run sends batch, then what queued meanwhile, batch after batch. A caller
-// of do (handoff) returns as soon as its own call is back: the batches
-// after it go on in another goroutine.
+// run sends batch, then what queued meanwhile, batch after batch, each
+// call with a deadline of its own. A caller of do (handoff) returns as
+// soon as its own call is back: the batches after it go on in another
+// goroutine.
 func (b *batcher[Req, Res]) run(batch []*waiter[Req, Res], handoff bool) {
 	for {
 		if len(batch) > 0 {
-			b.call(batch)
+			ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+			b.call(ctx, batch)
+			cancel()
 		}
 		b.mu.Lock()
 		if len(b.queue) == 0 {
@@ -131,14 +160,12 @@ func (b *batcher[Req, Res]) run(batch []*waiter[Req, Res], handoff bool) {
 	}
 }
 
-func (b *batcher[Req, Res]) call(batch []*waiter[Req, Res]) {
+func (b *batcher[Req, Res]) call(ctx context.Context, batch []*waiter[Req, Res]) {
 	reqs := make([]Req, len(batch))
 	for i, w := range batch {
 		reqs[i] = w.req
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 	res, err := b.send(ctx, reqs)
-	cancel()
 	for i, w := range batch {
 		switch {
 		case err != nil:

@@ -181,8 +181,8 @@ func TestBatcherDeadline(t *testing.T) {
 	bg := context.Background()
 	go func() { _, _ = b.do(bg, 1, time.Now().Add(time.Minute)) }()
 	<-g.enter
-	if _, err := b.do(bg, 2, time.Now().Add(10*time.Millisecond)); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("queued past its deadline: %v, want context.DeadlineExceeded", err)
+	if _, err := b.do(bg, 2, time.Now().Add(10*time.Millisecond)); !errors.Is(err, errQueued) {
+		t.Fatalf("queued past its deadline: %v, want errQueued", err)
 	}
 	g.leave <- struct{}{}
 	if err := b.wait(bg); err != nil {

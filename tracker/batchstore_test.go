@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
@@ -210,6 +211,212 @@ func TestHotScriptsAfterScriptFlush(t *testing.T) {
 		}
 		if n, err := s.Release(ctx, "chat", "e1", epoch, tracker.ReleaseCount{Pod: a.Pod, N: 1}); err != nil || n != 1 {
 			t.Fatalf("release %d after SCRIPT FLUSH: %d %v", i, n, err)
+		}
+	}
+}
+
+// A connection this process let go (its renewals were lost) and Adopt
+// took over again is not in Redis' count for the instance until a
+// heartbeat publishes it. Its release must not take another connection's
+// slot off Redis.
+func TestReleaseOfAnAdoptedConnectionFreesNoOtherSlot(t *testing.T) {
+	a, b, _, clk := twoTrackers(t, tracker.FallbackShare) // cap 2, one pod
+	x, y := established(t, a), established(t, a)
+	clk.Advance(31 * time.Second) // past LeaseTTL without renewals
+	heartbeat(t, a, b)            // x and y expire: a publishes the pod empty
+	for _, c := range []tracker.Result{x, y} {
+		if err := a.Adopt("chat", c.Conn, c.Pod, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heartbeat(t, a, b) // both published again: Redis counts 2 for a
+	release(t, a, x.Conn)
+	clk.Advance(31 * time.Second)
+	if err := a.Renew(y.Conn); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Adopt("chat", x.Conn, x.Pod, false); err != nil { // not counted in Redis
+		t.Fatal(err)
+	}
+	release(t, a, x.Conn) // must leave y's slot counted
+	for range 3 {
+		admit(t, b, "chat")
+	}
+	if n := podHolds(t, a, b); n > 2 {
+		t.Fatalf("the pod holds %d with a cap of 2", n)
+	}
+}
+
+// ... and a release of it that Redis refused must not give the instance an
+// entitlement it never had (the share fallback would admit into it).
+func TestRefusedReleaseOfAnAdoptedConnectionGivesNothing(t *testing.T) {
+	a, b, mr, clk := twoTrackers(t, tracker.FallbackShare) // cap 2, one pod
+	x := established(t, a)
+	clk.Advance(31 * time.Second)
+	heartbeat(t, a, b) // x expired: Redis counts nothing for a
+	if err := a.Adopt("chat", x.Conn, x.Pod, false); err != nil {
+		t.Fatal(err)
+	}
+	mr.SetError("ERR outage")
+	if err := a.Release(context.Background(), x.Conn); err != nil {
+		t.Fatal(err)
+	}
+	admit(t, a, "chat") // Redis refuses: a is degraded
+	if err := a.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mr.SetError("")
+	for range 2 {
+		if r := admit(t, b, "chat"); !r.Admitted {
+			t.Fatalf("b: %+v", r)
+		}
+	}
+	if r := admit(t, a, "chat"); r.Admitted {
+		t.Fatalf("a admitted into a full pod (fallback %v)", r.Fallback)
+	}
+}
+
+func established(t *testing.T, tr *tracker.Tracker) tracker.Result {
+	t.Helper()
+	r := admit(t, tr, "chat")
+	if !r.Admitted {
+		t.Fatalf("admit: %+v", r)
+	}
+	if err := tr.Establish(r.Conn); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A store without restart detection builds its own commands: the run id
+// check travels in them, and the original must keep its own.
+func TestStoreCopiesKeepTheirRunIDCheck(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	ctx := context.Background()
+	s := tracker.NewStore(rdb, "wsgate")
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
+	// The copy is the first to build e1's commands.
+	if _, err := s.WithoutRestartDetection().Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	epoch := epochOf(t, s, "chat", "e1")
+	if a, err := s.Admit(ctx, "chat", 5, tracker.PolicyPack, "e1", epoch, t0); err != nil || a.Pod == "" {
+		t.Fatalf("admit through the original after its copy: %+v %v (the copy's run id check leaked)", a, err)
+	}
+}
+
+// slowAdmits delays every admit call (the script with 9 keys) by d.
+type slowAdmits struct{ d time.Duration }
+
+func (h slowAdmits) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h slowAdmits) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h slowAdmits) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 && fmt.Sprint(a[2]) == "9" {
+			time.Sleep(h.d) // a slow Redis, not synchronisation
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// A slow Redis (each admit call takes 0.6 of --redis-timeout) is not a
+// failing one: admissions queued behind a call in flight are sent when it
+// returns and wait for their own call; none falls back, the fleet does not
+// degrade.
+func TestSlowRedisQueuesAdmissionsWithoutDegrading(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTrackerCfg(t, rdb, clk, tracker.Config{
+		InstanceID: "a", Fleets: []tracker.FleetConfig{fleetCfg("chat", 1000, "10.0.0.1:80")}, Heartbeat: time.Second,
+		InstanceTTL: 5 * time.Second, EstablishTimeout: 10 * time.Second, LeaseTTL: 30 * time.Second,
+		RedisTimeout: 500 * time.Millisecond, Fallback: tracker.FallbackShare,
+	})
+	start(t, mr, clk, tr)
+	rdb.AddHook(slowAdmits{300 * time.Millisecond})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var got []tracker.Result
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 3 {
+				r, err := tr.Admit(context.Background(), "chat")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				got = append(got, r)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, r := range got {
+		if !r.Admitted || r.Fallback {
+			t.Errorf("admission %+v: want admitted through Redis", r)
+		}
+	}
+	if tr.Degraded("chat") {
+		t.Error("a slow Redis degraded the fleet")
+	}
+}
+
+// A caller that has left is not admitted.
+func TestAdmitAfterTheCallerLeft(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fleetCfg("chat", 2, "10.0.0.1:80"))
+	start(t, mr, clk, tr)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if r, err := tr.Admit(ctx, "chat"); err == nil {
+		t.Fatalf("admitted for a caller that left: %+v", r)
+	}
+	if n := podHolds(t, tr); n != 0 {
+		t.Errorf("the pod holds %d for a caller that left", n)
+	}
+}
+
+// retried records whether the client may retry each admit and release call.
+type retried struct {
+	mu    sync.Mutex
+	calls map[string]bool // numkeys -> retryable
+}
+
+func (h *retried) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *retried) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *retried) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 {
+			h.mu.Lock()
+			h.calls[fmt.Sprint(a[2])] = !cmd.NoRetry()
+			h.mu.Unlock()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// The client never retries an admit or release call: one whose reply was
+// lost may have run, and a release run twice frees another connection's
+// slot (a Cluster client retries after EOF and timeouts whatever
+// MaxRetries says).
+func TestHotCallsAreNeverRetried(t *testing.T) {
+	rdb, mr := miniClient(t)
+	h := &retried{calls: map[string]bool{}}
+	rdb.AddHook(h)
+	clk := newClock()
+	tr := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fleetCfg("chat", 2, "10.0.0.1:80"))
+	start(t, mr, clk, tr)
+	release(t, tr, admit(t, tr, "chat").Conn)
+	for name, keys := range map[string]string{"admit": "9", "release": "7"} {
+		if retry, seen := h.calls[keys]; !seen || retry {
+			t.Errorf("%s call: seen %v, retryable %v; want seen and never retried", name, seen, retry)
 		}
 	}
 }

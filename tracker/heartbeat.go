@@ -190,6 +190,14 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		for _, c := range counts {
 			f.ent[c.Pod] = c.Live
 		}
+		if f.uncounted > 0 { // adopted before this heartbeat: published now
+			for _, c := range f.conns {
+				if c.uncounted && c.adoptSeq < req.Seq {
+					c.uncounted = false
+					f.uncounted--
+				}
+			}
+		}
 		f.leaseUntil = sent.Add(t.cfg.InstanceTTL)
 		f.mu.Unlock()
 	}

@@ -47,12 +47,28 @@ func evalsha(s *redis.Script, keys ...string) []any {
 // script's text when Redis does not know it yet (NOSCRIPT: restarted,
 // failed over, flushed), as redis.Script.Run does. It takes the arguments
 // already boxed, so that the admit and release calls box only their own.
+//
+// The client never retries these calls: one whose reply was lost may have
+// run, and a release that runs twice takes another connection's slot off
+// Redis' count (a Cluster client retries after EOF, timeouts and
+// CLUSTERDOWN whatever MaxRetries says). Redirects (MOVED, ASK) are still
+// followed: a redirected call did not run.
 func runHot(ctx context.Context, c redis.UniversalClient, s *redis.Script, args []any) *redis.Cmd {
-	cmd := c.Do(ctx, args...)
+	cmd := once(ctx, c, args)
 	if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-		eval := append([]any{"eval", sources[s.Hash()]}, args[2:]...)
-		cmd = c.Do(ctx, eval...)
+		cmd = once(ctx, c, append([]any{"eval", sources[s.Hash()]}, args[2:]...))
 	}
+	return cmd
+}
+
+// noRetry is a command the client sends once.
+type noRetry struct{ *redis.Cmd }
+
+func (noRetry) NoRetry() bool { return true }
+
+func once(ctx context.Context, c redis.UniversalClient, args []any) *redis.Cmd {
+	cmd := redis.NewCmd(ctx, args...)
+	_ = c.Process(ctx, noRetry{cmd})
 	return cmd
 }
 

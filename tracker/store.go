@@ -43,6 +43,8 @@ func NewStore(rdb redis.UniversalClient, prefix string) *Store {
 func (s *Store) WithoutRestartDetection() *Store {
 	c := *s
 	c.runCheck = "0"
+	// The cached commands carry the check: the copy builds its own.
+	c.keysMu, c.keys = &sync.RWMutex{}, map[hotID]*hotKeys{}
 	return &c
 }
 

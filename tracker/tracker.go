@@ -166,6 +166,15 @@ type conn struct {
 	established bool
 	admitted    time.Time
 	renewed     time.Time
+	// uncounted: Redis does not count the connection for this instance
+	// (Adopt took it over after its slot was released) until a heartbeat
+	// sent after adoptSeq publishes it. Its release then changes nothing
+	// in Redis, where it would free another connection's slot.
+	uncounted bool
+	adoptSeq  uint64
+	// seq is the instance's seq when it was admitted: a heartbeat sent
+	// after it published it pending (pend:<id>) if it was not established.
+	seq uint64
 }
 
 // gateAll is the weight a heartbeat takes of fleet.gate: all of it.
@@ -235,6 +244,8 @@ type fleet struct {
 	// for logs and readiness; redisWarned is when it was last warned of.
 	redisSaid   string
 	redisWarned time.Time
+	// uncounted is how many of conns are (conn.uncounted).
+	uncounted int
 	// stalled watches the other instances' seqs; stale names the ones the
 	// next heartbeat asks Redis to reap.
 	stalled *Stalled
@@ -356,6 +367,10 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 			// A heartbeat held the gate past this admission's deadline: no
 			// Redis failure, only this admission leaves Redis.
 			why = "gate_busy"
+		case errors.Is(err, errQueued):
+			// Calls in flight held it past its deadline: Redis is slow, not
+			// failing; only this admission leaves Redis.
+			why = "queued"
 		case errors.Is(err, errGaveUp):
 		case err != nil:
 			// The script may have run: Redis then counts a slot this
@@ -425,6 +440,9 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []string) ([]Admiss
 // acquire takes one unit of gate, waiting until deadline at most. A free
 // gate, the common case, costs no timer.
 func acquire(ctx context.Context, gate *semaphore.Weighted, deadline time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if gate.TryAcquire(1) {
 		return nil
 	}
@@ -468,7 +486,7 @@ func (f *fleet) dropSpareLocked() {
 }
 
 func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback bool) Result {
-	c := &conn{id: t.idPrefix + strconv.FormatUint(t.idSeq.Add(1), 36), pod: pod, admitted: now, renewed: now}
+	c := &conn{id: t.idPrefix + strconv.FormatUint(t.idSeq.Add(1), 36), pod: pod, admitted: now, renewed: now, seq: f.seq}
 	f.conns[c.id] = c
 	f.live[pod]++
 	t.byConn.Store(c.id, f)
@@ -605,10 +623,15 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	case !f.inRegistryLocked(pod):
 		return fmt.Errorf("adopt: connection %q: pod %s is not in fleet %s's registry: %w", id, pod, f.name, ErrNotAdoptable)
 	}
-	c := &conn{id: id, pod: pod, established: true, admitted: now, renewed: now}
+	// An inherited slot is counted in Redis for this instance; a slot this
+	// process released is not, until the next heartbeat publishes it.
+	c := &conn{id: id, pod: pod, established: true, admitted: now, renewed: now, uncounted: !inherited, adoptSeq: f.seq}
 	f.conns[id] = c
 	f.live[pod]++
 	f.est[pod]++
+	if c.uncounted {
+		f.uncounted++
+	}
 	t.byConn.Store(id, f)
 	return nil
 }
@@ -687,11 +710,14 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
 	}
 	f.dropLocked(c)
-	r := releaseReq{pod: c.pod, pending: !c.established, seq: f.seq, epoch: f.epoch}
-	if queued {
+	queued = queued && !c.uncounted
+	// Pending in Redis only if a heartbeat since its admission said so.
+	r := releaseReq{pod: c.pod, pending: !c.established && c.seq < f.seq, seq: f.seq, epoch: f.epoch}
+	if queued && f.ent[c.pod] > 0 {
 		// Lowered now: a release that never reaches Redis is taken as
 		// applied (invariant L), unless it surely did not run (sendReleases).
-		if f.ent[c.pod]--; f.ent[c.pod] <= 0 {
+		r.lowered = true
+		if f.ent[c.pod]--; f.ent[c.pod] == 0 {
 			delete(f.ent, c.pod)
 		}
 	}
@@ -724,6 +750,7 @@ type releaseReq struct {
 	pending bool
 	seq     uint64
 	epoch   string
+	lowered bool // it took one from ent (there may have been none to take)
 }
 
 // sendReleases makes one release call for the releases queued since the
@@ -731,14 +758,16 @@ type releaseReq struct {
 func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]struct{}, error) {
 	return func(ctx context.Context, reqs []releaseReq) ([]struct{}, error) {
 		f.mu.Lock()
-		epoch := f.epoch
+		epoch, seq := f.epoch, f.seq
 		f.mu.Unlock()
 		counts := make([]ReleaseCount, 0, len(reqs))
+		lowered := make([]int, 0, len(reqs))      // per count: taken from ent
 		at := make(map[releaseReq]int, len(reqs)) // (pod, seq) -> index in counts
 		for _, r := range reqs {
-			if r.epoch != epoch {
-				// A heartbeat in a new epoch published the truth since: Redis
-				// does not count the connection any more.
+			if r.epoch != epoch || r.seq < seq {
+				// A heartbeat sent since left the connection out: if it ran,
+				// Redis ignores this release (a new epoch does not even know
+				// it); if not, Redis over-counts until the next one.
 				continue
 			}
 			k := releaseReq{pod: r.pod, seq: r.seq}
@@ -747,10 +776,14 @@ func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]
 				i = len(counts)
 				at[k] = i
 				counts = append(counts, ReleaseCount{Pod: r.pod, Seq: r.seq})
+				lowered = append(lowered, 0)
 			}
 			counts[i].N++
 			if r.pending {
 				counts[i].Pending++
+			}
+			if r.lowered {
+				lowered[i]++
 			}
 		}
 		if len(counts) == 0 {
@@ -767,9 +800,9 @@ func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]
 				// heartbeat was sent since (its seq is higher): it published
 				// the truth, or may have.
 				f.mu.Lock()
-				for _, c := range counts {
-					if c.Seq == f.seq && epoch == f.epoch {
-						f.ent[c.Pod] += c.N
+				for i, c := range counts {
+					if c.Seq == f.seq && epoch == f.epoch && lowered[i] > 0 {
+						f.ent[c.Pod] += lowered[i]
 					}
 				}
 				f.mu.Unlock()
@@ -795,6 +828,9 @@ func notRun(err error) bool {
 
 func (f *fleet) dropLocked(c *conn) {
 	delete(f.conns, c.id)
+	if c.uncounted {
+		f.uncounted--
+	}
 	if f.live[c.pod]--; f.live[c.pod] <= 0 {
 		delete(f.live, c.pod)
 	}
