@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // batcher turns the calls of many goroutines into fewer Redis script calls
@@ -17,8 +19,9 @@ import (
 // shared, and the batches grow when Redis is slower (PROTOCOL.md,
 // "Batches").
 type batcher[Req, Res any] struct {
-	max     int           // most requests per call
-	timeout time.Duration // each call's own deadline
+	max     int                 // most requests per call
+	timeout time.Duration       // each call's own deadline
+	size    prometheus.Observer // requests per call
 	// send makes one call for reqs; without an error it returns one result
 	// per request, in order (none for requests that were posted).
 	send func(ctx context.Context, reqs []Req) ([]Res, error)
@@ -164,6 +167,9 @@ func (b *batcher[Req, Res]) call(ctx context.Context, batch []*waiter[Req, Res])
 	reqs := make([]Req, len(batch))
 	for i, w := range batch {
 		reqs[i] = w.req
+	}
+	if b.size != nil {
+		b.size.Observe(float64(len(reqs)))
 	}
 	res, err := b.send(ctx, reqs)
 	for i, w := range batch {

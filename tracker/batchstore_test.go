@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/test/redistest"
@@ -362,6 +364,14 @@ func TestSlowRedisQueuesAdmissionsWithoutDegrading(t *testing.T) {
 	}
 	if tr.Degraded("chat") {
 		t.Error("a slow Redis degraded the fleet")
+	}
+	// They went in fewer calls than admissions, and the metric says so.
+	var m dto.Metric
+	if err := tr.Metrics().BatchSize.WithLabelValues("admit").(prometheus.Histogram).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if h := m.GetHistogram(); h.GetSampleSum() != float64(len(got)) || h.GetSampleCount() >= uint64(len(got)) {
+		t.Errorf("batch sizes: %d admissions in %d calls, want all %d in fewer calls", int(h.GetSampleSum()), h.GetSampleCount(), len(got))
 	}
 }
 

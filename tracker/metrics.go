@@ -15,6 +15,7 @@ type Metrics struct {
 	FallbackMode     *prometheus.GaugeVec
 	Expired          *prometheus.CounterVec
 	AccessLogEntries *prometheus.CounterVec
+	BatchSize        *prometheus.HistogramVec
 }
 
 // NewMetrics creates the tracker's collectors and registers them on reg
@@ -54,9 +55,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "wsgate_tracker_access_log_entries_total",
 			Help: "Envoy access-log entries received, by type (established, periodic, end) and outcome (ok, adopted, refused: not this instance's to adopt, unknown_conn, no_conn, malformed, ignored).",
 		}, []string{"type", "outcome"}),
+		BatchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "wsgate_tracker_redis_batch_size",
+			Help:    "Admissions or releases per Redis script call, by op (admit, release): what arrived while the previous call was in flight.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
+		}, []string{"op"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries)
+		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize)
 	}
 	return m
 }

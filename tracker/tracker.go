@@ -136,8 +136,10 @@ func (t *Tracker) newFleet(fc FleetConfig) *fleet {
 	for _, r := range Reasons {
 		f.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
 	}
-	f.admits = &batcher[string, Admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f)}
-	f.releases = &batcher[releaseReq, struct{}]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendReleases(f)}
+	f.admits = &batcher[string, Admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f),
+		size: t.metrics.BatchSize.WithLabelValues("admit")}
+	f.releases = &batcher[releaseReq, struct{}]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendReleases(f),
+		size: t.metrics.BatchSize.WithLabelValues("release")}
 	return f
 }
 
