@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -39,21 +40,16 @@ func (g *gatedSend) send(ctx context.Context, reqs []int) ([]int, error) {
 	return res, nil
 }
 
-// queued waits until n requests wait in b's queue.
+// queued checks that n requests wait in b's queue, once every goroutine
+// of the test's bubble is blocked (synctest: nothing is left to run).
 func queued[Req, Res any](t *testing.T, b *batcher[Req, Res], n int) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		b.mu.Lock()
-		got := len(b.queue)
-		b.mu.Unlock()
-		if got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d requests queued, want %d", got, n)
-		}
-		time.Sleep(time.Millisecond) // the queue has no event of its own
+	synctest.Wait()
+	b.mu.Lock()
+	got := len(b.queue)
+	b.mu.Unlock()
+	if got != n {
+		t.Fatalf("%d requests queued, want %d", got, n)
 	}
 }
 
@@ -61,134 +57,142 @@ func queued[Req, Res any](t *testing.T, b *batcher[Req, Res], n int) {
 // one, each caller gets its own result, and the first caller does not wait
 // for the batch behind it.
 func TestBatcherGroupsWhatArrivesDuringACall(t *testing.T) {
-	g := newGatedSend()
-	b := &batcher[int, int]{max: 64, timeout: time.Minute, send: g.send}
-	ctx := context.Background()
+	synctest.Test(t, func(t *testing.T) {
+		g := newGatedSend()
+		b := &batcher[int, int]{max: 64, timeout: time.Minute, send: g.send}
+		ctx := context.Background()
 
-	first := make(chan int)
-	go func() {
-		r, err := b.do(ctx, 1, time.Now().Add(time.Minute))
-		if err != nil {
-			t.Error(err)
-		}
-		first <- r
-	}()
-	if got := <-g.enter; !slices.Equal(got, []int{1}) {
-		t.Fatalf("first call %v, want [1]", got)
-	}
-	var wg sync.WaitGroup
-	results := make([]int, 5)
-	for i := range 5 {
-		wg.Add(1)
+		first := make(chan int)
 		go func() {
-			defer wg.Done()
-			r, err := b.do(ctx, 2+i, time.Now().Add(time.Minute))
+			r, err := b.do(ctx, 1, time.Now().Add(time.Minute))
 			if err != nil {
 				t.Error(err)
 			}
-			results[i] = r
+			first <- r
 		}()
-	}
-	queued(t, b, 5)
-	g.leave <- struct{}{}
-	if r := <-first; r != 10 {
-		t.Errorf("first result %d, want 10", r)
-	}
-	second := <-g.enter // sent by another goroutine: the first caller has returned
-	slices.Sort(second)
-	if !slices.Equal(second, []int{2, 3, 4, 5, 6}) {
-		t.Errorf("second call %v, want the five that queued", second)
-	}
-	g.leave <- struct{}{}
-	wg.Wait()
-	for i, r := range results {
-		if r != (2+i)*10 {
-			t.Errorf("caller %d got %d, want %d", i, r, (2+i)*10)
+		if got := <-g.enter; !slices.Equal(got, []int{1}) {
+			t.Fatalf("first call %v, want [1]", got)
 		}
-	}
-	if err := b.wait(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if len(g.calls) != 2 {
-		t.Errorf("%d calls for 6 requests, want 2", len(g.calls))
-	}
+		var wg sync.WaitGroup
+		results := make([]int, 5)
+		for i := range 5 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := b.do(ctx, 2+i, time.Now().Add(time.Minute))
+				if err != nil {
+					t.Error(err)
+				}
+				results[i] = r
+			}()
+		}
+		queued(t, b, 5)
+		g.leave <- struct{}{}
+		if r := <-first; r != 10 {
+			t.Errorf("first result %d, want 10", r)
+		}
+		second := <-g.enter // sent by another goroutine: the first caller has returned
+		slices.Sort(second)
+		if !slices.Equal(second, []int{2, 3, 4, 5, 6}) {
+			t.Errorf("second call %v, want the five that queued", second)
+		}
+		g.leave <- struct{}{}
+		wg.Wait()
+		for i, r := range results {
+			if r != (2+i)*10 {
+				t.Errorf("caller %d got %d, want %d", i, r, (2+i)*10)
+			}
+		}
+		if err := b.wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if len(g.calls) != 2 {
+			t.Errorf("%d calls for 6 requests, want 2", len(g.calls))
+		}
+	})
 }
 
 // A caller that leaves while queued is not sent; one that leaves while its
 // call is in flight gets its context's error, the others their results.
 func TestBatcherCallerLeaving(t *testing.T) {
-	g := newGatedSend()
-	b := &batcher[int, int]{max: 64, timeout: time.Minute, send: g.send}
-	bg := context.Background()
-	go func() { _, _ = b.do(bg, 1, time.Now().Add(time.Minute)) }()
-	<-g.enter
+	synctest.Test(t, func(t *testing.T) {
+		g := newGatedSend()
+		b := &batcher[int, int]{max: 64, timeout: time.Minute, send: g.send}
+		bg := context.Background()
+		go func() { _, _ = b.do(bg, 1, time.Now().Add(time.Minute)) }()
+		<-g.enter
 
-	left, leave := context.WithCancel(bg)
-	errc := make(chan error)
-	go func() { _, err := b.do(left, 2, time.Now().Add(time.Minute)); errc <- err }()
-	stay := make(chan int)
-	go func() { r, _ := b.do(bg, 3, time.Now().Add(time.Minute)); stay <- r }()
-	queued(t, b, 2)
-	leave()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
-		t.Fatalf("queued caller that left: %v, want context.Canceled", err)
-	}
-	queued(t, b, 1)
-	g.leave <- struct{}{}
-	if got := <-g.enter; !slices.Equal(got, []int{3}) {
-		t.Errorf("second call %v, want only the caller that stayed", got)
-	}
-	g.leave <- struct{}{}
-	if r := <-stay; r != 30 {
-		t.Errorf("result %d, want 30", r)
-	}
+		left, leave := context.WithCancel(bg)
+		errc := make(chan error)
+		go func() { _, err := b.do(left, 2, time.Now().Add(time.Minute)); errc <- err }()
+		stay := make(chan int)
+		go func() { r, _ := b.do(bg, 3, time.Now().Add(time.Minute)); stay <- r }()
+		queued(t, b, 2)
+		leave()
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			t.Fatalf("queued caller that left: %v, want context.Canceled", err)
+		}
+		queued(t, b, 1)
+		g.leave <- struct{}{}
+		if got := <-g.enter; !slices.Equal(got, []int{3}) {
+			t.Errorf("second call %v, want only the caller that stayed", got)
+		}
+		g.leave <- struct{}{}
+		if r := <-stay; r != 30 {
+			t.Errorf("result %d, want 30", r)
+		}
+	})
 }
 
 // post does not wait; what is posted during a call goes in the next one,
 // at most max per call, and wait returns once all of it was sent.
 func TestBatcherPost(t *testing.T) {
-	g := newGatedSend()
-	b := &batcher[int, int]{max: 3, timeout: time.Minute, send: g.send}
-	b.post(1)
-	<-g.enter
-	for i := range 5 {
-		b.post(2 + i)
-	}
-	done := make(chan error)
-	go func() { done <- b.wait(context.Background()) }()
-	for range 3 {
-		g.leave <- struct{}{}
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	want := [][]int{{1}, {2, 3, 4}, {5, 6}}
-	if len(g.calls) != len(want) {
-		t.Fatalf("calls %v, want %v", g.calls, want)
-	}
-	for i := range want {
-		if !slices.Equal(g.calls[i], want[i]) {
-			t.Errorf("call %d sent %v, want %v", i, g.calls[i], want[i])
+	synctest.Test(t, func(t *testing.T) {
+		g := newGatedSend()
+		b := &batcher[int, int]{max: 3, timeout: time.Minute, send: g.send}
+		b.post(1)
+		<-g.enter
+		for i := range 5 {
+			b.post(2 + i)
 		}
-	}
+		done := make(chan error)
+		go func() { done <- b.wait(context.Background()) }()
+		for range 3 {
+			g.leave <- struct{}{}
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		want := [][]int{{1}, {2, 3, 4}, {5, 6}}
+		if len(g.calls) != len(want) {
+			t.Fatalf("calls %v, want %v", g.calls, want)
+		}
+		for i := range want {
+			if !slices.Equal(g.calls[i], want[i]) {
+				t.Errorf("call %d sent %v, want %v", i, g.calls[i], want[i])
+			}
+		}
+	})
 }
 
 // A queued caller waits for its call no longer than its deadline, and is
 // then not sent.
 func TestBatcherDeadline(t *testing.T) {
-	g := newGatedSend()
-	b := &batcher[int, int]{max: 64, timeout: time.Minute, send: g.send}
-	bg := context.Background()
-	go func() { _, _ = b.do(bg, 1, time.Now().Add(time.Minute)) }()
-	<-g.enter
-	if _, err := b.do(bg, 2, time.Now().Add(10*time.Millisecond)); !errors.Is(err, errQueued) {
-		t.Fatalf("queued past its deadline: %v, want errQueued", err)
-	}
-	g.leave <- struct{}{}
-	if err := b.wait(bg); err != nil {
-		t.Fatal(err)
-	}
-	if len(g.calls) != 1 {
-		t.Errorf("calls %v: the caller past its deadline was sent", g.calls)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		g := newGatedSend()
+		b := &batcher[int, int]{max: 64, timeout: time.Minute, send: g.send}
+		bg := context.Background()
+		go func() { _, _ = b.do(bg, 1, time.Now().Add(time.Minute)) }()
+		<-g.enter
+		if _, err := b.do(bg, 2, time.Now().Add(10*time.Millisecond)); !errors.Is(err, errQueued) {
+			t.Fatalf("queued past its deadline: %v, want errQueued", err)
+		}
+		g.leave <- struct{}{}
+		if err := b.wait(bg); err != nil {
+			t.Fatal(err)
+		}
+		if len(g.calls) != 1 {
+			t.Errorf("calls %v: the caller past its deadline was sent", g.calls)
+		}
+	})
 }

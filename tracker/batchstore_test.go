@@ -211,7 +211,7 @@ func TestHotScriptsAfterScriptFlush(t *testing.T) {
 		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if n, err := s.Release(ctx, "chat", "e1", epoch, tracker.ReleaseCount{Pod: a.Pod, N: 1}); err != nil || n != 1 {
+		if n, err := s.Release(ctx, "chat", "e1", epoch, 0, tracker.ReleaseCount{Pod: a.Pod, N: 1}); err != nil || n != 1 {
 			t.Fatalf("release %d after SCRIPT FLUSH: %d %v", i, n, err)
 		}
 	}

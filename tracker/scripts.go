@@ -35,7 +35,7 @@ var sources = map[string]string{}
 // evalsha begins an EVALSHA command of s on keys: the fixed part of the
 // calls runHot makes.
 func evalsha(s *redis.Script, keys ...string) []any {
-	args := make([]any, 0, 3+len(keys)+8)
+	args := make([]any, 0, 3+len(keys))
 	args = append(args, "evalsha", s.Hash(), len(keys))
 	for _, k := range keys {
 		args = append(args, k)

@@ -49,12 +49,15 @@ func (s *Store) WithoutRestartDetection() *Store {
 }
 
 // hotKeys are the KEYS of the scripts every admission, release and
-// heartbeat runs; admit and release are also the beginnings of their
-// EVALSHA commands (name, hash, keys and the arguments that never change),
-// built once, so that a call boxes only its own arguments.
+// heartbeat runs. For admit and release they are the beginnings of their
+// EVALSHA commands (name, hash, keys), built once with the arguments that
+// never change, so that a call boxes only its own.
 type hotKeys struct {
 	sync           []string
-	admit, release []any
+	admit, release []any // "evalsha", hash, numkeys, keys...
+	// channel, run and instance: the events channel, the run id check and
+	// the instance id as script arguments.
+	channel, run, instance any
 }
 
 type hotID struct{ fleet, instance string }
@@ -76,9 +79,8 @@ func (s *Store) hot(fleet, instance string) *hotKeys {
 			p+"pend:"+instance, p+"epoch", p+"seq"),
 		sync: []string{p + "load", p + "avail", p + "inst:" + instance, p + "pend:" + instance,
 			p + "instances", p + "stats", p + "epoch", p + "seq"},
+		channel: s.EventsChannel(fleet), run: s.runCheck, instance: instance,
 	}
-	k.admit = append(k.admit, s.EventsChannel(fleet), s.runCheck, instance)
-	k.release = append(k.release, s.runCheck, instance)
 	s.keysMu.Lock()
 	defer s.keysMu.Unlock()
 	if old := s.keys[id]; old != nil {
@@ -150,12 +152,9 @@ func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy P
 // AdmitN places n connections as n admissions in a row would, in one
 // script call.
 func (s *Store) AdmitN(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time, n int) (Admissions, error) {
-	hot := s.hot(fleet, instance).admit
-	static := len(hot) - 3 // the channel, run id check and instance go last
-	args := make([]any, static, len(hot)+6)
-	copy(args, hot)
-	args = append(args, maxPerPod, policyArg(policy), Bucket(now), BucketSlots)
-	args = append(args, hot[static], epoch, hot[static+1], hot[static+2], n)
+	hot := s.hot(fleet, instance)
+	args := append(make([]any, 0, len(hot.admit)+9), hot.admit...)
+	args = append(args, maxPerPod, policyArg(policy), Bucket(now), BucketSlots, hot.channel, epoch, hot.run, hot.instance, n)
 	res, err := runHot(ctx, s.rdb, scriptAdmit, args).Slice()
 	if err != nil {
 		return Admissions{}, fmt.Errorf("admit %s: %w", fleet, err)
@@ -186,24 +185,22 @@ func (s *Store) AdmitN(ctx context.Context, fleet string, maxPerPod int, policy 
 }
 
 // ReleaseCount gives back N connections of one pod, Pending of which were
-// never established, that ended when the instance's seq was Seq.
+// never established.
 type ReleaseCount struct {
 	Pod        string
 	N, Pending int
-	Seq        uint64
 }
 
 // Release gives back the connections of rs that instance holds, in one
-// script call, and returns how many it held. Each Seq orders its release
-// after the instance's heartbeats (see release.lua).
-func (s *Store) Release(ctx context.Context, fleet, instance, epoch string, rs ...ReleaseCount) (int, error) {
-	hot := s.hot(fleet, instance).release
-	static := len(hot) - 2 // the run id check and instance follow the epoch
-	args := make([]any, static, len(hot)+1+4*len(rs))
-	copy(args, hot)
-	args = append(args, epoch, hot[static], hot[static+1])
+// script call, and returns how many it held. They ended when the
+// instance's seq was seq, which orders the call after its heartbeats (see
+// release.lua).
+func (s *Store) Release(ctx context.Context, fleet, instance, epoch string, seq uint64, rs ...ReleaseCount) (int, error) {
+	hot := s.hot(fleet, instance)
+	args := append(make([]any, 0, len(hot.release)+4+3*len(rs)), hot.release...)
+	args = append(args, epoch, hot.run, hot.instance, seq)
 	for _, r := range rs {
-		args = append(args, r.Pod, r.N, r.Pending, r.Seq)
+		args = append(args, r.Pod, r.N, r.Pending)
 	}
 	got, err := runHot(ctx, s.rdb, scriptRelease, args).Int()
 	if err != nil {

@@ -168,11 +168,11 @@ func TestReleaseGivesBackOnlyWhatTheInstanceHolds(t *testing.T) {
 	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
 	a := mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e1", t0)
 	mustAdmit(t, s, "chat", 2, tracker.PolicyPack, "e2", t0)
-	if n, err := s.Release(ctx, "chat", "e1", epochOf(t, s, "chat", "e1"), tracker.ReleaseCount{Pod: a.Pod, N: 1, Pending: 1, Seq: 0}); err != nil || n != 1 {
+	if n, err := s.Release(ctx, "chat", "e1", epochOf(t, s, "chat", "e1"), 0, tracker.ReleaseCount{Pod: a.Pod, N: 1, Pending: 1}); err != nil || n != 1 {
 		t.Fatalf("release = %d, %v; want 1", n, err)
 	}
 	// A duplicate release, or e1 releasing e2's connection, changes nothing.
-	if n, err := s.Release(ctx, "chat", "e1", epochOf(t, s, "chat", "e1"), tracker.ReleaseCount{Pod: a.Pod, N: 1, Pending: 1, Seq: 0}); err != nil || n != 0 {
+	if n, err := s.Release(ctx, "chat", "e1", epochOf(t, s, "chat", "e1"), 0, tracker.ReleaseCount{Pod: a.Pod, N: 1, Pending: 1}); err != nil || n != 0 {
 		t.Fatalf("duplicate release = %d, %v; want 0", n, err)
 	}
 	snap, err := s.Snapshot(ctx, "chat", t0)
@@ -445,7 +445,7 @@ func TestPendingIsWhatTheLastHeartbeatSaid(t *testing.T) {
 		t.Fatalf("established after the heartbeat = %d, want 1", got)
 	}
 	// Releasing the pending one leaves the established one.
-	if _, err := s.Release(ctx, "chat", "e1", epochOf(t, s, "chat", "e1"), tracker.ReleaseCount{Pod: a.Pod, N: 1, Pending: 1, Seq: 0}); err != nil {
+	if _, err := s.Release(ctx, "chat", "e1", epochOf(t, s, "chat", "e1"), 0, tracker.ReleaseCount{Pod: a.Pod, N: 1, Pending: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if got := est(); got != 1 {
@@ -465,7 +465,7 @@ func TestLateCallsOfAnInstanceAreIgnored(t *testing.T) {
 	if err != nil || res.Stale {
 		t.Fatalf("sync: %+v %v", res, err)
 	}
-	if n, err := s.Release(ctx, "chat", "e1", res.Epoch, tracker.ReleaseCount{Pod: "10.0.0.1:80", N: 1, Pending: 0, Seq: 4}); err != nil || n != 0 {
+	if n, err := s.Release(ctx, "chat", "e1", res.Epoch, 4, tracker.ReleaseCount{Pod: "10.0.0.1:80", N: 1, Pending: 0}); err != nil || n != 0 {
 		t.Errorf("release sent before the heartbeat = %d, %v; want ignored", n, err)
 	}
 	late, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, Seq: 3})
@@ -475,10 +475,10 @@ func TestLateCallsOfAnInstanceAreIgnored(t *testing.T) {
 	if sum := mustSummary(t, s, "chat", t0); sum.Live != 2 {
 		t.Errorf("live = %d after late calls, want the heartbeat's 2", sum.Live)
 	}
-	if n, err := s.Release(ctx, "chat", "e1", res.Epoch, tracker.ReleaseCount{Pod: "10.0.0.1:80", N: 1, Pending: 0, Seq: 5}); err != nil || n != 1 {
+	if n, err := s.Release(ctx, "chat", "e1", res.Epoch, 5, tracker.ReleaseCount{Pod: "10.0.0.1:80", N: 1, Pending: 0}); err != nil || n != 1 {
 		t.Errorf("release of a connection that ended after the heartbeat (its seq) = %d, %v; want 1", n, err)
 	}
-	if _, err := s.Release(ctx, "chat", "e1", "another-epoch", tracker.ReleaseCount{Pod: "10.0.0.1:80", N: 1, Pending: 0, Seq: 7}); !errors.Is(err, tracker.ErrFenced) {
+	if _, err := s.Release(ctx, "chat", "e1", "another-epoch", 7, tracker.ReleaseCount{Pod: "10.0.0.1:80", N: 1, Pending: 0}); !errors.Is(err, tracker.ErrFenced) {
 		t.Errorf("release in another epoch: %v, want ErrFenced", err)
 	}
 }

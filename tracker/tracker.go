@@ -1,7 +1,6 @@
 package tracker
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -136,7 +135,7 @@ func (t *Tracker) newFleet(fc FleetConfig) *fleet {
 	for _, r := range Reasons {
 		f.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
 	}
-	f.admits = &batcher[string, Admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f),
+	f.admits = &batcher[struct{}, Admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f),
 		size: t.metrics.BatchSize.WithLabelValues("admit")}
 	f.releases = &batcher[releaseReq, struct{}]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendReleases(f),
 		size: t.metrics.BatchSize.WithLabelValues("release")}
@@ -211,7 +210,7 @@ type fleet struct {
 	// admits sends the admissions that hold the gate, releases the releases
 	// queued since the last call: each as few script calls as they can
 	// share (batch.go).
-	admits   *batcher[string, Admission] // epoch -> what Redis decided
+	admits   *batcher[struct{}, Admission]
 	releases *batcher[releaseReq, struct{}]
 
 	mu    sync.Mutex // guards everything below
@@ -395,13 +394,10 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 		return Result{}, "", fmt.Errorf("admit %s: %w (%v)", f.name, errGateBusy, err)
 	}
 	defer f.gate.Release(1)
-	f.mu.Lock()
-	epoch, usable := f.epoch, f.usableLocked()
-	f.mu.Unlock()
-	if !usable { // the heartbeat it waited for failed
+	if !f.redisUsable() { // the heartbeat it waited for failed
 		return Result{}, "", fmt.Errorf("admit %s: %w", f.name, errGaveUp)
 	}
-	a, err := f.admits.do(ctx, epoch, deadline)
+	a, err := f.admits.do(ctx, struct{}{}, deadline)
 	if err != nil || a.Fence != "" {
 		return Result{}, a.Fence, err
 	}
@@ -414,21 +410,25 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 	return t.recordLocked(f, a.Pod, now, false), "", nil
 }
 
-// sendAdmits makes one admit call for admissions that all hold the gate,
-// so all read the same epoch (only a heartbeat, which takes the whole gate,
-// changes it).
-func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []string) ([]Admission, error) {
-	return func(ctx context.Context, epochs []string) ([]Admission, error) {
+// sendAdmits makes one admit call for n admissions. Each of them holds its
+// unit of the gate while queued and sent, so no heartbeat (which takes the
+// whole gate, and alone changes the epoch) runs between their checks that
+// Redis is usable and this call: the epoch is the one they saw.
+func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]Admission, error) {
+	return func(ctx context.Context, n []struct{}) ([]Admission, error) {
 		fc := f.conf()
-		a, err := t.store.AdmitN(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epochs[0], t.now(), len(epochs))
+		f.mu.Lock()
+		epoch := f.epoch
+		f.mu.Unlock()
+		a, err := t.store.AdmitN(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, t.now(), len(n))
 		if err != nil {
 			return nil, err
 		}
-		res := make([]Admission, len(epochs))
+		res := make([]Admission, len(n))
 		for i := range res {
 			switch {
-			case a.Fence != "" || epochs[i] != epochs[0]:
-				res[i] = Admission{Fence: cmp.Or(a.Fence, FenceEpoch), Wait: a.Wait}
+			case a.Fence != "":
+				res[i] = Admission{Fence: a.Fence, Wait: a.Wait}
 			case i < len(a.Pods):
 				res[i] = Admission{Pod: a.Pods[i]}
 			default:
@@ -714,7 +714,7 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	f.dropLocked(c)
 	queued = queued && !c.uncounted
 	// Pending in Redis only if a heartbeat since its admission said so.
-	r := releaseReq{pod: c.pod, pending: !c.established && c.seq < f.seq, seq: f.seq, epoch: f.epoch}
+	r := releaseReq{pod: c.pod, pending: !c.established && c.seq < f.seq, seq: f.seq}
 	if queued && f.ent[c.pod] > 0 {
 		// Lowered now: a release that never reaches Redis is taken as
 		// applied (invariant L), unless it surely did not run (sendReleases).
@@ -734,8 +734,9 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	return nil
 }
 
-// Flush waits until the releases queued so far have been sent to Redis
-// and their calls have returned (or failed), or ctx ends.
+// Flush waits until no release is queued or in flight (every call has
+// returned or failed), or ctx ends. Under a steady stream of releases that
+// may not happen before ctx ends.
 func (t *Tracker) Flush(ctx context.Context) error {
 	for _, f := range t.allFleets() {
 		if err := f.releases.wait(ctx); err != nil {
@@ -751,33 +752,32 @@ type releaseReq struct {
 	pod     string
 	pending bool
 	seq     uint64
-	epoch   string
 	lowered bool // it took one from ent (there may have been none to take)
 }
 
-// sendReleases makes one release call for the releases queued since the
-// last one, summed per pod.
+// sendReleases makes one release call for the connections that ended
+// since the last heartbeat sent, summed per pod.
 func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]struct{}, error) {
 	return func(ctx context.Context, reqs []releaseReq) ([]struct{}, error) {
 		f.mu.Lock()
 		epoch, seq := f.epoch, f.seq
 		f.mu.Unlock()
 		counts := make([]ReleaseCount, 0, len(reqs))
-		lowered := make([]int, 0, len(reqs))      // per count: taken from ent
-		at := make(map[releaseReq]int, len(reqs)) // (pod, seq) -> index in counts
+		lowered := make([]int, 0, len(reqs))  // per count: taken from ent
+		at := make(map[string]int, len(reqs)) // pod -> index in counts
 		for _, r := range reqs {
-			if r.epoch != epoch || r.seq < seq {
+			if r.seq < seq {
 				// A heartbeat sent since left the connection out: if it ran,
-				// Redis ignores this release (a new epoch does not even know
-				// it); if not, Redis over-counts until the next one.
+				// Redis ignores this release; if not, Redis over-counts until
+				// the next one. (Only a heartbeat changes the epoch, and it
+				// moves seq first: what is left is of the current epoch.)
 				continue
 			}
-			k := releaseReq{pod: r.pod, seq: r.seq}
-			i, ok := at[k]
+			i, ok := at[r.pod]
 			if !ok {
 				i = len(counts)
-				at[k] = i
-				counts = append(counts, ReleaseCount{Pod: r.pod, Seq: r.seq})
+				at[r.pod] = i
+				counts = append(counts, ReleaseCount{Pod: r.pod})
 				lowered = append(lowered, 0)
 			}
 			counts[i].N++
@@ -791,7 +791,7 @@ func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]
 		if len(counts) == 0 {
 			return nil, nil
 		}
-		_, err := t.store.Release(ctx, f.name, t.cfg.InstanceID, epoch, counts...)
+		_, err := t.store.Release(ctx, f.name, t.cfg.InstanceID, epoch, seq, counts...)
 		switch {
 		case err == nil:
 		case errors.Is(err, ErrFenced):
@@ -803,7 +803,7 @@ func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]
 				// the truth, or may have.
 				f.mu.Lock()
 				for i, c := range counts {
-					if c.Seq == f.seq && epoch == f.epoch && lowered[i] > 0 {
+					if seq == f.seq && lowered[i] > 0 {
 						f.ent[c.Pod] += lowered[i]
 					}
 				}
