@@ -816,11 +816,20 @@ func (h *harness) awaitBackends(n int64, d time.Duration) {
 // nothing and Redis counts nothing: no count is lost or left behind.
 func (h *harness) awaitDrained(d time.Duration) time.Duration {
 	h.t.Helper()
+	return h.awaitCounted(0, d)
+}
+
+// awaitCounted waits until the backends hold n connections and Redis
+// counts exactly those: the releases of every connection that ended have
+// reached Redis (a tracker sends them after the access log reports the
+// end, in its next release call).
+func (h *harness) awaitCounted(n int64, d time.Duration) time.Duration {
+	h.t.Helper()
 	start := time.Now()
-	h.await("backends and Redis back to 0", d, func() (bool, string) {
+	h.await(fmt.Sprintf("backends and Redis at %d", n), d, func() (bool, string) {
 		b := h.backendLive()
 		pods, live := h.redisCount()
-		return b == 0 && pods == 0 && live == 0, fmt.Sprintf("backends %d, redis pods %d live %d", b, pods, live)
+		return b == n && pods == n && live == n, fmt.Sprintf("backends %d, redis pods %d live %d", b, pods, live)
 	})
 	return time.Since(start)
 }

@@ -163,6 +163,9 @@ func TestLiveConfigChange(t *testing.T) {
 	})
 	cancel()
 	stop()
+	// The churn's last connections are closed; filling before their
+	// releases reached Redis would stop at a capacity they still take.
+	h.awaitCounted(int64(held.len()), 20*time.Second)
 	h.fill(&held)
 	if l, want := h.backendLive(), int64(9); l != want {
 		t.Errorf("cap 3 on 3 pods: the backends hold %d, want %d", l, want)
