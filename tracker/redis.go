@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // RedisConfig says how to reach Redis: one address, Sentinel (MasterName) or
@@ -67,6 +68,11 @@ func NewRedisClient(c RedisConfig) (redis.UniversalClient, error) {
 		// One dial attempt: the pool's own retries (with 100ms pauses)
 		// would outlast every admission's deadline.
 		DialerRetries: 1,
+		// No hand-off of a live connection to another endpoint (Redis
+		// Cloud's maintenance notifications): a connection must end with
+		// the server process it reached (PROTOCOL.md, "The run id without
+		// INFO").
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 	if c.TLS {
 		tc, err := clientTLS(c)

@@ -3,7 +3,6 @@ package tracker
 import (
 	"context"
 	"embed"
-	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -13,7 +12,8 @@ var scriptFS embed.FS
 
 // loadScript joins lib.lua and one script. go-redis runs it with EVALSHA and
 // falls back to EVAL on NOSCRIPT, so a restarted or failed-over Redis is
-// reloaded transparently.
+// reloaded transparently. This text reads Redis' run id with INFO; the hot
+// scripts also have a text per Redis process (forRun).
 func loadScript(name string) *redis.Script {
 	lib, err := scriptFS.ReadFile("scripts/lib.lua")
 	if err != nil {
@@ -24,13 +24,23 @@ func loadScript(name string) *redis.Script {
 		panic(err)
 	}
 	src := string(lib) + "\n" + string(body)
-	s := redis.NewScript(src)
+	s := redis.NewScript("local RUN = false\n" + src)
 	sources[s.Hash()] = src
 	return s
 }
 
-// sources are the scripts' texts by hash, for runHot's EVAL.
+// sources are the scripts' texts by hash, without their first line (RUN).
 var sources = map[string]string{}
+
+// text is s as EVAL sends it.
+func text(s *redis.Script) string { return "local RUN = false\n" + sources[s.Hash()] }
+
+// forRun is the text of s for the Redis process whose run_id is run: it
+// answers run_id() without INFO. It must only be loaded where it is true
+// (loadRun).
+func forRun(s *redis.Script, run string) string {
+	return "local RUN = '" + run + "'\n" + sources[s.Hash()]
+}
 
 // evalsha begins an EVALSHA command of s on keys: the fixed part of the
 // calls runHot makes.
@@ -41,24 +51,6 @@ func evalsha(s *redis.Script, keys ...string) []any {
 		args = append(args, k)
 	}
 	return args
-}
-
-// runHot runs the EVALSHA command args (from evalsha), and EVAL of the
-// script's text when Redis does not know it yet (NOSCRIPT: restarted,
-// failed over, flushed), as redis.Script.Run does. It takes the arguments
-// already boxed, so that the admit and release calls box only their own.
-//
-// The client never retries these calls: one whose reply was lost may have
-// run, and a release that runs twice takes another connection's slot off
-// Redis' count (a Cluster client retries after EOF, timeouts and
-// CLUSTERDOWN whatever MaxRetries says). Redirects (MOVED, ASK) are still
-// followed: a redirected call did not run.
-func runHot(ctx context.Context, c redis.UniversalClient, s *redis.Script, args []any) *redis.Cmd {
-	cmd := once(ctx, c, args)
-	if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-		cmd = once(ctx, c, append([]any{"eval", sources[s.Hash()]}, args[2:]...))
-	}
-	return cmd
 }
 
 // noRetry is a command the client sends once.

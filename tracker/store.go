@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,6 +28,9 @@ type Store struct {
 	// runCheck is "1" when the scripts compare Redis' run_id with the
 	// epoch's, to catch a restart with old data (PROTOCOL.md, "Epochs").
 	runCheck string
+	// cacheRun: the hot scripts take the run_id from their text loaded
+	// for the running process, not from INFO (runid.go).
+	cacheRun bool
 }
 
 // NewStore returns a Store on rdb whose keys start with {prefix:<fleet>}.
@@ -34,7 +38,7 @@ func NewStore(rdb redis.UniversalClient, prefix string) *Store {
 	if prefix == "" {
 		prefix = "wsgate"
 	}
-	return &Store{rdb: rdb, prefix: prefix, runCheck: "1", keysMu: &sync.RWMutex{}, keys: map[hotID]*hotKeys{}}
+	return &Store{rdb: rdb, prefix: prefix, runCheck: "1", cacheRun: true, keysMu: &sync.RWMutex{}, keys: map[hotID]*hotKeys{}}
 }
 
 // WithoutRestartDetection is for servers that do not report a run_id
@@ -42,8 +46,20 @@ func NewStore(rdb redis.UniversalClient, prefix string) *Store {
 // data is not noticed, an empty one still is.
 func (s *Store) WithoutRestartDetection() *Store {
 	c := *s
-	c.runCheck = "0"
+	c.runCheck, c.cacheRun = "0", false
 	// The cached commands carry the check: the copy builds its own.
+	c.keysMu, c.keys = &sync.RWMutex{}, map[hotID]*hotKeys{}
+	return &c
+}
+
+// WithRunCheckPerCall has every script read Redis' run_id with INFO
+// (--redis-run-check=per-call): for a proxy that keeps a client's
+// connection while the Redis process behind it changes, where reading the
+// run_id and loading a script on one connection does not put them in one
+// process (runid.go).
+func (s *Store) WithRunCheckPerCall() *Store {
+	c := *s
+	c.cacheRun = false
 	c.keysMu, c.keys = &sync.RWMutex{}, map[hotID]*hotKeys{}
 	return &c
 }
@@ -58,6 +74,10 @@ type hotKeys struct {
 	// channel, run and instance: the events channel, the run id check and
 	// the instance id as script arguments.
 	channel, run, instance any
+	// slotKey is a key of the fleet: the server that holds it runs its
+	// scripts. loaded is what loadRun loaded there, if anything.
+	slotKey string
+	loaded  atomic.Pointer[runScripts]
 }
 
 type hotID struct{ fleet, instance string }
@@ -80,6 +100,7 @@ func (s *Store) hot(fleet, instance string) *hotKeys {
 		sync: []string{p + "load", p + "avail", p + "inst:" + instance, p + "pend:" + instance,
 			p + "instances", p + "stats", p + "epoch", p + "seq"},
 		channel: s.EventsChannel(fleet), run: s.runCheck, instance: instance,
+		slotKey: p + "epoch",
 	}
 	s.keysMu.Lock()
 	defer s.keysMu.Unlock()
@@ -155,7 +176,7 @@ func (s *Store) AdmitN(ctx context.Context, fleet string, maxPerPod int, policy 
 	hot := s.hot(fleet, instance)
 	args := append(make([]any, 0, len(hot.admit)+9), hot.admit...)
 	args = append(args, maxPerPod, policyArg(policy), Bucket(now), BucketSlots, hot.channel, epoch, hot.run, hot.instance, n)
-	res, err := runHot(ctx, s.rdb, scriptAdmit, args).Slice()
+	res, err := s.runHot(ctx, hot, scriptAdmit, args).Slice()
 	if err != nil {
 		return Admissions{}, fmt.Errorf("admit %s: %w", fleet, err)
 	}
@@ -202,7 +223,7 @@ func (s *Store) Release(ctx context.Context, fleet, instance, epoch string, seq 
 	for _, r := range rs {
 		args = append(args, r.Pod, r.N, r.Pending)
 	}
-	got, err := runHot(ctx, s.rdb, scriptRelease, args).Int()
+	got, err := s.runHot(ctx, hot, scriptRelease, args).Int()
 	if err != nil {
 		return 0, fmt.Errorf("release %s: %w", fleet, err)
 	}

@@ -33,6 +33,7 @@ type trackerFlags struct {
 	shutdownListen, envoyAdmin          string
 	accessLog                           string
 	embedded                            bool
+	runCheck                            string
 	redis                               *redisOptions
 	cfg                                 tracker.Config
 }
@@ -54,6 +55,7 @@ func runTracker(args []string) error {
 	fs.DurationVar(&f.cfg.RedisTimeout, "redis-timeout", 100*time.Millisecond, "bound of one admission's Redis work, after which the fallback decides (keep below the Lua filter's 250ms httpCall timeout)")
 	fallback := fs.String("fallback", "share", "admission Redis cannot decide: share (only into slots Redis counts for this instance: never above the cap), closed, or open (may exceed the cap)")
 	expired := fs.String("expired-instances", string(tracker.ExpiredReap), "an instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap), keep (counted until it comes back: the cap holds), or kube (the scaler reaps it once Kubernetes no longer lists its pod: the cap holds); the same for every tracker and the scaler")
+	fs.StringVar(&f.runCheck, "redis-run-check", "cached", "how admissions and releases learn Redis' run_id, which catches a restart with old data: cached (in their script text, loaded into the one Redis process it names; Redis 7.0 and later, else per-call) or per-call (INFO in every script: for a proxy that keeps client connections while the Redis behind it restarts)")
 	fs.BoolVar(&f.embedded, "redis-embedded", false, "run an in-process Redis (miniredis) instead of --redis-addr: for trying wsgate out, never for production")
 	fs.StringVar(&f.shutdownListen, "shutdown-listen", "", "address of GET /shutdown, for the Envoy container's preStop hook: drain, then answer once Envoy's connections have ended (empty: off)")
 	fs.StringVar(&f.envoyAdmin, "envoy-admin", "", "Envoy's admin address (127.0.0.1:9901): /shutdown fails its health check and drains its listeners, and on SIGTERM an Envoy that is gone lets this instance leave Redis at once (empty: wait for the connections to end)")
@@ -64,6 +66,9 @@ func runTracker(args []string) error {
 	}
 	f.cfg.Fallback = tracker.FallbackMode(*fallback)
 	f.cfg.ExpiredInstances = tracker.ExpiredMode(*expired)
+	if f.runCheck != "cached" && f.runCheck != "per-call" {
+		return fmt.Errorf("--redis-run-check %q: want cached or per-call", f.runCheck)
+	}
 	if f.config == "" {
 		return errors.New("--config: a fleets file is required (see tracker/fleets.example.yaml)")
 	}
@@ -229,6 +234,8 @@ func newStore(rdb redis.UniversalClient, f trackerFlags) *tracker.Store {
 	s := tracker.NewStore(rdb, f.redis.cfg.Prefix)
 	if f.embedded {
 		s = s.WithoutRestartDetection() // miniredis reports no run_id
+	} else if f.runCheck == "per-call" {
+		s = s.WithRunCheckPerCall()
 	}
 	return s
 }

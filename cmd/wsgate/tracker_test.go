@@ -34,6 +34,7 @@ func TestTrackerConfigErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--config", good, "--instance-id", "a b"}, "--instance-id \"a b\""},
 		{[]string{"--config", good, "--redis-timeout", "-1s"}, "--redis-timeout -1s: must be positive"},
 		{[]string{"--config", good, "--fallback", "maybe"}, "--fallback \"maybe\""},
+		{[]string{"--config", good, "--redis-run-check", "info"}, "--redis-run-check \"info\": want cached or per-call"},
 		{[]string{"--config", twice}, "--config " + twice + ": fleet chat: defined twice"},
 	}
 	for _, c := range cases {

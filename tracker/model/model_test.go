@@ -45,6 +45,7 @@ var configs = []config{
 	{"reap/cap1", []string{"-DCAP=1", "-DREAP"}, true, "reap: a cut-off instance's slots are given away (trade-off G)", false},
 	{"no-lower/cap1", []string{"-DCAP=1", "-DNO_LOWER"}, true, "a heartbeat that does not lower ent before sending", false},
 	{"no-runid/cap1", []string{"-DCAP=1", "-DNO_RUNID"}, true, "fencing on the epoch id only", false},
+	{"run-unverified/cap1", []string{"-DCAP=1", "-DRUN_UNVERIFIED"}, true, "a script text that names a run loaded without reading it on the same connection", false},
 	{"no-seq/cap1", []string{"-DCAP=1", "-DNO_SEQ"}, true, "releases not ordered against heartbeats", false},
 	{"sync-no-degrade/cap1", []string{"-DCAP=1", "-DSYNC_NO_DEGRADE"}, true, "admitting through Redis after a heartbeat's reply was lost", false},
 	{"clockstep/cap1", []string{"-DCAP=1", "-DRCLOCK_STEPS"}, true, "without the confirmation, a forward step of Redis' clock ends the recovery wait", false},

@@ -25,6 +25,14 @@
  *   BROKEN          the previous design's share fallback (no entitlements).
  *   NO_LOWER        a heartbeat does not lower ent to held before sending.
  *   NO_RUNID        the scripts fence on the epoch id only, not the run id.
+ *   RUN_UNVERIFIED  the hot scripts take the run id from their text
+ *                   (PROTOCOL.md, "The run id without INFO"), and a
+ *                   tracker puts back a text naming the run it read before
+ *                   Redis restarted (EVAL on NOSCRIPT, or SCRIPT LOAD on
+ *                   another connection than the one that read the run id).
+ *                   Its text then names the process that made a restored
+ *                   epoch, and the run check passes wherever the epoch id
+ *                   does: for every call, NO_RUNID.
  *   NO_SEQ          releases are not ordered against heartbeats by seq.
  *   SYNC_NO_DEGRADE a heartbeat whose reply was lost does not stop the
  *                   admissions through Redis until the next heartbeat.
@@ -75,6 +83,9 @@
 
 #ifndef CAP
 #define CAP 1
+#endif
+#ifdef RUN_UNVERIFIED
+#define NO_RUNID
 #endif
 /* Instance leases in Redis. With keep they only make the admit script
  * refuse ('lease'), and leaving a refusal out only adds behaviours: the

@@ -19,9 +19,13 @@ end
 -- run_id names the running Redis process: another one means Redis restarted
 -- (from RDB/AOF, or a replica was promoted) and the data may be old.
 -- check is '0' only for servers that cannot say (miniredis in tests).
+-- RUN (declared before this file by scripts.go) is false, or the run_id of
+-- the one process this copy of the script was loaded into: the same answer
+-- without INFO, which costs more than the rest of the fence
+-- (PROTOCOL.md, "The run id without INFO").
 local function run_id(check)
   if check ~= '1' then return '' end
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+  return RUN or string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
 end
 
 -- fenced returns nil when a call must not act on this state: the epoch is
