@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,11 +46,50 @@ import (
 // count) and Redis CPU (INFO cpu) per lifecycle and per decision, and their
 // ratios. The goal of the performance issue: Redis CPU per lifecycle at most
 // the peer's per decision.
+//
+// redis-bound is the 32 callers again with redis-server held to a tenth of
+// a core (a cgroup CPU quota), so that Redis, not this process, limits
+// both rates: the regime where Redis' cost per lifecycle decides how far a
+// fleet scales, and where the tracker's group commit (PROTOCOL.md,
+// "Batches") has calls to share. It needs a writable cgroup v1 cpu
+// controller (root), and is skipped without one.
 func BenchmarkPeerLifecycle(b *testing.B) {
 	p := newPeerRig(b)
 	for _, callers := range []int{1, 8, 32} {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) { p.run(b, callers) })
 	}
+	b.Run("callers=32/redis-bound", func(b *testing.B) {
+		limitCPU(b, p.rdb, 1000, 10000)
+		p.run(b, 32)
+	})
+}
+
+// limitCPU holds the redis-server behind rdb to quota µs of CPU every
+// period µs until the benchmark ends.
+func limitCPU(b *testing.B, rdb *redis.Client, quota, period int) {
+	const root = "/sys/fs/cgroup/cpu"
+	info, err := rdb.Info(context.Background(), "server").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(info, "process_id:")
+	pid := strings.TrimSpace(strings.SplitN(rest, "\n", 2)[0])
+	dir := filepath.Join(root, fmt.Sprintf("wsgate-bench-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+		b.Skipf("no writable cgroup cpu controller to hold Redis to a CPU quota: %v", err)
+	}
+	write := func(file, v string) {
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(v), 0o644); err != nil {
+			b.Skipf("cgroup %s: %v", file, err)
+		}
+	}
+	write("cpu.cfs_period_us", strconv.Itoa(period))
+	write("cpu.cfs_quota_us", strconv.Itoa(quota))
+	write("tasks", pid)
+	b.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(root, "tasks"), []byte(pid), 0o644)
+		_ = os.Remove(dir)
+	})
 }
 
 // peerRig is one redis-server, a tracker on it with its admission API and
