@@ -447,6 +447,9 @@ func TestIsActive(t *testing.T) {
 	if err := tr.Release(context.Background(), conns[0]); err != nil {
 		t.Fatal(err)
 	}
+	if err := tr.Flush(context.Background()); err != nil { // Redis has it
+		t.Fatal(err)
+	}
 	if e.active("fleet", "web") {
 		t.Error("web active after its only connection left")
 	}

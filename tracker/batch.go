@@ -25,11 +25,17 @@ type batcher[Req, Res any] struct {
 	// send makes one call for reqs; without an error it returns one result
 	// per request, in order (none for requests that were posted).
 	send func(ctx context.Context, reqs []Req) ([]Res, error)
+	// linger: posted requests that find no call in flight, fewer than
+	// max, wait this long for a call of another batcher to carry them
+	// (take) before they go alone. 0: at once.
+	linger time.Duration
 
 	mu    sync.Mutex
 	busy  bool          // a call is in flight
 	idle  chan struct{} // closed when busy ends
 	queue []*waiter[Req, Res]
+	timer *time.Timer // the linger, while armed
+	armed uint64      // counts the lingers armed: a stale one's timer does nothing
 }
 
 type waiter[Req, Res any] struct {
@@ -102,11 +108,86 @@ func (b *batcher[Req, Res]) unqueue(w *waiter[Req, Res]) bool {
 func (b *batcher[Req, Res]) post(req Req) {
 	b.mu.Lock()
 	b.queue = append(b.queue, &waiter[Req, Res]{req: req})
-	if b.busy {
+	if b.busy || b.lingerLocked() {
 		b.mu.Unlock()
 		return
 	}
 	b.start()
+	b.mu.Unlock()
+	go b.run(nil, false)
+}
+
+// lingerLocked arms the linger for what is queued, unless there is none
+// or the queue fills a call; it reports whether the queue now waits.
+// b.mu is held and no call is in flight.
+func (b *batcher[Req, Res]) lingerLocked() bool {
+	if b.linger <= 0 || len(b.queue) >= b.max {
+		return false
+	}
+	if b.timer == nil {
+		b.armed++
+		armed := b.armed
+		b.timer = time.AfterFunc(b.linger, func() { b.lingered(armed) })
+	}
+	return true
+}
+
+// lingered sends what is queued once the linger armed as armed is over,
+// if nothing took it meanwhile.
+func (b *batcher[Req, Res]) lingered(armed uint64) {
+	b.mu.Lock()
+	if armed != b.armed || b.busy || len(b.queue) == 0 {
+		b.mu.Unlock()
+		return
+	}
+	b.disarmLocked()
+	b.start()
+	b.mu.Unlock()
+	b.run(nil, false)
+}
+
+func (b *batcher[Req, Res]) disarmLocked() {
+	if b.timer != nil {
+		b.timer.Stop()
+		b.timer = nil
+	}
+	b.armed++
+}
+
+// take hands what is posted (up to max) to a call of another batcher
+// about to be sent, when no call of b's is in flight; nil when there is
+// none. b counts as busy until finish, which the taker calls once its call
+// returned: an ordering like b's own calls.
+func (b *batcher[Req, Res]) take() []Req {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.busy || len(b.queue) == 0 {
+		return nil
+	}
+	b.disarmLocked()
+	b.start()
+	n := min(len(b.queue), b.max)
+	reqs := make([]Req, n)
+	for i, w := range b.queue[:n] {
+		reqs[i] = w.req
+	}
+	b.queue = slices.Delete(b.queue, 0, n)
+	if b.size != nil {
+		b.size.Observe(float64(n))
+	}
+	return reqs
+}
+
+// finish ends the call that carried what take returned: what was posted
+// meanwhile lingers, or goes at once when it fills a call.
+func (b *batcher[Req, Res]) finish() {
+	b.mu.Lock()
+	if len(b.queue) == 0 || b.lingerLocked() {
+		b.busy = false
+		close(b.idle)
+		b.mu.Unlock()
+		return
+	}
 	b.mu.Unlock()
 	go b.run(nil, false)
 }
@@ -117,20 +198,26 @@ func (b *batcher[Req, Res]) start() {
 	b.idle = make(chan struct{})
 }
 
-// wait returns once every request queued before it has been sent and its
-// call has returned, or when ctx ends.
+// wait returns once nothing is queued or in flight (a lingering queue is
+// sent at once), or when ctx ends.
 func (b *batcher[Req, Res]) wait(ctx context.Context) error {
-	b.mu.Lock()
-	busy, idle := b.busy, b.idle
-	b.mu.Unlock()
-	if !busy {
-		return nil
-	}
-	select {
-	case <-idle:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	for {
+		b.mu.Lock()
+		if !b.busy && len(b.queue) > 0 { // lingering: no more waiting
+			b.disarmLocked()
+			b.start()
+			go b.run(nil, false)
+		}
+		busy, idle := b.busy, b.idle
+		b.mu.Unlock()
+		if !busy {
+			return nil
+		}
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
@@ -140,13 +227,16 @@ func (b *batcher[Req, Res]) wait(ctx context.Context) error {
 // goroutine.
 func (b *batcher[Req, Res]) run(batch []*waiter[Req, Res], handoff bool) {
 	for {
-		if len(batch) > 0 {
+		sent := len(batch) > 0
+		if sent {
 			ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 			b.call(ctx, batch)
 			cancel()
 		}
 		b.mu.Lock()
-		if len(b.queue) == 0 {
+		// After a call, what queued meanwhile may linger; run(nil) is
+		// told to send.
+		if len(b.queue) == 0 || (sent && b.lingerLocked()) {
 			b.busy = false
 			close(b.idle)
 			b.mu.Unlock()

@@ -196,3 +196,93 @@ func TestBatcherDeadline(t *testing.T) {
 		}
 	})
 }
+
+// With a linger, posted requests wait for another call to take them, and
+// go alone once the linger is over; a full call's worth goes at once, and
+// wait does not wait for the linger.
+func TestBatcherLinger(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGatedSend()
+		g.leave <- struct{}{}
+		b := &batcher[int, int]{max: 3, timeout: time.Minute, send: g.send, linger: time.Millisecond}
+
+		// Alone: sent when the linger ends, not before.
+		start := time.Now()
+		b.post(1)
+		queued(t, b, 1)
+		if got := <-g.enter; !slices.Equal(got, []int{1}) || time.Since(start) != time.Millisecond {
+			t.Fatalf("sent %v after %v; want [1] after the 1ms linger", got, time.Since(start))
+		}
+		if err := b.wait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+
+		// Taken by another call before the linger ends: not sent by b, and
+		// what is posted while that call is out lingers in turn.
+		b.post(2)
+		b.post(3)
+		if got := b.take(); !slices.Equal(got, []int{2, 3}) {
+			t.Fatalf("take = %v, want [2 3]", got)
+		}
+		b.post(4)
+		time.Sleep(10 * time.Millisecond)
+		synctest.Wait()
+		if len(g.calls) != 1 {
+			t.Fatalf("b sent %v while another call carried its requests", g.calls)
+		}
+		b.finish()
+		if got := b.take(); !slices.Equal(got, []int{4}) {
+			t.Fatalf("take after finish = %v, want [4] (it lingered)", got)
+		}
+		b.finish()
+
+		// A full call goes at once.
+		g.leave <- struct{}{}
+		start = time.Now()
+		for i := range 3 {
+			b.post(10 + i)
+		}
+		if got := <-g.enter; !slices.Equal(got, []int{10, 11, 12}) || time.Since(start) != 0 {
+			t.Fatalf("sent %v after %v; want [10 11 12] at once", got, time.Since(start))
+		}
+		if err := b.wait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+
+		// wait sends a lingering queue at once.
+		g.leave <- struct{}{}
+		b.post(20)
+		start = time.Now()
+		if err := b.wait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got := g.calls[len(g.calls)-1]; !slices.Equal(got, []int{20}) || time.Since(start) != 0 {
+			t.Fatalf("wait: last call %v after %v; want [20] at once", got, time.Since(start))
+		}
+		<-g.enter
+		queued(t, b, 0)
+	})
+}
+
+// take hands nothing over while a call of the batcher's own is out: that
+// call's successor sends it, in order.
+func TestBatcherTakeWhileBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGatedSend()
+		b := &batcher[int, int]{max: 3, timeout: time.Minute, send: g.send, linger: time.Millisecond}
+		b.post(1)
+		<-g.enter // sent after the linger, now out
+		b.post(2)
+		if got := b.take(); got != nil {
+			t.Fatalf("take while a call is out = %v, want nothing", got)
+		}
+		g.leave <- struct{}{}
+		g.leave <- struct{}{}
+		if got := <-g.enter; !slices.Equal(got, []int{2}) {
+			t.Fatalf("next call %v, want [2]", got)
+		}
+		if err := b.wait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -2,9 +2,11 @@ package tracker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -24,28 +26,39 @@ import (
 // pods gets a last one) under spread, the same rejections; checked on
 // random loads, caps and batch sizes, on miniredis and a real redis-server
 // (whose Lua the scripts run in production).
-func TestAdmitNIsAdmissionsInARow(t *testing.T) {
+func TestAdmitNIsAdmissionsInARow(t *testing.T) { onMiniAndReal(t, checkAdmitN) }
+
+// onMiniAndReal runs check on miniredis and on a real redis-server (whose
+// Lua the scripts run in production).
+func onMiniAndReal(t *testing.T, check func(t *testing.T, rdb *redis.Client, mini bool)) {
 	t.Run("miniredis", func(t *testing.T) {
 		mr := miniredis.RunT(t)
 		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 		t.Cleanup(func() { rdb.Close() })
-		checkAdmitN(t, rdb, true)
+		check(t, rdb, true)
 	})
 	t.Run("redis-server", func(t *testing.T) {
-		checkAdmitN(t, redistest.Start(t).Client(), false)
+		check(t, redistest.Start(t).Client(), false)
 	})
 }
 
-func checkAdmitN(t *testing.T, rdb *redis.Client, mini bool) {
-	ctx := context.Background()
-	rng := rand.New(rand.NewPCG(1, 2))
+// twinStores are stores on rdb under each of prefixes: the same calls on
+// them must leave the same state.
+func twinStores(rdb *redis.Client, mini bool, prefixes ...string) map[string]*tracker.Store {
 	stores := map[string]*tracker.Store{}
-	for _, prefix := range []string{"seq", "batch"} {
+	for _, prefix := range prefixes {
 		stores[prefix] = tracker.NewStore(rdb, prefix)
 		if mini {
 			stores[prefix] = stores[prefix].WithoutRestartDetection()
 		}
 	}
+	return stores
+}
+
+func checkAdmitN(t *testing.T, rdb *redis.Client, mini bool) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(1, 2))
+	stores := twinStores(rdb, mini, "seq", "batch")
 	for round := range 60 {
 		policy := []tracker.Policy{tracker.PolicyPack, tracker.PolicySpread}[round%2]
 		pods := 1 + rng.IntN(6)
@@ -307,7 +320,7 @@ func TestStoreCopiesKeepTheirRunIDCheck(t *testing.T) {
 	}
 }
 
-// slowAdmits delays every admit call (the script with 9 keys) by d.
+// slowAdmits delays every admit call (the script with 11 keys) by d.
 type slowAdmits struct{ d time.Duration }
 
 func (h slowAdmits) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -316,7 +329,7 @@ func (h slowAdmits) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 }
 func (h slowAdmits) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 && fmt.Sprint(a[2]) == "9" {
+		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 && fmt.Sprint(a[2]) == "11" {
 			time.Sleep(h.d) // a slow Redis, not synchronisation
 		}
 		return next(ctx, cmd)
@@ -391,42 +404,237 @@ func TestAdmitAfterTheCallerLeft(t *testing.T) {
 	}
 }
 
-// retried records whether the client may retry each admit and release call.
-type retried struct {
-	mu    sync.Mutex
-	calls map[string]bool // numkeys -> retryable
+// The client never retries an admit or release call: one whose reply was
+// lost may have run, and a release run twice frees another connection's
+// slot (a Cluster client retries after EOF and timeouts whatever
+// MaxRetries says).
+func TestHotCallsAreNeverRetried(t *testing.T) {
+	tr, h := countedTracker(t, 2)
+	release(t, tr, admit(t, tr, "chat").Conn)
+	for name, keys := range map[string]string{"admit": "11", "release": "7"} {
+		if retry, seen := h.retryable[keys]; !seen || retry {
+			t.Errorf("%s call: seen %v, retryable %v; want seen and never retried", name, seen, retry)
+		}
+	}
 }
 
-func (h *retried) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *retried) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+// AdmitRelease leaves Redis as Release then AdmitN leave it, and answers
+// as they do: checked on random loads, releases (some more than the
+// instance holds, some pending, some stale) and batch sizes, on miniredis
+// and a real redis-server.
+func TestAdmitReleaseIsReleaseThenAdmit(t *testing.T) { onMiniAndReal(t, checkAdmitRelease) }
+
+func checkAdmitRelease(t *testing.T, rdb *redis.Client, mini bool) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(3, 4))
+	stores := twinStores(rdb, mini, "apart", "together")
+	type state struct {
+		avail, load, inst, pend string
+		summary                 tracker.Summary
+		pods                    []string
+		reason                  tracker.Reason
+		released                int
+	}
+	dump := func(s *tracker.Store, fleet string) (st state) {
+		p := s.KeyPrefix(fleet)
+		for key, out := range map[string]*string{"avail": &st.avail, "load": &st.load} {
+			z, err := rdb.ZRangeWithScores(ctx, p+key, 0, -1).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			*out = fmt.Sprint(z)
+		}
+		for key, out := range map[string]*string{"inst:e1": &st.inst, "pend:e1": &st.pend} {
+			h, err := rdb.HGetAll(ctx, p+key).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			*out = fmt.Sprint(h)
+		}
+		st.summary = mustSummary(t, s, fleet, t0)
+		st.summary.Epoch, st.summary.RedisNow = "", time.Time{} // the stores' own
+		return st
+	}
+	for round := range 60 {
+		fleet := fmt.Sprintf("r%d", round)
+		policy := []tracker.Policy{tracker.PolicyPack, tracker.PolicySpread}[round%2]
+		limit := 1 + rng.IntN(4)
+		var addrs []string
+		var mine, others []tracker.PodCount
+		var rs []tracker.ReleaseCount
+		for p := range 1 + rng.IntN(5) {
+			addr := fmt.Sprintf("10.0.0.%d:80", p)
+			addrs = append(addrs, addr)
+			held := rng.IntN(limit + 1)
+			if held > 0 {
+				mine = append(mine, tracker.PodCount{Pod: addr, Live: held, Established: rng.IntN(held + 1)})
+			}
+			if o := rng.IntN(limit - held + 1); o > 0 {
+				others = append(others, tracker.PodCount{Pod: addr, Live: o, Established: o})
+			}
+			if n := rng.IntN(held + 2); n > 0 { // at times one more than it holds
+				rs = append(rs, tracker.ReleaseCount{Pod: addr, N: n, Pending: rng.IntN(n + 1)})
+			}
+		}
+		seq := uint64(1 + rng.IntN(2)) // 1: stale, below the heartbeat's 2
+		n := rng.IntN(8)
+		got := map[string]state{}
+		for prefix, s := range stores {
+			mustSetPods(t, s, fleet, podsOf(addrs...))
+			if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "other", Lease: 1 << 40, Counts: others}); err != nil {
+				t.Fatal(err)
+			}
+			epoch := epochOf(t, s, fleet, "e1")
+			if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "e1", Lease: 1 << 40, Seq: 2, Counts: mine}); err != nil {
+				t.Fatal(err)
+			}
+			var a tracker.Admissions
+			var released int
+			var err error
+			if prefix == "apart" {
+				if released, err = s.Release(ctx, fleet, "e1", epoch, seq, rs...); err == nil {
+					a, err = s.AdmitN(ctx, fleet, limit, policy, "e1", epoch, t0, n)
+				}
+			} else {
+				a, released, err = s.AdmitRelease(ctx, fleet, limit, policy, "e1", epoch, t0, n, seq, rs...)
+			}
+			if err != nil || a.Fence != "" {
+				t.Fatalf("round %d, %s: %+v %v", round, prefix, a, err)
+			}
+			st := dump(s, fleet)
+			st.pods, st.reason, st.released = a.Pods, a.Reason, released
+			slices.Sort(st.pods)
+			got[prefix] = st
+		}
+		apart, together := got["apart"], got["together"]
+		desc := fmt.Sprintf("round %d: %s, cap %d, holds %v, others %v, releases %v at seq %d, %d admissions", round, policy, limit, mine, others, rs, seq, n)
+		if policy == tracker.PolicySpread {
+			// Which of equally loaded pods gets a last one may differ.
+			apart.avail, together.avail, apart.inst, together.inst, apart.pods, together.pods = "", "", "", "", nil, nil
+		}
+		if !reflect.DeepEqual(apart, together) {
+			t.Errorf("%s:\n  release, then admit: %+v\n  in one call:         %+v", desc, apart, together)
+		}
+	}
+}
+
+// scriptCalls counts the EVALSHA calls by their number of keys (11 is the
+// admit script, 7 the release script) and records whether the client may
+// retry them.
+type scriptCalls struct {
+	mu        sync.Mutex
+	n         map[string]int
+	retryable map[string]bool
+}
+
+func newScriptCalls() *scriptCalls {
+	return &scriptCalls{n: map[string]int{}, retryable: map[string]bool{}}
+}
+
+func (h *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
-func (h *retried) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (h *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 {
 			h.mu.Lock()
-			h.calls[fmt.Sprint(a[2])] = !cmd.NoRetry()
+			h.n[fmt.Sprint(a[2])]++
+			h.retryable[fmt.Sprint(a[2])] = !cmd.NoRetry()
 			h.mu.Unlock()
 		}
 		return next(ctx, cmd)
 	}
 }
 
-// The client never retries an admit or release call: one whose reply was
-// lost may have run, and a release run twice frees another connection's
-// slot (a Cluster client retries after EOF and timeouts whatever
-// MaxRetries says).
-func TestHotCallsAreNeverRetried(t *testing.T) {
+// countedTracker is a started tracker of fleet chat (one pod, cap) whose
+// script calls h counts.
+func countedTracker(t *testing.T, cap int) (*tracker.Tracker, *scriptCalls) {
 	rdb, mr := miniClient(t)
-	h := &retried{calls: map[string]bool{}}
+	h := newScriptCalls()
 	rdb.AddHook(h)
 	clk := newClock()
-	tr := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fleetCfg("chat", 2, "10.0.0.1:80"))
+	tr := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fleetCfg("chat", cap, "10.0.0.1:80"))
 	start(t, mr, clk, tr)
-	release(t, tr, admit(t, tr, "chat").Conn)
-	for name, keys := range map[string]string{"admit": "9", "release": "7"} {
-		if retry, seen := h.calls[keys]; !seen || retry {
-			t.Errorf("%s call: seen %v, retryable %v; want seen and never retried", name, seen, retry)
-		}
+	return tr, h
+}
+
+func (h *scriptCalls) get(keys string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n[keys]
+}
+
+// A release waits for the next admit call and rides on it, applied before
+// its admissions: one script call for both. One that no admission comes
+// for goes alone (here: when Flush asks for it).
+func TestReleaseRidesOnTheNextAdmitCall(t *testing.T) {
+	tr, h := countedTracker(t, 1)
+	tracker.SetReleaseLinger(tr, "chat", time.Hour)
+	live := func() int64 {
+		t.Helper()
+		return mustSummary(t, tr.Store(), "chat", t0).Live
+	}
+	first := admit(t, tr, "chat")
+	if err := tr.Release(context.Background(), first.Conn); err != nil {
+		t.Fatal(err)
+	}
+	if got := live(); got != 1 {
+		t.Fatalf("Redis counts %d live right after the release; want 1: it waits for an admit call", got)
+	}
+	// The pod's cap is 1: the second admission gets it only if the release
+	// went first, in the same call.
+	second := admit(t, tr, "chat")
+	if !second.Admitted || second.Fallback {
+		t.Fatalf("second admission: %+v; want admitted through Redis on the slot the release freed", second)
+	}
+	if got, admits, releases := live(), h.get("11"), h.get("7"); got != 1 || admits != 2 || releases != 0 {
+		t.Fatalf("after the second admission: live %d, %d admit calls, %d release calls; want 1, 2, 0", got, admits, releases)
+	}
+	if err := tr.Release(context.Background(), second.Conn); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, releases := live(), h.get("7"); got != 0 || releases != 1 {
+		t.Fatalf("after Flush: live %d, %d release calls; want 0, 1", got, releases)
+	}
+}
+
+// An admit call whose epoch Redis refuses applies none of the releases it
+// carries; one refused as recovering applies them (as a release call
+// would), and grants nothing.
+func TestAdmitReleaseRefused(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	ctx := context.Background()
+	s := tracker.NewStore(rdb, "wsgate")
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
+	if a := mustAdmit(t, s, "chat", 5, tracker.PolicyPack, "e1", t0); a.Pod == "" {
+		t.Fatal("not admitted")
+	}
+	rs := tracker.ReleaseCount{Pod: "10.0.0.1:80", N: 1}
+	a, n, err := s.AdmitRelease(ctx, "chat", 5, tracker.PolicyPack, "e1", "another-epoch", t0, 1, 0, rs)
+	if !errors.Is(err, tracker.ErrFenced) || a.Fence != tracker.FenceEpoch || n != 0 {
+		t.Fatalf("with another epoch: %+v, %d, %v; want fenced (epoch) and ErrFenced", a, n, err)
+	}
+	if live := mustSummary(t, s, "chat", t0).Live; live != 1 {
+		t.Fatalf("live %d after a fenced call; want 1: nothing released", live)
+	}
+	// A new epoch, still in its recovery wait: e1 syncs what it holds.
+	if err := rdb.Del(ctx, s.KeyPrefix("chat")+"epoch").Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, RecoveryWait: time.Hour, Seq: 1,
+		Counts: []tracker.PodCount{{Pod: "10.0.0.1:80", Live: 1, Established: 1}}})
+	if err != nil || res.Recovering == 0 {
+		t.Fatalf("sync: %+v %v; want a recovery wait", res, err)
+	}
+	a, n, err = s.AdmitRelease(ctx, "chat", 5, tracker.PolicyPack, "e1", res.Epoch, t0, 1, 1, rs)
+	if err != nil || a.Fence != tracker.FenceRecovering || n != 1 {
+		t.Fatalf("in the recovery wait: %+v, %d, %v; want recovering and 1 released", a, n, err)
+	}
+	if live := mustSummary(t, s, "chat", t0).Live; live != 0 {
+		t.Fatalf("live %d after the release in the recovery wait; want 0", live)
 	}
 }

@@ -94,7 +94,7 @@ func (s *Store) hot(fleet, instance string) *hotKeys {
 	k = &hotKeys{
 		admit: evalsha(scriptAdmit, p+"load", p+"avail", p+"inst:"+instance, p+"stats",
 			p+"rej:"+string(ReasonCapacity), p+"rej:"+string(ReasonNoPods), p+"rejinst:"+instance,
-			p+"epoch", p+"instances"),
+			p+"epoch", p+"instances", p+"pend:"+instance, p+"seq"),
 		release: evalsha(scriptRelease, p+"load", p+"avail", p+"inst:"+instance, p+"stats",
 			p+"pend:"+instance, p+"epoch", p+"seq"),
 		sync: []string{p + "load", p + "avail", p + "inst:" + instance, p + "pend:" + instance,
@@ -173,36 +173,57 @@ func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy P
 // AdmitN places n connections as n admissions in a row would, in one
 // script call.
 func (s *Store) AdmitN(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time, n int) (Admissions, error) {
+	a, _, err := s.AdmitRelease(ctx, fleet, maxPerPod, policy, instance, epoch, now, n, 0)
+	return a, err
+}
+
+// AdmitRelease is Release(seq, rs...) then AdmitN in one script call, with
+// nothing between them. It returns how many of rs the instance held;
+// with rs, ErrFenced when the epoch refused them (a.Fence is then
+// FenceEpoch).
+func (s *Store) AdmitRelease(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time, n int, seq uint64, rs ...ReleaseCount) (Admissions, int, error) {
 	hot := s.hot(fleet, instance)
-	args := append(make([]any, 0, len(hot.admit)+9), hot.admit...)
+	args := append(make([]any, 0, len(hot.admit)+10+3*len(rs)), hot.admit...)
 	args = append(args, maxPerPod, policyArg(policy), Bucket(now), BucketSlots, hot.channel, epoch, hot.run, hot.instance, n)
+	if len(rs) == 0 {
+		args = append(args, "")
+	} else {
+		args = append(args, seq)
+		for _, r := range rs {
+			args = append(args, r.Pod, r.N, r.Pending)
+		}
+	}
 	res, err := s.runHot(ctx, hot, scriptAdmit, args).Slice()
 	if err != nil {
-		return Admissions{}, fmt.Errorf("admit %s: %w", fleet, err)
+		return Admissions{}, 0, fmt.Errorf("admit %s: %w", fleet, err)
 	}
-	if len(res) < 2 {
-		return Admissions{}, fmt.Errorf("admit %s: unexpected reply %v", fleet, res)
+	if len(res) < 3 {
+		return Admissions{}, 0, fmt.Errorf("admit %s: unexpected reply %v", fleet, res)
 	}
 	v, _ := res[1].(string)
 	granted, _ := res[0].(int64)
 	if granted < 0 {
-		a := Admissions{Fence: Fence(v)}
-		if len(res) > 2 {
-			a.Wait = time.Duration(i64(res[2])) * time.Millisecond
+		a := Admissions{Fence: Fence(v), Wait: time.Duration(i64(res[2])) * time.Millisecond}
+		released := 0
+		if len(res) > 3 {
+			released = int(i64(res[3]))
 		}
-		return a, nil
+		if released < 0 && len(rs) > 0 {
+			return a, 0, fmt.Errorf("release %s: %w", fleet, ErrFenced)
+		}
+		return a, max(released, 0), nil
 	}
 	a := Admissions{Reason: Reason(v), Pods: make([]string, 0, granted)}
-	for i := 2; i+1 < len(res); i += 2 {
+	for i := 3; i+1 < len(res); i += 2 {
 		pod, _ := res[i].(string)
 		for range i64(res[i+1]) {
 			a.Pods = append(a.Pods, pod)
 		}
 	}
 	if int64(len(a.Pods)) != granted || len(a.Pods) > n {
-		return Admissions{}, fmt.Errorf("admit %s: unexpected reply %v", fleet, res)
+		return Admissions{}, 0, fmt.Errorf("admit %s: unexpected reply %v", fleet, res)
 	}
-	return a, nil
+	return a, int(i64(res[2])), nil
 }
 
 // ReleaseCount gives back N connections of one pod, Pending of which were

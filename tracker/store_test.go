@@ -75,6 +75,8 @@ func epochOf(t *testing.T, s *tracker.Store, fleet, inst string) string {
 		}
 	}
 	registered.Store(key, res.Epoch)
+	// A later test's store may get this one's address.
+	t.Cleanup(func() { registered.Delete(key) })
 	return res.Epoch
 }
 

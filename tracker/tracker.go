@@ -138,13 +138,18 @@ func (t *Tracker) newFleet(fc FleetConfig) *fleet {
 	f.admits = &batcher[struct{}, Admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f),
 		size: t.metrics.BatchSize.WithLabelValues("admit")}
 	f.releases = &batcher[releaseReq, struct{}]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendReleases(f),
-		size: t.metrics.BatchSize.WithLabelValues("release")}
+		size: t.metrics.BatchSize.WithLabelValues("release"), linger: releaseLinger}
 	return f
 }
 
 // maxBatch bounds the admissions or releases of one script call, and so
 // the time Redis spends in it.
 const maxBatch = 64
+
+// releaseLinger is how long a release waits for an admit call to carry it
+// (PROTOCOL.md, "Batches"): one script call where there would be two. A
+// slot comes free in Redis that much later, never sooner.
+const releaseLinger = time.Millisecond
 
 // Config is the tracker's configuration, defaults applied, with the fleets
 // it serves now (see Apply).
@@ -417,10 +422,22 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]Admission, error) {
 	return func(ctx context.Context, n []struct{}) ([]Admission, error) {
 		fc := f.conf()
+		// The releases queued meanwhile ride along, applied first.
+		rel := f.releases.take()
 		f.mu.Lock()
-		epoch := f.epoch
+		epoch, seq := f.epoch, f.seq
 		f.mu.Unlock()
-		a, err := t.store.AdmitN(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, t.now(), len(n))
+		counts, lowered := releaseCounts(rel, seq)
+		a, _, err := t.store.AdmitRelease(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, t.now(), len(n), seq, counts...)
+		if rel != nil {
+			if len(counts) > 0 {
+				t.released(f, counts, lowered, seq, err)
+			}
+			f.releases.finish()
+		}
+		if errors.Is(err, ErrFenced) {
+			err = nil // the admissions' own answer is a.Fence
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -762,56 +779,66 @@ func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]
 		f.mu.Lock()
 		epoch, seq := f.epoch, f.seq
 		f.mu.Unlock()
-		counts := make([]ReleaseCount, 0, len(reqs))
-		lowered := make([]int, 0, len(reqs))  // per count: taken from ent
-		at := make(map[string]int, len(reqs)) // pod -> index in counts
-		for _, r := range reqs {
-			if r.seq < seq {
-				// A heartbeat sent since left the connection out: if it ran,
-				// Redis ignores this release; if not, Redis over-counts until
-				// the next one. (Only a heartbeat changes the epoch, and it
-				// moves seq first: what is left is of the current epoch.)
-				continue
-			}
-			i, ok := at[r.pod]
-			if !ok {
-				i = len(counts)
-				at[r.pod] = i
-				counts = append(counts, ReleaseCount{Pod: r.pod})
-				lowered = append(lowered, 0)
-			}
-			counts[i].N++
-			if r.pending {
-				counts[i].Pending++
-			}
-			if r.lowered {
-				lowered[i]++
-			}
-		}
+		counts, lowered := releaseCounts(reqs, seq)
 		if len(counts) == 0 {
 			return nil, nil
 		}
 		_, err := t.store.Release(ctx, f.name, t.cfg.InstanceID, epoch, seq, counts...)
-		switch {
-		case err == nil:
-		case errors.Is(err, ErrFenced):
-			t.fence(f, FenceEpoch)
-		default:
-			if notRun(err) {
-				// Redis still counts these slots for this instance, unless a
-				// heartbeat was sent since (its seq is higher): it published
-				// the truth, or may have.
-				f.mu.Lock()
-				for i, c := range counts {
-					if seq == f.seq && lowered[i] > 0 {
-						f.ent[c.Pod] += lowered[i]
-					}
-				}
-				f.mu.Unlock()
-			}
-			t.redisFailed(f, "release", err)
-		}
+		t.released(f, counts, lowered, seq, err)
 		return nil, nil
+	}
+}
+
+// releaseCounts sums reqs per pod for a release call at seq, with how
+// many of each pod's took one from ent.
+func releaseCounts(reqs []releaseReq, seq uint64) (counts []ReleaseCount, lowered []int) {
+	at := make(map[string]int, len(reqs)) // pod -> index in counts
+	for _, r := range reqs {
+		if r.seq < seq {
+			// A heartbeat sent since left the connection out: if it ran,
+			// Redis ignores this release; if not, Redis over-counts until
+			// the next one. (Only a heartbeat changes the epoch, and it
+			// moves seq first: what is left is of the current epoch.)
+			continue
+		}
+		i, ok := at[r.pod]
+		if !ok {
+			i = len(counts)
+			at[r.pod] = i
+			counts = append(counts, ReleaseCount{Pod: r.pod})
+			lowered = append(lowered, 0)
+		}
+		counts[i].N++
+		if r.pending {
+			counts[i].Pending++
+		}
+		if r.lowered {
+			lowered[i]++
+		}
+	}
+	return counts, lowered
+}
+
+// released acts on the outcome err of a call that carried counts at seq.
+func (t *Tracker) released(f *fleet, counts []ReleaseCount, lowered []int, seq uint64, err error) {
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrFenced):
+		t.fence(f, FenceEpoch)
+	default:
+		if notRun(err) {
+			// Redis still counts these slots for this instance, unless a
+			// heartbeat was sent since (its seq is higher): it published
+			// the truth, or may have.
+			f.mu.Lock()
+			for i, c := range counts {
+				if seq == f.seq && lowered[i] > 0 {
+					f.ent[c.Pod] += lowered[i]
+				}
+			}
+			f.mu.Unlock()
+		}
+		t.redisFailed(f, "release", err)
 	}
 }
 

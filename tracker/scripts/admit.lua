@@ -2,27 +2,39 @@
 -- the cap, as a slot entitled to that instance (inst:<id>; see PROTOCOL.md).
 -- The state afterwards is what ARGV[9] admissions one after the other would
 -- leave: the tracker sends the admissions that arrived while its previous
--- call was in flight as one call (PROTOCOL.md, "Batches").
+-- call was in flight as one call (PROTOCOL.md, "Batches"). Before them, it
+-- applies the releases the call carries, as release.lua would (ARGV[10] is
+-- their seq, '' when none): one call where two would run back to back.
 -- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 stats, 5 rej:capacity, 6 rej:no_pods,
---       7 rejinst:<id>, 8 epoch, 9 instances
--- pend:<id> is not touched: a new connection counts as established until
--- the instance's next heartbeat says otherwise (sync.lua).
+--       7 rejinst:<id>, 8 epoch, 9 instances, 10 pend:<id>, 11 seq
+-- pend:<id> is not touched by the admissions: a new connection counts as
+-- established until the instance's next heartbeat says otherwise (sync.lua).
 -- ARGV: 1 cap, 2 policy (pack|spread), 3 bucket, 4 slots, 5 events channel,
 --       6 the caller's epoch id, 7 run id check (1|0), 8 instance id,
---       9 how many connections
--- Returns {granted, reason, pod, n, pod, n, ...}: the pods granted with how
--- many each, and why the others were refused ('' when none was); or
--- {-1, why[, ms]} when Redis must not decide: 'epoch' (not the caller's
--- epoch, or another Redis process), 'recovering' (after data loss, ms until
--- every instance has re-published: at least 1 while no tracker has
+--       9 how many connections, 10 the releases' seq or '', then per pod
+--       released: pod, n, pending
+-- Returns {granted, reason, released, pod, n, pod, n, ...}: the pods
+-- granted with how many each, why the others were refused ('' when none
+-- was) and how many connections it released; or {-1, why, ms, released}
+-- when Redis must not decide: 'epoch' (not the caller's epoch, or another
+-- Redis process: nothing released, -1), 'recovering' (after data loss, ms
+-- until every instance has re-published: at least 1 while no tracker has
 -- confirmed the wait on its own clock), 'lease' (the caller's lease ended
 -- and it may have been reaped).
 local now = now_ms()
 local until_ms, confirmed = fenced(KEYS[8], ARGV[6], ARGV[7])
-if not until_ms then return {-1, 'epoch'} end
-if now < until_ms or not confirmed then return {-1, 'recovering', math.max(until_ms - now, 1)} end
+if not until_ms then return {-1, 'epoch', 0, -1} end
+local released, moved = 0, 0
+if ARGV[10] ~= '' then
+  released, moved = give_back(KEYS[1], KEYS[2], KEYS[3], KEYS[10], KEYS[11], ARGV[8], ARGV[10], 11)
+end
+local function refuse(why, ms)
+  if moved ~= 0 then redis.call('HINCRBY', KEYS[4], 'live', moved) end
+  return {-1, why, ms, released}
+end
+if now < until_ms or not confirmed then return refuse('recovering', math.max(until_ms - now, 1)) end
 local lease = redis.call('ZSCORE', KEYS[9], ARGV[8])
-if not lease or tonumber(lease) < now then return {-1, 'lease'} end
+if not lease or tonumber(lease) < now then return refuse('lease', 0) end
 
 local cap, want = tonumber(ARGV[1]), tonumber(ARGV[9])
 local give = {} -- pod -> connections granted on it
@@ -70,14 +82,16 @@ else
     end
   end
 end
-local reply = {granted, ''}
+local reply = {granted, '', released}
 for _, pod in ipairs(pods) do
   local n = give[pod]
   redis.call('ZINCRBY', KEYS[2], n, pod) -- picked from avail: its count is there
   redis.call('HINCRBY', KEYS[3], pod, n)
   reply[#reply + 1], reply[#reply + 2] = pod, n
 end
-if granted > 0 and redis.call('HINCRBY', KEYS[4], 'live', granted) == granted then
+-- One HINCRBY for the releases and the grants; the fleet became active if
+-- it had no live connection once the releases were applied.
+if granted + moved ~= 0 and redis.call('HINCRBY', KEYS[4], 'live', granted + moved) == granted and granted > 0 then
   redis.call('PUBLISH', ARGV[5], 'active')
 end
 local refused = want - granted

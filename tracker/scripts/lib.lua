@@ -59,6 +59,42 @@ local function adjust(load, avail, pod, d)
   return after - math.max(before, 0)
 end
 
+-- give_back releases connections of instance id: for each (pod, n,
+-- pending) triple of ARGV from index `from` on, up to n connections,
+-- `pending` of which were never established (release.lua, and the releases
+-- an admit call carries). Only what the instance holds is released, so a
+-- duplicate release (or one after Redis lost its data) cannot push load
+-- below the truth. seq is the instance's seq when the connections ended,
+-- that of its last heartbeat before: a release queued before a heartbeat
+-- is in that heartbeat's counts if the heartbeat ran first (Redis' seq is
+-- then above it) and is ignored. Releases do not move seq: only
+-- heartbeats do, so that a reaper watching it sees heartbeats. Returns how
+-- many it released and the change of the pods' live counts, which the
+-- caller adds to stats.live.
+local function give_back(load, avail, inst, pend, seq_key, id, seq, from)
+  if tonumber(seq) < tonumber(redis.call('HGET', seq_key, id) or '0') then return 0, 0 end
+  local total, moved = 0, 0
+  for i = from, #ARGV, 3 do
+    local pod, n, pending = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    -- HINCRBY first: the common case (it held them) takes one call.
+    local left, d = redis.call('HINCRBY', inst, pod, -n), n
+    if left <= 0 then
+      d = n + left -- what it held
+      redis.call('HDEL', inst, pod)
+    end
+    if d > 0 then
+      total = total + d
+      pending = math.min(pending, d)
+      if pending > 0 then
+        local p = redis.call('HINCRBY', pend, pod, -pending)
+        if p <= 0 then redis.call('HDEL', pend, pod) end
+      end
+      moved = moved + adjust(load, avail, pod, -d)
+    end
+  end
+  return total, moved
+end
+
 -- count is a pod's live connections, wherever its count is stored.
 local function count(load, avail, pod)
   return tonumber(redis.call('ZSCORE', avail, pod) or redis.call('ZSCORE', load, pod) or '0')
