@@ -32,10 +32,11 @@ func (f *runScripts) hash(s *redis.Script) any {
 // runHot runs the EVALSHA command args (from evalsha) of the hot script s.
 // With the run check cached (the default), it sends the text loaded for
 // the running Redis process; on NOSCRIPT that process is gone or flushed
-// its scripts, so it reads the run_id again (loadRun) before anything runs.
-// Without, or when loading fails, it sends the text that reads INFO, and
-// EVAL of it on NOSCRIPT, as redis.Script.Run does. It takes the arguments
-// already boxed, so that the admit and release calls box only their own.
+// its scripts, so it reads the run_id again (loadRun) before anything runs,
+// once. Without, or where the server cannot have such a text, it sends the
+// text that reads INFO, and EVAL of it on NOSCRIPT, as redis.Script.Run
+// does. It takes the arguments already boxed, so that the admit and
+// release calls box only their own.
 //
 // The client never retries these calls: one whose reply was lost may have
 // run, and a release that runs twice takes another connection's slot off
@@ -44,71 +45,87 @@ func (f *runScripts) hash(s *redis.Script) any {
 // followed: a redirected call did not run.
 func (s *Store) runHot(ctx context.Context, hot *hotKeys, sc *redis.Script, args []any) *redis.Cmd {
 	if s.cacheRun {
-		f := hot.loaded.Load()
-		if f == nil {
-			f = s.loadRun(ctx, hot)
-		}
-		if f != nil && f.run != "" {
-			args[1] = f.hash(sc)
-			cmd := once(ctx, s.rdb, args)
-			if !noScript(cmd.Err()) {
-				return cmd
-			}
-			hot.loaded.CompareAndSwap(f, nil)
-			if f = s.loadRun(ctx, hot); f != nil && f.run != "" {
-				args[1] = f.hash(sc)
-				if cmd = once(ctx, s.rdb, args); !noScript(cmd.Err()) {
-					return cmd
-				}
-			}
+		if cmd := s.runLoaded(ctx, hot, sc, args); cmd != nil {
+			return cmd
 		}
 		args[1] = sc.Hash()
 	}
 	cmd := once(ctx, s.rdb, args)
 	if noScript(cmd.Err()) {
 		if s.cacheRun {
-			hot.loaded.Store(nil) // another process: it may have the cache
+			hot.loaded.Store(nil) // another process: it may take the text
 		}
 		cmd = once(ctx, s.rdb, append([]any{"eval", text(sc)}, args[2:]...))
 	}
 	return cmd
 }
 
+// runLoaded sends args with the text loaded for the running process,
+// loading it first (again after a NOSCRIPT, once). nil: this server gets
+// the text that reads INFO.
+func (s *Store) runLoaded(ctx context.Context, hot *hotKeys, sc *redis.Script, args []any) *redis.Cmd {
+	for range 2 {
+		f := hot.loaded.Load()
+		if f == nil {
+			var err error
+			if f, err = s.loadRun(ctx, hot); err != nil {
+				// Redis unreachable: the call would fail the same way.
+				cmd := redis.NewCmd(ctx, args...)
+				cmd.SetErr(err)
+				return cmd
+			}
+		}
+		if f.run == "" {
+			return nil
+		}
+		args[1] = f.hash(sc)
+		if cmd := once(ctx, s.rdb, args); !noScript(cmd.Err()) {
+			return cmd
+		}
+		hot.loaded.CompareAndSwap(f, nil)
+	}
+	return nil
+}
+
 func noScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }
 
 // loadRun loads the hot scripts' texts for the running Redis process of
-// hot's fleet and returns them, or nil when it could not (the caller then
-// reads INFO in the script). It reads the run_id and loads the texts on
-// one connection: a connection does not outlive its server process, so
-// they are loaded into the process that has that run_id and no other.
-func (s *Store) loadRun(ctx context.Context, hot *hotKeys) *runScripts {
+// hot's fleet and records them in hot. It reads the run_id and loads the
+// texts on one connection: a connection does not outlive its server
+// process, so they are loaded into the process that has that run_id and no
+// other. A server that cannot say (older than 7.0, no run_id, no single
+// server for the key) or refuses INFO or SCRIPT LOAD gets the texts that
+// read INFO (run ""); only an unreachable Redis is an error.
+func (s *Store) loadRun(ctx context.Context, hot *hotKeys) (*runScripts, error) {
+	perCall := &runScripts{}
 	node, err := nodeOf(ctx, s.rdb, hot.slotKey)
 	if err != nil {
-		return nil
+		hot.loaded.Store(perCall)
+		return perCall, nil
 	}
 	conn := node.Conn()
 	defer conn.Close()
-	info, err := conn.Info(ctx, "server").Result()
-	if err != nil {
-		return nil
-	}
-	run, ok := cachedRunID(info)
-	if !ok {
-		f := &runScripts{}
-		hot.loaded.Store(f)
-		return f
-	}
 	var a, r *redis.StringCmd
-	if _, err := conn.Pipelined(ctx, func(p redis.Pipeliner) error {
-		a = p.ScriptLoad(ctx, forRun(scriptAdmit, run))
-		r = p.ScriptLoad(ctx, forRun(scriptRelease, run))
-		return nil
-	}); err != nil {
-		return nil
+	info, err := conn.Info(ctx, "server").Result()
+	run, ok := cachedRunID(info)
+	if err == nil && ok {
+		_, err = conn.Pipelined(ctx, func(p redis.Pipeliner) error {
+			a = p.ScriptLoad(ctx, forRun(scriptAdmit, run))
+			r = p.ScriptLoad(ctx, forRun(scriptRelease, run))
+			return nil
+		})
+	}
+	var refused redis.Error
+	switch {
+	case errors.As(err, &refused) || (err == nil && !ok):
+		hot.loaded.Store(perCall)
+		return perCall, nil
+	case err != nil:
+		return nil, err
 	}
 	f := &runScripts{run: run, admit: a.Val(), release: r.Val()}
 	hot.loaded.Store(f)
-	return f
+	return f, nil
 }
 
 // nodeOf is the client of the one server that holds key.

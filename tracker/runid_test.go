@@ -142,3 +142,22 @@ func TestHotScriptsAfterARestartWithOldData(t *testing.T) {
 		})
 	}
 }
+
+// A server that refuses to load the texts (here a user without SCRIPT
+// LOAD) gets the scripts that read INFO on every call: admissions and
+// releases go on through Redis.
+func TestHotScriptsWhenScriptLoadIsRefused(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := aclClient(t, srv, "no-load", strings.Replace(trackerACL, "+script|load ", "", 1))
+	s := tracker.NewStore(rdb, "wsgate")
+	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
+	epoch := epochOf(t, s, "chat", "e1")
+	// The first NOSCRIPT of each INFO text has it ask the server once more.
+	lifecycles(t, s, epoch, 2)
+	admin := srv.Client()
+	before := infoCalls(t, admin)
+	lifecycles(t, s, epoch, 10)
+	if got := infoCalls(t, admin) - before - 1; got != 20 {
+		t.Errorf("10 admissions and releases without SCRIPT LOAD ran %d INFO commands; want 20 (per call)", got)
+	}
+}
