@@ -184,6 +184,20 @@ func (s *scalerSide) desired(ctx context.Context, t *testing.T, fleet string) in
 	return int(r.MetricValues[0].MetricValueFloat)
 }
 
+// awaitSettled waits until the scaler answers GetMetrics for fleet: after
+// the first heartbeat of a new epoch it holds the metric for the settle
+// time (by Redis' clock, whose milliseconds the test cannot watch).
+func (s *scalerSide) awaitSettled(ctx context.Context, t *testing.T, fleet string) {
+	t.Helper()
+	var last error
+	if err := wait.PollUntilContextTimeout(ctx, time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		_, last = s.keda.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: ref(fleet)})
+		return last == nil, nil
+	}); err != nil {
+		t.Fatalf("the scaler kept holding %s's metric: %v", fleet, last)
+	}
+}
+
 // active is the scaler's IsActive for fleet: whether KEDA keeps the fleet
 // above zero replicas (or wakes it up).
 func (s *scalerSide) active(ctx context.Context, t *testing.T, fleet string) bool {

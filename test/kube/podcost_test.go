@@ -232,6 +232,7 @@ func TestRisingLoadUndrainsAndRemovesTheCosts(t *testing.T) {
 		high[p.Addr] = 8 + i%2*2 // 8 or 10: 54
 	}
 	setLoad(ctx, t, e.store, fleet, 1, low)
+	e.awaitSettled(ctx, t, fleet) // the first heartbeat made the epoch
 
 	var drainCosts []string
 	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
@@ -286,6 +287,7 @@ func TestRoleWithoutPatchHoldsTheScaleDownNotTheScaleUp(t *testing.T) {
 		low[p.Addr] = []int{2, 1, 0, 0}[i]
 	}
 	setLoad(ctx, t, e.store, fleet, 1, low)
+	e.awaitSettled(ctx, t, fleet) // the first heartbeat made the epoch
 
 	forbidden := e.metrics.Patches.WithLabelValues(fleet, "forbidden")
 	var firstRefusal time.Time
