@@ -559,6 +559,20 @@ func countedTracker(t *testing.T, cap int) (*tracker.Tracker, *scriptCalls) {
 	return tr, h
 }
 
+// redisLive is the live count Redis holds for tr's fleet chat.
+func redisLive(t *testing.T, tr *tracker.Tracker) int64 {
+	t.Helper()
+	return mustSummary(t, tr.Store(), "chat", t0).Live
+}
+
+// queueRelease ends connection id and leaves its release in the queue.
+func queueRelease(t *testing.T, tr *tracker.Tracker, id string) {
+	t.Helper()
+	if err := tr.Release(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (h *scriptCalls) get(keys string) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -571,14 +585,10 @@ func (h *scriptCalls) get(keys string) int {
 func TestReleaseRidesOnTheNextAdmitCall(t *testing.T) {
 	tr, h := countedTracker(t, 1)
 	tracker.SetReleaseLinger(tr, "chat", time.Hour)
-	live := func() int64 {
-		t.Helper()
-		return mustSummary(t, tr.Store(), "chat", t0).Live
-	}
+	tracker.SetReuse(tr, "chat", false) // else the second admission takes the slot back without a call
+	live := func() int64 { return redisLive(t, tr) }
 	first := admit(t, tr, "chat")
-	if err := tr.Release(context.Background(), first.Conn); err != nil {
-		t.Fatal(err)
-	}
+	queueRelease(t, tr, first.Conn)
 	if got := live(); got != 1 {
 		t.Fatalf("Redis counts %d live right after the release; want 1: it waits for an admit call", got)
 	}

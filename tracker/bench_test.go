@@ -53,15 +53,28 @@ func runTracker(b *testing.B, tr *tracker.Tracker) {
 	b.Cleanup(func() { cancel(); <-done })
 }
 
-// BenchmarkAdmit is one admission (token bucket + admit script + local
-// record) followed by its release, sequentially, against a real
-// redis-server. Each iteration also times one bare PING, interleaved, so the
-// baseline sees the same machine load as the admissions: it reports p50/p99
-// of the admission alone and their ratio to the PING's.
+// BenchmarkAdmit is one admission followed by its release, sequentially,
+// against a real redis-server. Each iteration also times one bare PING,
+// interleaved, so the baseline sees the same machine load as the
+// admissions: it reports p50/p99 of the admission alone and their ratio to
+// the PING's.
+//
+// redis is the admission Redis decides (token bucket + admit script +
+// local record; the previous release rides on its call), with reuse off;
+// churn is the same loop as it runs: the previous connection's release is
+// still queued, and the admission takes its slot back (PROTOCOL.md,
+// "Reuse"). reused/op says how many did.
 func BenchmarkAdmit(b *testing.B) {
+	b.Run("redis", func(b *testing.B) { benchAdmit(b, false) })
+	b.Run("churn", func(b *testing.B) { benchAdmit(b, true) })
+}
+
+func benchAdmit(b *testing.B, reuse bool) {
 	srv := redistest.Start(b)
 	rdb := srv.Client()
 	tr := benchTracker(b, rdb, 1000)
+	tracker.SetReuse(tr, "bench", reuse)
+	reused := 0
 	ctx := context.Background()
 	lat := make([]time.Duration, 0, b.N)
 	ping := make([]time.Duration, 0, b.N)
@@ -78,11 +91,15 @@ func BenchmarkAdmit(b *testing.B) {
 		if err != nil || !res.Admitted {
 			b.Fatalf("admit: %+v %v", res, err)
 		}
+		if res.Reused {
+			reused++
+		}
 		if err := tr.Release(ctx, res.Conn); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.StopTimer()
+	b.ReportMetric(float64(reused)/float64(b.N), "reused/op")
 	p50, p99 := quantiles(lat)
 	ping50, ping99 := quantiles(ping)
 	b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns")

@@ -13,3 +13,13 @@ func SetReleaseLinger(t *Tracker, fleet string, d time.Duration) {
 	f.releases.linger = d
 	f.releases.mu.Unlock()
 }
+
+// SetReuse turns reuse (PROTOCOL.md, "Reuse") on or off for fleet, so that
+// a test of what the admit call carries can make it carry it.
+func SetReuse(t *Tracker, fleet string, on bool) {
+	f, err := t.fleet(fleet)
+	if err != nil {
+		panic(err)
+	}
+	f.noReuse.Store(!on)
+}

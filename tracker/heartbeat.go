@@ -288,15 +288,37 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 }
 
 func newView(res SyncResult, counts []PodCount) view {
-	v := view{ok: true, load: res.Avail, mine: map[string]int{}}
+	v := view{ok: true, load: res.Avail, mine: map[string]int{}, min: -1}
 	for _, c := range counts {
 		v.mine[c.Pod] = c.Live
 	}
-	for pod := range res.Avail {
+	for pod, n := range res.Avail {
 		v.pods = append(v.pods, pod)
+		if v.min < 0 || n < v.min {
+			v.min = n
+		}
+		v.loads = append(v.loads, n)
 	}
 	sort.Strings(v.pods)
+	sort.Ints(v.loads)
 	return v
+}
+
+// fits says whether the admit script could pick pod next, as far as the
+// view saw the fleet: not above the cap (a lowered cap), and among the
+// pods the policy ranks first: under spread within one of the emptiest,
+// under pack at least as full as every other pod under the cap.
+func (v *view) fits(pod string, fc *FleetConfig) bool {
+	load, cap := v.load[pod], fc.MaxConnectionsPerPod
+	if load > cap {
+		return false
+	}
+	if fc.Policy != PolicyPack {
+		return load <= v.min+1
+	}
+	// the fullest pod under the cap: the last load below it
+	i := sort.SearchInts(v.loads, cap)
+	return i == 0 || load >= v.loads[i-1]
 }
 
 // expire drops connections Envoy never reported established within

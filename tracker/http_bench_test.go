@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -24,7 +26,17 @@ import (
 // made of, each paced the same in the same run: a bare HTTP round trip to
 // /healthz and a bare Redis PING (ratios to their sum compare across
 // machines).
+//
+// redis has reuse off, so that every admission asks Redis (the release of
+// another worker's connection riding on its call); churn is as it runs,
+// where an admission that comes while a release is queued takes its slot
+// back without a call (PROTOCOL.md, "Reuse"; reused/op says how many did).
 func BenchmarkAdmitHTTP(b *testing.B) {
+	b.Run("redis", func(b *testing.B) { benchAdmitHTTP(b, false) })
+	b.Run("churn", func(b *testing.B) { benchAdmitHTTP(b, true) })
+}
+
+func benchAdmitHTTP(b *testing.B, reuse bool) {
 	const (
 		rate    = 2000
 		workers = 8 // concurrent calls, like Envoy workers sharing a pool
@@ -45,6 +57,7 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 	}
 	ctx := context.Background()
 	runTracker(b, tr)
+	tracker.SetReuse(tr, "bench", reuse)
 	srv := httptest.NewServer(tr.Handler(nil))
 	b.Cleanup(srv.Close)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
@@ -132,6 +145,7 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 	b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(p99.Nanoseconds()), "p99-ns")
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "admissions/s")
+	b.ReportMetric(testutil.ToFloat64(tr.Metrics().Reused.WithLabelValues("bench"))/float64(b.N+workers*4), "reused/op")
 	b.ReportMetric(float64(ping99.Nanoseconds()), "ping-p99-ns")
 	b.ReportMetric(float64(bare99.Nanoseconds()), "healthz-p99-ns")
 	b.ReportMetric(float64(p50)/float64(ping50+bare50), "p50/(ping+healthz)")

@@ -16,6 +16,7 @@ type Metrics struct {
 	Expired          *prometheus.CounterVec
 	AccessLogEntries *prometheus.CounterVec
 	BatchSize        *prometheus.HistogramVec
+	Reused           *prometheus.CounterVec
 }
 
 // NewMetrics creates the tracker's collectors and registers them on reg
@@ -60,9 +61,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Admissions or releases per Redis script call, by op (admit, release): what arrived while the previous call was in flight.",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
 		}, []string{"op"}),
+		Reused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wsgate_tracker_reused_slots_total",
+			Help: "Admissions decided without a Redis call: into a slot one of this instance's connections had just freed, whose release was still queued (PROTOCOL.md, Reuse).",
+		}, []string{"fleet"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize)
+		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused)
 	}
 	return m
 }

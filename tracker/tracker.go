@@ -55,6 +55,10 @@ type Result struct {
 	RetryAfter time.Duration
 	// Fallback is true when the decision was made without Redis.
 	Fallback bool
+	// Reused is true when the connection took a slot that one of this
+	// instance's connections had freed and whose release was still queued
+	// (PROTOCOL.md, "Reuse"): Redis counted it for this instance all along.
+	Reused bool
 }
 
 // Tracker is one Envoy instance's side of the shared state. Create it with
@@ -199,6 +203,7 @@ type fleet struct {
 	// stays until its connections have ended (Apply).
 	retired   atomic.Bool
 	podsDirty atomic.Bool // its static pods changed: the next heartbeat writes them
+	noReuse   atomic.Bool // tests only (export_test.go): every admission asks Redis
 	limiter   *rate.Limiter
 	admitted  prometheus.Counter
 	rejected  map[Reason]prometheus.Counter
@@ -226,7 +231,14 @@ type fleet struct {
 	// counts for it in inst:<id> (PROTOCOL.md, invariant L). The share
 	// fallback admits only into ent - held.
 	ent map[string]int
-	rej map[rejKey]int64
+	// spare counts, per pod, the queued releases whose slots are still in
+	// ent - held: freed here, still counted for this instance in Redis. An
+	// admission may take one back instead of asking Redis (reuse); the
+	// release leaving the queue takes it out of ent. Only min(spare,
+	// ent - held) is ever used: the rest went to the share fallback or to
+	// an adopted connection.
+	spare map[string]int
+	rej   map[rejKey]int64
 	// degraded: a Redis call failed; fenced: Redis refused to decide
 	// (another epoch, or this instance's lease ended). Either way
 	// admissions leave Redis alone until the next heartbeat succeeds.
@@ -277,13 +289,17 @@ type view struct {
 	pods []string       // placeable pods, sorted
 	load map[string]int // pod -> live connections, all instances
 	mine map[string]int // pod -> this instance's part of load
+	// min is the lowest of load (-1: no pod), loads all of them sorted:
+	// what reuse asks of the policy (fits).
+	min   int
+	loads []int
 }
 
 func newFleet(fc FleetConfig, now time.Time) *fleet {
 	lim := rate.NewLimiter(rateOf(fc), fc.Burst)
 	lim.SetBurstAt(now, fc.Burst)
 	f := &fleet{name: fc.Name, limiter: lim, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{},
-		live: map[string]int{}, est: map[string]int{}, ent: map[string]int{}, rej: map[rejKey]int64{}}
+		live: map[string]int{}, est: map[string]int{}, ent: map[string]int{}, spare: map[string]int{}, rej: map[rejKey]int64{}}
 	f.cfg.Store(&fc)
 	return f
 }
@@ -359,6 +375,10 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 		f.reject(ReasonRateLimit, now)
 		return Result{Fleet: f.name, Reason: ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
 	}
+	if res, ok := t.reuse(f, now); ok {
+		t.metrics.Reused.WithLabelValues(f.name).Inc()
+		return res, nil
+	}
 	why := "degraded"
 	if f.redisUsable() {
 		res, fence, err := t.admitRedis(ctx, f, now)
@@ -426,8 +446,8 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]Admi
 		rel := f.releases.take()
 		f.mu.Lock()
 		epoch, seq := f.epoch, f.seq
+		counts, lowered := f.releaseCountsLocked(rel, seq)
 		f.mu.Unlock()
-		counts, lowered := releaseCounts(rel, seq)
 		a, _, err := t.store.AdmitRelease(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, t.now(), len(n), seq, counts...)
 		if rel != nil {
 			if len(counts) > 0 {
@@ -491,8 +511,10 @@ func (t *Tracker) fence(f *fleet, why Fence) {
 	}
 }
 
-// dropSpareLocked gives up the entitlement this instance does not use.
+// dropSpareLocked gives up the entitlement this instance does not use,
+// the slots of queued releases with it: none is left to reuse.
 func (f *fleet) dropSpareLocked() {
+	clear(f.spare)
 	for pod, n := range f.ent {
 		if h := f.heldLocked(pod); n > h {
 			if h == 0 {
@@ -502,6 +524,49 @@ func (f *fleet) dropSpareLocked() {
 			}
 		}
 	}
+}
+
+func (f *fleet) lowerEntLocked(pod string) {
+	if f.ent[pod]--; f.ent[pod] <= 0 {
+		delete(f.ent, pod)
+	}
+}
+
+// reuse admits into a slot of this instance whose release is still queued
+// (PROTOCOL.md, "Reuse"): Redis counts the slot for this instance, so
+// taking it back needs no call, and the release is then not sent. Only
+// while Redis is usable and this instance's lease runs (the share
+// fallback's rule), and only on a pod the policy would also pick as far as
+// the last heartbeat saw the fleet: placeable, not above the cap, and
+// among the emptiest (spread) or the fullest under the cap (pack), so that
+// reuse does not keep connections off a pod that just came up, nor on one
+// that could empty.
+func (t *Tracker) reuse(f *fleet, now time.Time) (Result, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.spare) == 0 || !f.usableLocked() || !now.Before(f.leaseUntil) || f.noReuse.Load() {
+		return Result{}, false
+	}
+	fc := f.conf()
+	best, bestLoad := "", 0
+	for pod, n := range f.spare {
+		load, placeable := f.view.load[pod]
+		if n <= 0 || f.ent[pod] <= f.heldLocked(pod) || !placeable || !f.view.fits(pod, fc) {
+			continue
+		}
+		if best == "" || (fc.Policy == PolicyPack && load > bestLoad) || (fc.Policy != PolicyPack && load < bestLoad) || (load == bestLoad && pod < best) {
+			best, bestLoad = pod, load
+		}
+	}
+	if best == "" {
+		return Result{}, false
+	}
+	if f.spare[best]--; f.spare[best] == 0 {
+		delete(f.spare, best)
+	}
+	res := t.recordLocked(f, best, now, false)
+	res.Reused = true
+	return res, true
 }
 
 func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback bool) Result {
@@ -732,13 +797,18 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	queued = queued && !c.uncounted
 	// Pending in Redis only if a heartbeat since its admission said so.
 	r := releaseReq{pod: c.pod, pending: !c.established && c.seq < f.seq, seq: f.seq}
-	if queued && f.ent[c.pod] > 0 {
+	switch {
+	case !queued:
+	case f.ent[c.pod]-f.heldLocked(c.pod) > f.spare[c.pod]:
+		// Its slot stays in ent until the release leaves the queue, and
+		// an admission may take it back meanwhile (reuse).
+		r.spare = true
+		f.spare[c.pod]++
+	case f.ent[c.pod] > 0:
 		// Lowered now: a release that never reaches Redis is taken as
 		// applied (invariant L), unless it surely did not run (sendReleases).
 		r.lowered = true
-		if f.ent[c.pod]--; f.ent[c.pod] == 0 {
-			delete(f.ent, c.pod)
-		}
+		f.lowerEntLocked(c.pod)
 	}
 	f.mu.Unlock()
 	if gated {
@@ -770,6 +840,7 @@ type releaseReq struct {
 	pending bool
 	seq     uint64
 	lowered bool // it took one from ent (there may have been none to take)
+	spare   bool // it left its slot in ent, counted in spare (reuse)
 }
 
 // sendReleases makes one release call for the connections that ended
@@ -778,8 +849,8 @@ func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]
 	return func(ctx context.Context, reqs []releaseReq) ([]struct{}, error) {
 		f.mu.Lock()
 		epoch, seq := f.epoch, f.seq
+		counts, lowered := f.releaseCountsLocked(reqs, seq)
 		f.mu.Unlock()
-		counts, lowered := releaseCounts(reqs, seq)
 		if len(counts) == 0 {
 			return nil, nil
 		}
@@ -789,9 +860,11 @@ func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]
 	}
 }
 
-// releaseCounts sums reqs per pod for a release call at seq, with how
-// many of each pod's took one from ent.
-func releaseCounts(reqs []releaseReq, seq uint64) (counts []ReleaseCount, lowered []int) {
+// releaseCountsLocked sums reqs per pod for a release call at seq, with
+// how many of each pod's took one from ent. A release whose slot is spare
+// takes it out of ent now, as it leaves the queue; one whose slot an
+// admission took back (reuse) is not sent: that slot is held again.
+func (f *fleet) releaseCountsLocked(reqs []releaseReq, seq uint64) (counts []ReleaseCount, lowered []int) {
 	at := make(map[string]int, len(reqs)) // pod -> index in counts
 	for _, r := range reqs {
 		if r.seq < seq {
@@ -800,6 +873,21 @@ func releaseCounts(reqs []releaseReq, seq uint64) (counts []ReleaseCount, lowere
 			// the next one. (Only a heartbeat changes the epoch, and it
 			// moves seq first: what is left is of the current epoch.)
 			continue
+		}
+		if r.spare {
+			if f.spare[r.pod] == 0 {
+				continue // reused
+			}
+			if f.spare[r.pod]--; f.spare[r.pod] == 0 {
+				delete(f.spare, r.pod)
+			}
+			if f.ent[r.pod] <= f.heldLocked(r.pod) {
+				// The share fallback or an adopted connection took the
+				// slot: it is held, and Redis must keep counting it.
+				continue
+			}
+			f.lowerEntLocked(r.pod)
+			r.lowered = true
 		}
 		i, ok := at[r.pod]
 		if !ok {

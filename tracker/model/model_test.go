@@ -50,6 +50,7 @@ var configs = []config{
 	{"sync-no-degrade/cap1", []string{"-DCAP=1", "-DSYNC_NO_DEGRADE"}, true, "admitting through Redis after a heartbeat's reply was lost", false},
 	{"clockstep/cap1", []string{"-DCAP=1", "-DRCLOCK_STEPS"}, true, "without the confirmation, a forward step of Redis' clock ends the recovery wait", false},
 	{"leave-early/cap1", []string{"-DCAP=1", "-DLEAVE_EARLY"}, true, "leaving Redis while Envoy still carries connections", false},
+	{"spare-kept/cap1", []string{"-DCAP=1", "-DSPARE_KEPT"}, true, "a spare slot's release sent without lowering ent: reused after Redis freed it", false},
 	{"seq-reseed/cap1", []string{"-DCAP=1", "-DSEQ_RESEED"}, true, "a restarted tracker numbering on from Redis' stored seq, not a new generation", false},
 }
 

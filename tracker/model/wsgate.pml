@@ -38,6 +38,9 @@
  *                   admissions through Redis until the next heartbeat.
  *   LEAVE_EARLY     an instance leaves Redis while its Envoy still
  *                   carries connections.
+ *   SPARE_KEPT      a queued release of a spare slot is sent without
+ *                   lowering ent first (PROTOCOL.md, "Reuse"): the slot
+ *                   can be reused after Redis freed it.
  *
  * The model is one process whose steps are the tracker operations, the
  * Redis faults and the passing of time, interleaved in every order. Each
@@ -343,6 +346,21 @@ inline release_late(i) { held[i] > 0 && kv[i] && okind[i] == NONE -> lower_both(
 /* ... it never runs, or it was fenced ('epoch': nothing done) */
 inline release_failed(i) { held[i] > 0 -> lower_both(i) }
 
+/* Release of a spare slot (PROTOCOL.md, "Reuse"): the connection ended
+ * earlier (release_local: held lowered, ent kept), its slot stayed in
+ * ent - held while the release was queued, where an admission may have
+ * reused it (fallback_admit). One that was not reused is sent now: ent is
+ * lowered as the release leaves the queue, then the script. SPARE_KEPT:
+ * ent is not lowered (must fail: the slot is reused after Redis freed it). */
+#ifndef SPARE_KEPT
+#define LOWER_SPARE(i) ent[i]--
+#else
+#define LOWER_SPARE(i) skip
+#endif
+inline release_spare_ran(i) { ent[i] > held[i] && kv[i] -> LOWER_SPARE(i); release_script(i) }
+inline release_spare_late(i) { ent[i] > held[i] && kv[i] && okind[i] == NONE -> LOWER_SPARE(i); okind[i] = ORELEASE }
+inline release_spare_failed(i) { ent[i] > held[i] -> LOWER_SPARE(i) }
+
 /* Heartbeat (sync), under the gate: no admission or release of this
  * instance between its script and its local record, so the round trip
  * is one step. First ent is lowered to the held it publishes. */
@@ -563,6 +581,9 @@ active proctype World() {
   BOTH(release_ran)
   BOTH(release_late)
   BOTH(release_failed)
+  BOTH(release_spare_ran)
+  BOTH(release_spare_late)
+  BOTH(release_spare_failed)
   BOTH(sync_read)
   BOTH(sync_lost)
   BOTH(sync_late)

@@ -1,0 +1,171 @@
+package tracker_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// An admission that comes while a release of this instance is still
+// queued takes its slot back: no script call, the release is never sent,
+// and Redis counted the slot for this instance all along.
+func TestReuseTakesBackAQueuedRelease(t *testing.T) {
+	tr, h := countedTracker(t, 1)
+	tracker.SetReleaseLinger(tr, "chat", time.Hour)
+	live := func() int64 { return redisLive(t, tr) }
+	first := admit(t, tr, "chat")
+	queueRelease(t, tr, first.Conn)
+	second := admit(t, tr, "chat")
+	if !second.Admitted || !second.Reused || second.Fallback || second.Pod != first.Pod {
+		t.Fatalf("second admission: %+v; want the freed slot on %s reused", second, first.Pod)
+	}
+	if err := tr.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, admits, releases := live(), h.get("11"), h.get("7"); got != 1 || admits != 1 || releases != 0 {
+		t.Fatalf("after reuse and Flush: live %d, %d admit calls, %d release calls; want 1, 1, 0", got, admits, releases)
+	}
+	if n := testutil.ToFloat64(tr.Metrics().Reused.WithLabelValues("chat")); n != 1 {
+		t.Errorf("reused_slots_total = %v, want 1", n)
+	}
+	release(t, tr, second.Conn)
+	if got, releases := live(), h.get("7"); got != 0 || releases != 1 {
+		t.Fatalf("after the second release: live %d, %d release calls; want 0, 1", got, releases)
+	}
+}
+
+// A release that left the queue took its slot out of ent before it was
+// sent: nothing can reuse it after Redis gave it away, not even the share
+// fallback (the model's SPARE_KEPT).
+func TestSentReleaseIsNotReused(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	fc := fleetCfg("chat", 1, "10.0.0.1:80")
+	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
+	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
+	start(t, mr, clk, a, b)
+	release(t, a, admit(t, a, "chat").Conn)
+	if r := admit(t, b, "chat"); !r.Admitted || r.Fallback || r.Reused {
+		t.Fatalf("b: %+v; want the slot a gave back, through Redis", r)
+	}
+	mr.SetError("ERR outage")
+	if r := admit(t, a, "chat"); r.Admitted {
+		t.Fatalf("a admitted into the slot it had given back: %+v", r)
+	}
+	if n := podHolds(t, a, b); n != 1 {
+		t.Errorf("the pod holds %d, cap 1", n)
+	}
+}
+
+// Reuse follows the last heartbeat's view of the fleet: no slot is taken
+// back on a pod that is no longer placeable, that is above a lowered cap,
+// or that the policy would not pick (under spread, one well above the
+// emptiest); nor after a heartbeat (it published the release) or past the
+// instance's lease.
+func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
+	const p1, p2 = "10.0.0.1:80", "10.0.0.2:80"
+	setup := func(t *testing.T, fc tracker.FleetConfig) (*tracker.Tracker, *scriptCalls, *clock) {
+		rdb, mr := miniClient(t)
+		h := newScriptCalls()
+		rdb.AddHook(h)
+		clk := newClock()
+		tr := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
+		start(t, mr, clk, tr)
+		tracker.SetReleaseLinger(tr, "chat", time.Hour)
+		return tr, h, clk
+	}
+	// through Redis: one more admit call, and the queued release rode on it
+	viaRedis := func(t *testing.T, r tracker.Result, h *scriptCalls, admits int) {
+		t.Helper()
+		if r.Reused || r.Fallback {
+			t.Fatalf("admission %+v; want it decided by Redis", r)
+		}
+		if got := h.get("11"); got != admits {
+			t.Fatalf("%d admit calls, want %d", got, admits)
+		}
+	}
+
+	t.Run("not placeable", func(t *testing.T) {
+		tr, h, _ := setup(t, fleetCfg("chat", 2, p1, p2))
+		held := admit(t, tr, "chat")
+		other := map[string]string{p1: p2, p2: p1}[held.Pod]
+		pods := []tracker.Pod{{Addr: held.Pod, Name: held.Pod, Ready: true, Draining: true}, {Addr: other, Name: other, Ready: true}}
+		if err := tr.Store().SetPods(context.Background(), "chat", pods); err != nil {
+			t.Fatal(err)
+		}
+		heartbeat(t, tr)
+		queueRelease(t, tr, held.Conn)
+		r := admit(t, tr, "chat")
+		viaRedis(t, r, h, 2)
+		if r.Pod != other {
+			t.Fatalf("admitted on %s; want %s, the draining pod's slot not reused", r.Pod, other)
+		}
+	})
+
+	t.Run("above a lowered cap", func(t *testing.T) {
+		fc := fleetCfg("chat", 2, p1)
+		tr, h, _ := setup(t, fc)
+		first, second := admit(t, tr, "chat"), admit(t, tr, "chat")
+		heartbeat(t, tr) // the view: p1 holds 2
+		fc.MaxConnectionsPerPod = 1
+		if _, err := tr.Apply([]tracker.FleetConfig{fc}); err != nil {
+			t.Fatal(err)
+		}
+		queueRelease(t, tr, first.Conn)
+		r := admit(t, tr, "chat")
+		viaRedis(t, r, h, 3)
+		if r.Admitted || r.Reason != tracker.ReasonCapacity {
+			t.Fatalf("admission %+v; want capacity: p1 still holds %s, at the new cap", r, second.Conn)
+		}
+	})
+
+	t.Run("spread, well above the emptiest", func(t *testing.T) {
+		fc := fleetCfg("chat", 4, p1, p2)
+		fc.Policy = tracker.PolicySpread
+		tr, h, _ := setup(t, fc)
+		// another instance packs 2 on the pod a's first connection is on
+		pack := fc
+		pack.Policy = tracker.PolicyPack
+		b := newTrackerCfg(t, tr.Store().Client(), newClock(), tracker.Config{InstanceID: "b", Fleets: []tracker.FleetConfig{pack},
+			Heartbeat: time.Second, InstanceTTL: 5 * time.Second, EstablishTimeout: 10 * time.Second, LeaseTTL: 30 * time.Second, RedisTimeout: time.Second})
+		mine := map[string]string{} // pod -> a's connection on it
+		for range 2 {
+			r := admit(t, tr, "chat")
+			mine[r.Pod] = r.Conn
+		}
+		heartbeat(t, b)
+		full := admit(t, b, "chat").Pod
+		if r := admit(t, b, "chat"); r.Pod != full {
+			t.Fatalf("pack placed b's second connection on %s, its first on %s", r.Pod, full)
+		}
+		heartbeat(t, tr) // the view: full holds 3, the other 1
+		queueRelease(t, tr, mine[full])
+		r := admit(t, tr, "chat")
+		viaRedis(t, r, h, 5) // a's two, b's two (one client), this one
+		if r.Pod == full {
+			t.Fatalf("admitted on %s, the fullest pod; want the emptiest", r.Pod)
+		}
+	})
+
+	t.Run("after a heartbeat", func(t *testing.T) {
+		tr, h, _ := setup(t, fleetCfg("chat", 1, p1))
+		queueRelease(t, tr, admit(t, tr, "chat").Conn)
+		heartbeat(t, tr) // publishes the release: the slot is Redis' again
+		r := admit(t, tr, "chat")
+		viaRedis(t, r, h, 2)
+		if !r.Admitted {
+			t.Fatalf("admission %+v; want the slot the heartbeat gave back", r)
+		}
+	})
+
+	t.Run("past the lease", func(t *testing.T) {
+		tr, h, clk := setup(t, fleetCfg("chat", 1, p1))
+		queueRelease(t, tr, admit(t, tr, "chat").Conn)
+		clk.Advance(5 * time.Second) // its own clock: the lease may be over
+		viaRedis(t, admit(t, tr, "chat"), h, 2)
+	})
+}
