@@ -39,10 +39,11 @@ type batcher[Req, Res any] struct {
 }
 
 type waiter[Req, Res any] struct {
-	req  Req
-	res  Res
-	err  error
-	done chan struct{} // closed when res and err are set; nil for post
+	req    Req
+	res    Res
+	err    error
+	done   chan struct{} // closed when res and err are set; nil for post
+	posted time.Time     // when post queued it
 }
 
 // errQueued: a request waited in the queue, behind calls in flight, past
@@ -107,7 +108,7 @@ func (b *batcher[Req, Res]) unqueue(w *waiter[Req, Res]) bool {
 // send must act on them itself.
 func (b *batcher[Req, Res]) post(req Req) {
 	b.mu.Lock()
-	b.queue = append(b.queue, &waiter[Req, Res]{req: req})
+	b.queue = append(b.queue, &waiter[Req, Res]{req: req, posted: time.Now()})
 	if b.busy || b.lingerLocked() {
 		b.mu.Unlock()
 		return
@@ -156,24 +157,34 @@ func (b *batcher[Req, Res]) disarmLocked() {
 
 // take hands what is posted (up to max) to a call of another batcher
 // about to be sent, when no call of b's is in flight; nil when there is
-// none. b counts as busy until finish, which the taker calls once its call
-// returned: an ordering like b's own calls.
-func (b *batcher[Req, Res]) take() []Req {
+// none. A request for which keep says true stays queued until its linger
+// is over: it may still be of use where it is (reuse). b counts as busy
+// until finish, which the taker calls once its call returned: an ordering
+// like b's own calls.
+func (b *batcher[Req, Res]) take(keep func(Req) bool) []Req {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.busy || len(b.queue) == 0 {
 		return nil
 	}
+	var reqs []Req
+	left := b.queue[:0]
+	for _, w := range b.queue {
+		if len(reqs) == b.max || (keep != nil && keep(w.req) && time.Since(w.posted) < b.linger) {
+			left = append(left, w)
+			continue
+		}
+		reqs = append(reqs, w.req)
+	}
+	clear(b.queue[len(left):])
+	b.queue = left
+	if len(reqs) == 0 {
+		return nil
+	}
 	b.disarmLocked()
 	b.start()
-	n := min(len(b.queue), b.max)
-	reqs := make([]Req, n)
-	for i, w := range b.queue[:n] {
-		reqs[i] = w.req
-	}
-	b.queue = slices.Delete(b.queue, 0, n)
 	if b.size != nil {
-		b.size.Observe(float64(n))
+		b.size.Observe(float64(len(reqs)))
 	}
 	return reqs
 }

@@ -221,7 +221,7 @@ func TestBatcherLinger(t *testing.T) {
 		// what is posted while that call is out lingers in turn.
 		b.post(2)
 		b.post(3)
-		if got := b.take(); !slices.Equal(got, []int{2, 3}) {
+		if got := b.take(nil); !slices.Equal(got, []int{2, 3}) {
 			t.Fatalf("take = %v, want [2 3]", got)
 		}
 		b.post(4)
@@ -231,7 +231,7 @@ func TestBatcherLinger(t *testing.T) {
 			t.Fatalf("b sent %v while another call carried its requests", g.calls)
 		}
 		b.finish()
-		if got := b.take(); !slices.Equal(got, []int{4}) {
+		if got := b.take(nil); !slices.Equal(got, []int{4}) {
 			t.Fatalf("take after finish = %v, want [4] (it lingered)", got)
 		}
 		b.finish()
@@ -273,13 +273,48 @@ func TestBatcherTakeWhileBusy(t *testing.T) {
 		b.post(1)
 		<-g.enter // sent after the linger, now out
 		b.post(2)
-		if got := b.take(); got != nil {
+		if got := b.take(nil); got != nil {
 			t.Fatalf("take while a call is out = %v, want nothing", got)
 		}
 		g.leave <- struct{}{}
 		g.leave <- struct{}{}
 		if got := <-g.enter; !slices.Equal(got, []int{2}) {
 			t.Fatalf("next call %v, want [2]", got)
+		}
+		if err := b.wait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// take leaves a request that keep asks for in the queue until its own
+// linger is over, and takes the others; what it leaves goes when the
+// linger ends, as if never offered.
+func TestBatcherTakeKeepsYoungRequests(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGatedSend()
+		g.leave <- struct{}{}
+		b := &batcher[int, int]{max: 4, timeout: time.Minute, send: g.send, linger: 5 * time.Millisecond}
+		odd := func(r int) bool { return r%2 == 1 }
+		b.post(1)
+		time.Sleep(2 * time.Millisecond)
+		b.post(2)
+		b.post(3)
+		if got := b.take(odd); !slices.Equal(got, []int{2}) {
+			t.Fatalf("take = %v, want [2]: 1 and 3 are kept for their linger", got)
+		}
+		b.finish()
+		time.Sleep(3 * time.Millisecond) // 1 is 5ms old, 3 is 3ms old
+		if got := b.take(odd); !slices.Equal(got, []int{1}) {
+			t.Fatalf("take = %v, want [1], whose linger is over", got)
+		}
+		b.finish()
+		if got := b.take(func(int) bool { return true }); got != nil {
+			t.Fatalf("take = %v, want nothing: 3 is still young", got)
+		}
+		start := time.Now()
+		if got := <-g.enter; !slices.Equal(got, []int{3}) || time.Since(start) != 5*time.Millisecond {
+			t.Fatalf("sent %v after %v; want [3] when the linger armed at the last finish ends", got, time.Since(start))
 		}
 		if err := b.wait(context.Background()); err != nil {
 			t.Fatal(err)

@@ -1,6 +1,9 @@
 package tracker
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // SetReleaseLinger makes fleet's releases wait d for an admit call to
 // carry them, so that a test decides which call does.
@@ -22,4 +25,23 @@ func SetReuse(t *Tracker, fleet string, on bool) {
 		panic(err)
 	}
 	f.noReuse.Store(!on)
+}
+
+// AwaitQueuedAdmissions returns once n admissions of fleet wait in its
+// batcher's queue behind a call in flight, or panics after a minute. The
+// queue has no event to wait for: it is polled.
+func AwaitQueuedAdmissions(t *Tracker, fleet string, n int) {
+	f, err := t.fleet(fleet)
+	if err != nil {
+		panic(err)
+	}
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Microsecond) {
+		f.admits.mu.Lock()
+		got := len(f.admits.queue)
+		f.admits.mu.Unlock()
+		if got == n {
+			return
+		}
+	}
+	panic(fmt.Sprintf("fleet %s: %d admissions never queued", fleet, n))
 }

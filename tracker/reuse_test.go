@@ -2,10 +2,13 @@ package tracker_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -168,4 +171,71 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		clk.Advance(5 * time.Second) // its own clock: the lease may be over
 		viaRedis(t, admit(t, tr, "chat"), h, 2)
 	})
+}
+
+// holdAdmit holds the first admit call (the script with 11 keys) until
+// the test lets it go.
+type holdAdmit struct {
+	entered, unblock chan struct{}
+	once             sync.Once
+}
+
+func (h *holdAdmit) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdAdmit) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *holdAdmit) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 && fmt.Sprint(a[2]) == "11" {
+			first := false
+			h.once.Do(func() { first = true })
+			if first {
+				close(h.entered)
+				<-h.unblock
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// An admission that waits behind a call in flight when a release is
+// queued takes that slot back as its batch is about to be sent: no second
+// admit call, and the release is not sent either.
+func TestQueuedAdmissionTakesBackASlotReleasedMeanwhile(t *testing.T) {
+	rdb, mr := miniClient(t)
+	calls := newScriptCalls()
+	rdb.AddHook(calls)
+	clk := newClock()
+	tr := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fleetCfg("chat", 2, "10.0.0.1:80"))
+	start(t, mr, clk, tr)
+	tracker.SetReleaseLinger(tr, "chat", time.Hour)
+	held := admit(t, tr, "chat")
+	hold := &holdAdmit{entered: make(chan struct{}), unblock: make(chan struct{})}
+	rdb.AddHook(hold)
+
+	results := make(chan tracker.Result, 2)
+	go func() { results <- admit(t, tr, "chat") }() // through Redis, held
+	<-hold.entered
+	go func() { results <- admit(t, tr, "chat") }() // queued behind it: nothing spare yet
+	tracker.AwaitQueuedAdmissions(tr, "chat", 1)
+	queueRelease(t, tr, held.Conn)
+	close(hold.unblock)
+	var reused, viaRedis int
+	for range 2 {
+		switch r := <-results; {
+		case !r.Admitted:
+			t.Fatalf("admission %+v: want admitted", r)
+		case r.Reused:
+			reused++
+		default:
+			viaRedis++
+		}
+	}
+	if err := tr.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if reused != 1 || viaRedis != 1 || calls.get("11") != 2 || calls.get("7") != 0 || redisLive(t, tr) != 2 {
+		t.Fatalf("%d reused, %d through Redis, %d admit calls, %d release calls, Redis live %d; want 1, 1, 2, 0, 2",
+			reused, viaRedis, calls.get("11"), calls.get("7"), redisLive(t, tr))
+	}
 }

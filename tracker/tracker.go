@@ -139,7 +139,7 @@ func (t *Tracker) newFleet(fc FleetConfig) *fleet {
 	for _, r := range Reasons {
 		f.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
 	}
-	f.admits = &batcher[struct{}, Admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f),
+	f.admits = &batcher[struct{}, admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f),
 		size: t.metrics.BatchSize.WithLabelValues("admit")}
 	f.releases = &batcher[releaseReq, struct{}]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendReleases(f),
 		size: t.metrics.BatchSize.WithLabelValues("release"), linger: releaseLinger}
@@ -151,9 +151,14 @@ func (t *Tracker) newFleet(fc FleetConfig) *fleet {
 const maxBatch = 64
 
 // releaseLinger is how long a release waits for an admit call to carry it
-// (PROTOCOL.md, "Batches"): one script call where there would be two. A
-// slot comes free in Redis that much later, never sooner.
-const releaseLinger = time.Millisecond
+// (PROTOCOL.md, "Batches"), or for an admission to take its slot back
+// (reuse): one script call where there would be two, or none. A slot
+// comes free in Redis that much later, never sooner. At 1 ms, with 1
+// caller on the peer benchmark's lifecycle loop (0.3-0.5 ms), one
+// admission in seven still missed a spare slot and asked Redis; at 5 ms
+// almost none does, and 5 ms is far below anything the scaler or a
+// client could tell.
+const releaseLinger = 5 * time.Millisecond
 
 // Config is the tracker's configuration, defaults applied, with the fleets
 // it serves now (see Apply).
@@ -220,7 +225,7 @@ type fleet struct {
 	// admits sends the admissions that hold the gate, releases the releases
 	// queued since the last call: each as few script calls as they can
 	// share (batch.go).
-	admits   *batcher[struct{}, Admission]
+	admits   *batcher[struct{}, admission]
 	releases *batcher[releaseReq, struct{}]
 
 	mu    sync.Mutex // guards everything below
@@ -359,6 +364,9 @@ func (t *Tracker) Admit(ctx context.Context, fleetName string) (Result, error) {
 		return res, err
 	}
 	t.metrics.AdmitSeconds.Observe(time.Since(start).Seconds())
+	if res.Reused {
+		t.metrics.Reused.WithLabelValues(f.name).Inc()
+	}
 	if res.Admitted {
 		f.admitted.Inc()
 	} else {
@@ -376,7 +384,6 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 		return Result{Fleet: f.name, Reason: ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
 	}
 	if res, ok := t.reuse(f, now); ok {
-		t.metrics.Reused.WithLabelValues(f.name).Inc()
 		return res, nil
 	}
 	why := "degraded"
@@ -431,24 +438,72 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if a.reused {
+		// The sender took the slot out of spare for this admission; it is
+		// still in ent - held unless the share fallback took it meanwhile.
+		if f.ent[a.Pod] <= f.heldLocked(a.Pod) {
+			return Result{}, "", fmt.Errorf("admit %s: reused slot on %s taken meanwhile: %w", f.name, a.Pod, errGaveUp)
+		}
+		res := t.recordLocked(f, a.Pod, now, false)
+		res.Reused = true
+		return res, "", nil
+	}
 	f.ent[a.Pod]++ // granted: Redis counts it for this instance
 	return t.recordLocked(f, a.Pod, now, false), "", nil
+}
+
+// admission is what a batch's call gave one admission: Redis' decision,
+// or a slot of this instance's taken back (reused) when the batch was
+// about to be sent.
+type admission struct {
+	Admission
+	reused bool
 }
 
 // sendAdmits makes one admit call for n admissions. Each of them holds its
 // unit of the gate while queued and sent, so no heartbeat (which takes the
 // whole gate, and alone changes the epoch) runs between their checks that
 // Redis is usable and this call: the epoch is the one they saw.
-func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]Admission, error) {
-	return func(ctx context.Context, n []struct{}) ([]Admission, error) {
+func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admission, error) {
+	return func(ctx context.Context, n []struct{}) ([]admission, error) {
 		fc := f.conf()
-		// The releases queued meanwhile ride along, applied first.
-		rel := f.releases.take()
+		// The releases queued meanwhile ride along, applied first. Where
+		// one's slot suits an admission of the batch, that admission takes
+		// it back instead, and neither goes to Redis (reuse).
+		// A release whose slot is spare stays queued for its linger: the
+		// next admission may take the slot back (reuse) where this call
+		// would give it to Redis, and make the admission after it ask for
+		// one again.
+		rel := f.releases.take(func(r releaseReq) bool { return r.spare })
+		now := t.now()
 		f.mu.Lock()
 		epoch, seq := f.epoch, f.seq
+		var reused []string
+		for len(reused) < len(n) {
+			pod := f.spareSlotLocked(now)
+			if pod == "" {
+				break
+			}
+			f.takeSpareLocked(pod)
+			reused = append(reused, pod)
+		}
 		counts, lowered := f.releaseCountsLocked(rel, seq)
 		f.mu.Unlock()
-		a, _, err := t.store.AdmitRelease(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, t.now(), len(n), seq, counts...)
+		res := make([]admission, len(n))
+		for i, pod := range reused {
+			res[i] = admission{Admission: Admission{Pod: pod}, reused: true}
+		}
+		if len(reused) == len(n) {
+			if len(counts) > 0 {
+				_, err := t.store.Release(ctx, f.name, t.cfg.InstanceID, epoch, seq, counts...)
+				t.released(f, counts, lowered, seq, err)
+			}
+			if rel != nil {
+				f.releases.finish()
+			}
+			return res, nil
+		}
+		a, _, err := t.store.AdmitRelease(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, now, len(n)-len(reused), seq, counts...)
 		if rel != nil {
 			if len(counts) > 0 {
 				t.released(f, counts, lowered, seq, err)
@@ -459,17 +514,19 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]Admi
 			err = nil // the admissions' own answer is a.Fence
 		}
 		if err != nil {
+			// The reused ones did not need Redis; the call's failure is
+			// theirs too all the same: their slots stay in ent - held.
 			return nil, err
 		}
-		res := make([]Admission, len(n))
-		for i := range res {
+		for i := range res[len(reused):] {
+			r := &res[len(reused)+i].Admission
 			switch {
 			case a.Fence != "":
-				res[i] = Admission{Fence: a.Fence, Wait: a.Wait}
+				*r = Admission{Fence: a.Fence, Wait: a.Wait}
 			case i < len(a.Pods):
-				res[i] = Admission{Pod: a.Pods[i]}
+				*r = Admission{Pod: a.Pods[i]}
 			default:
-				res[i] = Admission{Reason: a.Reason}
+				*r = Admission{Reason: a.Reason}
 			}
 		}
 		return res, nil
@@ -544,8 +601,21 @@ func (f *fleet) lowerEntLocked(pod string) {
 func (t *Tracker) reuse(f *fleet, now time.Time) (Result, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.spare) == 0 || !f.usableLocked() || !now.Before(f.leaseUntil) || f.noReuse.Load() {
+	pod := f.spareSlotLocked(now)
+	if pod == "" {
 		return Result{}, false
+	}
+	f.takeSpareLocked(pod)
+	res := t.recordLocked(f, pod, now, false)
+	res.Reused = true
+	return res, true
+}
+
+// spareSlotLocked picks the pod of a spare slot that reuse may take back
+// now (see reuse), "" when there is none.
+func (f *fleet) spareSlotLocked(now time.Time) string {
+	if len(f.spare) == 0 || !f.usableLocked() || !now.Before(f.leaseUntil) || f.noReuse.Load() {
+		return ""
 	}
 	fc := f.conf()
 	best, bestLoad := "", 0
@@ -558,15 +628,15 @@ func (t *Tracker) reuse(f *fleet, now time.Time) (Result, bool) {
 			best, bestLoad = pod, load
 		}
 	}
-	if best == "" {
-		return Result{}, false
+	return best
+}
+
+// takeSpareLocked takes one spare slot on pod for an admission: the next
+// release of pod to leave the queue is then not sent.
+func (f *fleet) takeSpareLocked(pod string) {
+	if f.spare[pod]--; f.spare[pod] <= 0 {
+		delete(f.spare, pod)
 	}
-	if f.spare[best]--; f.spare[best] == 0 {
-		delete(f.spare, best)
-	}
-	res := t.recordLocked(f, best, now, false)
-	res.Reused = true
-	return res, true
 }
 
 func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback bool) Result {
@@ -799,7 +869,7 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	r := releaseReq{pod: c.pod, pending: !c.established && c.seq < f.seq, seq: f.seq}
 	switch {
 	case !queued:
-	case f.ent[c.pod]-f.heldLocked(c.pod) > f.spare[c.pod]:
+	case f.ent[c.pod]-f.heldLocked(c.pod) > f.spare[c.pod] && !f.noReuse.Load():
 		// Its slot stays in ent until the release leaves the queue, and
 		// an admission may take it back meanwhile (reuse).
 		r.spare = true
