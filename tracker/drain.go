@@ -82,10 +82,13 @@ func (t *Tracker) Leave(ctx context.Context) error {
 	return nil
 }
 
-// nextSeq numbers one more call of this instance on f.
+// nextSeq numbers one more call of this instance on f: a leave, which
+// gives up every slot, so the ones kept for reuse go first (a release
+// queued before it is stale by its seq and would not take them out).
 func (f *fleet) nextSeq() uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.dropSpareLocked()
 	f.seq++
 	return f.seq
 }

@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"context"
 	"fmt"
 	"time"
 )
@@ -44,4 +45,14 @@ func AwaitQueuedAdmissions(t *Tracker, fleet string, n int) {
 		}
 	}
 	panic(fmt.Sprintf("fleet %s: %d admissions never queued", fleet, n))
+}
+
+// Retire runs the check a removed fleet gets after each heartbeat: once
+// it holds nothing, the instance leaves it in Redis.
+func Retire(t *Tracker, fleet string) error {
+	f, err := t.fleet(fleet)
+	if err != nil {
+		return err
+	}
+	return t.retire(context.Background(), f)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,6 +92,15 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 			t.Fatalf("%d admit calls, want %d", got, admits)
 		}
 	}
+	// and the scene allows reuse where the rule does: r's slot, freed, is
+	// taken back
+	reusable := func(t *testing.T, tr *tracker.Tracker, r tracker.Result) {
+		t.Helper()
+		queueRelease(t, tr, r.Conn)
+		if again := admit(t, tr, "chat"); !again.Reused || again.Pod != r.Pod {
+			t.Fatalf("admission after %s's release: %+v; want its slot on %s reused", r.Conn, again, r.Pod)
+		}
+	}
 
 	t.Run("not placeable", func(t *testing.T) {
 		tr, h, _ := setup(t, fleetCfg("chat", 2, p1, p2))
@@ -107,6 +117,7 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		if r.Pod != other {
 			t.Fatalf("admitted on %s; want %s, the draining pod's slot not reused", r.Pod, other)
 		}
+		reusable(t, tr, r)
 	})
 
 	t.Run("above a lowered cap", func(t *testing.T) {
@@ -152,6 +163,7 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		if r.Pod == full {
 			t.Fatalf("admitted on %s, the fullest pod; want the emptiest", r.Pod)
 		}
+		reusable(t, tr, r)
 	})
 
 	t.Run("after a heartbeat", func(t *testing.T) {
@@ -163,6 +175,7 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		if !r.Admitted {
 			t.Fatalf("admission %+v; want the slot the heartbeat gave back", r)
 		}
+		reusable(t, tr, r)
 	})
 
 	t.Run("past the lease", func(t *testing.T) {
@@ -198,18 +211,20 @@ func (h *holdAdmit) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
-// An admission that waits behind a call in flight when a release is
-// queued takes that slot back as its batch is about to be sent: no second
-// admit call, and the release is not sent either.
+// An admission that waits behind a call in flight when releases are
+// queued takes one slot back as its batch is about to be sent: no second
+// admit call. The other release stays queued for its linger (an admit
+// call does not carry a young spare release), so the next admission takes
+// its slot back too, and neither release is ever sent.
 func TestQueuedAdmissionTakesBackASlotReleasedMeanwhile(t *testing.T) {
 	rdb, mr := miniClient(t)
 	calls := newScriptCalls()
 	rdb.AddHook(calls)
 	clk := newClock()
-	tr := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fleetCfg("chat", 2, "10.0.0.1:80"))
+	tr := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fleetCfg("chat", 3, "10.0.0.1:80"))
 	start(t, mr, clk, tr)
 	tracker.SetReleaseLinger(tr, "chat", time.Hour)
-	held := admit(t, tr, "chat")
+	held, held2 := admit(t, tr, "chat"), admit(t, tr, "chat")
 	hold := &holdAdmit{entered: make(chan struct{}), unblock: make(chan struct{})}
 	rdb.AddHook(hold)
 
@@ -219,6 +234,7 @@ func TestQueuedAdmissionTakesBackASlotReleasedMeanwhile(t *testing.T) {
 	go func() { results <- admit(t, tr, "chat") }() // queued behind it: nothing spare yet
 	tracker.AwaitQueuedAdmissions(tr, "chat", 1)
 	queueRelease(t, tr, held.Conn)
+	queueRelease(t, tr, held2.Conn)
 	close(hold.unblock)
 	var reused, viaRedis int
 	for range 2 {
@@ -231,11 +247,106 @@ func TestQueuedAdmissionTakesBackASlotReleasedMeanwhile(t *testing.T) {
 			viaRedis++
 		}
 	}
+	if r := admit(t, tr, "chat"); r.Reused {
+		reused++
+	}
 	if err := tr.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if reused != 1 || viaRedis != 1 || calls.get("11") != 2 || calls.get("7") != 0 || redisLive(t, tr) != 2 {
-		t.Fatalf("%d reused, %d through Redis, %d admit calls, %d release calls, Redis live %d; want 1, 1, 2, 0, 2",
+	if reused != 2 || viaRedis != 1 || calls.get("11") != 3 || calls.get("7") != 0 || redisLive(t, tr) != 3 {
+		t.Fatalf("%d reused, %d through Redis, %d admit calls, %d release calls, Redis live %d; want 2, 1, 3, 0, 3",
 			reused, viaRedis, calls.get("11"), calls.get("7"), redisLive(t, tr))
+	}
+}
+
+// afterLeave runs on once, right after the next leave call (the script
+// with 1 key).
+type afterLeave struct {
+	armed atomic.Bool
+	on    func()
+}
+
+func (h *afterLeave) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *afterLeave) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *afterLeave) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if a := cmd.Args(); (cmd.Name() == "evalsha" || cmd.Name() == "eval") && len(a) > 2 && fmt.Sprint(a[2]) == "1" && h.armed.Swap(false) {
+			h.on()
+		}
+		return err
+	}
+}
+
+// A leave gives up every slot in Redis, the ones kept for reuse too: a
+// fleet removed from the configuration whose last connection's release
+// was still queued when it left, and that is configured again meanwhile,
+// reuses nothing (the queued release is stale by the leave's seq and
+// would not take its slot out). Found by review: 2 on a pod of cap 1.
+func TestLeaveGivesUpTheSpareSlots(t *testing.T) {
+	const p1 = "10.0.0.1:80"
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	chat, other := fleetCfg("chat", 1, p1), fleetCfg("other", 1, "10.0.0.9:80")
+	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, chat, other)
+	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, chat)
+	start(t, mr, clk, a, b)
+	tracker.SetReleaseLinger(a, "chat", time.Hour)
+	c := admit(t, a, "chat")
+	if _, err := a.Apply([]tracker.FleetConfig{other}); err != nil {
+		t.Fatal(err)
+	}
+	queueRelease(t, a, c.Conn)
+	readd := &afterLeave{on: func() {
+		if _, err := a.Apply([]tracker.FleetConfig{chat, other}); err != nil {
+			t.Error(err)
+		}
+	}}
+	readd.armed.Store(true)
+	rdb.AddHook(readd)
+	if err := tracker.Retire(a, "chat"); err != nil {
+		t.Fatal(err)
+	}
+	if readd.armed.Load() {
+		t.Fatal("retire did not leave")
+	}
+	if r := admit(t, a, "chat"); r.Reused {
+		t.Fatalf("a reused a slot it had left: %+v", r)
+	}
+	admit(t, b, "chat")
+	if n := podHolds(t, a, b); n > 1 {
+		t.Errorf("the pod holds %d, cap 1", n)
+	}
+}
+
+// A spare slot that the share fallback took while Redis was failing is
+// held again: its queued release must not be sent when Redis is back,
+// or Redis would count one connection fewer than the instance holds.
+func TestSpareTakenByTheFallbackIsNotReleased(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	fc := fleetCfg("chat", 1, "10.0.0.1:80")
+	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
+	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
+	start(t, mr, clk, a, b)
+	tracker.SetReleaseLinger(a, "chat", time.Hour)
+	queueRelease(t, a, admit(t, a, "chat").Conn)
+	mr.SetError("ERR outage")
+	tracker.SetReuse(a, "chat", false) // this admission is the fallback's, not reuse's
+	if r := admit(t, a, "chat"); !r.Admitted || !r.Fallback {
+		t.Fatalf("a during the outage: %+v; want the fallback to reuse its freed slot", r)
+	}
+	tracker.SetReuse(a, "chat", true)
+	mr.SetError("")
+	if err := a.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := redisLive(t, a); got != 1 {
+		t.Fatalf("Redis counts %d live; want 1: a holds the slot again", got)
+	}
+	if r := admit(t, b, "chat"); r.Admitted {
+		t.Fatalf("b admitted onto the pod a fills: %+v", r)
 	}
 }

@@ -441,8 +441,10 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 	if a.reused {
 		// The sender took the slot out of spare for this admission; it is
 		// still in ent - held unless the share fallback took it meanwhile.
-		if f.ent[a.Pod] <= f.heldLocked(a.Pod) {
-			return Result{}, "", fmt.Errorf("admit %s: reused slot on %s taken meanwhile: %w", f.name, a.Pod, errGaveUp)
+		// And the lease may have ended meanwhile (a 'lease' refusal of
+		// the batch's other admissions): a reaped instance reuses nothing.
+		if f.ent[a.Pod] <= f.heldLocked(a.Pod) || !now.Before(f.leaseUntil) {
+			return Result{}, "", fmt.Errorf("admit %s: reused slot on %s taken or lease over meanwhile: %w", f.name, a.Pod, errGaveUp)
 		}
 		res := t.recordLocked(f, a.Pod, now, false)
 		res.Reused = true
@@ -479,12 +481,14 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 		f.mu.Lock()
 		epoch, seq := f.epoch, f.seq
 		var reused []string
+		taken := map[string]int{} // pod -> slots taken here, recorded later
 		for len(reused) < len(n) {
-			pod := f.spareSlotLocked(now)
+			pod := f.spareSlotLocked(now, taken)
 			if pod == "" {
 				break
 			}
 			f.takeSpareLocked(pod)
+			taken[pod]++
 			reused = append(reused, pod)
 		}
 		counts, lowered := f.releaseCountsLocked(rel, seq)
@@ -601,7 +605,7 @@ func (f *fleet) lowerEntLocked(pod string) {
 func (t *Tracker) reuse(f *fleet, now time.Time) (Result, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	pod := f.spareSlotLocked(now)
+	pod := f.spareSlotLocked(now, nil)
 	if pod == "" {
 		return Result{}, false
 	}
@@ -612,8 +616,9 @@ func (t *Tracker) reuse(f *fleet, now time.Time) (Result, bool) {
 }
 
 // spareSlotLocked picks the pod of a spare slot that reuse may take back
-// now (see reuse), "" when there is none.
-func (f *fleet) spareSlotLocked(now time.Time) string {
+// now (see reuse), "" when there is none; taken counts slots already
+// taken back and not yet recorded (held).
+func (f *fleet) spareSlotLocked(now time.Time, taken map[string]int) string {
 	if len(f.spare) == 0 || !f.usableLocked() || !now.Before(f.leaseUntil) || f.noReuse.Load() {
 		return ""
 	}
@@ -621,7 +626,7 @@ func (f *fleet) spareSlotLocked(now time.Time) string {
 	best, bestLoad := "", 0
 	for pod, n := range f.spare {
 		load, placeable := f.view.load[pod]
-		if n <= 0 || f.ent[pod] <= f.heldLocked(pod) || !placeable || !f.view.fits(pod, fc) {
+		if n <= 0 || f.ent[pod] <= f.heldLocked(pod)+taken[pod] || !placeable || !f.view.fits(pod, fc) {
 			continue
 		}
 		if best == "" || (fc.Policy == PolicyPack && load > bestLoad) || (fc.Policy != PolicyPack && load < bestLoad) || (load == bestLoad && pod < best) {
