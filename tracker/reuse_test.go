@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
@@ -42,16 +43,23 @@ func TestReuseTakesBackAQueuedRelease(t *testing.T) {
 	}
 }
 
+// onePodOfCap1 is trackers a and b, started, on fleet chat: one pod, cap 1.
+func onePodOfCap1(t *testing.T) (a, b *tracker.Tracker, mr *miniredis.Miniredis) {
+	t.Helper()
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	fc := fleetCfg("chat", 1, "10.0.0.1:80")
+	a = newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
+	b = newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
+	start(t, mr, clk, a, b)
+	return a, b, mr
+}
+
 // A release that left the queue took its slot out of ent before it was
 // sent: nothing can reuse it after Redis gave it away, not even the share
 // fallback (the model's SPARE_KEPT).
 func TestSentReleaseIsNotReused(t *testing.T) {
-	rdb, mr := miniClient(t)
-	clk := newClock()
-	fc := fleetCfg("chat", 1, "10.0.0.1:80")
-	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
-	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
-	start(t, mr, clk, a, b)
+	a, b, mr := onePodOfCap1(t)
 	release(t, a, admit(t, a, "chat").Conn)
 	if r := admit(t, b, "chat"); !r.Admitted || r.Fallback || r.Reused {
 		t.Fatalf("b: %+v; want the slot a gave back, through Redis", r)
@@ -325,12 +333,7 @@ func TestLeaveGivesUpTheSpareSlots(t *testing.T) {
 // held again: its queued release must not be sent when Redis is back,
 // or Redis would count one connection fewer than the instance holds.
 func TestSpareTakenByTheFallbackIsNotReleased(t *testing.T) {
-	rdb, mr := miniClient(t)
-	clk := newClock()
-	fc := fleetCfg("chat", 1, "10.0.0.1:80")
-	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
-	b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, fc)
-	start(t, mr, clk, a, b)
+	a, b, mr := onePodOfCap1(t)
 	tracker.SetReleaseLinger(a, "chat", time.Hour)
 	queueRelease(t, a, admit(t, a, "chat").Conn)
 	mr.SetError("ERR outage")
