@@ -288,15 +288,12 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 }
 
 func newView(res SyncResult, counts []PodCount) view {
-	v := view{ok: true, load: res.Avail, mine: map[string]int{}, min: -1}
+	v := view{ok: true, load: res.Avail, mine: map[string]int{}}
 	for _, c := range counts {
 		v.mine[c.Pod] = c.Live
 	}
 	for pod, n := range res.Avail {
 		v.pods = append(v.pods, pod)
-		if v.min < 0 || n < v.min {
-			v.min = n
-		}
 		v.loads = append(v.loads, n)
 	}
 	sort.Strings(v.pods)
@@ -314,7 +311,7 @@ func (v *view) fits(pod string, fc *FleetConfig) bool {
 		return false
 	}
 	if fc.Policy != PolicyPack {
-		return load <= v.min+1
+		return load <= v.loads[0]+1 // the pod is in the view: loads has one
 	}
 	// the fullest pod under the cap: the last load below it
 	i := sort.SearchInts(v.loads, cap)

@@ -101,13 +101,15 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		}
 	}
 	// and the scene allows reuse where the rule does: r's slot, freed, is
-	// taken back
-	reusable := func(t *testing.T, tr *tracker.Tracker, r tracker.Result) {
+	// taken back by the connection it returns
+	reusable := func(t *testing.T, tr *tracker.Tracker, r tracker.Result) tracker.Result {
 		t.Helper()
 		queueRelease(t, tr, r.Conn)
-		if again := admit(t, tr, "chat"); !again.Reused || again.Pod != r.Pod {
+		again := admit(t, tr, "chat")
+		if !again.Reused || again.Pod != r.Pod {
 			t.Fatalf("admission after %s's release: %+v; want its slot on %s reused", r.Conn, again, r.Pod)
 		}
+		return again
 	}
 
 	t.Run("not placeable", func(t *testing.T) {
@@ -132,7 +134,8 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		fc := fleetCfg("chat", 2, p1)
 		tr, h, _ := setup(t, fc)
 		first, second := admit(t, tr, "chat"), admit(t, tr, "chat")
-		heartbeat(t, tr) // the view: p1 holds 2
+		heartbeat(t, tr)               // the view: p1 holds 2
+		first = reusable(t, tr, first) // at the cap in force: reused
 		fc.MaxConnectionsPerPod = 1
 		if _, err := tr.Apply([]tracker.FleetConfig{fc}); err != nil {
 			t.Fatal(err)
@@ -188,7 +191,8 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 
 	t.Run("past the lease", func(t *testing.T) {
 		tr, h, clk := setup(t, fleetCfg("chat", 1, p1))
-		queueRelease(t, tr, admit(t, tr, "chat").Conn)
+		held := reusable(t, tr, admit(t, tr, "chat")) // within the lease: reused
+		queueRelease(t, tr, held.Conn)
 		clk.Advance(5 * time.Second) // its own clock: the lease may be over
 		viaRedis(t, admit(t, tr, "chat"), h, 2)
 	})

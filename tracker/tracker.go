@@ -290,14 +290,11 @@ func (f *fleet) heldLocked(pod string) int { return f.live[pod] + f.inherited[po
 // view is what the last successful heartbeat saw; the open fallback
 // decides from it.
 type view struct {
-	ok   bool
-	pods []string       // placeable pods, sorted
-	load map[string]int // pod -> live connections, all instances
-	mine map[string]int // pod -> this instance's part of load
-	// min is the lowest of load (-1: no pod), loads all of them sorted:
-	// what reuse asks of the policy (fits).
-	min   int
-	loads []int
+	ok    bool
+	pods  []string       // placeable pods, sorted
+	load  map[string]int // pod -> live connections, all instances
+	mine  map[string]int // pod -> this instance's part of load
+	loads []int          // the values of load, sorted: what reuse asks of the policy (fits)
 }
 
 func newFleet(fc FleetConfig, now time.Time) *fleet {
@@ -446,9 +443,7 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 		if f.ent[a.Pod] <= f.heldLocked(a.Pod) || !now.Before(f.leaseUntil) {
 			return Result{}, "", fmt.Errorf("admit %s: reused slot on %s taken or lease over meanwhile: %w", f.name, a.Pod, errGaveUp)
 		}
-		res := t.recordLocked(f, a.Pod, now, false)
-		res.Reused = true
-		return res, "", nil
+		return t.recordReusedLocked(f, a.Pod, now), "", nil
 	}
 	f.ent[a.Pod]++ // granted: Redis counts it for this instance
 	return t.recordLocked(f, a.Pod, now, false), "", nil
@@ -470,24 +465,25 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 	return func(ctx context.Context, n []struct{}) ([]admission, error) {
 		fc := f.conf()
 		// The releases queued meanwhile ride along, applied first. Where
-		// one's slot suits an admission of the batch, that admission takes
-		// it back instead, and neither goes to Redis (reuse).
-		// A release whose slot is spare stays queued for its linger: the
-		// next admission may take the slot back (reuse) where this call
-		// would give it to Redis, and make the admission after it ask for
-		// one again.
+		// a spare slot suits an admission of the batch, the admission takes
+		// it back instead, and neither goes to Redis (reuse). A spare
+		// release stays queued for its linger: this call would give Redis
+		// a slot the next admission might take back.
 		rel := f.releases.take(func(r releaseReq) bool { return r.spare })
 		now := t.now()
 		f.mu.Lock()
 		epoch, seq := f.epoch, f.seq
 		var reused []string
-		taken := map[string]int{} // pod -> slots taken here, recorded later
+		var taken map[string]int // pod -> slots taken here, recorded later
 		for len(reused) < len(n) {
 			pod := f.spareSlotLocked(now, taken)
 			if pod == "" {
 				break
 			}
 			f.takeSpareLocked(pod)
+			if taken == nil {
+				taken = map[string]int{}
+			}
 			taken[pod]++
 			reused = append(reused, pod)
 		}
@@ -497,22 +493,22 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 		for i, pod := range reused {
 			res[i] = admission{Admission: Admission{Pod: pod}, reused: true}
 		}
-		if len(reused) == len(n) {
-			if len(counts) > 0 {
-				_, err := t.store.Release(ctx, f.name, t.cfg.InstanceID, epoch, seq, counts...)
-				t.released(f, counts, lowered, seq, err)
-			}
-			if rel != nil {
-				f.releases.finish()
-			}
-			return res, nil
+		var a Admissions
+		var err error
+		switch {
+		case len(reused) < len(n):
+			a, _, err = t.store.AdmitRelease(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, now, len(n)-len(reused), seq, counts...)
+		case len(counts) > 0: // every admission reused: the releases go alone
+			_, err = t.store.Release(ctx, f.name, t.cfg.InstanceID, epoch, seq, counts...)
 		}
-		a, _, err := t.store.AdmitRelease(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, now, len(n)-len(reused), seq, counts...)
+		if len(counts) > 0 {
+			t.released(f, counts, lowered, seq, err)
+		}
 		if rel != nil {
-			if len(counts) > 0 {
-				t.released(f, counts, lowered, seq, err)
-			}
 			f.releases.finish()
+		}
+		if len(reused) == len(n) {
+			return res, nil // decided here, whatever the releases' call did
 		}
 		if errors.Is(err, ErrFenced) {
 			err = nil // the admissions' own answer is a.Fence
@@ -610,9 +606,13 @@ func (t *Tracker) reuse(f *fleet, now time.Time) (Result, bool) {
 		return Result{}, false
 	}
 	f.takeSpareLocked(pod)
+	return t.recordReusedLocked(f, pod, now), true
+}
+
+func (t *Tracker) recordReusedLocked(f *fleet, pod string, now time.Time) Result {
 	res := t.recordLocked(f, pod, now, false)
 	res.Reused = true
-	return res, true
+	return res
 }
 
 // spareSlotLocked picks the pod of a spare slot that reuse may take back
@@ -629,15 +629,30 @@ func (f *fleet) spareSlotLocked(now time.Time, taken map[string]int) string {
 		if n <= 0 || f.ent[pod] <= f.heldLocked(pod)+taken[pod] || !placeable || !f.view.fits(pod, fc) {
 			continue
 		}
-		if best == "" || (fc.Policy == PolicyPack && load > bestLoad) || (fc.Policy != PolicyPack && load < bestLoad) || (load == bestLoad && pod < best) {
+		if ranksBefore(fc.Policy, pod, load, best, bestLoad) {
 			best, bestLoad = pod, load
 		}
 	}
 	return best
 }
 
-// takeSpareLocked takes one spare slot on pod for an admission: the next
-// release of pod to leave the queue is then not sent.
+// ranksBefore says whether pod, at load, comes before best (at bestLoad;
+// "" for none yet) in policy's order: the fullest first under pack, the
+// emptiest under spread, then by name.
+func ranksBefore(policy Policy, pod string, load int, best string, bestLoad int) bool {
+	switch {
+	case best == "" || (load == bestLoad && pod < best):
+		return true
+	case policy == PolicyPack:
+		return load > bestLoad
+	default:
+		return load < bestLoad
+	}
+}
+
+// takeSpareLocked takes one spare slot on pod: for an admission (the next
+// release of pod to leave the queue is then not sent), or for that
+// release as it leaves.
 func (f *fleet) takeSpareLocked(pod string) {
 	if f.spare[pod]--; f.spare[pod] <= 0 {
 		delete(f.spare, pod)
@@ -665,16 +680,8 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	best, bestLoad := "", 0
-	better := func(pod string, load int) bool {
-		switch {
-		case best == "" || (load == bestLoad && pod < best):
-			return true
-		case f.conf().Policy == PolicyPack:
-			return load > bestLoad
-		default:
-			return load < bestLoad
-		}
-	}
+	policy := f.conf().Policy
+	better := func(pod string, load int) bool { return ranksBefore(policy, pod, load, best, bestLoad) }
 	switch t.cfg.Fallback {
 	case FallbackShare:
 		if !now.Before(f.leaseUntil) {
@@ -953,9 +960,7 @@ func (f *fleet) releaseCountsLocked(reqs []releaseReq, seq uint64) (counts []Rel
 			if f.spare[r.pod] == 0 {
 				continue // reused
 			}
-			if f.spare[r.pod]--; f.spare[r.pod] == 0 {
-				delete(f.spare, r.pod)
-			}
+			f.takeSpareLocked(r.pod)
 			if f.ent[r.pod] <= f.heldLocked(r.pod) {
 				// The share fallback or an adopted connection took the
 				// slot: it is held, and Redis must keep counting it.
