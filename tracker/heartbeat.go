@@ -246,9 +246,13 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 	}
 	recovered := f.degraded || f.fenced
 	f.degraded, f.fenced, f.fencedBy = false, false, ""
+	if recovered {
+		// Under the lock, so that no scrape sees the fallback active
+		// beside a fleet that grants or recovers (collector.go).
+		t.metrics.Degraded.WithLabelValues(f.name).Set(0)
+	}
 	f.mu.Unlock()
 	if recovered {
-		t.metrics.Degraded.WithLabelValues(f.name).Set(0)
 		t.log.Info("redis reachable again, counts re-published", "fleet", f.name, "epoch", res.Epoch)
 	}
 	return res, nil

@@ -1100,6 +1100,7 @@ func (t *Tracker) redisFailed(f *fleet, op string, err error) {
 	f.mu.Lock()
 	was := f.degraded
 	f.degraded = true
+	t.metrics.Degraded.WithLabelValues(f.name).Set(1) // with degraded: see sync
 	// Warn on the first failure, when Redis says something else, and at
 	// most every redisWarnEvery meanwhile: a long outage is seen in the
 	// logs without a line per admission.
@@ -1109,9 +1110,6 @@ func (t *Tracker) redisFailed(f *fleet, op string, err error) {
 		f.redisWarned = now
 	}
 	f.mu.Unlock()
-	if !was {
-		t.metrics.Degraded.WithLabelValues(f.name).Set(1)
-	}
 	if warn {
 		t.log.Warn("redis call failed, admitting from local state", "fleet", f.name, "op", op, "redis", said, "fallback", string(t.cfg.Fallback), "err", err)
 	} else {
