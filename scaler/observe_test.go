@@ -2,7 +2,9 @@ package scaler_test
 
 import (
 	"context"
+	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -116,5 +118,40 @@ func TestObserveHoldsWhileRedisIsDown(t *testing.T) {
 	}
 	if v := s["wsgate_scaler_fleet_read_errors_total{fleet=web}"]; v != 1 {
 		t.Errorf("read errors %v, want 1", v)
+	}
+}
+
+// seriesGate is a scale-down gate with per-fleet series of its own (as the
+// pod-deletion-cost hook): the scaler tells it the fleets configured.
+type seriesGate struct {
+	mu    sync.Mutex
+	fleet map[string]bool
+}
+
+func (g *seriesGate) Gate(_ context.Context, _ string, _, recommended int) int { return recommended }
+func (g *seriesGate) AddFleet(f string)                                        { g.set(f, true) }
+func (g *seriesGate) RemoveFleet(f string)                                     { g.set(f, false) }
+
+func (g *seriesGate) set(f string, on bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if on {
+		g.fleet[f] = true
+	} else {
+		delete(g.fleet, f)
+	}
+}
+
+func TestGateSeriesFollowTheFleets(t *testing.T) {
+	g := &seriesGate{fleet: map[string]bool{}}
+	e := start(t, opts{gate: g})
+	if want := map[string]bool{"web": true, "cold": true, "edge": true}; !reflect.DeepEqual(g.fleet, want) {
+		t.Errorf("gate's fleets at start %v, want %v", g.fleet, want)
+	}
+	if err := e.srv.Apply([]tracker.FleetConfig{fleets()[0]}); err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]bool{"web": true}; !reflect.DeepEqual(g.fleet, want) {
+		t.Errorf("gate's fleets after cold and edge were removed %v, want %v", g.fleet, want)
 	}
 }
