@@ -707,7 +707,9 @@ func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback boo
 //
 // open: against the last heartbeat's counts, as if the other instances
 // admitted nothing since. May exceed the cap.
-// A refusal says refused (redis_down or recovering).
+//
+// With no slot it refuses, saying refused (redis_down, or recovering: see
+// refusal).
 func (t *Tracker) admitFallback(f *fleet, now time.Time, refused Reason) Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
