@@ -11,7 +11,8 @@ all: build
 
 # deps installs what the tests need beyond Go, from Debian's packages:
 # redis-server and redis-cli, spin and gcc (tracker/model), luajit (the
-# filter under a stock LuaJIT), etcd (test/kube's control plane).
+# filter under a stock LuaJIT), etcd (test/kube's control plane), prometheus
+# and promtool (test/alerts).
 deps:
 	@./scripts/deps.sh
 

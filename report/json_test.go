@@ -188,7 +188,7 @@ func TestJSONSchema(t *testing.T) {
 	}
 
 	rj := chat.Rejections
-	wantFleet := []jsonWindows{{"capacity", 1, 1, 1}, {"no_pods", 0, 0, 0}, {"rate_limit", 0, 1, 1}, {"redis_down", 0, 0, 0}}
+	wantFleet := []jsonWindows{{"capacity", 1, 1, 1}, {"no_pods", 0, 0, 0}, {"rate_limit", 0, 1, 1}, {"redis_down", 0, 0, 0}, {"recovering", 0, 0, 0}}
 	if !reflect.DeepEqual(rj.Fleet, wantFleet) {
 		t.Errorf("fleet rejections %+v, want %+v", rj.Fleet, wantFleet)
 	}

@@ -80,7 +80,7 @@ type ReasonWindows struct {
 // and per tracker instance, not per pod: a rejected connection has no pod.
 type Rejections struct {
 	// Fleet lists every reason, in the fixed order capacity, no_pods,
-	// rate_limit, redis_down.
+	// rate_limit, redis_down, recovering.
 	Fleet     []ReasonWindows      `json:"fleet"`
 	Instances []InstanceRejections `json:"instances"`
 }
@@ -203,7 +203,7 @@ type Readiness struct {
 	Unsynced []string `json:"unsynced"`
 	// Recovering is true while the epoch is in its recovery wait: a new
 	// epoch (Redis started empty, lost or reloaded its data) grants no
-	// admission, the trackers refuse them (reason redis_down), until
+	// admission, the trackers refuse them (reason recovering), until
 	// every instance has had a lease to re-publish its connections: one
 	// instance TTL of Redis' clock (RecoveryUntil) that a tracker has also
 	// seen pass on its own clock (RecoveryConfirmed). It does not enter

@@ -273,7 +273,7 @@ func writeReadiness(w *errWriter, r *Readiness) {
 		if !r.RecoveryConfirmed {
 			confirmed = "not yet confirmed"
 		}
-		recovery = fmt.Sprintf("%s, %s on a tracker's clock: admissions refused (redis_down)", end, confirmed)
+		recovery = fmt.Sprintf("%s, %s on a tracker's clock: admissions refused (recovering)", end, confirmed)
 	case r.RecoveryUntil != nil:
 		recovery = "over (ended " + r.RecoveryUntil.Format(time.RFC3339) + ")"
 	}

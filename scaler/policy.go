@@ -76,8 +76,9 @@ type Decision struct {
 //	guard:     if the Guard window holds any rejection, need = max(need, Pods)
 //
 // Rejections are those of reasons capacity and no_pods only: rate_limit is
-// Envoy's own limit and redis_down the tracker's fallback, neither is fixed
-// by more backend pods. The scale-up step is relative to ready pods, so a
+// Envoy's own limit, redis_down the tracker's fallback and recovering the
+// recovery wait after Redis lost its state, none is fixed by more backend
+// pods (POLICY.md: a recovery wait is not demand). The scale-up step is relative to ready pods, so a
 // pod that is still starting (counted in Pods, not Ready) is not asked for
 // twice while the 5 min window still remembers the pressure.
 func Decide(p Params, in Input) Decision {

@@ -153,6 +153,9 @@ type Server struct {
 	done      chan struct{} // closed by Close: streams end
 	closeOnce sync.Once
 
+	podsMu sync.Mutex
+	pods   map[string]map[string]struct{} // fleet -> pods with a pod_connections series
+
 	reapMu  sync.Mutex
 	stalled map[string]*tracker.Stalled // fleet -> the reaper's witness
 	judge   InstanceJudge
@@ -199,6 +202,7 @@ func New(cfg Config, store Store, opts ...Option) (*Server, error) {
 		cfg: cfg, store: store,
 		ready: newReadiness(cfg.Settle, cfg.ReadinessRatio, int64(cfg.ExpectedInstances)),
 		log:   slog.Default(), now: time.Now, done: make(chan struct{}), stalled: map[string]*tracker.Stalled{},
+		pods: map[string]map[string]struct{}{},
 	}
 	for _, o := range opts {
 		o(s)
@@ -233,8 +237,48 @@ func (s *Server) Apply(fleets []tracker.FleetConfig) error {
 		}
 		m[f.Name] = f
 	}
-	s.fleets.Store(&m)
+	var old map[string]tracker.FleetConfig
+	if p := s.fleets.Swap(&m); p != nil {
+		old = *p
+	}
+	s.fleetSeries(old, m)
 	return nil
+}
+
+// FleetSeries is implemented by components beside the scaler that export
+// per-fleet series (the pod-deletion-cost hook, as the gate): Apply creates
+// a configured fleet's series at 0 and deletes a removed fleet's.
+type FleetSeries interface {
+	AddFleet(fleet string)
+	RemoveFleet(fleet string)
+}
+
+// fleetSeries creates the series of the fleets in next and deletes those
+// of the fleets only in old.
+func (s *Server) fleetSeries(old, next map[string]tracker.FleetConfig) {
+	fs, _ := s.gate.(FleetSeries)
+	for name, fc := range next {
+		if _, ok := old[name]; !ok {
+			s.metrics.addFleet(fc)
+			if fs != nil {
+				fs.AddFleet(name)
+			}
+		} else {
+			s.metrics.Cap.WithLabelValues(name).Set(float64(fc.MaxConnectionsPerPod))
+		}
+	}
+	for name := range old {
+		if _, ok := next[name]; ok {
+			continue
+		}
+		s.metrics.removeFleet(name)
+		if fs != nil {
+			fs.RemoveFleet(name)
+		}
+		s.podsMu.Lock()
+		delete(s.pods, name)
+		s.podsMu.Unlock()
+	}
 }
 
 // Fleets lists the configured fleet names, sorted.
@@ -275,6 +319,7 @@ func (s *Server) summary(ctx context.Context, fleet string) (tracker.Summary, er
 	now := s.now()
 	sum, err := s.store.Summary(ctx, fleet, now)
 	if err != nil {
+		s.metrics.Ready.WithLabelValues(fleet).Set(0) // nothing to report: held
 		return sum, err
 	}
 	if err := s.ready.check(sum, now); err != nil {

@@ -125,6 +125,7 @@ func (t *Tracker) retire(ctx context.Context, f *fleet) error {
 		}
 	}
 	t.fleets.Store(&next)
+	t.metrics.removeFleet(f.name)
 	t.log.Info("fleet removed from the configuration: its last connection ended, this instance left it", "fleet", f.name)
 	return nil
 }

@@ -35,7 +35,7 @@ func TestCollectorFollowsLocalConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(tracker.NewCollector(tr))
+	reg.MustRegister(tracker.NewCollector(tr, true))
 	gauge := func() (float64, bool) {
 		t.Helper()
 		mfs, err := reg.Gather()

@@ -65,10 +65,15 @@ const (
 	ReasonNoPods    Reason = "no_pods"
 	ReasonRateLimit Reason = "rate_limit"
 	ReasonRedisDown Reason = "redis_down"
+	// ReasonRecovering: Redis answered, but the fleet's epoch is in its
+	// recovery wait (PROTOCOL.md) and grants nothing yet, and the fallback
+	// had no slot either. Not redis_down: Redis is up, and the wait ends by
+	// itself within one --instance-ttl.
+	ReasonRecovering Reason = "recovering"
 )
 
 // Reasons lists every rejection reason, in the order summaries report them.
-var Reasons = []Reason{ReasonCapacity, ReasonNoPods, ReasonRateLimit, ReasonRedisDown}
+var Reasons = []Reason{ReasonCapacity, ReasonNoPods, ReasonRateLimit, ReasonRedisDown, ReasonRecovering}
 
 // Validate names what is wrong with m.
 func (m ExpiredMode) Validate() error {

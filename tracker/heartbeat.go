@@ -230,6 +230,11 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		f.epochSeen = t.now()
 	}
 	f.epoch, f.granting = res.Epoch, res.Recovering == 0
+	f.synced = time.Now()
+	f.recoveryEnd = time.Time{}
+	if !f.granting {
+		f.recoveryEnd = f.synced.Add(max(res.Recovering, f.epochSeen.Add(t.cfg.InstanceTTL).Sub(t.now())))
+	}
 	f.view = newView(res, counts)
 	seqs := make(map[string]uint64, len(res.Instances))
 	for id, l := range res.Instances {
@@ -240,10 +245,14 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		f.stale = f.stalled.Observe(seqs, t.cfg.InstanceID, now)
 	}
 	recovered := f.degraded || f.fenced
-	f.degraded, f.fenced = false, false
+	f.degraded, f.fenced, f.fencedBy = false, false, ""
+	if recovered {
+		// Under the lock, so that no scrape sees the fallback active
+		// beside a fleet that grants or recovers (collector.go).
+		t.metrics.Degraded.WithLabelValues(f.name).Set(0)
+	}
 	f.mu.Unlock()
 	if recovered {
-		t.metrics.Degraded.WithLabelValues(f.name).Set(0)
 		t.log.Info("redis reachable again, counts re-published", "fleet", f.name, "epoch", res.Epoch)
 	}
 	return res, nil

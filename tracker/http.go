@@ -19,7 +19,7 @@ import (
 //
 //	POST /v1/admit   {"fleet": "chat", "client": "203.0.113.7:51234", "requestId": "..."}
 //	200  x-wsgate-upstream: 10.1.2.3:8080, x-wsgate-conn: <id>
-//	429  rate_limit, 503 capacity | no_pods | redis_down: Retry-After, x-wsgate-reason
+//	429  rate_limit, 503 capacity | no_pods | redis_down | recovering: Retry-After, x-wsgate-reason
 //	400  the request is malformed; the body says what is wrong
 const (
 	HeaderUpstream = "x-wsgate-upstream"
@@ -110,7 +110,7 @@ func (t *Tracker) Handler(gatherer prometheus.Gatherer) http.Handler {
 	return mux
 }
 
-// TelemetryHandler serves /healthz, /readyz and /metrics without the
+// TelemetryHandler serves /healthz, /readyz, /status and /metrics without the
 // admission API, for a listener that probes and Prometheus can reach.
 func (t *Tracker) TelemetryHandler(gatherer prometheus.Gatherer) http.Handler {
 	return t.telemetryMux(gatherer)
@@ -126,6 +126,7 @@ func (t *Tracker) telemetryMux(gatherer prometheus.Gatherer) *http.ServeMux {
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
+	mux.HandleFunc("GET /status", t.serveStatus)
 	if gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	}

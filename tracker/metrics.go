@@ -66,8 +66,42 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Admissions decided without a Redis call: into a slot one of this instance's connections had just freed, whose release was still queued (PROTOCOL.md, Reuse).",
 		}, []string{"fleet"}),
 	}
+	for _, op := range redisOps {
+		m.RedisErrors.WithLabelValues(op)
+	}
 	if reg != nil {
 		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused)
 	}
 	return m
 }
+
+// redisOps are the values of redis_errors_total's op label.
+var redisOps = []string{"admit", "release", "sync", "set_pods"}
+
+// addFleet creates fleet's series at 0, so that a rule or a dashboard
+// reading them tells "none yet" from "not scraped" (the admissions
+// counters are made with the fleet, newFleet).
+func (m *Metrics) addFleet(fleet string) {
+	m.Degraded.WithLabelValues(fleet).Set(0)
+	for _, why := range fallbackWhys {
+		m.Fallbacks.WithLabelValues(fleet, why)
+	}
+	for _, why := range expiredWhys {
+		m.Expired.WithLabelValues(fleet, why)
+	}
+	m.Reused.WithLabelValues(fleet)
+}
+
+// removeFleet deletes the series of a fleet the tracker forgot (it left
+// the configuration and its last connection ended).
+func (m *Metrics) removeFleet(fleet string) {
+	l := prometheus.Labels{"fleet": fleet}
+	m.Admissions.DeletePartialMatch(l)
+	m.Degraded.DeletePartialMatch(l)
+	m.Fallbacks.DeletePartialMatch(l)
+	m.Expired.DeletePartialMatch(l)
+	m.Reused.DeletePartialMatch(l)
+}
+
+// expiredWhys are the values of connections_expired_total's why label.
+var expiredWhys = []string{"establish", "lease"}

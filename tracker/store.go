@@ -263,7 +263,7 @@ type PodCount struct {
 }
 
 // RejectionCount is a number of rejections in one bucket, buffered by a
-// tracker (rate_limit and redis_down never reach Redis on their own).
+// tracker (rate_limit, redis_down and recovering never reach Redis on their own).
 type RejectionCount struct {
 	Reason Reason
 	Bucket int64

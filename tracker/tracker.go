@@ -134,6 +134,7 @@ func New(cfg Config, store *Store, opts ...Option) (*Tracker, error) {
 func (t *Tracker) newFleet(fc FleetConfig) *fleet {
 	f := newFleet(fc, t.now())
 	f.stalled = NewStalled(t.cfg.InstanceTTL)
+	t.metrics.addFleet(fc.Name)
 	f.admitted = t.metrics.Admissions.WithLabelValues(fc.Name, "admitted", "")
 	f.rejected = map[Reason]prometheus.Counter{}
 	for _, r := range Reasons {
@@ -249,6 +250,7 @@ type fleet struct {
 	// admissions leave Redis alone until the next heartbeat succeeds.
 	degraded bool
 	fenced   bool
+	fencedBy Fence // why it is fenced
 	epoch    string
 	// epochSeen is when this instance first saw epoch (its own clock), and
 	// granting whether Redis said that its recovery wait is over.
@@ -267,6 +269,13 @@ type fleet struct {
 	// for logs and readiness; redisWarned is when it was last warned of.
 	redisSaid   string
 	redisWarned time.Time
+	// synced is when the last heartbeat succeeded (wall clock, for
+	// /metrics and /status; zero before the first), and recoveryEnd when
+	// the epoch's recovery wait ends as that heartbeat saw it (this
+	// instance's clock: Redis' remaining wait, or a full instance TTL
+	// since it first saw the epoch, whichever is later).
+	synced      time.Time
+	recoveryEnd time.Time
 	// uncounted is how many of conns are (conn.uncounted).
 	uncounted int
 	// stalled watches the other instances' seqs; stale names the ones the
@@ -413,7 +422,29 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 		}
 	}
 	t.metrics.Fallbacks.WithLabelValues(f.name, why).Inc()
-	return t.admitFallback(f, now), nil
+	return t.admitFallback(f, now, f.refusal(why)), nil
+}
+
+// fallbackWhys are the values of fallback_decisions_total's why label.
+var fallbackWhys = []string{"redis_error", "gate_busy", "queued", "degraded", string(FenceEpoch), string(FenceRecovering), string(FenceLease)}
+
+// refusal is the reason a fallback gives when it has no slot either, for
+// an admission that left Redis for why: recovering when Redis answered
+// and the fleet is in (or, fenced by a newer epoch, about to join) a
+// recovery wait; redis_down otherwise. Only the reason differs: what is
+// admitted is the fallback's decision alone.
+func (f *fleet) refusal(why string) Reason {
+	switch why {
+	case string(FenceRecovering), string(FenceEpoch):
+		return ReasonRecovering
+	case "degraded":
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.fenced && f.fencedBy == FenceEpoch && !f.degraded {
+			return ReasonRecovering
+		}
+	}
+	return ReasonRedisDown
 }
 
 // admitRedis runs the admit script. A fence is Redis' refusal to decide.
@@ -554,7 +585,7 @@ func (t *Tracker) fence(f *fleet, why Fence) {
 	}
 	f.mu.Lock()
 	was := f.fenced
-	f.fenced = true
+	f.fenced, f.fencedBy = true, why
 	if why == FenceLease {
 		// The lease ended in Redis: an instance may have reaped this one and
 		// given its slots away, so its own lease is over too, and what it
@@ -676,7 +707,10 @@ func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback boo
 //
 // open: against the last heartbeat's counts, as if the other instances
 // admitted nothing since. May exceed the cap.
-func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
+//
+// With no slot it refuses, saying refused (redis_down, or recovering: see
+// refusal).
+func (t *Tracker) admitFallback(f *fleet, now time.Time, refused Reason) Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	best, bestLoad := "", 0
@@ -704,8 +738,8 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time) Result {
 		}
 	}
 	if best == "" {
-		f.rejectLocked(ReasonRedisDown, now)
-		return Result{Fleet: f.name, Reason: ReasonRedisDown, RetryAfter: time.Second, Fallback: true}
+		f.rejectLocked(refused, now)
+		return Result{Fleet: f.name, Reason: refused, RetryAfter: time.Second, Fallback: true}
 	}
 	return t.recordLocked(f, best, now, true)
 }
@@ -1068,6 +1102,7 @@ func (t *Tracker) redisFailed(f *fleet, op string, err error) {
 	f.mu.Lock()
 	was := f.degraded
 	f.degraded = true
+	t.metrics.Degraded.WithLabelValues(f.name).Set(1) // with degraded: see sync
 	// Warn on the first failure, when Redis says something else, and at
 	// most every redisWarnEvery meanwhile: a long outage is seen in the
 	// logs without a line per admission.
@@ -1077,9 +1112,6 @@ func (t *Tracker) redisFailed(f *fleet, op string, err error) {
 		f.redisWarned = now
 	}
 	f.mu.Unlock()
-	if !was {
-		t.metrics.Degraded.WithLabelValues(f.name).Set(1)
-	}
 	if warn {
 		t.log.Warn("redis call failed, admitting from local state", "fleet", f.name, "op", op, "redis", said, "fallback", string(t.cfg.Fallback), "err", err)
 	} else {

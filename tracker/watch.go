@@ -30,6 +30,9 @@ func NewReloadMetrics(reg prometheus.Registerer, component string) *ReloadMetric
 		LastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "wsgate", Subsystem: component, Name: "config_last_reload_success_timestamp_seconds",
 			Help: "When the configuration in use was loaded (Unix time)."}),
 	}
+	for _, r := range []string{"applied", "invalid", "unreadable"} {
+		m.Reloads.WithLabelValues(r) // at 0 from the first scrape
+	}
 	m.LastSuccessful.Set(1)
 	m.LastSuccess.SetToCurrentTime()
 	if reg != nil {

@@ -171,7 +171,7 @@ func dialDemo(ctx context.Context, node *demoNode, n int) demoDial {
 // awaitRecovery sits through the recovery wait of the epoch the trackers'
 // first heartbeat created on a fresh Redis: until every instance has had a
 // lease to re-publish its connections, Redis admits nobody (the gateways
-// would answer 503 redis_down).
+// would answer 503 recovering).
 func awaitRecovery(ctx context.Context, p *demoPrinter, d demoSystem) error {
 	left, err := d.Store.Recovery(ctx, d.Fleet.Name)
 	if err != nil {

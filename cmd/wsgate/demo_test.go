@@ -10,7 +10,7 @@ import (
 )
 
 // checkDemoOutput asserts what a person running the demo must see: the
-// new epoch's recovery wait sat out before the first client (no redis_down
+// new epoch's recovery wait sat out before the first client (no recovering
 // refusal), the fleet filled exactly to its cap through both gateways, the surplus
 // refused for capacity with a Retry-After, the release after the close,
 // every metrics view, and the scaler's answer through KEDA's client.

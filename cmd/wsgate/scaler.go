@@ -27,6 +27,7 @@ type scalerFlags struct {
 	config, listen, telemetry, logLevel string
 	tlsCert, tlsKey, tlsClientCA        string
 	reapInterval, configCheck           time.Duration
+	metricsInterval                     time.Duration
 	configData                          []byte
 	redis                               *redisOptions
 	kube                                kubeFlags
@@ -47,6 +48,7 @@ func runScaler(args []string) error {
 	fs.Float64Var(&f.cfg.ReadinessRatio, "readiness-ratio", 0.95, "hold metrics until this share of the expected tracker instances re-synced")
 	fs.IntVar(&f.cfg.ExpectedInstances, "expected-instances", 0, "tracker instances to expect after Redis lost its data (0: the ready endpoints of the fleet's envoyService with --kube, else those alive before the epoch changed)")
 	fs.DurationVar(&f.reapInterval, "reap-interval", 5*time.Second, "interval of reaping expired tracker instances")
+	fs.DurationVar(&f.metricsInterval, "metrics-interval", 5*time.Second, "how often each fleet's state is read from Redis for /metrics (wsgate_scaler_ready, wsgate_scaler_fleet_*, wsgate_scaler_pod_connections), whether or not KEDA polls")
 	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "the trackers' --instance-ttl: an instance is reaped only after standing still this long")
 	fs.StringVar((*string)(&f.cfg.ExpiredInstances), "expired-instances", string(tracker.ExpiredReap), "the trackers' --expired-instances: reap, keep (never reap: the cap holds under partitions), or kube (reap only instances whose pod the fleet's envoyService no longer lists; needs --kube)")
 	fs.BoolVar(&f.kube.enabled, "kube", false, "discover pods from the fleets' Service EndpointSlices and set pod-deletion-cost before scale-downs")
@@ -80,6 +82,9 @@ func runScaler(args []string) error {
 	if f.reapInterval <= 0 {
 		return fmt.Errorf("--reap-interval %s: must be positive", f.reapInterval)
 	}
+	if f.metricsInterval <= 0 {
+		return fmt.Errorf("--metrics-interval %s: must be positive", f.metricsInterval)
+	}
 	if f.cfg.Settle <= 0 {
 		return fmt.Errorf("--settle %s: must be positive", f.cfg.Settle)
 	}
@@ -100,7 +105,7 @@ func scalerApp(f scalerFlags, log *slog.Logger) fx.Option {
 		fx.Supply(f, log),
 		fx.Provide(newRegistry, newScalerRedis, newScalerStore, newScaler),
 		kube,
-		fx.Invoke(runReaper, serveScaler, serveScalerTelemetry, watchScalerConfig),
+		fx.Invoke(runReaper, runObserver, serveScaler, serveScalerTelemetry, watchScalerConfig),
 	)
 }
 
@@ -178,6 +183,10 @@ func watchScalerConfig(d scalerConfigDeps) {
 
 func runReaper(lc fx.Lifecycle, f scalerFlags, s *scaler.Server) {
 	background(lc, func(ctx context.Context) { s.RunReaper(ctx, f.reapInterval) })
+}
+
+func runObserver(lc fx.Lifecycle, f scalerFlags, s *scaler.Server) {
+	background(lc, func(ctx context.Context) { s.RunObserver(ctx, f.metricsInterval) })
 }
 
 // serveScaler binds --listen at start and stops gracefully: health goes

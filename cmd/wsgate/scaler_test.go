@@ -28,7 +28,7 @@ import (
 func TestScalerGraph(t *testing.T) {
 	for _, kube := range []bool{false, true} {
 		f := scalerFlags{redis: &redisOptions{addrs: "127.0.0.1:1"}, kube: kubeFlags{enabled: kube, namespace: "ns"},
-			listen: "127.0.0.1:0", telemetry: "127.0.0.1:0", reapInterval: time.Hour,
+			listen: "127.0.0.1:0", telemetry: "127.0.0.1:0", reapInterval: time.Hour, metricsInterval: time.Hour,
 			cfg: scaler.Config{Fleets: []tracker.FleetConfig{tracker.FleetConfig{Name: "chat", Service: "chat"}.WithDefaults()}, Settle: time.Second, ReadinessRatio: 0.95}}
 		var gate scaler.ScaleDownGate
 		var counter scaler.InstanceCounter

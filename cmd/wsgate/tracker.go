@@ -32,7 +32,7 @@ type trackerFlags struct {
 	configCheck, shutdownTimeout        time.Duration
 	shutdownListen, envoyAdmin          string
 	accessLog                           string
-	embedded                            bool
+	embedded, metricsPerPod             bool
 	runCheck                            string
 	redis                               *redisOptions
 	cfg                                 tracker.Config
@@ -47,7 +47,7 @@ func runTracker(args []string) error {
 	fs.StringVar(&f.cfg.InstanceID, "instance-id", host, "this instance's id in Redis, unique per Envoy pod (default: host name)")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:9090", "admission API address (loopback only)")
 	fs.StringVar(&f.accessLog, "access-log-listen", "127.0.0.1:9091", "address of the gRPC access-log receiver Envoy streams to (loopback only)")
-	fs.StringVar(&f.telemetry, "telemetry-listen", ":9102", "address of /metrics, /healthz and /readyz for Prometheus and probes (empty: serve them on --listen)")
+	fs.StringVar(&f.telemetry, "telemetry-listen", ":9102", "address of /metrics, /healthz, /readyz and /status for Prometheus, probes and operators (empty: serve them on --listen)")
 	fs.DurationVar(&f.cfg.Heartbeat, "heartbeat", 2*time.Second, "interval of the heartbeat that re-publishes this instance's counts")
 	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "how long this instance's counts outlive its last heartbeat")
 	fs.DurationVar(&f.cfg.EstablishTimeout, "establish-timeout", 30*time.Second, "release an admitted connection Envoy never reported established")
@@ -60,6 +60,7 @@ func runTracker(args []string) error {
 	fs.StringVar(&f.shutdownListen, "shutdown-listen", "", "address of GET /shutdown, for the Envoy container's preStop hook: drain, then answer once Envoy's connections have ended (empty: off)")
 	fs.StringVar(&f.envoyAdmin, "envoy-admin", "", "Envoy's admin address (127.0.0.1:9901): /shutdown fails its health check and drains its listeners, and on SIGTERM an Envoy that is gone lets this instance leave Redis at once (empty: wait for the connections to end)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM (and in /shutdown), how long to keep this instance's connections counted while they end; keep it below the pod's terminationGracePeriodSeconds")
+	fs.BoolVar(&f.metricsPerPod, "metrics-per-pod", false, "label wsgate_tracker_connections by backend pod (series grow as Envoy pods x backend pods; the scaler's wsgate_scaler_pod_connections has them once per fleet); default: one series per fleet")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -245,7 +246,7 @@ func newTracker(f trackerFlags, store *tracker.Store, reg prometheus.Registerer,
 	if err != nil {
 		return nil, err
 	}
-	if err := reg.Register(tracker.NewCollector(t)); err != nil {
+	if err := reg.Register(tracker.NewCollector(t, f.metricsPerPod)); err != nil {
 		return nil, fmt.Errorf("register connections collector: %w", err)
 	}
 	return t, nil

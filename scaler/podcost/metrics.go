@@ -31,3 +31,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	return m
 }
+
+// patchResults are the values of the patches counter's result label.
+var patchResults = []string{"ok", "forbidden", "conflict", "not_found", "error"}
+
+// AddFleet creates fleet's series at 0 (scaler.FleetSeries: the scaler
+// calls it for every configured fleet), so that rules and dashboards see
+// them from the first scrape.
+func (h *Hook) AddFleet(fleet string) {
+	for _, r := range patchResults {
+		h.metrics.Patches.WithLabelValues(fleet, r)
+	}
+	h.metrics.Draining.WithLabelValues(fleet).Set(0)
+	h.metrics.Holding.WithLabelValues(fleet).Set(0)
+}
+
+// RemoveFleet deletes the series of a fleet no longer configured.
+func (h *Hook) RemoveFleet(fleet string) {
+	l := prometheus.Labels{"fleet": fleet}
+	h.metrics.Patches.DeletePartialMatch(l)
+	h.metrics.Draining.DeletePartialMatch(l)
+	h.metrics.Holding.DeletePartialMatch(l)
+}
