@@ -5,8 +5,10 @@
 package envoy
 
 import (
+	"bytes"
 	_ "embed"
 	"fmt"
+	"strings"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -31,6 +33,24 @@ const LuaPath = "/etc/envoy/wsgate.lua"
 //
 //go:embed wsgate.lua
 var FilterLua []byte
+
+// InstallLine is the text of wsgate.lua that an installer may replace by
+// its own install table (the INSTALL contract in the file's header).
+const InstallLine = "local INSTALL = {}"
+
+// WithInstall returns the filter lua with its install line replaced by
+// `local INSTALL = <table>`, as the Helm chart's replace does. table is a
+// Lua table literal on one line; the filter checks its keys and values on
+// every upgrade.
+func WithInstall(lua []byte, table string) ([]byte, error) {
+	if n := bytes.Count(lua, []byte(InstallLine)); n != 1 {
+		return nil, fmt.Errorf("wsgate.lua: %q occurs %d times, want once (the INSTALL contract)", InstallLine, n)
+	}
+	if strings.ContainsAny(table, "\r\n") {
+		return nil, fmt.Errorf("install table %q: must be one line", table)
+	}
+	return bytes.Replace(lua, []byte(InstallLine), []byte("local INSTALL = "+table), 1), nil
+}
 
 // BootstrapYAML is the Envoy bootstrap of one replica with its tracker.
 //
