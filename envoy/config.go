@@ -1,7 +1,18 @@
 // Package envoy holds wsgate's Envoy data plane: the HTTP Lua filter
 // (wsgate.lua), the bootstrap a user deploys (envoy.yaml), both embedded
 // here, and LoadBootstrap, which checks a bootstrap the way Envoy would
-// parse it. The Lua host that executes wsgate.lua in tests is envoy/luahost.
+// parse it. The Lua host that executes wsgate.lua in tests is envoy/luahost;
+// the Envoy stand-in around it is envoy/gateway.
+//
+// Pinning by override host (wsgate.lua's pin = "override_host", Envoy 1.33+),
+// as Envoy's source has it (envoy/gateway/cluster.go names the files): the
+// Lua call only stores {host, strict}, after checking that host is an IP
+// authority; at host selection the cluster looks the "ip:port" up among all
+// its endpoints and takes it only if its health status is in
+// common_lb_config.override_host_status (default UNKNOWN, HEALTHY,
+// DEGRADED). Otherwise strict gives no host (the router's 503 "no healthy
+// upstream", no connection) and non-strict falls back to the load balancer,
+// onto a pod the tracker did not count; wsgate.lua is strict only.
 package envoy
 
 import (

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"github.com/wsgate/wsgate/envoy"
@@ -54,10 +55,9 @@ func TestVirtualHostDomainOrder(t *testing.T) {
 	}
 }
 
-// envoy/envoy.yaml's routes, served through RoutesFromConfig, behave as the
-// default route table: upgrades (any case) to the ORIGINAL_DST cluster with
-// the fleet's metadata, everything else 426.
-func TestRoutesFromEnvoyYAML(t *testing.T) {
+// envoyYAMLRoutes is the route configuration of envoy/envoy.yaml.
+func envoyYAMLRoutes(t *testing.T) *routev3.RouteConfiguration {
+	t.Helper()
 	b, err := envoy.LoadBootstrap(envoy.BootstrapYAML)
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +66,14 @@ func TestRoutesFromEnvoyYAML(t *testing.T) {
 	if err := b.GetStaticResources().GetListeners()[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
 		t.Fatal(err)
 	}
-	rt, err := RoutesFromConfig(hcm.GetRouteConfig())
+	return hcm.GetRouteConfig()
+}
+
+// envoy/envoy.yaml's routes, served through RoutesFromConfig, behave as the
+// default route table: upgrades (any case) to the ORIGINAL_DST cluster with
+// the fleet's metadata, everything else 426.
+func TestRoutesFromEnvoyYAML(t *testing.T) {
+	rt, err := RoutesFromConfig(envoyYAMLRoutes(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,15 +93,7 @@ func TestRoutesFromEnvoyYAML(t *testing.T) {
 }
 
 func TestRoutesFromConfigRefusesWhatItDoesNotModel(t *testing.T) {
-	b, err := envoy.LoadBootstrap(envoy.BootstrapYAML)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var hcm hcmv3.HttpConnectionManager
-	if err := b.GetStaticResources().GetListeners()[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
-		t.Fatal(err)
-	}
-	rc := hcm.GetRouteConfig()
+	rc := envoyYAMLRoutes(t)
 	rc.GetVirtualHosts()[0].GetRoutes()[0].GetMatch().GetHeaders()[0].GetStringMatch().MatchPattern = nil
 	if _, err := RoutesFromConfig(rc); err == nil {
 		t.Error("a header matcher without exact accepted")
