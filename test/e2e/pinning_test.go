@@ -217,6 +217,9 @@ func TestStrictOverrideHostRefusesWhatTheClusterWillNotTake(t *testing.T) {
 	for _, s := range []corev3.HealthStatus{corev3.HealthStatus_DEGRADED, corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY} {
 		c.SetEndpoint(pod, s)
 		r := dial(ctx, gw.url, h.backends[1].Addr)
+		if r.err == nil {
+			r.err = ping(ctx, r.conn) // the pod has counted it
+		}
 		if r.err != nil {
 			t.Fatalf("pod %s: status %d reason %q: %v", s, r.status, r.reason, r.err)
 		}
@@ -245,6 +248,10 @@ func TestNonStrictOverrideWouldBreakTheCap(t *testing.T) {
 		t.Fatalf("non-strict: status %d: %v (the stand-in should fall back as Envoy does)", r.status, r.err)
 	}
 	defer r.conn.CloseNow()
+	// The echo proves the pod's handler has counted the connection.
+	if err := ping(ctx, r.conn); err != nil {
+		t.Fatal(err)
+	}
 	if n := h.backends[1].Live.Load(); n != 1 {
 		t.Fatalf("backend 1 holds %d, want the fallback connection", n)
 	}
@@ -274,6 +281,9 @@ func TestSpoofedHeadersCannotChooseThePod(t *testing.T) {
 			defer cancel()
 			for range 3 {
 				r := dial(ctx, gw.url, h.backends[1].Addr)
+				if r.err == nil {
+					r.err = ping(ctx, r.conn)
+				}
 				if r.err != nil {
 					t.Fatalf("status %d reason %q: %v", r.status, r.reason, r.err)
 				}
