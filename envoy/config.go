@@ -1,12 +1,25 @@
 // Package envoy holds wsgate's Envoy data plane: the HTTP Lua filter
 // (wsgate.lua), the bootstrap a user deploys (envoy.yaml), both embedded
 // here, and LoadBootstrap, which checks a bootstrap the way Envoy would
-// parse it. The Lua host that executes wsgate.lua in tests is envoy/luahost.
+// parse it. The Lua host that executes wsgate.lua in tests is envoy/luahost;
+// the Envoy stand-in around it is envoy/gateway.
+//
+// Pinning by override host (wsgate.lua's pin = "override_host", Envoy 1.33+),
+// as Envoy's source has it (envoy/gateway/cluster.go names the files): the
+// Lua call only stores {host, strict}, after checking that host is an IP
+// authority; at host selection the cluster looks the "ip:port" up among all
+// its endpoints and takes it only if its health status is in
+// common_lb_config.override_host_status (default UNKNOWN, HEALTHY,
+// DEGRADED). Otherwise strict gives no host (the router's 503 "no healthy
+// upstream", no connection) and non-strict falls back to the load balancer,
+// onto a pod the tracker did not count; wsgate.lua is strict only.
 package envoy
 
 import (
+	"bytes"
 	_ "embed"
 	"fmt"
+	"strings"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -31,6 +44,24 @@ const LuaPath = "/etc/envoy/wsgate.lua"
 //
 //go:embed wsgate.lua
 var FilterLua []byte
+
+// InstallLine is the text of wsgate.lua that an installer may replace by
+// its own install table (the INSTALL contract in the file's header).
+const InstallLine = "local INSTALL = {}"
+
+// WithInstall returns the filter lua with its install line replaced by
+// `local INSTALL = <table>`, as the Helm chart's replace does. table is a
+// Lua table literal on one line; the filter checks its keys and values on
+// every upgrade.
+func WithInstall(lua []byte, table string) ([]byte, error) {
+	if n := bytes.Count(lua, []byte(InstallLine)); n != 1 {
+		return nil, fmt.Errorf("wsgate.lua: %q occurs %d times, want once (the INSTALL contract)", InstallLine, n)
+	}
+	if strings.ContainsAny(table, "\r\n") {
+		return nil, fmt.Errorf("install table %q: must be one line", table)
+	}
+	return bytes.Replace(lua, []byte(InstallLine), []byte("local INSTALL = "+table), 1), nil
+}
 
 // BootstrapYAML is the Envoy bootstrap of one replica with its tracker.
 //

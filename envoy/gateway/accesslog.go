@@ -145,7 +145,7 @@ func (t *tunnel) entry(typ datav3.AccessLogType, status int) *datav3.HTTPAccessL
 			AccessLogType:           typ,
 			DownstreamRemoteAddress: socketAddress(t.remote),
 			UpstreamRemoteAddress:   socketAddress(t.upstream),
-			UpstreamCluster:         "wsgate_backend",
+			UpstreamCluster:         t.cluster,
 			StartTime:               timestamppb.New(t.start),
 			Duration:                durationpb.New(time.Since(t.start)),
 			Metadata:                &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{metadataNS: t.meta}},

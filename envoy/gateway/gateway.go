@@ -1,12 +1,18 @@
 // Package gateway is the stand-in for Envoy where Envoy cannot run (tests,
-// `wsgate demo`, the load tool; README: Tests). Per request it runs
-// the real envoy/wsgate.lua in the Lua host, with the wsgate_tracker
-// cluster mapped to its tracker's admission API; an admitted WebSocket
-// upgrade is reverse-proxied to exactly the pod named by the dynamic
-// metadata wsgate.upstream, as Envoy's ORIGINAL_DST cluster does, never to
-// anything a client sent. Every tunnel is reported over Envoy's gRPC access
-// log (envoy.service.accesslog.v3) to the tracker: established, periodic
-// while it lives, and its end.
+// `wsgate demo`, the load tool; README: Tests). Per request it matches a
+// route table (RouteTable, Envoy's RouteConfiguration: virtual hosts by
+// domain, routes by path and headers, per-route filter metadata), runs the
+// real envoy/wsgate.lua in the Lua host with the tracker cluster mapped to
+// its tracker's admission API, and sends an admitted WebSocket upgrade to
+// the host the route's cluster selects as Envoy would: the ORIGINAL_DST
+// cluster connects to exactly the pod in the dynamic metadata
+// wsgate.upstream; an endpoint cluster (Cluster, with per-endpoint health
+// that a test changes at runtime as EDS would) honours the filter's
+// setUpstreamOverrideHost as Envoy's source says (cluster.go), strict or
+// not. Never to anything a client sent. Every admitted request is reported
+// over Envoy's gRPC access log (envoy.service.accesslog.v3) to the tracker:
+// established, periodic while it lives, and its end, also when it ended in
+// a local reply.
 package gateway
 
 import (
@@ -31,14 +37,10 @@ import (
 
 	"github.com/wsgate/wsgate/envoy"
 	"github.com/wsgate/wsgate/envoy/luahost"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 // metadataNS is the dynamic metadata namespace wsgate.lua writes.
 const metadataNS = "wsgate"
-
-// trackerCluster is the cluster name wsgate.lua's httpCall uses.
-const trackerCluster = "wsgate_tracker"
 
 // Config configures a Gateway. TrackerURL and AccessLogAddr are required.
 type Config struct {
@@ -47,12 +49,30 @@ type Config struct {
 	TrackerURL string
 	// AccessLogAddr is the tracker's gRPC access-log listener ("127.0.0.1:9091").
 	AccessLogAddr string
-	// Fleet is the route's fleet (the Lua filter's route metadata). Default "default".
+	// Routes is the route table. Nil is envoy/envoy.yaml's: WebSocket
+	// upgrades to the ORIGINAL_DST cluster with the filter metadata Fleet
+	// and AdmitTimeout, anything else 426.
+	Routes *RouteTable
+	// Fleet is the default route's fleet (the Lua filter's route metadata).
+	// Default "default". Only without Routes.
 	Fleet string
-	// AdmitTimeout is the route's admit_timeout_ms (the Lua filter's route
-	// metadata): how long the filter waits for the tracker. Zero leaves it
-	// unset, so the filter's default applies, as with envoy/envoy.yaml.
+	// AdmitTimeout is the default route's admit_timeout_ms (the Lua
+	// filter's route metadata): how long the filter waits for the tracker.
+	// Zero leaves it unset, so the filter's default applies, as with
+	// envoy/envoy.yaml. Only without Routes.
 	AdmitTimeout time.Duration
+	// Clusters are the endpoint clusters routes may name, by name.
+	Clusters map[string]*Cluster
+	// OriginalDst names the ORIGINAL_DST cluster (metadata_key
+	// wsgate.upstream). Default "wsgate_backend".
+	OriginalDst string
+	// Lua is the filter's code. Default envoy.FilterLua; envoy.WithInstall
+	// gives it an install table, as the Helm chart does.
+	Lua []byte
+	// TrackerCluster is the cluster name whose httpCall reaches TrackerURL.
+	// Default "wsgate_tracker"; an install table's tracker_cluster must
+	// name it.
+	TrackerCluster string
 	// NodeID names this gateway in the access-log stream identifier.
 	// Default "gateway".
 	NodeID string
@@ -70,6 +90,8 @@ type Config struct {
 // listener, and Close it.
 type Gateway struct {
 	cfg    Config
+	routes *RouteTable
+	odst   originalDst
 	filter *luahost.Filter
 	proxy  *httputil.ReverseProxy
 	trans  *http.Transport
@@ -130,8 +152,26 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.TrackerURL == "" || cfg.AccessLogAddr == "" {
 		return nil, errors.New("gateway: TrackerURL and AccessLogAddr are required")
 	}
-	if cfg.Fleet == "" {
-		cfg.Fleet = "default"
+	if cfg.OriginalDst == "" {
+		cfg.OriginalDst = "wsgate_backend"
+	}
+	if cfg.TrackerCluster == "" {
+		cfg.TrackerCluster = "wsgate_tracker"
+	}
+	if cfg.Lua == nil {
+		cfg.Lua = envoy.FilterLua
+	}
+	routes := cfg.Routes
+	if routes == nil {
+		if cfg.Fleet == "" {
+			cfg.Fleet = "default"
+		}
+		routes = defaultRoutes(cfg)
+	} else if cfg.Fleet != "" || cfg.AdmitTimeout != 0 {
+		return nil, errors.New("gateway: Fleet and AdmitTimeout configure the default route: with Routes, set them in the routes' filter metadata")
+	}
+	if err := routes.check(func(name string) bool { return name == cfg.OriginalDst || cfg.Clusters[name] != nil }); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if cfg.NodeID == "" {
 		cfg.NodeID = "gateway"
@@ -145,10 +185,10 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, drain: make(chan struct{})}
+	g := &Gateway{cfg: cfg, routes: routes, log: cfg.Logger, drain: make(chan struct{})}
 	g.admit = &http.Client{Transport: &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 512, IdleConnTimeout: 30 * time.Second}}
-	f, err := luahost.Load(envoy.FilterLua, luahost.Options{
-		Clusters: map[string]string{trackerCluster: strings.TrimSuffix(cfg.TrackerURL, "/")},
+	f, err := luahost.Load(cfg.Lua, luahost.Options{
+		Clusters: map[string]string{cfg.TrackerCluster: strings.TrimSuffix(cfg.TrackerURL, "/")},
 		Client:   g.admit,
 		Logger:   cfg.Logger,
 	})
@@ -236,12 +276,12 @@ func (g *Gateway) Close() error {
 
 // tunnel is one admitted upgrade, from admission to its end.
 type tunnel struct {
-	conn, upstream, remote, authority, path string
-	meta                                    *structpb.Struct
-	start                                   time.Time
-	established                             chan struct{} // closed on 101
-	status                                  int
-	headers                                 luahost.Headers // as the filter left them
+	conn, upstream, cluster, remote, authority, path string
+	meta                                             *structpb.Struct
+	start                                            time.Time
+	established                                      chan struct{} // closed on 101
+	status                                           int
+	headers                                          luahost.Headers // as the filter left them
 }
 
 type tunnelKey struct{}
@@ -258,14 +298,15 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.mu.Unlock()
 	defer g.handlers.Done()
 
-	route := map[string]any{"fleet": g.cfg.Fleet}
-	if g.cfg.AdmitTimeout > 0 {
-		route["admit_timeout_ms"] = float64(g.cfg.AdmitTimeout.Milliseconds())
+	route := g.routes.match(r)
+	var md map[string]map[string]any
+	if route != nil {
+		md = route.FilterMetadata
 	}
 	dec, err := g.filter.OnRequest(r.Context(), luahost.Request{
 		Headers:       requestHeaders(r),
 		RemoteAddr:    r.RemoteAddr,
-		RouteMetadata: map[string]map[string]any{luahost.DefaultFilterName: route},
+		RouteMetadata: md,
 	})
 	if err != nil {
 		g.log.Error("lua host failed", "err", err)
@@ -274,35 +315,57 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// A script error continues the request, as in Envoy (the host logged
 	// it): whatever the filter set before it decides below.
-	if dec.Local != nil {
+	wm := dec.Metadata[metadataNS]
+	t := &tunnel{remote: r.RemoteAddr, authority: r.Host, path: r.URL.RequestURI(), start: time.Now(), established: make(chan struct{}), headers: dec.Headers}
+	t.conn, _ = wm["conn"].(string)
+	if t.conn != "" {
+		if t.meta, err = structpb.NewStruct(wm); err != nil {
+			g.log.Error("dynamic metadata not representable", "err", err)
+		}
+		// Envoy logs every stream; the access log's filter passes those
+		// with wsgate.conn. Also when the upgrade failed: the slot taken at
+		// admission comes back.
+		defer func() { g.logs.enqueue(t.entry(datav3.AccessLogType_DownstreamEnd, t.status)) }()
+	}
+	switch {
+	case dec.Local != nil:
+		t.status = dec.Local.Status
 		writeLocal(w, dec.Local)
-		return
-	}
-	md := dec.Metadata[metadataNS]
-	upstream, _ := md["upstream"].(string)
-	if upstream == "" {
-		// Only admitted upgrades have a route: the ORIGINAL_DST cluster has
-		// no host without wsgate.upstream.
-		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
-		return
-	}
-	t := &tunnel{upstream: upstream, remote: r.RemoteAddr, authority: r.Host, path: r.URL.RequestURI(), start: time.Now(), established: make(chan struct{})}
-	t.conn, _ = md["conn"].(string)
-	t.headers = dec.Headers
-	if t.meta, err = structpb.NewStruct(md); err != nil {
-		g.log.Error("dynamic metadata not representable", "err", err)
-	}
-	if err := tracker.ValidatePodAddr(upstream); err != nil {
-		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
-	} else {
+	case route == nil:
+		t.status = http.StatusNotFound // the router's NR
+		w.WriteHeader(http.StatusNotFound)
+	case route.DirectResponse != nil:
+		t.status = route.DirectResponse.Status
+		for k, vs := range route.DirectResponse.Headers {
+			w.Header()[k] = vs
+		}
+		w.WriteHeader(route.DirectResponse.Status)
+		_, _ = io.WriteString(w, route.DirectResponse.Body)
+	default:
+		t.cluster = route.Cluster
+		if c := g.cfg.Clusters[route.Cluster]; c != nil {
+			t.upstream = c.chooseHost(dec.OverrideHost)
+		} else {
+			t.upstream = g.odst.chooseHost(dec.OverrideHost, wm)
+		}
+		if t.upstream == "" {
+			// The router's local reply when the cluster selects no host (UH).
+			t.status = http.StatusServiceUnavailable
+			http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
+			return
+		}
 		g.tunnel(w, r, t)
 	}
-	// Also when the upgrade failed: the slot taken at admission comes back.
-	g.logs.enqueue(t.entry(datav3.AccessLogType_DownstreamEnd, t.status))
 }
 
 // tunnel proxies the upgrade and reports it while it lives.
 func (g *Gateway) tunnel(w http.ResponseWriter, r *http.Request, t *tunnel) {
+	if t.conn == "" {
+		// Not admitted (a plain request an endpoint cluster balances):
+		// the access log's filter drops its entries.
+		g.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tunnelKey{}, t)))
+		return
+	}
 	ended := make(chan struct{})
 	var periodic sync.WaitGroup
 	periodic.Add(1)
@@ -365,7 +428,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 func (g *Gateway) upstreamResponded(res *http.Response) error {
 	t := res.Request.Context().Value(tunnelKey{}).(*tunnel)
 	t.status = res.StatusCode
-	if res.StatusCode == http.StatusSwitchingProtocols {
+	if res.StatusCode == http.StatusSwitchingProtocols && t.conn != "" {
 		g.logs.enqueue(t.entry(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, res.StatusCode))
 		close(t.established)
 	}

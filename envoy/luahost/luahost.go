@@ -27,6 +27,13 @@
 //     handle:streamInfo():downstreamRemoteAddress()
 //   - handle:metadata():get(key), the matched route's filter metadata under
 //     the filter's configured name, falling back to envoy.filters.http.lua.
+//   - handle:setUpstreamOverrideHost(host [, strict]) (Envoy 1.33+), checked
+//     as luaSetUpstreamOverrideHost does: host must be a string whose
+//     authority (Http::Utility::parseAuthority) is an IP address, with or
+//     without a port ("host is not a valid IP address"); strict, when
+//     passed at all (nil too), must be a boolean; it defaults to false. The
+//     last call wins (Decision.OverrideHost); what the cluster does with it
+//     is the caller's (envoy/gateway models Envoy's host selection).
 //   - handle:logTrace/logDebug/logInfo/logWarn/logErr/logCritical
 //
 // Lua states are reused across requests, as Envoy keeps one per worker:
@@ -42,7 +49,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -174,10 +183,22 @@ type Decision struct {
 	Metadata map[string]map[string]any
 	// Logs are the script's log calls, in order.
 	Logs []Log
+	// OverrideHost is what the script passed to setUpstreamOverrideHost,
+	// nil when it did not call it.
+	OverrideHost *OverrideHost
 	// ScriptError is the error that ended the script, if one did. Envoy
 	// logs it and continues the request (Local is nil): what the filter
 	// changed before it stays.
 	ScriptError error
+}
+
+// OverrideHost is an upstream override host (Envoy's
+// LoadBalancerContext::OverrideHost): an address the route's cluster
+// should select, and whether the request must fail rather than fall back to
+// the load balancer when the cluster will not take it.
+type OverrideHost struct {
+	Host   string
+	Strict bool
 }
 
 // LocalReply is a response sent by handle:respond.
@@ -212,7 +233,7 @@ func (f *Filter) OnRequest(ctx context.Context, req Request) (Decision, error) {
 	L.RemoveContext()
 	L.SetTop(0)
 	f.put(L)
-	d := Decision{Local: c.reply, Headers: c.headers, Metadata: c.meta, Logs: c.logs}
+	d := Decision{Local: c.reply, Headers: c.headers, Metadata: c.meta, Logs: c.logs, OverrideHost: c.override}
 	if err != nil && c.reply == nil {
 		d.ScriptError = fmt.Errorf("envoy_on_request: %w", err)
 		f.opts.Logger.ErrorContext(ctx, "script log: lua error", "err", err, "source", "lua")
@@ -229,6 +250,7 @@ type call struct {
 	iterating int
 	meta      map[string]map[string]any
 	reply     *LocalReply
+	override  *OverrideHost
 	logs      []Log
 	end       context.CancelFunc
 }
@@ -250,12 +272,13 @@ func (c *call) handle(L *lua.LState) lua.LValue {
 			}}))
 			return 1
 		},
-		"logTrace":    c.logger("trace", slog.LevelDebug-4),
-		"logDebug":    c.logger("debug", slog.LevelDebug),
-		"logInfo":     c.logger("info", slog.LevelInfo),
-		"logWarn":     c.logger("warn", slog.LevelWarn),
-		"logErr":      c.logger("err", slog.LevelError),
-		"logCritical": c.logger("critical", slog.LevelError+4),
+		"setUpstreamOverrideHost": c.setUpstreamOverrideHost,
+		"logTrace":                c.logger("trace", slog.LevelDebug-4),
+		"logDebug":                c.logger("debug", slog.LevelDebug),
+		"logInfo":                 c.logger("info", slog.LevelInfo),
+		"logWarn":                 c.logger("warn", slog.LevelWarn),
+		"logErr":                  c.logger("err", slog.LevelError),
+		"logCritical":             c.logger("critical", slog.LevelError+4),
 	})
 }
 
@@ -266,6 +289,37 @@ func (c *call) logger(level string, l slog.Level) lua.LGFunction {
 		c.f.opts.Logger.Log(c.ctx, l, msg, "source", "lua")
 		return 0
 	}
+}
+
+// setUpstreamOverrideHost checks its arguments as Envoy's
+// luaSetUpstreamOverrideHost does and records them.
+func (c *call) setUpstreamOverrideHost(L *lua.LState) int {
+	host := L.CheckString(2)
+	if !authorityIsIP(host) {
+		L.RaiseError("host is not a valid IP address")
+	}
+	strict := false
+	if L.GetTop() >= 3 {
+		strict = bool(L.CheckBool(3))
+	}
+	c.override = &OverrideHost{Host: host, Strict: strict}
+	return 0
+}
+
+// authorityIsIP is Http::Utility::parseAuthority(host).is_ip_address_: the
+// host part of "host[:port]" ("[v6]:port" for IPv6 with a port) is an IP
+// address. A port that is not a number makes the whole string the host.
+func authorityIsIP(authority string) bool {
+	host := authority
+	if h, port, err := net.SplitHostPort(authority); err == nil {
+		if p, err := strconv.ParseUint(port, 10, 32); err == nil && p <= 65535 {
+			host = h
+		}
+	} else if strings.HasPrefix(authority, "[") && strings.HasSuffix(authority, "]") {
+		host = authority[1 : len(authority)-1]
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Zone() == ""
 }
 
 func (c *call) respond(L *lua.LState) int {

@@ -4,7 +4,10 @@
 -- respond yield it, and a responded coroutine is never resumed. Header maps
 -- are userdata (newproxy), so pairs() over them fails as in a LuaJIT
 -- without 5.2 compatibility. After loading, _G refuses new globals.
--- Usage: luajit envoy_mock.lua wsgate.lua ; prints "ok <case>" per case.
+-- Usage: luajit envoy_mock.lua wsgate.lua [installed] ; prints "ok <case>"
+-- per case. With "installed", wsgate.lua carries the install table
+-- { fleet = "chat", pin = "override_host", admit_timeout_ms = 900 } and
+-- only the cases about it run.
 assert(loadfile(arg[1]))()
 setmetatable(_G, { __newindex = function(_, k) error("global written: " .. tostring(k), 2) end,
                    __index = function(_, k) error("global read: " .. tostring(k), 2) end })
@@ -49,6 +52,17 @@ local function request(hdrs, route, tracker)
     error("resumed after respond")
   end
   function handle:logErr(m) r.logs[#r.logs + 1] = m end
+  -- Envoy's checks (lua_filter.cc luaSetUpstreamOverrideHost): an IP
+  -- authority, strict a boolean when passed.
+  function handle:setUpstreamOverrideHost(host, ...)
+    assert(type(host) == "string" and host:match("^%d+%.%d+%.%d+%.%d+:%d+$"), "host is not a valid IP address")
+    local strict = false
+    if select("#", ...) >= 1 then
+      strict = ...
+      assert(type(strict) == "boolean", "bad argument #3 (boolean expected)")
+    end
+    r.override = { host = host, strict = strict }
+  end
   local co = coroutine.create(envoy_on_request)
   local ok, y = coroutine.resume(co, handle)
   while true do
@@ -102,6 +116,34 @@ local cases = {
     assert(r.reply and r.reply[":status"] == "503" and r.reply["x-wsgate-reason"] == "filter_error" and r.reply["retry-after"], "error not closed")
   end,
 }
+cases.override_host = function()
+  local r = request(upgrade(), { pin = "override_host" }, admitted)
+  assert(r.script_error == nil and r.reply == nil, tostring(r.script_error))
+  assert(r.override and r.override.host == "10.0.0.1:8080" and r.override.strict == true, "not pinned strictly")
+  assert(r.meta["wsgate.conn"] == "c1" and r.meta["wsgate.upstream"] == "10.0.0.1:8080", "metadata missing")
+  local o = request(upgrade(), {}, admitted)
+  assert(o.override == nil and o.meta["wsgate.upstream"] == "10.0.0.1:8080", "original_dst pinned by override")
+end
+cases.bad_settings = function()
+  for _, route in ipairs({ { pin = "strict" }, { pin = true }, { fleet = "" }, { fleet = 7 } }) do
+    local r = request(upgrade(), route, admitted)
+    assert(r.script_error == nil, tostring(r.script_error))
+    assert(r.calls == 0 and r.reply and r.reply["x-wsgate-reason"] == "filter_error", "bad route setting not refused")
+  end
+end
+
+local installed = {
+  installed = function()
+    local r = request(upgrade(), {}, admitted)
+    assert(r.script_error == nil and r.reply == nil, tostring(r.script_error))
+    assert(r.meta["wsgate.fleet"] == "chat" and r.opts.timeout_ms == 900, "install table not used")
+    assert(r.override and r.override.strict == true, "install pin not used")
+    local o = request(upgrade(), { pin = "original_dst", fleet = "other", admit_timeout_ms = 100 }, admitted)
+    assert(o.override == nil and o.meta["wsgate.fleet"] == "other" and o.opts.timeout_ms == 100, "route does not beat install")
+  end,
+}
+if arg[2] == "installed" then cases = installed end
+
 local names = {}
 for name in pairs(cases) do names[#names + 1] = name end
 table.sort(names)

@@ -1,12 +1,46 @@
 -- wsgate: the HTTP Lua filter of Envoy (envoy.filters.http.lua).
 --
 -- On a WebSocket upgrade it asks the tracker sidecar (POST /v1/admit on the
--- cluster wsgate_tracker, 127.0.0.1) which backend pod may take the
--- connection, and writes the answer into dynamic metadata wsgate.{upstream,
--- conn,fleet}. The ORIGINAL_DST backend cluster routes by
--- original_dst_lb_config.metadata_key wsgate.upstream, so the pod is chosen
--- by the tracker, never by the client. A rejection or an unreachable tracker
--- ends the request here: nothing reaches a backend without an admission.
+-- tracker cluster, 127.0.0.1) which backend pod may take the connection,
+-- writes the answer into dynamic metadata wsgate.{upstream,conn,fleet} (the
+-- access log reports conn and fleet to the tracker) and pins the request to
+-- that pod, so the pod is chosen by the tracker, never by the client. A
+-- rejection or an unreachable tracker ends the request here: nothing reaches
+-- a backend without an admission.
+--
+-- Pinning (setting "pin"):
+--   original_dst  (default; Envoy 1.27+) the route's cluster is an
+--                 ORIGINAL_DST cluster whose original_dst_lb_config.metadata_key
+--                 is wsgate.upstream: it connects to exactly that address.
+--   override_host (Envoy 1.33+) the route's cluster is a normal cluster of the
+--                 backend's endpoints (what Envoy Gateway and Istio generate
+--                 from a Service); handle:setUpstreamOverrideHost(pod, true)
+--                 selects the pod. Always strict: a pod that is not an
+--                 endpoint of the cluster, or whose health status is not in
+--                 the cluster's override_host_status (default UNKNOWN,
+--                 HEALTHY, DEGRADED), gets no host and Envoy's 503 "no
+--                 healthy upstream". The non-strict form would fall back to
+--                 the load balancer and put the connection on a pod the
+--                 tracker did not count.
+--
+-- Settings, per key the first found of: the route's filter metadata
+-- (envoy.filters.http.lua: {fleet, pin, admit_timeout_ms}), the install
+-- table INSTALL below, the built-in default.
+--   fleet            non-empty string; default "default"
+--   pin              "original_dst" | "override_host"; default "original_dst"
+--   admit_timeout_ms integer 1..60000: how long to wait for the tracker;
+--                    default 250
+--   tracker_cluster  non-empty string, INSTALL only: the cluster of the
+--                    tracker's admission API; default "wsgate_tracker"
+--
+-- INSTALL CONTRACT. The statement binding INSTALL to an empty table, below
+-- this comment, is the only occurrence of its text in this file, on a line
+-- of its own. An installer may replace that text, and only it, by one line
+-- binding INSTALL to a Lua table literal of the keys above, e.g.
+--   local INSTALL = { fleet = "chat", pin = "override_host", admit_timeout_ms = 250, tracker_cluster = "wsgate_tracker" }
+-- (the Helm chart does, with `replace`, where the route's filter metadata
+-- cannot be set: Envoy Gateway, Istio). An unknown key or an invalid value
+-- refuses every upgrade (filter_error) and logs the key.
 --
 -- Fail closed: Envoy logs a script error and CONTINUES the request without
 -- the filter. So the whole body runs under pcall, and any error ends in the
@@ -18,19 +52,21 @@
 -- Envoy keeps one Lua state per worker and runs every request of that
 -- worker in it, so nothing here may write a global: everything at file
 -- level is a constant, and the tests run the filter under a _G that
--- refuses new globals.
+-- refuses new globals. It uses no require, load*, dofile, raw*, *metatable,
+-- *fenv, newproxy, module, debug, package or _G: Envoy Gateway's Lua
+-- validation removes them (envoy/egvalidate_test.go).
+
+local INSTALL = {}
 
 local TRACKER_CLUSTER = "wsgate_tracker"
 local TRACKER_AUTHORITY = "wsgate-tracker"
 local ADMIT_PATH = "/v1/admit"
 -- The admission is on the path of every new connection: a tracker slower
--- than this is treated as down. A route may set its own
--- (filter metadata admit_timeout_ms, an integer from 1 to MAX_TIMEOUT_MS).
+-- than this is treated as down.
 local ADMIT_TIMEOUT_MS = 250
 local MAX_TIMEOUT_MS = 60000
--- Fleet of routes whose filter metadata (envoy.filters.http.lua: {fleet: ...})
--- names none.
 local DEFAULT_FLEET = "default"
+local DEFAULT_PIN = "original_dst"
 -- Retry-After when the tracker could not be asked at all, or the filter
 -- failed.
 local TRACKER_DOWN_RETRY_AFTER = "1"
@@ -85,29 +121,59 @@ local function json_string(s)
   return '"' .. s .. '"'
 end
 
--- route_config reads the route's filter metadata: the fleet and the
--- admission timeout.
-local function route_config(handle)
-  local fleet, timeout_ms = DEFAULT_FLEET, ADMIT_TIMEOUT_MS
-  local meta = handle:metadata()
-  if meta == nil then
-    return fleet, timeout_ms
+local function check_name(v, what)
+  if type(v) ~= "string" or v == "" then
+    error(what .. " must be a non-empty string, got " .. tostring(v), 0)
   end
-  local f = meta:get("fleet")
-  if type(f) == "string" and f ~= "" then
-    fleet = f
+  return v
+end
+
+local function check_pin(v, what)
+  if v ~= "original_dst" and v ~= "override_host" then
+    error(what .. ' must be "original_dst" or "override_host", got ' .. tostring(v), 0)
   end
-  local t = meta:get("admit_timeout_ms")
-  if t ~= nil then
-    -- Envoy's httpCall refuses a timeout that is not an integer; a bad
-    -- value is a configuration error, and refusing every upgrade of the
-    -- route (filter_error) says so louder than a silent default.
-    if type(t) ~= "number" or t ~= math.floor(t) or t < 1 or t > MAX_TIMEOUT_MS then
-      error("route metadata admit_timeout_ms must be an integer from 1 to " .. MAX_TIMEOUT_MS .. ", got " .. tostring(t))
+  return v
+end
+
+-- Envoy's httpCall refuses a timeout that is not an integer; a bad value is
+-- a configuration error, and refusing every upgrade (filter_error) says so
+-- louder than a silent default.
+local function check_timeout(v, what)
+  if type(v) ~= "number" or v ~= math.floor(v) or v < 1 or v > MAX_TIMEOUT_MS then
+    error(what .. " must be an integer from 1 to " .. MAX_TIMEOUT_MS .. ", got " .. tostring(v), 0)
+  end
+  return v
+end
+
+-- SETTINGS checks each key a setting may have; ROUTE_KEYS are those a
+-- route's filter metadata may set.
+local SETTINGS = {
+  fleet = check_name, pin = check_pin, admit_timeout_ms = check_timeout, tracker_cluster = check_name,
+}
+local ROUTE_KEYS = { "fleet", "pin", "admit_timeout_ms" }
+
+-- settings returns this request's settings: route metadata over INSTALL
+-- over the defaults. INSTALL is a plain table, so pairs() needs no __pairs.
+local function settings(handle)
+  local s = { fleet = DEFAULT_FLEET, pin = DEFAULT_PIN, admit_timeout_ms = ADMIT_TIMEOUT_MS, tracker_cluster = TRACKER_CLUSTER }
+  for k, v in pairs(INSTALL) do
+    local check = SETTINGS[k]
+    if check == nil then
+      error("install setting " .. tostring(k) .. " is unknown (known: fleet, pin, admit_timeout_ms, tracker_cluster)", 0)
     end
-    timeout_ms = t
+    s[k] = check(v, "install setting " .. k)
   end
-  return fleet, timeout_ms
+  local meta = handle:metadata()
+  if meta ~= nil then
+    for i = 1, #ROUTE_KEYS do
+      local k = ROUTE_KEYS[i]
+      local v = meta:get(k)
+      if v ~= nil then
+        s[k] = SETTINGS[k](v, "route metadata " .. k)
+      end
+    end
+  end
+  return s
 end
 
 local function reply(handle, status, retry_after, reason, body)
@@ -128,7 +194,8 @@ local function admit(handle)
   end
   strip_spoofed(headers)
 
-  local fleet, timeout_ms = route_config(handle)
+  local set = settings(handle)
+  local fleet = set.fleet
   local client = handle:streamInfo():downstreamRemoteAddress() or ""
   local request_id = headers:get("x-request-id") or ""
   local body = "{" ..
@@ -136,12 +203,12 @@ local function admit(handle)
     ',"client":' .. json_string(client) ..
     ',"requestId":' .. json_string(request_id) .. "}"
 
-  local rh, rbody = handle:httpCall(TRACKER_CLUSTER, {
+  local rh, rbody = handle:httpCall(set.tracker_cluster, {
     [":method"] = "POST",
     [":path"] = ADMIT_PATH,
     [":authority"] = TRACKER_AUTHORITY,
     ["content-type"] = "application/json",
-  }, body, { timeout_ms = timeout_ms })
+  }, body, { timeout_ms = set.admit_timeout_ms })
 
   local status = tonumber(rh and rh[":status"] or "")
   local reason = rh and rh["x-wsgate-reason"] or ""
@@ -158,6 +225,12 @@ local function admit(handle)
     dm:set(NS, "upstream", upstream)
     dm:set(NS, "conn", conn)
     dm:set(NS, "fleet", fleet)
+    if set.pin == "override_host" then
+      -- After the metadata: should this raise (an Envoy before 1.33 has no
+      -- such method), the filter's 503 is still logged with wsgate.conn,
+      -- and the access log releases the slot. Strict, always (see the top).
+      handle:setUpstreamOverrideHost(upstream, true)
+    end
     return
   end
 
