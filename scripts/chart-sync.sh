@@ -1,10 +1,10 @@
 #!/bin/sh
-# chart-sync: copy Envoy's config and Lua filter from their one source in
-# envoy/ into the Helm chart (Helm cannot read files outside the chart).
-# test/chart fails while the copies differ; run this after editing envoy/.
+# chart-sync: copy the Lua filter from its one source in envoy/ into the Helm
+# chart (Helm cannot read files outside the chart). test/chart fails while
+# the copies differ; run this after editing envoy/wsgate.lua. The chart's
+# Envoy bootstrap is its own template (templates/_dataplane.tpl), rendered
+# from the values; envoy/envoy.yaml is the bootstrap for running without it.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
-for f in envoy.yaml wsgate.lua; do
-	cp "$root/envoy/$f" "$root/charts/wsgate/files/$f"
-done
-echo "charts/wsgate/files: envoy.yaml and wsgate.lua copied from envoy/"
+cp "$root/envoy/wsgate.lua" "$root/charts/wsgate/files/wsgate.lua"
+echo "charts/wsgate/files/wsgate.lua copied from envoy/"
