@@ -11,6 +11,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -202,6 +203,12 @@ func checkStandaloneFleets(t *testing.T, r rendered) {
 		t.Errorf("Envoy NetworkPolicy opens %v to clients, want its listeners http, https", open)
 	}
 	checkEnvoyStats(t, r, 9911)
+	// A backend without targetUtilization leaves it to the scaler's default
+	// (it once rendered the string "<nil>", which the scaler refuses).
+	feed := get[*kedav1alpha1.ScaledObject](t, r, "ScaledObject", "wsg-wsgate-feed")
+	if v, ok := feed.Spec.Triggers[0].Metadata["targetUtilization"]; ok {
+		t.Errorf("feed ScaledObject: targetUtilization %q rendered, though the values give none", v)
+	}
 }
 
 func sameElements(a, b []string) bool {

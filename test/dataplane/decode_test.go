@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	extensionsv1alpha1 "istio.io/client-go/pkg/apis/extensions/v1alpha1"
@@ -65,6 +66,17 @@ func decodeOne(doc []byte, tm metav1.TypeMeta) (any, error) {
 			obj = &egv1a1.EnvoyPatchPolicy{}
 		default:
 			return nil, fmt.Errorf("unexpected Envoy Gateway kind %s", tm.Kind)
+		}
+		return obj, yaml.UnmarshalStrict(doc, obj)
+	case kedav1alpha1.GroupVersion:
+		var obj any
+		switch tm.Kind {
+		case "ScaledObject":
+			obj = &kedav1alpha1.ScaledObject{}
+		case "TriggerAuthentication":
+			obj = &kedav1alpha1.TriggerAuthentication{}
+		default:
+			return nil, fmt.Errorf("unexpected KEDA kind %s", tm.Kind)
 		}
 		return obj, yaml.UnmarshalStrict(doc, obj)
 	case extensionsv1alpha1.SchemeGroupVersion:

@@ -197,12 +197,21 @@ typed_config:
 {{- /* The standalone profile's listeners with defaults filled in. */ -}}
 {{- define "wsgate.listeners" -}}
 {{- $out := list -}}
+{{- $seen := dict (toString .Values.dataPlane.standalone.statsPort) "dataPlane.standalone.statsPort" -}}
 {{- range $i, $l := .Values.dataPlane.standalone.listeners -}}
-{{- $tls := and $l.tls $l.tls.enabled -}}
-{{- if and $tls (not $l.tls.secretName) -}}
+{{- range $k := list $l.name (toString $l.port) -}}
+{{- with get $seen $k -}}
+{{- fail (printf "dataPlane.standalone.listeners[%d]: %s is already taken by %s" $i $k .) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $seen $l.name (printf "listeners[%d]" $i) -}}
+{{- $_ := set $seen (toString $l.port) (printf "listeners[%d]" $i) -}}
+{{- $tlsv := default dict $l.tls -}}
+{{- $tls := and $tlsv.enabled true -}}
+{{- if and $tls (not $tlsv.secretName) -}}
 {{- fail (printf "dataPlane.standalone.listeners[%d] (%s): tls.enabled needs tls.secretName, a kubernetes.io/tls Secret with tls.crt and tls.key" $i $l.name) -}}
 {{- end -}}
-{{- $out = append $out (dict "name" $l.name "port" $l.port "servicePort" (default $l.port $l.servicePort) "tls" $tls "secretName" (ternary $l.tls.secretName "" $tls)) -}}
+{{- $out = append $out (dict "name" $l.name "port" $l.port "servicePort" (default $l.port $l.servicePort) "tls" $tls "secretName" (default "" $tlsv.secretName)) -}}
 {{- end -}}
 {{- if not $out -}}
 {{- fail "dataPlane.standalone.listeners: the standalone Envoy needs at least one listener" -}}
