@@ -15,11 +15,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	istionetworking "istio.io/api/networking/v1alpha3"
 	extensionsv1alpha1 "istio.io/client-go/pkg/apis/extensions/v1alpha1"
-	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	istionetworkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/wsgate/wsgate/envoy"
@@ -85,6 +86,21 @@ func checkMetricsService(t *testing.T, r rendered, selector map[string]string, s
 	if !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == "envoy-stats" && p.Port == statsPort }) {
 		t.Errorf("metrics Service ports %v lack envoy-stats %d", svc.Spec.Ports, statsPort)
 	}
+}
+
+// checkRedisReachable: the bundled Redis admits the trackers in the
+// gateway's pods.
+func checkRedisReachable(t *testing.T, r rendered, selector map[string]string) {
+	t.Helper()
+	np := get[*networkingv1.NetworkPolicy](t, r, "NetworkPolicy", fullname+"-redis")
+	for _, rule := range np.Spec.Ingress {
+		for _, from := range rule.From {
+			if from.PodSelector != nil && maps(from.PodSelector.MatchLabels, selector) {
+				return
+			}
+		}
+	}
+	t.Errorf("the Redis NetworkPolicy %+v does not admit the gateway's pods %v", np.Spec.Ingress, selector)
 }
 
 // checkFilter: the script is the chart's filter with only the install line
@@ -165,10 +181,15 @@ func TestEnvoyGateway(t *testing.T) {
 			r := decodeStrict(t, template(t, "envoygateway.yaml", "--set", "dataPlane.envoyGateway.luaSource="+source))
 			checkStandaloneGone(t, r)
 			checkFleets(t, r, "envoy-edge-public")
-			checkMetricsService(t, r, map[string]string{
+			selector := map[string]string{
+				"app.kubernetes.io/name":                         "envoy",
+				"app.kubernetes.io/component":                    "proxy",
+				"app.kubernetes.io/managed-by":                   "envoy-gateway",
 				"gateway.envoyproxy.io/owning-gateway-name":      "public",
 				"gateway.envoyproxy.io/owning-gateway-namespace": namespace,
-			}, 19001)
+			}
+			checkMetricsService(t, r, selector, 19001)
+			checkRedisReachable(t, r, selector)
 
 			// The EnvoyProxy: the tracker as a native sidecar, and its two
 			// clusters merged into Envoy Gateway's bootstrap.
@@ -315,6 +336,7 @@ func TestIstio(t *testing.T) {
 			checkFleets(t, r, "istio-ingressgateway")
 			selector := map[string]string{"istio": "ingressgateway", "app": "edge-gateway"}
 			checkMetricsService(t, r, selector, 15090)
+			checkRedisReachable(t, r, selector)
 			settings := fmt.Sprintf(`fleet = "chat", pin = "override_host", admit_timeout_ms = 300, tracker_cluster = %q`, tc.clusterName)
 
 			ef := get[*networkingv1alpha3.EnvoyFilter](t, r, "EnvoyFilter", fullname)
@@ -407,7 +429,7 @@ func TestIstio(t *testing.T) {
 // cluster is named cluster.
 func checkLoopbackEntry(t *testing.T, r rendered, name, cluster string) {
 	t.Helper()
-	se := get[*networkingv1.ServiceEntry](t, r, "ServiceEntry", name)
+	se := get[*istionetworkingv1.ServiceEntry](t, r, "ServiceEntry", name)
 	s := &se.Spec
 	if len(s.GetHosts()) != 1 || len(s.GetPorts()) != 1 || len(s.GetEndpoints()) != 1 || s.GetEndpoints()[0].GetAddress() != "127.0.0.1" {
 		t.Fatalf("ServiceEntry %s: %v, want one host and port on 127.0.0.1", name, s.String())

@@ -481,6 +481,8 @@ counts its ready endpoints as the trackers to expect. */ -}}
 {{- else if eq $mode "envoyGateway" -}}
 {{- $eg := .Values.dataPlane.envoyGateway -}}
 {{- /* The labels Envoy Gateway puts on a Gateway's proxy pods. */ -}}
+app.kubernetes.io/name: envoy
+app.kubernetes.io/component: proxy
 app.kubernetes.io/managed-by: envoy-gateway
 gateway.envoyproxy.io/owning-gateway-name: {{ $eg.gateway }}
 gateway.envoyproxy.io/owning-gateway-namespace: {{ .Release.Namespace }}
