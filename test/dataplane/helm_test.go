@@ -102,3 +102,18 @@ func template(t *testing.T, file string, extra ...string) []byte {
 	}
 	return out
 }
+
+// TestLint: helm's own checks, strict, on every profile's values.
+func TestLint(t *testing.T) {
+	for _, args := range [][]string{
+		{"--values", filepath.Join("testdata", "envoygateway.yaml")},
+		{"--values", filepath.Join("testdata", "envoygateway.yaml"), "--set", "dataPlane.envoyGateway.luaSource=ValueRef"},
+		{"--values", filepath.Join("testdata", "istio.yaml")},
+		{"--values", filepath.Join("testdata", "istio.yaml"), "--set", "dataPlane.istio.filter=EnvoyFilter", "--set", "dataPlane.istio.trackerCluster=serviceEntry"},
+	} {
+		out, errOut, err := helmtest.Run(t, helmBin, append([]string{"lint", "--strict", "--kube-version", kubeVersion, chartDir}, args...)...)
+		if err != nil {
+			t.Errorf("helm lint %v: %v\n%s%s", args, err, out, errOut)
+		}
+	}
+}
