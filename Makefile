@@ -24,9 +24,11 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # test: every test, race detector on. Under CI=true a test that needs
-# redis-server fails instead of skipping when it is missing.
+# redis-server fails instead of skipping when it is missing. test/dataplane
+# is a module of its own (Envoy Gateway's and Istio's Go types).
 test: deps vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	cd test/dataplane && $(GO) test -race -count=1 -timeout 20m ./...
 
 # bench: Go benchmarks against a real redis-server started on a free port;
 # figures are reported as ratios to a bare Redis round trip of the same run.

@@ -22,6 +22,9 @@ import (
 
 	"github.com/wsgate/wsgate/envoy"
 	"github.com/wsgate/wsgate/tracker"
+
+	// The TLS listeners' DownstreamTlsContext must resolve in LoadBootstrap.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 )
 
 // Names of a release "wsg" of chart wsgate in namespace "edge".
@@ -46,6 +49,7 @@ var valueSets = []struct {
 	{"cluster.yaml", checkCluster},
 	{"tls.yaml", checkTLS},
 	{"push.yaml", checkPush},
+	{"fleets.yaml", checkStandaloneFleets},
 }
 
 func TestLint(t *testing.T) {
@@ -71,6 +75,9 @@ func TestRender(t *testing.T) {
 			checkRole(t, r)
 			checkRedisEnvShared(t, r)
 			checkScaledObjects(t, r)
+			if vs.file != "fleets.yaml" {
+				checkEnvoyStats(t, r, 9902)
+			}
 			vs.check(t, r)
 		})
 	}
@@ -213,8 +220,9 @@ func hasPort(c *corev1.Container, name string, port int32) bool {
 }
 
 // checkConfigMap parses the rendered config the way the processes will:
-// the fleets file with tracker.ParseFleets, the Envoy bootstrap with
-// envoy.LoadBootstrap, and it requires every fleet a route names to exist.
+// the fleets file with tracker.ParseFleets, the Envoy bootstrap (rendered
+// from the values) with envoy.LoadBootstrap, and it requires every fleet a
+// route names to exist.
 func checkConfigMap(t *testing.T, r rendered) {
 	t.Helper()
 	fleets, err := tracker.ParseFleets([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))

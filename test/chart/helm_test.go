@@ -2,8 +2,10 @@ package chart_test
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"testing"
 
@@ -18,6 +20,9 @@ var (
 	helmBin  string
 	chartDir string
 	repoRoot string
+	// profileChart is chartDir, or a copy of it whose filter carries the
+	// per-install settings line, until envoy/wsgate.lua has it.
+	profileChart string
 )
 
 func TestMain(m *testing.M) {
@@ -25,7 +30,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "test/chart:", err)
 		os.Exit(1)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if profileChart != chartDir {
+		os.RemoveAll(profileChart)
+	}
+	os.Exit(code)
 }
 
 func setup() error {
@@ -33,8 +42,56 @@ func setup() error {
 	repoRoot = filepath.Join(filepath.Dir(file), "..", "..")
 	chartDir = filepath.Join(repoRoot, "charts", "wsgate")
 	var err error
+	if profileChart, err = chartWithInstallLine(chartDir); err != nil {
+		return err
+	}
 	helmBin, err = helmtest.Build()
 	return err
+}
+
+// installLine is the line of the filter that the envoyGateway and istio
+// profiles replace with the filter's settings (templates/_dataplane.tpl).
+const installLine = "local INSTALL = {}"
+
+// chartWithInstallLine returns dir if its filter has the install line, or
+// a copy of the chart whose filter has it prepended. The copy stands in
+// until the filter that reads INSTALL lands; it then goes unused.
+func chartWithInstallLine(dir string) (string, error) {
+	lua, err := os.ReadFile(filepath.Join(dir, "files", "wsgate.lua"))
+	if err != nil {
+		return "", err
+	}
+	if regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(installLine) + `$`).Match(lua) {
+		return dir, nil
+	}
+	return copyChart(dir, func(lua []byte) []byte { return append([]byte(installLine+"\n"), lua...) })
+}
+
+// copyChart copies the chart at dir into a new temporary directory, with
+// files/wsgate.lua passed through edit.
+func copyChart(dir string, edit func([]byte) []byte) (string, error) {
+	dst, err := os.MkdirTemp("", "wsgate-chart-")
+	if err != nil {
+		return "", err
+	}
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if rel == filepath.Join("files", "wsgate.lua") {
+			b = edit(b)
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
+	})
+	return dst, err
 }
 
 // runHelm runs the pinned helm and returns stdout and stderr.

@@ -56,6 +56,16 @@ func TestSchemaRejects(t *testing.T) {
 			[]string{"/envoy", "'replica' not allowed"}},
 		{"readiness ratio above 1", []string{"--set-json", "scaler.readinessRatio=1.5"},
 			[]string{"/scaler/readinessRatio", "maximum"}},
+		{"data plane mode", []string{"--set", "dataPlane.mode=linkerd"},
+			[]string{"/dataPlane/mode", "'standalone', 'envoyGateway', 'istio'"}},
+		{"pin mode", []string{"--set-json", `dataPlane.standalone.routes=[{"fleet":"default","pin":"header"}]`},
+			[]string{"/dataPlane/standalone/routes/0/pin", "'original_dst', 'override_host'"}},
+		{"listener named like the metrics port", []string{"--set-json", `dataPlane.standalone.listeners=[{"name":"metrics","port":8080}]`},
+			[]string{"/dataPlane/standalone/listeners/0/name"}},
+		{"no listener", []string{"--set-json", `dataPlane.standalone.listeners=[]`},
+			[]string{"/dataPlane/standalone/listeners", "minItems"}},
+		{"istio filter kind", []string{"--set", "dataPlane.istio.filter=WasmPlugin"},
+			[]string{"/dataPlane/istio/filter", "'TrafficExtension', 'EnvoyFilter'"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -92,11 +102,50 @@ func TestTemplateRejects(t *testing.T) {
 		{"min above max", []string{"--set-json", backend("default", 5, 2)}, "keda.backends[0] (b): minReplicaCount 5 is above maxReplicaCount 2"},
 		{"unknown backend fleet", []string{"--set-json", backend("chat", 1, 2)}, `keda.backends[0] (b): fleet "chat" is not one of fleets[].name`},
 		{"unknown envoy fleet", []string{"--set", "keda.envoy.enabled=true", "--set", "keda.envoy.fleet=chat"}, `keda.envoy.fleet "chat" is not one of fleets[].name`},
+
+		// The standalone profile's routes and listeners.
+		{"route into an unknown fleet", []string{"--set-json", `dataPlane.standalone.routes=[{"fleet":"chat"}]`},
+			`dataPlane.standalone.routes[0]: fleet "chat" is not one of fleets[].name [default]`},
+		{"two fleets without routes", []string{"--set-json", `fleets=[{"name":"default"},{"name":"games"}]`},
+			"dataPlane.standalone.routes: with 2 fleets, say which upgrades go to which fleet"},
+		{"TLS without a Secret", []string{"--set-json", `dataPlane.standalone.listeners=[{"name":"https","port":8443,"tls":{"enabled":true}}]`},
+			"dataPlane.standalone.listeners[0] (https): tls.enabled needs tls.secretName"},
+		{"override host without upstream", []string{"--set-json", `dataPlane.standalone.routes=[{"fleet":"default","pin":"override_host"}]`},
+			"dataPlane.standalone.routes[0] (fleet default): pin override_host needs upstream.address and upstream.port"},
+		{"listener on the stats port", []string{"--set-json", `dataPlane.standalone.listeners=[{"name":"http","port":9902}]`},
+			"dataPlane.standalone.listeners[0]: 9902 is already taken by dataPlane.standalone.statsPort"},
+		{"two listeners of one name", []string{"--set-json", `dataPlane.standalone.listeners=[{"name":"http","port":8080},{"name":"http","port":8081}]`},
+			"dataPlane.standalone.listeners[1]: http is already taken by listeners[0]"},
+		{"host in two host lists", []string{"--set-json", `dataPlane.standalone.routes=[{"fleet":"default","hosts":["a.example"]},{"fleet":"default","hosts":["a.example","b.example"]}]`},
+			`dataPlane.standalone.routes[1]: host "a.example" is also in another route's hosts "a.example"`},
+
+		// The envoyGateway profile's required values.
+		{"envoy gateway without a gateway", []string{"--set", "dataPlane.mode=envoyGateway", "--set", "dataPlane.envoyGateway.envoyService=gw-envoy"},
+			"dataPlane.envoyGateway.gateway: name the Gateway"},
+		{"envoy gateway without routes", []string{"--set", "dataPlane.mode=envoyGateway", "--set", "dataPlane.envoyGateway.gateway=gw", "--set", "dataPlane.envoyGateway.envoyService=gw-envoy"},
+			"dataPlane.envoyGateway.routes: list at least one {fleet, httpRoutes}"},
+		{"envoy gateway route into an unknown fleet", append(egArgs("chat"), "--set", "dataPlane.envoyGateway.envoyService=gw-envoy"),
+			`dataPlane.envoyGateway.routes[0]: fleet "chat" is not one of fleets[].name`},
+		{"envoy gateway without listeners", []string{"--set", "dataPlane.mode=envoyGateway", "--set", "dataPlane.envoyGateway.gateway=gw", "--set", "dataPlane.envoyGateway.envoyService=gw-envoy",
+			"--set-json", `dataPlane.envoyGateway.routes=[{"fleet":"default","httpRoutes":["ws"]}]`},
+			"dataPlane.envoyGateway.listeners: name the Gateway's listeners"},
+		{"envoy gateway without the Envoy Service", egArgs("default"),
+			"dataPlane.envoyGateway.envoyService: name the Service of the gateway's Envoy pods (in namespace edge)"},
+		{"envoy gateway scaling Envoy", append(egArgs("default"), "--set", "dataPlane.envoyGateway.envoyService=gw-envoy", "--set", "keda.envoy.enabled=true"),
+			"keda.envoy.enabled scales the chart's own Envoy, which dataPlane.mode envoyGateway does not run"},
+
+		// The istio profile's required values.
+		{"istio with two fleets and none chosen", []string{"--set", "dataPlane.mode=istio", "--set", "dataPlane.istio.envoyService=ingress", "--set-json", `fleets=[{"name":"default"},{"name":"games"}]`},
+			"dataPlane.istio.fleet: with 2 fleets, name the one this gateway admits into"},
+		{"istio into an unknown fleet", []string{"--set", "dataPlane.mode=istio", "--set", "dataPlane.istio.fleet=chat", "--set", "dataPlane.istio.envoyService=ingress"},
+			`dataPlane.istio.fleet: fleet "chat" is not one of fleets[].name`},
+		{"istio without the Envoy Service", []string{"--set", "dataPlane.mode=istio"},
+			"dataPlane.istio.envoyService: name the Service of the gateway's Envoy pods"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			args := append([]string{"template", "wsg", chartDir, "--kube-version", kubeVersion}, tc.args...)
+			args := append([]string{"template", "wsg", profileChart, "--namespace", namespace, "--kube-version", kubeVersion}, tc.args...)
 			_, errOut, err := runHelm(t, args...)
 			if err == nil {
 				t.Fatalf("helm template %v succeeded, want an error", tc.args)
@@ -109,16 +158,15 @@ func TestTemplateRejects(t *testing.T) {
 }
 
 // TestChartFilesMatchEnvoy: Helm reads files only inside the chart, so the
-// chart keeps copies of envoy/; scripts/chart-sync.sh refreshes them.
+// chart keeps a copy of the filter; scripts/chart-sync.sh refreshes it. (The
+// chart's Envoy bootstrap is a template of its own, rendered from the values.)
 func TestChartFilesMatchEnvoy(t *testing.T) {
-	for name, src := range map[string][]byte{"envoy.yaml": envoy.BootstrapYAML, "wsgate.lua": envoy.FilterLua} {
-		got, err := os.ReadFile(filepath.Join(chartDir, "files", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, src) {
-			t.Errorf("charts/wsgate/files/%s differs from envoy/%s: run scripts/chart-sync.sh", name, name)
-		}
+	got, err := os.ReadFile(filepath.Join(chartDir, "files", "wsgate.lua"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, envoy.FilterLua) {
+		t.Error("charts/wsgate/files/wsgate.lua differs from envoy/wsgate.lua: run scripts/chart-sync.sh")
 	}
 }
 
@@ -176,6 +224,36 @@ func TestTerminationDrainsEnvoy(t *testing.T) {
 		pre := ev.Lifecycle
 		if pre == nil || pre.PreStop == nil || pre.PreStop.HTTPGet == nil || pre.PreStop.HTTPGet.Path != "/shutdown" || pre.PreStop.HTTPGet.Port.IntValue() != 9103 {
 			t.Errorf("kube %s: envoy preStop %+v, want GET /shutdown on 9103", v.kube, pre)
+		}
+	}
+}
+
+// egArgs are the values of an envoyGateway install with a route into fleet.
+func egArgs(fleet string) []string {
+	return []string{"--set", "dataPlane.mode=envoyGateway", "--set", "dataPlane.envoyGateway.gateway=gw",
+		"--set-json", `dataPlane.envoyGateway.listeners=["http"]`,
+		"--set-json", fmt.Sprintf(`dataPlane.envoyGateway.routes=[{"fleet":%q,"httpRoutes":["ws"]}]`, fleet)}
+}
+
+// TestFilterWithoutInstallLine: the profiles that give the filter its
+// settings in the filter's text refuse to render a filter that lacks the
+// line they replace, instead of installing a filter without its fleet.
+func TestFilterWithoutInstallLine(t *testing.T) {
+	dir, err := copyChart(profileChart, func(lua []byte) []byte {
+		return bytes.ReplaceAll(lua, []byte(installLine), []byte("local INSTALL = nil"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	for _, args := range [][]string{
+		append(egArgs("default"), "--set", "dataPlane.envoyGateway.envoyService=gw-envoy"),
+		{"--set", "dataPlane.mode=istio", "--set", "dataPlane.istio.envoyService=ingress"},
+	} {
+		_, errOut, err := runHelm(t, append([]string{"template", "wsg", dir, "--kube-version", kubeVersion}, args...)...)
+		want := `charts/wsgate/files/wsgate.lua: dataPlane.mode`
+		if err == nil || !strings.Contains(string(errOut), want) || !strings.Contains(string(errOut), installLine) {
+			t.Errorf("helm template %v: %v, want an error naming the missing line:\n%s", args, err, errOut)
 		}
 	}
 }
