@@ -22,9 +22,6 @@ import (
 
 	"github.com/wsgate/wsgate/envoy"
 	"github.com/wsgate/wsgate/tracker"
-
-	// The TLS listeners' DownstreamTlsContext must resolve in LoadBootstrap.
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 )
 
 // Names of a release "wsg" of chart wsgate in namespace "edge".

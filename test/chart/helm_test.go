@@ -5,7 +5,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"testing"
 
@@ -20,9 +19,6 @@ var (
 	helmBin  string
 	chartDir string
 	repoRoot string
-	// profileChart is chartDir, or a copy of it whose filter carries the
-	// per-install settings line, until envoy/wsgate.lua has it.
-	profileChart string
 )
 
 func TestMain(m *testing.M) {
@@ -30,11 +26,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "test/chart:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
-	if profileChart != chartDir {
-		os.RemoveAll(profileChart)
-	}
-	os.Exit(code)
+	os.Exit(m.Run())
 }
 
 func setup() error {
@@ -42,9 +34,6 @@ func setup() error {
 	repoRoot = filepath.Join(filepath.Dir(file), "..", "..")
 	chartDir = filepath.Join(repoRoot, "charts", "wsgate")
 	var err error
-	if profileChart, err = chartWithInstallLine(chartDir); err != nil {
-		return err
-	}
 	helmBin, err = helmtest.Build()
 	return err
 }
@@ -52,20 +41,6 @@ func setup() error {
 // installLine is the line of the filter that the envoyGateway and istio
 // profiles replace with the filter's settings (templates/_dataplane.tpl).
 const installLine = "local INSTALL = {}"
-
-// chartWithInstallLine returns dir if its filter has the install line, or
-// a copy of the chart whose filter has it prepended. The copy stands in
-// until the filter that reads INSTALL lands; it then goes unused.
-func chartWithInstallLine(dir string) (string, error) {
-	lua, err := os.ReadFile(filepath.Join(dir, "files", "wsgate.lua"))
-	if err != nil {
-		return "", err
-	}
-	if regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(installLine) + `$`).Match(lua) {
-		return dir, nil
-	}
-	return copyChart(dir, func(lua []byte) []byte { return append([]byte(installLine+"\n"), lua...) })
-}
 
 // copyChart copies the chart at dir into a new temporary directory, with
 // files/wsgate.lua passed through edit.

@@ -145,7 +145,7 @@ func TestTemplateRejects(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			args := append([]string{"template", "wsg", profileChart, "--namespace", namespace, "--kube-version", kubeVersion}, tc.args...)
+			args := append([]string{"template", "wsg", chartDir, "--namespace", namespace, "--kube-version", kubeVersion}, tc.args...)
 			_, errOut, err := runHelm(t, args...)
 			if err == nil {
 				t.Fatalf("helm template %v succeeded, want an error", tc.args)
@@ -239,7 +239,7 @@ func egArgs(fleet string) []string {
 // settings in the filter's text refuse to render a filter that lacks the
 // line they replace, instead of installing a filter without its fleet.
 func TestFilterWithoutInstallLine(t *testing.T) {
-	dir, err := copyChart(profileChart, func(lua []byte) []byte {
+	dir, err := copyChart(chartDir, func(lua []byte) []byte {
 		return bytes.ReplaceAll(lua, []byte(installLine), []byte("local INSTALL = nil"))
 	})
 	if err != nil {

@@ -8,10 +8,8 @@ package dataplane_test
 
 import (
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"testing"
 
@@ -39,9 +37,8 @@ func TestMain(m *testing.M) {
 	_, file, _, _ := runtime.Caller(0)
 	src := filepath.Join(filepath.Dir(file), "..", "..", "charts", "wsgate")
 	var err error
-	if chartDir, err = chartWithInstallLine(src); err == nil {
-		filterLua, err = os.ReadFile(filepath.Join(chartDir, "files", "wsgate.lua"))
-	}
+	chartDir = src
+	filterLua, err = os.ReadFile(filepath.Join(chartDir, "files", "wsgate.lua"))
 	if err == nil {
 		helmBin, err = helmtest.Build()
 	}
@@ -49,45 +46,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "test/dataplane:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
-	if chartDir != src {
-		os.RemoveAll(chartDir)
-	}
-	os.Exit(code)
-}
-
-// chartWithInstallLine returns dir if its filter has the install line, or
-// a copy of the chart whose filter has it prepended: the copy stands in
-// until the filter that reads INSTALL lands, and then goes unused.
-func chartWithInstallLine(dir string) (string, error) {
-	lua, err := os.ReadFile(filepath.Join(dir, "files", "wsgate.lua"))
-	if err != nil {
-		return "", err
-	}
-	if regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(installLine) + `$`).Match(lua) {
-		return dir, nil
-	}
-	dst, err := os.MkdirTemp("", "wsgate-chart-")
-	if err != nil {
-		return "", err
-	}
-	return dst, filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() {
-			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		if rel == filepath.Join("files", "wsgate.lua") {
-			b = append([]byte(installLine+"\n"), b...)
-		}
-		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
-	})
+	os.Exit(m.Run())
 }
 
 // template renders the chart with a testdata values file and extra helm
