@@ -26,6 +26,7 @@ vet:
 # redis-server fails instead of skipping when it is missing.
 test: deps vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	cd test/monitoring && $(GO) test -race -count=1 -timeout 20m ./...
 
 # bench: Go benchmarks against a real redis-server started on a free port;
 # figures are reported as ratios to a bare Redis round trip of the same run.
