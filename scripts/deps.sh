@@ -2,7 +2,8 @@
 # Installs what wsgate's tests need beyond Go: redis-server and redis-cli,
 # the SPIN model checker with a C compiler (tracker/model), and LuaJIT
 # (envoy/wsgate.lua under a real LuaJIT), and etcd (test/kube's control plane),
-# from Debian's packages. Without root it says what to install instead.
+# and Prometheus (test/monitoring's real server), from Debian's packages.
+# Without root it says what to install instead.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -11,13 +12,14 @@ command -v spin >/dev/null 2>&1 || missing+=(spin)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v luajit >/dev/null 2>&1 || missing+=(luajit)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "deps: installing ${missing[*]} from Debian's packages" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  for c in redis-server redis-cli spin gcc luajit etcd; do
+  for c in redis-server redis-cli spin gcc luajit etcd prometheus; do
     command -v "$c" >/dev/null || { echo "deps: install finished but $c still missing" >&2; exit 1; }
   done
   exit 0
