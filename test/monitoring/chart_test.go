@@ -61,6 +61,7 @@ func TestChartRendersDashboards(t *testing.T) {
 		}
 		cms := map[string]corev1.ConfigMap{}
 		for _, doc := range strings.Split(string(out), "\n---\n") {
+			doc += "\n" // the separator took the document's last newline
 			var cm corev1.ConfigMap
 			if err := yaml.Unmarshal([]byte(doc), &cm); err != nil || cm.Kind != "ConfigMap" || !strings.Contains(cm.Name, "-dashboard-") {
 				continue
@@ -112,8 +113,8 @@ func TestChartRendersDashboards(t *testing.T) {
 	})
 	t.Run("schema rejects a bad label", func(t *testing.T) {
 		_, errOut, err := helmtest.Run(t, helm, "template", "wsg", chart, "--set", "monitoring.dashboards.label=not a label")
-		if err == nil || !strings.Contains(string(errOut), "monitoring.dashboards.label") {
-			t.Errorf("label %q: err %v, stderr %s; want the schema to name monitoring.dashboards.label", "not a label", err, errOut)
+		if err == nil || !strings.Contains(string(errOut), "monitoring/dashboards/label") {
+			t.Errorf("label %q: err %v, stderr %s; want the schema to name /monitoring/dashboards/label", "not a label", err, errOut)
 		}
 	})
 }
