@@ -29,6 +29,7 @@ vet:
 test: deps vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	cd test/dataplane && $(GO) test -race -count=1 -timeout 20m ./...
+	cd test/monitoring && $(GO) test -race -count=1 -timeout 20m ./...
 
 # bench: Go benchmarks against a real redis-server started on a free port;
 # figures are reported as ratios to a bare Redis round trip of the same run.

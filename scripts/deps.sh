@@ -2,7 +2,9 @@
 # Installs what wsgate's tests need beyond Go: redis-server and redis-cli,
 # the SPIN model checker with a C compiler (tracker/model), and LuaJIT
 # (envoy/wsgate.lua under a real LuaJIT), etcd (test/kube's control plane), and
-# Prometheus with promtool (test/alerts: the alert rules), from Debian's packages. Without root it says what to install instead.
+# Prometheus with promtool (test/alerts: the alert rules; test/monitoring: the
+# dashboards against a real server), from Debian's packages. Without root it
+# says what to install instead.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
