@@ -71,7 +71,7 @@ print-version:
 
 test: deps vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
-	cd build/image && $(GO) test -race -count=1 -timeout 10m ./...
+	cd build/image && $(GO) test -race -count=1 -timeout 20m ./...
 
 # bench: Go benchmarks against a real redis-server started on a free port;
 # figures are reported as ratios to a bare Redis round trip of the same run.
