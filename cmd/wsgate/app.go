@@ -17,6 +17,7 @@ import (
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 
+	"github.com/wsgate/wsgate/buildinfo"
 	"github.com/wsgate/wsgate/tracker"
 )
 
@@ -54,7 +55,7 @@ func runAppDraining(app *fx.App, drain func()) error {
 
 func newRegistry() (*prometheus.Registry, prometheus.Registerer, prometheus.Gatherer) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Collector())
 	return reg, reg, reg
 }
 

@@ -19,6 +19,7 @@ Usage:
   wsgate metrics [view] [flags]   the operator's view of the state in Redis
   wsgate forget-instance --fleet F ID   give back a dead instance's slots (--expired-instances=keep)
   wsgate demo    [flags]   the whole system on this machine, with an embedded Redis
+  wsgate version [--json]  which build this is: version, commit, commit time
 
 Run "wsgate <command> -h" for a command's flags. Every flag can also be set
 from the environment as WSGATE_<FLAG> (--redis-addr: WSGATE_REDIS_ADDR).

@@ -43,8 +43,39 @@ app.kubernetes.io/instance: {{ $root.Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
+{{/* The wsgate image: tag defaults to the chart's appVersion. */}}
 {{- define "wsgate.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ include "wsgate.imageRef" (dict "image" .Values.image "global" .Values.global "tag" .Chart.AppVersion) }}
+{{- end -}}
+
+{{/*
+An image reference, include with (dict "image" .Values.x.image "global"
+.Values.global ["tag" default]). global.imageRegistry, else image.registry,
+replaces the repository's registry (its first part, when that names a host:
+has a '.' or ':', or is localhost); a Docker Hub official image (one part,
+as redis) becomes library/<name> as a mirror serves it. With image.digest
+the reference is repository@digest, the tag unused.
+*/}}
+{{- define "wsgate.imageRef" -}}
+{{- $img := .image -}}
+{{- $repo := $img.repository -}}
+{{- $registry := (.global).imageRegistry | default $img.registry -}}
+{{- if $registry -}}
+{{- $parts := splitList "/" $repo -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $parts = rest $parts -}}
+{{- end -}}
+{{- if eq (len $parts) 1 -}}
+{{- $parts = prepend $parts "library" -}}
+{{- end -}}
+{{- $repo = printf "%s/%s" $registry (join "/" $parts) -}}
+{{- end -}}
+{{- if $img.digest -}}
+{{ $repo }}@{{ $img.digest }}
+{{- else -}}
+{{ $repo }}:{{ $img.tag | default .tag }}
+{{- end -}}
 {{- end -}}
 
 {{/* Prometheus scrape annotations for the telemetry port. */}}
