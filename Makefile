@@ -39,7 +39,7 @@ all: build
 # deps installs what the tests need beyond Go, from Debian's packages:
 # redis-server and redis-cli, spin and gcc (tracker/model), luajit (the
 # filter under a stock LuaJIT), etcd (test/kube's control plane), prometheus
-# and promtool (test/alerts).
+# and promtool (test/alerts, test/monitoring), ca-certificates (make image).
 deps:
 	@./scripts/deps.sh
 
@@ -68,8 +68,11 @@ vet:
 # redis-server fails instead of skipping when it is missing. test/dataplane,
 # test/monitoring and build/image are modules of their own (Envoy Gateway's
 # and Istio's Go types; Prometheus' parser; go-containerregistry).
+# The control plane test/kube runs is built first (scripts/kube-tools.sh,
+# cached), outside any test's timeout.
 test: deps vet
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	WSGATE_KUBE_BINDIR="$$(./scripts/kube-tools.sh)" && export WSGATE_KUBE_BINDIR && \
+	  $(GO) test -race -count=1 -timeout 20m $(PKGS)
 	cd test/dataplane && $(GO) test -race -count=1 -timeout 20m ./...
 	cd test/monitoring && $(GO) test -race -count=1 -timeout 20m ./...
 	cd build/image && $(GO) test -race -count=1 -timeout 20m ./...
