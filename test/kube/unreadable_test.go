@@ -40,6 +40,7 @@ func TestUnreadableScaledObjectDrainsNothingTheHPAKeeps(t *testing.T) {
 	const settle = 500 * time.Millisecond
 	e := fleetSetup{rules: rules, replicas: 10, cap: 10, scaledObject: true, min: minimum, behavior: quickBehavior,
 		hook: []podcost.Option{podcost.WithSettle(settle)}}.start(ctx, t)
+	startTracker(ctx, t, e.store, e.fleets, "envoy-1") // heartbeats: the scaler answers
 	e.awaitReady(ctx, t, fleet, 10)
 
 	h := &hpa{down: *quickBehavior.ScaleDown, sync: 250 * time.Millisecond, min: minimum}
