@@ -87,6 +87,44 @@ func TestApplyChangesRateRetryAfterAndPods(t *testing.T) {
 	}
 }
 
+// Removing a static fleet's pods: list removes them from the registry,
+// as discovery does. They are not placeable any more, and the connection
+// one of them holds stays counted until it ends.
+func TestApplyRemovingStaticPodsUnregistersThem(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 1, "10.0.0.1:80", "10.0.0.2:80"))
+	start(t, mr, clk, tr)
+	held := admit(t, tr, "chat")
+	if !held.Admitted {
+		t.Fatalf("admission = %+v, want admitted", held)
+	}
+	apply(t, tr, fleetCfg("chat", 1))
+	heartbeat(t, tr)
+	store := tracker.NewStore(rdb, "wsgate")
+	snap, err := store.Snapshot(context.Background(), "chat", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Pods) != 0 {
+		t.Fatalf("registry after removing pods: = %v, want empty", snap.Pods)
+	}
+	if got := snap.Load[held.Pod]; got != 1 {
+		t.Fatalf("Redis counts %d on the removed pod %s, want its live connection (1)", got, held.Pod)
+	}
+	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonNoPods {
+		t.Fatalf("admission with every pod removed = %+v, want no_pods", r)
+	}
+	release(t, tr, held.Conn)
+	heartbeat(t, tr)
+	if snap, err = store.Snapshot(context.Background(), "chat", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Load[held.Pod]; got != 0 {
+		t.Fatalf("Redis counts %d on the removed pod %s after its connection ended, want 0", got, held.Pod)
+	}
+}
+
 // An added fleet is served once Redis has its state: a fleet Redis never
 // saw gets a new epoch, with the same wait as after data loss.
 func TestApplyAddsAFleet(t *testing.T) {

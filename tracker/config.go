@@ -8,8 +8,6 @@ import (
 	"regexp"
 	"strconv"
 	"time"
-
-	"sigs.k8s.io/yaml"
 )
 
 // Policy chooses among the pods that are under the cap.
@@ -128,11 +126,11 @@ type Duration time.Duration
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration: want a string such as \"5s\", got %s", b)
+		return errors.New(`want a duration such as "5s"`)
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("duration %q: %w", s, err)
+		return fmt.Errorf(`want a duration such as "5s" (%w)`, err)
 	}
 	*d = Duration(v)
 	return nil
@@ -140,45 +138,6 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 // MarshalJSON writes the duration as a string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-// FleetsFile is the tracker's --config file.
-type FleetsFile struct {
-	Fleets []FleetConfig `json:"fleets"`
-}
-
-// ParseFleets decodes a fleets file (YAML or JSON), rejecting unknown
-// fields, and validates every fleet with defaults applied.
-func ParseFleets(data []byte) ([]FleetConfig, error) {
-	var f FleetsFile
-	if err := yaml.UnmarshalStrict(data, &f); err != nil {
-		return nil, fmt.Errorf("fleets file: %w", err)
-	}
-	if len(f.Fleets) == 0 {
-		return nil, errors.New("fleets file: no fleets defined (want a top-level `fleets:` list)")
-	}
-	// WithDefaults cannot tell a field left out from one set to zero: an
-	// explicit zero must not silently become the default.
-	var raw struct {
-		Fleets []map[string]any `json:"fleets"`
-	}
-	if err := yaml.Unmarshal(data, &raw); err != nil {
-		return nil, fmt.Errorf("fleets file: %w", err)
-	}
-	for i, m := range raw.Fleets {
-		for _, z := range explicitZeros {
-			if v, ok := m[z.field]; ok && isZero(v) {
-				return nil, fmt.Errorf("fleets file: fleet %s: %s %v: %s (leave it out for the default %s)", f.Fleets[i].Name, z.field, v, z.want, z.def)
-			}
-		}
-	}
-	for i := range f.Fleets {
-		f.Fleets[i] = f.Fleets[i].WithDefaults()
-		if err := f.Fleets[i].Validate(); err != nil {
-			return nil, fmt.Errorf("fleets file: %w", err)
-		}
-	}
-	return f.Fleets, nil
-}
 
 // explicitZeros are the fleet fields whose zero value means "default" in
 // FleetConfig, so a fleets file must not write it.
@@ -189,8 +148,21 @@ var explicitZeros = []struct{ field, want, def string }{
 	{"retryAfter", "must be positive", "5s"},
 }
 
+// explicitZero reports whether the file sets field to a zero that
+// FleetConfig would take for "default", and what the field wants instead.
+func explicitZero(field string, v any) (struct{ field, want, def string }, bool) {
+	for _, z := range explicitZeros {
+		if z.field == field && isZero(v) {
+			return z, true
+		}
+	}
+	return struct{ field, want, def string }{}, false
+}
+
 func isZero(v any) bool {
 	switch v := v.(type) {
+	case int:
+		return v == 0
 	case float64:
 		return v == 0
 	case string:
@@ -225,36 +197,36 @@ func (c FleetConfig) WithDefaults() FleetConfig {
 // Validate names the first field of c that is wrong.
 func (c FleetConfig) Validate() error {
 	if !fleetName.MatchString(c.Name) {
-		return fmt.Errorf("fleet name %q: want 1-63 characters of letters, digits, '.', '_' or '-'", c.Name)
+		return fieldErr("", "name", strconv.Quote(c.Name), "want 1-63 characters of letters, digits, '.', '_' or '-'")
 	}
 	if c.MaxConnectionsPerPod < 1 {
-		return fmt.Errorf("fleet %s: maxConnectionsPerPod %d: must be at least 1", c.Name, c.MaxConnectionsPerPod)
+		return fieldErr(c.Name, "maxConnectionsPerPod", strconv.Itoa(c.MaxConnectionsPerPod), "must be at least 1")
 	}
 	if c.RatePerSecond <= 0 {
-		return fmt.Errorf("fleet %s: ratePerSecond %g: must be positive", c.Name, c.RatePerSecond)
+		return fieldErr(c.Name, "ratePerSecond", fmt.Sprint(c.RatePerSecond), "must be positive")
 	}
 	if c.Burst < 1 {
-		return fmt.Errorf("fleet %s: burst %d: must be at least 1", c.Name, c.Burst)
+		return fieldErr(c.Name, "burst", strconv.Itoa(c.Burst), "must be at least 1")
 	}
 	if c.Policy != PolicyPack && c.Policy != PolicySpread {
-		return fmt.Errorf("fleet %s: policy %q: want pack or spread", c.Name, c.Policy)
+		return fieldErr(c.Name, "policy", strconv.Quote(string(c.Policy)), "want pack or spread")
 	}
 	if c.RetryAfter < 0 {
-		return fmt.Errorf("fleet %s: retryAfter %s: must not be negative", c.Name, time.Duration(c.RetryAfter))
+		return fieldErr(c.Name, "retryAfter", time.Duration(c.RetryAfter).String(), "must not be negative")
 	}
 	if c.Service != "" && len(c.Pods) > 0 {
-		return fmt.Errorf("fleet %s: service and pods: choose one, discovery or a static list", c.Name)
+		return fieldErr(c.Name, "pods", "", "service is set too: choose one, discovery or a static list")
 	}
 	if c.Service == "" && c.Port != "" {
-		return fmt.Errorf("fleet %s: port %q: only meaningful with service", c.Name, c.Port)
+		return fieldErr(c.Name, "port", strconv.Quote(c.Port), "only meaningful with service")
 	}
 	seen := map[string]bool{}
 	for _, p := range c.Pods {
 		if err := ValidatePodAddr(p); err != nil {
-			return fmt.Errorf("fleet %s: pods: %w", c.Name, err)
+			return fieldErr(c.Name, "pods", "", "%v", err)
 		}
 		if seen[p] {
-			return fmt.Errorf("fleet %s: pods: %q listed twice", c.Name, p)
+			return fieldErr(c.Name, "pods", "", "%q listed twice", p)
 		}
 		seen[p] = true
 	}

@@ -91,11 +91,14 @@ func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
 	if err != nil {
 		return err
 	}
-	if newEpoch := res.Epoch != known; (newEpoch || f.podsDirty.Load()) && len(f.conf().Pods) > 0 {
+	if newEpoch := res.Epoch != known; (newEpoch && len(f.conf().Pods) > 0) || f.podsDirty.Load() {
 		// A new epoch means Redis lost its data (or this is the first
 		// heartbeat): the static registry goes back in, as it does when
 		// Apply changed it, and one more sync refreshes the fallback's
-		// view of the placeable pods.
+		// view of the placeable pods. A list Apply emptied is written
+		// too: the pods it dropped leave the registry, as discovery
+		// removes a pod, and their counted connections stay counted
+		// until they end.
 		f.podsDirty.Store(false)
 		if err := t.SetStaticPods(ctx, f.name); err != nil {
 			f.podsDirty.Store(true)

@@ -136,6 +136,11 @@ func DescribeRedisError(err error) string {
 	case "MASTERDOWN", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN":
 		return "Redis is not serving yet (" + code + ")"
 	}
+	if lower := strings.ToLower(msg); strings.Contains(lower, "unknown command") && strings.Contains(lower, "sentinel") {
+		// --redis-master-name asks --redis-addr for the master with
+		// SENTINEL get-master-addr-by-name, which only a Sentinel knows.
+		return "--redis-addr is not a Sentinel but a plain Redis (" + msg + "): drop --redis-master-name to use it directly, or list the Sentinels' addresses (port 26379 by default) in --redis-addr"
+	}
 	if strings.Contains(msg, "scripting") || strings.Contains(strings.ToLower(msg), "unknown command") {
 		return "Redis does not run scripts (" + msg + "): wsgate needs EVAL/EVALSHA"
 	}

@@ -107,14 +107,19 @@ func (b *syncBuffer) String() string {
 func TestRedisRefusalIsNamed(t *testing.T) {
 	s := redistest.Start(t)
 	cases := map[string]struct {
-		rdb  func() *redis.Client
+		rdb  func() redis.UniversalClient
 		want string
 	}{
-		"no evalsha": {func() *redis.Client { return aclClient(t, s, "no-eval", "~* +@all -evalsha -eval") }, "NOPERM"},
-		"wrong password": {func() *redis.Client {
+		"master name on a plain Redis": {func() redis.UniversalClient {
+			rdb, _ := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{s.Addr()}, MasterName: "mymaster"})
+			t.Cleanup(func() { rdb.Close() })
+			return rdb
+		}, "--redis-addr is not a Sentinel but a plain Redis"},
+		"no evalsha": {func() redis.UniversalClient { return aclClient(t, s, "no-eval", "~* +@all -evalsha -eval") }, "NOPERM"},
+		"wrong password": {func() redis.UniversalClient {
 			rdb, _ := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{s.Addr()}, Username: "no-eval", Password: "wrong"})
 			t.Cleanup(func() { rdb.Close() })
-			return rdb.(*redis.Client)
+			return rdb
 		}, "WRONGPASS"},
 	}
 	for name, c := range cases {

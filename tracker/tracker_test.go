@@ -3,6 +3,7 @@ package tracker_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -601,6 +602,33 @@ func TestParseFleets(t *testing.T) {
 	} {
 		if _, err := tracker.ParseFleets([]byte(doc)); err == nil || !contains(err.Error(), want) {
 			t.Errorf("ParseFleets(%q) = %v, want an error naming %q", doc, err, want)
+		}
+	}
+}
+
+// TestFleetsFileErrorsNameTheLine: an error of the fleets file names the
+// file and the line, suggests the field an unknown one misspells, and
+// reads as YAML, not as the JSON it used to be converted to.
+func TestFleetsFileErrorsNameTheLine(t *testing.T) {
+	head := "# the fleets\nfleets:\n- name: chat\n  pods: ['10.0.0.1:80']\n- name: demo\n  ratePerSecond: 5\n"
+	for doc, want := range map[string]string{
+		head + "  maxConectionsPerPod: 3\n":    `fleets.yaml:7: fleet demo: unknown field "maxConectionsPerPod" (did you mean "maxConnectionsPerPod"?)`,
+		head + "  maxConnectionsPerPod: ten\n": `fleets.yaml:7: fleet demo: maxConnectionsPerPod "ten": want a whole number`,
+		head + "  maxConnectionsPerPod: -1\n":  `fleets.yaml:7: fleet demo: maxConnectionsPerPod -1: must be at least 1`,
+		head + "  maxConnectionsPerPod: 0\n":   `fleets.yaml:7: fleet demo: maxConnectionsPerPod 0: must be at least 1 (leave it out for the default 2)`,
+		head + "  retryAfter: 5\n":             `fleets.yaml:7: fleet demo: retryAfter 5: want a duration such as "5s"`,
+		head + "  policy: pck\n":               `fleets.yaml:7: fleet demo: policy "pck": want pack or spread`,
+		head + "- name: chat\n":                `fleets.yaml:7: fleet chat: defined twice (first at line 3)`,
+		head + "flets: []\n":                   `fleets.yaml:7: unknown field "flets" (did you mean "fleets"?)`,
+		head + "\tburst: 3\n":                  `fleets.yaml:6: not valid YAML: found a tab character that violates indentation`,
+		"fleet:\n- name: chat\n":               `fleets.yaml:1: unknown field "fleet" (did you mean "fleets"?)`,
+	} {
+		_, err := tracker.ParseFleetsFile("fleets.yaml", []byte(doc))
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("ParseFleetsFile(%q) = %v, want an error starting %q", doc, err, want)
+		}
+		if err != nil && (strings.Contains(err.Error(), "JSON") || strings.Contains(err.Error(), "json")) {
+			t.Errorf("ParseFleetsFile(%q) = %v, speaks of JSON", doc, err)
 		}
 	}
 }

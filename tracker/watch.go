@@ -3,7 +3,6 @@ package tracker
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 	"time"
@@ -80,7 +79,7 @@ func WatchFleets(ctx context.Context, path string, loaded []byte, interval time.
 			continue
 		}
 		seen = data
-		if err := applyFleets(data, apply); err != nil {
+		if err := applyFleets(path, data, apply); err != nil {
 			m.Reloads.WithLabelValues("invalid").Inc()
 			m.LastSuccessful.Set(0)
 			log.Error("fleets file changed but is invalid; the running configuration stays", "config", path, "err", err)
@@ -92,13 +91,12 @@ func WatchFleets(ctx context.Context, path string, loaded []byte, interval time.
 	}
 }
 
-func applyFleets(data []byte, apply func([]FleetConfig) error) error {
-	fleets, err := ParseFleets(data)
+// applyFleets parses the file at path and applies it; apply's errors say
+// "apply" themselves.
+func applyFleets(path string, data []byte, apply func([]FleetConfig) error) error {
+	fleets, err := ParseFleetsFile(path, data)
 	if err != nil {
 		return err
 	}
-	if err := apply(fleets); err != nil {
-		return fmt.Errorf("apply: %w", err)
-	}
-	return nil
+	return apply(fleets)
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,7 +12,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +25,7 @@ import (
 	"go.uber.org/fx"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"sigs.k8s.io/yaml"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/scaler"
@@ -36,7 +41,11 @@ import (
 func init() { commands["demo"] = runDemoCommand }
 
 const (
-	demoFleet  = "demo"
+	demoFleet = "demo"
+	// demoPrefix is the embedded Redis' key prefix; on an external one
+	// each run takes a prefix of its own (demoRedis.Prefix) and deletes
+	// its keys on exit, so that it neither mixes with nor leaves behind
+	// another deployment's {wsgate:demo} state.
 	demoPrefix = "wsgate"
 	// demoSettle replaces the scaler's 60 s settle time: a fresh demo Redis
 	// has nothing a restart could have lost, and nobody waits a minute.
@@ -51,12 +60,13 @@ const (
 
 // demoOptions are the demo's flags.
 type demoOptions struct {
-	redisAddr  string // empty: embedded miniredis
-	backends   int
-	cap        int
-	rate       float64
-	listenBase string
-	logLevel   string
+	redisAddr     string // empty: embedded miniredis
+	redisPassword string
+	backends      int
+	cap           int
+	rate          float64
+	listenBase    string
+	logLevel      string
 	// scriptOnly returns after the scripted phase instead of serving until
 	// SIGINT/SIGTERM.
 	scriptOnly bool
@@ -65,7 +75,8 @@ type demoOptions struct {
 func runDemoCommand(args []string) error {
 	fs := flag.NewFlagSet("wsgate demo", flag.ContinueOnError)
 	var o demoOptions
-	fs.StringVar(&o.redisAddr, "redis", "", "use the Redis at this address instead of an embedded in-process one")
+	fs.StringVar(&o.redisAddr, "redis", "", "use the Redis at this address instead of an embedded in-process one: the demo's keys get a prefix of their own, deleted on exit")
+	fs.StringVar(&o.redisPassword, "redis-password", "", "password of the --redis Redis (prefer WSGATE_REDIS_PASSWORD)")
 	fs.IntVar(&o.backends, "backends", 3, "backend WebSocket servers (pods) to start")
 	fs.IntVar(&o.cap, "cap", 2, "maxConnectionsPerPod: connections one pod may hold, all gateways together")
 	fs.Float64Var(&o.rate, "rate", 5, "new connections per second each gateway admits")
@@ -97,7 +108,7 @@ func runDemo(out io.Writer, o demoOptions) error {
 	app := fx.New(
 		fxLogger(log),
 		fx.Supply(o, log),
-		fx.Provide(newDemoListeners, newDemoRedis, newDemoStore, newDemoFleet, newDemoBackends, newDemoNodes, newDemoScaler),
+		fx.Provide(newDemoListeners, newDemoRedis, newDemoStore, newDemoFleet, newDemoFleetsFile, newDemoBackends, newDemoNodes, newDemoScaler),
 		fx.Invoke(serveDemoGateways, func(lc fx.Lifecycle, sd fx.Shutdowner, d demoSystem) {
 			background(lc, func(ctx context.Context) {
 				err := runScript(ctx, out, d, o)
@@ -124,6 +135,7 @@ type demoSystem struct {
 	Redis    demoRedis
 	Store    *tracker.Store
 	Fleet    tracker.FleetConfig
+	File     demoFleetsFile
 	Backends []*demoBackend
 	Nodes    []*demoNode
 	Scaler   *demoScaler
@@ -198,11 +210,13 @@ func newDemoListeners(lc fx.Lifecycle, o demoOptions) (*demoListeners, error) {
 type demoRedis struct {
 	Client   redis.UniversalClient
 	Addr     string
+	Password string
+	Prefix   string
 	Embedded bool
 }
 
-func newDemoRedis(lc fx.Lifecycle, o demoOptions, ls *demoListeners) (demoRedis, error) {
-	r := demoRedis{Addr: o.redisAddr}
+func newDemoRedis(lc fx.Lifecycle, o demoOptions, ls *demoListeners, log *slog.Logger) (demoRedis, error) {
+	r := demoRedis{Addr: o.redisAddr, Password: o.redisPassword, Prefix: demoPrefix}
 	if r.Addr == "" {
 		mr := miniredis.NewMiniRedis()
 		if err := mr.StartAddr(ls.redisAddr); err != nil {
@@ -210,8 +224,12 @@ func newDemoRedis(lc fx.Lifecycle, o demoOptions, ls *demoListeners) (demoRedis,
 		}
 		lc.Append(fx.StopHook(mr.Close))
 		r.Addr, r.Embedded = mr.Addr(), true
+	} else {
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		r.Prefix = "wsgate-demo-" + hex.EncodeToString(b[:])
 	}
-	rdb, err := openRedis(lc, tracker.RedisConfig{Addrs: []string{r.Addr}, Prefix: demoPrefix, DialTimeout: 2 * time.Second})
+	rdb, err := openRedis(lc, tracker.RedisConfig{Addrs: []string{r.Addr}, Password: r.Password, Prefix: r.Prefix, DialTimeout: 2 * time.Second})
 	if err != nil {
 		return r, err
 	}
@@ -221,11 +239,34 @@ func newDemoRedis(lc fx.Lifecycle, o demoOptions, ls *demoListeners) (demoRedis,
 		return r, fmt.Errorf("reach Redis at %s: %w", r.Addr, err)
 	}
 	r.Client = rdb
+	if !r.Embedded {
+		// Stops after every component that writes (they start later),
+		// before the client closes.
+		lc.Append(fx.StopHook(func(ctx context.Context) { removeDemoKeys(ctx, r, log) }))
+	}
 	return r, nil
 }
 
+// removeDemoKeys deletes every key of the run's prefix.
+func removeDemoKeys(ctx context.Context, r demoRedis, log *slog.Logger) {
+	iter := r.Client.Scan(ctx, 0, "{"+r.Prefix+":*", 1000).Iterator()
+	n := 0
+	for iter.Next(ctx) {
+		if err := r.Client.Del(ctx, iter.Val()).Err(); err != nil {
+			log.Warn("demo keys not all removed", "redis", r.Addr, "prefix", r.Prefix, "err", err)
+			return
+		}
+		n++
+	}
+	if err := iter.Err(); err != nil {
+		log.Warn("demo keys not all removed", "redis", r.Addr, "prefix", r.Prefix, "err", err)
+		return
+	}
+	log.Info("demo keys removed", "redis", r.Addr, "prefix", r.Prefix, "keys", n)
+}
+
 func newDemoStore(r demoRedis) *tracker.Store {
-	s := tracker.NewStore(r.Client, demoPrefix)
+	s := tracker.NewStore(r.Client, r.Prefix)
 	if r.Embedded {
 		s = s.WithoutRestartDetection() // miniredis reports no run_id
 	}
@@ -240,6 +281,49 @@ func newDemoFleet(o demoOptions, ls *demoListeners) tracker.FleetConfig {
 	return tracker.FleetConfig{
 		Name: demoFleet, MaxConnectionsPerPod: o.cap, RatePerSecond: o.rate, Pods: pods,
 	}.WithDefaults()
+}
+
+// demoFleetsFile is the demo fleet written as a fleets file, for the
+// `wsgate metrics --config` the demo prints; removed on exit.
+type demoFleetsFile string
+
+func newDemoFleetsFile(lc fx.Lifecycle, fc tracker.FleetConfig) (demoFleetsFile, error) {
+	dir, err := os.MkdirTemp("", "wsgate-demo-")
+	if err != nil {
+		return "", fmt.Errorf("demo fleets file: %w", err)
+	}
+	lc.Append(fx.StopHook(func() { os.RemoveAll(dir) }))
+	doc, err := yaml.Marshal(map[string][]tracker.FleetConfig{"fleets": {fc}})
+	if err != nil {
+		return "", fmt.Errorf("demo fleets file: %w", err)
+	}
+	path := filepath.Join(dir, "fleets.yaml")
+	if err := os.WriteFile(path, doc, 0o600); err != nil {
+		return "", fmt.Errorf("demo fleets file: %w", err)
+	}
+	return demoFleetsFile(path), nil
+}
+
+// metricsCommand is the `wsgate metrics` command line that shows the
+// demo's state, the binary as this one was started (bin/wsgate under make
+// run), the password left to WSGATE_REDIS_PASSWORD; and its arguments,
+// the password included, as the demo runs them itself.
+func (d demoSystem) metricsCommand() (string, []string) {
+	args := []string{"--redis-addr", d.Redis.Addr}
+	if d.Redis.Prefix != demoPrefix {
+		args = append(args, "--redis-prefix", d.Redis.Prefix)
+	}
+	args = append(args, "--config", string(d.File), "--settle", demoSettle.String())
+	bin := "wsgate"
+	if strings.Contains(os.Args[0], "/") && !strings.HasSuffix(os.Args[0], ".test") {
+		bin = os.Args[0]
+	}
+	line := bin + " metrics " + strings.Join(args, " ")
+	if d.Redis.Password != "" {
+		line = "WSGATE_REDIS_PASSWORD=... " + line
+		args = append(args, "--redis-password", d.Redis.Password)
+	}
+	return line, args
 }
 
 // demoBackend is a pod: a WebSocket echo server that counts the

@@ -112,6 +112,7 @@ func (p *demoPrinter) serving(d demoSystem, held, slots int) {
 	for _, n := range d.Nodes {
 		p.line("  connect      %s   (any WebSocket client; the pod echoes)", n.URL())
 	}
-	p.line("  inspect      wsgate metrics --redis-addr %s", d.Redis.Addr)
+	cmd, _ := d.metricsCommand()
+	p.line("  inspect      %s", cmd)
 	p.line("  KEDA scaler  %s", d.Scaler.addr)
 }

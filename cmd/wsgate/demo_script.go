@@ -11,7 +11,6 @@ import (
 	"github.com/coder/websocket"
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 
-	"github.com/wsgate/wsgate/report"
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -104,7 +103,9 @@ func runScript(ctx context.Context, out io.Writer, d demoSystem, o demoOptions) 
 	if err := awaitEstablished(ctx, p, d, len(open)); err != nil {
 		return err
 	}
-	if err := printViews(ctx, out, d); err != nil {
+	cmd, args := d.metricsCommand()
+	p.line("  $ %s", cmd)
+	if err := metricsTo(ctx, out, args, time.Now); err != nil {
 		// A view is a window on the system, not part of it: say what
 		// failed and go on with the demo.
 		p.line("  the views could not be shown: %v", err)
@@ -332,18 +333,4 @@ func readMetric(ctx context.Context, keda externalscaler.ExternalScalerClient, r
 		return 0, 0, fmt.Errorf("GetMetrics: %d values, want 1", len(res.MetricValues))
 	}
 	return res.MetricValues[0].MetricValueFloat, spec.MetricSpecs[0].TargetSizeFloat, nil
-}
-
-// printViews renders every `wsgate metrics` view of the demo fleet.
-func printViews(ctx context.Context, out io.Writer, d demoSystem) error {
-	now := time.Now()
-	st, err := report.NewReader(d.Store).Read(ctx, d.Fleet.Name, now)
-	if err != nil {
-		return fmt.Errorf("read fleet %s for the metrics views: %w", d.Fleet.Name, err)
-	}
-	rep := report.Build([]report.FleetState{st}, report.Options{
-		Caps:   map[string]int{d.Fleet.Name: d.Fleet.MaxConnectionsPerPod},
-		Settle: demoSettle, ReadinessRatio: 0.95, Now: now,
-	})
-	return report.WriteTable(out, rep)
 }

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/test/redistest"
 )
@@ -77,17 +80,44 @@ func TestDemoEmbeddedRedis(t *testing.T) {
 	checkDemoOutput(t, out.String())
 }
 
+// TestDemoExternalRedis: on a Redis of its own, with a password and
+// another deployment's {wsgate:demo} state in it, the demo runs under a
+// prefix of its own, leaves the other state alone and none of its keys
+// behind, and shows the views through the metrics command it prints.
 func TestDemoExternalRedis(t *testing.T) {
-	srv := redistest.Start(t)
+	srv := redistest.Start(t, "--requirepass", "s3cret")
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), Password: "s3cret"})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	if err := rdb.Set(ctx, "{wsgate:demo}:epoch", "someone else's", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
-	err := runDemo(&out, demoOptions{redisAddr: srv.Addr(), backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn", scriptOnly: true})
+	err := runDemo(&out, demoOptions{redisAddr: srv.Addr(), redisPassword: "s3cret", backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn", scriptOnly: true})
 	if err != nil {
 		t.Fatalf("demo: %v\noutput:\n%s", err, out.String())
 	}
 	if !strings.Contains(out.String(), srv.Addr()+" ") || !strings.Contains(out.String(), "external (--redis)") {
 		t.Errorf("output does not name the external Redis %s", srv.Addr())
 	}
+	hint := regexp.MustCompile(`(?m)^  \$ WSGATE_REDIS_PASSWORD=\.\.\. wsgate metrics --redis-addr \S+ --redis-prefix wsgate-demo-[0-9a-f]{8} --config \S+/fleets.yaml --settle 1s$`)
+	if !hint.MatchString(out.String()) {
+		t.Error("output lacks the metrics command it ran, with the run's prefix and fleets file")
+	}
+	if strings.Contains(out.String(), "s3cret") {
+		t.Error("output shows the Redis password")
+	}
 	checkDemoOutput(t, out.String())
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || keys[0] != "{wsgate:demo}:epoch" {
+		t.Errorf("keys after the demo: %q, want only the one it found", keys)
+	}
+	if v, _ := rdb.Get(ctx, "{wsgate:demo}:epoch").Result(); v != "someone else's" {
+		t.Errorf("{wsgate:demo}:epoch = %q after the demo, want it untouched", v)
+	}
 }
 
 func TestDemoUnreachableRedis(t *testing.T) {

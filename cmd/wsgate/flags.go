@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -31,10 +32,22 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 // parseFlagsRest is parseFlags for commands that take up to positional
 // arguments, anywhere among the flags; it returns them.
 func parseFlagsRest(fs *flag.FlagSet, args []string, positional int) ([]string, error) {
+	explainValues(fs)
+	// The flag package prints the whole usage on any error: only -h gets
+	// it; a wrong flag gets its error and a hint (main prints it).
+	out, usage := fs.Output(), fs.Usage
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	defer func() { fs.SetOutput(out); fs.Usage = usage }()
 	var rest []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			return nil, err
+			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(out)
+				usage()
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w (%s -h lists the flags)", err, fs.Name())
 		}
 		if fs.NArg() == 0 {
 			break
@@ -60,6 +73,38 @@ func parseFlagsRest(fs *flag.FlagSet, args []string, positional int) ([]string, 
 		}
 	})
 	return rest, err
+}
+
+// explainValues makes the flags whose values the flag package parses say
+// what they want: it answers a bad value with "parse error" only.
+func explainValues(fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		g, ok := f.Value.(flag.Getter)
+		if !ok {
+			return
+		}
+		switch g.Get().(type) {
+		case time.Duration:
+			f.Value = explained{g, "want a duration such as 5s, 500ms or 1m30s"}
+		case int, int64, uint, uint64:
+			f.Value = explained{g, "want a whole number"}
+		case float64:
+			f.Value = explained{g, "want a number"}
+		}
+	})
+}
+
+// explained is a flag value whose parse errors say what it wants.
+type explained struct {
+	flag.Getter
+	want string
+}
+
+func (e explained) Set(s string) error {
+	if err := e.Getter.Set(s); err != nil {
+		return errors.New(e.want)
+	}
+	return nil
 }
 
 // redisFlags registers the Redis connection flags shared by every command.
@@ -123,7 +168,7 @@ func newLoggerTo(w io.Writer, level string) (*slog.Logger, error) {
 	}
 	log := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l, ReplaceAttr: durationStrings}))
 	redisLog.Store(log.With("component", "redis"))
-	redisLogOnce.Do(func() { redis.SetLogger(redisLogger{}) })
+	redisLogOnce.Do(func() { redis.SetLogger(redisLogs) })
 	return log, nil
 }
 
@@ -132,7 +177,13 @@ func newLoggerTo(w io.Writer, level string) (*slog.Logger, error) {
 var (
 	redisLog     atomic.Pointer[slog.Logger]
 	redisLogOnce sync.Once
+	redisLogs    = &redisLogger{every: redisWarnEvery, now: time.Now, last: map[string]redisLogged{}}
 )
+
+// redisWarnEvery spaces go-redis' repeated messages as the tracker spaces
+// its own warnings of a lasting Redis failure (README: every 30 s): during
+// an outage go-redis reports each failed dial, every heartbeat.
+const redisWarnEvery = 30 * time.Second
 
 func durationStrings(_ []string, a slog.Attr) slog.Attr {
 	if a.Value.Kind() == slog.KindDuration {
@@ -141,9 +192,37 @@ func durationStrings(_ []string, a slog.Attr) slog.Attr {
 	return a
 }
 
-// redisLogger is go-redis' logger on slog.
-type redisLogger struct{}
+// redisLogger is go-redis' logger on slog, one line per kind of message
+// (its format) every `every`; the lines it held back are counted in the
+// next one ("repeated").
+type redisLogger struct {
+	every time.Duration
+	now   func() time.Time
 
-func (redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	mu   sync.Mutex
+	last map[string]redisLogged
+}
+
+type redisLogged struct {
+	at       time.Time
+	repeated int
+}
+
+func (l *redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	now := l.now()
+	l.mu.Lock()
+	prev, seen := l.last[format]
+	if seen && now.Sub(prev.at) < l.every {
+		prev.repeated++
+		l.last[format] = prev
+		l.mu.Unlock()
+		return
+	}
+	l.last[format] = redisLogged{at: now}
+	l.mu.Unlock()
+	if prev.repeated > 0 {
+		redisLog.Load().WarnContext(ctx, fmt.Sprintf(format, v...), "repeated", prev.repeated, "since", now.Sub(prev.at).Round(time.Second))
+		return
+	}
 	redisLog.Load().WarnContext(ctx, fmt.Sprintf(format, v...))
 }

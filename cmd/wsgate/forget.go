@@ -52,11 +52,21 @@ func runForget(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	store := tracker.NewStore(rdb, cfg.Prefix)
-	seqs, err := store.Instances(ctx, *fleet)
+	snap, err := store.Snapshot(ctx, *fleet, time.Now())
 	if err != nil {
 		return fmt.Errorf("reach Redis at %s: %w", strings.Join(cfg.Addrs, ","), err)
 	}
-	if _, ok := seqs[id]; !ok {
+	if !snap.Known() {
+		known, err := store.Fleets(ctx)
+		return unknownFleet(store, *fleet, known, err)
+	}
+	var lease *tracker.InstanceState
+	for i := range snap.Instances {
+		if snap.Instances[i].ID == id {
+			lease = &snap.Instances[i]
+		}
+	}
+	if lease == nil {
 		return fmt.Errorf("fleet %s has no instance %q", *fleet, id)
 	}
 	gone, err := store.Reap(ctx, *fleet, []string{id})
@@ -64,7 +74,9 @@ func runForget(args []string) error {
 		return err
 	}
 	if len(gone) == 0 {
-		return fmt.Errorf("instance %q of fleet %s still holds a lease: it heartbeated within its --instance-ttl, so it may be alive", id, *fleet)
+		left := lease.LeaseUntil.Sub(snap.RedisNow).Round(time.Second)
+		return fmt.Errorf("instance %q of fleet %s still holds a lease, until %s by Redis' clock (in %s): it heartbeated within its --instance-ttl, so it may be alive; retry after that if it stays silent",
+			id, *fleet, lease.LeaseUntil.UTC().Format(time.RFC3339), max(left, time.Second))
 	}
 	fmt.Fprintf(os.Stdout, "forgot instance %s of fleet %s: its slots are free\n", id, *fleet)
 	return nil

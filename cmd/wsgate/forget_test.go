@@ -41,11 +41,22 @@ func TestForgetInstanceOnlyAfterTheLease(t *testing.T) {
 	run := func(args ...string) error {
 		return runForget(append([]string{"--redis-addr", srv.Addr()}, args...))
 	}
-	if err := run("--fleet", "chat", "alive"); err == nil || !strings.Contains(err.Error(), "still holds a lease") {
-		t.Errorf("forgetting a live instance: %v, want refused", err)
+	err := run("--fleet", "chat", "alive")
+	if err == nil || !strings.Contains(err.Error(), "still holds a lease, until ") || !strings.Contains(err.Error(), "retry after that") {
+		t.Errorf("forgetting a live instance: %v, want refused, saying until when", err)
+	} else {
+		// The lease's end, as Redis has it: about an hour ahead.
+		at := strings.Fields(strings.SplitN(err.Error(), "until ", 2)[1])[0]
+		until, perr := time.Parse(time.RFC3339, at)
+		if perr != nil || until.Before(time.Now().Add(59*time.Minute)) || until.After(time.Now().Add(61*time.Minute)) {
+			t.Errorf("forgetting a live instance: %v: the lease's end %q (%v), want about an hour from now", err, at, perr)
+		}
 	}
 	if err := run("--fleet", "chat", "nobody"); err == nil || !strings.Contains(err.Error(), `no instance "nobody"`) {
 		t.Errorf("forgetting an unknown instance: %v", err)
+	}
+	if err := run("--fleet", "nope", "alive"); err == nil || !strings.Contains(err.Error(), `fleet "nope" is unknown: Redis holds no state under {wsgate:nope}: (fleets found: chat)`) {
+		t.Errorf("forgetting an instance of an unknown fleet: %v, want the fleet named unknown", err)
 	}
 	if err := run("chat"); err == nil {
 		t.Error("accepted a call without --fleet")

@@ -111,7 +111,8 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 			return unwrapDeadline(err, *timeout)
 		}
 		if !st.Snapshot.Known() {
-			return unknownFleet(ctx, reader, store, f)
+			known, err := reader.Fleets(ctx)
+			return unknownFleet(store, f, known, err)
 		}
 		states = append(states, st)
 	}
@@ -122,9 +123,9 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 	return report.WriteTable(out, rep)
 }
 
-// unknownFleet names the fleets that do exist, so a typo is obvious.
-func unknownFleet(ctx context.Context, r *report.Reader, s *tracker.Store, fleet string) error {
-	known, err := r.Fleets(ctx)
+// unknownFleet names the fleets that do exist (known, unless err), so a
+// typo is obvious.
+func unknownFleet(s *tracker.Store, fleet string, known []string, err error) error {
 	list := strings.Join(known, ", ")
 	if err != nil || list == "" {
 		list = "none"
@@ -152,9 +153,9 @@ func capsFrom(path string) (map[string]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--config: %w", err)
 	}
-	fleets, err := tracker.ParseFleets(data)
+	fleets, err := tracker.ParseFleetsFile(path, data)
 	if err != nil {
-		return nil, fmt.Errorf("--config %s: %w", path, err)
+		return nil, fmt.Errorf("--config: %w", err)
 	}
 	caps := make(map[string]int, len(fleets))
 	for _, f := range fleets {

@@ -52,12 +52,15 @@ func runScaler(args []string) error {
 	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "the trackers' --instance-ttl: an instance is reaped only after standing still this long")
 	fs.StringVar((*string)(&f.cfg.ExpiredInstances), "expired-instances", string(tracker.ExpiredReap), "the trackers' --expired-instances: reap, keep (never reap: the cap holds under partitions), or kube (reap only instances whose pod the fleet's envoyService no longer lists; needs --kube)")
 	fs.BoolVar(&f.kube.enabled, "kube", false, "discover pods from the fleets' Service EndpointSlices and set pod-deletion-cost before scale-downs")
-	fs.StringVar(&f.kube.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the fleets' Services and pods (default: $POD_NAMESPACE)")
+	fs.StringVar(&f.kube.namespace, "namespace", "", "namespace of the fleets' Services and pods (default: $POD_NAMESPACE)")
 	fs.DurationVar(&f.kube.settle, "deletion-cost-settle", 15*time.Second, "how long pod-deletion-costs must have been observed before a scale-down goes ahead; the HPA's scale-down stabilization window counts toward it")
 	fs.StringVar(&f.kube.kubeconfig, "kubeconfig", "", "kubeconfig file (default: the in-cluster service account)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if f.kube.namespace == "" {
+		f.kube.namespace = os.Getenv("POD_NAMESPACE")
 	}
 	if f.cfg.ExpiredInstances == tracker.ExpiredKube && !f.kube.enabled {
 		return errors.New("--expired-instances kube: Kubernetes judges the instances only with --kube")
@@ -72,8 +75,8 @@ func runScaler(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	if f.cfg.Fleets, err = tracker.ParseFleets(data); err != nil {
-		return fmt.Errorf("--config %s: %w", f.config, err)
+	if f.cfg.Fleets, err = tracker.ParseFleetsFile(f.config, data); err != nil {
+		return fmt.Errorf("--config: %w", err)
 	}
 	f.configData = data
 	if f.configCheck <= 0 {

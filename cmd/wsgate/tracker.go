@@ -41,10 +41,9 @@ type trackerFlags struct {
 func runTracker(args []string) error {
 	fs := flag.NewFlagSet("wsgate tracker", flag.ContinueOnError)
 	f := trackerFlags{redis: redisFlags(fs)}
-	host, _ := os.Hostname()
 	fs.StringVar(&f.config, "config", "", "fleets file (YAML); see tracker/fleets.example.yaml. Re-read every --config-check-interval and applied without a restart")
 	fs.DurationVar(&f.configCheck, "config-check-interval", 5*time.Second, "how often the fleets file is re-read; a change is applied live, an invalid one refused")
-	fs.StringVar(&f.cfg.InstanceID, "instance-id", host, "this instance's id in Redis, unique per Envoy pod (default: host name)")
+	fs.StringVar(&f.cfg.InstanceID, "instance-id", "", "this instance's id in Redis, unique per Envoy pod (default: the host name)")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:9090", "admission API address (loopback only)")
 	fs.StringVar(&f.accessLog, "access-log-listen", "127.0.0.1:9091", "address of the gRPC access-log receiver Envoy streams to (loopback only)")
 	fs.StringVar(&f.telemetry, "telemetry-listen", ":9102", "address of /metrics, /healthz, /readyz and /status for Prometheus, probes and operators (empty: serve them on --listen)")
@@ -57,13 +56,16 @@ func runTracker(args []string) error {
 	expired := fs.String("expired-instances", string(tracker.ExpiredReap), "an instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap), keep (counted until it comes back: the cap holds), or kube (the scaler reaps it once Kubernetes no longer lists its pod: the cap holds); the same for every tracker and the scaler")
 	fs.StringVar(&f.runCheck, "redis-run-check", "cached", "how admissions and releases learn Redis' run_id, which catches a restart with old data: cached (in their script text, loaded into the one Redis process it names; Redis 7.0 and later, else per-call) or per-call (INFO in every script: for a proxy that keeps client connections while the Redis behind it restarts)")
 	fs.BoolVar(&f.embedded, "redis-embedded", false, "run an in-process Redis (miniredis) instead of --redis-addr: for trying wsgate out, never for production")
-	fs.StringVar(&f.shutdownListen, "shutdown-listen", "", "address of GET /shutdown, for the Envoy container's preStop hook: drain, then answer once Envoy's connections have ended (empty: off)")
+	fs.StringVar(&f.shutdownListen, "shutdown-listen", "", "loopback address of GET /shutdown, for the Envoy container's preStop hook: drain, then answer once Envoy's connections have ended (empty: off)")
 	fs.StringVar(&f.envoyAdmin, "envoy-admin", "", "Envoy's admin address (127.0.0.1:9901): /shutdown fails its health check and drains its listeners, and on SIGTERM an Envoy that is gone lets this instance leave Redis at once (empty: wait for the connections to end)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM (and in /shutdown), how long to keep this instance's connections counted while they end; keep it below the pod's terminationGracePeriodSeconds")
 	fs.BoolVar(&f.metricsPerPod, "metrics-per-pod", false, "label wsgate_tracker_connections by backend pod (series grow as Envoy pods x backend pods; the scaler's wsgate_scaler_pod_connections has them once per fleet); default: one series per fleet")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if f.cfg.InstanceID == "" {
+		f.cfg.InstanceID, _ = os.Hostname()
 	}
 	f.cfg.Fallback = tracker.FallbackMode(*fallback)
 	f.cfg.ExpiredInstances = tracker.ExpiredMode(*expired)
@@ -77,8 +79,8 @@ func runTracker(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	if f.cfg.Fleets, err = tracker.ParseFleets(data); err != nil {
-		return fmt.Errorf("--config %s: %w", f.config, err)
+	if f.cfg.Fleets, err = tracker.ParseFleetsFile(f.config, data); err != nil {
+		return fmt.Errorf("--config: %w", err)
 	}
 	f.configData = data
 	if f.configCheck <= 0 {
@@ -92,6 +94,13 @@ func runTracker(args []string) error {
 	}
 	if err := requireLoopback("access-log-listen", f.accessLog); err != nil {
 		return err
+	}
+	if f.shutdownListen != "" {
+		// /shutdown drains this instance and Envoy for good: whoever
+		// reaches it takes the pod out of service, with no undo.
+		if err := requireLoopback("shutdown-listen", f.shutdownListen); err != nil {
+			return err
+		}
 	}
 	log, err := newLogger(f.logLevel)
 	if err != nil {
@@ -149,6 +158,10 @@ func shutdownTracker(t *tracker.Tracker, f trackerFlags, log *slog.Logger) {
 // hook (Kubernetes runs it before it sends Envoy SIGTERM): the instance
 // drains, Envoy fails its health check and drains its listeners, and the
 // answer comes once Envoy's last connection ended, or --shutdown-timeout.
+// It listens on loopback only (runTracker refuses any other address): the
+// hook runs in the Envoy container, which shares the pod's loopback, so
+// nothing off the pod can take it out of service. An httpGet hook would
+// need the pod IP, where any client of the network could call it too.
 func serveShutdown(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, log *slog.Logger) {
 	if f.shutdownListen == "" {
 		return

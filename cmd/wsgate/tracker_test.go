@@ -35,7 +35,8 @@ func TestTrackerConfigErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--config", good, "--redis-timeout", "-1s"}, "--redis-timeout -1s: must be positive"},
 		{[]string{"--config", good, "--fallback", "maybe"}, "--fallback \"maybe\""},
 		{[]string{"--config", good, "--redis-run-check", "info"}, "--redis-run-check \"info\": want cached or per-call"},
-		{[]string{"--config", twice}, "--config " + twice + ": fleet chat: defined twice"},
+		{[]string{"--config", good, "--shutdown-listen", ":9103"}, "--shutdown-listen \":9103\": must be a loopback address"},
+		{[]string{"--config", twice}, "--config: " + twice + ":4: fleet chat: defined twice (first at line 2)"},
 	}
 	for _, c := range cases {
 		err := runTracker(c.args)

@@ -13,8 +13,8 @@ import (
 // Autoscaling is what the hook knows of how KEDA scales a fleet.
 type Autoscaling struct {
 	// Known is false when no ScaledObject of the fleet could be read; the
-	// hook then keeps at least one pod and does not overlap the settle
-	// delay with a stabilization window it cannot see.
+	// hook then cannot tell which pods the HPA will keep, so it holds the
+	// scale-down and drains nothing.
 	Known bool
 	// MinReplicas is the ScaledObject's minReplicaCount (KEDA's default 0).
 	// KEDA's HPA never goes below max(MinReplicas, 1), so the hook never

@@ -7,8 +7,10 @@
 // until its own pod informer has observed the patched values and a settle
 // delay (less the HPA's stabilization window) has passed. It never drains
 // below the HPA's minimum: the ScaledObject's minReplicaCount, and at least
-// one pod, which KEDA itself removes when it deactivates an idle fleet. A
-// rising recommendation undrains at once and removes the costs.
+// one pod, which KEDA itself removes when it deactivates an idle fleet. When
+// it cannot read that minimum it holds the scale-down and drains nothing:
+// it drains exactly the pods the HPA will remove, or none. A rising
+// recommendation undrains at once and removes the costs.
 //
 // KUBERNETES.md says what Kubernetes promises about the annotation and what
 // it does not, and the RBAC the hook needs.

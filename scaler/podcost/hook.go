@@ -130,7 +130,10 @@ func New(client kubernetes.Interface, pods coreinformers.PodInformer, namespace 
 // minimum replicas), undraining whatever was drained; else ready until the
 // ready - max(recommended, minimum) emptiest pods are draining and their
 // costs have been observed for the settle delay (less the HPA's
-// stabilization window).
+// stabilization window). When the minimum cannot be known (the
+// ScaledObject unreadable, or none names the fleet), it reports ready and
+// drains nothing: the pods the HPA would remove are unknown, and a drained
+// pod the HPA keeps refuses new connections for nothing.
 func (h *Hook) Gate(ctx context.Context, fleet string, ready, recommended int) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -138,7 +141,12 @@ func (h *Hook) Gate(ctx context.Context, fleet string, ready, recommended int) i
 		h.undrain(ctx, fleet)
 		return recommended
 	}
-	as := h.autoscaling(ctx, fleet)
+	as, known := h.autoscaling(ctx, fleet)
+	if !known {
+		h.undrain(ctx, fleet)
+		h.metrics.Holding.WithLabelValues(fleet).Set(1)
+		return ready
+	}
 	keep := max(recommended, hpaMinReplicas(as))
 	if keep >= ready {
 		h.undrain(ctx, fleet)
@@ -161,19 +169,23 @@ func (h *Hook) Gate(ctx context.Context, fleet string, ready, recommended int) i
 // and, no pod being placeable, make the scaler ask for a second pod.
 func hpaMinReplicas(as Autoscaling) int { return max(as.MinReplicas, 1) }
 
-// autoscaling is fleet's Autoscaling, or, unknown, a floor of one pod and
-// no window.
-func (h *Hook) autoscaling(ctx context.Context, fleet string) Autoscaling {
-	if h.scaling != nil {
-		as, err := h.scaling.Autoscaling(ctx, fleet)
-		if err == nil && as.Known {
-			return as
-		}
-		if err != nil {
-			h.log.Warn("ScaledObject not read; keeping at least one pod", "fleet", fleet, "err", err)
-		}
+// autoscaling is fleet's Autoscaling and whether it is known. Without a
+// source (a client with no API server behind it, as in tests) it is KEDA's
+// defaults: a floor of one pod and no window.
+func (h *Hook) autoscaling(ctx context.Context, fleet string) (Autoscaling, bool) {
+	if h.scaling == nil {
+		return Autoscaling{MinReplicas: 1}, true
 	}
-	return Autoscaling{MinReplicas: 1}
+	as, err := h.scaling.Autoscaling(ctx, fleet)
+	switch {
+	case err != nil:
+		h.log.Warn("ScaledObject not read; scale-down held, nothing drained: give the scaler get and list on scaledobjects.keda.sh",
+			"fleet", fleet, "namespace", h.namespace, "err", err)
+	case !as.Known:
+		h.log.Warn("no ScaledObject in the namespace scales this fleet; scale-down held, nothing drained",
+			"fleet", fleet, "namespace", h.namespace)
+	}
+	return as, err == nil && as.Known
 }
 
 // prepare drains n pods of fleet, patches costs, and reports whether the

@@ -520,7 +520,7 @@ func TestNeverDrainsBelowTheMinimumReplicas(t *testing.T) {
 			t.Fatalf("admission = %+v, %v; want a pod, not %s", a, err, tracker.ReasonNoPods)
 		}
 	})
-	t.Run("unknown minimum keeps one pod", func(t *testing.T) {
+	t.Run("no source: KEDA's default minimum, one pod", func(t *testing.T) {
 		e := newEnv(t, []int{0, 0, 0})
 		e.gate(t, 3, 0)
 		if got, want := e.draining(t), []string{addr(1), addr(2)}; fmt.Sprint(got) != fmt.Sprint(want) {
@@ -533,6 +533,99 @@ func TestNeverDrainsBelowTheMinimumReplicas(t *testing.T) {
 	t.Run("scale to zero keeps the HPA's last pod placeable", func(t *testing.T) {
 		drainsOnlyTheSurplus(t, 3, 0, 1)
 	})
+}
+
+// failingScaling is a ScaledObject the hook cannot read.
+type failingScaling struct{ err error }
+
+func (f failingScaling) Autoscaling(context.Context, string) (podcost.Autoscaling, error) {
+	return podcost.Autoscaling{}, f.err
+}
+
+// switchScaling is readable until broken is set.
+type switchScaling struct {
+	mu     sync.Mutex
+	as     podcost.Autoscaling
+	broken error
+}
+
+func (s *switchScaling) Autoscaling(context.Context, string) (podcost.Autoscaling, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.broken != nil {
+		return podcost.Autoscaling{}, s.broken
+	}
+	return s.as, nil
+}
+
+func (s *switchScaling) breakWith(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.broken = err
+}
+
+// TestUnknownMinimumDrainsNothingItReports: the case found on a real
+// control plane. An idle fleet of ten whose ScaledObject the hook cannot
+// read (RBAC refuses it, its CRD is missing, or no ScaledObject names the
+// fleet): whatever the policy recommends, the HPA keeps an unknown number
+// of pods, so the hook holds the scale-down at the ready pods and drains
+// none of them, however long it is asked; no drain cost is patched.
+func TestUnknownMinimumDrainsNothingItReports(t *testing.T) {
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Group: "keda.sh", Resource: "scaledobjects"}, "", fmt.Errorf("RBAC"))
+	for name, src := range map[string]podcost.AutoscalingSource{
+		"forbidden":       failingScaling{forbidden},
+		"CRD missing":     failingScaling{apierrors.NewNotFound(schema.GroupResource{Group: "keda.sh", Resource: "scaledobjects"}, "")},
+		"no ScaledObject": fixedScaling{},
+	} {
+		t.Run(name, func(t *testing.T) {
+			const n = 10
+			e := newEnv(t, make([]int, n), podcost.WithAutoscaling(src))
+			for range 5 {
+				reported := e.gate(t, n, 0)
+				if got := e.draining(t); len(got) > n-reported {
+					t.Fatalf("reported %d of %d ready and %d draining (%v): a drained pod is kept", reported, n, len(got), got)
+				}
+				if reported != n {
+					t.Fatalf("Gate = %d, want %d held: the pods the HPA removes are unknown", reported, n)
+				}
+				e.clock.Step(settle)
+			}
+			for pod, vs := range e.patches() {
+				for _, v := range vs {
+					if c, _ := strconv.Atoi(v); c < 0 {
+						t.Errorf("pod %s patched with drain cost %s", pod, v)
+					}
+				}
+			}
+			if v := gauge(t, e.metrics.Holding); v != 1 {
+				t.Errorf("wsgate_scaler_podcost_holding = %v, want 1", v)
+			}
+		})
+	}
+	t.Run("becoming unreadable undrains", func(t *testing.T) {
+		src := &switchScaling{as: podcost.Autoscaling{Known: true, MinReplicas: 1}}
+		e := newEnv(t, []int{0, 0, 0}, podcost.WithAutoscaling(src))
+		e.gate(t, 3, 0)
+		if got := e.draining(t); len(got) != 2 {
+			t.Fatalf("draining = %v, want two pods above the minimum", got)
+		}
+		src.breakWith(forbidden)
+		if got := e.gate(t, 3, 0); got != 3 {
+			t.Fatalf("Gate = %d once the ScaledObject is unreadable, want 3 held", got)
+		}
+		if got := e.draining(t); len(got) != 0 {
+			t.Fatalf("draining = %v once the ScaledObject is unreadable, want none", got)
+		}
+	})
+}
+
+func gauge(t *testing.T, v *prometheus.GaugeVec) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := v.WithLabelValues(fleet).Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetGauge().GetValue()
 }
 
 // drainsOnlyTheSurplus: an idle fleet of n pods whose ScaledObject has

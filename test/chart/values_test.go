@@ -1,9 +1,13 @@
 package chart_test
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
+	"io"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -211,7 +215,7 @@ func TestTerminationDrainsEnvoy(t *testing.T) {
 		if isInit != v.sidecar || (v.sidecar && (tr.RestartPolicy == nil || *tr.RestartPolicy != corev1.ContainerRestartPolicyAlways)) {
 			t.Errorf("kube %s: tracker an init container %v (restartPolicy %v), want native sidecar %v", v.kube, isInit, tr.RestartPolicy, v.sidecar)
 		}
-		for _, want := range []string{"--shutdown-listen=:9103", "--envoy-admin=127.0.0.1:9901"} {
+		for _, want := range []string{"--shutdown-listen=127.0.0.1:9103", "--envoy-admin=127.0.0.1:9901"} {
 			if !slices.Contains(tr.Args, want) {
 				t.Errorf("kube %s: tracker args %q lack %s", v.kube, tr.Args, want)
 			}
@@ -222,9 +226,53 @@ func TestTerminationDrainsEnvoy(t *testing.T) {
 		}
 		ev := container(t, &spec, "envoy")
 		pre := ev.Lifecycle
-		if pre == nil || pre.PreStop == nil || pre.PreStop.HTTPGet == nil || pre.PreStop.HTTPGet.Path != "/shutdown" || pre.PreStop.HTTPGet.Port.IntValue() != 9103 {
-			t.Errorf("kube %s: envoy preStop %+v, want GET /shutdown on 9103", v.kube, pre)
+		if pre == nil || pre.PreStop == nil || pre.PreStop.Exec == nil {
+			t.Fatalf("kube %s: envoy preStop %+v, want an exec hook on the pod's loopback", v.kube, pre)
 		}
+		preStopCallsShutdown(t, pre.PreStop.Exec.Command)
+	}
+}
+
+// preStopCallsShutdown runs the Envoy container's preStop command, as the
+// kubelet would in that container, against a listener standing in for the
+// tracker's loopback /shutdown (the port moved to a free one): it must
+// send GET /shutdown there and succeed once the answer came.
+func preStopCallsShutdown(t *testing.T, command []string) {
+	t.Helper()
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Fatalf("bash, the Envoy image's shell the hook runs with: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		got <- strings.TrimSpace(line)
+		_, _ = io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\ndrained\n")
+	}()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	cmd := slices.Clone(command)
+	for i := range cmd {
+		cmd[i] = strings.ReplaceAll(cmd[i], "127.0.0.1/9103", "127.0.0.1/"+port)
+	}
+	if cmd[0] == "/bin/bash" {
+		cmd[0] = "bash"
+	}
+	out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "drained") {
+		t.Errorf("preStop %q: %v\n%s", command, err, out)
+	}
+	if line := <-got; line != "GET /shutdown HTTP/1.0" {
+		t.Errorf("preStop %q sent %q; want GET /shutdown on the tracker's loopback port", command, line)
 	}
 }
 

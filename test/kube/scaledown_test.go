@@ -100,8 +100,10 @@ func TestScaleDownDeletesTheEmptiestPods(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	// 29 connections at cap 8 (8 × 0.8 per pod): the policy wants 5 pods.
-	// No ScaledObject: the hook knows no window and holds the full settle.
-	s := fleetSetup{replicas: 10, cap: 8, hook: []podcost.Option{podcost.WithSettle(2 * time.Second)}}.start(ctx, t)
+	// The ScaledObject's 1 s window: the hook holds the rest of the settle.
+	// (Without a readable ScaledObject it would hold the scale-down.)
+	s := fleetSetup{replicas: 10, cap: 8, scaledObject: true, min: 1, behavior: quickBehavior,
+		hook: []podcost.Option{podcost.WithSettle(2 * time.Second)}}.start(ctx, t)
 	a := s.a
 	loads := []int{5, 0, 3, 1, 7, 2, 0, 4, 6, 1}
 	plain := []string{"plain-1", "plain-2", "plain-3"}

@@ -63,7 +63,7 @@ starts before Envoy and stops after it. */ -}}
     - --expired-instances={{ $v.tracker.expiredInstances }}
     - --log-level={{ $v.tracker.logLevel }}
     {{- if .shutdown }}
-    - --shutdown-listen=:9103
+    - --shutdown-listen=127.0.0.1:9103
     {{- end }}
     - --envoy-admin={{ .envoyAdmin }}
     - --shutdown-timeout={{ include "wsgate.trackerShutdownTimeout" .root }}
