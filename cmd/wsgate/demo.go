@@ -67,6 +67,10 @@ type demoOptions struct {
 	rate          float64
 	listenBase    string
 	logLevel      string
+	// redisTimeout is each tracker's --redis-timeout; the gateways' filter
+	// waits demoAdmitSlack longer for its tracker, as the chart keeps the
+	// filter's admission timeout above the tracker's.
+	redisTimeout time.Duration
 	// scriptOnly returns after the scripted phase instead of serving until
 	// SIGINT/SIGTERM.
 	scriptOnly bool
@@ -81,6 +85,7 @@ func runDemoCommand(args []string) error {
 	fs.IntVar(&o.cap, "cap", 2, "maxConnectionsPerPod: connections one pod may hold, all gateways together")
 	fs.Float64Var(&o.rate, "rate", 5, "new connections per second each gateway admits")
 	fs.StringVar(&o.listenBase, "listen-base", "127.0.0.1:0", "loopback address of the first listener; with a port P, the gateways get P and P+1, the trackers, scaler, Redis and backends the next ports (port 0: free ports)")
+	fs.DurationVar(&o.redisTimeout, "redis-timeout", 100*time.Millisecond, "each tracker's --redis-timeout: raise it on a slow or busy machine, where Redis calls past it are refused as redis_down")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "level of the components' logs on stderr: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -93,8 +98,8 @@ func runDemoCommand(args []string) error {
 // runDemo starts every component, runs the script and then serves until a
 // signal (or returns after the script when o.scriptOnly is set).
 func runDemo(out io.Writer, o demoOptions) error {
-	if o.backends < 1 || o.cap < 1 || o.rate <= 0 {
-		return fmt.Errorf("--backends %d, --cap %d, --rate %g: all must be positive", o.backends, o.cap, o.rate)
+	if o.backends < 1 || o.cap < 1 || o.rate <= 0 || o.redisTimeout <= 0 {
+		return fmt.Errorf("--backends %d, --cap %d, --rate %g, --redis-timeout %s: all must be positive", o.backends, o.cap, o.rate, o.redisTimeout)
 	}
 	if err := requireLoopback("listen-base", o.listenBase); err != nil {
 		return err
@@ -379,6 +384,14 @@ func (b *demoBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// demoAdmitTimeout is the filter's default admission timeout, and
+// demoAdmitSlack what it keeps above the tracker's Redis timeout: the
+// tracker must answer (even "redis_down") before the filter gives up.
+const (
+	demoAdmitTimeout = 250 * time.Millisecond
+	demoAdmitSlack   = 150 * time.Millisecond
+)
+
 // demoNode is one Envoy pod: the gateway and its tracker sidecar.
 type demoNode struct {
 	name                    string
@@ -390,10 +403,10 @@ type demoNode struct {
 // URL is the node's WebSocket entry point.
 func (n *demoNode) URL() string { return "ws://" + n.gatewayLn.Addr().String() + "/" }
 
-func newDemoNodes(lc fx.Lifecycle, ls *demoListeners, store *tracker.Store, fleet tracker.FleetConfig, log *slog.Logger) ([]*demoNode, error) {
+func newDemoNodes(lc fx.Lifecycle, o demoOptions, ls *demoListeners, store *tracker.Store, fleet tracker.FleetConfig, log *slog.Logger) ([]*demoNode, error) {
 	var nodes []*demoNode
 	for i, name := range []string{"a", "b"} {
-		cfg := tracker.Config{InstanceID: "demo-envoy-" + name, Fleets: []tracker.FleetConfig{fleet}, Heartbeat: time.Second, InstanceTTL: demoInstanceTTL}
+		cfg := tracker.Config{InstanceID: "demo-envoy-" + name, Fleets: []tracker.FleetConfig{fleet}, Heartbeat: time.Second, InstanceTTL: demoInstanceTTL, RedisTimeout: o.redisTimeout}
 		t, err := tracker.New(cfg, store, tracker.WithLogger(log.With("component", "tracker", "instance", cfg.InstanceID)))
 		if err != nil {
 			return nil, err
@@ -442,11 +455,12 @@ func serveListener(lc fx.Lifecycle, ln net.Listener, srv *http.Server) {
 
 // serveDemoGateways starts the gateways after their trackers, so that they
 // stop first and their tunnels' last access-log entries reach the trackers.
-func serveDemoGateways(lc fx.Lifecycle, nodes []*demoNode, log *slog.Logger) error {
+func serveDemoGateways(lc fx.Lifecycle, o demoOptions, nodes []*demoNode, log *slog.Logger) error {
 	for _, n := range nodes {
 		gw, err := gateway.New(gateway.Config{
 			TrackerURL: n.admitURL, AccessLogAddr: n.accessLogAddr, Fleet: demoFleet,
-			NodeID: "demo-envoy-" + n.name, Logger: log.With("component", "gateway", "node", n.name),
+			AdmitTimeout: max(demoAdmitTimeout, o.redisTimeout+demoAdmitSlack),
+			NodeID:       "demo-envoy-" + n.name, Logger: log.With("component", "gateway", "node", n.name),
 		})
 		if err != nil {
 			return err

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -68,9 +69,14 @@ func checkDemoOutput(t *testing.T, out string) {
 	}
 }
 
+// demoTestRedisTimeout is the trackers' Redis timeout in the demo's tests:
+// they check what the script shows, not timing, and on a busy machine the
+// default 100 ms refuses admissions as redis_down.
+const demoTestRedisTimeout = 2 * time.Second
+
 func TestDemoEmbeddedRedis(t *testing.T) {
 	var out bytes.Buffer
-	err := runDemo(&out, demoOptions{backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn", scriptOnly: true})
+	err := runDemo(&out, demoOptions{backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn", redisTimeout: demoTestRedisTimeout, scriptOnly: true})
 	if err != nil {
 		t.Fatalf("demo: %v\noutput:\n%s", err, out.String())
 	}
@@ -93,7 +99,7 @@ func TestDemoExternalRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	err := runDemo(&out, demoOptions{redisAddr: srv.Addr(), redisPassword: "s3cret", backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn", scriptOnly: true})
+	err := runDemo(&out, demoOptions{redisAddr: srv.Addr(), redisPassword: "s3cret", backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn", redisTimeout: demoTestRedisTimeout, scriptOnly: true})
 	if err != nil {
 		t.Fatalf("demo: %v\noutput:\n%s", err, out.String())
 	}
@@ -122,7 +128,7 @@ func TestDemoExternalRedis(t *testing.T) {
 
 func TestDemoUnreachableRedis(t *testing.T) {
 	var out bytes.Buffer
-	err := runDemo(&out, demoOptions{redisAddr: "127.0.0.1:1", backends: 1, cap: 1, rate: 1, listenBase: "127.0.0.1:0", logLevel: "error", scriptOnly: true})
+	err := runDemo(&out, demoOptions{redisAddr: "127.0.0.1:1", backends: 1, cap: 1, rate: 1, listenBase: "127.0.0.1:0", logLevel: "error", redisTimeout: demoTestRedisTimeout, scriptOnly: true})
 	if err == nil || !strings.Contains(err.Error(), "reach Redis at 127.0.0.1:1") {
 		t.Fatalf("err = %v, want one line naming the unreachable Redis", err)
 	}
@@ -130,9 +136,10 @@ func TestDemoUnreachableRedis(t *testing.T) {
 
 func TestDemoRejectsBadOptions(t *testing.T) {
 	for _, o := range []demoOptions{
-		{backends: 0, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn"},
-		{backends: 3, cap: 2, rate: 5, listenBase: "0.0.0.0:0", logLevel: "warn"},
-		{backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "loud"},
+		{backends: 0, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn", redisTimeout: time.Second},
+		{backends: 3, cap: 2, rate: 5, listenBase: "0.0.0.0:0", logLevel: "warn", redisTimeout: time.Second},
+		{backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "loud", redisTimeout: time.Second},
+		{backends: 3, cap: 2, rate: 5, listenBase: "127.0.0.1:0", logLevel: "warn"},
 	} {
 		if err := runDemo(&bytes.Buffer{}, o); err == nil {
 			t.Errorf("%+v: accepted", o)
