@@ -170,6 +170,9 @@ func New(cfg Config) (*Gateway, error) {
 	} else if cfg.Fleet != "" || cfg.AdmitTimeout != 0 {
 		return nil, errors.New("gateway: Fleet and AdmitTimeout configure the default route: with Routes, set them in the routes' filter metadata")
 	}
+	if cfg.Clusters[cfg.OriginalDst] != nil {
+		return nil, fmt.Errorf("gateway: cluster %q is both the ORIGINAL_DST cluster and an endpoint cluster: Envoy refuses two clusters of one name", cfg.OriginalDst)
+	}
 	if err := routes.check(func(name string) bool { return name == cfg.OriginalDst || cfg.Clusters[name] != nil }); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}

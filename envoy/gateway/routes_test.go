@@ -118,6 +118,11 @@ func TestRouteTableCheck(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+	// Envoy refuses two clusters of one name; the stand-in would send the
+	// ORIGINAL_DST cluster's upgrades to the endpoint cluster's balancer.
+	if _, err := New(Config{TrackerURL: "http://127.0.0.1:1", AccessLogAddr: "127.0.0.1:1", Clusters: map[string]*Cluster{"wsgate_backend": NewCluster()}}); err == nil {
+		t.Error("an endpoint cluster named as the ORIGINAL_DST cluster accepted")
+	}
 }
 
 // The endpoint cluster selects as Envoy's ClusterEntry::chooseHost: a host

@@ -333,13 +333,20 @@ static_resources:
                             # No timeout for the life of a WebSocket.
                             timeout: 0s
                         {{- end }}
-                        # Anything else has no admitted pod to go to.
+                        # Anything else has no admitted pod to go to. The
+                        # filter does not run here: an upgrade outside every
+                        # route's path would be admitted into the filter's
+                        # default fleet.
                         - match: { prefix: "/" }
                           direct_response:
                             status: 426
                             body: { inline_string: "this listener serves WebSocket upgrades only\n" }
                           response_headers_to_add:
                             - header: { key: upgrade, value: websocket }
+                          typed_per_filter_config:
+                            envoy.filters.http.lua:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
+                              disabled: true
                     {{- end }}
                 http_filters:
                   - name: envoy.filters.http.lua
