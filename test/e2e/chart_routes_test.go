@@ -65,6 +65,9 @@ func TestChartStandaloneRoutes(t *testing.T) {
 		}
 	}
 	ch := renderChartRoutes(t, pods)
+	// The same with routes by host only: no route's virtual host is "*".
+	hostsOnly := renderChartRoutes(t, pods, "--set-json",
+		`dataPlane.standalone.routes=[{"fleet":"chat","hosts":["chat.example.com"]},{"fleet":"feed-v2","hosts":["feed.example.com"]}]`)
 
 	// The tracker side: one Redis, two Envoy pods' trackers on the
 	// rendered fleets file.
@@ -83,14 +86,19 @@ func TestChartStandaloneRoutes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var listeners []*routeListener
+	var nodes []*node
 	for _, id := range []string{"envoy-a", "envoy-b"} {
 		// startNode's own gateway (envoy/envoy.yaml's one route) goes
 		// unused: the pod's Envoy is the rendered one below.
 		n := startNode(t, store, id, nodeOptions{cfg: cfg, flush: 300 * time.Millisecond})
+		nodes = append(nodes, n)
 		for _, l := range ch.listeners {
 			listeners = append(listeners, serveListener(t, n, ch, l))
 		}
 	}
+	// Envoy runs the filter also for a request that matches no virtual
+	// host: the chart's own "*" catch-all keeps it from running there.
+	other := serveListener(t, nodes[0], hostsOnly, hostsOnly.listeners[0])
 	for f := range chartFleets {
 		if err := store.AwaitRecovery(ctx, f); err != nil {
 			t.Fatal(err)
@@ -162,6 +170,14 @@ func TestChartStandaloneRoutes(t *testing.T) {
 		if st := l.plainGet(t, "chat.example.com"); st != http.StatusUpgradeRequired {
 			t.Errorf("%s %s: plain GET: status %d, want 426", l.name, l.node, st)
 		}
+	}
+
+	before := seen(fleetOf)
+	if r := other.dial(ctx, "other.example.net", "/"); r.status != http.StatusUpgradeRequired || r.err == nil {
+		t.Errorf("routes by host only: an upgrade for another host: status %d reason %q (%v), want the 426", r.status, r.reason, r.err)
+	}
+	if !maps.Equal(seen(fleetOf), before) {
+		t.Error("routes by host only: a pod accepted an upgrade for another host")
 	}
 
 	// Each fleet's cap: more clients than its slots left, at once, over all
@@ -258,10 +274,10 @@ type chartListener struct {
 	routes *gateway.RouteTable
 }
 
-// renderChartRoutes renders the chart with testdata/chart_routes.yaml and
-// each fleet's pods, and reads the standalone Envoy's bootstrap, filter
+// renderChartRoutes renders the chart with testdata/chart_routes.yaml,
+// each fleet's pods and the extra helm arguments, and reads the standalone Envoy's bootstrap, filter
 // and fleets file as the pods would.
-func renderChartRoutes(t *testing.T, pods map[string][]*backend) *chartRender {
+func renderChartRoutes(t *testing.T, pods map[string][]*backend, extra ...string) *chartRender {
 	t.Helper()
 	bin, err := helmtest.Build()
 	if err != nil {
@@ -279,7 +295,7 @@ func renderChartRoutes(t *testing.T, pods map[string][]*backend) *chartRender {
 		js, _ := json.Marshal(addrs)
 		args = append(args, "--set-json", fmt.Sprintf("fleets[%d].pods=%s", i, js))
 	}
-	out, errOut, err := helmtest.Run(t, bin, args...)
+	out, errOut, err := helmtest.Run(t, bin, append(args, extra...)...)
 	if err != nil {
 		t.Fatalf("helm template: %v\n%s", err, errOut)
 	}
