@@ -170,6 +170,9 @@ func New(cfg Config) (*Gateway, error) {
 	} else if cfg.Fleet != "" || cfg.AdmitTimeout != 0 {
 		return nil, errors.New("gateway: Fleet and AdmitTimeout configure the default route: with Routes, set them in the routes' filter metadata")
 	}
+	if cfg.Clusters[cfg.OriginalDst] != nil {
+		return nil, fmt.Errorf("gateway: cluster %q is both the ORIGINAL_DST cluster and an endpoint cluster: Envoy refuses two clusters of one name", cfg.OriginalDst)
+	}
 	if err := routes.check(func(name string) bool { return name == cfg.OriginalDst || cfg.Clusters[name] != nil }); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -303,15 +306,21 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if route != nil {
 		md = route.FilterMetadata
 	}
-	dec, err := g.filter.OnRequest(r.Context(), luahost.Request{
-		Headers:       requestHeaders(r),
-		RemoteAddr:    r.RemoteAddr,
-		RouteMetadata: md,
-	})
-	if err != nil {
-		g.log.Error("lua host failed", "err", err)
-		http.Error(w, "lua host error", http.StatusInternalServerError)
-		return
+	var dec luahost.Decision
+	if route != nil && route.LuaDisabled {
+		// The filter does not run: the request goes on as it came.
+		dec.Headers = requestHeaders(r)
+	} else {
+		var err error
+		if dec, err = g.filter.OnRequest(r.Context(), luahost.Request{
+			Headers:       requestHeaders(r),
+			RemoteAddr:    r.RemoteAddr,
+			RouteMetadata: md,
+		}); err != nil {
+			g.log.Error("lua host failed", "err", err)
+			http.Error(w, "lua host error", http.StatusInternalServerError)
+			return
+		}
 	}
 	// A script error continues the request, as in Envoy (the host logged
 	// it): whatever the filter set before it decides below.
@@ -319,6 +328,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t := &tunnel{remote: r.RemoteAddr, authority: r.Host, path: r.URL.RequestURI(), start: time.Now(), established: make(chan struct{}), headers: dec.Headers}
 	t.conn, _ = wm["conn"].(string)
 	if t.conn != "" {
+		var err error
 		if t.meta, err = structpb.NewStruct(wm); err != nil {
 			g.log.Error("dynamic metadata not representable", "err", err)
 		}

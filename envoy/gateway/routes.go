@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	luav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/lua/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
 	"github.com/wsgate/wsgate/envoy/luahost"
@@ -50,6 +51,10 @@ type Route struct {
 	// name: the Lua filter reads envoy.filters.http.lua's (fleet, pin,
 	// admit_timeout_ms).
 	FilterMetadata map[string]map[string]any
+	// LuaDisabled is typed_per_filter_config envoy.filters.http.lua:
+	// LuaPerRoute{disabled: true}: the Lua filter does not run for
+	// requests of this route.
+	LuaDisabled bool
 }
 
 // HeaderMatcher matches one request header, as Envoy's HeaderMatcher with
@@ -223,7 +228,8 @@ func (h HeaderMatcher) matches(req *http.Request) bool {
 // What the stand-in does not model is an error naming it, never ignored:
 // matches other than prefix and path (and case_sensitive false), header
 // matchers other than string_match.exact and present_match, actions other
-// than route.cluster and direct_response, and per-filter configs.
+// than route.cluster and direct_response, and per-filter configs other than
+// a route's LuaPerRoute{disabled: true}.
 func RoutesFromConfig(rc *routev3.RouteConfiguration) (*RouteTable, error) {
 	rt := &RouteTable{IgnorePortInHostMatching: rc.GetIgnorePortInHostMatching()}
 	for _, vh := range rc.GetVirtualHosts() {
@@ -279,8 +285,12 @@ func routeFromConfig(r *routev3.Route) (Route, error) {
 		}
 		out.Headers = append(out.Headers, hm)
 	}
-	if len(r.GetTypedPerFilterConfig()) != 0 {
-		return out, fmt.Errorf("typed_per_filter_config is not modelled")
+	for name, cfg := range r.GetTypedPerFilterConfig() {
+		var lua luav3.LuaPerRoute
+		if name != luahost.DefaultFilterName || cfg.UnmarshalTo(&lua) != nil || !lua.GetDisabled() {
+			return out, fmt.Errorf("typed_per_filter_config %s (%s) is not modelled (%s LuaPerRoute disabled is)", name, cfg.GetTypeUrl(), luahost.DefaultFilterName)
+		}
+		out.LuaDisabled = true
 	}
 	switch a := r.GetAction().(type) {
 	case *routev3.Route_Route:

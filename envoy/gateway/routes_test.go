@@ -1,13 +1,18 @@
 package gateway
 
 import (
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	luav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/lua/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/wsgate/wsgate/envoy"
 	"github.com/wsgate/wsgate/envoy/luahost"
@@ -113,6 +118,11 @@ func TestRouteTableCheck(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+	// Envoy refuses two clusters of one name; the stand-in would send the
+	// ORIGINAL_DST cluster's upgrades to the endpoint cluster's balancer.
+	if _, err := New(Config{TrackerURL: "http://127.0.0.1:1", AccessLogAddr: "127.0.0.1:1", Clusters: map[string]*Cluster{"wsgate_backend": NewCluster()}}); err == nil {
+		t.Error("an endpoint cluster named as the ORIGINAL_DST cluster accepted")
+	}
 }
 
 // The endpoint cluster selects as Envoy's ClusterEntry::chooseHost: a host
@@ -150,5 +160,65 @@ func TestClusterOverrideHost(t *testing.T) {
 	d.SetEndpoint("10.0.0.1:80", corev3.HealthStatus_DRAINING)
 	if got := d.chooseHost(pin("10.0.0.1:80", true)); got != "10.0.0.1:80" {
 		t.Errorf("override_host_status with DRAINING: %q", got)
+	}
+}
+
+// A route whose typed_per_filter_config disables the Lua filter
+// (LuaPerRoute{disabled: true}) is served without it, as Envoy skips the
+// filter there: an upgrade on it asks the tracker nothing and gets the
+// route's own answer. Any other per-filter config is refused.
+func TestRouteLuaDisabled(t *testing.T) {
+	disabled, err := anypb.New(&luav3.LuaPerRoute{Override: &luav3.LuaPerRoute_Disabled{Disabled: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := envoyYAMLRoutes(t)
+	vh := rc.GetVirtualHosts()[0]
+	// Upgrades on /ws only; any other upgrade falls to the 426 with the
+	// filter disabled.
+	vh.GetRoutes()[0].GetMatch().PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: "/ws"}
+	vh.GetRoutes()[1].TypedPerFilterConfig = map[string]*anypb.Any{luahost.DefaultFilterName: disabled}
+	rt, err := RoutesFromConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt.VirtualHosts[0].Routes[0].LuaDisabled || !rt.VirtualHosts[0].Routes[1].LuaDisabled {
+		t.Fatalf("LuaDisabled: %+v", rt.VirtualHosts[0].Routes)
+	}
+	var admissions atomic.Int64
+	tracker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		admissions.Add(1)
+		http.Error(w, `unknown fleet "default"`, http.StatusBadRequest)
+	}))
+	defer tracker.Close()
+	g, err := New(Config{TrackerURL: tracker.URL, AccessLogAddr: "127.0.0.1:1", Routes: rt, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	serve := func(path string) int {
+		w := httptest.NewRecorder()
+		g.ServeHTTP(w, request("chat.example", path, "Connection", "Upgrade", "Upgrade", "websocket"))
+		return w.Code
+	}
+	if got := serve("/other"); got != http.StatusUpgradeRequired || admissions.Load() != 0 {
+		t.Errorf("upgrade on the disabled route: status %d after %d admissions, want 426 after none", got, admissions.Load())
+	}
+	if got := serve("/ws"); got != http.StatusServiceUnavailable || admissions.Load() != 1 {
+		t.Errorf("upgrade on the filter's route: status %d after %d admissions, want the filter's 503 after one", got, admissions.Load())
+	}
+
+	named, err := anypb.New(&luav3.LuaPerRoute{Override: &luav3.LuaPerRoute_Name{Name: "other"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, cfg := range map[string]map[string]*anypb.Any{
+		"LuaPerRoute name":        {luahost.DefaultFilterName: named},
+		"another filter's config": {"envoy.filters.http.router": disabled},
+	} {
+		vh.GetRoutes()[1].TypedPerFilterConfig = cfg
+		if _, err := RoutesFromConfig(rc); err == nil {
+			t.Errorf("%s: accepted", what)
+		}
 	}
 }

@@ -245,6 +245,23 @@ none given means one route per fleet, which only one fleet can have. */ -}}
 {{- dict "routes" $out | toJson -}}
 {{- end -}}
 
+{{- /* The last route of every upgrade virtual host: anything that no
+upgrade route took has no admitted pod to go to. The filter does not run
+here: an upgrade outside every route would be admitted into the filter's
+default fleet. */ -}}
+{{- define "wsgate.upgradesOnly" -}}
+- match: { prefix: "/" }
+  direct_response:
+    status: 426
+    body: { inline_string: "this listener serves WebSocket upgrades only\n" }
+  response_headers_to_add:
+    - header: { key: upgrade, value: websocket }
+  typed_per_filter_config:
+    envoy.filters.http.lua:
+      "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
+      disabled: true
+{{- end -}}
+
 {{- /* The standalone Envoy's bootstrap (Envoy 1.27 or newer; a route with
 pin override_host needs 1.33). */ -}}
 {{- define "wsgate.envoyBootstrap" -}}
@@ -333,13 +350,15 @@ static_resources:
                             # No timeout for the life of a WebSocket.
                             timeout: 0s
                         {{- end }}
-                        # Anything else has no admitted pod to go to.
-                        - match: { prefix: "/" }
-                          direct_response:
-                            status: 426
-                            body: { inline_string: "this listener serves WebSocket upgrades only\n" }
-                          response_headers_to_add:
-                            - header: { key: upgrade, value: websocket }
+                        {{- include "wsgate.upgradesOnly" $ | nindent 24 }}
+                    {{- end }}
+                    {{- if not (hasKey $owner "*") }}
+                    # Hosts of no route: the same answer, and no filter (in a
+                    # request that matches no virtual host, Envoy runs it).
+                    - name: other_hosts
+                      domains: ["*"]
+                      routes:
+                        {{- include "wsgate.upgradesOnly" $ | nindent 24 }}
                     {{- end }}
                 http_filters:
                   - name: envoy.filters.http.lua
