@@ -54,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"fleet", "why"}),
 		AccessLogEntries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wsgate_tracker_access_log_entries_total",
-			Help: "Envoy access-log entries received, by type (established, periodic, end) and outcome (ok, adopted, refused: not this instance's to adopt, unknown_conn, no_conn, malformed, ignored).",
+			Help: "Envoy access-log entries received, by type (established, periodic, end; unknown, other, tcp) and outcome (ok, adopted, refused: not this instance's to adopt, unknown_conn, no_conn, error: not applied; malformed, ignored); each pair the receiver counts is at 0 from its start.",
 		}, []string{"type", "outcome"}),
 		BatchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "wsgate_tracker_redis_batch_size",

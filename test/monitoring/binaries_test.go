@@ -162,6 +162,8 @@ const (
 	capPerPod   = 2
 	heartbeat   = "250ms"
 	instanceTTL = "2s"
+	// The scaler reads each fleet from Redis this often for /metrics.
+	scalerMetricsInterval = time.Second
 )
 
 // stack is a real redis-server, a tracker and a scaler, run from the
@@ -196,7 +198,7 @@ func startStack(t *testing.T, pod string) *stack {
 		"--listen", s.admitAddr, "--access-log-listen", s.accessLogAddr, "--telemetry-listen", s.trackerTelem)
 	s.scalerGRPC, s.scalerTelem = freeAddr(t), freeAddr(t)
 	s.scaler = start(t, "scaler", bin, "scaler", "--config", cfg, "--redis-addr", s.redis.Addr(),
-		"--instance-ttl", instanceTTL, "--settle", "1s",
+		"--instance-ttl", instanceTTL, "--settle", "1s", "--metrics-interval", scalerMetricsInterval.String(),
 		"--listen", s.scalerGRPC, "--telemetry-listen", s.scalerTelem)
 	s.tracker.awaitOK(t, "http://"+s.trackerTelem+"/readyz", 30*time.Second)
 	s.scaler.awaitOK(t, "http://"+s.scalerTelem+"/readyz", 30*time.Second)

@@ -48,7 +48,21 @@ const (
 	// OutcomeRefused: the entry names a connection this instance cannot
 	// account for (tracker.ErrNotAdoptable): not counted.
 	OutcomeRefused = "refused"
+	// OutcomeError: the tracker failed to apply the entry (logged).
+	OutcomeError = "error"
 )
+
+// entrySeries are the (type, outcome) pairs classify and StreamAccessLogs
+// can count: New creates them at 0.
+var entrySeries = func() [][2]string {
+	var out [][2]string
+	for _, typ := range []string{"established", "periodic", "end"} {
+		for _, o := range []string{OutcomeOK, OutcomeAdopted, OutcomeRefused, OutcomeUnknownConn, OutcomeNoConn, OutcomeError} {
+			out = append(out, [2]string{typ, o})
+		}
+	}
+	return append(out, [2]string{"unknown", OutcomeMalformed}, [2]string{"other", OutcomeIgnored}, [2]string{"tcp", OutcomeIgnored})
+}()
 
 // Defaults of Server's bounds.
 const (
@@ -90,8 +104,13 @@ type Server struct {
 }
 
 // New returns a receiver that applies entries to t and counts them in
-// entries (tracker.Metrics.AccessLogEntries: labels type and outcome).
+// entries (tracker.Metrics.AccessLogEntries: labels type and outcome),
+// whose every series it creates at 0, so that a dashboard or rule reading
+// them sees a tracker that received no entry yet, not no tracker.
 func New(t Tracker, entries *prometheus.CounterVec, log *slog.Logger) *Server {
+	for _, s := range entrySeries {
+		entries.WithLabelValues(s[0], s[1])
+	}
 	return &Server{tracker: t, entries: entries, log: log, MaxStreams: DefaultMaxStreams, IdleTimeout: DefaultIdleTimeout}
 }
 
@@ -244,7 +263,7 @@ func (s *Server) classify(ctx context.Context, entry *datav3.HTTPAccessLogEntry)
 			return typ, OutcomeUnknownConn
 		}
 		s.log.Warn("access-log entry not applied", "type", typ, "conn", conn, "err", err)
-		return typ, "error"
+		return typ, OutcomeError
 	}
 	return typ, OutcomeOK
 }

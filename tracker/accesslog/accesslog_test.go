@@ -429,3 +429,44 @@ func TestIdleStreamIsClosed(t *testing.T) {
 		t.Fatalf("the next stream: %v", err)
 	}
 }
+
+// TestEntrySeriesExistBeforeAnyEntry: every series the receiver counts is
+// at 0 from its start, so that a rule or dashboard on entries tells "no
+// entry yet" from "no tracker scraped".
+func TestEntrySeriesExistBeforeAnyEntry(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := tracker.NewMetrics(reg)
+	accesslog.New(nil, m.AccessLogEntries, slog.New(slog.DiscardHandler))
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		if f.GetName() != "wsgate_tracker_access_log_entries_total" {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range mt.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			got[l["type"]+" "+l["outcome"]] = mt.GetCounter().GetValue()
+		}
+	}
+	var want []string
+	for _, typ := range []string{"established", "periodic", "end"} {
+		for _, o := range []string{accesslog.OutcomeOK, accesslog.OutcomeAdopted, accesslog.OutcomeRefused, accesslog.OutcomeUnknownConn, accesslog.OutcomeNoConn, accesslog.OutcomeError} {
+			want = append(want, typ+" "+o)
+		}
+	}
+	want = append(want, "unknown "+accesslog.OutcomeMalformed, "other "+accesslog.OutcomeIgnored, "tcp "+accesslog.OutcomeIgnored)
+	for _, w := range want {
+		if v, ok := got[w]; !ok || v != 0 {
+			t.Errorf("before any entry: type, outcome %s = %v (present %v), want 0", w, v, ok)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d series before any entry, want %d: %v", len(got), len(want), got)
+	}
+}
