@@ -226,3 +226,9 @@ func (l *redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	}
 	redisLog.Load().WarnContext(ctx, fmt.Sprintf(format, v...))
 }
+
+// printConfigOK ends a --check-config run that found nothing wrong.
+func printConfigOK() error {
+	_, err := fmt.Println("config ok")
+	return err
+}

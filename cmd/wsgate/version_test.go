@@ -64,7 +64,7 @@ func TestBuildInfoOnFirstScrape(t *testing.T) {
 	trackerFlags := trackerFlags{embedded: true, redis: &redisOptions{}, listen: "127.0.0.1:0", telemetry: "127.0.0.1:0",
 		cfg: tracker.Config{InstanceID: "pod-a", Fleets: []tracker.FleetConfig{fleet}}}
 	scalerFlags := scalerFlags{redis: &redisOptions{addrs: "127.0.0.1:1"}, listen: "127.0.0.1:0", telemetry: "127.0.0.1:0",
-		reapInterval: time.Hour, cfg: scaler.Config{Fleets: []tracker.FleetConfig{fleet}, Settle: time.Second, ReadinessRatio: 0.95}}
+		reapInterval: time.Hour, metricsInterval: time.Hour, cfg: scaler.Config{Fleets: []tracker.FleetConfig{fleet}, Settle: time.Second, ReadinessRatio: 0.95}}
 	for name, app := range map[string]func(*slog.Logger) fx.Option{
 		"tracker": func(log *slog.Logger) fx.Option {
 			return fx.Options(fx.Supply(trackerFlags, log), fx.Provide(newRegistry, newRedis, newStore, newTracker), fx.Invoke(serveAdmission))
