@@ -166,7 +166,7 @@ interval while the WebSocket lives (lease renewal, well under the
 tracker's --lease-ttl of 90s), one at the end (release). */ -}}
 {{- define "wsgate.accessLogOptions" -}}
 flush_log_on_tunnel_successfully_established: true
-access_log_flush_interval: 30s
+access_log_flush_interval: {{ include "wsgate.accessLogFlushInterval" . }}
 {{- end -}}
 
 {{- /* The gRPC access log into the tracker, of the connections it admitted
