@@ -227,8 +227,14 @@ func (l *redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	redisLog.Load().WarnContext(ctx, fmt.Sprintf(format, v...))
 }
 
-// printConfigOK ends a --check-config run that found nothing wrong.
-func printConfigOK() error {
-	_, err := fmt.Println("config ok")
+// configOK ends a --check-config run: the Redis client is built from the
+// flags (its address rules checked, TLS files read) but never dialled.
+func configOK(redisCfg tracker.RedisConfig) error {
+	rdb, err := tracker.NewRedisClient(redisCfg)
+	if err != nil {
+		return err
+	}
+	_ = rdb.Close()
+	_, err = fmt.Println("config ok")
 	return err
 }

@@ -101,7 +101,7 @@ func runScaler(args []string) error {
 		if err := f.cfg.WithDefaults().Validate(); err != nil {
 			return err
 		}
-		return printConfigOK()
+		return configOK(f.redis.config())
 	}
 	return runApp(fx.New(fxLogger(log), scalerApp(f, log)))
 }

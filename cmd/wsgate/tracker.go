@@ -109,7 +109,10 @@ func runTracker(args []string) error {
 		return err
 	}
 	if f.checkConfig {
-		return printConfigOK()
+		if f.embedded {
+			return configOK(tracker.RedisConfig{Addrs: []string{"127.0.0.1:0"}})
+		}
+		return configOK(f.redis.config())
 	}
 	var t *tracker.Tracker
 	app := fx.New(

@@ -44,6 +44,9 @@ var valueFlags = map[string][]struct{ bin, flag string }{
 	"tracker.redisTimeout":     {{"tracker", "--redis-timeout"}},
 	"tracker.shutdownTimeout":  {{"tracker", "--shutdown-timeout"}},
 	"scaler.settle":            {{"scaler", "--settle"}},
+	// Through WSGATE_REDIS_* (rendered for an external Redis only).
+	"redis.addrs": {{"tracker", "--redis-addr"}, {"scaler", "--redis-addr"}},
+	"redis.db":    {{"tracker", "--redis-db"}, {"scaler", "--redis-db"}},
 }
 
 // ruleCases is the one table of configurations that cannot work: each is
@@ -108,6 +111,12 @@ var ruleCases = []ruleCase{
 	{name: "shutdownTimeout not below the grace period", set: []string{"tracker.shutdownTimeout=1m"},
 		chart:     "tracker.shutdownTimeout 1m: must be below envoy.terminationGracePeriodSeconds 60",
 		chartOnly: "the grace period is the pod's, which the tracker does not see"},
+	{name: "standalone Redis with two addresses", set: []string{"redis.bundled.enabled=false", "redis.addrs={a.example:6379,b.example:6379}"},
+		chart:     "redis.addrs [a.example:6379 b.example:6379]: redis.mode standalone takes one address",
+		chartOnly: "the binary takes several addresses for a Cluster's seeds, as the user may have meant"},
+	{name: "standalone Redis with two addresses and a db", set: []string{"redis.bundled.enabled=false", "redis.addrs={a.example:6379,b.example:6379}", "redis.db=1"},
+		chart: "redis.mode standalone takes one address", bin: "tracker scaler", binErr: "db 1: Redis Cluster has only db 0"},
+	{name: "external Redis", set: []string{"redis.bundled.enabled=false", "redis.addrs={a.example:6379}", "redis.db=3"}},
 	{name: "redis addrs with the bundled Redis", set: []string{"redis.addrs[0]=redis.example:6379"},
 		chart:     "redis.addrs [redis.example:6379]: set redis.bundled.enabled=false",
 		chartOnly: "the bundled Redis is a chart resource, not a binary setting"},
@@ -121,13 +130,13 @@ func TestRulesChartAndBinary(t *testing.T) {
 	bin := wsgateBinary(t)
 	base := decodeStrict(t, template(t, ""))
 	fleetsCM := get[*corev1.ConfigMap](t, base, "ConfigMap", "wsg-wsgate-fleets")
-	cmdLines := map[string][]string{
-		"tracker": container(t, &get[*appsv1.Deployment](t, base, "Deployment", envoyName).Spec.Template.Spec, "tracker").Args,
-		"scaler":  container(t, &get[*appsv1.Deployment](t, base, "Deployment", scalerName).Spec.Template.Spec, "scaler").Args,
+	cmdLines := map[string]*corev1.Container{
+		"tracker": container(t, &get[*appsv1.Deployment](t, base, "Deployment", envoyName).Spec.Template.Spec, "tracker"),
+		"scaler":  container(t, &get[*appsv1.Deployment](t, base, "Deployment", scalerName).Spec.Template.Spec, "scaler"),
 	}
 	t.Run("defaults", func(t *testing.T) {
-		for b, args := range cmdLines {
-			if out, err := checkConfig(t, bin, args, fleetsCM.Data["fleets.yaml"], nil); err != nil {
+		for b, c := range cmdLines {
+			if out, err := checkConfig(t, bin, c, fleetsCM.Data["fleets.yaml"], nil); err != nil {
 				t.Errorf("wsgate %s --check-config refuses the chart's defaults: %v\n%s", b, err, out)
 			}
 		}
@@ -153,11 +162,11 @@ func TestRulesChartAndBinary(t *testing.T) {
 			}
 
 			overrides, fleets := binarySettings(t, tc, fleetsCM.Data["fleets.yaml"])
-			for b, args := range cmdLines {
+			for b, c := range cmdLines {
 				if len(overrides[b]) == 0 && fleets == "" {
 					continue
 				}
-				out, err := checkConfig(t, bin, args, fleets, overrides[b])
+				out, err := checkConfig(t, bin, c, fleets, overrides[b])
 				refuse := slices.Contains(strings.Fields(tc.bin), b)
 				if tc.chart != "" && tc.chartOnly == "" && tc.bin == "" {
 					t.Fatal("case refused by the chart names neither bin nor chartOnly")
@@ -190,6 +199,7 @@ func binarySettings(t *testing.T, tc ruleCase, renderedFleets string) (map[strin
 			fleets = "fleets:\n- " + key + ": " + v + "\n"
 			continue
 		}
+		v = strings.TrimSuffix(strings.TrimPrefix(v, "{"), "}") // a --set list
 		for _, f := range valueFlags[k] {
 			if overrides[f.bin] == nil {
 				overrides[f.bin] = map[string]string{}
@@ -235,12 +245,15 @@ func wsgateBinary(t *testing.T) string {
 	return wsgatePath
 }
 
-// checkConfig runs a rendered command line with --check-config: the fleets
-// file written to a temporary file, the flags in overrides replacing the
-// rendered ones (which must be there), Kubernetes' $(VAR) references
-// expanded from fixed pod fields.
-func checkConfig(t *testing.T, bin string, rendered []string, fleets string, overrides map[string]string) ([]byte, error) {
+// checkConfig runs a rendered container's command line with --check-config:
+// the fleets file written to a temporary file, the flags in overrides
+// replacing the rendered ones (which must be there), Kubernetes' $(VAR)
+// references expanded from fixed pod fields, and the container's literal
+// environment (WSGATE_REDIS_*: flags too) set, its WSGATE_* names replaced
+// by overrides of the same flag.
+func checkConfig(t *testing.T, bin string, c *corev1.Container, fleets string, overrides map[string]string) ([]byte, error) {
 	t.Helper()
+	rendered := c.Args
 	file := filepath.Join(t.TempDir(), "fleets.yaml")
 	if err := os.WriteFile(file, []byte(fleets), 0o644); err != nil {
 		t.Fatal(err)
@@ -262,13 +275,31 @@ func checkConfig(t *testing.T, bin string, rendered []string, fleets string, ove
 		}
 		args = append(args, a)
 	}
-	for name := range overrides {
+	env := []string{"HOME=" + os.TempDir()} // no WSGATE_* of this machine
+	for _, e := range c.Env {
+		if e.ValueFrom != nil {
+			continue
+		}
+		flag := "--" + strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(e.Name, "WSGATE_")), "_", "-")
+		if v, ok := overrides[flag]; ok {
+			env = append(env, e.Name+"="+v)
+			seen[flag] = true
+			continue
+		}
+		env = append(env, e.Name+"="+e.Value)
+	}
+	for name, v := range overrides {
+		if !seen[name] && strings.HasPrefix(name, "--redis-") {
+			// The chart renders the Redis flags of an external Redis only.
+			env = append(env, "WSGATE_"+strings.ToUpper(strings.ReplaceAll(strings.TrimPrefix(name, "--"), "-", "_"))+"="+v)
+			continue
+		}
 		if !seen[name] {
 			t.Fatalf("the chart renders no %s= in %v: valueFlags is out of date", name, rendered)
 		}
 	}
 	cmd := exec.Command(bin, append(args, "--check-config")...)
-	cmd.Env = []string{"HOME=" + os.TempDir()} // no WSGATE_* of this machine
+	cmd.Env = env
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

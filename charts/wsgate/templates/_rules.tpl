@@ -138,6 +138,12 @@ leaves this to the template for a message that says what to do. */ -}}
 {{- fail (printf "redis.addrs %v: set redis.bundled.enabled=false to use an external Redis (the bundled one is on, and wsgate would talk to it, not to redis.addrs)" .Values.redis.addrs) -}}
 {{- end -}}
 
+{{- /* Several addresses make go-redis a Cluster client: "standalone"
+would silently be a Cluster (or, with a db, refused by the binaries). */ -}}
+{{- if and (not .Values.redis.bundled.enabled) (eq .Values.redis.mode "standalone") (gt (len .Values.redis.addrs) 1) -}}
+{{- fail (printf "redis.addrs %v: redis.mode standalone takes one address (a Cluster's seeds: redis.mode=cluster; Sentinels: redis.mode=sentinel with redis.masterName)" .Values.redis.addrs) -}}
+{{- end -}}
+
 {{- /* The tracker must have left Redis before the kubelet kills the pod. */ -}}
 {{- if and (eq $mode "standalone") $t.shutdownTimeout -}}
 {{- $grace := mulf 1000 (float64 .Values.envoy.terminationGracePeriodSeconds) -}}
