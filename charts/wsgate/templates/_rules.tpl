@@ -138,6 +138,18 @@ leaves this to the template for a message that says what to do. */ -}}
 {{- fail (printf "redis.addrs %v: set redis.bundled.enabled=false to use an external Redis (the bundled one is on, and wsgate would talk to it, not to redis.addrs)" .Values.redis.addrs) -}}
 {{- end -}}
 
+{{- /* One scaler: the pod-deletion-cost hook keeps its scale-down
+decisions in memory, and the replica KEDA's gRPC connection happens to
+reach decides. A replica that decided once keeps re-publishing its
+draining flags into the registry (discovery.Registry's ownsDrain) and
+leaves its cost annotations, after the connection moved to another that
+decides differently: pods drain that the HPA keeps, or the HPA removes
+pods that hold connections. Safe only with leader election, which the
+scaler lacks. A restarted scaler catches up from Redis and the pods. */ -}}
+{{- if gt (int .Values.scaler.replicas) 1 -}}
+{{- fail (printf "scaler.replicas %v: run one scaler. Its deletion-cost hook decides scale-downs in memory on whichever replica KEDA's connection reaches; two would publish conflicting draining flags and costs (it has no leader election). One replica restarts in seconds and re-reads its state from Redis and the pods; KEDA's fallback (keda.fallback) covers the gap" .Values.scaler.replicas) -}}
+{{- end -}}
+
 {{- /* Several addresses make go-redis a Cluster client: "standalone"
 would silently be a Cluster (or, with a db, refused by the binaries). */ -}}
 {{- if and (not .Values.redis.bundled.enabled) (eq .Values.redis.mode "standalone") (gt (len .Values.redis.addrs) 1) -}}
