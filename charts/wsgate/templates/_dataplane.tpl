@@ -67,12 +67,18 @@ starts before Envoy and stops after it. */ -}}
     {{- end }}
     - --envoy-admin={{ .envoyAdmin }}
     - --shutdown-timeout={{ include "wsgate.trackerShutdownTimeout" .root }}
+    {{- with $v.tracker.extraArgs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   env:
     - name: POD_NAME
       valueFrom:
         fieldRef:
           fieldPath: metadata.name
     {{- include "wsgate.redisEnv" .root | nindent 4 }}
+    {{- with $v.tracker.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   ports:
     - name: metrics
       containerPort: 9102
@@ -102,6 +108,9 @@ starts before Envoy and stops after it. */ -}}
       mountPath: /etc/wsgate/fleets
       readOnly: true
     {{- include "wsgate.redisTLSMount" .root | nindent 4 }}
+    {{- with $v.tracker.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
 
 {{- /* The pod volumes the tracker container mounts. */ -}}

@@ -209,3 +209,32 @@ before the kubelet kills the pod. */ -}}
 {{ max 1 (sub (int .Values.envoy.terminationGracePeriodSeconds) 10) }}s
 {{- end -}}
 {{- end -}}
+
+{{- /* A component's ServiceAccount name: include with (list $ "envoy").
+serviceAccount.name, else <fullname>-<component> when the chart creates
+it, else the namespace's default. */ -}}
+{{- define "wsgate.serviceAccountName" -}}
+{{- $root := index . 0 -}}
+{{- $sa := (get $root.Values (index . 1)).serviceAccount -}}
+{{- if $sa.name -}}
+{{ $sa.name }}
+{{- else if $sa.create -}}
+{{ include (printf "wsgate.%s" (index . 1)) $root }}
+{{- else -}}
+default
+{{- end -}}
+{{- end -}}
+
+{{- /* A component's podLabels, refused where they would change the
+Deployment's selector: include with (list $ "envoy"). */ -}}
+{{- define "wsgate.podLabels" -}}
+{{- $root := index . 0 -}}
+{{- $comp := index . 1 -}}
+{{- $labels := (get $root.Values $comp).podLabels -}}
+{{- range $k, $_ := $labels -}}
+{{- if or (hasPrefix "app.kubernetes.io/" $k) (hasPrefix "helm.sh/" $k) -}}
+{{- fail (printf "%s.podLabels.%s: the chart sets the app.kubernetes.io/* and helm.sh/* labels (the selector's among them); use commonLabels or another key" $comp $k) -}}
+{{- end -}}
+{{- end -}}
+{{- with $labels }}{{ toYaml . }}{{ end -}}
+{{- end -}}

@@ -1,0 +1,113 @@
+package chart_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+)
+
+// TestServiceAccounts: each component's ServiceAccount can be created with
+// annotations (a cloud identity), renamed, or taken from the namespace.
+func TestServiceAccounts(t *testing.T) {
+	r := decodeStrict(t, template(t, "",
+		"--set-json", `envoy.serviceAccount={"create":true,"name":"edge-proxy","annotations":{"iam.gke.io/gcp-service-account":"edge@p.iam.gserviceaccount.com"}}`,
+		"--set-json", `scaler.serviceAccount={"create":false,"name":"wsgate-scaler-irsa"}`))
+	sa := get[*corev1.ServiceAccount](t, r, "ServiceAccount", "edge-proxy")
+	if sa.Annotations["iam.gke.io/gcp-service-account"] != "edge@p.iam.gserviceaccount.com" {
+		t.Errorf("envoy ServiceAccount annotations %v", sa.Annotations)
+	}
+	if r.has("ServiceAccount", scalerName) || r.has("ServiceAccount", "wsgate-scaler-irsa") {
+		t.Errorf("scaler.serviceAccount.create false, yet a scaler ServiceAccount is rendered: %v", r.keys)
+	}
+	if got := get[*appsv1.Deployment](t, r, "Deployment", envoyName).Spec.Template.Spec.ServiceAccountName; got != "edge-proxy" {
+		t.Errorf("Envoy pods run as %q, want edge-proxy", got)
+	}
+	if got := get[*appsv1.Deployment](t, r, "Deployment", scalerName).Spec.Template.Spec.ServiceAccountName; got != "wsgate-scaler-irsa" {
+		t.Errorf("scaler pods run as %q, want wsgate-scaler-irsa", got)
+	}
+	rb := get[*rbacv1.RoleBinding](t, r, "RoleBinding", scalerName)
+	if len(rb.Subjects) != 1 || rb.Subjects[0].Name != "wsgate-scaler-irsa" {
+		t.Errorf("the scaler's Role is bound to %+v, want the ServiceAccount its pods run as", rb.Subjects)
+	}
+
+	r = decodeStrict(t, template(t, "", "--set", "scaler.serviceAccount.create=false"))
+	if got := get[*appsv1.Deployment](t, r, "Deployment", scalerName).Spec.Template.Spec.ServiceAccountName; got != "default" {
+		t.Errorf("scaler without a created or named ServiceAccount runs as %q, want default", got)
+	}
+}
+
+// TestPodExtras: podLabels, priorityClassName and the extra args, env,
+// volumes and mounts reach the pods and containers they name, and nothing
+// else moves (the chart's own args come first, its selector stays).
+func TestPodExtras(t *testing.T) {
+	env := `[{"name":"GODEBUG","value":"madvdontneed=1"}]`
+	vol := `[{"name":"ca","configMap":{"name":"corp-ca"}}]`
+	mnt := `[{"name":"ca","mountPath":"/etc/corp-ca","readOnly":true}]`
+	base := decodeStrict(t, template(t, ""))
+	r := decodeStrict(t, template(t, "",
+		"--set", "envoy.podLabels.team=edge", "--set", "scaler.podLabels.team=platform",
+		"--set", "envoy.priorityClassName=edge-critical", "--set", "scaler.priorityClassName=system-cluster-critical",
+		"--set-json", `envoy.extraArgs=["--component-log-level","lua:debug"]`,
+		"--set-json", `tracker.extraArgs=["--metrics-per-pod"]`,
+		"--set-json", `scaler.extraArgs=["--reap-interval=10s"]`,
+		"--set-json", "envoy.extraEnv="+env, "--set-json", "tracker.extraEnv="+env, "--set-json", "scaler.extraEnv="+env,
+		"--set-json", "envoy.extraVolumes="+vol, "--set-json", "scaler.extraVolumes="+vol,
+		"--set-json", "envoy.extraVolumeMounts="+mnt, "--set-json", "tracker.extraVolumeMounts="+mnt, "--set-json", "scaler.extraVolumeMounts="+mnt))
+	for _, tc := range []struct {
+		deploy, team, priority string
+		containers             map[string][]string // container -> its extra args
+	}{
+		{envoyName, "edge", "edge-critical", map[string][]string{"envoy": {"--component-log-level", "lua:debug"}, "tracker": {"--metrics-per-pod"}}},
+		{scalerName, "platform", "system-cluster-critical", map[string][]string{"scaler": {"--reap-interval=10s"}}},
+	} {
+		d := get[*appsv1.Deployment](t, r, "Deployment", tc.deploy)
+		was := get[*appsv1.Deployment](t, base, "Deployment", tc.deploy)
+		spec := &d.Spec.Template.Spec
+		if d.Spec.Template.Labels["team"] != tc.team {
+			t.Errorf("%s: pod labels %v lack team=%s", tc.deploy, d.Spec.Template.Labels, tc.team)
+		}
+		if !equalLabels(d.Spec.Selector.MatchLabels, was.Spec.Selector.MatchLabels) {
+			t.Errorf("%s: selector moved to %v", tc.deploy, d.Spec.Selector.MatchLabels)
+		}
+		if spec.PriorityClassName != tc.priority {
+			t.Errorf("%s: priorityClassName %q, want %q", tc.deploy, spec.PriorityClassName, tc.priority)
+		}
+		if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == "ca" && v.ConfigMap != nil && v.ConfigMap.Name == "corp-ca" }) {
+			t.Errorf("%s: volumes lack the extra volume ca", tc.deploy)
+		}
+		for name, extra := range tc.containers {
+			c := container(t, spec, name)
+			old := container(t, &was.Spec.Template.Spec, name)
+			if want := append(slices.Clone(old.Args), extra...); !slices.Equal(c.Args, want) {
+				t.Errorf("%s/%s: args %q, want the chart's then %q", tc.deploy, name, c.Args, extra)
+			}
+			if envOf(c)["GODEBUG"].Value != "madvdontneed=1" {
+				t.Errorf("%s/%s: env lacks GODEBUG", tc.deploy, name)
+			}
+			if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "ca" && m.MountPath == "/etc/corp-ca" }) {
+				t.Errorf("%s/%s: mounts lack /etc/corp-ca", tc.deploy, name)
+			}
+		}
+	}
+
+	_, errOut, err := runHelm(t, "template", "wsg", chartDir, "--kube-version", kubeVersion, "--set", "envoy.podLabels.app\\.kubernetes\\.io/component=proxy")
+	if err == nil || !strings.Contains(string(errOut), "envoy.podLabels.app.kubernetes.io/component: the chart sets the app.kubernetes.io/*") {
+		t.Errorf("podLabels overriding a selector label: want the chart's refusal, got %v\n%s", err, errOut)
+	}
+}
+
+func equalLabels(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
