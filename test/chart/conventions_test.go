@@ -1,6 +1,7 @@
 package chart_test
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -70,13 +71,15 @@ func TestPodExtras(t *testing.T) {
 		if d.Spec.Template.Labels["team"] != tc.team {
 			t.Errorf("%s: pod labels %v lack team=%s", tc.deploy, d.Spec.Template.Labels, tc.team)
 		}
-		if !equalLabels(d.Spec.Selector.MatchLabels, was.Spec.Selector.MatchLabels) {
+		if !maps.Equal(d.Spec.Selector.MatchLabels, was.Spec.Selector.MatchLabels) {
 			t.Errorf("%s: selector moved to %v", tc.deploy, d.Spec.Selector.MatchLabels)
 		}
 		if spec.PriorityClassName != tc.priority {
 			t.Errorf("%s: priorityClassName %q, want %q", tc.deploy, spec.PriorityClassName, tc.priority)
 		}
-		if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == "ca" && v.ConfigMap != nil && v.ConfigMap.Name == "corp-ca" }) {
+		if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool {
+			return v.Name == "ca" && v.ConfigMap != nil && v.ConfigMap.Name == "corp-ca"
+		}) {
 			t.Errorf("%s: volumes lack the extra volume ca", tc.deploy)
 		}
 		for name, extra := range tc.containers {
@@ -98,16 +101,4 @@ func TestPodExtras(t *testing.T) {
 	if err == nil || !strings.Contains(string(errOut), "envoy.podLabels.app.kubernetes.io/component: the chart sets the app.kubernetes.io/*") {
 		t.Errorf("podLabels overriding a selector label: want the chart's refusal, got %v\n%s", err, errOut)
 	}
-}
-
-func equalLabels(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
