@@ -102,3 +102,39 @@ func TestPodExtras(t *testing.T) {
 		t.Errorf("podLabels overriding a selector label: want the chart's refusal, got %v\n%s", err, errOut)
 	}
 }
+
+// TestSecurityContextsOverridable: OpenShift assigns each namespace a UID
+// range and refuses pods that ask for another: with runAsUser, runAsGroup
+// and fsGroup set to null every pod and container leaves them to the
+// platform, and whatever else the chart hardens stays.
+func TestSecurityContextsOverridable(t *testing.T) {
+	var args []string
+	for _, pod := range []string{"envoy", "scaler", "redis.bundled"} {
+		for _, k := range []string{"runAsUser", "runAsGroup", "fsGroup"} {
+			args = append(args, "--set", pod+".podSecurityContext."+k+"=null")
+		}
+	}
+	args = append(args, "--set", "tracker.securityContext.runAsUser=null", "--set", "tracker.securityContext.runAsGroup=null",
+		"--set", "envoy.securityContext.readOnlyRootFilesystem=false")
+	r := decodeStrict(t, template(t, "", args...))
+	for name, spec := range r.podSpecs() {
+		if sc := spec.SecurityContext; sc == nil || sc.RunAsUser != nil || sc.RunAsGroup != nil || sc.FSGroup != nil {
+			t.Errorf("%s: pod securityContext %+v still asks for IDs", name, sc)
+		} else if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.SeccompProfile == nil {
+			t.Errorf("%s: pod securityContext %+v lost runAsNonRoot or seccompProfile", name, sc)
+		}
+		for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
+			sc := c.SecurityContext
+			if sc == nil || sc.RunAsUser != nil || sc.RunAsGroup != nil {
+				t.Errorf("%s/%s: securityContext %+v still asks for IDs", name, c.Name, sc)
+				continue
+			}
+			if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 {
+				t.Errorf("%s/%s: securityContext %+v lost its hardening", name, c.Name, sc)
+			}
+			if want := c.Name != "envoy"; sc.ReadOnlyRootFilesystem == nil || *sc.ReadOnlyRootFilesystem != want {
+				t.Errorf("%s/%s: readOnlyRootFilesystem %v, want %v", name, c.Name, sc.ReadOnlyRootFilesystem, want)
+			}
+		}
+	}
+}

@@ -99,10 +99,7 @@ starts before Envoy and stops after it. */ -}}
   resources:
     {{- toYaml $v.tracker.resources | nindent 4 }}
   securityContext:
-    {{- include "wsgate.containerSecurityContext" .root | nindent 4 }}
-    # The wsgate image's nonroot user.
-    runAsUser: 65532
-    runAsGroup: 65532
+    {{- toYaml $v.tracker.securityContext | nindent 4 }}
   volumeMounts:
     - name: wsgate-fleets
       mountPath: /etc/wsgate/fleets

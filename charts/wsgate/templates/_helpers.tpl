@@ -92,22 +92,6 @@ prometheus.io/path: /metrics
 {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- end -}}
 
-{{- define "wsgate.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ . }}
-runAsGroup: {{ . }}
-fsGroup: {{ . }}
-seccompProfile:
-  type: RuntimeDefault
-{{- end -}}
-
-{{- define "wsgate.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: [ALL]
-{{- end -}}
-
 {{/*
 Redis connection as WSGATE_REDIS_* environment: the binary reads every flag
 from its environment, and the password never shows in the pod's argv.
