@@ -138,3 +138,30 @@ func TestSecurityContextsOverridable(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeTuning: each container's probe timing comes from its values, and
+// an enabled startup probe uses the liveness handler.
+func TestProbeTuning(t *testing.T) {
+	r := decodeStrict(t, template(t, "",
+		"--set-json", `tracker.probes.startup={"enabled":true,"periodSeconds":1,"failureThreshold":60}`,
+		"--set", "tracker.probes.liveness.periodSeconds=20", "--set", "envoy.probes.readiness.timeoutSeconds=3",
+		"--set", "scaler.probes.startup.enabled=true"))
+	spec := &get[*appsv1.Deployment](t, r, "Deployment", envoyName).Spec.Template.Spec
+	tr := container(t, spec, "tracker")
+	if p := tr.StartupProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.PeriodSeconds != 1 || p.FailureThreshold != 60 {
+		t.Errorf("tracker startupProbe %+v, want /healthz every 1s, 60 times", p)
+	}
+	if p := tr.LivenessProbe; p.PeriodSeconds != 20 || p.FailureThreshold != 3 || p.HTTPGet == nil {
+		t.Errorf("tracker livenessProbe %+v, want periodSeconds 20 and the chart's failureThreshold 3", p)
+	}
+	if p := container(t, spec, "envoy").ReadinessProbe; p.TimeoutSeconds != 3 || p.TCPSocket == nil || p.PeriodSeconds != 5 {
+		t.Errorf("envoy readinessProbe %+v, want timeoutSeconds 3 on the chart's TCP check", p)
+	}
+	if p := container(t, spec, "envoy").StartupProbe; p != nil {
+		t.Errorf("envoy has a startupProbe %+v, none enabled", p)
+	}
+	sc := container(t, &get[*appsv1.Deployment](t, r, "Deployment", scalerName).Spec.Template.Spec, "scaler")
+	if p := sc.StartupProbe; p == nil || p.HTTPGet == nil || p.FailureThreshold != 30 {
+		t.Errorf("scaler startupProbe %+v, want the defaults' 30 tries of /healthz", p)
+	}
+}

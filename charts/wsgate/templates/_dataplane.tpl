@@ -83,19 +83,7 @@ starts before Envoy and stops after it. */ -}}
     - name: metrics
       containerPort: 9102
       protocol: TCP
-  readinessProbe:
-    httpGet:
-      path: /readyz
-      port: metrics
-    periodSeconds: 5
-    failureThreshold: 2
-  livenessProbe:
-    httpGet:
-      path: /healthz
-      port: metrics
-    initialDelaySeconds: 5
-    periodSeconds: 10
-    failureThreshold: 3
+  {{- include "wsgate.probes" (dict "probes" $v.tracker.probes "readiness" "httpGet:\n  path: /readyz\n  port: metrics" "liveness" "httpGet:\n  path: /healthz\n  port: metrics") | nindent 2 }}
   resources:
     {{- toYaml $v.tracker.resources | nindent 4 }}
   securityContext:

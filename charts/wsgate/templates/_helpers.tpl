@@ -222,3 +222,23 @@ Deployment's selector: include with (list $ "envoy"). */ -}}
 {{- end -}}
 {{- with $labels }}{{ toYaml . }}{{ end -}}
 {{- end -}}
+
+{{- /* A container's probes: the chart's handler with the timing of the
+values (<component>.probes.{readiness,liveness,startup}); the startup probe
+only when its enabled is true. Include with (dict "probes" $values.probes
+"indent" n "readiness" handler "liveness" handler), each handler a YAML
+string. */ -}}
+{{- define "wsgate.probes" -}}
+{{- $p := .probes -}}
+readinessProbe:
+  {{- .readiness | nindent 2 }}
+  {{- toYaml $p.readiness | nindent 2 }}
+livenessProbe:
+  {{- .liveness | nindent 2 }}
+  {{- toYaml $p.liveness | nindent 2 }}
+{{- if $p.startup.enabled }}
+startupProbe:
+  {{- .liveness | nindent 2 }}
+  {{- toYaml (omit $p.startup "enabled") | nindent 2 }}
+{{- end }}
+{{- end -}}
