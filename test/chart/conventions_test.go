@@ -165,3 +165,29 @@ func TestProbeTuning(t *testing.T) {
 		t.Errorf("scaler startupProbe %+v, want the defaults' 30 tries of /healthz", p)
 	}
 }
+
+// TestEnvoyTopologySpread: by default Envoy replicas spread over zones and
+// nodes without ever blocking scheduling; the user's constraints replace it.
+func TestEnvoyTopologySpread(t *testing.T) {
+	spec := get[*appsv1.Deployment](t, decodeStrict(t, template(t, "")), "Deployment", envoyName).Spec.Template.Spec
+	var keys []string
+	for _, c := range spec.TopologySpreadConstraints {
+		keys = append(keys, c.TopologyKey)
+		if c.WhenUnsatisfiable != corev1.ScheduleAnyway || c.MaxSkew != 1 || c.LabelSelector == nil ||
+			c.LabelSelector.MatchLabels["app.kubernetes.io/component"] != "envoy" || !slices.Equal(c.MatchLabelKeys, []string{"pod-template-hash"}) {
+			t.Errorf("default spread %+v: want maxSkew 1, ScheduleAnyway, Envoy's selector, this rollout's pods", c)
+		}
+	}
+	if !slices.Equal(keys, []string{"topology.kubernetes.io/zone", "kubernetes.io/hostname"}) {
+		t.Errorf("default spread over %v, want zones then nodes", keys)
+	}
+	own := `[{"maxSkew":2,"topologyKey":"kubernetes.io/hostname","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app.kubernetes.io/component":"envoy"}}}]`
+	spec = get[*appsv1.Deployment](t, decodeStrict(t, template(t, "", "--set-json", "envoy.topologySpreadConstraints="+own)), "Deployment", envoyName).Spec.Template.Spec
+	if len(spec.TopologySpreadConstraints) != 1 || spec.TopologySpreadConstraints[0].MaxSkew != 2 {
+		t.Errorf("user's constraints: rendered %+v", spec.TopologySpreadConstraints)
+	}
+	spec = get[*appsv1.Deployment](t, decodeStrict(t, template(t, "", "--set", "envoy.defaultTopologySpread=false")), "Deployment", envoyName).Spec.Template.Spec
+	if len(spec.TopologySpreadConstraints) != 0 {
+		t.Errorf("defaultTopologySpread false: rendered %+v", spec.TopologySpreadConstraints)
+	}
+}
