@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 // TestServiceAccounts: each component's ServiceAccount can be created with
@@ -189,5 +190,32 @@ func TestEnvoyTopologySpread(t *testing.T) {
 	spec = get[*appsv1.Deployment](t, decodeStrict(t, template(t, "", "--set", "envoy.defaultTopologySpread=false")), "Deployment", envoyName).Spec.Template.Spec
 	if len(spec.TopologySpreadConstraints) != 0 {
 		t.Errorf("defaultTopologySpread false: rendered %+v", spec.TopologySpreadConstraints)
+	}
+}
+
+// TestServiceMonitorTuning: scrapeTimeout and both relabeling lists reach
+// every endpoint; a timeout above the interval is refused.
+func TestServiceMonitorTuning(t *testing.T) {
+	drop := `[{"sourceLabels":["__name__"],"regex":"envoy_cluster_.*","action":"drop"}]`
+	pod := `[{"sourceLabels":["__meta_kubernetes_pod_node_name"],"targetLabel":"node"}]`
+	r := decodeStrict(t, template(t, "", "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.scrapeTimeout=10s",
+		"--set-json", "metrics.serviceMonitor.relabelings="+pod, "--set-json", "metrics.serviceMonitor.metricRelabelings="+drop))
+	sm := get[*unstructured.Unstructured](t, r, "ServiceMonitor", "wsg-wsgate")
+	eps, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
+	if len(eps) != 2 {
+		t.Fatalf("ServiceMonitor endpoints %v, want metrics and envoy-stats", eps)
+	}
+	for _, e := range eps {
+		m := e.(map[string]any)
+		rl, _ := m["relabelings"].([]any)
+		mrl, _ := m["metricRelabelings"].([]any)
+		if m["scrapeTimeout"] != "10s" || len(rl) != 1 || len(mrl) != 1 || mrl[0].(map[string]any)["action"] != "drop" {
+			t.Errorf("endpoint %v: want scrapeTimeout 10s and the relabelings", m["port"])
+		}
+	}
+	_, errOut, err := runHelm(t, "template", "wsg", chartDir, "--kube-version", kubeVersion,
+		"--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.scrapeTimeout=1m")
+	if err == nil || !strings.Contains(string(errOut), "metrics.serviceMonitor.scrapeTimeout 1m: must not exceed metrics.serviceMonitor.interval 30s") {
+		t.Errorf("scrapeTimeout above the interval: want the chart's refusal, got %v\n%s", err, errOut)
 	}
 }

@@ -156,6 +156,12 @@ would silently be a Cluster (or, with a db, refused by the binaries). */ -}}
 {{- fail (printf "redis.addrs %v: redis.mode standalone takes one address (a Cluster's seeds: redis.mode=cluster; Sentinels: redis.mode=sentinel with redis.masterName)" .Values.redis.addrs) -}}
 {{- end -}}
 
+{{- /* Prometheus refuses a scrape timeout above the interval. */ -}}
+{{- $sm := .Values.metrics.serviceMonitor -}}
+{{- if and $sm.enabled $sm.scrapeTimeout (gt (float64 (include "wsgate.durationMs" $sm.scrapeTimeout)) (float64 (include "wsgate.durationMs" $sm.interval))) -}}
+{{- fail (printf "metrics.serviceMonitor.scrapeTimeout %s: must not exceed metrics.serviceMonitor.interval %s (Prometheus refuses the scrape config)" $sm.scrapeTimeout $sm.interval) -}}
+{{- end -}}
+
 {{- /* The tracker must have left Redis before the kubelet kills the pod. */ -}}
 {{- if and (eq $mode "standalone") $t.shutdownTimeout -}}
 {{- $grace := mulf 1000 (float64 .Values.envoy.terminationGracePeriodSeconds) -}}
