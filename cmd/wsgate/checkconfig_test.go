@@ -28,6 +28,7 @@ func TestCheckConfig(t *testing.T) {
 		{"scaler settle", runScaler, []string{"--settle=0s"}, "--settle 0s: must be positive"},
 		{"tracker redis db of a cluster", runTracker, []string{"--redis-addr=127.0.0.1:1,127.0.0.1:2", "--redis-db=1"}, "Redis Cluster has only db 0"},
 		{"scaler redis master and cluster", runScaler, []string{"--redis-master-name=m", "--redis-cluster"}, "exclude each other"},
+		{"tracker log level", runTracker, []string{"--log-level=loud"}, `--log-level "loud"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.run(append([]string{"--config=" + file, "--check-config"}, tc.args...))

@@ -93,15 +93,15 @@ func runScaler(args []string) error {
 	if f.cfg.Settle <= 0 {
 		return fmt.Errorf("--settle %s: must be positive", f.cfg.Settle)
 	}
-	log, err := newLogger(f.logLevel)
-	if err != nil {
-		return err
-	}
 	if f.checkConfig {
 		if err := f.cfg.WithDefaults().Validate(); err != nil {
 			return err
 		}
-		return configOK(f.redis.config())
+		return configOK(f.logLevel, f.redis.config())
+	}
+	log, err := newLogger(f.logLevel)
+	if err != nil {
+		return err
 	}
 	return runApp(fx.New(fxLogger(log), scalerApp(f, log)))
 }

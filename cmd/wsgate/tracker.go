@@ -104,15 +104,15 @@ func runTracker(args []string) error {
 			return err
 		}
 	}
+	if f.checkConfig {
+		if f.embedded {
+			return configOK(f.logLevel, tracker.RedisConfig{Addrs: []string{"127.0.0.1:0"}})
+		}
+		return configOK(f.logLevel, f.redis.config())
+	}
 	log, err := newLogger(f.logLevel)
 	if err != nil {
 		return err
-	}
-	if f.checkConfig {
-		if f.embedded {
-			return configOK(tracker.RedisConfig{Addrs: []string{"127.0.0.1:0"}})
-		}
-		return configOK(f.redis.config())
 	}
 	var t *tracker.Tracker
 	app := fx.New(
