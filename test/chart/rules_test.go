@@ -67,6 +67,8 @@ var ruleCases = []ruleCase{
 		chart: "tracker.establishTimeout 0ms: must be positive", bin: "tracker", binErr: "--establish-timeout 0: must be positive"},
 	{name: "redisTimeout zero", set: []string{"tracker.redisTimeout=0s"},
 		chart: "tracker.redisTimeout 0s: must be positive", bin: "tracker", binErr: "--redis-timeout 0: must be positive"},
+	{name: "shutdownTimeout zero", set: []string{"tracker.shutdownTimeout=0s"},
+		chart: "tracker.shutdownTimeout 0s: must be positive", bin: "tracker", binErr: "--shutdown-timeout 0: must be positive"},
 	{name: "settle zero", set: []string{"scaler.settle=0s"},
 		chart: "scaler.settle 0s: must be positive", bin: "scaler", binErr: "--settle 0s: must be positive"},
 	{name: "fleet names twice", setJSON: []string{`fleets=[{"name":"chat"},{"name":"chat"}]`},

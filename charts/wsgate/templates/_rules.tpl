@@ -73,6 +73,9 @@ default in disguise). */ -}}
 {{- fail (printf "tracker.%s %s: must be positive" $k (get $t $k)) -}}
 {{- end -}}
 {{- end -}}
+{{- if and $t.shutdownTimeout (eq (float64 (include "wsgate.durationMs" $t.shutdownTimeout)) 0.0) -}}
+{{- fail (printf "tracker.shutdownTimeout %s: must be positive (leave it empty for envoy.terminationGracePeriodSeconds less 10s)" $t.shutdownTimeout) -}}
+{{- end -}}
 {{- if eq (float64 (include "wsgate.durationMs" .Values.scaler.settle)) 0.0 -}}
 {{- fail (printf "scaler.settle %s: must be positive" .Values.scaler.settle) -}}
 {{- end -}}
