@@ -162,14 +162,22 @@ func newLogger(level string) (*slog.Logger, error) { return newLoggerTo(os.Stder
 // written as "10s", not nanoseconds; the Redis client's own messages go
 // through it too (at warn: it reports only trouble), not as plain text.
 func newLoggerTo(w io.Writer, level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	l, err := parseLogLevel(level)
+	if err != nil {
+		return nil, err
 	}
 	log := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l, ReplaceAttr: durationStrings}))
 	redisLog.Store(log.With("component", "redis"))
 	redisLogOnce.Do(func() { redis.SetLogger(redisLogs) })
 	return log, nil
+}
+
+func parseLogLevel(level string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return l, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return l, nil
 }
 
 // go-redis' logger is a global its goroutines read: set once, pointing at
@@ -225,4 +233,21 @@ func (l *redisLogger) Printf(ctx context.Context, format string, v ...any) {
 		return
 	}
 	redisLog.Load().WarnContext(ctx, fmt.Sprintf(format, v...))
+}
+
+// configOK ends a --check-config run: the log level is parsed, and the
+// Redis client built from the flags (its address rules checked, TLS files
+// read) but never dialled. No logger is made: that would set go-redis'
+// global one.
+func configOK(logLevel string, redisCfg tracker.RedisConfig) error {
+	if _, err := parseLogLevel(logLevel); err != nil {
+		return err
+	}
+	rdb, err := tracker.NewRedisClient(redisCfg)
+	if err != nil {
+		return err
+	}
+	_ = rdb.Close()
+	_, err = fmt.Println("config ok")
+	return err
 }

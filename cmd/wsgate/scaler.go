@@ -28,6 +28,7 @@ type scalerFlags struct {
 	tlsCert, tlsKey, tlsClientCA        string
 	reapInterval, configCheck           time.Duration
 	metricsInterval                     time.Duration
+	checkConfig                         bool
 	configData                          []byte
 	redis                               *redisOptions
 	kube                                kubeFlags
@@ -56,6 +57,7 @@ func runScaler(args []string) error {
 	fs.DurationVar(&f.kube.settle, "deletion-cost-settle", 15*time.Second, "how long pod-deletion-costs must have been observed before a scale-down goes ahead; the HPA's scale-down stabilization window counts toward it")
 	fs.StringVar(&f.kube.kubeconfig, "kubeconfig", "", "kubeconfig file (default: the in-cluster service account)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&f.checkConfig, "check-config", false, "validate the flags and the fleets file, print \"config ok\" and exit, reaching nothing (Redis, Kubernetes): for CI and the chart's tests")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -90,6 +92,12 @@ func runScaler(args []string) error {
 	}
 	if f.cfg.Settle <= 0 {
 		return fmt.Errorf("--settle %s: must be positive", f.cfg.Settle)
+	}
+	if f.checkConfig {
+		if err := f.cfg.WithDefaults().Validate(); err != nil {
+			return err
+		}
+		return configOK(f.logLevel, f.redis.config())
 	}
 	log, err := newLogger(f.logLevel)
 	if err != nil {

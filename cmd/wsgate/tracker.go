@@ -33,6 +33,7 @@ type trackerFlags struct {
 	shutdownListen, envoyAdmin          string
 	accessLog                           string
 	embedded, metricsPerPod             bool
+	checkConfig                         bool
 	runCheck                            string
 	redis                               *redisOptions
 	cfg                                 tracker.Config
@@ -61,6 +62,7 @@ func runTracker(args []string) error {
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM (and in /shutdown), how long to keep this instance's connections counted while they end; keep it below the pod's terminationGracePeriodSeconds")
 	fs.BoolVar(&f.metricsPerPod, "metrics-per-pod", false, "label wsgate_tracker_connections by backend pod (series grow as Envoy pods x backend pods; the scaler's wsgate_scaler_pod_connections has them once per fleet); default: one series per fleet")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&f.checkConfig, "check-config", false, "validate the flags and the fleets file, print \"config ok\" and exit, reaching nothing (Redis, Envoy): for CI and the chart's tests")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -101,6 +103,12 @@ func runTracker(args []string) error {
 		if err := requireLoopback("shutdown-listen", f.shutdownListen); err != nil {
 			return err
 		}
+	}
+	if f.checkConfig {
+		if f.embedded {
+			return configOK(f.logLevel, tracker.RedisConfig{Addrs: []string{"127.0.0.1:0"}})
+		}
+		return configOK(f.logLevel, f.redis.config())
 	}
 	log, err := newLogger(f.logLevel)
 	if err != nil {

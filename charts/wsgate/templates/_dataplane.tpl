@@ -67,41 +67,35 @@ starts before Envoy and stops after it. */ -}}
     {{- end }}
     - --envoy-admin={{ .envoyAdmin }}
     - --shutdown-timeout={{ include "wsgate.trackerShutdownTimeout" .root }}
+    {{- with $v.tracker.extraArgs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   env:
     - name: POD_NAME
       valueFrom:
         fieldRef:
           fieldPath: metadata.name
     {{- include "wsgate.redisEnv" .root | nindent 4 }}
+    {{- with $v.tracker.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   ports:
     - name: metrics
       containerPort: 9102
       protocol: TCP
-  readinessProbe:
-    httpGet:
-      path: /readyz
-      port: metrics
-    periodSeconds: 5
-    failureThreshold: 2
-  livenessProbe:
-    httpGet:
-      path: /healthz
-      port: metrics
-    initialDelaySeconds: 5
-    periodSeconds: 10
-    failureThreshold: 3
+  {{- include "wsgate.probes" (dict "probes" $v.tracker.probes "readiness" "httpGet:\n  path: /readyz\n  port: metrics" "liveness" "httpGet:\n  path: /healthz\n  port: metrics") | nindent 2 }}
   resources:
     {{- toYaml $v.tracker.resources | nindent 4 }}
   securityContext:
-    {{- include "wsgate.containerSecurityContext" .root | nindent 4 }}
-    # The wsgate image's nonroot user.
-    runAsUser: 65532
-    runAsGroup: 65532
+    {{- toYaml $v.tracker.securityContext | nindent 4 }}
   volumeMounts:
     - name: wsgate-fleets
       mountPath: /etc/wsgate/fleets
       readOnly: true
     {{- include "wsgate.redisTLSMount" .root | nindent 4 }}
+    {{- with $v.tracker.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
 
 {{- /* The pod volumes the tracker container mounts. */ -}}
@@ -166,7 +160,7 @@ interval while the WebSocket lives (lease renewal, well under the
 tracker's --lease-ttl of 90s), one at the end (release). */ -}}
 {{- define "wsgate.accessLogOptions" -}}
 flush_log_on_tunnel_successfully_established: true
-access_log_flush_interval: 30s
+access_log_flush_interval: {{ include "wsgate.accessLogFlushInterval" . }}
 {{- end -}}
 
 {{- /* The gRPC access log into the tracker, of the connections it admitted

@@ -92,22 +92,6 @@ prometheus.io/path: /metrics
 {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- end -}}
 
-{{- define "wsgate.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ . }}
-runAsGroup: {{ . }}
-fsGroup: {{ . }}
-seccompProfile:
-  type: RuntimeDefault
-{{- end -}}
-
-{{- define "wsgate.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: [ALL]
-{{- end -}}
-
 {{/*
 Redis connection as WSGATE_REDIS_* environment: the binary reads every flag
 from its environment, and the password never shows in the pod's argv.
@@ -208,4 +192,53 @@ before the kubelet kills the pod. */ -}}
 {{- else -}}
 {{ max 1 (sub (int .Values.envoy.terminationGracePeriodSeconds) 10) }}s
 {{- end -}}
+{{- end -}}
+
+{{- /* A component's ServiceAccount name: include with (list $ "envoy").
+serviceAccount.name, else <fullname>-<component> when the chart creates
+it, else the namespace's default. */ -}}
+{{- define "wsgate.serviceAccountName" -}}
+{{- $root := index . 0 -}}
+{{- $sa := (get $root.Values (index . 1)).serviceAccount -}}
+{{- if $sa.name -}}
+{{ $sa.name }}
+{{- else if $sa.create -}}
+{{ include (printf "wsgate.%s" (index . 1)) $root }}
+{{- else -}}
+default
+{{- end -}}
+{{- end -}}
+
+{{- /* A component's podLabels, refused where they would change the
+Deployment's selector: include with (list $ "envoy"). */ -}}
+{{- define "wsgate.podLabels" -}}
+{{- $root := index . 0 -}}
+{{- $comp := index . 1 -}}
+{{- $labels := (get $root.Values $comp).podLabels -}}
+{{- range $k, $_ := $labels -}}
+{{- if or (hasPrefix "app.kubernetes.io/" $k) (hasPrefix "helm.sh/" $k) -}}
+{{- fail (printf "%s.podLabels.%s: the chart sets the app.kubernetes.io/* and helm.sh/* labels (the selector's among them); use commonLabels or another key" $comp $k) -}}
+{{- end -}}
+{{- end -}}
+{{- with $labels }}{{ toYaml . }}{{ end -}}
+{{- end -}}
+
+{{- /* A container's probes: the chart's handler with the timing of the
+values (<component>.probes.{readiness,liveness,startup}); the startup probe
+only when its enabled is true. Include with (dict "probes" $values.probes
+"indent" n "readiness" handler "liveness" handler), each handler a YAML
+string. */ -}}
+{{- define "wsgate.probes" -}}
+{{- $p := .probes -}}
+readinessProbe:
+  {{- .readiness | nindent 2 }}
+  {{- toYaml $p.readiness | nindent 2 }}
+livenessProbe:
+  {{- .liveness | nindent 2 }}
+  {{- toYaml $p.liveness | nindent 2 }}
+{{- if $p.startup.enabled }}
+startupProbe:
+  {{- .liveness | nindent 2 }}
+  {{- toYaml (omit $p.startup "enabled") | nindent 2 }}
+{{- end }}
 {{- end -}}
