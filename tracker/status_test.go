@@ -215,3 +215,35 @@ func TestSeriesExistFromTheFirstScrape(t *testing.T) {
 		}
 	}
 }
+
+// A Redis that lost its data fences the next admission by its epoch: it
+// and every admission after it, until the heartbeat that joins the new
+// epoch's wait, are refused as recovering (Redis answers; the fleet is
+// fenced, not degraded), never as redis_down.
+func TestEpochFenceRefusesAsRecovering(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr, err := tracker.New(tracker.Config{
+		InstanceID: "a", Fleets: []tracker.FleetConfig{fleetCfg("chat", 1, "10.0.0.1:80")}, Heartbeat: time.Second,
+		InstanceTTL: 5 * time.Second, RedisTimeout: time.Second, Fallback: tracker.FallbackShare,
+	}, storeOn(rdb), tracker.WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now()
+	mr.SetTime(base)
+	heartbeat(t, tr)
+	mr.SetTime(base.Add(5 * time.Second))
+	clk.Advance(5 * time.Second)
+	heartbeat(t, tr) // the wait is over
+	if r := admit(t, tr, "chat"); !r.Admitted {
+		t.Fatalf("after the wait: %+v, want admitted", r)
+	}
+	mr.FlushAll()
+	for i := range 2 {
+		// The pod is full (cap 1): the share fallback has nothing to give.
+		if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonRecovering {
+			t.Fatalf("admission %d after Redis lost its data: %+v, want refused, recovering", i, r)
+		}
+	}
+}

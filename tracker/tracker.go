@@ -422,27 +422,23 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 		}
 	}
 	t.metrics.Fallbacks.WithLabelValues(f.name, why).Inc()
-	return t.admitFallback(f, now, f.refusal(why)), nil
+	return t.admitFallback(f, now, why), nil
 }
 
 // fallbackWhys are the values of fallback_decisions_total's why label.
 var fallbackWhys = []string{"redis_error", "gate_busy", "queued", "degraded", string(FenceEpoch), string(FenceRecovering), string(FenceLease)}
 
-// refusal is the reason a fallback gives when it has no slot either, for
-// an admission that left Redis for why: recovering when Redis answered
-// and the fleet is in (or, fenced by a newer epoch, about to join) a
-// recovery wait; redis_down otherwise. Only the reason differs: what is
-// admitted is the fallback's decision alone.
-func (f *fleet) refusal(why string) Reason {
-	switch why {
-	case string(FenceRecovering), string(FenceEpoch):
+// refusalLocked is the reason a fallback gives when it has no slot
+// either, for an admission that left Redis for why: recovering when Redis
+// answered and the fleet is in (or, fenced by a newer epoch, about to
+// join) a recovery wait; redis_down otherwise. Only the reason differs:
+// what is admitted is the fallback's decision alone.
+func (f *fleet) refusalLocked(why string) Reason {
+	switch {
+	case why == string(FenceRecovering), why == string(FenceEpoch):
 		return ReasonRecovering
-	case "degraded":
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if f.fenced && f.fencedBy == FenceEpoch && !f.degraded {
-			return ReasonRecovering
-		}
+	case why == "degraded" && f.fenced && f.fencedBy == FenceEpoch && !f.degraded:
+		return ReasonRecovering
 	}
 	return ReasonRedisDown
 }
@@ -708,9 +704,9 @@ func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback boo
 // open: against the last heartbeat's counts, as if the other instances
 // admitted nothing since. May exceed the cap.
 //
-// With no slot it refuses, saying refused (redis_down, or recovering: see
-// refusal).
-func (t *Tracker) admitFallback(f *fleet, now time.Time, refused Reason) Result {
+// With no slot it refuses, with the reason refusalLocked gives for why
+// (the admission left Redis for it): redis_down, or recovering.
+func (t *Tracker) admitFallback(f *fleet, now time.Time, why string) Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	best, bestLoad := "", 0
@@ -738,6 +734,7 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time, refused Reason) Result 
 		}
 	}
 	if best == "" {
+		refused := f.refusalLocked(why)
 		f.rejectLocked(refused, now)
 		return Result{Fleet: f.name, Reason: refused, RetryAfter: time.Second, Fallback: true}
 	}
