@@ -7,38 +7,16 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/wsgate/wsgate/test/promtest"
 	"github.com/wsgate/wsgate/tracker"
 )
-
-// gathered returns every sample of reg as "name{l=v,...}" -> value.
-func gathered(t *testing.T, reg prometheus.Gatherer) map[string]float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, l.GetName()+"="+l.GetValue())
-			}
-			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
-			out[mf.GetName()+"{"+strings.Join(labels, ",")+"}"] = v
-		}
-	}
-	return out
-}
 
 // The scaler's fleet series exist from the first scrape, and Observe sets
 // them, wsgate_scaler_ready included, without any KEDA call; the per-pod
 // numbers come once per fleet from Redis; a removed fleet's go.
 func TestObserveExportsFleetsWithoutKEDA(t *testing.T) {
 	e := start(t, opts{})
-	s := gathered(t, e.reg)
+	s := promtest.Samples(t, e.reg)
 	for _, name := range []string{
 		"wsgate_scaler_ready{fleet=web}", "wsgate_scaler_reaped_instances_total{fleet=web}",
 		"wsgate_scaler_fleet_connections{fleet=web}", "wsgate_scaler_fleet_pods{fleet=web,state=placeable}",
@@ -60,7 +38,7 @@ func TestObserveExportsFleetsWithoutKEDA(t *testing.T) {
 	if err := e.srv.Observe(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	s = gathered(t, e.reg)
+	s = promtest.Samples(t, e.reg)
 	want := map[string]float64{
 		"wsgate_scaler_ready{fleet=web}":                        1,
 		"wsgate_scaler_fleet_connections{fleet=web}":            3,
@@ -90,7 +68,7 @@ func TestObserveExportsFleetsWithoutKEDA(t *testing.T) {
 	if err := e.srv.Apply([]tracker.FleetConfig{fleets()[0]}); err != nil {
 		t.Fatal(err)
 	}
-	for name := range gathered(t, e.reg) {
+	for name := range promtest.Samples(t, e.reg) {
 		if strings.Contains(name, "fleet=cold") || strings.Contains(name, "fleet=edge") {
 			t.Errorf("cold and edge removed: %s still exported", name)
 		}
@@ -105,14 +83,14 @@ func TestObserveHoldsWhileRedisIsDown(t *testing.T) {
 	if err := e.srv.Observe(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if v := gathered(t, e.reg)["wsgate_scaler_ready{fleet=web}"]; v != 1 {
+	if v := promtest.Samples(t, e.reg)["wsgate_scaler_ready{fleet=web}"]; v != 1 {
 		t.Fatalf("ready %v, want 1", v)
 	}
 	e.redis.Kill()
 	if err := e.srv.Observe(context.Background()); err == nil {
 		t.Fatal("Observe with Redis killed: no error")
 	}
-	s := gathered(t, e.reg)
+	s := promtest.Samples(t, e.reg)
 	if v := s["wsgate_scaler_ready{fleet=web}"]; v != 0 {
 		t.Errorf("ready with Redis killed %v, want 0", v)
 	}

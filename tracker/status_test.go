@@ -9,42 +9,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
+	"github.com/wsgate/wsgate/test/promtest"
 	"github.com/wsgate/wsgate/tracker"
 )
-
-// series gathers reg and returns every sample as "name{l=v,...}" -> value.
-func series(t *testing.T, reg prometheus.Gatherer) map[string]float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, l.GetName()+"="+l.GetValue())
-			}
-			out[mf.GetName()+"{"+strings.Join(labels, ",")+"}"] = value(m)
-		}
-	}
-	return out
-}
-
-func value(m *dto.Metric) float64 {
-	switch {
-	case m.Counter != nil:
-		return m.GetCounter().GetValue()
-	case m.Gauge != nil:
-		return m.GetGauge().GetValue()
-	case m.Histogram != nil:
-		return float64(m.GetHistogram().GetSampleCount())
-	}
-	return m.GetUntyped().GetValue()
-}
 
 func statusOf(t *testing.T, h http.Handler) tracker.Status {
 	t.Helper()
@@ -80,7 +48,7 @@ func TestRecoveryWaitToldApartFromRedisDown(t *testing.T) {
 	reg.MustRegister(tracker.NewCollector(tr, false))
 	h := tr.TelemetryHandler(reg)
 	gauges := func() (granting, recovering, synced float64) {
-		s := series(t, reg)
+		s := promtest.Samples(t, reg)
 		return s["wsgate_tracker_granting{fleet=chat}"], s["wsgate_tracker_recovering{fleet=chat}"],
 			s["wsgate_tracker_heartbeat_last_success_timestamp_seconds{fleet=chat}"]
 	}
@@ -104,7 +72,7 @@ func TestRecoveryWaitToldApartFromRedisDown(t *testing.T) {
 	if st.Granting || !st.Recovering || st.RecoveryWaitLeft <= 0 || st.RecoveryWaitLeft > 5 || st.Redis != "ok" || st.LastHeartbeatAge < 0 {
 		t.Errorf("during the recovery wait: %+v, want recovering with 0-5s left, redis ok", st)
 	}
-	s := series(t, reg)
+	s := promtest.Samples(t, reg)
 	if n := s["wsgate_tracker_admissions_total{fleet=chat,reason=recovering,result=rejected}"]; n != 1 {
 		t.Errorf("recovering rejections counted %v, want 1", n)
 	}
@@ -184,7 +152,7 @@ func TestSeriesExistFromTheFirstScrape(t *testing.T) {
 		}
 		return out
 	}
-	s := series(t, reg)
+	s := promtest.Samples(t, reg)
 	global := []string{"wsgate_tracker_config_reloads_total{result=applied}", "wsgate_tracker_config_reloads_total{result=invalid}",
 		"wsgate_tracker_config_reloads_total{result=unreadable}"}
 	for _, op := range []string{"admit", "release", "sync", "set_pods"} {
@@ -198,7 +166,7 @@ func TestSeriesExistFromTheFirstScrape(t *testing.T) {
 	if _, err := tr.Apply([]tracker.FleetConfig{fleetCfg("chat", 2, "10.0.0.1:80"), fleetCfg("video", 2, "10.0.0.2:80")}); err != nil {
 		t.Fatal(err)
 	}
-	s = series(t, reg)
+	s = promtest.Samples(t, reg)
 	for _, name := range want("video") {
 		if _, ok := s[name]; !ok {
 			t.Errorf("after video was added: %s missing", name)
@@ -209,7 +177,7 @@ func TestSeriesExistFromTheFirstScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	heartbeat(t, tr) // video holds nothing: this instance leaves it
-	for name := range series(t, reg) {
+	for name := range promtest.Samples(t, reg) {
 		if strings.Contains(name, "fleet=video") {
 			t.Errorf("video removed and forgotten: %s still exported", name)
 		}
