@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/test/wsgatebin"
 )
 
 // The flags the test runs the binaries with: a recovery wait (one instance
@@ -37,11 +38,17 @@ const (
 // clients trying to connect) WsgateRedisUnreachable fires; when Redis comes
 // back empty, WsgateRecoveryWaitStuck (not the Redis alert) is pending or
 // firing during the recovery wait; after it both are resolved.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	wsgatebin.Remove()
+	os.Exit(code)
+}
+
 func TestAlertsAgainstRealPrometheus(t *testing.T) {
 	promBin := tool(t, "prometheus")
 	rs := redistest.Start(t)
 	dir := t.TempDir()
-	bin := buildWsgate(t, dir)
+	bin := wsgatebin.Path(t)
 
 	fleets := filepath.Join(dir, "fleets.yaml")
 	write(t, fleets, "fleets:\n  - name: chat\n    maxConnectionsPerPod: 100\n    ratePerSecond: 1000\n    pods: [\"127.0.0.1:9\"]\n")
@@ -147,17 +154,6 @@ func write(t *testing.T, path, content string) {
 
 // loopback is a free 127.0.0.1 address.
 func loopback(t *testing.T) string { return "127.0.0.1:" + strconv.Itoa(redistest.FreePort(t)) }
-
-func buildWsgate(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "wsgate")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/wsgate")
-	cmd.Dir = root(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/wsgate: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // start runs a process for the test's duration; its output goes to
 // dir/name.log, shown when the test fails.

@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/wsgate/wsgate/test/wsgatebin"
 )
 
 // TestArgsMatchBinary hands the rendered command lines to the real wsgate
@@ -19,12 +20,7 @@ import (
 // makes the binary stop after parsing every flag before it. Every WSGATE_*
 // variable the chart sets must name one of the flags the binary lists.
 func TestArgsMatchBinary(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "wsgate")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/wsgate")
-	build.Dir = repoRoot
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/wsgate: %v\n%s", err, out)
-	}
+	bin := wsgatebin.Path(t)
 	for _, vs := range valueSets {
 		r := decodeStrict(t, template(t, vs.file))
 		for _, wc := range []struct{ deploy, container string }{{envoyName, "tracker"}, {scalerName, "scaler"}} {

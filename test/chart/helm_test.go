@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/wsgate/wsgate/test/helmtest"
+	"github.com/wsgate/wsgate/test/wsgatebin"
 )
 
 // kubeVersion is passed to helm explicitly: a helm built with go install
@@ -26,7 +27,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "test/chart:", err)
 		os.Exit(1)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	wsgatebin.Remove()
+	os.Exit(code)
 }
 
 func setup() error {

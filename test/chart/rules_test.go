@@ -7,11 +7,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/wsgate/wsgate/test/wsgatebin"
 )
 
 // ruleCase is one configuration, given to the chart as helm --set/--set-json
@@ -223,31 +224,10 @@ func binarySettings(t *testing.T, tc ruleCase, renderedFleets string) (map[strin
 	return overrides, fleets
 }
 
-var (
-	wsgateOnce sync.Once
-	wsgatePath string
-	wsgateErr  error
-	wsgateOut  []byte
-)
-
 // wsgateBinary builds cmd/wsgate once per test binary.
 func wsgateBinary(t *testing.T) string {
 	t.Helper()
-	wsgateOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "wsgate-rules-")
-		if err != nil {
-			wsgateErr = err
-			return
-		}
-		wsgatePath = filepath.Join(dir, "wsgate")
-		build := exec.Command("go", "build", "-o", wsgatePath, "./cmd/wsgate")
-		build.Dir = repoRoot
-		wsgateOut, wsgateErr = build.CombinedOutput()
-	})
-	if wsgateErr != nil {
-		t.Fatalf("go build ./cmd/wsgate: %v\n%s", wsgateErr, wsgateOut)
-	}
-	return wsgatePath
+	return wsgatebin.Path(t)
 }
 
 // checkConfig runs a rendered container's command line with --check-config:

@@ -42,6 +42,7 @@ import (
 	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/test/wsbackend"
+	"github.com/wsgate/wsgate/test/wsgatebin"
 )
 
 // wsgateBin is the tracker binary under test; trackerHelp its `tracker -h`.
@@ -68,36 +69,16 @@ func run(m *testing.M) int {
 	if bin := os.Getenv("WSGATE_FAULTS_BIN"); bin != "" {
 		wsgateBin = bin
 	} else {
-		dir, err := os.MkdirTemp("", "wsgate-faults-")
-		if err != nil {
+		var err error
+		if wsgateBin, err = wsgatebin.Build(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer os.RemoveAll(dir)
-		if wsgateBin, err = buildWsgate(dir); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
+		defer wsgatebin.Remove()
 	}
 	out, _ := exec.Command(wsgateBin, "tracker", "-h").CombinedOutput()
 	trackerHelp = string(out)
 	return m.Run()
-}
-
-// buildWsgate builds ./cmd/wsgate of this module into dir, once per run.
-func buildWsgate(dir string) (string, error) {
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	bin := filepath.Join(dir, "wsgate")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/wsgate")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/wsgate in %s: %v\n%s", root, err, out)
-	}
-	return bin, nil
 }
 
 // trackerHasFlag reports whether the binary under test knows --name.

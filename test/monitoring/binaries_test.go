@@ -17,42 +17,20 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/test/redistest"
-)
-
-// The real binary, built once per run from the repository's own module
-// (its go.mod, not this module's, decides what goes in).
-var (
-	buildOnce sync.Once
-	buildDir  string
-	wsgateBin string
-	buildErr  error
+	"github.com/wsgate/wsgate/test/wsgatebin"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	wsgatebin.Remove()
 	os.Exit(code)
 }
 
+// wsgate is the real binary, built once per run from the repository's own
+// module (its go.mod, not this module's, decides what goes in).
 func wsgate(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		if buildDir, buildErr = os.MkdirTemp("", "wsgate-monitoring-"); buildErr != nil {
-			return
-		}
-		wsgateBin = filepath.Join(buildDir, "wsgate")
-		cmd := exec.Command("go", "build", "-o", wsgateBin, "./cmd/wsgate")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/wsgate in %s: %v\n%s", repoRoot, err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return wsgateBin
+	return wsgatebin.Path(t)
 }
 
 // tool returns the path of a program the tests run, skipping without it, or
