@@ -10,8 +10,8 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	"sigs.k8s.io/yaml"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 func decode(t *testing.T, file string, into any) {
@@ -27,11 +27,11 @@ func decode(t *testing.T, file string, into any) {
 
 func exampleFleets(t *testing.T) map[string]bool {
 	t.Helper()
-	data, err := os.ReadFile("../tracker/fleets.example.yaml")
+	data, err := os.ReadFile("../fleets/fleets.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleets, err := tracker.ParseFleets(data)
+	fleets, err := fleets.Parse(data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestScaledObjects(t *testing.T) {
 				continue
 			}
 			if !known[trig.Fleet] {
-				t.Errorf("%s: fleet %q not in tracker/fleets.example.yaml", file, trig.Fleet)
+				t.Errorf("%s: fleet %q not in fleets/fleets.example.yaml", file, trig.Fleet)
 			}
 			seen[string(trig.Metric)] = true
 			want := autoscalingv2.AverageValueMetricType

@@ -6,7 +6,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 )
 
 // View names one view of `wsgate metrics`.
@@ -85,7 +86,7 @@ func Build(states []FleetState, o Options) Report {
 	return rep
 }
 
-func registry(s tracker.Snapshot) RegistryCount {
+func registry(s store.Snapshot) RegistryCount {
 	var r RegistryCount
 	for _, p := range s.Pods {
 		r.Pods++
@@ -101,7 +102,7 @@ func registry(s tracker.Snapshot) RegistryCount {
 
 // podAddrs lists the registered pods and those still holding connections,
 // sorted by address.
-func podAddrs(s tracker.Snapshot) []string {
+func podAddrs(s store.Snapshot) []string {
 	seen := map[string]bool{}
 	var out []string
 	add := func(a string) {
@@ -125,7 +126,7 @@ func podAddrs(s tracker.Snapshot) []string {
 	return out
 }
 
-func connections(s tracker.Snapshot, cap *int) *Connections {
+func connections(s store.Snapshot, cap *int) *Connections {
 	c := &Connections{Cap: cap, Live: s.Live, Summary: registry(s), Pods: []PodCounts{}}
 	est := map[string]int{}
 	for _, in := range s.Instances {
@@ -144,16 +145,16 @@ func connections(s tracker.Snapshot, cap *int) *Connections {
 	return c
 }
 
-func reasonWindows(m map[tracker.Reason]tracker.Windows) []ReasonWindows {
-	out := make([]ReasonWindows, 0, len(tracker.Reasons))
-	for _, r := range tracker.Reasons {
+func reasonWindows(m map[store.Reason]store.Windows) []ReasonWindows {
+	out := make([]ReasonWindows, 0, len(store.Reasons))
+	for _, r := range store.Reasons {
 		w := m[r]
 		out = append(out, ReasonWindows{Reason: string(r), Windows: Windows{M5: w.M5, M15: w.M15, H1: w.H1}})
 	}
 	return out
 }
 
-func rejections(s tracker.Snapshot) *Rejections {
+func rejections(s store.Snapshot) *Rejections {
 	r := &Rejections{Fleet: reasonWindows(s.Rejections), Instances: []InstanceRejections{}}
 	for _, in := range s.Instances {
 		r.Instances = append(r.Instances, InstanceRejections{Instance: in.ID, Reasons: reasonWindows(in.Rejections)})
@@ -176,7 +177,7 @@ func scaling(st FleetState, cap *int, now time.Time) *Scaling {
 		// The scaler's order, recomputed: fewest connections first, so a
 		// scale-down cuts as few as possible; address breaks ties.
 		sc.CandidatesSource = SourceComputed
-		var pods []tracker.Pod
+		var pods []fleets.Pod
 		for _, p := range s.Pods {
 			pods = append(pods, p)
 		}
@@ -214,14 +215,14 @@ func scaling(st FleetState, cap *int, now time.Time) *Scaling {
 // the snapshot (leases are times of Redis' clock, set by the scripts; the
 // host running the report may be off by any amount), or now for a snapshot
 // that does not carry it.
-func leaseClock(s tracker.Snapshot, now time.Time) time.Time {
+func leaseClock(s store.Snapshot, now time.Time) time.Time {
 	if !s.RedisNow.IsZero() {
 		return s.RedisNow
 	}
 	return now
 }
 
-func detailed(s tracker.Snapshot, now time.Time) *Detailed {
+func detailed(s store.Snapshot, now time.Time) *Detailed {
 	d := &Detailed{Instances: []InstanceInfo{}, Pods: []PodRow{}}
 	at := leaseClock(s, now)
 	for _, in := range s.Instances {
@@ -237,7 +238,7 @@ func detailed(s tracker.Snapshot, now time.Time) *Detailed {
 	return d
 }
 
-func readiness(s tracker.Snapshot, o Options) *Readiness {
+func readiness(s store.Snapshot, o Options) *Readiness {
 	r := &Readiness{Epoch: s.Epoch, SettleSeconds: o.Settle.Seconds(), RequiredShare: o.ReadinessRatio, Unsynced: []string{}}
 	synced := map[string]bool{}
 	for _, id := range s.Synced {
@@ -271,7 +272,7 @@ func readiness(s tracker.Snapshot, o Options) *Readiness {
 		}
 		r.Recovering = r.RecoverySecondsLeft > 0 || !r.RecoveryConfirmed
 	}
-	start := (tracker.Summary{Epoch: s.Epoch}).EpochStart()
+	start := (store.Summary{Epoch: s.Epoch}).EpochStart()
 	if !start.IsZero() {
 		u := start.UTC()
 		r.EpochStart = &u

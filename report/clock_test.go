@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/report"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 // Leases and the recovery wait are times of Redis' clock: they are judged
@@ -13,10 +13,10 @@ import (
 // running the report, however far off it is.
 func TestLeasesJudgedByRedisClock(t *testing.T) {
 	redisNow := t0
-	snap := tracker.Snapshot{
+	snap := store.Snapshot{
 		Fleet: "chat", Epoch: "1795607880000-0000beef", Synced: []string{"up"},
 		RedisNow: redisNow, RecoveryUntil: redisNow.Add(20 * time.Second),
-		Instances: []tracker.InstanceState{
+		Instances: []store.InstanceState{
 			{ID: "down", LeaseUntil: redisNow.Add(-time.Second)},
 			{ID: "up", LeaseUntil: redisNow.Add(time.Minute)},
 		},
@@ -47,7 +47,7 @@ func TestRecoveryNeedsBothClocks(t *testing.T) {
 		confirmed bool
 		want      bool
 	}{{time.Second, true, true}, {-time.Second, false, true}, {-time.Second, true, false}} {
-		snap := tracker.Snapshot{Fleet: "chat", Epoch: "1795607880000-0000beef", RedisNow: t0, RecoveryUntil: t0.Add(tc.until), RecoveryConfirmed: tc.confirmed}
+		snap := store.Snapshot{Fleet: "chat", Epoch: "1795607880000-0000beef", RedisNow: t0, RecoveryUntil: t0.Add(tc.until), RecoveryConfirmed: tc.confirmed}
 		r := report.Build([]report.FleetState{{Snapshot: snap}}, report.Options{Views: []report.View{report.ViewReadiness}, Now: t0}).Fleets[0].Readiness
 		if r.Recovering != tc.want || r.RecoveryConfirmed != tc.confirmed || r.RecoverySecondsLeft != max(0, tc.until.Seconds()) {
 			t.Errorf("until %s, confirmed %v: recovering %v (%gs left, confirmed %v), want %v", tc.until, tc.confirmed, r.Recovering, r.RecoverySecondsLeft, r.RecoveryConfirmed, tc.want)
@@ -57,7 +57,7 @@ func TestRecoveryNeedsBothClocks(t *testing.T) {
 
 // A snapshot without Redis' clock (RedisNow zero) is judged by Options.Now.
 func TestLeasesWithoutRedisClock(t *testing.T) {
-	snap := tracker.Snapshot{Fleet: "chat", Instances: []tracker.InstanceState{{ID: "a", LeaseUntil: t0}}}
+	snap := store.Snapshot{Fleet: "chat", Instances: []store.InstanceState{{ID: "a", LeaseUntil: t0}}}
 	for now, alive := range map[time.Time]bool{t0.Add(-time.Second): true, t0.Add(time.Second): false} {
 		rep := report.Build([]report.FleetState{{Snapshot: snap}}, report.Options{Views: []report.View{report.ViewDetailed}, Now: now})
 		if got := rep.Fleets[0].Detailed.Instances[0].Alive; got != alive {

@@ -8,16 +8,16 @@ import (
 
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/report"
 	"github.com/wsgate/wsgate/scaler"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 // TestScalerHashAsTheScalerWritesIt: the scaling view reads the hash the
 // real scaler writes, both while it holds its metric and once it reports.
 func TestScalerHashAsTheScalerWritesIt(t *testing.T) {
 	sc, _ := miniScenario(t)
-	fleet := tracker.FleetConfig{Name: "chat"}.WithDefaults()
+	fleet := fleets.Fleet{Name: "chat"}.WithDefaults()
 	ctx := context.Background()
 	req := &externalscaler.GetMetricsRequest{ScaledObjectRef: &externalscaler.ScaledObjectRef{
 		Name: "chat", Namespace: "default", ScalerMetadata: map[string]string{"fleet": "chat"}}}
@@ -29,7 +29,7 @@ func TestScalerHashAsTheScalerWritesIt(t *testing.T) {
 	}
 
 	// A settle time far longer than the scenario's epoch: metrics held.
-	held, err := scaler.New(scaler.Config{Fleets: []tracker.FleetConfig{fleet}, Settle: 1000 * time.Hour}, sc.store)
+	held, err := scaler.New(scaler.Config{Fleets: []fleets.Fleet{fleet}, Settle: 1000 * time.Hour}, sc.store)
 	must(t, err)
 	if _, err := held.GetMetrics(ctx, req); err == nil {
 		t.Fatal("GetMetrics answered while the epoch is younger than the settle time")
@@ -38,7 +38,7 @@ func TestScalerHashAsTheScalerWritesIt(t *testing.T) {
 		t.Errorf("scaling view while the scaler holds:\n%s", got)
 	}
 
-	ready, err := scaler.New(scaler.Config{Fleets: []tracker.FleetConfig{fleet}, Settle: time.Millisecond, ExpectedInstances: 1}, sc.store)
+	ready, err := scaler.New(scaler.Config{Fleets: []fleets.Fleet{fleet}, Settle: time.Millisecond, ExpectedInstances: 1}, sc.store)
 	must(t, err)
 	if _, err := ready.GetMetrics(ctx, req); err != nil {
 		t.Fatal(err)

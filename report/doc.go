@@ -1,7 +1,7 @@
 // Package report builds the operators' views of `wsgate metrics` from the
 // state a fleet keeps in Redis: connections per pod, rejections by reason and
 // window, the scale-down order and the scaler's recommendation, the pod x
-// instance matrix and readiness. It reads through tracker.Store (one Snapshot
+// instance matrix and readiness. It reads through store.Store (one Snapshot
 // script per fleet) plus the scaler's two keys, never writes, and renders
 // either aligned text tables for people or JSON (model.go, SchemaVersion)
 // for scripts.

@@ -9,12 +9,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 // FleetState is everything the views of one fleet are built from.
 type FleetState struct {
-	Snapshot tracker.Snapshot
+	Snapshot store.Snapshot
 	// Scalers are the scaler's last decisions, one per desiredReplicas
 	// trigger evaluated within the scaler's decision TTL, by trigger ID;
 	// empty when no scaler has written one.
@@ -56,11 +56,11 @@ type Ranked struct {
 // pipeline of the scaler's index and scaledown set, one of the triggers'
 // decision hashes per fleet.
 type Reader struct {
-	store *tracker.Store
+	store *store.Store
 }
 
 // NewReader returns a Reader on store.
-func NewReader(store *tracker.Store) *Reader { return &Reader{store: store} }
+func NewReader(store *store.Store) *Reader { return &Reader{store: store} }
 
 // Fleets lists the fleets Redis holds state of, sorted.
 func (r *Reader) Fleets(ctx context.Context) ([]string, error) { return r.store.Fleets(ctx) }

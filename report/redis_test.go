@@ -8,8 +8,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 // A real server's clock cannot be set: the scenario runs on it with
@@ -82,7 +82,7 @@ func checkRedisClock(t *testing.T, sc scenario) {
 // agree on it and on miniredis.
 func TestRealRedisMatchesMiniredis(t *testing.T) {
 	srv := redistest.Start(t)
-	sc := buildScenario(t, srv.Client(), serverClock{}, tracker.NewStore(srv.Client(), "wsgate"))
+	sc := buildScenario(t, srv.Client(), serverClock{}, store.NewStore(srv.Client(), "wsgate"))
 	matchesMiniredis(t, sc)
 }
 
@@ -95,7 +95,7 @@ func TestRedisClusterFindsEveryFleet(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
 	t.Cleanup(func() { rdb.Close() })
-	s := tracker.NewStore(rdb, "wsgate")
+	s := store.NewStore(rdb, "wsgate")
 	masters := map[string]bool{}
 	for _, f := range []string{"chat", "video"} {
 		m, err := rdb.MasterForKey(context.Background(), s.KeyPrefix(f)+"epoch")

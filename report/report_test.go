@@ -14,7 +14,9 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/report"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/tracker"
 )
 
@@ -36,11 +38,11 @@ type redisClock interface {
 	at(t time.Time)
 	// recovering checks that fleet's epoch grants nothing yet, for want
 	// (at most want where Redis' clock runs on its own).
-	recovering(t *testing.T, s *tracker.Store, fleet string, want time.Duration)
+	recovering(t *testing.T, s *store.Store, fleet string, want time.Duration)
 	// recovered is where the scenario has waited out fleet's recovery wait.
-	recovered(t *testing.T, s *tracker.Store, fleet string)
+	recovered(t *testing.T, s *store.Store, fleet string)
 	// expired is where the scenario has outlived instance id's lease.
-	expired(t *testing.T, s *tracker.Store, fleet, id string)
+	expired(t *testing.T, s *store.Store, fleet, id string)
 }
 
 // miniClock is miniredis' clock, frozen at the scenario's time: the
@@ -49,7 +51,7 @@ type miniClock struct{ mr *miniredis.Miniredis }
 
 func (c miniClock) at(t time.Time) { c.mr.SetTime(t) }
 
-func (c miniClock) recovering(t *testing.T, s *tracker.Store, fleet string, want time.Duration) {
+func (c miniClock) recovering(t *testing.T, s *store.Store, fleet string, want time.Duration) {
 	t.Helper()
 	left, err := s.Recovery(context.Background(), fleet)
 	must(t, err)
@@ -58,7 +60,7 @@ func (c miniClock) recovering(t *testing.T, s *tracker.Store, fleet string, want
 	}
 }
 
-func (c miniClock) recovered(t *testing.T, s *tracker.Store, fleet string) {
+func (c miniClock) recovered(t *testing.T, s *store.Store, fleet string) {
 	t.Helper()
 	left, err := s.Recovery(context.Background(), fleet)
 	must(t, err)
@@ -67,7 +69,7 @@ func (c miniClock) recovered(t *testing.T, s *tracker.Store, fleet string) {
 	}
 }
 
-func (c miniClock) expired(t *testing.T, s *tracker.Store, fleet, id string) {
+func (c miniClock) expired(t *testing.T, s *store.Store, fleet, id string) {
 	t.Helper()
 	if !leaseEnded(t, s, fleet, id) {
 		t.Fatalf("%s: the lease of %s has not ended by Redis' clock where the scenario expects it", fleet, id)
@@ -83,7 +85,7 @@ type serverClock struct{}
 
 func (serverClock) at(time.Time) {}
 
-func (serverClock) recovering(t *testing.T, s *tracker.Store, fleet string, want time.Duration) {
+func (serverClock) recovering(t *testing.T, s *store.Store, fleet string, want time.Duration) {
 	t.Helper()
 	left, err := s.Recovery(context.Background(), fleet)
 	must(t, err)
@@ -92,7 +94,7 @@ func (serverClock) recovering(t *testing.T, s *tracker.Store, fleet string, want
 	}
 }
 
-func (serverClock) recovered(t *testing.T, s *tracker.Store, fleet string) {
+func (serverClock) recovered(t *testing.T, s *store.Store, fleet string) {
 	t.Helper()
 	ctx := context.Background()
 	// In a script, so that it runs on the fleet's shard, by its clock.
@@ -104,7 +106,7 @@ func (serverClock) recovered(t *testing.T, s *tracker.Store, fleet string) {
 	}
 }
 
-func (serverClock) expired(t *testing.T, s *tracker.Store, fleet, id string) {
+func (serverClock) expired(t *testing.T, s *store.Store, fleet, id string) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); !leaseEnded(t, s, fleet, id); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -119,7 +121,7 @@ redis.call('HSET', KEYS[1], 'until', tonumber(t[1]) * 1000 + math.floor(tonumber
 return 1`)
 
 // leaseEnded says whether instance id's lease has ended by Redis' clock.
-func leaseEnded(t *testing.T, s *tracker.Store, fleet, id string) bool {
+func leaseEnded(t *testing.T, s *store.Store, fleet, id string) bool {
 	t.Helper()
 	snap, err := s.Snapshot(context.Background(), fleet, time.Now())
 	must(t, err)
@@ -134,7 +136,7 @@ func leaseEnded(t *testing.T, s *tracker.Store, fleet, id string) bool {
 
 // scenario is state produced by the tracker's own code on a store.
 type scenario struct {
-	store *tracker.Store
+	store *store.Store
 	now   time.Time // when the report reads
 }
 
@@ -150,11 +152,11 @@ func must(t *testing.T, err error) {
 // of an instance stay until it ends.
 const ttl = 5 * time.Minute
 
-func newTracker(t *testing.T, s *tracker.Store, c *clock, id string, ttl time.Duration, burst int, fleets ...string) *tracker.Tracker {
+func newTracker(t *testing.T, s *store.Store, c *clock, id string, ttl time.Duration, burst int, fcs ...string) *tracker.Tracker {
 	t.Helper()
 	cfg := tracker.Config{InstanceID: id, Heartbeat: min(2*time.Second, ttl/2), InstanceTTL: ttl, EstablishTimeout: time.Hour, LeaseTTL: time.Hour}
-	for _, f := range fleets {
-		cfg.Fleets = append(cfg.Fleets, tracker.FleetConfig{Name: f, MaxConnectionsPerPod: 2, RatePerSecond: 0.001, Burst: burst})
+	for _, f := range fcs {
+		cfg.Fleets = append(cfg.Fleets, fleets.Fleet{Name: f, MaxConnectionsPerPod: 2, RatePerSecond: 0.001, Burst: burst})
 	}
 	tr, err := tracker.New(cfg, s, tracker.WithClock(c.Now), tracker.WithLogger(slog.New(slog.DiscardHandler)))
 	must(t, err)
@@ -189,7 +191,7 @@ func admit(t *testing.T, tr *tracker.Tracker, fleet string, want bool) tracker.R
 //	t0       e1 and e2 sync; e3 never syncs in the new epoch
 //	t0+30s   the report reads: chat is in its recovery wait, e3 alive but
 //	         not synced
-func buildScenario(t *testing.T, rdb redis.UniversalClient, rc redisClock, s *tracker.Store) scenario {
+func buildScenario(t *testing.T, rdb redis.UniversalClient, rc redisClock, s *store.Store) scenario {
 	t.Helper()
 	ctx := context.Background()
 	c := &clock{}
@@ -200,13 +202,13 @@ func buildScenario(t *testing.T, rdb redis.UniversalClient, rc redisClock, s *tr
 	must(t, e1.Heartbeat(ctx))
 	rc.recovering(t, s, "chat", ttl)
 	rc.recovering(t, s, "video", ttl)
-	must(t, s.SetPods(ctx, "chat", []tracker.Pod{
+	must(t, s.SetPods(ctx, "chat", []fleets.Pod{
 		{Addr: "10.0.0.1:8080", Name: "chat-0", Node: "node-a", Ready: true},
 		{Addr: "10.0.0.2:8080", Name: "chat-1", Node: "node-b", Ready: true},
 		{Addr: "10.0.0.3:8080", Name: "chat-2", Node: "node-a", Ready: true},
 		{Addr: "10.0.0.4:8080", Name: "chat-3", Node: "node-b", Ready: true, Draining: true},
 	}))
-	must(t, s.SetPods(ctx, "video", []tracker.Pod{{Addr: "10.0.1.1:9000", Name: "video-0", Node: "node-c", Ready: true}}))
+	must(t, s.SetPods(ctx, "video", []fleets.Pod{{Addr: "10.0.1.1:9000", Name: "video-0", Node: "node-c", Ready: true}}))
 
 	// e1 has watched a TTL of its own clock pass since it saw the epochs
 	// begin: its heartbeat confirms their waits, which Redis' clock ends.
@@ -218,7 +220,7 @@ func buildScenario(t *testing.T, rdb redis.UniversalClient, rc redisClock, s *tr
 	for range 3 {
 		conns = append(conns, admit(t, e1, "chat", true).Conn)
 	}
-	if r := admit(t, e1, "chat", false); r.Reason != tracker.ReasonRateLimit {
+	if r := admit(t, e1, "chat", false); r.Reason != store.ReasonRateLimit {
 		t.Fatalf("4th admission of envoy-1: reason %s, want rate_limit", r.Reason)
 	}
 	must(t, e1.Establish(conns[0]))
@@ -240,7 +242,7 @@ func buildScenario(t *testing.T, rdb redis.UniversalClient, rc redisClock, s *tr
 	admit(t, e3, "chat", true)
 	// Not established: Redis counts it pending once e3's heartbeat says so.
 	must(t, e3.Heartbeat(ctx))
-	if r := admit(t, e2, "chat", false); r.Reason != tracker.ReasonCapacity {
+	if r := admit(t, e2, "chat", false); r.Reason != store.ReasonCapacity {
 		t.Fatalf("admission into a full fleet: reason %s, want capacity", r.Reason)
 	}
 	must(t, rdb.Del(ctx, s.KeyPrefix("chat")+"epoch").Err())
@@ -262,7 +264,7 @@ func miniScenario(t *testing.T) (scenario, *miniredis.Miniredis) {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
 	// miniredis cannot say its run_id (INFO server).
-	s := tracker.NewStore(rdb, "wsgate").WithoutRestartDetection()
+	s := store.NewStore(rdb, "wsgate").WithoutRestartDetection()
 	return buildScenario(t, rdb, miniClock{mr}, s), mr
 }
 

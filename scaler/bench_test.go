@@ -11,8 +11,9 @@ import (
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 // commands counts the Redis commands the scaler sends: each is one round
@@ -37,12 +38,12 @@ func BenchmarkGetMetrics(b *testing.B) {
 }
 
 func benchGetMetrics(b *testing.B, pods, instances int) {
-	fleet := tracker.FleetConfig{Name: "big", MaxConnectionsPerPod: 100}
-	e := start(b, opts{cfg: scaler.Config{Fleets: []tracker.FleetConfig{fleet}}})
+	fleet := fleets.Fleet{Name: "big", MaxConnectionsPerPod: 100}
+	e := start(b, opts{cfg: scaler.Config{Fleets: []fleets.Fleet{fleet}}})
 	ctx := context.Background()
-	reg := make([]tracker.Pod, pods)
+	reg := make([]fleets.Pod, pods)
 	for i := range reg {
-		reg[i] = tracker.Pod{Addr: fmt.Sprintf("10.%d.%d.%d:8080", i/65536, i/256%256, i%256), Ready: true}
+		reg[i] = fleets.Pod{Addr: fmt.Sprintf("10.%d.%d.%d:8080", i/65536, i/256%256, i%256), Ready: true}
 	}
 	if err := e.store.SetPods(ctx, "big", reg); err != nil {
 		b.Fatal(err)
@@ -51,12 +52,12 @@ func benchGetMetrics(b *testing.B, pods, instances int) {
 	for i := range instances {
 		// Every instance holds connections on every pod: the largest
 		// state the fleet can have for this many pods and instances.
-		counts := make([]tracker.PodCount, pods)
+		counts := make([]store.PodCount, pods)
 		for p := range counts {
-			counts[p] = tracker.PodCount{Pod: reg[p].Addr, Live: 1, Established: 1}
+			counts[p] = store.PodCount{Pod: reg[p].Addr, Live: 1, Established: 1}
 		}
-		_, err := e.store.Sync(ctx, tracker.SyncRequest{Fleet: "big", Instance: fmt.Sprintf("envoy-%02d", i), Lease: time.Hour,
-			Counts: counts, Rejections: []tracker.RejectionCount{{Reason: tracker.ReasonCapacity, Bucket: tracker.Bucket(now), Count: 3}}})
+		_, err := e.store.Sync(ctx, store.SyncRequest{Fleet: "big", Instance: fmt.Sprintf("envoy-%02d", i), Lease: time.Hour,
+			Counts: counts, Rejections: []store.RejectionCount{{Reason: store.ReasonCapacity, Bucket: store.Bucket(now), Count: 3}}})
 		if err != nil {
 			b.Fatal(err)
 		}

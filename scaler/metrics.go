@@ -8,7 +8,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 )
 
 // Metrics are the scaler's Prometheus collectors.
@@ -92,7 +93,7 @@ var (
 // addFleet creates fleet's series, at 0 until the first evaluation (ready:
 // held until then), so that rules and dashboards see every fleet from
 // the first scrape.
-func (m *Metrics) addFleet(fc tracker.FleetConfig) {
+func (m *Metrics) addFleet(fc fleets.Fleet) {
 	m.Ready.WithLabelValues(fc.Name).Set(0)
 	m.Reaped.WithLabelValues(fc.Name)
 	m.ReadErrors.WithLabelValues(fc.Name)
@@ -105,7 +106,7 @@ func (m *Metrics) addFleet(fc tracker.FleetConfig) {
 	for _, st := range instanceStates {
 		m.Instances.WithLabelValues(fc.Name, st).Set(0)
 	}
-	for _, r := range tracker.Reasons {
+	for _, r := range store.Reasons {
 		m.Rejections.WithLabelValues(fc.Name, string(r)).Set(0)
 	}
 }
@@ -122,7 +123,7 @@ func (m *Metrics) removeFleet(fleet string) {
 
 // observed sets fleet's gauges from sum (read whole, even while held: the
 // gauges say what Redis holds, wsgate_scaler_ready whether it is complete).
-func (m *Metrics) observed(fc tracker.FleetConfig, sum tracker.Summary) {
+func (m *Metrics) observed(fc fleets.Fleet, sum store.Summary) {
 	f := fc.Name
 	m.Connections.WithLabelValues(f).Set(float64(sum.Live))
 	m.Cap.WithLabelValues(f).Set(float64(fc.MaxConnectionsPerPod))
@@ -132,7 +133,7 @@ func (m *Metrics) observed(fc tracker.FleetConfig, sum tracker.Summary) {
 	}
 	m.Instances.WithLabelValues(f, "alive").Set(float64(sum.Alive))
 	m.Instances.WithLabelValues(f, "synced").Set(float64(sum.Synced))
-	for _, r := range tracker.Reasons {
+	for _, r := range store.Reasons {
 		m.Rejections.WithLabelValues(f, string(r)).Set(float64(sum.Rejections[r].M5))
 	}
 }

@@ -7,8 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/test/promtest"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 // The scaler's fleet series exist from the first scrape, and Observe sets
@@ -65,7 +65,7 @@ func TestObserveExportsFleetsWithoutKEDA(t *testing.T) {
 		t.Error("reported_value exported without a KEDA call: it is what KEDA was told")
 	}
 
-	if err := e.srv.Apply([]tracker.FleetConfig{fleets()[0]}); err != nil {
+	if err := e.srv.Apply([]fleets.Fleet{testFleets()[0]}); err != nil {
 		t.Fatal(err)
 	}
 	for name := range promtest.Samples(t, e.reg) {
@@ -126,7 +126,7 @@ func TestGateSeriesFollowTheFleets(t *testing.T) {
 	if want := map[string]bool{"web": true, "cold": true, "edge": true}; !reflect.DeepEqual(g.fleet, want) {
 		t.Errorf("gate's fleets at start %v, want %v", g.fleet, want)
 	}
-	if err := e.srv.Apply([]tracker.FleetConfig{fleets()[0]}); err != nil {
+	if err := e.srv.Apply([]fleets.Fleet{testFleets()[0]}); err != nil {
 		t.Fatal(err)
 	}
 	if want := map[string]bool{"web": true}; !reflect.DeepEqual(g.fleet, want) {

@@ -5,7 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 )
 
 func TestDecide(t *testing.T) {
@@ -94,11 +95,11 @@ func TestParseTrigger(t *testing.T) {
 // redis_down and rate_limit ones, reach neither the pressure windows nor
 // saturation; capacity and no_pods do.
 func TestRecoveryWaitIsNotDemand(t *testing.T) {
-	w := tracker.Windows{M5: 500, M15: 500, H1: 500}
-	sum := tracker.Summary{Live: 4, Pods: 2, Ready: 2, Placeable: 2, Rejections: map[tracker.Reason]tracker.Windows{
-		tracker.ReasonRecovering: w, tracker.ReasonRedisDown: w, tracker.ReasonRateLimit: w,
+	w := store.Windows{M5: 500, M15: 500, H1: 500}
+	sum := store.Summary{Live: 4, Pods: 2, Ready: 2, Placeable: 2, Rejections: map[store.Reason]store.Windows{
+		store.ReasonRecovering: w, store.ReasonRedisDown: w, store.ReasonRateLimit: w,
 	}}
-	fc := tracker.FleetConfig{Name: "chat", MaxConnectionsPerPod: 2, RetryAfter: tracker.Duration(5 * time.Second)}
+	fc := fleets.Fleet{Name: "chat", MaxConnectionsPerPod: 2, RetryAfter: fleets.Duration(5 * time.Second)}
 	in := policyInput(sum, fc)
 	if in.Pressure != (Window{}) {
 		t.Errorf("pressure %+v from recovering, redis_down and rate_limit refusals, want none", in.Pressure)
@@ -106,7 +107,7 @@ func TestRecoveryWaitIsNotDemand(t *testing.T) {
 	if d := Decide(DefaultParams, in); d.Replicas != 3 {
 		t.Errorf("decision %+v, want 3 (4 live / 1.6 per pod), no scale-up or guard", d)
 	}
-	sum.Rejections[tracker.ReasonCapacity] = tracker.Windows{M5: 1, M15: 1, H1: 1}
+	sum.Rejections[store.ReasonCapacity] = store.Windows{M5: 1, M15: 1, H1: 1}
 	if in := policyInput(sum, fc); in.Pressure != (Window{M5: 1, M15: 1, H1: 1}) {
 		t.Errorf("pressure %+v with one capacity refusal, want 1 in every window", in.Pressure)
 	}

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 // readiness decides whether a fleet's counts are complete enough to act on.
@@ -47,7 +47,7 @@ type epochMemory struct {
 // vanished says whether s lost more live instances than a rolling update
 // does (one at a time, or the ratio's share of a large fleet), and more than
 // Kubernetes says are gone (the Envoy Service's ready endpoints).
-func (r *readiness) vanished(s tracker.Summary, before int64) bool {
+func (r *readiness) vanished(s store.Summary, before int64) bool {
 	if before == 0 {
 		return false
 	}
@@ -74,7 +74,7 @@ func newReadiness(settle time.Duration, ratio float64, expected int64) *readines
 }
 
 // check returns nil when s can be acted on, or why not.
-func (r *readiness) check(s tracker.Summary, now time.Time) error {
+func (r *readiness) check(s store.Summary, now time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	m := r.fleets[s.Fleet]

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 type countFunc func(string) int
@@ -17,7 +17,7 @@ func (f countFunc) ExpectedInstances(fleet string) int { return f(fleet) }
 // until that many trackers re-synced; the explicit flag wins over it.
 func TestReadinessExpectsTheEnvoyServiceEndpoints(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_000)
-	sum := tracker.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 2, Alive: 2}
+	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 2, Alive: 2}
 	envoys := 4
 	r := newReadiness(time.Second, 0.95, 0)
 	if err := r.check(sum, now); err != nil {
@@ -45,7 +45,7 @@ func TestReadinessExpectsTheEnvoyServiceEndpoints(t *testing.T) {
 // with them; the metric holds until the lower number lasted the settle time.
 func TestReadinessHoldsWhenInstancesVanish(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_000)
-	sum := tracker.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10}
+	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10}
 	r := newReadiness(30*time.Second, 0.95, 0)
 	if err := r.check(sum, now); err != nil {
 		t.Fatal(err)
@@ -71,7 +71,7 @@ func TestReadinessHoldsWhenInstancesVanish(t *testing.T) {
 // leaving at once holds nothing, while a fifth vanishing still does.
 func TestReadinessTrustsInstancesThatLeft(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_000)
-	sum := tracker.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10, Left: 1}
+	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10, Left: 1}
 	r := newReadiness(30*time.Second, 0.95, 0)
 	if err := r.check(sum, now); err != nil {
 		t.Fatal(err)
@@ -91,7 +91,7 @@ func TestReadinessTrustsInstancesThatLeft(t *testing.T) {
 // (fewer ready Envoy endpoints) holds nothing either.
 func TestReadinessRidesOutRollingUpdates(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_000)
-	sum := tracker.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10}
+	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10}
 	r := newReadiness(30*time.Second, 0.95, 0)
 	for i, alive := range []int64{10, 11, 10, 11, 10, 9} {
 		sum.Alive = alive

@@ -21,16 +21,17 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 )
 
-// Reader reads one fleet's summary; *tracker.Store implements it in one
+// Reader reads one fleet's summary; *store.Store implements it in one
 // Redis round trip, whatever the number of pods.
 type Reader interface {
-	Summary(ctx context.Context, fleet string, now time.Time) (tracker.Summary, error)
+	Summary(ctx context.Context, fleet string, now time.Time) (store.Summary, error)
 }
 
-// Store is what the scaler needs of the tracker's state: *tracker.Store.
+// Store is what the scaler needs of the tracker's state: *store.Store.
 type Store interface {
 	Reader
 	// Instances reads the fleet's tracker instances and their seqs.
@@ -63,7 +64,7 @@ type ScaleDownGate interface {
 // Config is the scaler's configuration.
 type Config struct {
 	// Fleets are the fleets the scaler serves (the trackers' fleets file).
-	Fleets []tracker.FleetConfig
+	Fleets []fleets.Fleet
 	// Settle is how old an epoch must be before its counts are used.
 	// Default 60s.
 	Settle time.Duration
@@ -83,7 +84,7 @@ type Config struct {
 	// ExpiredInstances is the trackers' --expired-instances: keep turns the
 	// reaper off, kube reaps only instances Kubernetes no longer lists (it
 	// needs WithInstanceJudge). Default reap.
-	ExpiredInstances tracker.ExpiredMode
+	ExpiredInstances fleets.ExpiredMode
 }
 
 // WithDefaults returns c with every unset field at its documented default.
@@ -101,7 +102,7 @@ func (c Config) WithDefaults() Config {
 		c.InstanceTTL = 10 * time.Second
 	}
 	if c.ExpiredInstances == "" {
-		c.ExpiredInstances = tracker.ExpiredReap
+		c.ExpiredInstances = fleets.ExpiredReap
 	}
 	for i := range c.Fleets {
 		c.Fleets[i] = c.Fleets[i].WithDefaults()
@@ -143,7 +144,7 @@ type Server struct {
 
 	cfg     Config
 	store   Store
-	fleets  atomic.Pointer[map[string]tracker.FleetConfig] // replaced whole by Apply
+	fleets  atomic.Pointer[map[string]fleets.Fleet] // replaced whole by Apply
 	ready   *readiness
 	gate    ScaleDownGate
 	log     *slog.Logger
@@ -157,7 +158,7 @@ type Server struct {
 	pods   map[string]map[string]struct{} // fleet -> pods with a pod_connections series
 
 	reapMu  sync.Mutex
-	stalled map[string]*tracker.Stalled // fleet -> the reaper's witness
+	stalled map[string]*store.Stalled // fleet -> the reaper's witness
 	judge   InstanceJudge
 }
 
@@ -193,15 +194,15 @@ func WithInstanceCounter(c InstanceCounter) Option { return func(s *Server) { s.
 func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
 
 // New validates cfg (after defaults) and returns a Server on store.
-func New(cfg Config, store Store, opts ...Option) (*Server, error) {
+func New(cfg Config, st Store, opts ...Option) (*Server, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("scaler config: %w", err)
 	}
 	s := &Server{
-		cfg: cfg, store: store,
+		cfg: cfg, store: st,
 		ready: newReadiness(cfg.Settle, cfg.ReadinessRatio, int64(cfg.ExpectedInstances)),
-		log:   slog.Default(), now: time.Now, done: make(chan struct{}), stalled: map[string]*tracker.Stalled{},
+		log:   slog.Default(), now: time.Now, done: make(chan struct{}), stalled: map[string]*store.Stalled{},
 		pods: map[string]map[string]struct{}{},
 	}
 	for _, o := range opts {
@@ -210,7 +211,7 @@ func New(cfg Config, store Store, opts ...Option) (*Server, error) {
 	if s.metrics == nil {
 		s.metrics = NewMetrics(nil)
 	}
-	if cfg.ExpiredInstances == tracker.ExpiredKube && s.judge == nil {
+	if cfg.ExpiredInstances == fleets.ExpiredKube && s.judge == nil {
 		return nil, errors.New("scaler config: expired-instances kube needs Kubernetes to judge (--kube)")
 	}
 	if err := s.Apply(cfg.Fleets); err != nil {
@@ -221,10 +222,10 @@ func New(cfg Config, store Store, opts ...Option) (*Server, error) {
 
 // Apply serves fleets from now on (a changed fleets file): GetMetricSpec
 // and GetMetrics of a fleet use its new cap at their next call; a removed
-// fleet's triggers get unknown fleet. If fleets is invalid nothing changes.
-func (s *Server) Apply(fleets []tracker.FleetConfig) error {
-	m := make(map[string]tracker.FleetConfig, len(fleets))
-	for _, f := range fleets {
+// fleet's triggers get unknown fleet. If configs is invalid nothing changes.
+func (s *Server) Apply(configs []fleets.Fleet) error {
+	m := make(map[string]fleets.Fleet, len(configs))
+	for _, f := range configs {
 		f = f.WithDefaults()
 		if err := f.Validate(); err != nil {
 			return fmt.Errorf("scaler config: %w", err)
@@ -232,12 +233,12 @@ func (s *Server) Apply(fleets []tracker.FleetConfig) error {
 		if _, dup := m[f.Name]; dup {
 			return fmt.Errorf("scaler config: fleet %s defined twice", f.Name)
 		}
-		if s.cfg.ExpiredInstances == tracker.ExpiredKube && f.EnvoyService == "" {
+		if s.cfg.ExpiredInstances == fleets.ExpiredKube && f.EnvoyService == "" {
 			return fmt.Errorf("scaler config: expired-instances kube: fleet %s names no envoyService, so Kubernetes cannot say whether its instances live", f.Name)
 		}
 		m[f.Name] = f
 	}
-	var old map[string]tracker.FleetConfig
+	var old map[string]fleets.Fleet
 	if p := s.fleets.Swap(&m); p != nil {
 		old = *p
 	}
@@ -255,7 +256,7 @@ type FleetSeries interface {
 
 // fleetSeries creates the series of the fleets in next and deletes those
 // of the fleets only in old.
-func (s *Server) fleetSeries(old, next map[string]tracker.FleetConfig) {
+func (s *Server) fleetSeries(old, next map[string]fleets.Fleet) {
 	fs, _ := s.gate.(FleetSeries)
 	for name, fc := range next {
 		if _, ok := old[name]; !ok {
@@ -301,10 +302,10 @@ var (
 )
 
 // trigger parses a ScaledObjectRef's metadata and finds its fleet.
-func (s *Server) trigger(ref *externalscaler.ScaledObjectRef) (Trigger, tracker.FleetConfig, error) {
+func (s *Server) trigger(ref *externalscaler.ScaledObjectRef) (Trigger, fleets.Fleet, error) {
 	t, err := ParseTrigger(ref.GetScalerMetadata())
 	if err != nil {
-		return t, tracker.FleetConfig{}, err
+		return t, fleets.Fleet{}, err
 	}
 	fc, ok := (*s.fleets.Load())[t.Fleet]
 	if !ok {
@@ -315,7 +316,7 @@ func (s *Server) trigger(ref *externalscaler.ScaledObjectRef) (Trigger, tracker.
 
 // summary reads the fleet and checks readiness; the summary is returned
 // even when held, with the reason as an error wrapping errHeld.
-func (s *Server) summary(ctx context.Context, fleet string) (tracker.Summary, error) {
+func (s *Server) summary(ctx context.Context, fleet string) (store.Summary, error) {
 	now := s.now()
 	sum, err := s.store.Summary(ctx, fleet, now)
 	if err != nil {
@@ -404,7 +405,7 @@ func (s *Server) GetMetrics(ctx context.Context, req *externalscaler.GetMetricsR
 }
 
 // evaluate computes the value of t's metric.
-func (s *Server) evaluate(ctx context.Context, ref *externalscaler.ScaledObjectRef, t Trigger, fc tracker.FleetConfig) (float64, error) {
+func (s *Server) evaluate(ctx context.Context, ref *externalscaler.ScaledObjectRef, t Trigger, fc fleets.Fleet) (float64, error) {
 	sum, err := s.summary(ctx, t.Fleet)
 	if t.Metric == MetricDesiredReplicas && (err == nil || errors.Is(err, errHeld)) {
 		return s.recommend(ctx, ref, t, fc, sum, err)
@@ -425,7 +426,7 @@ func (s *Server) evaluate(ctx context.Context, ref *externalscaler.ScaledObjectR
 
 // recommend runs the policy and the gate and records the decision in the
 // trigger's own scaler hash, also when held.
-func (s *Server) recommend(ctx context.Context, ref *externalscaler.ScaledObjectRef, t Trigger, fc tracker.FleetConfig, sum tracker.Summary, held error) (float64, error) {
+func (s *Server) recommend(ctx context.Context, ref *externalscaler.ScaledObjectRef, t Trigger, fc fleets.Fleet, sum store.Summary, held error) (float64, error) {
 	id := TriggerID(ref, t)
 	fields := map[string]any{
 		"scaledObject": ref.GetNamespace() + "/" + ref.GetName(), "params": paramsLabel(t.Params),
@@ -446,8 +447,8 @@ func (s *Server) recommend(ctx context.Context, ref *externalscaler.ScaledObject
 	return float64(reported), nil
 }
 
-func policyInput(sum tracker.Summary, fc tracker.FleetConfig) Input {
-	c, n := sum.Rejections[tracker.ReasonCapacity], sum.Rejections[tracker.ReasonNoPods]
+func policyInput(sum store.Summary, fc fleets.Fleet) Input {
+	c, n := sum.Rejections[store.ReasonCapacity], sum.Rejections[store.ReasonNoPods]
 	return Input{
 		Cap: fc.MaxConnectionsPerPod, RetryAfter: time.Duration(fc.RetryAfter),
 		Live: sum.Live, Pods: sum.Pods, Ready: sum.Ready, Placeable: sum.Placeable,
@@ -457,9 +458,9 @@ func policyInput(sum tracker.Summary, fc tracker.FleetConfig) Input {
 
 // saturation is live ÷ (placeable pods × cap). With no placeable pod it is
 // 1 when connections exist or were refused, 0 otherwise.
-func saturation(sum tracker.Summary, capPerPod int) float64 {
+func saturation(sum store.Summary, capPerPod int) float64 {
 	if sum.Placeable == 0 {
-		if sum.Live > 0 || policyInput(sum, tracker.FleetConfig{}).Pressure.M5 > 0 {
+		if sum.Live > 0 || policyInput(sum, fleets.Fleet{}).Pressure.M5 > 0 {
 			return 1
 		}
 		return 0
@@ -469,12 +470,12 @@ func saturation(sum tracker.Summary, capPerPod int) float64 {
 
 // rateLimitPressure is the rate_limit rejections per second of the last
 // 5 min, per live tracker instance, as a fraction of one instance's rate.
-func rateLimitPressure(sum tracker.Summary, ratePerSecond float64) float64 {
-	rl := sum.Rejections[tracker.ReasonRateLimit].M5
+func rateLimitPressure(sum store.Summary, ratePerSecond float64) float64 {
+	rl := sum.Rejections[store.ReasonRateLimit].M5
 	if rl == 0 || ratePerSecond <= 0 {
 		return 0
 	}
-	return float64(rl) / tracker.Window5m.Seconds() / float64(max(sum.Alive, 1)) / ratePerSecond
+	return float64(rl) / store.Window5m.Seconds() / float64(max(sum.Alive, 1)) / ratePerSecond
 }
 
 // IsActive is true when the fleet has live connections or recent
@@ -499,9 +500,9 @@ func (s *Server) active(ctx context.Context, t Trigger) (bool, error) {
 	if err != nil && !errors.Is(err, errHeld) {
 		return false, err
 	}
-	rej := policyInput(sum, tracker.FleetConfig{}).Pressure.M5
+	rej := policyInput(sum, fleets.Fleet{}).Pressure.M5
 	if t.Metric == MetricRateLimitPressure {
-		rej = sum.Rejections[tracker.ReasonRateLimit].M5
+		rej = sum.Rejections[store.ReasonRateLimit].M5
 	}
 	active := sum.Live > t.ActivationConnections || rej > t.ActivationRejections
 	if !active && err != nil {
@@ -517,7 +518,7 @@ func (s *Server) active(ctx context.Context, t Trigger) (bool, error) {
 // longer lists. With ExpiredInstances keep it does nothing. It returns the fleets'
 // errors joined.
 func (s *Server) Reap(ctx context.Context) error {
-	if s.cfg.ExpiredInstances == tracker.ExpiredKeep {
+	if s.cfg.ExpiredInstances == fleets.ExpiredKeep {
 		return nil
 	}
 	s.reapMu.Lock()
@@ -531,11 +532,11 @@ func (s *Server) Reap(ctx context.Context) error {
 		}
 		w := s.stalled[f]
 		if w == nil {
-			w = tracker.NewStalled(s.cfg.InstanceTTL)
+			w = store.NewStalled(s.cfg.InstanceTTL)
 			s.stalled[f] = w
 		}
 		stalled := w.Observe(seqs, "", s.now())
-		if s.cfg.ExpiredInstances == tracker.ExpiredKube {
+		if s.cfg.ExpiredInstances == fleets.ExpiredKube {
 			stalled = s.goneFromKubernetes(f, stalled)
 		}
 		ids, err := s.store.Reap(ctx, f, stalled)

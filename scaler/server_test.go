@@ -19,15 +19,17 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
 
-// fleets: web (3 static pods, cap 2, no rate limit in the way), cold (no
+// testFleets: web (3 static pods, cap 2, no rate limit in the way), cold (no
 // pods: every admission is no_pods) and edge (1 connection per second).
-func fleets() []tracker.FleetConfig {
-	return []tracker.FleetConfig{
+func testFleets() []fleets.Fleet {
+	return []fleets.Fleet{
 		{Name: "web", MaxConnectionsPerPod: 2, RatePerSecond: 1000, Burst: 1000, Pods: []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"}},
 		{Name: "cold", MaxConnectionsPerPod: 2, RatePerSecond: 1000, Burst: 1000},
 		{Name: "edge", MaxConnectionsPerPod: 2, RatePerSecond: 1, Burst: 1, Pods: []string{"10.0.1.1:80"}},
@@ -51,7 +53,7 @@ type env struct {
 	t      testing.TB
 	redis  *redistest.Server
 	rdb    *redis.Client
-	store  *tracker.Store
+	store  *store.Store
 	clock  *clock
 	srv    *scaler.Server
 	grpc   *scaler.GRPC
@@ -71,10 +73,10 @@ func start(t testing.TB, o opts) *env {
 	t.Helper()
 	rs := redistest.Start(t)
 	e := &env{t: t, redis: rs, rdb: rs.Client(), clock: &clock{}, reg: prometheus.NewRegistry()}
-	e.store = tracker.NewStore(e.rdb, "wsgate")
+	e.store = store.NewStore(e.rdb, "wsgate")
 	cfg := o.cfg
 	if cfg.Fleets == nil {
-		cfg.Fleets = fleets()
+		cfg.Fleets = testFleets()
 	}
 	if cfg.Settle == 0 {
 		cfg.Settle = time.Nanosecond
@@ -130,7 +132,7 @@ func start(t testing.TB, o opts) *env {
 // judged by Redis' clock, so moving the scaler's clock does not end them.
 func (e *env) tracker(id string) *tracker.Tracker {
 	e.t.Helper()
-	return e.trackerWith(tracker.Config{InstanceID: id, Fleets: fleets(), Heartbeat: ttl / 5, InstanceTTL: ttl})
+	return e.trackerWith(tracker.Config{InstanceID: id, Fleets: testFleets(), Heartbeat: ttl / 5, InstanceTTL: ttl})
 }
 
 func (e *env) trackerWith(cfg tracker.Config) *tracker.Tracker {
@@ -480,7 +482,7 @@ func TestReaperRemovesDeadTrackers(t *testing.T) {
 	// envoy-b's lease (an hour) outlasts the test in Redis: it shows the
 	// scaler's witness alone reaps nobody. It is only in cold, so that web's
 	// readiness sees envoy-a alone.
-	e.trackerWith(tracker.Config{InstanceID: "envoy-b", Fleets: fleets()[1:2], InstanceTTL: time.Hour})
+	e.trackerWith(tracker.Config{InstanceID: "envoy-b", Fleets: testFleets()[1:2], InstanceTTL: time.Hour})
 	if got := e.metric("fleet", "web", "metric", "connections"); got != 3 {
 		t.Fatalf("connections = %v, want 3", got)
 	}
@@ -521,7 +523,7 @@ func TestReaperRemovesDeadTrackers(t *testing.T) {
 // TestReaperKeepsExpiredInstancesWhenTold: with ExpiredInstances keep the
 // scaler reaps nobody, whatever both witnesses say.
 func TestReaperKeepsExpiredInstancesWhenTold(t *testing.T) {
-	e := start(t, opts{cfg: scaler.Config{Fleets: fleets(), ExpiredInstances: tracker.ExpiredKeep}})
+	e := start(t, opts{cfg: scaler.Config{Fleets: testFleets(), ExpiredInstances: fleets.ExpiredKeep}})
 	tr := e.tracker("envoy-a")
 	e.admit(tr, "web", 3)
 	e.awaitLeaseEnd("web", "envoy-a")
@@ -553,12 +555,12 @@ func (j judge) InstanceAlive(_, id string) (alive, known bool) { alive, known = 
 // an instance whose lease ended by both witnesses is reaped only when
 // Kubernetes no longer lists its pod: a cut-off instance keeps its slots.
 func TestReaperAsksKubernetesWithKube(t *testing.T) {
-	fl := fleets()
+	fl := testFleets()
 	for i := range fl {
 		fl[i].EnvoyService = "envoy"
 	}
 	j := judge{"envoy-a": true, "envoy-b": false} // a only cut off, b gone, c unknown
-	e := start(t, opts{cfg: scaler.Config{Fleets: fl, ExpiredInstances: tracker.ExpiredKube}, judge: j})
+	e := start(t, opts{cfg: scaler.Config{Fleets: fl, ExpiredInstances: fleets.ExpiredKube}, judge: j})
 	for _, id := range []string{"envoy-a", "envoy-b", "envoy-c"} {
 		e.admit(e.tracker(id), "web", 1)
 	}
@@ -583,16 +585,16 @@ func TestReaperAsksKubernetesWithKube(t *testing.T) {
 }
 
 func TestKubeJudgeIsRequired(t *testing.T) {
-	fl := fleets()
+	fl := testFleets()
 	for i := range fl {
 		fl[i].EnvoyService = "envoy"
 	}
-	store := tracker.NewStore(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), "wsgate")
-	if _, err := scaler.New(scaler.Config{Fleets: fl, ExpiredInstances: tracker.ExpiredKube}, store); err == nil || !strings.Contains(err.Error(), "--kube") {
+	store := store.NewStore(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), "wsgate")
+	if _, err := scaler.New(scaler.Config{Fleets: fl, ExpiredInstances: fleets.ExpiredKube}, store); err == nil || !strings.Contains(err.Error(), "--kube") {
 		t.Errorf("kube without a judge: %v, want an error naming --kube", err)
 	}
 	fl[1].EnvoyService = ""
-	if _, err := scaler.New(scaler.Config{Fleets: fl, ExpiredInstances: tracker.ExpiredKube}, store, scaler.WithInstanceJudge(judge{})); err == nil || !strings.Contains(err.Error(), "fleet cold names no envoyService") {
+	if _, err := scaler.New(scaler.Config{Fleets: fl, ExpiredInstances: fleets.ExpiredKube}, store, scaler.WithInstanceJudge(judge{})); err == nil || !strings.Contains(err.Error(), "fleet cold names no envoyService") {
 		t.Errorf("kube with a fleet without envoyService: %v", err)
 	}
 }
@@ -645,7 +647,7 @@ func TestScaleDownGateDecidesWhatIsReported(t *testing.T) {
 }
 
 func TestReadinessHoldsAfterRedisRestartUntilResync(t *testing.T) {
-	e := start(t, opts{cfg: scaler.Config{Fleets: fleets(), Settle: time.Minute}})
+	e := start(t, opts{cfg: scaler.Config{Fleets: testFleets(), Settle: time.Minute}})
 	a, b, c := e.tracker("envoy-a"), e.tracker("envoy-b"), e.tracker("envoy-c")
 	for _, tr := range []*tracker.Tracker{a, b, c} {
 		e.admit(tr, "web", 2)
@@ -695,7 +697,7 @@ func TestReadinessHoldsAfterRedisRestartUntilResync(t *testing.T) {
 }
 
 func TestExpectedInstancesFlag(t *testing.T) {
-	e := start(t, opts{cfg: scaler.Config{Fleets: fleets(), ExpectedInstances: 2}})
+	e := start(t, opts{cfg: scaler.Config{Fleets: testFleets(), ExpectedInstances: 2}})
 	e.tracker("envoy-a")
 	if _, err := e.metricErr("fleet", "web"); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "--expected-instances") {
 		t.Fatalf("1 of 2 expected: %v", err)
@@ -717,8 +719,8 @@ func TestApplyChangesTheServedFleets(t *testing.T) {
 	if err := get("game"); status.Code(err) != codes.NotFound {
 		t.Fatalf("fleet game before it is configured: %v, want NotFound", err)
 	}
-	game := tracker.FleetConfig{Name: "game", MaxConnectionsPerPod: 3}
-	if err := e.srv.Apply([]tracker.FleetConfig{game}); err != nil {
+	game := fleets.Fleet{Name: "game", MaxConnectionsPerPod: 3}
+	if err := e.srv.Apply([]fleets.Fleet{game}); err != nil {
 		t.Fatal(err)
 	}
 	if err := get("game"); err != nil {
@@ -727,10 +729,10 @@ func TestApplyChangesTheServedFleets(t *testing.T) {
 	if err := get("web"); status.Code(err) != codes.NotFound {
 		t.Fatalf("removed fleet web: %v, want NotFound", err)
 	}
-	if err := e.srv.Apply([]tracker.FleetConfig{game, game}); err == nil || !strings.Contains(err.Error(), "game defined twice") {
+	if err := e.srv.Apply([]fleets.Fleet{game, game}); err == nil || !strings.Contains(err.Error(), "game defined twice") {
 		t.Fatalf("apply of a fleet defined twice: %v", err)
 	}
-	if err := e.srv.Apply([]tracker.FleetConfig{{Name: "bad name!"}}); err == nil {
+	if err := e.srv.Apply([]fleets.Fleet{{Name: "bad name!"}}); err == nil {
 		t.Fatal("apply of an invalid fleet name succeeded")
 	}
 	if got := strings.Join(e.srv.Fleets(), ","); got != "game" {

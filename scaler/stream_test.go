@@ -55,7 +55,7 @@ func receive(st grpc.ServerStreamingClient[externalscaler.IsActiveResponse]) <-c
 
 func TestStreamIsActivePushesWithinASecond(t *testing.T) {
 	// A poll far longer than the test: only pub/sub can wake the stream.
-	e := start(t, opts{cfg: scaler.Config{Fleets: fleets(), PollInterval: time.Hour}})
+	e := start(t, opts{cfg: scaler.Config{Fleets: testFleets(), PollInterval: time.Hour}})
 	tr := e.tracker("envoy-a")
 	e.active("fleet", "web") // the client connection is up before counting
 	before := runtime.NumGoroutine()
@@ -115,7 +115,7 @@ func TestStreamIsActivePushesWithinASecond(t *testing.T) {
 }
 
 func TestStreamIsActiveSendsCurrentActivityAndPolls(t *testing.T) {
-	e := start(t, opts{cfg: scaler.Config{Fleets: fleets(), PollInterval: 50 * time.Millisecond}})
+	e := start(t, opts{cfg: scaler.Config{Fleets: testFleets(), PollInterval: 50 * time.Millisecond}})
 	tr := e.tracker("envoy-a")
 	e.admit(tr, "web", 1)
 	st, err := e.client.StreamIsActive(context.Background(), ref("fleet", "web"))
@@ -128,7 +128,7 @@ func TestStreamIsActiveSendsCurrentActivityAndPolls(t *testing.T) {
 }
 
 func TestStopEndsStreams(t *testing.T) {
-	e := start(t, opts{cfg: scaler.Config{Fleets: fleets(), PollInterval: time.Hour}})
+	e := start(t, opts{cfg: scaler.Config{Fleets: testFleets(), PollInterval: time.Hour}})
 	e.tracker("envoy-a")
 	st, err := e.client.StreamIsActive(context.Background(), ref("fleet", "web"))
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 
+	"github.com/wsgate/wsgate/fleets"
 	"golang.org/x/time/rate"
 )
 
@@ -33,9 +34,9 @@ func (c Change) Empty() bool { return len(c.Added)+len(c.Changed)+len(c.Removed)
 // The new configuration is validated whole first; if it is invalid nothing
 // changes. A removed fleet that comes back before it left is served again
 // with its connections.
-func (t *Tracker) Apply(fleets []FleetConfig) (Change, error) {
+func (t *Tracker) Apply(configs []fleets.Fleet) (Change, error) {
 	c := t.cfg
-	c.Fleets = slices.Clone(fleets)
+	c.Fleets = slices.Clone(configs)
 	c = c.WithDefaults()
 	if err := c.Validate(); err != nil {
 		return Change{}, fmt.Errorf("apply: %w", err)
@@ -87,7 +88,7 @@ func (t *Tracker) Apply(fleets []FleetConfig) (Change, error) {
 	return ch, nil
 }
 
-func rateOf(fc FleetConfig) rate.Limit { return rate.Limit(fc.RatePerSecond) }
+func rateOf(fc fleets.Fleet) rate.Limit { return rate.Limit(fc.RatePerSecond) }
 
 // retire ends a removed fleet once its last connection has ended and a
 // heartbeat published that: the instance leaves the fleet in Redis and the

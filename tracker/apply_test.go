@@ -12,10 +12,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/tracker"
 )
 
-func apply(t *testing.T, tr *tracker.Tracker, fleets ...tracker.FleetConfig) tracker.Change {
+func apply(t *testing.T, tr *tracker.Tracker, fleets ...fleets.Fleet) tracker.Change {
 	t.Helper()
 	ch, err := tr.Apply(fleets)
 	if err != nil {
@@ -43,7 +45,7 @@ func TestApplyLowersTheCapWithoutCuttingConnections(t *testing.T) {
 		t.Fatalf("after lowering the cap the pod holds %d, want the 3 it had", got)
 	}
 	for i := range 2 {
-		if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonCapacity {
+		if r := admit(t, tr, "chat"); r.Admitted || r.Reason != store.ReasonCapacity {
 			t.Fatalf("admission %d at %d live under cap 1 = %+v, want capacity", i, 3-i, r)
 		}
 		release(t, tr, ids[i])
@@ -64,18 +66,18 @@ func TestApplyLowersTheCapWithoutCuttingConnections(t *testing.T) {
 func TestApplyChangesRateRetryAfterAndPods(t *testing.T) {
 	rdb, mr := miniClient(t)
 	clk := newClock()
-	fc := tracker.FleetConfig{Name: "chat", MaxConnectionsPerPod: 1, RatePerSecond: 1, Burst: 1, Pods: []string{"10.0.0.1:80"}}
+	fc := fleets.Fleet{Name: "chat", MaxConnectionsPerPod: 1, RatePerSecond: 1, Burst: 1, Pods: []string{"10.0.0.1:80"}}
 	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fc)
 	start(t, mr, clk, tr)
 	admit(t, tr, "chat")
-	if r := admit(t, tr, "chat"); r.Reason != tracker.ReasonRateLimit {
+	if r := admit(t, tr, "chat"); r.Reason != store.ReasonRateLimit {
 		t.Fatalf("second admission in the same instant at 1/s = %+v, want rate_limit", r)
 	}
-	fc.RatePerSecond, fc.Burst, fc.RetryAfter = 100, 100, tracker.Duration(7*time.Second)
+	fc.RatePerSecond, fc.Burst, fc.RetryAfter = 100, 100, fleets.Duration(7*time.Second)
 	fc.Pods = []string{"10.0.0.1:80", "10.0.0.2:80"}
 	apply(t, tr, fc)
 	clk.Advance(20 * time.Millisecond) // two tokens at 100/s; none at 1/s
-	if r := admit(t, tr, "chat"); r.Reason != tracker.ReasonNoPods && r.Reason != tracker.ReasonCapacity {
+	if r := admit(t, tr, "chat"); r.Reason != store.ReasonNoPods && r.Reason != store.ReasonCapacity {
 		// The new pod is not in Redis until the next heartbeat writes it.
 		t.Fatalf("admission right after raising the rate = %+v, want the pod full (not rate_limit)", r)
 	} else if r.RetryAfter != 7*time.Second {
@@ -101,8 +103,8 @@ func TestApplyRemovingStaticPodsUnregistersThem(t *testing.T) {
 	}
 	apply(t, tr, fleetCfg("chat", 1))
 	heartbeat(t, tr)
-	store := tracker.NewStore(rdb, "wsgate")
-	snap, err := store.Snapshot(context.Background(), "chat", time.Now())
+	st := store.NewStore(rdb, "wsgate")
+	snap, err := st.Snapshot(context.Background(), "chat", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,12 +114,12 @@ func TestApplyRemovingStaticPodsUnregistersThem(t *testing.T) {
 	if got := snap.Load[held.Pod]; got != 1 {
 		t.Fatalf("Redis counts %d on the removed pod %s, want its live connection (1)", got, held.Pod)
 	}
-	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonNoPods {
+	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != store.ReasonNoPods {
 		t.Fatalf("admission with every pod removed = %+v, want no_pods", r)
 	}
 	release(t, tr, held.Conn)
 	heartbeat(t, tr)
-	if snap, err = store.Snapshot(context.Background(), "chat", time.Now()); err != nil {
+	if snap, err = st.Snapshot(context.Background(), "chat", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if got := snap.Load[held.Pod]; got != 0 {
@@ -189,7 +191,7 @@ func TestApplyRefusesAnInvalidConfigurationWhole(t *testing.T) {
 	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 1, "10.0.0.1:80"))
 	start(t, mr, clk, tr)
 	bad := fleetCfg("game", 1, "not-an-address")
-	if _, err := tr.Apply([]tracker.FleetConfig{fleetCfg("chat", 5, "10.0.0.1:80"), bad}); err == nil || !strings.Contains(err.Error(), "not-an-address") {
+	if _, err := tr.Apply([]fleets.Fleet{fleetCfg("chat", 5, "10.0.0.1:80"), bad}); err == nil || !strings.Contains(err.Error(), "not-an-address") {
 		t.Fatalf("apply of an invalid configuration: %v, want an error naming the bad pod", err)
 	}
 	if got := tr.Config().Fleets; len(got) != 1 || got[0].MaxConnectionsPerPod != 1 {
@@ -223,14 +225,14 @@ func TestWatchFleetsFollowsAConfigMapSymlinkSwap(t *testing.T) {
 	if err := os.Symlink("..data/fleets.yaml", filepath.Join(dir, "fleets.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	applied := make(chan []tracker.FleetConfig, 4)
-	m := tracker.NewReloadMetrics(nil, "tracker")
+	applied := make(chan []fleets.Fleet, 4)
+	m := fleets.NewReloadMetrics(nil, "tracker")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tracker.WatchFleets(ctx, filepath.Join(dir, "fleets.yaml"), []byte(v1), 10*time.Millisecond,
-			func(f []tracker.FleetConfig) error { applied <- f; return nil }, m, slog.New(slog.DiscardHandler))
+		fleets.Watch(ctx, filepath.Join(dir, "fleets.yaml"), []byte(v1), 10*time.Millisecond,
+			func(f []fleets.Fleet) error { applied <- f; return nil }, m, slog.New(slog.DiscardHandler))
 	}()
 	defer func() { cancel(); <-done }()
 

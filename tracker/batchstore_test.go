@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/wsgate/wsgate/store/storetest"
 	"maps"
 	"math/rand/v2"
 	"reflect"
@@ -17,6 +18,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -44,10 +47,10 @@ func onMiniAndReal(t *testing.T, check func(t *testing.T, rdb *redis.Client, min
 
 // twinStores are stores on rdb under each of prefixes: the same calls on
 // them must leave the same state.
-func twinStores(rdb *redis.Client, mini bool, prefixes ...string) map[string]*tracker.Store {
-	stores := map[string]*tracker.Store{}
+func twinStores(rdb *redis.Client, mini bool, prefixes ...string) map[string]*store.Store {
+	stores := map[string]*store.Store{}
 	for _, prefix := range prefixes {
-		stores[prefix] = tracker.NewStore(rdb, prefix)
+		stores[prefix] = store.NewStore(rdb, prefix)
 		if mini {
 			stores[prefix] = stores[prefix].WithoutRestartDetection()
 		}
@@ -60,30 +63,30 @@ func checkAdmitN(t *testing.T, rdb *redis.Client, mini bool) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	stores := twinStores(rdb, mini, "seq", "batch")
 	for round := range 60 {
-		policy := []tracker.Policy{tracker.PolicyPack, tracker.PolicySpread}[round%2]
+		policy := []fleets.Policy{fleets.PolicyPack, fleets.PolicySpread}[round%2]
 		pods := 1 + rng.IntN(6)
 		limit := 1 + rng.IntN(4)
 		n := 1 + rng.IntN(12)
 		var addrs []string
-		var counts []tracker.PodCount
+		var counts []store.PodCount
 		for p := range pods {
 			addr := fmt.Sprintf("10.0.%d.%d:80", rng.IntN(3), p)
 			addrs = append(addrs, addr)
 			if c := rng.IntN(limit + 1); c > 0 { // some pods full already
-				counts = append(counts, tracker.PodCount{Pod: addr, Live: c, Established: c})
+				counts = append(counts, store.PodCount{Pod: addr, Live: c, Established: c})
 			}
 		}
 		if rng.IntN(8) == 0 {
 			addrs = nil // no pod at all: no_pods
 		}
-		run := func(prefix string, admit func(s *tracker.Store, epoch string) []string) (map[string]float64, []string, tracker.Summary) {
+		run := func(prefix string, admit func(s *store.Store, epoch string) []string) (map[string]float64, []string, store.Summary) {
 			s := stores[prefix]
 			fleet := fmt.Sprintf("r%d", round)
-			mustSetPods(t, s, fleet, podsOf(addrs...))
-			if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "other", Lease: 1 << 40, Counts: counts}); err != nil {
+			storetest.SetPods(t, s, fleet, storetest.Pods(addrs...))
+			if _, err := s.Sync(ctx, store.SyncRequest{Fleet: fleet, Instance: "other", Lease: 1 << 40, Counts: counts}); err != nil {
 				t.Fatal(err)
 			}
-			got := admit(s, epochOf(t, s, fleet, "e1"))
+			got := admit(s, storetest.EpochOf(t, s, fleet, "e1"))
 			load, err := rdb.ZRangeWithScores(ctx, s.KeyPrefix(fleet)+"avail", 0, -1).Result()
 			if err != nil {
 				t.Fatal(err)
@@ -93,14 +96,14 @@ func checkAdmitN(t *testing.T, rdb *redis.Client, mini bool) {
 				m[z.Member.(string)] = z.Score
 			}
 			slices.Sort(got)
-			return m, got, mustSummary(t, s, fleet, t0)
+			return m, got, storetest.Summary(t, s, fleet, storetest.T0)
 		}
 		fleet := fmt.Sprintf("r%d", round)
-		var reasonSeq, reasonBatch tracker.Reason
-		oneByOne, seqPods, seqSum := run("seq", func(s *tracker.Store, epoch string) []string {
+		var reasonSeq, reasonBatch store.Reason
+		oneByOne, seqPods, seqSum := run("seq", func(s *store.Store, epoch string) []string {
 			var pods []string
 			for range n {
-				a, err := s.Admit(ctx, fleet, limit, policy, "e1", epoch, t0)
+				a, err := s.Admit(ctx, fleet, limit, policy, "e1", epoch, storetest.T0)
 				if err != nil || a.Fence != "" {
 					t.Fatalf("admit: %+v %v", a, err)
 				}
@@ -112,8 +115,8 @@ func checkAdmitN(t *testing.T, rdb *redis.Client, mini bool) {
 			}
 			return pods
 		})
-		batched, batchPods, batchSum := run("batch", func(s *tracker.Store, epoch string) []string {
-			a, err := s.AdmitN(ctx, fleet, limit, policy, "e1", epoch, t0, n)
+		batched, batchPods, batchSum := run("batch", func(s *store.Store, epoch string) []string {
+			a, err := s.AdmitN(ctx, fleet, limit, policy, "e1", epoch, storetest.T0, n)
 			if err != nil || a.Fence != "" {
 				t.Fatalf("admit %d: %+v %v", n, a, err)
 			}
@@ -127,7 +130,7 @@ func checkAdmitN(t *testing.T, rdb *redis.Client, mini bool) {
 		if seqSum.Live != batchSum.Live || !maps.Equal(seqSum.Rejections, batchSum.Rejections) {
 			t.Errorf("%s: summaries differ: live %d/%d, rejections %v/%v", desc, seqSum.Live, batchSum.Live, seqSum.Rejections, batchSum.Rejections)
 		}
-		if policy == tracker.PolicyPack {
+		if policy == fleets.PolicyPack {
 			if !maps.Equal(oneByOne, batched) || !slices.Equal(seqPods, batchPods) {
 				t.Errorf("%s: one by one %v (%v), batched %v (%v)", desc, oneByOne, seqPods, batched, batchPods)
 			}
@@ -210,21 +213,21 @@ func TestRefusedReleaseAfterAHeartbeatGivesNothingBack(t *testing.T) {
 func TestHotScriptsAfterScriptFlush(t *testing.T) {
 	rdb := redistest.Start(t).Client()
 	ctx := context.Background()
-	s := tracker.NewStore(rdb, "wsgate")
-	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
-	epoch := epochOf(t, s, "chat", "e1")
+	s := store.NewStore(rdb, "wsgate")
+	storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
+	epoch := storetest.EpochOf(t, s, "chat", "e1")
 	for i := range 2 {
 		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 			t.Fatal(err)
 		}
-		a, err := s.Admit(ctx, "chat", 5, tracker.PolicyPack, "e1", epoch, t0)
+		a, err := s.Admit(ctx, "chat", 5, fleets.PolicyPack, "e1", epoch, storetest.T0)
 		if err != nil || a.Pod == "" {
 			t.Fatalf("admit %d after SCRIPT FLUSH: %+v %v", i, a, err)
 		}
 		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if n, err := s.Release(ctx, "chat", "e1", epoch, 0, tracker.ReleaseCount{Pod: a.Pod, N: 1}); err != nil || n != 1 {
+		if n, err := s.Release(ctx, "chat", "e1", epoch, 0, store.ReleaseCount{Pod: a.Pod, N: 1}); err != nil || n != 1 {
 			t.Fatalf("release %d after SCRIPT FLUSH: %d %v", i, n, err)
 		}
 	}
@@ -308,14 +311,14 @@ func established(t *testing.T, tr *tracker.Tracker) tracker.Result {
 func TestStoreCopiesKeepTheirRunIDCheck(t *testing.T) {
 	rdb := redistest.Start(t).Client()
 	ctx := context.Background()
-	s := tracker.NewStore(rdb, "wsgate")
-	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
+	s := store.NewStore(rdb, "wsgate")
+	storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
 	// The copy is the first to build e1's commands.
-	if _, err := s.WithoutRestartDetection().Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour}); err != nil {
+	if _, err := s.WithoutRestartDetection().Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
-	epoch := epochOf(t, s, "chat", "e1")
-	if a, err := s.Admit(ctx, "chat", 5, tracker.PolicyPack, "e1", epoch, t0); err != nil || a.Pod == "" {
+	epoch := storetest.EpochOf(t, s, "chat", "e1")
+	if a, err := s.Admit(ctx, "chat", 5, fleets.PolicyPack, "e1", epoch, storetest.T0); err != nil || a.Pod == "" {
 		t.Fatalf("admit through the original after its copy: %+v %v (the copy's run id check leaked)", a, err)
 	}
 }
@@ -344,7 +347,7 @@ func TestSlowRedisQueuesAdmissionsWithoutDegrading(t *testing.T) {
 	rdb, mr := miniClient(t)
 	clk := newClock()
 	tr := newTrackerCfg(t, rdb, clk, tracker.Config{
-		InstanceID: "a", Fleets: []tracker.FleetConfig{fleetCfg("chat", 1000, "10.0.0.1:80")}, Heartbeat: time.Second,
+		InstanceID: "a", Fleets: []fleets.Fleet{fleetCfg("chat", 1000, "10.0.0.1:80")}, Heartbeat: time.Second,
 		InstanceTTL: 5 * time.Second, EstablishTimeout: 10 * time.Second, LeaseTTL: 30 * time.Second,
 		RedisTimeout: 500 * time.Millisecond, Fallback: tracker.FallbackShare,
 	})
@@ -430,12 +433,12 @@ func checkAdmitRelease(t *testing.T, rdb *redis.Client, mini bool) {
 	stores := twinStores(rdb, mini, "apart", "together")
 	type state struct {
 		avail, load, inst, pend string
-		summary                 tracker.Summary
+		summary                 store.Summary
 		pods                    []string
-		reason                  tracker.Reason
+		reason                  store.Reason
 		released                int
 	}
-	dump := func(s *tracker.Store, fleet string) (st state) {
+	dump := func(s *store.Store, fleet string) (st state) {
 		p := s.KeyPrefix(fleet)
 		for key, out := range map[string]*string{"avail": &st.avail, "load": &st.load} {
 			z, err := rdb.ZRangeWithScores(ctx, p+key, 0, -1).Result()
@@ -451,52 +454,52 @@ func checkAdmitRelease(t *testing.T, rdb *redis.Client, mini bool) {
 			}
 			*out = fmt.Sprint(h)
 		}
-		st.summary = mustSummary(t, s, fleet, t0)
+		st.summary = storetest.Summary(t, s, fleet, storetest.T0)
 		st.summary.Epoch, st.summary.RedisNow = "", time.Time{} // the stores' own
 		return st
 	}
 	for round := range 60 {
 		fleet := fmt.Sprintf("r%d", round)
-		policy := []tracker.Policy{tracker.PolicyPack, tracker.PolicySpread}[round%2]
+		policy := []fleets.Policy{fleets.PolicyPack, fleets.PolicySpread}[round%2]
 		limit := 1 + rng.IntN(4)
 		var addrs []string
-		var mine, others []tracker.PodCount
-		var rs []tracker.ReleaseCount
+		var mine, others []store.PodCount
+		var rs []store.ReleaseCount
 		for p := range 1 + rng.IntN(5) {
 			addr := fmt.Sprintf("10.0.0.%d:80", p)
 			addrs = append(addrs, addr)
 			held := rng.IntN(limit + 1)
 			if held > 0 {
-				mine = append(mine, tracker.PodCount{Pod: addr, Live: held, Established: rng.IntN(held + 1)})
+				mine = append(mine, store.PodCount{Pod: addr, Live: held, Established: rng.IntN(held + 1)})
 			}
 			if o := rng.IntN(limit - held + 1); o > 0 {
-				others = append(others, tracker.PodCount{Pod: addr, Live: o, Established: o})
+				others = append(others, store.PodCount{Pod: addr, Live: o, Established: o})
 			}
 			if n := rng.IntN(held + 2); n > 0 { // at times one more than it holds
-				rs = append(rs, tracker.ReleaseCount{Pod: addr, N: n, Pending: rng.IntN(n + 1)})
+				rs = append(rs, store.ReleaseCount{Pod: addr, N: n, Pending: rng.IntN(n + 1)})
 			}
 		}
 		seq := uint64(1 + rng.IntN(2)) // 1: stale, below the heartbeat's 2
 		n := rng.IntN(8)
 		got := map[string]state{}
 		for prefix, s := range stores {
-			mustSetPods(t, s, fleet, podsOf(addrs...))
-			if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "other", Lease: 1 << 40, Counts: others}); err != nil {
+			storetest.SetPods(t, s, fleet, storetest.Pods(addrs...))
+			if _, err := s.Sync(ctx, store.SyncRequest{Fleet: fleet, Instance: "other", Lease: 1 << 40, Counts: others}); err != nil {
 				t.Fatal(err)
 			}
-			epoch := epochOf(t, s, fleet, "e1")
-			if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "e1", Lease: 1 << 40, Seq: 2, Counts: mine}); err != nil {
+			epoch := storetest.EpochOf(t, s, fleet, "e1")
+			if _, err := s.Sync(ctx, store.SyncRequest{Fleet: fleet, Instance: "e1", Lease: 1 << 40, Seq: 2, Counts: mine}); err != nil {
 				t.Fatal(err)
 			}
-			var a tracker.Admissions
+			var a store.Admissions
 			var released int
 			var err error
 			if prefix == "apart" {
 				if released, err = s.Release(ctx, fleet, "e1", epoch, seq, rs...); err == nil {
-					a, err = s.AdmitN(ctx, fleet, limit, policy, "e1", epoch, t0, n)
+					a, err = s.AdmitN(ctx, fleet, limit, policy, "e1", epoch, storetest.T0, n)
 				}
 			} else {
-				a, released, err = s.AdmitRelease(ctx, fleet, limit, policy, "e1", epoch, t0, n, seq, rs...)
+				a, released, err = s.AdmitRelease(ctx, fleet, limit, policy, "e1", epoch, storetest.T0, n, seq, rs...)
 			}
 			if err != nil || a.Fence != "" {
 				t.Fatalf("round %d, %s: %+v %v", round, prefix, a, err)
@@ -508,7 +511,7 @@ func checkAdmitRelease(t *testing.T, rdb *redis.Client, mini bool) {
 		}
 		apart, together := got["apart"], got["together"]
 		desc := fmt.Sprintf("round %d: %s, cap %d, holds %v, others %v, releases %v at seq %d, %d admissions", round, policy, limit, mine, others, rs, seq, n)
-		if policy == tracker.PolicySpread {
+		if policy == fleets.PolicySpread {
 			// Which of equally loaded pods gets a last one may differ.
 			apart.avail, together.avail, apart.inst, together.inst, apart.pods, together.pods = "", "", "", "", nil, nil
 		}
@@ -562,7 +565,7 @@ func countedTracker(t *testing.T, cap int) (*tracker.Tracker, *scriptCalls) {
 // redisLive is the live count Redis holds for tr's fleet chat.
 func redisLive(t *testing.T, tr *tracker.Tracker) int64 {
 	t.Helper()
-	return mustSummary(t, tr.Store(), "chat", t0).Live
+	return storetest.Summary(t, tr.Store(), "chat", storetest.T0).Live
 }
 
 // queueRelease ends connection id and leaves its release in the queue.
@@ -618,33 +621,33 @@ func TestReleaseRidesOnTheNextAdmitCall(t *testing.T) {
 func TestAdmitReleaseRefused(t *testing.T) {
 	rdb := redistest.Start(t).Client()
 	ctx := context.Background()
-	s := tracker.NewStore(rdb, "wsgate")
-	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
-	if a := mustAdmit(t, s, "chat", 5, tracker.PolicyPack, "e1", t0); a.Pod == "" {
+	s := store.NewStore(rdb, "wsgate")
+	storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
+	if a := storetest.Admit(t, s, "chat", 5, fleets.PolicyPack, "e1", storetest.T0); a.Pod == "" {
 		t.Fatal("not admitted")
 	}
-	rs := tracker.ReleaseCount{Pod: "10.0.0.1:80", N: 1}
-	a, n, err := s.AdmitRelease(ctx, "chat", 5, tracker.PolicyPack, "e1", "another-epoch", t0, 1, 0, rs)
-	if !errors.Is(err, tracker.ErrFenced) || a.Fence != tracker.FenceEpoch || n != 0 {
+	rs := store.ReleaseCount{Pod: "10.0.0.1:80", N: 1}
+	a, n, err := s.AdmitRelease(ctx, "chat", 5, fleets.PolicyPack, "e1", "another-epoch", storetest.T0, 1, 0, rs)
+	if !errors.Is(err, store.ErrFenced) || a.Fence != store.FenceEpoch || n != 0 {
 		t.Fatalf("with another epoch: %+v, %d, %v; want fenced (epoch) and ErrFenced", a, n, err)
 	}
-	if live := mustSummary(t, s, "chat", t0).Live; live != 1 {
+	if live := storetest.Summary(t, s, "chat", storetest.T0).Live; live != 1 {
 		t.Fatalf("live %d after a fenced call; want 1: nothing released", live)
 	}
 	// A new epoch, still in its recovery wait: e1 syncs what it holds.
 	if err := rdb.Del(ctx, s.KeyPrefix("chat")+"epoch").Err(); err != nil {
 		t.Fatal(err)
 	}
-	res, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, RecoveryWait: time.Hour, Seq: 1,
-		Counts: []tracker.PodCount{{Pod: "10.0.0.1:80", Live: 1, Established: 1}}})
+	res, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, RecoveryWait: time.Hour, Seq: 1,
+		Counts: []store.PodCount{{Pod: "10.0.0.1:80", Live: 1, Established: 1}}})
 	if err != nil || res.Recovering == 0 {
 		t.Fatalf("sync: %+v %v; want a recovery wait", res, err)
 	}
-	a, n, err = s.AdmitRelease(ctx, "chat", 5, tracker.PolicyPack, "e1", res.Epoch, t0, 1, 1, rs)
-	if err != nil || a.Fence != tracker.FenceRecovering || n != 1 {
+	a, n, err = s.AdmitRelease(ctx, "chat", 5, fleets.PolicyPack, "e1", res.Epoch, storetest.T0, 1, 1, rs)
+	if err != nil || a.Fence != store.FenceRecovering || n != 1 {
 		t.Fatalf("in the recovery wait: %+v, %d, %v; want recovering and 1 released", a, n, err)
 	}
-	if live := mustSummary(t, s, "chat", t0).Live; live != 0 {
+	if live := storetest.Summary(t, s, "chat", storetest.T0).Live; live != 0 {
 		t.Fatalf("live %d after the release in the recovery wait; want 0", live)
 	}
 }

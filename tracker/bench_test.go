@@ -12,6 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -28,9 +30,9 @@ func quantiles(d []time.Duration) (p50, p99 time.Duration) {
 func benchTracker(b *testing.B, rdb redis.UniversalClient, pods int) *tracker.Tracker {
 	b.Helper()
 	tr, err := tracker.New(tracker.Config{
-		InstanceID: "bench", Fleets: []tracker.FleetConfig{{Name: "bench", MaxConnectionsPerPod: 1 << 30, RatePerSecond: 1e9, Burst: 1e9, Pods: podAddrs(pods)}},
+		InstanceID: "bench", Fleets: []fleets.Fleet{{Name: "bench", MaxConnectionsPerPod: 1 << 30, RatePerSecond: 1e9, Burst: 1e9, Pods: podAddrs(pods)}},
 		Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second,
-	}, tracker.NewStore(rdb, "wsgate"))
+	}, store.NewStore(rdb, "wsgate"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -165,11 +167,11 @@ func BenchmarkMemoryPerConnection(b *testing.B) {
 	srv := redistest.Start(b)
 	rdb := srv.Client()
 	ctx := context.Background()
-	store := tracker.NewStore(rdb, "wsgate")
+	st := store.NewStore(rdb, "wsgate")
 	addrs := podAddrs(pods)
-	reg := make([]tracker.Pod, pods)
+	reg := make([]fleets.Pod, pods)
 	for j, a := range addrs {
-		reg[j] = tracker.Pod{Addr: a, Name: fmt.Sprintf("backend-%d", j), Node: "node-1", Ready: true}
+		reg[j] = fleets.Pod{Addr: a, Name: fmt.Sprintf("backend-%d", j), Node: "node-1", Ready: true}
 	}
 	used := func() int64 {
 		b.Helper()
@@ -186,31 +188,31 @@ func BenchmarkMemoryPerConnection(b *testing.B) {
 		b.Fatal("no used_memory in INFO")
 		return 0
 	}
-	sync := func(counts []tracker.PodCount) {
+	sync := func(counts []store.PodCount) {
 		b.Helper()
 		for in := 0; in < instances; in++ {
-			if _, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "bench", Instance: fmt.Sprintf("envoy-%d", in), Lease: time.Minute, Counts: counts}); err != nil {
+			if _, err := st.Sync(ctx, store.SyncRequest{Fleet: "bench", Instance: fmt.Sprintf("envoy-%d", in), Lease: time.Minute, Counts: counts}); err != nil {
 				b.Fatal(err)
 			}
 		}
 	}
 	// The registry and the instances exist whatever the number of
 	// connections: the baseline is taken with them in place.
-	if err := store.SetPods(ctx, "bench", reg); err != nil {
+	if err := st.SetPods(ctx, "bench", reg); err != nil {
 		b.Fatal(err)
 	}
 	sync(nil)
 	before := used()
-	counts := make([]tracker.PodCount, pods)
+	counts := make([]store.PodCount, pods)
 	for p := range counts {
-		counts[p] = tracker.PodCount{Pod: addrs[p], Live: conns / instances / pods, Established: conns / instances / pods}
+		counts[p] = store.PodCount{Pod: addrs[p], Live: conns / instances / pods, Established: conns / instances / pods}
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ { // each round re-publishes the same truth: a heartbeat of all instances
 		sync(counts)
 	}
 	b.StopTimer()
-	sum, err := store.Summary(ctx, "bench", time.Now())
+	sum, err := st.Summary(ctx, "bench", time.Now())
 	if err != nil || sum.Live != conns {
 		b.Fatalf("live = %d (%v), want %d", sum.Live, err, conns)
 	}

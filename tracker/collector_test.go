@@ -2,19 +2,21 @@ package tracker_test
 
 import (
 	"context"
+	"github.com/wsgate/wsgate/store/storetest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/tracker"
 )
 
 func TestCollectorFollowsLocalConnections(t *testing.T) {
-	store, mr := newMiniStore(t)
+	store, mr := storetest.NewMini(t)
 	clk := newClock()
-	tr, err := tracker.New(tracker.Config{InstanceID: "envoy-0", Fleets: []tracker.FleetConfig{
+	tr, err := tracker.New(tracker.Config{InstanceID: "envoy-0", Fleets: []fleets.Fleet{
 		{Name: "chat", MaxConnectionsPerPod: 10, RatePerSecond: 100, Pods: []string{"10.0.0.1:8080"}},
 	}}, store, tracker.WithClock(clk.Now))
 	if err != nil {

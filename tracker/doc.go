@@ -6,7 +6,7 @@
 // admission picks from in O(log pods). All keys of a fleet share one hash tag,
 // so every script is atomic on one node, also on Redis Cluster.
 //
-// A Store runs the scripts; a Tracker is one Envoy sidecar's side of it: the
+// A store.Store runs the scripts; a Tracker is one Envoy sidecar's side of it: the
 // connections it admitted (its local truth), the per-fleet token bucket, the
 // heartbeat that re-publishes the local truth, and the fallback used while
 // Redis cannot decide. PROTOCOL.md argues why no pod exceeds its cap under

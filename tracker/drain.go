@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/wsgate/wsgate/store"
 	"time"
 )
 
 // ReasonDraining answers an admission while the instance drains (its Envoy
 // is terminating). It is no rejection of the fleet: it is neither counted
 // in Redis nor in the scaler's windows, and the client retries elsewhere.
-const ReasonDraining Reason = "draining"
+const ReasonDraining store.Reason = "draining"
 
 var errLeft = errors.New("the instance left the fleet")
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"sort"
 	"time"
 )
@@ -118,7 +120,7 @@ func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
 }
 
 // sync publishes the local truth and, on success, ends the fallback.
-func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncResult, error) {
+func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (store.SyncResult, error) {
 	// A heartbeat of a large fleet may take longer than one admission; the
 	// gate it holds does not make admissions queue past their own deadline
 	// (they leave Redis), so it gets a quarter of the heartbeat interval.
@@ -129,43 +131,43 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		if parent.Err() == nil {
 			t.redisFailed(f, "sync", err)
 		}
-		return SyncResult{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.name, err)
+		return store.SyncResult{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.name, err)
 	}
 	if t.left.Load() { // Leave ran while this waited: publish nothing
 		f.gate.Release(gateAll)
-		return SyncResult{}, fmt.Errorf("sync %s: %w", f.name, errLeft)
+		return store.SyncResult{}, fmt.Errorf("sync %s: %w", f.name, errLeft)
 	}
 	if err := t.inherit(ctx, f, now); err != nil {
 		f.gate.Release(gateAll)
 		if parent.Err() == nil {
 			t.redisFailed(f, "sync", err)
 		}
-		return SyncResult{}, err
+		return store.SyncResult{}, err
 	}
 	f.mu.Lock()
-	counts := make([]PodCount, 0, len(f.live)+len(f.inherited))
+	counts := make([]store.PodCount, 0, len(f.live)+len(f.inherited))
 	for pod, n := range f.live {
-		counts = append(counts, PodCount{Pod: pod, Live: n + f.inherited[pod], Established: f.est[pod] + f.inherited[pod]})
+		counts = append(counts, store.PodCount{Pod: pod, Live: n + f.inherited[pod], Established: f.est[pod] + f.inherited[pod]})
 	}
 	for pod, n := range f.inherited {
 		if f.live[pod] == 0 {
-			counts = append(counts, PodCount{Pod: pod, Live: n, Established: n})
+			counts = append(counts, store.PodCount{Pod: pod, Live: n, Established: n})
 		}
 	}
 	// The script replaces this instance's slots with what it holds: from
 	// now on it relies on no more, whether or not the reply comes back
 	// (invariant L).
 	f.dropSpareLocked()
-	oldest := Bucket(now) - BucketSlots
-	rej := make([]RejectionCount, 0, len(f.rej))
+	oldest := store.Bucket(now) - store.BucketSlots
+	rej := make([]store.RejectionCount, 0, len(f.rej))
 	for k, n := range f.rej {
 		if k.bucket > oldest {
-			rej = append(rej, RejectionCount{Reason: k.reason, Bucket: k.bucket, Count: n})
+			rej = append(rej, store.RejectionCount{Reason: k.reason, Bucket: k.bucket, Count: n})
 		}
 	}
 	clear(f.rej)
 	f.seq++
-	req := SyncRequest{
+	req := store.SyncRequest{
 		Fleet: f.name, Instance: t.cfg.InstanceID, Lease: t.cfg.InstanceTTL, RecoveryWait: t.cfg.InstanceTTL,
 		Seq: f.seq, Counts: counts, Rejections: rej, Reap: f.stale,
 	}
@@ -244,7 +246,7 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (SyncRes
 		seqs[id] = l.Seq
 	}
 	f.stale = nil
-	if t.cfg.ExpiredInstances == ExpiredReap {
+	if t.cfg.ExpiredInstances == fleets.ExpiredReap {
 		f.stale = f.stalled.Observe(seqs, t.cfg.InstanceID, now)
 	}
 	recovered := f.degraded || f.fenced
@@ -299,7 +301,7 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 	return nil
 }
 
-func newView(res SyncResult, counts []PodCount) view {
+func newView(res store.SyncResult, counts []store.PodCount) view {
 	v := view{ok: true, load: res.Avail, mine: map[string]int{}}
 	for _, c := range counts {
 		v.mine[c.Pod] = c.Live
@@ -317,12 +319,12 @@ func newView(res SyncResult, counts []PodCount) view {
 // view saw the fleet: not above the cap (a lowered cap), and among the
 // pods the policy ranks first: under spread within one of the emptiest,
 // under pack at least as full as every other pod under the cap.
-func (v *view) fits(pod string, fc *FleetConfig) bool {
+func (v *view) fits(pod string, fc *fleets.Fleet) bool {
 	load, cap := v.load[pod], fc.MaxConnectionsPerPod
 	if load > cap {
 		return false
 	}
-	if fc.Policy != PolicyPack {
+	if fc.Policy != fleets.PolicyPack {
 		return load <= v.loads[0]+1 // the pod is in the view: loads has one
 	}
 	// the fullest pod under the cap: the last load below it
@@ -373,9 +375,9 @@ func (t *Tracker) SetStaticPods(ctx context.Context, fleetName string) error {
 		return err
 	}
 	static := f.conf().Pods
-	pods := make([]Pod, len(static))
+	pods := make([]fleets.Pod, len(static))
 	for i, addr := range static {
-		pods[i] = Pod{Addr: addr, Name: addr, Ready: true}
+		pods[i] = fleets.Pod{Addr: addr, Name: addr, Ready: true}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 4*t.cfg.RedisTimeout)
 	defer cancel()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/wsgate/wsgate/store"
 )
 
 // The admission API, called by envoy/wsgate.lua through httpCall on
@@ -158,7 +159,7 @@ func (t *Tracker) serveAdmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	status := http.StatusServiceUnavailable
-	if res.Reason == ReasonRateLimit {
+	if res.Reason == store.ReasonRateLimit {
 		status = http.StatusTooManyRequests
 	}
 	h.Set(HeaderReason, string(res.Reason))

@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -49,9 +51,9 @@ func benchAdmitHTTP(b *testing.B, reuse bool) {
 	for i := range addrs {
 		addrs[i] = fmt.Sprintf("10.1.%d.%d:8080", i/250, i%250+1)
 	}
-	tr, err := tracker.New(tracker.Config{InstanceID: "bench-http", Fleets: []tracker.FleetConfig{
+	tr, err := tracker.New(tracker.Config{InstanceID: "bench-http", Fleets: []fleets.Fleet{
 		{Name: "bench", MaxConnectionsPerPod: 1 << 20, RatePerSecond: 1e6, Burst: 1e6, Pods: addrs},
-	}, Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second}, tracker.NewStore(rdb, "wsgate"))
+	}, Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second}, store.NewStore(rdb, "wsgate"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -11,12 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/tracker"
 )
 
 func handlerOnly(t *testing.T) http.Handler {
 	t.Helper()
-	tr, err := tracker.New(tracker.Config{InstanceID: "e1", Fleets: []tracker.FleetConfig{{Name: "chat"}}}, nil)
+	tr, err := tracker.New(tracker.Config{InstanceID: "e1", Fleets: []fleets.Fleet{{Name: "chat"}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -249,7 +251,7 @@ func TestDeadInstanceIsReaped(t *testing.T) {
 	clk := newClock()
 	pods := podAddrs(4)
 	cfg := func(id string) tracker.Config {
-		return tracker.Config{InstanceID: id, Fleets: []tracker.FleetConfig{fleetCfg("chat", 2, pods...)},
+		return tracker.Config{InstanceID: id, Fleets: []fleets.Fleet{fleetCfg("chat", 2, pods...)},
 			Heartbeat: 100 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: time.Second}
 	}
 	alive := newTrackerCfg(t, srv.Client(), clk, cfg("alive"))
@@ -322,7 +324,7 @@ func TestRedisCluster(t *testing.T) {
 	ctx := context.Background()
 	clk := newClock()
 	fleets := []string{"chat", "game"}
-	store := tracker.NewStore(rdb, "wsgate")
+	st := store.NewStore(rdb, "wsgate")
 	slot := func(key string) int64 {
 		t.Helper()
 		s, err := rdb.ClusterKeySlot(ctx, key).Result()
@@ -331,7 +333,7 @@ func TestRedisCluster(t *testing.T) {
 		}
 		return s
 	}
-	if slot(store.KeyPrefix("chat")+"load") == slot(store.KeyPrefix("game")+"load") {
+	if slot(st.KeyPrefix("chat")+"load") == slot(st.KeyPrefix("game")+"load") {
 		t.Fatal("test fleets hash to the same slot; pick other names")
 	}
 	var trs []*tracker.Tracker
@@ -362,17 +364,17 @@ func TestRedisCluster(t *testing.T) {
 		}
 		conns = conns[1:]
 		heartbeat(t, trs...)
-		sum, err := store.Summary(ctx, f, clk.Now())
+		sum, err := st.Summary(ctx, f, clk.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sum.Live != int64(len(conns)) || sum.Rejections[tracker.ReasonCapacity].M5 != int64(rejected) || sum.Synced != 2 {
+		if sum.Live != int64(len(conns)) || sum.Rejections[store.ReasonCapacity].M5 != int64(rejected) || sum.Synced != 2 {
 			t.Errorf("%s: summary %+v, want live %d, %d capacity rejections, 2 synced", f, sum, len(conns), rejected)
 		}
-		if _, err := store.Snapshot(ctx, f, clk.Now()); err != nil {
+		if _, err := st.Snapshot(ctx, f, clk.Now()); err != nil {
 			t.Errorf("%s: snapshot: %v", f, err)
 		}
-		if _, err := store.Reap(ctx, f, []string{"e0", "e1"}); err != nil {
+		if _, err := st.Reap(ctx, f, []string{"e0", "e1"}); err != nil {
 			t.Errorf("%s: reap: %v", f, err)
 		}
 	}
@@ -384,7 +386,7 @@ func TestRedisCluster(t *testing.T) {
 		}
 		for _, k := range keys {
 			for _, f := range fleets {
-				if strings.HasPrefix(k, store.KeyPrefix(f)) && slot(k) != slot(store.KeyPrefix(f)+"load") {
+				if strings.HasPrefix(k, st.KeyPrefix(f)) && slot(k) != slot(st.KeyPrefix(f)+"load") {
 					t.Errorf("key %s is not in fleet %s's slot", k, f)
 				}
 			}

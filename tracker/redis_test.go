@@ -11,46 +11,19 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
-
-// trackerACL and scalerACL are the ACL rules README's Operations section
-// documents (keep them equal): the commands the Go code and the scripts
-// call, on wsgate's keys and channels only.
-const (
-	trackerACL = "~{wsgate:*}* &{wsgate:*}* +evalsha +eval +script|load +info +time +hgetall +hincrby +zrange " +
-		"+del +expire +hdel +hget +hmget +hset +hkeys +publish +sadd +scard +smembers +type " +
-		"+zadd +zcard +zcount +zincrby +zrangebyscore +zrem +zrevrangebyscore +zscore"
-	scalerACL = trackerACL + " +scan +subscribe"
-)
-
-// aclClient creates user on s with rules and returns a client logged in as it.
-func aclClient(t *testing.T, s *redistest.Server, user, rules string) *redis.Client {
-	t.Helper()
-	admin := s.Client()
-	args := []any{"ACL", "SETUSER", user, "on", ">pw", "resetkeys", "resetchannels", "-@all"}
-	for _, r := range strings.Fields(rules) {
-		args = append(args, r)
-	}
-	if err := admin.Do(context.Background(), args...).Err(); err != nil {
-		t.Fatalf("ACL SETUSER: %v", err)
-	}
-	rdb, err := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{s.Addr()}, Username: user, Password: "pw", DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
-	return rdb.(*redis.Client)
-}
 
 // TestDocumentedACLSuffices: a tracker and the scaler's reads work as a
 // user with exactly the documented ACL.
 func TestDocumentedACLSuffices(t *testing.T) {
 	s := redistest.Start(t)
-	rdb := aclClient(t, s, "wsgate-tracker", trackerACL)
+	rdb := s.ACLClient("wsgate-tracker", redistest.TrackerACL)
 	tr, err := tracker.New(tracker.Config{InstanceID: "e1", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: 5 * time.Second,
-		Fleets: []tracker.FleetConfig{fleetCfg("chat", 2, "10.0.0.1:80")}}, tracker.NewStore(rdb, "wsgate"))
+		Fleets: []fleets.Fleet{fleetCfg("chat", 2, "10.0.0.1:80")}}, store.NewStore(rdb, "wsgate"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +45,7 @@ func TestDocumentedACLSuffices(t *testing.T) {
 	if err := tr.Release(ctx, res.Conn); err != nil || tr.Flush(ctx) != nil || tr.Degraded("chat") {
 		t.Fatalf("release as the ACL user: %v (degraded %v)", err, tr.Degraded("chat"))
 	}
-	sc := tracker.NewStore(aclClient(t, s, "wsgate-scaler", scalerACL), "wsgate")
+	sc := store.NewStore(s.ACLClient("wsgate-scaler", redistest.ScalerACL), "wsgate")
 	if _, err := sc.Summary(ctx, "chat", time.Now()); err != nil {
 		t.Errorf("summary as the scaler's ACL user: %v", err)
 	}
@@ -111,13 +84,13 @@ func TestRedisRefusalIsNamed(t *testing.T) {
 		want string
 	}{
 		"master name on a plain Redis": {func() redis.UniversalClient {
-			rdb, _ := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{s.Addr()}, MasterName: "mymaster"})
+			rdb, _ := store.NewRedisClient(store.RedisConfig{Addrs: []string{s.Addr()}, MasterName: "mymaster"})
 			t.Cleanup(func() { rdb.Close() })
 			return rdb
 		}, "--redis-addr is not a Sentinel but a plain Redis"},
-		"no evalsha": {func() redis.UniversalClient { return aclClient(t, s, "no-eval", "~* +@all -evalsha -eval") }, "NOPERM"},
+		"no evalsha": {func() redis.UniversalClient { return s.ACLClient("no-eval", "~* +@all -evalsha -eval") }, "NOPERM"},
 		"wrong password": {func() redis.UniversalClient {
-			rdb, _ := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{s.Addr()}, Username: "no-eval", Password: "wrong"})
+			rdb, _ := store.NewRedisClient(store.RedisConfig{Addrs: []string{s.Addr()}, Username: "no-eval", Password: "wrong"})
 			t.Cleanup(func() { rdb.Close() })
 			return rdb
 		}, "WRONGPASS"},
@@ -125,7 +98,7 @@ func TestRedisRefusalIsNamed(t *testing.T) {
 	for name, c := range cases {
 		var logs syncBuffer
 		tr, err := tracker.New(tracker.Config{InstanceID: "e1", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: 5 * time.Second,
-			Fleets: []tracker.FleetConfig{fleetCfg("chat", 2, "10.0.0.1:80")}}, tracker.NewStore(c.rdb(), "wsgate"),
+			Fleets: []fleets.Fleet{fleetCfg("chat", 2, "10.0.0.1:80")}}, store.NewStore(c.rdb(), "wsgate"),
 			tracker.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 		if err != nil {
 			t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/tracker"
 )
 
@@ -80,7 +82,7 @@ func TestSentReleaseIsNotReused(t *testing.T) {
 // instance's lease.
 func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 	const p1, p2 = "10.0.0.1:80", "10.0.0.2:80"
-	setup := func(t *testing.T, fc tracker.FleetConfig) (*tracker.Tracker, *scriptCalls, *clock) {
+	setup := func(t *testing.T, fc fleets.Fleet) (*tracker.Tracker, *scriptCalls, *clock) {
 		rdb, mr := miniClient(t)
 		h := newScriptCalls()
 		rdb.AddHook(h)
@@ -116,7 +118,7 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		tr, h, _ := setup(t, fleetCfg("chat", 2, p1, p2))
 		held := admit(t, tr, "chat")
 		other := map[string]string{p1: p2, p2: p1}[held.Pod]
-		pods := []tracker.Pod{{Addr: held.Pod, Name: held.Pod, Ready: true, Draining: true}, {Addr: other, Name: other, Ready: true}}
+		pods := []fleets.Pod{{Addr: held.Pod, Name: held.Pod, Ready: true, Draining: true}, {Addr: other, Name: other, Ready: true}}
 		if err := tr.Store().SetPods(context.Background(), "chat", pods); err != nil {
 			t.Fatal(err)
 		}
@@ -137,25 +139,25 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		heartbeat(t, tr)               // the view: p1 holds 2
 		first = reusable(t, tr, first) // at the cap in force: reused
 		fc.MaxConnectionsPerPod = 1
-		if _, err := tr.Apply([]tracker.FleetConfig{fc}); err != nil {
+		if _, err := tr.Apply([]fleets.Fleet{fc}); err != nil {
 			t.Fatal(err)
 		}
 		queueRelease(t, tr, first.Conn)
 		r := admit(t, tr, "chat")
 		viaRedis(t, r, h, 3)
-		if r.Admitted || r.Reason != tracker.ReasonCapacity {
+		if r.Admitted || r.Reason != store.ReasonCapacity {
 			t.Fatalf("admission %+v; want capacity: p1 still holds %s, at the new cap", r, second.Conn)
 		}
 	})
 
 	t.Run("spread, well above the emptiest", func(t *testing.T) {
 		fc := fleetCfg("chat", 4, p1, p2)
-		fc.Policy = tracker.PolicySpread
+		fc.Policy = fleets.PolicySpread
 		tr, h, _ := setup(t, fc)
 		// another instance packs 2 on the pod a's first connection is on
 		pack := fc
-		pack.Policy = tracker.PolicyPack
-		b := newTrackerCfg(t, tr.Store().Client(), newClock(), tracker.Config{InstanceID: "b", Fleets: []tracker.FleetConfig{pack},
+		pack.Policy = fleets.PolicyPack
+		b := newTrackerCfg(t, tr.Store().Client(), newClock(), tracker.Config{InstanceID: "b", Fleets: []fleets.Fleet{pack},
 			Heartbeat: time.Second, InstanceTTL: 5 * time.Second, EstablishTimeout: 10 * time.Second, LeaseTTL: 30 * time.Second, RedisTimeout: time.Second})
 		mine := map[string]string{} // pod -> a's connection on it
 		for range 2 {
@@ -307,12 +309,12 @@ func TestLeaveGivesUpTheSpareSlots(t *testing.T) {
 	start(t, mr, clk, a, b)
 	tracker.SetReleaseLinger(a, "chat", time.Hour)
 	c := admit(t, a, "chat")
-	if _, err := a.Apply([]tracker.FleetConfig{other}); err != nil {
+	if _, err := a.Apply([]fleets.Fleet{other}); err != nil {
 		t.Fatal(err)
 	}
 	queueRelease(t, a, c.Conn)
 	readd := &afterLeave{on: func() {
-		if _, err := a.Apply([]tracker.FleetConfig{chat, other}); err != nil {
+		if _, err := a.Apply([]fleets.Fleet{chat, other}); err != nil {
 			t.Error(err)
 		}
 	}}

@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"encoding/json"
+	"github.com/wsgate/wsgate/store"
 	"net/http"
 	"time"
 )
@@ -41,7 +42,7 @@ type FleetStatus struct {
 	LastHeartbeat    *time.Time `json:"lastHeartbeat,omitempty"`
 	LastHeartbeatAge float64    `json:"lastHeartbeatAgeSeconds"`
 	// Redis is "ok" while its calls succeed, else what it last answered
-	// (DescribeRedisError); LastRedisError is the last failure's, kept.
+	// (store.DescribeRedisError); LastRedisError is the last failure's, kept.
 	Redis          string `json:"redis"`
 	LastRedisError string `json:"lastRedisError,omitempty"`
 	// Connections is what this instance holds on the fleet's pods.
@@ -57,7 +58,7 @@ func (f *fleet) status(now time.Time) FleetStatus {
 		Granting: f.view.ok && !f.degraded && !f.fenced && f.granting,
 		// A fence by a newer epoch is a recovery wait this instance joins
 		// at its next heartbeat (refusal).
-		Recovering: f.view.ok && !f.degraded && (!f.granting || (f.fenced && f.fencedBy == FenceEpoch)),
+		Recovering: f.view.ok && !f.degraded && (!f.granting || (f.fenced && f.fencedBy == store.FenceEpoch)),
 	}
 	if f.fenced {
 		s.Fenced = string(f.fencedBy)

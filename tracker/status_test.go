@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/promtest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -39,7 +41,7 @@ func TestRecoveryWaitToldApartFromRedisDown(t *testing.T) {
 	clk := newClock()
 	reg := prometheus.NewRegistry()
 	tr, err := tracker.New(tracker.Config{
-		InstanceID: "a", Fleets: []tracker.FleetConfig{fleetCfg("chat", 2, "10.0.0.1:80")}, Heartbeat: time.Second,
+		InstanceID: "a", Fleets: []fleets.Fleet{fleetCfg("chat", 2, "10.0.0.1:80")}, Heartbeat: time.Second,
 		InstanceTTL: 5 * time.Second, RedisTimeout: time.Second, Fallback: tracker.FallbackShare,
 	}, storeOn(rdb), tracker.WithClock(clk.Now), tracker.WithMetrics(tracker.NewMetrics(reg)))
 	if err != nil {
@@ -62,7 +64,7 @@ func TestRecoveryWaitToldApartFromRedisDown(t *testing.T) {
 	base := time.Now()
 	mr.SetTime(base)
 	heartbeat(t, tr) // a new epoch: its recovery wait begins
-	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonRecovering || r.RetryAfter != time.Second {
+	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != store.ReasonRecovering || r.RetryAfter != time.Second {
 		t.Fatalf("during the recovery wait: %+v, want refused, recovering, Retry-After 1s", r)
 	}
 	if g, r, hb := gauges(); g != 0 || r != 1 || hb < float64(base.Add(-time.Minute).Unix()) {
@@ -96,7 +98,7 @@ func TestRecoveryWaitToldApartFromRedisDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w := sum.Rejections[tracker.ReasonRecovering]; w.M5 != 1 {
+	if w := sum.Rejections[store.ReasonRecovering]; w.M5 != 1 {
 		t.Errorf("recovering rejections in Redis' windows: %+v, want 1 in 5m", w)
 	}
 
@@ -104,7 +106,7 @@ func TestRecoveryWaitToldApartFromRedisDown(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		// The one connection's slot is held, the cap is 2: the share
 		// fallback has nothing to give.
-		if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonRedisDown {
+		if r := admit(t, tr, "chat"); r.Admitted || r.Reason != store.ReasonRedisDown {
 			t.Fatalf("Redis failing: %+v, want redis_down", r)
 		}
 	}
@@ -124,14 +126,14 @@ func TestSeriesExistFromTheFirstScrape(t *testing.T) {
 	clk := newClock()
 	reg := prometheus.NewRegistry()
 	tr, err := tracker.New(tracker.Config{
-		InstanceID: "a", Fleets: []tracker.FleetConfig{fleetCfg("chat", 2, "10.0.0.1:80")}, Heartbeat: time.Second,
+		InstanceID: "a", Fleets: []fleets.Fleet{fleetCfg("chat", 2, "10.0.0.1:80")}, Heartbeat: time.Second,
 		InstanceTTL: 5 * time.Second, RedisTimeout: time.Second,
 	}, storeOn(rdb), tracker.WithClock(clk.Now), tracker.WithMetrics(tracker.NewMetrics(reg)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg.MustRegister(tracker.NewCollector(tr, false))
-	tracker.NewReloadMetrics(reg, "tracker")
+	fleets.NewReloadMetrics(reg, "tracker")
 	want := func(fleet string) []string {
 		out := []string{
 			"wsgate_tracker_fallback_active{fleet=" + fleet + "}",
@@ -144,7 +146,7 @@ func TestSeriesExistFromTheFirstScrape(t *testing.T) {
 			"wsgate_tracker_connections_expired_total{fleet=" + fleet + ",why=establish}",
 			"wsgate_tracker_connections_expired_total{fleet=" + fleet + ",why=lease}",
 		}
-		for _, r := range tracker.Reasons {
+		for _, r := range store.Reasons {
 			out = append(out, "wsgate_tracker_admissions_total{fleet="+fleet+",reason="+string(r)+",result=rejected}")
 		}
 		for _, why := range []string{"redis_error", "gate_busy", "queued", "degraded", "epoch", "recovering", "lease"} {
@@ -163,7 +165,7 @@ func TestSeriesExistFromTheFirstScrape(t *testing.T) {
 			t.Errorf("first scrape: %s = %v (present %v), want 0", name, v, ok)
 		}
 	}
-	if _, err := tr.Apply([]tracker.FleetConfig{fleetCfg("chat", 2, "10.0.0.1:80"), fleetCfg("video", 2, "10.0.0.2:80")}); err != nil {
+	if _, err := tr.Apply([]fleets.Fleet{fleetCfg("chat", 2, "10.0.0.1:80"), fleetCfg("video", 2, "10.0.0.2:80")}); err != nil {
 		t.Fatal(err)
 	}
 	s = promtest.Samples(t, reg)
@@ -173,7 +175,7 @@ func TestSeriesExistFromTheFirstScrape(t *testing.T) {
 		}
 	}
 	start(t, mr, clk, tr)
-	if _, err := tr.Apply([]tracker.FleetConfig{fleetCfg("chat", 2, "10.0.0.1:80")}); err != nil {
+	if _, err := tr.Apply([]fleets.Fleet{fleetCfg("chat", 2, "10.0.0.1:80")}); err != nil {
 		t.Fatal(err)
 	}
 	heartbeat(t, tr) // video holds nothing: this instance leaves it
@@ -192,7 +194,7 @@ func TestEpochFenceRefusesAsRecovering(t *testing.T) {
 	rdb, mr := miniClient(t)
 	clk := newClock()
 	tr, err := tracker.New(tracker.Config{
-		InstanceID: "a", Fleets: []tracker.FleetConfig{fleetCfg("chat", 1, "10.0.0.1:80")}, Heartbeat: time.Second,
+		InstanceID: "a", Fleets: []fleets.Fleet{fleetCfg("chat", 1, "10.0.0.1:80")}, Heartbeat: time.Second,
 		InstanceTTL: 5 * time.Second, RedisTimeout: time.Second, Fallback: tracker.FallbackShare,
 	}, storeOn(rdb), tracker.WithClock(clk.Now))
 	if err != nil {
@@ -210,7 +212,7 @@ func TestEpochFenceRefusesAsRecovering(t *testing.T) {
 	mr.FlushAll()
 	for i := range 2 {
 		// The pod is full (cap 1): the share fallback has nothing to give.
-		if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonRecovering {
+		if r := admit(t, tr, "chat"); r.Admitted || r.Reason != store.ReasonRecovering {
 			t.Fatalf("admission %d after Redis lost its data: %+v, want refused, recovering", i, r)
 		}
 	}

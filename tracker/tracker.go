@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 )
@@ -49,9 +52,9 @@ type Result struct {
 	Admitted bool
 	// Conn identifies the admitted connection in Establish, Renew, Release.
 	Conn string
-	// Pod is the "ip:port" the connection must go to.
+	// fleets.Pod is the "ip:port" the connection must go to.
 	Pod        string
-	Reason     Reason
+	Reason     store.Reason
 	RetryAfter time.Duration
 	// Fallback is true when the decision was made without Redis.
 	Fallback bool
@@ -66,7 +69,7 @@ type Result struct {
 // Renew/Release from the data plane.
 type Tracker struct {
 	cfg     Config
-	store   *Store
+	store   *store.Store
 	log     *slog.Logger
 	metrics *Metrics
 	now     func() time.Time
@@ -103,13 +106,15 @@ func WithMetrics(m *Metrics) Option { return func(t *Tracker) { t.metrics = m } 
 func WithClock(now func() time.Time) Option { return func(t *Tracker) { t.now = now } }
 
 // New validates cfg (after defaults) and returns a Tracker on store.
-func New(cfg Config, store *Store, opts ...Option) (*Tracker, error) {
+func New(cfg Config, store *store.Store, opts ...Option) (*Tracker, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tracker config: %w", err)
 	}
 	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, kick: make(chan struct{}, 1), idTag: instanceTag(cfg.InstanceID)}
-	t.idPrefix = t.idTag + randomHex(idRandomBytes)
+	var rnd [idRandomBytes]byte
+	_, _ = rand.Read(rnd[:]) // crypto/rand.Read never fails (Go 1.24+)
+	t.idPrefix = t.idTag + hex.EncodeToString(rnd[:])
 	for _, o := range opts {
 		o(t)
 	}
@@ -123,21 +128,21 @@ func New(cfg Config, store *Store, opts ...Option) (*Tracker, error) {
 		}
 		t.metrics.FallbackMode.WithLabelValues(string(m)).Set(v)
 	}
-	fleets := map[string]*fleet{}
+	byName := map[string]*fleet{}
 	for _, fc := range cfg.Fleets {
-		fleets[fc.Name] = t.newFleet(fc)
+		byName[fc.Name] = t.newFleet(fc)
 	}
-	t.fleets.Store(&fleets)
+	t.fleets.Store(&byName)
 	return t, nil
 }
 
-func (t *Tracker) newFleet(fc FleetConfig) *fleet {
+func (t *Tracker) newFleet(fc fleets.Fleet) *fleet {
 	f := newFleet(fc, t.now())
-	f.stalled = NewStalled(t.cfg.InstanceTTL)
+	f.stalled = store.NewStalled(t.cfg.InstanceTTL)
 	t.metrics.addFleet(fc.Name)
 	f.admitted = t.metrics.Admissions.WithLabelValues(fc.Name, "admitted", "")
-	f.rejected = map[Reason]prometheus.Counter{}
-	for _, r := range Reasons {
+	f.rejected = map[store.Reason]prometheus.Counter{}
+	for _, r := range store.Reasons {
 		f.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
 	}
 	f.admits = &batcher[struct{}, admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f),
@@ -172,8 +177,8 @@ func (t *Tracker) Config() Config {
 	return c
 }
 
-// Store is the store the tracker writes to.
-func (t *Tracker) Store() *Store { return t.store }
+// store.Store is the store the tracker writes to.
+func (t *Tracker) Store() *store.Store { return t.store }
 
 // conn is one connection this instance admitted: the local truth that every
 // heartbeat re-publishes.
@@ -197,14 +202,14 @@ type conn struct {
 const gateAll = 1 << 30
 
 type rejKey struct {
-	reason Reason
+	reason store.Reason
 	bucket int64
 }
 
 type fleet struct {
 	name string
 	// cfg is replaced whole by Apply; read it through conf.
-	cfg atomic.Pointer[FleetConfig]
+	cfg atomic.Pointer[fleets.Fleet]
 	// retired: the fleet left the configuration; it admits nothing and
 	// stays until its connections have ended (Apply).
 	retired   atomic.Bool
@@ -212,7 +217,7 @@ type fleet struct {
 	noReuse   atomic.Bool // tests only (export_test.go): every admission asks Redis
 	limiter   *rate.Limiter
 	admitted  prometheus.Counter
-	rejected  map[Reason]prometheus.Counter
+	rejected  map[store.Reason]prometheus.Counter
 
 	// gate orders admissions against heartbeats: an admission holds one
 	// unit from its script to its local record, a heartbeat holds all of
@@ -250,7 +255,7 @@ type fleet struct {
 	// admissions leave Redis alone until the next heartbeat succeeds.
 	degraded bool
 	fenced   bool
-	fencedBy Fence // why it is fenced
+	fencedBy store.Fence // why it is fenced
 	epoch    string
 	// epochSeen is when this instance first saw epoch (its own clock), and
 	// granting whether Redis said that its recovery wait is over.
@@ -265,7 +270,7 @@ type fleet struct {
 	// given away.
 	leaseUntil time.Time
 	view       view
-	// redisSaid describes the last failed Redis call (DescribeRedisError),
+	// redisSaid describes the last failed Redis call (store.DescribeRedisError),
 	// for logs and readiness; redisWarned is when it was last warned of.
 	redisSaid   string
 	redisWarned time.Time
@@ -280,7 +285,7 @@ type fleet struct {
 	uncounted int
 	// stalled watches the other instances' seqs; stale names the ones the
 	// next heartbeat asks Redis to reap.
-	stalled *Stalled
+	stalled *store.Stalled
 	stale   []string
 
 	// inherited are connections a previous run of this instance left in
@@ -306,7 +311,7 @@ type view struct {
 	loads []int          // the values of load, sorted: what reuse asks of the policy (fits)
 }
 
-func newFleet(fc FleetConfig, now time.Time) *fleet {
+func newFleet(fc fleets.Fleet, now time.Time) *fleet {
 	lim := rate.NewLimiter(rateOf(fc), fc.Burst)
 	lim.SetBurstAt(now, fc.Burst)
 	f := &fleet{name: fc.Name, limiter: lim, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{},
@@ -316,7 +321,7 @@ func newFleet(fc FleetConfig, now time.Time) *fleet {
 }
 
 // conf is the fleet's configuration as of now (see Apply).
-func (f *fleet) conf() *FleetConfig { return f.cfg.Load() }
+func (f *fleet) conf() *fleets.Fleet { return f.cfg.Load() }
 
 // fleet finds a fleet by name, a retiring one too: its connections still
 // end, renew and are adopted.
@@ -386,8 +391,8 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 	if r := f.limiter.ReserveN(now, 1); r.DelayFrom(now) > 0 {
 		d := r.DelayFrom(now)
 		r.CancelAt(now)
-		f.reject(ReasonRateLimit, now)
-		return Result{Fleet: f.name, Reason: ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
+		f.reject(store.ReasonRateLimit, now)
+		return Result{Fleet: f.name, Reason: store.ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
 	}
 	if res, ok := t.reuse(f, now); ok {
 		return res, nil
@@ -426,25 +431,25 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 }
 
 // fallbackWhys are the values of fallback_decisions_total's why label.
-var fallbackWhys = []string{"redis_error", "gate_busy", "queued", "degraded", string(FenceEpoch), string(FenceRecovering), string(FenceLease)}
+var fallbackWhys = []string{"redis_error", "gate_busy", "queued", "degraded", string(store.FenceEpoch), string(store.FenceRecovering), string(store.FenceLease)}
 
 // refusalLocked is the reason a fallback gives when it has no slot
 // either, for an admission that left Redis for why: recovering when Redis
 // answered and the fleet is in (or, fenced by a newer epoch, about to
 // join) a recovery wait; redis_down otherwise. Only the reason differs:
 // what is admitted is the fallback's decision alone.
-func (f *fleet) refusalLocked(why string) Reason {
+func (f *fleet) refusalLocked(why string) store.Reason {
 	switch {
-	case why == string(FenceRecovering), why == string(FenceEpoch):
-		return ReasonRecovering
-	case why == "degraded" && f.fenced && f.fencedBy == FenceEpoch && !f.degraded:
-		return ReasonRecovering
+	case why == string(store.FenceRecovering), why == string(store.FenceEpoch):
+		return store.ReasonRecovering
+	case why == "degraded" && f.fenced && f.fencedBy == store.FenceEpoch && !f.degraded:
+		return store.ReasonRecovering
 	}
-	return ReasonRedisDown
+	return store.ReasonRedisDown
 }
 
 // admitRedis runs the admit script. A fence is Redis' refusal to decide.
-func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Result, Fence, error) {
+func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Result, store.Fence, error) {
 	deadline := time.Now().Add(t.cfg.RedisTimeout)
 	if err := acquire(ctx, f.gate, deadline); err != nil {
 		return Result{}, "", fmt.Errorf("admit %s: %w (%v)", f.name, errGateBusy, err)
@@ -480,7 +485,7 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 // or a slot of this instance's taken back (reused) when the batch was
 // about to be sent.
 type admission struct {
-	Admission
+	store.Admission
 	reused bool
 }
 
@@ -518,9 +523,9 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 		f.mu.Unlock()
 		res := make([]admission, len(n))
 		for i, pod := range reused {
-			res[i] = admission{Admission: Admission{Pod: pod}, reused: true}
+			res[i] = admission{Admission: store.Admission{Pod: pod}, reused: true}
 		}
-		var a Admissions
+		var a store.Admissions
 		var err error
 		switch {
 		case len(reused) < len(n):
@@ -537,7 +542,7 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 		if len(reused) == len(n) {
 			return res, nil // decided here, whatever the releases' call did
 		}
-		if errors.Is(err, ErrFenced) {
+		if errors.Is(err, store.ErrFenced) {
 			err = nil // the admissions' own answer is a.Fence
 		}
 		if err != nil {
@@ -549,11 +554,11 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 			r := &res[len(reused)+i].Admission
 			switch {
 			case a.Fence != "":
-				*r = Admission{Fence: a.Fence, Wait: a.Wait}
+				*r = store.Admission{Fence: a.Fence, Wait: a.Wait}
 			case i < len(a.Pods):
-				*r = Admission{Pod: a.Pods[i]}
+				*r = store.Admission{Pod: a.Pods[i]}
 			default:
-				*r = Admission{Reason: a.Reason}
+				*r = store.Admission{Reason: a.Reason}
 			}
 		}
 		return res, nil
@@ -574,15 +579,15 @@ func acquire(ctx context.Context, gate *semaphore.Weighted, deadline time.Time) 
 	return gate.Acquire(ctx, 1)
 }
 
-// fence handles Redis' refusal to decide an admission (see Fence).
-func (t *Tracker) fence(f *fleet, why Fence) {
-	if why == FenceRecovering {
+// fence handles Redis' refusal to decide an admission (see store.Fence).
+func (t *Tracker) fence(f *fleet, why store.Fence) {
+	if why == store.FenceRecovering {
 		return // the epoch is ours; it grants nothing yet
 	}
 	f.mu.Lock()
 	was := f.fenced
 	f.fenced, f.fencedBy = true, why
-	if why == FenceLease {
+	if why == store.FenceLease {
 		// The lease ended in Redis: an instance may have reaped this one and
 		// given its slots away, so its own lease is over too, and what it
 		// frees until its next heartbeat is no longer its to reuse.
@@ -666,11 +671,11 @@ func (f *fleet) spareSlotLocked(now time.Time, taken map[string]int) string {
 // ranksBefore says whether pod, at load, comes before best (at bestLoad;
 // "" for none yet) in policy's order: the fullest first under pack, the
 // emptiest under spread, then by name.
-func ranksBefore(policy Policy, pod string, load int, best string, bestLoad int) bool {
+func ranksBefore(policy fleets.Policy, pod string, load int, best string, bestLoad int) bool {
 	switch {
 	case best == "" || (load == bestLoad && pod < best):
 		return true
-	case policy == PolicyPack:
+	case policy == fleets.PolicyPack:
 		return load > bestLoad
 	default:
 		return load < bestLoad
@@ -787,7 +792,7 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	if err != nil {
 		return fmt.Errorf("adopt: %w", err)
 	}
-	if err := ValidatePodAddr(pod); err != nil {
+	if err := fleets.ValidatePodAddr(pod); err != nil {
 		return fmt.Errorf("adopt: connection %q: %w", id, err)
 	}
 	mine, previous := t.ownID(id)
@@ -977,7 +982,7 @@ func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]
 // how many of each pod's took one from ent. A release whose slot is spare
 // takes it out of ent now, as it leaves the queue; one whose slot an
 // admission took back (reuse) is not sent: that slot is held again.
-func (f *fleet) releaseCountsLocked(reqs []releaseReq, seq uint64) (counts []ReleaseCount, lowered []int) {
+func (f *fleet) releaseCountsLocked(reqs []releaseReq, seq uint64) (counts []store.ReleaseCount, lowered []int) {
 	at := make(map[string]int, len(reqs)) // pod -> index in counts
 	for _, r := range reqs {
 		if r.seq < seq {
@@ -1004,7 +1009,7 @@ func (f *fleet) releaseCountsLocked(reqs []releaseReq, seq uint64) (counts []Rel
 		if !ok {
 			i = len(counts)
 			at[r.pod] = i
-			counts = append(counts, ReleaseCount{Pod: r.pod})
+			counts = append(counts, store.ReleaseCount{Pod: r.pod})
 			lowered = append(lowered, 0)
 		}
 		counts[i].N++
@@ -1019,11 +1024,11 @@ func (f *fleet) releaseCountsLocked(reqs []releaseReq, seq uint64) (counts []Rel
 }
 
 // released acts on the outcome err of a call that carried counts at seq.
-func (t *Tracker) released(f *fleet, counts []ReleaseCount, lowered []int, seq uint64, err error) {
+func (t *Tracker) released(f *fleet, counts []store.ReleaseCount, lowered []int, seq uint64, err error) {
 	switch {
 	case err == nil:
-	case errors.Is(err, ErrFenced):
-		t.fence(f, FenceEpoch)
+	case errors.Is(err, store.ErrFenced):
+		t.fence(f, store.FenceEpoch)
 	default:
 		if notRun(err) {
 			// Redis still counts these slots for this instance, unless a
@@ -1069,7 +1074,7 @@ func (f *fleet) dropLocked(c *conn) {
 	}
 }
 
-func (f *fleet) reject(r Reason, now time.Time) {
+func (f *fleet) reject(r store.Reason, now time.Time) {
 	f.mu.Lock()
 	f.rejectLocked(r, now)
 	f.mu.Unlock()
@@ -1077,8 +1082,8 @@ func (f *fleet) reject(r Reason, now time.Time) {
 
 // rejectLocked buffers a rejection the admit script did not record; the next
 // heartbeat flushes it.
-func (f *fleet) rejectLocked(r Reason, now time.Time) {
-	f.rej[rejKey{r, Bucket(now)}]++
+func (f *fleet) rejectLocked(r store.Reason, now time.Time) {
+	f.rej[rejKey{r, store.Bucket(now)}]++
 }
 
 // redisUsable says whether admissions go through Redis: after a successful
@@ -1094,7 +1099,7 @@ func (f *fleet) usableLocked() bool { return f.view.ok && !f.degraded && !f.fenc
 
 func (t *Tracker) redisFailed(f *fleet, op string, err error) {
 	t.metrics.RedisErrors.WithLabelValues(op).Inc()
-	said := DescribeRedisError(err)
+	said := store.DescribeRedisError(err)
 	now := time.Now()
 	f.mu.Lock()
 	was := f.degraded

@@ -3,6 +3,7 @@ package tracker_test
 import (
 	"context"
 	"errors"
+	"github.com/wsgate/wsgate/store/storetest"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/tracker"
 )
 
@@ -20,7 +23,7 @@ type clock struct {
 	now time.Time
 }
 
-func newClock() *clock { return &clock{now: t0} }
+func newClock() *clock { return &clock{now: storetest.T0} }
 
 func (c *clock) Now() time.Time {
 	c.mu.Lock()
@@ -34,11 +37,11 @@ func (c *clock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func fleetCfg(name string, cap int, pods ...string) tracker.FleetConfig {
-	return tracker.FleetConfig{Name: name, MaxConnectionsPerPod: cap, RatePerSecond: 1e6, Burst: 1e6, Pods: pods}
+func fleetCfg(name string, cap int, pods ...string) fleets.Fleet {
+	return fleets.Fleet{Name: name, MaxConnectionsPerPod: cap, RatePerSecond: 1e6, Burst: 1e6, Pods: pods}
 }
 
-func newTracker(t *testing.T, rdb redis.UniversalClient, id string, clk *clock, fallback tracker.FallbackMode, fleets ...tracker.FleetConfig) *tracker.Tracker {
+func newTracker(t *testing.T, rdb redis.UniversalClient, id string, clk *clock, fallback tracker.FallbackMode, fleets ...fleets.Fleet) *tracker.Tracker {
 	t.Helper()
 	return newTrackerCfg(t, rdb, clk, tracker.Config{
 		InstanceID: id, Fleets: fleets, Heartbeat: time.Second, InstanceTTL: 5 * time.Second,
@@ -58,8 +61,8 @@ func newTrackerCfg(t *testing.T, rdb redis.UniversalClient, clk *clock, cfg trac
 // minis are the clients of miniClient: miniredis reports no run_id.
 var minis sync.Map
 
-func storeOn(rdb redis.UniversalClient) *tracker.Store {
-	s := tracker.NewStore(rdb, "wsgate")
+func storeOn(rdb redis.UniversalClient) *store.Store {
+	s := store.NewStore(rdb, "wsgate")
 	if _, ok := minis.Load(rdb); ok {
 		s = s.WithoutRestartDetection()
 	}
@@ -131,7 +134,7 @@ func TestRateLimitIsLocalAndRecorded(t *testing.T) {
 		t.Fatalf("first admission = %+v", r)
 	}
 	r := admit(t, tr, "chat")
-	if r.Admitted || r.Reason != tracker.ReasonRateLimit || r.RetryAfter != time.Second {
+	if r.Admitted || r.Reason != store.ReasonRateLimit || r.RetryAfter != time.Second {
 		t.Fatalf("second admission in the same instant = %+v, want rate_limit with Retry-After 1s", r)
 	}
 	clk.Advance(time.Second)
@@ -143,10 +146,10 @@ func TestRateLimitIsLocalAndRecorded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := snap.Rejections[tracker.ReasonRateLimit].M5; got != 1 {
+	if got := snap.Rejections[store.ReasonRateLimit].M5; got != 1 {
 		t.Errorf("fleet rate_limit rejections = %d, want 1", got)
 	}
-	if len(snap.Instances) != 1 || snap.Instances[0].Rejections[tracker.ReasonRateLimit].M5 != 1 {
+	if len(snap.Instances) != 1 || snap.Instances[0].Rejections[store.ReasonRateLimit].M5 != 1 {
 		t.Errorf("rate_limit not attributed to e1: %+v", snap.Instances)
 	}
 }
@@ -235,7 +238,7 @@ func TestReleaseFreesTheSlotAndRejectsUnknownIDs(t *testing.T) {
 	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 1, "10.0.0.1:80"))
 	start(t, mr, clk, tr)
 	a := admit(t, tr, "chat")
-	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonCapacity || r.RetryAfter != 5*time.Second {
+	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != store.ReasonCapacity || r.RetryAfter != 5*time.Second {
 		t.Fatalf("admission over the cap = %+v, want capacity with the default Retry-After", r)
 	}
 	release(t, tr, a.Conn)
@@ -320,7 +323,7 @@ func TestShareFallbackReusesOnlyItsOwnFreedSlots(t *testing.T) {
 					t.Fatalf("%s admitted through Redis during the outage", name)
 				}
 				got[name]++
-			} else if r.Reason != tracker.ReasonRedisDown {
+			} else if r.Reason != store.ReasonRedisDown {
 				t.Fatalf("%s: rejection %+v, want redis_down", name, r)
 			}
 		}
@@ -337,14 +340,14 @@ func TestShareFallbackReusesOnlyItsOwnFreedSlots(t *testing.T) {
 	if b.Degraded("chat") {
 		t.Error("fallback still on after a successful heartbeat")
 	}
-	snap, err := a.Store().Snapshot(context.Background(), "chat", t0)
+	snap, err := a.Store().Snapshot(context.Background(), "chat", storetest.T0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if snap.Load["10.0.0.1:80"] != 2 || podHolds(t, a, b) != 2 {
 		t.Errorf("after recovery Redis %v, instances %d; want 2 and 2", snap.Load, podHolds(t, a, b))
 	}
-	if r := snap.Rejections[tracker.ReasonRedisDown].M5; r != 7 {
+	if r := snap.Rejections[store.ReasonRedisDown].M5; r != 7 {
 		t.Errorf("redis_down rejections flushed = %d, want 7", r)
 	}
 }
@@ -369,7 +372,7 @@ func TestOneFailedReplyCostsOneAdmission(t *testing.T) {
 		t.Errorf("pod holds %d, want 2", n)
 	}
 	heartbeat(t, a)
-	if r := admit(t, a, "chat"); r.Admitted || r.Reason != tracker.ReasonCapacity {
+	if r := admit(t, a, "chat"); r.Admitted || r.Reason != store.ReasonCapacity {
 		t.Errorf("a after its heartbeat: %+v, want a capacity rejection through Redis", r)
 	}
 }
@@ -383,7 +386,7 @@ func TestEpochFencesAnInstanceThatMissedARestart(t *testing.T) {
 	admit(t, b, "chat")
 	mr.FlushAll()
 	heartbeat(t, a)
-	if r := admit(t, b, "chat"); r.Admitted || r.Reason != tracker.ReasonRecovering {
+	if r := admit(t, b, "chat"); r.Admitted || r.Reason != store.ReasonRecovering {
 		t.Fatalf("b on a new epoch it has not joined: %+v, want recovering (Redis answered)", r)
 	}
 	if n := podHolds(t, a, b); n != 2 {
@@ -437,7 +440,7 @@ func TestRedisClockStepDoesNotEndTheRecoveryWait(t *testing.T) {
 	}
 	clk.Advance(4 * time.Second)
 	heartbeat(t, a, b) // a re-publishes its 2; b confirms the wait
-	if r := admit(t, b, "chat"); r.Admitted || r.Reason != tracker.ReasonCapacity {
+	if r := admit(t, b, "chat"); r.Admitted || r.Reason != store.ReasonCapacity {
 		t.Fatalf("b after the wait: %+v, want a capacity rejection through Redis", r)
 	}
 }
@@ -473,8 +476,8 @@ func TestExpiredKeepNeverGivesSlotsAway(t *testing.T) {
 	fc := fleetCfg("chat", 2, "10.0.0.1:80")
 	mk := func(id string) *tracker.Tracker {
 		return newTrackerCfg(t, rdb, clk, tracker.Config{
-			InstanceID: id, Fleets: []tracker.FleetConfig{fc}, Heartbeat: time.Second, InstanceTTL: 5 * time.Second,
-			RedisTimeout: time.Second, ExpiredInstances: tracker.ExpiredKeep,
+			InstanceID: id, Fleets: []fleets.Fleet{fc}, Heartbeat: time.Second, InstanceTTL: 5 * time.Second,
+			RedisTimeout: time.Second, ExpiredInstances: fleets.ExpiredKeep,
 		})
 	}
 	a, b := mk("a"), mk("b")
@@ -511,7 +514,7 @@ func TestFallbackEndsWithTheLease(t *testing.T) {
 		t.Fatalf("within its lease: %+v", r)
 	}
 	clk.Advance(time.Second) // the lease has run out
-	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonRedisDown {
+	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != store.ReasonRedisDown {
 		t.Fatalf("after its lease: %+v, want redis_down", r)
 	}
 }
@@ -525,7 +528,7 @@ func TestFallbackClosedAndOpen(t *testing.T) {
 	held := admit(t, closed, "chat")
 	mr.SetError("ERR injected outage")
 	release(t, closed, held.Conn)
-	if r := admit(t, closed, "chat"); r.Admitted || r.Reason != tracker.ReasonRedisDown {
+	if r := admit(t, closed, "chat"); r.Admitted || r.Reason != store.ReasonRedisDown {
 		t.Errorf("closed fallback admitted: %+v", r)
 	}
 	// open: up to the cap as if the other instance admitted nothing.
@@ -547,7 +550,7 @@ func TestFallbackNeedsOneHeartbeat(t *testing.T) {
 		t.Fatal("heartbeat succeeded against a failing Redis")
 	}
 	// Without an entitlement nothing can be admitted safely.
-	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != tracker.ReasonRedisDown {
+	if r := admit(t, tr, "chat"); r.Admitted || r.Reason != store.ReasonRedisDown {
 		t.Errorf("admission before any heartbeat = %+v, want redis_down", r)
 	}
 	if err := tr.Ready(); err == nil {
@@ -557,7 +560,7 @@ func TestFallbackNeedsOneHeartbeat(t *testing.T) {
 
 func TestConfigErrorsNameTheField(t *testing.T) {
 	base := func() tracker.Config {
-		return tracker.Config{InstanceID: "e1", Fleets: []tracker.FleetConfig{{Name: "chat"}}}
+		return tracker.Config{InstanceID: "e1", Fleets: []fleets.Fleet{{Name: "chat"}}}
 	}
 	cases := map[string]struct {
 		mut  func(*tracker.Config)
@@ -586,12 +589,12 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 }
 
 func TestParseFleets(t *testing.T) {
-	fleets, err := tracker.ParseFleets([]byte("fleets:\n- name: chat\n  retryAfter: 2s\n  pods: ['10.0.0.1:80']\n"))
+	fcs, err := fleets.Parse([]byte("fleets:\n- name: chat\n  retryAfter: 2s\n  pods: ['10.0.0.1:80']\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := fleets[0]
-	if f.MaxConnectionsPerPod != 2 || f.RatePerSecond != 1 || f.Burst != 1 || f.Policy != tracker.PolicyPack || time.Duration(f.RetryAfter) != 2*time.Second {
+	f := fcs[0]
+	if f.MaxConnectionsPerPod != 2 || f.RatePerSecond != 1 || f.Burst != 1 || f.Policy != fleets.PolicyPack || time.Duration(f.RetryAfter) != 2*time.Second {
 		t.Errorf("defaults not applied: %+v", f)
 	}
 	for doc, want := range map[string]string{
@@ -600,7 +603,7 @@ func TestParseFleets(t *testing.T) {
 		"fleets: []\n":          "no fleets",
 		"fleets:\n- name: ''\n": "fleet name",
 	} {
-		if _, err := tracker.ParseFleets([]byte(doc)); err == nil || !contains(err.Error(), want) {
+		if _, err := fleets.Parse([]byte(doc)); err == nil || !contains(err.Error(), want) {
 			t.Errorf("ParseFleets(%q) = %v, want an error naming %q", doc, err, want)
 		}
 	}
@@ -623,7 +626,7 @@ func TestFleetsFileErrorsNameTheLine(t *testing.T) {
 		head + "\tburst: 3\n":                  `fleets.yaml:6: not valid YAML: found a tab character that violates indentation`,
 		"fleet:\n- name: chat\n":               `fleets.yaml:1: unknown field "fleet" (did you mean "fleets"?)`,
 	} {
-		_, err := tracker.ParseFleetsFile("fleets.yaml", []byte(doc))
+		_, err := fleets.ParseFile("fleets.yaml", []byte(doc))
 		if err == nil || !strings.HasPrefix(err.Error(), want) {
 			t.Errorf("ParseFleetsFile(%q) = %v, want an error starting %q", doc, err, want)
 		}
@@ -744,12 +747,12 @@ func TestExplicitZeroIsAnError(t *testing.T) {
 	for _, field := range []string{"maxConnectionsPerPod: 0", "ratePerSecond: 0", "ratePerSecond: 0.0", "burst: 0", "retryAfter: 0s"} {
 		doc := "fleets:\n- name: chat\n  pods: ['10.0.0.1:80']\n  " + field + "\n"
 		name := field[:indexByte(field, ':')]
-		_, err := tracker.ParseFleets([]byte(doc))
+		_, err := fleets.Parse([]byte(doc))
 		if err == nil || !contains(err.Error(), name) || !contains(err.Error(), "default") {
 			t.Errorf("%s: %v, want an error naming %s and its default", field, err, name)
 		}
 	}
-	if _, err := tracker.ParseFleets([]byte("fleets:\n- name: chat\n  maxConnectionsPerPod: 3\n")); err != nil {
+	if _, err := fleets.Parse([]byte("fleets:\n- name: chat\n  maxConnectionsPerPod: 3\n")); err != nil {
 		t.Errorf("non-zero cap: %v", err)
 	}
 }

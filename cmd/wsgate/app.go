@@ -18,6 +18,7 @@ import (
 	"go.uber.org/fx/fxevent"
 
 	"github.com/wsgate/wsgate/buildinfo"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/tracker"
 )
 
@@ -61,8 +62,8 @@ func newRegistry() (*prometheus.Registry, prometheus.Registerer, prometheus.Gath
 
 // openRedis connects to Redis as cfg says and closes the client when the
 // app stops.
-func openRedis(lc fx.Lifecycle, cfg tracker.RedisConfig) (redis.UniversalClient, error) {
-	rdb, err := tracker.NewRedisClient(cfg)
+func openRedis(lc fx.Lifecycle, cfg store.RedisConfig) (redis.UniversalClient, error) {
+	rdb, err := store.NewRedisClient(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -28,7 +28,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
 )
@@ -138,8 +140,8 @@ type demoSystem struct {
 	fx.In
 	Opts     demoOptions
 	Redis    demoRedis
-	Store    *tracker.Store
-	Fleet    tracker.FleetConfig
+	Store    *store.Store
+	Fleet    fleets.Fleet
 	File     demoFleetsFile
 	Backends []*demoBackend
 	Nodes    []*demoNode
@@ -234,7 +236,7 @@ func newDemoRedis(lc fx.Lifecycle, o demoOptions, ls *demoListeners, log *slog.L
 		_, _ = rand.Read(b[:])
 		r.Prefix = "wsgate-demo-" + hex.EncodeToString(b[:])
 	}
-	rdb, err := openRedis(lc, tracker.RedisConfig{Addrs: []string{r.Addr}, Password: r.Password, Prefix: r.Prefix, DialTimeout: 2 * time.Second})
+	rdb, err := openRedis(lc, store.RedisConfig{Addrs: []string{r.Addr}, Password: r.Password, Prefix: r.Prefix, DialTimeout: 2 * time.Second})
 	if err != nil {
 		return r, err
 	}
@@ -270,20 +272,20 @@ func removeDemoKeys(ctx context.Context, r demoRedis, log *slog.Logger) {
 	log.Info("demo keys removed", "redis", r.Addr, "prefix", r.Prefix, "keys", n)
 }
 
-func newDemoStore(r demoRedis) *tracker.Store {
-	s := tracker.NewStore(r.Client, r.Prefix)
+func newDemoStore(r demoRedis) *store.Store {
+	s := store.NewStore(r.Client, r.Prefix)
 	if r.Embedded {
 		s = s.WithoutRestartDetection() // miniredis reports no run_id
 	}
 	return s
 }
 
-func newDemoFleet(o demoOptions, ls *demoListeners) tracker.FleetConfig {
+func newDemoFleet(o demoOptions, ls *demoListeners) fleets.Fleet {
 	pods := make([]string, len(ls.backends))
 	for i, l := range ls.backends {
 		pods[i] = l.Addr().String()
 	}
-	return tracker.FleetConfig{
+	return fleets.Fleet{
 		Name: demoFleet, MaxConnectionsPerPod: o.cap, RatePerSecond: o.rate, Pods: pods,
 	}.WithDefaults()
 }
@@ -292,13 +294,13 @@ func newDemoFleet(o demoOptions, ls *demoListeners) tracker.FleetConfig {
 // `wsgate metrics --config` the demo prints; removed on exit.
 type demoFleetsFile string
 
-func newDemoFleetsFile(lc fx.Lifecycle, fc tracker.FleetConfig) (demoFleetsFile, error) {
+func newDemoFleetsFile(lc fx.Lifecycle, fc fleets.Fleet) (demoFleetsFile, error) {
 	dir, err := os.MkdirTemp("", "wsgate-demo-")
 	if err != nil {
 		return "", fmt.Errorf("demo fleets file: %w", err)
 	}
 	lc.Append(fx.StopHook(func() { os.RemoveAll(dir) }))
-	doc, err := yaml.Marshal(map[string][]tracker.FleetConfig{"fleets": {fc}})
+	doc, err := yaml.Marshal(map[string][]fleets.Fleet{"fleets": {fc}})
 	if err != nil {
 		return "", fmt.Errorf("demo fleets file: %w", err)
 	}
@@ -403,10 +405,10 @@ type demoNode struct {
 // URL is the node's WebSocket entry point.
 func (n *demoNode) URL() string { return "ws://" + n.gatewayLn.Addr().String() + "/" }
 
-func newDemoNodes(lc fx.Lifecycle, o demoOptions, ls *demoListeners, store *tracker.Store, fleet tracker.FleetConfig, log *slog.Logger) ([]*demoNode, error) {
+func newDemoNodes(lc fx.Lifecycle, o demoOptions, ls *demoListeners, store *store.Store, fleet fleets.Fleet, log *slog.Logger) ([]*demoNode, error) {
 	var nodes []*demoNode
 	for i, name := range []string{"a", "b"} {
-		cfg := tracker.Config{InstanceID: "demo-envoy-" + name, Fleets: []tracker.FleetConfig{fleet}, Heartbeat: time.Second, InstanceTTL: demoInstanceTTL, RedisTimeout: o.redisTimeout}
+		cfg := tracker.Config{InstanceID: "demo-envoy-" + name, Fleets: []fleets.Fleet{fleet}, Heartbeat: time.Second, InstanceTTL: demoInstanceTTL, RedisTimeout: o.redisTimeout}
 		t, err := tracker.New(cfg, store, tracker.WithLogger(log.With("component", "tracker", "instance", cfg.InstanceID)))
 		if err != nil {
 			return nil, err
@@ -481,8 +483,8 @@ type demoScaler struct {
 	keda externalscaler.ExternalScalerClient
 }
 
-func newDemoScaler(lc fx.Lifecycle, ls *demoListeners, store *tracker.Store, fleet tracker.FleetConfig, log *slog.Logger) (*demoScaler, error) {
-	s, err := scaler.New(scaler.Config{Fleets: []tracker.FleetConfig{fleet}, Settle: demoSettle, InstanceTTL: demoInstanceTTL}, store, scaler.WithLogger(log.With("component", "scaler")))
+func newDemoScaler(lc fx.Lifecycle, ls *demoListeners, store *store.Store, fleet fleets.Fleet, log *slog.Logger) (*demoScaler, error) {
+	s, err := scaler.New(scaler.Config{Fleets: []fleets.Fleet{fleet}, Settle: demoSettle, InstanceTTL: demoInstanceTTL}, store, scaler.WithLogger(log.With("component", "scaler")))
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 
 	"github.com/wsgate/wsgate/scaler"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 // runScript is the scripted phase: it fills the fleet past its capacity
@@ -47,11 +47,11 @@ func runScript(ctx context.Context, out io.Writer, d demoSystem, o demoOptions) 
 		switch {
 		case r.conn != nil:
 			open = append(open, r.conn)
-		case r.reason == string(tracker.ReasonCapacity):
+		case r.reason == string(store.ReasonCapacity):
 			capacity++
 		default:
 			other++
-			if r.reason == string(tracker.ReasonRateLimit) && r.retryAfter > 0 {
+			if r.reason == string(store.ReasonRateLimit) && r.retryAfter > 0 {
 				// A polite client waits as told; so does the demo.
 				p.progress("gateway %s is rate-limited: waiting %s as Retry-After says", node.name, r.retryAfter)
 				if err := sleepCtx(ctx, r.retryAfter); err != nil {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 // parseFlags parses args, then fills every flag not given on the command
@@ -129,10 +129,10 @@ func redisFlags(fs *flag.FlagSet) *redisOptions {
 
 type redisOptions struct {
 	addrs string
-	cfg   tracker.RedisConfig
+	cfg   store.RedisConfig
 }
 
-func (o *redisOptions) config() tracker.RedisConfig {
+func (o *redisOptions) config() store.RedisConfig {
 	c := o.cfg
 	for _, a := range strings.Split(o.addrs, ",") {
 		if a = strings.TrimSpace(a); a != "" {
@@ -239,11 +239,11 @@ func (l *redisLogger) Printf(ctx context.Context, format string, v ...any) {
 // Redis client built from the flags (its address rules checked, TLS files
 // read) but never dialled. No logger is made: that would set go-redis'
 // global one.
-func configOK(logLevel string, redisCfg tracker.RedisConfig) error {
+func configOK(logLevel string, redisCfg store.RedisConfig) error {
 	if _, err := parseLogLevel(logLevel); err != nil {
 		return err
 	}
-	rdb, err := tracker.NewRedisClient(redisCfg)
+	rdb, err := store.NewRedisClient(redisCfg)
 	if err != nil {
 		return err
 	}

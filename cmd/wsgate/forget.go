@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 func init() { commands["forget-instance"] = runForget }
@@ -44,23 +44,23 @@ func runForget(args []string) error {
 	}
 	id := rest[0]
 	cfg := ro.config()
-	rdb, err := tracker.NewRedisClient(cfg)
+	rdb, err := store.NewRedisClient(cfg)
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	store := tracker.NewStore(rdb, cfg.Prefix)
-	snap, err := store.Snapshot(ctx, *fleet, time.Now())
+	st := store.NewStore(rdb, cfg.Prefix)
+	snap, err := st.Snapshot(ctx, *fleet, time.Now())
 	if err != nil {
 		return fmt.Errorf("reach Redis at %s: %w", strings.Join(cfg.Addrs, ","), err)
 	}
 	if !snap.Known() {
-		known, err := store.Fleets(ctx)
-		return unknownFleet(store, *fleet, known, err)
+		known, err := st.Fleets(ctx)
+		return unknownFleet(st, *fleet, known, err)
 	}
-	var lease *tracker.InstanceState
+	var lease *store.InstanceState
 	for i := range snap.Instances {
 		if snap.Instances[i].ID == id {
 			lease = &snap.Instances[i]
@@ -69,7 +69,7 @@ func runForget(args []string) error {
 	if lease == nil {
 		return fmt.Errorf("fleet %s has no instance %q", *fleet, id)
 	}
-	gone, err := store.Reap(ctx, *fleet, []string{id})
+	gone, err := st.Reap(ctx, *fleet, []string{id})
 	if err != nil {
 		return err
 	}

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 // forget-instance frees a stopped instance's slots, and Redis refuses it
@@ -15,11 +15,11 @@ import (
 func TestForgetInstanceOnlyAfterTheLease(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
-	s := tracker.NewStore(srv.Client(), "wsgate")
+	s := store.NewStore(srv.Client(), "wsgate")
 	sync := func(id string, lease time.Duration) {
 		t.Helper()
-		if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: id, Lease: lease,
-			Counts: []tracker.PodCount{{Pod: "10.0.0.1:80", Live: 2}}}); err != nil {
+		if _, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: id, Lease: lease,
+			Counts: []store.PodCount{{Pod: "10.0.0.1:80", Live: 2}}}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 // kubeFlags turn on what the scaler does with the Kubernetes API: pod
@@ -54,7 +54,7 @@ func newKubeClient(f scalerFlags) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
-func newPodRegistry(store *tracker.Store, reg prometheus.Registerer, log *slog.Logger) *discovery.Registry {
+func newPodRegistry(store *store.Store, reg prometheus.Registerer, log *slog.Logger) *discovery.Registry {
 	return discovery.NewRegistry(store, discovery.WithLogger(log), discovery.WithMetrics(discovery.NewMetrics(reg)))
 }
 
@@ -67,7 +67,7 @@ type podInformers struct {
 	informers.SharedInformerFactory
 }
 
-func newPodCostHook(client kubernetes.Interface, f scalerFlags, store *tracker.Store, pods *discovery.Registry, reg prometheus.Registerer, log *slog.Logger) (scaler.ScaleDownGate, podInformers) {
+func newPodCostHook(client kubernetes.Interface, f scalerFlags, store *store.Store, pods *discovery.Registry, reg prometheus.Registerer, log *slog.Logger) (scaler.ScaleDownGate, podInformers) {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(f.kube.namespace))
 	hook := podcost.New(client, factory.Core().V1().Pods(), f.kube.namespace, store, pods,
 		podcost.WithLogger(log), podcost.WithMetrics(podcost.NewMetrics(reg)), podcost.WithSettle(f.kube.settle))

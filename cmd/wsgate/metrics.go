@@ -13,8 +13,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/report"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 func init() { commands["metrics"] = runMetrics }
@@ -80,7 +81,7 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 	}
 
 	cfg := ro.config()
-	rdb, err := tracker.NewRedisClient(cfg)
+	rdb, err := store.NewRedisClient(cfg)
 	if err != nil {
 		return err
 	}
@@ -91,7 +92,7 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("reach Redis at %s: %w", addr, unwrapDeadline(err, *timeout))
 	}
-	store := tracker.NewStore(rdb, cfg.Prefix)
+	store := store.NewStore(rdb, cfg.Prefix)
 	reader := report.NewReader(store)
 
 	fleets := []string{*fleet}
@@ -125,7 +126,7 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 
 // unknownFleet names the fleets that do exist (known, unless err), so a
 // typo is obvious.
-func unknownFleet(s *tracker.Store, fleet string, known []string, err error) error {
+func unknownFleet(s *store.Store, fleet string, known []string, err error) error {
 	list := strings.Join(known, ", ")
 	if err != nil || list == "" {
 		list = "none"
@@ -153,7 +154,7 @@ func capsFrom(path string) (map[string]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--config: %w", err)
 	}
-	fleets, err := tracker.ParseFleetsFile(path, data)
+	fleets, err := fleets.ParseFile(path, data)
 	if err != nil {
 		return nil, fmt.Errorf("--config: %w", err)
 	}

@@ -15,7 +15,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 )
 
 var metricsNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -28,13 +29,13 @@ func metricsRedis(t *testing.T) *miniredis.Miniredis {
 	mr.SetTime(metricsNow) // Redis' clock, by which the lease is set and judged
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	s := tracker.NewStore(rdb, "wsgate").WithoutRestartDetection()
+	s := store.NewStore(rdb, "wsgate").WithoutRestartDetection()
 	ctx := context.Background()
-	if err := s.SetPods(ctx, "chat", []tracker.Pod{{Addr: "10.0.0.1:8080", Name: "chat-0", Ready: true}}); err != nil {
+	if err := s.SetPods(ctx, "chat", []fleets.Pod{{Addr: "10.0.0.1:8080", Name: "chat-0", Ready: true}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "envoy-1", Lease: 5 * time.Minute,
-		Counts: []tracker.PodCount{{Pod: "10.0.0.1:8080", Live: 1, Established: 1}}}); err != nil {
+	if _, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "envoy-1", Lease: 5 * time.Minute,
+		Counts: []store.PodCount{{Pod: "10.0.0.1:8080", Live: 1, Established: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	mr.SetTime(metricsNow.Add(2 * time.Minute)) // the epoch is past its settle time by Redis' clock

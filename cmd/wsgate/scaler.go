@@ -16,9 +16,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/fx"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/scaler/discovery"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 func init() { commands["scaler"] = runScaler }
@@ -38,7 +39,7 @@ type scalerFlags struct {
 func runScaler(args []string) error {
 	fs := flag.NewFlagSet("wsgate scaler", flag.ContinueOnError)
 	f := scalerFlags{redis: redisFlags(fs)}
-	fs.StringVar(&f.config, "config", "", "fleets file (YAML), the same as the trackers'; see tracker/fleets.example.yaml. Re-read every --config-check-interval and applied without a restart")
+	fs.StringVar(&f.config, "config", "", "fleets file (YAML), the same as the trackers'; see fleets/fleets.example.yaml. Re-read every --config-check-interval and applied without a restart")
 	fs.DurationVar(&f.configCheck, "config-check-interval", 5*time.Second, "how often the fleets file is re-read; a change is applied live, an invalid one refused")
 	fs.StringVar(&f.listen, "listen", ":9000", "gRPC address of the external scaler (KEDA's scalerAddress) and its health service")
 	fs.StringVar(&f.telemetry, "telemetry-listen", ":9102", "address of /metrics, /healthz and /readyz")
@@ -51,7 +52,7 @@ func runScaler(args []string) error {
 	fs.DurationVar(&f.reapInterval, "reap-interval", 5*time.Second, "interval of reaping expired tracker instances")
 	fs.DurationVar(&f.metricsInterval, "metrics-interval", 5*time.Second, "how often each fleet's state is read from Redis for /metrics (wsgate_scaler_ready, wsgate_scaler_fleet_*, wsgate_scaler_pod_connections), whether or not KEDA polls")
 	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "the trackers' --instance-ttl: an instance is reaped only after standing still this long")
-	fs.StringVar((*string)(&f.cfg.ExpiredInstances), "expired-instances", string(tracker.ExpiredReap), "the trackers' --expired-instances: reap, keep (never reap: the cap holds under partitions), or kube (reap only instances whose pod the fleet's envoyService no longer lists; needs --kube)")
+	fs.StringVar((*string)(&f.cfg.ExpiredInstances), "expired-instances", string(fleets.ExpiredReap), "the trackers' --expired-instances: reap, keep (never reap: the cap holds under partitions), or kube (reap only instances whose pod the fleet's envoyService no longer lists; needs --kube)")
 	fs.BoolVar(&f.kube.enabled, "kube", false, "discover pods from the fleets' Service EndpointSlices and set pod-deletion-cost before scale-downs")
 	fs.StringVar(&f.kube.namespace, "namespace", "", "namespace of the fleets' Services and pods (default: $POD_NAMESPACE)")
 	fs.DurationVar(&f.kube.settle, "deletion-cost-settle", 15*time.Second, "how long pod-deletion-costs must have been observed before a scale-down goes ahead; the HPA's scale-down stabilization window counts toward it")
@@ -64,20 +65,20 @@ func runScaler(args []string) error {
 	if f.kube.namespace == "" {
 		f.kube.namespace = os.Getenv("POD_NAMESPACE")
 	}
-	if f.cfg.ExpiredInstances == tracker.ExpiredKube && !f.kube.enabled {
+	if f.cfg.ExpiredInstances == fleets.ExpiredKube && !f.kube.enabled {
 		return errors.New("--expired-instances kube: Kubernetes judges the instances only with --kube")
 	}
 	if f.kube.enabled && f.kube.namespace == "" {
 		return errors.New("--namespace: required with --kube (or set POD_NAMESPACE)")
 	}
 	if f.config == "" {
-		return errors.New("--config: a fleets file is required (see tracker/fleets.example.yaml)")
+		return errors.New("--config: a fleets file is required (see fleets/fleets.example.yaml)")
 	}
 	data, err := os.ReadFile(f.config)
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	if f.cfg.Fleets, err = tracker.ParseFleetsFile(f.config, data); err != nil {
+	if f.cfg.Fleets, err = fleets.ParseFile(f.config, data); err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
 	f.configData = data
@@ -124,14 +125,14 @@ func newScalerRedis(lc fx.Lifecycle, f scalerFlags) (redis.UniversalClient, erro
 	return openRedis(lc, f.redis.config())
 }
 
-func newScalerStore(rdb redis.UniversalClient, f scalerFlags) *tracker.Store {
-	return tracker.NewStore(rdb, f.redis.cfg.Prefix)
+func newScalerStore(rdb redis.UniversalClient, f scalerFlags) *store.Store {
+	return store.NewStore(rdb, f.redis.cfg.Prefix)
 }
 
 type scalerDeps struct {
 	fx.In
 	Flags    scalerFlags
-	Store    *tracker.Store
+	Store    *store.Store
 	Registry prometheus.Registerer
 	Log      *slog.Logger
 	// Gate is the deletion-cost hook and Instances the Envoy Service's
@@ -168,8 +169,8 @@ type scalerConfigDeps struct {
 // watchScalerConfig applies every valid change of the fleets file to the
 // scaler and, with --kube, to pod discovery.
 func watchScalerConfig(d scalerConfigDeps) {
-	m := tracker.NewReloadMetrics(d.Registry, "scaler")
-	apply := func(fleets []tracker.FleetConfig) error {
+	m := fleets.NewReloadMetrics(d.Registry, "scaler")
+	apply := func(fleets []fleets.Fleet) error {
 		// Both accept it, or neither changes.
 		if d.Discovery != nil {
 			if err := discovery.Check(fleets); err != nil {
@@ -188,7 +189,7 @@ func watchScalerConfig(d scalerConfigDeps) {
 		return nil
 	}
 	background(d.Lifecycle, func(ctx context.Context) {
-		tracker.WatchFleets(ctx, d.Flags.config, d.Flags.configData, d.Flags.configCheck, apply, m, d.Log)
+		fleets.Watch(ctx, d.Flags.config, d.Flags.configData, d.Flags.configCheck, apply, m, d.Log)
 	})
 }
 

@@ -16,10 +16,10 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 // TestScalerGraph builds the scaler's components (without starting them)
@@ -29,7 +29,7 @@ func TestScalerGraph(t *testing.T) {
 	for _, kube := range []bool{false, true} {
 		f := scalerFlags{redis: &redisOptions{addrs: "127.0.0.1:1"}, kube: kubeFlags{enabled: kube, namespace: "ns"},
 			listen: "127.0.0.1:0", telemetry: "127.0.0.1:0", reapInterval: time.Hour, metricsInterval: time.Hour,
-			cfg: scaler.Config{Fleets: []tracker.FleetConfig{tracker.FleetConfig{Name: "chat", Service: "chat"}.WithDefaults()}, Settle: time.Second, ReadinessRatio: 0.95}}
+			cfg: scaler.Config{Fleets: []fleets.Fleet{fleets.Fleet{Name: "chat", Service: "chat"}.WithDefaults()}, Settle: time.Second, ReadinessRatio: 0.95}}
 		var gate scaler.ScaleDownGate
 		var counter scaler.InstanceCounter
 		opts := []fx.Option{fx.NopLogger, scalerApp(f, slog.New(slog.DiscardHandler)), fx.Invoke(func(d scalerDeps) { gate, counter = d.Gate, d.Instances })}

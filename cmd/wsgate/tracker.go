@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/wsgate/wsgate/envoy/admin"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
 )
@@ -42,7 +44,7 @@ type trackerFlags struct {
 func runTracker(args []string) error {
 	fs := flag.NewFlagSet("wsgate tracker", flag.ContinueOnError)
 	f := trackerFlags{redis: redisFlags(fs)}
-	fs.StringVar(&f.config, "config", "", "fleets file (YAML); see tracker/fleets.example.yaml. Re-read every --config-check-interval and applied without a restart")
+	fs.StringVar(&f.config, "config", "", "fleets file (YAML); see fleets/fleets.example.yaml. Re-read every --config-check-interval and applied without a restart")
 	fs.DurationVar(&f.configCheck, "config-check-interval", 5*time.Second, "how often the fleets file is re-read; a change is applied live, an invalid one refused")
 	fs.StringVar(&f.cfg.InstanceID, "instance-id", "", "this instance's id in Redis, unique per Envoy pod (default: the host name)")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:9090", "admission API address (loopback only)")
@@ -54,7 +56,7 @@ func runTracker(args []string) error {
 	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", 90*time.Second, "release an established connection whose lease Envoy stopped renewing")
 	fs.DurationVar(&f.cfg.RedisTimeout, "redis-timeout", 100*time.Millisecond, "bound of one admission's Redis work, after which the fallback decides (keep below the Lua filter's 250ms httpCall timeout)")
 	fallback := fs.String("fallback", "share", "admission Redis cannot decide: share (only into slots Redis counts for this instance: never above the cap), closed, or open (may exceed the cap)")
-	expired := fs.String("expired-instances", string(tracker.ExpiredReap), "an instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap), keep (counted until it comes back: the cap holds), or kube (the scaler reaps it once Kubernetes no longer lists its pod: the cap holds); the same for every tracker and the scaler")
+	expired := fs.String("expired-instances", string(fleets.ExpiredReap), "an instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap), keep (counted until it comes back: the cap holds), or kube (the scaler reaps it once Kubernetes no longer lists its pod: the cap holds); the same for every tracker and the scaler")
 	fs.StringVar(&f.runCheck, "redis-run-check", "cached", "how admissions and releases learn Redis' run_id, which catches a restart with old data: cached (in their script text, loaded into the one Redis process it names; Redis 7.0 and later, else per-call) or per-call (INFO in every script: for a proxy that keeps client connections while the Redis behind it restarts)")
 	fs.BoolVar(&f.embedded, "redis-embedded", false, "run an in-process Redis (miniredis) instead of --redis-addr: for trying wsgate out, never for production")
 	fs.StringVar(&f.shutdownListen, "shutdown-listen", "", "loopback address of GET /shutdown, for the Envoy container's preStop hook: drain, then answer once Envoy's connections have ended (empty: off)")
@@ -70,18 +72,18 @@ func runTracker(args []string) error {
 		f.cfg.InstanceID, _ = os.Hostname()
 	}
 	f.cfg.Fallback = tracker.FallbackMode(*fallback)
-	f.cfg.ExpiredInstances = tracker.ExpiredMode(*expired)
+	f.cfg.ExpiredInstances = fleets.ExpiredMode(*expired)
 	if f.runCheck != "cached" && f.runCheck != "per-call" {
 		return fmt.Errorf("--redis-run-check %q: want cached or per-call", f.runCheck)
 	}
 	if f.config == "" {
-		return errors.New("--config: a fleets file is required (see tracker/fleets.example.yaml)")
+		return errors.New("--config: a fleets file is required (see fleets/fleets.example.yaml)")
 	}
 	data, err := os.ReadFile(f.config)
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	if f.cfg.Fleets, err = tracker.ParseFleetsFile(f.config, data); err != nil {
+	if f.cfg.Fleets, err = fleets.ParseFile(f.config, data); err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
 	f.configData = data
@@ -106,7 +108,7 @@ func runTracker(args []string) error {
 	}
 	if f.checkConfig {
 		if f.embedded {
-			return configOK(f.logLevel, tracker.RedisConfig{Addrs: []string{"127.0.0.1:0"}})
+			return configOK(f.logLevel, store.RedisConfig{Addrs: []string{"127.0.0.1:0"}})
 		}
 		return configOK(f.logLevel, f.redis.config())
 	}
@@ -246,14 +248,14 @@ func newRedis(lc fx.Lifecycle, f trackerFlags, log *slog.Logger) (redis.Universa
 			return nil, fmt.Errorf("embedded redis: %w", err)
 		}
 		log.Warn("using an embedded in-process Redis: state is lost on exit and not shared with other hosts", "addr", mr.Addr())
-		cfg = tracker.RedisConfig{Addrs: []string{mr.Addr()}, Prefix: cfg.Prefix}
+		cfg = store.RedisConfig{Addrs: []string{mr.Addr()}, Prefix: cfg.Prefix}
 		lc.Append(fx.StopHook(mr.Close))
 	}
 	return openRedis(lc, cfg)
 }
 
-func newStore(rdb redis.UniversalClient, f trackerFlags) *tracker.Store {
-	s := tracker.NewStore(rdb, f.redis.cfg.Prefix)
+func newStore(rdb redis.UniversalClient, f trackerFlags) *store.Store {
+	s := store.NewStore(rdb, f.redis.cfg.Prefix)
 	if f.embedded {
 		s = s.WithoutRestartDetection() // miniredis reports no run_id
 	} else if f.runCheck == "per-call" {
@@ -262,7 +264,7 @@ func newStore(rdb redis.UniversalClient, f trackerFlags) *tracker.Store {
 	return s
 }
 
-func newTracker(f trackerFlags, store *tracker.Store, reg prometheus.Registerer, log *slog.Logger) (*tracker.Tracker, error) {
+func newTracker(f trackerFlags, store *store.Store, reg prometheus.Registerer, log *slog.Logger) (*tracker.Tracker, error) {
 	t, err := tracker.New(f.cfg, store, tracker.WithLogger(log), tracker.WithMetrics(tracker.NewMetrics(reg)))
 	if err != nil {
 		return nil, err
@@ -314,8 +316,8 @@ func runHeartbeat(lc fx.Lifecycle, t *tracker.Tracker) { background(lc, t.Run) }
 
 // watchTrackerConfig applies every valid change of the fleets file.
 func watchTrackerConfig(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, reg prometheus.Registerer, log *slog.Logger) {
-	m := tracker.NewReloadMetrics(reg, "tracker")
-	apply := func(fleets []tracker.FleetConfig) error {
+	m := fleets.NewReloadMetrics(reg, "tracker")
+	apply := func(fleets []fleets.Fleet) error {
 		ch, err := t.Apply(fleets)
 		if err == nil {
 			log.Info("fleets file applied", "config", f.config, "added", ch.Added, "changed", ch.Changed, "removed", ch.Removed)
@@ -323,7 +325,7 @@ func watchTrackerConfig(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, reg
 		return err
 	}
 	background(lc, func(ctx context.Context) {
-		tracker.WatchFleets(ctx, f.config, f.configData, f.configCheck, apply, m, log)
+		fleets.Watch(ctx, f.config, f.configData, f.configCheck, apply, m, log)
 	})
 }
 

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/wsgate/wsgate/buildinfo"
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -60,11 +61,11 @@ func TestVersionPrintsTheStamp(t *testing.T) {
 func TestBuildInfoOnFirstScrape(t *testing.T) {
 	want := stampBuild(t)
 	series := fmt.Sprintf("wsgate_build_info{goversion=%q,revision=%q,version=%q} 1\n", want.GoVersion, want.Revision, want.Version)
-	fleet := tracker.FleetConfig{Name: "chat", Service: "chat"}.WithDefaults()
+	fleet := fleets.Fleet{Name: "chat", Service: "chat"}.WithDefaults()
 	trackerFlags := trackerFlags{embedded: true, redis: &redisOptions{}, listen: "127.0.0.1:0", telemetry: "127.0.0.1:0",
-		cfg: tracker.Config{InstanceID: "pod-a", Fleets: []tracker.FleetConfig{fleet}}}
+		cfg: tracker.Config{InstanceID: "pod-a", Fleets: []fleets.Fleet{fleet}}}
 	scalerFlags := scalerFlags{redis: &redisOptions{addrs: "127.0.0.1:1"}, listen: "127.0.0.1:0", telemetry: "127.0.0.1:0",
-		reapInterval: time.Hour, metricsInterval: time.Hour, cfg: scaler.Config{Fleets: []tracker.FleetConfig{fleet}, Settle: time.Second, ReadinessRatio: 0.95}}
+		reapInterval: time.Hour, metricsInterval: time.Hour, cfg: scaler.Config{Fleets: []fleets.Fleet{fleet}, Settle: time.Second, ReadinessRatio: 0.95}}
 	for name, app := range map[string]func(*slog.Logger) fx.Option{
 		"tracker": func(log *slog.Logger) fx.Option {
 			return fx.Options(fx.Supply(trackerFlags, log), fx.Provide(newRegistry, newRedis, newStore, newTracker), fx.Invoke(serveAdmission))

@@ -6,7 +6,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
 	"github.com/wsgate/wsgate/envoy/luahost"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // What Envoy does with an override host, as read in envoyproxy/envoy (the
@@ -174,7 +174,7 @@ func (c *originalDst) chooseHost(o *luahost.OverrideHost, md map[string]any) str
 		}
 	}
 	up, _ := md["upstream"].(string)
-	if tracker.ValidatePodAddr(up) != nil {
+	if fleets.ValidatePodAddr(up) != nil {
 		return ""
 	}
 	if c.hosts == nil {

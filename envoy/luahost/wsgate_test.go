@@ -18,6 +18,8 @@ import (
 
 	"github.com/wsgate/wsgate/envoy"
 	"github.com/wsgate/wsgate/envoy/luahost"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -46,13 +48,13 @@ func newEnv(t *testing.T) *env {
 	// RedisTimeout well above the default 100ms: forty admissions at once
 	// on a busy machine must not become redis_down (the requests carry
 	// generousTimeout, so the filter waits for them).
-	cfg := tracker.Config{InstanceID: "envoy-0", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: time.Second, Fleets: []tracker.FleetConfig{
+	cfg := tracker.Config{InstanceID: "envoy-0", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: time.Second, Fleets: []fleets.Fleet{
 		{Name: "default", MaxConnectionsPerPod: 100, RatePerSecond: 1000, Burst: 1000, Pods: chatPods},
 		{Name: "chat", MaxConnectionsPerPod: 100, RatePerSecond: 1000, Burst: 1000, Pods: chatPods},
 		{Name: "tight", MaxConnectionsPerPod: 100, RatePerSecond: 0.001, Burst: 1, Pods: chatPods},
-		{Name: "small", MaxConnectionsPerPod: 1, RatePerSecond: 1000, Burst: 1000, Pods: smallPods, RetryAfter: tracker.Duration(7 * time.Second)},
+		{Name: "small", MaxConnectionsPerPod: 1, RatePerSecond: 1000, Burst: 1000, Pods: smallPods, RetryAfter: fleets.Duration(7 * time.Second)},
 	}}
-	tr, err := tracker.New(cfg, tracker.NewStore(rdb, "wsgate"))
+	tr, err := tracker.New(cfg, store.NewStore(rdb, "wsgate"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/discovery"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 // Kubernetes' word on a tracker instance: alive while its Envoy pod is
@@ -23,7 +23,7 @@ func TestInstanceAliveFollowsTheEnvoyService(t *testing.T) {
 		slice("envoy-a", "envoy", endpoint("10.1.0.1", "envoy-1", true, false), endpoint("10.1.0.2", "envoy-2", false, false),
 			endpoint("10.1.0.3", "envoy-3", false, true)),
 	)
-	fleets := []tracker.FleetConfig{{Name: "chat", Service: "chat", Port: "ws", EnvoyService: "envoy"}, {Name: "plain", Service: "chat", Port: "ws"}}
+	fleets := []fleets.Fleet{{Name: "chat", Service: "chat", Port: "ws", EnvoyService: "envoy"}, {Name: "plain", Service: "chat", Port: "ws"}}
 	d, err := discovery.New(client, ns, fleets, discovery.NewRegistry(store), 0)
 	if err != nil {
 		t.Fatal(err)

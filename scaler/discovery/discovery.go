@@ -19,7 +19,7 @@ import (
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // Discovery follows the EndpointSlices of the fleets' backend Services in
@@ -44,8 +44,8 @@ type Discovery struct {
 
 // watch is one set of fleets and the informer of their Services' slices.
 type watch struct {
-	fleets   []tracker.FleetConfig // those that name a Service
-	services []string              // sorted
+	fleets   []fleets.Fleet // those that name a Service
+	services []string       // sorted
 	informer cache.SharedIndexInformer
 	lister   discoverylisters.EndpointSliceLister
 	synced   atomic.Bool
@@ -60,7 +60,7 @@ func WithDiscoveryLogger(l *slog.Logger) Option { return func(d *Discovery) { d.
 // New returns a Discovery of the fleets that name a Service (the others
 // keep their static pods) in namespace, feeding reg. Resync is the
 // informer's resync period (0: none; the Registry re-publishes anyway).
-func New(client kubernetes.Interface, namespace string, fleets []tracker.FleetConfig, reg *Registry, resync time.Duration, opts ...Option) (*Discovery, error) {
+func New(client kubernetes.Interface, namespace string, fleets []fleets.Fleet, reg *Registry, resync time.Duration, opts ...Option) (*Discovery, error) {
 	d := &Discovery{reg: reg, log: slog.Default(), client: client, resync: resync, namespace: namespace,
 		reload: make(chan struct{}, 1), expected: map[string]int{}}
 	for _, o := range opts {
@@ -74,7 +74,7 @@ func New(client kubernetes.Interface, namespace string, fleets []tracker.FleetCo
 	return d, nil
 }
 
-func newWatch(fleets []tracker.FleetConfig) (*watch, error) {
+func newWatch(fleets []fleets.Fleet) (*watch, error) {
 	w := &watch{}
 	services := map[string]bool{}
 	for _, f := range fleets {
@@ -98,7 +98,7 @@ func newWatch(fleets []tracker.FleetConfig) (*watch, error) {
 }
 
 // Check says whether SetFleets would accept fleets, changing nothing.
-func Check(fleets []tracker.FleetConfig) error {
+func Check(fleets []fleets.Fleet) error {
 	_, err := newWatch(fleets)
 	return err
 }
@@ -107,7 +107,7 @@ func Check(fleets []tracker.FleetConfig) error {
 // registries are recomputed at once; if the Services to watch changed, the
 // informer is replaced, and until the new one has listed them nobody is
 // judged gone (InstanceAlive) and no registry changes.
-func (d *Discovery) SetFleets(fleets []tracker.FleetConfig) error {
+func (d *Discovery) SetFleets(fleets []fleets.Fleet) error {
 	w, err := newWatch(fleets)
 	if err != nil {
 		return err

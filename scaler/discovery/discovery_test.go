@@ -13,13 +13,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/discovery"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 const ns = "apps"
 
-func newMiniStore(t *testing.T) *tracker.Store {
+func newMiniStore(t *testing.T) *store.Store {
 	t.Helper()
 	s, _ := newMini(t)
 	return s
@@ -27,12 +28,12 @@ func newMiniStore(t *testing.T) *tracker.Store {
 
 // newMini is a store on miniredis and the server, whose clock a test may
 // set (Redis' clock judges leases and recovery waits).
-func newMini(t *testing.T) (*tracker.Store, *miniredis.Miniredis) {
+func newMini(t *testing.T) (*store.Store, *miniredis.Miniredis) {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	return tracker.NewStore(rdb, "wsgate").WithoutRestartDetection(), mr
+	return store.NewStore(rdb, "wsgate").WithoutRestartDetection(), mr
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -74,12 +75,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 type view struct {
-	pods  map[string]tracker.Pod
+	pods  map[string]fleets.Pod
 	avail []string
 	load  map[string]int
 }
 
-func readView(t *testing.T, s *tracker.Store, fleet string) view {
+func readView(t *testing.T, s *store.Store, fleet string) view {
 	t.Helper()
 	ctx := context.Background()
 	snap, err := s.Snapshot(ctx, fleet, time.Now())
@@ -112,7 +113,7 @@ func (v view) is(pods map[string]bool, avail ...string) bool {
 }
 
 func TestDiscoveryFollowsSlices(t *testing.T) {
-	store, mr := newMini(t)
+	st, mr := newMini(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Tracker instance e1 heartbeats: the first heartbeat starts the epoch,
@@ -122,13 +123,13 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 	const recoveryWait = 10 * time.Second
 	base := time.Now()
 	mr.SetTime(base)
-	e1, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, RecoveryWait: recoveryWait, Seq: 1})
+	e1, err := st.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, RecoveryWait: recoveryWait, Seq: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// e1 watched the wait pass on its own clock too, and confirms it.
 	mr.SetTime(base.Add(recoveryWait))
-	if _, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour,
+	if _, err := st.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour,
 		RecoveryWait: recoveryWait, Seq: 2, Confirm: e1.Epoch}); err != nil {
 		t.Fatal(err)
 	}
@@ -137,9 +138,9 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 		slice("envoy-a", "envoy", endpoint("10.1.0.1", "envoy-1", true, false), endpoint("10.1.0.2", "envoy-2", false, false)),
 		slice("other-a", "other", endpoint("10.9.0.1", "other-1", true, false)),
 	)
-	reg := discovery.NewRegistry(store)
-	fleets := []tracker.FleetConfig{{Name: "chat", Service: "chat", Port: "ws", EnvoyService: "envoy"}}
-	d, err := discovery.New(client, ns, fleets, reg, 0)
+	reg := discovery.NewRegistry(st)
+	fcs := []fleets.Fleet{{Name: "chat", Service: "chat", Port: "ws", EnvoyService: "envoy"}}
+	d, err := discovery.New(client, ns, fcs, reg, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,9 +151,9 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 
 	const a1, a2, a3 = "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"
 	waitFor(t, "the first slice in Redis", func() bool {
-		return readView(t, store, "chat").is(map[string]bool{a1: true, a2: true}, a1, a2)
+		return readView(t, st, "chat").is(map[string]bool{a1: true, a2: true}, a1, a2)
 	})
-	if got := readView(t, store, "chat").pods[a1]; got.Name != "chat-1" || got.Node != "node-chat-1" {
+	if got := readView(t, st, "chat").pods[a1]; got.Name != "chat-1" || got.Node != "node-chat-1" {
 		t.Errorf("pod %s registered as %+v, want name chat-1 on node-chat-1", a1, got)
 	}
 	if got := d.ExpectedInstances("chat"); got != 1 {
@@ -161,10 +162,10 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 
 	// A connection on pod 2 before it stops being ready: it stays counted.
 	now := time.Now()
-	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", e1.Epoch, now); err != nil || a.Pod == "" {
+	if a, err := st.Admit(ctx, "chat", 5, fleets.PolicySpread, "e1", e1.Epoch, now); err != nil || a.Pod == "" {
 		t.Fatalf("admit: %+v, %v", a, err)
 	}
-	if a, err := store.Admit(ctx, "chat", 5, tracker.PolicySpread, "e1", e1.Epoch, now); err != nil || a.Pod == "" {
+	if a, err := st.Admit(ctx, "chat", 5, fleets.PolicySpread, "e1", e1.Epoch, now); err != nil || a.Pod == "" {
 		t.Fatalf("admit: %+v, %v", a, err)
 	}
 
@@ -172,7 +173,7 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "a second slice", func() bool {
-		return readView(t, store, "chat").is(map[string]bool{a1: true, a2: true, a3: true}, a1, a2, a3)
+		return readView(t, st, "chat").is(map[string]bool{a1: true, a2: true, a3: true}, a1, a2, a3)
 	})
 
 	notReady := slice("chat-a", "chat", endpoint("10.0.0.1", "chat-1", true, false), endpoint("10.0.0.2", "chat-2", false, false))
@@ -180,9 +181,9 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "a not-ready endpoint out of avail", func() bool {
-		return readView(t, store, "chat").is(map[string]bool{a1: true, a2: false, a3: true}, a1, a3)
+		return readView(t, st, "chat").is(map[string]bool{a1: true, a2: false, a3: true}, a1, a3)
 	})
-	if got := readView(t, store, "chat").load[a2]; got != 1 {
+	if got := readView(t, st, "chat").load[a2]; got != 1 {
 		t.Errorf("load of the not-ready pod = %d, want its live connection still counted (1)", got)
 	}
 
@@ -192,14 +193,14 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "a terminating endpoint out of avail", func() bool {
-		return readView(t, store, "chat").is(map[string]bool{a1: true, a2: false, a3: false}, a1)
+		return readView(t, st, "chat").is(map[string]bool{a1: true, a2: false, a3: false}, a1)
 	})
 
 	if err := slices.Delete(ctx, "chat-b", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "a deleted slice's pod out of the registry", func() bool {
-		return readView(t, store, "chat").is(map[string]bool{a1: true, a2: false}, a1)
+		return readView(t, st, "chat").is(map[string]bool{a1: true, a2: false}, a1)
 	})
 
 	if _, err := client.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice("envoy-a", "envoy",
@@ -215,7 +216,7 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 }
 
 func TestDiscoveryRequiresAService(t *testing.T) {
-	_, err := discovery.New(fake.NewClientset(), ns, []tracker.FleetConfig{{Name: "static", Pods: []string{"10.0.0.1:80"}}}, discovery.NewRegistry(newMiniStore(t)), 0)
+	_, err := discovery.New(fake.NewClientset(), ns, []fleets.Fleet{{Name: "static", Pods: []string{"10.0.0.1:80"}}}, discovery.NewRegistry(newMiniStore(t)), 0)
 	if err == nil {
 		t.Fatal("New without any fleet naming a service: want an error")
 	}
@@ -234,8 +235,8 @@ func TestSetFleetsFollowsANewService(t *testing.T) {
 		slice("envoy-a", "envoy", endpoint("10.1.0.1", "envoy-1", true, false)),
 	)
 	reg := discovery.NewRegistry(store)
-	chat := tracker.FleetConfig{Name: "chat", Service: "chat", Port: "ws", EnvoyService: "envoy"}
-	d, err := discovery.New(client, ns, []tracker.FleetConfig{chat}, reg, 0)
+	chat := fleets.Fleet{Name: "chat", Service: "chat", Port: "ws", EnvoyService: "envoy"}
+	d, err := discovery.New(client, ns, []fleets.Fleet{chat}, reg, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,8 +250,8 @@ func TestSetFleetsFollowsANewService(t *testing.T) {
 		t.Fatal("game's pods registered before game is configured")
 	}
 
-	game := tracker.FleetConfig{Name: "game", Service: "game", Port: "ws", EnvoyService: "envoy"}
-	if err := d.SetFleets([]tracker.FleetConfig{chat, game}); err != nil {
+	game := fleets.Fleet{Name: "game", Service: "game", Port: "ws", EnvoyService: "envoy"}
+	if err := d.SetFleets([]fleets.Fleet{chat, game}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the added fleet's pod in Redis", func() bool {
@@ -260,7 +261,7 @@ func TestSetFleetsFollowsANewService(t *testing.T) {
 		t.Errorf("InstanceAlive(game, envoy-1) = %v, %v; want listed", alive, known)
 	}
 
-	if err := d.SetFleets([]tracker.FleetConfig{game}); err != nil {
+	if err := d.SetFleets([]fleets.Fleet{game}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "only game judged", func() bool {
@@ -268,7 +269,7 @@ func TestSetFleetsFollowsANewService(t *testing.T) {
 		alive, _ := d.InstanceAlive("game", "envoy-1")
 		return !chatKnown && alive
 	})
-	if err := d.SetFleets([]tracker.FleetConfig{{Name: "static", Pods: []string{"10.0.0.9:80"}}}); err == nil {
+	if err := d.SetFleets([]fleets.Fleet{{Name: "static", Pods: []string{"10.0.0.9:80"}}}); err == nil {
 		t.Error("SetFleets with no fleet naming a Service succeeded")
 	}
 	if alive, _ := d.InstanceAlive("game", "envoy-1"); !alive {

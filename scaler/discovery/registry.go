@@ -11,7 +11,8 @@ import (
 
 	"k8s.io/utils/clock"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 )
 
 // Registry is the in-process pod registry of the fleets that discovery
@@ -22,7 +23,7 @@ import (
 // A fleet is managed, and written, only after its first SetEndpoints: a
 // fleet without discovery keeps its static pod list.
 type Registry struct {
-	store   *tracker.Store
+	store   *store.Store
 	log     *slog.Logger
 	clock   clock.WithTicker
 	metrics *Metrics
@@ -43,7 +44,7 @@ type Registry struct {
 }
 
 type fleetEntry struct {
-	endpoints    map[string]tracker.Pod // address -> pod as discovery sees it
+	endpoints    map[string]fleets.Pod // address -> pod as discovery sees it
 	endpointsSet bool
 	draining     map[string]bool
 	// ownsDrain is set once the hook decided the fleet's draining flags in
@@ -70,7 +71,7 @@ func WithClock(c clock.WithTicker) RegistryOption { return func(r *Registry) { r
 func WithMetrics(m *Metrics) RegistryOption { return func(r *Registry) { r.metrics = m } }
 
 // NewRegistry returns an empty Registry writing through store.
-func NewRegistry(store *tracker.Store, opts ...RegistryOption) *Registry {
+func NewRegistry(store *store.Store, opts ...RegistryOption) *Registry {
 	r := &Registry{
 		store: store, log: slog.Default(), clock: clock.RealClock{},
 		Resync: time.Minute, CheckInterval: 5 * time.Second,
@@ -88,7 +89,7 @@ func NewRegistry(store *tracker.Store, opts ...RegistryOption) *Registry {
 func (r *Registry) entry(fleet string) *fleetEntry {
 	e := r.fleets[fleet]
 	if e == nil {
-		e = &fleetEntry{endpoints: map[string]tracker.Pod{}, draining: map[string]bool{}}
+		e = &fleetEntry{endpoints: map[string]fleets.Pod{}, draining: map[string]bool{}}
 		r.fleets[fleet] = e
 	}
 	return e
@@ -104,11 +105,11 @@ func (r *Registry) changed(e *fleetEntry) {
 
 // SetEndpoints replaces the pods discovery sees for fleet (their Draining
 // field is ignored) and makes fleet managed.
-func (r *Registry) SetEndpoints(fleet string, pods []tracker.Pod) {
+func (r *Registry) SetEndpoints(fleet string, pods []fleets.Pod) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.entry(fleet)
-	next := make(map[string]tracker.Pod, len(pods))
+	next := make(map[string]fleets.Pod, len(pods))
 	for _, p := range pods {
 		p.Draining = false
 		next[p.Addr] = p
@@ -120,7 +121,7 @@ func (r *Registry) SetEndpoints(fleet string, pods []tracker.Pod) {
 	r.changed(e)
 }
 
-func sameEndpoints(a, b map[string]tracker.Pod) bool {
+func sameEndpoints(a, b map[string]fleets.Pod) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -155,7 +156,7 @@ func (r *Registry) SetDraining(fleet string, addrs []string) {
 
 // Pods returns fleet's merged registry, sorted by address. Until this
 // process decided the draining flags, Draining is false everywhere.
-func (r *Registry) Pods(fleet string) []tracker.Pod {
+func (r *Registry) Pods(fleet string) []fleets.Pod {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.fleets[fleet]
@@ -165,8 +166,8 @@ func (r *Registry) Pods(fleet string) []tracker.Pod {
 	return e.merged()
 }
 
-func (e *fleetEntry) merged() []tracker.Pod {
-	out := make([]tracker.Pod, 0, len(e.endpoints))
+func (e *fleetEntry) merged() []fleets.Pod {
+	out := make([]fleets.Pod, 0, len(e.endpoints))
 	for _, p := range e.endpoints {
 		p.Draining = e.draining[p.Addr]
 		out = append(out, p)
@@ -232,7 +233,7 @@ func (r *Registry) Publish(ctx context.Context, fleet string) error {
 }
 
 // keepDraining copies the draining flags another replica wrote into pods.
-func (r *Registry) keepDraining(ctx context.Context, fleet string, pods []tracker.Pod) error {
+func (r *Registry) keepDraining(ctx context.Context, fleet string, pods []fleets.Pod) error {
 	snap, err := r.store.Snapshot(ctx, fleet, r.clock.Now())
 	if err != nil {
 		return fmt.Errorf("publish pods of %s: read draining flags: %w", fleet, err)
@@ -243,7 +244,7 @@ func (r *Registry) keepDraining(ctx context.Context, fleet string, pods []tracke
 	return nil
 }
 
-func (r *Registry) countPods(fleet string, pods []tracker.Pod) {
+func (r *Registry) countPods(fleet string, pods []fleets.Pod) {
 	var ready, notReady, draining float64
 	for _, p := range pods {
 		switch {

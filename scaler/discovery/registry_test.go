@@ -8,13 +8,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/discovery"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
-	"github.com/wsgate/wsgate/tracker"
 )
 
-func threePods() []tracker.Pod {
-	return []tracker.Pod{
+func threePods() []fleets.Pod {
+	return []fleets.Pod{
 		{Addr: "10.0.0.1:80", Name: "p1", Ready: true},
 		{Addr: "10.0.0.2:80", Name: "p2", Ready: true},
 		{Addr: "10.0.0.3:80", Name: "p3", Ready: false},
@@ -24,15 +25,15 @@ func threePods() []tracker.Pod {
 func TestRegistryRepublishesWhenRedisLosesItsData(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client()
-	store := tracker.NewStore(rdb, "wsgate")
+	st := store.NewStore(rdb, "wsgate")
 	ctx := context.Background()
 	m := discovery.NewMetrics(prometheus.NewRegistry())
-	reg := discovery.NewRegistry(store, discovery.WithMetrics(m))
+	reg := discovery.NewRegistry(st, discovery.WithMetrics(m))
 	reg.SetEndpoints("chat", threePods())
 	if err := reg.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if v := readView(t, store, "chat"); !v.is(map[string]bool{"10.0.0.1:80": true, "10.0.0.2:80": true, "10.0.0.3:80": false}, "10.0.0.1:80", "10.0.0.2:80") {
+	if v := readView(t, st, "chat"); !v.is(map[string]bool{"10.0.0.1:80": true, "10.0.0.2:80": true, "10.0.0.3:80": false}, "10.0.0.1:80", "10.0.0.2:80") {
 		t.Fatalf("after the first write: %+v", v)
 	}
 	// Nothing changed: Reconcile only reads.
@@ -46,13 +47,13 @@ func TestRegistryRepublishesWhenRedisLosesItsData(t *testing.T) {
 	srv.Kill()
 	srv.Restart()
 	// A tracker's heartbeat starts the new epoch, as in production.
-	if _, err := store.Sync(ctx, tracker.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Minute}); err != nil {
+	if _, err := st.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	if err := reg.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if v := readView(t, store, "chat"); !v.is(map[string]bool{"10.0.0.1:80": true, "10.0.0.2:80": true, "10.0.0.3:80": false}, "10.0.0.1:80", "10.0.0.2:80") {
+	if v := readView(t, st, "chat"); !v.is(map[string]bool{"10.0.0.1:80": true, "10.0.0.2:80": true, "10.0.0.3:80": false}, "10.0.0.1:80", "10.0.0.2:80") {
 		t.Fatalf("after Redis restarted empty: %+v", v)
 	}
 	if n := counter(t, m.Publishes.WithLabelValues("chat", "ok")); n != 2 {
@@ -98,7 +99,7 @@ func TestRegistryMergesDrainingAndKeepsAnotherReplicasFlags(t *testing.T) {
 func TestRegistryWritesNothingBeforeDiscoveryReported(t *testing.T) {
 	store := newMiniStore(t)
 	ctx := context.Background()
-	if err := store.SetPods(ctx, "static", []tracker.Pod{{Addr: "10.0.0.9:80", Ready: true}}); err != nil {
+	if err := store.SetPods(ctx, "static", []fleets.Pod{{Addr: "10.0.0.9:80", Ready: true}}); err != nil {
 		t.Fatal(err)
 	}
 	reg := discovery.NewRegistry(store)

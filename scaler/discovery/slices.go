@@ -6,7 +6,7 @@ import (
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // podsOf turns the EndpointSlices of a backend Service into registry
@@ -15,8 +15,8 @@ import (
 // only or first port. An address listed by several slices (as happens
 // while the EndpointSlice controller moves endpoints between slices) is
 // ready when any of them says so.
-func podsOf(slices []*discoveryv1.EndpointSlice, port string) []tracker.Pod {
-	byAddr := map[string]tracker.Pod{}
+func podsOf(slices []*discoveryv1.EndpointSlice, port string) []fleets.Pod {
+	byAddr := map[string]fleets.Pod{}
 	for _, s := range slices {
 		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue // FQDN endpoints cannot be ORIGINAL_DST targets
@@ -31,7 +31,7 @@ func podsOf(slices []*discoveryv1.EndpointSlice, port string) []tracker.Pod {
 			}
 			// Consumers use the first address: the others are the same pod's.
 			addr := net.JoinHostPort(ep.Addresses[0], strconv.Itoa(int(p)))
-			pod := tracker.Pod{Addr: addr, Ready: endpointReady(ep)}
+			pod := fleets.Pod{Addr: addr, Ready: endpointReady(ep)}
 			if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" {
 				pod.Name = ep.TargetRef.Name
 			}
@@ -50,7 +50,7 @@ func podsOf(slices []*discoveryv1.EndpointSlice, port string) []tracker.Pod {
 			byAddr[addr] = pod
 		}
 	}
-	out := make([]tracker.Pod, 0, len(byAddr))
+	out := make([]fleets.Pod, 0, len(byAddr))
 	for _, p := range byAddr {
 		out = append(out, p)
 	}

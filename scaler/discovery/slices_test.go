@@ -6,7 +6,7 @@ import (
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -31,21 +31,21 @@ func TestPodsOfPortAndAddressRules(t *testing.T) {
 		name   string
 		slices []*discoveryv1.EndpointSlice
 		port   string
-		want   []tracker.Pod
+		want   []fleets.Pod
 	}{
 		{"named port, first address only", []*discoveryv1.EndpointSlice{v4}, "ws",
-			[]tracker.Pod{{Addr: "10.0.0.1:8080", Ready: true}, {Addr: "10.0.0.2:8080"}}},
+			[]fleets.Pod{{Addr: "10.0.0.1:8080", Ready: true}, {Addr: "10.0.0.2:8080"}}},
 		{"empty port takes the first", []*discoveryv1.EndpointSlice{v4}, "",
-			[]tracker.Pod{{Addr: "10.0.0.1:9000", Ready: true}, {Addr: "10.0.0.2:9000"}}},
+			[]fleets.Pod{{Addr: "10.0.0.1:9000", Ready: true}, {Addr: "10.0.0.2:9000"}}},
 		{"number used as the pod's port", []*discoveryv1.EndpointSlice{v4}, "7000",
-			[]tracker.Pod{{Addr: "10.0.0.1:7000", Ready: true}, {Addr: "10.0.0.2:7000"}}},
+			[]fleets.Pod{{Addr: "10.0.0.1:7000", Ready: true}, {Addr: "10.0.0.2:7000"}}},
 		{"unknown port name: nothing", []*discoveryv1.EndpointSlice{v4}, "grpc", nil},
 		{"duplicate across slices: ready if any is", []*discoveryv1.EndpointSlice{v4, dup}, "ws",
-			[]tracker.Pod{{Addr: "10.0.0.1:8080", Ready: true}, {Addr: "10.0.0.2:8080", Ready: true}}},
+			[]fleets.Pod{{Addr: "10.0.0.1:8080", Ready: true}, {Addr: "10.0.0.2:8080", Ready: true}}},
 		{"IPv6 bracketed, FQDN skipped", []*discoveryv1.EndpointSlice{v6, fqdn}, "ws",
-			[]tracker.Pod{{Addr: "[fd00::1]:8080", Ready: true}}},
+			[]fleets.Pod{{Addr: "[fd00::1]:8080", Ready: true}}},
 		{"unknown readiness counts as ready", []*discoveryv1.EndpointSlice{unknown}, "ws",
-			[]tracker.Pod{{Addr: "10.0.0.5:8080", Ready: true}}},
+			[]fleets.Pod{{Addr: "10.0.0.5:8080", Ready: true}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -58,7 +58,7 @@ func TestPodsOfPortAndAddressRules(t *testing.T) {
 				if got[i] != tc.want[i] {
 					t.Errorf("pod %d = %+v, want %+v", i, got[i], tc.want[i])
 				}
-				if err := tracker.ValidatePodAddr(got[i].Addr); err != nil {
+				if err := fleets.ValidatePodAddr(got[i].Addr); err != nil {
 					t.Error(err)
 				}
 			}

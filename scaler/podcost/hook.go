@@ -21,7 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/scaler/discovery"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 // CostAnnotation is the annotation the ReplicaSet controller reads to pick
@@ -35,7 +35,7 @@ type Hook struct {
 	namespace string
 	pods      cache.SharedIndexInformer
 	lister    corelisters.PodLister
-	store     *tracker.Store
+	store     *store.Store
 	reg       *discovery.Registry
 	log       *slog.Logger
 	clock     clock.PassiveClock
@@ -104,7 +104,7 @@ func WithBackoff(base, ceiling time.Duration) Option {
 // New returns a Hook patching pods of namespace. pods is the namespace's
 // pod informer: the caller starts its factory; the Hook reads what the
 // informer has observed before it lets a scale-down through.
-func New(client kubernetes.Interface, pods coreinformers.PodInformer, namespace string, store *tracker.Store, reg *discovery.Registry, opts ...Option) *Hook {
+func New(client kubernetes.Interface, pods coreinformers.PodInformer, namespace string, store *store.Store, reg *discovery.Registry, opts ...Option) *Hook {
 	h := &Hook{
 		client: client, namespace: namespace, pods: pods.Informer(), lister: pods.Lister(),
 		store: store, reg: reg, log: slog.Default(), clock: clock.RealClock{},

@@ -26,9 +26,10 @@ import (
 	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 const (
@@ -41,7 +42,7 @@ var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 type env struct {
 	client  *fake.Clientset
-	store   *tracker.Store
+	store   *store.Store
 	reg     *discovery.Registry
 	hook    *podcost.Hook
 	clock   *clocktesting.FakeClock
@@ -62,17 +63,17 @@ func newEnv(t *testing.T, live []int, opts ...podcost.Option) *env {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	e := &env{store: tracker.NewStore(rdb, "wsgate").WithoutRestartDetection(), clock: clocktesting.NewFakeClock(t0), seen: make(chan string, 1000)}
+	e := &env{store: store.NewStore(rdb, "wsgate").WithoutRestartDetection(), clock: clocktesting.NewFakeClock(t0), seen: make(chan string, 1000)}
 
 	var objs []runtime.Object
-	var pods []tracker.Pod
-	var counts []tracker.PodCount
+	var pods []fleets.Pod
+	var counts []store.PodCount
 	for i, n := range live {
 		objs = append(objs, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
 			Name: name(i), Namespace: ns, CreationTimestamp: metav1.NewTime(t0.Add(time.Duration(i) * time.Minute)),
 		}})
-		pods = append(pods, tracker.Pod{Addr: addr(i), Name: name(i), Ready: true})
-		counts = append(counts, tracker.PodCount{Pod: addr(i), Live: n})
+		pods = append(pods, fleets.Pod{Addr: addr(i), Name: name(i), Ready: true})
+		counts = append(counts, store.PodCount{Pod: addr(i), Live: n})
 	}
 	e.client = fake.NewClientset(objs...)
 	e.reg = discovery.NewRegistry(e.store)
@@ -87,7 +88,7 @@ func newEnv(t *testing.T, live []int, opts ...podcost.Option) *env {
 	const recoveryWait = 10 * time.Second
 	base := time.Now()
 	mr.SetTime(base)
-	res, err := e.store.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "envoy-1", Lease: time.Hour,
+	res, err := e.store.Sync(ctx, store.SyncRequest{Fleet: fleet, Instance: "envoy-1", Lease: time.Hour,
 		RecoveryWait: recoveryWait, Seq: 1, Counts: counts})
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +96,7 @@ func newEnv(t *testing.T, live []int, opts ...podcost.Option) *env {
 	e.epoch = res.Epoch
 	// envoy-1 watched the wait pass on its own clock too, and confirms it.
 	mr.SetTime(base.Add(recoveryWait))
-	if _, err := e.store.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "envoy-1", Lease: time.Hour,
+	if _, err := e.store.Sync(ctx, store.SyncRequest{Fleet: fleet, Instance: "envoy-1", Lease: time.Hour,
 		RecoveryWait: recoveryWait, Seq: 2, Confirm: e.epoch, Counts: counts}); err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +330,7 @@ func TestScaleDownDrainsTheEmptiestAndWaitsForTheInformer(t *testing.T) {
 	}
 	now := time.Now()
 	for i := 0; i < 12; i++ {
-		a, err := e.store.Admit(ctx, fleet, 100, tracker.PolicySpread, "envoy-1", e.epoch, now)
+		a, err := e.store.Admit(ctx, fleet, 100, fleets.PolicySpread, "envoy-1", e.epoch, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -363,7 +364,7 @@ func TestScaleDownDrainsTheEmptiestAndWaitsForTheInformer(t *testing.T) {
 
 	// Kubernetes removes one of the prepared pods: the scale-down goes on
 	// without a new hold (which would reset the HPA's stabilization window).
-	var left []tracker.Pod
+	var left []fleets.Pod
 	for _, p := range e.reg.Pods(fleet) {
 		if p.Addr != wantDrained[0] {
 			left = append(left, p)
@@ -515,9 +516,9 @@ func TestNeverDrainsBelowTheMinimumReplicas(t *testing.T) {
 		if n := total(e.patches()); n != 0 {
 			t.Errorf("patches = %v, want none", e.patches())
 		}
-		a, err := e.store.Admit(ctx, fleet, 100, tracker.PolicySpread, "envoy-1", e.epoch, time.Now())
+		a, err := e.store.Admit(ctx, fleet, 100, fleets.PolicySpread, "envoy-1", e.epoch, time.Now())
 		if err != nil || a.Pod == "" {
-			t.Fatalf("admission = %+v, %v; want a pod, not %s", a, err, tracker.ReasonNoPods)
+			t.Fatalf("admission = %+v, %v; want a pod, not %s", a, err, store.ReasonNoPods)
 		}
 	})
 	t.Run("no source: KEDA's default minimum, one pod", func(t *testing.T) {
@@ -650,7 +651,7 @@ func drainsOnlyTheSurplus(t *testing.T, n, min, keep int) {
 	if got := e.release(t, n, 0, seen); got != 0 {
 		t.Fatalf("Gate once prepared = %d, want 0 (the HPA holds its minimum)", got)
 	}
-	var left []tracker.Pod
+	var left []fleets.Pod
 	for _, p := range e.reg.Pods(fleet) {
 		if !slices.Contains(want, p.Addr) {
 			left = append(left, p)
@@ -663,9 +664,9 @@ func drainsOnlyTheSurplus(t *testing.T, n, min, keep int) {
 	if got := e.draining(t); len(got) != 0 {
 		t.Fatalf("draining at the minimum = %v, want none", got)
 	}
-	a, err := e.store.Admit(context.Background(), fleet, 100, tracker.PolicySpread, "envoy-1", e.epoch, time.Now())
+	a, err := e.store.Admit(context.Background(), fleet, 100, fleets.PolicySpread, "envoy-1", e.epoch, time.Now())
 	if err != nil || a.Pod == "" {
-		t.Fatalf("admission at the minimum = %+v, %v; want a pod, not %s", a, err, tracker.ReasonNoPods)
+		t.Fatalf("admission at the minimum = %+v, %v; want a pod, not %s", a, err, store.ReasonNoPods)
 	}
 }
 

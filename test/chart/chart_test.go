@@ -21,7 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/wsgate/wsgate/envoy"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // Names of a release "wsg" of chart wsgate in namespace "edge".
@@ -217,12 +217,12 @@ func hasPort(c *corev1.Container, name string, port int32) bool {
 }
 
 // checkConfigMap parses the rendered config the way the processes will:
-// the fleets file with tracker.ParseFleets, the Envoy bootstrap (rendered
+// the fleets file with fleets.Parse, the Envoy bootstrap (rendered
 // from the values) with envoy.LoadBootstrap, and it requires every fleet a
 // route names to exist.
 func checkConfigMap(t *testing.T, r rendered) {
 	t.Helper()
-	fleets, err := tracker.ParseFleets([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
+	fleets, err := fleets.Parse([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
 	if err != nil {
 		t.Fatalf("fleets.yaml: %v", err)
 	}
@@ -343,7 +343,7 @@ func checkScaledObjects(t *testing.T, r rendered) {
 		}
 	}
 	wantAddr := fmt.Sprintf("%s.%s.svc.cluster.local:%d", scalerName, namespace, grpcPort)
-	fleets, err := tracker.ParseFleets([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
+	fcs, err := fleets.Parse([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +366,7 @@ func checkScaledObjects(t *testing.T, r rendered) {
 			if trg.Metadata["scalerAddress"] != wantAddr {
 				t.Errorf("%s: scalerAddress %q, want %q", k, trg.Metadata["scalerAddress"], wantAddr)
 			}
-			if !slices.ContainsFunc(fleets, func(f tracker.FleetConfig) bool { return f.Name == trg.Metadata["fleet"] }) {
+			if !slices.ContainsFunc(fcs, func(f fleets.Fleet) bool { return f.Name == trg.Metadata["fleet"] }) {
 				t.Errorf("%s: fleet %q is not defined", k, trg.Metadata["fleet"])
 			}
 		}
@@ -614,9 +614,9 @@ func checkPush(t *testing.T, r rendered) {
 			t.Errorf("Service %s has no metrics port for the ServiceMonitor", svc)
 		}
 	}
-	fleets, err := tracker.ParseFleets([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
-	if err != nil || len(fleets) != 2 || fleets[1].Policy != tracker.PolicySpread || fleets[1].RatePerSecond != 2.5 {
-		t.Errorf("fleets: %+v, %v", fleets, err)
+	fcs, err := fleets.Parse([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
+	if err != nil || len(fcs) != 2 || fcs[1].Policy != fleets.PolicySpread || fcs[1].RatePerSecond != 2.5 {
+		t.Errorf("fleets: %+v, %v", fcs, err)
 	}
 	np := get[*networkingv1.NetworkPolicy](t, r, "NetworkPolicy", envoyName)
 	from := np.Spec.Ingress[0].From

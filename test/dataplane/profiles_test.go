@@ -24,7 +24,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/wsgate/wsgate/envoy"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // checkStandaloneGone: a profile that uses the user's Envoy renders none
@@ -62,7 +62,7 @@ func checkTracker(t *testing.T, c corev1.Container, volumes []corev1.Volume, adm
 // checkFleets: the scaler and trackers expect the gateway's Envoy pods.
 func checkFleets(t *testing.T, r rendered, envoyService string) {
 	t.Helper()
-	fleets, err := tracker.ParseFleets([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fullname+"-fleets").Data["fleets.yaml"]))
+	fleets, err := fleets.Parse([]byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fullname+"-fleets").Data["fleets.yaml"]))
 	if err != nil {
 		t.Fatalf("fleets.yaml: %v", err)
 	}

@@ -32,6 +32,8 @@ import (
 
 	"github.com/wsgate/wsgate/envoy"
 	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/helmtest"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
@@ -72,12 +74,12 @@ func TestChartStandaloneRoutes(t *testing.T) {
 	// The tracker side: one Redis, two Envoy pods' trackers on the
 	// rendered fleets file.
 	redis := redistest.Start(t)
-	rdb, err := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{redis.Addr()}, DialTimeout: 500 * time.Millisecond})
+	rdb, err := store.NewRedisClient(store.RedisConfig{Addrs: []string{redis.Addr()}, DialTimeout: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rdb.Close() })
-	store := tracker.NewStore(rdb, "wsgate")
+	store := store.NewStore(rdb, "wsgate")
 	cfg := tracker.Config{
 		Fleets:    ch.fleets,
 		Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, LeaseTTL: 2 * time.Second,
@@ -260,7 +262,7 @@ func seen(pods map[*backend]string) map[*backend]int64 {
 type chartRender struct {
 	boot      *bootstrapv3.Bootstrap
 	lua       []byte
-	fleets    []tracker.FleetConfig
+	fleets    []fleets.Fleet
 	listeners []chartListener
 	// originalDst names the ORIGINAL_DST cluster; strictDNS maps each
 	// STRICT_DNS cluster to the fleet its DNS name resolves to.
@@ -321,7 +323,7 @@ func renderChartRoutes(t *testing.T, pods map[string][]*backend, extra ...string
 	if ch.boot, err = envoy.LoadBootstrap([]byte(cfg["envoy.yaml"])); err != nil {
 		t.Fatalf("rendered envoy.yaml: %v", err)
 	}
-	if ch.fleets, err = tracker.ParseFleets([]byte(fl["fleets.yaml"])); err != nil {
+	if ch.fleets, err = fleets.Parse([]byte(fl["fleets.yaml"])); err != nil {
 		t.Fatalf("rendered fleets.yaml: %v", err)
 	}
 	names := map[string]bool{}

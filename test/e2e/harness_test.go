@@ -23,7 +23,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/test/wsbackend"
 	"github.com/wsgate/wsgate/tracker"
@@ -67,11 +69,11 @@ type nodeOptions struct {
 	admitTO time.Duration
 }
 
-func startNode(t *testing.T, store *tracker.Store, id string, o nodeOptions) *node {
+func startNode(t *testing.T, store *store.Store, id string, o nodeOptions) *node {
 	t.Helper()
 	cfg := o.cfg
 	cfg.InstanceID = id
-	cfg.Fleets = append([]tracker.FleetConfig(nil), cfg.Fleets...)
+	cfg.Fleets = append([]fleets.Fleet(nil), cfg.Fleets...)
 	tr, err := tracker.New(cfg, store, tracker.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
@@ -139,10 +141,10 @@ func (n *node) kill() {
 // harness is the whole system on loopback.
 type harness struct {
 	redis    *redistest.Server
-	store    *tracker.Store
+	store    *store.Store
 	backends []*backend
 	nodes    []*node
-	fleet    tracker.FleetConfig
+	fleet    fleets.Fleet
 	scaler   *scaler.Server
 	keda     externalscaler.ExternalScalerClient
 }
@@ -162,7 +164,7 @@ type harnessOptions struct {
 	redisAddr func(*redistest.Server) string // default: the server's address
 	// fleet adjusts the chat fleet before anything starts (default: the
 	// backends as a static pod list, policy pack).
-	fleet func(*tracker.FleetConfig)
+	fleet func(*fleets.Fleet)
 	// gate builds the scaler's scale-down gate once Redis and the backends
 	// are up (default none).
 	gate func(*harness) scaler.ScaleDownGate
@@ -205,25 +207,25 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	if o.redisAddr != nil {
 		addr = o.redisAddr(h.redis)
 	}
-	rdb, err := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{addr}, DialTimeout: 500 * time.Millisecond})
+	rdb, err := store.NewRedisClient(store.RedisConfig{Addrs: []string{addr}, DialTimeout: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rdb.Close() })
-	h.store = tracker.NewStore(rdb, "wsgate")
+	h.store = store.NewStore(rdb, "wsgate")
 	var pods []string
 	for range o.backends {
 		b := startBackend(t)
 		h.backends = append(h.backends, b)
 		pods = append(pods, b.Addr)
 	}
-	h.fleet = tracker.FleetConfig{Name: "chat", MaxConnectionsPerPod: o.cap, RatePerSecond: o.rate, Burst: o.burst, Pods: pods, RetryAfter: tracker.Duration(3 * time.Second)}
+	h.fleet = fleets.Fleet{Name: "chat", MaxConnectionsPerPod: o.cap, RatePerSecond: o.rate, Burst: o.burst, Pods: pods, RetryAfter: fleets.Duration(3 * time.Second)}
 	if o.fleet != nil {
 		o.fleet(&h.fleet)
 	}
-	empty := tracker.FleetConfig{Name: "empty", MaxConnectionsPerPod: 2, RatePerSecond: 1000, Burst: 1000}
+	empty := fleets.Fleet{Name: "empty", MaxConnectionsPerPod: 2, RatePerSecond: 1000, Burst: 1000}
 	cfg := tracker.Config{
-		Fleets:    []tracker.FleetConfig{h.fleet, empty},
+		Fleets:    []fleets.Fleet{h.fleet, empty},
 		Heartbeat: o.heartbeat, InstanceTTL: o.instTTL, LeaseTTL: o.lease,
 		EstablishTimeout: o.lease, RedisTimeout: o.redisTO,
 	}
@@ -239,7 +241,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	if o.gate != nil {
 		scOpts = append(scOpts, scaler.WithGate(o.gate(h)))
 	}
-	sc, err := scaler.New(scaler.Config{Fleets: []tracker.FleetConfig{h.fleet, empty}, Settle: settle, PollInterval: 100 * time.Millisecond}, h.store, scOpts...)
+	sc, err := scaler.New(scaler.Config{Fleets: []fleets.Fleet{h.fleet, empty}, Settle: settle, PollInterval: 100 * time.Millisecond}, h.store, scOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}

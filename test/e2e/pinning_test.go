@@ -15,7 +15,7 @@ import (
 
 	"github.com/wsgate/wsgate/envoy"
 	"github.com/wsgate/wsgate/envoy/gateway"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // pinGateway is a second gateway on a node's tracker, with its own routes
@@ -150,7 +150,7 @@ func strictHarness(t *testing.T, lua []byte) (*harness, *gateway.Cluster, *pinGa
 	t.Helper()
 	// A lease (and establish timeout) longer than any wait here: a slot
 	// that comes back came back through the access log's end entry.
-	h := newHarness(t, harnessOptions{backends: 2, cap: 5, lease: time.Minute, fleet: func(f *tracker.FleetConfig) { f.Pods = f.Pods[:1] }})
+	h := newHarness(t, harnessOptions{backends: 2, cap: 5, lease: time.Minute, fleet: func(f *fleets.Fleet) { f.Pods = f.Pods[:1] }})
 	c := h.endpoints()
 	gw := startPinGateway(t, h.nodes[0], gateway.Config{
 		Lua:      lua,
@@ -268,7 +268,7 @@ func TestNonStrictOverrideWouldBreakTheCap(t *testing.T) {
 func TestSpoofedHeadersCannotChooseThePod(t *testing.T) {
 	for _, pin := range []string{"original_dst", "override_host"} {
 		t.Run(pin, func(t *testing.T) {
-			h := newHarness(t, harnessOptions{backends: 2, cap: 5, fleet: func(f *tracker.FleetConfig) { f.Pods = f.Pods[:1] }})
+			h := newHarness(t, harnessOptions{backends: 2, cap: 5, fleet: func(f *fleets.Fleet) { f.Pods = f.Pods[:1] }})
 			cluster := "chat-backend"
 			if pin == "original_dst" {
 				cluster = "wsgate_backend"

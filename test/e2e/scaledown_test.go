@@ -22,10 +22,11 @@ import (
 	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/store"
 )
 
 const (
@@ -87,7 +88,7 @@ func (k *kube) gate(h *harness) scaler.ScaleDownGate {
 	k.seen = make(chan string, 100)
 
 	reg := discovery.NewRegistry(h.store, discovery.WithLogger(quiet))
-	disc, err := discovery.New(k.client, kubeNS, []tracker.FleetConfig{h.fleet}, reg, 0, discovery.WithDiscoveryLogger(quiet))
+	disc, err := discovery.New(k.client, kubeNS, []fleets.Fleet{h.fleet}, reg, 0, discovery.WithDiscoveryLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,8 +204,8 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	k := &kube{t: t}
 	h := newHarness(t, harnessOptions{
 		cap: scaleDownCap,
-		fleet: func(f *tracker.FleetConfig) {
-			f.Pods, f.Service, f.Port, f.Policy = nil, chatService, "ws", tracker.PolicySpread
+		fleet: func(f *fleets.Fleet) {
+			f.Pods, f.Service, f.Port, f.Policy = nil, chatService, "ws", fleets.PolicySpread
 		},
 		gate: k.gate,
 	})
@@ -218,7 +219,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		}
 		return int(v)
 	}
-	snapshot := func() tracker.Snapshot {
+	snapshot := func() store.Snapshot {
 		t.Helper()
 		s, err := h.store.Snapshot(ctx, "chat", time.Now())
 		if err != nil {

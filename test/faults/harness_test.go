@@ -90,7 +90,7 @@ func trackerHasFlag(name string) bool {
 const fleet = "chat"
 
 // keys names the Redis keys the tests read. They are the scripts' names
-// (tracker/scripts/*.lua, with the Store's "{<prefix>:<fleet>}:" prefix);
+// (store/scripts/*.lua, with the Store's "{<prefix>:<fleet>}:" prefix);
 // keep every one of them here, so a renaming is adjusted in one place.
 var keys = struct {
 	instances, load, avail, stats string

@@ -12,6 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/wsbackend"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -265,7 +266,7 @@ func (h *harness) instances() map[string]uint64 {
 	h.t.Helper()
 	ctx, cancel := rctx()
 	defer cancel()
-	ids, err := tracker.NewStore(h.rdb, "wsgate").Instances(ctx, fleet)
+	ids, err := store.NewStore(h.rdb, "wsgate").Instances(ctx, fleet)
 	if err != nil {
 		h.t.Fatal(err)
 	}

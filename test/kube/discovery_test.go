@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/wsgate/wsgate/tracker"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // holdFinalizer keeps a deleted pod terminating until the test removes it,
@@ -43,7 +43,7 @@ func TestDiscoveryFollowsRealPods(t *testing.T) {
 		_, err := a.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
 		noErr(t, err)
 	}
-	s := startScaler(ctx, t, client, newStore(t), []tracker.FleetConfig{fleetCfg(fleet, 10)})
+	s := startScaler(ctx, t, client, newStore(t), []fleets.Fleet{fleetCfg(fleet, 10)})
 
 	// Ready: each pod with its name, node and address (the pod's IP, the
 	// Service's target port).
@@ -52,7 +52,7 @@ func TestDiscoveryFollowsRealPods(t *testing.T) {
 	for i, p := range ready {
 		pod, err := a.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{})
 		noErr(t, err)
-		want := tracker.Pod{Addr: net.JoinHostPort(pod.Status.PodIP, "8080"), Name: fmt.Sprintf("%s-%d", fleet, i), Node: "node-1", Ready: true}
+		want := fleets.Pod{Addr: net.JoinHostPort(pod.Status.PodIP, "8080"), Name: fmt.Sprintf("%s-%d", fleet, i), Node: "node-1", Ready: true}
 		if p != want {
 			t.Errorf("Redis has %+v; want %+v", p, want)
 		}
@@ -61,9 +61,9 @@ func TestDiscoveryFollowsRealPods(t *testing.T) {
 
 	// awaitPod waits until Redis shows pod name as want says (nil: absent)
 	// and the EndpointSlices say why.
-	awaitPod := func(name, what string, want *tracker.Pod, endpoint func(*discoveryv1.Endpoint) bool) {
+	awaitPod := func(name, what string, want *fleets.Pod, endpoint func(*discoveryv1.Endpoint) bool) {
 		t.Helper()
-		var got tracker.Pod
+		var got fleets.Pod
 		var listed bool
 		err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 			got, listed = s.snapshot(ctx, t, fleet).Pods[addr[name]]
@@ -80,8 +80,8 @@ func TestDiscoveryFollowsRealPods(t *testing.T) {
 			t.Fatalf("%s: Redis has %+v (listed %v); want %+v: %v", what, got, listed, want, err)
 		}
 	}
-	pod := func(name string, ready bool) *tracker.Pod {
-		return &tracker.Pod{Addr: addr[name], Name: name, Node: "node-1", Ready: ready}
+	pod := func(name string, ready bool) *fleets.Pod {
+		return &fleets.Pod{Addr: addr[name], Name: name, Node: "node-1", Ready: ready}
 	}
 	is := func(b *bool) bool { return b != nil && *b }
 

@@ -23,17 +23,19 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
 
 // fleetCfg is a fleet as the fleets file describes it: its backend is the
 // Service of the same name, port ws.
-func fleetCfg(name string, capPerPod int) tracker.FleetConfig {
-	return tracker.FleetConfig{Name: name, MaxConnectionsPerPod: capPerPod, RatePerSecond: 1000, Burst: 1000,
+func fleetCfg(name string, capPerPod int) fleets.Fleet {
+	return fleets.Fleet{Name: name, MaxConnectionsPerPod: capPerPod, RatePerSecond: 1000, Burst: 1000,
 		Service: name, Port: "ws"}
 }
 
@@ -116,7 +118,7 @@ func costs(ctx context.Context, t *testing.T, a kubernetes.Interface, name strin
 // deletion-cost hook as the scale-down gate, and the KEDA external scaler
 // served over gRPC with KEDA's client on the other end.
 type scalerSide struct {
-	store   *tracker.Store
+	store   *store.Store
 	reg     *discovery.Registry
 	disc    *discovery.Discovery
 	hook    *podcost.Hook
@@ -125,16 +127,16 @@ type scalerSide struct {
 }
 
 // newStore is a tracker Store on a real redis-server of its own.
-func newStore(t *testing.T) *tracker.Store {
+func newStore(t *testing.T) *store.Store {
 	rdb := redis.NewClient(&redis.Options{Addr: redistest.Start(t).Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	return tracker.NewStore(rdb, "wsgate")
+	return store.NewStore(rdb, "wsgate")
 }
 
 // startScaler starts the scaler's side for fleets with client (the
 // scaler's token); hook options come after the test's defaults (a 1 s
 // minimum patch interval).
-func startScaler(ctx context.Context, t *testing.T, client kubernetes.Interface, store *tracker.Store, fleets []tracker.FleetConfig, opts ...podcost.Option) *scalerSide {
+func startScaler(ctx context.Context, t *testing.T, client kubernetes.Interface, store *store.Store, fleets []fleets.Fleet, opts ...podcost.Option) *scalerSide {
 	t.Helper()
 	log := testLogger(t)
 	s := &scalerSide{store: store, metrics: podcost.NewMetrics(nil)}
@@ -208,7 +210,7 @@ func (s *scalerSide) active(ctx context.Context, t *testing.T, fleet string) boo
 }
 
 // snapshot is fleet's state in Redis.
-func (s *scalerSide) snapshot(ctx context.Context, t *testing.T, fleet string) tracker.Snapshot {
+func (s *scalerSide) snapshot(ctx context.Context, t *testing.T, fleet string) store.Snapshot {
 	t.Helper()
 	snap, err := s.store.Snapshot(ctx, fleet, time.Now())
 	noErr(t, err)
@@ -230,9 +232,9 @@ func (s *scalerSide) draining(ctx context.Context, t *testing.T, fleet string) m
 
 // awaitReady waits until Redis holds n ready, named pods of fleet, as
 // discovery wrote them, and returns them sorted by name.
-func (s *scalerSide) awaitReady(ctx context.Context, t *testing.T, fleet string, n int) []tracker.Pod {
+func (s *scalerSide) awaitReady(ctx context.Context, t *testing.T, fleet string, n int) []fleets.Pod {
 	t.Helper()
-	var ready []tracker.Pod
+	var ready []fleets.Pod
 	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
 		ready = s.ready(ctx, t, fleet)
 		return len(ready) == n, nil
@@ -244,9 +246,9 @@ func (s *scalerSide) awaitReady(ctx context.Context, t *testing.T, fleet string,
 }
 
 // ready is fleet's ready, named pods in Redis, sorted by name.
-func (s *scalerSide) ready(ctx context.Context, t *testing.T, fleet string) []tracker.Pod {
+func (s *scalerSide) ready(ctx context.Context, t *testing.T, fleet string) []fleets.Pod {
 	t.Helper()
-	var ready []tracker.Pod
+	var ready []fleets.Pod
 	for _, p := range s.snapshot(ctx, t, fleet).Pods {
 		if p.Ready && p.Name != "" {
 			ready = append(ready, p)
@@ -258,20 +260,20 @@ func (s *scalerSide) ready(ctx context.Context, t *testing.T, fleet string) []tr
 
 // setLoad reports live connections per pod (by address) for fleet as one
 // Envoy instance's heartbeat does; seq must grow with every call.
-func setLoad(ctx context.Context, t *testing.T, store *tracker.Store, fleet string, seq uint64, live map[string]int) {
+func setLoad(ctx context.Context, t *testing.T, st *store.Store, fleet string, seq uint64, live map[string]int) {
 	t.Helper()
-	var counts []tracker.PodCount
+	var counts []store.PodCount
 	for addr, n := range live {
-		counts = append(counts, tracker.PodCount{Pod: addr, Live: n})
+		counts = append(counts, store.PodCount{Pod: addr, Live: n})
 	}
-	_, err := store.Sync(ctx, tracker.SyncRequest{Fleet: fleet, Instance: "envoy-load", Lease: time.Hour,
+	_, err := st.Sync(ctx, store.SyncRequest{Fleet: fleet, Instance: "envoy-load", Lease: time.Hour,
 		RecoveryWait: time.Millisecond, Seq: seq, Counts: counts})
 	noErr(t, err)
 }
 
 // startTracker is a real tracker instance (one Envoy pod's sidecar) for
 // fleets, heartbeating until the test ends, once its epoch grants.
-func startTracker(ctx context.Context, t *testing.T, store *tracker.Store, fleets []tracker.FleetConfig, id string) *tracker.Tracker {
+func startTracker(ctx context.Context, t *testing.T, store *store.Store, fleets []fleets.Fleet, id string) *tracker.Tracker {
 	t.Helper()
 	tr, err := tracker.New(tracker.Config{InstanceID: id, Fleets: fleets, Heartbeat: 200 * time.Millisecond,
 		InstanceTTL: time.Second, RedisTimeout: time.Second}, store, tracker.WithLogger(testLogger(t).With("instance", id)))
@@ -307,13 +309,13 @@ type fleetEnv struct {
 	*scalerSide
 	cp     *controlPlane
 	a      kubernetes.Interface // the admin
-	fleets []tracker.FleetConfig
+	fleets []fleets.Fleet
 }
 
 func (f fleetSetup) start(ctx context.Context, t *testing.T) *fleetEnv {
 	t.Helper()
 	cp := startControlPlane(t)
-	e := &fleetEnv{cp: cp, a: cp.admin, fleets: []tracker.FleetConfig{fleetCfg(fleet, f.cap)}}
+	e := &fleetEnv{cp: cp, a: cp.admin, fleets: []fleets.Fleet{fleetCfg(fleet, f.cap)}}
 	rules := f.rules
 	if rules == nil {
 		rules = chartRole(t)

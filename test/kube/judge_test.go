@@ -19,8 +19,10 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/scaler/discovery"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -57,21 +59,21 @@ func TestKubeJudgesExpiredInstances(t *testing.T) {
 	// The scaler's side: discovery (and the Registry it feeds) on the SA
 	// token, the reaper judged by it.
 	const ttl = 2 * time.Second
-	fleetCfg := func() []tracker.FleetConfig {
-		return []tracker.FleetConfig{{Name: fleet, Service: fleet, Port: "ws", EnvoyService: envoyService,
+	fleetCfg := func() []fleets.Fleet {
+		return []fleets.Fleet{{Name: fleet, Service: fleet, Port: "ws", EnvoyService: envoyService,
 			MaxConnectionsPerPod: 2, RatePerSecond: 1000, Burst: 1000}}
 	}
 	log := testLogger(t)
-	store := tracker.NewStore(redistest.Start(t).Client(), "wsgate")
-	reg := discovery.NewRegistry(store, discovery.WithLogger(log))
+	st := store.NewStore(redistest.Start(t).Client(), "wsgate")
+	reg := discovery.NewRegistry(st, discovery.WithLogger(log))
 	disc, err := discovery.New(scalerClient, ns, fleetCfg(), reg, 0, discovery.WithDiscoveryLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
 	go disc.Run(ctx)
 	go reg.Run(ctx)
-	srv, err := scaler.New(scaler.Config{Fleets: fleetCfg(), ExpiredInstances: tracker.ExpiredKube, InstanceTTL: ttl},
-		store, scaler.WithInstanceJudge(disc), scaler.WithLogger(log))
+	srv, err := scaler.New(scaler.Config{Fleets: fleetCfg(), ExpiredInstances: fleets.ExpiredKube, InstanceTTL: ttl},
+		st, scaler.WithInstanceJudge(disc), scaler.WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,9 +84,9 @@ func TestKubeJudgesExpiredInstances(t *testing.T) {
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
-	snapshot := func() tracker.Snapshot {
+	snapshot := func() store.Snapshot {
 		t.Helper()
-		s, err := store.Snapshot(ctx, fleet, time.Now())
+		s, err := st.Snapshot(ctx, fleet, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -105,7 +107,7 @@ func TestKubeJudgesExpiredInstances(t *testing.T) {
 	trackers := map[string]*tracker.Tracker{}
 	for _, id := range []string{"envoy-a", "envoy-b", "envoy-c"} {
 		tr, err := tracker.New(tracker.Config{InstanceID: id, Fleets: fleetCfg(), Heartbeat: ttl / 5, InstanceTTL: ttl,
-			RedisTimeout: time.Second, ExpiredInstances: tracker.ExpiredKube}, store, tracker.WithLogger(log.With("instance", id)))
+			RedisTimeout: time.Second, ExpiredInstances: fleets.ExpiredKube}, st, tracker.WithLogger(log.With("instance", id)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,7 +135,7 @@ func TestKubeJudgesExpiredInstances(t *testing.T) {
 	}
 	refused := func(who string, res tracker.Result) {
 		t.Helper()
-		if res.Admitted || res.Reason != tracker.ReasonCapacity || res.Fallback {
+		if res.Admitted || res.Reason != store.ReasonCapacity || res.Fallback {
 			t.Fatalf("%s's admission: %+v, want refused by Redis for capacity (envoy-a's 2 slots counted)", who, res)
 		}
 	}
@@ -186,7 +188,7 @@ func TestKubeJudgesExpiredInstances(t *testing.T) {
 		t.Logf("%s after %s of reaping", what, time.Since(start).Round(time.Millisecond))
 		return time.Now()
 	}
-	instance := func(s tracker.Snapshot, id string) *tracker.InstanceState {
+	instance := func(s store.Snapshot, id string) *store.InstanceState {
 		for i := range s.Instances {
 			if s.Instances[i].ID == id {
 				return &s.Instances[i]

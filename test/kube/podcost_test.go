@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/wsgate/wsgate/scaler/podcost"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/tracker"
 )
 
@@ -124,7 +125,7 @@ func TestIdleFleetDrainsNothingAtItsMinimum(t *testing.T) {
 		t.Errorf("wsgate_scaler_podcost_draining_pods %v at the minimum; want 0", v)
 	}
 	admitAll(ctx, t, tr, 2*minimum)
-	if n := e.snapshot(ctx, t, fleet).Rejections[tracker.ReasonNoPods]; n != (tracker.Windows{}) {
+	if n := e.snapshot(ctx, t, fleet).Rejections[store.ReasonNoPods]; n != (store.Windows{}) {
 		t.Errorf("no_pods rejections %+v; want none", n)
 	}
 }
@@ -193,7 +194,7 @@ func TestScaleToZeroKeepsTheLastPodPlaceable(t *testing.T) {
 	e.awaitReady(ctx, t, fleet, 0)
 	res, err = tr.Admit(ctx, fleet)
 	noErr(t, err)
-	if res.Admitted || res.Reason != tracker.ReasonNoPods {
+	if res.Admitted || res.Reason != store.ReasonNoPods {
 		t.Fatalf("admission at zero pods: %+v; want refused no_pods", res)
 	}
 	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {

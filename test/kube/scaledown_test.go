@@ -20,8 +20,8 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/podcost"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 const (
@@ -202,7 +202,7 @@ func TestStepwiseScaleDownFollowsTheChartPolicy(t *testing.T) {
 	for i, p := range pods {
 		live[p.Addr], load[p.Name] = loads[i], loads[i]
 	}
-	byLoad := append([]tracker.Pod(nil), pods...)
+	byLoad := append([]fleets.Pod(nil), pods...)
 	sort.SliceStable(byLoad, func(i, j int) bool { return load[byLoad[i].Name] < load[byLoad[j].Name] })
 	emptiest, minCut := map[string]bool{}, 0
 	for _, p := range byLoad[:6] {

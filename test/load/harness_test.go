@@ -13,6 +13,8 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
 )
@@ -33,10 +35,10 @@ type node struct {
 	once   sync.Once
 }
 
-func startNode(b *testing.B, store *tracker.Store, id string, cfg tracker.Config, flush time.Duration) *node {
+func startNode(b *testing.B, store *store.Store, id string, cfg tracker.Config, flush time.Duration) *node {
 	b.Helper()
 	cfg.InstanceID = id
-	cfg.Fleets = append([]tracker.FleetConfig(nil), cfg.Fleets...)
+	cfg.Fleets = append([]fleets.Fleet(nil), cfg.Fleets...)
 	tr, err := tracker.New(cfg, store, tracker.WithLogger(quiet))
 	if err != nil {
 		b.Fatalf("tracker %s: %v", id, err)
@@ -79,18 +81,18 @@ func (n *node) stop() {
 
 // system is two nodes in front of the backends, sharing one Redis.
 type system struct {
-	store    *tracker.Store
+	store    *store.Store
 	backends *child
 	nodes    []*node
 }
 
-func startSystem(b *testing.B, store *tracker.Store, pods, capPerPod int, flush, lease time.Duration) *system {
+func startSystem(b *testing.B, store *store.Store, pods, capPerPod int, flush, lease time.Duration) *system {
 	b.Helper()
 	s := &system{store: store}
 	s.backends = spawn(b, roleBackends, "WSGATE_LOAD_PODS="+strconv.Itoa(pods))
 	addrs := s.backends.addrs
 	cfg := tracker.Config{
-		Fleets: []tracker.FleetConfig{{
+		Fleets: []fleets.Fleet{{
 			Name: fleet, MaxConnectionsPerPod: capPerPod, Pods: addrs,
 			// The rate limit is not what is measured here.
 			RatePerSecond: 1e6, Burst: 1e6,

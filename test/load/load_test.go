@@ -29,8 +29,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 const fleet = "chat"
@@ -130,13 +130,13 @@ func run(b *testing.B) (*figures, *redis.Client) {
 	}
 
 	srv := redistest.Start(b)
-	rdb, err := tracker.NewRedisClient(tracker.RedisConfig{Addrs: []string{srv.Addr()}, DialTimeout: time.Second})
+	rdb, err := store.NewRedisClient(store.RedisConfig{Addrs: []string{srv.Addr()}, DialTimeout: time.Second})
 	if err != nil {
 		b.Fatalf("redis client: %v", err)
 	}
 	defer rdb.Close()
 	probe := srv.Client()
-	sys := startSystem(b, tracker.NewStore(rdb, "wsgate"), pods, capPerPod, flush, lease)
+	sys := startSystem(b, store.NewStore(rdb, "wsgate"), pods, capPerPod, flush, lease)
 	defer sys.close()
 
 	f := &figures{refused: map[string]int{}}

@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
@@ -125,8 +127,8 @@ func newPeerRig(b *testing.B) *peerRig {
 		pods[i] = fmt.Sprintf("10.2.%d.%d:8080", i/250, i%250+1)
 	}
 	tr, err := tracker.New(tracker.Config{InstanceID: "peer", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second,
-		Fleets: []tracker.FleetConfig{{Name: fleet, MaxConnectionsPerPod: 1 << 20, RatePerSecond: 1e9, Burst: 1e9, Pods: pods}}},
-		tracker.NewStore(rdb, "wsgate"), tracker.WithLogger(quiet))
+		Fleets: []fleets.Fleet{{Name: fleet, MaxConnectionsPerPod: 1 << 20, RatePerSecond: 1e9, Burst: 1e9, Pods: pods}}},
+		store.NewStore(rdb, "wsgate"), tracker.WithLogger(quiet))
 	if err != nil {
 		b.Fatal(err)
 	}

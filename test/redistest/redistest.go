@@ -226,6 +226,33 @@ func (s *Server) Client() *redis.Client {
 	return c
 }
 
+// TrackerACL and ScalerACL are the ACL rules README's Operations section
+// documents (keep them equal): the commands the Go code and the scripts
+// call, on wsgate's keys and channels only.
+const (
+	TrackerACL = "~{wsgate:*}* &{wsgate:*}* +evalsha +eval +script|load +info +time +hgetall +hincrby +zrange " +
+		"+del +expire +hdel +hget +hmget +hset +hkeys +publish +sadd +scard +smembers +type " +
+		"+zadd +zcard +zcount +zincrby +zrangebyscore +zrem +zrevrangebyscore +zscore"
+	ScalerACL = TrackerACL + " +scan +subscribe"
+)
+
+// ACLClient creates user on the server with rules (ACL SETUSER syntax, on
+// top of no commands, keys or channels) and returns a client logged in as
+// it, closed with the test.
+func (s *Server) ACLClient(user, rules string) *redis.Client {
+	s.t.Helper()
+	args := []any{"ACL", "SETUSER", user, "on", ">pw", "resetkeys", "resetchannels", "-@all"}
+	for _, r := range strings.Fields(rules) {
+		args = append(args, r)
+	}
+	if err := s.Client().Do(context.Background(), args...).Err(); err != nil {
+		s.t.Fatalf("ACL SETUSER: %v", err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), Username: user, Password: "pw", DialTimeout: 5 * time.Second})
+	s.t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // FreePort returns a loopback TCP port nothing listens on right now.
 func FreePort(t testing.TB) int {
 	t.Helper()

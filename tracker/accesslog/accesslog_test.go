@@ -21,6 +21,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
@@ -55,9 +57,9 @@ func newEnvWith(t *testing.T, rdb *redis.Client, opt func(*accesslog.Server)) *e
 	// A short instance TTL: a new epoch grants nothing for one of them
 	// (the recovery wait), which awaitGranting waits out.
 	tr, err := tracker.New(tracker.Config{InstanceID: inst, Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second,
-		Fleets: []tracker.FleetConfig{
+		Fleets: []fleets.Fleet{
 			{Name: fleet, MaxConnectionsPerPod: 10, RatePerSecond: 1000, Burst: 1000, Pods: []string{"10.0.0.1:8080"}},
-		}}, tracker.NewStore(rdb, "wsgate"), tracker.WithMetrics(m))
+		}}, store.NewStore(rdb, "wsgate"), tracker.WithMetrics(m))
 	if err != nil {
 		t.Fatal(err)
 	}

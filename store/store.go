@@ -1,4 +1,4 @@
-package tracker
+package store
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // Store runs the fleet scripts against Redis. It holds no state of its own
@@ -162,7 +163,7 @@ type Admissions struct {
 
 // Admit places one connection of instance on a pod of fleet under maxPerPod
 // as a slot entitled to instance, if instance's epoch and lease are current.
-func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time) (Admission, error) {
+func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy fleets.Policy, instance, epoch string, now time.Time) (Admission, error) {
 	a, err := s.AdmitN(ctx, fleet, maxPerPod, policy, instance, epoch, now, 1)
 	if len(a.Pods) == 1 {
 		return Admission{Pod: a.Pods[0]}, err
@@ -172,7 +173,7 @@ func (s *Store) Admit(ctx context.Context, fleet string, maxPerPod int, policy P
 
 // AdmitN places n connections as n admissions in a row would, in one
 // script call.
-func (s *Store) AdmitN(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time, n int) (Admissions, error) {
+func (s *Store) AdmitN(ctx context.Context, fleet string, maxPerPod int, policy fleets.Policy, instance, epoch string, now time.Time, n int) (Admissions, error) {
 	a, _, err := s.AdmitRelease(ctx, fleet, maxPerPod, policy, instance, epoch, now, n, 0)
 	return a, err
 }
@@ -181,7 +182,7 @@ func (s *Store) AdmitN(ctx context.Context, fleet string, maxPerPod int, policy 
 // nothing between them. It returns how many of rs the instance held;
 // with rs, ErrFenced when the epoch refused them (a.Fence is then
 // FenceEpoch).
-func (s *Store) AdmitRelease(ctx context.Context, fleet string, maxPerPod int, policy Policy, instance, epoch string, now time.Time, n int, seq uint64, rs ...ReleaseCount) (Admissions, int, error) {
+func (s *Store) AdmitRelease(ctx context.Context, fleet string, maxPerPod int, policy fleets.Policy, instance, epoch string, now time.Time, n int, seq uint64, rs ...ReleaseCount) (Admissions, int, error) {
 	hot := s.hot(fleet, instance)
 	args := append(make([]any, 0, len(hot.admit)+10+3*len(rs)), hot.admit...)
 	args = append(args, maxPerPod, policyArg(policy), Bucket(now), BucketSlots, hot.channel, epoch, hot.run, hot.instance, n)
@@ -468,11 +469,11 @@ func (s *Store) Leave(ctx context.Context, fleet, instance string, seq uint64) (
 
 // SetPods replaces the pod registry of fleet. Writing the same list twice
 // changes nothing, so several writers may run.
-func (s *Store) SetPods(ctx context.Context, fleet string, pods []Pod) error {
+func (s *Store) SetPods(ctx context.Context, fleet string, pods []fleets.Pod) error {
 	p := s.KeyPrefix(fleet)
 	args := []any{len(pods)}
 	for _, pod := range pods {
-		if err := ValidatePodAddr(pod.Addr); err != nil {
+		if err := fleets.ValidatePodAddr(pod.Addr); err != nil {
 			return fmt.Errorf("set pods %s: %w", fleet, err)
 		}
 		doc, err := json.Marshal(pod)
@@ -560,8 +561,8 @@ type InstanceState struct {
 // Snapshot is the whole state of one fleet, for operators.
 type Snapshot struct {
 	Fleet      string
-	Pods       map[string]Pod // address -> registry entry
-	Load       map[string]int // address -> live connections, all instances (avail and load together)
+	Pods       map[string]fleets.Pod // address -> registry entry
+	Load       map[string]int        // address -> live connections, all instances (avail and load together)
 	Live       int64
 	Epoch      string
 	Synced     []string
@@ -598,10 +599,10 @@ func (s *Store) Snapshot(ctx context.Context, fleet string, now time.Time) (Snap
 	if len(res) != 11 {
 		return Snapshot{}, fmt.Errorf("snapshot %s: unexpected reply of %d elements", fleet, len(res))
 	}
-	out := Snapshot{Fleet: fleet, Pods: map[string]Pod{}}
+	out := Snapshot{Fleet: fleet, Pods: map[string]fleets.Pod{}}
 	pods := pairs(res[0])
 	for addr, doc := range pods {
-		var pod Pod
+		var pod fleets.Pod
 		if err := json.Unmarshal([]byte(doc), &pod); err != nil {
 			return Snapshot{}, fmt.Errorf("snapshot %s: pod %s: %w", fleet, addr, err)
 		}

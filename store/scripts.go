@@ -1,10 +1,11 @@
-package tracker
+package store
 
 import (
 	"context"
 	"embed"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 //go:embed scripts/*.lua
@@ -65,14 +66,14 @@ func once(ctx context.Context, c redis.UniversalClient, args []any) *redis.Cmd {
 }
 
 // policyArg is a policy as a script argument, boxed once.
-func policyArg(p Policy) any {
-	if p == PolicySpread {
+func policyArg(p fleets.Policy) any {
+	if p == fleets.PolicySpread {
 		return spreadArg
 	}
 	return packArg
 }
 
-var packArg, spreadArg any = string(PolicyPack), string(PolicySpread)
+var packArg, spreadArg any = string(fleets.PolicyPack), string(fleets.PolicySpread)
 
 var (
 	scriptAdmit    = loadScript("admit")

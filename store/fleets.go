@@ -1,8 +1,9 @@
-package tracker
+package store
 
 import (
 	"context"
 	"fmt"
+	"github.com/wsgate/wsgate/fleets"
 	"sort"
 	"strings"
 	"sync"
@@ -62,7 +63,7 @@ func (s *Store) fleetOf(key string) (string, bool) {
 		return "", false
 	}
 	f, _, ok := strings.Cut(rest, "}:")
-	if !ok || !fleetName.MatchString(f) {
+	if !ok || !fleets.ValidName(f) {
 		return "", false
 	}
 	return f, true

@@ -1,4 +1,4 @@
-package tracker
+package fleets
 
 import (
 	"bytes"
@@ -40,7 +40,7 @@ func NewReloadMetrics(reg prometheus.Registerer, component string) *ReloadMetric
 	return m
 }
 
-// WatchFleets re-reads the fleets file at path every interval until ctx
+// Watch re-reads the fleets file at path every interval until ctx
 // ends and calls apply with each new content that parses and validates.
 // It reads the file rather than waiting for file-system events: Kubernetes
 // updates a mounted ConfigMap by swapping a symlink (..data) in its
@@ -52,7 +52,7 @@ func NewReloadMetrics(reg prometheus.Registerer, component string) *ReloadMetric
 // unreadable file is logged, naming what is wrong, and counted; the running
 // configuration stays, and the same content is not reported again. An
 // empty path or an interval of 0 watches nothing.
-func WatchFleets(ctx context.Context, path string, loaded []byte, interval time.Duration, apply func([]FleetConfig) error, m *ReloadMetrics, log *slog.Logger) {
+func Watch(ctx context.Context, path string, loaded []byte, interval time.Duration, apply func([]Fleet) error, m *ReloadMetrics, log *slog.Logger) {
 	if path == "" || interval <= 0 {
 		return
 	}
@@ -93,8 +93,8 @@ func WatchFleets(ctx context.Context, path string, loaded []byte, interval time.
 
 // applyFleets parses the file at path and applies it; apply's errors say
 // "apply" themselves.
-func applyFleets(path string, data []byte, apply func([]FleetConfig) error) error {
-	fleets, err := ParseFleetsFile(path, data)
+func applyFleets(path string, data []byte, apply func([]Fleet) error) error {
+	fleets, err := ParseFile(path, data)
 	if err != nil {
 		return err
 	}

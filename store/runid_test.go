@@ -1,7 +1,8 @@
-package tracker_test
+package store_test
 
 import (
 	"context"
+	"github.com/wsgate/wsgate/store/storetest"
 	"strconv"
 	"strings"
 	"sync"
@@ -9,8 +10,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 // infoCalls is how many INFO commands Redis ran, a script's included, this
@@ -48,15 +50,15 @@ func clusterInfoCalls(t *testing.T, rdb *redis.ClusterClient) int {
 }
 
 // lifecycles admits and releases n connections through s.
-func lifecycles(t *testing.T, s *tracker.Store, epoch string, n int) {
+func lifecycles(t *testing.T, s *store.Store, epoch string, n int) {
 	t.Helper()
 	ctx := context.Background()
 	for range n {
-		a, err := s.Admit(ctx, "chat", 5, tracker.PolicyPack, "e1", epoch, t0)
+		a, err := s.Admit(ctx, "chat", 5, fleets.PolicyPack, "e1", epoch, storetest.T0)
 		if err != nil || a.Pod == "" {
 			t.Fatalf("admit: %+v %v", a, err)
 		}
-		if got, err := s.Release(ctx, "chat", "e1", epoch, 0, tracker.ReleaseCount{Pod: a.Pod, N: 1}); err != nil || got != 1 {
+		if got, err := s.Release(ctx, "chat", "e1", epoch, 0, store.ReleaseCount{Pod: a.Pod, N: 1}); err != nil || got != 1 {
 			t.Fatalf("release: %d %v", got, err)
 		}
 	}
@@ -68,9 +70,9 @@ func lifecycles(t *testing.T, s *tracker.Store, epoch string, n int) {
 func TestHotScriptsReadNoInfo(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client()
-	s := tracker.NewStore(rdb, "wsgate")
-	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
-	epoch := epochOf(t, s, "chat", "e1")
+	s := store.NewStore(rdb, "wsgate")
+	storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
+	epoch := storetest.EpochOf(t, s, "chat", "e1")
 	lifecycles(t, s, epoch, 1) // loads the scripts for this process
 	before := infoCalls(t, rdb)
 	lifecycles(t, s, epoch, 20)
@@ -92,9 +94,9 @@ func TestHotScriptsReadNoInfoOnACluster(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
 	t.Cleanup(func() { rdb.Close() })
-	s := tracker.NewStore(rdb, "wsgate")
-	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
-	epoch := epochOf(t, s, "chat", "e1")
+	s := store.NewStore(rdb, "wsgate")
+	storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
+	epoch := storetest.EpochOf(t, s, "chat", "e1")
 	lifecycles(t, s, epoch, 1)
 	before := clusterInfoCalls(t, rdb)
 	lifecycles(t, s, epoch, 20)
@@ -119,23 +121,23 @@ func TestHotScriptsAfterARestartWithOldData(t *testing.T) {
 			srv := redistest.Start(t, tc.extra...)
 			rdb := srv.Client()
 			ctx := context.Background()
-			s := tracker.NewStore(rdb, "wsgate")
-			mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
-			epoch := epochOf(t, s, "chat", "e1")
+			s := store.NewStore(rdb, "wsgate")
+			storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
+			epoch := storetest.EpochOf(t, s, "chat", "e1")
 			lifecycles(t, s, epoch, 1)
 			if tc.extra == nil {
 				srv.Save()
 			}
 			for i := range 2 { // twice in a row: each restart is a new process
 				srv.RestartWithData()
-				a, err := s.Admit(ctx, "chat", 5, tracker.PolicyPack, "e1", epoch, t0)
+				a, err := s.Admit(ctx, "chat", 5, fleets.PolicyPack, "e1", epoch, storetest.T0)
 				if err != nil {
 					t.Fatalf("admit after restart %d: %v", i+1, err)
 				}
-				if a.Fence != tracker.FenceEpoch {
+				if a.Fence != store.FenceEpoch {
 					t.Fatalf("admit after restart %d with the old epoch: %+v; want fenced (epoch)", i+1, a)
 				}
-				if _, err := s.Release(ctx, "chat", "e1", epoch, 0, tracker.ReleaseCount{Pod: "10.0.0.1:80", N: 1}); err == nil {
+				if _, err := s.Release(ctx, "chat", "e1", epoch, 0, store.ReleaseCount{Pod: "10.0.0.1:80", N: 1}); err == nil {
 					t.Fatalf("release after restart %d with the old epoch was not fenced", i+1)
 				}
 			}
@@ -148,10 +150,10 @@ func TestHotScriptsAfterARestartWithOldData(t *testing.T) {
 // releases go on through Redis.
 func TestHotScriptsWhenScriptLoadIsRefused(t *testing.T) {
 	srv := redistest.Start(t)
-	rdb := aclClient(t, srv, "no-load", strings.Replace(trackerACL, "+script|load ", "", 1))
-	s := tracker.NewStore(rdb, "wsgate")
-	mustSetPods(t, s, "chat", podsOf("10.0.0.1:80"))
-	epoch := epochOf(t, s, "chat", "e1")
+	rdb := srv.ACLClient("no-load", strings.Replace(redistest.TrackerACL, "+script|load ", "", 1))
+	s := store.NewStore(rdb, "wsgate")
+	storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
+	epoch := storetest.EpochOf(t, s, "chat", "e1")
 	// The first NOSCRIPT of each INFO text has it ask the server once more.
 	lifecycles(t, s, epoch, 2)
 	admin := srv.Client()

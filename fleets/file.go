@@ -1,4 +1,4 @@
-package tracker
+package fleets
 
 import (
 	"bytes"
@@ -41,11 +41,11 @@ func fieldErr(fleet, field, value, format string, args ...any) error {
 	return &FieldError{Fleet: fleet, Field: field, Value: value, Msg: fmt.Sprintf(format, args...)}
 }
 
-// fleetFields are the fields of a fleet in the file, in FleetConfig's
+// fleetFields are the fields of a fleet in the file, in Fleet's
 // order: their JSON names.
 var fleetFields = func() []string {
 	var out []string
-	t := reflect.TypeFor[FleetConfig]()
+	t := reflect.TypeFor[Fleet]()
 	for i := range t.NumField() {
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
 		out = append(out, name)
@@ -53,9 +53,9 @@ var fleetFields = func() []string {
 	return out
 }()
 
-// ParseFleetsFile is ParseFleets for the file at path: its errors start
+// ParseFile is Parse for the file at path: its errors start
 // with path:line.
-func ParseFleetsFile(path string, data []byte) ([]FleetConfig, error) {
+func ParseFile(path string, data []byte) ([]Fleet, error) {
 	fleets, line, err := parseFleets(data)
 	if err == nil {
 		return fleets, nil
@@ -66,10 +66,10 @@ func ParseFleetsFile(path string, data []byte) ([]FleetConfig, error) {
 	return nil, fmt.Errorf("%s: %w", path, err)
 }
 
-// ParseFleets decodes a fleets file (YAML or JSON), rejecting unknown
+// Parse decodes a fleets file (YAML or JSON), rejecting unknown
 // fields, and validates every fleet with defaults applied. Its errors
 // name the line ("line 7: ...").
-func ParseFleets(data []byte) ([]FleetConfig, error) {
+func Parse(data []byte) ([]Fleet, error) {
 	fleets, line, err := parseFleets(data)
 	if err != nil && line > 0 {
 		return nil, fmt.Errorf("fleets file: line %d: %w", line, err)
@@ -84,7 +84,7 @@ var yamlLine = regexp.MustCompile(`^yaml: line (\d+): `)
 
 // parseFleets returns the fleets, or the first error and its line (0:
 // the whole file).
-func parseFleets(data []byte) ([]FleetConfig, int, error) {
+func parseFleets(data []byte) ([]Fleet, int, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		msg := err.Error()
@@ -119,7 +119,7 @@ func parseFleets(data []byte) ([]FleetConfig, int, error) {
 	if len(list.Content) == 0 {
 		return nil, list.Line, noFleets
 	}
-	out := make([]FleetConfig, len(list.Content))
+	out := make([]Fleet, len(list.Content))
 	first := map[string]int{}
 	for i, n := range list.Content {
 		fc, line, err := parseFleet(n)
@@ -136,8 +136,8 @@ func parseFleets(data []byte) ([]FleetConfig, int, error) {
 }
 
 // parseFleet decodes and validates one fleet of the list.
-func parseFleet(n *yaml.Node) (FleetConfig, int, error) {
-	var fc FleetConfig
+func parseFleet(n *yaml.Node) (Fleet, int, error) {
+	var fc Fleet
 	if n.Kind != yaml.MappingNode {
 		return fc, n.Line, errors.New("fleets: each entry must be a fleet (name: ..., maxConnectionsPerPod: ...)")
 	}
@@ -179,7 +179,7 @@ func parseFleet(n *yaml.Node) (FleetConfig, int, error) {
 
 // decodeField sets field of fc from its YAML value, with the JSON
 // decoding the fields define (Duration's "5s").
-func decodeField(fc *FleetConfig, field string, val any) error {
+func decodeField(fc *Fleet, field string, val any) error {
 	raw, err := json.Marshal(map[string]any{field: val})
 	if err != nil {
 		return fmt.Errorf("%s: %w", field, err)

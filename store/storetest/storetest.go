@@ -1,0 +1,107 @@
+// Package storetest holds the helpers the tests of the store and of its
+// users share: a Store on miniredis, registries, and instances that have
+// joined an epoch.
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
+)
+
+// T0 is the tests' fixed start time.
+var T0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+// NewMini is a Store on a fresh miniredis, which has no run_id.
+func NewMini(t *testing.T) (*store.Store, *miniredis.Miniredis) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	return store.NewStore(rdb, "wsgate").WithoutRestartDetection(), mr
+}
+
+// Pods are ready registry entries for addrs.
+func Pods(addrs ...string) []fleets.Pod {
+	out := make([]fleets.Pod, len(addrs))
+	for i, a := range addrs {
+		out[i] = fleets.Pod{Addr: a, Name: fmt.Sprintf("pod-%d", i), Ready: true}
+	}
+	return out
+}
+
+// SetPods sets fleet's registry or fails the test.
+func SetPods(t *testing.T, s *store.Store, fleet string, pods []fleets.Pod) {
+	t.Helper()
+	if err := s.SetPods(context.Background(), fleet, pods); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Admit admits one connection of inst (joining it first) or fails the test.
+func Admit(t *testing.T, s *store.Store, fleet string, cap int, p fleets.Policy, inst string, now time.Time) store.Admission {
+	t.Helper()
+	a, err := s.Admit(context.Background(), fleet, cap, p, inst, EpochOf(t, s, fleet, inst), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Fence != "" {
+		t.Fatalf("admit %s for %s: fenced (%s)", fleet, inst, a.Fence)
+	}
+	return a
+}
+
+// registered remembers, per store, fleet and instance, the epoch of the
+// instance's first heartbeat.
+var registered sync.Map
+
+// EpochOf is the epoch inst joined in its first heartbeat, sent on first
+// use: a tracker admits through Redis only after one.
+func EpochOf(t *testing.T, s *store.Store, fleet, inst string) string {
+	t.Helper()
+	key := fmt.Sprintf("%p/%s/%s", s, fleet, inst)
+	if e, ok := registered.Load(key); ok {
+		return e.(string)
+	}
+	res, err := s.Sync(context.Background(), store.SyncRequest{Fleet: fleet, Instance: inst, Lease: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No recovery wait (RecoveryWait 0), and the tracker's confirmation of
+	// it (see sync.lua) in a second heartbeat.
+	if res.Recovering > 0 {
+		if res, err = s.Sync(context.Background(), store.SyncRequest{Fleet: fleet, Instance: inst, Lease: time.Hour, Confirm: res.Epoch}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registered.Store(key, res.Epoch)
+	// A later test's store may get this one's address.
+	t.Cleanup(func() { registered.Delete(key) })
+	return res.Epoch
+}
+
+// Register is the instances' first heartbeat.
+func Register(t *testing.T, s *store.Store, fleet string, instances ...string) {
+	t.Helper()
+	for _, in := range instances {
+		EpochOf(t, s, fleet, in)
+	}
+}
+
+// Summary reads fleet's summary or fails the test.
+func Summary(t *testing.T, s *store.Store, fleet string, now time.Time) store.Summary {
+	t.Helper()
+	sum, err := s.Summary(context.Background(), fleet, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum
+}
