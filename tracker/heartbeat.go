@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
+
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
-	"sort"
-	"time"
 )
 
 // Run publishes this instance's state every Heartbeat until ctx ends. The
@@ -299,73 +299,6 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 			"fleet", f.name, "connections", total, "until", f.inheritUntil)
 	}
 	return nil
-}
-
-func newView(res store.SyncResult, counts []store.PodCount) view {
-	v := view{ok: true, load: res.Avail, mine: map[string]int{}}
-	for _, c := range counts {
-		v.mine[c.Pod] = c.Live
-	}
-	for pod, n := range res.Avail {
-		v.pods = append(v.pods, pod)
-		v.loads = append(v.loads, n)
-	}
-	sort.Strings(v.pods)
-	sort.Ints(v.loads)
-	return v
-}
-
-// fits says whether the admit script could pick pod next, as far as the
-// view saw the fleet: not above the cap (a lowered cap), and among the
-// pods the policy ranks first: under spread within one of the emptiest,
-// under pack at least as full as every other pod under the cap.
-func (v *view) fits(pod string, fc *fleets.Fleet) bool {
-	load, cap := v.load[pod], fc.MaxConnectionsPerPod
-	if load > cap {
-		return false
-	}
-	if fc.Policy != fleets.PolicyPack {
-		return load <= v.loads[0]+1 // the pod is in the view: loads has one
-	}
-	// the fullest pod under the cap: the last load below it
-	i := sort.SearchInts(v.loads, cap)
-	return i == 0 || load >= v.loads[i-1]
-}
-
-// expire drops connections Envoy never reported established within
-// EstablishTimeout, and established ones whose lease was not renewed within
-// LeaseTTL. The heartbeat that follows publishes the release.
-func (t *Tracker) expire(f *fleet, now time.Time) {
-	f.mu.Lock()
-	var pending, lease int
-	if len(f.inherited) > 0 && now.After(f.inheritUntil) {
-		for _, n := range f.inherited {
-			lease += n
-		}
-		clear(f.inherited)
-	}
-	for _, c := range f.conns {
-		switch {
-		case !c.established && now.Sub(c.admitted) > t.cfg.EstablishTimeout:
-			pending++
-		case c.established && now.Sub(c.renewed) > t.cfg.LeaseTTL:
-			lease++
-		default:
-			continue
-		}
-		f.dropLocked(c)
-		t.byConn.Delete(c.id)
-	}
-	f.mu.Unlock()
-	if pending > 0 {
-		t.metrics.Expired.WithLabelValues(f.name, "establish").Add(float64(pending))
-	}
-	if lease > 0 {
-		t.metrics.Expired.WithLabelValues(f.name, "lease").Add(float64(lease))
-	}
-	if pending+lease > 0 {
-		t.log.Info("released connections Envoy stopped reporting", "fleet", f.name, "never_established", pending, "lease_expired", lease)
-	}
 }
 
 // SetStaticPods writes the fleet's static pod list (all ready) to Redis.

@@ -1,0 +1,197 @@
+package tracker
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wsgate/wsgate/fleets"
+)
+
+// conn is one connection this instance admitted: the local truth that every
+// heartbeat re-publishes.
+type conn struct {
+	id, pod     string
+	established bool
+	admitted    time.Time
+	renewed     time.Time
+	// uncounted: Redis does not count the connection for this instance
+	// (Adopt took it over after its slot was released) until a heartbeat
+	// sent after adoptSeq publishes it. Its release then changes nothing
+	// in Redis, where it would free another connection's slot.
+	uncounted bool
+	adoptSeq  uint64
+	// seq is the instance's seq when it was admitted: a heartbeat sent
+	// after it published it pending (pend:<id>) if it was not established.
+	seq uint64
+}
+
+func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback bool) Result {
+	c := &conn{id: t.idPrefix + strconv.FormatUint(t.idSeq.Add(1), 36), pod: pod, admitted: now, renewed: now, seq: f.seq}
+	f.conns[c.id] = c
+	f.live[pod]++
+	t.byConn.Store(c.id, f)
+	return Result{Fleet: f.name, Admitted: true, Conn: c.id, Pod: pod, Fallback: fallback}
+}
+
+// Establish marks a connection established (Envoy's tunnel is up).
+func (t *Tracker) Establish(id string) error { return t.touch(id, true) }
+
+// Renew extends a connection's lease (Envoy's periodic access-log entry).
+func (t *Tracker) Renew(id string) error { return t.touch(id, true) }
+
+func (t *Tracker) touch(id string, established bool) error {
+	v, ok := t.byConn.Load(id)
+	if !ok {
+		return fmt.Errorf("connection %q: %w", id, ErrUnknownConn)
+	}
+	f := v.(*fleet)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.conns[id]
+	if !ok {
+		return fmt.Errorf("connection %q: %w", id, ErrUnknownConn)
+	}
+	c.renewed = t.now()
+	if established && !c.established {
+		c.established = true
+		f.est[c.pod]++
+	}
+	return nil
+}
+
+// Adopt takes over a connection Envoy's access log names (by id, fleet and
+// upstream pod) that this tracker does not hold: one a previous run of this
+// instance admitted, while its count is still inherited, or one this
+// process issued and released because its renewals were lost although
+// Envoy still carries it. Counting it again tells the truth, even if its
+// slot was given away meanwhile. ended says the entry reports the
+// connection's end: an inherited slot is then given back, anything else
+// needs nothing.
+//
+// Only what this instance can account for is adopted: ids of its own
+// format (idTag), of this process up to the last one it issued or of a
+// previous run up to what Redis held for it when it restarted, on a pod of
+// the fleet's registry. Anything else is ErrNotAdoptable: a forged or
+// misrouted entry must not make Redis count slots nobody holds.
+// ErrUnknownConn when there is nothing to take over.
+func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
+	f, err := t.fleet(fleetName)
+	if err != nil {
+		return fmt.Errorf("adopt: %w", err)
+	}
+	if err := fleets.ValidatePodAddr(pod); err != nil {
+		return fmt.Errorf("adopt: connection %q: %w", id, err)
+	}
+	mine, previous := t.ownID(id)
+	if !mine && !previous {
+		return fmt.Errorf("adopt: connection %q: not an id of instance %s: %w", id, t.cfg.InstanceID, ErrNotAdoptable)
+	}
+	now := t.now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, held := f.conns[id]; held {
+		return nil
+	}
+	inherited := previous && f.inherited[pod] > 0 && now.Before(f.inheritUntil)
+	if ended {
+		if !inherited {
+			return fmt.Errorf("adopt: ended connection %q: %w", id, ErrUnknownConn)
+		}
+		if f.inherited[pod]--; f.inherited[pod] == 0 {
+			delete(f.inherited, pod)
+		}
+		return nil // the next heartbeat publishes the release
+	}
+	switch {
+	case inherited:
+		if f.inherited[pod]--; f.inherited[pod] == 0 {
+			delete(f.inherited, pod)
+		}
+	case previous:
+		return fmt.Errorf("adopt: connection %q of a previous run: more than Redis held for it on %s: %w", id, pod, ErrNotAdoptable)
+	case !f.inRegistryLocked(pod):
+		return fmt.Errorf("adopt: connection %q: pod %s is not in fleet %s's registry: %w", id, pod, f.name, ErrNotAdoptable)
+	}
+	// An inherited slot is counted in Redis for this instance; a slot this
+	// process released is not, until the next heartbeat publishes it.
+	c := &conn{id: id, pod: pod, established: true, admitted: now, renewed: now, uncounted: !inherited, adoptSeq: f.seq}
+	f.conns[id] = c
+	f.live[pod]++
+	f.est[pod]++
+	if c.uncounted {
+		f.uncounted++
+	}
+	t.byConn.Store(id, f)
+	return nil
+}
+
+// idRandomBytes is the size of a process's random part of connection ids.
+const idRandomBytes = 6
+
+// instanceTag is the part of every connection id that names the instance:
+// 8 hex digits of a hash of its id.
+func instanceTag(instance string) string {
+	h := sha256.Sum256([]byte(instance))
+	return hex.EncodeToString(h[:4])
+}
+
+// ownID says whether id is one this process issued (mine: its prefix, a
+// counter it reached) or one of a previous run of this instance (its tag,
+// another random part).
+func (t *Tracker) ownID(id string) (mine, previous bool) {
+	n := len(t.idPrefix)
+	if len(id) <= n || len(id) > n+13 || !strings.HasPrefix(id, t.idTag) {
+		return false, false
+	}
+	if _, err := hex.DecodeString(id[len(t.idTag):n]); err != nil {
+		return false, false
+	}
+	seq, err := strconv.ParseUint(id[n:], 36, 64)
+	if err != nil || seq == 0 {
+		return false, false
+	}
+	if id[:n] == t.idPrefix {
+		return seq <= t.idSeq.Load(), false
+	}
+	return false, true
+}
+
+// expire drops connections Envoy never reported established within
+// EstablishTimeout, and established ones whose lease was not renewed within
+// LeaseTTL. The heartbeat that follows publishes the release.
+func (t *Tracker) expire(f *fleet, now time.Time) {
+	f.mu.Lock()
+	var pending, lease int
+	if len(f.inherited) > 0 && now.After(f.inheritUntil) {
+		for _, n := range f.inherited {
+			lease += n
+		}
+		clear(f.inherited)
+	}
+	for _, c := range f.conns {
+		switch {
+		case !c.established && now.Sub(c.admitted) > t.cfg.EstablishTimeout:
+			pending++
+		case c.established && now.Sub(c.renewed) > t.cfg.LeaseTTL:
+			lease++
+		default:
+			continue
+		}
+		f.dropLocked(c)
+		t.byConn.Delete(c.id)
+	}
+	f.mu.Unlock()
+	if pending > 0 {
+		t.metrics.Expired.WithLabelValues(f.name, "establish").Add(float64(pending))
+	}
+	if lease > 0 {
+		t.metrics.Expired.WithLabelValues(f.name, "lease").Add(float64(lease))
+	}
+	if pending+lease > 0 {
+		t.log.Info("released connections Envoy stopped reporting", "fleet", f.name, "never_established", pending, "lease_expired", lease)
+	}
+}

@@ -1,0 +1,242 @@
+package tracker
+
+import (
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
+	"golang.org/x/sync/semaphore"
+	"golang.org/x/time/rate"
+)
+
+// gateAll is the weight a heartbeat takes of fleet.gate: all of it.
+const gateAll = 1 << 30
+
+type rejKey struct {
+	reason store.Reason
+	bucket int64
+}
+
+type fleet struct {
+	name string
+	// cfg is replaced whole by Apply; read it through conf.
+	cfg atomic.Pointer[fleets.Fleet]
+	// retired: the fleet left the configuration; it admits nothing and
+	// stays until its connections have ended (Apply).
+	retired   atomic.Bool
+	podsDirty atomic.Bool // its static pods changed: the next heartbeat writes them
+	noReuse   atomic.Bool // tests only (export_test.go): every admission asks Redis
+	limiter   *rate.Limiter
+	admitted  prometheus.Counter
+	rejected  map[store.Reason]prometheus.Counter
+
+	// gate orders admissions against heartbeats: an admission holds one
+	// unit from its script to its local record, a heartbeat holds all of
+	// them while it publishes the local truth. Without it a heartbeat could
+	// overwrite a slot an admission had just been granted and not yet
+	// recorded: the instance would hold a connection Redis does not count
+	// for it. Releases hold it the same way (see Release). A semaphore, not
+	// an RWMutex, so that an admission waits for a heartbeat stuck on a slow
+	// Redis only within its own deadline.
+	gate *semaphore.Weighted
+	// admits sends the admissions that hold the gate, releases the releases
+	// queued since the last call: each as few script calls as they can
+	// share (batch.go).
+	admits   *batcher[struct{}, admission]
+	releases *batcher[releaseReq, struct{}]
+
+	mu    sync.Mutex // guards everything below
+	conns map[string]*conn
+	live  map[string]int // pod -> live connections of this instance
+	est   map[string]int // pod -> established connections of this instance
+	// ent is this instance's entitlement per pod: never more than Redis
+	// counts for it in inst:<id> (PROTOCOL.md, invariant L). The share
+	// fallback admits only into ent - held.
+	ent map[string]int
+	// spare counts, per pod, the queued releases whose slots are still in
+	// ent - held: freed here, still counted for this instance in Redis. An
+	// admission may take one back instead of asking Redis (reuse); the
+	// release leaving the queue takes it out of ent. Only min(spare,
+	// ent - held) is ever used: the rest went to the share fallback or to
+	// an adopted connection.
+	spare map[string]int
+	rej   map[rejKey]int64
+	// degraded: a Redis call failed; fenced: Redis refused to decide
+	// (another epoch, or this instance's lease ended). Either way
+	// admissions leave Redis alone until the next heartbeat succeeds.
+	degraded bool
+	fenced   bool
+	fencedBy store.Fence // why it is fenced
+	epoch    string
+	// epochSeen is when this instance first saw epoch (its own clock), and
+	// granting whether Redis said that its recovery wait is over.
+	epochSeen time.Time
+	granting  bool
+	// seq numbers this instance's heartbeats and releases, so that Redis
+	// ignores one that arrives after a later heartbeat (sync.lua).
+	seq uint64
+	// leaseUntil is the end of this instance's lease by its own monotonic
+	// clock: InstanceTTL from the moment its last successful heartbeat was
+	// sent, before Redis stamped it. Past it, the entitlement may have been
+	// given away.
+	leaseUntil time.Time
+	view       view
+	// redisSaid describes the last failed Redis call (store.DescribeRedisError),
+	// for logs and readiness; redisWarned is when it was last warned of.
+	redisSaid   string
+	redisWarned time.Time
+	// synced is when the last heartbeat succeeded (wall clock, for
+	// /metrics and /status; zero before the first), and recoveryEnd when
+	// the epoch's recovery wait ends as that heartbeat saw it (this
+	// instance's clock: Redis' remaining wait, or a full instance TTL
+	// since it first saw the epoch, whichever is later).
+	synced      time.Time
+	recoveryEnd time.Time
+	// uncounted is how many of conns are (conn.uncounted).
+	uncounted int
+	// stalled watches the other instances' seqs; stale names the ones the
+	// next heartbeat asks Redis to reap.
+	stalled *store.Stalled
+	stale   []string
+
+	// inherited are connections a previous run of this instance left in
+	// Redis (the tracker restarted, its Envoy kept its connections). They
+	// stay counted until inheritUntil, one lease, unless Envoy's access log
+	// names them first (Adopt).
+	inheritChecked bool
+	inherited      map[string]int
+	inheritUntil   time.Time
+}
+
+// heldLocked is what this instance holds on pod: its own connections and
+// the ones it inherited.
+func (f *fleet) heldLocked(pod string) int { return f.live[pod] + f.inherited[pod] }
+
+func newFleet(fc fleets.Fleet, now time.Time) *fleet {
+	lim := rate.NewLimiter(rateOf(fc), fc.Burst)
+	lim.SetBurstAt(now, fc.Burst)
+	f := &fleet{name: fc.Name, limiter: lim, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{},
+		live: map[string]int{}, est: map[string]int{}, ent: map[string]int{}, spare: map[string]int{}, rej: map[rejKey]int64{}}
+	f.cfg.Store(&fc)
+	return f
+}
+
+// conf is the fleet's configuration as of now (see Apply).
+func (f *fleet) conf() *fleets.Fleet { return f.cfg.Load() }
+
+func (f *fleet) lowerEntLocked(pod string) {
+	if f.ent[pod]--; f.ent[pod] <= 0 {
+		delete(f.ent, pod)
+	}
+}
+
+// dropSpareLocked gives up the entitlement this instance does not use,
+// the slots of queued releases with it: none is left to reuse.
+func (f *fleet) dropSpareLocked() {
+	clear(f.spare)
+	for pod, n := range f.ent {
+		if h := f.heldLocked(pod); n > h {
+			if h == 0 {
+				delete(f.ent, pod)
+			} else {
+				f.ent[pod] = h
+			}
+		}
+	}
+}
+
+// takeSpareLocked takes one spare slot on pod: for an admission (the next
+// release of pod to leave the queue is then not sent), or for that
+// release as it leaves.
+func (f *fleet) takeSpareLocked(pod string) {
+	if f.spare[pod]--; f.spare[pod] <= 0 {
+		delete(f.spare, pod)
+	}
+}
+
+func (f *fleet) dropLocked(c *conn) {
+	delete(f.conns, c.id)
+	if c.uncounted {
+		f.uncounted--
+	}
+	if f.live[c.pod]--; f.live[c.pod] <= 0 {
+		delete(f.live, c.pod)
+	}
+	if c.established {
+		if f.est[c.pod]--; f.est[c.pod] <= 0 {
+			delete(f.est, c.pod)
+		}
+	}
+}
+
+func (f *fleet) reject(r store.Reason, now time.Time) {
+	f.mu.Lock()
+	f.rejectLocked(r, now)
+	f.mu.Unlock()
+}
+
+// rejectLocked buffers a rejection the admit script did not record; the next
+// heartbeat flushes it.
+func (f *fleet) rejectLocked(r store.Reason, now time.Time) {
+	f.rej[rejKey{r, store.Bucket(now)}]++
+}
+
+// inRegistryLocked says whether pod belongs to the fleet as far as this
+// instance knows: its static list, the placeable pods of the last
+// heartbeat, or a pod Redis counts this instance's connections on (a pod
+// that stopped being ready or began draining still carries them).
+func (f *fleet) inRegistryLocked(pod string) bool {
+	if slices.Contains(f.conf().Pods, pod) {
+		return true
+	}
+	if _, ok := slices.BinarySearch(f.view.pods, pod); ok {
+		return true
+	}
+	return f.live[pod] > 0 || f.ent[pod] > 0 || f.view.mine[pod] > 0
+}
+
+// view is what the last successful heartbeat saw; the open fallback
+// decides from it.
+type view struct {
+	ok    bool
+	pods  []string       // placeable pods, sorted
+	load  map[string]int // pod -> live connections, all instances
+	mine  map[string]int // pod -> this instance's part of load
+	loads []int          // the values of load, sorted: what reuse asks of the policy (fits)
+}
+
+func newView(res store.SyncResult, counts []store.PodCount) view {
+	v := view{ok: true, load: res.Avail, mine: map[string]int{}}
+	for _, c := range counts {
+		v.mine[c.Pod] = c.Live
+	}
+	for pod, n := range res.Avail {
+		v.pods = append(v.pods, pod)
+		v.loads = append(v.loads, n)
+	}
+	sort.Strings(v.pods)
+	sort.Ints(v.loads)
+	return v
+}
+
+// fits says whether the admit script could pick pod next, as far as the
+// view saw the fleet: not above the cap (a lowered cap), and among the
+// pods the policy ranks first: under spread within one of the emptiest,
+// under pack at least as full as every other pod under the cap.
+func (v *view) fits(pod string, fc *fleets.Fleet) bool {
+	load, cap := v.load[pod], fc.MaxConnectionsPerPod
+	if load > cap {
+		return false
+	}
+	if fc.Policy != fleets.PolicyPack {
+		return load <= v.loads[0]+1 // the pod is in the view: loads has one
+	}
+	// the fullest pod under the cap: the last load below it
+	i := sort.SearchInts(v.loads, cap)
+	return i == 0 || load >= v.loads[i-1]
+}

@@ -1,0 +1,199 @@
+package tracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/wsgate/wsgate/store"
+)
+
+// Release frees a connection's slot: locally at once, in Redis by the next
+// release call, which carries every release queued meanwhile. While Redis
+// is unreachable the slot stays entitled to this instance (Redis still
+// counts it), so the share fallback may reuse it; the next heartbeat gives
+// it back.
+func (t *Tracker) Release(ctx context.Context, id string) error {
+	v, ok := t.byConn.Load(id)
+	if !ok {
+		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
+	}
+	f := v.(*fleet)
+	// The local update waits for a heartbeat in flight, so that the
+	// heartbeat's counts and the entitlement it sets either include the
+	// connection (and the release is queued after it) or do not. Without
+	// the gate in time, only the local truth changes and the next heartbeat
+	// publishes it.
+	gated := f.redisUsable() && acquire(ctx, f.gate, time.Now().Add(t.cfg.RedisTimeout)) == nil
+	f.mu.Lock()
+	// The heartbeat it waited for may have failed (see errGaveUp).
+	queued := gated && f.usableLocked()
+	c, ok := f.conns[id]
+	if !ok {
+		f.mu.Unlock()
+		if gated {
+			f.gate.Release(1)
+		}
+		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
+	}
+	f.dropLocked(c)
+	queued = queued && !c.uncounted
+	// Pending in Redis only if a heartbeat since its admission said so.
+	r := releaseReq{pod: c.pod, pending: !c.established && c.seq < f.seq, seq: f.seq}
+	switch {
+	case !queued:
+	case f.ent[c.pod]-f.heldLocked(c.pod) > f.spare[c.pod] && !f.noReuse.Load():
+		// Its slot stays in ent until the release leaves the queue, and
+		// an admission may take it back meanwhile (reuse).
+		r.spare = true
+		f.spare[c.pod]++
+	case f.ent[c.pod] > 0:
+		// Lowered now: a release that never reaches Redis is taken as
+		// applied (invariant L), unless it surely did not run (sendReleases).
+		r.lowered = true
+		f.lowerEntLocked(c.pod)
+	}
+	f.mu.Unlock()
+	if gated {
+		f.gate.Release(1)
+	}
+	t.byConn.Delete(id)
+	if queued {
+		f.releases.post(r)
+	}
+	return nil
+}
+
+// Flush waits until no release is queued or in flight (every call has
+// returned or failed), or ctx ends. Under a steady stream of releases that
+// may not happen before ctx ends.
+func (t *Tracker) Flush(ctx context.Context) error {
+	for _, f := range t.allFleets() {
+		if err := f.releases.wait(ctx); err != nil {
+			return fmt.Errorf("flush %s: %w", f.name, err)
+		}
+	}
+	return nil
+}
+
+// releaseReq is one ended connection for the next release call. seq is the
+// instance's seq when it ended: the seq of the heartbeat before its end.
+type releaseReq struct {
+	pod     string
+	pending bool
+	seq     uint64
+	lowered bool // it took one from ent (there may have been none to take)
+	spare   bool // it left its slot in ent, counted in spare (reuse)
+}
+
+// releaseLinger is how long a release waits for an admit call to carry it
+// (PROTOCOL.md, "Batches"), or for an admission to take its slot back
+// (reuse): one script call where there would be two, or none. A slot
+// comes free in Redis that much later, never sooner. At 1 ms, with 1
+// caller on the peer benchmark's lifecycle loop (0.3-0.5 ms), one
+// admission in seven still missed a spare slot and asked Redis; at 5 ms
+// almost none does, and 5 ms is far below anything the scaler or a
+// client could tell.
+const releaseLinger = 5 * time.Millisecond
+
+// sendReleases makes one release call for the connections that ended
+// since the last heartbeat sent, summed per pod.
+func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]struct{}, error) {
+	return func(ctx context.Context, reqs []releaseReq) ([]struct{}, error) {
+		f.mu.Lock()
+		epoch, seq := f.epoch, f.seq
+		counts, lowered := f.releaseCountsLocked(reqs, seq)
+		f.mu.Unlock()
+		if len(counts) == 0 {
+			return nil, nil
+		}
+		_, err := t.store.Release(ctx, f.name, t.cfg.InstanceID, epoch, seq, counts...)
+		t.released(f, counts, lowered, seq, err)
+		return nil, nil
+	}
+}
+
+// releaseCountsLocked sums reqs per pod for a release call at seq, with
+// how many of each pod's took one from ent. A release whose slot is spare
+// takes it out of ent now, as it leaves the queue; one whose slot an
+// admission took back (reuse) is not sent: that slot is held again.
+func (f *fleet) releaseCountsLocked(reqs []releaseReq, seq uint64) (counts []store.ReleaseCount, lowered []int) {
+	at := make(map[string]int, len(reqs)) // pod -> index in counts
+	for _, r := range reqs {
+		if r.seq < seq {
+			// A heartbeat sent since left the connection out: if it ran,
+			// Redis ignores this release; if not, Redis over-counts until
+			// the next one. (Only a heartbeat changes the epoch, and it
+			// moves seq first: what is left is of the current epoch.)
+			continue
+		}
+		if r.spare {
+			if f.spare[r.pod] == 0 {
+				continue // reused
+			}
+			f.takeSpareLocked(r.pod)
+			if f.ent[r.pod] <= f.heldLocked(r.pod) {
+				// The share fallback or an adopted connection took the
+				// slot: it is held, and Redis must keep counting it.
+				continue
+			}
+			f.lowerEntLocked(r.pod)
+			r.lowered = true
+		}
+		i, ok := at[r.pod]
+		if !ok {
+			i = len(counts)
+			at[r.pod] = i
+			counts = append(counts, store.ReleaseCount{Pod: r.pod})
+			lowered = append(lowered, 0)
+		}
+		counts[i].N++
+		if r.pending {
+			counts[i].Pending++
+		}
+		if r.lowered {
+			lowered[i]++
+		}
+	}
+	return counts, lowered
+}
+
+// released acts on the outcome err of a call that carried counts at seq.
+func (t *Tracker) released(f *fleet, counts []store.ReleaseCount, lowered []int, seq uint64, err error) {
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrFenced):
+		t.fence(f, store.FenceEpoch)
+	default:
+		if notRun(err) {
+			// Redis still counts these slots for this instance, unless a
+			// heartbeat was sent since (its seq is higher): it published
+			// the truth, or may have.
+			f.mu.Lock()
+			for i, c := range counts {
+				if seq == f.seq && lowered[i] > 0 {
+					f.ent[c.Pod] += lowered[i]
+				}
+			}
+			f.mu.Unlock()
+		}
+		t.redisFailed(f, "release", err)
+	}
+}
+
+// notRun reports whether err proves a script never ran: the connection was
+// never made, or Redis refused the call itself (an error reply that is not
+// a script's runtime error). Anything else, a timeout or a reset, may come
+// after the script ran.
+func notRun(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	var rerr redis.Error
+	return errors.As(err, &rerr) && !strings.Contains(strings.ToLower(rerr.Error()), "script")
+}
