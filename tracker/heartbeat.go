@@ -119,32 +119,75 @@ func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
 	return t.retire(ctx, f)
 }
 
-// sync publishes the local truth and, on success, ends the fallback.
+// sync publishes the local truth and, on success, ends the fallback: the
+// model's sync_* step. Under the whole gate, so that no admission or release
+// comes between them, it takes what to publish (syncSnapshot), calls the
+// script and sets the entitlement the script published (syncCall); once the
+// gate is open again, it takes in the rest of Redis' answer (syncView).
 func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (store.SyncResult, error) {
 	// A heartbeat of a large fleet may take longer than one admission; the
 	// gate it holds does not make admissions queue past their own deadline
 	// (they leave Redis), so it gets a quarter of the heartbeat interval.
 	ctx, cancel := context.WithTimeout(parent, max(t.cfg.RedisTimeout, t.cfg.Heartbeat/4))
 	defer cancel()
+	res, req, err := t.syncCall(ctx, parent, f, now)
+	if err != nil {
+		return res, err
+	}
+	t.syncView(f, res, req.Counts, now)
+	return res, nil
+}
 
+// syncCall is the part of sync under the whole gate, which it releases on
+// return: the snapshot, the script, and what its outcome changes before an
+// admission may run again (syncEntitled, syncFailed). parent is sync's
+// caller's context: once it ended, a failure is no Redis outage.
+func (t *Tracker) syncCall(ctx, parent context.Context, f *fleet, now time.Time) (store.SyncResult, store.SyncRequest, error) {
 	if err := f.gate.Acquire(ctx, gateAll); err != nil {
 		if parent.Err() == nil {
 			t.redisFailed(f, "sync", err)
 		}
-		return store.SyncResult{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.name, err)
+		return store.SyncResult{}, store.SyncRequest{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.name, err)
 	}
+	defer f.gate.Release(gateAll)
 	if t.left.Load() { // Leave ran while this waited: publish nothing
-		f.gate.Release(gateAll)
-		return store.SyncResult{}, fmt.Errorf("sync %s: %w", f.name, errLeft)
+		return store.SyncResult{}, store.SyncRequest{}, fmt.Errorf("sync %s: %w", f.name, errLeft)
 	}
 	if err := t.inherit(ctx, f, now); err != nil {
-		f.gate.Release(gateAll)
+		// inherit fails only before its first success, so before any
+		// heartbeat succeeded: Redis is not usable yet, and no admission or
+		// release waiting for the gate can tell whether the fleet is
+		// degraded before or after it opens.
 		if parent.Err() == nil {
 			t.redisFailed(f, "sync", err)
 		}
-		return store.SyncResult{}, err
+		return store.SyncResult{}, store.SyncRequest{}, err
 	}
+	req := t.syncSnapshot(f, now)
+	sent := t.now()
+	res, err := t.store.Sync(ctx, req)
+	if err == nil && res.Stale {
+		// A previous run of this instance id got further: number on from it.
+		f.mu.Lock()
+		f.seq = max(f.seq, res.Seq)
+		f.mu.Unlock()
+		err = fmt.Errorf("sync %s: seq %d behind %d in Redis", f.name, req.Seq, res.Seq)
+	}
+	if err != nil {
+		t.syncFailed(parent, f, req, err)
+		return res, req, err
+	}
+	t.syncEntitled(f, req, sent)
+	return res, req, nil
+}
+
+// syncSnapshot takes what a heartbeat publishes: what the instance holds per
+// pod, the rejections buffered since the last one (taken out of the buffer;
+// syncFailed puts them back), the next seq, and the epoch to confirm once a
+// full instance TTL of this clock has passed since it first saw it.
+func (t *Tracker) syncSnapshot(f *fleet, now time.Time) store.SyncRequest {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	counts := make([]store.PodCount, 0, len(f.live)+len(f.inherited))
 	for pod, n := range f.live {
 		counts = append(counts, store.PodCount{Pod: pod, Live: n + f.inherited[pod], Established: f.est[pod] + f.inherited[pod]})
@@ -177,55 +220,56 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (store.S
 		// Redis' clock did meanwhile.
 		req.Confirm = f.epoch
 	}
-	f.mu.Unlock()
+	return req
+}
 
-	sent := t.now()
-	res, err := t.store.Sync(ctx, req)
-	if err == nil && res.Stale {
-		// A previous run of this instance id got further: number on from it.
-		f.mu.Lock()
-		f.seq = max(f.seq, res.Seq)
-		f.mu.Unlock()
-		err = fmt.Errorf("sync %s: seq %d behind %d in Redis", f.name, req.Seq, res.Seq)
+// syncEntitled takes in a heartbeat req that succeeded, sent at sent: the
+// entitlement is what it published, the connections adopted before it are
+// counted, and the local lease runs from when it was sent. Under the gate
+// still: no admission between the script and this.
+func (t *Tracker) syncEntitled(f *fleet, req store.SyncRequest, sent time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	clear(f.ent)
+	for _, c := range req.Counts {
+		f.ent[c.Pod] = c.Live
 	}
-	if err == nil {
-		// Under the gate still: no admission between the script and this.
-		f.mu.Lock()
-		clear(f.ent)
-		for _, c := range counts {
-			f.ent[c.Pod] = c.Live
-		}
-		if f.uncounted > 0 { // adopted before this heartbeat: published now
-			for _, c := range f.conns {
-				if c.uncounted && c.adoptSeq < req.Seq {
-					c.uncounted = false
-					f.uncounted--
-				}
+	if f.uncounted > 0 { // adopted before this heartbeat: published now
+		for _, c := range f.conns {
+			if c.uncounted && c.adoptSeq < req.Seq {
+				c.uncounted = false
+				f.uncounted--
 			}
 		}
-		f.leaseUntil = sent.Add(t.cfg.InstanceTTL)
-		f.mu.Unlock()
 	}
-	if err != nil {
-		// Degraded before the gate opens: the script may still run, and
-		// an admission through Redis after it gave up would then be
-		// missing from the count it publishes (errGaveUp).
+	f.leaseUntil = sent.Add(t.cfg.InstanceTTL)
+}
+
+// syncFailed takes in a heartbeat req that failed (err) or was stale: its
+// rejections go with the next one, and the fleet is degraded. Before the
+// gate opens: the script may still run, and an admission through Redis
+// after it gave up would then be missing from the count it publishes
+// (errGaveUp).
+func (t *Tracker) syncFailed(parent context.Context, f *fleet, req store.SyncRequest, err error) {
+	f.mu.Lock()
+	for _, r := range req.Rejections { // flushed by the next heartbeat
+		f.rej[rejKey{r.Reason, r.Bucket}] += r.Count
+	}
+	f.mu.Unlock()
+	if parent.Err() == nil { // a stopping tracker is not a Redis outage
+		t.redisFailed(f, "sync", err)
+	} else {
 		f.mu.Lock()
-		for _, r := range rej { // flushed by the next heartbeat
-			f.rej[rejKey{r.Reason, r.Bucket}] += r.Count
-		}
+		f.degraded = true
 		f.mu.Unlock()
-		if parent.Err() == nil { // a stopping tracker is not a Redis outage
-			t.redisFailed(f, "sync", err)
-		} else {
-			f.mu.Lock()
-			f.degraded = true
-			f.mu.Unlock()
-		}
-		f.gate.Release(gateAll)
-		return res, err
 	}
-	f.gate.Release(gateAll)
+}
+
+// syncView takes in the rest of a successful heartbeat's answer res, once
+// the gate is open: the epoch and whether it grants, the view of the fleet
+// (counts is what the heartbeat published), the instances to reap, and the
+// end of the fallback.
+func (t *Tracker) syncView(f *fleet, res store.SyncResult, counts []store.PodCount, now time.Time) {
 	f.mu.Lock()
 	if f.epoch != "" && res.Epoch != f.epoch {
 		t.log.Warn("Redis lost or reloaded the fleet's state: it grants nothing until every instance has had a lease to re-publish its connections",
@@ -260,7 +304,6 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (store.S
 	if recovered {
 		t.log.Info("redis reachable again, counts re-published", "fleet", f.name, "epoch", res.Epoch)
 	}
-	return res, nil
 }
 
 // inherit runs once per fleet, before the first heartbeat publishes this
