@@ -161,7 +161,7 @@ func (t *Tracker) recordReusedLocked(f *fleet, pod string, now time.Time) Result
 // now (see reuse), "" when there is none; taken counts slots already
 // taken back and not yet recorded (held).
 func (f *fleet) spareSlotLocked(now time.Time, taken map[string]int) string {
-	if len(f.spare) == 0 || !f.usableLocked() || !now.Before(f.leaseUntil) || f.noReuse.Load() {
+	if len(f.spare) == 0 || !f.usableLocked() || !now.Before(f.leaseUntil) || f.noReuse {
 		return ""
 	}
 	fc := f.conf()

@@ -25,7 +25,9 @@ func SetReuse(t *Tracker, fleet string, on bool) {
 	if err != nil {
 		panic(err)
 	}
-	f.noReuse.Store(!on)
+	f.mu.Lock()
+	f.noReuse = !on
+	f.mu.Unlock()
 }
 
 // AwaitQueuedAdmissions returns once n admissions of fleet wait in its

@@ -22,6 +22,29 @@ type rejKey struct {
 	bucket int64
 }
 
+// fleet is one fleet's state on this instance.
+//
+// Locks, in the only order in which they nest (each one is taken after
+// the ones before it, never before them):
+//
+//	gate -> f.mu        an admission or a release holds one unit of gate
+//	                    across its script and its local record; a heartbeat,
+//	                    Leave, all of it across its snapshot, call and
+//	                    result (syncCall). Nothing waits for gate while
+//	                    holding f.mu.
+//	t.applyMu -> f.mu   retire reads f under applyMu. Apply takes no f.mu
+//	                    under it; applyMu and gate never nest.
+//	f.mu -> leaves      under f.mu only t.byConn, t.idSeq, the metrics, the
+//	                    logger and f.stalled (guarded by f.mu itself).
+//
+//	gate -> batcher.mu  an admission holds its unit while admits.do queues
+//	                    and sends it; the sender (sendAdmits) takes no gate.
+//
+// A batcher's mutex (batch.go) never nests with f.mu, either way: the
+// batchers call send with their mutex released, sendAdmits takes the
+// releases (take, finish) with f.mu released, and Release posts after
+// unlocking f.mu (and the gate). No two fleets' locks are ever held
+// together, and nothing takes gate or applyMu under a batcher's mutex.
 type fleet struct {
 	name string
 	// cfg is replaced whole by Apply; read it through conf.
@@ -30,7 +53,6 @@ type fleet struct {
 	// stays until its connections have ended (Apply).
 	retired   atomic.Bool
 	podsDirty atomic.Bool // its static pods changed: the next heartbeat writes them
-	noReuse   atomic.Bool // tests only (export_test.go): every admission asks Redis
 	limiter   *rate.Limiter
 	admitted  prometheus.Counter
 	rejected  map[store.Reason]prometheus.Counter
@@ -50,10 +72,14 @@ type fleet struct {
 	admits   *batcher[struct{}, admission]
 	releases *batcher[releaseReq, struct{}]
 
-	mu    sync.Mutex // guards everything below
-	conns map[string]*conn
-	live  map[string]int // pod -> live connections of this instance
-	est   map[string]int // pod -> established connections of this instance
+	mu sync.Mutex // guards everything below
+	// noReuse is set by tests only (export_test.go): every admission asks
+	// Redis. A field under the lock the reuse path holds already, not an
+	// atomic load per admission.
+	noReuse bool
+	conns   map[string]*conn
+	live    map[string]int // pod -> live connections of this instance
+	est     map[string]int // pod -> established connections of this instance
 	// ent is this instance's entitlement per pod: never more than Redis
 	// counts for it in inst:<id> (PROTOCOL.md, invariant L). The share
 	// fallback admits only into ent - held.

@@ -46,7 +46,7 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	r := releaseReq{pod: c.pod, pending: !c.established && c.seq < f.seq, seq: f.seq}
 	switch {
 	case !queued:
-	case f.ent[c.pod]-f.heldLocked(c.pod) > f.spare[c.pod] && !f.noReuse.Load():
+	case f.ent[c.pod]-f.heldLocked(c.pod) > f.spare[c.pod] && !f.noReuse:
 		// Its slot stays in ent until the release leaves the queue, and
 		// an admission may take it back meanwhile (reuse).
 		r.spare = true
