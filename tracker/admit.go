@@ -103,7 +103,7 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 			// The script may have run: Redis then counts a slot this
 			// instance does not, which is safe and the next heartbeat fixes.
 			why = "redis_error"
-			t.redisFailed(f, "admit", err)
+			t.degrade(f, "admit", err)
 		default:
 			why = string(fence)
 			t.fence(f, fence)
@@ -161,7 +161,7 @@ func (t *Tracker) recordReusedLocked(f *fleet, pod string, now time.Time) Result
 // now (see reuse), "" when there is none; taken counts slots already
 // taken back and not yet recorded (held).
 func (f *fleet) spareSlotLocked(now time.Time, taken map[string]int) string {
-	if len(f.spare) == 0 || !f.usableLocked() || !now.Before(f.leaseUntil) || f.noReuse {
+	if len(f.spare) == 0 || !f.redisUsableLocked() || !now.Before(f.localLeaseUntil) || f.noReuse {
 		return ""
 	}
 	fc := f.conf()
@@ -216,7 +216,7 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 		// still in ent - held unless the share fallback took it meanwhile.
 		// And the lease may have ended meanwhile (a 'lease' refusal of
 		// the batch's other admissions): a reaped instance reuses nothing.
-		if f.ent[a.Pod] <= f.heldLocked(a.Pod) || !now.Before(f.leaseUntil) {
+		if f.ent[a.Pod] <= f.heldLocked(a.Pod) || !now.Before(f.localLeaseUntil) {
 			return Result{}, "", fmt.Errorf("admit %s: reused slot on %s taken or lease over meanwhile: %w", f.name, a.Pod, errGaveUp)
 		}
 		return t.recordReusedLocked(f, a.Pod, now), "", nil
@@ -343,7 +343,7 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time, why string) Result {
 	better := func(pod string, load int) bool { return ranksBefore(policy, pod, load, best, bestLoad) }
 	switch t.cfg.Fallback {
 	case FallbackShare:
-		if !now.Before(f.leaseUntil) {
+		if !now.Before(f.localLeaseUntil) {
 			break
 		}
 		for pod, n := range f.ent {

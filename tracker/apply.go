@@ -105,7 +105,7 @@ func (t *Tracker) retire(ctx context.Context, f *fleet) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 4*t.cfg.RedisTimeout)
 	defer cancel()
-	if _, err := t.store.Leave(ctx, f.name, t.cfg.InstanceID, f.nextSeq()); err != nil {
+	if _, err := t.store.Leave(ctx, f.name, t.cfg.InstanceID, f.leaveSeq()); err != nil {
 		return fmt.Errorf("retire fleet %s: %w", f.name, err)
 	}
 	t.applyMu.Lock()

@@ -24,13 +24,13 @@ type conn struct {
 	// in Redis, where it would free another connection's slot.
 	uncounted bool
 	adoptSeq  uint64
-	// seq is the instance's seq when it was admitted: a heartbeat sent
+	// admitSeq is the instance's seq when it was admitted: a heartbeat sent
 	// after it published it pending (pend:<id>) if it was not established.
-	seq uint64
+	admitSeq uint64
 }
 
 func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback bool) Result {
-	c := &conn{id: t.idPrefix + strconv.FormatUint(t.idSeq.Add(1), 36), pod: pod, admitted: now, renewed: now, seq: f.seq}
+	c := &conn{id: t.idPrefix + strconv.FormatUint(t.idSeq.Add(1), 36), pod: pod, admitted: now, renewed: now, admitSeq: f.seq}
 	f.conns[c.id] = c
 	f.live[pod]++
 	t.byConn.Store(c.id, f)
@@ -181,7 +181,7 @@ func (t *Tracker) expire(f *fleet, now time.Time) {
 		default:
 			continue
 		}
-		f.dropLocked(c)
+		f.removeConnLocked(c)
 		t.byConn.Delete(c.id)
 	}
 	f.mu.Unlock()

@@ -70,7 +70,7 @@ func (t *Tracker) Leave(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("leave %s: waiting for its heartbeat: %w", f.name, err))
 			continue
 		}
-		_, err := t.store.Leave(ctx, f.name, t.cfg.InstanceID, f.nextSeq())
+		_, err := t.store.Leave(ctx, f.name, t.cfg.InstanceID, f.leaveSeq())
 		f.gate.Release(gateAll)
 		if err != nil {
 			errs = append(errs, err)
@@ -83,13 +83,13 @@ func (t *Tracker) Leave(ctx context.Context) error {
 	return nil
 }
 
-// nextSeq numbers one more call of this instance on f: a leave, which
+// leaveSeq numbers one more call of this instance on f: a leave, which
 // gives up every slot, so the ones kept for reuse go first (a release
 // queued before it is stale by its seq and would not take them out).
-func (f *fleet) nextSeq() uint64 {
+func (f *fleet) leaveSeq() uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.dropSpareLocked()
+	f.lowerEntToHeldLocked()
 	f.seq++
 	return f.seq
 }

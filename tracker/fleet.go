@@ -106,29 +106,29 @@ type fleet struct {
 	// seq numbers this instance's heartbeats and releases, so that Redis
 	// ignores one that arrives after a later heartbeat (sync.lua).
 	seq uint64
-	// leaseUntil is the end of this instance's lease by its own monotonic
-	// clock: InstanceTTL from the moment its last successful heartbeat was
-	// sent, before Redis stamped it. Past it, the entitlement may have been
-	// given away.
-	leaseUntil time.Time
-	view       view
+	// localLeaseUntil is the end of this instance's local lease, by its own
+	// monotonic clock: InstanceTTL from the moment its last successful
+	// heartbeat was sent, before Redis stamped it (not the Redis lease, nor
+	// a connection's). Past it, the entitlement may have been given away.
+	localLeaseUntil time.Time
+	view            view
 	// redisSaid describes the last failed Redis call (store.DescribeRedisError),
 	// for logs and readiness; redisWarned is when it was last warned of.
 	redisSaid   string
 	redisWarned time.Time
-	// synced is when the last heartbeat succeeded (wall clock, for
+	// lastHeartbeat is when the last heartbeat succeeded (wall clock, for
 	// /metrics and /status; zero before the first), and recoveryEnd when
 	// the epoch's recovery wait ends as that heartbeat saw it (this
 	// instance's clock: Redis' remaining wait, or a full instance TTL
 	// since it first saw the epoch, whichever is later).
-	synced      time.Time
-	recoveryEnd time.Time
+	lastHeartbeat time.Time
+	recoveryEnd   time.Time
 	// uncounted is how many of conns are (conn.uncounted).
 	uncounted int
-	// stalled watches the other instances' seqs; stale names the ones the
-	// next heartbeat asks Redis to reap.
+	// stalled watches the other instances' seqs; toReap names the ones
+	// the next heartbeat asks Redis to reap.
 	stalled *store.Stalled
-	stale   []string
+	toReap  []string
 
 	// inherited are connections a previous run of this instance left in
 	// Redis (the tracker restarted, its Envoy kept its connections). They
@@ -161,9 +161,11 @@ func (f *fleet) lowerEntLocked(pod string) {
 	}
 }
 
-// dropSpareLocked gives up the entitlement this instance does not use,
-// the slots of queued releases with it: none is left to reuse.
-func (f *fleet) dropSpareLocked() {
+// lowerEntToHeldLocked is the model's lower_ent: ent := min(ent, held) on
+// every pod. It gives up the entitlement this instance does not use, the
+// slots of queued releases with it (spare lives in ent - held, now 0):
+// none is left to reuse.
+func (f *fleet) lowerEntToHeldLocked() {
 	clear(f.spare)
 	for pod, n := range f.ent {
 		if h := f.heldLocked(pod); n > h {
@@ -185,7 +187,9 @@ func (f *fleet) takeSpareLocked(pod string) {
 	}
 }
 
-func (f *fleet) dropLocked(c *conn) {
+// removeConnLocked removes c from the local truth: conns, live, est and
+// uncounted (the held-- of the model's release_local and lower_both).
+func (f *fleet) removeConnLocked(c *conn) {
 	delete(f.conns, c.id)
 	if c.uncounted {
 		f.uncounted--

@@ -12,12 +12,17 @@ import (
 func (f *fleet) redisUsable() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.usableLocked()
+	return f.redisUsableLocked()
 }
 
-func (f *fleet) usableLocked() bool { return f.view.ok && !f.degraded && !f.fenced }
+// redisUsableLocked is redisUsable with f.mu held: the model's
+// CAN_ADMIT_REDIS.
+func (f *fleet) redisUsableLocked() bool { return f.view.ok && !f.degraded && !f.fenced }
 
-func (t *Tracker) redisFailed(f *fleet, op string, err error) {
+// degrade takes in the failure err of a Redis call op: the fleet is
+// degraded (admissions and releases leave Redis until a heartbeat
+// succeeds; the model's deg[i]), counted, and warned of at a bounded rate.
+func (t *Tracker) degrade(f *fleet, op string, err error) {
 	t.metrics.RedisErrors.WithLabelValues(op).Inc()
 	said := store.DescribeRedisError(err)
 	now := time.Now()
@@ -56,8 +61,8 @@ func (t *Tracker) fence(f *fleet, why store.Fence) {
 		// The lease ended in Redis: an instance may have reaped this one and
 		// given its slots away, so its own lease is over too, and what it
 		// frees until its next heartbeat is no longer its to reuse.
-		f.dropSpareLocked()
-		f.leaseUntil = time.Time{}
+		f.lowerEntToHeldLocked()
+		f.localLeaseUntil = time.Time{}
 	}
 	f.mu.Unlock()
 	if !was {

@@ -73,14 +73,14 @@ func (t *Tracker) granting() bool {
 func (t *Tracker) Heartbeat(ctx context.Context) error {
 	var errs []error
 	for _, f := range t.allFleets() {
-		if err := t.syncFleet(ctx, f); err != nil {
+		if err := t.heartbeatFleet(ctx, f); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (t *Tracker) syncFleet(ctx context.Context, f *fleet) error {
+func (t *Tracker) heartbeatFleet(ctx context.Context, f *fleet) error {
 	if t.left.Load() {
 		return nil
 	}
@@ -145,7 +145,7 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (store.S
 func (t *Tracker) syncCall(ctx, parent context.Context, f *fleet, now time.Time) (store.SyncResult, store.SyncRequest, error) {
 	if err := f.gate.Acquire(ctx, gateAll); err != nil {
 		if parent.Err() == nil {
-			t.redisFailed(f, "sync", err)
+			t.degrade(f, "sync", err)
 		}
 		return store.SyncResult{}, store.SyncRequest{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.name, err)
 	}
@@ -159,7 +159,7 @@ func (t *Tracker) syncCall(ctx, parent context.Context, f *fleet, now time.Time)
 		// release waiting for the gate can tell whether the fleet is
 		// degraded before or after it opens.
 		if parent.Err() == nil {
-			t.redisFailed(f, "sync", err)
+			t.degrade(f, "sync", err)
 		}
 		return store.SyncResult{}, store.SyncRequest{}, err
 	}
@@ -200,7 +200,7 @@ func (t *Tracker) syncSnapshot(f *fleet, now time.Time) store.SyncRequest {
 	// The script replaces this instance's slots with what it holds: from
 	// now on it relies on no more, whether or not the reply comes back
 	// (invariant L).
-	f.dropSpareLocked()
+	f.lowerEntToHeldLocked()
 	oldest := store.Bucket(now) - store.BucketSlots
 	rej := make([]store.RejectionCount, 0, len(f.rej))
 	for k, n := range f.rej {
@@ -212,7 +212,7 @@ func (t *Tracker) syncSnapshot(f *fleet, now time.Time) store.SyncRequest {
 	f.seq++
 	req := store.SyncRequest{
 		Fleet: f.name, Instance: t.cfg.InstanceID, Lease: t.cfg.InstanceTTL, RecoveryWait: t.cfg.InstanceTTL,
-		Seq: f.seq, Counts: counts, Rejections: rej, Reap: f.stale,
+		Seq: f.seq, Counts: counts, Rejections: rej, Reap: f.toReap,
 	}
 	if f.epoch != "" && !f.granting && now.Sub(f.epochSeen) >= t.cfg.InstanceTTL {
 		// A full TTL of this clock since it first saw the epoch, which was
@@ -242,7 +242,7 @@ func (t *Tracker) syncEntitled(f *fleet, req store.SyncRequest, sent time.Time) 
 			}
 		}
 	}
-	f.leaseUntil = sent.Add(t.cfg.InstanceTTL)
+	f.localLeaseUntil = sent.Add(t.cfg.InstanceTTL)
 }
 
 // syncFailed takes in a heartbeat req that failed (err) or was stale: its
@@ -257,7 +257,7 @@ func (t *Tracker) syncFailed(parent context.Context, f *fleet, req store.SyncReq
 	}
 	f.mu.Unlock()
 	if parent.Err() == nil { // a stopping tracker is not a Redis outage
-		t.redisFailed(f, "sync", err)
+		t.degrade(f, "sync", err)
 	} else {
 		f.mu.Lock()
 		f.degraded = true
@@ -279,19 +279,19 @@ func (t *Tracker) syncView(f *fleet, res store.SyncResult, counts []store.PodCou
 		f.epochSeen = t.now()
 	}
 	f.epoch, f.granting = res.Epoch, res.Recovering == 0
-	f.synced = time.Now()
+	f.lastHeartbeat = time.Now()
 	f.recoveryEnd = time.Time{}
 	if !f.granting {
-		f.recoveryEnd = f.synced.Add(max(res.Recovering, f.epochSeen.Add(t.cfg.InstanceTTL).Sub(t.now())))
+		f.recoveryEnd = f.lastHeartbeat.Add(max(res.Recovering, f.epochSeen.Add(t.cfg.InstanceTTL).Sub(t.now())))
 	}
 	f.view = newView(res, counts)
 	seqs := make(map[string]uint64, len(res.Instances))
 	for id, l := range res.Instances {
 		seqs[id] = l.Seq
 	}
-	f.stale = nil
+	f.toReap = nil
 	if t.cfg.ExpiredInstances == fleets.ExpiredReap {
-		f.stale = f.stalled.Observe(seqs, t.cfg.InstanceID, now)
+		f.toReap = f.stalled.Observe(seqs, t.cfg.InstanceID, now)
 	}
 	recovered := f.degraded || f.fenced
 	f.degraded, f.fenced, f.fencedBy = false, false, ""

@@ -31,7 +31,7 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 	gated := f.redisUsable() && acquire(ctx, f.gate, time.Now().Add(t.cfg.RedisTimeout)) == nil
 	f.mu.Lock()
 	// The heartbeat it waited for may have failed (see errGaveUp).
-	queued := gated && f.usableLocked()
+	queued := gated && f.redisUsableLocked()
 	c, ok := f.conns[id]
 	if !ok {
 		f.mu.Unlock()
@@ -40,10 +40,10 @@ func (t *Tracker) Release(ctx context.Context, id string) error {
 		}
 		return fmt.Errorf("release: connection %q: %w", id, ErrUnknownConn)
 	}
-	f.dropLocked(c)
+	f.removeConnLocked(c)
 	queued = queued && !c.uncounted
 	// Pending in Redis only if a heartbeat since its admission said so.
-	r := releaseReq{pod: c.pod, pending: !c.established && c.seq < f.seq, seq: f.seq}
+	r := releaseReq{pod: c.pod, pending: !c.established && c.admitSeq < f.seq, seq: f.seq}
 	switch {
 	case !queued:
 	case f.ent[c.pod]-f.heldLocked(c.pod) > f.spare[c.pod] && !f.noReuse:
@@ -181,7 +181,7 @@ func (t *Tracker) released(f *fleet, counts []store.ReleaseCount, lowered []int,
 			}
 			f.mu.Unlock()
 		}
-		t.redisFailed(f, "release", err)
+		t.degrade(f, "release", err)
 	}
 }
 

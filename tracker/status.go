@@ -66,8 +66,8 @@ func (f *fleet) status(now time.Time) FleetStatus {
 	if s.Recovering && !f.recoveryEnd.IsZero() {
 		s.RecoveryWaitLeft = max(0, f.recoveryEnd.Sub(now).Seconds())
 	}
-	if !f.synced.IsZero() {
-		at := f.synced
+	if !f.lastHeartbeat.IsZero() {
+		at := f.lastHeartbeat
 		s.LastHeartbeat, s.LastHeartbeatAge = &at, now.Sub(at).Seconds()
 	}
 	switch {
