@@ -18,6 +18,17 @@ import (
 // so Redis' cost per call (its syscalls, the script's setup and fence) is
 // shared, and the batches grow when Redis is slower (PROTOCOL.md,
 // "Batches").
+//
+// A fleet has two: admits (do: the caller waits for its answer) and
+// releases (post: nobody waits), coupled by take and finish, with which an
+// admit call carries the queued releases. They are not one queue of
+// operations per fleet on purpose: an admit call and a release call of
+// one fleet may be in flight together (take hands nothing over while the
+// releases' own call is out, and the admission goes on without them),
+// where one queue would hold every admission behind a call that carries
+// only releases; and which call carries which release, with the linger
+// and the spare releases kept back for reuse, is what the tests of
+// batchstore_test.go and reuse_test.go pin. One queue would change both.
 type batcher[Req, Res any] struct {
 	max     int                 // most requests per call
 	timeout time.Duration       // each call's own deadline
