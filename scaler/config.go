@@ -1,8 +1,7 @@
 package scaler
 
 import (
-	"errors"
-	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/wsgate/wsgate/fleets"
@@ -24,13 +23,15 @@ type Config struct {
 	// PollInterval is StreamIsActive's safety-net poll beside pub/sub.
 	// Default 1s.
 	PollInterval time.Duration
-	// InstanceTTL is the trackers' --instance-ttl: the reaper reaps an
-	// instance only after watching it stand still this long on its own
-	// clock (tracker/PROTOCOL.md). Default 10s, the trackers' default.
+	// InstanceTTL is the trackers' instance TTL (the fleets file's
+	// instanceTTL): the reaper reaps an instance only after watching it
+	// stand still this long on its own clock (tracker/PROTOCOL.md).
+	// Default 10s, the trackers' default.
 	InstanceTTL time.Duration
-	// ExpiredInstances is the trackers' --expired-instances: keep turns the
-	// reaper off, kube reaps only instances Kubernetes no longer lists (it
-	// needs WithInstanceJudge). Default reap.
+	// ExpiredInstances is the trackers' (the fleets file's
+	// expiredInstances): keep turns the reaper off, kube reaps only
+	// instances Kubernetes no longer lists (it needs WithInstanceJudge).
+	// Default reap.
 	ExpiredInstances fleets.ExpiredMode
 }
 
@@ -57,10 +58,43 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// Validate names the first field of c that is wrong.
+// FieldError is a field of Config that is wrong. Field is Config's Go
+// name, so that a caller can name what the user wrote (a flag, a fleets-file
+// field) with errors.As instead of reading the text.
+type FieldError struct {
+	// Field is the field that is wrong ("ReadinessRatio").
+	Field string
+	// Value is its value as the message shows it; "" for none.
+	Value string
+	// Problem says what is wrong ("want (0, 1]").
+	Problem string
+}
+
+// configNames are Config's fields as its errors name them.
+var configNames = map[string]string{
+	"Fleets": "fleets", "Settle": "settle", "ReadinessRatio": "readiness ratio", "ExpectedInstances": "expected instances",
+	"PollInterval": "poll interval", "InstanceTTL": "instanceTTL", "ExpiredInstances": "expiredInstances",
+}
+
+func (e *FieldError) Error() string {
+	return e.Describe(func(field string) string { return configNames[field] })
+}
+
+// Describe is the error's text with the field named by name:
+// "<Field> <Value>: <Problem>".
+func (e *FieldError) Describe(name func(field string) string) string {
+	s := name(e.Field)
+	if e.Value != "" {
+		s += " " + e.Value
+	}
+	return s + ": " + e.Problem
+}
+
+// Validate names the first field of c that is wrong: a *FieldError, or the
+// *fleets.FieldError of a fleet.
 func (c Config) Validate() error {
 	if len(c.Fleets) == 0 {
-		return errors.New("fleets: at least one fleet is required")
+		return &FieldError{Field: "Fleets", Problem: "at least one fleet is required"}
 	}
 	for _, f := range c.Fleets {
 		if err := f.Validate(); err != nil {
@@ -68,19 +102,22 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.Settle < 0 {
-		return fmt.Errorf("settle %s: must not be negative", c.Settle)
+		return &FieldError{Field: "Settle", Value: c.Settle.String(), Problem: "must not be negative"}
 	}
 	if c.ReadinessRatio <= 0 || c.ReadinessRatio > 1 {
-		return fmt.Errorf("readiness ratio %g: want (0, 1]", c.ReadinessRatio)
+		return &FieldError{Field: "ReadinessRatio", Value: strconv.FormatFloat(c.ReadinessRatio, 'g', -1, 64), Problem: "want (0, 1]"}
 	}
 	if c.ExpectedInstances < 0 {
-		return fmt.Errorf("expected instances %d: must not be negative", c.ExpectedInstances)
+		return &FieldError{Field: "ExpectedInstances", Value: strconv.Itoa(c.ExpectedInstances), Problem: "must not be negative"}
 	}
 	if c.PollInterval <= 0 {
-		return fmt.Errorf("poll interval %s: must be positive", c.PollInterval)
+		return &FieldError{Field: "PollInterval", Value: c.PollInterval.String(), Problem: "must be positive"}
 	}
 	if c.InstanceTTL <= 0 {
-		return fmt.Errorf("instance ttl %s: must be positive", c.InstanceTTL)
+		return &FieldError{Field: "InstanceTTL", Value: c.InstanceTTL.String(), Problem: "must be positive"}
 	}
-	return c.ExpiredInstances.Validate()
+	if c.ExpiredInstances.Validate() != nil {
+		return &FieldError{Field: "ExpiredInstances", Value: strconv.Quote(string(c.ExpiredInstances)), Problem: "want reap, keep or kube"}
+	}
+	return nil
 }

@@ -24,7 +24,8 @@ func TestCheckConfig(t *testing.T) {
 	}{
 		{"tracker", runTracker, nil, ""},
 		{"scaler", runScaler, nil, ""},
-		{"tracker heartbeat", runTracker, []string{"--heartbeat=20s"}, "--instance-ttl 10s: must be longer than --heartbeat 20s"},
+		// The instance TTL is the fleets file's, which leaves it out here.
+		{"tracker heartbeat", runTracker, []string{"--heartbeat=20s"}, "--config " + file + ": instanceTTL 10s (the default): must be longer than --heartbeat 20s"},
 		{"scaler settle", runScaler, []string{"--settle=0s"}, "--settle 0s: must be positive"},
 		{"tracker redis db of a cluster", runTracker, []string{"--redis-addr=127.0.0.1:1,127.0.0.1:2", "--redis-db=1"}, "Redis Cluster has only db 0"},
 		{"scaler redis master and cluster", runScaler, []string{"--redis-master-name=m", "--redis-cluster"}, "exclude each other"},
