@@ -154,3 +154,19 @@ func TestWatchFileHandsOverTheSettings(t *testing.T) {
 }
 
 var errRefused = os.ErrInvalid
+
+// TestExampleShowsTheSettings: the example file, whose values are the
+// defaults, shows the fleet-wide settings at their defaults.
+func TestExampleShowsTheSettings(t *testing.T) {
+	data, err := os.ReadFile("fleets.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := fleets.Decode("fleets.example.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Line("instanceTTL") == 0 || f.Line("expiredInstances") == 0 || f.Settings != (fleets.Settings{}).WithDefaults() {
+		t.Errorf("the example sets %+v, want both settings shown at their defaults", f.Settings)
+	}
+}
