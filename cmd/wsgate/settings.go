@@ -30,8 +30,16 @@ var settingField = map[string]struct{ flag, field string }{
 	"ExpiredInstances": {"--expired-instances", "expiredInstances"},
 }
 
-// settingFlagNames are the flags' names, as the flag package has them.
-var settingFlagNames = map[string]bool{"instance-ttl": true, "expired-instances": true}
+// isSettingFlag reports whether name (as the flag package has it:
+// "instance-ttl") is a deprecated flag of a setting.
+func isSettingFlag(name string) bool {
+	for _, sf := range settingField {
+		if sf.flag == "--"+name {
+			return true
+		}
+	}
+	return false
+}
 
 // printNotes writes notes for a --check-config run, which makes no logger.
 func printNotes(notes []settingNote) {

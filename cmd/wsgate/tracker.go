@@ -227,7 +227,7 @@ var trackerConfigFlags = map[string]string{
 func checkTrackerConfig(fs *flag.FlagSet, f trackerFlags) error {
 	var err error
 	fs.Visit(func(fl *flag.Flag) {
-		if _, setting := settingFlagNames[fl.Name]; setting {
+		if isSettingFlag(fl.Name) {
 			return // resolve refused a zero, with the file's default
 		}
 		if d, ok := fl.Value.(flag.Getter).Get().(time.Duration); ok && d == 0 && err == nil {
