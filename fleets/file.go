@@ -53,86 +53,131 @@ var fleetFields = func() []string {
 	return out
 }()
 
-// ParseFile is Parse for the file at path: its errors start
-// with path:line.
-func ParseFile(path string, data []byte) ([]Fleet, error) {
-	fleets, line, err := parseFleets(data)
+// File is a whole fleets file: its fleet-wide settings, as written (a
+// field left out is zero), and its fleets, validated with defaults applied.
+type File struct {
+	Settings
+	Fleets []Fleet
+	// lines are the lines of the top-level fields the file sets.
+	lines map[string]int
+}
+
+// Line is the line of the top-level field ("instanceTTL") in the file, 0
+// when the file leaves it out.
+func (f File) Line(field string) int { return f.lines[field] }
+
+// Decode is ParseFile with the file's settings: the whole file at path
+// (YAML or JSON). Its errors start with path:line.
+func Decode(path string, data []byte) (File, error) {
+	f, line, err := parseFile(data)
 	if err == nil {
-		return fleets, nil
+		return f, nil
 	}
 	if line > 0 {
-		return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		return File{}, fmt.Errorf("%s:%d: %w", path, line, err)
 	}
-	return nil, fmt.Errorf("%s: %w", path, err)
+	return File{}, fmt.Errorf("%s: %w", path, err)
+}
+
+// ParseFile is Parse for the file at path: its errors start
+// with path:line. It checks the file's settings and drops them: Decode
+// returns them.
+func ParseFile(path string, data []byte) ([]Fleet, error) {
+	f, err := Decode(path, data)
+	return f.Fleets, err
 }
 
 // Parse decodes a fleets file (YAML or JSON), rejecting unknown
 // fields, and validates every fleet with defaults applied. Its errors
 // name the line ("line 7: ...").
 func Parse(data []byte) ([]Fleet, error) {
-	fleets, line, err := parseFleets(data)
+	f, line, err := parseFile(data)
 	if err != nil && line > 0 {
 		return nil, fmt.Errorf("fleets file: line %d: %w", line, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("fleets file: %w", err)
 	}
-	return fleets, nil
+	return f.Fleets, nil
 }
 
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): `)
 
-// parseFleets returns the fleets, or the first error and its line (0:
-// the whole file).
-func parseFleets(data []byte) ([]Fleet, int, error) {
+// parseFile returns the file, or the first error and its line (0: the
+// whole file).
+func parseFile(data []byte) (File, int, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		msg := err.Error()
 		if m := yamlLine.FindStringSubmatch(msg); m != nil {
 			n, _ := strconv.Atoi(m[1])
-			return nil, n, errors.New("not valid YAML: " + msg[len(m[0]):])
+			return File{}, n, errors.New("not valid YAML: " + msg[len(m[0]):])
 		}
-		return nil, 0, errors.New("not valid YAML: " + strings.TrimPrefix(msg, "yaml: "))
+		return File{}, 0, errors.New("not valid YAML: " + strings.TrimPrefix(msg, "yaml: "))
 	}
 	noFleets := errors.New("no fleets defined (want a top-level `fleets:` list)")
 	if len(doc.Content) == 0 {
-		return nil, 0, noFleets
+		return File{}, 0, noFleets
 	}
 	root := doc.Content[0]
 	if root.Kind != yaml.MappingNode {
-		return nil, root.Line, noFleets
+		return File{}, root.Line, noFleets
 	}
+	file := File{lines: map[string]int{}}
 	var list *yaml.Node
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], root.Content[i+1]
-		if k.Value != "fleets" {
-			return nil, k.Line, unknownField(k.Value, []string{"fleets"})
+		if !contains(settingFields, k.Value) {
+			return File{}, k.Line, unknownField(k.Value, settingFields)
 		}
-		list = v
+		file.lines[k.Value] = k.Line
+		if k.Value == "fleets" {
+			list = v
+			continue
+		}
+		if line, err := decodeSetting(&file.Settings, k, v); err != nil {
+			return File{}, line, err
+		}
 	}
 	if list == nil || (list.Kind == yaml.ScalarNode && list.Tag == "!!null") {
-		return nil, 0, noFleets
+		return File{}, 0, noFleets
 	}
 	if list.Kind != yaml.SequenceNode {
-		return nil, list.Line, errors.New("fleets: want a list of fleets")
+		return File{}, list.Line, errors.New("fleets: want a list of fleets")
 	}
 	if len(list.Content) == 0 {
-		return nil, list.Line, noFleets
+		return File{}, list.Line, noFleets
 	}
-	out := make([]Fleet, len(list.Content))
+	file.Fleets = make([]Fleet, len(list.Content))
 	first := map[string]int{}
 	for i, n := range list.Content {
 		fc, line, err := parseFleet(n)
 		if err != nil {
-			return nil, line, err
+			return File{}, line, err
 		}
 		if l, ok := first[fc.Name]; ok {
-			return nil, n.Line, fmt.Errorf("fleet %s: defined twice (first at line %d)", fc.Name, l)
+			return File{}, n.Line, fmt.Errorf("fleet %s: defined twice (first at line %d)", fc.Name, l)
 		}
 		first[fc.Name] = n.Line
-		out[i] = fc
+		file.Fleets[i] = fc
 	}
-	return out, 0, nil
+	return file, 0, nil
+}
+
+// decodeSetting decodes and checks the top-level setting k: v into s,
+// returning the line of an error.
+func decodeSetting(s *Settings, k, v *yaml.Node) (int, error) {
+	var val any
+	if err := v.Decode(&val); err != nil {
+		return v.Line, fmt.Errorf("%s: %w", k.Value, err)
+	}
+	if err := decodeField(s, k.Value, val); err != nil {
+		return v.Line, err
+	}
+	if err := checkSetting(*s, k.Value); err != nil {
+		return k.Line, err
+	}
+	return 0, nil
 }
 
 // parseFleet decodes and validates one fleet of the list.
@@ -177,15 +222,15 @@ func parseFleet(n *yaml.Node) (Fleet, int, error) {
 	return fc, 0, nil
 }
 
-// decodeField sets field of fc from its YAML value, with the JSON
-// decoding the fields define (Duration's "5s").
-func decodeField(fc *Fleet, field string, val any) error {
+// decodeField sets field of dst (a *Fleet or *Settings) from its YAML
+// value, with the JSON decoding the fields define (Duration's "5s").
+func decodeField(dst any, field string, val any) error {
 	raw, err := json.Marshal(map[string]any{field: val})
 	if err != nil {
 		return fmt.Errorf("%s: %w", field, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(fc); err != nil {
+	if err := dec.Decode(dst); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			return fmt.Errorf("%s %s: want %s", field, show(val), kindName(te.Type))

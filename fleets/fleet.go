@@ -1,6 +1,7 @@
 // Package fleets is the fleets file: what a fleet is (its pods, cap, rate
-// and policy), how the file is parsed with errors that name the line and
-// field, and how a running process re-reads it. The tracker and the scaler
+// and policy), the fleet-wide settings every process of the fleets must
+// share (Settings), how the file is parsed with errors that name the line
+// and field, and how a running process re-reads it. The tracker and the scaler
 // both read it; neither imports the other for it.
 package fleets
 

@@ -40,7 +40,13 @@ func NewReloadMetrics(reg prometheus.Registerer, component string) *ReloadMetric
 	return m
 }
 
-// Watch re-reads the fleets file at path every interval until ctx
+// Watch is WatchFile for a caller that takes the fleets only: apply gets
+// each new content's fleets, its settings checked but dropped.
+func Watch(ctx context.Context, path string, loaded []byte, interval time.Duration, apply func([]Fleet) error, m *ReloadMetrics, log *slog.Logger) {
+	WatchFile(ctx, path, loaded, interval, func(f File) error { return apply(f.Fleets) }, m, log)
+}
+
+// WatchFile re-reads the fleets file at path every interval until ctx
 // ends and calls apply with each new content that parses and validates.
 // It reads the file rather than waiting for file-system events: Kubernetes
 // updates a mounted ConfigMap by swapping a symlink (..data) in its
@@ -50,9 +56,10 @@ func NewReloadMetrics(reg prometheus.Registerer, component string) *ReloadMetric
 //
 // loaded is the content the running configuration came from. An invalid or
 // unreadable file is logged, naming what is wrong, and counted; the running
-// configuration stays, and the same content is not reported again. An
+// configuration stays, and the same content is not reported again. So
+// does a content apply refuses (a setting that takes a restart). An
 // empty path or an interval of 0 watches nothing.
-func Watch(ctx context.Context, path string, loaded []byte, interval time.Duration, apply func([]Fleet) error, m *ReloadMetrics, log *slog.Logger) {
+func WatchFile(ctx context.Context, path string, loaded []byte, interval time.Duration, apply func(File) error, m *ReloadMetrics, log *slog.Logger) {
 	if path == "" || interval <= 0 {
 		return
 	}
@@ -93,10 +100,10 @@ func Watch(ctx context.Context, path string, loaded []byte, interval time.Durati
 
 // applyFleets parses the file at path and applies it; apply's errors say
 // "apply" themselves.
-func applyFleets(path string, data []byte, apply func([]Fleet) error) error {
-	fleets, err := ParseFile(path, data)
+func applyFleets(path string, data []byte, apply func(File) error) error {
+	f, err := Decode(path, data)
 	if err != nil {
 		return err
 	}
-	return apply(fleets)
+	return apply(f)
 }

@@ -1,10 +1,11 @@
 package tracker
 
 import (
-	"errors"
 	"fmt"
-	"github.com/wsgate/wsgate/fleets"
+	"strconv"
 	"time"
+
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // FallbackMode says how a tracker admits while Redis cannot be reached.
@@ -30,7 +31,9 @@ type Config struct {
 	// Heartbeat is the interval of sync. Default 2s.
 	Heartbeat time.Duration
 	// InstanceTTL is how long an instance stays alive in Redis without a
-	// heartbeat before others reap its connections. Default 5 x Heartbeat.
+	// heartbeat before others reap its connections; every tracker and the
+	// scaler of a fleet must agree (the fleets file's instanceTTL). Default
+	// 5 x Heartbeat.
 	InstanceTTL time.Duration
 	// EstablishTimeout releases an admitted connection that Envoy never
 	// reported established. Default 30s.
@@ -43,8 +46,8 @@ type Config struct {
 	// the Lua filter's httpCall timeout (250ms). Default 100ms.
 	RedisTimeout time.Duration
 	Fallback     FallbackMode
-	// ExpiredInstances is reap (default) or keep; every tracker and the
-	// scaler of a fleet must agree.
+	// ExpiredInstances is reap (default), keep or kube; every tracker and
+	// the scaler of a fleet must agree (the fleets file's expiredInstances).
 	ExpiredInstances fleets.ExpiredMode
 }
 
@@ -77,13 +80,56 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// Validate names the first field of c that is wrong.
+// FieldError is a field of Config that is wrong. Its Field and Than are
+// Config's Go names, so that a caller can name what the user wrote (a
+// flag, a fleets-file field) with errors.As instead of reading the text.
+type FieldError struct {
+	// Field is the field that is wrong ("InstanceTTL").
+	Field string
+	// Value is its value as the message shows it ("4s", `"a b"`); "" for
+	// none.
+	Value string
+	// Problem says what is wrong ("must be positive", "must be longer
+	// than").
+	Problem string
+	// Than, when set, is the field Problem compares Field with
+	// ("Heartbeat"), and ThanValue its value.
+	Than, ThanValue string
+}
+
+// configNames are Config's fields as its errors name them.
+var configNames = map[string]string{
+	"InstanceID": "instance id", "Fleets": "fleets", "Heartbeat": "heartbeat", "InstanceTTL": "instanceTTL",
+	"EstablishTimeout": "establishTimeout", "LeaseTTL": "leaseTTL", "RedisTimeout": "redisTimeout",
+	"Fallback": "fallback", "ExpiredInstances": "expiredInstances",
+}
+
+func (e *FieldError) Error() string {
+	return e.Describe(func(field string) string { return configNames[field] })
+}
+
+// Describe is the error's text with every field named by name:
+// "<Field> <Value>: <Problem> [<Than> <ThanValue>]".
+func (e *FieldError) Describe(name func(field string) string) string {
+	s := name(e.Field)
+	if e.Value != "" {
+		s += " " + e.Value
+	}
+	s += ": " + e.Problem
+	if e.Than != "" {
+		s += " " + name(e.Than) + " " + e.ThanValue
+	}
+	return s
+}
+
+// Validate names the first field of c that is wrong: a *FieldError, or an
+// error of the fleets (a *fleets.FieldError, or a fleet defined twice).
 func (c Config) Validate() error {
 	if !fleets.ValidName(c.InstanceID) {
-		return fmt.Errorf("instance id %q: want 1-63 characters of letters, digits, '.', '_' or '-'", c.InstanceID)
+		return &FieldError{Field: "InstanceID", Value: strconv.Quote(c.InstanceID), Problem: "want 1-63 characters of letters, digits, '.', '_' or '-'"}
 	}
 	if len(c.Fleets) == 0 {
-		return errors.New("fleets: at least one fleet is required")
+		return &FieldError{Field: "Fleets", Problem: "at least one fleet is required"}
 	}
 	seen := map[string]bool{}
 	for _, f := range c.Fleets {
@@ -95,21 +141,24 @@ func (c Config) Validate() error {
 		}
 		seen[f.Name] = true
 	}
-	for name, d := range map[string]time.Duration{"heartbeat": c.Heartbeat, "establishTimeout": c.EstablishTimeout, "leaseTTL": c.LeaseTTL, "redisTimeout": c.RedisTimeout} {
-		if d <= 0 {
-			return fmt.Errorf("%s %s: must be positive", name, d)
+	for _, d := range []struct {
+		field string
+		d     time.Duration
+	}{{"Heartbeat", c.Heartbeat}, {"EstablishTimeout", c.EstablishTimeout}, {"LeaseTTL", c.LeaseTTL}, {"RedisTimeout", c.RedisTimeout}} {
+		if d.d <= 0 {
+			return &FieldError{Field: d.field, Value: d.d.String(), Problem: "must be positive"}
 		}
 	}
 	if c.InstanceTTL <= c.Heartbeat {
-		return fmt.Errorf("instanceTTL %s: must be longer than heartbeat %s", c.InstanceTTL, c.Heartbeat)
+		return &FieldError{Field: "InstanceTTL", Value: c.InstanceTTL.String(), Problem: "must be longer than", Than: "Heartbeat", ThanValue: c.Heartbeat.String()}
 	}
 	switch c.Fallback {
 	case FallbackShare, FallbackClosed, FallbackOpen:
 	default:
-		return fmt.Errorf("fallback %q: want share, closed or open", c.Fallback)
+		return &FieldError{Field: "Fallback", Value: strconv.Quote(string(c.Fallback)), Problem: "want share, closed or open"}
 	}
-	if err := c.ExpiredInstances.Validate(); err != nil {
-		return err
+	if c.ExpiredInstances.Validate() != nil {
+		return &FieldError{Field: "ExpiredInstances", Value: strconv.Quote(string(c.ExpiredInstances)), Problem: "want reap, keep or kube"}
 	}
 	return nil
 }

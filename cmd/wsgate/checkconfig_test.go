@@ -24,8 +24,12 @@ func TestCheckConfig(t *testing.T) {
 	}{
 		{"tracker", runTracker, nil, ""},
 		{"scaler", runScaler, nil, ""},
-		{"tracker heartbeat", runTracker, []string{"--heartbeat=20s"}, "--instance-ttl 10s: must be longer than --heartbeat 20s"},
+		// The instance TTL is the fleets file's, which leaves it out here.
+		{"tracker heartbeat", runTracker, []string{"--heartbeat=20s"}, "--config " + file + ": instanceTTL 10s (the default): must be longer than --heartbeat 20s"},
 		{"scaler settle", runScaler, []string{"--settle=0s"}, "--settle 0s: must be positive"},
+		// scaler.Config's FieldError, named by the flag.
+		{"scaler readiness ratio", runScaler, []string{"--readiness-ratio=1.5"}, "--readiness-ratio 1.5: want (0, 1]"},
+		{"scaler expected instances", runScaler, []string{"--expected-instances=-1"}, "--expected-instances -1: must not be negative"},
 		{"tracker redis db of a cluster", runTracker, []string{"--redis-addr=127.0.0.1:1,127.0.0.1:2", "--redis-db=1"}, "Redis Cluster has only db 0"},
 		{"scaler redis master and cluster", runScaler, []string{"--redis-master-name=m", "--redis-cluster"}, "exclude each other"},
 		{"tracker log level", runTracker, []string{"--log-level=loud"}, `--log-level "loud"`},

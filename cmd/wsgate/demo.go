@@ -54,7 +54,7 @@ const (
 	demoSettle = time.Second
 	// demoWait bounds every await of the scripted phase.
 	demoWait = 10 * time.Second
-	// demoInstanceTTL replaces the trackers' 10 s --instance-ttl (their
+	// demoInstanceTTL replaces the fleets file's 10 s instanceTTL (their
 	// heartbeat is 1 s): it is also the recovery wait of a new epoch, which
 	// the demo sits through before its first client (tracker/PROTOCOL.md).
 	demoInstanceTTL = 3 * time.Second

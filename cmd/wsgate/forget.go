@@ -17,7 +17,7 @@ func init() { commands["forget-instance"] = runForget }
 const forgetUsage = `Usage: wsgate forget-instance --fleet NAME [flags] INSTANCE-ID
 
 Gives back the slots of a tracker instance that will not come back, for
-fleets run with --expired-instances=keep (which never does it by itself)
+fleets whose fleets file says expiredInstances: keep (which never does it by itself)
 or kube (where Kubernetes still lists the pod).
 Redis refuses while the instance's lease has not ended by its own clock:
 only an instance that stopped heartbeating can be forgotten. Make sure its
@@ -75,7 +75,7 @@ func runForget(args []string) error {
 	}
 	if len(gone) == 0 {
 		left := lease.LeaseUntil.Sub(snap.RedisNow).Round(time.Second)
-		return fmt.Errorf("instance %q of fleet %s still holds a lease, until %s by Redis' clock (in %s): it heartbeated within its --instance-ttl, so it may be alive; retry after that if it stays silent",
+		return fmt.Errorf("instance %q of fleet %s still holds a lease, until %s by Redis' clock (in %s): it heartbeated within its instanceTTL, so it may be alive; retry after that if it stays silent",
 			id, *fleet, lease.LeaseUntil.UTC().Format(time.RFC3339), max(left, time.Second))
 	}
 	fmt.Fprintf(os.Stdout, "forgot instance %s of fleet %s: its slots are free\n", id, *fleet)

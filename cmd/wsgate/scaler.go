@@ -34,6 +34,11 @@ type scalerFlags struct {
 	redis                               *redisOptions
 	kube                                kubeFlags
 	cfg                                 scaler.Config
+	// settings are the deprecated flags of the fleet-wide settings, file
+	// the fleets file as loaded, and notes what a given one warns of.
+	settings *settingFlags
+	file     fleets.File
+	notes    []settingNote
 }
 
 func runScaler(args []string) error {
@@ -51,8 +56,8 @@ func runScaler(args []string) error {
 	fs.IntVar(&f.cfg.ExpectedInstances, "expected-instances", 0, "tracker instances to expect after Redis lost its data (0: the ready endpoints of the fleet's envoyService with --kube, else those alive before the epoch changed)")
 	fs.DurationVar(&f.reapInterval, "reap-interval", 5*time.Second, "interval of reaping expired tracker instances")
 	fs.DurationVar(&f.metricsInterval, "metrics-interval", 5*time.Second, "how often each fleet's state is read from Redis for /metrics (wsgate_scaler_ready, wsgate_scaler_fleet_*, wsgate_scaler_pod_connections), whether or not KEDA polls")
-	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "the trackers' --instance-ttl: an instance is reaped only after standing still this long")
-	fs.StringVar((*string)(&f.cfg.ExpiredInstances), "expired-instances", string(fleets.ExpiredReap), "the trackers' --expired-instances: reap, keep (never reap: the cap holds under partitions), or kube (reap only instances whose pod the fleet's envoyService no longer lists; needs --kube)")
+	f.settings = registerSettingFlags(fs, "The trackers' instance TTL: an instance is reaped only after standing still this long.",
+		"The trackers' expired mode: reap, keep (never reap: the cap holds under partitions), or kube (reap only instances whose pod the fleet's envoyService no longer lists; needs --kube).")
 	fs.BoolVar(&f.kube.enabled, "kube", false, "discover pods from the fleets' Service EndpointSlices and set pod-deletion-cost before scale-downs")
 	fs.StringVar(&f.kube.namespace, "namespace", "", "namespace of the fleets' Services and pods (default: $POD_NAMESPACE)")
 	fs.DurationVar(&f.kube.settle, "deletion-cost-settle", 15*time.Second, "how long pod-deletion-costs must have been observed before a scale-down goes ahead; the HPA's scale-down stabilization window counts toward it")
@@ -65,9 +70,6 @@ func runScaler(args []string) error {
 	if f.kube.namespace == "" {
 		f.kube.namespace = os.Getenv("POD_NAMESPACE")
 	}
-	if f.cfg.ExpiredInstances == fleets.ExpiredKube && !f.kube.enabled {
-		return errors.New("--expired-instances kube: Kubernetes judges the instances only with --kube")
-	}
 	if f.kube.enabled && f.kube.namespace == "" {
 		return errors.New("--namespace: required with --kube (or set POD_NAMESPACE)")
 	}
@@ -78,10 +80,19 @@ func runScaler(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	if f.cfg.Fleets, err = fleets.ParseFile(f.config, data); err != nil {
+	if f.file, err = fleets.Decode(f.config, data); err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	f.configData = data
+	f.cfg.Fleets, f.configData = f.file.Fleets, data
+	settings, notes, err := f.settings.resolve(f.config, f.file)
+	if err != nil {
+		return err
+	}
+	f.cfg.InstanceTTL, f.cfg.ExpiredInstances, f.notes = time.Duration(settings.InstanceTTL), settings.ExpiredInstances, notes
+	if f.cfg.ExpiredInstances == fleets.ExpiredKube && !f.kube.enabled {
+		prefix, name, _ := f.settings.settingName("ExpiredInstances", f.config, f.file)
+		return fmt.Errorf("%s%s kube: Kubernetes judges the instances only with --kube", prefix, name)
+	}
 	if f.configCheck <= 0 {
 		return fmt.Errorf("--config-check-interval %s: must be positive", f.configCheck)
 	}
@@ -94,17 +105,52 @@ func runScaler(args []string) error {
 	if f.cfg.Settle <= 0 {
 		return fmt.Errorf("--settle %s: must be positive", f.cfg.Settle)
 	}
+	if err := checkScalerConfig(f); err != nil {
+		return err
+	}
 	if f.checkConfig {
-		if err := f.cfg.WithDefaults().Validate(); err != nil {
-			return err
-		}
+		printNotes(f.notes)
 		return configOK(f.logLevel, f.redis.config())
 	}
 	log, err := newLogger(f.logLevel)
 	if err != nil {
 		return err
 	}
+	for _, n := range f.notes {
+		n.log(log)
+	}
 	return runApp(fx.New(fxLogger(log), scalerApp(f, log)))
+}
+
+// scalerConfigFlags names the flag of each scaler.Config field its Validate
+// can refuse (the fleet-wide settings: settingField).
+var scalerConfigFlags = map[string]string{
+	"Settle":            "--settle",
+	"ReadinessRatio":    "--readiness-ratio",
+	"ExpectedInstances": "--expected-instances",
+}
+
+// checkScalerConfig validates before anything is built, so that an error
+// names the flag (or the fleets file's field) that is wrong.
+func checkScalerConfig(f scalerFlags) error {
+	err := f.cfg.WithDefaults().Validate()
+	var fe *scaler.FieldError
+	switch {
+	case err == nil:
+		return nil
+	case !errors.As(err, &fe) || fe.Field == "Fleets":
+		return fmt.Errorf("--config %s: %w", f.config, err)
+	}
+	if flag, ok := scalerConfigFlags[fe.Field]; ok {
+		return errors.New(fe.Describe(func(string) string { return flag }))
+	}
+	if _, ok := settingField[fe.Field]; ok {
+		prefix, name, valueNote := f.settings.settingName(fe.Field, f.config, f.file)
+		e := *fe
+		e.Value += valueNote
+		return errors.New(prefix + e.Describe(func(string) string { return name }))
+	}
+	return err
 }
 
 // scalerApp is the scaler's component graph.
@@ -170,18 +216,26 @@ type scalerConfigDeps struct {
 // scaler and, with --kube, to pod discovery.
 func watchScalerConfig(d scalerConfigDeps) {
 	m := fleets.NewReloadMetrics(d.Registry, "scaler")
-	apply := func(fleets []fleets.Fleet) error {
+	running := fleets.Settings{InstanceTTL: fleets.Duration(d.Flags.cfg.InstanceTTL), ExpiredInstances: d.Flags.cfg.ExpiredInstances}
+	apply := func(file fleets.File) error {
+		notes, err := d.Flags.settings.reloadSettings(d.Flags.config, file, running)
+		if err != nil {
+			return err
+		}
+		for _, n := range notes {
+			n.log(d.Log)
+		}
 		// Both accept it, or neither changes.
 		if d.Discovery != nil {
-			if err := discovery.Check(fleets); err != nil {
+			if err := discovery.Check(file.Fleets); err != nil {
 				return err
 			}
 		}
-		if err := d.Scaler.Apply(fleets); err != nil {
+		if err := d.Scaler.Apply(file.Fleets); err != nil {
 			return err
 		}
 		if d.Discovery != nil {
-			if err := d.Discovery.SetFleets(fleets); err != nil {
+			if err := d.Discovery.SetFleets(file.Fleets); err != nil {
 				return err
 			}
 		}
@@ -189,7 +243,7 @@ func watchScalerConfig(d scalerConfigDeps) {
 		return nil
 	}
 	background(d.Lifecycle, func(ctx context.Context) {
-		fleets.Watch(ctx, d.Flags.config, d.Flags.configData, d.Flags.configCheck, apply, m, d.Log)
+		fleets.WatchFile(ctx, d.Flags.config, d.Flags.configData, d.Flags.configCheck, apply, m, d.Log)
 	})
 }
 

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -39,6 +38,11 @@ type trackerFlags struct {
 	runCheck                            string
 	redis                               *redisOptions
 	cfg                                 tracker.Config
+	// settings are the deprecated flags of the fleet-wide settings, file
+	// the fleets file as loaded, and notes what a given one warns of.
+	settings *settingFlags
+	file     fleets.File
+	notes    []settingNote
 }
 
 func runTracker(args []string) error {
@@ -51,12 +55,12 @@ func runTracker(args []string) error {
 	fs.StringVar(&f.accessLog, "access-log-listen", "127.0.0.1:9091", "address of the gRPC access-log receiver Envoy streams to (loopback only)")
 	fs.StringVar(&f.telemetry, "telemetry-listen", ":9102", "address of /metrics, /healthz, /readyz and /status for Prometheus, probes and operators (empty: serve them on --listen)")
 	fs.DurationVar(&f.cfg.Heartbeat, "heartbeat", 2*time.Second, "interval of the heartbeat that re-publishes this instance's counts")
-	fs.DurationVar(&f.cfg.InstanceTTL, "instance-ttl", 10*time.Second, "how long this instance's counts outlive its last heartbeat")
 	fs.DurationVar(&f.cfg.EstablishTimeout, "establish-timeout", 30*time.Second, "release an admitted connection Envoy never reported established")
 	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", 90*time.Second, "release an established connection whose lease Envoy stopped renewing")
 	fs.DurationVar(&f.cfg.RedisTimeout, "redis-timeout", 100*time.Millisecond, "bound of one admission's Redis work, after which the fallback decides (keep below the Lua filter's 250ms httpCall timeout)")
 	fallback := fs.String("fallback", "share", "admission Redis cannot decide: share (only into slots Redis counts for this instance: never above the cap), closed, or open (may exceed the cap)")
-	expired := fs.String("expired-instances", string(fleets.ExpiredReap), "an instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap), keep (counted until it comes back: the cap holds), or kube (the scaler reaps it once Kubernetes no longer lists its pod: the cap holds); the same for every tracker and the scaler")
+	f.settings = registerSettingFlags(fs, "How long this instance's counts outlive its last heartbeat.",
+		"An instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap), keep (counted until it comes back: the cap holds), or kube (the scaler reaps it once Kubernetes no longer lists its pod: the cap holds); the same for every tracker and the scaler.")
 	fs.StringVar(&f.runCheck, "redis-run-check", "cached", "how admissions and releases learn Redis' run_id, which catches a restart with old data: cached (in their script text, loaded into the one Redis process it names; Redis 7.0 and later, else per-call) or per-call (INFO in every script: for a proxy that keeps client connections while the Redis behind it restarts)")
 	fs.BoolVar(&f.embedded, "redis-embedded", false, "run an in-process Redis (miniredis) instead of --redis-addr: for trying wsgate out, never for production")
 	fs.StringVar(&f.shutdownListen, "shutdown-listen", "", "loopback address of GET /shutdown, for the Envoy container's preStop hook: drain, then answer once Envoy's connections have ended (empty: off)")
@@ -72,7 +76,6 @@ func runTracker(args []string) error {
 		f.cfg.InstanceID, _ = os.Hostname()
 	}
 	f.cfg.Fallback = tracker.FallbackMode(*fallback)
-	f.cfg.ExpiredInstances = fleets.ExpiredMode(*expired)
 	if f.runCheck != "cached" && f.runCheck != "per-call" {
 		return fmt.Errorf("--redis-run-check %q: want cached or per-call", f.runCheck)
 	}
@@ -83,14 +86,19 @@ func runTracker(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	if f.cfg.Fleets, err = fleets.ParseFile(f.config, data); err != nil {
+	if f.file, err = fleets.Decode(f.config, data); err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	f.configData = data
+	f.cfg.Fleets, f.configData = f.file.Fleets, data
+	settings, notes, err := f.settings.resolve(f.config, f.file)
+	if err != nil {
+		return err
+	}
+	f.cfg.InstanceTTL, f.cfg.ExpiredInstances, f.notes = time.Duration(settings.InstanceTTL), settings.ExpiredInstances, notes
 	if f.configCheck <= 0 {
 		return fmt.Errorf("--config-check-interval %s: must be positive", f.configCheck)
 	}
-	if err := checkTrackerConfig(fs, f.config, f.cfg); err != nil {
+	if err := checkTrackerConfig(fs, f); err != nil {
 		return err
 	}
 	if err := requireLoopback("listen", f.listen); err != nil {
@@ -107,6 +115,7 @@ func runTracker(args []string) error {
 		}
 	}
 	if f.checkConfig {
+		printNotes(f.notes)
 		if f.embedded {
 			return configOK(f.logLevel, store.RedisConfig{Addrs: []string{"127.0.0.1:0"}})
 		}
@@ -115,6 +124,9 @@ func runTracker(args []string) error {
 	log, err := newLogger(f.logLevel)
 	if err != nil {
 		return err
+	}
+	for _, n := range f.notes {
+		n.log(log)
 	}
 	var t *tracker.Tracker
 	app := fx.New(
@@ -198,25 +210,26 @@ func serveShutdown(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, log *slo
 	serveHTTP(lc, "shutdown", f.shutdownListen, mux, log)
 }
 
-// trackerConfigFlags names the flag of each field tracker.Config.Validate
-// talks about.
-var trackerConfigFlags = []struct{ field, flag string }{
-	{"instance id", "--instance-id"},
-	{"instanceTTL", "--instance-ttl"},
-	{"heartbeat", "--heartbeat"},
-	{"establishTimeout", "--establish-timeout"},
-	{"leaseTTL", "--lease-ttl"},
-	{"redisTimeout", "--redis-timeout"},
-	{"fallback", "--fallback"},
-	{"expired-instances", "--expired-instances"},
+// trackerConfigFlags names the flag of each tracker.Config field its
+// Validate can refuse (the fleet-wide settings: settingField).
+var trackerConfigFlags = map[string]string{
+	"InstanceID":       "--instance-id",
+	"Heartbeat":        "--heartbeat",
+	"EstablishTimeout": "--establish-timeout",
+	"LeaseTTL":         "--lease-ttl",
+	"RedisTimeout":     "--redis-timeout",
+	"Fallback":         "--fallback",
 }
 
 // checkTrackerConfig validates before anything is built, so that an error
 // names the flag (or the fleets file's field) that is wrong: an explicit
 // zero duration is an error, never the default in disguise.
-func checkTrackerConfig(fs *flag.FlagSet, file string, cfg tracker.Config) error {
+func checkTrackerConfig(fs *flag.FlagSet, f trackerFlags) error {
 	var err error
 	fs.Visit(func(fl *flag.Flag) {
+		if isSettingFlag(fl.Name) {
+			return // resolve refused a zero, with the file's default
+		}
 		if d, ok := fl.Value.(flag.Getter).Get().(time.Duration); ok && d == 0 && err == nil {
 			err = fmt.Errorf("--%s 0: must be positive (leave it out for the default %s)", fl.Name, fl.DefValue)
 		}
@@ -224,20 +237,29 @@ func checkTrackerConfig(fs *flag.FlagSet, file string, cfg tracker.Config) error
 	if err != nil {
 		return err
 	}
-	if err := cfg.WithDefaults().Validate(); err != nil {
-		msg := err.Error()
-		if strings.HasPrefix(msg, "fleet") && !strings.HasPrefix(msg, "fallback") {
-			return fmt.Errorf("--config %s: %w", file, err)
-		}
-		for _, m := range trackerConfigFlags {
-			if rest, ok := strings.CutPrefix(msg, m.field+" "); ok {
-				msg = m.flag + " " + strings.Replace(rest, "than heartbeat", "than --heartbeat", 1)
-				break
-			}
-		}
-		return errors.New(msg)
+	err = f.cfg.WithDefaults().Validate()
+	var fe *tracker.FieldError
+	switch {
+	case err == nil:
+		return nil
+	case !errors.As(err, &fe) || fe.Field == "Fleets":
+		return fmt.Errorf("--config %s: %w", f.config, err)
 	}
-	return nil
+	name := func(field string) string {
+		if flag, ok := trackerConfigFlags[field]; ok {
+			return flag
+		}
+		_, n, _ := f.settings.settingName(field, f.config, f.file)
+		return n
+	}
+	// A setting from the fleets file is shown after its file and line.
+	prefix, e := "", *fe
+	if _, ok := settingField[e.Field]; ok {
+		var valueNote string
+		prefix, _, valueNote = f.settings.settingName(e.Field, f.config, f.file)
+		e.Value += valueNote
+	}
+	return errors.New(prefix + e.Describe(name))
 }
 
 func newRedis(lc fx.Lifecycle, f trackerFlags, log *slog.Logger) (redis.UniversalClient, error) {
@@ -314,18 +336,27 @@ func serveAccessLog(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, log *sl
 
 func runHeartbeat(lc fx.Lifecycle, t *tracker.Tracker) { background(lc, t.Run) }
 
-// watchTrackerConfig applies every valid change of the fleets file.
+// watchTrackerConfig applies every valid change of the fleets file; one
+// that changes a fleet-wide setting is refused (reloadSettings).
 func watchTrackerConfig(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, reg prometheus.Registerer, log *slog.Logger) {
 	m := fleets.NewReloadMetrics(reg, "tracker")
-	apply := func(fleets []fleets.Fleet) error {
-		ch, err := t.Apply(fleets)
+	running := fleets.Settings{InstanceTTL: fleets.Duration(f.cfg.InstanceTTL), ExpiredInstances: f.cfg.ExpiredInstances}
+	apply := func(file fleets.File) error {
+		notes, err := f.settings.reloadSettings(f.config, file, running)
+		if err != nil {
+			return err
+		}
+		for _, n := range notes {
+			n.log(log)
+		}
+		ch, err := t.Apply(file.Fleets)
 		if err == nil {
 			log.Info("fleets file applied", "config", f.config, "added", ch.Added, "changed", ch.Changed, "removed", ch.Removed)
 		}
 		return err
 	}
 	background(lc, func(ctx context.Context) {
-		fleets.Watch(ctx, f.config, f.configData, f.configCheck, apply, m, log)
+		fleets.WatchFile(ctx, f.config, f.configData, f.configCheck, apply, m, log)
 	})
 }
 

@@ -177,13 +177,24 @@ func checkPods(t *testing.T, r rendered) {
 			t.Errorf("tracker args %q lack %q", tr.Args, want)
 		}
 	}
-	// The protocol needs every tracker and the scaler to agree on what an
-	// expired instance is (tracker/PROTOCOL.md).
+	// The protocol needs every tracker and the scaler to agree on the
+	// instance TTL and what an expired instance is (tracker/PROTOCOL.md):
+	// the fleets file, which both read, sets them, and no command line
+	// overrides them with the deprecated flags.
 	sc := container(t, &get[*appsv1.Deployment](t, r, "Deployment", scalerName).Spec.Template.Spec, "scaler")
-	for _, flag := range []string{"--instance-ttl=", "--expired-instances="} {
-		if v := argWith(tr.Args, flag); v == "" || v != argWith(sc.Args, flag) {
-			t.Errorf("tracker %q and scaler %q disagree", v, argWith(sc.Args, flag))
+	for _, flag := range []string{"--instance-ttl", "--expired-instances"} {
+		for _, c := range []*corev1.Container{tr, sc} {
+			if v := argWith(c.Args, flag); v != "" {
+				t.Errorf("%s passes %q: the deprecated flag overrides the fleets file's setting", c.Name, v)
+			}
 		}
+	}
+	file, err := fleets.Decode("fleets.yaml", []byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if file.Line("instanceTTL") == 0 || file.Line("expiredInstances") == 0 {
+		t.Errorf("the fleets file leaves a fleet-wide setting to the binaries' defaults: %+v", file.Settings)
 	}
 	ev := container(t, &d.Spec.Template.Spec, "envoy")
 	if !hasPort(ev, "http", 8080) {

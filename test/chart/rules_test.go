@@ -5,7 +5,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -39,7 +41,6 @@ type ruleCase struct {
 // (templates/_dataplane.tpl, templates/scaler-deployment.yaml).
 var valueFlags = map[string][]struct{ bin, flag string }{
 	"tracker.heartbeat":        {{"tracker", "--heartbeat"}},
-	"tracker.instanceTTL":      {{"tracker", "--instance-ttl"}, {"scaler", "--instance-ttl"}},
 	"tracker.establishTimeout": {{"tracker", "--establish-timeout"}},
 	"tracker.leaseTTL":         {{"tracker", "--lease-ttl"}},
 	"tracker.redisTimeout":     {{"tracker", "--redis-timeout"}},
@@ -50,16 +51,27 @@ var valueFlags = map[string][]struct{ bin, flag string }{
 	"redis.db":    {{"tracker", "--redis-db"}, {"scaler", "--redis-db"}},
 }
 
+// valueFields are the values the chart writes into the fleets file as a
+// top-level field, which tracker and scaler both read
+// (templates/_helpers.tpl, wsgate.fleetSettings).
+var valueFields = map[string]string{
+	"tracker.instanceTTL":      "instanceTTL",
+	"tracker.expiredInstances": "expiredInstances",
+}
+
 // ruleCases is the one table of configurations that cannot work: each is
 // refused by the chart at template time and, where one binary sees every
 // value of the rule, by that binary's own validation; and the edge cases
 // that work, accepted by both.
 var ruleCases = []ruleCase{
 	// Rules the binaries enforce (tracker.Config.Validate, the flags).
+	// The instance TTL is the fleets file's (line 1 of the rendered one).
 	{name: "heartbeat not below instanceTTL", set: []string{"tracker.heartbeat=20s"},
-		chart: "tracker.instanceTTL 10s: must be longer than tracker.heartbeat 20s", bin: "tracker", binErr: "--instance-ttl 10s: must be longer than --heartbeat 20s"},
+		chart: "tracker.instanceTTL 10s: must be longer than tracker.heartbeat 20s", bin: "tracker", binErr: "fleets.yaml:1: instanceTTL 10s: must be longer than --heartbeat 20s"},
 	{name: "instanceTTL equal to heartbeat", set: []string{"tracker.heartbeat=5s", "tracker.instanceTTL=5s"},
-		chart: "tracker.instanceTTL 5s: must be longer than tracker.heartbeat 5s", bin: "tracker", binErr: "--instance-ttl 5s: must be longer than --heartbeat 5s"},
+		chart: "tracker.instanceTTL 5s: must be longer than tracker.heartbeat 5s", bin: "tracker", binErr: "fleets.yaml:1: instanceTTL 5s: must be longer than --heartbeat 5s"},
+	{name: "instanceTTL zero", set: []string{"tracker.instanceTTL=0s"},
+		chart: "tracker.instanceTTL 0s: must be positive", bin: "tracker scaler", binErr: "fleets.yaml:1: instanceTTL 0s: must be positive (leave it out for the default 10s)"},
 	{name: "instanceTTL just above heartbeat", set: []string{"tracker.heartbeat=2s", "tracker.instanceTTL=2001ms"}},
 	{name: "instanceTTL in minutes", set: []string{"tracker.heartbeat=30s", "tracker.instanceTTL=1m"}},
 	{name: "heartbeat zero", set: []string{"tracker.heartbeat=0s"},
@@ -196,6 +208,7 @@ func binarySettings(t *testing.T, tc ruleCase, renderedFleets string) (map[strin
 	t.Helper()
 	overrides := map[string]map[string]string{}
 	fleets := ""
+	fields := map[string]string{}
 	for _, s := range tc.set {
 		k, v, _ := strings.Cut(s, "=")
 		if strings.HasPrefix(k, "fleets[") {
@@ -203,6 +216,10 @@ func binarySettings(t *testing.T, tc ruleCase, renderedFleets string) (map[strin
 			// holding that key only: the fleets file the chart would write.
 			key := k[strings.Index(k, "].")+2:]
 			fleets = "fleets:\n- " + key + ": " + v + "\n"
+			continue
+		}
+		if field, ok := valueFields[k]; ok {
+			fields[field] = v
 			continue
 		}
 		v = strings.TrimSuffix(strings.TrimPrefix(v, "{"), "}") // a --set list
@@ -218,8 +235,16 @@ func binarySettings(t *testing.T, tc ruleCase, renderedFleets string) (map[strin
 			fleets = `{"fleets": ` + v + "}\n" // JSON is YAML
 		}
 	}
-	if fleets == "" && len(overrides) > 0 {
+	if fleets == "" && (len(overrides) > 0 || len(fields) > 0) {
 		fleets = renderedFleets
+	}
+	for field, v := range fields {
+		// The rendered file has every setting, on a line of its own.
+		line := regexp.MustCompile(`(?m)^` + field + `: .*$`)
+		if !line.MatchString(fleets) {
+			t.Fatalf("the fleets file has no %s line, so the case cannot set it:\n%s", field, fleets)
+		}
+		fleets = line.ReplaceAllString(fleets, field+": "+strconv.Quote(v))
 	}
 	return overrides, fleets
 }

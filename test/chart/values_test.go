@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 
 	"github.com/wsgate/wsgate/envoy"
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // TestSchemaRejects: a wrong value fails at install with the path of the
@@ -191,6 +192,36 @@ func TestFleetsChangeRollsNoPod(t *testing.T) {
 	fb := get[*corev1.ConfigMap](t, after, "ConfigMap", fleetsName).Data["fleets.yaml"]
 	if fa == fb || !strings.Contains(fb, "maxConnectionsPerPod: 7") {
 		t.Errorf("the fleets ConfigMap does not carry the change:\n%s", fb)
+	}
+}
+
+// TestFleetSettingsRollThePods: the fleet-wide settings are written into
+// the fleets file from the tracker values, and a change of them rolls the
+// trackers' and the scaler's pods (they take them at start only, and a
+// running one refuses the changed file until it restarts).
+func TestFleetSettingsRollThePods(t *testing.T) {
+	before := decodeStrict(t, template(t, ""))
+	after := decodeStrict(t, template(t, "", "--set", "tracker.instanceTTL=20s", "--set", "tracker.expiredInstances=keep"))
+	settings := func(r rendered) fleets.Settings {
+		t.Helper()
+		f, err := fleets.Decode("fleets.yaml", []byte(get[*corev1.ConfigMap](t, r, "ConfigMap", fleetsName).Data["fleets.yaml"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f.Settings
+	}
+	if got := settings(before); time.Duration(got.InstanceTTL) != 10*time.Second || got.ExpiredInstances != fleets.ExpiredKube {
+		t.Errorf("defaults: the fleets file sets %+v, want the values' 10s and kube", got)
+	}
+	if got := settings(after); time.Duration(got.InstanceTTL) != 20*time.Second || got.ExpiredInstances != fleets.ExpiredKeep {
+		t.Errorf("changed: the fleets file sets %+v, want 20s and keep", got)
+	}
+	for _, name := range []string{envoyName, scalerName} {
+		a := get[*appsv1.Deployment](t, before, "Deployment", name).Spec.Template.Annotations["checksum/fleet-settings"]
+		b := get[*appsv1.Deployment](t, after, "Deployment", name).Spec.Template.Annotations["checksum/fleet-settings"]
+		if a == "" || a == b {
+			t.Errorf("%s: checksum/fleet-settings %q before, %q after: a settings change would not roll its pods", name, a, b)
+		}
 	}
 }
 

@@ -54,13 +54,11 @@ starts before Envoy and stops after it. */ -}}
     - --access-log-listen=127.0.0.1:9091
     - --telemetry-listen=:9102
     - --heartbeat={{ $v.tracker.heartbeat }}
-    - --instance-ttl={{ $v.tracker.instanceTTL }}
     - --establish-timeout={{ $v.tracker.establishTimeout }}
     - --lease-ttl={{ $v.tracker.leaseTTL }}
     - --redis-timeout={{ $v.tracker.redisTimeout }}
     - --redis-run-check={{ $v.tracker.redisRunCheck }}
     - --fallback={{ $v.tracker.fallback }}
-    - --expired-instances={{ $v.tracker.expiredInstances }}
     - --log-level={{ $v.tracker.logLevel }}
     {{- if .shutdown }}
     - --shutdown-listen=127.0.0.1:9103

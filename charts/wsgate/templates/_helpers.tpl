@@ -87,6 +87,21 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
 
+{{/* The fleets file's fleet-wide settings, from the tracker values: every
+tracker and the scaler must hold the same, one of each for all fleets. */}}
+{{- define "wsgate.fleetSettings" -}}
+instanceTTL: {{ .Values.tracker.instanceTTL | quote }}
+expiredInstances: {{ .Values.tracker.expiredInstances | quote }}
+{{- end -}}
+
+{{/* Checksum of the fleet-wide settings: trackers and scaler take them at
+start only (a running one refuses a fleets file that changes them), so a
+change rolls their pods, as a change of their flags did. A change of the
+fleets alone leaves it, and the pods, as they are. */}}
+{{- define "wsgate.fleetSettingsChecksum" -}}
+{{ include "wsgate.fleetSettings" . | sha256sum }}
+{{- end -}}
+
 {{/* Checksum of the rendered ConfigMap: a change rolls the pods that read it. */}}
 {{- define "wsgate.configChecksum" -}}
 {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
