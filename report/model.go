@@ -163,7 +163,7 @@ type InstanceInfo struct {
 	LeaseExpiresAt time.Time `json:"leaseExpiresAt"`
 	// Alive is false once the lease has run out by Redis' clock (the
 	// instance is reaped once another tracker or the scaler has also seen
-	// it stand still for a lease, or kept with --expired-instances=keep).
+	// it stand still for a lease, or kept with expiredInstances: keep).
 	Alive bool `json:"alive"`
 }
 

@@ -12,7 +12,7 @@ const (
 	// ReasonRecovering: Redis answered, but the fleet's epoch is in its
 	// recovery wait (PROTOCOL.md) and grants nothing yet, and the fallback
 	// had no slot either. Not redis_down: Redis is up, and the wait ends by
-	// itself within one --instance-ttl.
+	// itself within one instanceTTL.
 	ReasonRecovering Reason = "recovering"
 )
 

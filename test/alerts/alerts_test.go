@@ -51,13 +51,13 @@ func TestAlertsAgainstRealPrometheus(t *testing.T) {
 	bin := wsgatebin.Path(t)
 
 	fleets := filepath.Join(dir, "fleets.yaml")
-	write(t, fleets, "fleets:\n  - name: chat\n    maxConnectionsPerPod: 100\n    ratePerSecond: 1000\n    pods: [\"127.0.0.1:9\"]\n")
+	write(t, fleets, "instanceTTL: "+instanceTTL+"\nfleets:\n  - name: chat\n    maxConnectionsPerPod: 100\n    ratePerSecond: 1000\n    pods: [\"127.0.0.1:9\"]\n")
 	admitAddr, trackerTel, scalerTel := loopback(t), loopback(t), loopback(t)
 	start(t, dir, "tracker", bin, "tracker", "--config", fleets, "--redis-addr", rs.Addr(), "--instance-id", "envoy-0",
 		"--listen", admitAddr, "--access-log-listen", loopback(t), "--telemetry-listen", trackerTel,
-		"--heartbeat", heartbeat, "--instance-ttl", instanceTTL, "--redis-timeout", "200ms", "--log-level", "warn")
+		"--heartbeat", heartbeat, "--redis-timeout", "200ms", "--log-level", "warn")
 	start(t, dir, "scaler", bin, "scaler", "--config", fleets, "--redis-addr", rs.Addr(), "--listen", loopback(t),
-		"--telemetry-listen", scalerTel, "--settle", "1s", "--instance-ttl", instanceTTL, "--metrics-interval", "500ms", "--log-level", "warn")
+		"--telemetry-listen", scalerTel, "--settle", "1s", "--metrics-interval", "500ms", "--log-level", "warn")
 
 	rules := shortFor(t, filepath.Join(root(t), rulesFile))
 	write(t, filepath.Join(dir, "rules.yaml"), rules)

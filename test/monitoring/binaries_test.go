@@ -134,7 +134,7 @@ func statusOf(resp *http.Response, err error) string {
 }
 
 // The one fleet of the stack, and the timing that keeps a run short: a
-// tracker admits one --instance-ttl after it first meets an empty Redis.
+// tracker admits one instanceTTL after it first meets an empty Redis.
 const (
 	fleet       = "chat"
 	capPerPod   = 2
@@ -162,13 +162,13 @@ func startStack(t *testing.T, pod string) *stack {
 	bin := wsgate(t)
 	s := &stack{redis: redistest.Start(t)}
 	cfg := filepath.Join(t.TempDir(), "fleets.yaml")
-	fleets := fmt.Sprintf("fleets:\n  - name: %s\n    maxConnectionsPerPod: %d\n    ratePerSecond: 50\n    burst: 50\n    retryAfter: 1s\n    pods: [%q]\n", fleet, capPerPod, pod)
+	fleets := fmt.Sprintf("instanceTTL: %s\nfleets:\n  - name: %s\n    maxConnectionsPerPod: %d\n    ratePerSecond: 50\n    burst: 50\n    retryAfter: 1s\n    pods: [%q]\n", instanceTTL, fleet, capPerPod, pod)
 	if err := os.WriteFile(cfg, []byte(fleets), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s.admitAddr, s.accessLogAddr, s.trackerTelem = freeAddr(t), freeAddr(t), freeAddr(t)
 	s.tracker = start(t, "tracker", bin, "tracker", "--config", cfg, "--redis-addr", s.redis.Addr(),
-		"--instance-id", "envoy-0", "--heartbeat", heartbeat, "--instance-ttl", instanceTTL,
+		"--instance-id", "envoy-0", "--heartbeat", heartbeat,
 		// Redis' answers, not the machine's load, decide: a busy CI runner
 		// must not turn admissions into fallback decisions (the gateway's
 		// admit timeout is raised to match).
@@ -176,7 +176,7 @@ func startStack(t *testing.T, pod string) *stack {
 		"--listen", s.admitAddr, "--access-log-listen", s.accessLogAddr, "--telemetry-listen", s.trackerTelem)
 	s.scalerGRPC, s.scalerTelem = freeAddr(t), freeAddr(t)
 	s.scaler = start(t, "scaler", bin, "scaler", "--config", cfg, "--redis-addr", s.redis.Addr(),
-		"--instance-ttl", instanceTTL, "--settle", "1s", "--metrics-interval", scalerMetricsInterval.String(),
+		"--settle", "1s", "--metrics-interval", scalerMetricsInterval.String(),
 		"--listen", s.scalerGRPC, "--telemetry-listen", s.scalerTelem)
 	s.tracker.awaitOK(t, "http://"+s.trackerTelem+"/readyz", 30*time.Second)
 	s.scaler.awaitOK(t, "http://"+s.scalerTelem+"/readyz", 30*time.Second)

@@ -11,7 +11,7 @@
  *
  * Configuration macros (model_test.go runs each, see README.md):
  *   CAP=n           the pod's cap (1 and 2 are checked).
- *   REAP            --expired-instances=reap instead of keep: an expired
+ *   REAP            expiredInstances: reap instead of keep: an expired
  *                   instance is reaped although it may be only cut off
  *                   (the documented trade-off G: fails).
  *   RCLOCK_STEPS    Redis' wall clock (TIME) may step forward (fails:
