@@ -2,6 +2,7 @@ package envoy_test
 
 import (
 	"bytes"
+	"github.com/wsgate/wsgate/httplimit"
 	"os"
 	"strings"
 	"testing"
@@ -13,7 +14,6 @@ import (
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
 	"github.com/wsgate/wsgate/envoy"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 func mustHCM(t *testing.T) (*hcmv3.HttpConnectionManager, map[string]*clusterv3.Cluster) {
@@ -125,8 +125,8 @@ func TestBootstrapIsValidForEnvoy(t *testing.T) {
 	if err := clusters["wsgate_tracker"].GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&po); err != nil {
 		t.Fatalf("tracker cluster protocol options: %v", err)
 	}
-	if idle := po.GetCommonHttpProtocolOptions().GetIdleTimeout(); idle == nil || idle.AsDuration() >= tracker.DefaultHTTPLimits.Idle {
-		t.Errorf("tracker cluster idle timeout %v, want below the tracker's %s", idle.AsDuration(), tracker.DefaultHTTPLimits.Idle)
+	if idle := po.GetCommonHttpProtocolOptions().GetIdleTimeout(); idle == nil || idle.AsDuration() >= httplimit.Default.Idle {
+		t.Errorf("tracker cluster idle timeout %v, want below the tracker's %s", idle.AsDuration(), httplimit.Default.Idle)
 	}
 }
 

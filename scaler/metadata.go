@@ -2,12 +2,12 @@ package scaler
 
 import (
 	"fmt"
+	"github.com/wsgate/wsgate/httplimit"
 	"math"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/wsgate/wsgate/tracker"
 )
 
 // Metric is what a trigger asks the scaler to report.
@@ -59,9 +59,9 @@ func (e *metadataError) Error() string {
 		return "scalerMetadata: " + e.whole
 	}
 	if e.value == "" {
-		return fmt.Sprintf("scalerMetadata %q is required: want %s", tracker.Clip(e.key), e.want)
+		return fmt.Sprintf("scalerMetadata %q is required: want %s", httplimit.Clip(e.key), e.want)
 	}
-	return fmt.Sprintf("scalerMetadata %q=%q: want %s", tracker.Clip(e.key), tracker.Clip(e.value), e.want)
+	return fmt.Sprintf("scalerMetadata %q=%q: want %s", httplimit.Clip(e.key), httplimit.Clip(e.value), e.want)
 }
 
 // Bounds of what a trigger's metadata may hold: KEDA sends the trigger's

@@ -8,10 +8,10 @@ import (
 	"net/http"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/wsgate/wsgate/httplimit"
 	"github.com/wsgate/wsgate/store"
 )
 
@@ -31,43 +31,6 @@ const (
 
 // maxAdmitBody bounds what an admission request may send.
 const maxAdmitBody = 4 << 10
-
-// maxEchoed bounds how much of a request an error answer repeats.
-const maxEchoed = 64
-
-// HTTPLimits bound what one client of an HTTP listener may hold: Envoy's
-// httpCall sends a small request at once over loopback and reuses its
-// connections, so anything slower or idler is not Envoy.
-type HTTPLimits struct {
-	// ReadHeader and Read bound reading a request's headers, and all of
-	// it; Idle bounds a keep-alive connection between requests.
-	ReadHeader, Read, Idle time.Duration
-	// MaxHeaderBytes bounds a request's headers.
-	MaxHeaderBytes int
-}
-
-// DefaultHTTPLimits are the bounds of the tracker's and scaler's listeners.
-// Read is far above a loopback request's microseconds (a loaded machine
-// included) and far below a slow client's minutes.
-var DefaultHTTPLimits = HTTPLimits{ReadHeader: 5 * time.Second, Read: 10 * time.Second, Idle: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
-
-// Server returns an http.Server for h with l's bounds.
-func (l HTTPLimits) Server(h http.Handler) *http.Server {
-	return &http.Server{Handler: h, ReadHeaderTimeout: l.ReadHeader, ReadTimeout: l.Read, IdleTimeout: l.Idle, MaxHeaderBytes: l.MaxHeaderBytes}
-}
-
-// Clip shortens a caller's input for an error message: it is echoed only
-// as much as it takes to recognise it (at most 64 bytes, whole runes).
-func Clip(s string) string {
-	if len(s) <= maxEchoed {
-		return s
-	}
-	cut := maxEchoed
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s... (%d bytes)", s[:cut], len(s))
-}
 
 // AdmitRequest is the body of POST /v1/admit.
 type AdmitRequest struct {
@@ -143,7 +106,7 @@ func (t *Tracker) serveAdmit(w http.ResponseWriter, r *http.Request) {
 	res, err := t.Admit(r.Context(), req.Fleet)
 	switch {
 	case errors.Is(err, ErrUnknownFleet):
-		http.Error(w, fmt.Sprintf("unknown fleet %q", Clip(req.Fleet)), http.StatusBadRequest)
+		http.Error(w, fmt.Sprintf("unknown fleet %q", httplimit.Clip(req.Fleet)), http.StatusBadRequest)
 		return
 	case err != nil:
 		// Only the caller going away gets here; nobody reads the answer.
@@ -179,7 +142,7 @@ func decodeAdmit(w http.ResponseWriter, r *http.Request) (AdmitRequest, error) {
 		if errors.Is(err, io.EOF) {
 			return req, errors.New(`empty body: want JSON {"fleet": "..."}`)
 		}
-		return req, fmt.Errorf("malformed JSON body: %s", Clip(err.Error()))
+		return req, fmt.Errorf("malformed JSON body: %s", httplimit.Clip(err.Error()))
 	}
 	if dec.More() {
 		return req, errors.New("body holds more than one JSON value")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/wsgate/wsgate/httplimit"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,7 +20,6 @@ import (
 
 	"github.com/wsgate/wsgate/buildinfo"
 	"github.com/wsgate/wsgate/store"
-	"github.com/wsgate/wsgate/tracker"
 )
 
 // The fx building blocks every command shares.
@@ -88,7 +88,7 @@ func background(lc fx.Lifecycle, loop func(ctx context.Context)) {
 // serveHTTP binds addr when the app starts (so a busy port fails the start)
 // and shuts the server down gracefully when it stops.
 func serveHTTP(lc fx.Lifecycle, name, addr string, h http.Handler, log *slog.Logger) {
-	srv := tracker.DefaultHTTPLimits.Server(h)
+	srv := httplimit.Default.Server(h)
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			ln, err := net.Listen("tcp", addr)
