@@ -84,11 +84,11 @@ func TestReleaseGivesBackOnlyWhatTheInstanceHolds(t *testing.T) {
 	storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
 	a := storetest.Admit(t, s, "chat", 2, fleets.PolicyPack, "e1", storetest.T0)
 	storetest.Admit(t, s, "chat", 2, fleets.PolicyPack, "e2", storetest.T0)
-	if n, err := s.Release(ctx, "chat", "e1", storetest.EpochOf(t, s, "chat", "e1"), 0, store.ReleaseCount{Pod: a.Pod, N: 1, Pending: 1}); err != nil || n != 1 {
+	if n, err := s.Release(ctx, store.ReleaseRequest{Fleet: "chat", Instance: "e1", Epoch: storetest.EpochOf(t, s, "chat", "e1"), Seq: 0, Releases: []store.ReleaseCount{{Pod: a.Pod, N: 1, Pending: 1}}}); err != nil || n != 1 {
 		t.Fatalf("release = %d, %v; want 1", n, err)
 	}
 	// A duplicate release, or e1 releasing e2's connection, changes nothing.
-	if n, err := s.Release(ctx, "chat", "e1", storetest.EpochOf(t, s, "chat", "e1"), 0, store.ReleaseCount{Pod: a.Pod, N: 1, Pending: 1}); err != nil || n != 0 {
+	if n, err := s.Release(ctx, store.ReleaseRequest{Fleet: "chat", Instance: "e1", Epoch: storetest.EpochOf(t, s, "chat", "e1"), Seq: 0, Releases: []store.ReleaseCount{{Pod: a.Pod, N: 1, Pending: 1}}}); err != nil || n != 0 {
 		t.Fatalf("duplicate release = %d, %v; want 0", n, err)
 	}
 	snap, err := s.Snapshot(ctx, "chat", storetest.T0)
@@ -258,7 +258,7 @@ func TestRejectionMemoryIsBounded(t *testing.T) {
 	for now := storetest.T0; now.Before(storetest.T0.Add(3 * time.Hour)); now = now.Add(store.BucketWidth) {
 		storetest.Admit(t, s, "f", 1, fleets.PolicyPack, "e1", now)
 	}
-	fields, err := mr.HKeys(s.KeyPrefix("f") + "rej:no_pods")
+	fields, err := mr.HKeys(s.Keys("f").Rej(store.ReasonNoPods))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +314,7 @@ func TestSetPodsFollowsTheRegistry(t *testing.T) {
 
 func TestFleetsLiveInTheirOwnHashSlot(t *testing.T) {
 	s, _ := storetest.NewMini(t)
-	if got := s.KeyPrefix("chat"); got != "{wsgate:chat}:" {
+	if got := s.Keys("chat").Prefix(); got != "{wsgate:chat}:" {
 		t.Errorf("key prefix = %q", got)
 	}
 }
@@ -322,7 +322,7 @@ func TestFleetsLiveInTheirOwnHashSlot(t *testing.T) {
 func TestStoreReportsRedisErrors(t *testing.T) {
 	s, mr := storetest.NewMini(t)
 	mr.SetError("LOADING Redis is loading the dataset in memory")
-	_, err := s.Admit(context.Background(), "chat", 2, fleets.PolicyPack, "e1", "", storetest.T0)
+	_, err := s.AdmitOne(context.Background(), store.AdmitRequest{Fleet: "chat", MaxPerPod: 2, Policy: fleets.PolicyPack, Instance: "e1", Epoch: "", Now: storetest.T0})
 	if err == nil {
 		t.Fatal("admit succeeded on a Redis that answers errors")
 	}
@@ -361,7 +361,7 @@ func TestPendingIsWhatTheLastHeartbeatSaid(t *testing.T) {
 		t.Fatalf("established after the heartbeat = %d, want 1", got)
 	}
 	// Releasing the pending one leaves the established one.
-	if _, err := s.Release(ctx, "chat", "e1", storetest.EpochOf(t, s, "chat", "e1"), 0, store.ReleaseCount{Pod: a.Pod, N: 1, Pending: 1}); err != nil {
+	if _, err := s.Release(ctx, store.ReleaseRequest{Fleet: "chat", Instance: "e1", Epoch: storetest.EpochOf(t, s, "chat", "e1"), Seq: 0, Releases: []store.ReleaseCount{{Pod: a.Pod, N: 1, Pending: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := est(); got != 1 {
@@ -381,7 +381,7 @@ func TestLateCallsOfAnInstanceAreIgnored(t *testing.T) {
 	if err != nil || res.Stale {
 		t.Fatalf("sync: %+v %v", res, err)
 	}
-	if n, err := s.Release(ctx, "chat", "e1", res.Epoch, 4, store.ReleaseCount{Pod: "10.0.0.1:80", N: 1, Pending: 0}); err != nil || n != 0 {
+	if n, err := s.Release(ctx, store.ReleaseRequest{Fleet: "chat", Instance: "e1", Epoch: res.Epoch, Seq: 4, Releases: []store.ReleaseCount{{Pod: "10.0.0.1:80", N: 1, Pending: 0}}}); err != nil || n != 0 {
 		t.Errorf("release sent before the heartbeat = %d, %v; want ignored", n, err)
 	}
 	late, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, Seq: 3})
@@ -391,10 +391,10 @@ func TestLateCallsOfAnInstanceAreIgnored(t *testing.T) {
 	if sum := storetest.Summary(t, s, "chat", storetest.T0); sum.Live != 2 {
 		t.Errorf("live = %d after late calls, want the heartbeat's 2", sum.Live)
 	}
-	if n, err := s.Release(ctx, "chat", "e1", res.Epoch, 5, store.ReleaseCount{Pod: "10.0.0.1:80", N: 1, Pending: 0}); err != nil || n != 1 {
+	if n, err := s.Release(ctx, store.ReleaseRequest{Fleet: "chat", Instance: "e1", Epoch: res.Epoch, Seq: 5, Releases: []store.ReleaseCount{{Pod: "10.0.0.1:80", N: 1, Pending: 0}}}); err != nil || n != 1 {
 		t.Errorf("release of a connection that ended after the heartbeat (its seq) = %d, %v; want 1", n, err)
 	}
-	if _, err := s.Release(ctx, "chat", "e1", "another-epoch", 7, store.ReleaseCount{Pod: "10.0.0.1:80", N: 1, Pending: 0}); !errors.Is(err, store.ErrFenced) {
+	if _, err := s.Release(ctx, store.ReleaseRequest{Fleet: "chat", Instance: "e1", Epoch: "another-epoch", Seq: 7, Releases: []store.ReleaseCount{{Pod: "10.0.0.1:80", N: 1, Pending: 0}}}); !errors.Is(err, store.ErrFenced) {
 		t.Errorf("release in another epoch: %v, want ErrFenced", err)
 	}
 }
