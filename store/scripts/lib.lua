@@ -5,7 +5,8 @@
 -- Some keys are named inside the scripts rather than passed in KEYS: the
 -- keys of other instances (reaping), the epoch's synced set and the
 -- rejection rings flushed by a heartbeat. Their names are only known while
--- the script runs. Redis, Sentinel and Redis Cluster accept this because
+-- the script runs; they are the prefix and a suffix store/keys.go names
+-- (keys_test.go checks it). Redis, Sentinel and Redis Cluster accept this because
 -- they share the fleet's hash tag, which the Cluster test checks; a proxy
 -- that routes scripts by their declared KEYS alone is not supported.
 
