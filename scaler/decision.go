@@ -85,7 +85,7 @@ func (s *Server) persist(ctx context.Context, fleet, id string, fields map[strin
 // id: those recorded within DecisionTTL whose hash still holds one (a held
 // trigger has none: its ScaledObject's fallback decides, not wsgate).
 func (s *Server) others(ctx context.Context, fleet, id string) (map[string]int, error) {
-	vals, err := s.store.OtherDecisions(ctx, fleet, id, s.now().Add(-DecisionTTL))
+	vals, err := s.store.OtherDecisions(ctx, store.OthersRequest{Fleet: fleet, Trigger: id, Since: s.now().Add(-DecisionTTL)})
 	if err != nil {
 		return nil, fmt.Errorf("read the other triggers' recommendations of %s: %w", fleet, err)
 	}

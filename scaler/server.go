@@ -46,7 +46,7 @@ type Store interface {
 	// RecordDecision writes a trigger's decision (decision.go).
 	RecordDecision(ctx context.Context, rec store.DecisionRecord) error
 	// OtherDecisions reads the other triggers' fresh recommendations.
-	OtherDecisions(ctx context.Context, fleet, trigger string, since time.Time) (map[string]string, error)
+	OtherDecisions(ctx context.Context, req store.OthersRequest) (map[string]string, error)
 }
 
 // ScaleDownGate holds a scale-down until the pods to remove are prepared

@@ -15,8 +15,9 @@ import (
 // its scale-down order, the fleet's events channel and the per-pod loads it
 // exports as metrics; and what `wsgate metrics` reads of them.
 
-// DecisionRecord replaces one desiredReplicas trigger's decision hash
-// (POLICY.md, "Scale-down gate and the scaler hashes").
+// DecisionRecord is one desiredReplicas trigger's decision, as
+// RecordDecision writes it (POLICY.md, "Scale-down gate and the scaler
+// hashes").
 type DecisionRecord struct {
 	Fleet   string
 	Trigger string
@@ -46,14 +47,21 @@ func (s *Store) RecordDecision(ctx context.Context, rec DecisionRecord) error {
 	return nil
 }
 
-// OtherDecisions reads the recommendations of fleet's triggers other than
-// trigger that were recorded since since and still hold one: trigger ->
-// recommended, as recorded.
-func (s *Store) OtherDecisions(ctx context.Context, fleet, trigger string, since time.Time) (map[string]string, error) {
-	fk := s.Keys(fleet)
+// OthersRequest asks for the recommendations of Fleet's triggers other
+// than Trigger recorded since Since.
+type OthersRequest struct {
+	Fleet   string
+	Trigger string
+	Since   time.Time
+}
+
+// OtherDecisions reads the recommendations req asks for, of the triggers
+// whose hash still holds one: trigger -> recommended, as recorded.
+func (s *Store) OtherDecisions(ctx context.Context, req OthersRequest) (map[string]string, error) {
+	fk := s.Keys(req.Fleet)
 	// KEYS: the index; ARGV: the decision hashes' prefix, cutoff ms, own
 	// trigger. The reply: (trigger, recommended) pairs.
-	vals, err := scriptDecisionOthers.Run(ctx, s.rdb, []string{fk.Scalers()}, fk.Scaler(""), since.UnixMilli(), trigger).StringSlice()
+	vals, err := scriptDecisionOthers.Run(ctx, s.rdb, []string{fk.Scalers()}, fk.Scaler(""), req.Since.UnixMilli(), req.Trigger).StringSlice()
 	if err != nil {
 		return nil, err
 	}

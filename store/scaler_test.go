@@ -40,11 +40,11 @@ func TestDecisionRecords(t *testing.T) {
 		if ttl, err := b.Client.TTL(ctx, k.Scaler("ns/a@1")).Result(); err != nil || ttl <= 0 || ttl > 5*time.Minute {
 			t.Errorf("TTL of a decision %v (%v), want (0, 5m]", ttl, err)
 		}
-		others, err := s.OtherDecisions(ctx, "web", "ns/a@1", now.Add(-2*time.Minute))
+		others, err := s.OtherDecisions(ctx, store.OthersRequest{Fleet: "web", Trigger: "ns/a@1", Since: now.Add(-2 * time.Minute)})
 		if want := map[string]string{"ns/b@2": "4"}; err != nil || !maps.Equal(others, want) {
 			t.Errorf("others of ns/a@1 = %v (%v), want %v", others, err, want)
 		}
-		if others, err := s.OtherDecisions(ctx, "web", "ns/held@3", now.Add(-30*time.Second)); err != nil || !maps.Equal(others, map[string]string{"ns/a@1": "5"}) {
+		if others, err := s.OtherDecisions(ctx, store.OthersRequest{Fleet: "web", Trigger: "ns/held@3", Since: now.Add(-30 * time.Second)}); err != nil || !maps.Equal(others, map[string]string{"ns/a@1": "5"}) {
 			t.Errorf("others of ns/held@3 since 30s ago = %v (%v), want ns/a@1's 5 only", others, err)
 		}
 		// An indexed trigger whose hash expired is left out.
