@@ -157,7 +157,7 @@ func decodeStrict(t *testing.T, data []byte) jsonReport {
 
 func TestJSONSchema(t *testing.T) {
 	sc, mr := miniScenario(t)
-	p := sc.store.KeyPrefix("chat")
+	p := sc.store.Keys("chat")
 	decision(mr, p, "ns/chat@0123abcd", "scaledObject", "ns/chat", "params", "targetUtilization=0.8", "recommended", "3", "reported", "4",
 		"drainFloor", "4", "drivenBy", "ns/probe@4567cdef", "ready", "1", "readyPods", "4", "updatedMs", "1795608025000", "reason", "capacity target")
 	var buf bytes.Buffer

@@ -3,11 +3,8 @@ package report
 import (
 	"context"
 	"fmt"
-	"sort"
 	"strconv"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/store"
 )
@@ -52,15 +49,26 @@ type Ranked struct {
 	Priority float64
 }
 
+// Store is what a Reader needs of the fleets' state in Redis:
+// *store.Store.
+type Store interface {
+	// Fleets lists the fleets Redis holds state of.
+	Fleets(ctx context.Context) ([]string, error)
+	// Snapshot reads the whole state of a fleet.
+	Snapshot(ctx context.Context, fleet string, now time.Time) (store.Snapshot, error)
+	// ScalerState reads the scaler's decisions and scale-down order.
+	ScalerState(ctx context.Context, fleet string) (store.ScalerState, error)
+}
+
 // Reader reads fleet state from Redis, read-only: one Snapshot script, one
 // pipeline of the scaler's index and scaledown set, one of the triggers'
 // decision hashes per fleet.
 type Reader struct {
-	store *store.Store
+	store Store
 }
 
 // NewReader returns a Reader on store.
-func NewReader(store *store.Store) *Reader { return &Reader{store: store} }
+func NewReader(store Store) *Reader { return &Reader{store: store} }
 
 // Fleets lists the fleets Redis holds state of, sorted.
 func (r *Reader) Fleets(ctx context.Context) ([]string, error) { return r.store.Fleets(ctx) }
@@ -73,73 +81,25 @@ func (r *Reader) Read(ctx context.Context, fleet string, now time.Time) (FleetSt
 		return FleetState{}, err
 	}
 	st := FleetState{Snapshot: snap}
-	p := r.store.KeyPrefix(fleet)
-	var (
-		index *redis.ZSliceCmd
-		down  *redis.ZSliceCmd
-	)
-	// Every key shares the fleet's hash slot, so each pipeline reaches a
-	// single node even in Redis Cluster. The names are the scaler's
-	// (scaler/decision.go).
-	_, err = r.store.Client().Pipelined(ctx, func(pl redis.Pipeliner) error {
-		index = pl.ZRangeWithScores(ctx, p+"scalers", 0, -1)
-		down = pl.ZRangeWithScores(ctx, p+"scaledown", 0, -1)
-		return nil
-	})
+	sc, err := r.store.ScalerState(ctx, fleet)
 	if err != nil {
-		return FleetState{}, fmt.Errorf("read scaler state of %s: %w", fleet, err)
-	}
-	if st.Scalers, err = r.decisions(ctx, fleet, index.Val()); err != nil {
 		return FleetState{}, err
 	}
-	if zs := down.Val(); len(zs) > 0 {
-		st.ScaleDown = make([]Ranked, 0, len(zs))
-		for _, z := range zs {
-			pod, _ := z.Member.(string)
-			st.ScaleDown = append(st.ScaleDown, Ranked{Pod: pod, Priority: z.Score})
+	for _, d := range sc.Decisions {
+		rec, err := decodeScaler(d.Fields)
+		if err != nil {
+			return FleetState{}, fmt.Errorf("read scaler decision %s of %s: %w", d.Trigger, fleet, err)
+		}
+		rec.Trigger = d.Trigger
+		st.Scalers = append(st.Scalers, rec)
+	}
+	if sc.ScaleDown != nil {
+		st.ScaleDown = make([]Ranked, 0, len(sc.ScaleDown))
+		for _, p := range sc.ScaleDown {
+			st.ScaleDown = append(st.ScaleDown, Ranked{Pod: p.Pod, Priority: p.Priority})
 		}
 	}
 	return st, nil
-}
-
-// decisions reads the hashes of the indexed triggers, skipping those that
-// expired (a deleted ScaledObject's, an old probe's): sorted by trigger ID.
-func (r *Reader) decisions(ctx context.Context, fleet string, index []redis.Z) ([]ScalerRecord, error) {
-	if len(index) == 0 {
-		return nil, nil
-	}
-	p := r.store.KeyPrefix(fleet)
-	ids := make([]string, 0, len(index))
-	for _, z := range index {
-		if id, ok := z.Member.(string); ok {
-			ids = append(ids, id)
-		}
-	}
-	sort.Strings(ids)
-	cmds := make([]*redis.MapStringStringCmd, len(ids))
-	_, err := r.store.Client().Pipelined(ctx, func(pl redis.Pipeliner) error {
-		for i, id := range ids {
-			cmds[i] = pl.HGetAll(ctx, p+"scaler:"+id)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read scaler decisions of %s: %w", fleet, err)
-	}
-	var out []ScalerRecord
-	for i, c := range cmds {
-		h := c.Val()
-		if len(h) == 0 {
-			continue
-		}
-		rec, err := decodeScaler(h)
-		if err != nil {
-			return nil, fmt.Errorf("read scaler decision %s of %s: %w", ids[i], fleet, err)
-		}
-		rec.Trigger = ids[i]
-		out = append(out, rec)
-	}
-	return out, nil
 }
 
 func decodeScaler(h map[string]string) (ScalerRecord, error) {

@@ -82,7 +82,8 @@ func checkRedisClock(t *testing.T, sc scenario) {
 // agree on it and on miniredis.
 func TestRealRedisMatchesMiniredis(t *testing.T) {
 	srv := redistest.Start(t)
-	sc := buildScenario(t, srv.Client(), serverClock{}, store.NewStore(srv.Client(), "wsgate"))
+	rdb := srv.Client()
+	sc := buildScenario(t, rdb, serverClock{rdb: rdb}, store.NewStore(rdb, "wsgate"))
 	matchesMiniredis(t, sc)
 }
 
@@ -98,14 +99,14 @@ func TestRedisClusterFindsEveryFleet(t *testing.T) {
 	s := store.NewStore(rdb, "wsgate")
 	masters := map[string]bool{}
 	for _, f := range []string{"chat", "video"} {
-		m, err := rdb.MasterForKey(context.Background(), s.KeyPrefix(f)+"epoch")
+		m, err := rdb.MasterForKey(context.Background(), s.Keys(f).Epoch())
 		must(t, err)
 		masters[m.Options().Addr] = true
 	}
 	if len(masters) != 2 {
 		t.Fatalf("chat and video share one master: the test would not prove the scan covers every shard")
 	}
-	sc := buildScenario(t, rdb, serverClock{}, s)
+	sc := buildScenario(t, rdb, serverClock{rdb: rdb}, s)
 	rep := sc.report(t)
 	if len(rep.Fleets) != 2 {
 		t.Fatalf("found %d fleets, want chat and video", len(rep.Fleets))

@@ -81,7 +81,8 @@ func (c miniClock) expired(t *testing.T, s *store.Store, fleet, id string) {
 // waited out is ended by moving the epoch's `until` to Redis' now (what
 // those minutes would have done), and an expected expiry is waited for
 // (the scenario gives such an instance a 1s lease).
-type serverClock struct{}
+// serverClock runs on a real server; rdb is the client the store runs on.
+type serverClock struct{ rdb redis.UniversalClient }
 
 func (serverClock) at(time.Time) {}
 
@@ -94,11 +95,11 @@ func (serverClock) recovering(t *testing.T, s *store.Store, fleet string, want t
 	}
 }
 
-func (serverClock) recovered(t *testing.T, s *store.Store, fleet string) {
+func (c serverClock) recovered(t *testing.T, s *store.Store, fleet string) {
 	t.Helper()
 	ctx := context.Background()
 	// In a script, so that it runs on the fleet's shard, by its clock.
-	must(t, endRecovery.Run(ctx, s.Client(), []string{s.KeyPrefix(fleet) + "epoch"}).Err())
+	must(t, endRecovery.Run(ctx, c.rdb, []string{s.Keys(fleet).Epoch()}).Err())
 	left, err := s.Recovery(ctx, fleet)
 	must(t, err)
 	if left != 0 {
@@ -245,7 +246,7 @@ func buildScenario(t *testing.T, rdb redis.UniversalClient, rc redisClock, s *st
 	if r := admit(t, e2, "chat", false); r.Reason != store.ReasonCapacity {
 		t.Fatalf("admission into a full fleet: reason %s, want capacity", r.Reason)
 	}
-	must(t, rdb.Del(ctx, s.KeyPrefix("chat")+"epoch").Err())
+	must(t, rdb.Del(ctx, s.Keys("chat").Epoch()).Err())
 	must(t, e1.Heartbeat(ctx))
 	rc.recovering(t, s, "chat", ttl)
 
@@ -352,16 +353,16 @@ func TestTableOneView(t *testing.T) {
 // (scaler/decision.go): the hash scaler:<id> {scaledObject, params,
 // recommended, reported, drainFloor, drivenBy, ready, readyPods,
 // updatedMs, reason}, the zset scalers (id -> updatedMs).
-func decision(mr *miniredis.Miniredis, prefix, id string, fields ...string) {
-	mr.ZAdd(prefix+"scalers", 1795608025000, id)
-	mr.HSet(prefix+"scaler:"+id, fields...)
+func decision(mr *miniredis.Miniredis, keys store.Keys, id string, fields ...string) {
+	mr.ZAdd(keys.Scalers(), 1795608025000, id)
+	mr.HSet(keys.Scaler(id), fields...)
 }
 
 // The zset scaledown is pod -> priority, first candidate lowest. While the
 // scaler holds a trigger's metric it writes no recommendation for it.
 func TestTableScalingWhileTheScalerHolds(t *testing.T) {
 	sc, mr := miniScenario(t)
-	decision(mr, sc.store.KeyPrefix("chat"), "ns/chat@0123abcd", "ready", "0", "readyPods", "4", "updatedMs", "1795608025000", "reason", "metrics held: epoch 5s old, settle 1m0s")
+	decision(mr, sc.store.Keys("chat"), "ns/chat@0123abcd", "ready", "0", "readyPods", "4", "updatedMs", "1795608025000", "reason", "metrics held: epoch 5s old, settle 1m0s")
 	got := table(t, sc.report(t, report.ViewScaling))
 	if !strings.Contains(got, "ns/chat@0123abcd  held (not ready)") || strings.Contains(got, "reporting") {
 		t.Errorf("scaling view while held:\n%s", got)
@@ -370,16 +371,16 @@ func TestTableScalingWhileTheScalerHolds(t *testing.T) {
 
 func TestTableScalingWithScalerState(t *testing.T) {
 	sc, mr := miniScenario(t)
-	p := sc.store.KeyPrefix("chat")
+	p := sc.store.Keys("chat")
 	// Two triggers, each its own row; an expired one (indexed, no hash) none.
 	decision(mr, p, "ns/chat@0123abcd", "scaledObject", "ns/chat", "params", "targetUtilization=0.8", "recommended", "3", "reported", "4",
 		"drainFloor", "4", "drivenBy", "ns/probe@4567cdef", "ready", "1", "readyPods", "4", "updatedMs", "1795608025000",
 		"reason", "capacity target; scale-down held at 4: trigger ns/probe@4567cdef recommends 4")
 	decision(mr, p, "ns/probe@4567cdef", "scaledObject", "ns/probe", "params", "targetUtilization=0.5", "recommended", "4", "reported", "4",
 		"drainFloor", "4", "drivenBy", "ns/probe@4567cdef", "ready", "1", "readyPods", "4", "updatedMs", "1795608024000", "reason", "capacity target")
-	mr.ZAdd(p+"scalers", 1795607000000, "ns/gone@89abcdef")
-	mr.ZAdd(p+"scaledown", 1, "10.0.0.3:8080")
-	mr.ZAdd(p+"scaledown", 0, "10.0.0.4:8080")
+	mr.ZAdd(p.Scalers(), 1795607000000, "ns/gone@89abcdef")
+	mr.ZAdd(p.ScaleDown(), 1, "10.0.0.3:8080")
+	mr.ZAdd(p.ScaleDown(), 0, "10.0.0.4:8080")
 	got := table(t, sc.report(t, report.ViewScaling))
 	golden(t, "scaling_scaler", got)
 }

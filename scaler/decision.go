@@ -14,7 +14,8 @@ import (
 	"time"
 
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
-	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/store"
 )
 
 // DecisionTTL is how long a trigger's recorded decision outlives its last
@@ -24,15 +25,12 @@ import (
 // within 5 min and stops holding other triggers' scale-downs.
 const DecisionTTL = 5 * time.Minute
 
-// Key names under the fleet's prefix (so under its hash tag: one slot in
-// Redis Cluster). report/read.go reads the same names.
+// The decisions are recorded under the fleet's keys (store.Keys.Scaler,
+// Scalers; report reads them through the store too).
 const (
-	decisionKey   = "scaler:" // + trigger ID: that trigger's decision hash
-	decisionIndex = "scalers" // zset: trigger ID -> updatedMs of its decision
-	legacyKey     = "scaler"  // the one hash of earlier versions, last writer wins
-	idSeparator   = "@"       // between ScaledObject and parameters hash
-	unnamed       = "-"       // stands for an empty namespace or name (a probe)
-	paramsHashLen = 8         // hex digits: 32 bits, ample among one fleet's triggers
+	idSeparator   = "@" // between ScaledObject and parameters hash
+	unnamed       = "-" // stands for an empty namespace or name (a probe)
+	paramsHashLen = 8   // hex digits: 32 bits, ample among one fleet's triggers
 	paramsFormat  = "%s %g %g %d %s"
 )
 
@@ -71,73 +69,33 @@ func paramsLabel(p Params) string {
 	return fmt.Sprintf("targetUtilization=%g headroom=%g headroomAfter=%d guard=%s", p.TargetUtilization, p.Headroom, p.HeadroomAfter, p.Guard)
 }
 
-// recordScript replaces one trigger's decision hash, gives it DecisionTTL,
-// indexes it, and drops from the index the triggers not evaluated within
-// DecisionTTL (their hashes have expired). It also deletes the legacy
-// whole-fleet hash, which nothing refreshes any more. Only commands of the
-// documented ACL (README.md) are used.
-var recordScript = redis.NewScript(`
--- KEYS: 1 the trigger's hash, 2 the index, 3 the legacy hash
--- ARGV: 1 trigger ID, 2 now ms, 3 ttl s, 4 stale cutoff ms, 5.. field, value
-redis.call('DEL', KEYS[1], KEYS[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
-if #stale > 0 then redis.call('ZREM', KEYS[2], unpack(stale)) end
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
-`)
-
-// othersScript lists the other triggers' fresh recommendations: those in
-// the index since the cutoff whose hash still exists and holds a
-// recommendation (a held trigger has none: its ScaledObject's fallback
-// decides, not wsgate). The hashes share the index's hash tag.
-var othersScript = redis.NewScript(`
--- KEYS: 1 the index; ARGV: 1 key prefix of the hashes, 2 cutoff ms, 3 own ID
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')) do
-  if id ~= ARGV[3] then
-    local r = redis.call('HGET', ARGV[1] .. id, 'recommended')
-    if r then out[#out + 1] = id; out[#out + 1] = r end
-  end
-end
-return out
-`)
-
 // persist replaces trigger id's decision hash for `wsgate metrics scaling`:
 // recommended and reported are absent while metrics are held, never left
 // over from an earlier evaluation. A failed write does not fail the RPC:
 // the metric is right, only the view (and other triggers' drain floor,
 // which then lapses to their own) is stale.
 func (s *Server) persist(ctx context.Context, fleet, id string, fields map[string]any) {
-	p := s.store.KeyPrefix(fleet)
-	now := s.now()
-	args := []any{id, now.UnixMilli(), int64(DecisionTTL / time.Second), now.Add(-DecisionTTL).UnixMilli()}
-	for k, v := range fields {
-		args = append(args, k, v)
-	}
-	err := recordScript.Run(ctx, s.store.Client(), []string{p + decisionKey + id, p + decisionIndex, p + legacyKey}, args...).Err()
-	if err != nil {
+	rec := store.DecisionRecord{Fleet: fleet, Trigger: id, Now: s.now(), TTL: DecisionTTL, Fields: fields}
+	if err := s.store.RecordDecision(ctx, rec); err != nil {
 		s.log.Warn("recording the scaler decision failed", "fleet", fleet, "trigger", id, "err", err)
 	}
 }
 
-// others reads the fresh recommendations of fleet's triggers other than id.
+// others reads the fresh recommendations of fleet's triggers other than
+// id: those recorded within DecisionTTL whose hash still holds one (a held
+// trigger has none: its ScaledObject's fallback decides, not wsgate).
 func (s *Server) others(ctx context.Context, fleet, id string) (map[string]int, error) {
-	p := s.store.KeyPrefix(fleet)
-	cutoff := s.now().Add(-DecisionTTL).UnixMilli()
-	vals, err := othersScript.Run(ctx, s.store.Client(), []string{p + decisionIndex}, p+decisionKey, cutoff, id).StringSlice()
+	vals, err := s.store.OtherDecisions(ctx, store.OthersRequest{Fleet: fleet, Trigger: id, Since: s.now().Add(-DecisionTTL)})
 	if err != nil {
 		return nil, fmt.Errorf("read the other triggers' recommendations of %s: %w", fleet, err)
 	}
-	out := make(map[string]int, len(vals)/2)
-	for i := 0; i+1 < len(vals); i += 2 {
-		n, err := strconv.ParseFloat(vals[i+1], 64)
+	out := make(map[string]int, len(vals))
+	for trigger, v := range vals {
+		n, err := strconv.ParseFloat(v, 64)
 		if err != nil {
-			return nil, fmt.Errorf("trigger %s of %s: recommended %q: %w", vals[i], fleet, vals[i+1], err)
+			return nil, fmt.Errorf("trigger %s of %s: recommended %q: %w", trigger, fleet, v, err)
 		}
-		out[vals[i]] = int(n)
+		out[trigger] = int(n)
 	}
 	return out, nil
 }

@@ -48,9 +48,9 @@ func triggerID(t *testing.T, r *externalscaler.ScaledObjectRef) string {
 func TestEachTriggerKeepsItsOwnDecision(t *testing.T) {
 	e := start(t, opts{})
 	ctx := context.Background()
-	p := e.store.KeyPrefix("web")
+	p := e.store.Keys("web")
 	// The single hash of earlier versions goes with the first write.
-	if err := e.rdb.HSet(ctx, p+"scaler", "recommended", "9").Err(); err != nil {
+	if err := e.rdb.HSet(ctx, p.LegacyScaler(), "recommended", "9").Err(); err != nil {
 		t.Fatal(err)
 	}
 	e.admit(e.tracker("envoy-a"), "web", 4)
@@ -68,16 +68,16 @@ func TestEachTriggerKeepsItsOwnDecision(t *testing.T) {
 		if h["recommended"] != w || h["reported"] != w || h["scaledObject"] != "ns/"+r.Name || !strings.Contains(h["params"], "targetUtilization=") {
 			t.Errorf("%s: decision %v, want recommended %s", triggerID(t, r), h, w)
 		}
-		ttl, err := e.rdb.TTL(ctx, p+"scaler:"+triggerID(t, r)).Result()
+		ttl, err := e.rdb.TTL(ctx, p.Scaler(triggerID(t, r))).Result()
 		if err != nil || ttl <= 0 || ttl > scaler.DecisionTTL {
 			t.Errorf("%s: TTL %v (%v), want (0, %v]", triggerID(t, r), ttl, err, scaler.DecisionTTL)
 		}
 	}
-	ids, err := e.rdb.ZRange(ctx, p+"scalers", 0, -1).Result()
+	ids, err := e.rdb.ZRange(ctx, p.Scalers(), 0, -1).Result()
 	if err != nil || len(ids) != 3 {
 		t.Errorf("index %v (%v), want 3 triggers", ids, err)
 	}
-	if n, _ := e.rdb.Exists(ctx, p+"scaler").Result(); n != 0 {
+	if n, _ := e.rdb.Exists(ctx, p.LegacyScaler()).Result(); n != 0 {
 		t.Error("the legacy scaler hash is still there")
 	}
 	// KEDA's own keys and spelt-out defaults do not make another trigger.

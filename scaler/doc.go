@@ -6,7 +6,7 @@
 // The policy is a pure function (Decide, documented in POLICY.md). The
 // server holds its metrics while Redis' counts are incomplete after a data
 // loss (readiness), never reports a scale-down on such data, records every
-// trigger's decision in its own "scaler:<trigger>" hash (decision.go),
+// trigger's decision in its own hash (decision.go; store.Keys.Scaler),
 // reaps expired tracker instances, and leaves the preparation of a
 // scale-down to a ScaleDownGate, handed the highest fresh recommendation
 // of the fleet's triggers.

@@ -3,10 +3,7 @@ package scaler
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Observe reads every configured fleet's summary and per-pod counts from
@@ -27,7 +24,7 @@ func (s *Server) Observe(ctx context.Context) error {
 			continue
 		}
 		s.metrics.observed(fc, sum)
-		loads, err := podLoads(ctx, s.store, name)
+		loads, err := s.store.PodLoads(ctx, name)
 		if err != nil {
 			s.metrics.ReadErrors.WithLabelValues(name).Inc()
 			errs = append(errs, err)
@@ -54,29 +51,6 @@ func (s *Server) setPodConnections(fleet string, loads map[string]int) {
 		seen[pod] = struct{}{}
 	}
 	s.pods[fleet] = seen
-}
-
-// podLoads reads the live connections per pod of the fleet's registry:
-// placeable pods from the avail zset, the others (not ready, draining, gone
-// from the registry with connections left) from the load zset (tracker/PROTOCOL.md; as report's snapshot reads
-// them). One round trip, O(pods), whatever the number of instances.
-func podLoads(ctx context.Context, st Store, fleet string) (map[string]int, error) {
-	p := st.KeyPrefix(fleet)
-	pipe := st.Client().Pipeline()
-	load := pipe.ZRangeWithScores(ctx, p+"load", 0, -1)
-	avail := pipe.ZRangeWithScores(ctx, p+"avail", 0, -1)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("pod loads %s: %w", fleet, err)
-	}
-	out := map[string]int{}
-	for _, zs := range [][]redis.Z{load.Val(), avail.Val()} {
-		for _, z := range zs {
-			if pod, ok := z.Member.(string); ok {
-				out[pod] = int(z.Score)
-			}
-		}
-	}
-	return out, nil
 }
 
 // RunObserver calls Observe every interval until ctx ends.

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -31,21 +30,23 @@ type Reader interface {
 	Summary(ctx context.Context, fleet string, now time.Time) (store.Summary, error)
 }
 
-// Store is what the scaler needs of the tracker's state: *store.Store.
+// Store is what the scaler needs of the fleets' state in Redis:
+// *store.Store.
 type Store interface {
 	Reader
 	// Instances reads the fleet's tracker instances and their seqs.
 	Instances(ctx context.Context, fleet string) (map[string]uint64, error)
 	// Reap removes those of ids whose lease ended by Redis' clock.
 	Reap(ctx context.Context, fleet string, ids []string) ([]string, error)
-	// KeyPrefix starts every key of the fleet; the scaler writes each
-	// trigger's decision under it ("scaler:<trigger>" hashes, "scalers"
-	// index).
-	KeyPrefix(fleet string) string
-	// EventsChannel is where the admit script announces activity.
-	EventsChannel(fleet string) string
-	// Client is the Redis client the store runs on.
-	Client() redis.UniversalClient
+	// PodLoads reads the live connections per pod.
+	PodLoads(ctx context.Context, fleet string) (map[string]int, error)
+	// SubscribeEvents subscribes to the fleet's events: the admit script
+	// announces activity there.
+	SubscribeEvents(ctx context.Context, fleet string) (*store.Events, error)
+	// RecordDecision writes a trigger's decision (decision.go).
+	RecordDecision(ctx context.Context, rec store.DecisionRecord) error
+	// OtherDecisions reads the other triggers' fresh recommendations.
+	OtherDecisions(ctx context.Context, req store.OthersRequest) (map[string]string, error)
 }
 
 // ScaleDownGate holds a scale-down until the pods to remove are prepared

@@ -264,7 +264,7 @@ func (e *env) decision(fleet string, r *externalscaler.ScaledObjectRef) map[stri
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	h, err := e.rdb.HGetAll(context.Background(), e.store.KeyPrefix(fleet)+"scaler:"+scaler.TriggerID(r, tr)).Result()
+	h, err := e.rdb.HGetAll(context.Background(), e.store.Keys(fleet).Scaler(scaler.TriggerID(r, tr))).Result()
 	if err != nil {
 		e.t.Fatal(err)
 	}

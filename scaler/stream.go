@@ -21,15 +21,15 @@ func (s *Server) StreamIsActive(ref *externalscaler.ScaledObjectRef, stream grpc
 		return grpcError(err)
 	}
 	ctx := stream.Context()
-	ps := s.store.Client().Subscribe(ctx, s.store.EventsChannel(t.Fleet))
-	defer ps.Close()
-	// Wait for the subscription to be confirmed, so an event published
-	// right after the first evaluation is not missed. When Redis is down
-	// the poll carries on alone; the channel below reconnects.
-	if _, err := ps.Receive(ctx); err != nil && ctx.Err() == nil {
+	// The subscription is confirmed before the first evaluation, so an
+	// event published right after it is not missed. When Redis is down the
+	// poll carries on alone; the subscription reconnects.
+	sub, err := s.store.SubscribeEvents(ctx, t.Fleet)
+	defer sub.Close()
+	if err != nil && ctx.Err() == nil {
 		s.log.Debug("events subscription failed, polling only until it recovers", "fleet", t.Fleet, "err", err)
 	}
-	events := ps.Channel()
+	events := sub.C()
 	tick := time.NewTicker(s.cfg.PollInterval)
 	defer tick.Stop()
 
@@ -57,7 +57,7 @@ func (s *Server) StreamIsActive(ref *externalscaler.ScaledObjectRef, stream grpc
 		case msg := <-events:
 			// "active" is the admit script's 0 -> 1 live connections: a
 			// transition even if no poll saw the fleet idle in between.
-			if msg != nil && msg.Payload == "active" {
+			if msg == "active" {
 				was = false
 			}
 		case <-tick.C:

@@ -18,7 +18,7 @@ import (
 // events channel has n subscribers.
 func (e *env) waitSubscribers(fleet string, n int64) {
 	e.t.Helper()
-	ch := e.store.EventsChannel(fleet)
+	ch := e.store.Keys(fleet).Events()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		got, err := e.rdb.PubSubNumSub(context.Background(), ch).Result()

@@ -3,17 +3,18 @@ package store
 import (
 	"context"
 	"fmt"
-	"github.com/wsgate/wsgate/fleets"
 	"sort"
 	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // fleetMarkers are the keys that exist whenever Redis holds anything of a
 // fleet (the same ones Snapshot.Known looks at).
-var fleetMarkers = []string{"epoch", "pods", "instances"}
+var fleetMarkers = []string{keyEpoch, keyPods, keyInstances}
 
 // Fleets lists, sorted, the fleets Redis holds state of under this store's
 // prefix. It scans the keyspace (SCAN, never KEYS), on every master of a
@@ -25,6 +26,7 @@ func (s *Store) Fleets(ctx context.Context) ([]string, error) {
 	)
 	scan := func(ctx context.Context, c redis.Cmdable) error {
 		for _, m := range fleetMarkers {
+			// {<prefix>:<fleet>}:<marker>, any fleet (keys.go)
 			iter := c.Scan(ctx, 0, globEscape("{"+s.prefix+":")+"*}:"+m, 1000).Iterator()
 			for iter.Next(ctx) {
 				if f, ok := s.fleetOf(iter.Val()); ok {

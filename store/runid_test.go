@@ -54,11 +54,11 @@ func lifecycles(t *testing.T, s *store.Store, epoch string, n int) {
 	t.Helper()
 	ctx := context.Background()
 	for range n {
-		a, err := s.Admit(ctx, "chat", 5, fleets.PolicyPack, "e1", epoch, storetest.T0)
+		a, err := s.AdmitOne(ctx, store.AdmitRequest{Fleet: "chat", MaxPerPod: 5, Policy: fleets.PolicyPack, Instance: "e1", Epoch: epoch, Now: storetest.T0})
 		if err != nil || a.Pod == "" {
 			t.Fatalf("admit: %+v %v", a, err)
 		}
-		if got, err := s.Release(ctx, "chat", "e1", epoch, 0, store.ReleaseCount{Pod: a.Pod, N: 1}); err != nil || got != 1 {
+		if got, err := s.Release(ctx, store.ReleaseRequest{Fleet: "chat", Instance: "e1", Epoch: epoch, Seq: 0, Releases: []store.ReleaseCount{{Pod: a.Pod, N: 1}}}); err != nil || got != 1 {
 			t.Fatalf("release: %d %v", got, err)
 		}
 	}
@@ -130,14 +130,14 @@ func TestHotScriptsAfterARestartWithOldData(t *testing.T) {
 			}
 			for i := range 2 { // twice in a row: each restart is a new process
 				srv.RestartWithData()
-				a, err := s.Admit(ctx, "chat", 5, fleets.PolicyPack, "e1", epoch, storetest.T0)
+				a, err := s.AdmitOne(ctx, store.AdmitRequest{Fleet: "chat", MaxPerPod: 5, Policy: fleets.PolicyPack, Instance: "e1", Epoch: epoch, Now: storetest.T0})
 				if err != nil {
 					t.Fatalf("admit after restart %d: %v", i+1, err)
 				}
 				if a.Fence != store.FenceEpoch {
 					t.Fatalf("admit after restart %d with the old epoch: %+v; want fenced (epoch)", i+1, a)
 				}
-				if _, err := s.Release(ctx, "chat", "e1", epoch, 0, store.ReleaseCount{Pod: "10.0.0.1:80", N: 1}); err == nil {
+				if _, err := s.Release(ctx, store.ReleaseRequest{Fleet: "chat", Instance: "e1", Epoch: epoch, Seq: 0, Releases: []store.ReleaseCount{{Pod: "10.0.0.1:80", N: 1}}}); err == nil {
 					t.Fatalf("release after restart %d with the old epoch was not fenced", i+1)
 				}
 			}

@@ -85,4 +85,7 @@ var (
 	scriptSummary  = loadScript("summary")
 	scriptSnapshot = loadScript("snapshot")
 	scriptRecovery = loadScript("recovery")
+
+	scriptDecisionRecord = loadScript("decision_record")
+	scriptDecisionOthers = loadScript("decision_others")
 )

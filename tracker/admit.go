@@ -283,13 +283,13 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 		for i, pod := range reused {
 			res[i] = admission{Admission: store.Admission{Pod: pod}, reused: true}
 		}
-		var a store.Admissions
+		var a store.AdmitReply
 		var err error
 		switch {
 		case len(reused) < len(n):
-			a, _, err = t.store.AdmitRelease(ctx, f.name, fc.MaxConnectionsPerPod, fc.Policy, t.cfg.InstanceID, epoch, now, len(n)-len(reused), seq, counts...)
+			a, err = t.store.Admit(ctx, store.AdmitRequest{Fleet: f.name, MaxPerPod: fc.MaxConnectionsPerPod, Policy: fc.Policy, Instance: t.cfg.InstanceID, Epoch: epoch, Now: now, N: len(n) - len(reused), Seq: seq, Releases: counts})
 		case len(counts) > 0: // every admission reused: the releases go alone
-			_, err = t.store.Release(ctx, f.name, t.cfg.InstanceID, epoch, seq, counts...)
+			_, err = t.store.Release(ctx, store.ReleaseRequest{Fleet: f.name, Instance: t.cfg.InstanceID, Epoch: epoch, Seq: seq, Releases: counts})
 		}
 		if len(counts) > 0 {
 			t.released(f, counts, lowered, seq, err)

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"golang.org/x/time/rate"
 )
 
@@ -105,7 +106,7 @@ func (t *Tracker) retire(ctx context.Context, f *fleet) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 4*t.cfg.RedisTimeout)
 	defer cancel()
-	if _, err := t.store.Leave(ctx, f.name, t.cfg.InstanceID, f.leaveSeq()); err != nil {
+	if _, err := t.store.Leave(ctx, store.LeaveRequest{Fleet: f.name, Instance: t.cfg.InstanceID, Seq: f.leaveSeq()}); err != nil {
 		return fmt.Errorf("retire fleet %s: %w", f.name, err)
 	}
 	t.applyMu.Lock()

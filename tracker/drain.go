@@ -70,7 +70,7 @@ func (t *Tracker) Leave(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("leave %s: waiting for its heartbeat: %w", f.name, err))
 			continue
 		}
-		_, err := t.store.Leave(ctx, f.name, t.cfg.InstanceID, f.leaveSeq())
+		_, err := t.store.Leave(ctx, store.LeaveRequest{Fleet: f.name, Instance: t.cfg.InstanceID, Seq: f.leaveSeq()})
 		f.gate.Release(gateAll)
 		if err != nil {
 			errs = append(errs, err)

@@ -55,11 +55,11 @@ func TestNoOverAdmission(t *testing.T) {
 	go func() { // Redis never shows a pod over the cap
 		defer watchers.Done()
 		rdb := srv.Client()
-		p := trs[0].Store().KeyPrefix("chat")
+		p := trs[0].Store().Keys("chat")
 		checks := 0
 		for ctx.Err() == nil {
 			// A pod's count is in avail while placeable, in load otherwise.
-			for _, key := range []string{p + "avail", p + "load"} {
+			for _, key := range []string{p.Avail(), p.Load()} {
 				counts, err := rdb.ZRangeWithScores(ctx, key, 0, -1).Result()
 				if err != nil {
 					continue
@@ -333,7 +333,7 @@ func TestRedisCluster(t *testing.T) {
 		}
 		return s
 	}
-	if slot(st.KeyPrefix("chat")+"load") == slot(st.KeyPrefix("game")+"load") {
+	if slot(st.Keys("chat").Load()) == slot(st.Keys("game").Load()) {
 		t.Fatal("test fleets hash to the same slot; pick other names")
 	}
 	var trs []*tracker.Tracker
@@ -386,7 +386,7 @@ func TestRedisCluster(t *testing.T) {
 		}
 		for _, k := range keys {
 			for _, f := range fleets {
-				if strings.HasPrefix(k, st.KeyPrefix(f)) && slot(k) != slot(st.KeyPrefix(f)+"load") {
+				if strings.HasPrefix(k, st.Keys(f).Prefix()) && slot(k) != slot(st.Keys(f).Load()) {
 					t.Errorf("key %s is not in fleet %s's slot", k, f)
 				}
 			}

@@ -111,7 +111,7 @@ func (t *Tracker) sendReleases(f *fleet) func(context.Context, []releaseReq) ([]
 		if len(counts) == 0 {
 			return nil, nil
 		}
-		_, err := t.store.Release(ctx, f.name, t.cfg.InstanceID, epoch, seq, counts...)
+		_, err := t.store.Release(ctx, store.ReleaseRequest{Fleet: f.name, Instance: t.cfg.InstanceID, Epoch: epoch, Seq: seq, Releases: counts})
 		t.released(f, counts, lowered, seq, err)
 		return nil, nil
 	}

@@ -82,8 +82,10 @@ func TestSentReleaseIsNotReused(t *testing.T) {
 // instance's lease.
 func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 	const p1, p2 = "10.0.0.1:80", "10.0.0.2:80"
+	var rdbOfLast *redis.Client // the client of the last setup's tracker
 	setup := func(t *testing.T, fc fleets.Fleet) (*tracker.Tracker, *scriptCalls, *clock) {
 		rdb, mr := miniClient(t)
+		rdbOfLast = rdb
 		h := newScriptCalls()
 		rdb.AddHook(h)
 		clk := newClock()
@@ -157,7 +159,7 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		// another instance packs 2 on the pod a's first connection is on
 		pack := fc
 		pack.Policy = fleets.PolicyPack
-		b := newTrackerCfg(t, tr.Store().Client(), newClock(), tracker.Config{InstanceID: "b", Fleets: []fleets.Fleet{pack},
+		b := newTrackerCfg(t, rdbOfLast, newClock(), tracker.Config{InstanceID: "b", Fleets: []fleets.Fleet{pack},
 			Heartbeat: time.Second, InstanceTTL: 5 * time.Second, EstablishTimeout: 10 * time.Second, LeaseTTL: 30 * time.Second, RedisTimeout: time.Second})
 		mine := map[string]string{} // pod -> a's connection on it
 		for range 2 {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 )
 
@@ -95,7 +96,8 @@ func TestDemoExternalRedis(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), Password: "s3cret"})
 	t.Cleanup(func() { rdb.Close() })
 	ctx := context.Background()
-	if err := rdb.Set(ctx, "{wsgate:demo}:epoch", "someone else's", 0).Err(); err != nil {
+	epochKey := store.FleetKeys("", "demo").Epoch()
+	if err := rdb.Set(ctx, epochKey, "someone else's", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
@@ -118,11 +120,11 @@ func TestDemoExternalRedis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(keys) != 1 || keys[0] != "{wsgate:demo}:epoch" {
+	if len(keys) != 1 || keys[0] != epochKey {
 		t.Errorf("keys after the demo: %q, want only the one it found", keys)
 	}
-	if v, _ := rdb.Get(ctx, "{wsgate:demo}:epoch").Result(); v != "someone else's" {
-		t.Errorf("{wsgate:demo}:epoch = %q after the demo, want it untouched", v)
+	if v, _ := rdb.Get(ctx, epochKey).Result(); v != "someone else's" {
+		t.Errorf("%s = %q after the demo, want it untouched", epochKey, v)
 	}
 }
 

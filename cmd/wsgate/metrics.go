@@ -131,7 +131,7 @@ func unknownFleet(s *store.Store, fleet string, known []string, err error) error
 	if err != nil || list == "" {
 		list = "none"
 	}
-	return fmt.Errorf("fleet %q is unknown: Redis holds no state under %s (fleets found: %s)", fleet, s.KeyPrefix(fleet), list)
+	return fmt.Errorf("fleet %q is unknown: Redis holds no state under %s (fleets found: %s)", fleet, s.Keys(fleet).Prefix(), list)
 }
 
 // unwrapDeadline says "timed out after 5s" instead of a bare "context

@@ -214,11 +214,11 @@ func TestMetricsRedisSilentIsBounded(t *testing.T) {
 // scaler:<trigger>, indexed by the zset scalers) and the drain floor.
 func TestMetricsScalingShowsEveryTrigger(t *testing.T) {
 	mr := metricsRedis(t)
-	p := "{wsgate:chat}:"
+	p := store.FleetKeys("", "chat")
 	ms := metricsNow.Add(2 * time.Minute).UnixMilli()
 	for _, d := range []struct{ id, rec string }{{"ns/chat@0123abcd", "1"}, {"ns/probe@4567cdef", "2"}} {
-		mr.ZAdd(p+"scalers", float64(ms), d.id)
-		mr.HSet(p+"scaler:"+d.id, "recommended", d.rec, "reported", "2", "drainFloor", "2", "drivenBy", "ns/probe@4567cdef",
+		mr.ZAdd(p.Scalers(), float64(ms), d.id)
+		mr.HSet(p.Scaler(d.id), "recommended", d.rec, "reported", "2", "drainFloor", "2", "drivenBy", "ns/probe@4567cdef",
 			"ready", "1", "readyPods", "1", "updatedMs", strconv.FormatInt(ms, 10), "reason", "capacity target")
 	}
 	out, err := runMetricsTest(t, "scaling", "--redis-addr", mr.Addr(), "--fleet", "chat")

@@ -3,6 +3,7 @@ package discovery_test
 import (
 	"context"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,8 +34,15 @@ func newMini(t *testing.T) (*store.Store, *miniredis.Miniredis) {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	return store.NewStore(rdb, "wsgate").WithoutRestartDetection(), mr
+	s := store.NewStore(rdb, "wsgate").WithoutRestartDetection()
+	clients.Store(s, rdb)
+	t.Cleanup(func() { clients.Delete(s) })
+	return s, mr
 }
+
+// clients are the Redis clients of the stores newMini made, for tests
+// that look at Redis itself.
+var clients sync.Map // *store.Store -> *redis.Client
 
 func ptr[T any](v T) *T { return &v }
 
@@ -87,7 +95,8 @@ func readView(t *testing.T, s *store.Store, fleet string) view {
 	if err != nil {
 		t.Fatal(err)
 	}
-	avail, err := s.Client().ZRange(ctx, s.KeyPrefix(fleet)+"avail", 0, -1).Result()
+	rdb, _ := clients.Load(s)
+	avail, err := rdb.(*redis.Client).ZRange(ctx, s.Keys(fleet).Avail(), 0, -1).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,10 +171,10 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 
 	// A connection on pod 2 before it stops being ready: it stays counted.
 	now := time.Now()
-	if a, err := st.Admit(ctx, "chat", 5, fleets.PolicySpread, "e1", e1.Epoch, now); err != nil || a.Pod == "" {
+	if a, err := st.AdmitOne(ctx, store.AdmitRequest{Fleet: "chat", MaxPerPod: 5, Policy: fleets.PolicySpread, Instance: "e1", Epoch: e1.Epoch, Now: now}); err != nil || a.Pod == "" {
 		t.Fatalf("admit: %+v, %v", a, err)
 	}
-	if a, err := st.Admit(ctx, "chat", 5, fleets.PolicySpread, "e1", e1.Epoch, now); err != nil || a.Pod == "" {
+	if a, err := st.AdmitOne(ctx, store.AdmitRequest{Fleet: "chat", MaxPerPod: 5, Policy: fleets.PolicySpread, Instance: "e1", Epoch: e1.Epoch, Now: now}); err != nil || a.Pod == "" {
 		t.Fatalf("admit: %+v, %v", a, err)
 	}
 

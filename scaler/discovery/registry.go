@@ -15,6 +15,17 @@ import (
 	"github.com/wsgate/wsgate/store"
 )
 
+// Store is what the Registry needs of the fleets' state in Redis:
+// *store.Store.
+type Store interface {
+	// SetPods replaces the fleet's pod registry.
+	SetPods(ctx context.Context, fleet string, pods []fleets.Pod) error
+	// Summary reads the fleet's epoch (and counts).
+	Summary(ctx context.Context, fleet string, now time.Time) (store.Summary, error)
+	// Snapshot reads the registry's draining flags (and the rest).
+	Snapshot(ctx context.Context, fleet string, now time.Time) (store.Snapshot, error)
+}
+
 // Registry is the in-process pod registry of the fleets that discovery
 // manages. Discovery sets what the EndpointSlices say (SetEndpoints), the
 // pod-deletion-cost hook sets which pods drain (SetDraining); the Registry
@@ -23,7 +34,7 @@ import (
 // A fleet is managed, and written, only after its first SetEndpoints: a
 // fleet without discovery keeps its static pod list.
 type Registry struct {
-	store   *store.Store
+	store   Store
 	log     *slog.Logger
 	clock   clock.WithTicker
 	metrics *Metrics
@@ -71,7 +82,7 @@ func WithClock(c clock.WithTicker) RegistryOption { return func(r *Registry) { r
 func WithMetrics(m *Metrics) RegistryOption { return func(r *Registry) { r.metrics = m } }
 
 // NewRegistry returns an empty Registry writing through store.
-func NewRegistry(store *store.Store, opts ...RegistryOption) *Registry {
+func NewRegistry(store Store, opts ...RegistryOption) *Registry {
 	r := &Registry{
 		store: store, log: slog.Default(), clock: clock.RealClock{},
 		Resync: time.Minute, CheckInterval: 5 * time.Second,

@@ -26,6 +26,7 @@ func TestRegistryRepublishesWhenRedisLosesItsData(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client()
 	st := store.NewStore(rdb, "wsgate")
+	clients.Store(st, rdb)
 	ctx := context.Background()
 	m := discovery.NewMetrics(prometheus.NewRegistry())
 	reg := discovery.NewRegistry(st, discovery.WithMetrics(m))

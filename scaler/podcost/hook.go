@@ -18,8 +18,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/store"
 )
@@ -28,6 +26,16 @@ import (
 // which pods to delete first on a scale-down (lowest cost first).
 const CostAnnotation = "controller.kubernetes.io/pod-deletion-cost"
 
+// Store is what the Hook needs of the fleets' state in Redis: *store.Store.
+type Store interface {
+	// Snapshot reads the fleet's pods, loads and instances.
+	Snapshot(ctx context.Context, fleet string, now time.Time) (store.Snapshot, error)
+	// SetScaleDown publishes the scale-down order, first to go first.
+	SetScaleDown(ctx context.Context, fleet string, pods []string) error
+	// ClearScaleDown removes it.
+	ClearScaleDown(ctx context.Context, fleet string) error
+}
+
 // Hook prepares the scale-downs of the fleets whose pods discovery knows.
 // It implements the scaler's ScaleDownGate.
 type Hook struct {
@@ -35,7 +43,7 @@ type Hook struct {
 	namespace string
 	pods      cache.SharedIndexInformer
 	lister    corelisters.PodLister
-	store     *store.Store
+	store     Store
 	reg       *discovery.Registry
 	log       *slog.Logger
 	clock     clock.PassiveClock
@@ -104,7 +112,7 @@ func WithBackoff(base, ceiling time.Duration) Option {
 // New returns a Hook patching pods of namespace. pods is the namespace's
 // pod informer: the caller starts its factory; the Hook reads what the
 // informer has observed before it lets a scale-down through.
-func New(client kubernetes.Interface, pods coreinformers.PodInformer, namespace string, store *store.Store, reg *discovery.Registry, opts ...Option) *Hook {
+func New(client kubernetes.Interface, pods coreinformers.PodInformer, namespace string, store Store, reg *discovery.Registry, opts ...Option) *Hook {
 	h := &Hook{
 		client: client, namespace: namespace, pods: pods.Informer(), lister: pods.Lister(),
 		store: store, reg: reg, log: slog.Default(), clock: clock.RealClock{},
@@ -348,19 +356,11 @@ func (h *Hook) patch(ctx context.Context, fleet, name, v string, now time.Time) 
 // writeScaledown publishes the ranking for operators (wsgate metrics):
 // pod address -> position, the first to go first.
 func (h *Hook) writeScaledown(ctx context.Context, fleet string, cands []candidate) {
-	key := h.store.KeyPrefix(fleet) + "scaledown"
-	members := make([]redis.Z, len(cands))
+	pods := make([]string, len(cands))
 	for i, c := range cands {
-		members[i] = redis.Z{Score: float64(i), Member: c.addr}
+		pods[i] = c.addr
 	}
-	_, err := h.store.Client().TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, key)
-		if len(members) > 0 {
-			p.ZAdd(ctx, key, members...)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := h.store.SetScaleDown(ctx, fleet, pods); err != nil {
 		h.log.Warn("scale-down candidates not written", "fleet", fleet, "err", err)
 	}
 }
@@ -385,7 +385,7 @@ func (h *Hook) undrain(ctx context.Context, fleet string) {
 	if err := h.reg.Publish(ctx, fleet); err != nil {
 		h.log.Warn("undrain not written yet; the registry retries", "fleet", fleet, "err", err)
 	}
-	if err := h.store.Client().Del(ctx, h.store.KeyPrefix(fleet)+"scaledown").Err(); err != nil {
+	if err := h.store.ClearScaleDown(ctx, fleet); err != nil {
 		h.log.Warn("scale-down candidates not removed", "fleet", fleet, "err", err)
 	}
 }

@@ -43,6 +43,7 @@ var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 type env struct {
 	client  *fake.Clientset
 	store   *store.Store
+	rdb     *redis.Client // the client store runs on
 	reg     *discovery.Registry
 	hook    *podcost.Hook
 	clock   *clocktesting.FakeClock
@@ -63,7 +64,7 @@ func newEnv(t *testing.T, live []int, opts ...podcost.Option) *env {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	e := &env{store: store.NewStore(rdb, "wsgate").WithoutRestartDetection(), clock: clocktesting.NewFakeClock(t0), seen: make(chan string, 1000)}
+	e := &env{store: store.NewStore(rdb, "wsgate").WithoutRestartDetection(), rdb: rdb, clock: clocktesting.NewFakeClock(t0), seen: make(chan string, 1000)}
 
 	var objs []runtime.Object
 	var pods []fleets.Pod
@@ -330,7 +331,7 @@ func TestScaleDownDrainsTheEmptiestAndWaitsForTheInformer(t *testing.T) {
 	}
 	now := time.Now()
 	for i := 0; i < 12; i++ {
-		a, err := e.store.Admit(ctx, fleet, 100, fleets.PolicySpread, "envoy-1", e.epoch, now)
+		a, err := e.store.AdmitOne(ctx, store.AdmitRequest{Fleet: fleet, MaxPerPod: 100, Policy: fleets.PolicySpread, Instance: "envoy-1", Epoch: e.epoch, Now: now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -354,7 +355,7 @@ func TestScaleDownDrainsTheEmptiestAndWaitsForTheInformer(t *testing.T) {
 		}
 	}
 
-	scaledown, err := e.store.Client().ZRange(ctx, e.store.KeyPrefix(fleet)+"scaledown", 0, 3).Result()
+	scaledown, err := e.rdb.ZRange(ctx, e.store.Keys(fleet).ScaleDown(), 0, 3).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +398,7 @@ func TestScaleDownDrainsTheEmptiestAndWaitsForTheInformer(t *testing.T) {
 	if got := e.draining(t); len(got) != 0 {
 		t.Errorf("draining after scale-up = %v, want none", got)
 	}
-	if n, _ := e.store.Client().Exists(ctx, e.store.KeyPrefix(fleet)+"scaledown").Result(); n != 0 {
+	if n, _ := e.rdb.Exists(ctx, e.store.Keys(fleet).ScaleDown()).Result(); n != 0 {
 		t.Errorf("scaledown zset still present after scale-up")
 	}
 }
@@ -516,7 +517,7 @@ func TestNeverDrainsBelowTheMinimumReplicas(t *testing.T) {
 		if n := total(e.patches()); n != 0 {
 			t.Errorf("patches = %v, want none", e.patches())
 		}
-		a, err := e.store.Admit(ctx, fleet, 100, fleets.PolicySpread, "envoy-1", e.epoch, time.Now())
+		a, err := e.store.AdmitOne(ctx, store.AdmitRequest{Fleet: fleet, MaxPerPod: 100, Policy: fleets.PolicySpread, Instance: "envoy-1", Epoch: e.epoch, Now: time.Now()})
 		if err != nil || a.Pod == "" {
 			t.Fatalf("admission = %+v, %v; want a pod, not %s", a, err, store.ReasonNoPods)
 		}
@@ -664,7 +665,7 @@ func drainsOnlyTheSurplus(t *testing.T, n, min, keep int) {
 	if got := e.draining(t); len(got) != 0 {
 		t.Fatalf("draining at the minimum = %v, want none", got)
 	}
-	a, err := e.store.Admit(context.Background(), fleet, 100, fleets.PolicySpread, "envoy-1", e.epoch, time.Now())
+	a, err := e.store.AdmitOne(context.Background(), store.AdmitRequest{Fleet: fleet, MaxPerPod: 100, Policy: fleets.PolicySpread, Instance: "envoy-1", Epoch: e.epoch, Now: time.Now()})
 	if err != nil || a.Pod == "" {
 		t.Fatalf("admission at the minimum = %+v, %v; want a pod, not %s", a, err, store.ReasonNoPods)
 	}

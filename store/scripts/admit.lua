@@ -1,10 +1,11 @@
--- admit: place ARGV[9] new connections of an instance, each on a pod under
+-- admit: place `want` new connections of instance `id`, each on a pod under
 -- the cap, as a slot entitled to that instance (inst:<id>; see PROTOCOL.md).
--- The state afterwards is what ARGV[9] admissions one after the other would
+-- The state afterwards is what `want` admissions one after the other would
 -- leave: the tracker sends the admissions that arrived while its previous
 -- call was in flight as one call (PROTOCOL.md, "Batches"). Before them, it
--- applies the releases the call carries, as release.lua would (ARGV[10] is
--- their seq, '' when none): one call where two would run back to back.
+-- applies the releases the call carries, as release.lua would
+-- (`release_seq` is their seq, '' when none): one call where two would run
+-- back to back.
 -- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 stats, 5 rej:capacity, 6 rej:no_pods,
 --       7 rejinst:<id>, 8 epoch, 9 instances, 10 pend:<id>, 11 seq
 -- pend:<id> is not touched by the admissions: a new connection counts as
@@ -21,32 +22,39 @@
 -- until every instance has re-published: at least 1 while no tracker has
 -- confirmed the wait on its own clock), 'lease' (the caller's lease ended
 -- and it may have been reaped).
+local load_key, avail_key, inst_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local rej_capacity_key, rej_no_pods_key, rejinst_key = KEYS[5], KEYS[6], KEYS[7]
+local epoch_key, instances_key, pend_key, seq_key = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local cap_arg, policy, bucket_arg, slots_arg, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local epoch, run_check, id, want_arg, release_seq = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local RELEASES = 11 -- ARGV index of the first released (pod, n, pending)
+
 local now = now_ms()
-local until_ms, confirmed = fenced(KEYS[8], ARGV[6], ARGV[7])
+local until_ms, confirmed = current_epoch(epoch_key, epoch, run_check)
 if not until_ms then return {-1, 'epoch', 0, -1} end
 local released, moved = 0, 0
-if ARGV[10] ~= '' then
-  released, moved = give_back(KEYS[1], KEYS[2], KEYS[3], KEYS[10], KEYS[11], ARGV[8], ARGV[10], 11)
+if release_seq ~= '' then
+  released, moved = give_back(load_key, avail_key, inst_key, pend_key, seq_key, id, release_seq, RELEASES)
 end
 local function refuse(why, ms)
-  if moved ~= 0 then redis.call('HINCRBY', KEYS[4], 'live', moved) end
+  if moved ~= 0 then redis.call('HINCRBY', stats_key, 'live', moved) end
   return {-1, why, ms, released}
 end
 if now < until_ms or not confirmed then return refuse('recovering', math.max(until_ms - now, 1)) end
-local lease = redis.call('ZSCORE', KEYS[9], ARGV[8])
+local lease = redis.call('ZSCORE', instances_key, id)
 if not lease or tonumber(lease) < now then return refuse('lease', 0) end
 
-local cap, want = tonumber(ARGV[1]), tonumber(ARGV[9])
+local cap, want = tonumber(cap_arg), tonumber(want_arg)
 local give = {} -- pod -> connections granted on it
 local pods = {} -- the pods of give, in order
 local granted = 0
 -- n admissions in a row use at most the n pods they would pick first:
 -- each of those takes one or more, and a pod further down the order is
 -- never better than one of them that is still under the cap.
-if ARGV[2] == 'pack' then
+if policy == 'pack' then
   -- fullest pod under the cap first (empty pods stay empty and can go); it
   -- stays the fullest until it reaches the cap.
-  local r = redis.call('ZREVRANGEBYSCORE', KEYS[2], '(' .. cap, '-inf', 'WITHSCORES', 'LIMIT', 0, want)
+  local r = redis.call('ZREVRANGEBYSCORE', avail_key, '(' .. cap, '-inf', 'WITHSCORES', 'LIMIT', 0, want)
   for i = 1, #r, 2 do
     if granted == want then break end
     local n = math.min(cap - tonumber(r[i + 1]), want - granted)
@@ -59,7 +67,7 @@ else
   -- order (count, then name), where admissions in a row would have given
   -- it to the lowest names: the counts are the same, up to which of the
   -- equally loaded pods gets the one more.
-  local r = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cap, 'WITHSCORES', 'LIMIT', 0, want)
+  local r = redis.call('ZRANGEBYSCORE', avail_key, '-inf', '(' .. cap, 'WITHSCORES', 'LIMIT', 0, want)
   local m = #r / 2
   if m > 0 then
     local level, k, left, extra = tonumber(r[2]), 0, want, 0
@@ -85,25 +93,25 @@ end
 local reply = {granted, '', released}
 for _, pod in ipairs(pods) do
   local n = give[pod]
-  redis.call('ZINCRBY', KEYS[2], n, pod) -- picked from avail: its count is there
-  redis.call('HINCRBY', KEYS[3], pod, n)
+  redis.call('ZINCRBY', avail_key, n, pod) -- picked from avail: its count is there
+  redis.call('HINCRBY', inst_key, pod, n)
   reply[#reply + 1], reply[#reply + 2] = pod, n
 end
 -- One HINCRBY for the releases and the grants; the fleet became active if
 -- it had no live connection once the releases were applied.
-if granted + moved ~= 0 and redis.call('HINCRBY', KEYS[4], 'live', granted + moved) == granted and granted > 0 then
-  redis.call('PUBLISH', ARGV[5], 'active')
+if granted + moved ~= 0 and redis.call('HINCRBY', stats_key, 'live', granted + moved) == granted and granted > 0 then
+  redis.call('PUBLISH', channel, 'active')
 end
 local refused = want - granted
 if refused > 0 then
-  local reason, ring = 'capacity', KEYS[5]
-  if redis.call('ZCARD', KEYS[2]) == 0 then reason, ring = 'no_pods', KEYS[6] end
-  local bucket, slots = tonumber(ARGV[3]), tonumber(ARGV[4])
-  ring_add(KEYS[7], reason .. ':', bucket, slots, refused)
+  local reason, ring = 'capacity', rej_capacity_key
+  if redis.call('ZCARD', avail_key) == 0 then reason, ring = 'no_pods', rej_no_pods_key end
+  local bucket, slots = tonumber(bucket_arg), tonumber(slots_arg)
+  ring_add(rejinst_key, reason .. ':', bucket, slots, refused)
   -- Publishing once per bucket is enough to wake a scaler waiting for the
   -- first rejection, and keeps a rejection storm off the pub/sub bus.
   if ring_add(ring, '', bucket, slots, refused) then
-    redis.call('PUBLISH', ARGV[5], reason)
+    redis.call('PUBLISH', channel, reason)
   end
   reply[2] = reason
 end

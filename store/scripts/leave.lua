@@ -2,16 +2,19 @@
 -- connection ended (a graceful drain, or the fleet left its configuration),
 -- or its Envoy is gone, so nothing it counted is carried any more. Unlike
 -- reap, no lease needs to have ended: the instance itself says so.
+-- KEYS: 1 instances (also named from the prefix below).
 -- ARGV: 1 prefix, 2 instance id, 3 the call's sequence number: kept in seq
 -- after the instance is gone, so that a heartbeat of it that runs late
 -- (sent before, its reply timed out) is stale and cannot bring it back.
 -- Returns 1 if the instance was there.
-local there = redis.call('ZSCORE', ARGV[1] .. 'instances', ARGV[2])
-remove_instance(ARGV[1], ARGV[2])
-redis.call('HSET', ARGV[1] .. 'seq', ARGV[2], ARGV[3])
+local prefix, id, seq = ARGV[1], ARGV[2], ARGV[3]
+
+local there = redis.call('ZSCORE', prefix .. 'instances', id)
+remove_instance(prefix, id)
+redis.call('HSET', prefix .. 'seq', id, seq)
 if there then
   -- Counted, so that the scaler tells a departure from a loss.
-  redis.call('HINCRBY', ARGV[1] .. 'stats', 'left', 1)
+  redis.call('HINCRBY', prefix .. 'stats', 'left', 1)
   return 1
 end
 return 0

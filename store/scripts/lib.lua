@@ -5,7 +5,8 @@
 -- Some keys are named inside the scripts rather than passed in KEYS: the
 -- keys of other instances (reaping), the epoch's synced set and the
 -- rejection rings flushed by a heartbeat. Their names are only known while
--- the script runs. Redis, Sentinel and Redis Cluster accept this because
+-- the script runs; they are the prefix and a suffix store/keys.go names
+-- (keys_test.go checks it). Redis, Sentinel and Redis Cluster accept this because
 -- they share the fleet's hash tag, which the Cluster test checks; a proxy
 -- that routes scripts by their declared KEYS alone is not supported.
 
@@ -28,12 +29,13 @@ local function run_id(check)
   return RUN or string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
 end
 
--- fenced returns nil when a call must not act on this state: the epoch is
--- not the caller's (Redis lost its data, or the caller missed a new epoch)
--- or was created by another Redis process. Otherwise it returns the end of
--- the epoch's recovery wait by Redis' clock and whether a tracker confirmed
--- that wait on its own clock (see sync.lua).
-local function fenced(epoch_key, want, check)
+-- current_epoch says whether a call may act on this state: it returns nil
+-- (the call is fenced) when the epoch is not the caller's (Redis lost its
+-- data, or the caller missed a new epoch) or was created by another Redis
+-- process. Otherwise it returns the end of the epoch's recovery wait by
+-- Redis' clock and whether a tracker confirmed that wait on its own clock
+-- (see sync.lua).
+local function current_epoch(epoch_key, want, check)
   local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed')
   if e[1] ~= want or e[2] ~= run_id(check) then return nil end
   return tonumber(e[3]) or 0, e[4] == '1'
@@ -60,7 +62,7 @@ local function adjust(load, avail, pod, d)
 end
 
 -- give_back releases connections of instance id: for each (pod, n,
--- pending) triple of ARGV from index `from` on, up to n connections,
+-- pending) triple of ARGV from index `from` to its end, up to n connections,
 -- `pending` of which were never established (release.lua, and the releases
 -- an admit call carries). Only what the instance holds is released, so a
 -- duplicate release (or one after Redis lost its data) cannot push load

@@ -4,8 +4,10 @@
 -- confirmed its wait (see sync.lua). Judged here, on the node that holds
 -- the epoch, by that node's clock.
 -- KEYS: 1 epoch. ARGV: 1 run id check (1|0).
-local e = redis.call('HMGET', KEYS[1], 'id', 'run', 'until', 'confirmed')
-if not e[1] or e[2] ~= run_id(ARGV[1]) then return 1 end
+local epoch_key, run_check = KEYS[1], ARGV[1]
+
+local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed')
+if not e[1] or e[2] ~= run_id(run_check) then return 1 end
 local left = math.max(0, (tonumber(e[3]) or 0) - now_ms())
 if e[4] ~= '1' then left = math.max(left, 1) end
 return left

@@ -9,7 +9,12 @@
 -- one seq for the whole call. A late heartbeat after a release counts those
 -- connections again: Redis then over-counts until the next heartbeat, which
 -- is safe. Returns the number released, -1 when fenced.
-if not fenced(KEYS[6], ARGV[1], ARGV[2]) then return -1 end
-local total, moved = give_back(KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[7], ARGV[3], ARGV[4], 5)
-if moved ~= 0 then redis.call('HINCRBY', KEYS[4], 'live', moved) end
+local load_key, avail_key, inst_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local pend_key, epoch_key, seq_key = KEYS[5], KEYS[6], KEYS[7]
+local epoch, run_check, id, seq = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local RELEASES = 5 -- ARGV index of the first released (pod, n, pending)
+
+if not current_epoch(epoch_key, epoch, run_check) then return -1 end
+local total, moved = give_back(load_key, avail_key, inst_key, pend_key, seq_key, id, seq, RELEASES)
+if moved ~= 0 then redis.call('HINCRBY', stats_key, 'live', moved) end
 return total

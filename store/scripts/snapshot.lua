@@ -8,9 +8,13 @@
 -- wait on its own clock (1|0, see sync.lua)} where
 -- instances is a list of {id, lease, live, pending, windows} and
 -- windows/rejections are flat lists of (reason, w1, w2, w3).
-local prefix = ARGV[1]
-local bucket, w1, w2, w3 = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local e = redis.call('HMGET', KEYS[5], 'id', 'until', 'confirmed')
+local pods_key, load_key, instances_key, stats_key, epoch_key, avail_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local prefix, bucket_arg, w1_arg, w2_arg, w3_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local REASONS = 6 -- ARGV index of the first reason
+
+local bucket, w1, w2, w3 = tonumber(bucket_arg), tonumber(w1_arg), tonumber(w2_arg), tonumber(w3_arg)
+local e = redis.call('HMGET', epoch_key, 'id', 'until', 'confirmed')
 local epoch = e[1] or ''
 local until_ms = tonumber(e[2] or '0') or 0
 local confirmed = 0
@@ -20,7 +24,7 @@ if epoch ~= '' then synced = redis.call('SMEMBERS', prefix .. 'synced:' .. epoch
 
 local function windows(key, pfx_of)
   local out = {}
-  for k = 6, #ARGV do
+  for k = REASONS, #ARGV do
     local w = ring_windows(key, pfx_of(ARGV[k]), bucket, w1, w2, w3)
     table.insert(out, ARGV[k])
     table.insert(out, w[1])
@@ -31,7 +35,7 @@ local function windows(key, pfx_of)
 end
 
 local inst = {}
-local ids = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+local ids = redis.call('ZRANGE', instances_key, 0, -1, 'WITHSCORES')
 for i = 1, #ids, 2 do
   local id = ids[i]
   inst[#inst + 1] = {
@@ -43,7 +47,7 @@ for i = 1, #ids, 2 do
 end
 
 local fleet = {}
-for k = 6, #ARGV do
+for k = REASONS, #ARGV do
   local w = ring_windows(prefix .. 'rej:' .. ARGV[k], '', bucket, w1, w2, w3)
   table.insert(fleet, ARGV[k])
   table.insert(fleet, w[1])
@@ -52,9 +56,9 @@ for k = 6, #ARGV do
 end
 
 return {
-  redis.call('HGETALL', KEYS[1]),
-  redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
-  redis.call('HGETALL', KEYS[4]),
-  redis.call('ZRANGEBYSCORE', KEYS[6], 1, '+inf', 'WITHSCORES'),
+  redis.call('HGETALL', pods_key),
+  redis.call('ZRANGE', load_key, 0, -1, 'WITHSCORES'),
+  redis.call('HGETALL', stats_key),
+  redis.call('ZRANGEBYSCORE', avail_key, 1, '+inf', 'WITHSCORES'),
   epoch, synced, inst, fleet, now_ms(), until_ms, confirmed,
 }

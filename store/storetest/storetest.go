@@ -1,5 +1,6 @@
 // Package storetest holds the helpers the tests of the store and of its
-// users share: a Store on miniredis, registries, and instances that have
+// users share: a Store on miniredis, the contract tests' backends
+// (miniredis and a real redis-server), registries, and instances that have
 // joined an epoch.
 package storetest
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/redistest"
 )
 
 // T0 is the tests' fixed start time.
@@ -49,7 +51,7 @@ func SetPods(t *testing.T, s *store.Store, fleet string, pods []fleets.Pod) {
 // Admit admits one connection of inst (joining it first) or fails the test.
 func Admit(t *testing.T, s *store.Store, fleet string, cap int, p fleets.Policy, inst string, now time.Time) store.Admission {
 	t.Helper()
-	a, err := s.Admit(context.Background(), fleet, cap, p, inst, EpochOf(t, s, fleet, inst), now)
+	a, err := s.AdmitOne(context.Background(), store.AdmitRequest{Fleet: fleet, MaxPerPod: cap, Policy: p, Instance: inst, Epoch: EpochOf(t, s, fleet, inst), Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,4 +106,42 @@ func Summary(t *testing.T, s *store.Store, fleet string, now time.Time) store.Su
 		t.Fatal(err)
 	}
 	return sum
+}
+
+// Backend is a Redis server a store contract test runs on.
+type Backend struct {
+	// Client is a client of the server, for tests that look at Redis
+	// itself (name its keys with store.Keys).
+	Client *redis.Client
+	// Mini is the miniredis server; nil on a real redis-server.
+	Mini *miniredis.Miniredis
+}
+
+// Store is a Store on the backend whose keys start with {prefix:<fleet>}:
+// without restart detection on miniredis, which has no run_id.
+func (b Backend) Store(prefix string) *store.Store {
+	s := store.NewStore(b.Client, prefix)
+	if b.Mini != nil {
+		s = s.WithoutRestartDetection()
+	}
+	return s
+}
+
+// Backends runs test on miniredis and on a real redis-server (whose Lua
+// the scripts run in production), each fresh, with a Store under the
+// default prefix. Where redis-server is missing the second is skipped,
+// except under CI=true, where it fails (test/redistest).
+func Backends(t *testing.T, test func(t *testing.T, s *store.Store, b Backend)) {
+	t.Helper()
+	t.Run("miniredis", func(t *testing.T) {
+		mr := miniredis.RunT(t)
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		t.Cleanup(func() { rdb.Close() })
+		b := Backend{Client: rdb, Mini: mr}
+		test(t, b.Store(""), b)
+	})
+	t.Run("redis-server", func(t *testing.T) {
+		b := Backend{Client: redistest.Start(t).Client()}
+		test(t, b.Store(""), b)
+	})
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -142,6 +143,7 @@ func (n *node) kill() {
 type harness struct {
 	redis    *redistest.Server
 	store    *store.Store
+	rdb      redis.UniversalClient // the client store runs on
 	backends []*backend
 	nodes    []*node
 	fleet    fleets.Fleet
@@ -212,7 +214,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rdb.Close() })
-	h.store = store.NewStore(rdb, "wsgate")
+	h.store, h.rdb = store.NewStore(rdb, "wsgate"), rdb
 	var pods []string
 	for range o.backends {
 		b := startBackend(t)

@@ -323,11 +323,11 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		t.Fatalf("desiredReplicas when the drain starts = %d, want 3 held", got)
 	}
 	// One trigger, so one decision hash, named in the fleet's index.
-	triggers, err := h.store.Client().ZRange(ctx, h.store.KeyPrefix("chat")+"scalers", 0, -1).Result()
+	triggers, err := h.rdb.ZRange(ctx, h.store.Keys("chat").Scalers(), 0, -1).Result()
 	if err != nil || len(triggers) != 1 {
 		t.Fatalf("scaler triggers of chat = %v (%v), want the test's one", triggers, err)
 	}
-	sc, err := h.store.Client().HGetAll(ctx, h.store.KeyPrefix("chat")+"scaler:"+triggers[0]).Result()
+	sc, err := h.rdb.HGetAll(ctx, h.store.Keys("chat").Scaler(triggers[0])).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +340,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 			t.Errorf("pod %s (%d conns) draining = %v, want %v", k.pod[b.Addr], b.Live.Load(), s.Pods[b.Addr].Draining, want)
 		}
 	}
-	order, err := h.store.Client().ZRange(ctx, h.store.KeyPrefix("chat")+"scaledown", 0, -1).Result()
+	order, err := h.rdb.ZRange(ctx, h.store.Keys("chat").ScaleDown(), 0, -1).Result()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,6 +40,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/test/wsbackend"
 	"github.com/wsgate/wsgate/test/wsgatebin"
@@ -99,12 +100,12 @@ var keys = struct {
 	// recognises the two calls by them, in EVALSHA as in EVAL.
 	admitMarker, instancesMarker string
 }{
-	instances:       "{wsgate:" + fleet + "}:instances",
-	load:            "{wsgate:" + fleet + "}:load",
-	avail:           "{wsgate:" + fleet + "}:avail",
-	stats:           "{wsgate:" + fleet + "}:stats",
-	admitMarker:     "{wsgate:" + fleet + "}:rej:no_pods",
-	instancesMarker: "{wsgate:" + fleet + "}:instances",
+	instances:       store.FleetKeys("", fleet).Instances(),
+	load:            store.FleetKeys("", fleet).Load(),
+	avail:           store.FleetKeys("", fleet).Avail(),
+	stats:           store.FleetKeys("", fleet).Stats(),
+	admitMarker:     store.FleetKeys("", fleet).Rej(store.ReasonNoPods),
+	instancesMarker: store.FleetKeys("", fleet).Instances(),
 }
 
 // isAdmit reports whether a request to Redis is the admit script's call.

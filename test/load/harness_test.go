@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 
 	"github.com/wsgate/wsgate/fleets"
@@ -82,13 +83,14 @@ func (n *node) stop() {
 // system is two nodes in front of the backends, sharing one Redis.
 type system struct {
 	store    *store.Store
+	rdb      redis.UniversalClient // the client store runs on
 	backends *child
 	nodes    []*node
 }
 
-func startSystem(b *testing.B, store *store.Store, pods, capPerPod int, flush, lease time.Duration) *system {
+func startSystem(b *testing.B, rdb redis.UniversalClient, store *store.Store, pods, capPerPod int, flush, lease time.Duration) *system {
 	b.Helper()
-	s := &system{store: store}
+	s := &system{store: store, rdb: rdb}
 	s.backends = spawn(b, roleBackends, "WSGATE_LOAD_PODS="+strconv.Itoa(pods))
 	addrs := s.backends.addrs
 	cfg := tracker.Config{
@@ -118,7 +120,7 @@ func (s *system) close() {
 // redisLive is the fleet's live count as Redis holds it (the stats hash the
 // admit and release scripts maintain): one HGET, so it can be polled tightly.
 func (s *system) redisLive(ctx context.Context) (int64, error) {
-	n, err := s.store.Client().HGet(ctx, s.store.KeyPrefix(fleet)+"stats", "live").Int64()
+	n, err := s.rdb.HGet(ctx, s.store.Keys(fleet).Stats(), "live").Int64()
 	if err != nil {
 		return 0, fmt.Errorf("read live count of %s: %w", fleet, err)
 	}

@@ -136,7 +136,7 @@ func run(b *testing.B) (*figures, *redis.Client) {
 	}
 	defer rdb.Close()
 	probe := srv.Client()
-	sys := startSystem(b, store.NewStore(rdb, "wsgate"), pods, capPerPod, flush, lease)
+	sys := startSystem(b, rdb, store.NewStore(rdb, "wsgate"), pods, capPerPod, flush, lease)
 	defer sys.close()
 
 	f := &figures{refused: map[string]int{}}

@@ -207,7 +207,7 @@ func (p *peerRig) lifecycle(b *testing.B) {
 // the block ran. HSCAN, because no script uses it: it is left out of the
 // counts.
 func (p *peerRig) released(b *testing.B) {
-	statsKey := p.tr.Store().KeyPrefix(fleet) + "stats"
+	statsKey := p.tr.Store().Keys(fleet).Stats()
 	deadline := time.Now().Add(time.Minute)
 	for {
 		kv, _, err := p.rdb.HScan(context.Background(), statsKey, 0, "live", 10).Result()

@@ -1,0 +1,185 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/wsgate/wsgate/fleets"
+)
+
+// This file is the Go side of admit.lua and release.lua, the scripts every
+// admission and release runs (the hot path: see hotKeys and runHot).
+
+// Admission is what the admit script decided for one connection.
+type Admission struct {
+	Pod    string // set when admitted
+	Reason Reason // set when Redis rejected it
+	Fence  Fence  // set when Redis could not decide
+	// Wait is how long a FenceRecovering lasts.
+	Wait time.Duration
+}
+
+// Admissions is what the admit script decided for n connections: the pods
+// granted (a pod once per connection), and Reason for the others.
+type Admissions struct {
+	Pods   []string
+	Reason Reason // why the ones beyond Pods were refused
+	Fence  Fence  // set when Redis could not decide: none was admitted
+	Wait   time.Duration
+}
+
+// ReleaseCount gives back N connections of one pod, Pending of which were
+// never established.
+type ReleaseCount struct {
+	Pod        string
+	N, Pending int
+}
+
+// AdmitRequest is one call of the admit script: N connections of Instance
+// to place on pods of Fleet under MaxPerPod, as slots entitled to Instance,
+// if Instance's Epoch and lease are current. Releases, when there are any,
+// are given back first, as Release would with Seq, with nothing between.
+type AdmitRequest struct {
+	Fleet     string
+	MaxPerPod int
+	Policy    fleets.Policy
+	Instance  string
+	Epoch     string
+	// Now is the caller's clock: it picks the rejection bucket.
+	Now time.Time
+	// N is how many connections to place: the state afterwards is what N
+	// admissions in a row would leave.
+	N        int
+	Seq      uint64
+	Releases []ReleaseCount
+}
+
+// AdmitReply is what the admit script decided, and how many of the
+// request's Releases the instance held (and gave back).
+type AdmitReply struct {
+	Admissions
+	Released int
+}
+
+// admitKeys are admit.lua's KEYS, in its order.
+func admitKeys(k Keys, instance string) []string {
+	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Stats(), k.Rej(ReasonCapacity), k.Rej(ReasonNoPods),
+		k.RejInst(instance), k.Epoch(), k.Instances(), k.Pend(instance), k.Seq()}
+}
+
+// Admit runs the admit script for req. With Releases, it returns
+// ErrFenced when the epoch refused them (the reply's Fence is then
+// FenceEpoch).
+func (s *Store) Admit(ctx context.Context, req AdmitRequest) (AdmitReply, error) {
+	hot := s.hot(req.Fleet, req.Instance)
+	args := append(make([]any, 0, len(hot.admit)+10+3*len(req.Releases)), hot.admit...)
+	// ARGV, in admit.lua's order: cap, policy, bucket, slots, channel,
+	// epoch, run_check, id, want, release_seq ('' for no releases), then
+	// (pod, n, pending) per release. Only the request's own values are boxed.
+	args = append(args, req.MaxPerPod, policyArg(req.Policy), Bucket(req.Now), BucketSlots, hot.channel, req.Epoch, hot.run, hot.instance, req.N)
+	if len(req.Releases) == 0 {
+		args = append(args, "")
+	} else {
+		args = append(args, req.Seq)
+		for _, r := range req.Releases {
+			args = append(args, r.Pod, r.N, r.Pending)
+		}
+	}
+	res, err := s.runHot(ctx, hot, scriptAdmit, args).Slice()
+	if err != nil {
+		return AdmitReply{}, fmt.Errorf("admit %s: %w", req.Fleet, err)
+	}
+	return decodeAdmit(req, res)
+}
+
+// admit.lua's reply, by position: {granted, reason, released, then pod, n
+// pairs}; or, when Redis must not decide, {-1, fence, wait ms, released}.
+const (
+	admitGranted  = 0 // connections granted; -1: Redis did not decide
+	admitReason   = 1 // why the others were refused ('' when none was); or the fence
+	admitReleased = 2 // connections released; or the fence's wait (ms)
+	admitPods     = 3 // the first pod granted, then how many on it, and so on
+	// admitFencedReleased is, when fenced, the connections released: -1
+	// when the epoch refused them too.
+	admitFencedReleased = 3
+)
+
+func decodeAdmit(req AdmitRequest, res []any) (AdmitReply, error) {
+	if len(res) < admitPods {
+		return AdmitReply{}, fmt.Errorf("admit %s: unexpected reply %v", req.Fleet, res)
+	}
+	v, _ := res[admitReason].(string)
+	granted, _ := res[admitGranted].(int64)
+	if granted < 0 {
+		a := Admissions{Fence: Fence(v), Wait: time.Duration(i64(res[admitReleased])) * time.Millisecond}
+		released := 0
+		if len(res) > admitFencedReleased {
+			released = int(i64(res[admitFencedReleased]))
+		}
+		if released < 0 && len(req.Releases) > 0 {
+			return AdmitReply{Admissions: a}, fmt.Errorf("release %s: %w", req.Fleet, ErrFenced)
+		}
+		return AdmitReply{Admissions: a, Released: max(released, 0)}, nil
+	}
+	a := Admissions{Reason: Reason(v), Pods: make([]string, 0, granted)}
+	for i := admitPods; i+1 < len(res); i += 2 {
+		pod, _ := res[i].(string)
+		for range i64(res[i+1]) {
+			a.Pods = append(a.Pods, pod)
+		}
+	}
+	if int64(len(a.Pods)) != granted || len(a.Pods) > req.N {
+		return AdmitReply{}, fmt.Errorf("admit %s: unexpected reply %v", req.Fleet, res)
+	}
+	return AdmitReply{Admissions: a, Released: int(i64(res[admitReleased]))}, nil
+}
+
+// AdmitOne is Admit for one connection (req.N is ignored).
+func (s *Store) AdmitOne(ctx context.Context, req AdmitRequest) (Admission, error) {
+	req.N = 1
+	a, err := s.Admit(ctx, req)
+	if len(a.Pods) == 1 {
+		return Admission{Pod: a.Pods[0]}, err
+	}
+	return Admission{Reason: a.Reason, Fence: a.Fence, Wait: a.Wait}, err
+}
+
+// ReleaseRequest is one call of the release script: Instance gives back
+// Releases. They ended when the instance's seq was Seq, which orders the
+// call after its heartbeats (see release.lua).
+type ReleaseRequest struct {
+	Fleet    string
+	Instance string
+	Epoch    string
+	Seq      uint64
+	Releases []ReleaseCount
+}
+
+// releaseKeys are release.lua's KEYS, in its order.
+func releaseKeys(k Keys, instance string) []string {
+	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Stats(), k.Pend(instance), k.Epoch(), k.Seq()}
+}
+
+// Release gives back the connections of req that its instance holds, in
+// one script call, and returns how many it held: ErrFenced when the epoch
+// is not the caller's.
+func (s *Store) Release(ctx context.Context, req ReleaseRequest) (int, error) {
+	hot := s.hot(req.Fleet, req.Instance)
+	args := append(make([]any, 0, len(hot.release)+4+3*len(req.Releases)), hot.release...)
+	// ARGV, in release.lua's order: epoch, run_check, id, seq, then (pod,
+	// n, pending) per release.
+	args = append(args, req.Epoch, hot.run, hot.instance, req.Seq)
+	for _, r := range req.Releases {
+		args = append(args, r.Pod, r.N, r.Pending)
+	}
+	// The reply: how many it released, -1 when fenced.
+	got, err := s.runHot(ctx, hot, scriptRelease, args).Int()
+	if err != nil {
+		return 0, fmt.Errorf("release %s: %w", req.Fleet, err)
+	}
+	if got < 0 {
+		return 0, fmt.Errorf("release %s: %w", req.Fleet, ErrFenced)
+	}
+	return got, nil
+}
