@@ -69,7 +69,7 @@ func admitKeys(k Keys, instance string) []string {
 }
 
 // Admit runs the admit script for req. With Releases, it returns
-// ErrFenced when the epoch refused them (the reply's Fence is then
+// ErrEpochFenced when the epoch refused them (the reply's Fence is then
 // FenceEpoch).
 func (s *Store) Admit(ctx context.Context, req AdmitRequest) (AdmitReply, error) {
 	hot := s.hot(req.Fleet, req.Instance)
@@ -118,7 +118,7 @@ func decodeAdmit(req AdmitRequest, res []any) (AdmitReply, error) {
 			released = int(i64(res[admitFencedReleased]))
 		}
 		if released < 0 && len(req.Releases) > 0 {
-			return AdmitReply{Admissions: a}, fmt.Errorf("release %s: %w", req.Fleet, ErrFenced)
+			return AdmitReply{Admissions: a}, fmt.Errorf("release %s: %w", req.Fleet, ErrEpochFenced)
 		}
 		return AdmitReply{Admissions: a, Released: max(released, 0)}, nil
 	}
@@ -162,7 +162,7 @@ func releaseKeys(k Keys, instance string) []string {
 }
 
 // Release gives back the connections of req that its instance holds, in
-// one script call, and returns how many it held: ErrFenced when the epoch
+// one script call, and returns how many it held: ErrEpochFenced when the epoch
 // is not the caller's.
 func (s *Store) Release(ctx context.Context, req ReleaseRequest) (int, error) {
 	hot := s.hot(req.Fleet, req.Instance)
@@ -179,7 +179,7 @@ func (s *Store) Release(ctx context.Context, req ReleaseRequest) (int, error) {
 		return 0, fmt.Errorf("release %s: %w", req.Fleet, err)
 	}
 	if got < 0 {
-		return 0, fmt.Errorf("release %s: %w", req.Fleet, ErrFenced)
+		return 0, fmt.Errorf("release %s: %w", req.Fleet, ErrEpochFenced)
 	}
 	return got, nil
 }

@@ -269,8 +269,8 @@ func TestAdmitReleaseRefused(t *testing.T) {
 	}
 	rs := store.ReleaseCount{Pod: "10.0.0.1:80", N: 1}
 	a, err := s.Admit(ctx, store.AdmitRequest{Fleet: "chat", MaxPerPod: 5, Policy: fleets.PolicyPack, Instance: "e1", Epoch: "another-epoch", Now: storetest.T0, N: 1, Seq: 0, Releases: []store.ReleaseCount{rs}})
-	if !errors.Is(err, store.ErrFenced) || a.Fence != store.FenceEpoch || a.Released != 0 {
-		t.Fatalf("with another epoch: %+v, %v; want fenced (epoch) and ErrFenced", a, err)
+	if !errors.Is(err, store.ErrEpochFenced) || a.Fence != store.FenceEpoch || a.Released != 0 {
+		t.Fatalf("with another epoch: %+v, %v; want fenced (epoch) and ErrEpochFenced", a, err)
 	}
 	if live := storetest.Summary(t, s, "chat", storetest.T0).Live; live != 1 {
 		t.Fatalf("live %d after a fenced call; want 1: nothing released", live)

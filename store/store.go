@@ -120,5 +120,5 @@ const (
 	FenceLease Fence = "lease"
 )
 
-// ErrFenced is returned by Release when the epoch is not the caller's.
-var ErrFenced = errors.New("fenced: not the current epoch")
+// ErrEpochFenced is returned by Release when the epoch is not the caller's.
+var ErrEpochFenced = errors.New("fenced: not the current epoch")

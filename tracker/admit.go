@@ -300,7 +300,7 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 		if len(reused) == len(n) {
 			return res, nil // decided here, whatever the releases' call did
 		}
-		if errors.Is(err, store.ErrFenced) {
+		if errors.Is(err, store.ErrEpochFenced) {
 			err = nil // the admissions' own answer is a.Fence
 		}
 		if err != nil {

@@ -166,7 +166,7 @@ func (f *fleet) releaseCountsLocked(reqs []releaseReq, seq uint64) (counts []sto
 func (t *Tracker) released(f *fleet, counts []store.ReleaseCount, lowered []int, seq uint64, err error) {
 	switch {
 	case err == nil:
-	case errors.Is(err, store.ErrFenced):
+	case errors.Is(err, store.ErrEpochFenced):
 		t.fence(f, store.FenceEpoch)
 	default:
 		if notRun(err) {
