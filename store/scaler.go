@@ -159,18 +159,11 @@ func (s *Store) decisions(ctx context.Context, fleet string, index []redis.Z) ([
 // SetScaleDown replaces fleet's scale-down order, for operators (wsgate
 // metrics): pods[0] goes first. An empty list removes it.
 func (s *Store) SetScaleDown(ctx context.Context, fleet string, pods []string) error {
-	key := s.Keys(fleet).ScaleDown()
-	members := make([]redis.Z, len(pods))
+	args := make([]any, len(pods))
 	for i, pod := range pods {
-		members[i] = redis.Z{Score: float64(i), Member: pod}
+		args[i] = pod
 	}
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, key)
-		if len(members) > 0 {
-			p.ZAdd(ctx, key, members...)
-		}
-		return nil
-	})
+	err := scriptScaleDown.Run(ctx, s.rdb, []string{s.Keys(fleet).ScaleDown()}, args...).Err()
 	if err != nil {
 		return fmt.Errorf("set scale-down order of %s: %w", fleet, err)
 	}

@@ -88,4 +88,5 @@ var (
 
 	scriptDecisionRecord = loadScript("decision_record")
 	scriptDecisionOthers = loadScript("decision_others")
+	scriptScaleDown      = loadScript("scaledown")
 )

@@ -55,6 +55,16 @@ func TestDocumentedACLSuffices(t *testing.T) {
 	if _, err := sc.Fleets(ctx); err != nil {
 		t.Errorf("fleets as the scaler's ACL user: %v", err)
 	}
+	// The scaler's writes: its decisions and the pod-cost hook's order.
+	if err := sc.RecordDecision(ctx, store.DecisionRecord{Fleet: "chat", Trigger: "t1", Now: time.Now(), TTL: time.Minute, Fields: map[string]any{"desired": 1}}); err != nil {
+		t.Errorf("record decision as the scaler's ACL user: %v", err)
+	}
+	if err := sc.SetScaleDown(ctx, "chat", []string{"10.0.0.1:80"}); err != nil {
+		t.Errorf("scale-down order as the scaler's ACL user: %v", err)
+	}
+	if err := sc.ClearScaleDown(ctx, "chat"); err != nil {
+		t.Errorf("clear scale-down order as the scaler's ACL user: %v", err)
+	}
 }
 
 // syncBuffer is a log sink the tracker's goroutines may share.
