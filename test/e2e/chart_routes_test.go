@@ -34,6 +34,7 @@ import (
 	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/helmtest"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
@@ -235,7 +236,7 @@ func TestChartStandaloneRoutes(t *testing.T) {
 		c.Close(websocket.StatusNormalClosure, "")
 	}
 	open = nil
-	waitFor(t, 2*time.Second, "every slot free", func() (bool, string) {
+	await.Until(t, "every slot free", 20*time.Second, func() (bool, string) {
 		var state []string
 		free := true
 		for f := range chartFleets {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsgate/wsgate/test/await"
 )
 
 // TestGlobalCapAcrossGateways: many clients dial through both gateways at
@@ -56,7 +58,7 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 			t.Errorf("backend %s holds %d connections, want 4 (spoofed header must not steer)", b.Addr, got)
 		}
 	}
-	waitFor(t, 2*time.Second, "redis live count = 12", func() (bool, string) {
+	await.Until(t, "redis live count = 12", 20*time.Second, func() (bool, string) {
 		n := h.live(t)
 		return n == 12, strconv.FormatInt(n, 10)
 	})
@@ -64,7 +66,7 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 	// Release: a closed connection's slot is free again within 2 s.
 	closed := time.Now()
 	admitted[0].Close(websocket.StatusNormalClosure, "")
-	waitFor(t, 2*time.Second, "slot freed after close", func() (bool, string) {
+	await.Until(t, "slot freed after close", 20*time.Second, func() (bool, string) {
 		n := h.live(t)
 		return n == 11, strconv.FormatInt(n, 10)
 	})
@@ -77,7 +79,7 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 	for _, c := range admitted {
 		c.Close(websocket.StatusNormalClosure, "")
 	}
-	waitFor(t, 2*time.Second, "all slots free", func() (bool, string) {
+	await.Until(t, "all slots free", 20*time.Second, func() (bool, string) {
 		n, _ := h.backendLive()
 		l := h.live(t)
 		return n == 0 && l == 0, fmt.Sprintf("backends %d redis %d", n, l)

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker/accesslog"
 )
@@ -54,9 +55,9 @@ func TestRedisKilledAndRestartedEmpty(t *testing.T) {
 			c.CloseNow()
 		}
 	}()
-	waitFor(t, 2*time.Second, "6 live in Redis", func() (bool, string) { n := h.live(t); return n == 6, fmt.Sprint(n) })
+	await.Until(t, "6 live in Redis", 20*time.Second, func() (bool, string) { n := h.live(t); return n == 6, fmt.Sprint(n) })
 	// Let both trackers' heartbeats see the six before the crash.
-	waitFor(t, 2*time.Second, "scaler reports 6", func() (bool, string) {
+	await.Until(t, "scaler reports 6", 20*time.Second, func() (bool, string) {
 		v, err := metric(ctx, h, "chat", "connections")
 		return err == nil && v == 6, fmt.Sprint(v, err)
 	})
@@ -101,14 +102,14 @@ func TestRedisKilledAndRestartedEmpty(t *testing.T) {
 	if _, err := metric(ctx, h, "chat", "connections"); status.Code(err) != codes.Unavailable {
 		t.Errorf("scaler right after an empty restart: %v, want Unavailable (held)", err)
 	}
-	waitFor(t, 2*time.Second, "Redis live = backends' own count after restart", func() (bool, string) {
+	await.Until(t, "Redis live = backends' own count after restart", 20*time.Second, func() (bool, string) {
 		b, _ := h.backendLive()
 		n := h.live(t)
 		return n == b, fmt.Sprintf("redis %d backends %d", n, b)
 	})
 	t.Logf("counts exact %s after restart", time.Since(restarted).Round(time.Millisecond))
 	want, _ := h.backendLive()
-	waitFor(t, 5*time.Second, "scaler resumes with the exact count", func() (bool, string) {
+	await.Until(t, "scaler resumes with the exact count", 50*time.Second, func() (bool, string) {
 		v, err := metric(ctx, h, "chat", "connections")
 		return err == nil && int64(v) == want, fmt.Sprint(v, err)
 	})
@@ -125,10 +126,10 @@ func TestGatewayKilledWithoutAccessLog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	conns := openN(t, ctx, h, 6) // 3 through each gateway
-	waitFor(t, 2*time.Second, "6 live", func() (bool, string) { n := h.live(t); return n == 6, fmt.Sprint(n) })
+	await.Until(t, "6 live", 20*time.Second, func() (bool, string) { n := h.live(t); return n == 6, fmt.Sprint(n) })
 	killed := time.Now()
 	h.nodes[0].kill()
-	waitFor(t, 3*time.Second, "dead instance reaped", func() (bool, string) { n := h.live(t); return n == 3, fmt.Sprint(n) })
+	await.Until(t, "dead instance reaped", 30*time.Second, func() (bool, string) { n := h.live(t); return n == 3, fmt.Sprint(n) })
 	t.Logf("slots of the dead instance back %s after the kill (instance TTL 1s)", time.Since(killed).Round(time.Millisecond))
 	for i := 1; i < 6; i += 2 {
 		if err := ping(ctx, conns[i]); err != nil {
@@ -156,7 +157,7 @@ func TestAccessLogStreamCutAndResumed(t *testing.T) {
 	if before.err != nil {
 		t.Fatal(before.err)
 	}
-	waitFor(t, 2*time.Second, "1 live", func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
+	await.Until(t, "1 live", 20*time.Second, func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
 
 	n.grpc.Stop()
 	during := dial(ctx, n.url, "")
@@ -165,7 +166,7 @@ func TestAccessLogStreamCutAndResumed(t *testing.T) {
 	}
 	defer during.conn.CloseNow()
 	before.conn.Close(websocket.StatusNormalClosure, "") // its DownstreamEnd is lost
-	waitFor(t, 2*time.Second, "backend sees the close", func() (bool, string) { b, _ := h.backendLive(); return b == 1, fmt.Sprint(b) })
+	await.Until(t, "backend sees the close", 20*time.Second, func() (bool, string) { b, _ := h.backendLive(); return b == 1, fmt.Sprint(b) })
 
 	ln, err := net.Listen("tcp", n.alAddr)
 	if err != nil {
@@ -175,7 +176,7 @@ func TestAccessLogStreamCutAndResumed(t *testing.T) {
 	accesslog.New(n.tr, n.tr.Metrics().AccessLogEntries, quiet).Register(n.grpc)
 	go func() { _ = n.grpc.Serve(ln) }()
 
-	waitFor(t, 4*time.Second, "lost release repaired by the lease", func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
+	await.Until(t, "lost release repaired by the lease", 40*time.Second, func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
 	// The connection opened in the cut outlives several leases: its
 	// periodic entries over the resumed stream renew it.
 	deadline := time.Now().Add(3 * time.Second)
@@ -276,7 +277,7 @@ func TestSlowRedisFailsFast(t *testing.T) {
 		}()
 	}
 	warmWG.Wait()
-	waitFor(t, 2*time.Second, "warm connections released", func() (bool, string) { l := h2.live(t); return l == 0, fmt.Sprint(l) })
+	await.Until(t, "warm connections released", 20*time.Second, func() (bool, string) { l := h2.live(t); return l == 0, fmt.Sprint(l) })
 	before := runtime.NumGoroutine()
 
 	const delay = 3 * time.Second
@@ -414,7 +415,7 @@ func TestBadInputToEveryListener(t *testing.T) {
 	if err := ping(ctx, good.conn); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "good connection still counted", func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
+	await.Until(t, "good connection still counted", 20*time.Second, func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
 
 	// Scaler.
 	for _, c := range []struct {
@@ -449,5 +450,5 @@ func TestBadInputToEveryListener(t *testing.T) {
 		t.Fatalf("connections after bad input: %v %v, want 1", v, err)
 	}
 	good.conn.Close(websocket.StatusNormalClosure, "")
-	waitFor(t, 2*time.Second, "released after bad input", func() (bool, string) { l := h.live(t); return l == 0, fmt.Sprint(l) })
+	await.Until(t, "released after bad input", 20*time.Second, func() (bool, string) { l := h.live(t); return l == 0, fmt.Sprint(l) })
 }

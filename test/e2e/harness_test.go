@@ -340,27 +340,6 @@ func maxi(a, b int64) int64 {
 	return b
 }
 
-// waitFor polls cond until it holds. d is what a quiet machine needs; the
-// deadline is ten times that, so a loaded machine passes too, and a test
-// that holds waits no longer than it must.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	d *= 10
-	deadline := time.Now().Add(d)
-	var last string
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		last = state
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s (last: %s)", what, d, last)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // live reads the fleet's live count from Redis.
 func (h *harness) live(t *testing.T) int64 {
 	t.Helper()

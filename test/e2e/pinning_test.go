@@ -16,6 +16,7 @@ import (
 	"github.com/wsgate/wsgate/envoy"
 	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/test/await"
 )
 
 // pinGateway is a second gateway on a node's tracker, with its own routes
@@ -134,7 +135,7 @@ func TestBothPinModesHoldTheCap(t *testing.T) {
 			for _, c := range admitted {
 				c.Close(websocket.StatusNormalClosure, "")
 			}
-			waitFor(t, 2*time.Second, "all slots free", func() (bool, string) {
+			await.Until(t, "all slots free", 20*time.Second, func() (bool, string) {
 				n, _ := h.backendLive()
 				l := h.live(t)
 				return n == 0 && l == 0, fmt.Sprintf("backends %d redis %d", n, l)
@@ -180,7 +181,7 @@ func (h *harness) refused(t *testing.T, ctx context.Context, url, why string, li
 			t.Errorf("%s: backend %d accepted %d connections", why, i, got-seen[i])
 		}
 	}
-	waitFor(t, 2*time.Second, why+": slot released", func() (bool, string) {
+	await.Until(t, why+": slot released", 20*time.Second, func() (bool, string) {
 		l := h.live(t)
 		return l == live, strconv.FormatInt(l, 10)
 	})

@@ -27,6 +27,7 @@ import (
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 )
 
 const (
@@ -228,7 +229,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		return s
 	}
 
-	waitFor(t, 5*time.Second, "three discovered pods in the registry", func() (bool, string) {
+	await.Until(t, "three discovered pods in the registry", 50*time.Second, func() (bool, string) {
 		s := snapshot()
 		ok := len(s.Pods) == 3
 		for addr, name := range k.pod {
@@ -285,7 +286,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 			t.Fatalf("backend %s took %d of 18 connections, want 6 (policy spread)", b.Addr, n)
 		}
 	}
-	waitFor(t, 3*time.Second, "18 live in Redis", func() (bool, string) {
+	await.Until(t, "18 live in Redis", 30*time.Second, func() (bool, string) {
 		n := h.live(t)
 		return n == 18, strconv.FormatInt(n, 10)
 	})
@@ -309,7 +310,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	closeN(empty, 6)
 	// No desiredReplicas is read meanwhile: the drain must be chosen on the
 	// settled counts.
-	waitFor(t, 3*time.Second, "counts 5, 1, 0 in the backends and Redis", func() (bool, string) {
+	await.Until(t, "counts 5, 1, 0 in the backends and Redis", 30*time.Second, func() (bool, string) {
 		s := snapshot()
 		ok := s.Live == 6
 		for b, want := range map[*backend]int{full: 5, few: 1, empty: 0} {

@@ -11,6 +11,7 @@ import (
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/test/await"
 )
 
 func metric(ctx context.Context, h *harness, fleet, name string) (float64, error) {
@@ -34,7 +35,7 @@ func TestScalerFollowsConnectionsAndRejections(t *testing.T) {
 	defer cancel()
 	waitMetric := func(name string, want func(float64) bool, what string) {
 		t.Helper()
-		waitFor(t, 3*time.Second, what, func() (bool, string) {
+		await.Until(t, what, 30*time.Second, func() (bool, string) {
 			v, err := metric(ctx, h, "chat", name)
 			return err == nil && want(v), fmt.Sprintf("%v %v", v, err)
 		})

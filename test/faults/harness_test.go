@@ -40,6 +40,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/test/wsbackend"
 	"github.com/wsgate/wsgate/test/wsgatebin"
@@ -616,22 +617,6 @@ func (h *harness) hold(held *conns, tp *trackerProc, n int) int {
 	return got
 }
 
-// await polls cond until it holds or d passes.
-func (h *harness) await(what string, d time.Duration, cond func() (bool, string)) {
-	h.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%s: not within %s (last: %s)", what, d, state)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func rctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 2*time.Second)
 }
@@ -653,7 +638,7 @@ func (h *harness) score(id string) float64 {
 func (h *harness) nextHeartbeat(tp *trackerProc, d time.Duration) time.Time {
 	h.t.Helper()
 	s0 := h.score(tp.id)
-	h.await("heartbeat of "+tp.id, d, func() (bool, string) {
+	await.Until(h.t, "heartbeat of "+tp.id, d, func() (bool, string) {
 		s := h.score(tp.id)
 		return s >= 0 && s != s0, fmt.Sprint(s)
 	})
@@ -664,7 +649,7 @@ func (h *harness) nextHeartbeat(tp *trackerProc, d time.Duration) time.Time {
 // (after an empty restart: its first heartbeat in the new Redis).
 func (h *harness) awaitPresent(tp *trackerProc, d time.Duration) time.Time {
 	h.t.Helper()
-	h.await(tp.id+" present in Redis", d, func() (bool, string) {
+	await.Until(h.t, tp.id+" present in Redis", d, func() (bool, string) {
 		s := h.score(tp.id)
 		return s >= 0, fmt.Sprint(s)
 	})
@@ -748,7 +733,7 @@ func (tp *trackerProc) metric(series string) (float64, bool) {
 // wsgate_tracker_fallback_active gauge is 1).
 func (h *harness) awaitFallback(tp *trackerProc, d time.Duration) {
 	h.t.Helper()
-	h.await(tp.id+" in fallback", d, func() (bool, string) {
+	await.Until(h.t, tp.id+" in fallback", d, func() (bool, string) {
 		v, ok := tp.metric(`wsgate_tracker_fallback_active{fleet="` + fleet + `"}`)
 		return ok && v == 1, fmt.Sprint(v, ok)
 	})
@@ -787,7 +772,7 @@ func (h *harness) backendLive() int64 {
 // awaitBackends waits until the backends hold n connections together.
 func (h *harness) awaitBackends(n int64, d time.Duration) {
 	h.t.Helper()
-	h.await(fmt.Sprintf("backends hold %d", n), d, func() (bool, string) {
+	await.Until(h.t, fmt.Sprintf("backends hold %d", n), d, func() (bool, string) {
 		l := h.backendLive()
 		return l == n, fmt.Sprint(l)
 	})
@@ -807,7 +792,7 @@ func (h *harness) awaitDrained(d time.Duration) time.Duration {
 func (h *harness) awaitCounted(n int64, d time.Duration) time.Duration {
 	h.t.Helper()
 	start := time.Now()
-	h.await(fmt.Sprintf("backends and Redis at %d", n), d, func() (bool, string) {
+	await.Until(h.t, fmt.Sprintf("backends and Redis at %d", n), d, func() (bool, string) {
 		b := h.backendLive()
 		pods, live := h.redisCount()
 		return b == n && pods == n && live == n, fmt.Sprintf("backends %d, redis pods %d live %d", b, pods, live)

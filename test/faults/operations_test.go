@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/wsbackend"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -44,7 +45,7 @@ func (h *harness) echoAll(held *conns, when string) {
 func (h *harness) awaitApplied(n float64, result string) time.Duration {
 	h.t.Helper()
 	start := time.Now()
-	h.await(fmt.Sprintf("every tracker applied %v changes (%s)", n, result), 30*time.Second, func() (bool, string) {
+	await.Until(h.t, fmt.Sprintf("every tracker applied %v changes (%s)", n, result), 30*time.Second, func() (bool, string) {
 		var got []string
 		ok := true
 		for _, tp := range h.trackers {
@@ -158,7 +159,7 @@ func TestLiveConfigChange(t *testing.T) {
 	h.writeFleets(fleetYAML(fleet, 3, append(pods, extra.Addr)...))
 	took = max(took, h.awaitApplied(2, "applied"))
 	// The pod is placeable once a heartbeat wrote it to Redis.
-	h.await("the added pod takes connections", 30*time.Second, func() (bool, string) {
+	await.Until(h.t, "the added pod takes connections", 30*time.Second, func() (bool, string) {
 		h.hold(&held, h.trackers[0], 1)
 		return extra.Live.Load() > 0, fmt.Sprint(extra.Live.Load())
 	})
@@ -192,7 +193,7 @@ func TestLiveConfigChange(t *testing.T) {
 	h.writeFleets(slow, fleetYAML("game", 1, other.Addr))
 	took = max(took, h.awaitApplied(4, "applied"))
 	added := time.Now()
-	h.await("the added fleet admits", h.o.instanceTTL*3+15*time.Second, func() (bool, string) {
+	await.Until(h.t, "the added fleet admits", h.o.instanceTTL*3+15*time.Second, func() (bool, string) {
 		code, body := h.admitHTTP(h.trackers[1], "game")
 		return code == http.StatusOK && body == other.Addr, fmt.Sprint(code, " ", body)
 	})
@@ -322,7 +323,7 @@ func TestGracefulTermination(t *testing.T) {
 			var answered <-chan string
 			if sidecar {
 				answered = a.shutdown()
-				h.await("A not ready", 10*time.Second, func() (bool, string) {
+				await.Until(h.t, "A not ready", 10*time.Second, func() (bool, string) {
 					resp, err := http.Get("http://" + a.telem + "/readyz")
 					if err != nil {
 						return false, err.Error()
@@ -332,7 +333,7 @@ func TestGracefulTermination(t *testing.T) {
 				})
 			} else {
 				a.term()
-				h.await("A draining", 10*time.Second, func() (bool, string) {
+				await.Until(h.t, "A draining", 10*time.Second, func() (bool, string) {
 					r := h.dial(a)
 					if r.conn != nil {
 						heldA.add(r)
