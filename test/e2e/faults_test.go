@@ -25,6 +25,7 @@ import (
 
 	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/test/wsdial"
 	"github.com/wsgate/wsgate/tracker/accesslog"
 )
 
@@ -32,11 +33,11 @@ func openN(t *testing.T, ctx context.Context, h *harness, n int) []*websocket.Co
 	t.Helper()
 	var out []*websocket.Conn
 	for i := range n {
-		r := dial(ctx, h.nodes[i%2].url, "")
-		if r.err != nil {
-			t.Fatalf("dial %d: status %d reason %q: %v", i, r.status, r.reason, r.err)
+		r := wsdial.Dial(ctx, h.nodes[i%2].url, nil)
+		if r.Err != nil {
+			t.Fatalf("dial %d: status %d reason %q: %v", i, r.Status, r.Reason, r.Err)
 		}
-		out = append(out, r.conn)
+		out = append(out, r.Conn)
 	}
 	return out
 }
@@ -70,15 +71,15 @@ func TestRedisKilledAndRestartedEmpty(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := dial(ctx, h.nodes[i%2].url, "")
+			r := wsdial.Dial(ctx, h.nodes[i%2].url, nil)
 			mu.Lock()
 			defer mu.Unlock()
-			if r.err == nil {
-				conns = append(conns, r.conn)
+			if r.Err == nil {
+				conns = append(conns, r.Conn)
 				reasons["admitted"]++
 				return
 			}
-			reasons[fmt.Sprint(r.status, " ", r.reason)]++
+			reasons[fmt.Sprint(r.Status, " ", r.Reason)]++
 		}()
 	}
 	wg.Wait()
@@ -132,7 +133,7 @@ func TestGatewayKilledWithoutAccessLog(t *testing.T) {
 	await.Until(t, "dead instance reaped", 30*time.Second, func() (bool, string) { n := h.live(t); return n == 3, fmt.Sprint(n) })
 	t.Logf("slots of the dead instance back %s after the kill (instance TTL 1s)", time.Since(killed).Round(time.Millisecond))
 	for i := 1; i < 6; i += 2 {
-		if err := ping(ctx, conns[i]); err != nil {
+		if err := wsdial.Ping(ctx, conns[i]); err != nil {
 			t.Fatalf("connection %d through the surviving gateway: %v", i, err)
 		}
 	}
@@ -153,19 +154,19 @@ func TestAccessLogStreamCutAndResumed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	n := h.nodes[0]
-	before := dial(ctx, n.url, "")
-	if before.err != nil {
-		t.Fatal(before.err)
+	before := wsdial.Dial(ctx, n.url, nil)
+	if before.Err != nil {
+		t.Fatal(before.Err)
 	}
 	await.Until(t, "1 live", 20*time.Second, func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
 
 	n.grpc.Stop()
-	during := dial(ctx, n.url, "")
-	if during.err != nil {
-		t.Fatalf("admission does not depend on the access log: %v", during.err)
+	during := wsdial.Dial(ctx, n.url, nil)
+	if during.Err != nil {
+		t.Fatalf("admission does not depend on the access log: %v", during.Err)
 	}
-	defer during.conn.CloseNow()
-	before.conn.Close(websocket.StatusNormalClosure, "") // its DownstreamEnd is lost
+	defer during.Conn.CloseNow()
+	before.Conn.Close(websocket.StatusNormalClosure, "") // its DownstreamEnd is lost
 	await.Until(t, "backend sees the close", 20*time.Second, func() (bool, string) { b, _ := h.backendLive(); return b == 1, fmt.Sprint(b) })
 
 	ln, err := net.Listen("tcp", n.alAddr)
@@ -186,7 +187,7 @@ func TestAccessLogStreamCutAndResumed(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if err := ping(ctx, during.conn); err != nil {
+	if err := wsdial.Ping(ctx, during.Conn); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -267,12 +268,12 @@ func TestSlowRedisFailsFast(t *testing.T) {
 		go func() {
 			defer warmWG.Done()
 			start := time.Now()
-			r := dial(ctx, h2.nodes[i%2].url, "")
+			r := wsdial.Dial(ctx, h2.nodes[i%2].url, nil)
 			warmMu.Lock()
 			warmSlowest = max(warmSlowest, time.Since(start))
 			warmMu.Unlock()
-			if r.err == nil {
-				r.conn.Close(websocket.StatusNormalClosure, "")
+			if r.Err == nil {
+				r.Conn.Close(websocket.StatusNormalClosure, "")
 			}
 		}()
 	}
@@ -292,17 +293,17 @@ func TestSlowRedisFailsFast(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			start := time.Now()
-			r := dial(ctx, h2.nodes[i%2].url, "")
+			r := wsdial.Dial(ctx, h2.nodes[i%2].url, nil)
 			took := time.Since(start)
 			mu.Lock()
 			defer mu.Unlock()
 			slowest = max(slowest, took)
-			if r.err == nil {
-				conns = append(conns, r.conn)
+			if r.Err == nil {
+				conns = append(conns, r.Conn)
 				outcomes["admitted (fallback)"]++
 				return
 			}
-			outcomes[fmt.Sprint(r.status, " ", r.reason)]++
+			outcomes[fmt.Sprint(r.Status, " ", r.Reason)]++
 		}()
 	}
 	wg.Wait()
@@ -380,9 +381,9 @@ func TestBadInputToEveryListener(t *testing.T) {
 
 	// Access-log service: entries Envoy would never send, then a good one on
 	// the same stream.
-	good := dial(ctx, n.url, "")
-	if good.err != nil {
-		t.Fatal(good.err)
+	good := wsdial.Dial(ctx, n.url, nil)
+	if good.Err != nil {
+		t.Fatal(good.Err)
 	}
 	cc, err := grpc.NewClient(n.alAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -412,7 +413,7 @@ func TestBadInputToEveryListener(t *testing.T) {
 	if _, err := stream.CloseAndRecv(); err != nil {
 		t.Fatalf("access-log stream ended with %v after bad entries", err)
 	}
-	if err := ping(ctx, good.conn); err != nil {
+	if err := wsdial.Ping(ctx, good.Conn); err != nil {
 		t.Fatal(err)
 	}
 	await.Until(t, "good connection still counted", 20*time.Second, func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
@@ -449,6 +450,6 @@ func TestBadInputToEveryListener(t *testing.T) {
 	if v, err := metric(ctx, h, "chat", "connections"); err != nil || v != 1 {
 		t.Fatalf("connections after bad input: %v %v, want 1", v, err)
 	}
-	good.conn.Close(websocket.StatusNormalClosure, "")
+	good.Conn.Close(websocket.StatusNormalClosure, "")
 	await.Until(t, "released after bad input", 20*time.Second, func() (bool, string) { l := h.live(t); return l == 0, fmt.Sprint(l) })
 }

@@ -7,8 +7,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -280,49 +278,13 @@ func (h *harness) awaitRecovery(t *testing.T) {
 	}
 }
 
-// dialResult is one client's attempt.
-type dialResult struct {
-	conn       *websocket.Conn
-	status     int
-	retryAfter string
-	reason     string
-	err        error
-}
-
-// dial opens a WebSocket through a gateway, with a spoofed upstream header
-// that the filter must ignore.
-func dial(ctx context.Context, url string, spoof string) dialResult {
-	opts := &websocket.DialOptions{HTTPHeader: http.Header{}}
-	if spoof != "" {
-		opts.HTTPHeader.Set("X-Wsgate-Upstream", spoof)
-		opts.HTTPHeader.Set("X-Envoy-Original-Dst-Host", spoof)
-	}
-	c, resp, err := websocket.Dial(ctx, url, opts)
-	r := dialResult{conn: c, err: err}
-	if resp != nil {
-		r.status = resp.StatusCode
-		r.retryAfter = resp.Header.Get("Retry-After")
-		r.reason = resp.Header.Get("X-Wsgate-Reason")
-		if resp.Body != nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-		}
-	}
-	return r
-}
-
-// ping proves the tunnel carries data end to end.
-func ping(ctx context.Context, c *websocket.Conn) error {
-	if err := c.Write(ctx, websocket.MessageText, []byte("ping")); err != nil {
-		return err
-	}
-	_, msg, err := c.Read(ctx)
-	if err != nil {
-		return err
-	}
-	if string(msg) != "ping" {
-		return errors.New("echo mismatch: " + string(msg))
-	}
-	return nil
+// spoofed are dial options with upstream headers naming addr, which the
+// filter must ignore: a client must not choose its pod.
+func spoofed(addr string) *websocket.DialOptions {
+	h := http.Header{}
+	h.Set("X-Wsgate-Upstream", addr)
+	h.Set("X-Envoy-Original-Dst-Host", addr)
+	return &websocket.DialOptions{HTTPHeader: h}
 }
 
 func (h *harness) backendLive() (live, max int64) {

@@ -28,6 +28,7 @@ import (
 	"github.com/wsgate/wsgate/scaler/podcost"
 	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/await"
+	"github.com/wsgate/wsgate/test/wsdial"
 )
 
 const (
@@ -248,11 +249,11 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		for j, b := range h.backends {
 			before[j] = b.Seen.Load()
 		}
-		r := dial(ctx, h.nodes[i%2].url, "")
-		if r.err != nil {
-			t.Fatalf("dial %d: status %d reason %q: %v", i, r.status, r.reason, r.err)
+		r := wsdial.Dial(ctx, h.nodes[i%2].url, nil)
+		if r.Err != nil {
+			t.Fatalf("dial %d: status %d reason %q: %v", i, r.Status, r.Reason, r.Err)
 		}
-		if err := ping(ctx, r.conn); err != nil {
+		if err := wsdial.Ping(ctx, r.Conn); err != nil {
 			t.Fatalf("dial %d: %v", i, err)
 		}
 		var got *backend
@@ -267,7 +268,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		if got == nil {
 			t.Fatalf("dial %d reached no backend", i)
 		}
-		byBackend[got] = append(byBackend[got], r.conn)
+		byBackend[got] = append(byBackend[got], r.Conn)
 		return got
 	}
 	defer func() {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/test/await"
+	"github.com/wsgate/wsgate/test/wsdial"
 )
 
 func metric(ctx context.Context, h *harness, fleet, name string) (float64, error) {
@@ -43,19 +44,19 @@ func TestScalerFollowsConnectionsAndRejections(t *testing.T) {
 	waitMetric("desiredReplicas", func(v float64) bool { return v <= 3 }, "idle fleet needs no more than its pods")
 	var conns []*websocket.Conn
 	for i := range 6 {
-		r := dial(ctx, h.nodes[i%2].url, "")
-		if r.err != nil {
-			t.Fatalf("dial %d: status %d: %v", i, r.status, r.err)
+		r := wsdial.Dial(ctx, h.nodes[i%2].url, nil)
+		if r.Err != nil {
+			t.Fatalf("dial %d: status %d: %v", i, r.Status, r.Err)
 		}
-		conns = append(conns, r.conn)
+		conns = append(conns, r.Conn)
 	}
 	waitMetric("connections", func(v float64) bool { return v == 6 }, "connections = 6")
 	waitMetric("saturation", func(v float64) bool { return v == 1 }, "saturation = 1")
 	// The fleet is full: the next dials are refused for capacity, and the
 	// rejection window asks for more pods.
 	for range 3 {
-		if r := dial(ctx, h.nodes[0].url, ""); r.status != 503 || r.reason != "capacity" {
-			t.Fatalf("dial into a full fleet: status %d reason %q err %v", r.status, r.reason, r.err)
+		if r := wsdial.Dial(ctx, h.nodes[0].url, nil); r.Status != 503 || r.Reason != "capacity" {
+			t.Fatalf("dial into a full fleet: status %d reason %q err %v", r.Status, r.Reason, r.Err)
 		}
 	}
 	waitMetric("desiredReplicas", func(v float64) bool { return v > 3 }, "recommendation above 3 pods after capacity rejections")
@@ -107,9 +108,9 @@ func TestZeroPodFleetActivatesOnFirstRejection(t *testing.T) {
 		pushed <- err
 	}()
 	start := time.Now()
-	r := dial(ctx, "ws://"+ln.Addr().String()+"/", "")
-	if r.status != 503 || r.reason != "no_pods" || r.retryAfter == "" {
-		t.Fatalf("dial into a zero-pod fleet: status %d reason %q retry-after %q err %v", r.status, r.reason, r.retryAfter, r.err)
+	r := wsdial.Dial(ctx, "ws://"+ln.Addr().String()+"/", nil)
+	if r.Status != 503 || r.Reason != "no_pods" || r.RetryAfter == "" {
+		t.Fatalf("dial into a zero-pod fleet: status %d reason %q retry-after %q err %v", r.Status, r.Reason, r.RetryAfter, r.Err)
 	}
 	select {
 	case err := <-pushed:

@@ -43,6 +43,7 @@ import (
 	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/test/wsbackend"
+	"github.com/wsgate/wsgate/test/wsdial"
 	"github.com/wsgate/wsgate/test/wsgatebin"
 )
 
@@ -490,14 +491,14 @@ type stats struct {
 
 func newStats() *stats { return &stats{rejected: map[string]int{}} }
 
-func (s *stats) add(r dialResult) {
+func (s *stats) add(r wsdial.Result) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r.conn != nil {
+	if r.Conn != nil {
 		s.admitted++
 		return
 	}
-	s.rejected[r.outcome()]++
+	s.rejected[r.Outcome()]++
 }
 
 func (s *stats) reset() {
@@ -529,46 +530,11 @@ func (s *stats) String() string {
 	return strings.Join(out, ",")
 }
 
-// dialResult is one client's attempt.
-type dialResult struct {
-	conn   *websocket.Conn
-	status int
-	reason string
-	err    error
-}
-
-// outcome is the rejection as the client saw it: the tracker's reason, or
-// the status when the gateway gave none.
-func (r dialResult) outcome() string {
-	switch {
-	case r.conn != nil:
-		return "admitted"
-	case r.reason != "":
-		return r.reason
-	case r.status != 0:
-		return "status_" + strconv.Itoa(r.status)
-	default:
-		return "dial_error"
-	}
-}
-
 // dial opens a WebSocket through tp's gateway and records the outcome.
-func (h *harness) dial(tp *trackerProc) dialResult {
+func (h *harness) dial(tp *trackerProc) wsdial.Result {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, resp, err := websocket.Dial(ctx, tp.gwURL, nil)
-	r := dialResult{conn: c, err: err}
-	if resp != nil {
-		r.status = resp.StatusCode
-		r.reason = resp.Header.Get("X-Wsgate-Reason")
-		if resp.Body != nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-	}
-	if err != nil {
-		r.conn = nil
-	}
+	r := wsdial.Dial(ctx, tp.gwURL, nil)
 	h.stats.add(r)
 	return r
 }
@@ -579,12 +545,12 @@ type conns struct {
 	cs []*websocket.Conn
 }
 
-func (c *conns) add(r dialResult) bool {
-	if r.conn == nil {
+func (c *conns) add(r wsdial.Result) bool {
+	if r.Conn == nil {
 		return false
 	}
 	c.mu.Lock()
-	c.cs = append(c.cs, r.conn)
+	c.cs = append(c.cs, r.Conn)
 	c.mu.Unlock()
 	return true
 }
@@ -687,11 +653,11 @@ func (h *harness) awaitAdmitting(d time.Duration) time.Duration {
 	for len(pending) > 0 {
 		for tp := range pending {
 			r := h.dial(tp)
-			if r.conn != nil {
-				r.conn.CloseNow()
+			if r.Conn != nil {
+				r.Conn.CloseNow()
 				delete(pending, tp)
 			} else {
-				last[tp.id] = r.outcome()
+				last[tp.id] = r.Outcome()
 			}
 		}
 		if len(pending) == 0 {
@@ -857,7 +823,7 @@ func (h *harness) churn(ctx context.Context, n int, seed uint64, tps func() []*t
 				tp := all[rng.IntN(len(all))]
 				r := h.dial(tp)
 				var wait time.Duration
-				if r.conn != nil {
+				if r.Conn != nil {
 					wait = time.Duration(50+rng.IntN(350)) * time.Millisecond
 				} else {
 					wait = time.Duration(20+rng.IntN(80)) * time.Millisecond
@@ -866,8 +832,8 @@ func (h *harness) churn(ctx context.Context, n int, seed uint64, tps func() []*t
 				case <-ctx.Done():
 				case <-time.After(wait):
 				}
-				if r.conn != nil {
-					r.conn.CloseNow()
+				if r.Conn != nil {
+					r.Conn.CloseNow()
 				}
 			}
 		}()

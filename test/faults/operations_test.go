@@ -84,11 +84,11 @@ func (h *harness) fill(held *conns, tps ...*trackerProc) int {
 	n := 0
 	for i := 0; i < 100; i++ {
 		r := h.dial(tps[i%len(tps)])
-		if r.reason == "capacity" {
+		if r.Reason == "capacity" {
 			return n
 		}
 		if !held.add(r) {
-			h.t.Fatalf("fill: dial %d: %s (%v)", i, r.outcome(), r.err)
+			h.t.Fatalf("fill: dial %d: %s (%v)", i, r.Outcome(), r.Err)
 		}
 		n++
 	}
@@ -142,8 +142,8 @@ func TestLiveConfigChange(t *testing.T) {
 	if l := h.backendLive(); l != 4 {
 		t.Fatalf("after lowering the cap the backends hold %d, want the 4 they had", l)
 	}
-	if r := h.dial(h.trackers[0]); r.conn != nil || r.reason != "capacity" {
-		t.Fatalf("dial over the lowered cap: %s, want capacity", r.outcome())
+	if r := h.dial(h.trackers[0]); r.Conn != nil || r.Reason != "capacity" {
+		t.Fatalf("dial over the lowered cap: %s, want capacity", r.Outcome())
 	}
 	held.closeAll()
 	h.awaitDrained(20 * time.Second)
@@ -184,8 +184,8 @@ func TestLiveConfigChange(t *testing.T) {
 	first, second := h.dial(h.trackers[0]), h.dial(h.trackers[0])
 	held.add(first)
 	held.add(second)
-	if first.conn == nil || second.reason != "rate_limit" {
-		t.Errorf("two dials in a row at 1/s: %s, %s; want admitted, rate_limit", first.outcome(), second.outcome())
+	if first.Conn == nil || second.Reason != "rate_limit" {
+		t.Errorf("two dials in a row at 1/s: %s, %s; want admitted, rate_limit", first.Outcome(), second.Outcome())
 	}
 
 	// Add a fleet: served once Redis has state for it (a new epoch's
@@ -335,16 +335,16 @@ func TestGracefulTermination(t *testing.T) {
 				a.term()
 				await.Until(h.t, "A draining", 10*time.Second, func() (bool, string) {
 					r := h.dial(a)
-					if r.conn != nil {
+					if r.Conn != nil {
 						heldA.add(r)
 					}
-					return r.reason == "draining", r.outcome()
+					return r.Reason == "draining", r.Outcome()
 				})
 			}
 			// Draining, or (after Envoy drained its listeners) refused.
-			if r := h.dial(a); r.conn != nil || (r.reason != "draining" && r.status != 0) {
+			if r := h.dial(a); r.Conn != nil || (r.Reason != "draining" && r.Status != 0) {
 				heldA.add(r)
-				t.Fatalf("dial through the draining gateway: %s, want draining or refused", r.outcome())
+				t.Fatalf("dial through the draining gateway: %s, want draining or refused", r.Outcome())
 			}
 			// The other gateway takes the new clients, up to the cap: A's
 			// two stay counted while they last.
