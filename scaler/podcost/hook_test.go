@@ -11,10 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/redis/go-redis/v9"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,6 +28,7 @@ import (
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/store/storetest"
 )
 
 const (
@@ -60,10 +59,8 @@ func newEnv(t *testing.T, live []int, opts ...podcost.Option) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	mr := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	e := &env{store: store.NewStore(rdb, "wsgate").WithoutRestartDetection(), clock: clocktesting.NewFakeClock(t0), seen: make(chan string, 1000)}
+	st, mr := storetest.NewMini(t)
+	e := &env{store: st, clock: clocktesting.NewFakeClock(t0), seen: make(chan string, 1000)}
 
 	var objs []runtime.Object
 	var pods []fleets.Pod
