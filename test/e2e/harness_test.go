@@ -124,18 +124,6 @@ func (n *node) stop() {
 	})
 }
 
-// kill is a crash: the tracker stops first, so no access-log entry of the
-// node's connections is ever applied and no heartbeat runs any more.
-func (n *node) kill() {
-	n.once.Do(func() {
-		n.stopHB()
-		<-n.hbDone
-		n.grpc.Stop()
-		n.admit.Close()
-		_ = n.gw.Close()
-	})
-}
-
 // harness is the whole system on loopback.
 type harness struct {
 	redis    *redistest.Server
@@ -158,8 +146,6 @@ type harnessOptions struct {
 	redisTO   time.Duration // the tracker's --redis-timeout (default 1s)
 	admitTO   time.Duration // the filter's admit_timeout_ms (default 5s)
 	instTTL   time.Duration
-	settle    time.Duration
-	redisAddr func(*redistest.Server) string // default: the server's address
 	// fleet adjusts the chat fleet before anything starts (default: the
 	// backends as a static pod list, policy pack).
 	fleet func(*fleets.Fleet)
@@ -201,11 +187,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		o.admitTO = 5 * time.Second
 	}
 	h := &harness{redis: redistest.Start(t)}
-	addr := h.redis.Addr()
-	if o.redisAddr != nil {
-		addr = o.redisAddr(h.redis)
-	}
-	rdb, err := store.NewRedisClient(store.RedisConfig{Addrs: []string{addr}, DialTimeout: 500 * time.Millisecond})
+	rdb, err := store.NewRedisClient(store.RedisConfig{Addrs: []string{h.redis.Addr()}, DialTimeout: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,15 +213,11 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		h.nodes = append(h.nodes, startNode(t, h.store, id, nodeOptions{cfg: cfg, flush: o.flush, admitTO: o.admitTO}))
 	}
 	h.awaitRecovery(t)
-	settle := o.settle
-	if settle == 0 {
-		settle = time.Millisecond
-	}
 	scOpts := []scaler.Option{scaler.WithLogger(quiet)}
 	if o.gate != nil {
 		scOpts = append(scOpts, scaler.WithGate(o.gate(h)))
 	}
-	sc, err := scaler.New(scaler.Config{Fleets: []fleets.Fleet{h.fleet, empty}, Settle: settle, PollInterval: 100 * time.Millisecond}, h.store, scOpts...)
+	sc, err := scaler.New(scaler.Config{Fleets: []fleets.Fleet{h.fleet, empty}, Settle: time.Millisecond, PollInterval: 100 * time.Millisecond}, h.store, scOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,12 +288,4 @@ func (h *harness) live(t *testing.T) int64 {
 		return -1
 	}
 	return s.Live
-}
-
-func ref(fleet, metric string) *externalscaler.ScaledObjectRef {
-	md := map[string]string{"fleet": fleet}
-	if metric != "" {
-		md["metric"] = metric
-	}
-	return &externalscaler.ScaledObjectRef{Name: "backend", Namespace: "default", ScalerMetadata: md}
 }

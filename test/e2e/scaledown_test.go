@@ -28,6 +28,7 @@ import (
 	"github.com/wsgate/wsgate/scaler/podcost"
 	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/await"
+	"github.com/wsgate/wsgate/test/kedatest"
 	"github.com/wsgate/wsgate/test/wsdial"
 )
 
@@ -215,7 +216,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	defer cancel()
 	desired := func() int {
 		t.Helper()
-		v, err := metric(ctx, h, "chat", "desiredReplicas")
+		v, err := kedatest.Metric(ctx, h.keda, "chat", "desiredReplicas")
 		if err != nil {
 			t.Fatalf("desiredReplicas: %v", err)
 		}

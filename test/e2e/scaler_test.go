@@ -8,25 +8,12 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/test/await"
+	"github.com/wsgate/wsgate/test/kedatest"
 	"github.com/wsgate/wsgate/test/wsdial"
 )
-
-func metric(ctx context.Context, h *harness, fleet, name string) (float64, error) {
-	r := ref(fleet, name)
-	spec, err := h.keda.GetMetricSpec(ctx, r)
-	if err != nil {
-		return 0, err
-	}
-	res, err := h.keda.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: r, MetricName: spec.MetricSpecs[0].MetricName})
-	if err != nil {
-		return 0, err
-	}
-	return res.MetricValues[0].MetricValueFloat, nil
-}
 
 // TestScalerFollowsConnectionsAndRejections polls the scaler through
 // KEDA's generated client while real connections come and go.
@@ -37,7 +24,7 @@ func TestScalerFollowsConnectionsAndRejections(t *testing.T) {
 	waitMetric := func(name string, want func(float64) bool, what string) {
 		t.Helper()
 		await.Until(t, what, 30*time.Second, func() (bool, string) {
-			v, err := metric(ctx, h, "chat", name)
+			v, err := kedatest.Metric(ctx, h.keda, "chat", name)
 			return err == nil && want(v), fmt.Sprintf("%v %v", v, err)
 		})
 	}
@@ -64,7 +51,7 @@ func TestScalerFollowsConnectionsAndRejections(t *testing.T) {
 		c.Close(websocket.StatusNormalClosure, "")
 	}
 	waitMetric("connections", func(v float64) bool { return v == 2 }, "connections = 2 after 4 closed")
-	active, err := h.keda.IsActive(ctx, ref("chat", ""))
+	active, err := h.keda.IsActive(ctx, kedatest.Ref("chat", ""))
 	if err != nil || !active.Result {
 		t.Fatalf("IsActive with live connections: %v %v", active, err)
 	}
@@ -80,11 +67,11 @@ func TestZeroPodFleetActivatesOnFirstRejection(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := h.keda.IsActive(ctx, ref("empty", ""))
+	res, err := h.keda.IsActive(ctx, kedatest.Ref("empty", ""))
 	if err != nil || res.Result {
 		t.Fatalf("empty fleet before any dial: active=%v err=%v, want inactive", res.GetResult(), err)
 	}
-	stream, err := h.keda.StreamIsActive(ctx, ref("empty", ""))
+	stream, err := h.keda.StreamIsActive(ctx, kedatest.Ref("empty", ""))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,10 @@
 // that count their own connections, and per tracker a TCP proxy in front
 // of Redis that can delay one request or reply, black-hole or drop the
 // tracker's Redis traffic. Every test asserts on what the backends held
-// (wsbackend's Max), not only on what the clients were told.
+// (wsbackend's Max), not only on what the clients were told. Where a test
+// asks what KEDA asks, a `wsgate scaler` process runs beside them
+// (options.settle). This is the one fault-test tree: the outages that
+// test/e2e tested in process (outages_test.go) run here too.
 //
 // The binary is built once per run (TestMain); WSGATE_FAULTS_BIN runs the
 // tests against one built elsewhere instead (an older revision, to show
@@ -37,9 +40,13 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/test/wsbackend"
@@ -143,6 +150,17 @@ type options struct {
 	// admitTimeout is the gateways' admit_timeout_ms (0: the filter's
 	// default).
 	admitTimeout time.Duration
+	// lease is --lease-ttl (default 5s); --establish-timeout is 3s, or the
+	// lease when that is shorter.
+	lease time.Duration
+	// flush is the gateways' access-log flush interval (default 500ms).
+	flush time.Duration
+	// accessLogProxy puts a proxy (tp.alProxy) between each gateway and
+	// its tracker's access-log receiver, so a test can cut the stream.
+	accessLogProxy bool
+	// settle, when set, starts a `wsgate scaler` process with this
+	// --settle; h.keda asks it what KEDA asks.
+	settle time.Duration
 }
 
 type trackerOptions struct {
@@ -161,6 +179,8 @@ type harness struct {
 	trackers []*trackerProc
 	config   string
 	stats    *stats
+	scaler   *trackerProc // the scaler process (options.settle), or nil
+	keda     externalscaler.ExternalScalerClient
 }
 
 func newHarness(t *testing.T, o options) *harness {
@@ -182,6 +202,12 @@ func newHarness(t *testing.T, o options) *harness {
 	}
 	if o.redisTimeout == 0 {
 		o.redisTimeout = 200 * time.Millisecond
+	}
+	if o.lease == 0 {
+		o.lease = 5 * time.Second
+	}
+	if o.flush == 0 {
+		o.flush = 500 * time.Millisecond
 	}
 	h := &harness{t: t, o: o, stats: newStats()}
 	h.redis = redistest.StartPort(t, freePort(t), o.redisArgs...)
@@ -218,6 +244,12 @@ func newHarness(t *testing.T, o options) *harness {
 		for _, tp := range h.trackers {
 			tp.kill()
 			tp.proxy.close()
+			if tp.alProxy != nil {
+				tp.alProxy.close()
+			}
+		}
+		if h.scaler != nil {
+			h.scaler.kill()
 		}
 		for _, b := range h.backends {
 			b.Close()
@@ -227,7 +259,35 @@ func newHarness(t *testing.T, o options) *harness {
 	for _, to := range o.trackers {
 		h.trackers = append(h.trackers, h.startTracker(to))
 	}
+	if o.settle != 0 {
+		h.startScaler()
+	}
 	return h
+}
+
+// startScaler runs `wsgate scaler` on the harness' Redis and fleets file
+// and connects h.keda to it.
+func (h *harness) startScaler() {
+	h.t.Helper()
+	sc := &trackerProc{h: h, id: "scaler", listen: freeAddr(h.t), telem: freeAddr(h.t), logPath: filepath.Join(h.t.TempDir(), "scaler.log")}
+	sc.args = []string{"scaler",
+		"--redis-addr", h.redis.Addr(), "--redis-dial-timeout", "1s",
+		"--config", h.config, "--settle", h.o.settle.String(),
+		"--instance-ttl", h.o.instanceTTL.String(),
+		"--listen", sc.listen, "--telemetry-listen", sc.telem,
+		"--log-level", "info",
+	}
+	if h.o.expired != "" {
+		sc.args = append(sc.args, "--expired-instances", h.o.expired)
+	}
+	h.scaler = sc
+	sc.start()
+	cc, err := grpc.NewClient(sc.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { cc.Close() })
+	h.keda = externalscaler.NewExternalScalerClient(cc)
 }
 
 // configCheck is the trackers' --config-check-interval.
@@ -269,15 +329,17 @@ func (h *harness) tracker(id string) *trackerProc {
 }
 
 // trackerProc is one `wsgate tracker` process, its Redis proxy and its
-// gateway (in the test process).
+// gateway (in the test process); h.scaler is one too, a `wsgate scaler`
+// with neither.
 type trackerProc struct {
 	h       *harness
 	id      string
 	args    []string
 	proxy   *redisProxy
-	listen  string // admission API
-	alAddr  string // access-log receiver
-	telem   string // /metrics, /healthz, /readyz
+	alProxy *redisProxy // between gateway and access-log receiver (options.accessLogProxy)
+	listen  string      // admission API (the scaler's gRPC)
+	alAddr  string      // access-log receiver
+	telem   string      // /metrics, /healthz, /readyz
 	logPath string
 
 	mu     sync.Mutex
@@ -308,7 +370,7 @@ func (h *harness) startTracker(to trackerOptions) *trackerProc {
 		"--config", h.config, "--instance-id", to.id,
 		"--heartbeat", hb.String(), "--instance-ttl", h.o.instanceTTL.String(),
 		"--redis-timeout", h.o.redisTimeout.String(),
-		"--establish-timeout", "3s", "--lease-ttl", "5s",
+		"--establish-timeout", min(3*time.Second, h.o.lease).String(), "--lease-ttl", h.o.lease.String(),
 		"--fallback", "share",
 		"--listen", tp.listen, "--access-log-listen", tp.alAddr, "--telemetry-listen", tp.telem,
 		"--log-level", "info",
@@ -324,7 +386,12 @@ func (h *harness) startTracker(to trackerOptions) *trackerProc {
 		tp.args = append(tp.args, "--envoy-admin", tp.adminAddr, "--shutdown-listen", tp.shutAddr, "--shutdown-timeout", "60s")
 	}
 	tp.start()
-	gw, err := gateway.New(gateway.Config{TrackerURL: "http://" + tp.listen, AccessLogAddr: tp.alAddr, Fleet: fleet, NodeID: "envoy-" + to.id, FlushInterval: 500 * time.Millisecond, AdmitTimeout: h.o.admitTimeout, Logger: quiet})
+	alAddr := tp.alAddr
+	if h.o.accessLogProxy {
+		tp.alProxy = startRedisProxy(h.t, tp.alAddr)
+		alAddr = tp.alProxy.addr()
+	}
+	gw, err := gateway.New(gateway.Config{TrackerURL: "http://" + tp.listen, AccessLogAddr: alAddr, Fleet: fleet, NodeID: "envoy-" + to.id, FlushInterval: h.o.flush, AdmitTimeout: h.o.admitTimeout, Logger: quiet})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -439,6 +506,9 @@ func (tp *trackerProc) logTail(n int) string {
 func (h *harness) dumpLogs() {
 	for _, tp := range h.trackers {
 		h.t.Logf("tracker %s log (last lines):\n%s", tp.id, tp.logTail(60))
+	}
+	if h.scaler != nil {
+		h.t.Logf("scaler log (last lines):\n%s", h.scaler.logTail(60))
 	}
 }
 
@@ -622,6 +692,22 @@ func (h *harness) awaitPresent(tp *trackerProc, d time.Duration) time.Time {
 	return time.Now()
 }
 
+// awaitRecovery waits until every tracker has heartbeated into Redis and
+// the fleet's epoch grants (a new or emptied Redis grants nothing for one
+// instance TTL): the start of the tests ported from test/e2e, whose
+// harness began there.
+func (h *harness) awaitRecovery() {
+	h.t.Helper()
+	for _, tp := range h.trackers {
+		h.awaitPresent(tp, 15*time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := store.NewStore(h.rdb, "wsgate").AwaitRecovery(ctx, fleet); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
 // settle waits until every tracker has heartbeated twice after the last
 // one started (each knows all the others), then until every gateway
 // admits (a new Redis epoch may make trackers wait an instance TTL first).
@@ -724,6 +810,12 @@ func (h *harness) redisCount() (pods, live int64) {
 		return -1, -1
 	}
 	return pods, v
+}
+
+// live is the fleet's live count in Redis (-1: Redis does not answer).
+func (h *harness) live() int64 {
+	_, live := h.redisCount()
+	return live
 }
 
 // backendLive is what the backends hold now, all together.
