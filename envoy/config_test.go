@@ -2,7 +2,6 @@ package envoy_test
 
 import (
 	"bytes"
-	"github.com/wsgate/wsgate/httplimit"
 	"os"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
 	"github.com/wsgate/wsgate/envoy"
+	"github.com/wsgate/wsgate/httplimit"
 )
 
 func mustHCM(t *testing.T) (*hcmv3.HttpConnectionManager, map[string]*clusterv3.Cluster) {

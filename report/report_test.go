@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/report"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/tracker"
 )
 
@@ -109,11 +111,7 @@ func (c serverClock) recovered(t *testing.T, s *store.Store, fleet string) {
 
 func (serverClock) expired(t *testing.T, s *store.Store, fleet, id string) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !leaseEnded(t, s, fleet, id); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: Redis' clock did not pass the lease of %s in 10s", fleet, id)
-		}
-	}
+	await.True(t, fmt.Sprintf("%s: Redis' clock passes the lease of %s", fleet, id), 10*time.Second, func() bool { return leaseEnded(t, s, fleet, id) })
 }
 
 var endRecovery = redis.NewScript(`

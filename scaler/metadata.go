@@ -2,12 +2,12 @@ package scaler
 
 import (
 	"fmt"
-	"github.com/wsgate/wsgate/httplimit"
 	"math"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/wsgate/wsgate/httplimit"
 )
 
 // Metric is what a trigger asks the scaler to report.

@@ -22,6 +22,7 @@ import (
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -141,11 +142,7 @@ func (e *env) trackerWith(cfg tracker.Config) *tracker.Tracker {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := tr.AwaitGranting(ctx); err != nil {
-		e.t.Fatal(err)
-	}
+	await.Granting(e.t, "tracker "+cfg.InstanceID, tr, 10*time.Second)
 	return tr
 }
 

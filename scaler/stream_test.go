@@ -3,6 +3,7 @@ package scaler_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"runtime"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/test/await"
 )
 
 // waitSubscribers polls Redis (an external process) until the fleet's
@@ -19,17 +21,10 @@ import (
 func (e *env) waitSubscribers(fleet string, n int64) {
 	e.t.Helper()
 	ch := e.store.Keys(fleet).Events()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	await.Until(e.t, fmt.Sprintf("%s: %d subscribers", ch, n), 5*time.Second, func() (bool, string) {
 		got, err := e.rdb.PubSubNumSub(context.Background(), ch).Result()
-		if err == nil && got[ch] == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("%s: %v subscribers (err %v), want %d", ch, got[ch], err, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err == nil && got[ch] == n, fmt.Sprintf("%v subscribers (err %v)", got[ch], err)
+	})
 }
 
 type recv struct {

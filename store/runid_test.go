@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"context"
-	"github.com/wsgate/wsgate/store/storetest"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/store/storetest"
 	"github.com/wsgate/wsgate/test/redistest"
 )
 

@@ -5,6 +5,7 @@ import (
 	"embed"
 
 	"github.com/redis/go-redis/v9"
+
 	"github.com/wsgate/wsgate/fleets"
 )
 

@@ -3,12 +3,12 @@ package store_test
 import (
 	"context"
 	"errors"
-	"github.com/wsgate/wsgate/store/storetest"
 	"testing"
 	"time"
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/store/storetest"
 )
 
 func TestAdmitPackFillsTheFullestPodFirst(t *testing.T) {

@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
-	"golang.org/x/sync/semaphore"
 )
 
 // errGateBusy: a heartbeat held the admission gate past the deadline.

@@ -6,9 +6,10 @@ import (
 	"reflect"
 	"slices"
 
+	"golang.org/x/time/rate"
+
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
-	"golang.org/x/time/rate"
 )
 
 // Change says what Apply changed, fleet by fleet.

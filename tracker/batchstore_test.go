@@ -3,7 +3,6 @@ package tracker_test
 import (
 	"context"
 	"fmt"
-	"github.com/wsgate/wsgate/store/storetest"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store/storetest"
 	"github.com/wsgate/wsgate/tracker"
 )
 

@@ -2,7 +2,6 @@ package tracker_test
 
 import (
 	"context"
-	"github.com/wsgate/wsgate/store/storetest"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store/storetest"
 	"github.com/wsgate/wsgate/tracker"
 )
 

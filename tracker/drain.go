@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/wsgate/wsgate/store"
 	"time"
+
+	"github.com/wsgate/wsgate/store"
 )
 
 // ReasonDraining answers an admission while the instance drains (its Envoy

@@ -8,10 +8,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/wsgate/wsgate/fleets"
-	"github.com/wsgate/wsgate/store"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
+
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 )
 
 // gateAll is the weight a heartbeat takes of fleet.gate: all of it.

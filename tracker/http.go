@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/wsgate/wsgate/httplimit"
 	"github.com/wsgate/wsgate/store"
 )

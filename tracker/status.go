@@ -2,9 +2,10 @@ package tracker
 
 import (
 	"encoding/json"
-	"github.com/wsgate/wsgate/store"
 	"net/http"
 	"time"
+
+	"github.com/wsgate/wsgate/store"
 )
 
 // Status is what GET /status answers: the instance and, per fleet, whether

@@ -3,7 +3,6 @@ package tracker_test
 import (
 	"context"
 	"errors"
-	"github.com/wsgate/wsgate/store/storetest"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/store/storetest"
 	"github.com/wsgate/wsgate/tracker"
 )
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/wsgate/wsgate/httplimit"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/fx/fxevent"
 
 	"github.com/wsgate/wsgate/buildinfo"
+	"github.com/wsgate/wsgate/httplimit"
 	"github.com/wsgate/wsgate/store"
 )
 

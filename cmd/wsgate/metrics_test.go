@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/store/storetest"
 )
 
 var metricsNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -25,11 +25,8 @@ var metricsNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 // admitted by instance envoy-1 and synced.
 func metricsRedis(t *testing.T) *miniredis.Miniredis {
 	t.Helper()
-	mr := miniredis.RunT(t)
+	s, mr := storetest.NewMini(t)
 	mr.SetTime(metricsNow) // Redis' clock, by which the lease is set and judged
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	s := store.NewStore(rdb, "wsgate").WithoutRestartDetection()
 	ctx := context.Background()
 	if err := s.SetPods(ctx, "chat", []fleets.Pod{{Addr: "10.0.0.1:8080", Name: "chat-0", Ready: true}}); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/discovery"
+	"github.com/wsgate/wsgate/store/storetest"
+	"github.com/wsgate/wsgate/test/await"
 )
 
 // Kubernetes' word on a tracker instance: alive while its Envoy pod is
@@ -16,7 +18,7 @@ import (
 // the network goes not ready, not away), gone once it is not; unknown
 // before the first list and for fleets without an Envoy Service.
 func TestInstanceAliveFollowsTheEnvoyService(t *testing.T) {
-	store, _ := newMini(t)
+	store, _ := storetest.NewMini(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	client := fake.NewClientset(
@@ -32,7 +34,7 @@ func TestInstanceAliveFollowsTheEnvoyService(t *testing.T) {
 		t.Error("judged before the first list")
 	}
 	go func() { _ = d.Run(ctx) }()
-	waitFor(t, "discovery synced", d.Synced)
+	await.True(t, "discovery synced", waitLimit, d.Synced)
 	for id, want := range map[string]bool{"envoy-1": true, "envoy-2": true, "envoy-3": true, "envoy-9": false} {
 		if alive, known := d.InstanceAlive("chat", id); !known || alive != want {
 			t.Errorf("InstanceAlive(chat, %s) = %v, %v; want %v, known", id, alive, known, want)
@@ -44,5 +46,5 @@ func TestInstanceAliveFollowsTheEnvoyService(t *testing.T) {
 	if err := client.DiscoveryV1().EndpointSlices(ns).Delete(ctx, "envoy-a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "envoy-1 gone", func() bool { alive, known := d.InstanceAlive("chat", "envoy-1"); return known && !alive })
+	await.True(t, "envoy-1 gone", waitLimit, func() bool { alive, known := d.InstanceAlive("chat", "envoy-1"); return known && !alive })
 }

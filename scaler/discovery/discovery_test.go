@@ -17,13 +17,15 @@ import (
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/store/storetest"
+	"github.com/wsgate/wsgate/test/await"
 )
 
 const ns = "apps"
 
 func newMiniStore(t *testing.T) *store.Store {
 	t.Helper()
-	s, _ := newMini(t)
+	s, _ := storetest.NewMini(t)
 	return s
 }
 
@@ -69,18 +71,9 @@ func slice(name, service string, eps ...discoveryv1.Endpoint) *discoveryv1.Endpo
 	}
 }
 
-// waitFor polls cond until it holds: the informer delivers events on its
-// own goroutine and the Registry writes on another.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// waitLimit bounds the tests' waits (test/await): the informer delivers
+// events on its own goroutine and the Registry writes on another.
+const waitLimit = 30 * time.Second
 
 type view struct {
 	pods  map[string]fleets.Pod
@@ -122,7 +115,7 @@ func (v view) is(pods map[string]bool, avail ...string) bool {
 }
 
 func TestDiscoveryFollowsSlices(t *testing.T) {
-	st, mr := newMini(t)
+	st, mr := storetest.NewMini(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Tracker instance e1 heartbeats: the first heartbeat starts the epoch,
@@ -159,7 +152,7 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 	slices := client.DiscoveryV1().EndpointSlices(ns)
 
 	const a1, a2, a3 = "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"
-	waitFor(t, "the first slice in Redis", func() bool {
+	await.True(t, "the first slice in Redis", waitLimit, func() bool {
 		return readView(t, st, "chat").is(map[string]bool{a1: true, a2: true}, a1, a2)
 	})
 	if got := readView(t, st, "chat").pods[a1]; got.Name != "chat-1" || got.Node != "node-chat-1" {
@@ -181,7 +174,7 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 	if _, err := slices.Create(ctx, slice("chat-b", "chat", endpoint("10.0.0.3", "chat-3", true, false)), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a second slice", func() bool {
+	await.True(t, "a second slice", waitLimit, func() bool {
 		return readView(t, st, "chat").is(map[string]bool{a1: true, a2: true, a3: true}, a1, a2, a3)
 	})
 
@@ -189,7 +182,7 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 	if _, err := slices.Update(ctx, notReady, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a not-ready endpoint out of avail", func() bool {
+	await.True(t, "a not-ready endpoint out of avail", waitLimit, func() bool {
 		return readView(t, st, "chat").is(map[string]bool{a1: true, a2: false, a3: true}, a1, a3)
 	})
 	if got := readView(t, st, "chat").load[a2]; got != 1 {
@@ -201,14 +194,14 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 	if _, err := slices.Update(ctx, slice("chat-b", "chat", terminating), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a terminating endpoint out of avail", func() bool {
+	await.True(t, "a terminating endpoint out of avail", waitLimit, func() bool {
 		return readView(t, st, "chat").is(map[string]bool{a1: true, a2: false, a3: false}, a1)
 	})
 
 	if err := slices.Delete(ctx, "chat-b", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a deleted slice's pod out of the registry", func() bool {
+	await.True(t, "a deleted slice's pod out of the registry", waitLimit, func() bool {
 		return readView(t, st, "chat").is(map[string]bool{a1: true, a2: false}, a1)
 	})
 
@@ -216,7 +209,7 @@ func TestDiscoveryFollowsSlices(t *testing.T) {
 		endpoint("10.1.0.1", "envoy-1", true, false), endpoint("10.1.0.2", "envoy-2", true, false)), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the second Envoy endpoint ready", func() bool { return d.ExpectedInstances("chat") == 2 })
+	await.True(t, "the second Envoy endpoint ready", waitLimit, func() bool { return d.ExpectedInstances("chat") == 2 })
 
 	cancel()
 	if err := <-runErr; err != nil {
@@ -252,7 +245,7 @@ func TestSetFleetsFollowsANewService(t *testing.T) {
 	go reg.Run(ctx)
 	runErr := make(chan error, 1)
 	go func() { runErr <- d.Run(ctx) }()
-	waitFor(t, "chat's pod in Redis", func() bool {
+	await.True(t, "chat's pod in Redis", waitLimit, func() bool {
 		return readView(t, store, "chat").is(map[string]bool{"10.0.0.1:8080": true}, "10.0.0.1:8080")
 	})
 	if readView(t, store, "game").pods != nil && len(readView(t, store, "game").pods) != 0 {
@@ -263,7 +256,7 @@ func TestSetFleetsFollowsANewService(t *testing.T) {
 	if err := d.SetFleets([]fleets.Fleet{chat, game}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the added fleet's pod in Redis", func() bool {
+	await.True(t, "the added fleet's pod in Redis", waitLimit, func() bool {
 		return readView(t, store, "game").is(map[string]bool{"10.0.5.1:8080": true}, "10.0.5.1:8080")
 	})
 	if alive, known := d.InstanceAlive("game", "envoy-1"); !alive || !known {
@@ -273,7 +266,7 @@ func TestSetFleetsFollowsANewService(t *testing.T) {
 	if err := d.SetFleets([]fleets.Fleet{game}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "only game judged", func() bool {
+	await.True(t, "only game judged", waitLimit, func() bool {
 		_, chatKnown := d.InstanceAlive("chat", "envoy-1")
 		alive, _ := d.InstanceAlive("game", "envoy-1")
 		return !chatKnown && alive

@@ -34,8 +34,10 @@ import (
 	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/helmtest"
 	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/test/wsdial"
 	"github.com/wsgate/wsgate/tracker"
 )
 
@@ -135,24 +137,24 @@ func TestChartStandaloneRoutes(t *testing.T) {
 			before := seen(fleetOf)
 			r := l.dial(ctx, c.host, c.path)
 			if c.fleet == "" {
-				if r.err == nil {
-					r.conn.CloseNow()
+				if r.Err == nil {
+					r.Conn.CloseNow()
 				}
-				if r.status != http.StatusUpgradeRequired {
-					t.Errorf("%s: status %d (%v), want the route table's 426", where, r.status, r.err)
+				if r.Status != http.StatusUpgradeRequired {
+					t.Errorf("%s: status %d (%v), want the route table's 426", where, r.Status, r.Err)
 				}
 				if got := seen(fleetOf); !maps.Equal(got, before) {
 					t.Errorf("%s: a pod accepted a connection", where)
 				}
 				continue
 			}
-			if r.err == nil {
-				r.err = ping(ctx, r.conn) // the pod has counted it
+			if r.Err == nil {
+				r.Err = wsdial.Ping(ctx, r.Conn) // the pod has counted it
 			}
-			if r.err != nil {
-				t.Fatalf("%s: status %d reason %q: %v", where, r.status, r.reason, r.err)
+			if r.Err != nil {
+				t.Fatalf("%s: status %d reason %q: %v", where, r.Status, r.Reason, r.Err)
 			}
-			open = append(open, r.conn)
+			open = append(open, r.Conn)
 			held[c.fleet]++
 			after := seen(fleetOf)
 			var on []string
@@ -175,8 +177,8 @@ func TestChartStandaloneRoutes(t *testing.T) {
 	}
 
 	before := seen(fleetOf)
-	if r := other.dial(ctx, "other.example.net", "/"); r.status != http.StatusUpgradeRequired || r.err == nil {
-		t.Errorf("routes by host only: an upgrade for another host: status %d reason %q (%v), want the 426", r.status, r.reason, r.err)
+	if r := other.dial(ctx, "other.example.net", "/"); r.Status != http.StatusUpgradeRequired || r.Err == nil {
+		t.Errorf("routes by host only: an upgrade for another host: status %d reason %q (%v), want the 426", r.Status, r.Reason, r.Err)
 	}
 	if !maps.Equal(seen(fleetOf), before) {
 		t.Error("routes by host only: a pod accepted an upgrade for another host")
@@ -194,7 +196,7 @@ func TestChartStandaloneRoutes(t *testing.T) {
 	for _, f := range slices.Sorted(maps.Keys(chartFleets)) {
 		slots := chartFleets[f] * len(pods[f])
 		clients := 2 * slots
-		results := make([]dialResult, clients)
+		results := make([]wsdial.Result, clients)
 		var wg sync.WaitGroup
 		for i := range clients {
 			wg.Add(1)
@@ -202,8 +204,8 @@ func TestChartStandaloneRoutes(t *testing.T) {
 				defer wg.Done()
 				rt := routesTo[f][i%len(routesTo[f])]
 				results[i] = listeners[i%len(listeners)].dial(ctx, rt[0], rt[1])
-				if results[i].err == nil {
-					results[i].err = ping(ctx, results[i].conn)
+				if results[i].Err == nil {
+					results[i].Err = wsdial.Ping(ctx, results[i].Conn)
 				}
 			}()
 		}
@@ -211,12 +213,12 @@ func TestChartStandaloneRoutes(t *testing.T) {
 		admitted := 0
 		for i, r := range results {
 			switch {
-			case r.conn != nil && r.err == nil:
-				open = append(open, r.conn)
+			case r.Conn != nil && r.Err == nil:
+				open = append(open, r.Conn)
 				admitted++
-			case r.status == http.StatusServiceUnavailable && r.reason == "capacity":
+			case r.Status == http.StatusServiceUnavailable && r.Reason == "capacity":
 			default:
-				t.Errorf("fleet %s client %d: status %d reason %q err %v", f, i, r.status, r.reason, r.err)
+				t.Errorf("fleet %s client %d: status %d reason %q err %v", f, i, r.Status, r.Reason, r.Err)
 			}
 		}
 		if want := slots - held[f]; admitted != want {
@@ -235,7 +237,7 @@ func TestChartStandaloneRoutes(t *testing.T) {
 		c.Close(websocket.StatusNormalClosure, "")
 	}
 	open = nil
-	waitFor(t, 2*time.Second, "every slot free", func() (bool, string) {
+	await.Until(t, "every slot free", 20*time.Second, func() (bool, string) {
 		var state []string
 		free := true
 		for f := range chartFleets {
@@ -433,17 +435,8 @@ func serveListener(t *testing.T, n *node, ch *chartRender, l chartListener) *rou
 }
 
 // dial upgrades to host and path through the listener.
-func (l *routeListener) dial(ctx context.Context, host, path string) dialResult {
-	c, resp, err := websocket.Dial(ctx, l.base+path, &websocket.DialOptions{Host: host, HTTPClient: l.client})
-	r := dialResult{conn: c, err: err}
-	if resp != nil {
-		r.status = resp.StatusCode
-		r.reason = resp.Header.Get("X-Wsgate-Reason")
-		if resp.Body != nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-		}
-	}
-	return r
+func (l *routeListener) dial(ctx context.Context, host, path string) wsdial.Result {
+	return wsdial.Dial(ctx, l.base+path, &websocket.DialOptions{Host: host, HTTPClient: l.client})
 }
 
 // plainGet sends a request that is no upgrade and returns its status.

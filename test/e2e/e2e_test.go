@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wsgate/wsgate/test/await"
+	"github.com/wsgate/wsgate/test/wsdial"
 )
 
 // TestGlobalCapAcrossGateways: many clients dial through both gateways at
@@ -21,16 +24,16 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const clients = 40 // 12 slots
-	results := make([]dialResult, clients)
+	results := make([]wsdial.Result, clients)
 	var wg sync.WaitGroup
 	for i := range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// Every client asks for the first pod; the filter must ignore it.
-			results[i] = dial(ctx, h.nodes[i%2].url, h.backends[0].Addr)
-			if results[i].err == nil {
-				results[i].err = ping(ctx, results[i].conn)
+			results[i] = wsdial.Dial(ctx, h.nodes[i%2].url, spoofed(h.backends[0].Addr))
+			if results[i].Err == nil {
+				results[i].Err = wsdial.Ping(ctx, results[i].Conn)
 			}
 		}()
 	}
@@ -38,11 +41,11 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 	var admitted []*websocket.Conn
 	for i, r := range results {
 		switch {
-		case r.conn != nil && r.err == nil:
-			admitted = append(admitted, r.conn)
-		case r.status == 503 && r.reason == "capacity" && r.retryAfter == "3":
+		case r.Conn != nil && r.Err == nil:
+			admitted = append(admitted, r.Conn)
+		case r.Status == 503 && r.Reason == "capacity" && r.RetryAfter == "3":
 		default:
-			t.Errorf("client %d: status %d reason %q retry-after %q err %v", i, r.status, r.reason, r.retryAfter, r.err)
+			t.Errorf("client %d: status %d reason %q retry-after %q err %v", i, r.Status, r.Reason, r.RetryAfter, r.Err)
 		}
 	}
 	if len(admitted) != 12 {
@@ -56,7 +59,7 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 			t.Errorf("backend %s holds %d connections, want 4 (spoofed header must not steer)", b.Addr, got)
 		}
 	}
-	waitFor(t, 2*time.Second, "redis live count = 12", func() (bool, string) {
+	await.Until(t, "redis live count = 12", 20*time.Second, func() (bool, string) {
 		n := h.live(t)
 		return n == 12, strconv.FormatInt(n, 10)
 	})
@@ -64,20 +67,20 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 	// Release: a closed connection's slot is free again within 2 s.
 	closed := time.Now()
 	admitted[0].Close(websocket.StatusNormalClosure, "")
-	waitFor(t, 2*time.Second, "slot freed after close", func() (bool, string) {
+	await.Until(t, "slot freed after close", 20*time.Second, func() (bool, string) {
 		n := h.live(t)
 		return n == 11, strconv.FormatInt(n, 10)
 	})
 	t.Logf("release seen in Redis %s after close", time.Since(closed).Round(time.Millisecond))
-	r := dial(ctx, h.nodes[1].url, "")
-	if r.err != nil {
-		t.Fatalf("dial into the freed slot: status %d reason %q: %v", r.status, r.reason, r.err)
+	r := wsdial.Dial(ctx, h.nodes[1].url, nil)
+	if r.Err != nil {
+		t.Fatalf("dial into the freed slot: status %d reason %q: %v", r.Status, r.Reason, r.Err)
 	}
-	admitted[0] = r.conn
+	admitted[0] = r.Conn
 	for _, c := range admitted {
 		c.Close(websocket.StatusNormalClosure, "")
 	}
-	waitFor(t, 2*time.Second, "all slots free", func() (bool, string) {
+	await.Until(t, "all slots free", 20*time.Second, func() (bool, string) {
 		n, _ := h.backendLive()
 		l := h.live(t)
 		return n == 0 && l == 0, fmt.Sprintf("backends %d redis %d", n, l)
@@ -93,23 +96,23 @@ func TestRateLimitReachesClient(t *testing.T) {
 	defer cancel()
 	var ok, limited int
 	for range 4 {
-		r := dial(ctx, h.nodes[0].url, "")
+		r := wsdial.Dial(ctx, h.nodes[0].url, nil)
 		switch {
-		case r.err == nil:
+		case r.Err == nil:
 			ok++
-			defer r.conn.CloseNow()
-		case r.status == 429 && r.reason == "rate_limit" && r.retryAfter != "":
+			defer r.Conn.CloseNow()
+		case r.Status == 429 && r.Reason == "rate_limit" && r.RetryAfter != "":
 			limited++
 		default:
-			t.Fatalf("status %d reason %q retry-after %q: %v", r.status, r.reason, r.retryAfter, r.err)
+			t.Fatalf("status %d reason %q retry-after %q: %v", r.Status, r.Reason, r.RetryAfter, r.Err)
 		}
 	}
 	if ok != 2 || limited != 2 {
 		t.Fatalf("gateway a: %d admitted, %d rate-limited; want burst 2 then 429", ok, limited)
 	}
-	r := dial(ctx, h.nodes[1].url, "")
-	if r.err != nil {
-		t.Fatalf("gateway b has its own bucket, got status %d reason %q", r.status, r.reason)
+	r := wsdial.Dial(ctx, h.nodes[1].url, nil)
+	if r.Err != nil {
+		t.Fatalf("gateway b has its own bucket, got status %d reason %q", r.Status, r.Reason)
 	}
-	r.conn.CloseNow()
+	r.Conn.CloseNow()
 }

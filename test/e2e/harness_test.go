@@ -7,8 +7,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -127,18 +125,6 @@ func (n *node) stop() {
 	})
 }
 
-// kill is a crash: the tracker stops first, so no access-log entry of the
-// node's connections is ever applied and no heartbeat runs any more.
-func (n *node) kill() {
-	n.once.Do(func() {
-		n.stopHB()
-		<-n.hbDone
-		n.grpc.Stop()
-		n.admit.Close()
-		_ = n.gw.Close()
-	})
-}
-
 // harness is the whole system on loopback.
 type harness struct {
 	redis    *redistest.Server
@@ -162,8 +148,6 @@ type harnessOptions struct {
 	redisTO   time.Duration // the tracker's --redis-timeout (default 1s)
 	admitTO   time.Duration // the filter's admit_timeout_ms (default 5s)
 	instTTL   time.Duration
-	settle    time.Duration
-	redisAddr func(*redistest.Server) string // default: the server's address
 	// fleet adjusts the chat fleet before anything starts (default: the
 	// backends as a static pod list, policy pack).
 	fleet func(*fleets.Fleet)
@@ -205,11 +189,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		o.admitTO = 5 * time.Second
 	}
 	h := &harness{redis: redistest.Start(t)}
-	addr := h.redis.Addr()
-	if o.redisAddr != nil {
-		addr = o.redisAddr(h.redis)
-	}
-	rdb, err := store.NewRedisClient(store.RedisConfig{Addrs: []string{addr}, DialTimeout: 500 * time.Millisecond})
+	rdb, err := store.NewRedisClient(store.RedisConfig{Addrs: []string{h.redis.Addr()}, DialTimeout: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,15 +215,11 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		h.nodes = append(h.nodes, startNode(t, h.store, id, nodeOptions{cfg: cfg, flush: o.flush, admitTO: o.admitTO}))
 	}
 	h.awaitRecovery(t)
-	settle := o.settle
-	if settle == 0 {
-		settle = time.Millisecond
-	}
 	scOpts := []scaler.Option{scaler.WithLogger(quiet)}
 	if o.gate != nil {
 		scOpts = append(scOpts, scaler.WithGate(o.gate(h)))
 	}
-	sc, err := scaler.New(scaler.Config{Fleets: []fleets.Fleet{h.fleet, empty}, Settle: settle, PollInterval: 100 * time.Millisecond}, h.store, scOpts...)
+	sc, err := scaler.New(scaler.Config{Fleets: []fleets.Fleet{h.fleet, empty}, Settle: time.Millisecond, PollInterval: 100 * time.Millisecond}, h.store, scOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,49 +258,13 @@ func (h *harness) awaitRecovery(t *testing.T) {
 	}
 }
 
-// dialResult is one client's attempt.
-type dialResult struct {
-	conn       *websocket.Conn
-	status     int
-	retryAfter string
-	reason     string
-	err        error
-}
-
-// dial opens a WebSocket through a gateway, with a spoofed upstream header
-// that the filter must ignore.
-func dial(ctx context.Context, url string, spoof string) dialResult {
-	opts := &websocket.DialOptions{HTTPHeader: http.Header{}}
-	if spoof != "" {
-		opts.HTTPHeader.Set("X-Wsgate-Upstream", spoof)
-		opts.HTTPHeader.Set("X-Envoy-Original-Dst-Host", spoof)
-	}
-	c, resp, err := websocket.Dial(ctx, url, opts)
-	r := dialResult{conn: c, err: err}
-	if resp != nil {
-		r.status = resp.StatusCode
-		r.retryAfter = resp.Header.Get("Retry-After")
-		r.reason = resp.Header.Get("X-Wsgate-Reason")
-		if resp.Body != nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-		}
-	}
-	return r
-}
-
-// ping proves the tunnel carries data end to end.
-func ping(ctx context.Context, c *websocket.Conn) error {
-	if err := c.Write(ctx, websocket.MessageText, []byte("ping")); err != nil {
-		return err
-	}
-	_, msg, err := c.Read(ctx)
-	if err != nil {
-		return err
-	}
-	if string(msg) != "ping" {
-		return errors.New("echo mismatch: " + string(msg))
-	}
-	return nil
+// spoofed are dial options with upstream headers naming addr, which the
+// filter must ignore: a client must not choose its pod.
+func spoofed(addr string) *websocket.DialOptions {
+	h := http.Header{}
+	h.Set("X-Wsgate-Upstream", addr)
+	h.Set("X-Envoy-Original-Dst-Host", addr)
+	return &websocket.DialOptions{HTTPHeader: h}
 }
 
 func (h *harness) backendLive() (live, max int64) {
@@ -342,27 +282,6 @@ func maxi(a, b int64) int64 {
 	return b
 }
 
-// waitFor polls cond until it holds. d is what a quiet machine needs; the
-// deadline is ten times that, so a loaded machine passes too, and a test
-// that holds waits no longer than it must.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	d *= 10
-	deadline := time.Now().Add(d)
-	var last string
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		last = state
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s (last: %s)", what, d, last)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // live reads the fleet's live count from Redis.
 func (h *harness) live(t *testing.T) int64 {
 	t.Helper()
@@ -371,12 +290,4 @@ func (h *harness) live(t *testing.T) int64 {
 		return -1
 	}
 	return s.Live
-}
-
-func ref(fleet, metric string) *externalscaler.ScaledObjectRef {
-	md := map[string]string{"fleet": fleet}
-	if metric != "" {
-		md["metric"] = metric
-	}
-	return &externalscaler.ScaledObjectRef{Name: "backend", Namespace: "default", ScalerMetadata: md}
 }

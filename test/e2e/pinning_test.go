@@ -16,6 +16,8 @@ import (
 	"github.com/wsgate/wsgate/envoy"
 	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/test/await"
+	"github.com/wsgate/wsgate/test/wsdial"
 )
 
 // pinGateway is a second gateway on a node's tracker, with its own routes
@@ -100,15 +102,15 @@ func TestBothPinModesHoldTheCap(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			const clients = 24 // 9 slots
-			results := make([]dialResult, clients)
+			results := make([]wsdial.Result, clients)
 			var wg sync.WaitGroup
 			for i := range clients {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					results[i] = dial(ctx, gws[i%2].url, h.backends[0].Addr)
-					if results[i].err == nil {
-						results[i].err = ping(ctx, results[i].conn)
+					results[i] = wsdial.Dial(ctx, gws[i%2].url, spoofed(h.backends[0].Addr))
+					if results[i].Err == nil {
+						results[i].Err = wsdial.Ping(ctx, results[i].Conn)
 					}
 				}()
 			}
@@ -116,11 +118,11 @@ func TestBothPinModesHoldTheCap(t *testing.T) {
 			var admitted []*websocket.Conn
 			for i, r := range results {
 				switch {
-				case r.conn != nil && r.err == nil:
-					admitted = append(admitted, r.conn)
-				case r.status == 503 && r.reason == "capacity":
+				case r.Conn != nil && r.Err == nil:
+					admitted = append(admitted, r.Conn)
+				case r.Status == 503 && r.Reason == "capacity":
 				default:
-					t.Errorf("client %d: status %d reason %q err %v", i, r.status, r.reason, r.err)
+					t.Errorf("client %d: status %d reason %q err %v", i, r.Status, r.Reason, r.Err)
 				}
 			}
 			if len(admitted) != 9 {
@@ -134,7 +136,7 @@ func TestBothPinModesHoldTheCap(t *testing.T) {
 			for _, c := range admitted {
 				c.Close(websocket.StatusNormalClosure, "")
 			}
-			waitFor(t, 2*time.Second, "all slots free", func() (bool, string) {
+			await.Until(t, "all slots free", 20*time.Second, func() (bool, string) {
 				n, _ := h.backendLive()
 				l := h.live(t)
 				return n == 0 && l == 0, fmt.Sprintf("backends %d redis %d", n, l)
@@ -166,21 +168,21 @@ func strictHarness(t *testing.T, lua []byte) (*harness, *gateway.Cluster, *pinGa
 func (h *harness) refused(t *testing.T, ctx context.Context, url, why string, live int64) {
 	t.Helper()
 	seen := []int64{h.backends[0].Seen.Load(), h.backends[1].Seen.Load()}
-	r := dial(ctx, url, "")
-	if r.err == nil {
-		r.conn.CloseNow()
+	r := wsdial.Dial(ctx, url, nil)
+	if r.Err == nil {
+		r.Conn.CloseNow()
 		t.Errorf("%s: connected", why)
 		return
 	}
-	if r.status != 503 || r.reason != "" {
-		t.Errorf("%s: status %d reason %q, want the router's 503 (no x-wsgate-reason)", why, r.status, r.reason)
+	if r.Status != 503 || r.Reason != "" {
+		t.Errorf("%s: status %d reason %q, want the router's 503 (no x-wsgate-reason)", why, r.Status, r.Reason)
 	}
 	for i, b := range h.backends[:2] {
 		if got := b.Seen.Load(); got != seen[i] {
 			t.Errorf("%s: backend %d accepted %d connections", why, i, got-seen[i])
 		}
 	}
-	waitFor(t, 2*time.Second, why+": slot released", func() (bool, string) {
+	await.Until(t, why+": slot released", 20*time.Second, func() (bool, string) {
 		l := h.live(t)
 		return l == live, strconv.FormatInt(l, 10)
 	})
@@ -198,11 +200,11 @@ func TestStrictOverrideHostRefusesWhatTheClusterWillNotTake(t *testing.T) {
 	defer cancel()
 	pod := h.backends[0].Addr
 
-	r := dial(ctx, gw.url, "")
-	if r.err != nil {
-		t.Fatalf("healthy pod: status %d reason %q: %v", r.status, r.reason, r.err)
+	r := wsdial.Dial(ctx, gw.url, nil)
+	if r.Err != nil {
+		t.Fatalf("healthy pod: status %d reason %q: %v", r.Status, r.Reason, r.Err)
 	}
-	open := r.conn
+	open := r.Conn
 	defer open.CloseNow()
 
 	c.RemoveEndpoint(pod)
@@ -211,19 +213,19 @@ func TestStrictOverrideHostRefusesWhatTheClusterWillNotTake(t *testing.T) {
 		c.SetEndpoint(pod, s)
 		h.refused(t, ctx, gw.url, "pod "+s.String(), 1)
 	}
-	if err := ping(ctx, open); err != nil {
+	if err := wsdial.Ping(ctx, open); err != nil {
 		t.Errorf("the open connection ended with its pod's status: %v", err)
 	}
 	for _, s := range []corev3.HealthStatus{corev3.HealthStatus_DEGRADED, corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY} {
 		c.SetEndpoint(pod, s)
-		r := dial(ctx, gw.url, h.backends[1].Addr)
-		if r.err == nil {
-			r.err = ping(ctx, r.conn) // the pod has counted it
+		r := wsdial.Dial(ctx, gw.url, spoofed(h.backends[1].Addr))
+		if r.Err == nil {
+			r.Err = wsdial.Ping(ctx, r.Conn) // the pod has counted it
 		}
-		if r.err != nil {
-			t.Fatalf("pod %s: status %d reason %q: %v", s, r.status, r.reason, r.err)
+		if r.Err != nil {
+			t.Fatalf("pod %s: status %d reason %q: %v", s, r.Status, r.Reason, r.Err)
 		}
-		r.conn.CloseNow()
+		r.Conn.CloseNow()
 	}
 	if n := h.backends[1].Seen.Load(); n != 0 {
 		t.Errorf("the pod the tracker does not know accepted %d connections", n)
@@ -243,13 +245,13 @@ func TestNonStrictOverrideWouldBreakTheCap(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	c.SetEndpoint(h.backends[0].Addr, corev3.HealthStatus_DRAINING)
-	r := dial(ctx, gw.url, "")
-	if r.err != nil {
-		t.Fatalf("non-strict: status %d: %v (the stand-in should fall back as Envoy does)", r.status, r.err)
+	r := wsdial.Dial(ctx, gw.url, nil)
+	if r.Err != nil {
+		t.Fatalf("non-strict: status %d: %v (the stand-in should fall back as Envoy does)", r.Status, r.Err)
 	}
-	defer r.conn.CloseNow()
+	defer r.Conn.CloseNow()
 	// The echo proves the pod's handler has counted the connection.
-	if err := ping(ctx, r.conn); err != nil {
+	if err := wsdial.Ping(ctx, r.Conn); err != nil {
 		t.Fatal(err)
 	}
 	if n := h.backends[1].Live.Load(); n != 1 {
@@ -280,14 +282,14 @@ func TestSpoofedHeadersCannotChooseThePod(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			for range 3 {
-				r := dial(ctx, gw.url, h.backends[1].Addr)
-				if r.err == nil {
-					r.err = ping(ctx, r.conn)
+				r := wsdial.Dial(ctx, gw.url, spoofed(h.backends[1].Addr))
+				if r.Err == nil {
+					r.Err = wsdial.Ping(ctx, r.Conn)
 				}
-				if r.err != nil {
-					t.Fatalf("status %d reason %q: %v", r.status, r.reason, r.err)
+				if r.Err != nil {
+					t.Fatalf("status %d reason %q: %v", r.Status, r.Reason, r.Err)
 				}
-				defer r.conn.CloseNow()
+				defer r.Conn.CloseNow()
 			}
 			if a, b := h.backends[0].Live.Load(), h.backends[1].Live.Load(); a != 3 || b != 0 {
 				t.Errorf("pods hold %d and %d, want 3 on the tracker's pod and none on the spoofed one", a, b)

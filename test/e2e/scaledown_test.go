@@ -27,6 +27,9 @@ import (
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/scaler/podcost"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
+	"github.com/wsgate/wsgate/test/kedatest"
+	"github.com/wsgate/wsgate/test/wsdial"
 )
 
 const (
@@ -213,7 +216,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	defer cancel()
 	desired := func() int {
 		t.Helper()
-		v, err := metric(ctx, h, "chat", "desiredReplicas")
+		v, err := kedatest.Metric(ctx, h.keda, "chat", "desiredReplicas")
 		if err != nil {
 			t.Fatalf("desiredReplicas: %v", err)
 		}
@@ -228,7 +231,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		return s
 	}
 
-	waitFor(t, 5*time.Second, "three discovered pods in the registry", func() (bool, string) {
+	await.Until(t, "three discovered pods in the registry", 50*time.Second, func() (bool, string) {
 		s := snapshot()
 		ok := len(s.Pods) == 3
 		for addr, name := range k.pod {
@@ -247,11 +250,11 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		for j, b := range h.backends {
 			before[j] = b.Seen.Load()
 		}
-		r := dial(ctx, h.nodes[i%2].url, "")
-		if r.err != nil {
-			t.Fatalf("dial %d: status %d reason %q: %v", i, r.status, r.reason, r.err)
+		r := wsdial.Dial(ctx, h.nodes[i%2].url, nil)
+		if r.Err != nil {
+			t.Fatalf("dial %d: status %d reason %q: %v", i, r.Status, r.Reason, r.Err)
 		}
-		if err := ping(ctx, r.conn); err != nil {
+		if err := wsdial.Ping(ctx, r.Conn); err != nil {
 			t.Fatalf("dial %d: %v", i, err)
 		}
 		var got *backend
@@ -266,7 +269,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 		if got == nil {
 			t.Fatalf("dial %d reached no backend", i)
 		}
-		byBackend[got] = append(byBackend[got], r.conn)
+		byBackend[got] = append(byBackend[got], r.Conn)
 		return got
 	}
 	defer func() {
@@ -285,7 +288,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 			t.Fatalf("backend %s took %d of 18 connections, want 6 (policy spread)", b.Addr, n)
 		}
 	}
-	waitFor(t, 3*time.Second, "18 live in Redis", func() (bool, string) {
+	await.Until(t, "18 live in Redis", 30*time.Second, func() (bool, string) {
 		n := h.live(t)
 		return n == 18, strconv.FormatInt(n, 10)
 	})
@@ -309,7 +312,7 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	closeN(empty, 6)
 	// No desiredReplicas is read meanwhile: the drain must be chosen on the
 	// settled counts.
-	waitFor(t, 3*time.Second, "counts 5, 1, 0 in the backends and Redis", func() (bool, string) {
+	await.Until(t, "counts 5, 1, 0 in the backends and Redis", 30*time.Second, func() (bool, string) {
 		s := snapshot()
 		ok := s.Live == 6
 		for b, want := range map[*backend]int{full: 5, few: 1, empty: 0} {

@@ -8,23 +8,12 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/test/await"
+	"github.com/wsgate/wsgate/test/kedatest"
+	"github.com/wsgate/wsgate/test/wsdial"
 )
-
-func metric(ctx context.Context, h *harness, fleet, name string) (float64, error) {
-	r := ref(fleet, name)
-	spec, err := h.keda.GetMetricSpec(ctx, r)
-	if err != nil {
-		return 0, err
-	}
-	res, err := h.keda.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: r, MetricName: spec.MetricSpecs[0].MetricName})
-	if err != nil {
-		return 0, err
-	}
-	return res.MetricValues[0].MetricValueFloat, nil
-}
 
 // TestScalerFollowsConnectionsAndRejections polls the scaler through
 // KEDA's generated client while real connections come and go.
@@ -34,27 +23,27 @@ func TestScalerFollowsConnectionsAndRejections(t *testing.T) {
 	defer cancel()
 	waitMetric := func(name string, want func(float64) bool, what string) {
 		t.Helper()
-		waitFor(t, 3*time.Second, what, func() (bool, string) {
-			v, err := metric(ctx, h, "chat", name)
+		await.Until(t, what, 30*time.Second, func() (bool, string) {
+			v, err := kedatest.Metric(ctx, h.keda, "chat", name)
 			return err == nil && want(v), fmt.Sprintf("%v %v", v, err)
 		})
 	}
 	waitMetric("desiredReplicas", func(v float64) bool { return v <= 3 }, "idle fleet needs no more than its pods")
 	var conns []*websocket.Conn
 	for i := range 6 {
-		r := dial(ctx, h.nodes[i%2].url, "")
-		if r.err != nil {
-			t.Fatalf("dial %d: status %d: %v", i, r.status, r.err)
+		r := wsdial.Dial(ctx, h.nodes[i%2].url, nil)
+		if r.Err != nil {
+			t.Fatalf("dial %d: status %d: %v", i, r.Status, r.Err)
 		}
-		conns = append(conns, r.conn)
+		conns = append(conns, r.Conn)
 	}
 	waitMetric("connections", func(v float64) bool { return v == 6 }, "connections = 6")
 	waitMetric("saturation", func(v float64) bool { return v == 1 }, "saturation = 1")
 	// The fleet is full: the next dials are refused for capacity, and the
 	// rejection window asks for more pods.
 	for range 3 {
-		if r := dial(ctx, h.nodes[0].url, ""); r.status != 503 || r.reason != "capacity" {
-			t.Fatalf("dial into a full fleet: status %d reason %q err %v", r.status, r.reason, r.err)
+		if r := wsdial.Dial(ctx, h.nodes[0].url, nil); r.Status != 503 || r.Reason != "capacity" {
+			t.Fatalf("dial into a full fleet: status %d reason %q err %v", r.Status, r.Reason, r.Err)
 		}
 	}
 	waitMetric("desiredReplicas", func(v float64) bool { return v > 3 }, "recommendation above 3 pods after capacity rejections")
@@ -62,7 +51,7 @@ func TestScalerFollowsConnectionsAndRejections(t *testing.T) {
 		c.Close(websocket.StatusNormalClosure, "")
 	}
 	waitMetric("connections", func(v float64) bool { return v == 2 }, "connections = 2 after 4 closed")
-	active, err := h.keda.IsActive(ctx, ref("chat", ""))
+	active, err := h.keda.IsActive(ctx, kedatest.Ref("chat", ""))
 	if err != nil || !active.Result {
 		t.Fatalf("IsActive with live connections: %v %v", active, err)
 	}
@@ -78,11 +67,11 @@ func TestZeroPodFleetActivatesOnFirstRejection(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := h.keda.IsActive(ctx, ref("empty", ""))
+	res, err := h.keda.IsActive(ctx, kedatest.Ref("empty", ""))
 	if err != nil || res.Result {
 		t.Fatalf("empty fleet before any dial: active=%v err=%v, want inactive", res.GetResult(), err)
 	}
-	stream, err := h.keda.StreamIsActive(ctx, ref("empty", ""))
+	stream, err := h.keda.StreamIsActive(ctx, kedatest.Ref("empty", ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,9 +95,9 @@ func TestZeroPodFleetActivatesOnFirstRejection(t *testing.T) {
 		pushed <- err
 	}()
 	start := time.Now()
-	r := dial(ctx, "ws://"+ln.Addr().String()+"/", "")
-	if r.status != 503 || r.reason != "no_pods" || r.retryAfter == "" {
-		t.Fatalf("dial into a zero-pod fleet: status %d reason %q retry-after %q err %v", r.status, r.reason, r.retryAfter, r.err)
+	r := wsdial.Dial(ctx, "ws://"+ln.Addr().String()+"/", nil)
+	if r.Status != 503 || r.Reason != "no_pods" || r.RetryAfter == "" {
+		t.Fatalf("dial into a zero-pod fleet: status %d reason %q retry-after %q err %v", r.Status, r.Reason, r.RetryAfter, r.Err)
 	}
 	select {
 	case err := <-pushed:

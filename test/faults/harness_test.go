@@ -5,7 +5,10 @@
 // that count their own connections, and per tracker a TCP proxy in front
 // of Redis that can delay one request or reply, black-hole or drop the
 // tracker's Redis traffic. Every test asserts on what the backends held
-// (wsbackend's Max), not only on what the clients were told.
+// (wsbackend's Max), not only on what the clients were told. Where a test
+// asks what KEDA asks, a `wsgate scaler` process runs beside them
+// (options.settle). This is the one fault-test tree: the outages that
+// test/e2e tested in process (outages_test.go) run here too.
 //
 // The binary is built once per run (TestMain); WSGATE_FAULTS_BIN runs the
 // tests against one built elsewhere instead (an older revision, to show
@@ -37,12 +40,17 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/test/wsbackend"
+	"github.com/wsgate/wsgate/test/wsdial"
 	"github.com/wsgate/wsgate/test/wsgatebin"
 )
 
@@ -142,6 +150,17 @@ type options struct {
 	// admitTimeout is the gateways' admit_timeout_ms (0: the filter's
 	// default).
 	admitTimeout time.Duration
+	// lease is --lease-ttl (default 5s); --establish-timeout is 3s, or the
+	// lease when that is shorter.
+	lease time.Duration
+	// flush is the gateways' access-log flush interval (default 500ms).
+	flush time.Duration
+	// accessLogProxy puts a proxy (tp.alProxy) between each gateway and
+	// its tracker's access-log receiver, so a test can cut the stream.
+	accessLogProxy bool
+	// settle, when set, starts a `wsgate scaler` process with this
+	// --settle; h.keda asks it what KEDA asks.
+	settle time.Duration
 }
 
 type trackerOptions struct {
@@ -160,6 +179,8 @@ type harness struct {
 	trackers []*trackerProc
 	config   string
 	stats    *stats
+	scaler   *trackerProc // the scaler process (options.settle), or nil
+	keda     externalscaler.ExternalScalerClient
 }
 
 func newHarness(t *testing.T, o options) *harness {
@@ -181,6 +202,12 @@ func newHarness(t *testing.T, o options) *harness {
 	}
 	if o.redisTimeout == 0 {
 		o.redisTimeout = 200 * time.Millisecond
+	}
+	if o.lease == 0 {
+		o.lease = 5 * time.Second
+	}
+	if o.flush == 0 {
+		o.flush = 500 * time.Millisecond
 	}
 	h := &harness{t: t, o: o, stats: newStats()}
 	h.redis = redistest.StartPort(t, freePort(t), o.redisArgs...)
@@ -217,6 +244,12 @@ func newHarness(t *testing.T, o options) *harness {
 		for _, tp := range h.trackers {
 			tp.kill()
 			tp.proxy.close()
+			if tp.alProxy != nil {
+				tp.alProxy.close()
+			}
+		}
+		if h.scaler != nil {
+			h.scaler.kill()
 		}
 		for _, b := range h.backends {
 			b.Close()
@@ -226,7 +259,35 @@ func newHarness(t *testing.T, o options) *harness {
 	for _, to := range o.trackers {
 		h.trackers = append(h.trackers, h.startTracker(to))
 	}
+	if o.settle != 0 {
+		h.startScaler()
+	}
 	return h
+}
+
+// startScaler runs `wsgate scaler` on the harness' Redis and fleets file
+// and connects h.keda to it.
+func (h *harness) startScaler() {
+	h.t.Helper()
+	sc := &trackerProc{h: h, id: "scaler", listen: freeAddr(h.t), telem: freeAddr(h.t), logPath: filepath.Join(h.t.TempDir(), "scaler.log")}
+	sc.args = []string{"scaler",
+		"--redis-addr", h.redis.Addr(), "--redis-dial-timeout", "1s",
+		"--config", h.config, "--settle", h.o.settle.String(),
+		"--instance-ttl", h.o.instanceTTL.String(),
+		"--listen", sc.listen, "--telemetry-listen", sc.telem,
+		"--log-level", "info",
+	}
+	if h.o.expired != "" {
+		sc.args = append(sc.args, "--expired-instances", h.o.expired)
+	}
+	h.scaler = sc
+	sc.start()
+	cc, err := grpc.NewClient(sc.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { cc.Close() })
+	h.keda = externalscaler.NewExternalScalerClient(cc)
 }
 
 // configCheck is the trackers' --config-check-interval.
@@ -268,15 +329,17 @@ func (h *harness) tracker(id string) *trackerProc {
 }
 
 // trackerProc is one `wsgate tracker` process, its Redis proxy and its
-// gateway (in the test process).
+// gateway (in the test process); h.scaler is one too, a `wsgate scaler`
+// with neither.
 type trackerProc struct {
 	h       *harness
 	id      string
 	args    []string
 	proxy   *redisProxy
-	listen  string // admission API
-	alAddr  string // access-log receiver
-	telem   string // /metrics, /healthz, /readyz
+	alProxy *redisProxy // between gateway and access-log receiver (options.accessLogProxy)
+	listen  string      // admission API (the scaler's gRPC)
+	alAddr  string      // access-log receiver
+	telem   string      // /metrics, /healthz, /readyz
 	logPath string
 
 	mu     sync.Mutex
@@ -307,7 +370,7 @@ func (h *harness) startTracker(to trackerOptions) *trackerProc {
 		"--config", h.config, "--instance-id", to.id,
 		"--heartbeat", hb.String(), "--instance-ttl", h.o.instanceTTL.String(),
 		"--redis-timeout", h.o.redisTimeout.String(),
-		"--establish-timeout", "3s", "--lease-ttl", "5s",
+		"--establish-timeout", min(3*time.Second, h.o.lease).String(), "--lease-ttl", h.o.lease.String(),
 		"--fallback", "share",
 		"--listen", tp.listen, "--access-log-listen", tp.alAddr, "--telemetry-listen", tp.telem,
 		"--log-level", "info",
@@ -323,7 +386,12 @@ func (h *harness) startTracker(to trackerOptions) *trackerProc {
 		tp.args = append(tp.args, "--envoy-admin", tp.adminAddr, "--shutdown-listen", tp.shutAddr, "--shutdown-timeout", "60s")
 	}
 	tp.start()
-	gw, err := gateway.New(gateway.Config{TrackerURL: "http://" + tp.listen, AccessLogAddr: tp.alAddr, Fleet: fleet, NodeID: "envoy-" + to.id, FlushInterval: 500 * time.Millisecond, AdmitTimeout: h.o.admitTimeout, Logger: quiet})
+	alAddr := tp.alAddr
+	if h.o.accessLogProxy {
+		tp.alProxy = startRedisProxy(h.t, tp.alAddr)
+		alAddr = tp.alProxy.addr()
+	}
+	gw, err := gateway.New(gateway.Config{TrackerURL: "http://" + tp.listen, AccessLogAddr: alAddr, Fleet: fleet, NodeID: "envoy-" + to.id, FlushInterval: h.o.flush, AdmitTimeout: h.o.admitTimeout, Logger: quiet})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -439,6 +507,9 @@ func (h *harness) dumpLogs() {
 	for _, tp := range h.trackers {
 		h.t.Logf("tracker %s log (last lines):\n%s", tp.id, tp.logTail(60))
 	}
+	if h.scaler != nil {
+		h.t.Logf("scaler log (last lines):\n%s", h.scaler.logTail(60))
+	}
 }
 
 // Ports are handed out below the kernel's ephemeral range (32768 and up
@@ -490,14 +561,14 @@ type stats struct {
 
 func newStats() *stats { return &stats{rejected: map[string]int{}} }
 
-func (s *stats) add(r dialResult) {
+func (s *stats) add(r wsdial.Result) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r.conn != nil {
+	if r.Conn != nil {
 		s.admitted++
 		return
 	}
-	s.rejected[r.outcome()]++
+	s.rejected[r.Outcome()]++
 }
 
 func (s *stats) reset() {
@@ -529,46 +600,11 @@ func (s *stats) String() string {
 	return strings.Join(out, ",")
 }
 
-// dialResult is one client's attempt.
-type dialResult struct {
-	conn   *websocket.Conn
-	status int
-	reason string
-	err    error
-}
-
-// outcome is the rejection as the client saw it: the tracker's reason, or
-// the status when the gateway gave none.
-func (r dialResult) outcome() string {
-	switch {
-	case r.conn != nil:
-		return "admitted"
-	case r.reason != "":
-		return r.reason
-	case r.status != 0:
-		return "status_" + strconv.Itoa(r.status)
-	default:
-		return "dial_error"
-	}
-}
-
 // dial opens a WebSocket through tp's gateway and records the outcome.
-func (h *harness) dial(tp *trackerProc) dialResult {
+func (h *harness) dial(tp *trackerProc) wsdial.Result {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, resp, err := websocket.Dial(ctx, tp.gwURL, nil)
-	r := dialResult{conn: c, err: err}
-	if resp != nil {
-		r.status = resp.StatusCode
-		r.reason = resp.Header.Get("X-Wsgate-Reason")
-		if resp.Body != nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-	}
-	if err != nil {
-		r.conn = nil
-	}
+	r := wsdial.Dial(ctx, tp.gwURL, nil)
 	h.stats.add(r)
 	return r
 }
@@ -579,12 +615,12 @@ type conns struct {
 	cs []*websocket.Conn
 }
 
-func (c *conns) add(r dialResult) bool {
-	if r.conn == nil {
+func (c *conns) add(r wsdial.Result) bool {
+	if r.Conn == nil {
 		return false
 	}
 	c.mu.Lock()
-	c.cs = append(c.cs, r.conn)
+	c.cs = append(c.cs, r.Conn)
 	c.mu.Unlock()
 	return true
 }
@@ -617,22 +653,6 @@ func (h *harness) hold(held *conns, tp *trackerProc, n int) int {
 	return got
 }
 
-// await polls cond until it holds or d passes.
-func (h *harness) await(what string, d time.Duration, cond func() (bool, string)) {
-	h.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%s: not within %s (last: %s)", what, d, state)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func rctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 2*time.Second)
 }
@@ -654,7 +674,7 @@ func (h *harness) score(id string) float64 {
 func (h *harness) nextHeartbeat(tp *trackerProc, d time.Duration) time.Time {
 	h.t.Helper()
 	s0 := h.score(tp.id)
-	h.await("heartbeat of "+tp.id, d, func() (bool, string) {
+	await.Until(h.t, "heartbeat of "+tp.id, d, func() (bool, string) {
 		s := h.score(tp.id)
 		return s >= 0 && s != s0, fmt.Sprint(s)
 	})
@@ -665,11 +685,27 @@ func (h *harness) nextHeartbeat(tp *trackerProc, d time.Duration) time.Time {
 // (after an empty restart: its first heartbeat in the new Redis).
 func (h *harness) awaitPresent(tp *trackerProc, d time.Duration) time.Time {
 	h.t.Helper()
-	h.await(tp.id+" present in Redis", d, func() (bool, string) {
+	await.Until(h.t, tp.id+" present in Redis", d, func() (bool, string) {
 		s := h.score(tp.id)
 		return s >= 0, fmt.Sprint(s)
 	})
 	return time.Now()
+}
+
+// awaitRecovery waits until every tracker has heartbeated into Redis and
+// the fleet's epoch grants (a new or emptied Redis grants nothing for one
+// instance TTL): the start of the tests ported from test/e2e, whose
+// harness began there.
+func (h *harness) awaitRecovery() {
+	h.t.Helper()
+	for _, tp := range h.trackers {
+		h.awaitPresent(tp, 15*time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := store.NewStore(h.rdb, "wsgate").AwaitRecovery(ctx, fleet); err != nil {
+		h.t.Fatal(err)
+	}
 }
 
 // settle waits until every tracker has heartbeated twice after the last
@@ -703,11 +739,11 @@ func (h *harness) awaitAdmitting(d time.Duration) time.Duration {
 	for len(pending) > 0 {
 		for tp := range pending {
 			r := h.dial(tp)
-			if r.conn != nil {
-				r.conn.CloseNow()
+			if r.Conn != nil {
+				r.Conn.CloseNow()
 				delete(pending, tp)
 			} else {
-				last[tp.id] = r.outcome()
+				last[tp.id] = r.Outcome()
 			}
 		}
 		if len(pending) == 0 {
@@ -749,7 +785,7 @@ func (tp *trackerProc) metric(series string) (float64, bool) {
 // wsgate_tracker_fallback_active gauge is 1).
 func (h *harness) awaitFallback(tp *trackerProc, d time.Duration) {
 	h.t.Helper()
-	h.await(tp.id+" in fallback", d, func() (bool, string) {
+	await.Until(h.t, tp.id+" in fallback", d, func() (bool, string) {
 		v, ok := tp.metric(`wsgate_tracker_fallback_active{fleet="` + fleet + `"}`)
 		return ok && v == 1, fmt.Sprint(v, ok)
 	})
@@ -776,6 +812,12 @@ func (h *harness) redisCount() (pods, live int64) {
 	return pods, v
 }
 
+// live is the fleet's live count in Redis (-1: Redis does not answer).
+func (h *harness) live() int64 {
+	_, live := h.redisCount()
+	return live
+}
+
 // backendLive is what the backends hold now, all together.
 func (h *harness) backendLive() int64 {
 	var n int64
@@ -788,7 +830,7 @@ func (h *harness) backendLive() int64 {
 // awaitBackends waits until the backends hold n connections together.
 func (h *harness) awaitBackends(n int64, d time.Duration) {
 	h.t.Helper()
-	h.await(fmt.Sprintf("backends hold %d", n), d, func() (bool, string) {
+	await.Until(h.t, fmt.Sprintf("backends hold %d", n), d, func() (bool, string) {
 		l := h.backendLive()
 		return l == n, fmt.Sprint(l)
 	})
@@ -808,7 +850,7 @@ func (h *harness) awaitDrained(d time.Duration) time.Duration {
 func (h *harness) awaitCounted(n int64, d time.Duration) time.Duration {
 	h.t.Helper()
 	start := time.Now()
-	h.await(fmt.Sprintf("backends and Redis at %d", n), d, func() (bool, string) {
+	await.Until(h.t, fmt.Sprintf("backends and Redis at %d", n), d, func() (bool, string) {
 		b := h.backendLive()
 		pods, live := h.redisCount()
 		return b == n && pods == n && live == n, fmt.Sprintf("backends %d, redis pods %d live %d", b, pods, live)
@@ -873,7 +915,7 @@ func (h *harness) churn(ctx context.Context, n int, seed uint64, tps func() []*t
 				tp := all[rng.IntN(len(all))]
 				r := h.dial(tp)
 				var wait time.Duration
-				if r.conn != nil {
+				if r.Conn != nil {
 					wait = time.Duration(50+rng.IntN(350)) * time.Millisecond
 				} else {
 					wait = time.Duration(20+rng.IntN(80)) * time.Millisecond
@@ -882,8 +924,8 @@ func (h *harness) churn(ctx context.Context, n int, seed uint64, tps func() []*t
 				case <-ctx.Done():
 				case <-time.After(wait):
 				}
-				if r.conn != nil {
-					r.conn.CloseNow()
+				if r.Conn != nil {
+					r.Conn.CloseNow()
 				}
 			}
 		}()

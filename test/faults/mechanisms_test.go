@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/wsgate/wsgate/test/await"
 )
 
 // The tests below reproduce, one each, the mechanisms by which a pod went
@@ -284,7 +286,7 @@ func (h *harness) nextAnyHeartbeat(d time.Duration) *trackerProc {
 		s0[tp] = h.score(tp.id)
 	}
 	var who *trackerProc
-	h.await("a heartbeat", d, func() (bool, string) {
+	await.Until(h.t, "a heartbeat", d, func() (bool, string) {
 		for _, tp := range h.trackers {
 			if s := h.score(tp.id); s >= 0 && s != s0[tp] {
 				who = tp
@@ -427,13 +429,13 @@ func TestG_PartitionLongerThanLease(t *testing.T) {
 			h.awaitBackends(2, 5*time.Second)
 			h.stats.reset()
 			a.proxy.blackhole()
-			h.await("A's lease over by Redis' clock", 4*ttl, func() (bool, string) {
+			await.Until(h.t, "A's lease over by Redis' clock", 4*ttl, func() (bool, string) {
 				s := h.score(a.id)
 				now := h.redisNowMs()
 				return now > 0 && s < float64(now), fmt.Sprintf("lease %.0f, redis time %d", s, now)
 			})
 			if mode == "reap" {
-				h.await("A reaped", 6*ttl, func() (bool, string) {
+				await.Until(h.t, "A reaped", 6*ttl, func() (bool, string) {
 					s := h.score(a.id)
 					return s < 0, fmt.Sprint(s)
 				})

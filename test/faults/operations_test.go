@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/wsbackend"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -44,7 +45,7 @@ func (h *harness) echoAll(held *conns, when string) {
 func (h *harness) awaitApplied(n float64, result string) time.Duration {
 	h.t.Helper()
 	start := time.Now()
-	h.await(fmt.Sprintf("every tracker applied %v changes (%s)", n, result), 30*time.Second, func() (bool, string) {
+	await.Until(h.t, fmt.Sprintf("every tracker applied %v changes (%s)", n, result), 30*time.Second, func() (bool, string) {
 		var got []string
 		ok := true
 		for _, tp := range h.trackers {
@@ -83,11 +84,11 @@ func (h *harness) fill(held *conns, tps ...*trackerProc) int {
 	n := 0
 	for i := 0; i < 100; i++ {
 		r := h.dial(tps[i%len(tps)])
-		if r.reason == "capacity" {
+		if r.Reason == "capacity" {
 			return n
 		}
 		if !held.add(r) {
-			h.t.Fatalf("fill: dial %d: %s (%v)", i, r.outcome(), r.err)
+			h.t.Fatalf("fill: dial %d: %s (%v)", i, r.Outcome(), r.Err)
 		}
 		n++
 	}
@@ -141,8 +142,8 @@ func TestLiveConfigChange(t *testing.T) {
 	if l := h.backendLive(); l != 4 {
 		t.Fatalf("after lowering the cap the backends hold %d, want the 4 they had", l)
 	}
-	if r := h.dial(h.trackers[0]); r.conn != nil || r.reason != "capacity" {
-		t.Fatalf("dial over the lowered cap: %s, want capacity", r.outcome())
+	if r := h.dial(h.trackers[0]); r.Conn != nil || r.Reason != "capacity" {
+		t.Fatalf("dial over the lowered cap: %s, want capacity", r.Outcome())
 	}
 	held.closeAll()
 	h.awaitDrained(20 * time.Second)
@@ -158,7 +159,7 @@ func TestLiveConfigChange(t *testing.T) {
 	h.writeFleets(fleetYAML(fleet, 3, append(pods, extra.Addr)...))
 	took = max(took, h.awaitApplied(2, "applied"))
 	// The pod is placeable once a heartbeat wrote it to Redis.
-	h.await("the added pod takes connections", 30*time.Second, func() (bool, string) {
+	await.Until(h.t, "the added pod takes connections", 30*time.Second, func() (bool, string) {
 		h.hold(&held, h.trackers[0], 1)
 		return extra.Live.Load() > 0, fmt.Sprint(extra.Live.Load())
 	})
@@ -183,8 +184,8 @@ func TestLiveConfigChange(t *testing.T) {
 	first, second := h.dial(h.trackers[0]), h.dial(h.trackers[0])
 	held.add(first)
 	held.add(second)
-	if first.conn == nil || second.reason != "rate_limit" {
-		t.Errorf("two dials in a row at 1/s: %s, %s; want admitted, rate_limit", first.outcome(), second.outcome())
+	if first.Conn == nil || second.Reason != "rate_limit" {
+		t.Errorf("two dials in a row at 1/s: %s, %s; want admitted, rate_limit", first.Outcome(), second.Outcome())
 	}
 
 	// Add a fleet: served once Redis has state for it (a new epoch's
@@ -192,7 +193,7 @@ func TestLiveConfigChange(t *testing.T) {
 	h.writeFleets(slow, fleetYAML("game", 1, other.Addr))
 	took = max(took, h.awaitApplied(4, "applied"))
 	added := time.Now()
-	h.await("the added fleet admits", h.o.instanceTTL*3+15*time.Second, func() (bool, string) {
+	await.Until(h.t, "the added fleet admits", h.o.instanceTTL*3+15*time.Second, func() (bool, string) {
 		code, body := h.admitHTTP(h.trackers[1], "game")
 		return code == http.StatusOK && body == other.Addr, fmt.Sprint(code, " ", body)
 	})
@@ -322,7 +323,7 @@ func TestGracefulTermination(t *testing.T) {
 			var answered <-chan string
 			if sidecar {
 				answered = a.shutdown()
-				h.await("A not ready", 10*time.Second, func() (bool, string) {
+				await.Until(h.t, "A not ready", 10*time.Second, func() (bool, string) {
 					resp, err := http.Get("http://" + a.telem + "/readyz")
 					if err != nil {
 						return false, err.Error()
@@ -332,18 +333,18 @@ func TestGracefulTermination(t *testing.T) {
 				})
 			} else {
 				a.term()
-				h.await("A draining", 10*time.Second, func() (bool, string) {
+				await.Until(h.t, "A draining", 10*time.Second, func() (bool, string) {
 					r := h.dial(a)
-					if r.conn != nil {
+					if r.Conn != nil {
 						heldA.add(r)
 					}
-					return r.reason == "draining", r.outcome()
+					return r.Reason == "draining", r.Outcome()
 				})
 			}
 			// Draining, or (after Envoy drained its listeners) refused.
-			if r := h.dial(a); r.conn != nil || (r.reason != "draining" && r.status != 0) {
+			if r := h.dial(a); r.Conn != nil || (r.Reason != "draining" && r.Status != 0) {
 				heldA.add(r)
-				t.Fatalf("dial through the draining gateway: %s, want draining or refused", r.outcome())
+				t.Fatalf("dial through the draining gateway: %s, want draining or refused", r.Outcome())
 			}
 			// The other gateway takes the new clients, up to the cap: A's
 			// two stay counted while they last.

@@ -7,7 +7,9 @@ import (
 	"time"
 )
 
-// redisProxy is a TCP proxy between one tracker and Redis. It forwards
+// redisProxy is a TCP proxy between one tracker and Redis (and, with
+// options.accessLogProxy, one between a gateway and its tracker's
+// access-log receiver, for drop and heal). It forwards
 // everything, except: one request (or its reply) matching an armed rule
 // is held back for the rule's delay; black-holed, it accepts connections
 // and swallows every byte both ways (a network partition: the tracker's
@@ -21,6 +23,8 @@ type redisProxy struct {
 	mode  proxyMode
 	conns map[*proxyConn]struct{}
 	rules []*delayRule
+	// slow delays every request towards Redis by this long (0: none).
+	slow time.Duration
 }
 
 type proxyMode int
@@ -162,6 +166,9 @@ func (p *redisProxy) forward(pc *proxyConn) {
 			r := p.claim(chunk)
 			switch {
 			case r == nil:
+				if d := p.slowness(); d > 0 {
+					time.Sleep(d) // the fault: Redis answers this late
+				}
 				if _, werr := pc.up.Write(chunk); werr != nil {
 					return
 				}
@@ -256,6 +263,20 @@ func (p *redisProxy) delayNext(match func([]byte) bool, s side, d time.Duration)
 	p.rules = append(p.rules, r)
 	p.mu.Unlock()
 	return r
+}
+
+// slowDown delays every request towards Redis by d from now on, until
+// slowDown(0): Redis that answers late.
+func (p *redisProxy) slowDown(d time.Duration) {
+	p.mu.Lock()
+	p.slow = d
+	p.mu.Unlock()
+}
+
+func (p *redisProxy) slowness() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.slow
 }
 
 // blackhole starts swallowing the tracker's Redis traffic, both ways, on

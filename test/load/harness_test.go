@@ -16,6 +16,7 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
 )
@@ -45,11 +46,7 @@ func startNode(b *testing.B, store *store.Store, id string, cfg tracker.Config, 
 		b.Fatalf("tracker %s: %v", id, err)
 	}
 	// A new Redis epoch grants nothing for one instance TTL.
-	ctx0, cancel0 := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel0()
-	if err := tr.AwaitGranting(ctx0); err != nil {
-		b.Fatalf("tracker %s: %v", id, err)
-	}
+	await.Granting(b, "tracker "+id, tr, time.Minute)
 	n := &node{tr: tr, hbDone: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.stopHB = cancel

@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"runtime"
 	"sort"
 	"strconv"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/test/wsdial"
 )
 
 const fleet = "chat"
@@ -255,25 +255,23 @@ func ramp(b *testing.B, sys *system, conns []*websocket.Conn, refused map[string
 func dial(ctx context.Context, url string) (*websocket.Conn, string, error) {
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
-	c, resp, err := websocket.Dial(dctx, url, nil)
-	if err == nil {
-		return c, "", nil
+	r := wsdial.Dial(dctx, url, nil)
+	if r.Err == nil {
+		return r.Conn, "", nil
 	}
 	reason := "error"
-	if resp != nil {
-		reason = strconv.Itoa(resp.StatusCode)
-		if r := resp.Header.Get("X-Wsgate-Reason"); r != "" {
-			reason += " " + r
+	switch {
+	case r.Status != 0:
+		reason = strconv.Itoa(r.Status)
+		if r.Reason != "" {
+			reason += " " + r.Reason
 		}
-		if resp.Body != nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-		}
-	} else if errors.Is(err, context.DeadlineExceeded) {
+	case errors.Is(r.Err, context.DeadlineExceeded):
 		reason = "timeout"
-	} else if msg := err.Error(); strings.Contains(msg, "too many open files") {
+	case strings.Contains(r.Err.Error(), "too many open files"):
 		reason = "EMFILE"
 	}
-	return nil, reason, fmt.Errorf("dial %s: %w", url, err)
+	return nil, reason, fmt.Errorf("dial %s: %w", url, r.Err)
 }
 
 // releaseEach closes up to releaseSamples connections one at a time and

@@ -25,6 +25,7 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
@@ -132,11 +133,7 @@ func newPeerRig(b *testing.B) *peerRig {
 	if err != nil {
 		b.Fatal(err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if err := tr.AwaitGranting(wctx); err != nil {
-		b.Fatal(err)
-	}
+	await.Granting(b, "tracker peer", tr, time.Minute)
 	hb, stopHB := context.WithCancel(ctx)
 	hbDone := make(chan struct{})
 	go func() { defer close(hbDone); tr.Run(hb) }()

@@ -1,20 +1,19 @@
-package e2e
+package faults
 
 import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime"
 	"runtime/pprof"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	datav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
@@ -22,22 +21,49 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/wsgate/wsgate/test/redistest"
-	"github.com/wsgate/wsgate/tracker/accesslog"
+	"github.com/wsgate/wsgate/test/await"
+	"github.com/wsgate/wsgate/test/kedatest"
+	"github.com/wsgate/wsgate/test/wsdial"
 )
 
-func openN(t *testing.T, ctx context.Context, h *harness, n int) []*websocket.Conn {
-	t.Helper()
+// The tests below came from test/e2e (faults_test.go), where they ran the
+// trackers in the test process: outages of Redis, of a whole pod, of the
+// access-log stream, a slow Redis and bad input. Here, as every fault test,
+// they run `wsgate tracker` (and `wsgate scaler`) processes. Three backends
+// and the timings of the e2e harness (heartbeat 200ms, instance TTL 1s,
+// lease 2s, flush 300ms, Redis timeout 1s, the filter's admit timeout 5s:
+// what a loaded machine meets; the production defaults, 100ms and 250ms,
+// are kept by the tests about them).
+func outageOptions(cap int) options {
+	return options{backends: 3, cap: cap, heartbeat: 200 * time.Millisecond, instanceTTL: time.Second,
+		lease: 2 * time.Second, flush: 300 * time.Millisecond, redisTimeout: time.Second, admitTimeout: 5 * time.Second}
+}
+
+// openN opens n connections through the gateways in turn (A, B, A, ...),
+// failing the test on any refusal.
+func (h *harness) openN(n int) []*websocket.Conn {
+	h.t.Helper()
 	var out []*websocket.Conn
 	for i := range n {
-		r := dial(ctx, h.nodes[i%2].url, "")
-		if r.err != nil {
-			t.Fatalf("dial %d: status %d reason %q: %v", i, r.status, r.reason, r.err)
+		r := h.dial(h.trackers[i%2])
+		if r.Err != nil {
+			h.t.Fatalf("dial %d: status %d reason %q: %v", i, r.Status, r.Reason, r.Err)
 		}
-		out = append(out, r.conn)
+		out = append(out, r.Conn)
 	}
 	return out
+}
+
+// connMeta is the filter metadata Envoy's access log carries for conn.
+func connMeta(t *testing.T, conn string) *corev3.Metadata {
+	t.Helper()
+	s, err := structpb.NewStruct(map[string]any{"conn": conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"wsgate": s}}
 }
 
 // TestRedisKilledAndRestartedEmpty: Redis dies under load; the gateways go
@@ -45,19 +71,23 @@ func openN(t *testing.T, ctx context.Context, h *harness, n int) []*websocket.Co
 // back empty and the counts are exact within a heartbeat; the scaler holds
 // its metric until the instances have re-synced and the settle time passed.
 func TestRedisKilledAndRestartedEmpty(t *testing.T) {
-	h := newHarness(t, harnessOptions{cap: 4, settle: time.Second})
+	t.Parallel()
+	o := outageOptions(4)
+	o.settle = time.Second
+	h := newHarness(t, o)
+	h.awaitRecovery()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	conns := openN(t, ctx, h, 6)
+	conns := h.openN(6)
 	defer func() {
 		for _, c := range conns {
 			c.CloseNow()
 		}
 	}()
-	waitFor(t, 2*time.Second, "6 live in Redis", func() (bool, string) { n := h.live(t); return n == 6, fmt.Sprint(n) })
+	await.Until(t, "6 live in Redis", 20*time.Second, func() (bool, string) { n := h.live(); return n == 6, fmt.Sprint(n) })
 	// Let both trackers' heartbeats see the six before the crash.
-	waitFor(t, 2*time.Second, "scaler reports 6", func() (bool, string) {
-		v, err := metric(ctx, h, "chat", "connections")
+	await.Until(t, "scaler reports 6", 20*time.Second, func() (bool, string) {
+		v, err := kedatest.Metric(ctx, h.keda, fleet, "connections")
 		return err == nil && v == 6, fmt.Sprint(v, err)
 	})
 
@@ -69,15 +99,15 @@ func TestRedisKilledAndRestartedEmpty(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := dial(ctx, h.nodes[i%2].url, "")
+			r := h.dial(h.trackers[i%2])
 			mu.Lock()
 			defer mu.Unlock()
-			if r.err == nil {
-				conns = append(conns, r.conn)
+			if r.Err == nil {
+				conns = append(conns, r.Conn)
 				reasons["admitted"]++
 				return
 			}
-			reasons[fmt.Sprint(r.status, " ", r.reason)]++
+			reasons[fmt.Sprint(r.Status, " ", r.Reason)]++
 		}()
 	}
 	wg.Wait()
@@ -92,24 +122,24 @@ func TestRedisKilledAndRestartedEmpty(t *testing.T) {
 			t.Fatalf("backend %s held %d connections, cap 4, during the outage", b.Addr, m)
 		}
 	}
-	if _, err := metric(ctx, h, "chat", "connections"); err == nil {
+	if _, err := kedatest.Metric(ctx, h.keda, fleet, "connections"); err == nil {
 		t.Error("scaler reported a metric while Redis was down")
 	}
 
 	h.redis.Restart()
 	restarted := time.Now()
-	if _, err := metric(ctx, h, "chat", "connections"); status.Code(err) != codes.Unavailable {
+	if _, err := kedatest.Metric(ctx, h.keda, fleet, "connections"); status.Code(err) != codes.Unavailable {
 		t.Errorf("scaler right after an empty restart: %v, want Unavailable (held)", err)
 	}
-	waitFor(t, 2*time.Second, "Redis live = backends' own count after restart", func() (bool, string) {
-		b, _ := h.backendLive()
-		n := h.live(t)
+	await.Until(t, "Redis live = backends' own count after restart", 20*time.Second, func() (bool, string) {
+		b := h.backendLive()
+		n := h.live()
 		return n == b, fmt.Sprintf("redis %d backends %d", n, b)
 	})
 	t.Logf("counts exact %s after restart", time.Since(restarted).Round(time.Millisecond))
-	want, _ := h.backendLive()
-	waitFor(t, 5*time.Second, "scaler resumes with the exact count", func() (bool, string) {
-		v, err := metric(ctx, h, "chat", "connections")
+	want := h.backendLive()
+	await.Until(t, "scaler resumes with the exact count", 50*time.Second, func() (bool, string) {
+		v, err := kedatest.Metric(ctx, h.keda, fleet, "connections")
 		return err == nil && int64(v) == want, fmt.Sprint(v, err)
 	})
 	if held := time.Since(restarted); held < time.Second {
@@ -121,21 +151,27 @@ func TestRedisKilledAndRestartedEmpty(t *testing.T) {
 // so no DownstreamEnd ever reaches a tracker; the other instance reaps the
 // dead one's slots after its lease, and its own connections are untouched.
 func TestGatewayKilledWithoutAccessLog(t *testing.T) {
-	h := newHarness(t, harnessOptions{cap: 4})
+	t.Parallel()
+	h := newHarness(t, outageOptions(4))
+	h.awaitRecovery()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	conns := openN(t, ctx, h, 6) // 3 through each gateway
-	waitFor(t, 2*time.Second, "6 live", func() (bool, string) { n := h.live(t); return n == 6, fmt.Sprint(n) })
+	conns := h.openN(6) // 3 through each gateway
+	await.Until(t, "6 live", 20*time.Second, func() (bool, string) { n := h.live(); return n == 6, fmt.Sprint(n) })
 	killed := time.Now()
-	h.nodes[0].kill()
-	waitFor(t, 3*time.Second, "dead instance reaped", func() (bool, string) { n := h.live(t); return n == 3, fmt.Sprint(n) })
+	// A crash: the tracker first, so no access-log entry of the pod's
+	// connections is ever applied and no heartbeat runs any more.
+	a := h.trackers[0]
+	a.kill()
+	a.closeGateway()
+	await.Until(t, "dead instance reaped", 30*time.Second, func() (bool, string) { n := h.live(); return n == 3, fmt.Sprint(n) })
 	t.Logf("slots of the dead instance back %s after the kill (instance TTL 1s)", time.Since(killed).Round(time.Millisecond))
 	for i := 1; i < 6; i += 2 {
-		if err := ping(ctx, conns[i]); err != nil {
+		if err := wsdial.Ping(ctx, conns[i]); err != nil {
 			t.Fatalf("connection %d through the surviving gateway: %v", i, err)
 		}
 	}
-	if b, _ := h.backendLive(); b != 3 {
+	if b := h.backendLive(); b != 3 {
 		t.Errorf("backends hold %d connections, want the survivor's 3", b)
 	}
 	for _, c := range conns {
@@ -144,117 +180,78 @@ func TestGatewayKilledWithoutAccessLog(t *testing.T) {
 }
 
 // TestAccessLogStreamCutAndResumed: the tracker's access-log listener goes
-// away and comes back. A connection opened during the cut is kept by its
-// periodic entries once the stream is back; one closed during the cut is
-// released by its lease.
+// away and comes back (a proxy in front of it drops every connection and
+// refuses new ones, then forwards again). A connection opened during the
+// cut is kept by its periodic entries once the stream is back; one closed
+// during the cut is released by its lease.
 func TestAccessLogStreamCutAndResumed(t *testing.T) {
-	h := newHarness(t, harnessOptions{cap: 10, lease: 1500 * time.Millisecond, flush: 200 * time.Millisecond})
+	t.Parallel()
+	o := outageOptions(10)
+	o.lease, o.flush, o.accessLogProxy = 1500*time.Millisecond, 200*time.Millisecond, true
+	h := newHarness(t, o)
+	h.awaitRecovery()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	n := h.nodes[0]
-	before := dial(ctx, n.url, "")
-	if before.err != nil {
-		t.Fatal(before.err)
+	tp := h.trackers[0]
+	before := h.dial(tp)
+	if before.Err != nil {
+		t.Fatal(before.Err)
 	}
-	waitFor(t, 2*time.Second, "1 live", func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
+	await.Until(t, "1 live", 20*time.Second, func() (bool, string) { l := h.live(); return l == 1, fmt.Sprint(l) })
 
-	n.grpc.Stop()
-	during := dial(ctx, n.url, "")
-	if during.err != nil {
-		t.Fatalf("admission does not depend on the access log: %v", during.err)
+	tp.alProxy.drop()
+	during := h.dial(tp)
+	if during.Err != nil {
+		t.Fatalf("admission does not depend on the access log: %v", during.Err)
 	}
-	defer during.conn.CloseNow()
-	before.conn.Close(websocket.StatusNormalClosure, "") // its DownstreamEnd is lost
-	waitFor(t, 2*time.Second, "backend sees the close", func() (bool, string) { b, _ := h.backendLive(); return b == 1, fmt.Sprint(b) })
+	defer during.Conn.CloseNow()
+	before.Conn.Close(websocket.StatusNormalClosure, "") // its DownstreamEnd is lost
+	await.Until(t, "backend sees the close", 20*time.Second, func() (bool, string) { b := h.backendLive(); return b == 1, fmt.Sprint(b) })
 
-	ln, err := net.Listen("tcp", n.alAddr)
-	if err != nil {
-		t.Fatalf("re-listen on %s: %v", n.alAddr, err)
-	}
-	n.grpc = grpc.NewServer()
-	accesslog.New(n.tr, n.tr.Metrics().AccessLogEntries, quiet).Register(n.grpc)
-	go func() { _ = n.grpc.Serve(ln) }()
+	tp.alProxy.heal()
 
-	waitFor(t, 4*time.Second, "lost release repaired by the lease", func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
+	await.Until(t, "lost release repaired by the lease", 40*time.Second, func() (bool, string) { l := h.live(); return l == 1, fmt.Sprint(l) })
 	// The connection opened in the cut outlives several leases: its
 	// periodic entries over the resumed stream renew it.
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
-		if l := h.live(t); l != 1 {
+		if l := h.live(); l != 1 {
 			t.Fatalf("live %d while one connection is open (renewed over the resumed stream)", l)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if err := ping(ctx, during.conn); err != nil {
+	if err := wsdial.Ping(ctx, during.Conn); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// delayProxy is a TCP proxy that delays every chunk towards Redis.
-type delayProxy struct {
-	ln     net.Listener
-	target string
-	delay  atomic.Int64 // ns
-	wg     sync.WaitGroup
-}
-
-func startDelayProxy(t *testing.T, target string) *delayProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// goroutines is what the processes of one system run: the test process
+// (its gateways) and each tracker (go_goroutines on its /metrics).
+func (h *harness) goroutines() map[string]int {
+	h.t.Helper()
+	out := map[string]int{"test process": runtime.NumGoroutine()}
+	for _, tp := range h.trackers {
+		v, ok := tp.metric("go_goroutines")
+		if !ok {
+			h.t.Fatalf("tracker %s: no go_goroutines on /metrics", tp.id)
+		}
+		out["tracker "+tp.id] = int(v)
 	}
-	p := &delayProxy{ln: ln, target: target}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.wg.Add(2)
-			go func() { defer p.wg.Done(); p.pipe(up, c, true); up.Close(); c.Close() }()
-			go func() { defer p.wg.Done(); _, _ = io.Copy(c, up); c.Close(); up.Close() }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); p.delay.Store(0) })
-	return p
+	return out
 }
 
-func (p *delayProxy) pipe(dst, src net.Conn, delayed bool) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if d := time.Duration(p.delay.Load()); delayed && d > 0 {
-				time.Sleep(d)
-			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// TestSlowRedisFailsFast: Redis answering after a second; every admission
-// is decided within the tracker's Redis timeout (plus the fallback), with a
-// clear reason, and no goroutines pile up.
+// TestSlowRedisFailsFast: Redis answering after three seconds; every
+// admission is decided within the tracker's Redis timeout (plus the
+// fallback), with a clear reason, and no goroutines pile up, in the
+// trackers or in the gateways.
+//
+// Not parallel: it counts the test process' goroutines and times dials
+// against this machine's pace, which other tests would move.
 func TestSlowRedisFailsFast(t *testing.T) {
-	var proxy *delayProxy
-	h2 := newHarness(t, harnessOptions{cap: 4, redisTO: 100 * time.Millisecond, redisAddr: func(s *redistest.Server) string {
-		proxy = startDelayProxy(t, s.Addr())
-		return proxy.ln.Addr().String()
-	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	o := outageOptions(4)
+	o.redisTimeout = 100 * time.Millisecond
+	h2 := newHarness(t, o)
+	h2.awaitRecovery()
 	// Warm up with the same burst while Redis is fast, so the keep-alive
 	// pools (gateway -> tracker) already have their size: what is counted
 	// after the slow phase is a pile-up, not a pool.
@@ -266,21 +263,23 @@ func TestSlowRedisFailsFast(t *testing.T) {
 		go func() {
 			defer warmWG.Done()
 			start := time.Now()
-			r := dial(ctx, h2.nodes[i%2].url, "")
+			r := h2.dial(h2.trackers[i%2])
 			warmMu.Lock()
 			warmSlowest = max(warmSlowest, time.Since(start))
 			warmMu.Unlock()
-			if r.err == nil {
-				r.conn.Close(websocket.StatusNormalClosure, "")
+			if r.Err == nil {
+				r.Conn.Close(websocket.StatusNormalClosure, "")
 			}
 		}()
 	}
 	warmWG.Wait()
-	waitFor(t, 2*time.Second, "warm connections released", func() (bool, string) { l := h2.live(t); return l == 0, fmt.Sprint(l) })
-	before := runtime.NumGoroutine()
+	await.Until(t, "warm connections released", 20*time.Second, func() (bool, string) { l := h2.live(); return l == 0, fmt.Sprint(l) })
+	before := h2.goroutines()
 
 	const delay = 3 * time.Second
-	proxy.delay.Store(int64(delay))
+	for _, tp := range h2.trackers {
+		tp.proxy.slowDown(delay)
+	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	outcomes := map[string]int{}
@@ -291,17 +290,17 @@ func TestSlowRedisFailsFast(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			start := time.Now()
-			r := dial(ctx, h2.nodes[i%2].url, "")
+			r := h2.dial(h2.trackers[i%2])
 			took := time.Since(start)
 			mu.Lock()
 			defer mu.Unlock()
 			slowest = max(slowest, took)
-			if r.err == nil {
-				conns = append(conns, r.conn)
+			if r.Err == nil {
+				conns = append(conns, r.Conn)
 				outcomes["admitted (fallback)"]++
 				return
 			}
-			outcomes[fmt.Sprint(r.status, " ", r.reason)]++
+			outcomes[fmt.Sprint(r.Status, " ", r.Reason)]++
 		}()
 	}
 	wg.Wait()
@@ -328,15 +327,26 @@ func TestSlowRedisFailsFast(t *testing.T) {
 	for _, c := range conns {
 		c.Close(websocket.StatusNormalClosure, "")
 	}
-	proxy.delay.Store(0)
+	for _, tp := range h2.trackers {
+		tp.proxy.slowDown(0)
+	}
+	piledUp := func() (bool, string) {
+		now := h2.goroutines()
+		for k, n := range now {
+			if n > before[k]+5 {
+				return true, fmt.Sprintf("%v before the slow phase, %v after it ended", before, now)
+			}
+		}
+		return false, ""
+	}
 	deadline := time.Now().Add(30 * time.Second)
-	for runtime.NumGoroutine() > before+5 && time.Now().Before(deadline) {
+	for up, _ := piledUp(); up && time.Now().Before(deadline); up, _ = piledUp() {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if g := runtime.NumGoroutine(); g > before+5 {
+	if up, counts := piledUp(); up {
 		var buf strings.Builder
 		_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
-		t.Errorf("goroutines: %d before the slow phase, %d after it ended:\n%s", before, g, buf.String())
+		t.Errorf("goroutines: %s; the test process':\n%s", counts, buf.String())
 	}
 }
 
@@ -345,10 +355,14 @@ func TestSlowRedisFailsFast(t *testing.T) {
 // the scaler; each answers with a clear error, nothing panics, and the
 // system still admits, counts and releases afterwards.
 func TestBadInputToEveryListener(t *testing.T) {
-	h := newHarness(t, harnessOptions{cap: 4})
+	t.Parallel()
+	o := outageOptions(4)
+	o.settle = time.Millisecond
+	h := newHarness(t, o)
+	h.awaitRecovery()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	n := h.nodes[0]
+	n := h.trackers[0]
 
 	// Admission API.
 	for _, c := range []struct {
@@ -362,7 +376,7 @@ func TestBadInputToEveryListener(t *testing.T) {
 		{"missing fleet", "POST", `{}`, 400, ""},
 		{"wrong method", "GET", ``, 405, "POST"},
 	} {
-		req, _ := http.NewRequestWithContext(ctx, c.method, n.admit.URL+"/v1/admit", strings.NewReader(c.body))
+		req, _ := http.NewRequestWithContext(ctx, c.method, "http://"+n.listen+"/v1/admit", strings.NewReader(c.body))
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatalf("admission %s: %v", c.name, err)
@@ -379,9 +393,9 @@ func TestBadInputToEveryListener(t *testing.T) {
 
 	// Access-log service: entries Envoy would never send, then a good one on
 	// the same stream.
-	good := dial(ctx, n.url, "")
-	if good.err != nil {
-		t.Fatal(good.err)
+	good := h.dial(n)
+	if good.Err != nil {
+		t.Fatal(good.Err)
 	}
 	cc, err := grpc.NewClient(n.alAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -411,10 +425,10 @@ func TestBadInputToEveryListener(t *testing.T) {
 	if _, err := stream.CloseAndRecv(); err != nil {
 		t.Fatalf("access-log stream ended with %v after bad entries", err)
 	}
-	if err := ping(ctx, good.conn); err != nil {
+	if err := wsdial.Ping(ctx, good.Conn); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "good connection still counted", func() (bool, string) { l := h.live(t); return l == 1, fmt.Sprint(l) })
+	await.Until(t, "good connection still counted", 20*time.Second, func() (bool, string) { l := h.live(); return l == 1, fmt.Sprint(l) })
 
 	// Scaler.
 	for _, c := range []struct {
@@ -440,14 +454,14 @@ func TestBadInputToEveryListener(t *testing.T) {
 	if _, err := h.keda.GetMetrics(ctx, &externalscaler.GetMetricsRequest{}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("scaler with no ScaledObjectRef: %v, want InvalidArgument", err)
 	}
-	if _, err := h.keda.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: ref("chat", ""), MetricName: "other"}); status.Code(err) != codes.InvalidArgument {
+	if _, err := h.keda.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: kedatest.Ref(fleet, ""), MetricName: "other"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("scaler with a foreign metric name: %v, want InvalidArgument", err)
 	}
 
 	// Everything still works: count, release.
-	if v, err := metric(ctx, h, "chat", "connections"); err != nil || v != 1 {
+	if v, err := kedatest.Metric(ctx, h.keda, fleet, "connections"); err != nil || v != 1 {
 		t.Fatalf("connections after bad input: %v %v, want 1", v, err)
 	}
-	good.conn.Close(websocket.StatusNormalClosure, "")
-	waitFor(t, 2*time.Second, "released after bad input", func() (bool, string) { l := h.live(t); return l == 0, fmt.Sprint(l) })
+	good.Conn.Close(websocket.StatusNormalClosure, "")
+	await.Until(t, "released after bad input", 20*time.Second, func() (bool, string) { l := h.live(); return l == 0, fmt.Sprint(l) })
 }
