@@ -9,7 +9,6 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/discovery"
-	"github.com/wsgate/wsgate/store/storetest"
 	"github.com/wsgate/wsgate/test/await"
 )
 
@@ -18,7 +17,7 @@ import (
 // the network goes not ready, not away), gone once it is not; unknown
 // before the first list and for fleets without an Envoy Service.
 func TestInstanceAliveFollowsTheEnvoyService(t *testing.T) {
-	store, _ := storetest.NewMini(t)
+	store, _ := newMini(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	client := fake.NewClientset(

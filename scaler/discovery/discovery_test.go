@@ -17,7 +17,6 @@ import (
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/store"
-	"github.com/wsgate/wsgate/store/storetest"
 	"github.com/wsgate/wsgate/test/await"
 )
 
@@ -25,7 +24,7 @@ const ns = "apps"
 
 func newMiniStore(t *testing.T) *store.Store {
 	t.Helper()
-	s, _ := storetest.NewMini(t)
+	s, _ := newMini(t)
 	return s
 }
 
@@ -115,7 +114,7 @@ func (v view) is(pods map[string]bool, avail ...string) bool {
 }
 
 func TestDiscoveryFollowsSlices(t *testing.T) {
-	st, mr := storetest.NewMini(t)
+	st, mr := newMini(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Tracker instance e1 heartbeats: the first heartbeat starts the epoch,
