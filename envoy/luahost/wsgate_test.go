@@ -20,6 +20,7 @@ import (
 	"github.com/wsgate/wsgate/envoy/luahost"
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -58,7 +59,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	awaitGranting(t, tr)
+	await.Granting(t, "tracker", tr, 10*time.Second)
 	e := &env{tr: tr, bodies: make(chan []byte, 100)}
 	h := tr.Handler(nil)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -74,17 +75,6 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(srv.Close)
 	e.url = srv.URL
 	return e
-}
-
-// awaitGranting waits out the new epoch's recovery wait: it grants nothing
-// for an instance TTL of both Redis' clock and the tracker's.
-func awaitGranting(t *testing.T, tr *tracker.Tracker) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := tr.AwaitGranting(ctx); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func mustLoad(t *testing.T, trackerURL string) *luahost.Filter {

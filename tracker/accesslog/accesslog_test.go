@@ -23,6 +23,7 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 	"github.com/wsgate/wsgate/tracker/accesslog"
@@ -63,7 +64,7 @@ func newEnvWith(t *testing.T, rdb *redis.Client, opt func(*accesslog.Server)) *e
 	if err != nil {
 		t.Fatal(err)
 	}
-	awaitGranting(t, tr)
+	await.Granting(t, "tracker", tr, 10*time.Second)
 	srv := grpc.NewServer()
 	rcv := accesslog.New(tr, tr.Metrics().AccessLogEntries, slog.New(slog.DiscardHandler))
 	opt(rcv)
@@ -80,17 +81,6 @@ func newEnvWith(t *testing.T, rdb *redis.Client, opt func(*accesslog.Server)) *e
 	}
 	t.Cleanup(func() { cc.Close() })
 	return &env{tr: tr, metrics: m, client: accesslogv3.NewAccessLogServiceClient(cc)}
-}
-
-// awaitGranting waits out the new epoch's recovery wait: it grants nothing
-// for an instance TTL of both Redis' clock and the tracker's.
-func awaitGranting(t *testing.T, tr *tracker.Tracker) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := tr.AwaitGranting(ctx); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func (e *env) admit(t *testing.T) string {
@@ -141,19 +131,6 @@ func (e *env) count(t *testing.T, typ, outcome string) float64 {
 	return m.GetCounter().GetValue()
 }
 
-// waitFor polls cond until it holds: the receiver runs on the server's
-// goroutine, and the test sees its effect only through state.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second) // generous: a loaded machine
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func (e *env) redis(t *testing.T) (load int, established int) {
 	t.Helper()
 	snap, err := e.tr.Store().Snapshot(context.Background(), fleet, time.Now())
@@ -177,7 +154,7 @@ func TestEstablishRenewEndReleasesTheSlotInRedis(t *testing.T) {
 	s := e.open(t, context.Background())
 	send(t, s, entry(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, conn))
 	send(t, s, entry(datav3.AccessLogType_DownstreamPeriodic, conn))
-	waitFor(t, "establish and renew applied", func() bool {
+	await.True(t, "establish and renew applied", 30*time.Second, func() bool {
 		return e.count(t, "established", "ok") == 1 && e.count(t, "periodic", "ok") == 1
 	})
 	if err := e.tr.Heartbeat(context.Background()); err != nil {
@@ -188,7 +165,7 @@ func TestEstablishRenewEndReleasesTheSlotInRedis(t *testing.T) {
 	}
 
 	send(t, s, entry(datav3.AccessLogType_DownstreamEnd, conn))
-	waitFor(t, "slot released in Redis", func() bool { load, _ := e.redis(t); return load == 0 })
+	await.True(t, "slot released in Redis", 30*time.Second, func() bool { load, _ := e.redis(t); return load == 0 })
 	if e.count(t, "end", "ok") != 1 {
 		t.Errorf("end entries ok = %v, want 1", e.count(t, "end", "ok"))
 	}
@@ -221,7 +198,7 @@ func TestRestartedTrackerAdoptsItsConnections(t *testing.T) {
 	s := second.open(t, context.Background())
 	send(t, s, withPod(entry(datav3.AccessLogType_DownstreamPeriodic, a)), withPod(entry(datav3.AccessLogType_DownstreamEnd, b)),
 		entry(datav3.AccessLogType_DownstreamPeriodic, "gone"))
-	waitFor(t, "entries applied", func() bool {
+	await.True(t, "entries applied", 30*time.Second, func() bool {
 		return second.count(t, "periodic", "adopted") == 1 && second.count(t, "end", "adopted") == 1 && second.count(t, "periodic", "unknown_conn") == 1
 	})
 	if err := second.tr.Renew(a); err != nil {
@@ -240,7 +217,7 @@ func TestEndWithoutEstablishmentReleases(t *testing.T) {
 	conn := e.admit(t)
 	s := e.open(t, context.Background())
 	send(t, s, entry(datav3.AccessLogType_DownstreamEnd, conn)) // the backend refused the upgrade
-	waitFor(t, "slot released", func() bool { load, _ := e.redis(t); return load == 0 })
+	await.True(t, "slot released", 30*time.Second, func() bool { load, _ := e.redis(t); return load == 0 })
 }
 
 func TestGarbageIsCountedAndIgnored(t *testing.T) {
@@ -265,7 +242,7 @@ func TestGarbageIsCountedAndIgnored(t *testing.T) {
 	}
 	// The stream survives the garbage: a good entry after it still works.
 	send(t, s, entry(datav3.AccessLogType_DownstreamEnd, conn))
-	waitFor(t, "the good entry after the garbage", func() bool { return e.count(t, "end", "ok") == 1 })
+	await.True(t, "the good entry after the garbage", 30*time.Second, func() bool { return e.count(t, "end", "ok") == 1 })
 
 	want := map[[2]string]float64{
 		{"unknown", "malformed"}:     3,
@@ -297,7 +274,7 @@ func TestStreamCutLosesNothingReceivedAndTheNextResumes(t *testing.T) {
 	send(t, s, entry(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, a),
 		entry(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, b))
 	send(t, s, entry(datav3.AccessLogType_DownstreamEnd, b))
-	waitFor(t, "entries received", func() bool { return e.count(t, "established", "ok") == 2 && e.count(t, "end", "ok") == 1 })
+	await.True(t, "entries received", 30*time.Second, func() bool { return e.count(t, "established", "ok") == 2 && e.count(t, "end", "ok") == 1 })
 	cut() // Envoy's connection drops mid-stream, no CloseSend
 
 	// What was received stays applied: b released, a established.
@@ -313,7 +290,7 @@ func TestStreamCutLosesNothingReceivedAndTheNextResumes(t *testing.T) {
 
 	s2 := e.open(t, context.Background())
 	send(t, s2, entry(datav3.AccessLogType_DownstreamEnd, a), entry(datav3.AccessLogType_DownstreamEnd, c))
-	waitFor(t, "the next stream's releases", func() bool { load, _ := e.redis(t); return load == 0 })
+	await.True(t, "the next stream's releases", 30*time.Second, func() bool { load, _ := e.redis(t); return load == 0 })
 }
 
 // withPod adds the fleet and upstream Envoy's metadata carries.
@@ -338,7 +315,7 @@ func TestForgedEntriesAreRefused(t *testing.T) {
 		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, beyond), "10.0.0.1:8080"),
 		withPod(entry(datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, real+"0"), "10.255.0.1:9"),
 	)...)
-	waitFor(t, "forged entries refused", func() bool {
+	await.True(t, "forged entries refused", 30*time.Second, func() bool {
 		return e.count(t, "periodic", "refused") == 51 && e.count(t, "established", "refused") == 1
 	})
 	// A real id released (lost renewals) and reported on a pod outside the
@@ -347,9 +324,9 @@ func TestForgedEntriesAreRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	send(t, s, withPod(entry(datav3.AccessLogType_DownstreamPeriodic, real), "10.255.0.1:9"))
-	waitFor(t, "a real id on a foreign pod refused", func() bool { return e.count(t, "periodic", "refused") == 52 })
+	await.True(t, "a real id on a foreign pod refused", 30*time.Second, func() bool { return e.count(t, "periodic", "refused") == 52 })
 	send(t, s, withPod(entry(datav3.AccessLogType_DownstreamPeriodic, real), "10.0.0.1:8080"))
-	waitFor(t, "a real id re-adopted", func() bool { return e.count(t, "periodic", "adopted") == 1 })
+	await.True(t, "a real id re-adopted", 30*time.Second, func() bool { return e.count(t, "periodic", "adopted") == 1 })
 	if err := e.tr.Heartbeat(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +354,7 @@ func TestRestartAdoptsAtMostWhatRedisHeld(t *testing.T) {
 	send(t, s, withPod(entry(datav3.AccessLogType_DownstreamPeriodic, a), "10.0.0.1:8080"),
 		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, b), "10.0.0.1:8080"),
 		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, third), "10.0.0.1:8080"))
-	waitFor(t, "entries applied", func() bool {
+	await.True(t, "entries applied", 30*time.Second, func() bool {
 		return second.count(t, "periodic", "adopted") == 2 && second.count(t, "periodic", "refused") == 1
 	})
 	if err := second.tr.Heartbeat(context.Background()); err != nil {
@@ -395,7 +372,7 @@ func TestStreamsAreBounded(t *testing.T) {
 	a, b := e.open(t, ctx), e.open(t, ctx)
 	send(t, a, entry(datav3.AccessLogType_DownstreamPeriodic, "x"))
 	send(t, b, entry(datav3.AccessLogType_DownstreamPeriodic, "y"))
-	waitFor(t, "both streams served", func() bool { return e.count(t, "periodic", "unknown_conn") == 2 })
+	await.True(t, "both streams served", 30*time.Second, func() bool { return e.count(t, "periodic", "unknown_conn") == 2 })
 	if _, err := e.open(t, ctx).CloseAndRecv(); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("third stream: %v, want ResourceExhausted", err)
 	}
@@ -403,7 +380,7 @@ func TestStreamsAreBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	// a's place is free again.
-	waitFor(t, "a stream accepted again", func() bool {
+	await.True(t, "a stream accepted again", 30*time.Second, func() bool {
 		s := e.open(t, ctx)
 		send(t, s, entry(datav3.AccessLogType_DownstreamPeriodic, "z"))
 		_, err := s.CloseAndRecv()
