@@ -206,6 +206,11 @@ func TestStrictOverrideHostRefusesWhatTheClusterWillNotTake(t *testing.T) {
 	}
 	open := r.Conn
 	defer open.CloseNow()
+	// The backend counts a connection after its upgrade answer is sent: an
+	// echo proves it has, before refused reads the counts.
+	if err := wsdial.Ping(ctx, open); err != nil {
+		t.Fatalf("healthy pod: %v", err)
+	}
 
 	c.RemoveEndpoint(pod)
 	h.refused(t, ctx, gw.url, "pod not in the cluster", 1)
