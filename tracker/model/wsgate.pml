@@ -63,9 +63,15 @@
  *   P_DOWN          no split brain: P refuses every write from the
  *                   promotion on (it died, or no tracker reaches it); the
  *                   trackers follow R one by one. A plain failover.
- *   With REPLICA, P does not restart or lose data (one failover, the fault
- *   under study; the restarts are checked without it), and LEASES, REAP
- *   and WAIT_FIX are not combined with it.
+ *   P_RESTARTS      before the promotion P may crash and come back empty
+ *                   (a new run id); its replica keeps its old data until
+ *                   it resyncs, which empties it too (a later replicate).
+ *                   With WAIT_ADMIT: fails (the double fault below: the
+ *                   data is lost while A is cut off from R for R's whole
+ *                   wait); with P_DOWN: holds.
+ *   Without P_RESTARTS, P does not restart or lose data under REPLICA (one
+ *   failover, the fault under study; the restarts are checked without
+ *   REPLICA), and LEASES, REAP and WAIT_FIX are not combined with it.
  *
  * The model is one process whose steps are the tracker operations, the
  * Redis faults and the passing of time, interleaved in every order. Each
@@ -131,8 +137,8 @@
 #if defined(REPLICA) && (defined(LEASES) || defined(WAIT_FIX))
 #error REPLICA is not combined with LEASES, REAP or WAIT_FIX
 #endif
-#if (defined(WRITE_LEASE) || defined(WAIT_ADMIT) || defined(P_DOWN)) && !defined(REPLICA)
-#error WRITE_LEASE, WAIT_ADMIT and P_DOWN need REPLICA
+#if (defined(WRITE_LEASE) || defined(WAIT_ADMIT) || defined(P_DOWN) || defined(P_RESTARTS)) && !defined(REPLICA)
+#error WRITE_LEASE, WAIT_ADMIT, P_DOWN and P_RESTARTS need REPLICA
 #endif
 #define N 2
 
@@ -719,6 +725,11 @@ inline promote() { !promoted -> promoted = true; rep_ok = false; rrec = false }
 #else
 inline promote() { !promoted -> promoted = true; rep_ok = false; rrec = false; pfenced = true }
 #endif
+#ifdef P_RESTARTS
+/* P crashes and comes back empty before the promotion (a new run id; its
+ * replica keeps its old data until it resyncs: a later replicate) */
+inline p_restart_empty() { !promoted -> redis_restart_empty() }
+#endif
 /* tracker i talks to R from now on (its client followed the new primary;
  * its calls to P failed or are orphans). Its epoch id is P's: fenced. */
 inline move_to_r(i) { promoted && side[i] == 0 -> side[i] = 1; kv[i] = false }
@@ -789,6 +800,9 @@ active proctype World() {
   ONCE(redis_save)
   ONCE(redis_restart_old)
 #else
+#ifdef P_RESTARTS
+  ONCE(p_restart_empty)
+#endif
   ONCE(replicate)
   ONCE(promote)
   BOTH(move_to_r)
