@@ -66,6 +66,7 @@ var configs = []config{
 	{"split-brain+wait-admit/cap2", []string{"-DCAP=2", "-DREPLICA", "-DWAIT_ADMIT"}, false, "split brain, admissions counted only once the replica has them (WAIT)", true},
 	{"split-brain+write-fence/cap1", []string{"-DCAP=1", "-DREPLICA", "-DWRITE_FENCE"}, false, "split brain, write lease and WAIT (the fix issue 26 proposes)", false},
 	{"split-brain+write-fence/cap2", []string{"-DCAP=2", "-DREPLICA", "-DWRITE_FENCE"}, false, "split brain, write lease and WAIT (the fix issue 26 proposes)", true},
+	{"split-brain+wait-admit+flip/cap1", []string{"-DCAP=1", "-DREPLICA", "-DWAIT_ADMIT", "-DFLIP"}, false, "split brain with WAIT, trackers moving between the two primaries any number of times", true},
 	{"failover+restarts/cap1", []string{"-DCAP=1", "-DREPLICA", "-DP_DOWN", "-DP_RESTARTS"}, false, "a failover without split brain, the primary restarting empty before it", false},
 	{"split-brain+wait-admit+restarts/cap1", []string{"-DCAP=1", "-DREPLICA", "-DWAIT_ADMIT", "-DP_RESTARTS"}, true, "split brain after the primary restarted empty and its replica resynced: the double fault (data lost while an instance is cut off from the primary that serves next)", false},
 }

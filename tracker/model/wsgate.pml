@@ -69,6 +69,9 @@
  *                   With WAIT_ADMIT: fails (the double fault below: the
  *                   data is lost while A is cut off from R for R's whole
  *                   wait); with P_DOWN: holds.
+ *   FLIP            after the promotion a tracker may also move back from
+ *                   R to P, any number of times (a Service routing each
+ *                   connection to either primary labelled master).
  *   Without P_RESTARTS, P does not restart or lose data under REPLICA (one
  *   failover, the fault under study; the restarts are checked without
  *   REPLICA), and LEASES, REAP and WAIT_FIX are not combined with it.
@@ -733,6 +736,11 @@ inline p_restart_empty() { !promoted -> redis_restart_empty() }
 /* tracker i talks to R from now on (its client followed the new primary;
  * its calls to P failed or are orphans). Its epoch id is P's: fenced. */
 inline move_to_r(i) { promoted && side[i] == 0 -> side[i] = 1; kv[i] = false }
+#ifdef FLIP
+/* ... or back to P (a Service that routes each connection to either
+ * primary labelled master): its epoch id is R's there, fenced */
+inline move_to_p(i) { side[i] == 1 -> side[i] = 0; kv[i] = false }
+#endif
 /* R's recovery wait ends: ordered as P's (wait_over), for the trackers
  * that talk to R; one cut off from R (on P) is not waited for. With
  * WRITE_LEASE, also after P refuses writes (the timing assumption:
@@ -806,6 +814,9 @@ active proctype World() {
   ONCE(replicate)
   ONCE(promote)
   BOTH(move_to_r)
+#ifdef FLIP
+  BOTH(move_to_p)
+#endif
   ONCE(recovery_wait_ends_r)
 #if defined(WRITE_LEASE) && !defined(P_DOWN)
   ONCE(p_fence)
