@@ -54,7 +54,7 @@
  *                   partition {P, A} | {R, B}, or a failover both follow).
  *                   The current protocol: fails (split brain).
  *   WRITE_LEASE     P refuses every write (min-replicas-to-write) before
- *                   R's recovery wait can end (min-replicas-max-lag + 1 s
+ *                   R's recovery wait can end (min-replicas-max-lag + 2 s
  *                   < the instance TTL): alone, fails.
  *   WAIT_ADMIT      an admission counts (the tracker reads its grant) only
  *                   once the replica has it (WAIT 1 after the admit call);
@@ -420,7 +420,10 @@ inline sync_script(i, h, pr) {
      if :: !CUT(0, pr) -> kv[0] = false :: else -> skip fi;
      if :: !CUT(1, pr) -> kv[1] = false :: else -> skip fi;
      synced[0] = false; synced[1] = false;
-     pre[0] = valid[0] && !CUT(0, pr); pre[1] = valid[1] && !CUT(1, pr);
+     /* (with REPLICA, of every tracker: a lease granted before the epoch
+      * was made has ended when its wait ends, whichever primary granted
+      * it; wait_over asks it only of the trackers that reach this one) */
+     pre[0] = valid[0]; pre[1] = valid[1];
 #ifdef NO_RUNID
      snap_cur = false;
 #endif
