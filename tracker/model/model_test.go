@@ -52,6 +52,23 @@ var configs = []config{
 	{"leave-early/cap1", []string{"-DCAP=1", "-DLEAVE_EARLY"}, true, "leaving Redis while Envoy still carries connections", false},
 	{"spare-kept/cap1", []string{"-DCAP=1", "-DSPARE_KEPT"}, true, "a spare slot's release sent without lowering ent: reused after Redis freed it", false},
 	{"seq-reseed/cap1", []string{"-DCAP=1", "-DSEQ_RESEED"}, true, "a restarted tracker numbering on from Redis' stored seq, not a new generation", false},
+
+	// Replication and failover (PROTOCOL.md, "Replication and failover";
+	// not yet implemented in the code). A plain failover holds; split
+	// brain breaks the current protocol, and a write lease alone does not
+	// mend it; admissions acknowledged by the replica do.
+	{"failover/cap1", []string{"-DCAP=1", "-DREPLICA", "-DP_DOWN"}, false, "a failover without split brain: the old primary is gone at the promotion", false},
+	{"failover/cap2", []string{"-DCAP=2", "-DREPLICA", "-DP_DOWN"}, false, "a failover without split brain: the old primary is gone at the promotion", true},
+	{"split-brain/cap1", []string{"-DCAP=1", "-DREPLICA"}, true, "split brain: the old primary keeps granting to the trackers that reach it, the promoted replica to the others (the current protocol)", false},
+	{"split-brain/cap2", []string{"-DCAP=2", "-DREPLICA"}, true, "split brain: the old primary keeps granting to the trackers that reach it, the promoted replica to the others (the current protocol)", false},
+	{"split-brain+write-lease/cap1", []string{"-DCAP=1", "-DREPLICA", "-DWRITE_LEASE"}, true, "split brain with a write lease only: the old primary stops before the new one grants, but what it granted never reached the replica", false},
+	{"split-brain+wait-admit/cap1", []string{"-DCAP=1", "-DREPLICA", "-DWAIT_ADMIT"}, false, "split brain, admissions counted only once the replica has them (WAIT)", false},
+	{"split-brain+wait-admit/cap2", []string{"-DCAP=2", "-DREPLICA", "-DWAIT_ADMIT"}, false, "split brain, admissions counted only once the replica has them (WAIT)", true},
+	{"split-brain+write-fence/cap1", []string{"-DCAP=1", "-DREPLICA", "-DWRITE_FENCE"}, false, "split brain, write lease and WAIT (the fix issue 26 proposes)", false},
+	{"split-brain+write-fence/cap2", []string{"-DCAP=2", "-DREPLICA", "-DWRITE_FENCE"}, false, "split brain, write lease and WAIT (the fix issue 26 proposes)", true},
+	{"split-brain+wait-admit+flip/cap1", []string{"-DCAP=1", "-DREPLICA", "-DWAIT_ADMIT", "-DFLIP"}, false, "split brain with WAIT, trackers moving between the two primaries any number of times", true},
+	{"failover+restarts/cap1", []string{"-DCAP=1", "-DREPLICA", "-DP_DOWN", "-DP_RESTARTS"}, false, "a failover without split brain, the primary restarting empty before it", false},
+	{"split-brain+wait-admit+restarts/cap1", []string{"-DCAP=1", "-DREPLICA", "-DWAIT_ADMIT", "-DP_RESTARTS"}, true, "split brain after the primary restarted empty and its replica resynced: the double fault (data lost while an instance is cut off from the primary that serves next)", false},
 }
 
 func TestModel(t *testing.T) {

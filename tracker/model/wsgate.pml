@@ -41,6 +41,40 @@
  *   SPARE_KEPT      a queued release of a spare slot is sent without
  *                   lowering ent first (PROTOCOL.md, "Reuse"): the slot
  *                   can be reused after Redis freed it.
+ * Replication and failover (PROTOCOL.md, "Replication and failover"):
+ *   REPLICA         Redis is a primary P and a replica R. R receives P's
+ *                   effects in order, lagging: its data is P's state at
+ *                   some earlier step (the snapshot slot sE is R's data,
+ *                   "replicate" copies P's state into it at any moment).
+ *                   R may be promoted at any moment (losing what it has
+ *                   not received): a primary with another run id, so the
+ *                   trackers that reach it see a new epoch. P keeps
+ *                   serving: each tracker talks to one of the two (side),
+ *                   and after the promotion it may move to R for good (a
+ *                   partition {P, A} | {R, B}, or a failover both follow).
+ *                   The current protocol: fails (split brain).
+ *   WRITE_LEASE     P refuses every write (min-replicas-to-write) before
+ *                   R's recovery wait can end (min-replicas-max-lag + 2 s
+ *                   < the instance TTL): alone, fails.
+ *   WAIT_ADMIT      an admission counts (the tracker reads its grant) only
+ *                   once the replica has it (WAIT 1 after the admit call);
+ *                   a second failover (R's own replicas) is not modelled.
+ *   WRITE_FENCE     both.
+ *   P_DOWN          no split brain: P refuses every write from the
+ *                   promotion on (it died, or no tracker reaches it); the
+ *                   trackers follow R one by one. A plain failover.
+ *   P_RESTARTS      before the promotion P may crash and come back empty
+ *                   (a new run id); its replica keeps its old data until
+ *                   it resyncs, which empties it too (a later replicate).
+ *                   With WAIT_ADMIT: fails (the double fault below: the
+ *                   data is lost while A is cut off from R for R's whole
+ *                   wait); with P_DOWN: holds.
+ *   FLIP            after the promotion a tracker may also move back from
+ *                   R to P, any number of times (a Service routing each
+ *                   connection to either primary labelled master).
+ *   Without P_RESTARTS, P does not restart or lose data under REPLICA (one
+ *   failover, the fault under study; the restarts are checked without
+ *   REPLICA), and LEASES, REAP and WAIT_FIX are not combined with it.
  *
  * The model is one process whose steps are the tracker operations, the
  * Redis faults and the passing of time, interleaved in every order. Each
@@ -96,6 +130,19 @@
 #ifdef REAP
 #define LEASES
 #endif
+#ifdef WRITE_FENCE
+#define WRITE_LEASE
+#define WAIT_ADMIT
+#endif
+#if defined(P_DOWN) && !defined(WRITE_LEASE)
+#define WRITE_LEASE
+#endif
+#if defined(REPLICA) && (defined(LEASES) || defined(WAIT_FIX))
+#error REPLICA is not combined with LEASES, REAP or WAIT_FIX
+#endif
+#if (defined(WRITE_LEASE) || defined(WAIT_ADMIT) || defined(P_DOWN) || defined(P_RESTARTS)) && !defined(REPLICA)
+#error WRITE_LEASE, WAIT_ADMIT, P_DOWN and P_RESTARTS need REPLICA
+#endif
 #define N 2
 
 /* Instance lease in Redis (the instances zset), judged by Redis' TIME. */
@@ -135,6 +182,27 @@ byte sE[N];
 bool snap_cur;    /* it was saved in the current epoch */
 #endif
 
+#ifdef REPLICA
+/* ---- replication ----
+ * Before the promotion, sE is the replica's data (a lagging copy of E).
+ * After it, R is a primary of its own: sE and the variables below are its
+ * state. A step on R swaps R's state into E, ep_ok, rec, synced and pre,
+ * runs, and swaps it back (to_proc), so the scripts are written once. */
+bool promoted;
+byte side[N];     /* the primary tracker i talks to: 0 P, 1 R (promoted) */
+byte oside[N];    /* the primary its orphan was sent to */
+bool rep_ok;      /* R's ep_ok, rec, synced, pre (while not swapped in) */
+bool rrec;
+bool rsynced[N];
+bool rpre[N];
+#ifdef WRITE_LEASE
+bool pfenced;     /* P refuses writes: it lost its replica for longer
+                     than min-replicas-max-lag */
+#endif
+byte cur;         /* scratch: whose state is in E, ep_ok, ... (0 between steps) */
+byte tmp;
+#endif
+
 /* ---- orphans ---- */
 byte okind[N];
 byte oh[N];       /* the held a late heartbeat publishes */
@@ -163,13 +231,77 @@ bool kvb;
 
 #define CAP_OK (held[0] + held[1] <= CAP)
 
+#ifdef REPLICA
+/* Tracker k is cut off from primary pr: it talks to the other one. With
+ * P_DOWN nobody is cut off from R: a tracker still on P (dead) reaches R
+ * as soon as its client follows the new primary, within a heartbeat
+ * interval; one that does not for a whole wait is the double fault
+ * excluded above. */
+#ifndef P_DOWN
+#define CUT(k, pr) (side[k] != (pr))
+#else
+#define CUT(k, pr) ((pr) == 0 && side[k] != 0)
+#endif
+#define SIDE(i) side[i]
+#define OSIDE(i) oside[i]
+#define OSIDE_IS(i, pr) (oside[i] == (pr))
+#define SET_OSIDE(i) oside[i] = side[i]
+#define CLEAR_PRE(i) pre[i] = false; rpre[i] = false
+/* With WAIT_ADMIT, P can have a grant acknowledged by its replica only
+ * until the promotion (then R no longer replicates from it). */
+#define ACKABLE(i) (side[i] == 1 || !promoted)
+#ifdef WRITE_LEASE
+#define WRITABLE(pr) ((pr) != 0 || !pfenced)
+#else
+#define WRITABLE(pr) 1
+#endif
+/* Swap R's state with the one in E, ep_ok, rec, synced, pre. */
+inline swap_procs() {
+  tmp = E[0]; E[0] = sE[0]; sE[0] = tmp;
+  tmp = E[1]; E[1] = sE[1]; sE[1] = tmp;
+  tmp = ep_ok; ep_ok = rep_ok; rep_ok = tmp;
+  tmp = rec; rec = rrec; rrec = tmp;
+  tmp = synced[0]; synced[0] = rsynced[0]; rsynced[0] = tmp;
+  tmp = synced[1]; synced[1] = rsynced[1]; rsynced[1] = tmp;
+  tmp = pre[0]; pre[0] = rpre[0]; rpre[0] = tmp;
+  tmp = pre[1]; pre[1] = rpre[1]; rpre[1] = tmp;
+  tmp = 0
+}
+/* Put primary pr's state in E, ep_ok, ... (0: P, 1: R) */
+inline to_proc(pr) {
+  if :: (pr) != cur -> swap_procs(); cur = 1 - cur :: else -> skip fi
+}
+#else
+#define CUT(k, pr) 0
+#define SIDE(i) 0
+#define OSIDE(i) 0
+#define OSIDE_IS(i, pr) 1
+#define SET_OSIDE(i) skip
+#define CLEAR_PRE(i) pre[i] = false
+#define WRITABLE(pr) 1
+#define to_proc(pr) skip
+#endif
+/* With WAIT_ADMIT an admission's reply is read only once the replica
+ * acknowledged it: the replica then has every effect up to it (in
+ * order), so it holds P's state of this moment. */
+#ifdef WAIT_ADMIT
+#define ADMIT_ACKED(i) ACKABLE(i)
+inline ack(i) {
+  if :: side[i] == 0 -> sE[0] = E[0]; sE[1] = E[1] :: else -> skip fi
+}
+#else
+#define ADMIT_ACKED(i) 1
+#define ack(i) skip
+#endif
+
 /* The end of a recovery wait is at least an instance TTL (of Redis' clock,
  * or with WAIT_FIX of the tracker's) after the epoch was made, so every
  * local lease granted before that has run out (pre). And (environment
  * assumption: no double fault) every instance holding connections has
  * heartbeated in the epoch by then (the heartbeat interval is shorter than
  * the lease), unless it is cut off for the whole wait. */
-#define wait_over (!pre[0] && !pre[1] && (synced[0] || held[0] == 0) && (synced[1] || held[1] == 0))
+#define WAIT_OVER(P_, S_, pr) ((CUT(0, pr) || (!P_[0] && (S_[0] || held[0] == 0))) && (CUT(1, pr) || (!P_[1] && (S_[1] || held[1] == 0))))
+#define wait_over WAIT_OVER(pre, synced, 0)
 
 
 /* After every step: (Cap), then zero what can no longer matter, so that
@@ -203,20 +335,28 @@ inline norm() {
 #ifndef SEQ_RESEED
   oold[0] = false; oold[1] = false;
 #endif
+#ifdef REPLICA
+  if :: !rrec -> rsynced[0] = false; rsynced[1] = false; rpre[0] = false; rpre[1] = false
+     :: else -> skip fi;
+  if :: okind[0] == NONE -> oside[0] = 0 :: else -> skip fi;
+  if :: okind[1] == NONE -> oside[1] = 0 :: else -> skip fi;
+  assert(cur == 0);
+#endif
   res = 0; kvb = false
 }
 
 /* A heartbeat or leave of instance i ran in Redis under a later seq than
  * i's orphan: the orphan is stale, it will do nothing. */
-inline newer_call_ran(i) {
+inline newer_call_ran(i, pr) {
 #if defined(NO_SEQ)
-  if :: okind[i] == OSYNC -> okind[i] = NONE; oh[i] = 0 :: else -> skip fi
+  if :: okind[i] == OSYNC && OSIDE_IS(i, pr) -> okind[i] = NONE; oh[i] = 0 :: else -> skip fi
 #elif defined(SEQ_RESEED)
   /* an orphan of the previous run may carry a higher seq */
   if :: (okind[i] == OSYNC || okind[i] == ORELEASE) && !oold[i] -> okind[i] = NONE; oh[i] = 0
      :: else -> skip fi
 #else
-  if :: okind[i] == OSYNC || okind[i] == ORELEASE -> okind[i] = NONE; oh[i] = 0
+  /* (with REPLICA, only in the primary it was sent to: seq is per primary) */
+  if :: (okind[i] == OSYNC || okind[i] == ORELEASE) && OSIDE_IS(i, pr) -> okind[i] = NONE; oh[i] = 0
      :: else -> skip fi
 #endif
 }
@@ -230,7 +370,11 @@ inline newer_call_ran(i) {
 #endif
 /* admit.lua, for a call that passed the fence (its epoch id is the
  * current one and the current one's run is the running process). */
-inline admit_script(i) {
+inline admit_script(i, pr) {
+  to_proc(pr);
+  if
+  :: !WRITABLE(pr) -> res = R_CAP      /* NOREPLICAS: refused, nothing done */
+  :: else ->
   if
 #ifndef WAIT_FIX
   :: rec -> res = R_RECOVER                            /* 'recovering' */
@@ -245,16 +389,24 @@ inline admit_script(i) {
 #endif
   :: else -> res = R_CAP                               /* 'capacity' */
   fi
+  fi;
+  to_proc(0)
 }
 
 /* release.lua, for a call that passed the fence and is not stale: only
  * what the instance holds is released. */
-inline release_script(i) {
-  if :: E[i] > 0 -> E[i]-- :: else -> skip fi
+inline release_script(i, pr) {
+  to_proc(pr);
+  if :: WRITABLE(pr) && E[i] > 0 -> E[i]-- :: else -> skip fi;
+  to_proc(0)
 }
 
 /* sync.lua, publishing held h. */
-inline sync_script(i, h) {
+inline sync_script(i, h, pr) {
+  to_proc(pr);
+  if
+  :: !WRITABLE(pr) -> skip          /* NOREPLICAS: refused, nothing done */
+  :: else ->
   if
   :: !ep_ok ->
      /* no epoch, or one another process made (old data): a new epoch
@@ -264,8 +416,13 @@ inline sync_script(i, h) {
 #ifdef WAIT_FIX
      conf = false;
 #endif
-     kv[0] = false; kv[1] = false;
+     /* (with REPLICA: of the trackers that talk to this primary) */
+     if :: !CUT(0, pr) -> kv[0] = false :: else -> skip fi;
+     if :: !CUT(1, pr) -> kv[1] = false :: else -> skip fi;
      synced[0] = false; synced[1] = false;
+     /* (with REPLICA, of every tracker: a lease granted before the epoch
+      * was made has ended when its wait ends, whichever primary granted
+      * it; wait_over asks it only of the trackers that reach this one) */
      pre[0] = valid[0]; pre[1] = valid[1];
 #ifdef NO_RUNID
      snap_cur = false;
@@ -278,6 +435,8 @@ inline sync_script(i, h) {
   rl[i] = ALIVE; rfree[i] = false;    /* the lease, by Redis' clock */
 #endif
   synced[i] = true
+  fi;
+  to_proc(0)
 }
 
 /* ==== tracker operations (instance i) ==== */
@@ -294,8 +453,8 @@ inline sync_script(i, h) {
  * ('epoch') and nothing changes, so only a known epoch is modelled. The
  * tracker counts the connection in held and ent when it reads the grant. */
 inline admit_read(i) {
-  CAN_ADMIT_REDIS(i) ->
-  admit_script(i);
+  CAN_ADMIT_REDIS(i) && ADMIT_ACKED(i) ->
+  admit_script(i, SIDE(i)); ack(i);
   if
   :: res == R_GRANT -> ent[i]++; held[i]++
   :: res == R_LEASE && ent[i] > held[i] ->
@@ -305,9 +464,9 @@ inline admit_read(i) {
 }
 /* ... the script ran, the reply is lost: Redis counts a slot the tracker
  * does not (safe; its next heartbeat corrects it) */
-inline admit_lost(i) { CAN_ADMIT_REDIS(i) -> admit_script(i) }
+inline admit_lost(i) { CAN_ADMIT_REDIS(i) -> admit_script(i, SIDE(i)) }
 /* ... it runs later (or never: no change, left out) */
-inline admit_late(i) { CAN_ADMIT_REDIS(i) && okind[i] == NONE -> okind[i] = OADMIT }
+inline admit_late(i) { CAN_ADMIT_REDIS(i) && okind[i] == NONE -> okind[i] = OADMIT; SET_OSIDE(i) }
 
 /* Fallback admit: whenever Redis did not decide (degraded, fenced,
  * recovering, gate busy, an error): modelled as allowed at any time. */
@@ -340,9 +499,9 @@ inline lower_both(i) {
   if :: ent[i] > 0 -> ent[i]-- :: else -> skip fi
 }
 /* ... it ran (the reply, read or lost, changes nothing locally) */
-inline release_ran(i) { held[i] > 0 && kv[i] -> lower_both(i); release_script(i) }
+inline release_ran(i) { held[i] > 0 && kv[i] -> lower_both(i); release_script(i, SIDE(i)) }
 /* ... it runs later */
-inline release_late(i) { held[i] > 0 && kv[i] && okind[i] == NONE -> lower_both(i); okind[i] = ORELEASE }
+inline release_late(i) { held[i] > 0 && kv[i] && okind[i] == NONE -> lower_both(i); okind[i] = ORELEASE; SET_OSIDE(i) }
 /* ... it never runs, or it was fenced ('epoch': nothing done) */
 inline release_failed(i) { held[i] > 0 -> lower_both(i) }
 
@@ -357,8 +516,8 @@ inline release_failed(i) { held[i] > 0 -> lower_both(i) }
 #else
 #define LOWER_SPARE(i) skip
 #endif
-inline release_spare_ran(i) { ent[i] > held[i] && kv[i] -> LOWER_SPARE(i); release_script(i) }
-inline release_spare_late(i) { ent[i] > held[i] && kv[i] && okind[i] == NONE -> LOWER_SPARE(i); okind[i] = ORELEASE }
+inline release_spare_ran(i) { ent[i] > held[i] && kv[i] -> LOWER_SPARE(i); release_script(i, SIDE(i)) }
+inline release_spare_late(i) { ent[i] > held[i] && kv[i] && okind[i] == NONE -> LOWER_SPARE(i); okind[i] = ORELEASE; SET_OSIDE(i) }
 inline release_spare_failed(i) { ent[i] > held[i] -> LOWER_SPARE(i) }
 
 /* Heartbeat (sync), under the gate: no admission or release of this
@@ -381,10 +540,11 @@ inline lower_ent(i) {
 /* ... reply read: the epoch, a lease from the moment it was sent, and
  * ent = held (Redis counts exactly that for it now) */
 inline sync_read(i) {
+  WRITABLE(SIDE(i)) ->     /* refused (NOREPLICAS): sync_failed */
   kvb = kv[i];
   lower_ent(i);
-  sync_script(i, held[i]); newer_call_ran(i);
-  kv[i] = true; valid[i] = true; pre[i] = false; deg[i] = false;
+  sync_script(i, held[i], SIDE(i)); newer_call_ran(i, SIDE(i));
+  kv[i] = true; valid[i] = true; CLEAR_PRE(i); deg[i] = false;
   ent[i] = held[i];
 #ifdef WAIT_FIX
   if :: !kvb -> tw[i] = true :: else -> skip fi;
@@ -395,16 +555,16 @@ inline sync_read(i) {
   skip
 }
 /* ... the script ran, the reply is lost: no lease, no epoch learnt */
-inline sync_lost(i) { lower_ent(i); sync_script(i, held[i]); newer_call_ran(i); SYNC_FAILED(i) }
+inline sync_lost(i) { WRITABLE(SIDE(i)) -> lower_ent(i); sync_script(i, held[i], SIDE(i)); newer_call_ran(i, SIDE(i)); SYNC_FAILED(i) }
 /* ... it runs later, or never */
-inline sync_late(i) { okind[i] == NONE -> lower_ent(i); okind[i] = OSYNC; oh[i] = held[i]; SYNC_FAILED(i) }
+inline sync_late(i) { okind[i] == NONE -> lower_ent(i); okind[i] = OSYNC; oh[i] = held[i]; SET_OSIDE(i); SYNC_FAILED(i) }
 inline sync_failed(i) { lower_ent(i); SYNC_FAILED(i) }
 
 /* Tracker killed and restarted: Envoy keeps the connections (held); the
  * new run has no entitlement, epoch or lease. The old run's orphan may
  * still run. */
 inline tracker_restart(i) {
-  ent[i] = 0; kv[i] = false; valid[i] = false; pre[i] = false; deg[i] = false;
+  ent[i] = 0; kv[i] = false; valid[i] = false; CLEAR_PRE(i); deg[i] = false;
 #ifdef WAIT_FIX
   tw[i] = false; ow[i] = false;
 #endif
@@ -420,13 +580,15 @@ inline tracker_restart(i) {
  * carries connections (must fail). */
 inline leave(i) {
 #ifndef LEAVE_EARLY
-  held[i] == 0 ->
+  held[i] == 0 && WRITABLE(SIDE(i)) ->
+#else
+  WRITABLE(SIDE(i)) ->
 #endif
-  E[i] = 0; newer_call_ran(i);
+  to_proc(SIDE(i)); E[i] = 0; to_proc(0); newer_call_ran(i, SIDE(i));
 #ifdef LEASES
   rl[i] = ABSENT; rfree[i] = false;
 #endif
-  ent[i] = 0; kv[i] = false; valid[i] = false; pre[i] = false; deg[i] = false
+  ent[i] = 0; kv[i] = false; valid[i] = false; CLEAR_PRE(i); deg[i] = false
 }
 
 /* ==== Redis faults, late calls, reaping ==== */
@@ -500,9 +662,9 @@ inline redis_restart_old() {
 inline late_call_runs(j) {
   okind[j] != NONE ->
   if
-  :: okind[j] == OADMIT -> admit_script(j)
-  :: okind[j] == ORELEASE -> release_script(j)
-  :: okind[j] == OSYNC -> sync_script(j, oh[j])
+  :: okind[j] == OADMIT -> admit_script(j, OSIDE(j))
+  :: okind[j] == ORELEASE -> release_script(j, OSIDE(j))
+  :: okind[j] == OSYNC -> sync_script(j, oh[j], OSIDE(j))
   fi;
   okind[j] = NONE; oh[j] = 0; oold[j] = false
 }
@@ -522,7 +684,7 @@ inline reap(j) { rl[j] == EXPIRED && !valid[j] -> E[j] = 0; rl[j] = ABSENT }
 /* a tracker's local lease ends (its monotonic clock, InstanceTTL after
  * its last successful heartbeat was sent): at any moment, since a reply
  * may come back too late to help */
-inline local_lease_ends(i) { valid[i] -> valid[i] = false; pre[i] = false }
+inline local_lease_ends(i) { valid[i] -> valid[i] = false; CLEAR_PRE(i) }
 
 /* an instance lease ends in Redis. Redis stamped it after the tracker sent
  * the heartbeat of its latest local lease, so it ends after that one,
@@ -553,6 +715,54 @@ inline own_wait_ends(i) { tw[i] && wait_over -> tw[i] = false; ow[i] = true }
 inline confirm_epoch(i) { ow[i] && !conf -> conf = true }
 #endif
 
+#ifdef REPLICA
+/* ==== replication and failover ==== */
+
+/* the replica receives P's effects up to now (in order: it then holds
+ * P's state of this moment); it may lag any number of steps */
+inline replicate() {
+  !promoted && (sE[0] != E[0] || sE[1] != E[1]) -> sE[0] = E[0]; sE[1] = E[1]
+}
+/* R is promoted (Sentinel, an operator, a Service following the role),
+ * with what it has: a primary with its own run id, so the epoch in its
+ * data is another process' (rep_ok false). P keeps serving. */
+#ifndef P_DOWN
+inline promote() { !promoted -> promoted = true; rep_ok = false; rrec = false }
+#else
+inline promote() { !promoted -> promoted = true; rep_ok = false; rrec = false; pfenced = true }
+#endif
+#ifdef P_RESTARTS
+/* P crashes and comes back empty before the promotion (a new run id; its
+ * replica keeps its old data until it resyncs: a later replicate) */
+inline p_restart_empty() { !promoted -> redis_restart_empty() }
+#endif
+/* tracker i talks to R from now on (its client followed the new primary;
+ * its calls to P failed or are orphans). Its epoch id is P's: fenced. */
+inline move_to_r(i) { promoted && side[i] == 0 -> side[i] = 1; kv[i] = false }
+#ifdef FLIP
+/* ... or back to P (a Service that routes each connection to either
+ * primary labelled master): its epoch id is R's there, fenced */
+inline move_to_p(i) { side[i] == 1 -> side[i] = 0; kv[i] = false }
+#endif
+/* R's recovery wait ends: ordered as P's (wait_over), for the trackers
+ * that talk to R; one cut off from R (on P) is not waited for. With
+ * WRITE_LEASE, also after P refuses writes (the timing assumption:
+ * min-replicas-max-lag + 1 s < the instance TTL, below). */
+#ifdef WRITE_LEASE
+#define R_WAIT_OVER (WAIT_OVER(rpre, rsynced, 1) && pfenced)
+#else
+#define R_WAIT_OVER WAIT_OVER(rpre, rsynced, 1)
+#endif
+inline recovery_wait_ends_r() { rrec && R_WAIT_OVER -> rrec = false }
+#ifdef WRITE_LEASE
+/* P has not heard from a replica for min-replicas-max-lag: it refuses
+ * writes from now on (R, promoted, never replicates from it again): at
+ * any moment after the promotion. (A stalled link before it only refuses
+ * P's writes for a while: fewer behaviours, left out.) */
+inline p_fence() { promoted && !pfenced -> pfenced = true }
+#endif
+#endif
+
 /* Every step prints its name and the state after it in a simulation
  * (spin -t -DCAP=.. wsgate.pml replays a counterexample); the verifier
  * prints nothing. */
@@ -564,7 +774,12 @@ inline confirm_epoch(i) { ow[i] && !conf -> conf = true }
 inline print_state() {
   printf("  held=%d,%d ent=%d,%d kv=%d,%d deg=%d,%d lease=%d,%d wait=%d,%d | E=%d,%d epoch=%d recovering=%d snapE=%d,%d late=%d,%d\n",
     held[0], held[1], ent[0], ent[1], kv[0], kv[1], deg[0], deg[1], valid[0], valid[1], TW_SHOW(0), TW_SHOW(1),
-    E[0], E[1], ep_ok, rec, sE[0], sE[1], okind[0], okind[1])
+    E[0], E[1], ep_ok, rec, sE[0], sE[1], okind[0], okind[1]);
+#ifdef REPLICA
+  /* P's state is E, epoch, recovering; the replica's data (R's E after the promotion) is snapE */
+  printf("  side=%d,%d promoted=%d R: epoch=%d recovering=%d\n", side[0], side[1], promoted, rep_ok, rrec);
+#endif
+  skip
 }
 #define STEP(op, i) :: d_step { op(i); norm(); printf(#op); printf(" %d\n", i); print_state() }
 #define BOTH(op) STEP(op, 0) STEP(op, 1)
@@ -591,9 +806,25 @@ active proctype World() {
   BOTH(tracker_restart)
   BOTH(leave)
   /* Redis */
+#ifndef REPLICA
   ONCE(redis_restart_empty)
   ONCE(redis_save)
   ONCE(redis_restart_old)
+#else
+#ifdef P_RESTARTS
+  ONCE(p_restart_empty)
+#endif
+  ONCE(replicate)
+  ONCE(promote)
+  BOTH(move_to_r)
+#ifdef FLIP
+  BOTH(move_to_p)
+#endif
+  ONCE(recovery_wait_ends_r)
+#if defined(WRITE_LEASE) && !defined(P_DOWN)
+  ONCE(p_fence)
+#endif
+#endif
   BOTH(late_call_runs)
   BOTH(late_call_lost)
 #ifdef REAP
