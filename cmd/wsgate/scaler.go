@@ -73,22 +73,13 @@ func runScaler(args []string) error {
 	if f.kube.enabled && f.kube.namespace == "" {
 		return errors.New("--namespace: required with --kube (or set POD_NAMESPACE)")
 	}
-	if f.config == "" {
-		return errors.New("--config: a fleets file is required (see fleets/fleets.example.yaml)")
-	}
-	data, err := os.ReadFile(f.config)
-	if err != nil {
-		return fmt.Errorf("--config: %w", err)
-	}
-	if f.file, err = fleets.Decode(f.config, data); err != nil {
-		return fmt.Errorf("--config: %w", err)
-	}
-	f.cfg.Fleets, f.configData = f.file.Fleets, data
-	settings, notes, err := f.settings.resolve(f.config, f.file)
+	loaded, err := loadFleetsFile(f.config, f.settings)
 	if err != nil {
 		return err
 	}
-	f.cfg.InstanceTTL, f.cfg.ExpiredInstances, f.notes = time.Duration(settings.InstanceTTL), settings.ExpiredInstances, notes
+	f.file, f.configData, f.notes = loaded.file, loaded.data, loaded.notes
+	f.cfg.Fleets = loaded.file.Fleets
+	f.cfg.InstanceTTL, f.cfg.ExpiredInstances = time.Duration(loaded.settings.InstanceTTL), loaded.settings.ExpiredInstances
 	if f.cfg.ExpiredInstances == fleets.ExpiredKube && !f.kube.enabled {
 		prefix, name, _ := f.settings.settingName("ExpiredInstances", f.config, f.file)
 		return fmt.Errorf("%s%s kube: Kubernetes judges the instances only with --kube", prefix, name)

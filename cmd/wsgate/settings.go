@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -168,4 +169,35 @@ func (s *settingFlags) reloadSettings(path string, f fleets.File, running fleets
 		}
 	}
 	return disagree, nil
+}
+
+// loadedFleets is the fleets file both processes start from: its bytes
+// (the watcher's baseline), what it decodes to, and the fleet-wide
+// settings in force after the deprecated flags.
+type loadedFleets struct {
+	data     []byte
+	file     fleets.File
+	settings fleets.Settings
+	notes    []settingNote
+}
+
+// loadFleetsFile reads --config at path and resolves its settings against
+// the deprecated flags s; errors name the flag, or the file and its line.
+func loadFleetsFile(path string, s *settingFlags) (loadedFleets, error) {
+	if path == "" {
+		return loadedFleets{}, errors.New("--config: a fleets file is required (see fleets/fleets.example.yaml)")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return loadedFleets{}, fmt.Errorf("--config: %w", err)
+	}
+	file, err := fleets.Decode(path, data)
+	if err != nil {
+		return loadedFleets{}, fmt.Errorf("--config: %w", err)
+	}
+	settings, notes, err := s.resolve(path, file)
+	if err != nil {
+		return loadedFleets{}, err
+	}
+	return loadedFleets{data: data, file: file, settings: settings, notes: notes}, nil
 }

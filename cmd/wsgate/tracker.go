@@ -79,22 +79,13 @@ func runTracker(args []string) error {
 	if f.runCheck != "cached" && f.runCheck != "per-call" {
 		return fmt.Errorf("--redis-run-check %q: want cached or per-call", f.runCheck)
 	}
-	if f.config == "" {
-		return errors.New("--config: a fleets file is required (see fleets/fleets.example.yaml)")
-	}
-	data, err := os.ReadFile(f.config)
-	if err != nil {
-		return fmt.Errorf("--config: %w", err)
-	}
-	if f.file, err = fleets.Decode(f.config, data); err != nil {
-		return fmt.Errorf("--config: %w", err)
-	}
-	f.cfg.Fleets, f.configData = f.file.Fleets, data
-	settings, notes, err := f.settings.resolve(f.config, f.file)
+	loaded, err := loadFleetsFile(f.config, f.settings)
 	if err != nil {
 		return err
 	}
-	f.cfg.InstanceTTL, f.cfg.ExpiredInstances, f.notes = time.Duration(settings.InstanceTTL), settings.ExpiredInstances, notes
+	f.file, f.configData, f.notes = loaded.file, loaded.data, loaded.notes
+	f.cfg.Fleets = loaded.file.Fleets
+	f.cfg.InstanceTTL, f.cfg.ExpiredInstances = time.Duration(loaded.settings.InstanceTTL), loaded.settings.ExpiredInstances
 	if f.configCheck <= 0 {
 		return fmt.Errorf("--config-check-interval %s: must be positive", f.configCheck)
 	}
