@@ -10,7 +10,7 @@ import (
 )
 
 // podsOf turns the EndpointSlices of a backend Service into registry
-// entries. port is the fleet's FleetConfig.Port: a port name of the
+// entries. port is the fleet's fleets.Fleet.Port: a port name of the
 // slices, a number (the pod's port, used as is), or empty for the slice's
 // only or first port. An address listed by several slices (as happens
 // while the EndpointSlice controller moves endpoints between slices) is

@@ -112,7 +112,7 @@ admission API (HTTP/1.1) and its access-log receiver (gRPC). */ -}}
   type: STATIC
   connect_timeout: 0.25s
   # The tracker closes keep-alive connections idle for 2 minutes
-  # (tracker.DefaultHTTPLimits); Envoy lets go of them first, so that no
+  # (httplimit.Default); Envoy lets go of them first, so that no
   # admission is sent on a connection the tracker is closing.
   typed_extension_protocol_options:
     envoy.extensions.upstreams.http.v3.HttpProtocolOptions:

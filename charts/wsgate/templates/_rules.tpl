@@ -37,7 +37,7 @@ tracker admitted: the slot is held until --establish-timeout. */ -}}
 {{- $t := .Values.tracker -}}
 
 {{- /* fleets: an entry without a name is what `--set fleets[0].key=v` makes
-(Helm replaces the whole list), so say so. Then what tracker.FleetConfig
+(Helm replaces the whole list), so say so. Then what fleets.Fleet
 and the fleets file's parser refuse beyond the schema. */ -}}
 {{- $seen := dict -}}
 {{- range $i, $f := .Values.fleets -}}
