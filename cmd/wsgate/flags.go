@@ -100,6 +100,15 @@ type explained struct {
 	want string
 }
 
+// String is also called by the flag package on a zero explained (to tell
+// whether a default is worth printing), whose Getter is nil.
+func (e explained) String() string {
+	if e.Getter == nil {
+		return ""
+	}
+	return e.Getter.String()
+}
+
 func (e explained) Set(s string) error {
 	if err := e.Getter.Set(s); err != nil {
 		return errors.New(e.want)

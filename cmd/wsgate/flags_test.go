@@ -152,3 +152,27 @@ func TestRedisClientWarnsEvery30s(t *testing.T) {
 		t.Errorf("the second line %s, want repeated 14 since 30s", lines[1])
 	}
 }
+
+// TestHelpOfExplainedFlags: -h prints every explained flag with its
+// default; the flag package calls String on a zero value of the flag's type
+// to decide whether to print the default, which panicked (and said so in
+// the help) while explained had no String of its own.
+func TestHelpOfExplainedFlags(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.Duration("lease", 10*time.Second, "a duration")
+	fs.Int("n", 3, "a whole number")
+	fs.Float64("share", 0.5, "a number")
+	explainValues(fs)
+	var out bytes.Buffer
+	fs.SetOutput(&out)
+	fs.PrintDefaults()
+	help := out.String()
+	if strings.Contains(help, "panic") {
+		t.Fatalf("help reports a panic:\n%s", help)
+	}
+	for _, want := range []string{"(default 10s)", "(default 3)", "(default 0.5)"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("help lacks %q:\n%s", want, help)
+		}
+	}
+}
