@@ -62,14 +62,33 @@ func (so splitOptions) String() string {
 	return so.expired + ", neither WAIT nor write lease"
 }
 
-// splitMaxLag is P's min-replicas-max-lag under the documented settings:
-// lag + 2 s below the instance TTL (5 s), so that P refuses writes before
-// R's recovery wait ends (PROTOCOL.md, the write lease's timing).
-const splitMaxLag = "2"
+// The documented settings: waitArgs for the trackers, leaseArgs for the
+// primary (min-replicas-max-lag: lag + 2 s below the instance TTL, 5 s,
+// so that P refuses writes before R's recovery wait ends; PROTOCOL.md, the
+// write lease's timing).
+var (
+	waitArgs  = []string{"--redis-wait-replicas", "1", "--redis-wait-timeout", "50ms"}
+	leaseArgs = []string{"--min-replicas-to-write", "1", "--min-replicas-max-lag", "2"}
+)
+
+// requireWaitFlag skips a test of the documented settings when the
+// tracker under test has no --redis-wait-replicas, except under CI=true,
+// where it fails: CI must run it.
+func requireWaitFlag(t *testing.T) {
+	t.Helper()
+	if trackerHasFlag("redis-wait-replicas") {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("the tracker under test has no --redis-wait-replicas: CI must run the tests of the documented settings (merge branch wait)")
+	}
+	t.Skip("the tracker under test has no --redis-wait-replicas yet")
+}
 
 // splitRun is one split brain: the harness (A's proxy leads to P, B's to
 // R), P, R, and the clients A admitted right after the partition.
 type splitRun struct {
+	so   splitOptions
 	h    *harness
 	p, r *redistest.Server
 	held *conns
@@ -81,10 +100,11 @@ func splitBrain(t *testing.T, so splitOptions) *splitRun {
 	pArgs := dataNodeArgs
 	var trackerArgs []string
 	if so.lease {
-		pArgs = append(append([]string(nil), dataNodeArgs...), "--min-replicas-to-write", "1", "--min-replicas-max-lag", splitMaxLag)
+		pArgs = append(append([]string(nil), dataNodeArgs...), leaseArgs...)
 	}
 	if so.wait {
-		trackerArgs = []string{"--redis-wait-replicas", "1", "--redis-wait-timeout", "50ms"}
+		requireWaitFlag(t)
+		trackerArgs = waitArgs
 	}
 	p := redistest.StartPort(t, freePort(t), pArgs...)
 	link := startRedisProxy(t, p.Addr())
@@ -140,7 +160,7 @@ func splitBrain(t *testing.T, so splitOptions) *splitRun {
 	t.Logf("figures: case=split-brain(%s) max-per-pod=%s (before the partition %s) cap=%d held-through-A=%d/2 R-granting=+%.1fs churn-after-partition=%.1fs longest-without-admission=%.1fs (from +%.1fs) admitted=%d refused=%s P-role=%s",
 		so, h.perPod(), before, h.o.cap, heldA, granting.Sub(partitioned).Seconds(), ended.Sub(partitioned).Seconds(),
 		gap.Seconds(), from.Sub(partitioned).Seconds(), m.admitted(), h.stats.take(), pr.Role)
-	return &splitRun{h: h, p: p, r: r, held: held}
+	return &splitRun{so: so, h: h, p: p, r: r, held: held}
 }
 
 // heal ends the partition as Sentinel would once P is reachable again:
@@ -166,8 +186,8 @@ func (sr *splitRun) heal(t *testing.T) {
 	time.Sleep(healChurn) // churn on R with both trackers, A's old connections still open
 	ended := m.end()
 	gap, from := m.longestGap()
-	t.Logf("figures: case=heal max-per-pod=%s cap=%d P-replicating=+%.1fs resumed=+%.1fs all-gateways=+%.1fs churn=%.1fs longest-without-admission=%.1fs (from +%.1fs) admitted=%d refused=%s",
-		h.perPod(), h.o.cap, linked.Seconds(), first.Sub(healed).Seconds(), all.Sub(healed).Seconds(), ended.Sub(healed).Seconds(),
+	t.Logf("figures: case=heal(%s) max-per-pod=%s cap=%d P-replicating=+%.1fs resumed=+%.1fs all-gateways=+%.1fs churn=%.1fs longest-without-admission=%.1fs (from +%.1fs) admitted=%d refused=%s",
+		sr.so, h.perPod(), h.o.cap, linked.Seconds(), first.Sub(healed).Seconds(), all.Sub(healed).Seconds(), ended.Sub(healed).Seconds(),
 		gap.Seconds(), from.Sub(healed).Seconds(), m.admitted(), h.stats.take())
 	sr.held.closeAll()
 	h.awaitDrained(30 * time.Second)
@@ -206,12 +226,7 @@ func TestSplitBrainUnsafe(t *testing.T) {
 // only in TestSplitBrainUnsafe.
 func TestSplitBrainDocumented(t *testing.T) {
 	t.Parallel()
-	if !trackerHasFlag("redis-wait-replicas") {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the tracker under test has no --redis-wait-replicas: CI must run this test (merge branch wait)")
-		}
-		t.Skip("the tracker under test has no --redis-wait-replicas yet")
-	}
+	requireWaitFlag(t)
 	for name, so := range map[string]splitOptions{
 		"keep": {expired: "keep", wait: true, lease: true},
 		"kube": {expired: "kube", wait: true, lease: true},
