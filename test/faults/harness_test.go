@@ -14,7 +14,10 @@
 // tests against one built elsewhere instead (an older revision, to show
 // the tests catch its breaches). TestChaos prints its seed;
 // WSGATE_CHAOS_SEED replays it. Each test logs what its fault cost in one
-// line ("cost: fault=... rejected=... recovery=..."), for the README.
+// line ("cost: fault=... rejected=... recovery=..."), for the README; the
+// Sentinel failover and split-brain tests (sentinel_test.go,
+// splitbrain_test.go) log "figures: ..." lines, and those that document a
+// known breach of the cap run only with WSGATE_FAULTS_UNSAFE=1.
 package faults
 
 import (

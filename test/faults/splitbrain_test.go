@@ -212,9 +212,16 @@ func TestSplitBrainUnsafe(t *testing.T) {
 		// The write lease alone (PROTOCOL.md, WRITE_LEASE): A admits
 		// through P before P refuses writes.
 		"keep-lease-only": {expired: "keep", lease: true},
+		// reap with the documented settings: R reaps A, cut off from it,
+		// after one lease, whatever Redis does (PROTOCOL.md); under churn,
+		// so that A holds connections the fallback admitted.
+		"reap-documented": {expired: "reap", wait: true, lease: true, busy: true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
+			if so.wait && !trackerHasFlag("redis-wait-replicas") {
+				t.Skip("the tracker under test has no --redis-wait-replicas yet")
+			}
 			h := splitBrain(t, so).h
 			t.Logf("split brain, %s: max %d on a cap of %d", so, h.maxHeld(), h.o.cap)
 		})
