@@ -95,7 +95,6 @@ type SentinelConfig struct {
 type Sentinel struct {
 	t      testing.TB
 	Port   int
-	conf   string
 	log    string
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -129,7 +128,7 @@ sentinel parallel-syncs %s 1
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := &Sentinel{t: t, Port: port, conf: conf, log: filepath.Join(dir, "sentinel.log")}
+	s := &Sentinel{t: t, Port: port, log: filepath.Join(dir, "sentinel.log")}
 	out, err := os.Create(s.log)
 	if err != nil {
 		t.Fatal(err)
