@@ -93,7 +93,6 @@ type SentinelConfig struct {
 // Sentinel is one `redis-server --sentinel` process owned by a test; its
 // configuration file (which Sentinel rewrites) is in a temporary directory.
 type Sentinel struct {
-	t      testing.TB
 	Port   int
 	log    string
 	mu     sync.Mutex
@@ -128,7 +127,7 @@ sentinel parallel-syncs %s 1
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := &Sentinel{t: t, Port: port, log: filepath.Join(dir, "sentinel.log")}
+	s := &Sentinel{Port: port, log: filepath.Join(dir, "sentinel.log")}
 	out, err := os.Create(s.log)
 	if err != nil {
 		t.Fatal(err)
