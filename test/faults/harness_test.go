@@ -14,7 +14,10 @@
 // tests against one built elsewhere instead (an older revision, to show
 // the tests catch its breaches). TestChaos prints its seed;
 // WSGATE_CHAOS_SEED replays it. Each test logs what its fault cost in one
-// line ("cost: fault=... rejected=... recovery=..."), for the README.
+// line ("cost: fault=... rejected=... recovery=..."), for the README; the
+// Sentinel failover and split-brain tests (sentinel_test.go,
+// splitbrain_test.go) log "figures: ..." lines, and those that document a
+// known breach of the cap run only with WSGATE_FAULTS_UNSAFE=1.
 package faults
 
 import (
@@ -161,11 +164,21 @@ type options struct {
 	// settle, when set, starts a `wsgate scaler` process with this
 	// --settle; h.keda asks it what KEDA asks.
 	settle time.Duration
+	// redis, when set, is the Redis the test started itself (a primary
+	// with replicas): the trackers' proxies lead to it, and rdb (which
+	// must then be set too) is what the harness reads the counts with (a
+	// Sentinel client follows a failover).
+	redis *redistest.Server
+	rdb   *redis.Client
 }
 
 type trackerOptions struct {
 	id        string
 	heartbeat time.Duration // 0: options.heartbeat
+	// args are tracker flags after the harness' own: a flag given twice
+	// takes the later value (--redis-addr of Sentinels instead of the
+	// proxy).
+	args []string
 }
 
 // harness is one system on loopback: Redis, trackers with their gateways
@@ -210,8 +223,12 @@ func newHarness(t *testing.T, o options) *harness {
 		o.flush = 500 * time.Millisecond
 	}
 	h := &harness{t: t, o: o, stats: newStats()}
-	h.redis = redistest.StartPort(t, freePort(t), o.redisArgs...)
-	h.rdb = redis.NewClient(&redis.Options{Addr: h.redis.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	if o.redis != nil {
+		h.redis, h.rdb = o.redis, o.rdb
+	} else {
+		h.redis = redistest.StartPort(t, freePort(t), o.redisArgs...)
+		h.rdb = redis.NewClient(&redis.Options{Addr: h.redis.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	}
 	var pods []string
 	for range o.backends {
 		b, err := wsbackend.Start()
@@ -385,6 +402,7 @@ func (h *harness) startTracker(to trackerOptions) *trackerProc {
 	if trackerHasFlag("shutdown-listen") {
 		tp.args = append(tp.args, "--envoy-admin", tp.adminAddr, "--shutdown-listen", tp.shutAddr, "--shutdown-timeout", "60s")
 	}
+	tp.args = append(tp.args, to.args...)
 	tp.start()
 	alAddr := tp.alAddr
 	if h.o.accessLogProxy {

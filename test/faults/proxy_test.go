@@ -83,7 +83,7 @@ func (p *redisProxy) accept() {
 			return
 		}
 		p.mu.Lock()
-		mode := p.mode
+		mode, target := p.mode, p.target
 		// dirty is set before pc is published: heal reads it.
 		pc := &proxyConn{down: c, dirty: mode == blackholed}
 		if mode != dropping {
@@ -98,7 +98,7 @@ func (p *redisProxy) accept() {
 			go p.swallow(pc)
 			continue
 		}
-		up, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+		up, err := net.DialTimeout("tcp", target, 2*time.Second)
 		if err != nil {
 			p.forget(pc)
 			c.Close()
@@ -284,6 +284,15 @@ func (p *redisProxy) slowness() time.Duration {
 func (p *redisProxy) blackhole() {
 	p.mu.Lock()
 	p.mode = blackholed
+	p.mu.Unlock()
+}
+
+// retarget sends the connections accepted from now on to addr (those
+// open stay where they are: drop them first): a Service that follows
+// another Redis.
+func (p *redisProxy) retarget(addr string) {
+	p.mu.Lock()
+	p.target = addr
 	p.mu.Unlock()
 }
 

@@ -1,0 +1,413 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
+	"github.com/wsgate/wsgate/test/redistest"
+)
+
+// Sentinel failovers through real processes (issue 26, item 3): a primary,
+// one or two replicas and three Sentinels (`redis-server --sentinel`,
+// quorum 2, down-after 2 s), three `wsgate tracker` processes on
+// --redis-master-name with --redis-addr listing the Sentinels, two
+// backends of cap 2, churn through every gateway. Each test asserts the
+// most any backend ever held (its own count) and that admissions resume
+// after the failover, and logs one "figures:" line: how long the Sentinels
+// took to agree on the new primary (detection), until the new primary's
+// epoch granted (recovered), until the first admission after that
+// (resumed), the longest stretch without a single admission, and the
+// clients' refusals by reason.
+
+const (
+	// masterName is the Sentinels' name of the primary.
+	masterName = "wsgate-primary"
+	// sentinelDownAfter is down-after-milliseconds.
+	sentinelDownAfter = 2 * time.Second
+	// failoverMargin is what the tests allow beyond detection (down-after)
+	// and one instance TTL (the new epoch's recovery wait, which the code
+	// now spends after every failover) until admissions resume, and for
+	// the longest stretch without an admission: the Sentinels' agreement
+	// and election (a few seconds), the trackers' switch, and a busy
+	// machine. Tighten it (and drop the instance TTL from
+	// failoverBound) once a failover ends the recovery wait early (issue
+	// 26, item 2: detection + 2 heartbeats).
+	failoverMargin = 15 * time.Second
+)
+
+// failoverBound is how long after the fault admissions must resume, and
+// the longest stretch without an admission the tests accept.
+func failoverBound(ttl time.Duration) time.Duration {
+	return sentinelDownAfter + ttl + failoverMargin
+}
+
+type sentinelOptions struct {
+	replicas int // default 1
+	// linkProxy puts a proxy (sentinelSystem.link) on the first replica's
+	// replication link, so that a test can stall it.
+	linkProxy bool
+	// documented runs the settings that keep the cap under split brain
+	// (documentedArgs): trackers whose admissions a replica must
+	// acknowledge, and on every data node a write lease.
+	documented bool
+	// failoverTimeout is the Sentinels' failover-timeout (default 10s).
+	// It is also how long they let a replica replicate from another
+	// address than the primary's (the link proxy's) before they point it
+	// at the primary itself (+fix-slave-config).
+	failoverTimeout time.Duration
+}
+
+// sentinelSystem is a harness whose Redis is a primary with replicas
+// watched by Sentinels.
+type sentinelSystem struct {
+	*harness
+	nodes     []*redistest.Server // nodes[0] the first primary
+	link      *redisProxy         // the first replica's link (sentinelOptions.linkProxy)
+	sentinels []*redistest.Sentinel
+}
+
+// dataNodeArgs start every data node: a full sync at once (the diskless
+// sync otherwise waits 5 s for more replicas).
+var dataNodeArgs = []string{"--repl-diskless-sync-delay", "0"}
+
+func newSentinelSystem(t *testing.T, so sentinelOptions) *sentinelSystem {
+	t.Helper()
+	if so.replicas == 0 {
+		so.replicas = 1
+	}
+	if so.failoverTimeout == 0 {
+		so.failoverTimeout = 10 * time.Second
+	}
+	s := &sentinelSystem{}
+	nodeArgs := dataNodeArgs
+	var trackerArgs []string
+	if so.documented {
+		requireWaitFlag(t)
+		nodeArgs = append(append([]string(nil), dataNodeArgs...), leaseArgs...)
+		trackerArgs = waitArgs
+	}
+	p := redistest.StartPort(t, freePort(t), nodeArgs...)
+	s.nodes = append(s.nodes, p)
+	for i := range so.replicas {
+		up := p.Addr()
+		if i == 0 && so.linkProxy {
+			s.link = startRedisProxy(t, p.Addr())
+			t.Cleanup(s.link.close)
+			up = s.link.addr()
+		}
+		s.nodes = append(s.nodes, redistest.StartPort(t, freePort(t), append(redistest.ReplicaOf(up), nodeArgs...)...))
+	}
+	for _, r := range s.nodes[1:] {
+		awaitReplicating(t, r, 20*time.Second)
+	}
+	var addrs []string
+	for range 3 {
+		sn := redistest.StartSentinel(t, freePort(t), redistest.SentinelConfig{
+			MasterName: masterName, MasterAddr: p.Addr(), Quorum: 2,
+			DownAfter: sentinelDownAfter, FailoverTimeout: so.failoverTimeout,
+		})
+		s.sentinels = append(s.sentinels, sn)
+		addrs = append(addrs, sn.Addr())
+	}
+	s.awaitSentinels(t, p.Addr(), so.replicas, 30*time.Second)
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: masterName, SentinelAddrs: addrs, MaxRetries: -1, DialTimeout: time.Second})
+	args := append([]string{"--redis-addr", strings.Join(addrs, ","), "--redis-master-name", masterName}, trackerArgs...)
+	s.harness = newHarness(t, options{
+		backends: 2, cap: 2, redis: p, rdb: rdb,
+		trackers: []trackerOptions{{id: "A", args: args}, {id: "B", args: args}, {id: "C", args: args}},
+	})
+	// Registered after the harness' cleanup, so it runs first: the
+	// Sentinels' view of a failing test, while they still run.
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, sn := range s.sentinels {
+				t.Logf("sentinel %d log (last lines):\n%s", i, sn.LogTail(30))
+			}
+		}
+	})
+	s.settle()
+	return s
+}
+
+// awaitReplicating waits until r is a replica whose link to its primary is
+// up (the initial sync done).
+func awaitReplicating(t *testing.T, r *redistest.Server, within time.Duration) {
+	t.Helper()
+	await.Until(t, r.Addr()+" replicating", within, func() (bool, string) {
+		rep, err := r.Replication()
+		return err == nil && rep.Role == "slave" && rep.LinkUp, fmt.Sprintf("%+v %v", rep, err)
+	})
+}
+
+// awaitSentinels waits until every Sentinel names master as the primary,
+// knows the two others (a failover needs a majority's votes) and the
+// replicas, up: before that, a fault would find no one to fail over to.
+func (s *sentinelSystem) awaitSentinels(t *testing.T, master string, replicas int, within time.Duration) {
+	t.Helper()
+	await.Until(t, "Sentinels agree on "+master, within, func() (bool, string) {
+		var views []string
+		ok := true
+		for _, sn := range s.sentinels {
+			v, err := sn.View(masterName)
+			ok = ok && err == nil && v.Master == master && v.Others == len(s.sentinels)-1 && v.Replicas >= replicas
+			views = append(views, fmt.Sprintf("%+v %v", v, err))
+		}
+		return ok, strings.Join(views, "; ")
+	})
+}
+
+// awaitSwitch waits until every Sentinel names another primary than old,
+// the same one, and returns that node.
+func (s *sentinelSystem) awaitSwitch(t *testing.T, old string, within time.Duration) *redistest.Server {
+	t.Helper()
+	var master string
+	await.Until(t, "Sentinels fail over from "+old, within, func() (bool, string) {
+		master = ""
+		var views []string
+		for _, sn := range s.sentinels {
+			v, err := sn.View(masterName)
+			views = append(views, fmt.Sprintf("%s %v", v.Master, err))
+			if err != nil || v.Master == old || (master != "" && v.Master != master) {
+				return false, strings.Join(views, "; ")
+			}
+			master = v.Master
+		}
+		return true, master
+	})
+	for _, n := range s.nodes {
+		if n.Addr() == master {
+			return n
+		}
+	}
+	t.Fatalf("Sentinels promoted %s, no node of the test", master)
+	return nil
+}
+
+// awaitGranting waits until node's epoch for the fleet grants (the
+// trackers have made a new epoch on it and its recovery wait is over).
+func awaitGranting(t *testing.T, node *redistest.Server, within time.Duration) time.Time {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: node.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	st := store.NewStore(c, "wsgate")
+	for {
+		left, err := st.Recovery(ctx, fleet)
+		if err == nil && left == 0 {
+			return time.Now()
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s's epoch not granting within %s (last: %v left, %v)", node.Addr(), within, left, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// failoverFigures is what one failover cost, from the fault on.
+type failoverFigures struct {
+	detection, recovered, resumed, allResumed time.Duration
+}
+
+func (f failoverFigures) String() string {
+	return fmt.Sprintf("detection=%.1fs recovered=%.1fs resumed=%.1fs all-gateways=%.1fs",
+		f.detection.Seconds(), f.recovered.Seconds(), f.resumed.Seconds(), f.allResumed.Seconds())
+}
+
+// failover applies fault to the current primary old at faultAt, waits for
+// the Sentinels to promote another node, for its epoch to grant, and for
+// an admission through every gateway after that (within failoverBound of
+// the fault), and returns the new primary and the figures.
+func (s *sentinelSystem) failover(t *testing.T, m *meter, old *redistest.Server, fault func()) (*redistest.Server, failoverFigures) {
+	t.Helper()
+	bound := failoverBound(s.o.instanceTTL)
+	faultAt := time.Now()
+	fault()
+	promoted := s.awaitSwitch(t, old.Addr(), bound)
+	var f failoverFigures
+	f.detection = time.Since(faultAt)
+	granting := awaitGranting(t, promoted, bound-time.Since(faultAt))
+	f.recovered = granting.Sub(faultAt)
+	first, all := m.awaitEach("admissions after the failover", s.trackers, granting, bound-time.Since(faultAt))
+	f.resumed, f.allResumed = first.Sub(faultAt), all.Sub(faultAt)
+	return promoted, f
+}
+
+// finish ends the churn, checks the cap and the longest stretch without
+// an admission, logs the figures, and checks that the system admits and
+// drains on the new primary (every count released there).
+func (s *sentinelSystem) finish(t *testing.T, name string, m *meter, bound time.Duration, figures ...fmt.Stringer) {
+	t.Helper()
+	ended := m.end()
+	gap, from := m.longestGap()
+	var fs []string
+	for _, f := range figures {
+		fs = append(fs, f.String())
+	}
+	t.Logf("figures: case=%s max-per-pod=%s cap=%d longest-without-admission=%.1fs (from +%.1fs of %.1fs of churn) admitted=%d refused=%s %s",
+		name, s.perPod(), s.o.cap, gap.Seconds(), from.Sub(m.start).Seconds(), ended.Sub(m.start).Seconds(), m.admitted(), s.stats.take(), strings.Join(fs, " | "))
+	s.checkCap(name)
+	if gap > bound {
+		t.Errorf("%s: %.1fs without an admission, more than the bound %s", name, gap.Seconds(), bound)
+	}
+	s.awaitAdmitting(bound)
+	s.awaitDrained(20 * time.Second)
+}
+
+// startChurn starts the meter through every gateway and waits for its
+// first admissions, so that the fault hits a system in use.
+func (s *sentinelSystem) startChurn(t *testing.T, seed uint64) *meter {
+	t.Helper()
+	m := s.startMeter(6, seed, func() []*trackerProc { return s.trackers })
+	await.Until(t, "churn admitting", 20*time.Second, func() (bool, string) { n := m.admitted(); return n >= 10, fmt.Sprint(n) })
+	return m
+}
+
+// TestSentinelFailoverKill: the primary is SIGKILLed under churn.
+func TestSentinelFailoverKill(t *testing.T) {
+	t.Parallel()
+	s := newSentinelSystem(t, sentinelOptions{})
+	m := s.startChurn(t, 1)
+	_, f := s.failover(t, m, s.nodes[0], s.nodes[0].Kill)
+	s.finish(t, "sentinel-kill", m, failoverBound(s.o.instanceTTL), f)
+}
+
+// TestSentinelFailoverStop: the primary is SIGSTOPped (a frozen host: its
+// sockets stay open) under churn; once the Sentinels promoted the replica
+// and admissions resumed, it is continued, and must come back as a replica
+// of the new primary (the Sentinels reconfigure it) while the churn goes
+// on: no tracker may admit through it meanwhile.
+func TestSentinelFailoverStop(t *testing.T) {
+	t.Parallel()
+	s := newSentinelSystem(t, sentinelOptions{})
+	m := s.startChurn(t, 2)
+	old := s.nodes[0]
+	promoted, f := s.failover(t, m, old, old.Stop)
+	old.Cont()
+	continued := time.Now()
+	await.Until(t, "old primary back as a replica of the new one", 60*time.Second, func() (bool, string) {
+		r, err := old.Replication()
+		return err == nil && r.Role == "slave" && strconv.Itoa(r.MasterPort) == port(promoted.Addr()), fmt.Sprintf("%+v %v", r, err)
+	})
+	t.Logf("old primary a replica %.1fs after SIGCONT", time.Since(continued).Seconds())
+	s.finish(t, "sentinel-stop", m, failoverBound(s.o.instanceTTL), f)
+}
+
+// TestSentinelFailoverStalledLink: the replica's replication link stalls
+// (a proxy on it swallows everything both ways) for 3 s under churn, then
+// the primary is SIGKILLed: the replica promoted lacks the writes of those
+// 3 s (the admissions and heartbeats of every tracker).
+func TestSentinelFailoverStalledLink(t *testing.T) {
+	t.Parallel()
+	// failover-timeout 60 s: the Sentinels would otherwise point the
+	// replica at the primary itself, past the proxy, after 10 s.
+	s := newSentinelSystem(t, sentinelOptions{linkProxy: true, failoverTimeout: time.Minute})
+	p, r := s.nodes[0], s.nodes[1]
+	if rep, err := r.Replication(); err != nil || strconv.Itoa(rep.MasterPort) != port(s.link.addr()) || !rep.LinkUp {
+		t.Fatalf("the replica no longer replicates through the link proxy %s: %+v %v", s.link.addr(), rep, err)
+	}
+	m := s.startChurn(t, 3)
+	const stall = 3 * time.Second
+	s.link.blackhole()
+	time.Sleep(stall) // the fault: writes the replica does not receive
+	pr, err1 := p.Replication()
+	rr, err2 := r.Replication()
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	if pr.Offset <= rr.Offset {
+		t.Fatalf("the replica has the primary's offset %d (its own %d) after a %s stall: nothing to lose", pr.Offset, rr.Offset, stall)
+	}
+	t.Logf("replica %d bytes of replication stream behind the primary at the kill", pr.Offset-rr.Offset)
+	_, f := s.failover(t, m, p, p.Kill)
+	s.finish(t, "sentinel-stalled-link", m, failoverBound(s.o.instanceTTL), f)
+}
+
+// TestSentinelFailoverTwice: two failovers in a row: the primary is
+// SIGKILLed, one of two replicas promoted and the other reconfigured to
+// replicate from it; once admissions resumed and the Sentinels see that
+// replica, the new primary is SIGKILLed too.
+func TestSentinelFailoverTwice(t *testing.T) {
+	t.Parallel()
+	s := newSentinelSystem(t, sentinelOptions{replicas: 2})
+	m := s.startChurn(t, 4)
+	first, f1 := s.failover(t, m, s.nodes[0], s.nodes[0].Kill)
+	var rest *redistest.Server
+	for _, n := range s.nodes[1:] {
+		if n != first {
+			rest = n
+		}
+	}
+	await.Until(t, "the other replica replicating from the new primary", 30*time.Second, func() (bool, string) {
+		r, err := rest.Replication()
+		return err == nil && r.Role == "slave" && r.LinkUp && strconv.Itoa(r.MasterPort) == port(first.Addr()), fmt.Sprintf("%+v %v", r, err)
+	})
+	s.awaitSentinels(t, first.Addr(), 1, 30*time.Second)
+	second, f2 := s.failover(t, m, first, first.Kill)
+	if second != rest {
+		t.Fatalf("second failover promoted %s, want %s", second.Addr(), rest.Addr())
+	}
+	s.finish(t, "sentinel-twice", m, failoverBound(s.o.instanceTTL), f1, f2)
+}
+
+// sentinelConvert is how long the Sentinels let a node they know as a
+// replica report itself a primary before they make it a replica again
+// (4 times their 2 s publish period, in Redis 7).
+const sentinelConvert = 8 * time.Second
+
+// TestSentinelFailoverDocumented: the primary is SIGKILLed with the
+// documented settings (admissions acknowledged by a replica, a write lease
+// on every node). The promoted replica has no replica of its own: it
+// refuses writes, so nothing is admitted through Redis until the killed
+// node, restarted empty (a pod without persistence), is made its replica
+// by the Sentinels and has synced. Measures what that costs.
+func TestSentinelFailoverDocumented(t *testing.T) {
+	t.Parallel()
+	s := newSentinelSystem(t, sentinelOptions{documented: true})
+	m := s.startChurn(t, 8)
+	p := s.nodes[0]
+	bound := failoverBound(s.o.instanceTTL) + sentinelConvert
+	var f rejoinFigures
+	faultAt := time.Now()
+	p.Kill()
+	promoted := s.awaitSwitch(t, p.Addr(), bound)
+	f.detection = time.Since(faultAt)
+	p.Restart()
+	f.restarted = time.Since(faultAt)
+	await.Until(t, "the restarted node a replica of the new primary", bound, func() (bool, string) {
+		r, err := p.Replication()
+		return err == nil && r.Role == "slave" && r.LinkUp && strconv.Itoa(r.MasterPort) == port(promoted.Addr()), fmt.Sprintf("%+v %v", r, err)
+	})
+	f.rejoined = time.Since(faultAt)
+	granting := awaitGranting(t, promoted, bound-time.Since(faultAt))
+	f.recovered = granting.Sub(faultAt)
+	first, all := m.awaitEach("admissions after the failover", s.trackers, granting, bound-time.Since(faultAt))
+	f.resumed, f.allResumed = first.Sub(faultAt), all.Sub(faultAt)
+	s.finish(t, "sentinel-kill-documented", m, bound, f)
+}
+
+// rejoinFigures is failoverFigures with the killed node's restart and
+// its return as a replica.
+type rejoinFigures struct {
+	detection, restarted, rejoined, recovered, resumed, allResumed time.Duration
+}
+
+func (f rejoinFigures) String() string {
+	return fmt.Sprintf("detection=%.1fs restarted=%.1fs rejoined-as-replica=%.1fs recovered=%.1fs resumed=%.1fs all-gateways=%.1fs",
+		f.detection.Seconds(), f.restarted.Seconds(), f.rejoined.Seconds(), f.recovered.Seconds(), f.resumed.Seconds(), f.allResumed.Seconds())
+}
+
+// port is the port of "host:port".
+func port(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
