@@ -140,6 +140,26 @@ func (c RedisConfig) Topology() Topology {
 	return TopologySingle
 }
 
+// WithTopology records how the Store's client reaches Redis, for the
+// replication check: a Sentinel client is a *redis.Client, as one server's.
+func (s *Store) WithTopology(t Topology) *Store {
+	c := *s
+	c.topology = t
+	return &c
+}
+
+// Topology is how the Store's client reaches Redis: as WithTopology said,
+// else a Cluster for a Cluster client and one server for any other.
+func (s *Store) Topology() Topology {
+	if s.topology != "" {
+		return s.topology
+	}
+	if _, ok := s.rdb.(*redis.ClusterClient); ok {
+		return TopologyCluster
+	}
+	return TopologySingle
+}
+
 // Replication is what the server of a fleet's keys says of its replication.
 type Replication struct {
 	// Addr is the server asked, as the client knows it.

@@ -34,6 +34,8 @@ type Store struct {
 	// acknowledged it within waitTimeout (WithWait, replication.go).
 	waitReplicas int
 	waitTimeout  time.Duration
+	// topology: how rdb reaches Redis, when WithTopology said so.
+	topology Topology
 }
 
 // NewStore returns a Store on rdb whose keys start with {prefix:<fleet>}

@@ -115,7 +115,9 @@ func TestAdmissionsWaitForTheReplica(t *testing.T) {
 	}
 }
 
-func safe(m *tracker.Metrics) float64 { return testutil.ToFloat64(m.ReplicationSafe.WithLabelValues("chat")) }
+func safe(m *tracker.Metrics) float64 {
+	return testutil.ToFloat64(m.ReplicationSafe.WithLabelValues("chat"))
+}
 
 // The check is quiet for a single Redis; with replicas it warns (or, with
 // refuse, fails) for each combination that cannot keep the cap under split
