@@ -89,6 +89,9 @@ func runTracker(args []string) error {
 	f.file, f.configData, f.notes = loaded.file, loaded.data, loaded.notes
 	f.cfg.Fleets = loaded.file.Fleets
 	f.cfg.InstanceTTL, f.cfg.ExpiredInstances = time.Duration(loaded.settings.InstanceTTL), loaded.settings.ExpiredInstances
+	if f.embedded && f.cfg.WaitReplicas > 0 {
+		return fmt.Errorf("--redis-wait-replicas %d: the embedded Redis (--redis-embedded) has no replicas to wait for: leave it at 0", f.cfg.WaitReplicas)
+	}
 	if f.configCheck <= 0 {
 		return fmt.Errorf("--config-check-interval %s: must be positive", f.configCheck)
 	}

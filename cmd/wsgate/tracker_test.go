@@ -43,6 +43,7 @@ func TestTrackerConfigErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--config", good, "--redis-wait-replicas", "one"}, "invalid value \"one\" for flag -redis-wait-replicas: want a whole number"},
 		{[]string{"--config", good, "--redis-wait-replicas", "1", "--redis-wait-timeout", "100ms"}, "--redis-wait-timeout 100ms: must be shorter than --redis-timeout 100ms"},
 		{[]string{"--config", good, "--redis-wait-timeout", "0"}, "--redis-wait-timeout 0: must be positive"},
+		{[]string{"--config", good, "--redis-embedded", "--redis-wait-replicas", "1"}, "--redis-wait-replicas 1: the embedded Redis (--redis-embedded) has no replicas"},
 		{[]string{"--config", good, "--redis-replication-check", "maybe"}, "--redis-replication-check \"maybe\": want warn or refuse"},
 		{[]string{"--config", good, "--shutdown-listen", ":9103"}, "--shutdown-listen \":9103\": must be a loopback address"},
 		{[]string{"--config", twice}, "--config: " + twice + ":4: fleet chat: defined twice (first at line 2)"},
