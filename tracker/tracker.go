@@ -80,7 +80,9 @@ func New(cfg Config, store *store.Store, opts ...Option) (*Tracker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tracker config: %w", err)
 	}
-	if cfg.WaitReplicas > 0 {
+	if store != nil && cfg.WaitReplicas > 0 {
+		// Admissions wait for the replicas (PROTOCOL.md, "Replication and
+		// failover"); releases and heartbeats do not.
 		store = store.WithWait(cfg.WaitReplicas, cfg.WaitTimeout)
 	}
 	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, kick: make(chan struct{}, 1), idTag: instanceTag(cfg.InstanceID),
