@@ -66,7 +66,9 @@ func TestAdmissionsWaitForTheReplica(t *testing.T) {
 	primary := redistest.Start(t)
 	replica := redistest.StartReplica(t, primary)
 	var logs syncBuffer
-	const wait = 300 * time.Millisecond
+	// Long enough for a busy machine's acknowledgements: the refusals
+	// below each wait it out.
+	const wait = time.Second
 	tr, _ := waitTracker(t, primary, 1, wait, fleets.ExpiredKeep, "", &logs)
 	awaitGranting(t, tr)
 	for range 2 {
