@@ -100,6 +100,15 @@ type explained struct {
 	want string
 }
 
+// String is the value's, and "" for the zero explained the flag package
+// makes to tell whether a default is worth printing in -h.
+func (e explained) String() string {
+	if e.Getter == nil {
+		return ""
+	}
+	return e.Getter.String()
+}
+
 func (e explained) Set(s string) error {
 	if err := e.Getter.Set(s); err != nil {
 		return errors.New(e.want)
