@@ -111,6 +111,9 @@ func TestFlagErrorsSayWhatIsWanted(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("-h: %v, want flag.ErrHelp", err)
 	}
+	if strings.Contains(out, "panic") || !strings.Contains(out, "(default 50ms)") {
+		t.Errorf("-h printed a panic, or not the duration flags' defaults: %q", out)
+	}
 	i := strings.Index(out, "  -instance-id")
 	if i < 0 || !strings.Contains(out, "-heartbeat") {
 		t.Fatalf("-h printed %q, want the flags", out)
