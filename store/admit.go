@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -86,11 +87,37 @@ func (s *Store) Admit(ctx context.Context, req AdmitRequest) (AdmitReply, error)
 			args = append(args, r.Pod, r.N, r.Pending)
 		}
 	}
+	if s.waitReplicas > 0 {
+		return s.admitWait(ctx, req, hot, args)
+	}
 	res, err := s.runHot(ctx, hot, scriptAdmit, args).Slice()
 	if err != nil {
 		return AdmitReply{}, fmt.Errorf("admit %s: %w", req.Fleet, err)
 	}
 	return decodeAdmit(req, res)
+}
+
+// admitWait is Admit's call with WAIT (WithWait): one WAIT for the whole
+// call, however many admissions it carries. A reply is used only when the
+// replicas acknowledged it, refusals too, as the model's admit_read (a
+// refusal could be used, it only lowers what the tracker relies on, but
+// the model reads no reply that was not acknowledged); otherwise
+// ErrNotReplicated, and the tracker takes the call as one whose reply was
+// lost (admit_lost). The decoded reply comes with the error, for tests.
+func (s *Store) admitWait(ctx context.Context, req AdmitRequest, hot *hotKeys, args []any) (AdmitReply, error) {
+	cmd, wait := s.runHotWait(ctx, hot, scriptAdmit, args)
+	res, err := cmd.Slice()
+	if err != nil {
+		return AdmitReply{}, fmt.Errorf("admit %s: %w", req.Fleet, err)
+	}
+	a, err := decodeAdmit(req, res)
+	if err != nil && !errors.Is(err, ErrEpochFenced) {
+		return a, err
+	}
+	if werr := s.acked(req.Fleet, wait); werr != nil {
+		return a, werr
+	}
+	return a, err
 }
 
 // admit.lua's reply, by position: {granted, reason, released, then pod, n

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
@@ -58,4 +59,48 @@ func BenchmarkAdmitRelease(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkAdmitWait measures what WAIT costs an admit call: the same
+// admission on a real primary with one real replica, without WAIT and
+// with WAIT 1 (the script and WAIT in one pipeline), one admission per
+// call and 16 per call (a batch: one WAIT for all). The primary
+// replicates in both, so the difference is WAIT's round trip to the
+// replica.
+func BenchmarkAdmitWait(b *testing.B) {
+	primary := redistest.Start(b)
+	redistest.StartReplica(b, primary)
+	plain := store.NewStore(primary.Client(), "wsgate")
+	ctx := context.Background()
+	if err := plain.SetPods(ctx, "chat", storetest.Pods("10.0.0.1:80", "10.0.0.2:80")); err != nil {
+		b.Fatal(err)
+	}
+	res, err := plain.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e1", Lease: 1 << 40})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := plain.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e1", Lease: 1 << 40, Confirm: res.Epoch}); err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		s    *store.Store
+		n    int
+	}{
+		{"nowait", plain, 1},
+		{"wait1", plain.WithWait(1, time.Second), 1},
+		{"nowait/batch16", plain, 16},
+		{"wait1/batch16", plain.WithWait(1, time.Second), 16},
+	} {
+		req := store.AdmitRequest{Fleet: "chat", MaxPerPod: 1 << 30, Policy: fleets.PolicyPack, Instance: "e1", Epoch: res.Epoch, Now: storetest.T0, N: c.n}
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				a, err := c.s.Admit(ctx, req)
+				if err != nil || len(a.Pods) != c.n {
+					b.Fatal(a, err)
+				}
+			}
+		})
+	}
 }

@@ -113,6 +113,9 @@ func clientTLS(c RedisConfig) (*tls.Config, error) {
 // DescribeRedisError says, for an operator, what a failed Redis call means:
 // Redis' own error code when it answered, and what to do about it.
 func DescribeRedisError(err error) string {
+	if errors.Is(err, ErrNotReplicated) {
+		return "Redis ran the admission but its replicas did not acknowledge it in time (WAIT): a replica is down, cut off or lagging; the admission is refused, and counted in Redis until the next heartbeat (--redis-wait-replicas, --redis-wait-timeout)"
+	}
 	var rerr redis.Error
 	if !errors.As(err, &rerr) {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {

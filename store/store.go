@@ -4,6 +4,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -29,6 +30,12 @@ type Store struct {
 	// cacheRun: the hot scripts take the run_id from their text loaded
 	// for the running process, not from INFO (runid.go).
 	cacheRun bool
+	// waitReplicas > 0: an admit call counts only once that many replicas
+	// acknowledged it within waitTimeout (WithWait, replication.go).
+	waitReplicas int
+	waitTimeout  time.Duration
+	// topology: how rdb reaches Redis, when WithTopology said so.
+	topology Topology
 }
 
 // NewStore returns a Store on rdb whose keys start with {prefix:<fleet>}

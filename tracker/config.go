@@ -49,7 +49,28 @@ type Config struct {
 	// ExpiredInstances is reap (default), keep or kube; every tracker and
 	// the scaler of a fleet must agree (the fleets file's expiredInstances).
 	ExpiredInstances fleets.ExpiredMode
+	// WaitReplicas > 0: an admission through Redis counts only once that
+	// many replicas acknowledged it (Redis WAIT after the admit call, on
+	// its connection), within WaitTimeout; one that is not acknowledged is
+	// refused to the fallback, as a lost reply (PROTOCOL.md, "Replication
+	// and failover"). 0 (default): no WAIT, for a Redis without replicas.
+	WaitReplicas int
+	// WaitTimeout bounds the WAIT; it must be below RedisTimeout, which
+	// bounds the whole call. Default 50ms.
+	WaitTimeout time.Duration
+	// ReplicationCheck is what the tracker does when the Redis of a fleet
+	// cannot keep the cap under split brain (its replicas outnumber
+	// WaitReplicas, or expired instances are reaped beside replicas):
+	// warn (default) logs it; refuse also fails CheckReplication at start,
+	// and at a later epoch logs it as an error (replication.go).
+	ReplicationCheck string
 }
+
+// ReplicationCheck values.
+const (
+	ReplicationWarn   = "warn"
+	ReplicationRefuse = "refuse"
+)
 
 // WithDefaults returns c with every unset field at its documented default.
 func (c Config) WithDefaults() Config {
@@ -73,6 +94,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.ExpiredInstances == "" {
 		c.ExpiredInstances = fleets.ExpiredReap
+	}
+	if c.WaitTimeout == 0 {
+		c.WaitTimeout = 50 * time.Millisecond
+	}
+	if c.ReplicationCheck == "" {
+		c.ReplicationCheck = ReplicationWarn
 	}
 	for i := range c.Fleets {
 		c.Fleets[i] = c.Fleets[i].WithDefaults()
@@ -102,6 +129,7 @@ var configNames = map[string]string{
 	"InstanceID": "instance id", "Fleets": "fleets", "Heartbeat": "heartbeat", "InstanceTTL": "instanceTTL",
 	"EstablishTimeout": "establishTimeout", "LeaseTTL": "leaseTTL", "RedisTimeout": "redisTimeout",
 	"Fallback": "fallback", "ExpiredInstances": "expiredInstances",
+	"WaitReplicas": "waitReplicas", "WaitTimeout": "waitTimeout", "ReplicationCheck": "replicationCheck",
 }
 
 func (e *FieldError) Error() string {
@@ -159,6 +187,30 @@ func (c Config) Validate() error {
 	}
 	if c.ExpiredInstances.Validate() != nil {
 		return &FieldError{Field: "ExpiredInstances", Value: strconv.Quote(string(c.ExpiredInstances)), Problem: "want reap, keep or kube"}
+	}
+	return c.validateWait()
+}
+
+// validateWait checks the fields of the admissions' WAIT and of the
+// replication check.
+func (c Config) validateWait() error {
+	if c.WaitReplicas < 0 {
+		return &FieldError{Field: "WaitReplicas", Value: strconv.Itoa(c.WaitReplicas), Problem: "want 0 (off) or the number of replicas every admission must reach"}
+	}
+	if c.WaitReplicas > 0 {
+		// Redis' WAIT counts whole milliseconds, and WAIT n 0 blocks for
+		// ever; the call's own deadline is RedisTimeout.
+		if c.WaitTimeout < time.Millisecond {
+			return &FieldError{Field: "WaitTimeout", Value: c.WaitTimeout.String(), Problem: "must be at least 1ms (Redis WAIT counts milliseconds, and 0 would wait for ever)"}
+		}
+		if c.WaitTimeout >= c.RedisTimeout {
+			return &FieldError{Field: "WaitTimeout", Value: c.WaitTimeout.String(), Problem: "must be shorter than", Than: "RedisTimeout", ThanValue: c.RedisTimeout.String()}
+		}
+	}
+	switch c.ReplicationCheck {
+	case ReplicationWarn, ReplicationRefuse:
+	default:
+		return &FieldError{Field: "ReplicationCheck", Value: strconv.Quote(c.ReplicationCheck), Problem: "want warn or refuse"}
 	}
 	return nil
 }

@@ -58,3 +58,6 @@ func Retire(t *Tracker, fleet string) error {
 	}
 	return t.retire(context.Background(), f)
 }
+
+// CheckNewEpochs runs what WatchReplication runs every heartbeat.
+func CheckNewEpochs(t *Tracker) { t.checkNewEpochs(context.Background()) }

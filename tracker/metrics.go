@@ -17,6 +17,7 @@ type Metrics struct {
 	AccessLogEntries *prometheus.CounterVec
 	BatchSize        *prometheus.HistogramVec
 	Reused           *prometheus.CounterVec
+	ReplicationSafe  *prometheus.GaugeVec
 }
 
 // NewMetrics creates the tracker's collectors and registers them on reg
@@ -65,12 +66,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "wsgate_tracker_reused_slots_total",
 			Help: "Admissions decided without a Redis call: into a slot one of this instance's connections had just freed, whose release was still queued (PROTOCOL.md, Reuse).",
 		}, []string{"fleet"}),
+		ReplicationSafe: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wsgate_tracker_redis_replication_safe",
+			Help: "1 when the last replication check (at start and at each new epoch) found that the fleet's Redis keeps the cap under split brain (no replicas, or admissions wait for every replica, and expired instances are not reaped beside replicas); 0 when it cannot, or before a check could reach Redis (PROTOCOL.md, Replication and failover).",
+		}, []string{"fleet"}),
 	}
 	for _, op := range redisOps {
 		m.RedisErrors.WithLabelValues(op)
 	}
 	if reg != nil {
-		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused)
+		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused, m.ReplicationSafe)
 	}
 	return m
 }
@@ -90,6 +95,7 @@ func (m *Metrics) addFleet(fleet string) {
 		m.Expired.WithLabelValues(fleet, why)
 	}
 	m.Reused.WithLabelValues(fleet)
+	m.ReplicationSafe.WithLabelValues(fleet)
 }
 
 // removeFleet deletes the series of a fleet the tracker forgot (it left
@@ -101,6 +107,7 @@ func (m *Metrics) removeFleet(fleet string) {
 	m.Fallbacks.DeletePartialMatch(l)
 	m.Expired.DeletePartialMatch(l)
 	m.Reused.DeletePartialMatch(l)
+	m.ReplicationSafe.DeletePartialMatch(l)
 }
 
 // expiredWhys are the values of connections_expired_total's why label.

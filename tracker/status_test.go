@@ -138,6 +138,7 @@ func TestSeriesExistFromTheFirstScrape(t *testing.T) {
 		out := []string{
 			"wsgate_tracker_fallback_active{fleet=" + fleet + "}",
 			"wsgate_tracker_reused_slots_total{fleet=" + fleet + "}",
+			"wsgate_tracker_redis_replication_safe{fleet=" + fleet + "}",
 			"wsgate_tracker_connections{fleet=" + fleet + "}",
 			"wsgate_tracker_granting{fleet=" + fleet + "}",
 			"wsgate_tracker_recovering{fleet=" + fleet + "}",

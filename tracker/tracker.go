@@ -55,6 +55,11 @@ type Tracker struct {
 	idTag    string
 	idPrefix string
 	idSeq    atomic.Uint64
+
+	// topology is how the store reaches Redis, and repl what the
+	// replication check last saw (replication.go).
+	topology store.Topology
+	repl     replicationState
 }
 
 // Option changes how New builds a Tracker.
@@ -75,7 +80,16 @@ func New(cfg Config, store *store.Store, opts ...Option) (*Tracker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tracker config: %w", err)
 	}
-	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, kick: make(chan struct{}, 1), idTag: instanceTag(cfg.InstanceID)}
+	if store != nil && cfg.WaitReplicas > 0 {
+		// Admissions wait for the replicas (PROTOCOL.md, "Replication and
+		// failover"); releases and heartbeats do not.
+		store = store.WithWait(cfg.WaitReplicas, cfg.WaitTimeout)
+	}
+	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, kick: make(chan struct{}, 1), idTag: instanceTag(cfg.InstanceID),
+		repl: replicationState{checked: map[string]string{}}}
+	if store != nil {
+		t.topology = store.Topology()
+	}
 	var rnd [idRandomBytes]byte
 	_, _ = rand.Read(rnd[:]) // crypto/rand.Read never fails (Go 1.24+)
 	t.idPrefix = t.idTag + hex.EncodeToString(rnd[:])

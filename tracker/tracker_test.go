@@ -577,6 +577,11 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		"bad fallback":  {func(c *tracker.Config) { c.Fallback = "maybe" }, "fallback"},
 		"ttl too short": {func(c *tracker.Config) { c.Heartbeat, c.InstanceTTL = time.Second, time.Second }, "instanceTTL"},
 		"svc and pods":  {func(c *tracker.Config) { c.Fleets[0].Service, c.Fleets[0].Pods = "chat", []string{"10.0.0.1:80"} }, "choose one"},
+		"wait replicas": {func(c *tracker.Config) { c.WaitReplicas = -1 }, "waitReplicas -1"},
+		"wait timeout": {func(c *tracker.Config) { c.WaitReplicas, c.WaitTimeout = 1, 100*time.Millisecond },
+			"waitTimeout 100ms: must be shorter than redisTimeout 100ms"},
+		"wait 0ms":  {func(c *tracker.Config) { c.WaitReplicas, c.WaitTimeout = 1, 500*time.Microsecond }, "waitTimeout 500µs: must be at least 1ms"},
+		"bad check": {func(c *tracker.Config) { c.ReplicationCheck = "maybe" }, "replicationCheck \"maybe\": want warn or refuse"},
 	}
 	for name, c := range cases {
 		cfg := base()

@@ -61,6 +61,9 @@ func runTracker(args []string) error {
 	fallback := fs.String("fallback", "share", "admission Redis cannot decide: share (only into slots Redis counts for this instance: never above the cap), closed, or open (may exceed the cap)")
 	f.settings = registerSettingFlags(fs, "How long this instance's counts outlive its last heartbeat.",
 		"An instance whose lease ran out: reap (its slots go to others; a cut-off instance's pods may exceed the cap), keep (counted until it comes back: the cap holds), or kube (the scaler reaps it once Kubernetes no longer lists its pod: the cap holds); the same for every tracker and the scaler.")
+	fs.IntVar(&f.cfg.WaitReplicas, "redis-wait-replicas", 0, "admissions count only once this many replicas acknowledged them (Redis WAIT on the admit call's connection); one not acknowledged in --redis-wait-timeout is refused to the fallback. Set it to the number of replicas of the primary (Sentinel, Cluster) to keep the cap under split brain; 0: off, for a Redis without replicas")
+	fs.DurationVar(&f.cfg.WaitTimeout, "redis-wait-timeout", 50*time.Millisecond, "how long an admission waits for --redis-wait-replicas acknowledgements; at least 1ms and below --redis-timeout")
+	fs.StringVar(&f.cfg.ReplicationCheck, "redis-replication-check", "warn", "when the Redis of a fleet cannot keep the cap under split brain (replicas, or Sentinel or Cluster, with --redis-wait-replicas below their number, or expiredInstances reap beside replicas), checked at start and at each new epoch: warn (log it) or refuse (do not start; at a later epoch log an error and go on); wsgate_tracker_redis_replication_safe says it either way")
 	fs.StringVar(&f.runCheck, "redis-run-check", "cached", "how admissions and releases learn Redis' run_id, which catches a restart with old data: cached (in their script text, loaded into the one Redis process it names; Redis 7.0 and later, else per-call) or per-call (INFO in every script: for a proxy that keeps client connections while the Redis behind it restarts)")
 	fs.BoolVar(&f.embedded, "redis-embedded", false, "run an in-process Redis (miniredis) instead of --redis-addr: for trying wsgate out, never for production")
 	fs.StringVar(&f.shutdownListen, "shutdown-listen", "", "loopback address of GET /shutdown, for the Envoy container's preStop hook: drain, then answer once Envoy's connections have ended (empty: off)")
@@ -86,6 +89,9 @@ func runTracker(args []string) error {
 	f.file, f.configData, f.notes = loaded.file, loaded.data, loaded.notes
 	f.cfg.Fleets = loaded.file.Fleets
 	f.cfg.InstanceTTL, f.cfg.ExpiredInstances = time.Duration(loaded.settings.InstanceTTL), loaded.settings.ExpiredInstances
+	if f.embedded && f.cfg.WaitReplicas > 0 {
+		return fmt.Errorf("--redis-wait-replicas %d: the embedded Redis (--redis-embedded) has no replicas to wait for: leave it at 0", f.cfg.WaitReplicas)
+	}
 	if f.configCheck <= 0 {
 		return fmt.Errorf("--config-check-interval %s: must be positive", f.configCheck)
 	}
@@ -124,7 +130,7 @@ func runTracker(args []string) error {
 		fxLogger(log),
 		fx.Supply(f, log),
 		fx.Provide(newRegistry, newRedis, newStore, newTracker),
-		fx.Invoke(runHeartbeat, serveAdmission, serveAccessLog, watchTrackerConfig, serveShutdown),
+		fx.Invoke(checkReplication, runHeartbeat, serveAdmission, serveAccessLog, watchTrackerConfig, serveShutdown),
 		fx.Populate(&t),
 	)
 	return runAppDraining(app, func() { shutdownTracker(t, f, log) })
@@ -210,6 +216,9 @@ var trackerConfigFlags = map[string]string{
 	"LeaseTTL":         "--lease-ttl",
 	"RedisTimeout":     "--redis-timeout",
 	"Fallback":         "--fallback",
+	"WaitReplicas":     "--redis-wait-replicas",
+	"WaitTimeout":      "--redis-wait-timeout",
+	"ReplicationCheck": "--redis-replication-check",
 }
 
 // checkTrackerConfig validates before anything is built, so that an error
@@ -268,7 +277,7 @@ func newRedis(lc fx.Lifecycle, f trackerFlags, log *slog.Logger) (redis.Universa
 }
 
 func newStore(rdb redis.UniversalClient, f trackerFlags) *store.Store {
-	s := store.NewStore(rdb, f.redis.cfg.Prefix)
+	s := store.NewStore(rdb, f.redis.cfg.Prefix).WithTopology(f.redis.config().Topology())
 	if f.embedded {
 		s = s.WithoutRestartDetection() // miniredis reports no run_id
 	} else if f.runCheck == "per-call" {
@@ -326,6 +335,19 @@ func serveAccessLog(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker, log *sl
 }
 
 func runHeartbeat(lc fx.Lifecycle, t *tracker.Tracker) { background(lc, t.Run) }
+
+// checkReplication checks, before the first heartbeat, whether the Redis
+// of each fleet keeps the cap under split brain (with
+// --redis-replication-check=refuse a Redis that cannot fails the start),
+// then again at each new epoch. Not for the embedded miniredis, which has
+// no replication to check.
+func checkReplication(lc fx.Lifecycle, f trackerFlags, t *tracker.Tracker) {
+	if f.embedded {
+		return
+	}
+	lc.Append(fx.StartHook(t.CheckReplication))
+	background(lc, t.WatchReplication)
+}
 
 // watchTrackerConfig applies every valid change of the fleets file; one
 // that changes a fleet-wide setting is refused (reloadSettings).

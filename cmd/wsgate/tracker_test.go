@@ -4,10 +4,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/fx"
+
+	"github.com/wsgate/wsgate/test/redistest"
 )
 
 func fleetsFile(t *testing.T, doc string) string {
@@ -35,6 +39,12 @@ func TestTrackerConfigErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--config", good, "--redis-timeout", "-1s"}, "--redis-timeout -1s: must be positive"},
 		{[]string{"--config", good, "--fallback", "maybe"}, "--fallback \"maybe\""},
 		{[]string{"--config", good, "--redis-run-check", "info"}, "--redis-run-check \"info\": want cached or per-call"},
+		{[]string{"--config", good, "--redis-wait-replicas", "-1"}, "--redis-wait-replicas -1: want 0 (off) or the number of replicas"},
+		{[]string{"--config", good, "--redis-wait-replicas", "one"}, "invalid value \"one\" for flag -redis-wait-replicas: want a whole number"},
+		{[]string{"--config", good, "--redis-wait-replicas", "1", "--redis-wait-timeout", "100ms"}, "--redis-wait-timeout 100ms: must be shorter than --redis-timeout 100ms"},
+		{[]string{"--config", good, "--redis-wait-timeout", "0"}, "--redis-wait-timeout 0: must be positive"},
+		{[]string{"--config", good, "--redis-embedded", "--redis-wait-replicas", "1"}, "--redis-wait-replicas 1: the embedded Redis (--redis-embedded) has no replicas"},
+		{[]string{"--config", good, "--redis-replication-check", "maybe"}, "--redis-replication-check \"maybe\": want warn or refuse"},
 		{[]string{"--config", good, "--shutdown-listen", ":9103"}, "--shutdown-listen \":9103\": must be a loopback address"},
 		{[]string{"--config", twice}, "--config: " + twice + ":4: fleet chat: defined twice (first at line 2)"},
 	}
@@ -54,5 +64,28 @@ func TestRootCauseComesFirst(t *testing.T) {
 	err := runApp(app)
 	if err == nil || err.Error() != cause.Error() {
 		t.Errorf("runApp: %v, want %v alone", err, cause)
+	}
+}
+
+// TestReplicationCheckRefusesToStart: --redis-replication-check=refuse
+// stops the tracker before it serves when its Redis has a replica that
+// admissions do not wait for, and says which flag fixes it.
+func TestReplicationCheckRefusesToStart(t *testing.T) {
+	primary := redistest.Start(t)
+	redistest.StartReplica(t, primary)
+	good := fleetsFile(t, "expiredInstances: keep\nfleets:\n- name: chat\n  pods: ['10.0.0.1:80']\n")
+	free := func() string { return "127.0.0.1:" + strconv.Itoa(redistest.FreePort(t)) }
+	done := make(chan error, 1)
+	go func() {
+		done <- runTracker([]string{"--config", good, "--redis-addr", primary.Addr(), "--redis-replication-check", "refuse",
+			"--listen", free(), "--access-log-listen", free(), "--telemetry-listen", free(), "--log-level", "error"})
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "Redis cannot keep the cap under split brain") {
+			t.Errorf("refuse with an unwaited replica: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the tracker started (or hung) with --redis-replication-check=refuse and an unwaited replica")
 	}
 }

@@ -230,7 +230,7 @@ func (s *Server) Client() *redis.Client {
 // documents (keep them equal): the commands the Go code and the scripts
 // call, on wsgate's keys and channels only.
 const (
-	TrackerACL = "~{wsgate:*}* &{wsgate:*}* +evalsha +eval +script|load +info +time +hgetall +hincrby +zrange " +
+	TrackerACL = "~{wsgate:*}* &{wsgate:*}* +evalsha +eval +script|load +info +time +wait +hgetall +hincrby +zrange " +
 		"+del +expire +hdel +hget +hmget +hset +hkeys +publish +sadd +scard +smembers +type " +
 		"+zadd +zcard +zcount +zincrby +zrangebyscore +zrem +zrevrangebyscore +zscore"
 	ScalerACL = TrackerACL + " +scan +subscribe"

@@ -54,7 +54,7 @@ var configs = []config{
 	{"seq-reseed/cap1", []string{"-DCAP=1", "-DSEQ_RESEED"}, true, "a restarted tracker numbering on from Redis' stored seq, not a new generation", false},
 
 	// Replication and failover (PROTOCOL.md, "Replication and failover";
-	// not yet implemented in the code). A plain failover holds; split
+	// WAIT_ADMIT is --redis-wait-replicas in the code). A plain failover holds; split
 	// brain breaks the current protocol, and a write lease alone does not
 	// mend it; admissions acknowledged by the replica do.
 	{"failover/cap1", []string{"-DCAP=1", "-DREPLICA", "-DP_DOWN"}, false, "a failover without split brain: the old primary is gone at the promotion", false},
