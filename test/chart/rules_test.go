@@ -49,6 +49,10 @@ var valueFlags = map[string][]struct{ bin, flag string }{
 	// Through WSGATE_REDIS_* (rendered for an external Redis only).
 	"redis.addrs": {{"tracker", "--redis-addr"}, {"scaler", "--redis-addr"}},
 	"redis.db":    {{"tracker", "--redis-db"}, {"scaler", "--redis-db"}},
+	// Tracker flags, rendered whatever the Redis.
+	"redis.waitReplicas":     {{"tracker", "--redis-wait-replicas"}},
+	"redis.waitTimeout":      {{"tracker", "--redis-wait-timeout"}},
+	"redis.replicationCheck": {{"tracker", "--redis-replication-check"}},
 }
 
 // valueFields are the values the chart writes into the fleets file as a
@@ -132,6 +136,16 @@ var ruleCases = []ruleCase{
 	{name: "standalone Redis with two addresses and a db", set: []string{"redis.bundled.enabled=false", "redis.addrs={a.example:6379,b.example:6379}", "redis.db=1"},
 		chart: "redis.mode standalone takes one address", bin: "tracker scaler", binErr: "db 1: Redis Cluster has only db 0"},
 	{name: "external Redis", set: []string{"redis.bundled.enabled=false", "redis.addrs={a.example:6379}", "redis.db=3"}},
+	{name: "WAIT on the bundled Redis", set: []string{"redis.waitReplicas=1"},
+		chart:     "redis.waitReplicas 1: the bundled Redis is a single node with no replica",
+		chartOnly: "the bundled Redis is a chart resource; the tracker cannot tell it has no replica before it runs"},
+	{name: "Sentinel waits for its replica", set: []string{"redis.bundled.enabled=false", "redis.mode=sentinel", "redis.masterName=main", "redis.addrs={s0.example:26379,s1.example:26379}"}},
+	{name: "waitTimeout not below redisTimeout", set: []string{"redis.bundled.enabled=false", "redis.mode=sentinel", "redis.masterName=main", "redis.addrs={s0.example:26379,s1.example:26379}", "redis.waitReplicas=1", "redis.waitTimeout=100ms"},
+		chart: "redis.waitTimeout 100ms: must be shorter than tracker.redisTimeout 100ms", bin: "tracker", binErr: "--redis-wait-timeout 100ms: must be shorter than --redis-timeout 100ms"},
+	{name: "waitTimeout below a millisecond", set: []string{"redis.bundled.enabled=false", "redis.addrs={a.example:6379}", "redis.waitReplicas=2", "redis.waitTimeout=500us"},
+		chart: "redis.waitTimeout 500us: must be at least 1ms", bin: "tracker", binErr: "must be at least 1ms"},
+	{name: "waitTimeout zero", set: []string{"redis.waitTimeout=0s"},
+		chart: "redis.waitTimeout 0s: must be positive", bin: "tracker", binErr: "must be positive (leave it out for the default 50ms)"},
 	{name: "two scalers", set: []string{"scaler.replicas=2"},
 		chart:     "scaler.replicas 2: run one scaler",
 		chartOnly: "replicas is the Deployment's: no scaler process sees the others"},

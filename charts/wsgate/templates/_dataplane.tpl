@@ -58,6 +58,9 @@ starts before Envoy and stops after it. */ -}}
     - --lease-ttl={{ $v.tracker.leaseTTL }}
     - --redis-timeout={{ $v.tracker.redisTimeout }}
     - --redis-run-check={{ $v.tracker.redisRunCheck }}
+    - --redis-wait-replicas={{ include "wsgate.redisWaitReplicas" .root }}
+    - --redis-wait-timeout={{ $v.redis.waitTimeout }}
+    - --redis-replication-check={{ $v.redis.replicationCheck }}
     - --fallback={{ $v.tracker.fallback }}
     - --log-level={{ $v.tracker.logLevel }}
     {{- if .shutdown }}

@@ -21,6 +21,17 @@
 {{- define "wsgate.envoy" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-envoy{{- end -}}
 {{- define "wsgate.scaler" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-scaler{{- end -}}
 {{- define "wsgate.redis" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-redis{{- end -}}
+{{- /* The replicas each admission waits for (--redis-wait-replicas):
+redis.waitReplicas, or when null 1 for Sentinel and Cluster (a primary with
+one replica, the smallest deployment that fails over) and 0 for a single
+Redis, which has no replica to wait for. */ -}}
+{{- define "wsgate.redisWaitReplicas" -}}
+{{- $r := .Values.redis -}}
+{{- if not (kindIs "invalid" $r.waitReplicas) -}}{{ int $r.waitReplicas }}
+{{- else if and (not $r.bundled.enabled) (has $r.mode (list "sentinel" "cluster")) -}}1
+{{- else -}}0
+{{- end -}}
+{{- end -}}
 {{- define "wsgate.config" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-config{{- end -}}
 {{- define "wsgate.fleetsConfig" -}}{{ include "wsgate.fullname" . | trunc 48 | trimSuffix "-" }}-fleets{{- end -}}
 

@@ -76,6 +76,21 @@ default in disguise). */ -}}
 {{- if and $t.shutdownTimeout (eq (float64 (include "wsgate.durationMs" $t.shutdownTimeout)) 0.0) -}}
 {{- fail (printf "tracker.shutdownTimeout %s: must be positive (leave it empty for envoy.terminationGracePeriodSeconds less 10s)" $t.shutdownTimeout) -}}
 {{- end -}}
+{{- /* Redis WAIT on admissions (--redis-wait-replicas). */ -}}
+{{- $wait := int (include "wsgate.redisWaitReplicas" .) -}}
+{{- $waitMs := float64 (include "wsgate.durationMs" .Values.redis.waitTimeout) -}}
+{{- if and (gt $wait 0) .Values.redis.bundled.enabled -}}
+{{- fail (printf "redis.waitReplicas %d: the bundled Redis is a single node with no replica, so every admission would wait for one that does not exist and be refused. Leave redis.waitReplicas null (0), or set redis.bundled.enabled=false and point redis.addrs at a Redis with replicas" $wait) -}}
+{{- end -}}
+{{- if eq $waitMs 0.0 -}}
+{{- fail (printf "redis.waitTimeout %s: must be positive (leave it out for the default 50ms)" .Values.redis.waitTimeout) -}}
+{{- end -}}
+{{- if and (gt $wait 0) (lt $waitMs 1.0) -}}
+{{- fail (printf "redis.waitTimeout %s: must be at least 1ms (Redis WAIT with 0 blocks for ever)" .Values.redis.waitTimeout) -}}
+{{- end -}}
+{{- if and (gt $wait 0) (ge $waitMs (float64 (include "wsgate.durationMs" $t.redisTimeout))) -}}
+{{- fail (printf "redis.waitTimeout %s: must be shorter than tracker.redisTimeout %s, which bounds the whole admission call it is part of" .Values.redis.waitTimeout $t.redisTimeout) -}}
+{{- end -}}
 {{- if eq (float64 (include "wsgate.durationMs" .Values.scaler.settle)) 0.0 -}}
 {{- fail (printf "scaler.settle %s: must be positive" .Values.scaler.settle) -}}
 {{- end -}}
