@@ -33,10 +33,12 @@ type ExpiredMode string
 const (
 	// ExpiredReap gives its slots to the others after one lease:
 	// availability first. If it was only cut off, its Envoy still carries
-	// those connections and a pod can exceed its cap until they close.
+	// those connections and a pod can exceed its cap until they close
+	// (PROTOCOL.md, "Partitions (G)"). Never the default.
 	ExpiredReap ExpiredMode = "reap"
 	// ExpiredKeep keeps its slots counted until it heartbeats again or an
-	// operator forgets it: the cap holds under any partition.
+	// operator forgets it: the cap holds under any partition. The fleets
+	// file's default (DefaultExpiredInstances).
 	ExpiredKeep ExpiredMode = "keep"
 	// ExpiredKube lets Kubernetes judge: only the scaler (with --kube)
 	// reaps, and only instances whose pod the fleet's Envoy Service no

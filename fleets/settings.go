@@ -17,12 +17,24 @@ type Settings struct {
 	// watches it stand still before it reaps it. Default 10s.
 	InstanceTTL Duration `json:"instanceTTL"`
 	// ExpiredInstances says what becomes of an instance whose lease ran
-	// out: reap (default), keep or kube.
+	// out: keep (default), reap or kube. The default is keep because it
+	// is the safe mode that needs nothing but Redis: an instance cut off
+	// from Redis, not dead, keeps its slots, so the cap holds; what it
+	// costs (a dead instance's slots stay taken until it returns or an
+	// operator runs wsgate forget-instance) is visible and repaired by
+	// hand, where reap's cost (a pod over its cap for as long as the
+	// cut-off instance's connections live) is neither. kube is safe too
+	// and repairs itself, but needs the Kubernetes API (the chart's
+	// default).
 	ExpiredInstances ExpiredMode `json:"expiredInstances"`
 }
 
 // DefaultInstanceTTL is Settings.InstanceTTL when the file leaves it out.
 const DefaultInstanceTTL = 10 * time.Second
+
+// DefaultExpiredInstances is Settings.ExpiredInstances when the file
+// leaves it out: the safe mode that needs only Redis (Settings).
+const DefaultExpiredInstances = ExpiredKeep
 
 // settingFields are the file's top-level fields: fleets and the settings,
 // in the order the did-you-mean hint weighs them.
@@ -34,7 +46,7 @@ func (s Settings) WithDefaults() Settings {
 		s.InstanceTTL = Duration(DefaultInstanceTTL)
 	}
 	if s.ExpiredInstances == "" {
-		s.ExpiredInstances = ExpiredReap
+		s.ExpiredInstances = DefaultExpiredInstances
 	}
 	return s
 }
@@ -56,7 +68,7 @@ func checkSetting(s Settings, field string) error {
 		if s.ExpiredInstances.Validate() != nil {
 			msg := "want reap, keep or kube"
 			if s.ExpiredInstances == "" {
-				msg += " (leave it out for the default reap)"
+				msg += " (leave it out for the default " + string(DefaultExpiredInstances) + ")"
 			}
 			return fmt.Errorf("expiredInstances %s: %s", strconv.Quote(string(s.ExpiredInstances)), msg)
 		}

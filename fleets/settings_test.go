@@ -40,8 +40,8 @@ func TestSettingsAreTheFilesTopLevel(t *testing.T) {
 	if f.Settings != (fleets.Settings{}) || f.Line("instanceTTL") != 0 {
 		t.Errorf("left out: %+v (line %d), want zero: a caller tells unset from set", f.Settings, f.Line("instanceTTL"))
 	}
-	if d := f.WithDefaults(); time.Duration(d.InstanceTTL) != fleets.DefaultInstanceTTL || d.ExpiredInstances != fleets.ExpiredReap {
-		t.Errorf("defaults %+v, want 10s and reap", d)
+	if d := f.WithDefaults(); time.Duration(d.InstanceTTL) != fleets.DefaultInstanceTTL || d.ExpiredInstances != fleets.ExpiredKeep {
+		t.Errorf("defaults %+v, want 10s and keep", d)
 	}
 
 	// JSON is YAML.
@@ -66,7 +66,7 @@ func TestSettingsErrorsNameTheLine(t *testing.T) {
 		oneFleet + "instanceTTL: 10\n":          `fleets.yaml:4: instanceTTL 10: want a duration such as "5s"`,
 		oneFleet + "instanceTTL: soon\n":        `fleets.yaml:4: instanceTTL "soon": want a duration such as "5s"`,
 		oneFleet + "expiredInstances: forget\n": `fleets.yaml:4: expiredInstances "forget": want reap, keep or kube`,
-		oneFleet + "expiredInstances: ''\n":     `fleets.yaml:4: expiredInstances "": want reap, keep or kube (leave it out for the default reap)`,
+		oneFleet + "expiredInstances: ''\n":     `fleets.yaml:4: expiredInstances "": want reap, keep or kube (leave it out for the default keep)`,
 		oneFleet + "expiredInstances: 3\n":      `fleets.yaml:4: expiredInstances 3: want a string`,
 		"instanceTTL: 10s\n":                    `fleets.yaml: no fleets defined`,
 	} {

@@ -65,19 +65,27 @@ func (t *Tracker) touch(id string, established bool) error {
 
 // Adopt takes over a connection Envoy's access log names (by id, fleet and
 // upstream pod) that this tracker does not hold: one a previous run of this
-// instance admitted, while its count is still inherited, or one this
-// process issued and released because its renewals were lost although
-// Envoy still carries it. Counting it again tells the truth, even if its
-// slot was given away meanwhile. ended says the entry reports the
-// connection's end: an inherited slot is then given back, anything else
-// needs nothing.
+// instance admitted, or one this process issued and released because its
+// renewals were lost although Envoy still carries it. Counting it again
+// tells the truth, even if its slot was given away meanwhile (the instance
+// was reaped, Redis lost its data, its lease ran out here) and even above
+// the cap: the pod then takes nothing more until it is under it again.
+// Counting it only ever raises what Redis counts (PROTOCOL.md, "Adoption").
+// ended says the entry reports the connection's end: an inherited slot is
+// then given back, anything else needs nothing.
+//
+// A connection of a previous run takes one of the slots Redis still held
+// for the instance when this run began (inherited) while there are any;
+// beyond them, and for a connection this process released, it is adopted
+// uncounted: the next heartbeat publishes it.
 //
 // Only what this instance can account for is adopted: ids of its own
 // format (idTag), of this process up to the last one it issued or of a
-// previous run up to what Redis held for it when it restarted, on a pod of
-// the fleet's registry. Anything else is ErrNotAdoptable: a forged or
-// misrouted entry must not make Redis count slots nobody holds.
-// ErrUnknownConn when there is nothing to take over.
+// previous run of this instance (its instance tag), on a pod of the
+// fleet's registry or one Redis held this instance's connections on.
+// Anything else is ErrNotAdoptable: a misrouted or malformed entry must
+// not make Redis count slots nobody holds. ErrUnknownConn when there is
+// nothing to take over.
 func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	f, err := t.fleet(fleetName)
 	if err != nil {
@@ -111,13 +119,15 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 		if f.inherited[pod]--; f.inherited[pod] == 0 {
 			delete(f.inherited, pod)
 		}
-	case previous:
-		return fmt.Errorf("adopt: connection %q of a previous run: more than Redis held for it on %s: %w", id, pod, ErrNotAdoptable)
 	case !f.inRegistryLocked(pod):
 		return fmt.Errorf("adopt: connection %q: pod %s is not in fleet %s's registry: %w", id, pod, f.name, ErrNotAdoptable)
 	}
-	// An inherited slot is counted in Redis for this instance; a slot this
-	// process released is not, until the next heartbeat publishes it.
+	// An inherited slot is counted in Redis for this instance. Anything
+	// else is not, until the next heartbeat publishes it: a slot this
+	// process released, or a connection of a previous run beyond what
+	// Redis still held for the instance when this run began (it was
+	// reaped or forgotten, Redis lost its data, or that run had let the
+	// connection go).
 	c := &conn{id: id, pod: pod, established: true, admitted: now, renewed: now, uncounted: !inherited, adoptSeq: f.seq}
 	f.conns[id] = c
 	f.live[pod]++

@@ -54,7 +54,7 @@ func printNotes(notes []settingNote) {
 func registerSettingFlags(fs *flag.FlagSet, ttl, expired string) *settingFlags {
 	s := &settingFlags{fs: fs}
 	fs.DurationVar(&s.ttl, "instance-ttl", 0, "deprecated: set instanceTTL in the fleets file (default 10s); when given, overrides it. "+ttl)
-	fs.StringVar(&s.expired, "expired-instances", "", "deprecated: set expiredInstances in the fleets file (default reap); when given, overrides it. "+expired)
+	fs.StringVar(&s.expired, "expired-instances", "", "deprecated: set expiredInstances in the fleets file (default "+string(fleets.DefaultExpiredInstances)+"); when given, overrides it. "+expired)
 	return s
 }
 

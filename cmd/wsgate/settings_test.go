@@ -82,9 +82,9 @@ func TestDeprecatedSettingFlagsOverride(t *testing.T) {
 		notes    []string // each a substring of one note, in order
 		disagree int      // how many notes a reload logs
 	}{
-		{name: "neither", file: silent, ttl: 10 * time.Second, expired: fleets.ExpiredReap},
+		{name: "neither", file: silent, ttl: 10 * time.Second, expired: fleets.ExpiredKeep},
 		{name: "file only", file: ten, ttl: 10 * time.Second, expired: fleets.ExpiredKeep},
-		{name: "flag, file silent", file: silent, args: []string{"--instance-ttl", "20s"}, ttl: 20 * time.Second, expired: fleets.ExpiredReap,
+		{name: "flag, file silent", file: silent, args: []string{"--instance-ttl", "20s"}, ttl: 20 * time.Second, expired: fleets.ExpiredKeep,
 			notes: []string{"--instance-ttl is deprecated and goes away in the next release: write `instanceTTL: 20s` in the fleets file (" + silent + ") instead"}},
 		{name: "flag agrees", file: ten, args: []string{"--instance-ttl", "10s", "--expired-instances", "keep"}, ttl: 10 * time.Second, expired: fleets.ExpiredKeep,
 			notes: []string{"the fleets file (" + ten + ":2) sets instanceTTL 10s already; drop the flag", "the fleets file (" + ten + ":3) sets expiredInstances keep already"}},

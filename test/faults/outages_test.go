@@ -150,9 +150,13 @@ func TestRedisKilledAndRestartedEmpty(t *testing.T) {
 // TestGatewayKilledWithoutAccessLog: a gateway and its tracker die at once,
 // so no DownstreamEnd ever reaches a tracker; the other instance reaps the
 // dead one's slots after its lease, and its own connections are untouched.
+// Reaping is expiredInstances reap, chosen here: the default, keep, keeps a
+// dead instance's slots until an operator forgets it.
 func TestGatewayKilledWithoutAccessLog(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, outageOptions(4))
+	o := outageOptions(4)
+	o.expired = "reap"
+	h := newHarness(t, o)
 	h.awaitRecovery()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -244,9 +244,10 @@ func (s *Server) classify(ctx context.Context, entry *datav3.HTTPAccessLogEntry)
 	}
 	if err := op(conn); err != nil {
 		if errors.Is(err, tracker.ErrUnknownConn) {
-			// Admitted by a previous run of this tracker: take it over
-			// while its count is still inherited. Otherwise it expired
-			// already and there is nothing to do.
+			// Admitted by a previous run of this tracker, or let go by
+			// this one while Envoy still carries it: take it over, so
+			// that Redis counts it again (tracker.Tracker.Adopt). An
+			// end of one that is not inherited needs nothing.
 			md := props.GetMetadata().GetFilterMetadata()[MetadataNamespace].GetFields()
 			fleet, pod := md[FleetKey].GetStringValue(), md[UpstreamKey].GetStringValue()
 			if fleet == "" || pod == "" {

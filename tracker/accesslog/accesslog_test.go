@@ -339,9 +339,13 @@ func TestForgedEntriesAreRefused(t *testing.T) {
 	}
 }
 
-// TestRestartAdoptsAtMostWhatRedisHeld: a restarted tracker takes over its
-// predecessor's ids up to the count Redis held for it, not more.
-func TestRestartAdoptsAtMostWhatRedisHeld(t *testing.T) {
+// TestRestartAdoptsEveryConnectionItsEnvoyNames (issue 26): a restarted
+// tracker takes over every id of its predecessor's that the access log
+// names on a pod of the fleet, also beyond the count Redis held for it
+// (here a third one: Redis may have lost it, or reaped the instance),
+// since its Envoy carries them; ids of another instance, and pods outside
+// the fleet, stay refused.
+func TestRestartAdoptsEveryConnectionItsEnvoyNames(t *testing.T) {
 	rdb := redistest.Start(t).Client()
 	first := newEnvOn(t, rdb)
 	a, b := first.admit(t), first.admit(t)
@@ -349,19 +353,22 @@ func TestRestartAdoptsAtMostWhatRedisHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := newEnvOn(t, rdb)
-	third := a[:len(a)-1] + "zz" // the predecessor's format, never issued
+	third := a[:len(a)-1] + "zz" // the predecessor's format, beyond what Redis held
+	foreign := "0000000" + a[7:] // another instance's tag
 	s := second.open(t, context.Background())
 	send(t, s, withPod(entry(datav3.AccessLogType_DownstreamPeriodic, a), "10.0.0.1:8080"),
 		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, b), "10.0.0.1:8080"),
-		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, third), "10.0.0.1:8080"))
+		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, third), "10.0.0.1:8080"),
+		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, foreign), "10.0.0.1:8080"),
+		withPod(entry(datav3.AccessLogType_DownstreamPeriodic, third+"1"), "10.255.0.1:9"))
 	await.True(t, "entries applied", 30*time.Second, func() bool {
-		return second.count(t, "periodic", "adopted") == 2 && second.count(t, "periodic", "refused") == 1
+		return second.count(t, "periodic", "adopted") == 3 && second.count(t, "periodic", "refused") == 2
 	})
 	if err := second.tr.Heartbeat(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if load, _ := second.redis(t); load != 2 {
-		t.Errorf("Redis counts %d, want the 2 the predecessor held", load)
+	if load, est := second.redis(t); load != 3 || est != 3 {
+		t.Errorf("Redis counts %d (%d established), want the 3 Envoy carries", load, est)
 	}
 }
 
