@@ -31,7 +31,7 @@ type Config struct {
 	// ExpiredInstances is the trackers' (the fleets file's
 	// expiredInstances): keep turns the reaper off, kube reaps only
 	// instances Kubernetes no longer lists (it needs WithInstanceJudge).
-	// Default reap.
+	// Default keep (fleets.DefaultExpiredInstances).
 	ExpiredInstances fleets.ExpiredMode
 }
 
@@ -50,7 +50,7 @@ func (c Config) WithDefaults() Config {
 		c.InstanceTTL = 10 * time.Second
 	}
 	if c.ExpiredInstances == "" {
-		c.ExpiredInstances = fleets.ExpiredReap
+		c.ExpiredInstances = fleets.DefaultExpiredInstances
 	}
 	for i := range c.Fleets {
 		c.Fleets[i] = c.Fleets[i].WithDefaults()

@@ -473,7 +473,7 @@ func TestIsActive(t *testing.T) {
 // Redis' clock, and the scaler itself watched its seq stand still for a
 // full InstanceTTL of its own clock. Either alone reaps nobody.
 func TestReaperRemovesDeadTrackers(t *testing.T) {
-	e := start(t, opts{})
+	e := start(t, opts{cfg: scaler.Config{Fleets: testFleets(), ExpiredInstances: fleets.ExpiredReap}})
 	tr := e.tracker("envoy-a")
 	e.admit(tr, "web", 3)
 	// envoy-b's lease (an hour) outlasts the test in Redis: it shows the

@@ -46,7 +46,8 @@ type Config struct {
 	// the Lua filter's httpCall timeout (250ms). Default 100ms.
 	RedisTimeout time.Duration
 	Fallback     FallbackMode
-	// ExpiredInstances is reap (default), keep or kube; every tracker and
+	// ExpiredInstances is reap, keep (default: fleets.DefaultExpiredInstances)
+	// or kube; every tracker and
 	// the scaler of a fleet must agree (the fleets file's expiredInstances).
 	ExpiredInstances fleets.ExpiredMode
 	// WaitReplicas > 0: an admission through Redis counts only once that
@@ -93,7 +94,7 @@ func (c Config) WithDefaults() Config {
 		c.Fallback = FallbackShare
 	}
 	if c.ExpiredInstances == "" {
-		c.ExpiredInstances = fleets.ExpiredReap
+		c.ExpiredInstances = fleets.DefaultExpiredInstances
 	}
 	if c.WaitTimeout == 0 {
 		c.WaitTimeout = 50 * time.Millisecond

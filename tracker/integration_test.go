@@ -252,7 +252,8 @@ func TestDeadInstanceIsReaped(t *testing.T) {
 	pods := podAddrs(4)
 	cfg := func(id string) tracker.Config {
 		return tracker.Config{InstanceID: id, Fleets: []fleets.Fleet{fleetCfg("chat", 2, pods...)},
-			Heartbeat: 100 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: time.Second}
+			Heartbeat: 100 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: time.Second,
+			ExpiredInstances: fleets.ExpiredReap}
 	}
 	alive := newTrackerCfg(t, srv.Client(), clk, cfg("alive"))
 	dead := newTrackerCfg(t, srv.Client(), clk, cfg("dead"))

@@ -34,7 +34,7 @@ func waitTracker(t *testing.T, srv *redistest.Server, replicas int, wait time.Du
 }
 
 // counted is what srv counts for e1 in chat.
-func counted(t *testing.T, c *redis.Client) int {
+func instCount(t *testing.T, c *redis.Client) int {
 	t.Helper()
 	m, err := c.HGetAll(context.Background(), store.NewStore(c, "wsgate").Keys("chat").Inst("e1")).Result()
 	if err != nil {
@@ -76,7 +76,7 @@ func TestAdmissionsWaitForTheReplica(t *testing.T) {
 			t.Fatalf("admit with a live replica: %+v", res)
 		}
 	}
-	if got := counted(t, replica.Client()); got != 2 {
+	if got := instCount(t, replica.Client()); got != 2 {
 		t.Fatalf("replica counts %d for e1 after 2 admissions, want 2", got)
 	}
 
@@ -100,7 +100,7 @@ func TestAdmissionsWaitForTheReplica(t *testing.T) {
 		if err := tr.Heartbeat(context.Background()); err != nil {
 			t.Fatalf("heartbeat with the replica stopped: %v", err)
 		}
-		if got := counted(t, primary.Client()); got != 2 {
+		if got := instCount(t, primary.Client()); got != 2 {
 			t.Errorf("after the heartbeat the primary counts %d for e1, want the 2 held", got)
 		}
 	}
@@ -112,7 +112,7 @@ func TestAdmissionsWaitForTheReplica(t *testing.T) {
 	if res := admit(t, tr, "chat"); !res.Admitted || res.Fallback {
 		t.Fatalf("admit with the replica back: %+v", res)
 	}
-	if got := counted(t, replica.Client()); got != 3 {
+	if got := instCount(t, replica.Client()); got != 3 {
 		t.Errorf("replica counts %d for e1, want 3", got)
 	}
 }

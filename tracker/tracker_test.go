@@ -49,6 +49,17 @@ func newTracker(t *testing.T, rdb redis.UniversalClient, id string, clk *clock, 
 	})
 }
 
+// newReapingTracker is newTracker in expiredInstances reap: its heartbeats
+// reap the instances they watched expire (the default, keep, reaps none).
+func newReapingTracker(t *testing.T, rdb redis.UniversalClient, id string, clk *clock, fc fleets.Fleet) *tracker.Tracker {
+	t.Helper()
+	return newTrackerCfg(t, rdb, clk, tracker.Config{
+		InstanceID: id, Fleets: []fleets.Fleet{fc}, Heartbeat: time.Second, InstanceTTL: 5 * time.Second,
+		EstablishTimeout: 10 * time.Second, LeaseTTL: 30 * time.Second, RedisTimeout: time.Second,
+		Fallback: tracker.FallbackShare, ExpiredInstances: fleets.ExpiredReap,
+	})
+}
+
 func newTrackerCfg(t *testing.T, rdb redis.UniversalClient, clk *clock, cfg tracker.Config) *tracker.Tracker {
 	t.Helper()
 	tr, err := tracker.New(cfg, storeOn(rdb), tracker.WithClock(clk.Now))
@@ -449,7 +460,11 @@ func TestRedisClockStepDoesNotEndTheRecoveryWait(t *testing.T) {
 // must also have watched an instance stand still for a lease on its own
 // clock: nobody alive is reaped.
 func TestAClockStepReapsNobody(t *testing.T) {
-	a, b, mr, clk := twoTrackers(t, tracker.FallbackShare)
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	fc := fleetCfg("chat", 2, "10.0.0.1:80")
+	a, b := newReapingTracker(t, rdb, "a", clk, fc), newReapingTracker(t, rdb, "b", clk, fc)
+	start(t, mr, clk, a, b)
 	admit(t, b, "chat")
 	admit(t, b, "chat")
 	mr.SetTime(time.Now().Add(11 * time.Second))
@@ -722,8 +737,8 @@ func TestAReapedInstanceReusesNothing(t *testing.T) {
 	rdb, mr := miniClient(t)
 	clk, still := newClock(), newClock()
 	fc := fleetCfg("chat", 2, "10.0.0.1:80")
-	a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, fc)
-	b := newTracker(t, rdb, "b", still, tracker.FallbackShare, fc)
+	a := newReapingTracker(t, rdb, "a", clk, fc)
+	b := newReapingTracker(t, rdb, "b", still, fc)
 	start(t, mr, clk, a, b)
 	held := admit(t, b, "chat")
 	admit(t, b, "chat")
