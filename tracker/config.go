@@ -49,6 +49,11 @@ type Config struct {
 	// ExpiredInstances is reap (default), keep or kube; every tracker and
 	// the scaler of a fleet must agree (the fleets file's expiredInstances).
 	ExpiredInstances fleets.ExpiredMode
+	// WaitReplicas is how many replicas acknowledge each admission before
+	// it counts (--redis-wait-replicas; 0: none). Heartbeats tell Redis, so
+	// that a promoted replica may end its recovery wait early (PROTOCOL.md,
+	// "Ending the wait early after a failover").
+	WaitReplicas int
 }
 
 // WithDefaults returns c with every unset field at its documented default.

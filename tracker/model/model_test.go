@@ -130,7 +130,13 @@ func check(t *testing.T, src string, c config) {
 	if err := os.WriteFile(filepath.Join(dir, "wsgate.pml"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// The full configurations, millions of states each and run in
+	// parallel, take minutes on a busy machine.
+	limit := 3 * time.Minute
+	if c.full {
+		limit = 10 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	run := func(name string, args ...string) string {
 		t.Helper()
