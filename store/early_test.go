@@ -224,6 +224,27 @@ func TestPromotedReplicaKeepsTheFullWait(t *testing.T) {
 			t.Fatalf("after every instance re-published: %+v; want the full wait", res)
 		}
 	})
+	t.Run("the heartbeat that made the epoch was stale", func(t *testing.T) {
+		primary, replica := replicaPair(t)
+		onP := &beater{t: t, s: store.NewStore(primary.Client(), ""), seq: map[string]uint64{}, wait: 1}
+		epochPastItsWait(t, onP, "a", "b")
+		ack(t, primary)
+		promote(t, replica)
+		onR := store.NewStore(replica.Client(), "")
+		// a heartbeat of a sent before its last one on the primary
+		res, err := onR.Sync(context.Background(), store.SyncRequest{Fleet: "chat", Instance: "a", Lease: time.Hour,
+			RecoveryWait: longWait, Seq: 1, WaitReplicas: 1})
+		if err != nil || !res.Stale || !res.EpochCreated {
+			t.Fatalf("a's late heartbeat on the promoted replica: %+v, %v; want a new epoch, stale", res, err)
+		}
+		bR := &beater{t: t, s: onR, seq: onP.seq, wait: 1}
+		if res := bR.beat("b", 0, longWait, ""); res.Recovering < longWait/2 {
+			t.Fatalf("after b re-published, a not (its heartbeat was stale): %+v; want the wait to go on", res)
+		}
+		if res := bR.beat("a", 1, longWait, ""); res.Recovering != 0 {
+			t.Fatalf("after a re-published too: %+v; want the wait over", res)
+		}
+	})
 	t.Run("a heartbeat that does not wait cancels it", func(t *testing.T) {
 		primary, replica := replicaPair(t)
 		onP := &beater{t: t, s: store.NewStore(primary.Client(), ""), seq: map[string]uint64{}, wait: 1}

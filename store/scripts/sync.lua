@@ -69,9 +69,9 @@ if not epoch or e[2] ~= run then
     -- a hash (id -> 1), emptied with HDEL: the commands a tracker's ACL
     -- already allows (README, "Operations")
     local republish = prefix .. 'republish:' .. epoch
-    for _, m in ipairs(members) do
-      if m ~= id then redis.call('HSET', republish, m, '1') end
-    end
+    -- (this instance too: it leaves the set below, unless this call is
+    -- stale and publishes nothing)
+    for _, m in ipairs(members) do redis.call('HSET', republish, m, '1') end
     redis.call('EXPIRE', republish, 86400)
     redis.call('HSET', epoch_key, 'early', '1')
     early = true
