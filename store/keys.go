@@ -8,23 +8,24 @@ package store
 
 // The suffixes of a fleet's keys, after its prefix "{<prefix>:<fleet>}:".
 const (
-	keyPods      = "pods"      // hash: pod address -> registry JSON
-	keyLoad      = "load"      // zset: live connections of the pods not placeable
-	keyAvail     = "avail"     // zset: live connections of the placeable pods
-	keyInst      = "inst:"     // + instance: hash pod -> slots of the instance
-	keyPend      = "pend:"     // + instance: hash pod -> slots not yet established
-	keyInstances = "instances" // zset: instance -> lease end (ms, Redis' clock)
-	keySeq       = "seq"       // hash: instance -> its last heartbeat's seq
-	keyGen       = "gen"       // hash: instance -> runs of its tracker so far
-	keyRej       = "rej:"      // + reason: the fleet's rejection ring
-	keyRejInst   = "rejinst:"  // + instance: its rejection rings, one per reason
-	keyStats     = "stats"     // hash: live, pods, ready, draining, left
-	keyEpoch     = "epoch"     // hash: id, run, created, until, confirmed
-	keySynced    = "synced:"   // + epoch: set of the instances synced in it
-	keyEvents    = "events"    // pub/sub channel: "active" and rejection reasons
-	keyScaler    = "scaler:"   // + trigger: one scaler trigger's decision hash
-	keyScalers   = "scalers"   // zset: trigger -> updatedMs of its decision
-	keyScaleDown = "scaledown" // zset: scale-down candidates, first to go first
+	keyPods      = "pods"       // hash: pod address -> registry JSON
+	keyLoad      = "load"       // zset: live connections of the pods not placeable
+	keyAvail     = "avail"      // zset: live connections of the placeable pods
+	keyInst      = "inst:"      // + instance: hash pod -> slots of the instance
+	keyPend      = "pend:"      // + instance: hash pod -> slots not yet established
+	keyInstances = "instances"  // zset: instance -> lease end (ms, Redis' clock)
+	keySeq       = "seq"        // hash: instance -> its last heartbeat's seq
+	keyGen       = "gen"        // hash: instance -> runs of its tracker so far
+	keyRej       = "rej:"       // + reason: the fleet's rejection ring
+	keyRejInst   = "rejinst:"   // + instance: its rejection rings, one per reason
+	keyStats     = "stats"      // hash: live, pods, ready, draining, left
+	keyEpoch     = "epoch"      // hash: id, run, created, until, confirmed, repl, waited, early
+	keySynced    = "synced:"    // + epoch: set of the instances synced in it
+	keyRepublish = "republish:" // + epoch: hash of the instances its early end waits for
+	keyEvents    = "events"     // pub/sub channel: "active" and rejection reasons
+	keyScaler    = "scaler:"    // + trigger: one scaler trigger's decision hash
+	keyScalers   = "scalers"    // zset: trigger -> updatedMs of its decision
+	keyScaleDown = "scaledown"  // zset: scale-down candidates, first to go first
 	// keyLegacyScaler is the one decision hash of versions before one per
 	// trigger: the scaler deletes it.
 	keyLegacyScaler = "scaler"
@@ -33,7 +34,7 @@ const (
 // keyNames are the suffixes above, for the test that no other package
 // spells them.
 var keyNames = []string{keyPods, keyLoad, keyAvail, keyInst, keyPend, keyInstances, keySeq, keyGen,
-	keyRej, keyRejInst, keyStats, keyEpoch, keySynced, keyEvents, keyScaler, keyScalers, keyScaleDown,
+	keyRej, keyRejInst, keyStats, keyEpoch, keySynced, keyRepublish, keyEvents, keyScaler, keyScalers, keyScaleDown,
 	keyLegacyScaler}
 
 // DefaultPrefix is the key prefix of a Store made with an empty one.
@@ -97,6 +98,11 @@ func (k Keys) Epoch() string { return k.prefix + keyEpoch }
 
 // Synced is the set of the instances that synced in epoch.
 func (k Keys) Synced(epoch string) string { return k.prefix + keySynced + epoch }
+
+// Republish is the set of the instances that must still heartbeat in epoch
+// before its recovery wait ends early (sync.lua; PROTOCOL.md, "Ending the
+// wait early after a failover").
+func (k Keys) Republish(epoch string) string { return k.prefix + keyRepublish + epoch }
 
 // Events is the fleet's pub/sub channel: the admit and sync scripts publish
 // "active" when live connections rise from 0, and the admit script the

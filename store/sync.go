@@ -39,9 +39,16 @@ type SyncRequest struct {
 	Seq uint64
 	// Confirm names the epoch whose recovery wait this instance saw pass
 	// on its own clock (see sync.lua); empty for none.
-	Confirm    string
-	Counts     []PodCount
-	Rejections []RejectionCount
+	Confirm string
+	// WaitReplicas is how many replicas acknowledge each of this
+	// instance's admissions before it counts (0: none). When every
+	// instance's heartbeats say some do, a promoted replica's new epoch
+	// ends its recovery wait as soon as every instance it received has
+	// heartbeated in it (sync.lua; PROTOCOL.md, "Ending the wait early
+	// after a failover").
+	WaitReplicas int
+	Counts       []PodCount
+	Rejections   []RejectionCount
 	// Reap names instances whose seq the caller saw stand still for a lease.
 	Reap []string
 }
@@ -82,11 +89,12 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	fk := s.Keys(req.Fleet)
 	keys := s.hot(req.Fleet, req.Instance).sync
 	// ARGV, in sync.lua's order: id, lease_ms, new_epoch, prefix, slots,
-	// channel, run_check, seq, recovery_ms, confirm, then the counted
-	// lists: npods and (pod, live, established) each, nrej and (reason,
-	// bucket, count) each, nreap and the ids.
+	// channel, run_check, seq, recovery_ms, confirm, wait_replicas, then
+	// the counted lists: npods and (pod, live, established) each, nrej and
+	// (reason, bucket, count) each, nreap and the ids.
 	args := []any{req.Instance, req.Lease.Milliseconds(), newEpoch(), fk.Prefix(),
-		BucketSlots, fk.Events(), s.runCheck, req.Seq, req.RecoveryWait.Milliseconds(), req.Confirm, len(req.Counts)}
+		BucketSlots, fk.Events(), s.runCheck, req.Seq, req.RecoveryWait.Milliseconds(), req.Confirm,
+		req.WaitReplicas, len(req.Counts)}
 	for _, c := range req.Counts {
 		args = append(args, c.Pod, c.Live, c.Established)
 	}

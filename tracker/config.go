@@ -54,7 +54,9 @@ type Config struct {
 	// many replicas acknowledged it (Redis WAIT after the admit call, on
 	// its connection), within WaitTimeout; one that is not acknowledged is
 	// refused to the fallback, as a lost reply (PROTOCOL.md, "Replication
-	// and failover"). 0 (default): no WAIT, for a Redis without replicas.
+	// and failover"). Heartbeats tell Redis, so that a promoted replica may
+	// end its recovery wait early ("Ending the wait early after a
+	// failover"). 0 (default): no WAIT, for a Redis without replicas.
 	WaitReplicas int
 	// WaitTimeout bounds the WAIT; it must be below RedisTimeout, which
 	// bounds the whole call. Default 50ms.

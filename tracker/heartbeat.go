@@ -213,6 +213,8 @@ func (t *Tracker) syncSnapshot(f *fleet, now time.Time) store.SyncRequest {
 	req := store.SyncRequest{
 		Fleet: f.name, Instance: t.cfg.InstanceID, Lease: t.cfg.InstanceTTL, RecoveryWait: t.cfg.InstanceTTL,
 		Seq: f.seq, Counts: counts, Rejections: rej, Reap: f.toReap,
+		// whether a promoted replica may end its recovery wait early
+		WaitReplicas: t.cfg.WaitReplicas,
 	}
 	if f.epoch != "" && !f.granting && now.Sub(f.epochSeen) >= t.cfg.InstanceTTL {
 		// A full TTL of this clock since it first saw the epoch, which was

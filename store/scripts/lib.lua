@@ -29,6 +29,31 @@ local function run_id(check)
   return RUN or string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
 end
 
+-- replication reads the running process' INFO replication as field ->
+-- value. Only heartbeats read it: the hot scripts never do.
+local function replication()
+  local f = {}
+  for k, v in string.gmatch(redis.call('INFO', 'replication'), '([%w_]+):([^\r\n]*)') do f[k] = v end
+  return f
+end
+
+-- promoted_from says whether the running process is a primary that was a
+-- replica of the primary whose replication id was repl and received its
+-- stream live before it became a primary: Redis keeps the old id as
+-- master_replid2 when a replica is promoted, and its backlog then holds
+-- bytes from before the switch (second_repl_offset). A primary restarted
+-- from its RDB also keeps its old id as master_replid2, but its backlog
+-- begins at the switch: not promoted (PROTOCOL.md, "Ending the wait early
+-- after a failover").
+local function promoted_from(repl)
+  if not repl or repl == '' then return false end
+  local f = replication()
+  local second = tonumber(f['second_repl_offset'] or '-1') or -1
+  local first = tonumber(f['repl_backlog_first_byte_offset'] or '-1') or -1
+  return f['role'] == 'master' and f['master_replid2'] == repl and f['repl_backlog_active'] == '1'
+    and second > 0 and first >= 0 and first < second
+end
+
 -- current_epoch says whether a call may act on this state: it returns nil
 -- (the call is fenced) when the epoch is not the caller's (Redis lost its
 -- data, or the caller missed a new epoch) or was created by another Redis

@@ -11,8 +11,9 @@
 --       goes before it), 4 prefix, 5 bucket slots,
 --       6 events channel, 7 run id check (1|0), 8 the call's sequence number,
 --       9 recovery wait (ms), 10 the epoch id whose wait the caller confirms
---       ('' for none: see below),
---       11 npods, then npods x (pod, live, established),
+--       ('' for none: see below), 11 the replicas each of the instance's
+--       admissions waits for (0: none; see "the early end" below),
+--       12 npods, then npods x (pod, live, established),
 --       then nrej, then nrej x (reason, bucket, count),
 --       then nreap, then nreap x id
 -- Returns {epoch id, created (0|1), ms until the recovery wait ends (at
@@ -24,7 +25,8 @@ local load_key, avail_key, inst_key, pend_key = KEYS[1], KEYS[2], KEYS[3], KEYS[
 local instances_key, stats_key, epoch_key, seq_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local id, lease_ms, new_epoch, prefix, slots_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local channel, run_check, seq_arg, recovery_ms, confirm = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local COUNTED = 11 -- ARGV index of npods; the lists follow it
+local wait_replicas = ARGV[11]
+local COUNTED = 12 -- ARGV index of npods; the lists follow it
 
 local slots = tonumber(slots_arg)
 local now = now_ms()
@@ -37,15 +39,54 @@ local created = 0
 if redis.call('TYPE', epoch_key).ok == 'string' then
   redis.call('DEL', epoch_key) -- a version before epochs were fenced: start anew
 end
-local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed', 'created')
+local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed', 'created', 'repl', 'waited', 'early')
 local run = run_id(run_check)
-local epoch, until_ms, confirmed = e[1], tonumber(e[3]) or 0, e[4] == '1'
+local epoch, until_ms, confirmed, early = e[1], tonumber(e[3]) or 0, e[4] == '1', e[8] == '1'
+-- The early end (PROTOCOL.md, "Ending the wait early after a failover"):
+-- waits says that this instance's admissions count only once the replicas
+-- acknowledged them. An epoch's `waited` stays 1 while every heartbeat in
+-- it said so, and `repl` is the replication id of the process that made
+-- it (kept current: a primary without replicas for a while takes a new one).
+local waits = (tonumber(wait_replicas) or 0) > 0
+local repl = nil
+if run_check == '1' and (waits or not epoch or e[2] ~= run) then repl = replication()['master_replid'] or '' end
 if not epoch or e[2] ~= run then
-  epoch, until_ms, confirmed = now .. '-' .. new_epoch, now + tonumber(recovery_ms), false
+  -- A new epoch over one another process made ends its wait early if that
+  -- process is the primary this one was a replica of until its promotion,
+  -- every heartbeat in its epoch waited for the replicas (this one too),
+  -- and its own wait was over: then this data holds every instance that
+  -- may hold connections, in `instances`; the wait ends once each of them
+  -- has re-published here.
+  local members = nil
+  if epoch and waits and e[7] == '1' and e[4] == '1' and run_check == '1' and promoted_from(e[6]) then
+    members = redis.call('ZRANGE', instances_key, 0, -1)
+  end
+  epoch, until_ms, confirmed, early = now .. '-' .. new_epoch, now + tonumber(recovery_ms), false, false
   redis.call('DEL', epoch_key)
-  redis.call('HSET', epoch_key, 'id', epoch, 'run', run, 'until', until_ms, 'created', now)
+  redis.call('HSET', epoch_key, 'id', epoch, 'run', run, 'until', until_ms, 'created', now, 'repl', repl or '')
+  if waits then redis.call('HSET', epoch_key, 'waited', '1') end
+  if members then
+    -- a hash (id -> 1), emptied with HDEL: the commands a tracker's ACL
+    -- already allows (README, "Operations")
+    local republish = prefix .. 'republish:' .. epoch
+    -- (this instance too: it leaves the set below, unless this call is
+    -- stale and publishes nothing)
+    for _, m in ipairs(members) do redis.call('HSET', republish, m, '1') end
+    redis.call('EXPIRE', republish, 86400)
+    redis.call('HSET', epoch_key, 'early', '1')
+    early = true
+  end
   created = 1
-elseif not confirmed and tonumber(e[5] or '0') + tonumber(recovery_ms) > until_ms then
+else
+  if not waits and (e[7] == '1' or early) then
+    -- a heartbeat that does not wait for the replicas: this epoch's
+    -- instances set may miss what it admitted, and its wait is the full one
+    redis.call('HDEL', epoch_key, 'waited', 'early')
+    early = false
+  end
+  if repl and repl ~= e[6] then redis.call('HSET', epoch_key, 'repl', repl) end
+end
+if created == 0 and not confirmed and tonumber(e[5] or '0') + tonumber(recovery_ms) > until_ms then
   -- An instance with a longer TTL than the epoch's creator: the wait is the
   -- longest TTL of those seen (they should all be the same).
   until_ms = tonumber(e[5]) + tonumber(recovery_ms)
@@ -58,15 +99,30 @@ if not confirmed and confirm == epoch then
   redis.call('HSET', epoch_key, 'confirmed', '1')
   confirmed = true
 end
-local left = math.max(0, until_ms - now)
-if not confirmed then left = math.max(left, 1) end
+local function left()
+  if confirmed then return math.max(0, until_ms - now) end
+  return math.max(until_ms - now, 1)
+end
 
 local seq = tonumber(seq_arg)
 local last = tonumber(redis.call('HGET', seq_key, id) or '0')
 if seq < last then
-  return {epoch, created, left, {}, {}, {}, 1, tostring(last)}
+  return {epoch, created, left(), {}, {}, {}, 1, tostring(last)}
 end
 redis.call('HSET', seq_key, id, seq)
+
+-- This heartbeat re-publishes the instance: once every instance the early
+-- end waits for has, the wait is over. No clock decides it, so no tracker
+-- needs to confirm it (the old epoch's wait was confirmed).
+if early and not confirmed then
+  local republish = prefix .. 'republish:' .. epoch
+  redis.call('HDEL', republish, id)
+  if redis.call('TYPE', republish).ok == 'none' then -- its last field went
+    until_ms, confirmed = math.min(until_ms, now), true
+    redis.call('HSET', epoch_key, 'until', until_ms, 'confirmed', '1')
+    redis.call('HDEL', epoch_key, 'early')
+  end
+end
 
 local old = {}
 local f = redis.call('HGETALL', inst_key)
@@ -119,4 +175,4 @@ for k = 1, #ids, 2 do
   inst[#inst + 1] = ids[k + 1]
   inst[#inst + 1] = redis.call('HGET', seq_key, ids[k]) or '0'
 end
-return {epoch, created, left, inst, redis.call('ZRANGE', avail_key, 0, -1, 'WITHSCORES'), reaped, 0, tostring(seq)}
+return {epoch, created, left(), inst, redis.call('ZRANGE', avail_key, 0, -1, 'WITHSCORES'), reaped, 0, tostring(seq)}

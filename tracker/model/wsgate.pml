@@ -72,6 +72,26 @@
  *   FLIP            after the promotion a tracker may also move back from
  *                   R to P, any number of times (a Service routing each
  *                   connection to either primary labelled master).
+ *   EARLY_END       the early end of a promoted replica's recovery wait
+ *                   (PROTOCOL.md, "Ending the wait early"): when R makes
+ *                   its epoch over the data it received from P, and that
+ *                   data holds an epoch whose wait was over (dset), the
+ *                   wait may also end as soon as every instance of the set
+ *                   R holds at that moment (S, the instances zset) has
+ *                   heartbeated in R's epoch, without the time order
+ *                   wait_over asks. With WAIT_ADMIT: holds.
+ * Broken variants of the early end, each must fail:
+ *   EARLY_END without WAIT_ADMIT   grants (and so joins) R may not have.
+ *   MIXED_WAIT      with WAIT_ADMIT, but tracker 1 does not wait for the
+ *                   replica (a fleet whose trackers disagree).
+ *   EARLY_UNSETTLED the early end also when the epoch in R's data was
+ *                   still in its own wait (its re-publications are not
+ *                   acknowledged): with P_DOWN, P_RESTARTS.
+ *   EARLY_MISS      the set S misses instance 0.
+ *   EARLY_RESTART   without REPLICA: the early end applied to an epoch made
+ *                   over data restored from disk (RDB/AOF), as a check of
+ *                   master_replid2 alone would (Redis 7 keeps a restarted
+ *                   primary's old replication id as master_replid2).
  *   Without P_RESTARTS, P does not restart or lose data under REPLICA (one
  *   failover, the fault under study; the restarts are checked without
  *   REPLICA), and LEASES, REAP and WAIT_FIX are not combined with it.
@@ -140,8 +160,17 @@
 #if defined(REPLICA) && (defined(LEASES) || defined(WAIT_FIX))
 #error REPLICA is not combined with LEASES, REAP or WAIT_FIX
 #endif
-#if (defined(WRITE_LEASE) || defined(WAIT_ADMIT) || defined(P_DOWN) || defined(P_RESTARTS)) && !defined(REPLICA)
-#error WRITE_LEASE, WAIT_ADMIT, P_DOWN and P_RESTARTS need REPLICA
+#if (defined(WRITE_LEASE) || defined(WAIT_ADMIT) || defined(P_DOWN) || defined(P_RESTARTS) || defined(EARLY_END)) && !defined(REPLICA)
+#error WRITE_LEASE, WAIT_ADMIT, P_DOWN, P_RESTARTS and EARLY_END need REPLICA
+#endif
+#if (defined(MIXED_WAIT) || defined(EARLY_UNSETTLED) || defined(EARLY_MISS)) && !defined(EARLY_END)
+#error MIXED_WAIT, EARLY_UNSETTLED and EARLY_MISS are variants of EARLY_END
+#endif
+#if defined(EARLY_RESTART) && (defined(REPLICA) || defined(LEASES) || defined(WAIT_FIX))
+#error EARLY_RESTART is a variant of the model without REPLICA, LEASES or WAIT_FIX
+#endif
+#if defined(EARLY_END) || defined(EARLY_RESTART)
+#define EARLY
 #endif
 #define N 2
 
@@ -180,6 +209,22 @@ bool has_snap;
 byte sE[N];
 #ifdef NO_RUNID
 bool snap_cur;    /* it was saved in the current epoch */
+#endif
+
+#ifdef EARLY
+/* ---- the early end of a recovery wait ----
+ * mem and dset are part of the data (they replicate, are saved and
+ * restored with E; smem and sdset are the copy in sE's place). */
+bool mem[N];      /* i is a member of the instances zset */
+bool dset;        /* the data's epoch had its wait over (confirmed = 1) */
+bool smem[N];
+bool sdset;
+bool early;       /* the current epoch's wait may end early ... */
+bool S[N];        /* ... once these instances heartbeated in it */
+#ifdef REPLICA
+bool rearly;      /* R's early and S (while not swapped in) */
+bool rS[N];
+#endif
 #endif
 
 #ifdef REPLICA
@@ -265,6 +310,14 @@ inline swap_procs() {
   tmp = synced[1]; synced[1] = rsynced[1]; rsynced[1] = tmp;
   tmp = pre[0]; pre[0] = rpre[0]; rpre[0] = tmp;
   tmp = pre[1]; pre[1] = rpre[1]; rpre[1] = tmp;
+#ifdef EARLY
+  tmp = mem[0]; mem[0] = smem[0]; smem[0] = tmp;
+  tmp = mem[1]; mem[1] = smem[1]; smem[1] = tmp;
+  tmp = dset; dset = sdset; sdset = tmp;
+  tmp = early; early = rearly; rearly = tmp;
+  tmp = S[0]; S[0] = rS[0]; rS[0] = tmp;
+  tmp = S[1]; S[1] = rS[1]; rS[1] = tmp;
+#endif
   tmp = 0
 }
 /* Put primary pr's state in E, ep_ok, ... (0: P, 1: R) */
@@ -284,11 +337,28 @@ inline to_proc(pr) {
 /* With WAIT_ADMIT an admission's reply is read only once the replica
  * acknowledged it: the replica then has every effect up to it (in
  * order), so it holds P's state of this moment. */
+#ifdef EARLY
+#define COPY_EARLY smem[0] = mem[0]; smem[1] = mem[1]; sdset = dset
+#define EARLY_DIFFERS (smem[0] != mem[0] || smem[1] != mem[1] || sdset != dset)
+#else
+#define COPY_EARLY skip
+#define EARLY_DIFFERS 0
+#endif
+/* the replica (or the snapshot) now holds this state of P's data */
+#define COPY_DATA sE[0] = E[0]; sE[1] = E[1]; COPY_EARLY
 #ifdef WAIT_ADMIT
+#ifndef MIXED_WAIT
 #define ADMIT_ACKED(i) ACKABLE(i)
 inline ack(i) {
-  if :: side[i] == 0 -> sE[0] = E[0]; sE[1] = E[1] :: else -> skip fi
+  if :: side[i] == 0 -> COPY_DATA :: else -> skip fi
 }
+#else
+/* MIXED_WAIT: tracker 1 does not wait for the replica */
+#define ADMIT_ACKED(i) ((i) == 1 || ACKABLE(i))
+inline ack(i) {
+  if :: (i) == 0 && side[i] == 0 -> COPY_DATA :: else -> skip fi
+}
+#endif
 #else
 #define ADMIT_ACKED(i) 1
 #define ack(i) skip
@@ -341,6 +411,17 @@ inline norm() {
   if :: okind[0] == NONE -> oside[0] = 0 :: else -> skip fi;
   if :: okind[1] == NONE -> oside[1] = 0 :: else -> skip fi;
   assert(cur == 0);
+#endif
+#ifdef EARLY
+  /* early and S are read only while their epoch waits */
+  if :: !rec -> early = false; S[0] = false; S[1] = false :: else -> skip fi;
+#ifdef REPLICA
+  if :: !rrec -> rearly = false; rS[0] = false; rS[1] = false :: else -> skip fi;
+  /* one failover: after it P's data is never copied or read for an early
+   * end, nor R's once R made its epoch (R never restarts) */
+  if :: promoted -> mem[0] = false; mem[1] = false; dset = false :: else -> skip fi;
+  if :: promoted && rep_ok -> smem[0] = false; smem[1] = false; sdset = false :: else -> skip fi;
+#endif
 #endif
   res = 0; kvb = false
 }
@@ -401,6 +482,26 @@ inline release_script(i, pr) {
   to_proc(0)
 }
 
+#ifdef EARLY
+/* R's first epoch (with REPLICA, P makes an epoch only over empty data:
+ * pr == 1 is the promoted replica), over data whose epoch had its wait
+ * over (EARLY_UNSETTLED: whatever the data) */
+#if defined(EARLY_UNSETTLED)
+#define EARLY_OK(pr) ((pr) == 1)
+#elif defined(EARLY_END)
+#define EARLY_OK(pr) ((pr) == 1 && dset)
+#else
+#define EARLY_OK(pr) dset
+#endif
+#ifdef EARLY_MISS
+#define EARLY_S0 false
+#else
+#define EARLY_S0 mem[0]
+#endif
+/* every instance of S heartbeated in the epoch */
+#define EARLY_DONE(e_, S_, syn) (e_ && (!S_[0] || syn[0]) && (!S_[1] || syn[1]))
+#endif
+
 /* sync.lua, publishing held h. */
 inline sync_script(i, h, pr) {
   to_proc(pr);
@@ -427,10 +528,26 @@ inline sync_script(i, h, pr) {
 #ifdef NO_RUNID
      snap_cur = false;
 #endif
+#ifdef EARLY
+     /* The early end (PROTOCOL.md, "Ending the wait early"): only over
+      * data whose epoch had its wait over. With REPLICA, P never makes
+      * an epoch over such data (it starts empty and restarts only empty),
+      * so this is R's first epoch after its promotion; without it, a
+      * restart from disk (EARLY_RESTART only: the code does not). S is
+      * the instances zset as the data holds it. */
+     if
+     :: EARLY_OK(pr) -> early = true; S[0] = EARLY_S0; S[1] = mem[1]
+     :: else -> early = false; S[0] = false; S[1] = false
+     fi;
+     dset = false;
+#endif
      skip
   :: else -> skip
   fi;
   E[i] = h;                           /* E_i becomes the truth */
+#ifdef EARLY
+  mem[i] = true;                      /* ZADD instances */
+#endif
 #ifdef LEASES
   rl[i] = ALIVE; rfree[i] = false;    /* the lease, by Redis' clock */
 #endif
@@ -584,7 +701,11 @@ inline leave(i) {
 #else
   WRITABLE(SIDE(i)) ->
 #endif
+#ifdef EARLY
+  to_proc(SIDE(i)); E[i] = 0; mem[i] = false; to_proc(0); newer_call_ran(i, SIDE(i));
+#else
   to_proc(SIDE(i)); E[i] = 0; to_proc(0); newer_call_ran(i, SIDE(i));
+#endif
 #ifdef LEASES
   rl[i] = ABSENT; rfree[i] = false;
 #endif
@@ -611,6 +732,9 @@ inline new_process() {
 /* crash, restart empty */
 inline redis_restart_empty() {
   E[0] = 0; E[1] = 0;
+#ifdef EARLY
+  mem[0] = false; mem[1] = false; dset = false;
+#endif
 #ifdef LEASES
   rl[0] = ABSENT; rl[1] = ABSENT; rfree[0] = false; rfree[1] = false;
 #endif
@@ -622,14 +746,14 @@ inline redis_restart_empty() {
 
 /* save: RDB/AOF (or a replica) now holds this state */
 #ifndef NO_RUNID
-#define SNAP_DIFFERS (!has_snap || sE[0] != E[0] || sE[1] != E[1])
+#define SNAP_DIFFERS (!has_snap || sE[0] != E[0] || sE[1] != E[1] || EARLY_DIFFERS)
 #else
-#define SNAP_DIFFERS (!has_snap || sE[0] != E[0] || sE[1] != E[1] || snap_cur != ep_ok)
+#define SNAP_DIFFERS (!has_snap || sE[0] != E[0] || sE[1] != E[1] || snap_cur != ep_ok || EARLY_DIFFERS)
 #endif
 inline redis_save() {
   SNAP_DIFFERS ->
   has_snap = true;
-  sE[0] = E[0]; sE[1] = E[1];
+  COPY_DATA;
 #ifdef NO_RUNID
   snap_cur = ep_ok;
 #endif
@@ -640,6 +764,9 @@ inline redis_save() {
 inline redis_restart_old() {
   has_snap ->
   E[0] = sE[0]; E[1] = sE[1];
+#ifdef EARLY
+  mem[0] = smem[0]; mem[1] = smem[1]; dset = sdset;
+#endif
 #ifdef LEASES
   /* the leases it held then: alive or not, and they end whenever (their
    * ends are not ordered after the local leases since) */
@@ -699,7 +826,12 @@ inline redis_lease_ends(i) { rl[i] == ALIVE -> rl[i] = EXPIRED }
 
 /* the epoch's recovery wait ends (until = made + TTL, Redis' clock) */
 #ifndef RCLOCK_STEPS
+#ifndef EARLY
 inline recovery_wait_ends() { rec && wait_over -> rec = false }
+#else
+/* (or early: every instance of S heartbeated in the epoch) */
+inline recovery_wait_ends() { rec && (wait_over || EARLY_DONE(early, S, synced)) -> rec = false; dset = true }
+#endif
 #else
 /* a forward step of Redis' clock may end it at any moment */
 inline recovery_wait_ends() { rec -> rec = false }
@@ -721,7 +853,7 @@ inline confirm_epoch(i) { ow[i] && !conf -> conf = true }
 /* the replica receives P's effects up to now (in order: it then holds
  * P's state of this moment); it may lag any number of steps */
 inline replicate() {
-  !promoted && (sE[0] != E[0] || sE[1] != E[1]) -> sE[0] = E[0]; sE[1] = E[1]
+  !promoted && (sE[0] != E[0] || sE[1] != E[1] || EARLY_DIFFERS) -> COPY_DATA
 }
 /* R is promoted (Sentinel, an operator, a Service following the role),
  * with what it has: a primary with its own run id, so the epoch in its
@@ -753,7 +885,14 @@ inline move_to_p(i) { side[i] == 1 -> side[i] = 0; kv[i] = false }
 #else
 #define R_WAIT_OVER WAIT_OVER(rpre, rsynced, 1)
 #endif
+#ifndef EARLY_END
 inline recovery_wait_ends_r() { rrec && R_WAIT_OVER -> rrec = false }
+#else
+/* ... or early: every instance of the set R held at its epoch's making
+ * heartbeated in R's epoch, whatever the time order (and with the write
+ * lease, whether or not P stopped) */
+inline recovery_wait_ends_r() { rrec && (R_WAIT_OVER || EARLY_DONE(rearly, rS, rsynced)) -> rrec = false }
+#endif
 #ifdef WRITE_LEASE
 /* P has not heard from a replica for min-replicas-max-lag: it refuses
  * writes from now on (R, promoted, never replicates from it again): at
@@ -778,6 +917,16 @@ inline print_state() {
 #ifdef REPLICA
   /* P's state is E, epoch, recovering; the replica's data (R's E after the promotion) is snapE */
   printf("  side=%d,%d promoted=%d R: epoch=%d recovering=%d\n", side[0], side[1], promoted, rep_ok, rrec);
+#endif
+#ifdef EARLY
+  /* the instances zset and whether the data's epoch had its wait over
+   * (P's, and the copy's: the replica's or the snapshot's); the early end
+   * of the current wait and its set (P's; with REPLICA, R's after R:) */
+  printf("  members=%d,%d settled=%d copy: members=%d,%d settled=%d | early=%d S=%d,%d", mem[0], mem[1], dset, smem[0], smem[1], sdset, early, S[0], S[1]);
+#ifdef REPLICA
+  printf(" R: early=%d S=%d,%d", rearly, rS[0], rS[1]);
+#endif
+  printf("\n");
 #endif
   skip
 }
