@@ -34,12 +34,8 @@ func TestFailoverEndsTheRecoveryWaitEarly(t *testing.T) {
 func checkFailoverWait(t *testing.T, wait int) {
 	const ttl = 30 * time.Second
 	ctx := context.Background()
-	primary := redistest.Start(t, "--repl-diskless-sync-delay", "0")
-	replica := redistest.Start(t, "--replicaof", "127.0.0.1", fmt.Sprint(primary.Port))
-	await.True(t, "the replica in sync", 20*time.Second, func() bool {
-		info, err := replica.Client().Info(ctx, "replication").Result()
-		return err == nil && containsLine(info, "master_link_status:up")
-	})
+	primary := redistest.Start(t)
+	replica := redistest.StartReplica(t, primary)
 
 	// The trackers' client dials whichever server is the primary now.
 	var target atomic.Value
@@ -82,13 +78,17 @@ func checkFailoverWait(t *testing.T, wait int) {
 			t.Fatal(err)
 		}
 	}
+	// Admitted through Redis: with WaitReplicas, once the replica had it.
 	r, err := trs[0].Admit(within, "chat")
 	if err != nil || !r.Admitted || r.Fallback {
 		t.Fatalf("admit on the primary: %+v, %v", r, err)
 	}
-	// What --redis-wait-replicas does after the admission: the replica has it.
-	if n, err := primary.Client().Wait(ctx, 1, 5*time.Second).Result(); err != nil || n != 1 {
-		t.Fatalf("WAIT 1: %d, %v", n, err)
+	if wait == 0 {
+		// Without WAIT the replica may lag; wait for it here, so that the
+		// only difference between the cases is what the heartbeats say.
+		if n, err := primary.Client().Wait(ctx, 1, 5*time.Second).Result(); err != nil || n != 1 {
+			t.Fatalf("WAIT 1: %d, %v", n, err)
+		}
 	}
 
 	if err := replica.Client().Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
@@ -120,7 +120,18 @@ func checkFailoverWait(t *testing.T, wait int) {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("the trackers grant again %v after the promotion (instance TTL %v)", time.Since(promoted).Round(time.Millisecond), ttl)
+	t.Logf("the promoted replica's recovery wait ended %v after the promotion (instance TTL %v)", time.Since(promoted).Round(time.Millisecond), ttl)
+	// It has no replica of its own yet, so no admission can be
+	// acknowledged: refused (e2 holds nothing its fallback could reuse).
+	if r, err := trs[1].Admit(within, "chat"); err != nil || r.Admitted || r.Reason != "redis_down" {
+		t.Fatalf("admit on the promoted replica without a replica: %+v, %v; want refused, redis_down", r, err)
+	}
+	// A replica of the new primary (as Sentinel turns the old one into):
+	// admissions go through Redis again at e2's next heartbeat.
+	redistest.StartReplica(t, replica)
+	await.True(t, "e2 admitting through Redis again", 10*time.Second, func() bool {
+		return trs[1].Heartbeat(ctx) == nil && !trs[1].Degraded("chat")
+	})
 	// e1's connection is counted on the new primary: one more fits under
 	// the cap of 2, not two.
 	if r, err := trs[1].Admit(within, "chat"); err != nil || !r.Admitted || r.Fallback {
