@@ -36,21 +36,6 @@ func admitReq(epoch string, n int) store.AdmitRequest {
 	return store.AdmitRequest{Fleet: "chat", MaxPerPod: 100, Policy: fleets.PolicySpread, Instance: "e1", Epoch: epoch, Now: storetest.T0, N: n}
 }
 
-// held is what server counts for e1 on each pod (inst:e1).
-func held(t *testing.T, c *redis.Client) int {
-	t.Helper()
-	m, err := c.HGetAll(context.Background(), store.NewStore(c, "wsgate").Keys("chat").Inst("e1")).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, v := range m {
-		x, _ := strconv.Atoi(v)
-		n += x
-	}
-	return n
-}
-
 func waitCalls(t *testing.T, c *redis.Client) int {
 	t.Helper()
 	info, err := c.Info(context.Background(), "commandstats").Result()
@@ -80,14 +65,14 @@ func TestWaitAdmitsOnceTheReplicaHasIt(t *testing.T) {
 		t.Errorf("one call of 3 admissions sent %d WAITs, want 1", got)
 	}
 	// Acknowledged: the replica has applied it already, no waiting.
-	if got := held(t, replica.Client()); got != 3 {
+	if got := storetest.Held(t, replica.Client(), "chat", "e1"); got != 3 {
 		t.Errorf("replica counts %d for e1 after 3 acknowledged admissions, want 3", got)
 	}
 	one, err := s.AdmitOne(ctx, admitReq(epoch, 1))
 	if err != nil || one.Pod == "" {
 		t.Fatalf("admit one: %+v, %v", one, err)
 	}
-	if got := held(t, replica.Client()); got != 4 {
+	if got := storetest.Held(t, replica.Client(), "chat", "e1"); got != 4 {
 		t.Errorf("replica counts %d for e1, want 4", got)
 	}
 }
@@ -105,14 +90,14 @@ func TestWaitRefusesWhatTheReplicaDidNotAcknowledge(t *testing.T) {
 	defer replica.Cont()
 	refuse5(t, s, epoch)
 	// The scripts ran: the primary over-counts until a heartbeat.
-	if got := held(t, primary.Client()); got != 7 {
+	if got := storetest.Held(t, primary.Client(), "chat", "e1"); got != 7 {
 		t.Errorf("primary counts %d for e1, want 7 (2 acknowledged, 5 not)", got)
 	}
 	replica.Cont()
 	if a, err := s.Admit(ctx, admitReq(epoch, 1)); err != nil || len(a.Pods) != 1 {
 		t.Fatalf("admit with the replica back: %+v, %v", a, err)
 	}
-	if got := held(t, replica.Client()); got != 8 {
+	if got := storetest.Held(t, replica.Client(), "chat", "e1"); got != 8 {
 		t.Errorf("replica counts %d for e1 once back, want 8", got)
 	}
 }
@@ -130,10 +115,10 @@ func TestWaitUnderSplitBrain(t *testing.T) {
 	}
 	replica.Promote()
 	refuse5(t, s, epoch)
-	if got := held(t, primary.Client()); got != 7 {
+	if got := storetest.Held(t, primary.Client(), "chat", "e1"); got != 7 {
 		t.Errorf("old primary counts %d for e1, want 7 (2 acknowledged, 5 not)", got)
 	}
-	if got := held(t, replica.Client()); got != 2 {
+	if got := storetest.Held(t, replica.Client(), "chat", "e1"); got != 2 {
 		t.Errorf("promoted replica counts %d for e1, want the 2 acknowledged", got)
 	}
 }

@@ -4,16 +4,15 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/store/storetest"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -31,21 +30,6 @@ func waitTracker(t *testing.T, srv *redistest.Server, replicas int, wait time.Du
 		t.Fatal(err)
 	}
 	return tr, m
-}
-
-// counted is what srv counts for e1 in chat.
-func instCount(t *testing.T, c *redis.Client) int {
-	t.Helper()
-	m, err := c.HGetAll(context.Background(), store.NewStore(c, "wsgate").Keys("chat").Inst("e1")).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, v := range m {
-		x, _ := strconv.Atoi(v)
-		n += x
-	}
-	return n
 }
 
 func awaitGranting(t *testing.T, tr *tracker.Tracker) {
@@ -76,7 +60,7 @@ func TestAdmissionsWaitForTheReplica(t *testing.T) {
 			t.Fatalf("admit with a live replica: %+v", res)
 		}
 	}
-	if got := instCount(t, replica.Client()); got != 2 {
+	if got := storetest.Held(t, replica.Client(), "chat", "e1"); got != 2 {
 		t.Fatalf("replica counts %d for e1 after 2 admissions, want 2", got)
 	}
 
@@ -100,7 +84,7 @@ func TestAdmissionsWaitForTheReplica(t *testing.T) {
 		if err := tr.Heartbeat(context.Background()); err != nil {
 			t.Fatalf("heartbeat with the replica stopped: %v", err)
 		}
-		if got := instCount(t, primary.Client()); got != 2 {
+		if got := storetest.Held(t, primary.Client(), "chat", "e1"); got != 2 {
 			t.Errorf("after the heartbeat the primary counts %d for e1, want the 2 held", got)
 		}
 	}
@@ -112,7 +96,7 @@ func TestAdmissionsWaitForTheReplica(t *testing.T) {
 	if res := admit(t, tr, "chat"); !res.Admitted || res.Fallback {
 		t.Fatalf("admit with the replica back: %+v", res)
 	}
-	if got := instCount(t, replica.Client()); got != 3 {
+	if got := storetest.Held(t, replica.Client(), "chat", "e1"); got != 3 {
 		t.Errorf("replica counts %d for e1, want 3", got)
 	}
 }

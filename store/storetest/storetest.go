@@ -7,6 +7,7 @@ package storetest
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -144,4 +145,24 @@ func Backends(t *testing.T, test func(t *testing.T, s *store.Store, b Backend)) 
 		b := Backend{Client: redistest.Start(t).Client()}
 		test(t, b.Store(""), b)
 	})
+}
+
+// Held is what the Redis behind c counts for instance inst in fleet, all
+// pods together (inst:<id>, with the default prefix): what a replica or a
+// promoted replica received of its grants.
+func Held(t *testing.T, c redis.Cmdable, fleet, inst string) int {
+	t.Helper()
+	m, err := c.HGetAll(context.Background(), store.NewStore(nil, "wsgate").Keys(fleet).Inst(inst)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for pod, v := range m {
+		x, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatalf("inst:%s holds %q on %s: not a count", inst, v, pod)
+		}
+		n += x
+	}
+	return n
 }
