@@ -93,7 +93,14 @@ func TestLateRestartCountsWhatEnvoyCarries(t *testing.T) {
 				t.Errorf("Redis' live count %d, want the %d the backends hold", live, carried)
 			}
 			// Every pod is at (or, with reap, above) its cap: nothing more,
-			// through either tracker.
+			// through either tracker. In keep and kube Redis counted A's
+			// connections before A's first heartbeat (it kept them), and
+			// until that heartbeat's reply A admits nothing through Redis
+			// (redis_down): wait for two of its heartbeats, the second sent
+			// only once the first's reply was taken.
+			for range 2 {
+				h.nextHeartbeat(a, 5*hb)
+			}
 			for _, tp := range []*trackerProc{b, a} {
 				if r := h.dial(tp); r.Conn != nil {
 					r.Conn.CloseNow()
