@@ -22,11 +22,19 @@ import (
 // --redis-master-name with --redis-addr listing the Sentinels, two
 // backends of cap 2, churn through every gateway. Each test asserts the
 // most any backend ever held (its own count) and that admissions resume
-// after the failover, and logs one "figures:" line: how long the Sentinels
-// took to agree on the new primary (detection), until the new primary's
-// epoch granted (recovered), until the first admission after that
-// (resumed), the longest stretch without a single admission, and the
-// clients' refusals by reason.
+// after the failover, and how long the new primary's recovery wait lasted:
+// a whole instance TTL when the trackers do not wait for the replicas, and
+// under the documented settings an early end within 2 heartbeats (and
+// earlyMargin) of the moment the new primary took writes (PROTOCOL.md,
+// "Ending the wait early after a failover"). Each logs one "figures:"
+// line: how long the Sentinels took to agree on the new primary
+// (detection), the old node's return as a replica (restarted, rejoined),
+// until the new primary's epoch granted (recovered; the wait after the
+// switch and after the new primary took writes), until the first
+// admission after that (first-redis-admission) and through every gateway,
+// the longest stretch without a single admission, in the whole churn and
+// per failover, the claim of issue 26 (detection + 2 heartbeats) against
+// both, and the clients' refusals by reason.
 
 const (
 	// masterName is the Sentinels' name of the primary.
