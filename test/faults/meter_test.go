@@ -165,6 +165,28 @@ func (m *meter) longestGap() (time.Duration, time.Time) {
 	return gap, from
 }
 
+// longestGapIn is the longest stretch without an admission within
+// [from, to]: one failover's, from its fault to the first admission after
+// it.
+func (m *meter) longestGapIn(from, to time.Time) time.Duration {
+	m.mu.Lock()
+	var at []time.Time
+	for _, r := range m.recs {
+		if r.at.After(from) && r.at.Before(to) {
+			at = append(at, r.at)
+		}
+	}
+	m.mu.Unlock()
+	sort.Slice(at, func(i, j int) bool { return at[i].Before(at[j]) })
+	prev := from
+	var gap time.Duration
+	for _, t := range append(at, to) {
+		gap = max(gap, t.Sub(prev))
+		prev = t
+	}
+	return gap
+}
+
 // perPod is the most each backend ever held, for the figures.
 func (h *harness) perPod() string {
 	var out []string

@@ -22,32 +22,62 @@ import (
 // --redis-master-name with --redis-addr listing the Sentinels, two
 // backends of cap 2, churn through every gateway. Each test asserts the
 // most any backend ever held (its own count) and that admissions resume
-// after the failover, and logs one "figures:" line: how long the Sentinels
-// took to agree on the new primary (detection), until the new primary's
-// epoch granted (recovered), until the first admission after that
-// (resumed), the longest stretch without a single admission, and the
-// clients' refusals by reason.
+// after the failover, and how long the new primary's recovery wait lasted:
+// a whole instance TTL when the trackers do not wait for the replicas, and
+// under the documented settings an early end within 2 heartbeats (and
+// earlyMargin) of the moment the new primary took writes (PROTOCOL.md,
+// "Ending the wait early after a failover"). Each logs one "figures:"
+// line: how long the Sentinels took to agree on the new primary
+// (detection), the old node's return as a replica (restarted, rejoined),
+// until the new primary's epoch granted (recovered; the wait after the
+// switch and after the new primary took writes), until the first
+// admission after that (first-redis-admission) and through every gateway,
+// the longest stretch without a single admission, in the whole churn and
+// per failover, the claim of issue 26 (detection + 2 heartbeats) against
+// both, and the clients' refusals by reason.
 
 const (
 	// masterName is the Sentinels' name of the primary.
 	masterName = "wsgate-primary"
 	// sentinelDownAfter is down-after-milliseconds.
 	sentinelDownAfter = 2 * time.Second
-	// failoverMargin is what the tests allow beyond detection (down-after)
-	// and one instance TTL (the new epoch's recovery wait, which the code
-	// now spends after every failover) until admissions resume, and for
-	// the longest stretch without an admission: the Sentinels' agreement
-	// and election (a few seconds), the trackers' switch, and a busy
-	// machine. Tighten it (and drop the instance TTL from
-	// failoverBound) once a failover ends the recovery wait early (issue
-	// 26, item 2: detection + 2 heartbeats).
-	failoverMargin = 15 * time.Second
+	// sentinelElection is what the Sentinels take beyond down-after until
+	// every one of them names the new primary: their agreement on ODOWN
+	// (they ask each other every second), the vote, the promotion and its
+	// announcement. Measured 0.5–1.3 s on an idle machine.
+	sentinelElection = 3 * time.Second
+	// busyMargin is what a machine shared by several test runs (2 cores,
+	// the race detector, every test of the package at once) adds to the
+	// processes' timers and to the tests' polls: ticks run late, a
+	// tracker's heartbeat waits for the CPU.
+	busyMargin = 5 * time.Second
+	// earlyMargin is what the tests allow beyond 2 heartbeats for a
+	// recovery wait that ends early (PROTOCOL.md, "Ending the wait early
+	// after a failover"): the trackers' Sentinel clients reconnecting, a
+	// heartbeat tick late on a busy machine, the test's 50 ms poll.
+	// Measured (heartbeat 1 s): the wait ended 0.6–1.0 s after the new
+	// primary took writes, idle and beside stress-ng, i.e. within the 2
+	// heartbeats.
+	earlyMargin = 1500 * time.Millisecond
 )
 
 // failoverBound is how long after the fault admissions must resume, and
-// the longest stretch without an admission the tests accept.
-func failoverBound(ttl time.Duration) time.Duration {
-	return sentinelDownAfter + ttl + failoverMargin
+// the longest stretch without an admission the tests accept, when the
+// recovery wait cannot end early (trackers without --redis-wait-replicas):
+// detection (down-after and the election), the trackers' next heartbeat
+// on the new primary (it makes the new epoch), the epoch's whole recovery
+// wait (one instance TTL), the heartbeat that confirms it, and a busy
+// machine.
+func failoverBound(hb, ttl time.Duration) time.Duration {
+	return sentinelDownAfter + sentinelElection + hb + ttl + hb + busyMargin
+}
+
+// earlyEndBound is how long after the new primary takes writes its
+// recovery wait may last when it ends early: the first heartbeat on it
+// makes the new epoch (within one heartbeat), every other tracker's next
+// one re-publishes its instance (within one more), and earlyMargin.
+func earlyEndBound(hb time.Duration) time.Duration {
+	return 2*hb + earlyMargin
 }
 
 type sentinelOptions struct {
@@ -213,39 +243,152 @@ func awaitGranting(t *testing.T, node *redistest.Server, within time.Duration) t
 	}
 }
 
-// failoverFigures is what one failover cost, from the fault on.
+// failoverFigures is what one failover cost, each figure from the fault.
 type failoverFigures struct {
-	detection, recovered, resumed, allResumed time.Duration
+	fault time.Time
+	hb    time.Duration // the trackers' heartbeat
+	// detection: until every Sentinel named the new primary (the switch).
+	detection time.Duration
+	// restarted, rejoined (the documented settings' cases; 0 otherwise):
+	// until the old primary was restarted or continued, and until it
+	// was a replica of the new primary with its link up. With the write
+	// lease on every node, the new primary takes writes, heartbeats
+	// included, only from then on.
+	restarted, rejoined time.Duration
+	// recovered: until the new primary's epoch granted (its recovery
+	// wait over, read from it with store.Recovery).
+	recovered time.Duration
+	// resumed: until the first admission after that. The new primary
+	// grants nothing before, so it is the first admission through Redis
+	// since the fault; the fallback's (share) can come earlier, from what
+	// an instance held before. allResumed: until every gateway had one.
+	resumed, allResumed time.Duration
+	// gap is the longest stretch without an admission from the fault to
+	// the first admission through Redis after it (admissions of the
+	// fallback, share, may come in between).
+	gap time.Duration
 }
+
+// writable is when the new primary took writes: at the switch, or once
+// the old node rejoined as its replica (its write lease needs one).
+func (f failoverFigures) writable() time.Duration { return max(f.detection, f.rejoined) }
 
 func (f failoverFigures) String() string {
-	return fmt.Sprintf("detection=%.1fs recovered=%.1fs resumed=%.1fs all-gateways=%.1fs",
-		f.detection.Seconds(), f.recovered.Seconds(), f.resumed.Seconds(), f.allResumed.Seconds())
+	s := fmt.Sprintf("detection=%.1fs", f.detection.Seconds())
+	if f.rejoined > 0 {
+		s += fmt.Sprintf(" restarted=%.1fs rejoined-as-replica=%.1fs", f.restarted.Seconds(), f.rejoined.Seconds())
+	}
+	s += fmt.Sprintf(" recovered=%.1fs (wait after the switch %.1fs, after the new primary took writes %.1fs) first-redis-admission=%.1fs all-gateways=%.1fs longest-without-admission=%.1fs",
+		f.recovered.Seconds(), (f.recovered - f.detection).Seconds(), (f.recovered - f.writable()).Seconds(), f.resumed.Seconds(), f.allResumed.Seconds(), f.gap.Seconds())
+	// Issue 26's claim: the longest stretch without an admission after a
+	// failover at most detection + 2 heartbeats. Logged, not asserted:
+	// without WAIT the wait lasts an instance TTL, and under the
+	// documented settings the new primary takes writes only once a
+	// replica is back. Logged for the stretch and for the first admission
+	// through Redis: the stretch can be shorter than that, when the
+	// fallback (share) admitted into what an instance held after the
+	// fault.
+	claim := f.detection + 2*f.hb
+	verdict := func(d time.Duration) string {
+		if d > claim {
+			return "exceeded"
+		}
+		return "holds"
+	}
+	return s + fmt.Sprintf(" detection+2hb=%.1fs(stretch %s, first Redis admission %s)", claim.Seconds(), verdict(f.gap), verdict(f.resumed))
 }
 
-// failover applies fault to the current primary old at faultAt, waits for
-// the Sentinels to promote another node, for its epoch to grant, and for
-// an admission through every gateway after that (within failoverBound of
-// the fault), and returns the new primary and the figures.
+// failover applies fault to the current primary old, waits for the
+// Sentinels to promote another node, for its epoch to grant, and for an
+// admission through every gateway after that (within failoverBound of the
+// fault), and returns the new primary and the figures.
 func (s *sentinelSystem) failover(t *testing.T, m *meter, old *redistest.Server, fault func()) (*redistest.Server, failoverFigures) {
 	t.Helper()
-	bound := failoverBound(s.o.instanceTTL)
-	faultAt := time.Now()
+	bound := failoverBound(s.o.heartbeat, s.o.instanceTTL)
+	f := failoverFigures{fault: time.Now(), hb: s.o.heartbeat}
 	fault()
 	promoted := s.awaitSwitch(t, old.Addr(), bound)
-	var f failoverFigures
-	f.detection = time.Since(faultAt)
-	granting := awaitGranting(t, promoted, bound-time.Since(faultAt))
-	f.recovered = granting.Sub(faultAt)
-	first, all := m.awaitEach("admissions after the failover", s.trackers, granting, bound-time.Since(faultAt))
-	f.resumed, f.allResumed = first.Sub(faultAt), all.Sub(faultAt)
+	f.detection = time.Since(f.fault)
+	s.awaitResumed(t, m, promoted, &f, bound)
+	// Without --redis-wait-replicas the new primary may lack grants
+	// (asynchronous replication), so its wait must not end early: a whole
+	// instance TTL from the new epoch, made after the promotion. The
+	// test sees the switch once the last Sentinel names the new primary,
+	// which may learn of it up to a hello period (2 s) after the
+	// promotion.
+	if wait, least := f.recovered-f.detection, s.o.instanceTTL-2*time.Second; wait < least {
+		t.Errorf("the new primary's recovery wait ended %.1fs after the switch, before an instance TTL (%s, less 2 s), with trackers that do not wait for the replicas (%s)",
+			wait.Seconds(), s.o.instanceTTL, f)
+	}
+	return promoted, f
+}
+
+// awaitResumed waits until promoted's epoch grants and every gateway
+// admitted after that, all within bound of the fault, and fills in f.
+func (s *sentinelSystem) awaitResumed(t *testing.T, m *meter, promoted *redistest.Server, f *failoverFigures, bound time.Duration) {
+	t.Helper()
+	granting := awaitGranting(t, promoted, bound-time.Since(f.fault))
+	f.recovered = granting.Sub(f.fault)
+	first, all := m.awaitEach("admissions after the failover", s.trackers, granting, bound-time.Since(f.fault))
+	f.resumed, f.allResumed = first.Sub(f.fault), all.Sub(f.fault)
+	f.gap = m.longestGapIn(f.fault, first)
+}
+
+// documentedBound is how long after the fault admissions must resume
+// under the documented settings: detection, the old node's return as a
+// replica of the new primary (sentinelRejoin, after the Sentinels'
+// switch), the early end of the wait, and a busy machine.
+func documentedBound(hb time.Duration) time.Duration {
+	return sentinelDownAfter + sentinelElection + sentinelRejoin + earlyEndBound(hb) + busyMargin
+}
+
+// sentinelRejoin is how long an old primary brought back (restarted
+// empty, or continued) takes to be a replica of the new primary when the
+// Sentinels make it one: they let a node they know as a replica report
+// itself a primary for sentinelConvert before they send it REPLICAOF, and
+// see it only at their next INFO (every second while it was down); then
+// the full sync of a small data set. Measured 10.0–11.0 s from the restart
+// or SIGCONT, idle and beside stress-ng.
+const sentinelRejoin = sentinelConvert + 4*time.Second
+
+// documentedFailover is a failover under the documented settings: fault
+// on the primary old, and once the Sentinels promoted its replica, back
+// brings old back (a restart, SIGCONT) as the platform would. It waits
+// until old is a replica of the new primary (whose write lease needs
+// one), until the new primary's epoch grants and every gateway admitted
+// again, and checks that the recovery wait ended early: within
+// earlyEndBound of the moment the new primary took writes.
+func (s *sentinelSystem) documentedFailover(t *testing.T, m *meter, old *redistest.Server, fault, back func()) (*redistest.Server, failoverFigures) {
+	t.Helper()
+	bound := documentedBound(s.o.heartbeat)
+	f := failoverFigures{fault: time.Now(), hb: s.o.heartbeat}
+	fault()
+	promoted := s.awaitSwitch(t, old.Addr(), bound)
+	f.detection = time.Since(f.fault)
+	back()
+	f.restarted = time.Since(f.fault)
+	await.Until(t, "the old primary a replica of the new one", bound-time.Since(f.fault), func() (bool, string) {
+		r, err := old.Replication()
+		return err == nil && r.Role == "slave" && r.LinkUp && strconv.Itoa(r.MasterPort) == port(promoted.Addr()), fmt.Sprintf("%+v %v", r, err)
+	})
+	f.rejoined = time.Since(f.fault)
+	s.awaitResumed(t, m, promoted, &f, bound)
+	if wait, b := f.recovered-f.writable(), earlyEndBound(s.o.heartbeat); wait > b {
+		t.Errorf("the new primary's recovery wait lasted %.1fs after it took writes (%.1fs after the switch), more than 2 heartbeats + %s: it did not end early (%s)",
+			wait.Seconds(), (f.recovered - f.detection).Seconds(), earlyMargin, f)
+	}
+	if b := documentedGapBound(s.o.heartbeat, f); f.resumed > b {
+		t.Errorf("the first admission through Redis came %.1fs after the fault, more than %.1fs (the new primary took writes after %.1fs, then 2 heartbeats + %s, and a heartbeat of churn) (%s)",
+			f.resumed.Seconds(), b.Seconds(), f.writable().Seconds(), earlyMargin, f)
+	}
 	return promoted, f
 }
 
 // finish ends the churn, checks the cap and the longest stretch without
-// an admission, logs the figures, and checks that the system admits and
-// drains on the new primary (every count released there).
-func (s *sentinelSystem) finish(t *testing.T, name string, m *meter, bound time.Duration, figures ...fmt.Stringer) {
+// an admission (at most bound), logs the figures, and checks that the
+// system admits and drains on the new primary (every count released
+// there).
+func (s *sentinelSystem) finish(t *testing.T, name string, m *meter, bound time.Duration, figures ...failoverFigures) {
 	t.Helper()
 	ended := m.end()
 	gap, from := m.longestGap()
@@ -253,8 +396,12 @@ func (s *sentinelSystem) finish(t *testing.T, name string, m *meter, bound time.
 	for _, f := range figures {
 		fs = append(fs, f.String())
 	}
-	t.Logf("figures: case=%s max-per-pod=%s cap=%d longest-without-admission=%.1fs (from +%.1fs of %.1fs of churn) admitted=%d refused=%s %s",
-		name, s.perPod(), s.o.cap, gap.Seconds(), from.Sub(m.start).Seconds(), ended.Sub(m.start).Seconds(), m.admitted(), s.stats.take(), strings.Join(fs, " | "))
+	at := from.Sub(m.start)
+	if len(figures) > 0 {
+		at = from.Sub(figures[0].fault)
+	}
+	t.Logf("figures: case=%s max-per-pod=%s cap=%d longest-without-admission=%.1fs (from %+.1fs of the fault; %.1fs of churn) admitted=%d refused=%s %s",
+		name, s.perPod(), s.o.cap, gap.Seconds(), at.Seconds(), ended.Sub(m.start).Seconds(), m.admitted(), s.stats.take(), strings.Join(fs, " | "))
 	s.checkCap(name)
 	if gap > bound {
 		t.Errorf("%s: %.1fs without an admission, more than the bound %s", name, gap.Seconds(), bound)
@@ -278,7 +425,7 @@ func TestSentinelFailoverKill(t *testing.T) {
 	s := newSentinelSystem(t, sentinelOptions{})
 	m := s.startChurn(t, 1)
 	_, f := s.failover(t, m, s.nodes[0], s.nodes[0].Kill)
-	s.finish(t, "sentinel-kill", m, failoverBound(s.o.instanceTTL), f)
+	s.finish(t, "sentinel-kill", m, failoverBound(s.o.heartbeat, s.o.instanceTTL), f)
 }
 
 // TestSentinelFailoverStop: the primary is SIGSTOPped (a frozen host: its
@@ -299,7 +446,7 @@ func TestSentinelFailoverStop(t *testing.T) {
 		return err == nil && r.Role == "slave" && strconv.Itoa(r.MasterPort) == port(promoted.Addr()), fmt.Sprintf("%+v %v", r, err)
 	})
 	t.Logf("old primary a replica %.1fs after SIGCONT", time.Since(continued).Seconds())
-	s.finish(t, "sentinel-stop", m, failoverBound(s.o.instanceTTL), f)
+	s.finish(t, "sentinel-stop", m, failoverBound(s.o.heartbeat, s.o.instanceTTL), f)
 }
 
 // TestSentinelFailoverStalledLink: the replica's replication link stalls
@@ -329,7 +476,7 @@ func TestSentinelFailoverStalledLink(t *testing.T) {
 	}
 	t.Logf("replica %d bytes of replication stream behind the primary at the kill", pr.Offset-rr.Offset)
 	_, f := s.failover(t, m, p, p.Kill)
-	s.finish(t, "sentinel-stalled-link", m, failoverBound(s.o.instanceTTL), f)
+	s.finish(t, "sentinel-stalled-link", m, failoverBound(s.o.heartbeat, s.o.instanceTTL), f)
 }
 
 // TestSentinelFailoverTwice: two failovers in a row: the primary is
@@ -356,7 +503,7 @@ func TestSentinelFailoverTwice(t *testing.T) {
 	if second != rest {
 		t.Fatalf("second failover promoted %s, want %s", second.Addr(), rest.Addr())
 	}
-	s.finish(t, "sentinel-twice", m, failoverBound(s.o.instanceTTL), f1, f2)
+	s.finish(t, "sentinel-twice", m, failoverBound(s.o.heartbeat, s.o.instanceTTL), f1, f2)
 }
 
 // sentinelConvert is how long the Sentinels let a node they know as a
@@ -364,46 +511,72 @@ func TestSentinelFailoverTwice(t *testing.T) {
 // (4 times their 2 s publish period, in Redis 7).
 const sentinelConvert = 8 * time.Second
 
-// TestSentinelFailoverDocumented: the primary is SIGKILLed with the
-// documented settings (admissions acknowledged by a replica, a write lease
-// on every node). The promoted replica has no replica of its own: it
-// refuses writes, so nothing is admitted through Redis until the killed
-// node, restarted empty (a pod without persistence), is made its replica
-// by the Sentinels and has synced. Measures what that costs.
+// The documented settings (admissions acknowledged by a replica, a write
+// lease on every node): the promoted replica has no replica of its own
+// until the old primary rejoins as one, so it refuses every write
+// (heartbeats too) until then, and nothing is admitted through Redis
+// meanwhile. Each test measures the switch, the rejoin, and the early end
+// of the recovery wait after it (asserted: within 2 heartbeats +
+// earlyMargin of the moment the new primary took writes); the longest
+// stretch without an admission must end within earlyEndBound (and a
+// heartbeat of churn) of that moment too.
+
+// TestSentinelFailoverDocumented: the primary is SIGKILLed and restarted
+// empty on its address (a pod without persistence) once the Sentinels
+// switched: it comes up a primary, and the Sentinels make it a replica of
+// the new one after sentinelConvert.
 func TestSentinelFailoverDocumented(t *testing.T) {
 	t.Parallel()
 	s := newSentinelSystem(t, sentinelOptions{documented: true})
 	m := s.startChurn(t, 8)
 	p := s.nodes[0]
-	bound := failoverBound(s.o.instanceTTL) + sentinelConvert
-	var f rejoinFigures
-	faultAt := time.Now()
-	p.Kill()
-	promoted := s.awaitSwitch(t, p.Addr(), bound)
-	f.detection = time.Since(faultAt)
-	p.Restart()
-	f.restarted = time.Since(faultAt)
-	await.Until(t, "the restarted node a replica of the new primary", bound, func() (bool, string) {
-		r, err := p.Replication()
-		return err == nil && r.Role == "slave" && r.LinkUp && strconv.Itoa(r.MasterPort) == port(promoted.Addr()), fmt.Sprintf("%+v %v", r, err)
+	_, f := s.documentedFailover(t, m, p, p.Kill, p.Restart)
+	s.finish(t, "sentinel-kill-documented", m, documentedGapBound(s.o.heartbeat, f), f)
+}
+
+// TestSentinelFailoverDocumentedReplicaOf: as TestSentinelFailoverDocumented,
+// but the restarted node asks for the primary the Sentinels name and
+// replicates from it at once (REPLICAOF right after its start: what the
+// start script of a Sentinel chart's pod does, e.g. Bitnami's), instead of
+// waiting to be converted: the failover's cost without sentinelConvert.
+func TestSentinelFailoverDocumentedReplicaOf(t *testing.T) {
+	t.Parallel()
+	s := newSentinelSystem(t, sentinelOptions{documented: true})
+	m := s.startChurn(t, 10)
+	p := s.nodes[0]
+	_, f := s.documentedFailover(t, m, p, p.Kill, func() {
+		v, err := s.sentinels[0].View(masterName)
+		if err != nil {
+			t.Fatalf("asking a Sentinel for the primary: %v", err)
+		}
+		p.Restart()
+		host, pt, _ := net.SplitHostPort(v.Master)
+		if err := p.Do("REPLICAOF", host, pt); err != nil {
+			t.Fatalf("REPLICAOF %s on the restarted node: %v", v.Master, err)
+		}
 	})
-	f.rejoined = time.Since(faultAt)
-	granting := awaitGranting(t, promoted, bound-time.Since(faultAt))
-	f.recovered = granting.Sub(faultAt)
-	first, all := m.awaitEach("admissions after the failover", s.trackers, granting, bound-time.Since(faultAt))
-	f.resumed, f.allResumed = first.Sub(faultAt), all.Sub(faultAt)
-	s.finish(t, "sentinel-kill-documented", m, bound, f)
+	s.finish(t, "sentinel-kill-documented-replicaof", m, documentedGapBound(s.o.heartbeat, f), f)
 }
 
-// rejoinFigures is failoverFigures with the killed node's restart and
-// its return as a replica.
-type rejoinFigures struct {
-	detection, restarted, rejoined, recovered, resumed, allResumed time.Duration
+// TestSentinelFailoverStopDocumented: the primary is SIGSTOPped (a frozen
+// host), and continued once the Sentinels switched: it comes back a
+// primary with its old data, refuses writes (its lease: no replica), and
+// the Sentinels make it a replica of the new primary.
+func TestSentinelFailoverStopDocumented(t *testing.T) {
+	t.Parallel()
+	s := newSentinelSystem(t, sentinelOptions{documented: true})
+	m := s.startChurn(t, 9)
+	p := s.nodes[0]
+	_, f := s.documentedFailover(t, m, p, p.Stop, p.Cont)
+	s.finish(t, "sentinel-stop-documented", m, documentedGapBound(s.o.heartbeat, f), f)
 }
 
-func (f rejoinFigures) String() string {
-	return fmt.Sprintf("detection=%.1fs restarted=%.1fs rejoined-as-replica=%.1fs recovered=%.1fs resumed=%.1fs all-gateways=%.1fs",
-		f.detection.Seconds(), f.restarted.Seconds(), f.rejoined.Seconds(), f.recovered.Seconds(), f.resumed.Seconds(), f.allResumed.Seconds())
+// documentedGapBound is the longest stretch without an admission a
+// documented-settings failover may cause: until the new primary took
+// writes (measured), its early end, and a heartbeat for the churn's next
+// admission through each gateway on a busy machine.
+func documentedGapBound(hb time.Duration, f failoverFigures) time.Duration {
+	return f.writable() + earlyEndBound(hb) + hb
 }
 
 // port is the port of "host:port".
