@@ -147,8 +147,8 @@ func TestPromotedReplicaEndsItsWaitOnceEveryInstanceRepublished(t *testing.T) {
 		t.Fatalf("a's first heartbeat on the promoted replica: %+v; want a new epoch in its wait", res)
 	}
 	epoch := res.Epoch
-	if early := replica.Client().HGet(ctx, keys.Epoch(), "early").Val(); early != "1" {
-		t.Fatalf("the promoted replica's epoch: early %q, want 1", early)
+	if early := replica.Client().HGet(ctx, keys.Epoch(), "early").Val(); early != "2" {
+		t.Fatalf("the promoted replica's epoch after a re-published: early %q, want 2 (b and c)", early)
 	}
 	if res := onR.beat("b", 0, longWait, ""); res.Recovering < longWait/2 {
 		t.Fatalf("after a and b re-published (c has not): %+v; want the wait to go on", res)
@@ -243,6 +243,41 @@ func TestPromotedReplicaKeepsTheFullWait(t *testing.T) {
 		}
 		if res := bR.beat("a", 1, longWait, ""); res.Recovering != 0 {
 			t.Fatalf("after a re-published too: %+v; want the wait over", res)
+		}
+	})
+	t.Run("the set of instances to wait for is lost", func(t *testing.T) {
+		// Evicted (a volatile-* policy evicts keys with a TTL first),
+		// expired or deleted: the count in the epoch hash is not lowered
+		// by anyone, and the wait runs its full length.
+		primary, replica := replicaPair(t)
+		onP := &beater{t: t, s: store.NewStore(primary.Client(), ""), seq: map[string]uint64{}, wait: 1}
+		epochPastItsWait(t, onP, "a", "b", "c")
+		ack(t, primary)
+		promote(t, replica)
+		onR := &beater{t: t, s: store.NewStore(replica.Client(), ""), seq: onP.seq, wait: 1}
+		res := onR.beat("a", 1, longWait, "")
+		if err := replica.Client().Del(context.Background(), onR.s.Keys("chat").Republish(res.Epoch)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		onR.beat("b", 0, longWait, "")
+		if res := onR.beat("c", 0, longWait, ""); res.Recovering < longWait/2 {
+			t.Fatalf("after every instance re-published, the set lost: %+v; want the full wait", res)
+		}
+	})
+	t.Run("the trackers wait for fewer replicas than the primary has", func(t *testing.T) {
+		// WAIT 1 with two replicas: the one promoted may lack grants the
+		// other acknowledged, and instances whose join it lacks.
+		primary, replica := replicaPair(t)
+		redistest.StartReplica(t, primary)
+		redistest.AwaitReplicas(t, primary, 2)
+		onP := &beater{t: t, s: store.NewStore(primary.Client(), ""), seq: map[string]uint64{}, wait: 1}
+		epochPastItsWait(t, onP, "a", "b")
+		ack(t, primary)
+		promote(t, replica)
+		onR := &beater{t: t, s: store.NewStore(replica.Client(), ""), seq: onP.seq, wait: 1}
+		onR.beat("a", 1, longWait, "")
+		if res := onR.beat("b", 0, longWait, ""); res.Recovering < longWait/2 {
+			t.Fatalf("after every instance re-published: %+v; want the full wait", res)
 		}
 	})
 	t.Run("a heartbeat that does not wait cancels it", func(t *testing.T) {

@@ -243,7 +243,13 @@ func (r Replication) SplitBrainRisks(setup SplitBrainSetup) []string {
 	}
 	switch {
 	case setup.WaitReplicas == 0:
-		risks = append(risks, where+" and admissions do not wait for them: a replica promoted while the old primary still serves lacks what it granted, and a pod can reach twice its cap; set --redis-wait-replicas to the number of replicas of the primary ("+strconv.Itoa(max(r.Replicas, 1))+")")
+		fix := "set --redis-wait-replicas to the number of replicas of the primary (" + strconv.Itoa(max(r.Replicas, 1)) + ")"
+		if r.Replicas == 0 {
+			// None connected is not none: a replica whose link is down
+			// may still be promoted.
+			fix = "set --redis-wait-replicas to the number of replicas each primary has; if it really has none, nothing can fail over, and --redis-replication-check=warn lets the tracker start"
+		}
+		risks = append(risks, where+" and admissions do not wait for them: a replica promoted while the old primary still serves lacks what it granted, and a pod can reach twice its cap; "+fix)
 	case setup.WaitReplicas < r.Replicas:
 		risks = append(risks, fmt.Sprintf("%s but admissions wait for %d only: WAIT cannot choose which replica acknowledges, nor Sentinel or the Cluster which one is promoted; set --redis-wait-replicas %d (every replica)", where, setup.WaitReplicas, r.Replicas))
 	}

@@ -177,8 +177,18 @@ func (t *Tracker) expire(f *fleet, now time.Time) {
 	f.mu.Lock()
 	var pending, lease int
 	if len(f.inherited) > 0 && now.After(f.inheritUntil) {
-		for _, n := range f.inherited {
+		for pod, n := range f.inherited {
 			lease += n
+			// Not entitlement to reuse either: an inherited slot may be a
+			// previous run's grant whose WAIT failed, counted by this
+			// primary only (PROTOCOL.md, "Replication and failover"), and
+			// ent grows only by acknowledged grants. The heartbeat that
+			// follows lowers ent to what is held anyway, but only once it
+			// has the gate: one that times out waiting for admissions
+			// would leave the share fallback free to reuse these slots.
+			if f.ent[pod] -= n; f.ent[pod] <= 0 {
+				delete(f.ent, pod)
+			}
 		}
 		clear(f.inherited)
 	}

@@ -41,15 +41,24 @@ if redis.call('TYPE', epoch_key).ok == 'string' then
 end
 local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed', 'created', 'repl', 'waited', 'early')
 local run = run_id(run_check)
-local epoch, until_ms, confirmed, early = e[1], tonumber(e[3]) or 0, e[4] == '1', e[8] == '1'
+local epoch, until_ms, confirmed = e[1], tonumber(e[3]) or 0, e[4] == '1'
+-- early: how many instances the early end still waits for (below); a
+-- count in the epoch hash, which has no TTL, so that losing the set itself
+-- (evicted, expired, deleted) leaves the full wait, never ends it.
+local early = (tonumber(e[8] or '0') or 0) > 0
 -- The early end (PROTOCOL.md, "Ending the wait early after a failover"):
--- waits says that this instance's admissions count only once the replicas
--- acknowledged them. An epoch's `waited` stays 1 while every heartbeat in
--- it said so, and `repl` is the replication id of the process that made
--- it (kept current: a primary without replicas for a while takes a new one).
-local waits = (tonumber(wait_replicas) or 0) > 0
+-- waits says that this instance's admissions count only once every replica
+-- this Redis has acknowledged them: WAIT below the number of replicas lets
+-- one that lacks a grant be promoted, even without a partition. An epoch's
+-- `waited` stays 1 while every heartbeat in it said so, and `repl` is the
+-- replication id of the process that made it (kept current: a primary
+-- without replicas for a while takes a new one).
+local wait_n = tonumber(wait_replicas) or 0
+local info = nil
+if run_check == '1' and (wait_n > 0 or not epoch or e[2] ~= run) then info = replication() end
 local repl = nil
-if run_check == '1' and (waits or not epoch or e[2] ~= run) then repl = replication()['master_replid'] or '' end
+if info then repl = info['master_replid'] or '' end
+local waits = wait_n > 0 and (not info or wait_n >= (tonumber(info['connected_slaves'] or '0') or 0))
 if not epoch or e[2] ~= run then
   -- A new epoch over one another process made ends its wait early if that
   -- process is the primary this one was a replica of until its promotion,
@@ -60,6 +69,9 @@ if not epoch or e[2] ~= run then
   local members = nil
   if epoch and waits and e[7] == '1' and e[4] == '1' and run_check == '1' and promoted_from(e[6]) then
     members = redis.call('ZRANGE', instances_key, 0, -1)
+    -- no instance at all: nothing to wait for but nothing to gain either;
+    -- the full wait, as the count below could never reach 0
+    if #members == 0 then members = nil end
   end
   epoch, until_ms, confirmed, early = now .. '-' .. new_epoch, now + tonumber(recovery_ms), false, false
   redis.call('DEL', epoch_key)
@@ -73,7 +85,7 @@ if not epoch or e[2] ~= run then
     -- stale and publishes nothing)
     for _, m in ipairs(members) do redis.call('HSET', republish, m, '1') end
     redis.call('EXPIRE', republish, 86400)
-    redis.call('HSET', epoch_key, 'early', '1')
+    redis.call('HSET', epoch_key, 'early', #members)
     early = true
   end
   created = 1
@@ -115,9 +127,10 @@ redis.call('HSET', seq_key, id, seq)
 -- end waits for has, the wait is over. No clock decides it, so no tracker
 -- needs to confirm it (the old epoch's wait was confirmed).
 if early and not confirmed then
-  local republish = prefix .. 'republish:' .. epoch
-  redis.call('HDEL', republish, id)
-  if redis.call('TYPE', republish).ok == 'none' then -- its last field went
+  -- Only an instance that was in the set lowers the count: a lost set
+  -- lowers nothing, and the wait goes on to its full length.
+  if redis.call('HDEL', prefix .. 'republish:' .. epoch, id) == 1
+    and redis.call('HINCRBY', epoch_key, 'early', -1) <= 0 then
     until_ms, confirmed = math.min(until_ms, now), true
     redis.call('HSET', epoch_key, 'until', until_ms, 'confirmed', '1')
     redis.call('HDEL', epoch_key, 'early')
