@@ -65,7 +65,7 @@ func checkFailoverWait(t *testing.T, wait int) {
 	trs := make([]*tracker.Tracker, 2)
 	for i := range trs {
 		tr, err := tracker.New(tracker.Config{InstanceID: fmt.Sprintf("e%d", i+1), Heartbeat: 200 * time.Millisecond, InstanceTTL: ttl,
-			RedisTimeout: 2 * time.Second, WaitReplicas: wait, Fleets: []fleets.Fleet{fleetCfg("chat", 2, "10.0.0.1:80")}}, s)
+			RedisTimeout: 2 * time.Second, WaitReplicas: wait, WaitTimeout: time.Second, Fleets: []fleets.Fleet{fleetCfg("chat", 2, "10.0.0.1:80")}}, s)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -56,8 +56,10 @@ func newEnvWith(t *testing.T, rdb *redis.Client, opt func(*accesslog.Server)) *e
 	t.Helper()
 	m := tracker.NewMetrics(prometheus.NewRegistry())
 	// A short instance TTL: a new epoch grants nothing for one of them
-	// (the recovery wait), which awaitGranting waits out.
-	tr, err := tracker.New(tracker.Config{InstanceID: inst, Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second,
+	// (the recovery wait), which awaitGranting waits out. A Redis timeout
+	// a busy machine keeps (the default 100ms does not always): these
+	// tests are about the access log, not about a slow Redis.
+	tr, err := tracker.New(tracker.Config{InstanceID: inst, Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second, RedisTimeout: 2 * time.Second,
 		Fleets: []fleets.Fleet{
 			{Name: fleet, MaxConnectionsPerPod: 10, RatePerSecond: 1000, Burst: 1000, Pods: []string{"10.0.0.1:8080"}},
 		}}, store.NewStore(rdb, "wsgate"), tracker.WithMetrics(m))
