@@ -47,7 +47,10 @@ import (
 //
 // It reports Redis commands (INFO commandstats: a script's inner calls
 // count) and Redis CPU (INFO cpu) per lifecycle and per decision, and their
-// ratios. The goal of the performance issue: Redis CPU per lifecycle at most
+// ratios, with script calls per lifecycle and the share of admissions that
+// reused a slot (wsgate_tracker_reused_slots_total): the two that decide a
+// lifecycle's cost. With -count, a summary line per mode follows all
+// benchmarks: the median [min–max] over the runs. The goal of the performance issue: Redis CPU per lifecycle at most
 // the peer's per decision.
 //
 // Each block of lifecycles ends when Redis counts every slot free, so the
