@@ -4,6 +4,7 @@ BIN     ?= bin/wsgate
 PKGS    ?= ./...
 BENCH   ?= .
 BENCHTIME ?= 2s
+COUNT   ?= 1
 
 .PHONY: all deps build image print-version test vet bench run clean
 
@@ -83,8 +84,10 @@ print-version:
 
 # bench: Go benchmarks against a real redis-server started on a free port;
 # figures are reported as ratios to a bare Redis round trip of the same run.
+# COUNT=3 runs each benchmark three times; test/load then prints a summary
+# line per peer-comparison mode: median [min–max] over the runs.
 bench: deps
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem $(PKGS)
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count $(COUNT) -benchmem $(PKGS)
 
 # run: the whole system on this machine (embedded Redis, backends, two
 # gateways running envoy/wsgate.lua, trackers, the scaler) until Ctrl-C.

@@ -47,7 +47,10 @@ import (
 //
 // It reports Redis commands (INFO commandstats: a script's inner calls
 // count) and Redis CPU (INFO cpu) per lifecycle and per decision, and their
-// ratios. The goal of the performance issue: Redis CPU per lifecycle at most
+// ratios, with script calls per lifecycle and the share of admissions that
+// reused a slot (wsgate_tracker_reused_slots_total): the two that decide a
+// lifecycle's cost. With -count, a summary line per mode follows all
+// benchmarks: the median [min–max] over the runs. The goal of the performance issue: Redis CPU per lifecycle at most
 // the peer's per decision.
 //
 // Each block of lifecycles ends when Redis counts every slot free, so the
@@ -56,6 +59,12 @@ import (
 // per caller, ask Redis, as in a fleet that starts from nothing. steady is
 // 8 and 32 callers again in blocks ten times longer, nearer to a fleet
 // under constant churn, where that start is paid once.
+//
+// open=200/s and open=1000/s are open loops (openLoop): lifecycles
+// arriving at a fixed rate on the tracker, each holding its connection for
+// a while, against decisions arriving at the same rate: the modest rate per
+// tracker of a fleet whose churn is spread over many Envoys, where reuse
+// and group commit have little to work with.
 //
 // redis-bound is the 32 callers again with redis-server held to a tenth of
 // a core (a cgroup CPU quota), so that Redis, not this process, limits
@@ -70,6 +79,9 @@ func BenchmarkPeerLifecycle(b *testing.B) {
 	}
 	for _, callers := range []int{8, 32} {
 		b.Run(fmt.Sprintf("callers=%d/steady", callers), func(b *testing.B) { p.run(b, callers, 10*peerBlock) })
+	}
+	for _, rate := range []int{200, 1000} {
+		b.Run(fmt.Sprintf("open=%d/s", rate), func(b *testing.B) { p.openLoop(b, rate) })
 	}
 	b.Run("callers=32/redis-bound", func(b *testing.B) {
 		limitCPU(b, p.rdb, 1000, 10000)
@@ -115,6 +127,10 @@ type peerRig struct {
 	mu     sync.Mutex // one stream, as one Envoy has; Send is not concurrent
 	stream accesslogv3.AccessLogService_StreamAccessLogsClient
 	first  bool
+	// cron is Redis' own CPU seconds per second with no client (its
+	// serverCron, at hz 10): neither side's cost, taken out of both in the
+	// open loops, whose windows are long enough for it to count.
+	cron float64
 }
 
 func newPeerRig(b *testing.B) *peerRig {
@@ -122,6 +138,11 @@ func newPeerRig(b *testing.B) *peerRig {
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 64})
 	b.Cleanup(func() { rdb.Close() })
 	ctx := context.Background()
+
+	// Measured before the tracker exists: nothing else calls Redis.
+	c0, t0 := redisCost(b, rdb), time.Now()
+	time.Sleep(2 * time.Second) // a measured window, not a wait for an event
+	cron := redisCost(b, rdb).sub(c0).cpu / time.Since(t0).Seconds()
 
 	pods := make([]string, 100)
 	for i := range pods {
@@ -160,7 +181,7 @@ func newPeerRig(b *testing.B) *peerRig {
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	b.Cleanup(client.CloseIdleConnections)
-	return &peerRig{rdb: rdb, tr: tr, url: admitSrv.URL, client: client, stream: stream, first: true}
+	return &peerRig{rdb: rdb, tr: tr, url: admitSrv.URL, client: client, stream: stream, first: true, cron: cron}
 }
 
 func (p *peerRig) send(b *testing.B, typ datav3.AccessLogType, conn, pod string) {
@@ -182,7 +203,9 @@ func (p *peerRig) send(b *testing.B, typ datav3.AccessLogType, conn, pod string)
 	}
 }
 
-func (p *peerRig) lifecycle(b *testing.B) {
+// lifecycle is one connection: admitted, established, held for hold (the
+// open loop's connections overlap, as a fleet's do), ended.
+func (p *peerRig) lifecycle(b *testing.B, hold time.Duration) {
 	resp, err := p.client.Post(p.url+"/v1/admit", "application/json",
 		strings.NewReader(`{"fleet":"`+fleet+`","client":"203.0.113.7:5000","requestId":"peer"}`))
 	if err != nil {
@@ -197,6 +220,9 @@ func (p *peerRig) lifecycle(b *testing.B) {
 	}
 	conn, pod := resp.Header.Get(tracker.HeaderConn), resp.Header.Get(tracker.HeaderUpstream)
 	p.send(b, datav3.AccessLogType_DownstreamTunnelSuccessfullyEstablished, conn, pod)
+	if hold > 0 {
+		time.Sleep(hold) // the connection's life: nothing to await
+	}
 	p.send(b, datav3.AccessLogType_DownstreamEnd, conn, pod)
 }
 
@@ -254,44 +280,54 @@ func (p *peerRig) run(b *testing.B, callers, block int) {
 			b.Error(err)
 		}
 	}
-	var wsCmds, wsCPU, peerCmds, peerCPU, selfCPU float64
+	var ws, peer redisStats
+	var selfCPU float64
 	var wsN, peerN int
+	reuse := p.reuse()
 	b.ResetTimer()
 	for done := 0; done < b.N; done += block {
 		n := min(block, b.N-done)
-		c0, u0 := redisCost(b, p.rdb)
+		r0 := redisCost(b, p.rdb)
 		s0 := processCPU()
-		parallel(callers, n, func(int) { p.lifecycle(b) })
+		parallel(callers, n, func(int) { p.lifecycle(b, 0) })
 		p.released(b)
 		selfCPU += processCPU() - s0
-		c1, u1 := redisCost(b, p.rdb)
+		r1 := redisCost(b, p.rdb)
 		parallel(callers, n, decision)
-		c2, u2 := redisCost(b, p.rdb)
-		wsCmds, wsCPU, wsN = wsCmds+c1-c0, wsCPU+u1-u0, wsN+n
-		peerCmds, peerCPU, peerN = peerCmds+c2-c1, peerCPU+u2-u1, peerN+n
+		r2 := redisCost(b, p.rdb)
+		ws, wsN = ws.add(r1.sub(r0)), wsN+n
+		peer, peerN = peer.add(r2.sub(r1)), peerN+n
 	}
 	b.StopTimer()
-	b.ReportMetric(wsCmds/float64(wsN), "redis-cmds/lifecycle")
-	b.ReportMetric(peerCmds/float64(peerN), "redis-cmds/decision")
-	b.ReportMetric(wsCPU/float64(wsN)*1e6, "redis-cpu-µs/lifecycle")
-	b.ReportMetric(peerCPU/float64(peerN)*1e6, "redis-cpu-µs/decision")
-	if peerCPU > 0 {
-		b.ReportMetric(wsCPU/float64(wsN)/(peerCPU/float64(peerN)), "cpu-ratio")
-	}
+	p.report(b, ws, wsN, peer, peerN, reuse)
 	// This process holds the tracker and the load's clients (HTTP and
 	// gRPC): an upper bound on the tracker's own CPU per lifecycle.
-	b.ReportMetric(selfCPU/float64(wsN)*1e6, "process-cpu-µs/lifecycle")
+	peerRuns.metric(b, selfCPU/float64(wsN)*1e6, "process-cpu-µs/lifecycle")
 }
 
-// redisCost reads Redis' commands so far (every command, a script's inner
-// calls included, but INFO and HSCAN, the benchmark's own) and its CPU
-// seconds (user + system).
-func redisCost(b *testing.B, rdb *redis.Client) (cmds, cpu float64) {
+// redisStats is what Redis counted so far, or between two reads.
+type redisStats struct {
+	cmds    float64 // every command, a script's inner calls included, but INFO and HSCAN (the benchmark's own)
+	scripts float64 // script calls: EVAL, EVALSHA (and their _RO forms), FCALL
+	cpu     float64 // CPU seconds, user + system
+}
+
+func (r redisStats) sub(o redisStats) redisStats {
+	return redisStats{r.cmds - o.cmds, r.scripts - o.scripts, r.cpu - o.cpu}
+}
+
+func (r redisStats) add(o redisStats) redisStats {
+	return redisStats{r.cmds + o.cmds, r.scripts + o.scripts, r.cpu + o.cpu}
+}
+
+// redisCost reads Redis' counts so far from INFO commandstats and INFO cpu.
+func redisCost(b *testing.B, rdb *redis.Client) redisStats {
 	b.Helper()
 	info, err := rdb.Info(context.Background(), "commandstats", "cpu").Result()
 	if err != nil {
 		b.Fatal(err)
 	}
+	var r redisStats
 	for _, line := range strings.Split(info, "\r\n") {
 		name, rest, ok := strings.Cut(line, ":")
 		if !ok {
@@ -305,13 +341,17 @@ func redisCost(b *testing.B, rdb *redis.Client) (cmds, cpu float64) {
 			for _, f := range strings.Split(rest, ",") {
 				if v, ok := strings.CutPrefix(f, "calls="); ok {
 					n, _ := strconv.ParseFloat(v, 64)
-					cmds += n
+					r.cmds += n
+					switch name {
+					case "cmdstat_eval", "cmdstat_evalsha", "cmdstat_eval_ro", "cmdstat_evalsha_ro", "cmdstat_fcall", "cmdstat_fcall_ro":
+						r.scripts += n
+					}
 				}
 			}
 		case name == "used_cpu_sys" || name == "used_cpu_user":
 			v, _ := strconv.ParseFloat(rest, 64)
-			cpu += v
+			r.cpu += v
 		}
 	}
-	return cmds, cpu
+	return r
 }

@@ -29,7 +29,9 @@ const (
 func TestMain(m *testing.M) {
 	switch os.Getenv(roleEnv) {
 	case "":
-		os.Exit(m.Run())
+		code := m.Run()
+		peerRuns.summary(os.Stdout)
+		os.Exit(code)
 	case roleGateway:
 		serveRole(gatewayRole)
 	case roleBackends:
