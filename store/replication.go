@@ -185,6 +185,11 @@ func (s *Store) Replication(ctx context.Context, fleet string) (Replication, err
 		return Replication{}, fmt.Errorf("replication of %s: the server of the fleet's keys: %w", fleet, err)
 	}
 	r := Replication{Addr: node.Options().Addr}
+	if s.Topology() == TopologySentinel {
+		// go-redis names a Sentinel client's connections "FailoverClient":
+		// the address is whichever primary the Sentinels name now.
+		r.Addr = "the primary the Sentinels name"
+	}
 	info, err := node.Info(ctx, "replication").Result()
 	if err != nil {
 		return r, fmt.Errorf("replication of %s: INFO replication: %w", fleet, err)
