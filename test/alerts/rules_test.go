@@ -151,7 +151,7 @@ func TestRunbooks(t *testing.T) {
 			t.Errorf("runbook %s has no alert in %s", filepath.Base(f), rulesFile)
 		}
 	}
-	if len(alerts) != 8 {
-		t.Errorf("%d alerts, want the 8 of issue 24 (cap, Redis unreachable, recovery wait, fallback, scaler holding, fleets file, heartbeat, Redis errors)", len(alerts))
+	if len(alerts) != 9 {
+		t.Errorf("%d alerts, want the 8 of issue 24 (cap, Redis unreachable, recovery wait, fallback, scaler holding, fleets file, heartbeat, Redis errors) and issue 26's split-brain risk", len(alerts))
 	}
 }
