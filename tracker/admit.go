@@ -100,6 +100,13 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 			// failing; only this admission leaves Redis.
 			why = "queued"
 		case errors.Is(err, errGaveUp):
+		case errors.Is(err, store.ErrNotReplicated):
+			// Redis ran the call but its replicas did not acknowledge it
+			// (--redis-wait-replicas): a lost reply, as below; its own why,
+			// because heartbeats still succeed meanwhile and end the
+			// fallback each time, so only this says that it lasts.
+			why = "not_replicated"
+			t.degrade(f, "admit", err)
 		case err != nil:
 			// The script may have run: Redis then counts a slot this
 			// instance does not, which is safe and the next heartbeat fixes.
@@ -115,7 +122,7 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 }
 
 // fallbackWhys are the values of fallback_decisions_total's why label.
-var fallbackWhys = []string{"redis_error", "gate_busy", "queued", "degraded", string(store.FenceEpoch), string(store.FenceRecovering), string(store.FenceLease)}
+var fallbackWhys = []string{"redis_error", "not_replicated", "gate_busy", "queued", "degraded", string(store.FenceEpoch), string(store.FenceRecovering), string(store.FenceLease)}
 
 // refusalLocked is the reason a fallback gives when it has no slot
 // either, for an admission that left Redis for why: recovering when Redis

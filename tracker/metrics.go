@@ -43,7 +43,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"fleet"}),
 		Fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wsgate_tracker_fallback_decisions_total",
-			Help: "Admissions Redis did not decide, by fleet and why: redis_error, gate_busy (a heartbeat held the admission past --redis-timeout), queued (calls in flight did), degraded, epoch, recovering, lease (see PROTOCOL.md).",
+			Help: "Admissions Redis did not decide, by fleet and why: redis_error, not_replicated (--redis-wait-replicas: the replicas did not acknowledge the call in time), gate_busy (a heartbeat held the admission past --redis-timeout), queued (calls in flight did), degraded, epoch, recovering, lease (see PROTOCOL.md).",
 		}, []string{"fleet", "why"}),
 		FallbackMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wsgate_tracker_fallback_mode",

@@ -79,6 +79,11 @@ func TestAdmissionsWaitForTheReplica(t *testing.T) {
 		if !tr.Degraded("chat") {
 			t.Errorf("admission %d: not degraded after a grant that was not acknowledged", i)
 		}
+		// Counted as its own why: the alert on a WAIT outage reads it
+		// (heartbeats succeed meanwhile and end the fallback each time).
+		if n := testutil.ToFloat64(tr.Metrics().Fallbacks.WithLabelValues("chat", "not_replicated")); n != float64(i+1) {
+			t.Errorf("admission %d: fallback decisions why=not_replicated %v, want %d", i, n, i+1)
+		}
 		// The heartbeat needs no WAIT: it publishes the truth (2), and
 		// the next admission tries Redis again.
 		if err := tr.Heartbeat(context.Background()); err != nil {
