@@ -922,6 +922,12 @@ func (h *harness) recover(fault string, held *conns, healed time.Time) {
 // closes it. It returns a function that waits for them all to stop, every
 // connection closed.
 func (h *harness) churn(ctx context.Context, n int, seed uint64, tps func() []*trackerProc) func() {
+	return h.churnSeen(ctx, n, seed, tps, nil)
+}
+
+// churnSeen is churn that tells admitted, when not nil, of each admission
+// as it happens: through which tracker, and when.
+func (h *harness) churnSeen(ctx context.Context, n int, seed uint64, tps func() []*trackerProc, admitted func(tracker string, at time.Time)) func() {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
@@ -934,6 +940,9 @@ func (h *harness) churn(ctx context.Context, n int, seed uint64, tps func() []*t
 				r := h.dial(tp)
 				var wait time.Duration
 				if r.Conn != nil {
+					if admitted != nil {
+						admitted(tp.id, time.Now())
+					}
 					wait = time.Duration(50+rng.IntN(350)) * time.Millisecond
 				} else {
 					wait = time.Duration(20+rng.IntN(80)) * time.Millisecond

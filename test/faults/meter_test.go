@@ -3,7 +3,6 @@ package faults
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -38,34 +37,7 @@ type admission struct {
 func (h *harness) startMeter(n int, seed uint64, tps func() []*trackerProc) *meter {
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &meter{h: h, start: time.Now(), cancel: cancel}
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(seed, uint64(i)))
-			for ctx.Err() == nil {
-				all := tps()
-				tp := all[rng.IntN(len(all))]
-				r := h.dial(tp)
-				var hold time.Duration
-				if r.Conn != nil {
-					m.record(tp.id, time.Now())
-					hold = time.Duration(50+rng.IntN(350)) * time.Millisecond
-				} else {
-					hold = time.Duration(20+rng.IntN(80)) * time.Millisecond
-				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(hold):
-				}
-				if r.Conn != nil {
-					r.Conn.CloseNow()
-				}
-			}
-		}()
-	}
-	m.wait = wg.Wait
+	m.wait = h.churnSeen(ctx, n, seed, tps, m.record)
 	// The test may end on a failure before end: the clients stop then.
 	h.t.Cleanup(func() { m.end() })
 	return m
