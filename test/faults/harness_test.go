@@ -671,6 +671,30 @@ func (h *harness) hold(held *conns, tp *trackerProc, n int) int {
 	return got
 }
 
+// holdAll is hold for a test's setup, before its fault: a dial refused
+// for a reason a busy machine causes by itself (a Redis call or the
+// filter's call to the tracker past its timeout: redis_down,
+// tracker_unavailable) is tried again, for up to 20 s; any other refusal
+// (capacity) ends it. It returns how many it holds.
+func (h *harness) holdAll(held *conns, tp *trackerProc, n int) int {
+	got := 0
+	deadline := time.Now().Add(20 * time.Second)
+	for got < n {
+		r := h.dial(tp)
+		if held.add(r) {
+			got++
+			continue
+		}
+		if transient := r.Reason == "redis_down" || r.Reason == "tracker_unavailable"; !transient || time.Now().After(deadline) {
+			break
+		}
+		// The tracker leaves its fallback at its next heartbeat.
+		h.t.Logf("setup: a dial through %s refused %s (a busy machine): dialing again after its next heartbeat", tp.id, r.Reason)
+		h.nextHeartbeat(tp, 10*h.o.heartbeat)
+	}
+	return got
+}
+
 func rctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 2*time.Second)
 }

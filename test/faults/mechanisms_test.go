@@ -241,7 +241,7 @@ func TestC_RedisRestartedWithData(t *testing.T) {
 			defer held.closeAll()
 			if variant == "rdb" {
 				h.redis.BGSave()
-				if got := h.hold(&held, a, 1) + h.hold(&held, b, 1); got != 2 {
+				if got := h.holdAll(&held, a, 1) + h.holdAll(&held, b, 1); got != 2 {
 					t.Fatalf("A and B admitted %d of 2 before the outage", got)
 				}
 				h.awaitBackends(2, 5*time.Second)
@@ -320,7 +320,7 @@ func TestD_QuickEmptyRestart(t *testing.T) {
 	var held conns
 	defer held.closeAll()
 	for attempt := 1; ; attempt++ {
-		if got := h.hold(&held, b, 2); got != 2 {
+		if got := h.holdAll(&held, b, 2); got != 2 {
 			t.Fatalf("B admitted %d of 2 before the fault", got)
 		}
 		h.awaitBackends(2, 5*time.Second)
@@ -358,7 +358,7 @@ func TestE_TwoEmptyRestarts(t *testing.T) {
 	var held conns
 	defer held.closeAll()
 	for attempt := 1; ; attempt++ {
-		if got := h.hold(&held, b, 2); got != 2 {
+		if got := h.holdAll(&held, b, 2); got != 2 {
 			t.Fatalf("B admitted %d of 2 before the fault", got)
 		}
 		h.awaitBackends(2, 5*time.Second)
@@ -423,7 +423,7 @@ func TestG_PartitionLongerThanLease(t *testing.T) {
 			a, b := h.tracker("A"), h.tracker("B")
 			var held conns
 			defer held.closeAll()
-			if got := h.hold(&held, a, 2); got != 2 {
+			if got := h.holdAll(&held, a, 2); got != 2 {
 				t.Fatalf("A admitted %d of 2 before the partition", got)
 			}
 			h.awaitBackends(2, 5*time.Second)

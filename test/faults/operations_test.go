@@ -315,7 +315,7 @@ func TestGracefulTermination(t *testing.T) {
 			var heldA, heldB conns
 			defer heldA.closeAll()
 			defer heldB.closeAll()
-			if n := h.hold(&heldA, a, 2); n != 2 {
+			if n := h.holdAll(&heldA, a, 2); n != 2 {
 				t.Fatalf("A admitted %d of 2", n)
 			}
 			h.hold(&heldB, b, 1)

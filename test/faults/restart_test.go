@@ -37,12 +37,9 @@ func TestLateRestartCountsWhatEnvoyCarries(t *testing.T) {
 			a, b := h.tracker("A"), h.tracker("B")
 			var held conns
 			defer held.closeAll()
-			// A fills both pods. On a busy machine a heartbeat can time out
-			// and refuse a dial redis_down meanwhile: dial again.
-			await.Until(t, "A holding 4 (2 pods, cap 2)", 20*time.Second, func() (bool, string) {
-				held.add(h.dial(a))
-				return held.len() == 4, fmt.Sprintf("%d held", held.len())
-			})
+			if got := h.holdAll(&held, a, 4); got != 4 {
+				t.Fatalf("A admitted %d of 4 (2 pods, cap 2)", got)
+			}
 			h.awaitCounted(4, 10*time.Second)
 
 			a.kill()
