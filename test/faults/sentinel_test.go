@@ -419,9 +419,14 @@ func (s *sentinelSystem) startChurn(t *testing.T, seed uint64) *meter {
 	return m
 }
 
+// The Sentinel tests, and the split-brain tests, do not run in parallel with
+// the other fault tests: each runs some fifteen processes (Redis nodes,
+// Sentinels, trackers, gateways, backends), and beside the timing-sensitive
+// tests (TestE_TwoEmptyRestarts' heartbeats between two restarts) on two
+// busy cores they starved them. Go runs them first, one at a time.
+
 // TestSentinelFailoverKill: the primary is SIGKILLed under churn.
 func TestSentinelFailoverKill(t *testing.T) {
-	t.Parallel()
 	s := newSentinelSystem(t, sentinelOptions{})
 	m := s.startChurn(t, 1)
 	_, f := s.failover(t, m, s.nodes[0], s.nodes[0].Kill)
@@ -434,7 +439,6 @@ func TestSentinelFailoverKill(t *testing.T) {
 // of the new primary (the Sentinels reconfigure it) while the churn goes
 // on: no tracker may admit through it meanwhile.
 func TestSentinelFailoverStop(t *testing.T) {
-	t.Parallel()
 	s := newSentinelSystem(t, sentinelOptions{})
 	m := s.startChurn(t, 2)
 	old := s.nodes[0]
@@ -454,7 +458,6 @@ func TestSentinelFailoverStop(t *testing.T) {
 // the primary is SIGKILLed: the replica promoted lacks the writes of those
 // 3 s (the admissions and heartbeats of every tracker).
 func TestSentinelFailoverStalledLink(t *testing.T) {
-	t.Parallel()
 	// failover-timeout 60 s: the Sentinels would otherwise point the
 	// replica at the primary itself, past the proxy, after 10 s.
 	s := newSentinelSystem(t, sentinelOptions{linkProxy: true, failoverTimeout: time.Minute})
@@ -484,7 +487,6 @@ func TestSentinelFailoverStalledLink(t *testing.T) {
 // replicate from it; once admissions resumed and the Sentinels see that
 // replica, the new primary is SIGKILLed too.
 func TestSentinelFailoverTwice(t *testing.T) {
-	t.Parallel()
 	s := newSentinelSystem(t, sentinelOptions{replicas: 2})
 	m := s.startChurn(t, 4)
 	first, f1 := s.failover(t, m, s.nodes[0], s.nodes[0].Kill)
@@ -526,7 +528,6 @@ const sentinelConvert = 8 * time.Second
 // switched: it comes up a primary, and the Sentinels make it a replica of
 // the new one after sentinelConvert.
 func TestSentinelFailoverDocumented(t *testing.T) {
-	t.Parallel()
 	s := newSentinelSystem(t, sentinelOptions{documented: true})
 	m := s.startChurn(t, 8)
 	p := s.nodes[0]
@@ -540,7 +541,6 @@ func TestSentinelFailoverDocumented(t *testing.T) {
 // start script of a Sentinel chart's pod does, e.g. Bitnami's), instead of
 // waiting to be converted: the failover's cost without sentinelConvert.
 func TestSentinelFailoverDocumentedReplicaOf(t *testing.T) {
-	t.Parallel()
 	s := newSentinelSystem(t, sentinelOptions{documented: true})
 	m := s.startChurn(t, 10)
 	p := s.nodes[0]
@@ -563,7 +563,6 @@ func TestSentinelFailoverDocumentedReplicaOf(t *testing.T) {
 // primary with its old data, refuses writes (its lease: no replica), and
 // the Sentinels make it a replica of the new primary.
 func TestSentinelFailoverStopDocumented(t *testing.T) {
-	t.Parallel()
 	s := newSentinelSystem(t, sentinelOptions{documented: true})
 	m := s.startChurn(t, 9)
 	p := s.nodes[0]

@@ -203,7 +203,6 @@ func (sr *splitRun) heal(t *testing.T) {
 // one could be flaky) and only logs it; skipped unless
 // WSGATE_FAULTS_UNSAFE=1.
 func TestSplitBrainUnsafe(t *testing.T) {
-	t.Parallel()
 	if os.Getenv("WSGATE_FAULTS_UNSAFE") != "1" {
 		t.Skip("documents a known breach of the cap (measured, not asserted); WSGATE_FAULTS_UNSAFE=1 runs it")
 	}
@@ -238,7 +237,6 @@ func TestSplitBrainUnsafe(t *testing.T) {
 // rejoins as R's replica, A follows R) and asserts the cap through that
 // too, that both gateways admit again, and that the counts drain.
 func TestSplitBrainDocumented(t *testing.T) {
-	t.Parallel()
 	requireWaitFlag(t)
 	for name, so := range map[string]splitOptions{
 		"keep": {expired: "keep", wait: true, lease: true},
