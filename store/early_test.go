@@ -7,7 +7,6 @@ package store_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -46,14 +45,8 @@ func infoField(t *testing.T, c *redis.Client, section, field string) string {
 // replicaPair starts a primary and a replica of it, in sync.
 func replicaPair(t *testing.T) (primary, replica *redistest.Server) {
 	t.Helper()
-	primary = redistest.Start(t, "--repl-diskless-sync-delay", "0")
-	replica = redistest.Start(t, "--replicaof", "127.0.0.1", fmt.Sprint(primary.Port))
-	rc := replica.Client()
-	await.Until(t, "the replica in sync with its primary", 20*time.Second, func() (bool, string) {
-		link := infoField(t, rc, "replication", "master_link_status")
-		return link == "up", link
-	})
-	return primary, replica
+	primary = redistest.Start(t)
+	return primary, redistest.StartReplica(t, primary)
 }
 
 // beater sends the heartbeats of instances on one Redis; beat publishes
@@ -113,13 +106,6 @@ func ack(t *testing.T, primary *redistest.Server) {
 	}
 }
 
-func promote(t *testing.T, replica *redistest.Server) {
-	t.Helper()
-	if err := replica.Client().Do(context.Background(), "REPLICAOF", "NO", "ONE").Err(); err != nil {
-		t.Fatalf("REPLICAOF NO ONE: %v", err)
-	}
-}
-
 // The wait of a promoted replica's new epoch ends once every instance of
 // the set it received heartbeated in it: not before the last one (c), and
 // long before the wait they asked for.
@@ -135,7 +121,7 @@ func TestPromotedReplicaEndsItsWaitOnceEveryInstanceRepublished(t *testing.T) {
 		t.Fatalf("epoch repl %q, want the primary's master_replid", repl)
 	}
 	ack(t, primary)
-	promote(t, replica)
+	replica.Promote()
 	if id2, id := infoField(t, replica.Client(), "replication", "master_replid2"), infoField(t, primary.Client(), "replication", "master_replid"); id2 != id {
 		t.Fatalf("the promoted replica's master_replid2 %q, want its old primary's master_replid %q", id2, id)
 	}
@@ -201,7 +187,7 @@ func TestPromotedReplicaKeepsTheFullWait(t *testing.T) {
 			epochPastItsWait(t, onP, "a", "b")
 			c.setup(t, onP)
 			ack(t, primary)
-			promote(t, replica)
+			replica.Promote()
 			onR := &beater{t: t, s: store.NewStore(replica.Client(), ""), seq: onP.seq, wait: c.wait}
 			if res := onR.beat("a", 1, longWait, ""); !res.EpochCreated {
 				t.Fatalf("a's first heartbeat on the promoted replica: %+v; want a new epoch", res)
@@ -217,7 +203,7 @@ func TestPromotedReplicaKeepsTheFullWait(t *testing.T) {
 		onP.beat("a", 0, longWait, "") // never confirmed
 		onP.beat("b", 0, longWait, "")
 		ack(t, primary)
-		promote(t, replica)
+		replica.Promote()
 		onR := &beater{t: t, s: store.NewStore(replica.Client(), ""), seq: onP.seq, wait: 1}
 		onR.beat("a", 1, longWait, "")
 		if res := onR.beat("b", 0, longWait, ""); res.Recovering < longWait/2 {
@@ -229,7 +215,7 @@ func TestPromotedReplicaKeepsTheFullWait(t *testing.T) {
 		onP := &beater{t: t, s: store.NewStore(primary.Client(), ""), seq: map[string]uint64{}, wait: 1}
 		epochPastItsWait(t, onP, "a", "b")
 		ack(t, primary)
-		promote(t, replica)
+		replica.Promote()
 		onR := store.NewStore(replica.Client(), "")
 		// a heartbeat of a sent before its last one on the primary
 		res, err := onR.Sync(context.Background(), store.SyncRequest{Fleet: "chat", Instance: "a", Lease: time.Hour,
@@ -253,7 +239,7 @@ func TestPromotedReplicaKeepsTheFullWait(t *testing.T) {
 		onP := &beater{t: t, s: store.NewStore(primary.Client(), ""), seq: map[string]uint64{}, wait: 1}
 		epochPastItsWait(t, onP, "a", "b", "c")
 		ack(t, primary)
-		promote(t, replica)
+		replica.Promote()
 		onR := &beater{t: t, s: store.NewStore(replica.Client(), ""), seq: onP.seq, wait: 1}
 		res := onR.beat("a", 1, longWait, "")
 		if err := replica.Client().Del(context.Background(), onR.s.Keys("chat").Republish(res.Epoch)).Err(); err != nil {
@@ -273,7 +259,7 @@ func TestPromotedReplicaKeepsTheFullWait(t *testing.T) {
 		onP := &beater{t: t, s: store.NewStore(primary.Client(), ""), seq: map[string]uint64{}, wait: 1}
 		epochPastItsWait(t, onP, "a", "b")
 		ack(t, primary)
-		promote(t, replica)
+		replica.Promote()
 		onR := &beater{t: t, s: store.NewStore(replica.Client(), ""), seq: onP.seq, wait: 1}
 		onR.beat("a", 1, longWait, "")
 		if res := onR.beat("b", 0, longWait, ""); res.Recovering < longWait/2 {
@@ -285,7 +271,7 @@ func TestPromotedReplicaKeepsTheFullWait(t *testing.T) {
 		onP := &beater{t: t, s: store.NewStore(primary.Client(), ""), seq: map[string]uint64{}, wait: 1}
 		epochPastItsWait(t, onP, "a", "b", "c")
 		ack(t, primary)
-		promote(t, replica)
+		replica.Promote()
 		onR := &beater{t: t, s: store.NewStore(replica.Client(), ""), seq: onP.seq, wait: 1}
 		onR.beat("a", 1, longWait, "")
 		onR.wait = 0
