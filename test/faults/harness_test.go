@@ -509,17 +509,7 @@ func (tp *trackerProc) closeGateway() {
 	}
 }
 
-func (tp *trackerProc) logTail(n int) string {
-	b, err := os.ReadFile(tp.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (tp *trackerProc) logTail(n int) string { return redistest.Tail(tp.logPath, n) }
 
 func (h *harness) dumpLogs() {
 	for _, tp := range h.trackers {

@@ -163,8 +163,12 @@ func (s *Sentinel) Kill() {
 
 // LogTail is the last n lines of the Sentinel's log (its events:
 // +sdown, +odown, +switch-master ...), for a failing test.
-func (s *Sentinel) LogTail(n int) string {
-	b, err := os.ReadFile(s.log)
+func (s *Sentinel) LogTail(n int) string { return Tail(s.log, n) }
+
+// Tail is the last n lines of the file at path (a process' log, for a
+// failing test), or why it could not be read.
+func Tail(path string, n int) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
 	}
