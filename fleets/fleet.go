@@ -91,6 +91,10 @@ type Fleet struct {
 	// EnvoyService, when set, is the Envoy Service whose ready endpoints
 	// tell the scaler how many tracker instances to expect.
 	EnvoyService string `json:"envoyService,omitempty"`
+	// Shards splits the fleet's pods into that many groups, each in its own
+	// Redis hash slot, so that one fleet's churn can spread over a Redis
+	// Cluster's primaries (shards.go; PROTOCOL.md, "Shards"). Default 1.
+	Shards int `json:"shards,omitempty"`
 }
 
 // Duration is a time.Duration written as "5s" in configuration files.
@@ -165,6 +169,9 @@ func (c Fleet) WithDefaults() Fleet {
 	if c.RetryAfter == 0 {
 		c.RetryAfter = Duration(5 * time.Second)
 	}
+	if c.Shards == 0 {
+		c.Shards = 1
+	}
 	return c
 }
 
@@ -187,6 +194,9 @@ func (c Fleet) Validate() error {
 	}
 	if c.RetryAfter < 0 {
 		return fieldErr(c.Name, "retryAfter", time.Duration(c.RetryAfter).String(), "must not be negative")
+	}
+	if c.Shards < 1 || c.Shards > MaxShards {
+		return fieldErr(c.Name, "shards", strconv.Itoa(c.Shards), "want 1-%d: one per Redis Cluster primary the fleet's churn should spread over", MaxShards)
 	}
 	if c.Service != "" && len(c.Pods) > 0 {
 		return fieldErr(c.Name, "pods", "", "service is set too: choose one, discovery or a static list")
