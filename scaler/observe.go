@@ -7,7 +7,7 @@ import (
 )
 
 // Observe reads every configured fleet's summary and per-pod counts from
-// Redis and sets the scaler's fleet gauges, wsgate_scaler_ready included,
+// Redis (a sharded fleet's summed over its groups) and sets the scaler's fleet gauges, wsgate_scaler_ready included,
 // so that they exist and are current without waiting for KEDA to poll a
 // trigger. It runs the same readiness check KEDA's calls do (more checks
 // only watch the epoch more closely). It returns the fleets' errors
@@ -17,14 +17,14 @@ func (s *Server) Observe(ctx context.Context) error {
 	fleets := *s.fleets.Load()
 	for _, name := range s.Fleets() {
 		fc := fleets[name]
-		sum, err := s.summary(ctx, name)
+		sum, err := s.summary(ctx, fc)
 		if err != nil && !errors.Is(err, errHeld) {
 			s.metrics.ReadErrors.WithLabelValues(name).Inc()
 			errs = append(errs, err)
 			continue
 		}
 		s.metrics.observed(fc, sum)
-		loads, err := s.store.PodLoads(ctx, name)
+		loads, err := s.store.FleetPodLoads(ctx, fc)
 		if err != nil {
 			s.metrics.ReadErrors.WithLabelValues(name).Inc()
 			errs = append(errs, err)

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
 )
 
@@ -56,7 +57,7 @@ func (r *readiness) vanished(s store.Summary, before int64) bool {
 		return false
 	}
 	if r.counter != nil {
-		if want := int64(r.counter.ExpectedInstances(s.Fleet)); want > 0 && s.Alive >= int64(math.Ceil(r.ratio*float64(want)-1e-9)) {
+		if want := int64(r.counter.ExpectedInstances(fleetOf(s.Fleet))); want > 0 && s.Alive >= int64(math.Ceil(r.ratio*float64(want)-1e-9)) {
 			return false
 		}
 	}
@@ -73,7 +74,17 @@ func newReadiness(settle time.Duration, ratio float64, expected int64) *readines
 	return &readiness{settle: settle, ratio: ratio, expected: expected, lapse: max(5*settle, 5*time.Minute), fleets: map[string]*epochMemory{}}
 }
 
-// check returns nil when s can be acted on, or why not.
+// fleetOf is the fleet a group belongs to: readiness judges each group of
+// a sharded fleet on its own (its own epoch and syncs), and every tracker
+// of the fleet heartbeats every group, so each group expects the fleet's
+// Envoy instances.
+func fleetOf(group string) string {
+	f, _, _ := fleets.SplitGroup(group)
+	return f
+}
+
+// check returns nil when s, the summary of one group (of an unsharded
+// fleet: the fleet), can be acted on, or why not.
 func (r *readiness) check(s store.Summary, now time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -108,7 +119,7 @@ func (r *readiness) check(s store.Summary, now time.Time) error {
 	}
 	want, from := r.expected, "--expected-instances"
 	if want == 0 && r.counter != nil {
-		want, from = int64(r.counter.ExpectedInstances(s.Fleet)), "ready endpoints of the Envoy Service"
+		want, from = int64(r.counter.ExpectedInstances(fleetOf(s.Fleet))), "ready endpoints of the Envoy Service"
 	}
 	if want == 0 && m.expected > 0 && age < r.lapse {
 		want, from = m.expected, "alive before the epoch changed"

@@ -25,24 +25,26 @@ import (
 )
 
 // Reader reads one fleet's summary; *store.Store implements it in one
-// Redis round trip, whatever the number of pods.
+// Redis round trip per group of the fleet (one for an unsharded fleet),
+// whatever the number of pods.
 type Reader interface {
-	Summary(ctx context.Context, fleet string, now time.Time) (store.Summary, error)
+	FleetSummary(ctx context.Context, f fleets.Fleet, now time.Time) (store.FleetSummary, error)
 }
 
 // Store is what the scaler needs of the fleets' state in Redis:
-// *store.Store.
+// *store.Store. Calls that name a fleet by string take a group's name
+// (fleets.GroupName): a sharded fleet is read and reaped group by group.
 type Store interface {
 	Reader
-	// Instances reads the fleet's tracker instances and their seqs.
-	Instances(ctx context.Context, fleet string) (map[string]uint64, error)
+	// Instances reads the group's tracker instances and their seqs.
+	Instances(ctx context.Context, group string) (map[string]uint64, error)
 	// Reap removes those of ids whose lease ended by Redis' clock.
-	Reap(ctx context.Context, fleet string, ids []string) ([]string, error)
-	// PodLoads reads the live connections per pod.
-	PodLoads(ctx context.Context, fleet string) (map[string]int, error)
-	// SubscribeEvents subscribes to the fleet's events: the admit script
+	Reap(ctx context.Context, group string, ids []string) ([]string, error)
+	// FleetPodLoads reads the live connections per pod of every group.
+	FleetPodLoads(ctx context.Context, f fleets.Fleet) (map[string]int, error)
+	// SubscribeEvents subscribes to a group's events: the admit script
 	// announces activity there.
-	SubscribeEvents(ctx context.Context, fleet string) (*store.Events, error)
+	SubscribeEvents(ctx context.Context, group string) (*store.Events, error)
 	// RecordDecision writes a trigger's decision (decision.go).
 	RecordDecision(ctx context.Context, rec store.DecisionRecord) error
 	// OtherDecisions reads the other triggers' fresh recommendations.
@@ -238,21 +240,36 @@ func (s *Server) trigger(ref *externalscaler.ScaledObjectRef) (Trigger, fleets.F
 	return t, fc, nil
 }
 
-// summary reads the fleet and checks readiness; the summary is returned
-// even when held, with the reason as an error wrapping errHeld.
-func (s *Server) summary(ctx context.Context, fleet string) (store.Summary, error) {
+// summary reads the fleet, summed over its groups, and checks readiness;
+// the summary is returned even when held, with the reason as an error
+// wrapping errHeld. Readiness is judged group by group, each on its own
+// epoch and syncs: a sharded fleet is held while any of its groups is
+// (one group recovering from data loss undercounts the whole fleet's live
+// connections). An unsharded fleet is its one group.
+func (s *Server) summary(ctx context.Context, fc fleets.Fleet) (store.Summary, error) {
 	now := s.now()
-	sum, err := s.store.Summary(ctx, fleet, now)
+	fs, err := s.store.FleetSummary(ctx, fc, now)
 	if err != nil {
-		s.metrics.Ready.WithLabelValues(fleet).Set(0) // nothing to report: held
-		return sum, err
+		s.metrics.Ready.WithLabelValues(fc.Name).Set(0) // nothing to report: held
+		return fs.Summary, err
 	}
-	if err := s.ready.check(sum, now); err != nil {
-		s.metrics.Ready.WithLabelValues(fleet).Set(0)
-		return sum, fmt.Errorf("%w: %w", errHeld, err)
+	// Every group is checked, so that each one's epoch memory follows it
+	// even while another holds the fleet.
+	var held error
+	for _, g := range fs.Groups {
+		if err := s.ready.check(g, now); err != nil && held == nil {
+			held = err
+			if len(fs.Groups) > 1 {
+				held = fmt.Errorf("group %s: %w", g.Fleet, err)
+			}
+		}
 	}
-	s.metrics.Ready.WithLabelValues(fleet).Set(1)
-	return sum, nil
+	if held != nil {
+		s.metrics.Ready.WithLabelValues(fc.Name).Set(0)
+		return fs.Summary, fmt.Errorf("%w: %w", errHeld, held)
+	}
+	s.metrics.Ready.WithLabelValues(fc.Name).Set(1)
+	return fs.Summary, nil
 }
 
 // grpcError turns an error of this package into the status KEDA sees.
@@ -330,7 +347,7 @@ func (s *Server) GetMetrics(ctx context.Context, req *externalscaler.GetMetricsR
 
 // evaluate computes the value of t's metric.
 func (s *Server) evaluate(ctx context.Context, ref *externalscaler.ScaledObjectRef, t Trigger, fc fleets.Fleet) (float64, error) {
-	sum, err := s.summary(ctx, t.Fleet)
+	sum, err := s.summary(ctx, fc)
 	if t.Metric == MetricDesiredReplicas && (err == nil || errors.Is(err, errHeld)) {
 		return s.recommend(ctx, ref, t, fc, sum, err)
 	}
@@ -408,19 +425,19 @@ func rateLimitPressure(sum store.Summary, ratePerSecond float64) float64 {
 // undercounted) but a false one is an error: no scale to zero on
 // incomplete data.
 func (s *Server) IsActive(ctx context.Context, ref *externalscaler.ScaledObjectRef) (*externalscaler.IsActiveResponse, error) {
-	t, _, err := s.trigger(ref)
+	t, fc, err := s.trigger(ref)
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	active, err := s.active(ctx, t)
+	active, err := s.active(ctx, t, fc)
 	if err != nil {
 		return nil, grpcError(err)
 	}
 	return &externalscaler.IsActiveResponse{Result: active}, nil
 }
 
-func (s *Server) active(ctx context.Context, t Trigger) (bool, error) {
-	sum, err := s.summary(ctx, t.Fleet)
+func (s *Server) active(ctx context.Context, t Trigger, fc fleets.Fleet) (bool, error) {
+	sum, err := s.summary(ctx, fc)
 	if err != nil && !errors.Is(err, errHeld) {
 		return false, err
 	}
@@ -448,7 +465,8 @@ func (s *Server) Reap(ctx context.Context) error {
 	s.reapMu.Lock()
 	defer s.reapMu.Unlock()
 	var errs []error
-	for _, f := range s.Fleets() {
+	configured := *s.fleets.Load()
+	for _, f := range s.reapGroups(configured) {
 		seqs, err := s.store.Instances(ctx, f)
 		if err != nil {
 			errs = append(errs, err)
@@ -461,7 +479,9 @@ func (s *Server) Reap(ctx context.Context) error {
 		}
 		stalled := w.Observe(seqs, "", s.now())
 		if s.cfg.ExpiredInstances == fleets.ExpiredKube {
-			stalled = s.goneFromKubernetes(f, stalled)
+			// Kubernetes knows the fleet's Envoy Service, not its groups.
+			name, _, _ := fleets.SplitGroup(f)
+			stalled = s.goneFromKubernetes(name, stalled)
 		}
 		ids, err := s.store.Reap(ctx, f, stalled)
 		if err != nil {
@@ -474,6 +494,17 @@ func (s *Server) Reap(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// reapGroups lists the groups of the configured fleets, sorted: every
+// tracker heartbeats each group of its fleet with a seq and a lease of
+// that group, so each group is watched and reaped on its own.
+func (s *Server) reapGroups(configured map[string]fleets.Fleet) []string {
+	var out []string
+	for _, name := range s.Fleets() {
+		out = append(out, configured[name].GroupNames()...)
+	}
+	return out
 }
 
 // goneFromKubernetes keeps the ids whose pod Kubernetes no longer lists: an

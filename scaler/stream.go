@@ -1,11 +1,14 @@
 package scaler
 
 import (
+	"context"
 	"errors"
 	"time"
 
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"google.golang.org/grpc"
+
+	"github.com/wsgate/wsgate/fleets"
 )
 
 // StreamIsActive pushes true each time the fleet turns active: at once
@@ -16,26 +19,19 @@ import (
 // forget). KEDA ignores a pushed false, so none is sent. The stream ends
 // when KEDA goes away or Close is called.
 func (s *Server) StreamIsActive(ref *externalscaler.ScaledObjectRef, stream grpc.ServerStreamingServer[externalscaler.IsActiveResponse]) error {
-	t, _, err := s.trigger(ref)
+	t, fc, err := s.trigger(ref)
 	if err != nil {
 		return grpcError(err)
 	}
-	ctx := stream.Context()
-	// The subscription is confirmed before the first evaluation, so an
-	// event published right after it is not missed. When Redis is down the
-	// poll carries on alone; the subscription reconnects.
-	sub, err := s.store.SubscribeEvents(ctx, t.Fleet)
-	defer sub.Close()
-	if err != nil && ctx.Err() == nil {
-		s.log.Debug("events subscription failed, polling only until it recovers", "fleet", t.Fleet, "err", err)
-	}
-	events := sub.C()
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	events := s.subscribe(ctx, fc)
 	tick := time.NewTicker(s.cfg.PollInterval)
 	defer tick.Stop()
 
 	was := false
 	for {
-		active, err := s.active(ctx, t)
+		active, err := s.active(ctx, t, fc)
 		switch {
 		case err != nil:
 			if ctx.Err() == nil && !errors.Is(err, errHeld) {
@@ -63,4 +59,36 @@ func (s *Server) StreamIsActive(ref *externalscaler.ScaledObjectRef, stream grpc
 		case <-tick.C:
 		}
 	}
+}
+
+// subscribe subscribes to the events channel of every group of fc (each
+// group's admit script publishes on its own: a sharded fleet turns active
+// in whichever group takes its first connection) and delivers their
+// messages on one channel until ctx ends. Every subscription is confirmed
+// before it returns, so an event published right after it is not missed.
+// When Redis is down the poll carries on alone; a subscription reconnects.
+func (s *Server) subscribe(ctx context.Context, fc fleets.Fleet) <-chan string {
+	out := make(chan string)
+	for _, g := range fc.GroupNames() {
+		sub, err := s.store.SubscribeEvents(ctx, g)
+		if err != nil && ctx.Err() == nil {
+			s.log.Debug("events subscription failed, polling only until it recovers", "fleet", fc.Name, "group", g, "err", err)
+		}
+		go func() {
+			defer sub.Close()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case msg := <-sub.C():
+					select {
+					case out <- msg:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+		}()
+	}
+	return out
 }

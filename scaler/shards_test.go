@@ -1,0 +1,120 @@
+package scaler_test
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/store/storetest"
+)
+
+// The scaler reads a sharded fleet as the sum of its groups (store.Store
+// FleetSummary): these tests fill the groups through the store directly, as
+// the trackers of a sharded fleet do, one group at a time.
+
+func shardedFleets() []fleets.Fleet {
+	return []fleets.Fleet{{Name: "chat", MaxConnectionsPerPod: 2, RatePerSecond: 1000, Burst: 1000, Shards: 3}}
+}
+
+// fillGroups gives every group of chat two pods (from the addresses the
+// group's FNV picks) and one instance, and admits want[k] connections in
+// group k.
+func fillGroups(t *testing.T, e *env, want []int) {
+	t.Helper()
+	f := shardedFleets()[0]
+	pods := map[int][]string{}
+	for i := 1; len(pods[0]) < 2 || len(pods[1]) < 2 || len(pods[2]) < 2; i++ {
+		addr := "10.0.2." + strconv.Itoa(i) + ":80"
+		if k := fleets.GroupOf(addr, f.Shards); len(pods[k]) < 2 {
+			pods[k] = append(pods[k], addr)
+		}
+	}
+	for k, g := range f.GroupNames() {
+		storetest.SetPods(t, e.store, g, storetest.Pods(pods[k]...))
+		storetest.Register(t, e.store, g, "envoy-a")
+		for range want[k] {
+			storetest.Admit(t, e.store, g, f.MaxConnectionsPerPod, fleets.PolicyPack, "envoy-a", time.Now())
+		}
+	}
+}
+
+func TestShardedFleetIsSummedOverItsGroups(t *testing.T) {
+	e := start(t, opts{cfg: scaler.Config{Fleets: shardedFleets(), PollInterval: time.Hour}})
+	fillGroups(t, e, []int{0, 1, 3})
+
+	if got := e.metric("fleet", "chat", "metric", "connections"); got != 4 {
+		t.Errorf("connections = %g, want 0+1+3 over the groups", got)
+	}
+	// 4 live on 6 placeable pods of cap 2.
+	if got := e.metric("fleet", "chat", "metric", "saturation"); !near(got, 4.0/12) {
+		t.Errorf("saturation = %g, want 4/12", got)
+	}
+	// The decision is recorded once, under the fleet (group 0's slot), and
+	// counts every group's ready pods.
+	if got := e.metric("fleet", "chat"); got < 1 {
+		t.Errorf("desiredReplicas = %g, want at least 1", got)
+	}
+	if h := e.scalerHash("chat"); h["readyPods"] != "6" {
+		t.Errorf("decision hash readyPods = %q, want the 6 pods of all groups (hash %v)", h["readyPods"], h)
+	}
+	if err := e.srv.Observe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v := mustGauge(t, e.reg, "wsgate_scaler_fleet_connections", "chat"); v != 4 {
+		t.Errorf("wsgate_scaler_fleet_connections{fleet=chat} = %g, want 4", v)
+	}
+}
+
+func TestShardedFleetActiveOnAnyGroupsEvent(t *testing.T) {
+	// A poll far longer than the test: only pub/sub can wake the stream,
+	// and the first connection lands in the last group.
+	e := start(t, opts{cfg: scaler.Config{Fleets: shardedFleets(), PollInterval: time.Hour}})
+	fillGroups(t, e, []int{0, 0, 0})
+	if e.active("fleet", "chat") {
+		t.Fatal("an idle sharded fleet is active")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := e.client.StreamIsActive(ctx, ref("fleet", "chat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := receive(st)
+	for _, g := range shardedFleets()[0].GroupNames() {
+		e.waitSubscribers(g, 1)
+	}
+	storetest.Admit(t, e.store, "chat#2", 2, fleets.PolicyPack, "envoy-a", time.Now())
+	select {
+	case r := <-got:
+		if r.err != nil || !r.res.Result {
+			t.Fatalf("push: %v %v, want true", r.res, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no push within 10s after chat#2's first connection")
+	}
+}
+
+func TestShardedFleetHeldWhileAGroupHasNoEpoch(t *testing.T) {
+	e := start(t, opts{cfg: scaler.Config{Fleets: shardedFleets(), PollInterval: time.Hour}})
+	fillGroups(t, e, []int{1, 1, 1})
+	e.metric("fleet", "chat", "metric", "connections")
+
+	// chat#1's shard loses its data: the fleet's live connections are
+	// undercounted until that group's trackers re-publish, so the whole
+	// fleet is held, naming the group.
+	keys := e.store.Keys("chat#1")
+	if err := e.rdb.Del(context.Background(), keys.Epoch(), keys.Stats(), keys.Avail(), keys.Load()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.metricErr("fleet", "chat", "metric", "connections")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "group chat#1") {
+		t.Fatalf("GetMetrics with chat#1 lost = %v, want Unavailable naming group chat#1", err)
+	}
+}
