@@ -258,6 +258,7 @@ func (d *Discovery) refresh(w *watch, service string) {
 	}
 	for _, f := range w.fleets {
 		if service == "" || f.Service == service {
+			d.reg.SetShards(f.Name, f.Shards)
 			d.reg.SetEndpoints(f.Name, podsOf(d.slicesOf(w, f.Service), f.Port))
 		}
 		if f.EnvoyService != "" && (service == "" || f.EnvoyService == service) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,19 @@ type Store interface {
 	// Snapshot reads the registry's draining flags (and the rest).
 	Snapshot(ctx context.Context, fleet string, now time.Time) (store.Snapshot, error)
 }
+
+// Layouts is implemented by a Store that records the layout (shards) a
+// fleet runs in Redis, as *store.Store does: Layout records n unless a
+// layout is recorded already, and returns the one recorded. A Registry on
+// a Store without it writes without the guard.
+type Layouts interface {
+	Layout(ctx context.Context, fleet string, n int) (int, error)
+}
+
+// ErrLayoutMismatch: the fleet's shards in this scaler's fleets file are
+// not the layout Redis records for it, so its pods would be written into
+// groups the trackers do not read (or read under another split).
+var ErrLayoutMismatch = errors.New("layout mismatch")
 
 // Registry is the in-process pod registry of the fleets that discovery
 // manages. Discovery sets what the EndpointSlices say (SetEndpoints), the
@@ -48,6 +62,9 @@ type Registry struct {
 	CheckInterval time.Duration
 
 	writeMu sync.Mutex // one registry write at a time, so writes never reorder
+	// mismatch is, under writeMu, the layout last refused per fleet: the
+	// error is logged once per mismatch, not at every check.
+	mismatch map[string]int
 
 	mu     sync.Mutex
 	fleets map[string]*fleetEntry
@@ -62,9 +79,12 @@ type fleetEntry struct {
 	// this process; until then writes keep the flags found in Redis, which
 	// another scaler replica may have set.
 	ownsDrain bool
+	// shards is the fleet's shards setting (fleets file): its pods are
+	// written to that many groups, each pod to fleets.GroupOf's.
+	shards    int
 	gen       uint64 // bumped on every change
 	written   uint64 // gen of the last successful write
-	epoch     string // epoch seen right after the last write
+	epoch     string // epochs of the groups seen right after the last write, joined
 	pods      int64  // number of pods in the last write
 	lastWrite time.Time
 }
@@ -86,7 +106,7 @@ func NewRegistry(store Store, opts ...RegistryOption) *Registry {
 	r := &Registry{
 		store: store, log: slog.Default(), clock: clock.RealClock{},
 		Resync: time.Minute, CheckInterval: 5 * time.Second,
-		fleets: map[string]*fleetEntry{}, kick: make(chan struct{}, 1),
+		fleets: map[string]*fleetEntry{}, kick: make(chan struct{}, 1), mismatch: map[string]int{},
 	}
 	for _, o := range opts {
 		o(r)
@@ -100,7 +120,7 @@ func NewRegistry(store Store, opts ...RegistryOption) *Registry {
 func (r *Registry) entry(fleet string) *fleetEntry {
 	e := r.fleets[fleet]
 	if e == nil {
-		e = &fleetEntry{endpoints: map[string]fleets.Pod{}, draining: map[string]bool{}}
+		e = &fleetEntry{endpoints: map[string]fleets.Pod{}, draining: map[string]bool{}, shards: 1}
 		r.fleets[fleet] = e
 	}
 	return e
@@ -112,6 +132,26 @@ func (r *Registry) changed(e *fleetEntry) {
 	case r.kick <- struct{}{}:
 	default:
 	}
+}
+
+// SetShards sets how many groups fleet's pods are split into (the fleet's
+// shards; default 1). Discovery sets it before the fleet's endpoints, so
+// the first write already splits them.
+func (r *Registry) SetShards(fleet string, n int) {
+	n = max(n, 1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entry(fleet)
+	if e.shards == n {
+		return
+	}
+	e.shards = n
+	r.changed(e)
+}
+
+// fleet is the fleet as the store reads it: its name and shards.
+func (e *fleetEntry) fleet(name string) fleets.Fleet {
+	return fleets.Fleet{Name: name, Shards: e.shards}
 }
 
 // SetEndpoints replaces the pods discovery sees for fleet (their Draining
@@ -205,7 +245,20 @@ func (r *Registry) Fleets() []string {
 // alone must not wipe a registry discovery has not seen yet).
 func (e *fleetEntry) managed() bool { return e.endpointsSet }
 
-// Publish writes fleet's merged registry to Redis now.
+// Shards is fleet's shards as the Registry writes it (1 for a fleet it
+// does not know).
+func (r *Registry) Shards(fleet string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.fleets[fleet]; e != nil {
+		return e.shards
+	}
+	return 1
+}
+
+// Publish writes fleet's merged registry to Redis now: each group of the
+// fleet gets the registry of its own pods (fleets.GroupOf), after the
+// layout guard (checkLayout) let it.
 func (r *Registry) Publish(ctx context.Context, fleet string) error {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
@@ -215,21 +268,33 @@ func (r *Registry) Publish(ctx context.Context, fleet string) error {
 		r.mu.Unlock()
 		return nil
 	}
-	pods, gen, owns := e.merged(), e.gen, e.ownsDrain
+	pods, gen, owns, fc := e.merged(), e.gen, e.ownsDrain, e.fleet(fleet)
 	r.mu.Unlock()
 
+	if err := r.checkLayout(ctx, fc); err != nil {
+		result := "error"
+		if errors.Is(err, ErrLayoutMismatch) {
+			result = "layout_mismatch"
+		}
+		r.metrics.Publishes.WithLabelValues(fleet, result).Inc()
+		return err
+	}
 	if !owns {
-		if err := r.keepDraining(ctx, fleet, pods); err != nil {
+		if err := r.keepDraining(ctx, fc, pods); err != nil {
 			r.metrics.Publishes.WithLabelValues(fleet, "error").Inc()
 			return err
 		}
 	}
-	if err := r.store.SetPods(ctx, fleet, pods); err != nil {
-		r.metrics.Publishes.WithLabelValues(fleet, "error").Inc()
-		return fmt.Errorf("publish pods of %s: %w", fleet, err)
+	groups := fc.GroupNames()
+	byGroup := splitPods(pods, len(groups))
+	for k, g := range groups {
+		if err := r.store.SetPods(ctx, g, byGroup[k]); err != nil {
+			r.metrics.Publishes.WithLabelValues(fleet, "error").Inc()
+			return fmt.Errorf("publish pods of %s: %w", fleet, err)
+		}
 	}
 	now := r.clock.Now()
-	sum, err := r.store.Summary(ctx, fleet, now)
+	epoch, _, err := r.groupsState(ctx, fc, now)
 	if err != nil {
 		r.metrics.Publishes.WithLabelValues(fleet, "error").Inc()
 		return fmt.Errorf("publish pods of %s: read epoch: %w", fleet, err)
@@ -239,18 +304,89 @@ func (r *Registry) Publish(ctx context.Context, fleet string) error {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e.written, e.epoch, e.pods, e.lastWrite = gen, sum.Epoch, int64(len(pods)), now
+	e.written, e.epoch, e.pods, e.lastWrite = gen, epoch, int64(len(pods)), now
 	return nil
 }
 
-// keepDraining copies the draining flags another replica wrote into pods.
-func (r *Registry) keepDraining(ctx context.Context, fleet string, pods []fleets.Pod) error {
-	snap, err := r.store.Snapshot(ctx, fleet, r.clock.Now())
+// splitPods puts each pod in its group of n (fleets.GroupOf). A group with
+// no pod gets an empty list, so that a pod moved away or gone is removed
+// from it too.
+func splitPods(pods []fleets.Pod, n int) [][]fleets.Pod {
+	out := make([][]fleets.Pod, n)
+	for k := range out {
+		out[k] = []fleets.Pod{}
+	}
+	for _, p := range pods {
+		k := fleets.GroupOf(p.Addr, n)
+		out[k] = append(out[k], p)
+	}
+	return out
+}
+
+// groupsState reads the epochs (joined) and the pod count of every group
+// of fc: what Reconcile compares with its last write.
+func (r *Registry) groupsState(ctx context.Context, fc fleets.Fleet, now time.Time) (string, int64, error) {
+	var (
+		epochs []string
+		pods   int64
+	)
+	for _, g := range fc.GroupNames() {
+		sum, err := r.store.Summary(ctx, g, now)
+		if err != nil {
+			return "", 0, err
+		}
+		epochs = append(epochs, sum.Epoch)
+		pods += sum.Pods
+	}
+	return strings.Join(epochs, ","), pods, nil
+}
+
+// checkLayout refuses a write when Redis records another layout for the
+// fleet than its shards here (a fleets file changed on the scaler before
+// the fleet was resharded, or a scaler of another version): the pods would
+// land in groups the trackers do not admit from. The first writer of a
+// fleet records its layout. Redis' layout wins: the operator fixes the
+// fleets file (or reshards), the scaler does not.
+func (r *Registry) checkLayout(ctx context.Context, fc fleets.Fleet) error {
+	l, ok := r.store.(Layouts)
+	if !ok {
+		return nil
+	}
+	recorded, err := l.Layout(ctx, fc.Name, fc.Shards)
 	if err != nil {
-		return fmt.Errorf("publish pods of %s: read draining flags: %w", fleet, err)
+		return fmt.Errorf("publish pods of %s: read its layout: %w", fc.Name, err)
+	}
+	if recorded == fc.Shards {
+		delete(r.mismatch, fc.Name)
+		r.metrics.LayoutMismatch.WithLabelValues(fc.Name).Set(0)
+		return nil
+	}
+	r.metrics.LayoutMismatch.WithLabelValues(fc.Name).Set(1)
+	if r.mismatch[fc.Name] == recorded {
+		return fmt.Errorf("publish pods of %s: shards %d, but Redis records layout %d: %w", fc.Name, fc.Shards, recorded, ErrLayoutMismatch)
+	}
+	r.mismatch[fc.Name] = recorded
+	r.log.Error("pod registry not written: the fleet's shards differ from the layout Redis records for it; set shards to the recorded layout in the fleets file, or reshard the fleet (README, \"Sharded fleets\")",
+		"fleet", fc.Name, "shards", fc.Shards, "recorded_layout", recorded)
+	return fmt.Errorf("publish pods of %s: shards %d, but Redis records layout %d: set shards: %d in the fleets file or reshard the fleet: %w",
+		fc.Name, fc.Shards, recorded, recorded, ErrLayoutMismatch)
+}
+
+// keepDraining copies the draining flags another replica wrote into pods,
+// from every group of fc.
+func (r *Registry) keepDraining(ctx context.Context, fc fleets.Fleet, pods []fleets.Pod) error {
+	draining := map[string]bool{}
+	for _, g := range fc.GroupNames() {
+		snap, err := r.store.Snapshot(ctx, g, r.clock.Now())
+		if err != nil {
+			return fmt.Errorf("publish pods of %s: read draining flags: %w", fc.Name, err)
+		}
+		for a, p := range snap.Pods {
+			draining[a] = draining[a] || p.Draining
+		}
 	}
 	for i := range pods {
-		pods[i].Draining = snap.Pods[pods[i].Addr].Draining
+		pods[i].Draining = draining[pods[i].Addr]
 	}
 	return nil
 }
@@ -294,16 +430,16 @@ func (r *Registry) stale(ctx context.Context, fleet string) (bool, error) {
 	r.mu.Lock()
 	e := r.fleets[fleet]
 	dirty := e.gen != e.written || now.Sub(e.lastWrite) >= r.Resync
-	epoch, pods := e.epoch, e.pods
+	epoch, pods, fc := e.epoch, e.pods, e.fleet(fleet)
 	r.mu.Unlock()
 	if dirty {
 		return true, nil
 	}
-	sum, err := r.store.Summary(ctx, fleet, now)
+	gotEpoch, gotPods, err := r.groupsState(ctx, fc, now)
 	if err != nil {
 		return false, fmt.Errorf("check pods of %s: %w", fleet, err)
 	}
-	return sum.Epoch != epoch || sum.Pods != pods, nil
+	return gotEpoch != epoch || gotPods != pods, nil
 }
 
 // publishDirty writes the fleets changed since their last write.

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/store"
 )
@@ -266,12 +267,21 @@ func subset(a, b []string) bool {
 	return true
 }
 
-// candidates are fleet's ready, named pods, ranked.
+// candidates are fleet's ready, named pods, ranked. A sharded fleet's
+// pods are ranked across all its groups (each group's snapshot gives its
+// own pods' loads): the emptiest pods go first wherever they live, and one
+// order covers the fleet, as one ReplicaSet scales it.
 func (h *Hook) candidates(ctx context.Context, fleet string, now time.Time) ([]candidate, error) {
-	snap, err := h.store.Snapshot(ctx, fleet, now)
-	if err != nil {
-		return nil, err
+	fc := fleets.Fleet{Name: fleet, Shards: h.reg.Shards(fleet)}
+	groups := make([]store.Snapshot, 0, fc.Shards)
+	for _, g := range fc.GroupNames() {
+		snap, err := h.store.Snapshot(ctx, g, now)
+		if err != nil {
+			return nil, err
+		}
+		groups = append(groups, snap)
 	}
+	snap := store.MergeSnapshots(fleet, groups)
 	var out []candidate
 	for _, p := range h.reg.Pods(fleet) {
 		if !p.Ready || p.Name == "" {

@@ -59,6 +59,13 @@ func name(i int) string { return fmt.Sprintf("pod-%d", i) }
 // t0, holding live[i] connections reported by a tracker's heartbeat.
 func newEnv(t *testing.T, live []int, opts ...podcost.Option) *env {
 	t.Helper()
+	return newEnvShards(t, live, 1, opts...)
+}
+
+// newEnvShards is newEnv for a fleet of shards groups: each pod is
+// registered, and its connections counted, in its own group.
+func newEnvShards(t *testing.T, live []int, shards int, opts ...podcost.Option) *env {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	mr := miniredis.RunT(t)
@@ -68,16 +75,19 @@ func newEnv(t *testing.T, live []int, opts ...podcost.Option) *env {
 
 	var objs []runtime.Object
 	var pods []fleets.Pod
-	var counts []store.PodCount
+	counts := map[string][]store.PodCount{} // by group
+	fc := fleets.Fleet{Name: fleet, Shards: shards}
 	for i, n := range live {
 		objs = append(objs, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
 			Name: name(i), Namespace: ns, CreationTimestamp: metav1.NewTime(t0.Add(time.Duration(i) * time.Minute)),
 		}})
 		pods = append(pods, fleets.Pod{Addr: addr(i), Name: name(i), Ready: true})
-		counts = append(counts, store.PodCount{Pod: addr(i), Live: n})
+		g := fleets.GroupName(fleet, fleets.GroupOf(addr(i), shards))
+		counts[g] = append(counts[g], store.PodCount{Pod: addr(i), Live: n})
 	}
 	e.client = fake.NewClientset(objs...)
 	e.reg = discovery.NewRegistry(e.store)
+	e.reg.SetShards(fleet, shards)
 	e.reg.SetEndpoints(fleet, pods)
 	if err := e.reg.Publish(ctx, fleet); err != nil {
 		t.Fatal(err)
@@ -89,17 +99,23 @@ func newEnv(t *testing.T, live []int, opts ...podcost.Option) *env {
 	const recoveryWait = 10 * time.Second
 	base := time.Now()
 	mr.SetTime(base)
-	res, err := e.store.Sync(ctx, store.SyncRequest{Fleet: fleet, Instance: "envoy-1", Lease: time.Hour,
-		RecoveryWait: recoveryWait, Seq: 1, Counts: counts})
-	if err != nil {
-		t.Fatal(err)
+	epochs := map[string]string{}
+	for _, g := range fc.GroupNames() {
+		res, err := e.store.Sync(ctx, store.SyncRequest{Fleet: g, Instance: "envoy-1", Lease: time.Hour,
+			RecoveryWait: recoveryWait, Seq: 1, Counts: counts[g]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		epochs[g] = res.Epoch
 	}
-	e.epoch = res.Epoch
+	e.epoch = epochs[fleet]
 	// envoy-1 watched the wait pass on its own clock too, and confirms it.
 	mr.SetTime(base.Add(recoveryWait))
-	if _, err := e.store.Sync(ctx, store.SyncRequest{Fleet: fleet, Instance: "envoy-1", Lease: time.Hour,
-		RecoveryWait: recoveryWait, Seq: 2, Confirm: e.epoch, Counts: counts}); err != nil {
-		t.Fatal(err)
+	for _, g := range fc.GroupNames() {
+		if _, err := e.store.Sync(ctx, store.SyncRequest{Fleet: g, Instance: "envoy-1", Lease: time.Hour,
+			RecoveryWait: recoveryWait, Seq: 2, Confirm: epochs[g], Counts: counts[g]}); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	factory := informers.NewSharedInformerFactoryWithOptions(e.client, 0, informers.WithNamespace(ns))
@@ -181,7 +197,7 @@ func (e *env) awaitSeen(t *testing.T, want map[string]bool) {
 
 func (e *env) draining(t *testing.T) []string {
 	t.Helper()
-	snap, err := e.store.Snapshot(context.Background(), fleet, time.Now())
+	snap, err := e.store.FleetSnapshot(context.Background(), fleets.Fleet{Name: fleet, Shards: e.reg.Shards(fleet)}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
