@@ -77,9 +77,10 @@ func Build(states []FleetState, o Options) Report {
 			case ViewDetailed:
 				f.Detailed = detailed(st.Snapshot, o.Now)
 			case ViewReadiness:
-				f.Readiness = readiness(st.Snapshot, o)
+				f.Readiness = fleetReadiness(st, o)
 			}
 		}
+		f.Groups = groups(st, o)
 		rep.Fleets = append(rep.Fleets, f)
 	}
 	sort.Slice(rep.Fleets, func(i, j int) bool { return rep.Fleets[i].Name < rep.Fleets[j].Name })
@@ -293,4 +294,62 @@ func readiness(s store.Snapshot, o Options) *Readiness {
 
 func roundDur(sec float64) time.Duration {
 	return time.Duration(sec * float64(time.Second)).Round(time.Second)
+}
+
+// groups is the per-group health of a sharded fleet (nil otherwise).
+func groups(st FleetState, o Options) []Group {
+	if len(st.Groups) == 0 {
+		return nil
+	}
+	out := make([]Group, 0, len(st.Groups))
+	for _, g := range st.Groups {
+		if g.Err != nil {
+			out = append(out, Group{Name: g.Name, Error: g.Err.Error(), Why: "unreachable: " + g.Err.Error()})
+			continue
+		}
+		r := readiness(g.Snapshot, o)
+		out = append(out, Group{Name: g.Name, Reachable: true, Live: g.Snapshot.Live, Registry: registry(g.Snapshot),
+			Epoch: g.Snapshot.Epoch, Ready: r.Ready, Why: r.Why, Recovering: r.Recovering})
+	}
+	return out
+}
+
+// fleetReadiness is the readiness view of st: of a sharded fleet, judged
+// group by group as the scaler does. The fleet is ready only when every
+// group is (one group's lost data undercounts the whole fleet); Why names
+// the first group that holds it back; it is recovering while any group is.
+// The epoch, clocks and instance counts shown are the first group's that
+// holds readiness back, or group 0's when all are ready: the groups view
+// (Fleet.Groups) lists every group's.
+func fleetReadiness(st FleetState, o Options) *Readiness {
+	if len(st.Groups) == 0 {
+		return readiness(st.Snapshot, o)
+	}
+	var (
+		shown      *Readiness
+		recovering bool
+	)
+	for _, g := range st.Groups {
+		if g.Err != nil {
+			if shown == nil || shown.Ready {
+				shown = &Readiness{Why: fmt.Sprintf("group %s unreachable: %v", g.Name, g.Err), Unsynced: []string{}, SettleSeconds: o.Settle.Seconds(), RequiredShare: o.ReadinessRatio}
+			}
+			continue
+		}
+		r := readiness(g.Snapshot, o)
+		recovering = recovering || r.Recovering
+		switch {
+		case shown == nil:
+			shown = r
+		case shown.Ready && !r.Ready:
+			shown = r
+		default:
+			continue
+		}
+		if !r.Ready {
+			r.Why = "group " + g.Name + ": " + r.Why
+		}
+	}
+	shown.Recovering = shown.Recovering || recovering
+	return shown
 }

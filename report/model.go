@@ -27,6 +27,33 @@ type Fleet struct {
 	Scaling     *Scaling     `json:"scaling,omitempty"`
 	Detailed    *Detailed    `json:"detailed,omitempty"`
 	Readiness   *Readiness   `json:"readiness,omitempty"`
+	// Groups are a sharded fleet's groups (fleets file `shards` > 1), each
+	// its own hash slot with its own epoch: the views above sum them, this
+	// shows the health of each. Absent for a fleet of one group.
+	Groups []Group `json:"groups,omitempty"`
+}
+
+// Group is one group of a sharded fleet: group 0 is named like the fleet,
+// group k "<fleet>#k".
+type Group struct {
+	Name string `json:"name"`
+	// Reachable is false when the group's state could not be read (its
+	// Redis Cluster shard down or unreachable): Error says why, and the
+	// fleet's figures leave the group out.
+	Reachable bool   `json:"reachable"`
+	Error     string `json:"error,omitempty"`
+	Live      int64  `json:"live"`
+	// Registry counts the group's own pods.
+	Registry RegistryCount `json:"registry"`
+	Epoch    string        `json:"epoch"`
+	// Ready is the scaler's readiness judged on this group alone (its own
+	// epoch and syncs); Why says what holds it back. The fleet is ready
+	// only when every group is.
+	Ready bool   `json:"ready"`
+	Why   string `json:"why"`
+	// Recovering: the group is in its recovery wait and grants nothing;
+	// its trackers place connections in the other groups meanwhile.
+	Recovering bool `json:"recovering"`
 }
 
 // Connections is the connections view: live connections per pod.

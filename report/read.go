@@ -1,6 +1,7 @@
 package report
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strconv"
@@ -11,7 +12,13 @@ import (
 
 // FleetState is everything the views of one fleet are built from.
 type FleetState struct {
+	// Snapshot is the fleet's state: of a sharded fleet, its reachable
+	// groups' snapshots merged (store.MergeSnapshots).
 	Snapshot store.Snapshot
+	// Groups are a sharded fleet's groups, group 0 first, each with its
+	// own snapshot or the error that kept it unread; nil for a fleet read
+	// as one group.
+	Groups []GroupState
 	// Scalers are the scaler's last decisions, one per desiredReplicas
 	// trigger evaluated within the scaler's decision TTL, by trigger ID;
 	// empty when no scaler has written one.
@@ -43,6 +50,15 @@ type ScalerRecord struct {
 	Reason    string
 }
 
+// GroupState is one group of a sharded fleet as read.
+type GroupState struct {
+	Name     string
+	Snapshot store.Snapshot
+	// Err is why the group could not be read (its Redis Cluster shard down
+	// or unreachable); Snapshot is then empty.
+	Err error
+}
+
 // Ranked is one member of the scaledown set.
 type Ranked struct {
 	Pod      string
@@ -54,6 +70,9 @@ type Ranked struct {
 type Store interface {
 	// Fleets lists the fleets Redis holds state of.
 	Fleets(ctx context.Context) ([]string, error)
+	// FleetGroups lists them with the groups found of each (a sharded
+	// fleet's groups live under keys of their own).
+	FleetGroups(ctx context.Context) (map[string][]string, error)
 	// Snapshot reads the whole state of a fleet.
 	Snapshot(ctx context.Context, fleet string, now time.Time) (store.Snapshot, error)
 	// ScalerState reads the scaler's decisions and scale-down order.
@@ -73,14 +92,58 @@ func NewReader(store Store) *Reader { return &Reader{store: store} }
 // Fleets lists the fleets Redis holds state of, sorted.
 func (r *Reader) Fleets(ctx context.Context) ([]string, error) { return r.store.Fleets(ctx) }
 
+// FleetGroups lists the fleets Redis holds state of with their groups
+// found there (store.Store.FleetGroups): group 0, named like the fleet,
+// first.
+func (r *Reader) FleetGroups(ctx context.Context) (map[string][]string, error) {
+	return r.store.FleetGroups(ctx)
+}
+
 // Read returns the state of fleet as of now. Whether the fleet exists is
 // the caller's question (FleetState.Snapshot.Known).
 func (r *Reader) Read(ctx context.Context, fleet string, now time.Time) (FleetState, error) {
-	snap, err := r.store.Snapshot(ctx, fleet, now)
-	if err != nil {
-		return FleetState{}, err
+	return r.ReadGroups(ctx, fleet, []string{fleet}, now)
+}
+
+// ReadGroups returns the state of fleet as of now from its groups, group 0
+// (the fleet's own name) first: one Snapshot per group, merged. With one
+// group it is Read. With several, a group that cannot be read is reported
+// as such (GroupState.Err) and left out of the merged figures, so that an
+// operator sees the rest of the fleet while one Redis Cluster shard is
+// down; only when no group can be read is it an error. The scaler's
+// records live with group 0.
+func (r *Reader) ReadGroups(ctx context.Context, fleet string, groups []string, now time.Time) (FleetState, error) {
+	var st FleetState
+	if len(groups) == 1 {
+		snap, err := r.store.Snapshot(ctx, groups[0], now)
+		if err != nil {
+			return FleetState{}, err
+		}
+		snap.Fleet = fleet
+		st.Snapshot = snap
+	} else {
+		var (
+			read  []store.Snapshot
+			first error
+		)
+		for _, g := range groups {
+			snap, err := r.store.Snapshot(ctx, g, now)
+			st.Groups = append(st.Groups, GroupState{Name: g, Snapshot: snap, Err: err})
+			if err != nil {
+				first = cmp.Or(first, err)
+				continue
+			}
+			read = append(read, snap)
+		}
+		if len(read) == 0 {
+			return FleetState{}, first
+		}
+		st.Snapshot = store.MergeSnapshots(fleet, read)
+		if st.Groups[0].Err != nil {
+			// The scaler's records are in group 0's slot: unreadable too.
+			return st, nil
+		}
 	}
-	st := FleetState{Snapshot: snap}
 	sc, err := r.store.ScalerState(ctx, fleet)
 	if err != nil {
 		return FleetState{}, err

@@ -28,6 +28,9 @@ func WriteTable(w io.Writer, rep Report) error {
 			tw.printf("\n")
 		}
 		tw.printf("=== fleet %s ===\n", f.Name)
+		if len(f.Groups) > 0 {
+			writeGroups(tw, f.Groups)
+		}
 		if f.Connections != nil {
 			writeConnections(tw, f.Connections)
 		}
@@ -254,6 +257,8 @@ func writeReadiness(w *errWriter, r *Readiness) {
 	switch {
 	case r.Recovering && r.RecoverySecondsLeft > 0:
 		flag += fmt.Sprintf("; recovery wait: %s left", roundDur(r.RecoverySecondsLeft))
+	case r.Recovering && r.RecoveryUntil == nil:
+		flag += "; a group is in its recovery wait"
 	case r.Recovering:
 		flag += "; recovery wait: no tracker has confirmed its end yet"
 	}
@@ -264,6 +269,10 @@ func writeReadiness(w *errWriter, r *Readiness) {
 	}
 	recovery := "-"
 	switch {
+	case r.Recovering && r.RecoveryUntil == nil:
+		// A sharded fleet shown through a group that is not recovering
+		// while another is.
+		recovery = "another group is in its recovery wait (see GROUPS): admissions refused there"
 	case r.Recovering:
 		end := fmt.Sprintf("until %s by Redis' clock (%s left)", r.RecoveryUntil.Format(time.RFC3339), roundDur(r.RecoverySecondsLeft))
 		if r.RecoverySecondsLeft == 0 {
@@ -285,6 +294,30 @@ func writeReadiness(w *errWriter, r *Readiness) {
 	}
 	if len(r.Unsynced) > 0 {
 		rows = append(rows, []string{"not synced", strings.Join(r.Unsynced, ", ")})
+	}
+	w.table(rows)
+}
+
+// writeGroups shows a sharded fleet's groups: the views below sum them.
+func writeGroups(w *errWriter, groups []Group) {
+	w.printf("\nGROUPS  %d shards; the views below sum the reachable groups\n", len(groups))
+	rows := [][]string{{"GROUP", "STATE", "LIVE", "PODS", "READY", "EPOCH", "WHY"}}
+	for _, g := range groups {
+		state := "ok"
+		switch {
+		case !g.Reachable:
+			state = "UNREACHABLE"
+		case g.Recovering:
+			state = "recovering"
+		case !g.Ready:
+			state = "not ready"
+		}
+		if !g.Reachable {
+			rows = append(rows, []string{g.Name, state, "-", "-", "-", "-", orDash(g.Error)})
+			continue
+		}
+		rows = append(rows, []string{g.Name, state, strconv.FormatInt(g.Live, 10), strconv.Itoa(g.Registry.Pods),
+			strconv.Itoa(g.Registry.Ready), orDash(g.Epoch), orDash(g.Why)})
 	}
 	w.table(rows)
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -75,9 +76,13 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 	if *timeout <= 0 {
 		return fmt.Errorf("--timeout %s: must be positive", *timeout)
 	}
-	caps, err := capsFrom(*config)
+	configured, err := fleetsFrom(*config)
 	if err != nil {
 		return err
+	}
+	caps := map[string]int{}
+	for _, f := range configured {
+		caps[f.Name] = f.MaxConnectionsPerPod
 	}
 
 	cfg := ro.config()
@@ -95,19 +100,27 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 	store := store.NewStore(rdb, cfg.Prefix)
 	reader := report.NewReader(store)
 
+	// A sharded fleet's groups live under keys of their own: the scan of
+	// the keyspace finds those that hold state, the fleets file names
+	// every group there should be (one that lost its data, or whose
+	// Redis Cluster shard is down, shows as such).
+	found, err := reader.FleetGroups(ctx)
 	fleets := []string{*fleet}
 	if *fleet == "" {
-		if fleets, err = reader.Fleets(ctx); err != nil {
+		if err != nil {
 			return unwrapDeadline(err, *timeout)
 		}
+		fleets = sortedKeys(found)
 		if len(fleets) == 0 {
 			return fmt.Errorf("no fleet found in Redis at %s under prefix %q (is a tracker running against it? is --redis-prefix right?)", addr, cfg.Prefix)
 		}
 	}
+	// With --fleet a failed scan (a shard down) leaves the fleets file's
+	// groups, or the fleet alone.
 	at := now()
 	states := make([]report.FleetState, 0, len(fleets))
 	for _, f := range fleets {
-		st, err := reader.Read(ctx, f, at)
+		st, err := reader.ReadGroups(ctx, f, groupsOf(f, configured[f], found[f]), at)
 		if err != nil {
 			return unwrapDeadline(err, *timeout)
 		}
@@ -145,8 +158,9 @@ func unwrapDeadline(err error, d time.Duration) error {
 	return err
 }
 
-// capsFrom reads maxConnectionsPerPod of every fleet in a fleets file.
-func capsFrom(path string) (map[string]int, error) {
+// fleetsFrom reads the fleets of a fleets file, by name: their
+// maxConnectionsPerPod (Redis does not hold it) and shards.
+func fleetsFrom(path string) (map[string]fleets.Fleet, error) {
 	if path == "" {
 		return nil, nil
 	}
@@ -154,13 +168,34 @@ func capsFrom(path string) (map[string]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--config: %w", err)
 	}
-	fleets, err := fleets.ParseFile(path, data)
+	list, err := fleets.ParseFile(path, data)
 	if err != nil {
 		return nil, fmt.Errorf("--config: %w", err)
 	}
-	caps := make(map[string]int, len(fleets))
-	for _, f := range fleets {
-		caps[f.Name] = f.MaxConnectionsPerPod
+	out := make(map[string]fleets.Fleet, len(list))
+	for _, f := range list {
+		out[f.Name] = f
 	}
-	return caps, nil
+	return out, nil
+}
+
+// groupsOf lists the groups of fleet to read, group 0 first: those the
+// fleets file gives it (fc, zero when absent) and those found in Redis.
+func groupsOf(fleet string, fc fleets.Fleet, found []string) []string {
+	n := max(fc.Shards, 1)
+	for _, g := range found {
+		if _, k, ok := fleets.SplitGroup(g); ok && k+1 > n {
+			n = k + 1
+		}
+	}
+	return fleets.Fleet{Name: fleet, Shards: n}.GroupNames()
+}
+
+func sortedKeys(m map[string][]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
