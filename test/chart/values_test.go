@@ -43,6 +43,8 @@ func TestSchemaRejects(t *testing.T) {
 			[]string{"/fleets/0/policy", "'pack', 'spread'"}},
 		{"fleet name", []string{"--set-json", `fleets=[{"name":"no spaces"}]`},
 			[]string{"/fleets/0/name"}},
+		{"shards above 64", []string{"--set-json", `fleets=[{"name":"default","shards":65}]`},
+			[]string{"/fleets/0/shards", "maximum"}},
 		{"no fleets", []string{"--set-json", `fleets=[]`},
 			[]string{"/fleets", "minItems"}},
 		{"duration without unit", []string{"--set", "tracker.heartbeat=2"},
