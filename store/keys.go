@@ -26,6 +26,7 @@ const (
 	keyScaler    = "scaler:"    // + trigger: one scaler trigger's decision hash
 	keyScalers   = "scalers"    // zset: trigger -> updatedMs of its decision
 	keyScaleDown = "scaledown"  // zset: scale-down candidates, first to go first
+	keyLayout    = "layout"     // string: a fleet's groups (its shards), in group 0's tag
 	// keyLegacyScaler is the one decision hash of versions before one per
 	// trigger: the scaler deletes it.
 	keyLegacyScaler = "scaler"
@@ -35,7 +36,7 @@ const (
 // spells them.
 var keyNames = []string{keyPods, keyLoad, keyAvail, keyInst, keyPend, keyInstances, keySeq, keyGen,
 	keyRej, keyRejInst, keyStats, keyEpoch, keySynced, keyRepublish, keyEvents, keyScaler, keyScalers, keyScaleDown,
-	keyLegacyScaler}
+	keyLegacyScaler, keyLayout}
 
 // DefaultPrefix is the key prefix of a Store made with an empty one.
 const DefaultPrefix = "wsgate"
@@ -117,6 +118,11 @@ func (k Keys) Scalers() string { return k.prefix + keyScalers }
 
 // ScaleDown is the scaler's scale-down order: pod address -> position.
 func (k Keys) ScaleDown() string { return k.prefix + keyScaleDown }
+
+// Layout is the number of groups a fleet's pods are split into (its
+// shards), recorded by the first tracker to heartbeat it; only group 0's
+// (the fleet's own name's) is used (store/shards.go).
+func (k Keys) Layout() string { return k.prefix + keyLayout }
 
 // LegacyScaler is the one decision hash of earlier versions.
 func (k Keys) LegacyScaler() string { return k.prefix + keyLegacyScaler }

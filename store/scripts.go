@@ -90,4 +90,5 @@ var (
 	scriptDecisionRecord = loadScript("decision_record")
 	scriptDecisionOthers = loadScript("decision_others")
 	scriptScaleDown      = loadScript("scaledown")
+	scriptLayout         = loadScript("layout")
 )

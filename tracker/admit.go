@@ -41,46 +41,59 @@ type Result struct {
 }
 
 // Admit decides one new connection of fleet: the local token bucket first,
-// then one Redis script; while Redis is unreachable, the fallback.
+// then one Redis script (for a fleet with shards, one per group it tries,
+// see admitShards); while Redis is unreachable, the fallback.
 func (t *Tracker) Admit(ctx context.Context, fleetName string) (Result, error) {
 	start := time.Now()
-	f, err := t.fleet(fleetName)
-	if err == nil && f.retired.Load() {
+	fam, err := t.family(fleetName)
+	if err == nil && fam.retired.Load() {
 		err = fmt.Errorf("fleet %q: removed from the configuration: %w", fleetName, ErrUnknownFleet)
 	}
 	if err != nil {
 		return Result{}, fmt.Errorf("admit: %w", err)
 	}
 	if t.draining.Load() {
-		return Result{Fleet: f.name, Reason: ReasonDraining, RetryAfter: time.Second}, nil
+		return Result{Fleet: fam.name, Reason: ReasonDraining, RetryAfter: time.Second}, nil
 	}
-	res, err := t.admit(ctx, f)
+	res, err := t.admit(ctx, fam)
 	if err != nil {
 		return res, err
 	}
 	t.metrics.AdmitSeconds.Observe(time.Since(start).Seconds())
 	if res.Reused {
-		t.metrics.Reused.WithLabelValues(f.name).Inc()
+		t.metrics.Reused.WithLabelValues(fam.name).Inc()
 	}
 	if res.Admitted {
-		f.admitted.Inc()
+		fam.admitted.Inc()
 	} else {
-		f.rejected[res.Reason].Inc()
+		fam.rejected[res.Reason].Inc()
 	}
 	return res, nil
 }
 
-func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
+func (t *Tracker) admit(ctx context.Context, fam *family) (Result, error) {
 	now := t.now()
-	if r := f.limiter.ReserveN(now, 1); r.DelayFrom(now) > 0 {
+	if r := fam.limiter.ReserveN(now, 1); r.DelayFrom(now) > 0 {
 		d := r.DelayFrom(now)
 		r.CancelAt(now)
-		f.reject(store.ReasonRateLimit, now)
-		return Result{Fleet: f.name, Reason: store.ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
+		// The rate limit is the fleet's: its refusals go to group 0's ring.
+		fam.groups[0].reject(store.ReasonRateLimit, now)
+		return Result{Fleet: fam.name, Reason: store.ReasonRateLimit, RetryAfter: ceilSecond(d)}, nil
 	}
+	if len(fam.groups) > 1 {
+		return t.admitShards(ctx, fam, now)
+	}
+	f := fam.groups[0]
 	if res, ok := t.reuse(f, now); ok {
 		return res, nil
 	}
+	return t.admitGroup(ctx, f, now, true)
+}
+
+// admitGroup decides an admission in group f through Redis or, when Redis
+// is not usable for it, its fallback. record: a refusal of the fallback
+// goes to the rejection rings (the caller records it otherwise).
+func (t *Tracker) admitGroup(ctx context.Context, f *fleet, now time.Time, record bool) (Result, error) {
 	why := "degraded"
 	if f.redisUsable() {
 		res, fence, err := t.admitRedis(ctx, f, now)
@@ -117,8 +130,8 @@ func (t *Tracker) admit(ctx context.Context, f *fleet) (Result, error) {
 			t.fence(f, fence)
 		}
 	}
-	t.metrics.Fallbacks.WithLabelValues(f.name, why).Inc()
-	return t.admitFallback(f, now, why), nil
+	t.metrics.Fallbacks.WithLabelValues(f.label, why).Inc()
+	return t.admitFallback(f, now, why, record), nil
 }
 
 // fallbackWhys are the values of fallback_decisions_total's why label.
@@ -215,7 +228,7 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 		return Result{}, a.Fence, err
 	}
 	if a.Pod == "" {
-		return Result{Fleet: f.name, Reason: a.Reason, RetryAfter: time.Duration(f.conf().RetryAfter)}, "", nil
+		return Result{Fleet: f.label, Reason: a.Reason, RetryAfter: time.Duration(f.conf().RetryAfter)}, "", nil
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -343,7 +356,7 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 //
 // With no slot it refuses, with the reason refusalLocked gives for why
 // (the admission left Redis for it): redis_down, or recovering.
-func (t *Tracker) admitFallback(f *fleet, now time.Time, why string) Result {
+func (t *Tracker) admitFallback(f *fleet, now time.Time, why string, record bool) Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	best, bestLoad := "", 0
@@ -372,8 +385,10 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time, why string) Result {
 	}
 	if best == "" {
 		refused := f.refusalLocked(why)
-		f.rejectLocked(refused, now)
-		return Result{Fleet: f.name, Reason: refused, RetryAfter: time.Second, Fallback: true}
+		if record {
+			f.rejectLocked(refused, now)
+		}
+		return Result{Fleet: f.label, Reason: refused, RetryAfter: time.Second, Fallback: true}
 	}
 	return t.recordLocked(f, best, now, true)
 }

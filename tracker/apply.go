@@ -36,6 +36,10 @@ func (c Change) Empty() bool { return len(c.Added)+len(c.Changed)+len(c.Removed)
 // The new configuration is validated whole first; if it is invalid nothing
 // changes. A removed fleet that comes back before it left is served again
 // with its connections.
+//
+// A fleet's shards cannot change while it runs (PROTOCOL.md, "Shards"): a
+// configuration that changes them is refused whole, as an invalid one is.
+// Changing them is an offline step (README, "Sharded fleets").
 func (t *Tracker) Apply(configs []fleets.Fleet) (Change, error) {
 	c := t.cfg
 	c.Fleets = slices.Clone(configs)
@@ -47,33 +51,47 @@ func (t *Tracker) Apply(configs []fleets.Fleet) (Change, error) {
 	defer t.applyMu.Unlock()
 	now := t.now()
 	old := *t.fleets.Load()
-	next := make(map[string]*fleet, len(old)+len(c.Fleets))
+	for _, fc := range c.Fleets {
+		if fam, ok := old[fc.Name]; ok && len(fam.groups) != fc.Shards {
+			return Change{}, fmt.Errorf("apply: fleet %s: shards %d -> %d: a running fleet's shards cannot change (each pod's count would have to move to another group); keeping the whole configuration as it was. To change them, drain the fleet and restart every tracker and the scaler with the new shards (README, \"Sharded fleets\")",
+				fc.Name, len(fam.groups), fc.Shards)
+		}
+	}
+	next := make(map[string]*family, len(old)+len(c.Fleets))
 	var ch Change
 	for _, fc := range c.Fleets {
-		f, ok := old[fc.Name]
+		fam, ok := old[fc.Name]
 		if !ok {
-			next[fc.Name] = t.newFleet(fc)
+			next[fc.Name] = t.newFamily(fc)
 			ch.Added = append(ch.Added, fc.Name)
 			continue
 		}
-		next[fc.Name] = f
-		prev := f.conf()
-		if f.retired.Swap(false) || !reflect.DeepEqual(*prev, fc) {
+		next[fc.Name] = fam
+		prev := fam.conf()
+		if fam.retired.Swap(false) || !reflect.DeepEqual(*prev, fc) {
 			ch.Changed = append(ch.Changed, fc.Name)
 		}
-		f.limiter.SetLimitAt(now, rateOf(fc))
-		f.limiter.SetBurstAt(now, fc.Burst)
-		if !slices.Equal(prev.Pods, fc.Pods) {
-			f.podsDirty.Store(true)
+		fam.limiter.SetLimitAt(now, rateOf(fc))
+		fam.limiter.SetBurstAt(now, fc.Burst)
+		fam.cfg.Store(&fc)
+		for k, f := range fam.groups {
+			gc := groupConf(fc, k, len(fam.groups))
+			if !slices.Equal(f.conf().Pods, gc.Pods) {
+				f.podsDirty.Store(true)
+			}
+			f.cfg.Store(&gc)
+			// A group that left Redis already heartbeats again: its next
+			// heartbeat joins the fleet anew, as a retiring fleet's did
+			// that came back between its leave and its end.
+			f.gone.Store(false)
 		}
-		f.cfg.Store(&fc)
 	}
-	for name, f := range old {
+	for name, fam := range old {
 		if _, ok := next[name]; ok {
 			continue
 		}
-		next[name] = f // until its connections have ended
-		if !f.retired.Swap(true) {
+		next[name] = fam // until its connections have ended
+		if !fam.retired.Swap(true) {
 			ch.Removed = append(ch.Removed, name)
 		}
 	}
@@ -92,11 +110,13 @@ func (t *Tracker) Apply(configs []fleets.Fleet) (Change, error) {
 
 func rateOf(fc fleets.Fleet) rate.Limit { return rate.Limit(fc.RatePerSecond) }
 
-// retire ends a removed fleet once its last connection has ended and a
-// heartbeat published that: the instance leaves the fleet in Redis and the
-// fleet is forgotten. Called after every successful heartbeat of f.
+// retire ends a removed fleet's group f once its last connection has ended
+// and a heartbeat published that: the instance leaves the group in Redis
+// and heartbeats it no more; once every group has left, the fleet is
+// forgotten. Called after every successful heartbeat of f.
 func (t *Tracker) retire(ctx context.Context, f *fleet) error {
-	if !f.retired.Load() {
+	fam := f.fam
+	if !fam.retired.Load() {
 		return nil
 	}
 	f.mu.Lock()
@@ -114,21 +134,33 @@ func (t *Tracker) retire(ctx context.Context, f *fleet) error {
 	defer t.applyMu.Unlock()
 	f.mu.Lock()
 	empty = len(f.conns) == 0 && len(f.inherited) == 0
+	retired := fam.retired.Load()
+	if retired && empty {
+		f.gone.Store(true) // under f.mu: Adopt clears it under f.mu
+	}
 	f.mu.Unlock()
-	if !f.retired.Load() || !empty {
+	if !retired || !empty {
 		// Configured again, or Envoy's access log named a connection
 		// meanwhile: the next heartbeat publishes it again.
 		return nil
 	}
+	for _, g := range fam.groups {
+		g.mu.Lock()
+		left := g.gone.Load() && len(g.conns) == 0 && len(g.inherited) == 0
+		g.mu.Unlock()
+		if !left {
+			return nil // the fleet goes with its last group
+		}
+	}
 	old := *t.fleets.Load()
-	next := make(map[string]*fleet, len(old))
+	next := make(map[string]*family, len(old))
 	for name, g := range old {
-		if g != f {
+		if g != fam {
 			next[name] = g
 		}
 	}
 	t.fleets.Store(&next)
-	t.metrics.removeFleet(f.name)
-	t.log.Info("fleet removed from the configuration: its last connection ended, this instance left it", "fleet", f.name)
+	t.metrics.removeFleet(fam.name)
+	t.log.Info("fleet removed from the configuration: its last connection ended, this instance left it", "fleet", fam.name)
 	return nil
 }

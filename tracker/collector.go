@@ -68,11 +68,11 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
 	for _, name := range c.t.Fleets() {
-		f, err := c.t.fleet(name)
+		fam, err := c.t.family(name)
 		if err != nil {
 			continue // only an unknown fleet fails, and Fleets listed it
 		}
-		st := f.status(now)
+		st := fam.status(now)
 		ch <- prometheus.MustNewConstMetric(grantingDesc, prometheus.GaugeValue, bit(st.Granting), name)
 		ch <- prometheus.MustNewConstMetric(recoveringDesc, prometheus.GaugeValue, bit(st.Recovering), name)
 		var synced float64

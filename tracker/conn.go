@@ -34,7 +34,7 @@ func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback boo
 	f.conns[c.id] = c
 	f.live[pod]++
 	t.byConn.Store(c.id, f)
-	return Result{Fleet: f.name, Admitted: true, Conn: c.id, Pod: pod, Fallback: fallback}
+	return Result{Fleet: f.label, Admitted: true, Conn: c.id, Pod: pod, Fallback: fallback}
 }
 
 // Establish marks a connection established (Envoy's tunnel is up).
@@ -87,13 +87,16 @@ func (t *Tracker) touch(id string, established bool) error {
 // not make Redis count slots nobody holds. ErrUnknownConn when there is
 // nothing to take over.
 func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
-	f, err := t.fleet(fleetName)
+	fam, err := t.family(fleetName)
 	if err != nil {
 		return fmt.Errorf("adopt: %w", err)
 	}
 	if err := fleets.ValidatePodAddr(pod); err != nil {
 		return fmt.Errorf("adopt: connection %q: %w", id, err)
 	}
+	// The connection was admitted in its pod's group, and is counted
+	// there (PROTOCOL.md, "Shards").
+	f := fam.groups[fleets.GroupOf(pod, len(fam.groups))]
 	mine, previous := t.ownID(id)
 	if !mine && !previous {
 		return fmt.Errorf("adopt: connection %q: not an id of instance %s: %w", id, t.cfg.InstanceID, ErrNotAdoptable)
@@ -120,7 +123,7 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 			delete(f.inherited, pod)
 		}
 	case !f.inRegistryLocked(pod):
-		return fmt.Errorf("adopt: connection %q: pod %s is not in fleet %s's registry: %w", id, pod, f.name, ErrNotAdoptable)
+		return fmt.Errorf("adopt: connection %q: pod %s is not in fleet %s's registry: %w", id, pod, f.label, ErrNotAdoptable)
 	}
 	// An inherited slot is counted in Redis for this instance. Anything
 	// else is not, until the next heartbeat publishes it: a slot this
@@ -136,6 +139,9 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 		f.uncounted++
 	}
 	t.byConn.Store(id, f)
+	// A retiring fleet's group that left Redis heartbeats again, to
+	// publish it (retire checks this under f.mu).
+	f.gone.Store(false)
 	return nil
 }
 
@@ -206,10 +212,10 @@ func (t *Tracker) expire(f *fleet, now time.Time) {
 	}
 	f.mu.Unlock()
 	if pending > 0 {
-		t.metrics.Expired.WithLabelValues(f.name, "establish").Add(float64(pending))
+		t.metrics.Expired.WithLabelValues(f.label, "establish").Add(float64(pending))
 	}
 	if lease > 0 {
-		t.metrics.Expired.WithLabelValues(f.name, "lease").Add(float64(lease))
+		t.metrics.Expired.WithLabelValues(f.label, "lease").Add(float64(lease))
 	}
 	if pending+lease > 0 {
 		t.log.Info("released connections Envoy stopped reporting", "fleet", f.name, "never_established", pending, "lease_expired", lease)

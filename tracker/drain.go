@@ -29,7 +29,7 @@ func (t *Tracker) Drain() {
 // together (the ones a previous run left included).
 func (t *Tracker) Live() int {
 	n := 0
-	for _, f := range *t.fleets.Load() {
+	for _, f := range t.allFleets() {
 		f.mu.Lock()
 		n += len(f.conns)
 		for _, k := range f.inherited {

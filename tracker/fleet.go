@@ -7,9 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
-	"golang.org/x/time/rate"
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
@@ -47,16 +45,19 @@ type rejKey struct {
 // unlocking f.mu (and the gate). No two fleets' locks are ever held
 // together, and nothing takes gate or applyMu under a batcher's mutex.
 type fleet struct {
-	name string
-	// cfg is replaced whole by Apply; read it through conf.
+	// name is the group's: the name Redis knows it by (fleets.GroupName),
+	// the fleet's own for group 0. label is the fleet's, for metrics and
+	// answers; group is its number, fam the fleet it is a group of.
+	name, label string
+	group       int
+	fam         *family
+	// cfg is replaced whole by Apply; read it through conf. Its Pods are
+	// the group's only (groupConf).
 	cfg atomic.Pointer[fleets.Fleet]
-	// retired: the fleet left the configuration; it admits nothing and
-	// stays until its connections have ended (Apply).
-	retired   atomic.Bool
+	// gone: the fleet is retiring and this group left Redis (retire); it
+	// heartbeats no more.
+	gone      atomic.Bool
 	podsDirty atomic.Bool // its static pods changed: the next heartbeat writes them
-	limiter   *rate.Limiter
-	admitted  prometheus.Counter
-	rejected  map[store.Reason]prometheus.Counter
 
 	// gate orders admissions against heartbeats: an admission holds one
 	// unit from its script to its local record, a heartbeat holds all of
@@ -99,7 +100,10 @@ type fleet struct {
 	degraded bool
 	fenced   bool
 	fencedBy store.Fence // why it is fenced
-	epoch    string
+	// inGauge: degraded as the fleet's fallback_active gauge counts it
+	// (setDegradedLocked).
+	inGauge bool
+	epoch   string
 	// epochSeen is when this instance first saw epoch (its own clock), and
 	// granting whether Redis said that its recovery wait is over.
 	epochSeen time.Time
@@ -144,10 +148,8 @@ type fleet struct {
 // the ones it inherited.
 func (f *fleet) heldLocked(pod string) int { return f.live[pod] + f.inherited[pod] }
 
-func newFleet(fc fleets.Fleet, now time.Time) *fleet {
-	lim := rate.NewLimiter(rateOf(fc), fc.Burst)
-	lim.SetBurstAt(now, fc.Burst)
-	f := &fleet{name: fc.Name, limiter: lim, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{},
+func newFleet(fc fleets.Fleet, name string) *fleet {
+	f := &fleet{name: name, label: fc.Name, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{},
 		live: map[string]int{}, est: map[string]int{}, ent: map[string]int{}, spare: map[string]int{}, rej: map[rejKey]int64{}}
 	f.cfg.Store(&fc)
 	return f
@@ -239,16 +241,22 @@ type view struct {
 	load  map[string]int // pod -> live connections, all instances
 	mine  map[string]int // pod -> this instance's part of load
 	loads []int          // the values of load, sorted: what reuse asks of the policy (fits)
+	// free is the sum over the placeable pods of cap - load (those under
+	// the cap), mineTotal the sum of mine: what a sharded fleet's choice
+	// of a group reads (freeSlots).
+	free, mineTotal int
 }
 
-func newView(res store.SyncResult, counts []store.PodCount) view {
+func newView(res store.SyncResult, counts []store.PodCount, cap int) view {
 	v := view{ok: true, load: res.Avail, mine: map[string]int{}}
 	for _, c := range counts {
 		v.mine[c.Pod] = c.Live
+		v.mineTotal += c.Live
 	}
 	for pod, n := range res.Avail {
 		v.pods = append(v.pods, pod)
 		v.loads = append(v.loads, n)
+		v.free += max(0, cap-n)
 	}
 	sort.Strings(v.pods)
 	sort.Ints(v.loads)

@@ -17,7 +17,11 @@ func (f *fleet) redisUsable() bool {
 
 // redisUsableLocked is redisUsable with f.mu held: the model's
 // CAN_ADMIT_REDIS.
-func (f *fleet) redisUsableLocked() bool { return f.view.ok && !f.degraded && !f.fenced }
+// The layout guard (shards.go) keeps every group of a fleet out of Redis
+// while Redis records another layout than this instance's.
+func (f *fleet) redisUsableLocked() bool {
+	return f.view.ok && !f.degraded && !f.fenced && f.fam.layoutUsable()
+}
 
 // degrade takes in the failure err of a Redis call op: the fleet is
 // degraded (admissions and releases leave Redis until a heartbeat
@@ -29,7 +33,7 @@ func (t *Tracker) degrade(f *fleet, op string, err error) {
 	f.mu.Lock()
 	was := f.degraded
 	f.degraded = true
-	t.metrics.Degraded.WithLabelValues(f.name).Set(1) // with degraded: see sync
+	t.setDegradedLocked(f, true) // with degraded: see sync
 	// Warn on the first failure, when Redis says something else, and at
 	// most every redisWarnEvery meanwhile: a long outage is seen in the
 	// logs without a line per admission.
@@ -70,13 +74,20 @@ func (t *Tracker) fence(f *fleet, why store.Fence) {
 	}
 }
 
-// Degraded reports whether fleet is currently admitting without Redis.
+// Degraded reports whether fleet (any of its groups) is currently
+// admitting without Redis.
 func (t *Tracker) Degraded(fleetName string) bool {
-	f, err := t.fleet(fleetName)
+	fam, err := t.family(fleetName)
 	if err != nil {
 		return false
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.degraded
+	for _, f := range fam.groups {
+		f.mu.Lock()
+		d := f.degraded
+		f.mu.Unlock()
+		if d {
+			return true
+		}
+	}
+	return false
 }

@@ -84,6 +84,13 @@ func (t *Tracker) heartbeatFleet(ctx context.Context, f *fleet) error {
 	if t.left.Load() {
 		return nil
 	}
+	if f.group == 0 {
+		// The layout guard, before the fleet's first heartbeat and with
+		// each of group 0's: its failure is the sync's below, most likely.
+		if err := t.checkLayout(ctx, f.fam); err != nil {
+			t.log.Debug("layout check failed", "fleet", f.label, "err", err)
+		}
+	}
 	now := t.now()
 	t.expire(f, now)
 	f.mu.Lock()
@@ -93,16 +100,21 @@ func (t *Tracker) heartbeatFleet(ctx context.Context, f *fleet) error {
 	if err != nil {
 		return err
 	}
-	if newEpoch := res.Epoch != known; (newEpoch && len(f.conf().Pods) > 0) || f.podsDirty.Load() {
+	if newEpoch := res.Epoch != known; newEpoch && len(f.conf().Pods) > 0 {
+		f.podsDirty.Store(true)
+	}
+	if f.podsDirty.Load() && f.fam.layoutUsable() {
 		// A new epoch means Redis lost its data (or this is the first
 		// heartbeat): the static registry goes back in, as it does when
 		// Apply changed it, and one more sync refreshes the fallback's
 		// view of the placeable pods. A list Apply emptied is written
 		// too: the pods it dropped leave the registry, as discovery
 		// removes a pod, and their counted connections stay counted
-		// until they end.
+		// until they end. Not while the layout guard refuses Redis: a
+		// registry written in another layout would put a pod in two
+		// groups (PROTOCOL.md, "Shards").
 		f.podsDirty.Store(false)
-		if err := t.SetStaticPods(ctx, f.name); err != nil {
+		if err := t.setStaticPods(ctx, f); err != nil {
 			f.podsDirty.Store(true)
 			return err
 		}
@@ -286,7 +298,7 @@ func (t *Tracker) syncView(f *fleet, res store.SyncResult, counts []store.PodCou
 	if !f.granting {
 		f.recoveryEnd = f.lastHeartbeat.Add(max(res.Recovering, f.epochSeen.Add(t.cfg.InstanceTTL).Sub(t.now())))
 	}
-	f.view = newView(res, counts)
+	f.view = newView(res, counts, f.conf().MaxConnectionsPerPod)
 	seqs := make(map[string]uint64, len(res.Instances))
 	for id, l := range res.Instances {
 		seqs[id] = l.Seq
@@ -300,7 +312,7 @@ func (t *Tracker) syncView(f *fleet, res store.SyncResult, counts []store.PodCou
 	if recovered {
 		// Under the lock, so that no scrape sees the fallback active
 		// beside a fleet that grants or recovers (collector.go).
-		t.metrics.Degraded.WithLabelValues(f.name).Set(0)
+		t.setDegradedLocked(f, false)
 	}
 	f.mu.Unlock()
 	if recovered {
@@ -346,12 +358,23 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 	return nil
 }
 
-// SetStaticPods writes the fleet's static pod list (all ready) to Redis.
+// SetStaticPods writes the fleet's static pod list (all ready) to Redis:
+// each group's pods to its registry.
 func (t *Tracker) SetStaticPods(ctx context.Context, fleetName string) error {
-	f, err := t.fleet(fleetName)
+	fam, err := t.family(fleetName)
 	if err != nil {
 		return err
 	}
+	for _, f := range fam.groups {
+		if err := t.setStaticPods(ctx, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setStaticPods writes group f's static pods (all ready) to its registry.
+func (t *Tracker) setStaticPods(ctx context.Context, f *fleet) error {
 	static := f.conf().Pods
 	pods := make([]fleets.Pod, len(static))
 	for i, addr := range static {
@@ -359,7 +382,7 @@ func (t *Tracker) SetStaticPods(ctx context.Context, fleetName string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 4*t.cfg.RedisTimeout)
 	defer cancel()
-	if err := t.store.SetPods(ctx, fleetName, pods); err != nil {
+	if err := t.store.SetPods(ctx, f.name, pods); err != nil {
 		t.metrics.RedisErrors.WithLabelValues("set_pods").Inc()
 		return fmt.Errorf("static pods: %w", err)
 	}

@@ -47,18 +47,33 @@ func (t *Tracker) Ready() error {
 		return errors.New("draining: its Envoy is terminating")
 	}
 	for _, name := range t.Fleets() {
-		f, _ := t.fleet(name)
-		f.mu.Lock()
-		ok, degraded, said := f.view.ok, f.degraded, f.redisSaid
-		f.mu.Unlock()
-		switch {
-		case !ok && said != "":
-			return fmt.Errorf("fleet %s: no heartbeat has reached Redis yet: %s", name, said)
-		case !ok:
-			return fmt.Errorf("fleet %s: no heartbeat has reached Redis yet", name)
-		case degraded && t.cfg.Fallback == FallbackClosed:
-			return fmt.Errorf("fleet %s: %s and fallback is closed", name, said)
+		fam, err := t.family(name)
+		if err != nil {
+			continue // removed since Fleets listed it
 		}
+		for _, f := range fam.groups {
+			if err := t.readyGroup(f); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readyGroup is Ready for one group of a fleet (the fleet itself unless
+// it has shards).
+func (t *Tracker) readyGroup(f *fleet) error {
+	name := f.name
+	f.mu.Lock()
+	ok, degraded, said := f.view.ok, f.degraded, f.redisSaid
+	f.mu.Unlock()
+	switch {
+	case !ok && said != "":
+		return fmt.Errorf("fleet %s: no heartbeat has reached Redis yet: %s", name, said)
+	case !ok:
+		return fmt.Errorf("fleet %s: no heartbeat has reached Redis yet", name)
+	case degraded && t.cfg.Fallback == FallbackClosed:
+		return fmt.Errorf("fleet %s: %s and fallback is closed", name, said)
 	}
 	return nil
 }

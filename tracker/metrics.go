@@ -18,6 +18,7 @@ type Metrics struct {
 	BatchSize        *prometheus.HistogramVec
 	Reused           *prometheus.CounterVec
 	ReplicationSafe  *prometheus.GaugeVec
+	LayoutMismatch   *prometheus.GaugeVec
 }
 
 // NewMetrics creates the tracker's collectors and registers them on reg
@@ -70,12 +71,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "wsgate_tracker_redis_replication_safe",
 			Help: "1 when the last replication check (at start and at each new epoch) found that the fleet's Redis keeps the cap under split brain (no replicas, or admissions wait for every replica, and expired instances are not reaped beside replicas); 0 when it cannot, or before a check could reach Redis (PROTOCOL.md, Replication and failover).",
 		}, []string{"fleet"}),
+		LayoutMismatch: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wsgate_tracker_layout_mismatch",
+			Help: "1 while the fleet's shards differ from the layout Redis recorded for it: none of its groups admits or releases through Redis, only the fallback decides (PROTOCOL.md, Shards; the log says what to do).",
+		}, []string{"fleet"}),
 	}
 	for _, op := range redisOps {
 		m.RedisErrors.WithLabelValues(op)
 	}
 	if reg != nil {
-		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused, m.ReplicationSafe)
+		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused, m.ReplicationSafe, m.LayoutMismatch)
 	}
 	return m
 }
@@ -96,6 +101,7 @@ func (m *Metrics) addFleet(fleet string) {
 	}
 	m.Reused.WithLabelValues(fleet)
 	m.ReplicationSafe.WithLabelValues(fleet)
+	m.LayoutMismatch.WithLabelValues(fleet).Set(0)
 }
 
 // removeFleet deletes the series of a fleet the tracker forgot (it left
@@ -108,6 +114,7 @@ func (m *Metrics) removeFleet(fleet string) {
 	m.Expired.DeletePartialMatch(l)
 	m.Reused.DeletePartialMatch(l)
 	m.ReplicationSafe.DeletePartialMatch(l)
+	m.LayoutMismatch.DeletePartialMatch(l)
 }
 
 // expiredWhys are the values of connections_expired_total's why label.

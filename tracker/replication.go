@@ -140,6 +140,12 @@ func (t *Tracker) checkReplication(ctx context.Context, names []string, atStart 
 		}
 		s.fleets = append(s.fleets, name)
 	}
+	safeOf := map[string]float64{}
+	defer func() {
+		for label, safe := range safeOf {
+			t.metrics.ReplicationSafe.WithLabelValues(label).Set(safe)
+		}
+	}()
 	for _, s := range servers {
 		risks, notes := s.r.SplitBrainRisks(setup), s.r.SplitBrainNotes(setup)
 		safe := 1.0
@@ -148,7 +154,12 @@ func (t *Tracker) checkReplication(ctx context.Context, names []string, atStart 
 			risky = append(risky, s.fleets...)
 		}
 		for _, name := range s.fleets {
-			t.metrics.ReplicationSafe.WithLabelValues(name).Set(safe)
+			// A fleet's gauge is its groups' least (the groups of a
+			// fleet with shards may be on other servers).
+			label, _, _ := fleets.SplitGroup(name)
+			if v, ok := safeOf[label]; !ok || safe < v {
+				safeOf[label] = safe
+			}
 		}
 		attrs := []any{"fleets", s.fleets, "redis", s.r.Addr, "topology", string(setup.Topology), "role", s.r.Role, "replicas", s.r.Replicas,
 			"wait_replicas", t.cfg.WaitReplicas, "expired_instances", string(t.cfg.ExpiredInstances)}

@@ -48,6 +48,18 @@ type FleetStatus struct {
 	LastRedisError string `json:"lastRedisError,omitempty"`
 	// Connections is what this instance holds on the fleet's pods.
 	Connections int `json:"connections"`
+	// LayoutMismatch: Redis recorded another layout (RedisLayout groups)
+	// than this instance's shards, so none of the fleet's groups uses
+	// Redis (PROTOCOL.md, "Shards"; wsgate_tracker_layout_mismatch).
+	LayoutMismatch bool `json:"layoutMismatch,omitempty"`
+	RedisLayout    int  `json:"redisLayout,omitempty"`
+	// Shards and Groups, for a fleet with more than one group: each
+	// group's own status (its Fleet is the group's name, fleets.GroupName).
+	// The fleet's fields above sum or combine them: granting while every
+	// group grants, degraded or recovering while any is, its oldest
+	// heartbeat.
+	Shards int           `json:"shards,omitempty"`
+	Groups []FleetStatus `json:"groups,omitempty"`
 }
 
 // status reads f at now (wall clock).
@@ -56,7 +68,7 @@ func (f *fleet) status(now time.Time) FleetStatus {
 	defer f.mu.Unlock()
 	s := FleetStatus{
 		Fleet: f.name, Degraded: f.degraded, Epoch: f.epoch, LastRedisError: f.redisSaid, LastHeartbeatAge: -1,
-		Granting: f.view.ok && !f.degraded && !f.fenced && f.granting,
+		Granting: f.view.ok && !f.degraded && !f.fenced && f.granting && f.fam.layoutUsable(),
 		// A fence by a newer epoch is a recovery wait this instance joins
 		// at its next heartbeat (refusal).
 		Recovering: f.view.ok && !f.degraded && (!f.granting || (f.fenced && f.fencedBy == store.FenceEpoch)),
@@ -95,11 +107,53 @@ func (t *Tracker) Status() Status {
 		st.Ready = true
 	}
 	for _, name := range t.Fleets() {
-		if f, err := t.fleet(name); err == nil {
-			st.Fleets = append(st.Fleets, f.status(now))
+		if fam, err := t.family(name); err == nil {
+			st.Fleets = append(st.Fleets, fam.status(now))
 		}
 	}
 	return st
+}
+
+// status reads fam at now: its one group's status, or its groups' combined.
+func (fam *family) status(now time.Time) FleetStatus {
+	groups := make([]FleetStatus, len(fam.groups))
+	for k, f := range fam.groups {
+		groups[k] = f.status(now)
+	}
+	s := groups[0]
+	if len(groups) > 1 {
+		s = FleetStatus{Fleet: fam.name, Granting: true, Epoch: groups[0].Epoch, Redis: "ok", LastHeartbeat: groups[0].LastHeartbeat,
+			LastHeartbeatAge: groups[0].LastHeartbeatAge, Shards: len(groups), Groups: groups}
+		for _, g := range groups {
+			s.Granting = s.Granting && g.Granting
+			s.Recovering = s.Recovering || g.Recovering
+			s.RecoveryWaitLeft = max(s.RecoveryWaitLeft, g.RecoveryWaitLeft)
+			s.Degraded = s.Degraded || g.Degraded
+			s.Connections += g.Connections
+			if s.Fenced == "" {
+				s.Fenced = g.Fenced
+			}
+			if s.Redis == "ok" && g.Redis != "ok" {
+				s.Redis = g.Fleet + ": " + g.Redis
+			}
+			if s.LastRedisError == "" && g.LastRedisError != "" {
+				s.LastRedisError = g.Fleet + ": " + g.LastRedisError
+			}
+			switch {
+			case g.LastHeartbeat == nil:
+				s.LastHeartbeat, s.LastHeartbeatAge = nil, -1
+			case s.LastHeartbeat != nil && g.LastHeartbeat.Before(*s.LastHeartbeat):
+				s.LastHeartbeat, s.LastHeartbeatAge = g.LastHeartbeat, g.LastHeartbeatAge
+			}
+		}
+	}
+	fam.mu.Lock()
+	recorded := fam.recorded
+	fam.mu.Unlock()
+	if fam.layout.Load() == layoutMismatch {
+		s.LayoutMismatch, s.RedisLayout = true, recorded
+	}
+	return s
 }
 
 // serveStatus answers GET /status with Status as JSON, 200 whatever it

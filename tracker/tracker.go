@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
@@ -38,9 +39,10 @@ type Tracker struct {
 	metrics *Metrics
 	now     func() time.Time
 
-	// fleets holds every fleet, the retiring ones too (see Apply); the map
-	// is never changed, Apply swaps in a new one.
-	fleets  atomic.Pointer[map[string]*fleet]
+	// fleets holds every fleet, the retiring ones too (see Apply), by
+	// name; each has its groups (one unless sharded). The map is never
+	// changed, Apply swaps in a new one.
+	fleets  atomic.Pointer[map[string]*family]
 	applyMu sync.Mutex
 	kick    chan struct{} // asks Run for a heartbeat now
 	// draining: admit nothing (Drain); left: heartbeat no more (Leave).
@@ -106,23 +108,53 @@ func New(cfg Config, store *store.Store, opts ...Option) (*Tracker, error) {
 		}
 		t.metrics.FallbackMode.WithLabelValues(string(m)).Set(v)
 	}
-	byName := map[string]*fleet{}
+	byName := map[string]*family{}
 	for _, fc := range cfg.Fleets {
-		byName[fc.Name] = t.newFleet(fc)
+		byName[fc.Name] = t.newFamily(fc)
 	}
 	t.fleets.Store(&byName)
 	return t, nil
 }
 
-func (t *Tracker) newFleet(fc fleets.Fleet) *fleet {
-	f := newFleet(fc, t.now())
-	f.stalled = store.NewStalled(t.cfg.InstanceTTL)
+// newFamily makes fleet fc's state on this instance: its groups, each a
+// fleet of its own to Redis, and what they share.
+func (t *Tracker) newFamily(fc fleets.Fleet) *family {
+	lim := rate.NewLimiter(rateOf(fc), fc.Burst)
+	lim.SetBurstAt(t.now(), fc.Burst)
+	fam := &family{name: fc.Name, limiter: lim}
+	fam.cfg.Store(&fc)
 	t.metrics.addFleet(fc.Name)
-	f.admitted = t.metrics.Admissions.WithLabelValues(fc.Name, "admitted", "")
-	f.rejected = map[store.Reason]prometheus.Counter{}
+	fam.admitted = t.metrics.Admissions.WithLabelValues(fc.Name, "admitted", "")
+	fam.rejected = map[store.Reason]prometheus.Counter{}
 	for _, r := range store.Reasons {
-		f.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
+		fam.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
 	}
+	n := max(fc.Shards, 1)
+	for k := range n {
+		fam.groups = append(fam.groups, t.newFleet(fam, k, groupConf(fc, k, n)))
+	}
+	return fam
+}
+
+// groupConf is group k's part of fc (of n groups): its static pods only.
+func groupConf(fc fleets.Fleet, k, n int) fleets.Fleet {
+	if n <= 1 {
+		return fc
+	}
+	var pods []string
+	for _, p := range fc.Pods {
+		if fleets.GroupOf(p, n) == k {
+			pods = append(pods, p)
+		}
+	}
+	fc.Pods = pods
+	return fc
+}
+
+func (t *Tracker) newFleet(fam *family, k int, fc fleets.Fleet) *fleet {
+	f := newFleet(fc, fleets.GroupName(fc.Name, k))
+	f.fam, f.group, f.label = fam, k, fam.name
+	f.stalled = store.NewStalled(t.cfg.InstanceTTL)
 	f.admits = &batcher[struct{}, admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f),
 		size: t.metrics.BatchSize.WithLabelValues("admit")}
 	f.releases = &batcher[releaseReq, struct{}]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendReleases(f),
@@ -148,21 +180,32 @@ func (t *Tracker) Config() Config {
 // store.Store is the store the tracker writes to.
 func (t *Tracker) Store() *store.Store { return t.store }
 
-// fleet finds a fleet by name, a retiring one too: its connections still
+// family finds a fleet by name, a retiring one too: its connections still
 // end, renew and are adopted.
-func (t *Tracker) fleet(name string) (*fleet, error) {
-	f, ok := (*t.fleets.Load())[name]
+func (t *Tracker) family(name string) (*family, error) {
+	fam, ok := (*t.fleets.Load())[name]
 	if !ok {
 		return nil, fmt.Errorf("fleet %q: %w", name, ErrUnknownFleet)
 	}
-	return f, nil
+	return fam, nil
+}
+
+// fleet finds a group by its name (fleets.GroupName): for an unsharded
+// fleet, the fleet itself.
+func (t *Tracker) fleet(name string) (*fleet, error) {
+	fleetName, k, ok := fleets.SplitGroup(name)
+	fam, err := t.family(fleetName)
+	if err != nil || !ok || k >= len(fam.groups) {
+		return nil, fmt.Errorf("fleet %q: %w", name, ErrUnknownFleet)
+	}
+	return fam.groups[k], nil
 }
 
 // Fleets lists the configured fleet names, sorted (not the retiring ones).
 func (t *Tracker) Fleets() []string {
 	var out []string
-	for n, f := range *t.fleets.Load() {
-		if !f.retired.Load() {
+	for n, fam := range *t.fleets.Load() {
+		if !fam.retired.Load() {
 			out = append(out, n)
 		}
 	}
@@ -170,28 +213,37 @@ func (t *Tracker) Fleets() []string {
 	return out
 }
 
-// allFleets lists every fleet, retiring ones included, sorted by name.
+// allFleets lists every group of every fleet, retiring ones included,
+// sorted by name (so a fleet's group 0 comes before its others), except
+// the groups of a retiring fleet that left Redis already.
 func (t *Tracker) allFleets() []*fleet {
 	m := *t.fleets.Load()
 	out := make([]*fleet, 0, len(m))
-	for _, f := range m {
-		out = append(out, f)
+	for _, fam := range m {
+		for _, f := range fam.groups {
+			if !f.gone.Load() {
+				out = append(out, f)
+			}
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out
 }
 
-// LocalCounts returns this instance's live connections per pod of fleet.
+// LocalCounts returns this instance's live connections per pod of fleet
+// (all its groups: a pod is in one).
 func (t *Tracker) LocalCounts(fleetName string) (map[string]int, error) {
-	f, err := t.fleet(fleetName)
+	fam, err := t.family(fleetName)
 	if err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := make(map[string]int, len(f.live))
-	for p, n := range f.live {
-		out[p] = n
+	out := map[string]int{}
+	for _, f := range fam.groups {
+		f.mu.Lock()
+		for p, n := range f.live {
+			out[p] += n
+		}
+		f.mu.Unlock()
 	}
 	return out, nil
 }

@@ -1,0 +1,345 @@
+package tracker_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/test/redistest"
+	"github.com/wsgate/wsgate/tracker"
+)
+
+// shardedCfg is fleetCfg with shards.
+func shardedCfg(name string, shards, cap int, pods ...string) fleets.Fleet {
+	fc := fleetCfg(name, cap, pods...)
+	fc.Shards = shards
+	return fc
+}
+
+// startShards is startReal for trackers of sharded fleets: the recovery
+// wait of every group's new epoch passes.
+func startShards(t *testing.T, clk *clock, trs ...*tracker.Tracker) {
+	t.Helper()
+	heartbeat(t, trs...)
+	clk.Advance(trs[0].Config().InstanceTTL)
+	heartbeat(t, trs...)
+	for _, fc := range trs[0].Config().Fleets {
+		for _, g := range fc.GroupNames() {
+			if err := trs[0].Store().AwaitRecovery(context.Background(), g); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	heartbeat(t, trs...)
+}
+
+// groupCounts is what Redis counts per pod in group, all instances: a
+// pod's count is in avail while placeable, in load otherwise.
+func groupCounts(t *testing.T, rdb redis.UniversalClient, tr *tracker.Tracker, group string) map[string]float64 {
+	t.Helper()
+	k := tr.Store().Keys(group)
+	out := map[string]float64{}
+	for _, key := range []string{k.Avail(), k.Load()} {
+		zs, err := rdb.ZRangeWithScores(context.Background(), key, 0, -1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, z := range zs {
+			out[z.Member.(string)] += z.Score
+		}
+	}
+	return out
+}
+
+// TestShardsSpreadAdmissionsAndKeepTheCap: three trackers churn on a fleet
+// of 3 shards on a real redis-server. Admissions land in every group, each
+// in its pod's group; no pod ever holds more than the cap (counted by the
+// test from the trackers' results and read from Redis, where no pod is
+// counted outside its group); every release reaches the group it was
+// admitted in; each group's registry holds its static pods only.
+func TestShardsSpreadAdmissionsAndKeepTheCap(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	clk := newClock()
+	pods := podAddrs(12)
+	const shards, cap, instances, workers, rounds = 3, 2, 3, 32, 40
+	var trs []*tracker.Tracker
+	for i := range instances {
+		trs = append(trs, newTracker(t, rdb, fmt.Sprintf("e%d", i), clk, tracker.FallbackShare, shardedCfg("chat", shards, cap, pods...)))
+	}
+	startShards(t, clk, trs...)
+	groups := trs[0].Config().Fleets[0].GroupNames()
+
+	for k, g := range groups {
+		reg, err := rdb.HKeys(context.Background(), trs[0].Store().Keys(g).Pods()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(reg) == 0 {
+			t.Fatalf("group %s has no pods: pick pods that hash into every group", g)
+		}
+		for _, p := range reg {
+			if fleets.GroupOf(p, shards) != k {
+				t.Errorf("pod %s is in group %s's registry; its group is %d", p, g, fleets.GroupOf(p, shards))
+			}
+		}
+	}
+
+	var held sync.Map // pod -> *atomic.Int64: what the test holds
+	counter := func(pod string) *atomic.Int64 {
+		v, _ := held.LoadOrStore(pod, new(atomic.Int64))
+		return v.(*atomic.Int64)
+	}
+	var perGroup [shards]atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var watchers sync.WaitGroup
+	watchers.Add(2)
+	go func() { // Redis: no pod over the cap, none outside its group
+		defer watchers.Done()
+		for ctx.Err() == nil {
+			for k, g := range groups {
+				for pod, n := range groupCounts(t, rdb, trs[0], g) {
+					if n > cap {
+						t.Errorf("Redis counts %v connections on %s in %s", n, pod, g)
+					}
+					if fleets.GroupOf(pod, shards) != k && n > 0 {
+						t.Errorf("Redis counts %s in group %s; its group is %d", pod, g, fleets.GroupOf(pod, shards))
+					}
+				}
+			}
+		}
+	}()
+	go func() {
+		defer watchers.Done()
+		for ctx.Err() == nil {
+			for _, tr := range trs {
+				_ = tr.Heartbeat(ctx)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	var admitted, rejected atomic.Int64
+	for i := range instances * workers {
+		tr := trs[i%instances]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				res, err := tr.Admit(ctx, "chat")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if res.Fallback || res.Fleet != "chat" {
+					t.Errorf("admission fell back with Redis up, or names no fleet: %+v", res)
+					return
+				}
+				if !res.Admitted {
+					rejected.Add(1)
+					continue
+				}
+				admitted.Add(1)
+				perGroup[fleets.GroupOf(res.Pod, shards)].Add(1)
+				if n := counter(res.Pod).Add(1); n > cap {
+					t.Errorf("pod %s holds %d admitted connections", res.Pod, n)
+				}
+				counter(res.Pod).Add(-1)
+				release(t, tr, res.Conn)
+			}
+		}()
+	}
+	wg.Wait()
+	cancel()
+	watchers.Wait()
+	if admitted.Load() == 0 || rejected.Load() == 0 {
+		t.Fatalf("admitted %d, rejected %d: the race never reached the cap", admitted.Load(), rejected.Load())
+	}
+	for k := range perGroup {
+		if perGroup[k].Load() == 0 {
+			t.Errorf("group %s admitted nothing (per group: %v %v %v)", groups[k], perGroup[0].Load(), perGroup[1].Load(), perGroup[2].Load())
+		}
+	}
+	// Every release went to its group: once published, Redis counts
+	// nothing in any group.
+	heartbeat(t, trs...)
+	for _, g := range groups {
+		for pod, n := range groupCounts(t, rdb, trs[0], g) {
+			if n != 0 {
+				t.Errorf("after every release, Redis counts %v on %s in %s", n, pod, g)
+			}
+		}
+	}
+}
+
+// TestShardsReleaseToTheGroupOfAdmission: a connection is counted in its
+// pod's group only, for this instance, and its release empties it there.
+func TestShardsReleaseToTheGroupOfAdmission(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, shardedCfg("chat", 3, 1, podAddrs(12)...))
+	startShards(t, clk, tr)
+	groups := tr.Config().Fleets[0].GroupNames()
+	tracker.SetReuse(tr, "chat", false)
+	var conns []tracker.Result
+	seen := map[int]bool{}
+	for len(seen) < 3 {
+		res := admit(t, tr, "chat")
+		if !res.Admitted || res.Fallback {
+			t.Fatalf("admission %d: %+v", len(conns), res)
+		}
+		conns = append(conns, res)
+		seen[fleets.GroupOf(res.Pod, 3)] = true
+	}
+	for _, c := range conns {
+		k := fleets.GroupOf(c.Pod, 3)
+		for j, g := range groups {
+			mine, err := rdb.HGet(context.Background(), tr.Store().Keys(g).Inst("e1"), c.Pod).Int()
+			if err != nil && err != redis.Nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]int{true: 1, false: 0}[j == k]; mine != want {
+				t.Errorf("pod %s (group %d): group %s counts %d for the instance, want %d", c.Pod, k, g, mine, want)
+			}
+		}
+	}
+	for _, c := range conns {
+		release(t, tr, c.Conn)
+	}
+	for _, g := range groups {
+		for pod, n := range groupCounts(t, rdb, tr, g) {
+			if n != 0 {
+				t.Errorf("after the releases' calls, %s counts %v on %s", g, n, pod)
+			}
+		}
+	}
+}
+
+// TestShardsRateLimitIsOneBucket: the rate limit is the fleet's per
+// instance, not each group's: burst 5 admits 5 at one instant, not 15.
+func TestShardsRateLimitIsOneBucket(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	fc := shardedCfg("chat", 3, 100, podAddrs(12)...)
+	fc.RatePerSecond, fc.Burst = 1, 5
+	tr := newTracker(t, srv.Client(), "e1", clk, tracker.FallbackShare, fc)
+	startShards(t, clk, tr)
+	var ok, limited int
+	for range 20 {
+		switch res := admit(t, tr, "chat"); {
+		case res.Admitted:
+			ok++
+		case res.Reason == "rate_limit":
+			limited++
+		default:
+			t.Fatalf("refused for another reason: %+v", res)
+		}
+	}
+	if ok != 5 || limited != 15 {
+		t.Fatalf("admitted %d, rate-limited %d; want 5 and 15 (one bucket of 5)", ok, limited)
+	}
+}
+
+// TestApplyRefusesAShardsChange: a running fleet's shards cannot change;
+// the whole configuration is refused and the old one stays.
+func TestApplyRefusesAShardsChange(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 2, podAddrs(3)...), fleetCfg("game", 2, podAddrs(3)...))
+	start(t, mr, clk, tr)
+	_, err := tr.Apply([]fleets.Fleet{shardedCfg("chat", 3, 5, podAddrs(3)...), fleetCfg("game", 9, podAddrs(3)...)})
+	if err == nil || !strings.Contains(err.Error(), "shards 1 -> 3") || !strings.Contains(err.Error(), "Sharded fleets") {
+		t.Fatalf("apply changing shards: %v; want a refusal naming the change and what to do", err)
+	}
+	for _, fc := range tr.Config().Fleets {
+		if fc.MaxConnectionsPerPod != 2 || fc.Shards != 1 {
+			t.Errorf("after a refused apply, %s is %+v; want it unchanged", fc.Name, fc)
+		}
+	}
+}
+
+// TestLayoutGuard: a tracker whose shards differ from the layout Redis
+// recorded admits nothing through Redis (its fallback only, which has no
+// slot of its own), says so in /status and its gauge, and writes no
+// registry; the other way round too. Once they agree, it admits.
+func TestLayoutGuard(t *testing.T) {
+	for _, tc := range []struct{ first, second int }{{1, 3}, {3, 1}} {
+		t.Run(fmt.Sprintf("recorded %d, then %d", tc.first, tc.second), func(t *testing.T) {
+			srv := redistest.Start(t)
+			rdb := srv.Client()
+			clk := newClock()
+			pods := podAddrs(12)
+			a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, shardedCfg("chat", tc.first, 2, pods...))
+			startShards(t, clk, a)
+			if res := admit(t, a, "chat"); !res.Admitted || res.Fallback {
+				t.Fatalf("the first layout's tracker: %+v", res)
+			}
+			reg := func(g string) int64 {
+				n, err := rdb.HLen(context.Background(), a.Store().Keys(g).Pods()).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			before := map[string]int64{}
+			for k := range max(tc.first, tc.second) {
+				g := fleets.GroupName("chat", k)
+				before[g] = reg(g)
+			}
+
+			b := newTracker(t, rdb, "b", clk, tracker.FallbackShare, shardedCfg("chat", tc.second, 2, pods...))
+			heartbeat(t, b)
+			clk.Advance(b.Config().InstanceTTL)
+			heartbeat(t, a, b)
+			heartbeat(t, a, b)
+			for range 10 {
+				res := admit(t, b, "chat")
+				if res.Admitted || !res.Fallback {
+					t.Fatalf("a tracker with shards %d against a layout of %d: %+v; want the fallback's refusal", tc.second, tc.first, res)
+				}
+			}
+			st := b.Status().Fleets[0]
+			if !st.LayoutMismatch || st.RedisLayout != tc.first || st.Granting {
+				t.Errorf("status: %+v; want the mismatch with %d, not granting", st, tc.first)
+			}
+			if got := testutil.ToFloat64(b.Metrics().LayoutMismatch.WithLabelValues("chat")); got != 1 {
+				t.Errorf("wsgate_tracker_layout_mismatch = %v, want 1", got)
+			}
+			if rec, mismatch, err := b.LayoutMismatch("chat"); err != nil || !mismatch || rec != tc.first {
+				t.Errorf("LayoutMismatch = %d %v %v", rec, mismatch, err)
+			}
+			for g, n := range before {
+				if got := reg(g); got != n {
+					t.Errorf("registry of %s: %d pods, was %d: the refused tracker wrote it", g, got, n)
+				}
+			}
+			if res := admit(t, a, "chat"); !res.Admitted || res.Fallback {
+				t.Errorf("the recorded layout's tracker: %+v", res)
+			}
+			if got := testutil.ToFloat64(a.Metrics().LayoutMismatch.WithLabelValues("chat")); got != 0 {
+				t.Errorf("the agreeing tracker's wsgate_tracker_layout_mismatch = %v, want 0", got)
+			}
+
+			// The operator's offline change: the layout forgotten, b's is
+			// recorded at its next heartbeat, and a is refused instead.
+			if _, err := b.Store().ForgetLayout(context.Background(), "chat"); err != nil {
+				t.Fatal(err)
+			}
+			heartbeat(t, b, a)
+			if st := b.Status().Fleets[0]; st.LayoutMismatch {
+				t.Errorf("after the layout was forgotten, b's status: %+v", st)
+			}
+			if st := a.Status().Fleets[0]; !st.LayoutMismatch || st.RedisLayout != tc.second {
+				t.Errorf("after b recorded its layout, a's status: %+v; want the mismatch", st)
+			}
+		})
+	}
+}
