@@ -17,6 +17,9 @@ func (s *Server) Observe(ctx context.Context) error {
 	fleets := *s.fleets.Load()
 	for _, name := range s.Fleets() {
 		fc := fleets[name]
+		// A failed read keeps the layout last read; the summary, read from
+		// the same Redis next, counts the error.
+		_ = s.readLayout(ctx, name)
 		sum, err := s.summary(ctx, fc)
 		if err != nil && !errors.Is(err, errHeld) {
 			s.metrics.ReadErrors.WithLabelValues(name).Inc()
@@ -33,6 +36,26 @@ func (s *Server) Observe(ctx context.Context) error {
 		s.setPodConnections(name, loads)
 	}
 	return errors.Join(errs...)
+}
+
+// readLayout remembers the layout Redis records for fleet, which summary
+// compares with the fleet's shards. It is read here, every observer
+// interval, not on KEDA's calls, which then cost no extra round trip.
+func (s *Server) readLayout(ctx context.Context, fleet string) error {
+	lr, ok := s.store.(LayoutReader)
+	if !ok {
+		return nil
+	}
+	n, recorded, err := lr.RecordedLayout(ctx, fleet)
+	switch {
+	case err != nil:
+		return err // the last one read stands
+	case recorded:
+		s.layouts.Store(fleet, n)
+	default:
+		s.layouts.Delete(fleet)
+	}
+	return nil
 }
 
 // setPodConnections replaces fleet's per-pod series with loads: a pod gone

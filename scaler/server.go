@@ -51,6 +51,12 @@ type Store interface {
 	OtherDecisions(ctx context.Context, req store.OthersRequest) (map[string]string, error)
 }
 
+// LayoutReader is implemented by a Store that reads the layout (shards)
+// Redis records for a fleet, as *store.Store does (RecordedLayout).
+type LayoutReader interface {
+	RecordedLayout(ctx context.Context, fleet string) (n int, ok bool, err error)
+}
+
 // ScaleDownGate holds a scale-down until the pods to remove are prepared
 // (marked draining, their pod-deletion-cost patched and observed). Gate is
 // called on every desiredReplicas evaluation with the fleet's ready
@@ -82,6 +88,10 @@ type Server struct {
 
 	podsMu sync.Mutex
 	pods   map[string]map[string]struct{} // fleet -> pods with a pod_connections series
+
+	// layouts is fleet -> the layout Redis recorded for it when Observe
+	// last read it (absent: none, or not read yet).
+	layouts sync.Map
 
 	reapMu  sync.Mutex
 	stalled map[string]*store.Stalled // fleet -> the reaper's witness
@@ -248,6 +258,14 @@ func (s *Server) trigger(ref *externalscaler.ScaledObjectRef) (Trigger, fleets.F
 // connections). An unsharded fleet is its one group.
 func (s *Server) summary(ctx context.Context, fc fleets.Fleet) (store.Summary, error) {
 	now := s.now()
+	if v, ok := s.layouts.Load(fc.Name); ok && v.(int) != max(fc.Shards, 1) {
+		// The trackers follow Redis' layout and keep out of Redis while
+		// their shards differ; the groups this scaler would sum are not
+		// the fleet's. Nothing it could report is right.
+		s.metrics.Ready.WithLabelValues(fc.Name).Set(0)
+		return store.Summary{Fleet: fc.Name}, fmt.Errorf("%w: fleet %s has shards %d in the fleets file, but Redis records layout %d: set shards: %d in the fleets file, or reshard the fleet (README, \"Sharded fleets\")",
+			errHeld, fc.Name, max(fc.Shards, 1), v, v)
+	}
 	fs, err := s.store.FleetSummary(ctx, fc, now)
 	if err != nil {
 		s.metrics.Ready.WithLabelValues(fc.Name).Set(0) // nothing to report: held

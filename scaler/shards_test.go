@@ -118,3 +118,33 @@ func TestShardedFleetHeldWhileAGroupHasNoEpoch(t *testing.T) {
 		t.Fatalf("GetMetrics with chat#1 lost = %v, want Unavailable naming group chat#1", err)
 	}
 }
+
+func TestShardedFleetHeldWhileRedisRecordsAnotherLayout(t *testing.T) {
+	e := start(t, opts{cfg: scaler.Config{Fleets: shardedFleets(), PollInterval: time.Hour}})
+	fillGroups(t, e, []int{1, 1, 1})
+	// The fleet ran unsharded: Redis records layout 1, the scaler's
+	// fleets file says 3 (changed without resharding).
+	if err := e.rdb.Set(context.Background(), e.store.Keys("chat").Layout(), 1, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.Observe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.metricErr("fleet", "chat", "metric", "connections")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "records layout 1") || !strings.Contains(err.Error(), "shards 3") {
+		t.Fatalf("GetMetrics with layout 1 recorded = %v, want Unavailable naming shards 3 and layout 1", err)
+	}
+	if v := mustGauge(t, e.reg, "wsgate_scaler_ready", "chat"); v != 0 {
+		t.Errorf("wsgate_scaler_ready = %g, want 0", v)
+	}
+	// Redis records 3, as the fleets file says: reported again.
+	if err := e.rdb.Set(context.Background(), e.store.Keys("chat").Layout(), 3, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.Observe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.metric("fleet", "chat", "metric", "connections"); got != 3 {
+		t.Errorf("connections = %g, want 3", got)
+	}
+}

@@ -100,14 +100,15 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 	store := store.NewStore(rdb, cfg.Prefix)
 	reader := report.NewReader(store)
 
-	// A sharded fleet's groups live under keys of their own: the scan of
-	// the keyspace finds those that hold state, the fleets file names
-	// every group there should be (one that lost its data, or whose
-	// Redis Cluster shard is down, shows as such).
-	found, err := reader.FleetGroups(ctx)
+	// A sharded fleet's groups live under keys of their own. The groups to
+	// read are all those of the layout Redis records for the fleet, of its
+	// shards in the fleets file, and (without --fleet) of the scan of the
+	// keyspace: a group that lost its data, or whose Redis Cluster shard
+	// is down, still shows, as such.
 	fleets := []string{*fleet}
+	var found map[string][]string
 	if *fleet == "" {
-		if err != nil {
+		if found, err = reader.FleetGroups(ctx); err != nil {
 			return unwrapDeadline(err, *timeout)
 		}
 		fleets = sortedKeys(found)
@@ -115,12 +116,13 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 			return fmt.Errorf("no fleet found in Redis at %s under prefix %q (is a tracker running against it? is --redis-prefix right?)", addr, cfg.Prefix)
 		}
 	}
-	// With --fleet a failed scan (a shard down) leaves the fleets file's
-	// groups, or the fleet alone.
 	at := now()
 	states := make([]report.FleetState, 0, len(fleets))
 	for _, f := range fleets {
-		st, err := reader.ReadGroups(ctx, f, groupsOf(f, configured[f], found[f]), at)
+		// Unreadable (group 0's shard down), the layout is left to the
+		// fleets file and the scan.
+		layout, _, _ := store.RecordedLayout(ctx, f)
+		st, err := reader.ReadGroups(ctx, f, groupsOf(f, max(configured[f].Shards, layout), found[f]), at)
 		if err != nil {
 			return unwrapDeadline(err, *timeout)
 		}
@@ -179,10 +181,11 @@ func fleetsFrom(path string) (map[string]fleets.Fleet, error) {
 	return out, nil
 }
 
-// groupsOf lists the groups of fleet to read, group 0 first: those the
-// fleets file gives it (fc, zero when absent) and those found in Redis.
-func groupsOf(fleet string, fc fleets.Fleet, found []string) []string {
-	n := max(fc.Shards, 1)
+// groupsOf lists the groups of fleet to read, group 0 first: the first
+// shards (from the fleets file or Redis' layout; 0 when unknown) and those
+// found in Redis.
+func groupsOf(fleet string, shards int, found []string) []string {
+	n := max(shards, 1)
 	for _, g := range found {
 		if _, k, ok := fleets.SplitGroup(g); ok && k+1 > n {
 			n = k + 1

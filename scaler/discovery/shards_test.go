@@ -27,17 +27,20 @@ func manyPods(n int) []fleets.Pod {
 	return out
 }
 
-func clusterStore(t *testing.T) layouts {
+func clusterStore(t *testing.T) *store.Store {
 	t.Helper()
 	cl := redistest.StartCluster(t, 3)
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
 	t.Cleanup(func() { rdb.Close() })
-	return layouts{store.NewStore(rdb, "wsgate"), rdb}
+	return store.NewStore(rdb, "wsgate")
 }
+
+// The Registry's guard is the store's own layout record.
+var _ discovery.Layouts = (*store.Store)(nil)
 
 // groupPods reads every group's registry of fleet chat under n shards:
 // address -> the groups it is registered in.
-func groupPods(t *testing.T, st layouts, n int) map[string][]string {
+func groupPods(t *testing.T, st *store.Store, n int) map[string][]string {
 	t.Helper()
 	in := map[string][]string{}
 	for _, g := range (fleets.Fleet{Name: "chat", Shards: n}).GroupNames() {
@@ -114,8 +117,7 @@ func TestRegistryWritesEachPodToExactlyItsGroup(t *testing.T) {
 }
 
 func TestRegistryRefusesToWriteOnALayoutMismatch(t *testing.T) {
-	rdb := redistest.Start(t).Client()
-	st := layouts{store.NewStore(rdb, "wsgate"), rdb}
+	st := store.NewStore(redistest.Start(t).Client(), "wsgate")
 	ctx := context.Background()
 	m := discovery.NewMetrics(prometheus.NewRegistry())
 
