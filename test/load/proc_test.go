@@ -31,6 +31,7 @@ func TestMain(m *testing.M) {
 	case "":
 		code := m.Run()
 		peerRuns.summary(os.Stdout)
+		shardRuns.shardSummary(os.Stdout)
 		os.Exit(code)
 	case roleGateway:
 		serveRole(gatewayRole)
