@@ -3,6 +3,7 @@ package load
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,9 +127,15 @@ type costFleet struct {
 	admit             store.AdmitRequest
 }
 
+// costFleets numbers the fleets newCostFleet makes: each run (of
+// -count, and each b.N) gets a fleet of its own, so that no heartbeat's
+// seq is below one an earlier run left (sync.lua ignores those).
+var costFleets atomic.Int64
+
 func newCostFleet(b *testing.B, s *store.Store, name string, pods, capPerPod int) costFleet {
 	b.Helper()
 	ctx := context.Background()
+	name = fmt.Sprintf("%s-%d", name, costFleets.Add(1))
 	c := costFleet{name: name, inst: "e1"}
 	var reg []fleets.Pod
 	for i := range pods {
