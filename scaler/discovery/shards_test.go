@@ -11,10 +11,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler/discovery"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 )
 
@@ -174,4 +177,33 @@ func gauge(t *testing.T, g prometheus.Gauge) float64 {
 		t.Fatal(err)
 	}
 	return m.GetGauge().GetValue()
+}
+
+// Discovery hands the Registry each fleet's shards before its endpoints, so
+// the first write already splits the pods into their groups.
+func TestDiscoverySplitsAShardedFleetsPods(t *testing.T) {
+	st := newMiniStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var eps []discoveryv1.Endpoint
+	for i := 1; i <= 9; i++ {
+		eps = append(eps, endpoint(fmt.Sprintf("10.0.5.%d", i), fmt.Sprintf("chat-%d", i), true, false))
+	}
+	client := fake.NewClientset(slice("chat-a", "chat", eps...))
+	reg := discovery.NewRegistry(st)
+	d, err := discovery.New(client, ns, []fleets.Fleet{{Name: "chat", Service: "chat", Port: "ws", Shards: 3}}, reg, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go reg.Run(ctx)
+	go func() { _ = d.Run(ctx) }()
+	await.True(t, "9 pods over the 3 groups", waitLimit, func() bool { return len(groupPods(t, st, 3)) == 9 })
+	if n := reg.Shards("chat"); n != 3 {
+		t.Errorf("registry shards = %d, want 3", n)
+	}
+	for addr, groups := range groupPods(t, st, 3) {
+		if want := fleets.GroupName("chat", fleets.GroupOf(addr, 3)); len(groups) != 1 || groups[0] != want {
+			t.Errorf("pod %s in %v, want only %s", addr, groups, want)
+		}
+	}
 }
