@@ -197,7 +197,7 @@ func (t *Tracker) checkLayout(ctx context.Context, fam *family) error {
 	case state == layoutMismatch && (was != layoutMismatch || changed):
 		t.log.Error("the fleet's shards differ from the layout Redis recorded: none of its groups admits or releases through Redis (fallback only) until they agree",
 			"fleet", fam.name, "shards", n, "redis_layout", recorded,
-			"what_to_do", "run every tracker and the scaler with the recorded shards; to change a fleet's shards, follow README \"Sharded fleets\": drain the fleet, stop its trackers, `wsgate forget-layout --fleet "+fam.name+"`, start all with the new shards")
+			"what_to_do", "run every tracker and the scaler with the recorded shards; to change a fleet's shards (README, \"Sharded fleets\"): drain the fleet, restart every tracker and the scaler with the new shards, then `wsgate forget-layout --fleet "+fam.name+"`")
 	case state == layoutOK && was == layoutMismatch:
 		t.log.Info("the fleet's shards agree with the layout Redis recorded again: its groups use Redis", "fleet", fam.name, "shards", n)
 	}
