@@ -1,13 +1,17 @@
 package tracker_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
@@ -468,4 +472,68 @@ func sorted(s []string) []string {
 	out := append([]string(nil), s...)
 	sort.Strings(out)
 	return out
+}
+
+// TestLayoutMismatchIsLoggedOncePerChange: the guard's error is logged
+// when the mismatch begins or Redis' layout changes, not per heartbeat,
+// and names the fleet, both layouts and what to do.
+func TestLayoutMismatchIsLoggedOncePerChange(t *testing.T) {
+	rdb, _ := miniClient(t)
+	clk := newClock()
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	tr, err := tracker.New(tracker.Config{InstanceID: "e1", Fleets: []fleets.Fleet{shardedCfg("chat", 3, 2, podAddrs(6)...)},
+		Heartbeat: time.Second, InstanceTTL: 5 * time.Second, RedisTimeout: time.Second},
+		storeOn(rdb), tracker.WithClock(clk.Now), tracker.WithLogger(slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := tr.Store()
+	if _, err := st.Layout(context.Background(), "chat", 2); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Count(logs.String(), "differ from the layout Redis recorded")
+	}
+	for range 3 {
+		heartbeat(t, tr)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("after 3 heartbeats against another layout, %d error lines; want 1:\n%s", n, logs.String())
+	}
+	mu.Lock()
+	line := logs.String()
+	mu.Unlock()
+	for _, want := range []string{"fleet=chat", "shards=3", "redis_layout=2", "forget-layout"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("the error line lacks %q:\n%s", want, line)
+		}
+	}
+	if _, err := st.ForgetLayout(context.Background(), "chat"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Layout(context.Background(), "chat", 4); err != nil {
+		t.Fatal(err)
+	}
+	heartbeat(t, tr)
+	heartbeat(t, tr)
+	if n := count(); n != 2 {
+		t.Fatalf("after Redis' layout changed, %d error lines; want 2", n)
+	}
+	if err := tr.SetStaticPods(context.Background(), "chat"); err == nil || !strings.Contains(err.Error(), "layout of 4") {
+		t.Errorf("writing static pods against another layout: %v; want it refused", err)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
