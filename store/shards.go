@@ -2,7 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Layout records n as the layout (the number of groups) of fleet, a
@@ -31,4 +34,16 @@ func (s *Store) ForgetLayout(ctx context.Context, fleet string) (bool, error) {
 		return false, fmt.Errorf("forget layout %s: %w", fleet, err)
 	}
 	return n > 0, nil
+}
+
+// RecordedLayout is the layout Redis recorded for fleet, 0 when none.
+func (s *Store) RecordedLayout(ctx context.Context, fleet string) (int, error) {
+	n, err := s.rdb.Get(ctx, s.Keys(fleet).Layout()).Int()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("layout %s: %w", fleet, err)
+	}
+	return n, nil
 }

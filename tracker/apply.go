@@ -53,8 +53,8 @@ func (t *Tracker) Apply(configs []fleets.Fleet) (Change, error) {
 	old := *t.fleets.Load()
 	for _, fc := range c.Fleets {
 		if fam, ok := old[fc.Name]; ok && len(fam.groups) != fc.Shards {
-			return Change{}, fmt.Errorf("apply: fleet %s: shards %d -> %d: a running fleet's shards cannot change (each pod's count would have to move to another group); keeping the whole configuration as it was. To change them, drain the fleet and restart every tracker and the scaler with the new shards (README, \"Sharded fleets\")",
-				fc.Name, len(fam.groups), fc.Shards)
+			return Change{}, fmt.Errorf("apply: fleet %s: shards %d -> %d: a running fleet's shards cannot change (each pod's count would have to move to another group); keeping the whole configuration as it was. To change them (README, \"Sharded fleets\"): drain the fleet, restart every tracker and the scaler with the new shards, then wsgate forget-layout --fleet %s",
+				fc.Name, len(fam.groups), fc.Shards, fc.Name)
 		}
 	}
 	next := make(map[string]*family, len(old)+len(c.Fleets))

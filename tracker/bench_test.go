@@ -28,9 +28,13 @@ func quantiles(d []time.Duration) (p50, p99 time.Duration) {
 }
 
 func benchTracker(b *testing.B, rdb redis.UniversalClient, pods int) *tracker.Tracker {
+	return benchTrackerShards(b, rdb, pods, 1)
+}
+
+func benchTrackerShards(b *testing.B, rdb redis.UniversalClient, pods, shards int) *tracker.Tracker {
 	b.Helper()
 	tr, err := tracker.New(tracker.Config{
-		InstanceID: "bench", Fleets: []fleets.Fleet{{Name: "bench", MaxConnectionsPerPod: 1 << 30, RatePerSecond: 1e9, Burst: 1e9, Pods: podAddrs(pods)}},
+		InstanceID: "bench", Fleets: []fleets.Fleet{{Name: "bench", MaxConnectionsPerPod: 1 << 30, RatePerSecond: 1e9, Burst: 1e9, Pods: podAddrs(pods), Shards: shards}},
 		Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second,
 	}, store.NewStore(rdb, "wsgate"))
 	if err != nil {
@@ -71,10 +75,21 @@ func BenchmarkAdmit(b *testing.B) {
 	b.Run("churn", func(b *testing.B) { benchAdmit(b, true) })
 }
 
-func benchAdmit(b *testing.B, reuse bool) {
+// BenchmarkAdmitShards is BenchmarkAdmit's redis loop on a fleet of 1 and
+// of 3 shards on one redis-server: what the choice of a group costs the
+// tracker (no Redis core is gained on one server).
+func BenchmarkAdmitShards(b *testing.B) {
+	for _, n := range []int{1, 3} {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) { benchAdmitShards(b, false, n) })
+	}
+}
+
+func benchAdmit(b *testing.B, reuse bool) { benchAdmitShards(b, reuse, 1) }
+
+func benchAdmitShards(b *testing.B, reuse bool, shards int) {
 	srv := redistest.Start(b)
 	rdb := srv.Client()
-	tr := benchTracker(b, rdb, 1000)
+	tr := benchTrackerShards(b, rdb, 1000, shards)
 	tracker.SetReuse(tr, "bench", reuse)
 	reused := 0
 	ctx := context.Background()

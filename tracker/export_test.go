@@ -18,16 +18,19 @@ func SetReleaseLinger(t *Tracker, fleet string, d time.Duration) {
 	f.releases.mu.Unlock()
 }
 
-// SetReuse turns reuse (PROTOCOL.md, "Reuse") on or off for fleet, so that
-// a test of what the admit call carries can make it carry it.
+// SetReuse turns reuse (PROTOCOL.md, "Reuse") on or off for fleet (every
+// group of it), so that a test of what the admit call carries can make it
+// carry it.
 func SetReuse(t *Tracker, fleet string, on bool) {
-	f, err := t.fleet(fleet)
+	fam, err := t.family(fleet)
 	if err != nil {
 		panic(err)
 	}
-	f.mu.Lock()
-	f.noReuse = !on
-	f.mu.Unlock()
+	for _, f := range fam.groups {
+		f.mu.Lock()
+		f.noReuse = !on
+		f.mu.Unlock()
+	}
 }
 
 // AwaitQueuedAdmissions returns once n admissions of fleet wait in its

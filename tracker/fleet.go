@@ -34,7 +34,8 @@ type rejKey struct {
 //	t.applyMu -> f.mu   retire reads f under applyMu. Apply takes no f.mu
 //	                    under it; applyMu and gate never nest.
 //	f.mu -> leaves      under f.mu only t.byConn, t.idSeq, the metrics, the
-//	                    logger and f.stalled (guarded by f.mu itself).
+//	                    logger, f.stalled (guarded by f.mu itself) and
+//	                    f.fam.mu (family.go).
 //
 //	gate -> batcher.mu  an admission holds its unit while admits.do queues
 //	                    and sends it; the sender (sendAdmits) takes no gate.
@@ -43,7 +44,9 @@ type rejKey struct {
 // batchers call send with their mutex released, sendAdmits takes the
 // releases (take, finish) with f.mu released, and Release posts after
 // unlocking f.mu (and the gate). No two fleets' locks are ever held
-// together, and nothing takes gate or applyMu under a batcher's mutex.
+// together (a fleet's groups are fleets here: code that visits every
+// group of a fleet locks one at a time), and nothing takes gate or
+// applyMu under a batcher's mutex.
 type fleet struct {
 	// name is the group's: the name Redis knows it by (fleets.GroupName),
 	// the fleet's own for group 0. label is the fleet's, for metrics and

@@ -16,9 +16,9 @@ func (f *fleet) redisUsable() bool {
 }
 
 // redisUsableLocked is redisUsable with f.mu held: the model's
-// CAN_ADMIT_REDIS.
-// The layout guard (shards.go) keeps every group of a fleet out of Redis
-// while Redis records another layout than this instance's.
+// CAN_ADMIT_REDIS, and the layout guard (shards.go), which keeps every
+// group of a fleet out of Redis while Redis records another layout than
+// this instance's shards (as if fenced).
 func (f *fleet) redisUsableLocked() bool {
 	return f.view.ok && !f.degraded && !f.fenced && f.fam.layoutUsable()
 }

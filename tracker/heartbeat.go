@@ -359,11 +359,19 @@ func (t *Tracker) inherit(ctx context.Context, f *fleet, now time.Time) error {
 }
 
 // SetStaticPods writes the fleet's static pod list (all ready) to Redis:
-// each group's pods to its registry.
+// each group's pods to its registry. Refused while Redis records another
+// layout (PROTOCOL.md, "Shards"): the heartbeats write them once it agrees.
 func (t *Tracker) SetStaticPods(ctx context.Context, fleetName string) error {
 	fam, err := t.family(fleetName)
 	if err != nil {
 		return err
+	}
+	if err := t.checkLayout(ctx, fam); err != nil {
+		return fmt.Errorf("static pods: %w", err)
+	}
+	if !fam.layoutUsable() {
+		rec, _, _ := t.LayoutMismatch(fleetName)
+		return fmt.Errorf("static pods of %s: Redis records a layout of %d groups, this instance has %d: not written (README, \"Sharded fleets\")", fleetName, rec, len(fam.groups))
 	}
 	for _, f := range fam.groups {
 		if err := t.setStaticPods(ctx, f); err != nil {

@@ -43,6 +43,9 @@ func (t *Tracker) admitShards(ctx context.Context, fam *family, now time.Time) (
 			refused, refusedBy = res, f
 		}
 	}
+	if refusedBy == nil { // groupOrder never returns none; in case
+		refused, refusedBy = Result{Reason: store.ReasonRedisDown, RetryAfter: time.Second, Fallback: true}, fam.groups[0]
+	}
 	if refused.Fallback {
 		// The admit script records the refusals Redis decided, the
 		// fallback's are recorded here: once per admission, not per
@@ -78,8 +81,10 @@ func refusalRank(r store.Reason) int {
 // fill evenly without every tracker herding onto the same one), then the
 // others by free slots; then the groups no heartbeat has reached yet
 // (their fallback decides, without Redis). A group whose view shows no
-// free slot is skipped, unless none has one: then one of them, at random,
-// so that Redis, not a view a heartbeat old, refuses the admission.
+// free slot is skipped, and so is one whose fallback has none, unless no
+// group has one: then one group Redis decides for, at random, so that
+// Redis, not a view a heartbeat old, refuses the admission (or, if Redis
+// decides for none, one group's fallback). Never an empty order.
 func (t *Tracker) groupOrder(fam *family) []*fleet {
 	type cand struct {
 		f    *fleet
@@ -87,13 +92,13 @@ func (t *Tracker) groupOrder(fam *family) []*fleet {
 	}
 	var open, full, unknown []cand
 	for _, f := range fam.groups {
-		free, known := f.freeSlots()
+		free, known, usable := t.freeSlots(f)
 		switch {
 		case !known:
 			unknown = append(unknown, cand{f, 0})
 		case free > 0:
 			open = append(open, cand{f, free})
-		default:
+		case usable:
 			full = append(full, cand{f, free})
 		}
 	}
@@ -124,6 +129,10 @@ func (t *Tracker) groupOrder(fam *family) []*fleet {
 		out = append(out, open[0].f)
 	case len(full) > 0:
 		out = append(out, full[rand.IntN(len(full))].f)
+	case len(unknown) == 0:
+		// No group has a slot nor Redis to ask: one group's fallback
+		// refuses, with its reason (redis_down, recovering).
+		out = append(out, fam.groups[rand.IntN(len(fam.groups))])
 	}
 	for _, c := range unknown {
 		out = append(out, c.f)
@@ -131,18 +140,32 @@ func (t *Tracker) groupOrder(fam *family) []*fleet {
 	return out
 }
 
-// freeSlots estimates the free placeable slots of group f: what its last
-// heartbeat saw (the sum over its placeable pods of cap - load), less what
-// this instance admitted since. Others' admissions since are not in it:
-// it only orders the groups; Redis decides. known is false before a
-// heartbeat succeeded.
-func (f *fleet) freeSlots() (free int, known bool) {
+// freeSlots estimates the free slots of group f for the choice of a
+// group: through Redis, what its last heartbeat saw (the sum over its
+// placeable pods of cap - load) less what this instance admitted since
+// (and plus what it released); others' admissions since are not in it: it
+// only orders the groups, Redis decides. While Redis is not usable for the
+// group, what its fallback could admit: under share the slots it holds
+// and does not use (ent - held), under closed none. known is false before
+// a heartbeat succeeded; usable says whether Redis decides for the group.
+func (t *Tracker) freeSlots(f *fleet) (free int, known, usable bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.view.ok {
-		return 0, false
+		return 0, false, false
 	}
-	return f.view.free - max(0, len(f.conns)-f.view.mineTotal), true
+	if !f.redisUsableLocked() {
+		switch t.cfg.Fallback {
+		case FallbackShare:
+			for pod, n := range f.ent {
+				free += max(0, n-f.heldLocked(pod))
+			}
+			return free, true, false
+		case FallbackClosed:
+			return 0, true, false
+		}
+	}
+	return f.view.free - (len(f.conns) - f.view.mineTotal), true, true
 }
 
 // checkLayout is the layout guard (PROTOCOL.md, "Shards"): it records this
@@ -174,7 +197,7 @@ func (t *Tracker) checkLayout(ctx context.Context, fam *family) error {
 	case state == layoutMismatch && (was != layoutMismatch || changed):
 		t.log.Error("the fleet's shards differ from the layout Redis recorded: none of its groups admits or releases through Redis (fallback only) until they agree",
 			"fleet", fam.name, "shards", n, "redis_layout", recorded,
-			"what_to_do", "run every tracker and the scaler with the recorded shards; to change a fleet's shards, follow README \"Sharded fleets\": drain the fleet, stop its trackers, `wsgate forget-layout --fleet "+fam.name+"`, start all with the new shards")
+			"what_to_do", "run every tracker and the scaler with the recorded shards; to change a fleet's shards (README, \"Sharded fleets\"): drain the fleet, restart every tracker and the scaler with the new shards, then `wsgate forget-layout --fleet "+fam.name+"`")
 	case state == layoutOK && was == layoutMismatch:
 		t.log.Info("the fleet's shards agree with the layout Redis recorded again: its groups use Redis", "fleet", fam.name, "shards", n)
 	}

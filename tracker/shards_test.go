@@ -1,12 +1,17 @@
 package tracker_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
@@ -106,7 +111,14 @@ func TestShardsSpreadAdmissionsAndKeepTheCap(t *testing.T) {
 		defer watchers.Done()
 		for ctx.Err() == nil {
 			for k, g := range groups {
-				for pod, n := range groupCounts(t, rdb, trs[0], g) {
+				counts := map[string]float64{}
+				for _, key := range []string{trs[0].Store().Keys(g).Avail(), trs[0].Store().Keys(g).Load()} {
+					zs, _ := rdb.ZRangeWithScores(ctx, key, 0, -1).Result() // an error: read again
+					for _, z := range zs {
+						counts[z.Member.(string)] += z.Score
+					}
+				}
+				for pod, n := range counts {
 					if n > cap {
 						t.Errorf("Redis counts %v connections on %s in %s", n, pod, g)
 					}
@@ -342,4 +354,193 @@ func TestLayoutGuard(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestShardsAdoptIntoThePodsGroup: a restarted tracker adopts the
+// connections Envoy's access log names into their pods' groups, where its
+// previous run left them counted, and refuses a pod outside the fleet's
+// registry. The fleet's admission metrics carry the fleet's name only.
+func TestShardsAdoptIntoThePodsGroup(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	clk := newClock()
+	fc := shardedCfg("chat", 3, 2, podAddrs(12)...)
+	before := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fc)
+	startShards(t, clk, before)
+	var conns []tracker.Result
+	groups := map[int]bool{}
+	for len(groups) < 3 || len(conns) < 6 {
+		res := admit(t, before, "chat")
+		if !res.Admitted {
+			t.Fatalf("admission %d: %+v", len(conns), res)
+		}
+		if err := before.Establish(res.Conn); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, res)
+		groups[fleets.GroupOf(res.Pod, 3)] = true
+	}
+	heartbeat(t, before)
+	for _, name := range []string{"chat#1", "chat#2"} {
+		if n := testutil.CollectAndCount(before.Metrics().Admissions, "wsgate_tracker_admissions_total"); n == 0 {
+			t.Fatal("no admission series")
+		}
+		if got := testutil.ToFloat64(before.Metrics().Admissions.WithLabelValues(name, "admitted", "")); got != 0 {
+			t.Errorf("admissions counted under the group's name %s: %v", name, got)
+		}
+	}
+	if got := testutil.ToFloat64(before.Metrics().Admissions.WithLabelValues("chat", "admitted", "")); got != float64(len(conns)) {
+		t.Errorf("admissions of chat: %v, want %d", got, len(conns))
+	}
+
+	after := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fc) // the restart
+	heartbeat(t, after)
+	for _, c := range conns {
+		if err := after.Adopt("chat", c.Conn, c.Pod, false); err != nil {
+			t.Fatalf("adopting %s on %s: %v", c.Conn, c.Pod, err)
+		}
+	}
+	if err := after.Adopt("chat", conns[0].Conn+"0", "10.9.9.9:80", false); err == nil || !strings.Contains(err.Error(), "registry") {
+		t.Errorf("adopting on a pod outside the registry: %v", err)
+	}
+	want := map[string]int{}
+	for _, c := range conns {
+		want[c.Pod]++
+	}
+	got, err := after.LocalCounts("chat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after adoption the tracker holds %v, want %v", got, want)
+	}
+	heartbeat(t, after)
+	for k, g := range fc.GroupNames() {
+		for pod, n := range groupCounts(t, rdb, after, g) {
+			if fleets.GroupOf(pod, 3) != k && n > 0 {
+				t.Errorf("group %s counts %v on %s, a pod of group %d", g, n, pod, fleets.GroupOf(pod, 3))
+			}
+			if int(n) != want[pod] {
+				t.Errorf("group %s counts %v on %s, want %d", g, n, pod, want[pod])
+			}
+		}
+	}
+}
+
+// TestShardsApplyWritesEachGroupsPods: static pods a running sharded
+// fleet gains or loses go to their groups' registries at the next
+// heartbeat, and the new cap applies in every group.
+func TestShardsApplyWritesEachGroupsPods(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	clk := newClock()
+	pods := podAddrs(12)
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, shardedCfg("chat", 3, 1, pods[:6]...))
+	startShards(t, clk, tr)
+	ch, err := tr.Apply([]fleets.Fleet{shardedCfg("chat", 3, 2, pods[3:]...)})
+	if err != nil || len(ch.Changed) != 1 {
+		t.Fatalf("apply: %+v %v", ch, err)
+	}
+	heartbeat(t, tr)
+	for k, g := range tr.Config().Fleets[0].GroupNames() {
+		reg, err := rdb.HKeys(context.Background(), tr.Store().Keys(g).Pods()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for _, p := range pods[3:] {
+			if fleets.GroupOf(p, 3) == k {
+				want = append(want, p)
+			}
+		}
+		if fmt.Sprint(sorted(reg)) != fmt.Sprint(sorted(want)) {
+			t.Errorf("registry of %s after apply: %v, want %v", g, reg, want)
+		}
+	}
+	held := map[string]int{}
+	for {
+		res := admit(t, tr, "chat")
+		if !res.Admitted {
+			break
+		}
+		held[res.Pod]++
+	}
+	if len(held) != 9 {
+		t.Errorf("admitted on %d pods, want the 9 now configured: %v", len(held), held)
+	}
+	for pod, n := range held {
+		if n != 2 {
+			t.Errorf("pod %s took %d, want the new cap 2", pod, n)
+		}
+	}
+}
+
+func sorted(s []string) []string {
+	out := append([]string(nil), s...)
+	sort.Strings(out)
+	return out
+}
+
+// TestLayoutMismatchIsLoggedOncePerChange: the guard's error is logged
+// when the mismatch begins or Redis' layout changes, not per heartbeat,
+// and names the fleet, both layouts and what to do.
+func TestLayoutMismatchIsLoggedOncePerChange(t *testing.T) {
+	rdb, _ := miniClient(t)
+	clk := newClock()
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	tr, err := tracker.New(tracker.Config{InstanceID: "e1", Fleets: []fleets.Fleet{shardedCfg("chat", 3, 2, podAddrs(6)...)},
+		Heartbeat: time.Second, InstanceTTL: 5 * time.Second, RedisTimeout: time.Second},
+		storeOn(rdb), tracker.WithClock(clk.Now), tracker.WithLogger(slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := tr.Store()
+	if _, err := st.Layout(context.Background(), "chat", 2); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Count(logs.String(), "differ from the layout Redis recorded")
+	}
+	for range 3 {
+		heartbeat(t, tr)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("after 3 heartbeats against another layout, %d error lines; want 1:\n%s", n, logs.String())
+	}
+	mu.Lock()
+	line := logs.String()
+	mu.Unlock()
+	for _, want := range []string{"fleet=chat", "shards=3", "redis_layout=2", "forget-layout"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("the error line lacks %q:\n%s", want, line)
+		}
+	}
+	if _, err := st.ForgetLayout(context.Background(), "chat"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Layout(context.Background(), "chat", 4); err != nil {
+		t.Fatal(err)
+	}
+	heartbeat(t, tr)
+	heartbeat(t, tr)
+	if n := count(); n != 2 {
+		t.Fatalf("after Redis' layout changed, %d error lines; want 2", n)
+	}
+	if err := tr.SetStaticPods(context.Background(), "chat"); err == nil || !strings.Contains(err.Error(), "layout of 4") {
+		t.Errorf("writing static pods against another layout: %v; want it refused", err)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

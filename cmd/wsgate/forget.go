@@ -9,10 +9,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
 )
 
-func init() { commands["forget-instance"] = runForget }
+func init() {
+	commands["forget-instance"] = runForget
+	commands["forget-layout"] = runForgetLayout
+}
 
 const forgetUsage = `Usage: wsgate forget-instance --fleet NAME [flags] INSTANCE-ID
 
@@ -79,5 +83,72 @@ func runForget(args []string) error {
 			id, *fleet, lease.LeaseUntil.UTC().Format(time.RFC3339), max(left, time.Second))
 	}
 	fmt.Fprintf(os.Stdout, "forgot instance %s of fleet %s: its slots are free\n", id, *fleet)
+	return nil
+}
+
+const forgetLayoutUsage = `Usage: wsgate forget-layout --fleet NAME [flags]
+
+Deletes the layout (the number of groups, its shards) Redis recorded for a
+fleet, so that the next tracker to heartbeat records its own: the offline
+step of changing a fleet's shards (README, "Sharded fleets"). Trackers and
+the scaler follow the recorded layout; one whose shards differ admits
+nothing through Redis. Refused while any group of the recorded layout still
+counts a connection: drain the fleet first, and run every tracker and the
+scaler with the new shards before this, or an old one records the old
+layout again.
+
+Flags:
+`
+
+func runForgetLayout(args []string) error {
+	fs := flag.NewFlagSet("wsgate forget-layout", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), forgetLayoutUsage)
+		fs.PrintDefaults()
+	}
+	ro := redisFlags(fs)
+	fleet := fs.String("fleet", "", "the fleet whose layout to forget (required)")
+	timeout := fs.Duration("timeout", 5*time.Second, "bound of the whole call to Redis")
+	if _, err := parseFlagsRest(fs, args, 0); err != nil {
+		return err
+	}
+	if *fleet == "" {
+		return errors.New("want --fleet NAME")
+	}
+	cfg := ro.config()
+	rdb, err := store.NewRedisClient(cfg)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	st := store.NewStore(rdb, cfg.Prefix)
+	n, err := st.RecordedLayout(ctx, *fleet)
+	if err != nil {
+		return fmt.Errorf("reach Redis at %s: %w", strings.Join(cfg.Addrs, ","), err)
+	}
+	if n == 0 {
+		return fmt.Errorf("fleet %s has no recorded layout: the next tracker to heartbeat it records its shards", *fleet)
+	}
+	var busy []string
+	for k := range n {
+		g := fleets.GroupName(*fleet, k)
+		sum, err := st.Summary(ctx, g, time.Now())
+		if err != nil {
+			return fmt.Errorf("group %s: %w", g, err)
+		}
+		if sum.Live > 0 {
+			busy = append(busy, fmt.Sprintf("%s: %d", g, sum.Live))
+		}
+	}
+	if len(busy) > 0 {
+		return fmt.Errorf("fleet %s (layout %d) still counts connections (%s): a pod's count cannot move to another group, so drain the fleet first (README, \"Sharded fleets\")",
+			*fleet, n, strings.Join(busy, ", "))
+	}
+	if _, err := st.ForgetLayout(ctx, *fleet); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stdout, "forgot fleet %s's layout of %d groups: the next tracker to heartbeat it records its shards\n", *fleet, n)
 	return nil
 }

@@ -72,3 +72,35 @@ func TestForgetInstanceOnlyAfterTheLease(t *testing.T) {
 		t.Errorf("live after forgetting gone = %d, want alive's 2", sum.Live)
 	}
 }
+
+// forget-layout deletes a drained fleet's recorded layout, so that the
+// next tracker records its shards; refused while a group counts a
+// connection, or when none is recorded.
+func TestForgetLayoutOnlyWhenDrained(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s := store.NewStore(srv.Client(), "wsgate")
+	run := func() error { return runForgetLayout([]string{"--redis-addr", srv.Addr(), "--fleet", "chat"}) }
+	if err := run(); err == nil || !strings.Contains(err.Error(), "no recorded layout") {
+		t.Errorf("forgetting an unrecorded layout: %v", err)
+	}
+	if n, err := s.Layout(ctx, "chat", 3); err != nil || n != 3 {
+		t.Fatalf("recording a layout of 3: %d %v", n, err)
+	}
+	if _, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat#2", Instance: "e1", Lease: time.Hour,
+		Counts: []store.PodCount{{Pod: "10.0.0.1:80", Live: 2}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(); err == nil || !strings.Contains(err.Error(), "chat#2: 2") || !strings.Contains(err.Error(), "drain the fleet first") {
+		t.Errorf("forgetting the layout of a fleet that counts connections: %v", err)
+	}
+	if _, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat#2", Instance: "e1", Lease: time.Hour, Seq: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(); err != nil {
+		t.Fatalf("forgetting a drained fleet's layout: %v", err)
+	}
+	if n, err := s.Layout(ctx, "chat", 1); err != nil || n != 1 {
+		t.Errorf("after forget-layout, the next layout recorded: %d %v; want 1", n, err)
+	}
+}

@@ -18,6 +18,7 @@ Usage:
   wsgate scaler  [flags]   the KEDA external scaler, pod discovery and deletion cost
   wsgate metrics [view] [flags]   the operator's view of the state in Redis
   wsgate forget-instance --fleet F ID   give back a dead instance's slots (expiredInstances: keep)
+  wsgate forget-layout --fleet F   let a drained fleet take new shards (README, "Sharded fleets")
   wsgate demo    [flags]   the whole system on this machine, with an embedded Redis
   wsgate version [--json]  which build this is: version, commit, commit time
 
