@@ -46,11 +46,11 @@ func (s *Server) readLayout(ctx context.Context, fleet string) error {
 	if !ok {
 		return nil
 	}
-	n, recorded, err := lr.RecordedLayout(ctx, fleet)
+	n, err := lr.RecordedLayout(ctx, fleet)
 	switch {
 	case err != nil:
 		return err // the last one read stands
-	case recorded:
+	case n > 0:
 		s.layouts.Store(fleet, n)
 	default:
 		s.layouts.Delete(fleet)

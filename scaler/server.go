@@ -54,7 +54,8 @@ type Store interface {
 // LayoutReader is implemented by a Store that reads the layout (shards)
 // Redis records for a fleet, as *store.Store does (RecordedLayout).
 type LayoutReader interface {
-	RecordedLayout(ctx context.Context, fleet string) (n int, ok bool, err error)
+	// RecordedLayout is the recorded layout, 0 when none.
+	RecordedLayout(ctx context.Context, fleet string) (int, error)
 }
 
 // ScaleDownGate holds a scale-down until the pods to remove are prepared
@@ -158,8 +159,14 @@ func New(cfg Config, st Store, opts ...Option) (*Server, error) {
 
 // Apply serves fleets from now on (a changed fleets file): GetMetricSpec
 // and GetMetrics of a fleet use its new cap at their next call; a removed
-// fleet's triggers get unknown fleet. If configs is invalid nothing changes.
+// fleet's triggers get unknown fleet. If configs is invalid nothing changes,
+// nor if it changes a served fleet's shards: as the trackers (PROTOCOL.md,
+// "Shards"), that is an offline change, with a restart.
 func (s *Server) Apply(configs []fleets.Fleet) error {
+	var served map[string]fleets.Fleet
+	if p := s.fleets.Load(); p != nil {
+		served = *p
+	}
 	m := make(map[string]fleets.Fleet, len(configs))
 	for _, f := range configs {
 		f = f.WithDefaults()
@@ -168,6 +175,10 @@ func (s *Server) Apply(configs []fleets.Fleet) error {
 		}
 		if _, dup := m[f.Name]; dup {
 			return fmt.Errorf("scaler config: fleet %s defined twice", f.Name)
+		}
+		if old, ok := served[f.Name]; ok && old.Shards != f.Shards {
+			return fmt.Errorf("scaler config: fleet %s: shards %d -> %d: a running fleet's shards cannot change; keeping the whole configuration as it was. To change them (README, \"Sharded fleets\"): drain the fleet, restart every tracker and the scaler with the new shards, then wsgate forget-layout --fleet %s",
+				f.Name, old.Shards, f.Shards, f.Name)
 		}
 		if s.cfg.ExpiredInstances == fleets.ExpiredKube && f.EnvoyService == "" {
 			return fmt.Errorf("scaler config: expired-instances kube: fleet %s names no envoyService, so Kubernetes cannot say whether its instances live", f.Name)

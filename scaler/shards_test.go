@@ -148,3 +148,18 @@ func TestShardedFleetHeldWhileRedisRecordsAnotherLayout(t *testing.T) {
 		t.Errorf("connections = %g, want 3", got)
 	}
 }
+
+func TestApplyRefusesAChangeOfShards(t *testing.T) {
+	e := start(t, opts{cfg: scaler.Config{Fleets: shardedFleets(), PollInterval: time.Hour}})
+	changed := shardedFleets()
+	changed[0].Shards = 2
+	changed[0].MaxConnectionsPerPod = 7
+	err := e.srv.Apply(changed)
+	if err == nil || !strings.Contains(err.Error(), "shards 3 -> 2") || !strings.Contains(err.Error(), "forget-layout") {
+		t.Fatalf("Apply with shards 3 -> 2 = %v, want a refusal naming both and what to do", err)
+	}
+	// Nothing of the file applied: the cap is still 2.
+	if v := mustGauge(t, e.reg, "wsgate_scaler_fleet_cap", "chat"); v != 2 {
+		t.Errorf("cap after the refused file = %g, want 2", v)
+	}
+}

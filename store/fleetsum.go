@@ -2,13 +2,10 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/fleets"
 )
@@ -227,19 +224,4 @@ func (s *Store) FleetPodLoads(ctx context.Context, f fleets.Fleet) (map[string]i
 		}
 	}
 	return out, nil
-}
-
-// RecordedLayout reads, without recording anything, the layout (number of
-// groups) Redis records for fleet (Layout records one): ok is false when
-// none is recorded yet. For readers such as the scaler's readiness and
-// `wsgate metrics`, which must not record a layout of their own.
-func (s *Store) RecordedLayout(ctx context.Context, fleet string) (n int, ok bool, err error) {
-	n, err = s.rdb.Get(ctx, s.Keys(fleet).Layout()).Int()
-	if errors.Is(err, redis.Nil) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("read layout of %s: %w", fleet, err)
-	}
-	return n, true, nil
 }

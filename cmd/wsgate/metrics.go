@@ -121,7 +121,7 @@ func metricsTo(ctx context.Context, out io.Writer, args []string, now func() tim
 	for _, f := range fleets {
 		// Unreadable (group 0's shard down), the layout is left to the
 		// fleets file and the scan.
-		layout, _, _ := store.RecordedLayout(ctx, f)
+		layout, _ := store.RecordedLayout(ctx, f)
 		st, err := reader.ReadGroups(ctx, f, groupsOf(f, max(configured[f].Shards, layout), found[f]), at)
 		if err != nil {
 			return unwrapDeadline(err, *timeout)
