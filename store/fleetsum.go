@@ -47,9 +47,9 @@ func (s *Store) FleetSummary(ctx context.Context, f fleets.Fleet, now time.Time)
 // SumSummaries combines the summaries of fleet's groups into the fleet's.
 // One group is returned as it is (renamed to fleet). For several:
 //   - Live, Pods, Ready, Draining, Placeable and every rejection window are
-//     sums: each pod, connection and refusal is counted in exactly one
-//     group (a pod belongs to one group; a refusal is recorded where it was
-//     decided).
+//     sums: each pod and connection is counted in exactly one group (a pod
+//     belongs to one group), a refusal in each group Redis was asked in
+//     (tracker/PROTOCOL.md, "What crosses groups").
 //   - Alive and Left are the highest of any group: every tracker heartbeats
 //     every group, so each group counts the same instances; adding them
 //     would multiply the fleet's trackers by its shards.
