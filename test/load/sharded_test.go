@@ -59,11 +59,10 @@ const (
 // shards=3's busiest CPU as a share of shards=1's, run by run (expected
 // near 1/3).
 //
-// At a modest load a Redis that does a third of the work spends more CPU
-// per call (fewer calls share each wake-up of its event loop), and every
-// tracker heartbeats each group (N heartbeats where there was one, each
-// with a fixed cost): the busiest master's CPU falls less than to a
-// third; total-cpu-ms/10k shows by how much the masters' sum grows.
+// On a small shared machine the busiest master's CPU falls less than to a
+// third: the three masters together spend more per call than one did
+// (total-cpu-ms/10k shows by how much), with the same calls per lifecycle
+// (scripts/lifecycle); the README's Performance section discusses why.
 //
 // Run it alone, e.g. make bench BENCH=ShardedCluster PKGS=./test/load/
 // BENCHTIME=9000x COUNT=3 (it is not part of make test).
