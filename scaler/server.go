@@ -509,8 +509,8 @@ func (s *Server) Reap(ctx context.Context) error {
 		stalled := w.Observe(seqs, "", s.now())
 		if s.cfg.ExpiredInstances == fleets.ExpiredKube {
 			// Kubernetes knows the fleet's Envoy Service, not its groups.
-			name, _, _ := fleets.SplitGroup(f)
-			stalled = s.goneFromKubernetes(name, stalled)
+			fleet, _, _ := fleets.SplitGroup(f)
+			stalled = s.goneFromKubernetes(fleet, stalled)
 		}
 		ids, err := s.store.Reap(ctx, f, stalled)
 		if err != nil {
@@ -518,8 +518,10 @@ func (s *Server) Reap(ctx context.Context) error {
 			continue
 		}
 		if len(ids) > 0 {
-			s.metrics.Reaped.WithLabelValues(f).Add(float64(len(ids)))
-			s.log.Info("reaped expired tracker instances", "fleet", f, "instances", ids)
+			// The series is the fleet's, whichever group reaped.
+			name, _, _ := fleets.SplitGroup(f)
+			s.metrics.Reaped.WithLabelValues(name).Add(float64(len(ids)))
+			s.log.Info("reaped expired tracker instances", "fleet", name, "group", f, "instances", ids)
 		}
 	}
 	return errors.Join(errs...)

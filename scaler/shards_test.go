@@ -12,6 +12,7 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/scaler"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/store/storetest"
 )
 
@@ -161,5 +162,36 @@ func TestApplyRefusesAChangeOfShards(t *testing.T) {
 	// Nothing of the file applied: the cap is still 2.
 	if v := mustGauge(t, e.reg, "wsgate_scaler_fleet_cap", "chat"); v != 2 {
 		t.Errorf("cap after the refused file = %g, want 2", v)
+	}
+}
+
+// A tracker's lease is per group: the reaper watches and reaps each group
+// of a sharded fleet, and counts the reaps under the fleet's name.
+func TestReaperReapsEveryGroup(t *testing.T) {
+	e := start(t, opts{cfg: scaler.Config{Fleets: shardedFleets(), PollInterval: time.Hour, ExpiredInstances: fleets.ExpiredReap}})
+	ctx := context.Background()
+	groups := shardedFleets()[0].GroupNames()
+	for _, g := range groups {
+		if _, err := e.store.Sync(ctx, store.SyncRequest{Fleet: g, Instance: "envoy-dead", Lease: 100 * time.Millisecond, Seq: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, g := range groups {
+		e.awaitLeaseEnd(g, "envoy-dead")
+	}
+	if err := e.srv.Reap(ctx); err != nil { // the scaler's first sight
+		t.Fatal(err)
+	}
+	e.clock.advance(ttl) // it watched each group's seq stand still a TTL
+	if err := e.srv.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range groups {
+		if _, ok := e.instances(g)["envoy-dead"]; ok {
+			t.Errorf("envoy-dead not reaped in %s", g)
+		}
+	}
+	if got := mustCounter(t, e.reg, "chat"); got != 3 {
+		t.Errorf("reaped counter of chat = %v, want 3 (one per group)", got)
 	}
 }
