@@ -14,6 +14,7 @@ import (
 	"github.com/wsgate/wsgate/scaler"
 	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/store/storetest"
+	"github.com/wsgate/wsgate/tracker"
 )
 
 // The scaler reads a sharded fleet as the sum of its groups (store.Store
@@ -193,5 +194,45 @@ func TestReaperReapsEveryGroup(t *testing.T) {
 	}
 	if got := mustCounter(t, e.reg, "chat"); got != 3 {
 		t.Errorf("reaped counter of chat = %v, want 3 (one per group)", got)
+	}
+}
+
+// With real trackers of a sharded fleet (the tracker's group choice and
+// per-group heartbeats), the scaler sees what they admitted, summed.
+func TestShardedFleetWithTrackers(t *testing.T) {
+	fc := shardedFleets()[0]
+	for i := 1; i <= 9; i++ {
+		fc.Pods = append(fc.Pods, "10.0.6."+strconv.Itoa(i)+":80")
+	}
+	cfgs := []fleets.Fleet{fc}
+	e := start(t, opts{cfg: scaler.Config{Fleets: cfgs, PollInterval: time.Hour}})
+	a := e.trackerWith(tracker.Config{InstanceID: "envoy-a", Fleets: cfgs, Heartbeat: ttl / 5, InstanceTTL: ttl})
+	b := e.trackerWith(tracker.Config{InstanceID: "envoy-b", Fleets: cfgs, Heartbeat: ttl / 5, InstanceTTL: ttl})
+	na, _ := e.admit(a, "chat", 7)
+	nb, _ := e.admit(b, "chat", 5)
+	if na != 7 || nb != 5 {
+		t.Fatalf("admitted %d and %d, want 7 and 5", na, nb)
+	}
+	used := 0
+	for _, g := range fc.GroupNames() {
+		snap, err := e.store.Snapshot(context.Background(), g, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if snap.Live > 0 {
+			used++
+		}
+	}
+	if used < 2 {
+		t.Errorf("12 admissions used %d group(s), want them spread over several", used)
+	}
+	if got := e.metric("fleet", "chat", "metric", "connections"); got != 12 {
+		t.Errorf("connections = %g, want 12 over the groups", got)
+	}
+	if err := e.srv.Observe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v := mustGauge(t, e.reg, "wsgate_scaler_fleet_instances", "chat", "alive"); v != 2 {
+		t.Errorf("alive instances = %g, want 2 (each heartbeats every group)", v)
 	}
 }
