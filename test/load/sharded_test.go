@@ -56,8 +56,8 @@ const (
 // out (busiest-load-cpu-ms/10k), the three masters' sum (total-cpu-ms/10k),
 // and the busiest master's share of the sum. With -count, a summary line
 // follows all benchmarks: each figure's median [min–max] over the runs, and
-// shards=3's busiest CPU as a share of shards=1's, run by run (expected
-// near 1/3).
+// shards=3's busiest CPU (and the masters' sum) as a share of shards=1's,
+// run by run (a third, if sharding cost nothing).
 //
 // On a small shared machine the busiest master's CPU falls less than to a
 // third: the three masters together spend more per call than one did
@@ -299,9 +299,10 @@ var shardUnits = []string{"busiest-cpu-ms/10k", "busiest-load-cpu-ms/10k", "tota
 	"lifecycles/s", "late-share"}
 
 // shardSummary prints, per benchmark, the median [min–max] over runs of
-// shardUnits, then the ratio of shards=3's busiest master CPU to
-// shards=1's, run by run (the i-th run of one with the i-th of the other:
-// they ran back to back on the same machine).
+// shardUnits, then shards=3's figures as a share of shards=1's, the i-th
+// run of one against the i-th of the other (with -count, Go runs each
+// sub-benchmark's runs in a row: all of shards=1's, then shards=3's, a
+// minute or so apart).
 func (r *runs) shardSummary(w io.Writer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
