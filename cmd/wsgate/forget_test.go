@@ -80,7 +80,9 @@ func TestForgetLayoutOnlyWhenDrained(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
 	s := store.NewStore(srv.Client(), "wsgate")
-	run := func() error { return runForgetLayout([]string{"--redis-addr", srv.Addr(), "--fleet", "chat"}) }
+	run := func() error {
+		return runForgetLayout([]string{"--redis-addr", srv.Addr(), "--fleet", "chat", "--settle", "0s"})
+	}
 	if err := run(); err == nil || !strings.Contains(err.Error(), "no recorded layout") {
 		t.Errorf("forgetting an unrecorded layout: %v", err)
 	}
