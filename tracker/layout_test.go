@@ -186,3 +186,114 @@ func TestShardsLayoutUnknownIsVisible(t *testing.T) {
 		t.Errorf("once a check succeeded: %+v", res)
 	}
 }
+
+// podOutsideGroupZero is a pod of pods that GroupOf puts in another group
+// than 0 under n shards.
+func podOutsideGroupZero(t *testing.T, pods []string, n int) string {
+	t.Helper()
+	for _, p := range pods {
+		if fleets.GroupOf(p, n) != 0 {
+			return p
+		}
+	}
+	t.Fatalf("every pod of %v is in group 0 of %d", pods, n)
+	return ""
+}
+
+// A tracker restarted with shards 3 while Redis records 1, its Envoy
+// still carrying a connection on a pod GroupOf puts in group 1 or 2: the
+// connection is adopted into group 0, where the previous run counted it
+// (inherited), and stays counted there, so a tracker of the recorded
+// layout cannot place a second one on the pod (review finding 4). Late:
+// Envoy reports it only after the inherited slots' lease (30s): under the
+// mismatch they do not expire meanwhile.
+func TestShardsAdoptionAfterARestartWithOtherShards(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		t.Run(map[bool]string{false: "at_once", true: "late"}[late], func(t *testing.T) {
+			rdb, mr := miniClient(t)
+			c := newLayoutClock(mr)
+			p := podOutsideGroupZero(t, podAddrs(12), 3)
+			before := newTracker(t, rdb, "e1", c.clk, tracker.FallbackShare, shardedCfg("chat", 1, 1, p))
+			other := newTracker(t, rdb, "c", c.clk, tracker.FallbackShare, shardedCfg("chat", 1, 1, p))
+			c.pastRecovery(before, other)
+			res := admit(t, before, "chat")
+			if !res.Admitted {
+				t.Fatalf("%+v", res)
+			}
+			if err := before.Establish(res.Conn); err != nil {
+				t.Fatal(err)
+			}
+			heartbeat(t, before)
+			after := newTracker(t, rdb, "e1", c.clk, tracker.FallbackShare, shardedCfg("chat", 3, 1, p))
+			_ = after.Heartbeat(context.Background())
+			step := func() {
+				c.advance(5 * time.Second)
+				_ = after.Heartbeat(context.Background())
+				heartbeat(t, other)
+			}
+			if late {
+				for range 8 {
+					step()
+				}
+				if r := admit(t, other, "chat"); r.Admitted {
+					t.Fatalf("before Envoy reported it, admitted %+v on %s, which holds its cap of 1 already", r, p)
+				}
+			}
+			if err := after.Adopt("chat", res.Conn, p, false); err != nil {
+				t.Fatalf("adopt: %v", err)
+			}
+			// past the connection's lease and the inherited slots' (30s):
+			// Envoy keeps renewing the connection
+			for range 8 {
+				if err := after.Renew(res.Conn); err != nil {
+					t.Fatalf("renew: %v", err)
+				}
+				step()
+			}
+			if r := admit(t, other, "chat"); r.Admitted {
+				t.Errorf("the recorded layout's tracker admitted %+v on %s, which holds its cap of 1 already", r, p)
+			}
+		})
+	}
+}
+
+// A registry written in group 0 only (as discovery did before it wrote
+// each pod into its group) while the trackers run 3 shards: a restarted
+// tracker adopts its connection into group 0, which counted it, not into
+// the group GroupOf names, where the pod is in no registry (review
+// finding 1).
+func TestShardsAdoptionFindsTheGroupThatCountsThePod(t *testing.T) {
+	rdb, mr := miniClient(t)
+	c := newLayoutClock(mr)
+	p := podOutsideGroupZero(t, podAddrs(12), 3)
+	fc := shardedCfg("chat", 3, 1) // no static pods: discovery
+	if err := storeOn(rdb).SetPods(context.Background(), "chat", []fleets.Pod{{Addr: p, Ready: true}}); err != nil {
+		t.Fatal(err)
+	}
+	before := newTracker(t, rdb, "e1", c.clk, tracker.FallbackShare, fc)
+	other := newTracker(t, rdb, "c", c.clk, tracker.FallbackShare, fc)
+	c.pastRecovery(before, other)
+	res := admit(t, before, "chat")
+	if !res.Admitted || res.Pod != p {
+		t.Fatalf("%+v", res)
+	}
+	if err := before.Establish(res.Conn); err != nil {
+		t.Fatal(err)
+	}
+	heartbeat(t, before)
+	after := newTracker(t, rdb, "e1", c.clk, tracker.FallbackShare, fc)
+	heartbeat(t, after)
+	if err := after.Adopt("chat", res.Conn, p, false); err != nil {
+		t.Fatalf("adopt after the restart: %v", err)
+	}
+	for range 8 {
+		c.advance(5 * time.Second)
+		if err := after.Adopt("chat", res.Conn, p, false); err != nil { // Envoy's renewals
+			t.Fatalf("adopt: %v", err)
+		}
+		heartbeat(t, after, other)
+	}
+	if r := admit(t, other, "chat"); r.Admitted {
+		t.Errorf("admitted %+v on %s, which holds its cap of 1 already", r, p)
+	}
+}
