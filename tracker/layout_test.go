@@ -297,3 +297,49 @@ func TestShardsAdoptionFindsTheGroupThatCountsThePod(t *testing.T) {
 		t.Errorf("admitted %+v on %s, which holds its cap of 1 already", r, p)
 	}
 }
+
+// Under a layout the tracker does not run (here frozen by forget-layout)
+// its fallback is closed, whatever --fallback says: a share fallback would
+// admit into ent - held, slots of the group this tracker's shards name,
+// which the recorded layout may count elsewhere (review finding 5). Its
+// decisions are why="layout", and its fallback is shown active.
+func TestShardsFallbackIsClosedUnderAnotherLayout(t *testing.T) {
+	rdb, mr := miniClient(t)
+	c := newLayoutClock(mr)
+	pods := podAddrs(1)
+	tr := newTracker(t, rdb, "e1", c.clk, tracker.FallbackShare, fleetCfg("chat", 4, pods...))
+	c.pastRecovery(tr)
+	var conns []string
+	for range 2 {
+		res := admit(t, tr, "chat")
+		if !res.Admitted || res.Fallback {
+			t.Fatalf("%+v", res)
+		}
+		conns = append(conns, res.Conn)
+	}
+	if err := tr.Store().SetLayout(context.Background(), "chat", store.LayoutFrozen); err != nil {
+		t.Fatal(err)
+	}
+	heartbeat(t, tr) // publishes 2: ent 2
+	if _, mismatch, _ := tr.LayoutMismatch("chat"); !mismatch {
+		t.Fatal("a frozen layout is no mismatch")
+	}
+	// the release cannot reach Redis: held 1, ent 2, a slot share would
+	// take back
+	if err := tr.Release(context.Background(), conns[0]); err != nil {
+		t.Fatal(err)
+	}
+	before := testutil.ToFloat64(tr.Metrics().Fallbacks.WithLabelValues("chat", "layout"))
+	if res := admit(t, tr, "chat"); res.Admitted {
+		t.Errorf("admitted under a frozen layout: %+v", res)
+	}
+	if got := testutil.ToFloat64(tr.Metrics().Fallbacks.WithLabelValues("chat", "layout")) - before; got != 1 {
+		t.Errorf("fallback decisions why=layout: +%v, want +1", got)
+	}
+	if got := testutil.ToFloat64(tr.Metrics().Degraded.WithLabelValues("chat")); got != 1 {
+		t.Errorf("wsgate_tracker_fallback_active = %v, want 1", got)
+	}
+	if err := tr.Ready(); err == nil {
+		t.Error("ready under a frozen layout")
+	}
+}

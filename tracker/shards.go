@@ -155,6 +155,9 @@ func (t *Tracker) freeSlots(f *fleet) (free int, known, usable bool) {
 	if !f.view.ok {
 		return 0, false, false
 	}
+	if !f.fam.layoutUsable() {
+		return 0, true, false // the fallback is closed (admitFallback)
+	}
 	if !f.redisUsableLocked() {
 		switch t.cfg.Fallback {
 		case FallbackShare:
@@ -166,7 +169,13 @@ func (t *Tracker) freeSlots(f *fleet) (free int, known, usable bool) {
 			return 0, true, false
 		}
 	}
-	return f.view.free - (len(f.conns) - f.view.mineTotal), true, true
+	// What it holds now less what the heartbeat published (mineTotal,
+	// which counts the inherited slots too): admitted since, less released.
+	held := len(f.conns)
+	for _, n := range f.inherited {
+		held += n
+	}
+	return f.view.free - (held - f.view.mineTotal), true, true
 }
 
 // checkLayout is the layout guard (PROTOCOL.md, "Shards"): it records this
