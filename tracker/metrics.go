@@ -70,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"fleet"}),
 		ReplicationSafe: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wsgate_tracker_redis_replication_safe",
-			Help: "1 when the last replication check (at start and at each new epoch) found that the fleet's Redis keeps the cap under split brain (no replicas, or admissions wait for every replica, and expired instances are not reaped beside replicas); 0 when it cannot, or before a check could reach Redis (PROTOCOL.md, Replication and failover).",
+			Help: "1 when the last replication check (at start and at each new epoch) found that the fleet's Redis keeps the cap under split brain (no replicas, or admissions wait for every replica, and expired instances are not reaped beside replicas), for every group of a fleet with shards; 0 when it cannot, or before a check could reach Redis for each group (PROTOCOL.md, Replication and failover).",
 		}, []string{"fleet"}),
 		LayoutMismatch: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wsgate_tracker_layout_mismatch",
