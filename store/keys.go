@@ -26,7 +26,7 @@ const (
 	keyScaler    = "scaler:"    // + trigger: one scaler trigger's decision hash
 	keyScalers   = "scalers"    // zset: trigger -> updatedMs of its decision
 	keyScaleDown = "scaledown"  // zset: scale-down candidates, first to go first
-	keyLayout    = "layout"     // string: a fleet's groups (its shards), in group 0's tag
+	keyLayout    = "layout"     // hash: shards (a fleet's groups), in group 0's tag and mirrored in group 1's
 	// keyLegacyScaler is the one decision hash of versions before one per
 	// trigger: the scaler deletes it.
 	keyLegacyScaler = "scaler"

@@ -91,4 +91,5 @@ var (
 	scriptDecisionOthers = loadScript("decision_others")
 	scriptScaleDown      = loadScript("scaledown")
 	scriptLayout         = loadScript("layout")
+	scriptLayoutMirror   = loadScript("layout_mirror")
 )

@@ -95,6 +95,9 @@ func (t *Tracker) admit(ctx context.Context, fam *family) (Result, error) {
 // goes to the rejection rings (the caller records it otherwise).
 func (t *Tracker) admitGroup(ctx context.Context, f *fleet, now time.Time, record bool) (Result, error) {
 	why := "degraded"
+	if !f.fam.layoutUsable() {
+		why = "layout"
+	}
 	if f.redisUsable() {
 		res, fence, err := t.admitRedis(ctx, f, now)
 		switch {
@@ -135,7 +138,9 @@ func (t *Tracker) admitGroup(ctx context.Context, f *fleet, now time.Time, recor
 }
 
 // fallbackWhys are the values of fallback_decisions_total's why label.
-var fallbackWhys = []string{"redis_error", "not_replicated", "gate_busy", "queued", "degraded", string(store.FenceEpoch), string(store.FenceRecovering), string(store.FenceLease)}
+// layout: the layout guard keeps the fleet out of Redis (PROTOCOL.md,
+// "Shards"), and the fallback refuses.
+var fallbackWhys = []string{"redis_error", "not_replicated", "gate_busy", "queued", "degraded", "layout", string(store.FenceEpoch), string(store.FenceRecovering), string(store.FenceLease)}
 
 // refusalLocked is the reason a fallback gives when it has no slot
 // either, for an admission that left Redis for why: recovering when Redis
@@ -362,7 +367,14 @@ func (t *Tracker) admitFallback(f *fleet, now time.Time, why string, record bool
 	best, bestLoad := "", 0
 	policy := f.conf().Policy
 	better := func(pod string, load int) bool { return ranksBefore(policy, pod, load, best, bestLoad) }
-	switch t.cfg.Fallback {
+	mode := t.cfg.Fallback
+	if !f.fam.layoutUsable() {
+		// Closed, whatever --fallback says: ent and the view count pods in
+		// the group this instance's shards put them in, which the recorded
+		// layout may not (PROTOCOL.md, "Shards").
+		mode = FallbackClosed
+	}
+	switch mode {
 	case FallbackShare:
 		if !now.Before(f.localLeaseUntil) {
 			break

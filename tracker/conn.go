@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -94,9 +95,7 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	if err := fleets.ValidatePodAddr(pod); err != nil {
 		return fmt.Errorf("adopt: connection %q: %w", id, err)
 	}
-	// The connection was admitted in its pod's group, and is counted
-	// there (PROTOCOL.md, "Shards").
-	f := fam.groups[fleets.GroupOf(pod, len(fam.groups))]
+	f := adoptGroup(fam, pod)
 	mine, previous := t.ownID(id)
 	if !mine && !previous {
 		return fmt.Errorf("adopt: connection %q: not an id of instance %s: %w", id, t.cfg.InstanceID, ErrNotAdoptable)
@@ -145,6 +144,36 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	return nil
 }
 
+// adoptGroup is the group of fam a connection on pod is adopted into: the
+// one it was admitted and is counted in (PROTOCOL.md, "Shards"). That is
+// the group that already holds state for the pod on this instance —
+// inherited slots first (what Redis counted for a previous run), then
+// slots, connections or counts of this run (ent, live, the view's mine),
+// then the group whose registry lists it — and only when none does the
+// pod's group by this instance's shards, fleets.GroupOf: a registry
+// written by another layout (the scaler's discovery, a tracker run with
+// other shards) may have put the pod in another group than GroupOf says.
+func adoptGroup(fam *family, pod string) *fleet {
+	if len(fam.groups) == 1 {
+		return fam.groups[0]
+	}
+	for _, held := range []func(f *fleet) bool{
+		func(f *fleet) bool { return f.inherited[pod] > 0 },
+		func(f *fleet) bool { return f.ent[pod] > 0 || f.live[pod] > 0 || f.view.mine[pod] > 0 },
+		func(f *fleet) bool { _, ok := slices.BinarySearch(f.view.pods, pod); return ok },
+	} {
+		for _, f := range fam.groups {
+			f.mu.Lock()
+			ok := held(f)
+			f.mu.Unlock()
+			if ok {
+				return f
+			}
+		}
+	}
+	return fam.groups[fleets.GroupOf(pod, len(fam.groups))]
+}
+
 // idRandomBytes is the size of a process's random part of connection ids.
 const idRandomBytes = 6
 
@@ -182,7 +211,11 @@ func (t *Tracker) ownID(id string) (mine, previous bool) {
 func (t *Tracker) expire(f *fleet, now time.Time) {
 	f.mu.Lock()
 	var pending, lease int
-	if len(f.inherited) > 0 && now.After(f.inheritUntil) {
+	// Inherited slots do not expire while the layout guard refuses Redis
+	// (PROTOCOL.md, "Shards"): they are what keeps a connection Envoy
+	// still carries counted in the group it was admitted in, which this
+	// instance's shards may not be able to adopt it into.
+	if len(f.inherited) > 0 && now.After(f.inheritUntil) && f.fam.layoutUsable() {
 		for pod, n := range f.inherited {
 			lease += n
 			// Not entitlement to reuse either: an inherited slot may be a

@@ -3,6 +3,7 @@ package tracker
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
@@ -40,8 +41,13 @@ type family struct {
 	// degraded counts the groups whose fallback is active: the fleet's
 	// wsgate_tracker_fallback_active is 1 while any is.
 	degraded int
-	// recorded is the layout Redis recorded at the last check (0 before).
+	// recorded is the layout Redis recorded at the last check (0 before,
+	// store.LayoutFrozen while frozen).
 	recorded int
+	// layoutErr is the last layout check's failure, "" once one succeeds;
+	// layoutWarned when it was last logged (at most every redisWarnEvery).
+	layoutErr    string
+	layoutWarned time.Time
 }
 
 // The layout guard's findings (family.layout).
@@ -55,7 +61,8 @@ func (fam *family) conf() *fleets.Fleet { return fam.cfg.Load() }
 
 // layoutUsable says whether the fleet's groups may admit and release
 // through Redis as far as the layout guard knows: Redis recorded this
-// instance's shards.
+// instance's shards. While it is false the fallback admits nothing either
+// (it is closed, whatever --fallback says: PROTOCOL.md, "Shards").
 func (fam *family) layoutUsable() bool { return fam.layout.Load() == layoutOK }
 
 // setDegradedLocked records whether group f counts in the fleet's
@@ -75,5 +82,13 @@ func (t *Tracker) setDegradedLocked(f *fleet, on bool) {
 	} else {
 		fam.degraded--
 	}
-	t.metrics.Degraded.WithLabelValues(fam.name).Set(bit(fam.degraded > 0))
+	t.publishDegradedLocked(fam)
+}
+
+// publishDegradedLocked sets fam's wsgate_tracker_fallback_active: 1
+// while any group's fallback is active, or while the layout guard keeps
+// the fleet out of Redis (only a fallback, a closed one, decides then).
+// With fam.mu held.
+func (t *Tracker) publishDegradedLocked(fam *family) {
+	t.metrics.Degraded.WithLabelValues(fam.name).Set(bit(fam.degraded > 0 || !fam.layoutUsable()))
 }

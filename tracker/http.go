@@ -56,6 +56,27 @@ func (t *Tracker) Ready() error {
 				return err
 			}
 		}
+		if err := fam.readyLayout(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readyLayout is Ready's layout guard: a fleet whose layout is unknown or
+// not this instance's admits nothing, through Redis or its fallback.
+func (fam *family) readyLayout() error {
+	fam.mu.Lock()
+	recorded, said := fam.recorded, fam.layoutErr
+	fam.mu.Unlock()
+	switch fam.layout.Load() {
+	case layoutUnknown:
+		if said != "" {
+			return fmt.Errorf("fleet %s: its layout could not be read in Redis yet: %s", fam.name, said)
+		}
+		return fmt.Errorf("fleet %s: its layout was not read in Redis yet", fam.name)
+	case layoutMismatch:
+		return fmt.Errorf("fleet %s: Redis records a layout of %d groups, this instance has %d (PROTOCOL.md, \"Shards\")", fam.name, recorded, len(fam.groups))
 	}
 	return nil
 }

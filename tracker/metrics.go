@@ -19,6 +19,7 @@ type Metrics struct {
 	Reused           *prometheus.CounterVec
 	ReplicationSafe  *prometheus.GaugeVec
 	LayoutMismatch   *prometheus.GaugeVec
+	LayoutUnknown    *prometheus.GaugeVec
 }
 
 // NewMetrics creates the tracker's collectors and registers them on reg
@@ -69,18 +70,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"fleet"}),
 		ReplicationSafe: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wsgate_tracker_redis_replication_safe",
-			Help: "1 when the last replication check (at start and at each new epoch) found that the fleet's Redis keeps the cap under split brain (no replicas, or admissions wait for every replica, and expired instances are not reaped beside replicas); 0 when it cannot, or before a check could reach Redis (PROTOCOL.md, Replication and failover).",
+			Help: "1 when the last replication check (at start and at each new epoch) found that the fleet's Redis keeps the cap under split brain (no replicas, or admissions wait for every replica, and expired instances are not reaped beside replicas), for every group of a fleet with shards; 0 when it cannot, or before a check could reach Redis for each group (PROTOCOL.md, Replication and failover).",
 		}, []string{"fleet"}),
 		LayoutMismatch: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wsgate_tracker_layout_mismatch",
 			Help: "1 while the fleet's shards differ from the layout Redis recorded for it: none of its groups admits or releases through Redis, only the fallback decides (PROTOCOL.md, Shards; the log says what to do).",
+		}, []string{"fleet"}),
+		LayoutUnknown: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wsgate_tracker_layout_unknown",
+			Help: "1 while no layout check has reached the fleet's Redis (group 0's and its mirror's; e.g. NOPERM, group 0's primary down since the start): the fleet uses no Redis and admits nothing until one does (PROTOCOL.md, Shards; the log says why).",
 		}, []string{"fleet"}),
 	}
 	for _, op := range redisOps {
 		m.RedisErrors.WithLabelValues(op)
 	}
 	if reg != nil {
-		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused, m.ReplicationSafe, m.LayoutMismatch)
+		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused, m.ReplicationSafe, m.LayoutMismatch, m.LayoutUnknown)
 	}
 	return m
 }
@@ -102,6 +107,7 @@ func (m *Metrics) addFleet(fleet string) {
 	m.Reused.WithLabelValues(fleet)
 	m.ReplicationSafe.WithLabelValues(fleet)
 	m.LayoutMismatch.WithLabelValues(fleet).Set(0)
+	m.LayoutUnknown.WithLabelValues(fleet).Set(1)
 }
 
 // removeFleet deletes the series of a fleet the tracker forgot (it left
@@ -115,6 +121,7 @@ func (m *Metrics) removeFleet(fleet string) {
 	m.Reused.DeletePartialMatch(l)
 	m.ReplicationSafe.DeletePartialMatch(l)
 	m.LayoutMismatch.DeletePartialMatch(l)
+	m.LayoutUnknown.DeletePartialMatch(l)
 }
 
 // expiredWhys are the values of connections_expired_total's why label.

@@ -32,9 +32,14 @@ var ErrSplitBrainRisk = errors.New("Redis cannot keep the cap under split brain"
 
 // replicationState is what the check saw last: per fleet, the epoch it
 // checked ("*": checked before the fleet had one).
+//
+// safe is each group's last finding (1 safe, 0 not): a fleet's gauge is
+// the least over all its groups, a group never checked counting as 0, so
+// that a fleet whose groups were checked in part does not show safe.
 type replicationState struct {
 	mu      sync.Mutex
 	checked map[string]string
+	safe    map[string]float64
 }
 
 // CheckReplication checks the Redis of every fleet now (at start). It
@@ -140,12 +145,8 @@ func (t *Tracker) checkReplication(ctx context.Context, names []string, atStart 
 		}
 		s.fleets = append(s.fleets, name)
 	}
-	safeOf := map[string]float64{}
-	defer func() {
-		for label, safe := range safeOf {
-			t.metrics.ReplicationSafe.WithLabelValues(label).Set(safe)
-		}
-	}()
+	found := map[string]float64{}
+	defer t.publishReplication(found)
 	for _, s := range servers {
 		risks, notes := s.r.SplitBrainRisks(setup), s.r.SplitBrainNotes(setup)
 		safe := 1.0
@@ -154,12 +155,7 @@ func (t *Tracker) checkReplication(ctx context.Context, names []string, atStart 
 			risky = append(risky, s.fleets...)
 		}
 		for _, name := range s.fleets {
-			// A fleet's gauge is its groups' least (the groups of a
-			// fleet with shards may be on other servers).
-			label, _, _ := fleets.SplitGroup(name)
-			if v, ok := safeOf[label]; !ok || safe < v {
-				safeOf[label] = safe
-			}
+			found[name] = safe
 		}
 		attrs := []any{"fleets", s.fleets, "redis", s.r.Addr, "topology", string(setup.Topology), "role", s.r.Role, "replicas", s.r.Replicas,
 			"wait_replicas", t.cfg.WaitReplicas, "expired_instances", string(t.cfg.ExpiredInstances)}
@@ -183,4 +179,31 @@ func (t *Tracker) checkReplication(ctx context.Context, names []string, atStart 
 		}
 	}
 	return risky, checked
+}
+
+// publishReplication takes in the groups' findings of a check and sets the
+// gauge of each fleet they belong to: the least over all the fleet's
+// groups (they may be on other servers), 0 for a group never checked.
+func (t *Tracker) publishReplication(found map[string]float64) {
+	t.repl.mu.Lock()
+	defer t.repl.mu.Unlock()
+	labels := map[string]bool{}
+	for name, safe := range found {
+		t.repl.safe[name] = safe
+		label, _, _ := fleets.SplitGroup(name)
+		labels[label] = true
+	}
+	for label := range labels {
+		fam, err := t.family(label)
+		if err != nil {
+			continue
+		}
+		least := 1.0
+		for _, f := range fam.groups {
+			if v, ok := t.repl.safe[f.name]; !ok || v < least {
+				least = min(least, v) // unchecked: v is 0
+			}
+		}
+		t.metrics.ReplicationSafe.WithLabelValues(label).Set(least)
+	}
 }

@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -154,6 +155,9 @@ func (t *Tracker) freeSlots(f *fleet) (free int, known, usable bool) {
 	if !f.view.ok {
 		return 0, false, false
 	}
+	if !f.fam.layoutUsable() {
+		return 0, true, false // the fallback is closed (admitFallback)
+	}
 	if !f.redisUsableLocked() {
 		switch t.cfg.Fallback {
 		case FallbackShare:
@@ -165,43 +169,99 @@ func (t *Tracker) freeSlots(f *fleet) (free int, known, usable bool) {
 			return 0, true, false
 		}
 	}
-	return f.view.free - (len(f.conns) - f.view.mineTotal), true, true
+	// What it holds now less what the heartbeat published (mineTotal,
+	// which counts the inherited slots too): admitted since, less released.
+	held := len(f.conns)
+	for _, n := range f.inherited {
+		held += n
+	}
+	return f.view.free - (held - f.view.mineTotal), true, true
 }
 
 // checkLayout is the layout guard (PROTOCOL.md, "Shards"): it records this
-// instance's shards for fam in Redis unless a layout is recorded already,
-// and lets fam's groups use Redis only while the recorded layout is this
-// instance's. Run before each heartbeat of group 0, so before a fleet's
-// first. When Redis cannot be asked, the last finding stands (none: the
-// groups stay out of Redis).
+// instance's shards for fam in Redis unless a layout is recorded already
+// (store.Store.Layout: group 0's and its mirror's), and lets fam's groups
+// use Redis only while the recorded layout is this instance's. Run before
+// each heartbeat of group 0, so before a fleet's first. When Redis cannot
+// be asked, the last finding stands (none: the groups stay out of Redis,
+// wsgate_tracker_layout_unknown) and the failure is logged as an error, at
+// most every redisWarnEvery: a guard that never answers keeps the fleet
+// from admitting at all.
 func (t *Tracker) checkLayout(ctx context.Context, fam *family) error {
 	ctx, cancel := context.WithTimeout(ctx, max(t.cfg.RedisTimeout, t.cfg.Heartbeat/4))
 	defer cancel()
 	n := len(fam.groups)
 	recorded, err := t.store.Layout(ctx, fam.name, n)
-	if err != nil {
+	conflict := errors.Is(err, store.ErrLayoutConflict)
+	if err != nil && !conflict {
 		t.metrics.RedisErrors.WithLabelValues("sync").Inc()
-		return fmt.Errorf("layout %s: %w", fam.name, err)
+		err = fmt.Errorf("layout %s: %w", fam.name, err)
+		t.layoutFailed(fam, err)
+		return err
 	}
 	state := layoutOK
-	if recorded != n {
+	if recorded != n || conflict {
 		state = layoutMismatch
 	}
 	fam.mu.Lock()
 	changed := fam.recorded != recorded
 	fam.recorded = recorded
-	fam.mu.Unlock()
+	said := ""
+	if conflict {
+		said = err.Error()
+	}
+	changed = changed || fam.layoutErr != said
+	fam.layoutErr = said
 	was := fam.layout.Swap(state)
+	t.publishDegradedLocked(fam)
+	fam.mu.Unlock()
 	t.metrics.LayoutMismatch.WithLabelValues(fam.name).Set(bit(state == layoutMismatch))
+	t.metrics.LayoutUnknown.WithLabelValues(fam.name).Set(0)
 	switch {
+	case conflict && (was != layoutMismatch || changed):
+		t.log.Error("the fleet's recorded layout and its mirror differ: none of its groups uses Redis, and its fallback admits nothing, until they agree",
+			"fleet", fam.name, "shards", n, "err", err,
+			"what_to_do", "drain the fleet, then `wsgate forget-layout --fleet "+fam.name+"` (README, \"Sharded fleets\")")
+	case recorded == store.LayoutFrozen && (was != layoutMismatch || changed):
+		t.log.Warn("the fleet's layout is frozen (wsgate forget-layout is changing it): none of its groups uses Redis, and its fallback admits nothing, until a layout is recorded",
+			"fleet", fam.name, "shards", n)
 	case state == layoutMismatch && (was != layoutMismatch || changed):
-		t.log.Error("the fleet's shards differ from the layout Redis recorded: none of its groups admits or releases through Redis (fallback only) until they agree",
+		t.log.Error("the fleet's shards differ from the layout Redis recorded: none of its groups admits or releases through Redis, and its fallback admits nothing, until they agree",
 			"fleet", fam.name, "shards", n, "redis_layout", recorded,
 			"what_to_do", "run every tracker and the scaler with the recorded shards; to change a fleet's shards (README, \"Sharded fleets\"): drain the fleet, restart every tracker and the scaler with the new shards, then `wsgate forget-layout --fleet "+fam.name+"`")
-	case state == layoutOK && was == layoutMismatch:
-		t.log.Info("the fleet's shards agree with the layout Redis recorded again: its groups use Redis", "fleet", fam.name, "shards", n)
+	case state == layoutOK && was != layoutOK:
+		t.log.Info("the fleet's shards agree with the layout Redis recorded: its groups use Redis", "fleet", fam.name, "shards", n)
 	}
 	return nil
+}
+
+// layoutFailed takes in a layout check that could not reach Redis (err):
+// the last finding stands; it is kept for /status and logged as an error
+// on the first failure, when it says something else, and at most every
+// redisWarnEvery meanwhile.
+func (t *Tracker) layoutFailed(fam *family, err error) {
+	said := store.DescribeRedisError(err)
+	now := time.Now()
+	fam.mu.Lock()
+	warn := fam.layoutErr != said || now.Sub(fam.layoutWarned) >= redisWarnEvery
+	fam.layoutErr = said
+	if warn {
+		fam.layoutWarned = now
+	}
+	state := fam.layout.Load()
+	t.publishDegradedLocked(fam)
+	fam.mu.Unlock()
+	if !warn {
+		t.log.Debug("layout check failed", "fleet", fam.name, "err", err)
+		return
+	}
+	if state == layoutUnknown {
+		t.log.Error("cannot read the fleet's layout in Redis: none of its groups uses Redis, and its fallback admits nothing, until a check succeeds",
+			"fleet", fam.name, "redis", said, "err", err,
+			"what_to_do", "check that group 0's Redis is up and that the tracker's ACL user may run EVAL/EVALSHA and HGET on the fleet's keys (README, \"Operations\")")
+		return
+	}
+	t.log.Error("cannot read the fleet's layout in Redis: the last finding stands", "fleet", fam.name, "redis", said, "err", err)
 }
 
 // LayoutMismatch reports the layout Redis recorded for fleet, and whether

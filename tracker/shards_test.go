@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -342,7 +343,7 @@ func TestLayoutGuard(t *testing.T) {
 
 			// The operator's offline change: the layout forgotten, b's is
 			// recorded at its next heartbeat, and a is refused instead.
-			if _, err := b.Store().ForgetLayout(context.Background(), "chat"); err != nil {
+			if err := b.Store().SetLayout(context.Background(), "chat", store.LayoutNext); err != nil {
 				t.Fatal(err)
 			}
 			heartbeat(t, b, a)
@@ -518,7 +519,7 @@ func TestLayoutMismatchIsLoggedOncePerChange(t *testing.T) {
 			t.Errorf("the error line lacks %q:\n%s", want, line)
 		}
 	}
-	if _, err := st.ForgetLayout(context.Background(), "chat"); err != nil {
+	if err := st.SetLayout(context.Background(), "chat", store.LayoutNext); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.Layout(context.Background(), "chat", 4); err != nil {

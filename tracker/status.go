@@ -51,8 +51,15 @@ type FleetStatus struct {
 	// LayoutMismatch: Redis recorded another layout (RedisLayout groups)
 	// than this instance's shards, so none of the fleet's groups uses
 	// Redis (PROTOCOL.md, "Shards"; wsgate_tracker_layout_mismatch).
+	// RedisLayout is -1 while frozen (wsgate forget-layout).
 	LayoutMismatch bool `json:"layoutMismatch,omitempty"`
 	RedisLayout    int  `json:"redisLayout,omitempty"`
+	// LayoutUnknown: no layout check has reached Redis yet, so none of the
+	// fleet's groups uses Redis and it admits nothing
+	// (wsgate_tracker_layout_unknown). LayoutError is the last check's
+	// failure, kept until one succeeds.
+	LayoutUnknown bool   `json:"layoutUnknown,omitempty"`
+	LayoutError   string `json:"layoutError,omitempty"`
 	// Shards and Groups, for a fleet with more than one group: each
 	// group's own status (its Fleet is the group's name, fleets.GroupName).
 	// The fleet's fields above sum or combine them: granting while every
@@ -148,11 +155,15 @@ func (fam *family) status(now time.Time) FleetStatus {
 		}
 	}
 	fam.mu.Lock()
-	recorded := fam.recorded
+	recorded, said := fam.recorded, fam.layoutErr
 	fam.mu.Unlock()
-	if fam.layout.Load() == layoutMismatch {
+	switch fam.layout.Load() {
+	case layoutMismatch:
 		s.LayoutMismatch, s.RedisLayout = true, recorded
+	case layoutUnknown:
+		s.LayoutUnknown = true
 	}
+	s.LayoutError = said
 	return s
 }
 

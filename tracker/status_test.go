@@ -150,7 +150,7 @@ func TestSeriesExistFromTheFirstScrape(t *testing.T) {
 		for _, r := range store.Reasons {
 			out = append(out, "wsgate_tracker_admissions_total{fleet="+fleet+",reason="+string(r)+",result=rejected}")
 		}
-		for _, why := range []string{"redis_error", "not_replicated", "gate_busy", "queued", "degraded", "epoch", "recovering", "lease"} {
+		for _, why := range []string{"redis_error", "not_replicated", "gate_busy", "queued", "degraded", "layout", "epoch", "recovering", "lease"} {
 			out = append(out, "wsgate_tracker_fallback_decisions_total{fleet="+fleet+",why="+why+"}")
 		}
 		return out

@@ -88,7 +88,7 @@ func New(cfg Config, store *store.Store, opts ...Option) (*Tracker, error) {
 		store = store.WithWait(cfg.WaitReplicas, cfg.WaitTimeout)
 	}
 	t := &Tracker{cfg: cfg, store: store, log: slog.Default(), now: time.Now, kick: make(chan struct{}, 1), idTag: instanceTag(cfg.InstanceID),
-		repl: replicationState{checked: map[string]string{}}}
+		repl: replicationState{checked: map[string]string{}, safe: map[string]float64{}}}
 	if store != nil {
 		t.topology = store.Topology()
 	}

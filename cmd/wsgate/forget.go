@@ -88,14 +88,19 @@ func runForget(args []string) error {
 
 const forgetLayoutUsage = `Usage: wsgate forget-layout --fleet NAME [flags]
 
-Deletes the layout (the number of groups, its shards) Redis recorded for a
-fleet, so that the next tracker to heartbeat records its own: the offline
+Lets the next tracker to heartbeat a fleet record its shards as the
+fleet's layout (the number of groups Redis records for it): the offline
 step of changing a fleet's shards (README, "Sharded fleets"). Trackers and
 the scaler follow the recorded layout; one whose shards differ admits
 nothing through Redis. Refused while any group of the recorded layout still
 counts a connection: drain the fleet first, and run every tracker and the
 scaler with the new shards before this, or an old one records the old
 layout again.
+
+It freezes the layout first (every tracker then refuses Redis for the
+fleet), waits --settle for the trackers to see it, checks the drain again
+and only then writes "record the next": a tracker that admitted between the
+first check and the freeze is seen by the second.
 
 Flags:
 `
@@ -108,12 +113,16 @@ func runForgetLayout(args []string) error {
 	}
 	ro := redisFlags(fs)
 	fleet := fs.String("fleet", "", "the fleet whose layout to forget (required)")
-	timeout := fs.Duration("timeout", 5*time.Second, "bound of the whole call to Redis")
+	timeout := fs.Duration("timeout", 5*time.Second, "bound of each step's calls to Redis")
+	settle := fs.Duration("settle", 5*time.Second, "how long the frozen layout stands before the drain is checked again: at least the trackers' --heartbeat + max(--redis-timeout, --heartbeat/4) + --redis-timeout, so that every tracker has checked the layout since it was frozen")
 	if _, err := parseFlagsRest(fs, args, 0); err != nil {
 		return err
 	}
 	if *fleet == "" {
 		return errors.New("want --fleet NAME")
+	}
+	if *settle < 0 {
+		return fmt.Errorf("--settle %s: must not be negative", *settle)
 	}
 	cfg := ro.config()
 	rdb, err := store.NewRedisClient(cfg)
@@ -121,19 +130,57 @@ func runForgetLayout(args []string) error {
 		return err
 	}
 	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	defer cancel()
 	st := store.NewStore(rdb, cfg.Prefix)
-	n, err := st.RecordedLayout(ctx, *fleet)
-	if err != nil {
-		return fmt.Errorf("reach Redis at %s: %w", strings.Join(cfg.Addrs, ","), err)
+	step := func(f func(ctx context.Context) error) error {
+		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		defer cancel()
+		return f(ctx)
 	}
-	if n == 0 {
+	var n int
+	if err := step(func(ctx context.Context) error {
+		var err error
+		if n, err = st.RecordedLayout(ctx, *fleet); err != nil {
+			return fmt.Errorf("reach Redis at %s: %w", strings.Join(cfg.Addrs, ","), err)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	switch {
+	case n == store.LayoutNext:
 		return fmt.Errorf("fleet %s has no recorded layout: the next tracker to heartbeat it records its shards", *fleet)
+	case n == store.LayoutFrozen:
+		// A forget-layout that stopped half way: its drain check is done
+		// again below, against every group it may have had.
+		n = fleets.MaxShards
 	}
+	if err := step(func(ctx context.Context) error { return drained(ctx, st, *fleet, n) }); err != nil {
+		return err
+	}
+	if err := step(func(ctx context.Context) error { return st.SetLayout(ctx, *fleet, store.LayoutFrozen) }); err != nil {
+		return err
+	}
+	time.Sleep(*settle) // the trackers' next layout checks; nothing to await
+	if err := step(func(ctx context.Context) error { return drained(ctx, st, *fleet, n) }); err != nil {
+		if n != fleets.MaxShards {
+			if uerr := step(func(ctx context.Context) error { return st.SetLayout(ctx, *fleet, n) }); uerr != nil {
+				return fmt.Errorf("%w; and the layout stays frozen (run forget-layout again once drained): %w", err, uerr)
+			}
+		}
+		return err
+	}
+	if err := step(func(ctx context.Context) error { return st.SetLayout(ctx, *fleet, store.LayoutNext) }); err != nil {
+		return fmt.Errorf("%w: the layout stays frozen, run forget-layout again", err)
+	}
+	fmt.Fprintf(os.Stdout, "forgot fleet %s's layout of %d groups: the next tracker to heartbeat it records its shards\n", *fleet, n)
+	return nil
+}
+
+// drained checks that no group of fleet's layout n counts a connection.
+func drained(ctx context.Context, st *store.Store, fleet string, n int) error {
 	var busy []string
 	for k := range n {
-		g := fleets.GroupName(*fleet, k)
+		g := fleets.GroupName(fleet, k)
 		sum, err := st.Summary(ctx, g, time.Now())
 		if err != nil {
 			return fmt.Errorf("group %s: %w", g, err)
@@ -144,11 +191,7 @@ func runForgetLayout(args []string) error {
 	}
 	if len(busy) > 0 {
 		return fmt.Errorf("fleet %s (layout %d) still counts connections (%s): a pod's count cannot move to another group, so drain the fleet first (README, \"Sharded fleets\")",
-			*fleet, n, strings.Join(busy, ", "))
+			fleet, n, strings.Join(busy, ", "))
 	}
-	if _, err := st.ForgetLayout(ctx, *fleet); err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stdout, "forgot fleet %s's layout of %d groups: the next tracker to heartbeat it records its shards\n", *fleet, n)
 	return nil
 }

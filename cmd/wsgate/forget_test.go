@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 )
 
@@ -80,7 +81,9 @@ func TestForgetLayoutOnlyWhenDrained(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
 	s := store.NewStore(srv.Client(), "wsgate")
-	run := func() error { return runForgetLayout([]string{"--redis-addr", srv.Addr(), "--fleet", "chat"}) }
+	run := func() error {
+		return runForgetLayout([]string{"--redis-addr", srv.Addr(), "--fleet", "chat", "--settle", "0s"})
+	}
 	if err := run(); err == nil || !strings.Contains(err.Error(), "no recorded layout") {
 		t.Errorf("forgetting an unrecorded layout: %v", err)
 	}
@@ -102,5 +105,36 @@ func TestForgetLayoutOnlyWhenDrained(t *testing.T) {
 	}
 	if n, err := s.Layout(ctx, "chat", 1); err != nil || n != 1 {
 		t.Errorf("after forget-layout, the next layout recorded: %d %v; want 1", n, err)
+	}
+}
+
+// forget-layout freezes the layout before it checks the drain a second
+// time: a connection counted between the first check and the freeze (a
+// tracker that had not seen the freeze yet) makes it refuse, and the
+// recorded layout is put back, not left frozen nor forgotten.
+func TestForgetLayoutChecksTheDrainAgainAfterTheFreeze(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s := store.NewStore(srv.Client(), "wsgate")
+	if n, err := s.Layout(ctx, "chat", 3); err != nil || n != 3 {
+		t.Fatalf("recording a layout of 3: %d %v", n, err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- runForgetLayout([]string{"--redis-addr", srv.Addr(), "--fleet", "chat", "--settle", "4s"})
+	}()
+	await.True(t, "the layout frozen", 10*time.Second, func() bool {
+		n, err := s.RecordedLayout(ctx, "chat")
+		return err == nil && n == store.LayoutFrozen
+	})
+	if _, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat#1", Instance: "e1", Lease: time.Hour, Seq: 1,
+		Counts: []store.PodCount{{Pod: "10.0.0.1:80", Live: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "chat#1: 1") {
+		t.Errorf("forget-layout with a connection counted during the freeze: %v", err)
+	}
+	if n, err := s.RecordedLayout(ctx, "chat"); err != nil || n != 3 {
+		t.Errorf("after the refusal, the recorded layout: %d %v; want 3 back", n, err)
 	}
 }

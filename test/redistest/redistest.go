@@ -231,7 +231,7 @@ func (s *Server) Client() *redis.Client {
 // call, on wsgate's keys and channels only.
 const (
 	TrackerACL = "~{wsgate:*}* &{wsgate:*}* +evalsha +eval +script|load +info +time +wait +hgetall +hincrby +zrange " +
-		"+del +expire +get +hdel +hget +hmget +hset +hkeys +publish +sadd +scard +set +smembers +type " +
+		"+del +expire +hdel +hget +hmget +hset +hkeys +publish +sadd +scard +smembers +type " +
 		"+zadd +zcard +zcount +zincrby +zrangebyscore +zrem +zrevrangebyscore +zscore"
 	ScalerACL = TrackerACL + " +scan +subscribe"
 )
