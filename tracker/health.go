@@ -16,8 +16,14 @@ func (f *fleet) redisUsable() bool {
 }
 
 // redisUsableLocked is redisUsable with f.mu held: the model's
-// CAN_ADMIT_REDIS.
-func (f *fleet) redisUsableLocked() bool { return f.view.ok && !f.degraded && !f.fenced }
+// CAN_ADMIT_REDIS. Only while the local lease runs: the admit script no
+// longer reads the instance's lease in Redis (it refuses an instance
+// only once reaped or gone), so an instance whose heartbeats stopped
+// landing must stop asking Redis itself before a reaper may take its
+// slots (PROTOCOL.md, "One read for the fence").
+func (f *fleet) redisUsableLocked() bool {
+	return f.view.ok && !f.degraded && !f.fenced && f.clock != nil && f.clock().Before(f.localLeaseUntil)
+}
 
 // degrade takes in the failure err of a Redis call op: the fleet is
 // degraded (admissions and releases leave Redis until a heartbeat
