@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -139,4 +140,30 @@ func TestTheFirstAdmissionAfterTheWaitOpensTheEpoch(t *testing.T) {
 	if left, err := s.Recovery(ctx, "chat"); err != nil || left != 0 {
 		t.Fatalf("recovery once open: %v, %v; want 0", left, err)
 	}
+}
+
+// A heartbeat's reply names every live instance with its lease and seq
+// (what a reaper watches), read in one HMGET per 1,000 instances.
+func TestSyncReportsEveryInstancesSeq(t *testing.T) {
+	storetest.Backends(t, func(t *testing.T, s *store.Store, _ storetest.Backend) {
+		ctx := context.Background()
+		storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
+		const n = 1001 // more than one chunk
+		var res store.SyncResult
+		for i := range n {
+			var err error
+			res, err = s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e" + strconv.Itoa(i), Lease: time.Hour, Seq: uint64(100 + i)})
+			if err != nil || res.Stale {
+				t.Fatalf("heartbeat %d: %+v, %v", i, res.Stale, err)
+			}
+		}
+		if len(res.Instances) != n {
+			t.Fatalf("%d instances in the reply; want %d", len(res.Instances), n)
+		}
+		for i := range n {
+			if l, ok := res.Instances["e"+strconv.Itoa(i)]; !ok || l.Seq != uint64(100+i) || l.Until.IsZero() {
+				t.Fatalf("instance e%d: %+v, %v; want seq %d and a lease", i, l, ok, 100+i)
+			}
+		}
+	})
 }

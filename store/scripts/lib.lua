@@ -3,7 +3,8 @@
 -- the one node that owns the fleet's slot (single node, Sentinel or Cluster).
 --
 -- Some keys are named inside the scripts rather than passed in KEYS: the
--- keys of other instances (reaping), the epoch's synced set and the
+-- keys of other instances (reaping), the epoch's synced set, the epoch
+-- itself where leave and reap drop an instance's i:<id>, and the
 -- rejection rings flushed by a heartbeat. Their names are only known while
 -- the script runs; they are the prefix and a suffix store/keys.go names
 -- (keys_test.go checks it). Redis, Sentinel and Redis Cluster accept this because

@@ -202,9 +202,17 @@ redis.call('EXPIRE', synced, 86400)
 local reaped = reap_expired(prefix, now, cands, id)
 local inst = {}
 local ids = redis.call('ZRANGE', instances_key, 0, -1, 'WITHSCORES')
-for k = 1, #ids, 2 do
-  inst[#inst + 1] = ids[k]
-  inst[#inst + 1] = ids[k + 1]
-  inst[#inst + 1] = redis.call('HGET', seq_key, ids[k]) or '0'
+-- The instances' seqs in one HMGET per 1,000 of them, not one HGET each:
+-- a heartbeat of a fleet of a thousand Envoys made a thousand calls.
+local CHUNK = 1000
+for from = 1, #ids, 2 * CHUNK do
+  local names = {}
+  for k = from, math.min(#ids, from + 2 * CHUNK - 1), 2 do names[#names + 1] = ids[k] end
+  local seqs = redis.call('HMGET', seq_key, unpack(names))
+  for j, name in ipairs(names) do
+    inst[#inst + 1] = name
+    inst[#inst + 1] = ids[from + 2 * (j - 1) + 1]
+    inst[#inst + 1] = seqs[j] or '0'
+  end
 end
 return {epoch, created, left(), inst, redis.call('ZRANGE', avail_key, 0, -1, 'WITHSCORES'), reaped, 0, tostring(seq)}
