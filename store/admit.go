@@ -66,7 +66,7 @@ type AdmitReply struct {
 // admitKeys are admit.lua's KEYS, in its order.
 func admitKeys(k Keys, instance string) []string {
 	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Stats(), k.Rej(ReasonCapacity), k.Rej(ReasonNoPods),
-		k.RejInst(instance), k.Epoch(), k.Instances(), k.Pend(instance), k.Seq()}
+		k.RejInst(instance), k.Epoch(), k.Pend(instance)}
 }
 
 // Admit runs the admit script for req. With Releases, it returns
@@ -185,7 +185,7 @@ type ReleaseRequest struct {
 
 // releaseKeys are release.lua's KEYS, in its order.
 func releaseKeys(k Keys, instance string) []string {
-	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Stats(), k.Pend(instance), k.Epoch(), k.Seq()}
+	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Stats(), k.Pend(instance), k.Epoch()}
 }
 
 // Release gives back the connections of req that its instance holds, in

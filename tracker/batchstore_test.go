@@ -3,6 +3,7 @@ package tracker_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,8 +37,8 @@ func (h *holdRelease) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 }
 func (h *holdRelease) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		// release.lua is the script with 7 keys.
-		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 && fmt.Sprint(a[2]) == "7" {
+		// release.lua is the script with 6 keys.
+		if a := cmd.Args(); cmd.Name() == "evalsha" && hotKeys(a) == "6" {
 			first := false
 			h.once.Do(func() { first = true })
 			if first {
@@ -154,7 +155,7 @@ func established(t *testing.T, tr *tracker.Tracker) tracker.Result {
 	return r
 }
 
-// slowAdmits delays every admit call (the script with 11 keys) by d.
+// slowAdmits delays every admit call (the script with 9 keys) by d.
 type slowAdmits struct{ d time.Duration }
 
 func (h slowAdmits) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -163,7 +164,7 @@ func (h slowAdmits) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 }
 func (h slowAdmits) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 && fmt.Sprint(a[2]) == "11" {
+		if a := cmd.Args(); cmd.Name() == "evalsha" && hotKeys(a) == "9" {
 			time.Sleep(h.d) // a slow Redis, not synchronisation
 		}
 		return next(ctx, cmd)
@@ -245,15 +246,26 @@ func TestAdmitAfterTheCallerLeft(t *testing.T) {
 func TestHotCallsAreNeverRetried(t *testing.T) {
 	tr, h := countedTracker(t, 2)
 	release(t, tr, admit(t, tr, "chat").Conn)
-	for name, keys := range map[string]string{"admit": "11", "release": "7"} {
+	for name, keys := range map[string]string{"admit": "9", "release": "6"} {
 		if retry, seen := h.retryable[keys]; !seen || retry {
 			t.Errorf("%s call: seen %v, retryable %v; want seen and never retried", name, seen, retry)
 		}
 	}
 }
 
-// scriptCalls counts the EVALSHA calls by their number of keys (11 is the
-// admit script, 7 the release script) and records whether the client may
+// hotKeys is the number of keys of an EVALSHA of the admit script ("9")
+// or the release script ("6"), "" for another script: those two are the
+// scripts whose first key is the fleet's load (the summary has 9 keys
+// too).
+func hotKeys(a []any) string {
+	if len(a) < 4 || !strings.HasSuffix(fmt.Sprint(a[3]), ":load") {
+		return ""
+	}
+	return fmt.Sprint(a[2])
+}
+
+// scriptCalls counts the EVALSHA calls by their number of keys (9 is the
+// admit script, 6 the release script) and records whether the client may
 // retry them.
 type scriptCalls struct {
 	mu        sync.Mutex
@@ -271,10 +283,10 @@ func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 }
 func (h *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 {
+		if a := cmd.Args(); cmd.Name() == "evalsha" && hotKeys(a) != "" {
 			h.mu.Lock()
-			h.n[fmt.Sprint(a[2])]++
-			h.retryable[fmt.Sprint(a[2])] = !cmd.NoRetry()
+			h.n[hotKeys(a)]++
+			h.retryable[hotKeys(a)] = !cmd.NoRetry()
 			h.mu.Unlock()
 		}
 		return next(ctx, cmd)
@@ -332,7 +344,7 @@ func TestReleaseRidesOnTheNextAdmitCall(t *testing.T) {
 	if !second.Admitted || second.Fallback {
 		t.Fatalf("second admission: %+v; want admitted through Redis on the slot the release freed", second)
 	}
-	if got, admits, releases := live(), h.get("11"), h.get("7"); got != 1 || admits != 2 || releases != 0 {
+	if got, admits, releases := live(), h.get("9"), h.get("6"); got != 1 || admits != 2 || releases != 0 {
 		t.Fatalf("after the second admission: live %d, %d admit calls, %d release calls; want 1, 2, 0", got, admits, releases)
 	}
 	if err := tr.Release(context.Background(), second.Conn); err != nil {
@@ -341,7 +353,7 @@ func TestReleaseRidesOnTheNextAdmitCall(t *testing.T) {
 	if err := tr.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got, releases := live(), h.get("7"); got != 0 || releases != 1 {
+	if got, releases := live(), h.get("6"); got != 0 || releases != 1 {
 		t.Fatalf("after Flush: live %d, %d release calls; want 0, 1", got, releases)
 	}
 }

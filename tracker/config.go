@@ -50,6 +50,14 @@ type Config struct {
 	// or kube; every tracker and
 	// the scaler of a fleet must agree (the fleets file's expiredInstances).
 	ExpiredInstances fleets.ExpiredMode
+	// ReleaseLinger is how long a queued release waits for an admit call
+	// to carry it, or for an admission of this instance to take its slot
+	// back (reuse), before it goes alone (PROTOCOL.md, "Batches"). Longer
+	// lets more lifecycles cost Redis one script call or none; the freed
+	// slot stays counted in Redis that much longer, where another
+	// instance cannot take it. Shorter than Heartbeat, whose counts
+	// publish every release anyway. Default DefaultReleaseLinger.
+	ReleaseLinger time.Duration
 	// WaitReplicas > 0: an admission through Redis counts only once that
 	// many replicas acknowledged it (Redis WAIT after the admit call, on
 	// its connection), within WaitTimeout; one that is not acknowledged is
@@ -101,6 +109,9 @@ func (c Config) WithDefaults() Config {
 	if c.WaitTimeout == 0 {
 		c.WaitTimeout = 50 * time.Millisecond
 	}
+	if c.ReleaseLinger == 0 {
+		c.ReleaseLinger = DefaultReleaseLinger
+	}
 	if c.ReplicationCheck == "" {
 		c.ReplicationCheck = ReplicationWarn
 	}
@@ -133,6 +144,7 @@ var configNames = map[string]string{
 	"EstablishTimeout": "establishTimeout", "LeaseTTL": "leaseTTL", "RedisTimeout": "redisTimeout",
 	"Fallback": "fallback", "ExpiredInstances": "expiredInstances",
 	"WaitReplicas": "waitReplicas", "WaitTimeout": "waitTimeout", "ReplicationCheck": "replicationCheck",
+	"ReleaseLinger": "releaseLinger",
 }
 
 func (e *FieldError) Error() string {
@@ -187,6 +199,14 @@ func (c Config) Validate() error {
 	case FallbackShare, FallbackClosed, FallbackOpen:
 	default:
 		return &FieldError{Field: "Fallback", Value: strconv.Quote(string(c.Fallback)), Problem: "want share, closed or open"}
+	}
+	if c.ReleaseLinger < 0 {
+		return &FieldError{Field: "ReleaseLinger", Value: c.ReleaseLinger.String(), Problem: "must be positive"}
+	}
+	if c.ReleaseLinger >= c.Heartbeat {
+		// Every release would wait for the heartbeat, which publishes it:
+		// freed slots would stay counted in Redis for a whole interval.
+		return &FieldError{Field: "ReleaseLinger", Value: c.ReleaseLinger.String(), Problem: "must be shorter than", Than: "Heartbeat", ThanValue: c.Heartbeat.String()}
 	}
 	if c.ExpiredInstances.Validate() != nil {
 		return &FieldError{Field: "ExpiredInstances", Value: strconv.Quote(string(c.ExpiredInstances)), Problem: "want reap, keep or kube"}

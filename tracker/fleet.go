@@ -119,7 +119,10 @@ type fleet struct {
 	// heartbeat was sent, before Redis stamped it (not the Redis lease, nor
 	// a connection's). Past it, the entitlement may have been given away.
 	localLeaseUntil time.Time
-	view            view
+	// clock is the tracker's clock (Tracker.now), set with localLeaseUntil:
+	// redisUsableLocked judges the local lease by it.
+	clock func() time.Time
+	view  view
 	// redisSaid describes the last failed Redis call (store.DescribeRedisError),
 	// for logs and readiness; redisWarned is when it was last warned of.
 	redisSaid   string

@@ -16,11 +16,17 @@ func (f *fleet) redisUsable() bool {
 }
 
 // redisUsableLocked is redisUsable with f.mu held: the model's
-// CAN_ADMIT_REDIS, and the layout guard (shards.go), which keeps every
-// group of a fleet out of Redis while Redis records another layout than
-// this instance's shards (as if fenced).
+// CAN_ADMIT_REDIS, and two more conditions. Only while the local lease
+// runs: the admit script no longer reads the instance's lease in Redis (it
+// refuses an instance only once reaped or gone), so an instance whose
+// heartbeats stopped landing must stop asking Redis itself before a reaper
+// may take its slots (PROTOCOL.md, "One read for the fence"). And the
+// layout guard (shards.go), which keeps every group of a fleet out of
+// Redis while Redis records another layout than this instance's shards
+// (as if fenced).
 func (f *fleet) redisUsableLocked() bool {
-	return f.view.ok && !f.degraded && !f.fenced && f.fam.layoutUsable()
+	return f.view.ok && !f.degraded && !f.fenced && f.clock != nil && f.clock().Before(f.localLeaseUntil) &&
+		f.fam.layoutUsable()
 }
 
 // degrade takes in the failure err of a Redis call op: the fleet is

@@ -256,7 +256,7 @@ func (t *Tracker) syncEntitled(f *fleet, req store.SyncRequest, sent time.Time) 
 			}
 		}
 	}
-	f.localLeaseUntil = sent.Add(t.cfg.InstanceTTL)
+	f.localLeaseUntil, f.clock = sent.Add(t.cfg.InstanceTTL), t.now
 }
 
 // syncFailed takes in a heartbeat req that failed (err) or was stale: its

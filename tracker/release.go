@@ -91,15 +91,24 @@ type releaseReq struct {
 	spare   bool // it left its slot in ent, counted in spare (reuse)
 }
 
-// releaseLinger is how long a release waits for an admit call to carry it
-// (PROTOCOL.md, "Batches"), or for an admission to take its slot back
-// (reuse): one script call where there would be two, or none. A slot
-// comes free in Redis that much later, never sooner. At 1 ms, with 1
-// caller on the peer benchmark's lifecycle loop (0.3-0.5 ms), one
-// admission in seven still missed a spare slot and asked Redis; at 5 ms
-// almost none does, and 5 ms is far below anything the scaler or a
-// client could tell.
-const releaseLinger = 5 * time.Millisecond
+// DefaultReleaseLinger is Config.ReleaseLinger's default (--release-linger):
+// how long a release waits for an admit call to carry it (PROTOCOL.md,
+// "Batches"), or for an admission to take its slot back (reuse): one
+// script call where there would be two, or none. A slot comes free in
+// Redis that much later (up to twice that, see "Reuse"), never sooner.
+//
+// 5 ms was enough where churn is concentrated (the peer benchmark's
+// closed loops: a new admission follows within a millisecond), but at a
+// modest rate per Envoy (the open loop's 200/s, holds of 20-200 ms) most
+// releases found no admission in 5 ms: 47 % reused, 0.89 script calls a
+// lifecycle. At 50 ms, 69 % and 0.42 (README, "Performance"). The cost
+// is borne by the other Envoys of a pod at its cap: a slot freed here is
+// invisible to them for up to 50-100 ms, so about (ends per second on
+// the pod) x 50 ms slots of a full pod are held back, 5 at 100 ends a
+// second; an Envoy refused meanwhile is told to retry after seconds
+// (retryAfter), so what it loses is the place in the queue, not the cap.
+// The releasing Envoy itself takes the slot back at once (reuse).
+const DefaultReleaseLinger = 50 * time.Millisecond
 
 // sendReleases makes one release call for the connections that ended
 // since the last heartbeat sent, summed per pod.

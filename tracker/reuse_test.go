@@ -33,14 +33,14 @@ func TestReuseTakesBackAQueuedRelease(t *testing.T) {
 	if err := tr.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got, admits, releases := live(), h.get("11"), h.get("7"); got != 1 || admits != 1 || releases != 0 {
+	if got, admits, releases := live(), h.get("9"), h.get("6"); got != 1 || admits != 1 || releases != 0 {
 		t.Fatalf("after reuse and Flush: live %d, %d admit calls, %d release calls; want 1, 1, 0", got, admits, releases)
 	}
 	if n := testutil.ToFloat64(tr.Metrics().Reused.WithLabelValues("chat")); n != 1 {
 		t.Errorf("reused_slots_total = %v, want 1", n)
 	}
 	release(t, tr, second.Conn)
-	if got, releases := live(), h.get("7"); got != 0 || releases != 1 {
+	if got, releases := live(), h.get("6"); got != 0 || releases != 1 {
 		t.Fatalf("after the second release: live %d, %d release calls; want 0, 1", got, releases)
 	}
 }
@@ -100,7 +100,7 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		if r.Reused || r.Fallback {
 			t.Fatalf("admission %+v; want it decided by Redis", r)
 		}
-		if got := h.get("11"); got != admits {
+		if got := h.get("9"); got != admits {
 			t.Fatalf("%d admit calls, want %d", got, admits)
 		}
 	}
@@ -198,11 +198,20 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		held := reusable(t, tr, admit(t, tr, "chat")) // within the lease: reused
 		queueRelease(t, tr, held.Conn)
 		clk.Advance(5 * time.Second) // its own clock: the lease may be over
+		// Not reused, and not asked of Redis either: past its local lease a
+		// tracker sends no admission (PROTOCOL.md, "One read for the fence").
+		if r := admit(t, tr, "chat"); r.Reused || r.Admitted {
+			t.Fatalf("admission past the lease %+v; want refused", r)
+		}
+		if got := h.get("9"); got != 1 {
+			t.Fatalf("%d admit calls, want 1: none past the lease", got)
+		}
+		heartbeat(t, tr)
 		viaRedis(t, admit(t, tr, "chat"), h, 2)
 	})
 }
 
-// holdAdmit holds the first admit call (the script with 11 keys) until
+// holdAdmit holds the first admit call (the script with 9 keys) until
 // the test lets it go.
 type holdAdmit struct {
 	entered, unblock chan struct{}
@@ -215,7 +224,7 @@ func (h *holdAdmit) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 }
 func (h *holdAdmit) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 2 && fmt.Sprint(a[2]) == "11" {
+		if a := cmd.Args(); cmd.Name() == "evalsha" && hotKeys(a) == "9" {
 			first := false
 			h.once.Do(func() { first = true })
 			if first {
@@ -269,9 +278,9 @@ func TestQueuedAdmissionTakesBackASlotReleasedMeanwhile(t *testing.T) {
 	if err := tr.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if reused != 2 || viaRedis != 1 || calls.get("11") != 3 || calls.get("7") != 0 || redisLive(t, tr) != 3 {
+	if reused != 2 || viaRedis != 1 || calls.get("9") != 3 || calls.get("6") != 0 || redisLive(t, tr) != 3 {
 		t.Fatalf("%d reused, %d through Redis, %d admit calls, %d release calls, Redis live %d; want 2, 1, 3, 0, 3",
-			reused, viaRedis, calls.get("11"), calls.get("7"), redisLive(t, tr))
+			reused, viaRedis, calls.get("9"), calls.get("6"), redisLive(t, tr))
 	}
 }
 

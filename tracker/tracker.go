@@ -158,7 +158,7 @@ func (t *Tracker) newFleet(fam *family, k int, fc fleets.Fleet) *fleet {
 	f.admits = &batcher[struct{}, admission]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendAdmits(f),
 		size: t.metrics.BatchSize.WithLabelValues("admit")}
 	f.releases = &batcher[releaseReq, struct{}]{max: maxBatch, timeout: t.cfg.RedisTimeout, send: t.sendReleases(f),
-		size: t.metrics.BatchSize.WithLabelValues("release"), linger: releaseLinger}
+		size: t.metrics.BatchSize.WithLabelValues("release"), linger: t.cfg.ReleaseLinger}
 	return f
 }
 

@@ -785,3 +785,76 @@ func indexByte(s string, b byte) int {
 	}
 	return -1
 }
+
+// Past its local lease a tracker sends no admission to Redis, although
+// Redis, which no longer reads the instance's lease on admission, would
+// grant it (PROTOCOL.md, "One read for the fence"): a reaper may take
+// what it holds from then on. Its next heartbeat brings it back.
+func TestNoRedisAdmissionPastTheLocalLease(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, fleetCfg("chat", 4, "10.0.0.1:80"))
+	start(t, mr, clk, tr)
+	admit(t, tr, "chat")
+	clk.Advance(5 * time.Second) // the lease has run out by its own clock, not by Redis'
+	if r := admit(t, tr, "chat"); r.Admitted {
+		t.Fatalf("past its local lease: %+v; want refused", r)
+	}
+	if sum := storetest.Summary(t, storeOn(rdb), "chat", storetest.T0); sum.Live != 1 {
+		t.Fatalf("Redis counts %d; want 1: nothing asked of it past the lease", sum.Live)
+	}
+	heartbeat(t, tr)
+	if r := admit(t, tr, "chat"); !r.Admitted || r.Fallback {
+		t.Fatalf("after its next heartbeat: %+v; want admitted through Redis", r)
+	}
+}
+
+// --release-linger (Config.ReleaseLinger) is how long a release waits for
+// an admit call to carry it before it goes alone: the freed slot stays
+// counted in Redis at least that long.
+func TestReleaseLingerIsConfigured(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	const linger = 400 * time.Millisecond
+	tr := newTrackerCfg(t, rdb, clk, tracker.Config{
+		InstanceID: "e1", Fleets: []fleets.Fleet{fleetCfg("chat", 4, "10.0.0.1:80")}, Heartbeat: time.Second, InstanceTTL: 5 * time.Second,
+		EstablishTimeout: 10 * time.Second, LeaseTTL: 30 * time.Second, RedisTimeout: time.Second, Fallback: tracker.FallbackShare,
+		ReleaseLinger: linger,
+	})
+	start(t, mr, clk, tr)
+	c := admit(t, tr, "chat")
+	began := time.Now()
+	if err := tr.Release(context.Background(), c.Conn); err != nil {
+		t.Fatal(err)
+	}
+	s := storeOn(rdb)
+	for storetest.Summary(t, s, "chat", storetest.T0).Live != 0 {
+		if time.Since(began) > time.Minute {
+			t.Fatal("the release never reached Redis")
+		}
+		time.Sleep(time.Millisecond) // polled: the release has no event to await
+	}
+	if took := time.Since(began); took < linger {
+		t.Fatalf("the release reached Redis after %v; want at least the linger %v", took, linger)
+	}
+}
+
+func TestReleaseLingerIsValidated(t *testing.T) {
+	base := tracker.Config{InstanceID: "e1", Fleets: []fleets.Fleet{fleetCfg("chat", 4, "10.0.0.1:80")}, Heartbeat: time.Second}
+	for _, c := range []struct {
+		linger time.Duration
+		want   string
+	}{
+		{-time.Millisecond, "releaseLinger -1ms: must be positive"},
+		{time.Second, "releaseLinger 1s: must be shorter than heartbeat 1s"},
+	} {
+		cfg := base
+		cfg.ReleaseLinger = c.linger
+		if err := cfg.WithDefaults().Validate(); err == nil || err.Error() != c.want {
+			t.Errorf("linger %v: %v; want %q", c.linger, err, c.want)
+		}
+	}
+	if got := base.WithDefaults().ReleaseLinger; got != tracker.DefaultReleaseLinger {
+		t.Errorf("default linger %v; want %v", got, tracker.DefaultReleaseLinger)
+	}
+}

@@ -57,6 +57,7 @@ func runTracker(args []string) error {
 	fs.DurationVar(&f.cfg.Heartbeat, "heartbeat", 2*time.Second, "interval of the heartbeat that re-publishes this instance's counts")
 	fs.DurationVar(&f.cfg.EstablishTimeout, "establish-timeout", 30*time.Second, "release an admitted connection Envoy never reported established")
 	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", 90*time.Second, "release an established connection whose lease Envoy stopped renewing")
+	fs.DurationVar(&f.cfg.ReleaseLinger, "release-linger", tracker.DefaultReleaseLinger, "how long a connection's release waits for an admit call to carry it, or for a new connection of this Envoy to take its slot back, before it goes to Redis alone: longer costs Redis fewer calls, and keeps the freed slot from other Envoys that much longer; shorter than --heartbeat")
 	fs.DurationVar(&f.cfg.RedisTimeout, "redis-timeout", 100*time.Millisecond, "bound of one admission's Redis work, after which the fallback decides (keep below the Lua filter's 250ms httpCall timeout)")
 	fallback := fs.String("fallback", "share", "admission Redis cannot decide: share (only into slots Redis counts for this instance: never above the cap), closed, or open (may exceed the cap)")
 	f.settings = registerSettingFlags(fs, "How long this instance's counts outlive its last heartbeat.",
@@ -219,6 +220,7 @@ var trackerConfigFlags = map[string]string{
 	"WaitReplicas":     "--redis-wait-replicas",
 	"WaitTimeout":      "--redis-wait-timeout",
 	"ReplicationCheck": "--redis-replication-check",
+	"ReleaseLinger":    "--release-linger",
 }
 
 // checkTrackerConfig validates before anything is built, so that an error

@@ -7,7 +7,7 @@
 -- (`release_seq` is their seq, '' when none): one call where two would run
 -- back to back.
 -- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 stats, 5 rej:capacity, 6 rej:no_pods,
---       7 rejinst:<id>, 8 epoch, 9 instances, 10 pend:<id>, 11 seq
+--       7 rejinst:<id>, 8 epoch, 9 pend:<id>
 -- pend:<id> is not touched by the admissions: a new connection counts as
 -- established until the instance's next heartbeat says otherwise (sync.lua).
 -- ARGV: 1 cap, 2 policy (pack|spread), 3 bucket, 4 slots, 5 events channel,
@@ -20,29 +20,40 @@
 -- when Redis must not decide: 'epoch' (not the caller's epoch, or another
 -- Redis process: nothing released, -1), 'recovering' (after data loss, ms
 -- until every instance has re-published: at least 1 while no tracker has
--- confirmed the wait on its own clock), 'lease' (the caller's lease ended
--- and it may have been reaped).
+-- confirmed the wait on its own clock), 'lease' (the caller was reaped or left, or has not
+-- heartbeated in this epoch: PROTOCOL.md, "One read for the fence").
+-- A granted admission runs HMGET epoch, the pick (ZREVRANGEBYSCORE or
+-- ZRANGEBYSCORE), then per pod ZINCRBY and HINCRBY, and one HINCRBY of
+-- stats: five calls for one connection. TIME only while the epoch is not
+-- open (in its recovery wait, and the first call after it).
 local load_key, avail_key, inst_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rej_capacity_key, rej_no_pods_key, rejinst_key = KEYS[5], KEYS[6], KEYS[7]
-local epoch_key, instances_key, pend_key, seq_key = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local epoch_key, pend_key = KEYS[8], KEYS[9]
 local cap_arg, policy, bucket_arg, slots_arg, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local epoch, run_check, id, want_arg, release_seq = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local RELEASES = 11 -- ARGV index of the first released (pod, n, pending)
 
-local now = now_ms()
-local until_ms, confirmed = current_epoch(epoch_key, epoch, run_check)
-if not until_ms then return {-1, 'epoch', 0, -1} end
+local open, last = fence(epoch_key, epoch, run_check, id)
+if open == nil then return {-1, 'epoch', 0, -1} end
 local released, moved = 0, 0
 if release_seq ~= '' then
-  released, moved = give_back(load_key, avail_key, inst_key, pend_key, seq_key, id, release_seq, RELEASES)
+  released, moved = give_back(load_key, avail_key, inst_key, pend_key, last, release_seq, RELEASES)
 end
 local function refuse(why, ms)
   if moved ~= 0 then redis.call('HINCRBY', stats_key, 'live', moved) end
   return {-1, why, ms, released}
 end
-if now < until_ms or not confirmed then return refuse('recovering', math.max(until_ms - now, 1)) end
-local lease = redis.call('ZSCORE', instances_key, id)
-if not lease or tonumber(lease) < now then return refuse('lease', 0) end
+if not open then
+  -- Only here is the clock read. The first call after the wait (over by
+  -- Redis' clock and confirmed, or ended early) opens the epoch for the
+  -- calls after it, as sync.lua's open_if_over does; until then, how long
+  -- the wait still lasts, at least 1 ms while unconfirmed.
+  local w = redis.call('HMGET', epoch_key, 'until', 'confirmed')
+  local left = (tonumber(w[1]) or 0) - now_ms()
+  if w[2] ~= '1' or left > 0 then return refuse('recovering', math.max(left, 1)) end
+  redis.call('HSET', epoch_key, 'open', '1')
+end
+if not last then return refuse('lease', 0) end
 
 local cap, want = tonumber(cap_arg), tonumber(want_arg)
 local give = {} -- pod -> connections granted on it

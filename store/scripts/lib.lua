@@ -3,7 +3,8 @@
 -- the one node that owns the fleet's slot (single node, Sentinel or Cluster).
 --
 -- Some keys are named inside the scripts rather than passed in KEYS: the
--- keys of other instances (reaping), the epoch's synced set and the
+-- keys of other instances (reaping), the epoch's synced set, the epoch
+-- itself where leave and reap drop an instance's i:<id>, and the
 -- rejection rings flushed by a heartbeat. Their names are only known while
 -- the script runs; they are the prefix and a suffix store/keys.go names
 -- (keys_test.go checks it). Redis, Sentinel and Redis Cluster accept this because
@@ -66,6 +67,19 @@ local function current_epoch(epoch_key, want, check)
   return tonumber(e[3]) or 0, e[4] == '1'
 end
 
+-- fence is the hot scripts' whole fence in one read (PROTOCOL.md, "One
+-- read for the fence"): it returns nil when the epoch is not the caller's
+-- or another Redis process made it (as current_epoch), otherwise whether
+-- the epoch grants (`open`: sync.lua sets it once the recovery wait is
+-- over and confirmed) and the seq of instance id's last heartbeat in this
+-- epoch (field i:<id>, nil once the instance was reaped or left, or before
+-- its first heartbeat in the epoch).
+local function fence(epoch_key, want, check, id)
+  local e = redis.call('HMGET', epoch_key, 'id', 'run', 'open', 'i:' .. id)
+  if e[1] ~= want or e[2] ~= run_id(check) then return nil end
+  return e[3] == '1', e[4] or false
+end
+
 -- Each pod's live count (all instances summed) is stored once: in avail
 -- while the pod is placeable (ready, not draining), in load otherwise. Both
 -- are sorted sets; admission picks from avail in O(log pods).
@@ -97,9 +111,12 @@ end
 -- then above it) and is ignored. Releases do not move seq: only
 -- heartbeats do, so that a reaper watching it sees heartbeats. Returns how
 -- many it released and the change of the pods' live counts, which the
--- caller adds to stats.live.
-local function give_back(load, avail, inst, pend, seq_key, id, seq, from)
-  if tonumber(seq) < tonumber(redis.call('HGET', seq_key, id) or '0') then return 0, 0 end
+-- caller adds to stats.live. last is the instance's seq in the epoch
+-- (fence's second answer): false when it was reaped or left, and so holds
+-- nothing here (remove_instance emptied inst:<id>, and only a heartbeat,
+-- which sets i:<id> again, or a granted admission fills it).
+local function give_back(load, avail, inst, pend, last, seq, from)
+  if not last or tonumber(seq) < tonumber(last) then return 0, 0 end
   local total, moved = 0, 0
   for i = from, #ARGV, 3 do
     local pod, n, pending = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
@@ -183,6 +200,8 @@ local function remove_instance(prefix, id)
   redis.call('DEL', ik, prefix .. 'pend:' .. id, prefix .. 'rejinst:' .. id)
   redis.call('ZREM', prefix .. 'instances', id)
   redis.call('HDEL', prefix .. 'seq', id)
+  -- its admissions and releases are refused from now on (fence): 'lease'
+  redis.call('HDEL', prefix .. 'epoch', 'i:' .. id)
 end
 
 -- reap_expired removes the instances named in ids (the caller watched each

@@ -2,7 +2,7 @@
 -- its previous release call (PROTOCOL.md, "Batches"): for each pod, up to n
 -- connections, `pending` of which were never established (give_back in
 -- lib.lua says how).
--- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 stats, 5 pend:<id>, 6 epoch, 7 seq
+-- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 stats, 5 pend:<id>, 6 epoch
 -- ARGV: 1 the caller's epoch id, 2 run id check, 3 instance id, 4 seq, then
 --       per pod: pod, n, pending
 -- The tracker sends only connections that ended since its last heartbeat:
@@ -10,11 +10,14 @@
 -- connections again: Redis then over-counts until the next heartbeat, which
 -- is safe. Returns the number released, -1 when fenced.
 local load_key, avail_key, inst_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local pend_key, epoch_key, seq_key = KEYS[5], KEYS[6], KEYS[7]
+local pend_key, epoch_key = KEYS[5], KEYS[6]
 local epoch, run_check, id, seq = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local RELEASES = 5 -- ARGV index of the first released (pod, n, pending)
 
-if not current_epoch(epoch_key, epoch, run_check) then return -1 end
-local total, moved = give_back(load_key, avail_key, inst_key, pend_key, seq_key, id, seq, RELEASES)
+-- The epoch's i:<id> is the instance's seq (fence): one read for the
+-- whole fence; no recovery wait or lease is needed to give slots back.
+local open, last = fence(epoch_key, epoch, run_check, id)
+if open == nil then return -1 end
+local total, moved = give_back(load_key, avail_key, inst_key, pend_key, last, seq, RELEASES)
 if moved ~= 0 then redis.call('HINCRBY', stats_key, 'live', moved) end
 return total

@@ -39,9 +39,11 @@ local created = 0
 if redis.call('TYPE', epoch_key).ok == 'string' then
   redis.call('DEL', epoch_key) -- a version before epochs were fenced: start anew
 end
-local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed', 'created', 'repl', 'waited', 'early')
+local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed', 'created', 'repl', 'waited', 'early', 'open')
 local run = run_id(run_check)
 local epoch, until_ms, confirmed = e[1], tonumber(e[3]) or 0, e[4] == '1'
+-- opened: the epoch's `open` is set (below, open_if_over)
+local opened = e[9] == '1'
 -- early: how many instances the early end still waits for (below); a
 -- count in the epoch hash, which has no TTL, so that losing the set itself
 -- (evicted, expired, deleted) leaves the full wait, never ends it.
@@ -73,7 +75,7 @@ if not epoch or e[2] ~= run then
     -- the full wait, as the count below could never reach 0
     if #members == 0 then members = nil end
   end
-  epoch, until_ms, confirmed, early = now .. '-' .. new_epoch, now + tonumber(recovery_ms), false, false
+  epoch, until_ms, confirmed, early, opened = now .. '-' .. new_epoch, now + tonumber(recovery_ms), false, false, false
   redis.call('DEL', epoch_key)
   redis.call('HSET', epoch_key, 'id', epoch, 'run', run, 'until', until_ms, 'created', now, 'repl', repl or '')
   if waits then redis.call('HSET', epoch_key, 'waited', '1') end
@@ -115,6 +117,18 @@ local function left()
   if confirmed then return math.max(0, until_ms - now) end
   return math.max(until_ms - now, 1)
 end
+-- open_if_over opens the epoch (`open` = 1) once its wait is over by
+-- Redis' clock and confirmed, or ended early: the admit script then
+-- grants without reading the clock (PROTOCOL.md, "One read for the
+-- fence"). The admit script opens it too, at the first admission after
+-- the wait; nothing closes it but a new epoch (DEL).
+local function open_if_over()
+  if not opened and left() == 0 then
+    redis.call('HSET', epoch_key, 'open', '1')
+    opened = true
+  end
+end
+open_if_over()
 
 local seq = tonumber(seq_arg)
 local last = tonumber(redis.call('HGET', seq_key, id) or '0')
@@ -122,6 +136,10 @@ if seq < last then
   return {epoch, created, left(), {}, {}, {}, 1, tostring(last)}
 end
 redis.call('HSET', seq_key, id, seq)
+-- The same seq in the epoch: the admit and release scripts read it with
+-- the epoch (lib.lua fence), and its absence is the 'lease' refusal. A
+-- new epoch (DEL) drops every instance's; remove_instance drops one.
+redis.call('HSET', epoch_key, 'i:' .. id, seq)
 
 -- This heartbeat re-publishes the instance: once every instance the early
 -- end waits for has, the wait is over. No clock decides it, so no tracker
@@ -134,6 +152,7 @@ if early and not confirmed then
     until_ms, confirmed = math.min(until_ms, now), true
     redis.call('HSET', epoch_key, 'until', until_ms, 'confirmed', '1')
     redis.call('HDEL', epoch_key, 'early')
+    open_if_over()
   end
 end
 
@@ -183,9 +202,17 @@ redis.call('EXPIRE', synced, 86400)
 local reaped = reap_expired(prefix, now, cands, id)
 local inst = {}
 local ids = redis.call('ZRANGE', instances_key, 0, -1, 'WITHSCORES')
-for k = 1, #ids, 2 do
-  inst[#inst + 1] = ids[k]
-  inst[#inst + 1] = ids[k + 1]
-  inst[#inst + 1] = redis.call('HGET', seq_key, ids[k]) or '0'
+-- The instances' seqs in one HMGET per 1,000 of them, not one HGET each:
+-- a heartbeat of a fleet of a thousand Envoys made a thousand calls.
+local CHUNK = 1000
+for from = 1, #ids, 2 * CHUNK do
+  local names = {}
+  for k = from, math.min(#ids, from + 2 * CHUNK - 1), 2 do names[#names + 1] = ids[k] end
+  local seqs = redis.call('HMGET', seq_key, unpack(names))
+  for j, name in ipairs(names) do
+    inst[#inst + 1] = name
+    inst[#inst + 1] = ids[from + 2 * (j - 1) + 1]
+    inst[#inst + 1] = seqs[j] or '0'
+  end
 end
 return {epoch, created, left(), inst, redis.call('ZRANGE', avail_key, 0, -1, 'WITHSCORES'), reaped, 0, tostring(seq)}

@@ -14,6 +14,14 @@
  *   REAP            expiredInstances: reap instead of keep: an expired
  *                   instance is reaped although it may be only cut off
  *                   (the documented trade-off G: fails).
+ *   REAP_DEAD       REAP, but only instances that held nothing when their
+ *                   local lease ended: trade-off G left out, what remains
+ *                   is the admit fence (PROTOCOL.md, "One read for the
+ *                   fence"; holds).
+ *   ADMIT_PAST_LEASE  a tracker keeps admitting through Redis after its
+ *                   local lease ended (with REAP_DEAD: fails, as the admit
+ *                   script refuses only a reaped instance, not an expired
+ *                   one).
  *   RCLOCK_STEPS    Redis' wall clock (TIME) may step forward (fails:
  *                   README.md, flaw 1).
  *   WAIT_FIX        the fix of flaw 1, as sync.lua and admit.lua do it: admit also needs the epoch
@@ -147,6 +155,9 @@
 /* Instance leases in Redis. With keep they only make the admit script
  * refuse ('lease'), and leaving a refusal out only adds behaviours: the
  * fast configurations leave them out, -DLEASES (and REAP) put them in. */
+#ifdef REAP_DEAD
+#define REAP
+#endif
 #ifdef REAP
 #define LEASES
 #endif
@@ -197,6 +208,9 @@ bool ep_ok;       /* the epoch exists and the running process made it */
 bool rec;         /* its recovery wait (until) has not ended */
 #ifdef LEASES
 byte rl[N];       /* instance leases */
+#ifdef REAP_DEAD
+byte hl[N];       /* ghost: held[i] when i's local lease last ended */
+#endif
 bool rfree[N];    /* lease restored from old data: may end at any time */
 #endif
 /* ghosts, for the ordering constraints of time only */
@@ -463,8 +477,11 @@ inline admit_script(i, pr) {
   :: rec || !conf -> res = R_RECOVER     /* 'recovering', or unconfirmed */
 #endif
 #ifdef LEASES
-  :: NOT_RECOVERING && rl[i] != ALIVE -> res = R_LEASE           /* 'lease' */
-  :: NOT_RECOVERING && rl[i] == ALIVE && E[0] + E[1] < CAP -> E[i]++; res = R_GRANT
+  /* 'lease': i was reaped or left (its i:<id> is gone from the epoch),
+   * not "its lease ended": the script reads no clock (PROTOCOL.md, "One
+   * read for the fence") */
+  :: NOT_RECOVERING && rl[i] == ABSENT -> res = R_LEASE
+  :: NOT_RECOVERING && rl[i] != ABSENT && E[0] + E[1] < CAP -> E[i]++; res = R_GRANT
 #else
   :: NOT_RECOVERING && E[0] + E[1] < CAP -> E[i]++; res = R_GRANT
 #endif
@@ -564,7 +581,13 @@ inline sync_script(i, h, pr) {
  * tracker also stops using Redis after a failed admit or release, until
  * its next heartbeat; the model leaves that out (more behaviours), which
  * also covers calls sent before such a failure and answered after it. */
+#ifndef ADMIT_PAST_LEASE
+/* ... and only while its local lease runs (redisUsableLocked), since the
+ * admit script refuses a reaped instance, not an expired one */
+#define CAN_ADMIT_REDIS(i) (!deg[i] && kv[i] && valid[i])
+#else
 #define CAN_ADMIT_REDIS(i) (!deg[i] && kv[i])
+#endif
 
 /* Admit through Redis, reply read. With a stale epoch the script refuses
  * ('epoch') and nothing changes, so only a known epoch is modelled. The
@@ -682,6 +705,9 @@ inline sync_failed(i) { lower_ent(i); SYNC_FAILED(i) }
  * still run. */
 inline tracker_restart(i) {
   ent[i] = 0; kv[i] = false; valid[i] = false; CLEAR_PRE(i); deg[i] = false;
+#ifdef REAP_DEAD
+  hl[i] = held[i];
+#endif
 #ifdef WAIT_FIX
   tw[i] = false; ow[i] = false;
 #endif
@@ -803,7 +829,13 @@ inline late_call_lost(j) { okind[j] != NONE -> okind[j] = NONE; oh[j] = 0; oold[
  * clock, and the reaper watched the instance's beats stand still for a
  * TTL of its own monotonic clock, so the instance's local lease has ended
  * too. Nothing tells a cut-off instance from a dead one. */
+#ifndef REAP_DEAD
 inline reap(j) { rl[j] == EXPIRED && !valid[j] -> E[j] = 0; rl[j] = ABSENT }
+#else
+/* ... of an instance that held nothing when its local lease ended: not
+ * a cut-off one that holds connections (G) */
+inline reap(j) { rl[j] == EXPIRED && !valid[j] && hl[j] == 0 -> E[j] = 0; rl[j] = ABSENT }
+#endif
 #endif
 
 /* ==== time passes ==== */
@@ -811,7 +843,11 @@ inline reap(j) { rl[j] == EXPIRED && !valid[j] -> E[j] = 0; rl[j] = ABSENT }
 /* a tracker's local lease ends (its monotonic clock, InstanceTTL after
  * its last successful heartbeat was sent): at any moment, since a reply
  * may come back too late to help */
+#ifndef REAP_DEAD
 inline local_lease_ends(i) { valid[i] -> valid[i] = false; CLEAR_PRE(i) }
+#else
+inline local_lease_ends(i) { valid[i] -> valid[i] = false; CLEAR_PRE(i); hl[i] = held[i] }
+#endif
 
 /* an instance lease ends in Redis. Redis stamped it after the tracker sent
  * the heartbeat of its latest local lease, so it ends after that one,

@@ -57,6 +57,7 @@ starts before Envoy and stops after it. */ -}}
     - --establish-timeout={{ $v.tracker.establishTimeout }}
     - --lease-ttl={{ $v.tracker.leaseTTL }}
     - --redis-timeout={{ $v.tracker.redisTimeout }}
+    - --release-linger={{ $v.tracker.releaseLinger }}
     - --redis-run-check={{ $v.tracker.redisRunCheck }}
     - --redis-wait-replicas={{ include "wsgate.redisWaitReplicas" .root }}
     - --redis-wait-timeout={{ $v.redis.waitTimeout }}

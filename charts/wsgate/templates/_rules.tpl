@@ -68,7 +68,7 @@ and the fleets file's parser refuse beyond the schema. */ -}}
 
 {{- /* Durations the binaries refuse at zero (an explicit 0 is never the
 default in disguise). */ -}}
-{{- range $k := list "heartbeat" "instanceTTL" "establishTimeout" "leaseTTL" "redisTimeout" -}}
+{{- range $k := list "heartbeat" "instanceTTL" "establishTimeout" "leaseTTL" "redisTimeout" "releaseLinger" -}}
 {{- if eq (float64 (include "wsgate.durationMs" (get $t $k))) 0.0 -}}
 {{- fail (printf "tracker.%s %s: must be positive" $k (get $t $k)) -}}
 {{- end -}}
@@ -102,6 +102,11 @@ between two of its heartbeats, or every instance is reaped between them
 {{- $ttl := float64 (include "wsgate.durationMs" $t.instanceTTL) -}}
 {{- if le $ttl $hb -}}
 {{- fail (printf "tracker.instanceTTL %s: must be longer than tracker.heartbeat %s (the default is 5 heartbeats)" $t.instanceTTL $t.heartbeat) -}}
+{{- end -}}
+{{- /* releaseLinger < heartbeat: the heartbeat publishes every release
+anyway (tracker.Config.Validate). */ -}}
+{{- if ge (float64 (include "wsgate.durationMs" $t.releaseLinger)) $hb -}}
+{{- fail (printf "tracker.releaseLinger %s: must be shorter than tracker.heartbeat %s (the default is 50ms)" $t.releaseLinger $t.heartbeat) -}}
 {{- end -}}
 
 {{- /* Across components, which no binary sees together. */ -}}
