@@ -126,9 +126,7 @@ func TestShardedFleetHeldWhileRedisRecordsAnotherLayout(t *testing.T) {
 	fillGroups(t, e, []int{1, 1, 1})
 	// The fleet ran unsharded: Redis records layout 1, the scaler's
 	// fleets file says 3 (changed without resharding).
-	if err := e.rdb.Set(context.Background(), e.store.Keys("chat").Layout(), 1, 0).Err(); err != nil {
-		t.Fatal(err)
-	}
+	recordLayout(t, e, 1)
 	if err := e.srv.Observe(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -140,9 +138,7 @@ func TestShardedFleetHeldWhileRedisRecordsAnotherLayout(t *testing.T) {
 		t.Errorf("wsgate_scaler_ready = %g, want 0", v)
 	}
 	// Redis records 3, as the fleets file says: reported again.
-	if err := e.rdb.Set(context.Background(), e.store.Keys("chat").Layout(), 3, 0).Err(); err != nil {
-		t.Fatal(err)
-	}
+	recordLayout(t, e, 3)
 	if err := e.srv.Observe(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -234,5 +230,16 @@ func TestShardedFleetWithTrackers(t *testing.T) {
 	}
 	if v := mustGauge(t, e.reg, "wsgate_scaler_fleet_instances", "chat", "alive"); v != 2 {
 		t.Errorf("alive instances = %g, want 2 (each heartbeats every group)", v)
+	}
+}
+
+// recordLayout writes layout n as trackers record it: field shards of the
+// layout hash in group 0's tag and of its mirror in group 1's.
+func recordLayout(t *testing.T, e *env, n int) {
+	t.Helper()
+	for _, g := range []string{"chat", "chat#1"} {
+		if err := e.rdb.HSet(context.Background(), e.store.Keys(g).Layout(), "shards", n).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
