@@ -56,10 +56,15 @@ func (c Fleet) GroupNames() []string {
 	return out
 }
 
-// GroupOf is the group a pod ("ip:port") joins in a fleet of n shards
-// when it is first registered: FNV-1a of its address, mod n. Every writer
-// computes the same group; a pod already registered keeps its group
-// (PROTOCOL.md, "Shards", on changing n).
+// GroupOf is the group of a pod ("ip:port") in a fleet of n shards:
+// FNV-1a of its address, mod n, a function of the address and n only, so
+// every registry writer that uses the fleet's recorded layout as n puts
+// the pod in the same group. Nothing remembers a pod's group: under
+// another n most pods map to another group, which is why n cannot change
+// while the fleet counts connections (PROTOCOL.md, "Shards": the layout
+// guard, and the offline change with forget-layout). Adoption prefers the
+// group that already counts a pod (tracker.adoptGroup) and uses GroupOf
+// only when none does.
 func GroupOf(pod string, n int) int {
 	if n <= 1 {
 		return 0

@@ -64,3 +64,7 @@ func Retire(t *Tracker, fleet string) error {
 
 // CheckNewEpochs runs what WatchReplication runs every heartbeat.
 func CheckNewEpochs(t *Tracker) { t.checkNewEpochs(context.Background()) }
+
+// PublishReplication takes in a replication check's findings per group
+// (1 safe, 0 not), as checkReplication does.
+func PublishReplication(t *Tracker, found map[string]float64) { t.publishReplication(found) }

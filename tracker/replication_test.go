@@ -193,3 +193,29 @@ func TestReplicationCheckAtANewEpoch(t *testing.T) {
 		t.Errorf("new epoch, 2 replicas, WAIT 1, refuse: gauge %v, logs:\n%s", safe(m), logs.String())
 	}
 }
+
+// A fleet with shards shows the least of its groups' last findings, a
+// group never checked counting as 0: a check of some groups only (one
+// group's new epoch, a group whose server could not be reached) neither
+// shows the fleet safe while another group is unchecked or at risk, nor
+// forgets an earlier group's risk (review finding 7).
+func TestReplicationSafeIsTheLeastOverAllGroups(t *testing.T) {
+	rdb, _ := miniClient(t)
+	tr := newTracker(t, rdb, "e1", newClock(), tracker.FallbackShare, shardedCfg("chat", 3, 1, podAddrs(3)...))
+	m := tr.Metrics()
+	for _, step := range []struct {
+		found map[string]float64
+		want  float64
+	}{
+		{map[string]float64{"chat": 1, "chat#1": 1}, 0}, // chat#2 unchecked
+		{map[string]float64{"chat#2": 1}, 1},
+		{map[string]float64{"chat#1": 0}, 0},
+		{map[string]float64{"chat#2": 1}, 0}, // chat#1's risk stands
+		{map[string]float64{"chat#1": 1}, 1},
+	} {
+		tracker.PublishReplication(tr, step.found)
+		if got := safe(m); got != step.want {
+			t.Errorf("after %v: gauge %v, want %v", step.found, got, step.want)
+		}
+	}
+}

@@ -18,8 +18,15 @@ import (
 // the 3 masters of a real Redis Cluster. With one master killed, the other
 // groups keep admitting through Redis; the killed group's pods are decided
 // by its fallback (share: only into the slots its tracker freed since), and
-// no pod ever holds more than the cap.
+// no pod ever holds more than the cap. Killed: the master of the group
+// tracker e0 holds most in, and group 0's (where the layout is: its
+// check fails, the last finding stands and the other groups go on).
 func TestShardsOnRedisCluster(t *testing.T) {
+	t.Run("most_held", func(t *testing.T) { shardsOnRedisCluster(t, false) })
+	t.Run("group_0", func(t *testing.T) { shardsOnRedisCluster(t, true) })
+}
+
+func shardsOnRedisCluster(t *testing.T, killGroup0 bool) {
 	cl := redistest.StartCluster(t, 3)
 	ctx := context.Background()
 	for _, n := range cl.Nodes {
@@ -100,7 +107,13 @@ func TestShardsOnRedisCluster(t *testing.T) {
 	// Until every group holds some (the fullest groups by free slots go
 	// first: 12 pods hash into groups of 2, 3 and 7), all through Redis.
 	perGroup := map[int]int{}
+	// A heartbeat every 4: each tracker's view of the groups' free slots
+	// counts only its own admissions since the last one, so without them
+	// both keep choosing the largest group and the smallest may get none.
 	for i := 0; len(perGroup) < shards && i < 20; i++ {
+		if i%4 == 3 {
+			heartbeat(t, trs...)
+		}
 		res := admitOn(trs[i%2])
 		if !res.Admitted || res.Fallback {
 			t.Fatalf("admission %d on a healthy cluster: %+v", i, res)
@@ -120,7 +133,7 @@ func TestShardsOnRedisCluster(t *testing.T) {
 	}
 	dead := 0
 	for k, n := range byGroup {
-		if n > byGroup[dead] {
+		if n > byGroup[dead] && !killGroup0 {
 			dead = k
 		}
 	}
@@ -213,6 +226,11 @@ func TestShardsOnRedisCluster(t *testing.T) {
 			if k != dead && !g.Granting {
 				t.Errorf("group %s on a live master: %+v; want it granting", g.Fleet, g)
 			}
+		}
+	}
+	for _, tr := range trs {
+		if st := tr.Status().Fleets[0]; st.LayoutMismatch || st.LayoutUnknown {
+			t.Errorf("%s's layout with group %d's master dead: %+v; want the last finding (agreed) to stand", tr.Config().InstanceID, dead, st)
 		}
 	}
 	t.Logf("fleet %s on masters %v; killed group %d's; after: through Redis %v, fallback in the dead group %v (e0 freed %d)", name, masters, dead, viaRedis, fallbackDead, freed)

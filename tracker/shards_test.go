@@ -236,28 +236,52 @@ func TestShardsReleaseToTheGroupOfAdmission(t *testing.T) {
 	}
 }
 
-// TestShardsRateLimitIsOneBucket: the rate limit is the fleet's per
-// instance, not each group's: burst 5 admits 5 at one instant, not 15.
+// TestShardsRateLimitIsOneBucket: the rate limit is one token bucket per
+// fleet and tracker, not one per group: of 20 admissions at once, the
+// burst of 5 is admitted, and those 5 landed in every group (two pods of
+// cap 1 per group: no group holds 5), so a bucket per group would have
+// admitted more; a second later the bucket has refilled one token, not one
+// per group.
 func TestShardsRateLimitIsOneBucket(t *testing.T) {
 	srv := redistest.Start(t)
 	clk := newClock()
-	fc := shardedCfg("chat", 3, 100, podAddrs(12)...)
+	var pods []string
+	per := map[int]int{}
+	for _, p := range podAddrs(40) {
+		if g := fleets.GroupOf(p, 3); per[g] < 2 {
+			per[g]++
+			pods = append(pods, p)
+		}
+	}
+	fc := shardedCfg("chat", 3, 1, pods...)
 	fc.RatePerSecond, fc.Burst = 1, 5
 	tr := newTracker(t, srv.Client(), "e1", clk, tracker.FallbackShare, fc)
 	startShards(t, clk, tr)
-	var ok, limited int
-	for range 20 {
-		switch res := admit(t, tr, "chat"); {
-		case res.Admitted:
-			ok++
-		case res.Reason == "rate_limit":
-			limited++
-		default:
-			t.Fatalf("refused for another reason: %+v", res)
+	burst := func(n int) (ok, limited int) {
+		t.Helper()
+		for range n {
+			switch res := admit(t, tr, "chat"); {
+			case res.Admitted:
+				ok++
+			case res.Reason == "rate_limit":
+				limited++
+			default:
+				t.Fatalf("refused for another reason: %+v", res)
+			}
+		}
+		return ok, limited
+	}
+	if ok, limited := burst(20); ok != 5 || limited != 15 {
+		t.Fatalf("admitted %d, rate-limited %d; want 5 and 15 (one bucket of 5)", ok, limited)
+	}
+	for _, g := range tr.Status().Fleets[0].Groups {
+		if g.Connections == 0 {
+			t.Errorf("group %s took none of the 5 admissions: the test shows nothing of the groups' buckets", g.Fleet)
 		}
 	}
-	if ok != 5 || limited != 15 {
-		t.Fatalf("admitted %d, rate-limited %d; want 5 and 15 (one bucket of 5)", ok, limited)
+	clk.Advance(time.Second)
+	if ok, _ := burst(3); ok != 1 {
+		t.Errorf("a second later, %d admitted; want 1 (one token refilled)", ok)
 	}
 }
 
@@ -292,9 +316,12 @@ func TestLayoutGuard(t *testing.T) {
 			pods := podAddrs(12)
 			a := newTracker(t, rdb, "a", clk, tracker.FallbackShare, shardedCfg("chat", tc.first, 2, pods...))
 			startShards(t, clk, a)
-			if res := admit(t, a, "chat"); !res.Admitted || res.Fallback {
+			var held []string
+			res := admit(t, a, "chat")
+			if !res.Admitted || res.Fallback {
 				t.Fatalf("the first layout's tracker: %+v", res)
 			}
+			held = append(held, res.Conn)
 			reg := func(g string) int64 {
 				n, err := rdb.HLen(context.Background(), a.Store().Keys(g).Pods()).Result()
 				if err != nil {
@@ -336,13 +363,34 @@ func TestLayoutGuard(t *testing.T) {
 			}
 			if res := admit(t, a, "chat"); !res.Admitted || res.Fallback {
 				t.Errorf("the recorded layout's tracker: %+v", res)
+			} else {
+				held = append(held, res.Conn)
 			}
 			if got := testutil.ToFloat64(a.Metrics().LayoutMismatch.WithLabelValues("chat")); got != 0 {
 				t.Errorf("the agreeing tracker's wsgate_tracker_layout_mismatch = %v, want 0", got)
 			}
 
-			// The operator's offline change: the layout forgotten, b's is
-			// recorded at its next heartbeat, and a is refused instead.
+			// The operator's offline change, as forget-layout does it: the
+			// fleet drained, the layout frozen (both trackers refuse, a's
+			// fallback too), the drain checked again, then "record the
+			// next": b's is recorded at its next heartbeat, and a is
+			// refused instead.
+			for _, id := range held {
+				release(t, a, id)
+			}
+			if err := b.Store().SetLayout(context.Background(), "chat", store.LayoutFrozen); err != nil {
+				t.Fatal(err)
+			}
+			heartbeat(t, a, b)
+			if res := admit(t, a, "chat"); res.Admitted {
+				t.Errorf("admitted under a frozen layout: %+v", res)
+			}
+			for k := range max(tc.first, tc.second) {
+				g := fleets.GroupName("chat", k)
+				if sum, err := a.Store().Summary(context.Background(), g, time.Now()); err != nil || sum.Live != 0 {
+					t.Fatalf("group %s after the drain: %+v %v", g, sum, err)
+				}
+			}
 			if err := b.Store().SetLayout(context.Background(), "chat", store.LayoutNext); err != nil {
 				t.Fatal(err)
 			}
