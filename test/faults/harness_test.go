@@ -110,6 +110,9 @@ var keys = struct {
 	// instancesMarker one the heartbeat (sync) is called with: the proxy
 	// recognises the two calls by them, in EVALSHA as in EVAL.
 	admitMarker, instancesMarker string
+	// layoutMarker: the layout check (store.Store.Layout) reads group 0's
+	// epoch and instances too, before each heartbeat: not a heartbeat.
+	layoutMarker string
 }{
 	instances:       store.FleetKeys("", fleet).Instances(),
 	load:            store.FleetKeys("", fleet).Load(),
@@ -117,6 +120,7 @@ var keys = struct {
 	stats:           store.FleetKeys("", fleet).Stats(),
 	admitMarker:     store.FleetKeys("", fleet).Rej(store.ReasonNoPods),
 	instancesMarker: store.FleetKeys("", fleet).Instances(),
+	layoutMarker:    store.FleetKeys("", fleet).Layout(),
 }
 
 // isAdmit reports whether a request to Redis is the admit script's call.
@@ -127,7 +131,8 @@ func isAdmit(req []byte) bool {
 // isHeartbeat reports whether a request to Redis is the sync script's call
 // (the heartbeat): a script on the instances key that is not admit.
 func isHeartbeat(req []byte) bool {
-	return isScript(req) && bytes.Contains(req, []byte(keys.instancesMarker)) && !bytes.Contains(req, []byte(keys.admitMarker))
+	return isScript(req) && bytes.Contains(req, []byte(keys.instancesMarker)) && !bytes.Contains(req, []byte(keys.admitMarker)) &&
+		!bytes.Contains(req, []byte(keys.layoutMarker))
 }
 
 func isScript(req []byte) bool {
