@@ -49,6 +49,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/wsgate/wsgate/envoy/gateway"
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
 	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
@@ -175,6 +176,10 @@ type options struct {
 	// Sentinel client follows a failover).
 	redis *redistest.Server
 	rdb   *redis.Client
+	// shards, when above 1, is the fleet's shards, and backends then
+	// counts per group: backends are started until each group has that
+	// many (a pod's group is a hash of its address), the others closed.
+	shards int
 }
 
 type trackerOptions struct {
@@ -235,16 +240,26 @@ func newHarness(t *testing.T, o options) *harness {
 		h.rdb = redis.NewClient(&redis.Options{Addr: h.redis.Addr(), MaxRetries: -1, DialTimeout: time.Second})
 	}
 	var pods []string
-	for range o.backends {
+	perGroup := map[int]int{}
+	for len(pods) < o.backends*max(o.shards, 1) {
 		b, err := wsbackend.Start()
 		if err != nil {
 			t.Fatal(err)
 		}
+		if g := fleets.GroupOf(b.Addr, o.shards); perGroup[g] == o.backends {
+			b.Close()
+			continue
+		}
+		perGroup[fleets.GroupOf(b.Addr, o.shards)]++
 		h.backends = append(h.backends, b)
 		pods = append(pods, b.Addr)
 	}
 	h.config = filepath.Join(t.TempDir(), "fleets.yaml")
-	h.writeFleets(fleetYAML(fleet, o.cap, pods...))
+	fy := fleetYAML(fleet, o.cap, pods...)
+	if o.shards > 1 {
+		fy += fmt.Sprintf("    shards: %d\n", o.shards)
+	}
+	h.writeFleets(fy)
 	// One cleanup, in the order that lets everything end quickly: frozen
 	// processes thawed, gateways closed while their trackers still listen
 	// (their last access-log entries delivered), trackers killed, then the
