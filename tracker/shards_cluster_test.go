@@ -40,42 +40,15 @@ func shardsOnRedisCluster(t *testing.T, killGroup0 bool) {
 	const shards, cap = 3, 2
 
 	// A fleet name whose groups' slots are on 3 different masters.
-	slots, err := rdb.ClusterSlots(ctx).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeOf := func(key string) string {
-		s, err := rdb.ClusterKeySlot(ctx, key).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range slots {
-			if int64(r.Start) <= s && s <= int64(r.End) {
-				return r.Nodes[0].Addr
-			}
-		}
-		t.Fatalf("slot %d of %s has no master", s, key)
-		return ""
-	}
 	st := store.NewStore(rdb, "wsgate")
-	var name string
-	var masters []string
-	for i := 0; name == "" && i < 100; i++ {
-		cand := fmt.Sprintf("chat%d", i)
-		masters = nil
-		seen := map[string]bool{}
-		for k := range shards {
-			m := nodeOf(st.Keys(fleets.GroupName(cand, k)).Epoch())
-			seen[m] = true
-			masters = append(masters, m)
+	i, masters := redistest.SpreadOverMasters(t, rdb, 100, func(i int) []string {
+		var keys []string
+		for _, g := range (fleets.Fleet{Name: fmt.Sprintf("chat%d", i), Shards: shards}).GroupNames() {
+			keys = append(keys, st.Keys(g).Epoch())
 		}
-		if len(seen) == shards {
-			name = cand
-		}
-	}
-	if name == "" {
-		t.Fatal("no fleet name among 100 puts its 3 groups on 3 masters")
-	}
+		return keys
+	})
+	name := fmt.Sprintf("chat%d", i)
 
 	pods := podAddrs(12)
 	clk := newClock()

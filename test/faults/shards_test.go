@@ -56,41 +56,14 @@ func shardMasterKilled(t *testing.T, dead int) {
 
 	// The harness' fleet name is fixed: choose the key prefix that puts
 	// its 3 groups on 3 different masters.
-	slots, err := crdb.ClusterSlots(ctx).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeOf := func(key string) string {
-		s, err := crdb.ClusterKeySlot(ctx, key).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range slots {
-			if int64(r.Start) <= s && s <= int64(r.End) {
-				return r.Nodes[0].Addr
-			}
-		}
-		t.Fatalf("slot %d of %s has no master", s, key)
-		return ""
-	}
-	var prefix string
-	var masters []string
-	for i := 0; prefix == "" && i < 100; i++ {
-		cand := fmt.Sprintf("wsgate%d", i)
-		masters = nil
-		seen := map[string]bool{}
+	n, masters := redistest.SpreadOverMasters(t, crdb, 100, func(i int) []string {
+		var keys []string
 		for k := range shardCount {
-			m := nodeOf(store.FleetKeys(cand, fleets.GroupName(fleet, k)).Epoch())
-			seen[m] = true
-			masters = append(masters, m)
+			keys = append(keys, store.FleetKeys(fmt.Sprintf("wsgate%d", i), fleets.GroupName(fleet, k)).Epoch())
 		}
-		if len(seen) == shardCount {
-			prefix = cand
-		}
-	}
-	if prefix == "" {
-		t.Fatal("no prefix among 100 puts the fleet's 3 groups on 3 masters")
-	}
+		return keys
+	})
+	prefix := fmt.Sprintf("wsgate%d", n)
 
 	clusterArgs := []string{"--redis-addr", strings.Join(cl.Addrs(), ","), "--redis-cluster", "--redis-prefix", prefix}
 	h := newHarness(t, options{

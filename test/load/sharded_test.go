@@ -148,23 +148,14 @@ func (r *shardRig) startTrackers(b *testing.B, from, n int) []*tracker.Tracker {
 // slots are on as many different masters (asserted); unsharded, the first
 // candidate. Names are tried in order, so every run uses the same ones.
 func (r *shardRig) fleetName(b *testing.B, shards int) string {
-	ctx := context.Background()
-	for i := range 1000 {
-		name := fmt.Sprintf("chat%d", i)
-		masters := map[string]bool{}
-		for _, g := range (fleets.Fleet{Name: name, Shards: shards}).GroupNames() {
-			m, err := r.rdb.MasterForKey(ctx, r.storeKeys(g).Epoch())
-			if err != nil {
-				b.Fatal(err)
-			}
-			masters[m.Options().Addr] = true
+	i, _ := redistest.SpreadOverMasters(b, r.rdb, 1000, func(i int) []string {
+		var keys []string
+		for _, g := range (fleets.Fleet{Name: fmt.Sprintf("chat%d", i), Shards: shards}).GroupNames() {
+			keys = append(keys, r.storeKeys(g).Epoch())
 		}
-		if len(masters) == shards {
-			return name
-		}
-	}
-	b.Fatalf("no fleet name among 1000 puts its %d groups on %d masters", shards, shards)
-	return ""
+		return keys
+	})
+	return fmt.Sprintf("chat%d", i)
 }
 
 func (r *shardRig) storeKeys(group string) store.Keys { return store.FleetKeys("wsgate", group) }

@@ -335,3 +335,29 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	}
 	return c
 }
+
+// SpreadOverMasters returns the first i (below tries) for which the keys
+// keys(i) all live on different masters of rdb, and those masters'
+// addresses in the keys' order: the tests of a sharded fleet pick with it
+// a fleet name or key prefix whose groups land on as many masters.
+func SpreadOverMasters(t testing.TB, rdb *redis.ClusterClient, tries int, keys func(i int) []string) (int, []string) {
+	t.Helper()
+	ctx := context.Background()
+	for i := range tries {
+		var masters []string
+		seen := map[string]bool{}
+		for _, key := range keys(i) {
+			m, err := rdb.MasterForKey(ctx, key)
+			if err != nil {
+				t.Fatalf("master of %s: %v", key, err)
+			}
+			seen[m.Options().Addr] = true
+			masters = append(masters, m.Options().Addr)
+		}
+		if len(seen) == len(masters) {
+			return i, masters
+		}
+	}
+	t.Fatalf("none of %d candidates puts its keys on as many masters", tries)
+	return 0, nil
+}
