@@ -39,13 +39,6 @@ func TestNoOverAdmission(t *testing.T) {
 	}
 	startReal(t, clk, trs...)
 
-	// held counts what the test itself holds: raised after an admission
-	// returned, lowered before a release starts, so held <= Redis <= cap.
-	var held sync.Map
-	counter := func(pod string) *atomic.Int64 {
-		v, _ := held.LoadOrStore(pod, new(atomic.Int64))
-		return v.(*atomic.Int64)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var violations atomic.Int64
@@ -86,42 +79,12 @@ func TestNoOverAdmission(t *testing.T) {
 		}
 	}()
 
-	var wg sync.WaitGroup
-	var admitted, rejected atomic.Int64
-	for i := 0; i < instances*workers; i++ {
-		tr := trs[i%instances]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for r := 0; r < rounds; r++ {
-				res, err := tr.Admit(ctx, "chat")
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if res.Fallback {
-					t.Errorf("admission fell back with Redis up: %+v", res)
-					return
-				}
-				if !res.Admitted {
-					rejected.Add(1)
-					continue
-				}
-				admitted.Add(1)
-				if n := counter(res.Pod).Add(1); n > cap {
-					violations.Add(1)
-					t.Errorf("pod %s holds %d admitted connections", res.Pod, n)
-				}
-				counter(res.Pod).Add(-1)
-				release(t, tr, res.Conn)
-			}
-		}()
-	}
-	wg.Wait()
+	admitted, rejected, over := churn(t, ctx, trs, workers, rounds, cap, nil)
+	violations.Add(over)
 	cancel()
 	watchers.Wait()
-	if admitted.Load() == 0 || rejected.Load() == 0 {
-		t.Fatalf("admitted %d, rejected %d: the race never reached the cap", admitted.Load(), rejected.Load())
+	if admitted == 0 || rejected == 0 {
+		t.Fatalf("admitted %d, rejected %d: the race never reached the cap", admitted, rejected)
 	}
 	heartbeat(t, trs...)
 	sum, err := trs[0].Store().Summary(context.Background(), "chat", clk.Now())
@@ -131,7 +94,57 @@ func TestNoOverAdmission(t *testing.T) {
 	if sum.Live != 0 || len(sumLocal(t, "chat", trs...)) != 0 {
 		t.Errorf("after all releases Redis live=%d, local %v; want 0", sum.Live, sumLocal(t, "chat", trs...))
 	}
-	t.Logf("admitted %d, rejected %d, violations %d", admitted.Load(), rejected.Load(), violations.Load())
+	t.Logf("admitted %d, rejected %d, violations %d", admitted, rejected, violations.Load())
+}
+
+// churn races workers goroutines per tracker, each admitting a connection
+// of fleet chat and releasing it, rounds times, while Redis is up (a
+// fallback is an error). held counts what the test itself holds: raised
+// after an admission returned, lowered before its release starts, so held
+// <= Redis <= cap; a pod above cap is an error, counted in over. seen, if
+// not nil, is told every admission.
+func churn(t *testing.T, ctx context.Context, trs []*tracker.Tracker, workers, rounds int, cap int64, seen func(tracker.Result)) (admitted, rejected, over int64) {
+	var held sync.Map // pod -> *atomic.Int64
+	counter := func(pod string) *atomic.Int64 {
+		v, _ := held.LoadOrStore(pod, new(atomic.Int64))
+		return v.(*atomic.Int64)
+	}
+	var wg sync.WaitGroup
+	var nAdmitted, nRejected, nOver atomic.Int64
+	for i := range len(trs) * workers {
+		tr := trs[i%len(trs)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				res, err := tr.Admit(ctx, "chat")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if res.Fallback || res.Fleet != "chat" {
+					t.Errorf("admission fell back with Redis up, or names no fleet: %+v", res)
+					return
+				}
+				if !res.Admitted {
+					nRejected.Add(1)
+					continue
+				}
+				nAdmitted.Add(1)
+				if seen != nil {
+					seen(res)
+				}
+				if n := counter(res.Pod).Add(1); n > cap {
+					nOver.Add(1)
+					t.Errorf("pod %s holds %d admitted connections", res.Pod, n)
+				}
+				counter(res.Pod).Add(-1)
+				release(t, tr, res.Conn)
+			}
+		}()
+	}
+	wg.Wait()
+	return nAdmitted.Load(), nRejected.Load(), nOver.Load()
 }
 
 // TestRedisRestart kills Redis under load, keeps admitting through the

@@ -98,11 +98,6 @@ func TestShardsSpreadAdmissionsAndKeepTheCap(t *testing.T) {
 		}
 	}
 
-	var held sync.Map // pod -> *atomic.Int64: what the test holds
-	counter := func(pod string) *atomic.Int64 {
-		v, _ := held.LoadOrStore(pod, new(atomic.Int64))
-		return v.(*atomic.Int64)
-	}
 	var perGroup [shards]atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -138,42 +133,13 @@ func TestShardsSpreadAdmissionsAndKeepTheCap(t *testing.T) {
 			}
 		}
 	}()
-	var wg sync.WaitGroup
-	var admitted, rejected atomic.Int64
-	for i := range instances * workers {
-		tr := trs[i%instances]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range rounds {
-				res, err := tr.Admit(ctx, "chat")
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if res.Fallback || res.Fleet != "chat" {
-					t.Errorf("admission fell back with Redis up, or names no fleet: %+v", res)
-					return
-				}
-				if !res.Admitted {
-					rejected.Add(1)
-					continue
-				}
-				admitted.Add(1)
-				perGroup[fleets.GroupOf(res.Pod, shards)].Add(1)
-				if n := counter(res.Pod).Add(1); n > cap {
-					t.Errorf("pod %s holds %d admitted connections", res.Pod, n)
-				}
-				counter(res.Pod).Add(-1)
-				release(t, tr, res.Conn)
-			}
-		}()
-	}
-	wg.Wait()
+	admitted, rejected, _ := churn(t, ctx, trs, workers, rounds, cap, func(res tracker.Result) {
+		perGroup[fleets.GroupOf(res.Pod, shards)].Add(1)
+	})
 	cancel()
 	watchers.Wait()
-	if admitted.Load() == 0 || rejected.Load() == 0 {
-		t.Fatalf("admitted %d, rejected %d: the race never reached the cap", admitted.Load(), rejected.Load())
+	if admitted == 0 || rejected == 0 {
+		t.Fatalf("admitted %d, rejected %d: the race never reached the cap", admitted, rejected)
 	}
 	for k := range perGroup {
 		if perGroup[k].Load() == 0 {
