@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"maps"
 	"strconv"
 	"testing"
 	"time"
@@ -142,7 +143,7 @@ func TestTheFirstAdmissionAfterTheWaitOpensTheEpoch(t *testing.T) {
 	}
 }
 
-// A heartbeat's reply names every live instance with its lease and seq
+// A heartbeat's reply names every live instance with its seq
 // (what a reaper watches), read in one HMGET per 1,000 instances.
 func TestSyncReportsEveryInstancesSeq(t *testing.T) {
 	storetest.Backends(t, func(t *testing.T, s *store.Store, _ storetest.Backend) {
@@ -152,7 +153,7 @@ func TestSyncReportsEveryInstancesSeq(t *testing.T) {
 		var res store.SyncResult
 		for i := range n {
 			var err error
-			res, err = s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e" + strconv.Itoa(i), Lease: time.Hour, Seq: uint64(100 + i)})
+			res, err = s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e" + strconv.Itoa(i), Lease: time.Hour, Seq: uint64(100 + i), WatchInstances: true})
 			if err != nil || res.Stale {
 				t.Fatalf("heartbeat %d: %+v, %v", i, res.Stale, err)
 			}
@@ -160,10 +161,61 @@ func TestSyncReportsEveryInstancesSeq(t *testing.T) {
 		if len(res.Instances) != n {
 			t.Fatalf("%d instances in the reply; want %d", len(res.Instances), n)
 		}
+		// Not asked for, not read.
+		if r, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e0", Lease: time.Hour, Seq: 99 + 2*n}); err != nil || r.Instances != nil {
+			t.Fatalf("heartbeat that does not watch: instances %v, %v; want none", r.Instances, err)
+		}
 		for i := range n {
-			if l, ok := res.Instances["e"+strconv.Itoa(i)]; !ok || l.Seq != uint64(100+i) || l.Until.IsZero() {
-				t.Fatalf("instance e%d: %+v, %v; want seq %d and a lease", i, l, ok, 100+i)
+			if seq, ok := res.Instances["e"+strconv.Itoa(i)]; !ok || seq != uint64(100+i) {
+				t.Fatalf("instance e%d: seq %d, %v; want seq %d", i, seq, ok, 100+i)
 			}
+		}
+	})
+}
+
+// A heartbeat's reply carries each placeable pod's count, all instances
+// together, read after its script: after a SCRIPT FLUSH too (the script
+// is loaded again, the read follows it), and none from a stale heartbeat,
+// which did nothing.
+func TestSyncReturnsThePlaceablePodsCounts(t *testing.T) {
+	storetest.Backends(t, func(t *testing.T, s *store.Store, b storetest.Backend) {
+		ctx := context.Background()
+		storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"))
+		for range 2 {
+			storetest.Admit(t, s, "chat", 5, fleets.PolicyPack, "e1", storetest.T0)
+		}
+		storetest.Admit(t, s, "chat", 5, fleets.PolicySpread, "e2", storetest.T0)
+		want := map[string]int{}
+		zs, err := b.Client.ZRangeWithScores(ctx, s.Keys("chat").Avail(), 0, -1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, z := range zs {
+			want[z.Member.(string)] = int(z.Score)
+		}
+		if len(want) != 3 || want["10.0.0.1:80"]+want["10.0.0.2:80"]+want["10.0.0.3:80"] != 3 {
+			t.Fatalf("the placeable pods' counts in Redis: %v; want 3 pods holding 3", want)
+		}
+		// e3 publishes nothing: what it sees is the others' connections.
+		sync := func(seq uint64) store.SyncResult {
+			t.Helper()
+			res, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e3", Lease: time.Hour, Seq: seq})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res
+		}
+		if res := sync(10); res.Stale || !maps.Equal(res.Avail, want) {
+			t.Fatalf("heartbeat's view: %v (stale %v); want %v", res.Avail, res.Stale, want)
+		}
+		if err := b.Client.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if res := sync(11); res.Stale || !maps.Equal(res.Avail, want) {
+			t.Fatalf("heartbeat's view after SCRIPT FLUSH: %v (stale %v); want %v", res.Avail, res.Stale, want)
+		}
+		if res := sync(5); !res.Stale || len(res.Avail) != 0 {
+			t.Fatalf("a stale heartbeat: %v (stale %v); want stale and no view", res.Avail, res.Stale)
 		}
 	})
 }

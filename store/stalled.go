@@ -1,6 +1,9 @@
 package store
 
-import "time"
+import (
+	"math/rand/v2"
+	"time"
+)
 
 // Stalled is a reaper's own witness (PROTOCOL.md, "Leases and clocks"): it
 // watches each instance's seq on the reaper's monotonic clock, and names
@@ -43,4 +46,23 @@ func (w *Stalled) Observe(seqs map[string]uint64, self string, now time.Time) []
 		}
 	}
 	return out
+}
+
+// Watchers is about how many of a fleet's instances read the instances'
+// seqs per heartbeat period, once it has more than that (see Due).
+const Watchers = 8
+
+// Due says whether the watcher's next heartbeat should read the instances'
+// seqs (SyncRequest.WatchInstances) for this watch. Every instance watches
+// every other, and one witness of a stalled instance is enough: Redis then
+// checks its lease by its own clock. So with n instances at the last read,
+// each reads with probability Watchers/n: about Watchers reads a period in
+// the whole fleet instead of n, each of n instances, and Redis' cost of
+// watching grows with n rather than n². Always before a first read and in
+// fleets of at most Watchers instances. The price is time: a stalled
+// instance is named once one of the instances that read its last seq reads
+// again a ttl later, a few periods past the ttl where all read each period.
+func (w *Stalled) Due() bool {
+	n := len(w.seen)
+	return n <= Watchers || rand.IntN(n) < Watchers
 }

@@ -184,7 +184,7 @@ func TestSyncReapsOnlyNamedInstancesExpiredByRedisClock(t *testing.T) {
 	storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80", "10.0.0.2:80"))
 	sync := func(inst string, reap []string, counts ...store.PodCount) store.SyncResult {
 		t.Helper()
-		res, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: inst, Lease: 10 * time.Second, Counts: counts, Reap: reap})
+		res, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: inst, Lease: 10 * time.Second, Counts: counts, Reap: reap, WatchInstances: true})
 		if err != nil {
 			t.Fatal(err)
 		}

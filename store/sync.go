@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // This file is the Go side of the instances' lifecycle: the heartbeat
@@ -51,14 +53,9 @@ type SyncRequest struct {
 	Rejections   []RejectionCount
 	// Reap names instances whose seq the caller saw stand still for a lease.
 	Reap []string
-}
-
-// Lease is another instance as a heartbeat sees it.
-type Lease struct {
-	// Until is the end of its lease by Redis' clock.
-	Until time.Time
-	// Seq changes with each of its heartbeats and releases.
-	Seq uint64
+	// WatchInstances asks for every instance's seq (SyncResult.Instances),
+	// for the caller's reaper watch (Stalled.Due says when).
+	WatchInstances bool
 }
 
 // SyncResult is what the instance learns from a heartbeat: the epoch, the
@@ -68,10 +65,13 @@ type SyncResult struct {
 	EpochCreated bool
 	// Recovering is how long the epoch still grants nothing.
 	Recovering time.Duration
-	// Instances are the instances Redis holds (this one included).
-	Instances map[string]Lease
-	Avail     map[string]int
-	Reaped    []string
+	// Instances are the instances Redis holds (this one included), each
+	// with its seq, which moves with each of its heartbeats: a reaper
+	// watches it (see Stalled). nil unless the request's WatchInstances.
+	Instances map[string]uint64
+	// Avail is each placeable pod's live connections, all instances.
+	Avail  map[string]int
+	Reaped []string
 	// Stale: a later heartbeat or release of this instance already ran;
 	// nothing done. Seq is the instance's last seq in Redis.
 	Stale bool
@@ -106,11 +106,76 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	for _, id := range req.Reap {
 		args = append(args, id)
 	}
-	res, err := scriptSync.Run(ctx, s.rdb, keys, args...).Slice()
+	// What the heartbeat reads of the fleet is pipelined after the script,
+	// on the same connection to the node of the fleet's slot, rather than
+	// returned by it (sync.lua): the placeable pods' counts by a plain
+	// ZRANGE, which costs Redis about half of returning them from Lua, and
+	// the instances' seqs only when asked. The reads are not atomic with the
+	// script: they are views for the tracker's choices (reuse, the open
+	// fallback, a sharded fleet's choice of a group) and its reaper watch,
+	// which were a heartbeat old anyway, never for the cap.
+	// run queues the heartbeat on c: by hash, or (eval) with the scripts'
+	// text, which loads them where Redis lacks them, as redis.Script.Run
+	// does: a user without SCRIPT LOAD (README, "Operations") may still
+	// EVAL.
+	run := func(c redis.Pipeliner, eval bool) (script *redis.Cmd, avail *redis.ZSliceCmd, inst *redis.Cmd) {
+		ikeys := []string{fk.Instances(), fk.Seq()}
+		if eval {
+			script = scriptSync.Eval(ctx, c, keys, args...)
+		} else {
+			script = scriptSync.EvalSha(ctx, c, keys, args...)
+		}
+		avail = c.ZRangeWithScores(ctx, fk.Avail(), 0, -1)
+		switch {
+		case !req.WatchInstances:
+		case eval:
+			inst = scriptInstances.Eval(ctx, c, ikeys)
+		default:
+			inst = scriptInstances.EvalSha(ctx, c, ikeys)
+		}
+		return script, avail, inst
+	}
+	pipe := s.rdb.Pipeline()
+	script, avail, inst := run(pipe, false)
+	_, _ = pipe.Exec(ctx)
+	if noScript(script.Err()) {
+		// A restarted, failed-over or flushed Redis: the heartbeat did not
+		// run; again, with the texts.
+		pipe = s.rdb.Pipeline()
+		script, avail, inst = run(pipe, true)
+		_, _ = pipe.Exec(ctx)
+	}
+	if inst != nil && noScript(inst.Err()) {
+		// Only the read was missing: the heartbeat ran, and runs once.
+		inst = scriptInstances.Run(ctx, s.rdb, []string{fk.Instances(), fk.Seq()})
+	}
+	res, err := script.Slice()
 	if err != nil {
 		return SyncResult{}, fmt.Errorf("sync %s: %w", req.Fleet, err)
 	}
-	return decodeSync(req.Fleet, res)
+	out, err := decodeSync(req.Fleet, res)
+	if err != nil || out.Stale {
+		return out, err // a stale call did nothing and learns nothing
+	}
+	zs, err := avail.Result()
+	if err != nil {
+		return SyncResult{}, fmt.Errorf("sync %s: the placeable pods: %w", req.Fleet, err)
+	}
+	out.Avail = make(map[string]int, len(zs))
+	for _, z := range zs {
+		out.Avail[z.Member.(string)] = int(z.Score)
+	}
+	if inst != nil {
+		l, err := inst.StringSlice()
+		if err != nil {
+			return SyncResult{}, fmt.Errorf("sync %s: the instances: %w", req.Fleet, err)
+		}
+		out.Instances = make(map[string]uint64, len(l)/2)
+		for i := 0; i+1 < len(l); i += 2 {
+			out.Instances[l[i]], _ = strconv.ParseUint(l[i+1], 10, 64)
+		}
+	}
+	return out, nil
 }
 
 // sync.lua's reply, by position.
@@ -118,8 +183,6 @@ const (
 	syncEpoch      = iota // the epoch's id
 	syncCreated           // 1 when this call created it
 	syncRecovering        // ms until its recovery wait ends
-	syncInstances         // (id, lease ms, seq) per instance
-	syncAvail             // (pod, count) per placeable pod
 	syncReaped            // the ids reaped
 	syncStale             // 1: a later call of the instance already ran
 	syncSeq               // the instance's last seq
@@ -130,21 +193,10 @@ func decodeSync(fleet string, res []any) (SyncResult, error) {
 	if len(res) != syncReplyLen {
 		return SyncResult{}, fmt.Errorf("sync %s: unexpected reply of %d elements", fleet, len(res))
 	}
-	out := SyncResult{Avail: map[string]int{}, Instances: map[string]Lease{}}
+	out := SyncResult{Avail: map[string]int{}}
 	out.Epoch, _ = res[syncEpoch].(string)
 	out.EpochCreated = i64(res[syncCreated]) == 1
 	out.Recovering = time.Duration(i64(res[syncRecovering])) * time.Millisecond
-	inst := strs(res[syncInstances])
-	for i := 0; i+2 < len(inst); i += 3 {
-		ms, _ := strconv.ParseFloat(inst[i+1], 64)
-		seq, _ := strconv.ParseUint(inst[i+2], 10, 64)
-		out.Instances[inst[i]] = Lease{Until: time.UnixMilli(int64(ms)), Seq: seq}
-	}
-	pairs := strs(res[syncAvail])
-	for i := 0; i+1 < len(pairs); i += 2 {
-		n, _ := strconv.ParseFloat(pairs[i+1], 64)
-		out.Avail[pairs[i]] = int(n)
-	}
 	out.Reaped = strs(res[syncReaped])
 	out.Stale = i64(res[syncStale]) == 1
 	out.Seq, _ = strconv.ParseUint(fmt.Sprint(res[syncSeq]), 10, 64)

@@ -225,6 +225,7 @@ func (t *Tracker) syncSnapshot(f *fleet, now time.Time) store.SyncRequest {
 	req := store.SyncRequest{
 		Fleet: f.name, Instance: t.cfg.InstanceID, Lease: t.cfg.InstanceTTL, RecoveryWait: t.cfg.InstanceTTL,
 		Seq: f.seq, Counts: counts, Rejections: rej, Reap: f.toReap,
+		WatchInstances: t.cfg.ExpiredInstances == fleets.ExpiredReap && f.stalled.Due(),
 		// whether a promoted replica may end its recovery wait early
 		WaitReplicas: t.cfg.WaitReplicas,
 	}
@@ -299,13 +300,9 @@ func (t *Tracker) syncView(f *fleet, res store.SyncResult, counts []store.PodCou
 		f.recoveryEnd = f.lastHeartbeat.Add(max(res.Recovering, f.epochSeen.Add(t.cfg.InstanceTTL).Sub(t.now())))
 	}
 	f.view = newView(res, counts, f.conf().MaxConnectionsPerPod)
-	seqs := make(map[string]uint64, len(res.Instances))
-	for id, l := range res.Instances {
-		seqs[id] = l.Seq
-	}
 	f.toReap = nil
-	if t.cfg.ExpiredInstances == fleets.ExpiredReap {
-		f.toReap = f.stalled.Observe(seqs, t.cfg.InstanceID, now)
+	if res.Instances != nil { // asked for (WatchInstances)
+		f.toReap = f.stalled.Observe(res.Instances, t.cfg.InstanceID, now)
 	}
 	recovered := f.degraded || f.fenced
 	f.degraded, f.fenced, f.fencedBy = false, false, ""

@@ -18,9 +18,13 @@
 --       then nreap, then nreap x id
 -- Returns {epoch id, created (0|1), ms until the recovery wait ends (at
 --          least 1 while unconfirmed),
---          instances (id, lease ms, seq, ...), avail (pod, count, ...),
---          reaped ids, stale (1: a later heartbeat or release already ran;
---          nothing done), the instance's last seq}.
+--          reaped ids, stale (1: a later heartbeat or release already
+--          ran; nothing done), the instance's last seq}.
+-- What the caller reads of the fleet is not in it: the placeable pods'
+-- counts (avail) come from a plain ZRANGE pipelined after this script,
+-- which costs Redis about half of returning them from Lua (every reply of
+-- redis.call becomes a Lua table, then a reply again), and the instances'
+-- seqs, now and then, from instances.lua (store/sync.go).
 local load_key, avail_key, inst_key, pend_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local instances_key, stats_key, epoch_key, seq_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local id, lease_ms, new_epoch, prefix, slots_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -133,7 +137,7 @@ open_if_over()
 local seq = tonumber(seq_arg)
 local last = tonumber(redis.call('HGET', seq_key, id) or '0')
 if seq < last then
-  return {epoch, created, left(), {}, {}, {}, 1, tostring(last)}
+  return {epoch, created, left(), {}, 1, tostring(last)}
 end
 redis.call('HSET', seq_key, id, seq)
 -- The same seq in the epoch: the admit and release scripts read it with
@@ -200,19 +204,4 @@ redis.call('SADD', synced, id)
 redis.call('EXPIRE', synced, 86400)
 
 local reaped = reap_expired(prefix, now, cands, id)
-local inst = {}
-local ids = redis.call('ZRANGE', instances_key, 0, -1, 'WITHSCORES')
--- The instances' seqs in one HMGET per 1,000 of them, not one HGET each:
--- a heartbeat of a fleet of a thousand Envoys made a thousand calls.
-local CHUNK = 1000
-for from = 1, #ids, 2 * CHUNK do
-  local names = {}
-  for k = from, math.min(#ids, from + 2 * CHUNK - 1), 2 do names[#names + 1] = ids[k] end
-  local seqs = redis.call('HMGET', seq_key, unpack(names))
-  for j, name in ipairs(names) do
-    inst[#inst + 1] = name
-    inst[#inst + 1] = ids[from + 2 * (j - 1) + 1]
-    inst[#inst + 1] = seqs[j] or '0'
-  end
-end
-return {epoch, created, left(), inst, redis.call('ZRANGE', avail_key, 0, -1, 'WITHSCORES'), reaped, 0, tostring(seq)}
+return {epoch, created, left(), reaped, 0, tostring(seq)}

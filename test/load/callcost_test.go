@@ -25,7 +25,10 @@ import (
 //   - refused: an admission Redis refuses for capacity (every pod full);
 //   - heartbeat/pods=P: one instance's heartbeat (sync.lua) that reports
 //     connections on every one of the fleet's P pods, the most a heartbeat
-//     carries; heartbeat/pods=P/idle: one that reports none.
+//     carries; heartbeat/pods=P/idle: one that reports none;
+//   - heartbeat/instances=I: an idle heartbeat in a fleet of 100 pods and I
+//     instances; /watch: one that also reads every instance's seq for its
+//     reaper watch (instances.lua; store.Stalled.Due says how often).
 //
 // Each reports redis-cpu-µs/call and redis-cmds/call (a script's inner
 // calls included).
@@ -102,21 +105,44 @@ func BenchmarkRedisCallCost(b *testing.B) {
 						req.Counts = append(req.Counts, store.PodCount{Pod: pod, Live: 1, Established: 1})
 					}
 				}
-				var seq uint64 = 10
-				r0 := redisCost(b, rdb)
-				for range b.N {
-					seq++
-					req.Seq = seq
-					if _, err := s.Sync(ctx, req); err != nil {
-						b.Fatal(err)
-					}
-				}
-				r := redisCost(b, rdb).sub(r0)
-				b.ReportMetric(r.cpu/float64(b.N)*1e6, "redis-cpu-µs/call")
-				b.ReportMetric(r.cmds/float64(b.N), "redis-cmds/call")
+				benchHeartbeat(b, s, rdb, req)
 			})
 		}
 	}
+	for _, n := range []int{10, 1000} {
+		for _, watch := range []bool{false, true} {
+			name := fmt.Sprintf("heartbeat/instances=%d", n)
+			if watch {
+				name += "/watch"
+			}
+			b.Run(name, func(b *testing.B) {
+				c := newCostFleet(b, s, fmt.Sprintf("hbi%d", n), 100, 1<<20)
+				for i := 1; i < n; i++ { // c.inst is the first
+					if _, err := s.Sync(ctx, store.SyncRequest{Fleet: c.name, Instance: fmt.Sprintf("envoy-%04d", i), Lease: time.Hour, Seq: 1}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				benchHeartbeat(b, s, rdb, store.SyncRequest{Fleet: c.name, Instance: c.inst, Lease: time.Hour, WatchInstances: watch})
+			})
+		}
+	}
+}
+
+// benchHeartbeat measures req's heartbeat, b.N times with rising seqs.
+func benchHeartbeat(b *testing.B, s *store.Store, rdb *redis.Client, req store.SyncRequest) {
+	ctx := context.Background()
+	var seq uint64 = 10
+	r0 := redisCost(b, rdb)
+	for range b.N {
+		seq++
+		req.Seq = seq
+		if _, err := s.Sync(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r := redisCost(b, rdb).sub(r0)
+	b.ReportMetric(r.cpu/float64(b.N)*1e6, "redis-cpu-µs/call")
+	b.ReportMetric(r.cmds/float64(b.N), "redis-cmds/call")
 }
 
 // costFleet is a fleet registered with its pods and one instance joined in
