@@ -170,10 +170,7 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 		if err != nil {
 			return SyncResult{}, fmt.Errorf("sync %s: the instances: %w", req.Fleet, err)
 		}
-		out.Instances = make(map[string]uint64, len(l)/2)
-		for i := 0; i+1 < len(l); i += 2 {
-			out.Instances[l[i]], _ = strconv.ParseUint(l[i+1], 10, 64)
-		}
+		out.Instances = instanceSeqs(l)
 	}
 	return out, nil
 }
@@ -262,23 +259,24 @@ func (s *Store) AwaitRecovery(ctx context.Context, fleet string) error {
 }
 
 // Instances reads the instances of fleet and their seq, for a reaper's
-// watch (see Stalled).
+// watch (see Stalled): those Redis holds, not every seq it keeps (a left
+// instance's stays, to fence its late calls).
 func (s *Store) Instances(ctx context.Context, fleet string) (map[string]uint64, error) {
 	fk := s.Keys(fleet)
-	ids, err := s.rdb.ZRange(ctx, fk.Instances(), 0, -1).Result()
+	l, err := scriptInstances.Run(ctx, s.rdb, []string{fk.Instances(), fk.Seq()}).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("instances %s: %w", fleet, err)
 	}
-	seqs, err := s.rdb.HGetAll(ctx, fk.Seq()).Result()
-	if err != nil {
-		return nil, fmt.Errorf("instances %s: %w", fleet, err)
+	return instanceSeqs(l), nil
+}
+
+// instanceSeqs decodes instances.lua's (id, seq, ...).
+func instanceSeqs(l []string) map[string]uint64 {
+	out := make(map[string]uint64, len(l)/2)
+	for i := 0; i+1 < len(l); i += 2 {
+		out[l[i]], _ = strconv.ParseUint(l[i+1], 10, 64)
 	}
-	out := make(map[string]uint64, len(ids))
-	for _, id := range ids {
-		n, _ := strconv.ParseUint(seqs[id], 10, 64)
-		out[id] = n
-	}
-	return out, nil
+	return out
 }
 
 // Reap removes the instances of fleet among ids (ones the caller saw stand
