@@ -22,13 +22,17 @@ const (
 	FallbackOpen FallbackMode = "open"
 )
 
+// DefaultHeartbeat is the interval of sync (the heartbeat) when none is
+// set: --heartbeat's default.
+const DefaultHeartbeat = 2 * time.Second
+
 // Config is one tracker instance.
 type Config struct {
 	// InstanceID names this instance in Redis; it must be unique among the
 	// instances of a fleet (the Envoy pod's name is a good choice).
 	InstanceID string
 	Fleets     []fleets.Fleet
-	// Heartbeat is the interval of sync. Default 2s.
+	// Heartbeat is the interval of sync. Default DefaultHeartbeat.
 	Heartbeat time.Duration
 	// InstanceTTL is how long an instance stays alive in Redis without a
 	// heartbeat before others reap its connections; every tracker and the
@@ -86,7 +90,7 @@ const (
 // WithDefaults returns c with every unset field at its documented default.
 func (c Config) WithDefaults() Config {
 	if c.Heartbeat == 0 {
-		c.Heartbeat = 2 * time.Second
+		c.Heartbeat = DefaultHeartbeat
 	}
 	if c.InstanceTTL == 0 {
 		c.InstanceTTL = 5 * c.Heartbeat

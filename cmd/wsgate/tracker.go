@@ -54,7 +54,7 @@ func runTracker(args []string) error {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:9090", "admission API address (loopback only)")
 	fs.StringVar(&f.accessLog, "access-log-listen", "127.0.0.1:9091", "address of the gRPC access-log receiver Envoy streams to (loopback only)")
 	fs.StringVar(&f.telemetry, "telemetry-listen", ":9102", "address of /metrics, /healthz, /readyz and /status for Prometheus, probes and operators (empty: serve them on --listen)")
-	fs.DurationVar(&f.cfg.Heartbeat, "heartbeat", 2*time.Second, "interval of the heartbeat that re-publishes this instance's counts")
+	fs.DurationVar(&f.cfg.Heartbeat, "heartbeat", tracker.DefaultHeartbeat, "interval of the heartbeat that re-publishes this instance's counts")
 	fs.DurationVar(&f.cfg.EstablishTimeout, "establish-timeout", 30*time.Second, "release an admitted connection Envoy never reported established")
 	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", 90*time.Second, "release an established connection whose lease Envoy stopped renewing")
 	fs.DurationVar(&f.cfg.ReleaseLinger, "release-linger", tracker.DefaultReleaseLinger, "how long a connection's release waits for an admit call to carry it, or for a new connection of this Envoy to take its slot back, before it goes to Redis alone: longer costs Redis fewer calls, and keeps the freed slot from other Envoys that much longer; shorter than --heartbeat")

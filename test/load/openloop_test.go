@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/tracker"
 )
 
 // An open loop's connections are held for holdMin to holdMax, uniformly:
@@ -35,17 +37,20 @@ const (
 // one second of arrivals each: lifecycles until Redis counts every slot
 // free, the idle window, then the decisions.
 //
-// At a modest rate per tracker a release rarely finds an admission within
-// its 5 ms linger to reuse its slot, and a call rarely has company to
-// share it: this is where a lifecycle may cost Redis more than a decision.
+// At a modest rate per tracker a release finds few admissions within its
+// linger (tracker.DefaultReleaseLinger) to ride on or to reuse its slot,
+// and a call rarely has company to share it: this is where a lifecycle
+// may cost Redis more than a decision.
 //
 // Redis' own cron (p.cron) is taken out of both sides: over these windows
 // it is a large share of the decisions' (1.5 ms of CPU a second on the
 // VM of the README's figures). The tracker heartbeats every 200 ms in this
 // rig (the default is 2 s): cpu-ratio charges the lifecycles with those
 // heartbeats, as the closed loops do; cpu-ratio-no-hb takes them out too,
-// a lower bound. The decisions are charged with neither: the idle window's
-// rate (cron and heartbeats) is taken out of theirs.
+// a lower bound; cpu-ratio-hb-2s charges them at the default's rate (the
+// idle window's heartbeat cost, a tenth of it), what a tracker with the
+// default --heartbeat costs. The decisions are charged with none of them:
+// the idle window's rate (cron and heartbeats) is taken out of theirs.
 func (p *peerRig) openLoop(b *testing.B, rate int) {
 	ctx := context.Background()
 	every := time.Second / time.Duration(rate)
@@ -93,7 +98,12 @@ func (p *peerRig) openLoop(b *testing.B, rate int) {
 	peer = peer.sub(bg(peerT))
 	ratio := p.report(b, ws.sub(cron(wsT)), wsN, peer, peerN, reuse)
 	if noHB := ws.sub(bg(wsT)); ratio > 0 {
-		peerRuns.metric(b, noHB.cpu/float64(wsN)/(peer.cpu/float64(peerN)), "cpu-ratio-no-hb")
+		perDecision := peer.cpu / float64(peerN)
+		peerRuns.metric(b, noHB.cpu/float64(wsN)/perDecision, "cpu-ratio-no-hb")
+		// the heartbeats' share of the lifecycles' window (bg less cron) at
+		// the default period's rate
+		hb := bg(wsT).sub(cron(wsT)).cpu * float64(rigHeartbeat) / float64(tracker.DefaultHeartbeat)
+		peerRuns.metric(b, (noHB.cpu+hb)/float64(wsN)/perDecision, "cpu-ratio-hb-2s")
 	}
 	peerRuns.metric(b, p.cron*1e6, "redis-cron-cpu-µs/s")
 	peerRuns.metric(b, idle.cpu/idleT.Seconds()*1e6, "redis-idle-cpu-µs/s")
@@ -196,7 +206,7 @@ func (r *runs) summary(w io.Writer) {
 	for _, name := range r.names {
 		rs := r.by[name]
 		var parts []string
-		for _, unit := range []string{"cpu-ratio", "cpu-ratio-no-hb", "redis-cmds/lifecycle", "scripts/lifecycle", "reused-share", "late-share"} {
+		for _, unit := range []string{"cpu-ratio", "cpu-ratio-hb-2s", "cpu-ratio-no-hb", "redis-cmds/lifecycle", "scripts/lifecycle", "reused-share", "late-share"} {
 			var vs []float64
 			for _, run := range rs {
 				if v, ok := run.figure[unit]; ok {

@@ -31,6 +31,11 @@ import (
 	"github.com/wsgate/wsgate/tracker/accesslog"
 )
 
+// rigHeartbeat is the peer rig's tracker's --heartbeat: ten times the
+// default's rate, so that a block's slots are free in Redis soon after its
+// last release.
+const rigHeartbeat = 200 * time.Millisecond
+
 // BenchmarkPeerLifecycle puts a connection's whole lifecycle through wsgate
 // beside what a per-request rate-limit decision costs on the same
 // redis-server, interleaved in blocks so both see the same machine, with 1,
@@ -148,7 +153,7 @@ func newPeerRig(b *testing.B) *peerRig {
 	for i := range pods {
 		pods[i] = fmt.Sprintf("10.2.%d.%d:8080", i/250, i%250+1)
 	}
-	tr, err := tracker.New(tracker.Config{InstanceID: "peer", Heartbeat: 200 * time.Millisecond, InstanceTTL: time.Second,
+	tr, err := tracker.New(tracker.Config{InstanceID: "peer", Heartbeat: rigHeartbeat, InstanceTTL: time.Second,
 		Fleets: []fleets.Fleet{{Name: fleet, MaxConnectionsPerPod: 1 << 20, RatePerSecond: 1e9, Burst: 1e9, Pods: pods}}},
 		store.NewStore(rdb, "wsgate"), tracker.WithLogger(quiet))
 	if err != nil {
