@@ -34,8 +34,11 @@ const (
 // earlier ones finished (arrivals scheduled by the clock, not by
 // completions), each holding its connection for holdMin..holdMax before
 // its end entry, against decisions arriving at the same rate. Blocks of
-// one second of arrivals each: lifecycles until Redis counts every slot
-// free, the idle window, then the decisions.
+// seconds of arrivals each: lifecycles until Redis counts every slot
+// free, the idle window, then the decisions. A block begins with no slot
+// to reuse (about rate × 110 ms admissions ask Redis before the first
+// release) and ends with releases no admission carries: longer blocks pay
+// that once for more lifecycles, nearer to a tracker's steady churn.
 //
 // At a modest rate per tracker a release finds few admissions within its
 // linger (tracker.DefaultReleaseLinger) to ride on or to reuse its slot,
@@ -51,7 +54,7 @@ const (
 // idle window's heartbeat cost, a tenth of it), what a tracker with the
 // default --heartbeat costs. The decisions are charged with none of them:
 // the idle window's rate (cron and heartbeats) is taken out of theirs.
-func (p *peerRig) openLoop(b *testing.B, rate int) {
+func (p *peerRig) openLoop(b *testing.B, rate, seconds int) {
 	ctx := context.Background()
 	every := time.Second / time.Duration(rate)
 	decision := func() {
@@ -72,8 +75,8 @@ func (p *peerRig) openLoop(b *testing.B, rate int) {
 	var wsN, peerN, late int
 	reuse := p.reuse()
 	b.ResetTimer()
-	for done := 0; done < b.N; done += rate {
-		n := min(rate, b.N-done)
+	for done := 0; done < b.N; done += rate * seconds {
+		n := min(rate*seconds, b.N-done)
 		r0, t0 := redisCost(b, p.rdb), time.Now()
 		late += arrive(n, every, lifecycle)
 		p.released(b)
