@@ -55,6 +55,7 @@ var configs = []config{
 	{"leave-early/cap1", []string{"-DCAP=1", "-DLEAVE_EARLY"}, true, "leaving Redis while Envoy still carries connections", false},
 	{"spare-kept/cap1", []string{"-DCAP=1", "-DSPARE_KEPT"}, true, "a spare slot's release sent without lowering ent: reused after Redis freed it", false},
 	{"seq-reseed/cap1", []string{"-DCAP=1", "-DSEQ_RESEED"}, true, "a restarted tracker numbering on from Redis' stored seq, not a new generation", false},
+	{"delta-no-base/cap1", []string{"-DCAP=1", "-DDELTA_NO_BASE"}, true, "a delta heartbeat applied without the base check: after a new epoch (or a reap) it re-publishes nothing", false},
 
 	// Replication and failover (PROTOCOL.md, "Replication and failover";
 	// WAIT_ADMIT is --redis-wait-replicas in the code). A plain failover holds; split
