@@ -159,11 +159,15 @@ type fleet struct {
 	// admission, a release a later heartbeat makes stale).
 	delta bool
 	// deltas counts the deltas since the last full heartbeat: every
-	// restateEvery-th heartbeat is full all the same.
-	deltas int
-	base   store.SyncBase
-	synced map[string]podCounts
-	moved  map[string]struct{}
+	// restateEvery-th heartbeat is full all the same. restates counts
+	// restateLocked's calls: a heartbeat that succeeds allows a delta
+	// only if none came since its snapshot (a release call of another
+	// goroutine may fail while it is in flight).
+	deltas   int
+	restates uint64
+	base     store.SyncBase
+	synced   map[string]podCounts
+	moved    map[string]struct{}
 }
 
 // restateEvery bounds how long Redis may over-count for this instance
@@ -183,12 +187,15 @@ func (f *fleet) movedLocked(pod string) { f.moved[pod] = struct{}{} }
 
 // restateLocked makes the next heartbeat a full one: a call whose outcome
 // this instance does not know may have changed what Redis counts for it.
-func (f *fleet) restateLocked() { f.delta = false }
+func (f *fleet) restateLocked() {
+	f.delta = false
+	f.restates++
+}
 
 // restate is restateLocked for a caller without f.mu.
 func (f *fleet) restate() {
 	f.mu.Lock()
-	f.delta = false
+	f.restateLocked()
 	f.mu.Unlock()
 }
 

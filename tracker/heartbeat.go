@@ -151,10 +151,12 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (store.S
 }
 
 // syncSnap is what a heartbeat publishes: req, and held, every pod's
-// counts, which req.Counts are only some of when req is a delta.
+// counts, which req.Counts are only some of when req is a delta; restates
+// is fleet.restates when it was taken.
 type syncSnap struct {
-	req  store.SyncRequest
-	held []store.PodCount
+	req      store.SyncRequest
+	held     []store.PodCount
+	restates uint64
 }
 
 // syncCall is the part of sync under the whole gate, which it releases on
@@ -273,7 +275,7 @@ func (t *Tracker) syncSnapshot(f *fleet, now time.Time) syncSnap {
 		// Redis' clock did meanwhile.
 		req.Confirm = f.epoch
 	}
-	return syncSnap{req: req, held: held}
+	return syncSnap{req: req, held: held, restates: f.restates}
 }
 
 // deltaLocked picks what a heartbeat of held sends (PROTOCOL.md, "Delta
@@ -323,7 +325,7 @@ func (t *Tracker) syncEntitled(f *fleet, snap syncSnap, epoch string, sent time.
 		f.ent[c.Pod] = c.Live
 		f.synced[c.Pod] = podCounts{c.Live, c.Established}
 	}
-	f.delta, f.base = true, store.SyncBase{Epoch: epoch, Seq: req.Seq}
+	f.delta, f.base = f.restates == snap.restates, store.SyncBase{Epoch: epoch, Seq: req.Seq}
 	if req.Base != nil {
 		f.deltas++
 	} else {
