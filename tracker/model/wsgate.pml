@@ -30,10 +30,10 @@
  *   SEQ_RESEED      a restarted tracker numbers its calls on from the seq
  *                   Redis stored (fails: README.md, flaw 2).
  * Every configuration has the delta heartbeat (PROTOCOL.md, "Delta
- * heartbeats"): with one pod, a delta is a heartbeat that skips re-stating
- * the count, which a tracker may send when its last heartbeat was
- * acknowledged, no call of unknown outcome and no connection end came
- * since, and its count is still what that heartbeat sent; sync.lua applies
+ * heartbeats"), which a tracker may send when its last heartbeat was
+ * acknowledged and no call of unknown outcome came since; with one pod, it
+ * skips re-stating the count when no connection ended and the count is
+ * still what that heartbeat sent, and sends it otherwise. sync.lua applies
  * it only if the instance's i:<id> is that heartbeat's seq (its base), and
  * otherwise changes nothing and asks for a full one. A full heartbeat may be
  * sent at any time (the code sends more of them than the model needs).
@@ -286,7 +286,8 @@ byte tmp;
 /* ---- orphans ---- */
 byte okind[N];
 byte oh[N];       /* the held a late heartbeat publishes */
-bool odl[N];      /* ... as a delta (it skips the count) */
+bool odl[N];      /* ... as a delta */
+bool osk[N];      /* ... that sends no count (nothing moved) */
 bool oold[N];     /* sent by a previous run of the tracker (SEQ_RESEED) */
 
 /* ---- trackers ---- */
@@ -317,6 +318,7 @@ byte vmine[N];    /* ... and its own count in it */
  * before a heartbeat */
 byte res;
 bool kvb;
+bool skb;         /* a delta's: it sends no count */
 
 #define CAP_OK (held[0] + held[1] <= CAP)
 
@@ -439,8 +441,8 @@ inline norm() {
    * heartbeat, ib while dl or a late delta may still read it */
   if :: !dl[0] -> sh[0] = 0; en[0] = false :: else -> skip fi;
   if :: !dl[1] -> sh[1] = 0; en[1] = false :: else -> skip fi;
-  if :: okind[0] != OSYNC -> odl[0] = false :: else -> skip fi;
-  if :: okind[1] != OSYNC -> odl[1] = false :: else -> skip fi;
+  if :: okind[0] != OSYNC -> odl[0] = false; osk[0] = false :: else -> skip fi;
+  if :: okind[1] != OSYNC -> odl[1] = false; osk[1] = false :: else -> skip fi;
   if :: !dl[0] && !odl[0] -> ib[0] = false; CLEAR_RIB(0) :: else -> skip fi;
   if :: !dl[1] && !odl[1] -> ib[1] = false; CLEAR_RIB(1) :: else -> skip fi;
   /* ent is read only while the local lease runs, and the heartbeat that
@@ -488,7 +490,7 @@ inline norm() {
   if :: promoted && rep_ok -> smem[0] = false; smem[1] = false; sdset = false :: else -> skip fi;
 #endif
 #endif
-  res = 0; kvb = false
+  res = 0; kvb = false; skb = false
 }
 
 /* A heartbeat or leave of instance i ran in Redis under a later seq than
@@ -582,8 +584,9 @@ inline release_script(i, pr) {
 #define BASE_OK(i) true
 #endif
 
-/* sync.lua, publishing held h, or (d: a delta) leaving the count as it is. */
-inline sync_script(i, h, d, pr) {
+/* sync.lua, publishing held h; d: a delta, applied only on its base; sk:
+ * (a delta) that sends no count, leaving E_i as it is. */
+inline sync_script(i, h, d, sk, pr) {
   to_proc(pr);
   if
   :: !WRITABLE(pr) -> res = S_NONE  /* NOREPLICAS: refused, nothing done */
@@ -629,8 +632,9 @@ inline sync_script(i, h, d, pr) {
   :: d && !BASE_OK(i) -> res = S_FULL
   :: else ->
   if
-  :: !d -> E[i] = h                   /* E_i becomes the truth */
-  :: else -> skip                     /* a delta: E_i is what it sent last */
+  :: !sk -> E[i] = h                  /* E_i becomes the truth */
+  :: else -> skip                     /* a delta that sends nothing: E_i
+                                         is what its base left */
   fi;
 #ifdef EARLY
   mem[i] = true;                      /* ZADD instances */
@@ -749,12 +753,13 @@ inline lower_ent(i) {
 #else
 #define SYNC_FAILED(i) skip
 #endif
-/* The delta (PROTOCOL.md, "Delta heartbeats"): the last heartbeat was
- * acknowledged, nothing of unknown outcome came since, no connection
- * ended and the count is what that heartbeat sent. Each heartbeat step
- * below comes as a full one (allowed at any time) and, when DELTA(i), as
- * a delta. */
-#define DELTA(i) (dl[i] && held[i] == sh[i] && !en[i])
+/* The delta (PROTOCOL.md, "Delta heartbeats"), allowed when the last
+ * heartbeat was acknowledged and nothing of unknown outcome came since
+ * (dl). It sends the count (absolute, as a full one) unless nothing moved:
+ * no connection ended and the count is what that heartbeat sent (SKIPS).
+ * Each heartbeat step below comes as a full one (allowed at any time) and,
+ * when dl, as a delta. */
+#define SKIPS(i) (held[i] == sh[i] && !en[i])
 /* the heartbeat took its snapshot: what ends from now on is in the next */
 #define SNAPSHOT(i) lower_ent(i); en[i] = false
 /* its outcome is unknown: the next heartbeat is full */
@@ -767,8 +772,9 @@ inline lower_ent(i) {
  * than the code, where it holds the gate meanwhile). */
 inline sync_read_as(i, d) {
   kvb = kv[i];
+  skb = d && SKIPS(i);
   SNAPSHOT(i);
-  sync_script(i, held[i], d, SIDE(i));
+  sync_script(i, held[i], d, skb, SIDE(i));
   if
   :: res == S_FULL -> dl[i] = false
   :: else ->
@@ -786,18 +792,18 @@ inline sync_read_as(i, d) {
   fi
 }
 inline sync_read(i) { WRITABLE(SIDE(i)) -> sync_read_as(i, false) }   /* refused (NOREPLICAS): sync_failed */
-inline sync_delta_read(i) { DELTA(i) && WRITABLE(SIDE(i)) -> sync_read_as(i, true) }
+inline sync_delta_read(i) { dl[i] && WRITABLE(SIDE(i)) -> sync_read_as(i, true) }
 /* ... the script ran, the reply is lost: no lease, no epoch learnt */
 inline sync_lost_as(i, d) {
-  SNAPSHOT(i); sync_script(i, held[i], d, SIDE(i));
+  skb = d && SKIPS(i); SNAPSHOT(i); sync_script(i, held[i], d, skb, SIDE(i));
   if :: res == S_RAN -> newer_call_ran(i, SIDE(i)); LOST_BASE(i, SIDE(i)) :: else -> skip fi;
   UNKNOWN(i)
 }
 inline sync_lost(i) { WRITABLE(SIDE(i)) -> sync_lost_as(i, false) }
-inline sync_delta_lost(i) { DELTA(i) && WRITABLE(SIDE(i)) -> sync_lost_as(i, true) }
+inline sync_delta_lost(i) { dl[i] && WRITABLE(SIDE(i)) -> sync_lost_as(i, true) }
 /* ... it runs later, or never */
-inline sync_late(i) { okind[i] == NONE -> SNAPSHOT(i); okind[i] = OSYNC; oh[i] = held[i]; odl[i] = false; SET_OSIDE(i); UNKNOWN(i) }
-inline sync_delta_late(i) { okind[i] == NONE && DELTA(i) -> SNAPSHOT(i); okind[i] = OSYNC; oh[i] = held[i]; odl[i] = true; SET_OSIDE(i); UNKNOWN(i) }
+inline sync_late(i) { okind[i] == NONE -> SNAPSHOT(i); okind[i] = OSYNC; oh[i] = held[i]; odl[i] = false; osk[i] = false; SET_OSIDE(i); UNKNOWN(i) }
+inline sync_delta_late(i) { okind[i] == NONE && dl[i] -> osk[i] = SKIPS(i); SNAPSHOT(i); okind[i] = OSYNC; oh[i] = held[i]; odl[i] = true; SET_OSIDE(i); UNKNOWN(i) }
 /* (a delta that fails changes what a full one that fails does) */
 inline sync_failed(i) { SNAPSHOT(i); UNKNOWN(i) }
 
@@ -920,10 +926,10 @@ inline late_call_runs(j) {
   :: okind[j] == OADMIT -> admit_script(j, OSIDE(j))
   :: okind[j] == ORELEASE -> release_script(j, OSIDE(j))
   :: okind[j] == OSYNC ->
-     sync_script(j, oh[j], odl[j], OSIDE(j));
+     sync_script(j, oh[j], odl[j], osk[j], OSIDE(j));
      if :: res == S_RAN -> LOST_BASE(j, OSIDE(j)) :: else -> skip fi
   fi;
-  okind[j] = NONE; oh[j] = 0; odl[j] = false; oold[j] = false
+  okind[j] = NONE; oh[j] = 0; odl[j] = false; osk[j] = false; oold[j] = false
 }
 /* an orphan never runs */
 inline late_call_lost(j) { okind[j] != NONE -> okind[j] = NONE; oh[j] = 0; oold[j] = false }
