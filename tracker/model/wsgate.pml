@@ -298,12 +298,10 @@ bool deg[N];      /* degraded: its last heartbeat failed */
 bool valid[N];    /* its local lease (monotonic clock) runs */
 /* the delta heartbeat: dl, the last heartbeat was acknowledged and no
  * call of unknown outcome (admit, release or heartbeat) came since (the
- * code's full = false); sh, the held it published; en, a connection ended
- * since the last heartbeat took its snapshot (the code's ended set: that
- * pod is sent, so that a release the heartbeat makes stale is not lost) */
+ * code's fleet.delta); mv, held moved since the last heartbeat took its
+ * snapshot (the code's fleet.moved: an admission, a connection's end) */
 bool dl[N];
-byte sh[N];
-bool en[N];
+bool mv[N];
 #ifdef WAIT_FIX
 bool tw[N];       /* its own wait, since it learnt the epoch, runs */
 bool ow[N];       /* its own wait for the current epoch is over */
@@ -436,11 +434,11 @@ inline ack(i) {
  * states that differ only in it are one state. */
 inline norm() {
   assert(CAP_OK);
-  /* the delta's state is read only while a delta may follow: sh and en
-   * while dl (the heartbeat that sets dl sets them), odl with its late
+  /* the delta's state is read only while a delta may follow: mv while
+   * dl (the heartbeat that sets dl clears it), odl and osk with their late
    * heartbeat, ib while dl or a late delta may still read it */
-  if :: !dl[0] -> sh[0] = 0; en[0] = false :: else -> skip fi;
-  if :: !dl[1] -> sh[1] = 0; en[1] = false :: else -> skip fi;
+  if :: !dl[0] -> mv[0] = false :: else -> skip fi;
+  if :: !dl[1] -> mv[1] = false :: else -> skip fi;
   if :: okind[0] != OSYNC -> odl[0] = false; osk[0] = false :: else -> skip fi;
   if :: okind[1] != OSYNC -> odl[1] = false; osk[1] = false :: else -> skip fi;
   if :: !dl[0] && !odl[0] -> ib[0] = false; CLEAR_RIB(0) :: else -> skip fi;
@@ -672,7 +670,7 @@ inline admit_read(i) {
   CAN_ADMIT_REDIS(i) && ADMIT_ACKED(i) ->
   admit_script(i, SIDE(i)); ack(i);
   if
-  :: res == R_GRANT -> ent[i]++; held[i]++
+  :: res == R_GRANT -> ent[i]++; held[i]++; mv[i] = true
   :: res == R_LEASE && ent[i] > held[i] ->
      ent[i] = held[i]    /* it may have been reaped: only held is its own */
   :: else -> skip
@@ -689,7 +687,7 @@ inline admit_late(i) { CAN_ADMIT_REDIS(i) && okind[i] == NONE -> okind[i] = OADM
 #ifndef BROKEN
 /* share: only into ent - held, slots Redis counts for this instance, and
  * only while its local lease runs. */
-inline fallback_admit(i) { valid[i] && held[i] < ent[i] -> held[i]++ }
+inline fallback_admit(i) { valid[i] && held[i] < ent[i] -> held[i]++; mv[i] = true }
 #else
 /* the previous share fallback (headroomShare, rank i, the remainder to
  * rank 0): what it held at its last heartbeat plus its part of the
@@ -698,20 +696,20 @@ inline fallback_admit(i) { valid[i] && held[i] < ent[i] -> held[i]++ }
 #define PART(h, r) ((h) <= 0 -> 0 : (h) / N + ((r) == 0 && (h) % N == 1 -> 1 : 0))
 inline fallback_admit(i) {
   deg[i] && valid[i] && held[i] < vmine[i] + PART(CAP - vload[i], i) && held[i] < PART(CAP, i) ->
-  held[i]++
+  held[i]++; mv[i] = true
 }
 #endif
 
 /* Release without a script: while degraded (or without the gate in time)
  * only the local truth changes; ent is kept: the slot stays entitled to
  * it in Redis and its fallback may reuse it. */
-inline release_local(i) { held[i] > 0 -> held[i]--; en[i] = true }
+inline release_local(i) { held[i] > 0 -> held[i]--; mv[i] = true }
 
 /* Release through Redis: held and ent are lowered before the script is
  * sent (a lost reply is taken as applied). Modelled even while degraded
  * (more behaviours). */
 inline lower_both(i) {
-  held[i]--; en[i] = true;
+  held[i]--; mv[i] = true;
   if :: ent[i] > 0 -> ent[i]-- :: else -> skip fi
 }
 /* ... it ran (the reply, read or lost, changes nothing locally) */
@@ -755,13 +753,13 @@ inline lower_ent(i) {
 #endif
 /* The delta (PROTOCOL.md, "Delta heartbeats"), allowed when the last
  * heartbeat was acknowledged and nothing of unknown outcome came since
- * (dl). It sends the count (absolute, as a full one) unless nothing moved:
- * no connection ended and the count is what that heartbeat sent (SKIPS).
+ * (dl). It sends the count (absolute, as a full one) unless nothing moved
+ * since that heartbeat's snapshot (SKIPS: held is still what it sent).
  * Each heartbeat step below comes as a full one (allowed at any time) and,
  * when dl, as a delta. */
-#define SKIPS(i) (held[i] == sh[i] && !en[i])
-/* the heartbeat took its snapshot: what ends from now on is in the next */
-#define SNAPSHOT(i) lower_ent(i); en[i] = false
+#define SKIPS(i) (!mv[i])
+/* the heartbeat took its snapshot: what moves from now on is in the next */
+#define SNAPSHOT(i) lower_ent(i); mv[i] = false
 /* its outcome is unknown: the next heartbeat is full */
 #define UNKNOWN(i) SYNC_FAILED(i); dl[i] = false
 
@@ -781,7 +779,7 @@ inline sync_read_as(i, d) {
   newer_call_ran(i, SIDE(i));
   kv[i] = true; valid[i] = true; CLEAR_PRE(i); deg[i] = false;
   ent[i] = held[i];
-  dl[i] = true; sh[i] = held[i]; SET_BASE(i, SIDE(i));
+  dl[i] = true; SET_BASE(i, SIDE(i));
 #ifdef WAIT_FIX
   if :: !kvb -> tw[i] = true :: else -> skip fi;
 #endif
