@@ -18,9 +18,9 @@ import (
 // maxDepth is pan's -m: the deepest DFS path it may follow. A complete
 // search must stay below it (pan says "max search depth too small"
 // otherwise, and its result would not cover every state). The delta
-// heartbeat's steps took the deepest full configuration
-// (clockstep+fix/cap2) to about 800,000.
-const maxDepth = 2000000
+// heartbeat's steps took the deepest full configuration (reap-dead/cap2)
+// to about 2,050,000.
+const maxDepth = 4000000
 
 // A configuration of the model: the cpp defines given to spin -a and
 // whether SPIN must find a violation of (Cap).

@@ -337,6 +337,7 @@ bool skb;         /* a delta's: it sends no count */
 #define SET_OSIDE(i) oside[i] = side[i]
 #define CLEAR_PRE(i) pre[i] = false; rpre[i] = false
 #define CLEAR_RIB(i) rib[i] = false
+#define RIB(i) rib[i]
 /* i's heartbeat to primary pr ran and was acknowledged: i:<id> there is
  * its new base; the other primary's i:<id> is not */
 #define SET_BASE(i, pr) if :: (pr) == 0 -> ib[i] = true; rib[i] = false :: else -> ib[i] = false; rib[i] = true fi
@@ -385,6 +386,7 @@ inline to_proc(pr) {
 #define SET_OSIDE(i) skip
 #define CLEAR_PRE(i) pre[i] = false
 #define CLEAR_RIB(i) skip
+#define RIB(i) false
 #define SET_BASE(i, pr) ib[i] = true
 #define LOST_BASE(i, pr) ib[i] = false
 #define WRITABLE(pr) 1
@@ -443,6 +445,12 @@ inline norm() {
   if :: okind[1] != OSYNC -> odl[1] = false; osk[1] = false :: else -> skip fi;
   if :: !dl[0] && !odl[0] -> ib[0] = false; CLEAR_RIB(0) :: else -> skip fi;
   if :: !dl[1] && !odl[1] -> ib[1] = false; CLEAR_RIB(1) :: else -> skip fi;
+  /* without its base in Redis, a delta is refused whatever it sends (and
+   * only the heartbeat that sets ib clears mv) */
+#ifndef DELTA_NO_BASE
+  if :: !ib[0] && !RIB(0) -> mv[0] = false :: else -> skip fi;
+  if :: !ib[1] && !RIB(1) -> mv[1] = false :: else -> skip fi;
+#endif
   /* ent is read only while the local lease runs, and the heartbeat that
    * grants a lease overwrites it */
   if :: !valid[0] -> ent[0] = 0 :: else -> skip fi;
