@@ -49,13 +49,28 @@ type SyncRequest struct {
 	// heartbeated in it (sync.lua; PROTOCOL.md, "Ending the wait early
 	// after a failover").
 	WaitReplicas int
-	Counts       []PodCount
-	Rejections   []RejectionCount
+	// Base makes this a delta heartbeat (PROTOCOL.md, "Delta
+	// heartbeats"): Counts then holds only the pods whose counts moved
+	// since the heartbeat Base names (a pod it holds none on any more
+	// with 0 and 0), and Redis applies it only if that heartbeat is still
+	// the instance's last one in its epoch; otherwise nothing is done
+	// and the result says NeedFull. Nil: a full heartbeat, Counts is all
+	// the instance holds.
+	Base       *SyncBase
+	Counts     []PodCount
+	Rejections []RejectionCount
 	// Reap names instances whose seq the caller saw stand still for a lease.
 	Reap []string
 	// WatchInstances asks for every instance's seq (SyncResult.Instances),
 	// for the caller's reaper watch (Stalled.Due says when).
 	WatchInstances bool
+}
+
+// SyncBase names an instance's acknowledged heartbeat: the epoch it ran
+// in and its seq.
+type SyncBase struct {
+	Epoch string
+	Seq   uint64
 }
 
 // SyncResult is what the instance learns from a heartbeat: the epoch, the
@@ -76,6 +91,11 @@ type SyncResult struct {
 	// nothing done. Seq is the instance's last seq in Redis.
 	Stale bool
 	Seq   uint64
+	// NeedFull: a delta heartbeat whose base Redis no longer holds (the
+	// instance was reaped or left, a new epoch began, or a heartbeat of
+	// it ran whose reply was not read); nothing was done but, perhaps,
+	// a new epoch. Send a full one.
+	NeedFull bool
 }
 
 // syncKeys are sync.lua's KEYS, in its order.
@@ -89,12 +109,17 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	fk := s.Keys(req.Fleet)
 	keys := s.hot(req.Fleet, req.Instance).sync
 	// ARGV, in sync.lua's order: id, lease_ms, new_epoch, prefix, slots,
-	// channel, run_check, seq, recovery_ms, confirm, wait_replicas, then
-	// the counted lists: npods and (pod, live, established) each, nrej and
-	// (reason, bucket, count) each, nreap and the ids.
+	// channel, run_check, seq, recovery_ms, confirm, wait_replicas, kind,
+	// base seq, base epoch, then the counted lists: npods and (pod, live,
+	// established) each, nrej and (reason, bucket, count) each, nreap and
+	// the ids.
+	kind, baseSeq, baseEpoch := "full", "", ""
+	if req.Base != nil {
+		kind, baseSeq, baseEpoch = "delta", strconv.FormatUint(req.Base.Seq, 10), req.Base.Epoch
+	}
 	args := []any{req.Instance, req.Lease.Milliseconds(), newEpoch(), fk.Prefix(),
 		BucketSlots, fk.Events(), s.runCheck, req.Seq, req.RecoveryWait.Milliseconds(), req.Confirm,
-		req.WaitReplicas, len(req.Counts)}
+		req.WaitReplicas, kind, baseSeq, baseEpoch, len(req.Counts)}
 	for _, c := range req.Counts {
 		args = append(args, c.Pod, c.Live, c.Established)
 	}
@@ -114,6 +139,7 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	// script: they are views for the tracker's choices (reuse, the open
 	// fallback, a sharded fleet's choice of a group) and its reaper watch,
 	// which were a heartbeat old anyway, never for the cap.
+	//
 	// run queues the heartbeat on c: by hash, or (eval) with the scripts'
 	// text, which loads them where Redis lacks them, as redis.Script.Run
 	// does: a user without SCRIPT LOAD (README, "Operations") may still
@@ -154,8 +180,12 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 		return SyncResult{}, fmt.Errorf("sync %s: %w", req.Fleet, err)
 	}
 	out, err := decodeSync(req.Fleet, res)
-	if err != nil || out.Stale {
-		return out, err // a stale call did nothing and learns nothing
+	if err != nil {
+		return out, err
+	}
+	// (the stale slot's 2; decodeSync reads only its 1)
+	if out.NeedFull = i64(res[syncStale]) == syncNeedFull; out.NeedFull || out.Stale {
+		return out, nil // a stale or refused call did nothing and learns nothing
 	}
 	zs, err := avail.Result()
 	if err != nil {
@@ -174,6 +204,10 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	}
 	return out, nil
 }
+
+// syncNeedFull is sync.lua's stale slot for a delta whose base Redis no
+// longer holds.
+const syncNeedFull = 2
 
 // sync.lua's reply, by position.
 const (

@@ -229,6 +229,14 @@ func (t *Tracker) admitRedis(ctx context.Context, f *fleet, now time.Time) (Resu
 		return Result{}, "", fmt.Errorf("admit %s: %w", f.name, errGaveUp)
 	}
 	a, err := f.admits.do(ctx, struct{}{}, deadline)
+	if err != nil && !errors.Is(err, errUnsent) {
+		// Its call may have run, or run later: Redis may count a slot
+		// here that this instance does not, which a delta heartbeat
+		// would leave there (PROTOCOL.md, "Delta heartbeats"). One never
+		// sent (it waited in the queue past its deadline, or its caller
+		// left first) changed nothing.
+		f.restate()
+	}
 	if err != nil || a.Fence != "" {
 		return Result{}, a.Fence, err
 	}

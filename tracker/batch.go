@@ -3,6 +3,7 @@ package tracker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -57,16 +58,21 @@ type waiter[Req, Res any] struct {
 	posted time.Time     // when post queued it
 }
 
+// errUnsent: the request was never sent, so Redis cannot have acted on
+// it (unlike a call whose reply did not come).
+var errUnsent = errors.New("not sent")
+
 // errQueued: a request waited in the queue, behind calls in flight, past
 // its deadline and was not sent. Redis did not fail: it is slow.
-var errQueued = errors.New("queued behind calls in flight")
+var errQueued = fmt.Errorf("queued behind calls in flight: %w", errUnsent)
 
 // do sends req, alone or in a batch, and returns its result. A request
 // that finds no call in flight is sent at once on ctx, bounded by
 // deadline. One that must queue waits until deadline at most (then
 // errQueued: it is not sent); once sent, it waits for its call, which has
 // a deadline of its own. When ctx ends first, do returns ctx's error: a
-// request still queued is not sent, one in flight may still take effect.
+// request still queued is not sent (the error wraps errUnsent too), one
+// in flight may still take effect.
 func (b *batcher[Req, Res]) do(ctx context.Context, req Req, deadline time.Time) (Res, error) {
 	w := &waiter[Req, Res]{req: req, done: make(chan struct{})}
 	b.mu.Lock()
@@ -88,7 +94,9 @@ func (b *batcher[Req, Res]) do(ctx context.Context, req Req, deadline time.Time)
 	case <-w.done:
 		return w.res, w.err
 	case <-ctx.Done():
-		b.unqueue(w)
+		if b.unqueue(w) {
+			return zero, fmt.Errorf("%w: %w", ctx.Err(), errUnsent)
+		}
 		return zero, ctx.Err()
 	case <-timer.C:
 		if !b.unqueue(w) { // sent meanwhile: its call decides

@@ -34,6 +34,7 @@ func (t *Tracker) recordLocked(f *fleet, pod string, now time.Time, fallback boo
 	c := &conn{id: t.idPrefix + strconv.FormatUint(t.idSeq.Add(1), 36), pod: pod, admitted: now, renewed: now, admitSeq: f.seq}
 	f.conns[c.id] = c
 	f.live[pod]++
+	f.movedLocked(pod)
 	t.byConn.Store(c.id, f)
 	return Result{Fleet: f.label, Admitted: true, Conn: c.id, Pod: pod, Fallback: fallback}
 }
@@ -60,6 +61,7 @@ func (t *Tracker) touch(id string, established bool) error {
 	if established && !c.established {
 		c.established = true
 		f.est[c.pod]++
+		f.movedLocked(c.pod)
 	}
 	return nil
 }
@@ -114,6 +116,7 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 		if f.inherited[pod]--; f.inherited[pod] == 0 {
 			delete(f.inherited, pod)
 		}
+		f.movedLocked(pod)
 		return nil // the next heartbeat publishes the release
 	}
 	switch {
@@ -134,6 +137,7 @@ func (t *Tracker) Adopt(fleetName, id, pod string, ended bool) error {
 	f.conns[id] = c
 	f.live[pod]++
 	f.est[pod]++
+	f.movedLocked(pod)
 	if c.uncounted {
 		f.uncounted++
 	}
@@ -218,6 +222,7 @@ func (t *Tracker) expire(f *fleet, now time.Time) {
 	if len(f.inherited) > 0 && now.After(f.inheritUntil) && f.fam.layoutUsable() {
 		for pod, n := range f.inherited {
 			lease += n
+			f.movedLocked(pod)
 			// Not entitlement to reuse either: an inherited slot may be a
 			// previous run's grant whose WAIT failed, counted by this
 			// primary only (PROTOCOL.md, "Replication and failover"), and

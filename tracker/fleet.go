@@ -148,6 +148,55 @@ type fleet struct {
 	inheritChecked bool
 	inherited      map[string]int
 	inheritUntil   time.Time
+
+	// The delta heartbeat (PROTOCOL.md, "Delta heartbeats"). delta: the
+	// next heartbeat may send only what moved, since the last one was
+	// acknowledged and no call of unknown outcome came since (false
+	// first: a run's first heartbeat is full). base names that heartbeat
+	// and synced holds the counts it left in Redis. moved are the pods
+	// whose counts changed here since the last heartbeat took its
+	// snapshot, whether or not Redis saw the change (a fallback
+	// admission, a release a later heartbeat makes stale).
+	delta bool
+	// deltas counts the deltas since the last full heartbeat: every
+	// restateEvery-th heartbeat is full all the same. restates counts
+	// restateLocked's calls: a heartbeat that succeeds allows a delta
+	// only if none came since its snapshot (a release call of another
+	// goroutine may fail while it is in flight).
+	deltas   int
+	restates uint64
+	base     store.SyncBase
+	synced   map[string]podCounts
+	moved    map[string]struct{}
+}
+
+// restateEvery bounds how long Redis may over-count for this instance
+// after an admission whose reply was lost ran later than the full
+// heartbeat that followed it (the admit script has no seq to make it
+// stale): one heartbeat in restateEvery is full, about a minute at the
+// default --heartbeat. It is for liveness only: the cap does not rest on
+// it (PROTOCOL.md, "Delta heartbeats").
+const restateEvery = 30
+
+// podCounts are an instance's counts on one pod as a heartbeat sends them.
+type podCounts struct{ live, est int }
+
+// movedLocked records that this instance's counts on pod changed: the
+// next heartbeat sends pod, even as a delta.
+func (f *fleet) movedLocked(pod string) { f.moved[pod] = struct{}{} }
+
+// restateLocked makes the next heartbeat a full one: a call whose outcome
+// this instance does not know may have changed what Redis counts for it.
+func (f *fleet) restateLocked() {
+	f.delta = false
+	f.restates++
+}
+
+// restate is restateLocked for a caller without f.mu.
+func (f *fleet) restate() {
+	f.mu.Lock()
+	f.restateLocked()
+	f.mu.Unlock()
 }
 
 // heldLocked is what this instance holds on pod: its own connections and
@@ -156,7 +205,8 @@ func (f *fleet) heldLocked(pod string) int { return f.live[pod] + f.inherited[po
 
 func newFleet(fc fleets.Fleet, name string) *fleet {
 	f := &fleet{name: name, label: fc.Name, gate: semaphore.NewWeighted(gateAll), conns: map[string]*conn{},
-		live: map[string]int{}, est: map[string]int{}, ent: map[string]int{}, spare: map[string]int{}, rej: map[rejKey]int64{}}
+		live: map[string]int{}, est: map[string]int{}, ent: map[string]int{}, spare: map[string]int{}, rej: map[rejKey]int64{},
+		synced: map[string]podCounts{}, moved: map[string]struct{}{}}
 	f.cfg.Store(&fc)
 	return f
 }
@@ -199,6 +249,7 @@ func (f *fleet) takeSpareLocked(pod string) {
 // removeConnLocked removes c from the local truth: conns, live, est and
 // uncounted (the held-- of the model's release_local and lower_both).
 func (f *fleet) removeConnLocked(c *conn) {
+	f.movedLocked(c.pod)
 	delete(f.conns, c.id)
 	if c.uncounted {
 		f.uncounted--

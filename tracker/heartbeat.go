@@ -142,28 +142,37 @@ func (t *Tracker) sync(parent context.Context, f *fleet, now time.Time) (store.S
 	// (they leave Redis), so it gets a quarter of the heartbeat interval.
 	ctx, cancel := context.WithTimeout(parent, max(t.cfg.RedisTimeout, t.cfg.Heartbeat/4))
 	defer cancel()
-	res, req, err := t.syncCall(ctx, parent, f, now)
+	res, snap, err := t.syncCall(ctx, parent, f, now)
 	if err != nil {
 		return res, err
 	}
-	t.syncView(f, res, req.Counts, now)
+	t.syncView(f, res, snap.held, now)
 	return res, nil
+}
+
+// syncSnap is what a heartbeat publishes: req, and held, every pod's
+// counts, which req.Counts are only some of when req is a delta; restates
+// is fleet.restates when it was taken.
+type syncSnap struct {
+	req      store.SyncRequest
+	held     []store.PodCount
+	restates uint64
 }
 
 // syncCall is the part of sync under the whole gate, which it releases on
 // return: the snapshot, the script, and what its outcome changes before an
 // admission may run again (syncEntitled, syncFailed). parent is sync's
 // caller's context: once it ended, a failure is no Redis outage.
-func (t *Tracker) syncCall(ctx, parent context.Context, f *fleet, now time.Time) (store.SyncResult, store.SyncRequest, error) {
+func (t *Tracker) syncCall(ctx, parent context.Context, f *fleet, now time.Time) (store.SyncResult, syncSnap, error) {
 	if err := f.gate.Acquire(ctx, gateAll); err != nil {
 		if parent.Err() == nil {
 			t.degrade(f, "sync", err)
 		}
-		return store.SyncResult{}, store.SyncRequest{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.name, err)
+		return store.SyncResult{}, syncSnap{}, fmt.Errorf("sync %s: waiting for admissions: %w", f.name, err)
 	}
 	defer f.gate.Release(gateAll)
 	if t.left.Load() { // Leave ran while this waited: publish nothing
-		return store.SyncResult{}, store.SyncRequest{}, fmt.Errorf("sync %s: %w", f.name, errLeft)
+		return store.SyncResult{}, syncSnap{}, fmt.Errorf("sync %s: %w", f.name, errLeft)
 	}
 	if err := t.inherit(ctx, f, now); err != nil {
 		// inherit fails only before its first success, so before any
@@ -173,42 +182,80 @@ func (t *Tracker) syncCall(ctx, parent context.Context, f *fleet, now time.Time)
 		if parent.Err() == nil {
 			t.degrade(f, "sync", err)
 		}
-		return store.SyncResult{}, store.SyncRequest{}, err
+		return store.SyncResult{}, syncSnap{}, err
 	}
-	req := t.syncSnapshot(f, now)
+	snap := t.syncSnapshot(f, now)
 	sent := t.now()
-	res, err := t.store.Sync(ctx, req)
+	res, err := t.store.Sync(ctx, snap.req)
+	if err == nil && !res.NeedFull {
+		t.metrics.Heartbeats.WithLabelValues(f.label, heartbeatKind(snap.req)).Inc()
+	}
+	if err == nil && res.NeedFull {
+		// Redis no longer holds what the delta was relative to (PROTOCOL.md,
+		// "Delta heartbeats"): the full one at once, under the same gate.
+		// Meanwhile this instance is refused 'lease' if it was reaped or
+		// left, or in a new epoch: nothing is admitted on a copy that
+		// misses its connections. The refused call flushed nothing.
+		created := res.EpochCreated
+		t.metrics.Heartbeats.WithLabelValues(f.label, "refused_delta").Inc()
+		f.mu.Lock()
+		f.restateLocked()
+		for _, r := range snap.req.Rejections {
+			f.rej[rejKey{r.Reason, r.Bucket}] += r.Count
+		}
+		f.mu.Unlock()
+		snap = t.syncSnapshot(f, now)
+		sent = t.now()
+		res, err = t.store.Sync(ctx, snap.req)
+		if err == nil {
+			t.metrics.Heartbeats.WithLabelValues(f.label, heartbeatKind(snap.req)).Inc()
+		}
+		res.EpochCreated = res.EpochCreated || created
+	}
 	if err == nil && res.Stale {
 		// A previous run of this instance id got further: number on from it.
 		f.mu.Lock()
 		f.seq = max(f.seq, res.Seq)
 		f.mu.Unlock()
-		err = fmt.Errorf("sync %s: seq %d behind %d in Redis", f.name, req.Seq, res.Seq)
+		err = fmt.Errorf("sync %s: seq %d behind %d in Redis", f.name, snap.req.Seq, res.Seq)
 	}
 	if err != nil {
-		t.syncFailed(parent, f, req, err)
-		return res, req, err
+		t.syncFailed(parent, f, snap.req, err)
+		return res, snap, err
 	}
-	t.syncEntitled(f, req, sent)
-	return res, req, nil
+	t.syncEntitled(f, snap, res.Epoch, sent)
+	return res, snap, nil
+}
+
+// heartbeatKind is heartbeats_total's kind label for req, once Redis
+// answered it (a failed call is counted by redis_errors_total, a refused
+// delta as refused_delta).
+func heartbeatKind(req store.SyncRequest) string {
+	if req.Base != nil {
+		return "delta"
+	}
+	return "full"
 }
 
 // syncSnapshot takes what a heartbeat publishes: what the instance holds per
-// pod, the rejections buffered since the last one (taken out of the buffer;
-// syncFailed puts them back), the next seq, and the epoch to confirm once a
-// full instance TTL of this clock has passed since it first saw it.
-func (t *Tracker) syncSnapshot(f *fleet, now time.Time) store.SyncRequest {
+// pod (as a delta, only what moved), the rejections buffered since the
+// last one (taken out of the buffer; syncFailed puts them back), the next
+// seq, and the epoch to confirm once a full instance TTL of this clock has
+// passed since it first saw it.
+func (t *Tracker) syncSnapshot(f *fleet, now time.Time) syncSnap {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	counts := make([]store.PodCount, 0, len(f.live)+len(f.inherited))
+	held := make([]store.PodCount, 0, len(f.live)+len(f.inherited))
 	for pod, n := range f.live {
-		counts = append(counts, store.PodCount{Pod: pod, Live: n + f.inherited[pod], Established: f.est[pod] + f.inherited[pod]})
+		held = append(held, store.PodCount{Pod: pod, Live: n + f.inherited[pod], Established: f.est[pod] + f.inherited[pod]})
 	}
 	for pod, n := range f.inherited {
 		if f.live[pod] == 0 {
-			counts = append(counts, store.PodCount{Pod: pod, Live: n, Established: n})
+			held = append(held, store.PodCount{Pod: pod, Live: n, Established: n})
 		}
 	}
+	counts, base := f.deltaLocked(held)
+	clear(f.moved)
 	// The script replaces this instance's slots with what it holds: from
 	// now on it relies on no more, whether or not the reply comes back
 	// (invariant L).
@@ -224,7 +271,7 @@ func (t *Tracker) syncSnapshot(f *fleet, now time.Time) store.SyncRequest {
 	f.seq++
 	req := store.SyncRequest{
 		Fleet: f.name, Instance: t.cfg.InstanceID, Lease: t.cfg.InstanceTTL, RecoveryWait: t.cfg.InstanceTTL,
-		Seq: f.seq, Counts: counts, Rejections: rej, Reap: f.toReap,
+		Seq: f.seq, Base: base, Counts: counts, Rejections: rej, Reap: f.toReap,
 		WatchInstances: t.cfg.ExpiredInstances == fleets.ExpiredReap && f.stalled.Due(),
 		// whether a promoted replica may end its recovery wait early
 		WaitReplicas: t.cfg.WaitReplicas,
@@ -235,19 +282,61 @@ func (t *Tracker) syncSnapshot(f *fleet, now time.Time) store.SyncRequest {
 		// Redis' clock did meanwhile.
 		req.Confirm = f.epoch
 	}
-	return req
+	return syncSnap{req: req, held: held, restates: f.restates}
 }
 
-// syncEntitled takes in a heartbeat req that succeeded, sent at sent: the
-// entitlement is what it published, the connections adopted before it are
-// counted, and the local lease runs from when it was sent. Under the gate
-// still: no admission between the script and this.
-func (t *Tracker) syncEntitled(f *fleet, req store.SyncRequest, sent time.Time) {
+// deltaLocked picks what a heartbeat of held sends (PROTOCOL.md, "Delta
+// heartbeats"): while a delta may be sent, the pods whose counts moved
+// here since the last snapshot or differ from what the last acknowledged
+// heartbeat left in Redis, a pod held no more with 0 and 0, relative to
+// that heartbeat (base); otherwise all of held and no base (a full one).
+func (f *fleet) deltaLocked(held []store.PodCount) ([]store.PodCount, *store.SyncBase) {
+	if !f.delta || f.deltas >= restateEvery-1 {
+		return held, nil
+	}
+	var counts []store.PodCount
+	for _, c := range held {
+		_, moved := f.moved[c.Pod]
+		if moved || f.synced[c.Pod] != (podCounts{c.Live, c.Established}) {
+			counts = append(counts, c)
+		}
+	}
+	for pod := range f.synced {
+		if f.heldLocked(pod) == 0 {
+			counts = append(counts, store.PodCount{Pod: pod})
+		}
+	}
+	for pod := range f.moved {
+		if _, was := f.synced[pod]; !was && f.heldLocked(pod) == 0 {
+			// moved and back to nothing: Redis may still count what a
+			// release it ignored did not take away
+			counts = append(counts, store.PodCount{Pod: pod})
+		}
+	}
+	base := f.base
+	return counts, &base
+}
+
+// syncEntitled takes in a heartbeat snap that succeeded in epoch, sent at
+// sent: the entitlement is what it published, the connections adopted
+// before it are counted, the local lease runs from when it was sent, and
+// the next heartbeat may be a delta relative to it. Under the gate still:
+// no admission between the script and this.
+func (t *Tracker) syncEntitled(f *fleet, snap syncSnap, epoch string, sent time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	req := snap.req
 	clear(f.ent)
-	for _, c := range req.Counts {
+	clear(f.synced)
+	for _, c := range snap.held {
 		f.ent[c.Pod] = c.Live
+		f.synced[c.Pod] = podCounts{c.Live, c.Established}
+	}
+	f.delta, f.base = f.restates == snap.restates, store.SyncBase{Epoch: epoch, Seq: req.Seq}
+	if req.Base != nil {
+		f.deltas++
+	} else {
+		f.deltas = 0
 	}
 	if f.uncounted > 0 { // adopted before this heartbeat: published now
 		for _, c := range f.conns {
@@ -267,6 +356,8 @@ func (t *Tracker) syncEntitled(f *fleet, req store.SyncRequest, sent time.Time) 
 // (errGaveUp).
 func (t *Tracker) syncFailed(parent context.Context, f *fleet, req store.SyncRequest, err error) {
 	f.mu.Lock()
+	// it may have run, or run later: the next heartbeat is full
+	f.restateLocked()
 	for _, r := range req.Rejections { // flushed by the next heartbeat
 		f.rej[rejKey{r.Reason, r.Bucket}] += r.Count
 	}

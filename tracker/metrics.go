@@ -20,6 +20,7 @@ type Metrics struct {
 	ReplicationSafe  *prometheus.GaugeVec
 	LayoutMismatch   *prometheus.GaugeVec
 	LayoutUnknown    *prometheus.GaugeVec
+	Heartbeats       *prometheus.CounterVec
 }
 
 // NewMetrics creates the tracker's collectors and registers them on reg
@@ -80,12 +81,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "wsgate_tracker_layout_unknown",
 			Help: "1 while no layout check has reached the fleet's Redis (group 0's and its mirror's; e.g. NOPERM, group 0's primary down since the start): the fleet uses no Redis and admits nothing until one does (PROTOCOL.md, Shards; the log says why).",
 		}, []string{"fleet"}),
+		Heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wsgate_tracker_heartbeats_total",
+			Help: "Heartbeat calls Redis answered, by fleet and kind: full (re-states every count: the first of a run, the one after a call whose outcome is unknown or after a refused delta, and one in 30 in any case), delta (applied: only the pods whose counts moved), refused_delta (Redis no longer held the delta's base: reaped, left, a new epoch or a lost reply; a full one follows at once). Failed calls are in wsgate_tracker_redis_errors_total{op=\"sync\"}. See PROTOCOL.md, Delta heartbeats.",
+		}, []string{"fleet", "kind"}),
 	}
 	for _, op := range redisOps {
 		m.RedisErrors.WithLabelValues(op)
 	}
 	if reg != nil {
-		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused, m.ReplicationSafe, m.LayoutMismatch, m.LayoutUnknown)
+		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused, m.ReplicationSafe, m.LayoutMismatch, m.LayoutUnknown, m.Heartbeats)
 	}
 	return m
 }
@@ -108,7 +113,13 @@ func (m *Metrics) addFleet(fleet string) {
 	m.ReplicationSafe.WithLabelValues(fleet)
 	m.LayoutMismatch.WithLabelValues(fleet).Set(0)
 	m.LayoutUnknown.WithLabelValues(fleet).Set(1)
+	for _, kind := range heartbeatKinds {
+		m.Heartbeats.WithLabelValues(fleet, kind)
+	}
 }
+
+// heartbeatKinds are the values of heartbeats_total's kind label.
+var heartbeatKinds = []string{"full", "delta", "refused_delta"}
 
 // removeFleet deletes the series of a fleet the tracker forgot (it left
 // the configuration and its last connection ended).
@@ -122,6 +133,7 @@ func (m *Metrics) removeFleet(fleet string) {
 	m.ReplicationSafe.DeletePartialMatch(l)
 	m.LayoutMismatch.DeletePartialMatch(l)
 	m.LayoutUnknown.DeletePartialMatch(l)
+	m.Heartbeats.DeletePartialMatch(l)
 }
 
 // expiredWhys are the values of connections_expired_total's why label.

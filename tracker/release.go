@@ -174,6 +174,12 @@ func (f *fleet) releaseCountsLocked(reqs []releaseReq, seq uint64) (counts []sto
 
 // released acts on the outcome err of a call that carried counts at seq.
 func (t *Tracker) released(f *fleet, counts []store.ReleaseCount, lowered []int, seq uint64, err error) {
+	if err != nil {
+		// Whether it ran, runs later or not at all, Redis may count
+		// these slots or not: the next heartbeat re-states every count
+		// (PROTOCOL.md, "Delta heartbeats").
+		f.restate()
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, store.ErrEpochFenced):

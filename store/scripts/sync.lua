@@ -13,13 +13,18 @@
 --       9 recovery wait (ms), 10 the epoch id whose wait the caller confirms
 --       ('' for none: see below), 11 the replicas each of the instance's
 --       admissions waits for (0: none; see "the early end" below),
---       12 npods, then npods x (pod, live, established),
+--       12 kind: 'full' (the pods sent are all the instance holds) or
+--       'delta' (only the pods whose counts moved since the base: see
+--       "A delta" below), 13 the base's seq and 14 its epoch id ('' for
+--       a full one), 15 npods, then npods x (pod, live, established),
 --       then nrej, then nrej x (reason, bucket, count),
 --       then nreap, then nreap x id
 -- Returns {epoch id, created (0|1), ms until the recovery wait ends (at
 --          least 1 while unconfirmed),
 --          reaped ids, stale (1: a later heartbeat or release already
---          ran; nothing done), the instance's last seq}.
+--          ran; nothing done; 2: a delta whose base Redis no longer holds,
+--          nothing done but a new epoch: send a full one), the instance's
+--          last seq}.
 -- What the caller reads of the fleet is not in it: the placeable pods'
 -- counts (avail) come from a plain ZRANGE pipelined after this script,
 -- which costs Redis about half of returning them from Lua (every reply of
@@ -30,7 +35,8 @@ local instances_key, stats_key, epoch_key, seq_key = KEYS[5], KEYS[6], KEYS[7], 
 local id, lease_ms, new_epoch, prefix, slots_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local channel, run_check, seq_arg, recovery_ms, confirm = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local wait_replicas = ARGV[11]
-local COUNTED = 12 -- ARGV index of npods; the lists follow it
+local delta, base_seq, base_epoch = ARGV[12] == 'delta', ARGV[13], ARGV[14]
+local COUNTED = 15 -- ARGV index of npods; the lists follow it
 
 local slots = tonumber(slots_arg)
 local now = now_ms()
@@ -139,6 +145,23 @@ local last = tonumber(redis.call('HGET', seq_key, id) or '0')
 if seq < last then
   return {epoch, created, left(), {}, 1, tostring(last)}
 end
+-- A delta (PROTOCOL.md, "Delta heartbeats") sends only the pods whose
+-- counts moved since its base, the instance's last acknowledged heartbeat;
+-- for the others it takes inst:<id> and pend:<id> as they are. That holds
+-- only while nothing but the instance's own acknowledged calls changed
+-- them since: i:<id> is still the base's seq in the base's epoch. A reap,
+-- a leave, --forget-instance and a new epoch remove i:<id>; a heartbeat
+-- whose reply the tracker did not read sets another seq. Otherwise this
+-- call does nothing more (no seq, i:<id>, lease, counts or rejections:
+-- while i:<id> is missing its admissions are refused 'lease') and the
+-- tracker sends a full heartbeat at once.
+-- (Compared as numbers: Lua writes seq as a number, exact below 2^53.)
+if delta then
+  local beat = tonumber(redis.call('HGET', epoch_key, 'i:' .. id) or '')
+  if epoch ~= base_epoch or not beat or beat ~= tonumber(base_seq) then
+    return {epoch, created, left(), {}, 2, tostring(last)}
+  end
+end
 redis.call('HSET', seq_key, id, seq)
 -- The same seq in the epoch: the admit and release scripts read it with
 -- the epoch (lib.lua fence), and its absence is the 'lease' refusal. A
@@ -160,25 +183,40 @@ if early and not confirmed then
   end
 end
 
-local old = {}
-local f = redis.call('HGETALL', inst_key)
-for i = 1, #f, 2 do old[f[i]] = tonumber(f[i + 1]) end
-
 local npods = tonumber(ARGV[COUNTED])
 local i = COUNTED + 1
 local moved = 0
-redis.call('DEL', inst_key, pend_key)
-for _ = 1, npods do
-  local pod, live, est = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  i = i + 3
-  local d = live - (old[pod] or 0)
-  old[pod] = nil
-  if d ~= 0 then moved = moved + adjust(load_key, avail_key, pod, d) end
-  if live > 0 then redis.call('HSET', inst_key, pod, live) end
-  if live > est then redis.call('HSET', pend_key, pod, live - est) end
-end
-for pod, n in pairs(old) do
-  moved = moved + adjust(load_key, avail_key, pod, -n)
+if delta then
+  -- Only the pods sent, each to the counts sent (0 and 0: it holds none
+  -- there any more); the rest of inst:<id> and pend:<id> stays.
+  for _ = 1, npods do
+    local pod, live, est = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    i = i + 3
+    local d = live - tonumber(redis.call('HGET', inst_key, pod) or '0')
+    if d ~= 0 then
+      moved = moved + adjust(load_key, avail_key, pod, d)
+      if live > 0 then redis.call('HSET', inst_key, pod, live) else redis.call('HDEL', inst_key, pod) end
+    end
+    if live > est then redis.call('HSET', pend_key, pod, live - est) else redis.call('HDEL', pend_key, pod) end
+  end
+else
+  -- The whole of inst:<id> and pend:<id> anew; the pods not sent leave.
+  local old = {}
+  local f = redis.call('HGETALL', inst_key)
+  for k = 1, #f, 2 do old[f[k]] = tonumber(f[k + 1]) end
+  redis.call('DEL', inst_key, pend_key)
+  for _ = 1, npods do
+    local pod, live, est = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    i = i + 3
+    local d = live - (old[pod] or 0)
+    old[pod] = nil
+    if d ~= 0 then moved = moved + adjust(load_key, avail_key, pod, d) end
+    if live > 0 then redis.call('HSET', inst_key, pod, live) end
+    if live > est then redis.call('HSET', pend_key, pod, live - est) end
+  end
+  for pod, n in pairs(old) do
+    moved = moved + adjust(load_key, avail_key, pod, -n)
+  end
 end
 if moved ~= 0 then
   if redis.call('HINCRBY', stats_key, 'live', moved) > 0 and moved > 0 then

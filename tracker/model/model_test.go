@@ -17,8 +17,10 @@ import (
 
 // maxDepth is pan's -m: the deepest DFS path it may follow. A complete
 // search must stay below it (pan says "max search depth too small"
-// otherwise, and its result would not cover every state).
-const maxDepth = 1000000
+// otherwise, and its result would not cover every state). The delta
+// heartbeat's steps took the deepest full configuration (reap-dead/cap2)
+// to about 2,050,000.
+const maxDepth = 4000000
 
 // A configuration of the model: the cpp defines given to spin -a and
 // whether SPIN must find a violation of (Cap).
@@ -55,6 +57,7 @@ var configs = []config{
 	{"leave-early/cap1", []string{"-DCAP=1", "-DLEAVE_EARLY"}, true, "leaving Redis while Envoy still carries connections", false},
 	{"spare-kept/cap1", []string{"-DCAP=1", "-DSPARE_KEPT"}, true, "a spare slot's release sent without lowering ent: reused after Redis freed it", false},
 	{"seq-reseed/cap1", []string{"-DCAP=1", "-DSEQ_RESEED"}, true, "a restarted tracker numbering on from Redis' stored seq, not a new generation", false},
+	{"delta-no-base/cap1", []string{"-DCAP=1", "-DDELTA_NO_BASE"}, true, "a delta heartbeat applied without the base check: after a new epoch (or a reap) it re-publishes nothing", false},
 
 	// Replication and failover (PROTOCOL.md, "Replication and failover";
 	// WAIT_ADMIT is --redis-wait-replicas in the code). A plain failover holds; split

@@ -29,6 +29,14 @@
  *                   own monotonic clock pass since it first saw the epoch.
  *   SEQ_RESEED      a restarted tracker numbers its calls on from the seq
  *                   Redis stored (fails: README.md, flaw 2).
+ * Every configuration has the delta heartbeat (PROTOCOL.md, "Delta
+ * heartbeats"), which a tracker may send when its last heartbeat was
+ * acknowledged and no call of unknown outcome came since; with one pod, it
+ * skips re-stating the count when no connection ended and the count is
+ * still what that heartbeat sent, and sends it otherwise. sync.lua applies
+ * it only if the instance's i:<id> is that heartbeat's seq (its base), and
+ * otherwise changes nothing and asks for a full one. A full heartbeat may be
+ * sent at any time (the code sends more of them than the model needs).
  * Broken variants, each one rule away from the protocol, must fail:
  *   BROKEN          the previous design's share fallback (no entitlements).
  *   NO_LOWER        a heartbeat does not lower ent to held before sending.
@@ -49,6 +57,10 @@
  *   SPARE_KEPT      a queued release of a spare slot is sent without
  *                   lowering ent first (PROTOCOL.md, "Reuse"): the slot
  *                   can be reused after Redis freed it.
+ *   DELTA_NO_BASE   sync.lua applies a delta without checking its base
+ *                   (nor the epoch): a delta into a new epoch (or after a
+ *                   reap) re-publishes nothing, and the recovery wait
+ *                   ends as if it had.
  * Replication and failover (PROTOCOL.md, "Replication and failover"):
  *   REPLICA         Redis is a primary P and a replica R. R receives P's
  *                   effects in order, lagging: its data is P's state at
@@ -218,11 +230,19 @@ bool synced[N];   /* instance i's heartbeat ran in the current epoch */
 bool pre[N];      /* i's local lease was granted before the current epoch
                      was made, and still runs */
 
+/* i:<id> in the epoch hash is the seq of tracker i's base: its last
+ * acknowledged heartbeat (PROTOCOL.md, "Delta heartbeats"). Unbounded seqs
+ * by their effect: set when that heartbeat ran, cleared by whatever else
+ * sets or removes i:<id> (another heartbeat of i that ran, a new epoch, a
+ * reap, a leave). */
+bool ib[N];
+
 /* ---- the saved snapshot ---- */
 bool has_snap;
 byte sE[N];
 #ifdef NO_RUNID
 bool snap_cur;    /* it was saved in the current epoch */
+bool sib[N];      /* its ib (read only with snap_cur) */
 #endif
 
 #ifdef EARLY
@@ -250,7 +270,8 @@ bool rS[N];
 bool promoted;
 byte side[N];     /* the primary tracker i talks to: 0 P, 1 R (promoted) */
 byte oside[N];    /* the primary its orphan was sent to */
-bool rep_ok;      /* R's ep_ok, rec, synced, pre (while not swapped in) */
+bool rep_ok;      /* R's ep_ok, rec, synced, pre, ib (while not swapped in) */
+bool rib[N];
 bool rrec;
 bool rsynced[N];
 bool rpre[N];
@@ -265,6 +286,8 @@ byte tmp;
 /* ---- orphans ---- */
 byte okind[N];
 byte oh[N];       /* the held a late heartbeat publishes */
+bool odl[N];      /* ... as a delta */
+bool osk[N];      /* ... that sends no count (nothing moved) */
 bool oold[N];     /* sent by a previous run of the tracker (SEQ_RESEED) */
 
 /* ---- trackers ---- */
@@ -273,6 +296,12 @@ byte ent[N];      /* the entitlement it relies on */
 bool kv[N];       /* its epoch is Redis' current one */
 bool deg[N];      /* degraded: its last heartbeat failed */
 bool valid[N];    /* its local lease (monotonic clock) runs */
+/* the delta heartbeat: dl, the last heartbeat was acknowledged and no
+ * call of unknown outcome (admit, release or heartbeat) came since (the
+ * code's fleet.delta); mv, held moved since the last heartbeat took its
+ * snapshot (the code's fleet.moved: an admission, a connection's end) */
+bool dl[N];
+bool mv[N];
 #ifdef WAIT_FIX
 bool tw[N];       /* its own wait, since it learnt the epoch, runs */
 bool ow[N];       /* its own wait for the current epoch is over */
@@ -287,6 +316,7 @@ byte vmine[N];    /* ... and its own count in it */
  * before a heartbeat */
 byte res;
 bool kvb;
+bool skb;         /* a delta's: it sends no count */
 
 #define CAP_OK (held[0] + held[1] <= CAP)
 
@@ -306,6 +336,14 @@ bool kvb;
 #define OSIDE_IS(i, pr) (oside[i] == (pr))
 #define SET_OSIDE(i) oside[i] = side[i]
 #define CLEAR_PRE(i) pre[i] = false; rpre[i] = false
+#define CLEAR_RIB(i) rib[i] = false
+#define RIB(i) rib[i]
+/* i's heartbeat to primary pr ran and was acknowledged: i:<id> there is
+ * its new base; the other primary's i:<id> is not */
+#define SET_BASE(i, pr) if :: (pr) == 0 -> ib[i] = true; rib[i] = false :: else -> ib[i] = false; rib[i] = true fi
+/* a heartbeat of i that the tracker did not learn the outcome of ran on
+ * pr: i:<id> there is its seq, not the base */
+#define LOST_BASE(i, pr) if :: (pr) == 0 -> ib[i] = false :: else -> rib[i] = false fi
 /* With WAIT_ADMIT, P can have a grant acknowledged by its replica only
  * until the promotion (then R no longer replicates from it). */
 #define ACKABLE(i) (side[i] == 1 || !promoted)
@@ -324,6 +362,8 @@ inline swap_procs() {
   tmp = synced[1]; synced[1] = rsynced[1]; rsynced[1] = tmp;
   tmp = pre[0]; pre[0] = rpre[0]; rpre[0] = tmp;
   tmp = pre[1]; pre[1] = rpre[1]; rpre[1] = tmp;
+  tmp = ib[0]; ib[0] = rib[0]; rib[0] = tmp;
+  tmp = ib[1]; ib[1] = rib[1]; rib[1] = tmp;
 #ifdef EARLY
   tmp = mem[0]; mem[0] = smem[0]; smem[0] = tmp;
   tmp = mem[1]; mem[1] = smem[1]; smem[1] = tmp;
@@ -345,6 +385,10 @@ inline to_proc(pr) {
 #define OSIDE_IS(i, pr) 1
 #define SET_OSIDE(i) skip
 #define CLEAR_PRE(i) pre[i] = false
+#define CLEAR_RIB(i) skip
+#define RIB(i) false
+#define SET_BASE(i, pr) ib[i] = true
+#define LOST_BASE(i, pr) ib[i] = false
 #define WRITABLE(pr) 1
 #define to_proc(pr) skip
 #endif
@@ -392,6 +436,21 @@ inline ack(i) {
  * states that differ only in it are one state. */
 inline norm() {
   assert(CAP_OK);
+  /* the delta's state is read only while a delta may follow: mv while
+   * dl (the heartbeat that sets dl clears it), odl and osk with their late
+   * heartbeat, ib while dl or a late delta may still read it */
+  if :: !dl[0] -> mv[0] = false :: else -> skip fi;
+  if :: !dl[1] -> mv[1] = false :: else -> skip fi;
+  if :: okind[0] != OSYNC -> odl[0] = false; osk[0] = false :: else -> skip fi;
+  if :: okind[1] != OSYNC -> odl[1] = false; osk[1] = false :: else -> skip fi;
+  if :: !dl[0] && !odl[0] -> ib[0] = false; CLEAR_RIB(0) :: else -> skip fi;
+  if :: !dl[1] && !odl[1] -> ib[1] = false; CLEAR_RIB(1) :: else -> skip fi;
+  /* without its base in Redis, a delta is refused whatever it sends (and
+   * only the heartbeat that sets ib clears mv) */
+#ifndef DELTA_NO_BASE
+  if :: !ib[0] && !RIB(0) -> mv[0] = false :: else -> skip fi;
+  if :: !ib[1] && !RIB(1) -> mv[1] = false :: else -> skip fi;
+#endif
   /* ent is read only while the local lease runs, and the heartbeat that
    * grants a lease overwrites it */
   if :: !valid[0] -> ent[0] = 0 :: else -> skip fi;
@@ -437,7 +496,7 @@ inline norm() {
   if :: promoted && rep_ok -> smem[0] = false; smem[1] = false; sdset = false :: else -> skip fi;
 #endif
 #endif
-  res = 0; kvb = false
+  res = 0; kvb = false; skb = false
 }
 
 /* A heartbeat or leave of instance i ran in Redis under a later seq than
@@ -519,11 +578,24 @@ inline release_script(i, pr) {
 #define EARLY_DONE(e_, S_, syn) (e_ && (!S_[0] || syn[0]) && (!S_[1] || syn[1]))
 #endif
 
-/* sync.lua, publishing held h. */
-inline sync_script(i, h, pr) {
+/* sync.lua's outcome, in res: */
+#define S_NONE 0      /* refused by the replica guard: nothing done */
+#define S_RAN  1      /* it ran */
+#define S_FULL 2      /* a delta whose base is not i:<id>: nothing done
+                         to the counts, i:<id>, seq or the lease
+                         ('need_full'); only a new epoch may have been made */
+#ifndef DELTA_NO_BASE
+#define BASE_OK(i) ib[i]
+#else
+#define BASE_OK(i) true
+#endif
+
+/* sync.lua, publishing held h; d: a delta, applied only on its base; sk:
+ * (a delta) that sends no count, leaving E_i as it is. */
+inline sync_script(i, h, d, sk, pr) {
   to_proc(pr);
   if
-  :: !WRITABLE(pr) -> skip          /* NOREPLICAS: refused, nothing done */
+  :: !WRITABLE(pr) -> res = S_NONE  /* NOREPLICAS: refused, nothing done */
   :: else ->
   if
   :: !ep_ok ->
@@ -558,17 +630,27 @@ inline sync_script(i, h, pr) {
      fi;
      dset = false;
 #endif
-     skip
+     /* the new epoch hash holds no i:<id> */
+     ib[0] = false; ib[1] = false
   :: else -> skip
   fi;
-  E[i] = h;                           /* E_i becomes the truth */
+  if
+  :: d && !BASE_OK(i) -> res = S_FULL
+  :: else ->
+  if
+  :: !sk -> E[i] = h                  /* E_i becomes the truth */
+  :: else -> skip                     /* a delta that sends nothing: E_i
+                                         is what its base left */
+  fi;
 #ifdef EARLY
   mem[i] = true;                      /* ZADD instances */
 #endif
 #ifdef LEASES
   rl[i] = ALIVE; rfree[i] = false;    /* the lease, by Redis' clock */
 #endif
-  synced[i] = true
+  synced[i] = true;
+  res = S_RAN
+  fi
   fi;
   to_proc(0)
 }
@@ -596,7 +678,7 @@ inline admit_read(i) {
   CAN_ADMIT_REDIS(i) && ADMIT_ACKED(i) ->
   admit_script(i, SIDE(i)); ack(i);
   if
-  :: res == R_GRANT -> ent[i]++; held[i]++
+  :: res == R_GRANT -> ent[i]++; held[i]++; mv[i] = true
   :: res == R_LEASE && ent[i] > held[i] ->
      ent[i] = held[i]    /* it may have been reaped: only held is its own */
   :: else -> skip
@@ -604,16 +686,16 @@ inline admit_read(i) {
 }
 /* ... the script ran, the reply is lost: Redis counts a slot the tracker
  * does not (safe; its next heartbeat corrects it) */
-inline admit_lost(i) { CAN_ADMIT_REDIS(i) -> admit_script(i, SIDE(i)) }
+inline admit_lost(i) { CAN_ADMIT_REDIS(i) -> admit_script(i, SIDE(i)); dl[i] = false }
 /* ... it runs later (or never: no change, left out) */
-inline admit_late(i) { CAN_ADMIT_REDIS(i) && okind[i] == NONE -> okind[i] = OADMIT; SET_OSIDE(i) }
+inline admit_late(i) { CAN_ADMIT_REDIS(i) && okind[i] == NONE -> okind[i] = OADMIT; SET_OSIDE(i); dl[i] = false }
 
 /* Fallback admit: whenever Redis did not decide (degraded, fenced,
  * recovering, gate busy, an error): modelled as allowed at any time. */
 #ifndef BROKEN
 /* share: only into ent - held, slots Redis counts for this instance, and
  * only while its local lease runs. */
-inline fallback_admit(i) { valid[i] && held[i] < ent[i] -> held[i]++ }
+inline fallback_admit(i) { valid[i] && held[i] < ent[i] -> held[i]++; mv[i] = true }
 #else
 /* the previous share fallback (headroomShare, rank i, the remainder to
  * rank 0): what it held at its last heartbeat plus its part of the
@@ -622,28 +704,28 @@ inline fallback_admit(i) { valid[i] && held[i] < ent[i] -> held[i]++ }
 #define PART(h, r) ((h) <= 0 -> 0 : (h) / N + ((r) == 0 && (h) % N == 1 -> 1 : 0))
 inline fallback_admit(i) {
   deg[i] && valid[i] && held[i] < vmine[i] + PART(CAP - vload[i], i) && held[i] < PART(CAP, i) ->
-  held[i]++
+  held[i]++; mv[i] = true
 }
 #endif
 
 /* Release without a script: while degraded (or without the gate in time)
  * only the local truth changes; ent is kept: the slot stays entitled to
  * it in Redis and its fallback may reuse it. */
-inline release_local(i) { held[i] > 0 -> held[i]-- }
+inline release_local(i) { held[i] > 0 -> held[i]--; mv[i] = true }
 
 /* Release through Redis: held and ent are lowered before the script is
  * sent (a lost reply is taken as applied). Modelled even while degraded
  * (more behaviours). */
 inline lower_both(i) {
-  held[i]--;
+  held[i]--; mv[i] = true;
   if :: ent[i] > 0 -> ent[i]-- :: else -> skip fi
 }
 /* ... it ran (the reply, read or lost, changes nothing locally) */
 inline release_ran(i) { held[i] > 0 && kv[i] -> lower_both(i); release_script(i, SIDE(i)) }
-/* ... it runs later */
-inline release_late(i) { held[i] > 0 && kv[i] && okind[i] == NONE -> lower_both(i); okind[i] = ORELEASE; SET_OSIDE(i) }
+/* ... it runs later (its outcome unknown: the next heartbeat is full) */
+inline release_late(i) { held[i] > 0 && kv[i] && okind[i] == NONE -> lower_both(i); okind[i] = ORELEASE; SET_OSIDE(i); dl[i] = false }
 /* ... it never runs, or it was fenced ('epoch': nothing done) */
-inline release_failed(i) { held[i] > 0 -> lower_both(i) }
+inline release_failed(i) { held[i] > 0 -> lower_both(i); dl[i] = false }
 
 /* Release of a spare slot (PROTOCOL.md, "Reuse"): the connection ended
  * earlier (release_local: held lowered, ent kept), its slot stayed in
@@ -657,8 +739,8 @@ inline release_failed(i) { held[i] > 0 -> lower_both(i) }
 #define LOWER_SPARE(i) skip
 #endif
 inline release_spare_ran(i) { ent[i] > held[i] && kv[i] -> LOWER_SPARE(i); release_script(i, SIDE(i)) }
-inline release_spare_late(i) { ent[i] > held[i] && kv[i] && okind[i] == NONE -> LOWER_SPARE(i); okind[i] = ORELEASE; SET_OSIDE(i) }
-inline release_spare_failed(i) { ent[i] > held[i] -> LOWER_SPARE(i) }
+inline release_spare_late(i) { ent[i] > held[i] && kv[i] && okind[i] == NONE -> LOWER_SPARE(i); okind[i] = ORELEASE; SET_OSIDE(i); dl[i] = false }
+inline release_spare_failed(i) { ent[i] > held[i] -> LOWER_SPARE(i); dl[i] = false }
 
 /* Heartbeat (sync), under the gate: no admission or release of this
  * instance between its script and its local record, so the round trip
@@ -677,15 +759,35 @@ inline lower_ent(i) {
 #else
 #define SYNC_FAILED(i) skip
 #endif
+/* The delta (PROTOCOL.md, "Delta heartbeats"), allowed when the last
+ * heartbeat was acknowledged and nothing of unknown outcome came since
+ * (dl). It sends the count (absolute, as a full one) unless nothing moved
+ * since that heartbeat's snapshot (SKIPS: held is still what it sent).
+ * Each heartbeat step below comes as a full one (allowed at any time) and,
+ * when dl, as a delta. */
+#define SKIPS(i) (!mv[i])
+/* the heartbeat took its snapshot: what moves from now on is in the next */
+#define SNAPSHOT(i) lower_ent(i); mv[i] = false
+/* its outcome is unknown: the next heartbeat is full */
+#define UNKNOWN(i) SYNC_FAILED(i); dl[i] = false
+
 /* ... reply read: the epoch, a lease from the moment it was sent, and
- * ent = held (Redis counts exactly that for it now) */
-inline sync_read(i) {
-  WRITABLE(SIDE(i)) ->     /* refused (NOREPLICAS): sync_failed */
+ * ent = held (Redis counts exactly that for it now). A delta whose base
+ * Redis no longer holds changed nothing ('need_full'): the tracker sends
+ * a full one at once, a step of its own with any outcome (more behaviours
+ * than the code, where it holds the gate meanwhile). */
+inline sync_read_as(i, d) {
   kvb = kv[i];
-  lower_ent(i);
-  sync_script(i, held[i], SIDE(i)); newer_call_ran(i, SIDE(i));
+  skb = d && SKIPS(i);
+  SNAPSHOT(i);
+  sync_script(i, held[i], d, skb, SIDE(i));
+  if
+  :: res == S_FULL -> dl[i] = false
+  :: else ->
+  newer_call_ran(i, SIDE(i));
   kv[i] = true; valid[i] = true; CLEAR_PRE(i); deg[i] = false;
   ent[i] = held[i];
+  dl[i] = true; SET_BASE(i, SIDE(i));
 #ifdef WAIT_FIX
   if :: !kvb -> tw[i] = true :: else -> skip fi;
 #endif
@@ -693,18 +795,29 @@ inline sync_read(i) {
   vload[i] = E[0] + E[1]; vmine[i] = held[i];
 #endif
   skip
+  fi
 }
+inline sync_read(i) { WRITABLE(SIDE(i)) -> sync_read_as(i, false) }   /* refused (NOREPLICAS): sync_failed */
+inline sync_delta_read(i) { dl[i] && WRITABLE(SIDE(i)) -> sync_read_as(i, true) }
 /* ... the script ran, the reply is lost: no lease, no epoch learnt */
-inline sync_lost(i) { WRITABLE(SIDE(i)) -> lower_ent(i); sync_script(i, held[i], SIDE(i)); newer_call_ran(i, SIDE(i)); SYNC_FAILED(i) }
+inline sync_lost_as(i, d) {
+  skb = d && SKIPS(i); SNAPSHOT(i); sync_script(i, held[i], d, skb, SIDE(i));
+  if :: res == S_RAN -> newer_call_ran(i, SIDE(i)); LOST_BASE(i, SIDE(i)) :: else -> skip fi;
+  UNKNOWN(i)
+}
+inline sync_lost(i) { WRITABLE(SIDE(i)) -> sync_lost_as(i, false) }
+inline sync_delta_lost(i) { dl[i] && WRITABLE(SIDE(i)) -> sync_lost_as(i, true) }
 /* ... it runs later, or never */
-inline sync_late(i) { okind[i] == NONE -> lower_ent(i); okind[i] = OSYNC; oh[i] = held[i]; SET_OSIDE(i); SYNC_FAILED(i) }
-inline sync_failed(i) { lower_ent(i); SYNC_FAILED(i) }
+inline sync_late(i) { okind[i] == NONE -> SNAPSHOT(i); okind[i] = OSYNC; oh[i] = held[i]; odl[i] = false; osk[i] = false; SET_OSIDE(i); UNKNOWN(i) }
+inline sync_delta_late(i) { okind[i] == NONE && dl[i] -> osk[i] = SKIPS(i); SNAPSHOT(i); okind[i] = OSYNC; oh[i] = held[i]; odl[i] = true; SET_OSIDE(i); UNKNOWN(i) }
+/* (a delta that fails changes what a full one that fails does) */
+inline sync_failed(i) { SNAPSHOT(i); UNKNOWN(i) }
 
 /* Tracker killed and restarted: Envoy keeps the connections (held); the
  * new run has no entitlement, epoch or lease. The old run's orphan may
  * still run. */
 inline tracker_restart(i) {
-  ent[i] = 0; kv[i] = false; valid[i] = false; CLEAR_PRE(i); deg[i] = false;
+  ent[i] = 0; kv[i] = false; valid[i] = false; CLEAR_PRE(i); deg[i] = false; dl[i] = false;
 #ifdef REAP_DEAD
   hl[i] = held[i];
 #endif
@@ -728,14 +841,14 @@ inline leave(i) {
   WRITABLE(SIDE(i)) ->
 #endif
 #ifdef EARLY
-  to_proc(SIDE(i)); E[i] = 0; mem[i] = false; to_proc(0); newer_call_ran(i, SIDE(i));
+  to_proc(SIDE(i)); E[i] = 0; mem[i] = false; ib[i] = false; to_proc(0); newer_call_ran(i, SIDE(i));
 #else
-  to_proc(SIDE(i)); E[i] = 0; to_proc(0); newer_call_ran(i, SIDE(i));
+  to_proc(SIDE(i)); E[i] = 0; ib[i] = false; to_proc(0); newer_call_ran(i, SIDE(i));
 #endif
 #ifdef LEASES
   rl[i] = ABSENT; rfree[i] = false;
 #endif
-  ent[i] = 0; kv[i] = false; valid[i] = false; CLEAR_PRE(i); deg[i] = false
+  ent[i] = 0; kv[i] = false; valid[i] = false; CLEAR_PRE(i); deg[i] = false; dl[i] = false
 }
 
 /* ==== Redis faults, late calls, reaping ==== */
@@ -752,6 +865,7 @@ inline new_process() {
 #endif
   kv[0] = false; kv[1] = false;
   synced[0] = false; synced[1] = false;
+  ib[0] = false; ib[1] = false;   /* (the next heartbeat makes an epoch) */
   drop_orphans()   /* calls in flight die with the process' connections */
 }
 
@@ -774,14 +888,14 @@ inline redis_restart_empty() {
 #ifndef NO_RUNID
 #define SNAP_DIFFERS (!has_snap || sE[0] != E[0] || sE[1] != E[1] || EARLY_DIFFERS)
 #else
-#define SNAP_DIFFERS (!has_snap || sE[0] != E[0] || sE[1] != E[1] || snap_cur != ep_ok || EARLY_DIFFERS)
+#define SNAP_DIFFERS (!has_snap || sE[0] != E[0] || sE[1] != E[1] || snap_cur != ep_ok || sib[0] != ib[0] || sib[1] != ib[1] || EARLY_DIFFERS)
 #endif
 inline redis_save() {
   SNAP_DIFFERS ->
   has_snap = true;
   COPY_DATA;
 #ifdef NO_RUNID
-  snap_cur = ep_ok;
+  snap_cur = ep_ok; sib[0] = ib[0]; sib[1] = ib[1];
 #endif
   skip
 }
@@ -805,7 +919,7 @@ inline redis_restart_old() {
    * epoch, its id reappears and nothing tells the data is old. (An older
    * snapshot is treated as fenced: fewer behaviours, enough to fail.) */
   if
-  :: snap_cur -> drop_orphans()
+  :: snap_cur -> ib[0] = sib[0]; ib[1] = sib[1]; drop_orphans()
   :: else -> new_process()
   fi
 #endif
@@ -817,9 +931,11 @@ inline late_call_runs(j) {
   if
   :: okind[j] == OADMIT -> admit_script(j, OSIDE(j))
   :: okind[j] == ORELEASE -> release_script(j, OSIDE(j))
-  :: okind[j] == OSYNC -> sync_script(j, oh[j], OSIDE(j))
+  :: okind[j] == OSYNC ->
+     sync_script(j, oh[j], odl[j], osk[j], OSIDE(j));
+     if :: res == S_RAN -> LOST_BASE(j, OSIDE(j)) :: else -> skip fi
   fi;
-  okind[j] = NONE; oh[j] = 0; oold[j] = false
+  okind[j] = NONE; oh[j] = 0; odl[j] = false; osk[j] = false; oold[j] = false
 }
 /* an orphan never runs */
 inline late_call_lost(j) { okind[j] != NONE -> okind[j] = NONE; oh[j] = 0; oold[j] = false }
@@ -830,11 +946,11 @@ inline late_call_lost(j) { okind[j] != NONE -> okind[j] = NONE; oh[j] = 0; oold[
  * TTL of its own monotonic clock, so the instance's local lease has ended
  * too. Nothing tells a cut-off instance from a dead one. */
 #ifndef REAP_DEAD
-inline reap(j) { rl[j] == EXPIRED && !valid[j] -> E[j] = 0; rl[j] = ABSENT }
+inline reap(j) { rl[j] == EXPIRED && !valid[j] -> E[j] = 0; rl[j] = ABSENT; ib[j] = false }
 #else
 /* ... of an instance that held nothing when its local lease ended: not
  * a cut-off one that holds connections (G) */
-inline reap(j) { rl[j] == EXPIRED && !valid[j] && hl[j] == 0 -> E[j] = 0; rl[j] = ABSENT }
+inline reap(j) { rl[j] == EXPIRED && !valid[j] && hl[j] == 0 -> E[j] = 0; rl[j] = ABSENT; ib[j] = false }
 #endif
 #endif
 
@@ -988,6 +1104,9 @@ active proctype World() {
   BOTH(sync_lost)
   BOTH(sync_late)
   BOTH(sync_failed)
+  BOTH(sync_delta_read)
+  BOTH(sync_delta_lost)
+  BOTH(sync_delta_late)
   BOTH(tracker_restart)
   BOTH(leave)
   /* Redis */
