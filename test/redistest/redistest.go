@@ -311,7 +311,15 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	c := &Cluster{}
 	for i := 0; i < n; i++ {
 		dir := t.TempDir()
-		c.Nodes = append(c.Nodes, Start(t, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--cluster-node-timeout", "2000"))
+		// The cluster bus gets a free port of its own: by default it is the
+		// port + 10000, which another process may hold (a make test run
+		// failed so: "Failed listening on port 45851 (cluster), aborting").
+		port, bus := FreePort(t), FreePort(t)
+		for bus == port {
+			bus = FreePort(t)
+		}
+		c.Nodes = append(c.Nodes, StartPort(t, port, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
+			"--cluster-node-timeout", "2000", "--cluster-port", strconv.Itoa(bus)))
 	}
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
