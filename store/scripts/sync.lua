@@ -23,7 +23,8 @@
 --          least 1 while unconfirmed),
 --          reaped ids, stale (1: a later heartbeat or release already
 --          ran; nothing done; 2: a delta whose base Redis no longer holds,
---          nothing done but a new epoch: send a full one), the instance's
+--          no count, seq, lease or rejection touched, only the epoch's
+--          own fields as any heartbeat's: send a full one), the instance's
 --          last seq}.
 -- What the caller reads of the fleet is not in it: the placeable pods'
 -- counts (avail) come from a plain ZRANGE pipelined after this script,
