@@ -16,6 +16,7 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -128,11 +129,7 @@ func deltaTracker(t *testing.T, cap, pods int) (*tracker.Tracker, *syncSpy, *tra
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := tr.AwaitGranting(ctx); err != nil {
-		t.Fatal(err)
-	}
+	await.Granting(t, "tracker e1", tr, 30*time.Second)
 	return tr, spy, m, srv, rdb
 }
 
