@@ -219,3 +219,33 @@ func TestSyncReturnsThePlaceablePodsCounts(t *testing.T) {
 		}
 	})
 }
+
+// A leave that runs after a later call of its instance (sent before it,
+// run late) does nothing: removing the instance then would erase counts
+// of connections it went on to hold. One at or above the instance's seq
+// removes it.
+func TestLateLeaveIsStale(t *testing.T) {
+	storetest.Backends(t, func(t *testing.T, s *store.Store, _ storetest.Backend) {
+		ctx := context.Background()
+		storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
+		if _, err := s.Sync(ctx, store.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Hour, Seq: 10,
+			Counts: []store.PodCount{{Pod: "10.0.0.1:80", Live: 1, Established: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+		if there, err := s.Leave(ctx, store.LeaveRequest{Fleet: "chat", Instance: "e1", Seq: 9}); err != nil || there {
+			t.Fatalf("a leave below the instance's seq: %v, %v; want ignored", there, err)
+		}
+		if seqs, err := s.Instances(ctx, "chat"); err != nil || seqs["e1"] != 10 {
+			t.Fatalf("after a stale leave: instances %v, %v; want e1 at seq 10", seqs, err)
+		}
+		if sum, err := s.Summary(ctx, "chat", storetest.T0); err != nil || sum.Live != 1 {
+			t.Fatalf("after a stale leave Redis counts %d (%v); want e1's 1", sum.Live, err)
+		}
+		if there, err := s.Leave(ctx, store.LeaveRequest{Fleet: "chat", Instance: "e1", Seq: 11}); err != nil || !there {
+			t.Fatalf("a leave above the instance's seq: %v, %v; want e1 gone", there, err)
+		}
+		if sum, err := s.Summary(ctx, "chat", storetest.T0); err != nil || sum.Live != 0 {
+			t.Fatalf("after e1 left Redis counts %d (%v); want 0", sum.Live, err)
+		}
+	})
+}

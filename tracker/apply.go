@@ -110,6 +110,34 @@ func (t *Tracker) Apply(configs []fleets.Fleet) (Change, error) {
 
 func rateOf(fc fleets.Fleet) rate.Limit { return rate.Limit(fc.RatePerSecond) }
 
+// leaveGroup makes a retiring fleet's group f leave Redis (leave.lua),
+// under the whole gate and only if it is still retiring and empty then.
+// Without the gate, Apply could configure the fleet again and an
+// admission be granted between the check and the leave, which would
+// erase its count in Redis while its connection stays (PROTOCOL.md,
+// "Leaving"). A leave whose outcome is unknown may still run: the group
+// degrades, so that nothing is granted through Redis on the count it may
+// erase, until a heartbeat, a full one, re-publishes it; a leave that
+// runs after that heartbeat is stale by its seq (leave.lua).
+func (t *Tracker) leaveGroup(ctx context.Context, f *fleet) error {
+	if err := f.gate.Acquire(ctx, gateAll); err != nil {
+		return fmt.Errorf("waiting for admissions: %w", err)
+	}
+	defer f.gate.Release(gateAll)
+	f.mu.Lock()
+	still := f.fam.retired.Load() && len(f.conns) == 0 && len(f.inherited) == 0
+	f.mu.Unlock()
+	if !still {
+		return nil // configured again, or a connection came: the caller re-checks
+	}
+	if _, err := t.store.Leave(ctx, store.LeaveRequest{Fleet: f.name, Instance: t.cfg.InstanceID, Seq: f.leaveSeq()}); err != nil {
+		f.restate()
+		t.degrade(f, "leave", err)
+		return err
+	}
+	return nil
+}
+
 // retire ends a removed fleet's group f once its last connection has ended
 // and a heartbeat published that: the instance leaves the group in Redis
 // and heartbeats it no more; once every group has left, the fleet is
@@ -127,7 +155,7 @@ func (t *Tracker) retire(ctx context.Context, f *fleet) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 4*t.cfg.RedisTimeout)
 	defer cancel()
-	if _, err := t.store.Leave(ctx, store.LeaveRequest{Fleet: f.name, Instance: t.cfg.InstanceID, Seq: f.leaveSeq()}); err != nil {
+	if err := t.leaveGroup(ctx, f); err != nil {
 		return fmt.Errorf("retire fleet %s: %w", f.name, err)
 	}
 	t.applyMu.Lock()

@@ -3,14 +3,18 @@ package tracker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
@@ -330,5 +334,69 @@ func TestDrainThenLeave(t *testing.T) {
 	heartbeat(t, tr)
 	if ids, err := store.Instances(context.Background(), "chat"); err != nil || len(ids) != 0 {
 		t.Fatalf("instances after Leave and a heartbeat = %v (%v), want none", ids, err)
+	}
+}
+
+// holdLeave holds e1's leave script call (leave.lua: KEYS instances,
+// ARGV prefix, id, seq) until release is closed.
+type holdLeave struct {
+	once             sync.Once
+	started, release chan struct{}
+}
+
+func (h *holdLeave) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdLeave) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *holdLeave) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		a := cmd.Args()
+		if (cmd.Name() == "evalsha" || cmd.Name() == "eval") && len(a) == 7 && fmt.Sprint(a[2]) == "1" &&
+			strings.HasSuffix(fmt.Sprint(a[3]), ":instances") && fmt.Sprint(a[5]) == "e1" {
+			h.once.Do(func() { close(h.started) })
+			<-h.release
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// A removed fleet configured again while its leave is on its way: no
+// admission is granted between the tracker's check that the fleet is
+// empty and the leave, which would erase its count in Redis while its
+// connection stays (the leave runs under the whole gate; PROTOCOL.md,
+// "Leaving").
+func TestFleetConfiguredAgainWhileItLeaves(t *testing.T) {
+	rdb, mr := miniClient(t)
+	clk := newClock()
+	chat, game := fleetCfg("chat", 1, "10.0.0.1:80"), fleetCfg("game", 1, "10.0.0.9:80")
+	tr := newTracker(t, rdb, "e1", clk, tracker.FallbackShare, chat, game)
+	start(t, mr, clk, tr)
+	apply(t, tr, chat) // game removed; it holds nothing
+	h := &holdLeave{started: make(chan struct{}), release: make(chan struct{})}
+	rdb.AddHook(h)
+	beat := make(chan error, 1)
+	go func() { beat <- tr.Heartbeat(context.Background()) }() // game's retire: its leave is held
+	<-h.started
+	apply(t, tr, chat, game)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := tr.Admit(ctx, "game")
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(h.release)
+	<-beat // its error, if any, is the other fleets' business
+	st := storeOn(rdb)
+	s, err := st.Summary(context.Background(), "game", clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Admitted && s.Live < 1 {
+		t.Fatalf("admitted %+v while the fleet's leave was on its way; Redis counts %d connections on game after the leave: want at least the 1 held", res, s.Live)
+	}
+	// The next heartbeat counts whatever the instance holds again.
+	heartbeat(t, tr)
+	if s, err = st.Summary(context.Background(), "game", clk.Now()); err != nil || (res.Admitted && s.Live != 1) {
+		t.Fatalf("after the next heartbeat Redis counts %d on game (%v); admitted %v", s.Live, err, res.Admitted)
 	}
 }

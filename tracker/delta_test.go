@@ -310,10 +310,8 @@ func TestRefusedDeltaRestatesInTheSameHeartbeat(t *testing.T) {
 				time.Sleep(10 * time.Millisecond) // Redis' clock: no event to await
 			}
 		}},
-		{"forgotten", func(t *testing.T, st *store.Store, srv *redistest.Server) {
-			if _, err := st.Leave(context.Background(), store.LeaveRequest{Fleet: "chat", Instance: "e1"}); err != nil {
-				t.Fatal(err)
-			}
+		{"left", func(t *testing.T, st *store.Store, srv *redistest.Server) {
+			leaveAsE1(t, st)
 		}},
 		{"new epoch", func(t *testing.T, st *store.Store, srv *redistest.Server) {
 			srv.Restart()
@@ -389,9 +387,7 @@ func TestRefusedDeltaIsCountedOnce(t *testing.T) {
 	h := newTruth()
 	h.admit(t, tr)
 	beat(t, tr, spy)
-	if _, err := store.NewStore(rdb, "wsgate").Leave(context.Background(), store.LeaveRequest{Fleet: "chat", Instance: "e1"}); err != nil {
-		t.Fatal(err)
-	}
+	leaveAsE1(t, store.NewStore(rdb, "wsgate"))
 	get := func(kind string) float64 { return testutil.ToFloat64(m.Heartbeats.WithLabelValues("chat", kind)) }
 	d0, f0, r0 := get("delta"), get("full"), get("refused_delta")
 	if calls := beat(t, tr, spy); len(calls) != 2 {
@@ -467,4 +463,17 @@ func TestUnsentAdmissionKeepsTheDelta(t *testing.T) {
 		t.Errorf("heartbeat after an admission that was never sent: %+v; want one delta", calls)
 	}
 	h.matches(t, rdb)
+}
+
+// leaveAsE1 has e1 leave fleet chat in Redis as its own leave would, with
+// its seq there (a leave below it is stale: leave.lua).
+func leaveAsE1(t *testing.T, st *store.Store) {
+	t.Helper()
+	seqs, err := st.Instances(context.Background(), "chat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := st.Leave(context.Background(), store.LeaveRequest{Fleet: "chat", Instance: "e1", Seq: seqs["e1"]}); err != nil || !n {
+		t.Fatalf("e1's leave: %v, %v; want it gone", n, err)
+	}
 }

@@ -38,7 +38,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		RedisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wsgate_tracker_redis_errors_total",
-			Help: "Failed Redis calls by operation (admit, release, sync, set_pods).",
+			Help: "Failed Redis calls by operation (admit, release, sync, set_pods, leave).",
 		}, []string{"op"}),
 		Degraded: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wsgate_tracker_fallback_active",
@@ -96,7 +96,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 }
 
 // redisOps are the values of redis_errors_total's op label.
-var redisOps = []string{"admit", "release", "sync", "set_pods"}
+var redisOps = []string{"admit", "release", "sync", "set_pods", "leave"}
 
 // addFleet creates fleet's series at 0, so that a rule or a dashboard
 // reading them tells "none yet" from "not scraped" (the admissions

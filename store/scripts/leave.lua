@@ -7,8 +7,13 @@
 -- after the instance is gone, so that a heartbeat of it that runs late
 -- (sent before, its reply timed out) is stale and cannot bring it back.
 -- Returns 1 if the instance was there.
+-- A leave that runs after a later call of the instance (its seq below the
+-- instance's in Redis) does nothing: it was sent, its reply was lost, and
+-- the instance went on (a removed fleet configured again); removing it
+-- now would erase counts of connections it holds (PROTOCOL.md, "Leaving").
 local prefix, id, seq = ARGV[1], ARGV[2], ARGV[3]
 
+if tonumber(seq) < tonumber(redis.call('HGET', prefix .. 'seq', id) or '0') then return 0 end
 local there = redis.call('ZSCORE', prefix .. 'instances', id)
 remove_instance(prefix, id)
 redis.call('HSET', prefix .. 'seq', id, seq)
