@@ -144,20 +144,18 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	// text, which loads them where Redis lacks them, as redis.Script.Run
 	// does: a user without SCRIPT LOAD (README, "Operations") may still
 	// EVAL.
+	ikeys := []string{fk.Instances(), fk.Seq()}
 	run := func(c redis.Pipeliner, eval bool) (script *redis.Cmd, avail *redis.ZSliceCmd, inst *redis.Cmd) {
-		ikeys := []string{fk.Instances(), fk.Seq()}
-		if eval {
-			script = scriptSync.Eval(ctx, c, keys, args...)
-		} else {
-			script = scriptSync.EvalSha(ctx, c, keys, args...)
+		call := func(sc *redis.Script, keys []string, args ...any) *redis.Cmd {
+			if eval {
+				return sc.Eval(ctx, c, keys, args...)
+			}
+			return sc.EvalSha(ctx, c, keys, args...)
 		}
+		script = call(scriptSync, keys, args...)
 		avail = c.ZRangeWithScores(ctx, fk.Avail(), 0, -1)
-		switch {
-		case !req.WatchInstances:
-		case eval:
-			inst = scriptInstances.Eval(ctx, c, ikeys)
-		default:
-			inst = scriptInstances.EvalSha(ctx, c, ikeys)
+		if req.WatchInstances {
+			inst = call(scriptInstances, ikeys)
 		}
 		return script, avail, inst
 	}
@@ -173,19 +171,15 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	}
 	if inst != nil && noScript(inst.Err()) {
 		// Only the read was missing: the heartbeat ran, and runs once.
-		inst = scriptInstances.Run(ctx, s.rdb, []string{fk.Instances(), fk.Seq()})
+		inst = scriptInstances.Run(ctx, s.rdb, ikeys)
 	}
 	res, err := script.Slice()
 	if err != nil {
 		return SyncResult{}, fmt.Errorf("sync %s: %w", req.Fleet, err)
 	}
 	out, err := decodeSync(req.Fleet, res)
-	if err != nil {
-		return out, err
-	}
-	// (the stale slot's 2; decodeSync reads only its 1)
-	if out.NeedFull = i64(res[syncStale]) == syncNeedFull; out.NeedFull || out.Stale {
-		return out, nil // a stale or refused call did nothing and learns nothing
+	if err != nil || out.NeedFull || out.Stale {
+		return out, err // a stale or refused call did nothing and learns nothing
 	}
 	zs, err := avail.Result()
 	if err != nil {
@@ -230,6 +224,7 @@ func decodeSync(fleet string, res []any) (SyncResult, error) {
 	out.Recovering = time.Duration(i64(res[syncRecovering])) * time.Millisecond
 	out.Reaped = strs(res[syncReaped])
 	out.Stale = i64(res[syncStale]) == 1
+	out.NeedFull = i64(res[syncStale]) == syncNeedFull
 	out.Seq, _ = strconv.ParseUint(fmt.Sprint(res[syncSeq]), 10, 64)
 	return out, nil
 }
