@@ -54,6 +54,20 @@ type AdmitRequest struct {
 	N        int
 	Seq      uint64
 	Releases []ReleaseCount
+	// Hint, when its Pod is set, is the pod the caller expects the script's
+	// pick to choose: the script grants on it without the pick when it is
+	// placeable, has room for all N under MaxPerPod, and its count before
+	// them is within [Hint.Min, Hint.Max]; otherwise it picks as without a
+	// hint (PROTOCOL.md, "Hinted admission").
+	Hint Hint
+}
+
+// Hint is a caller's guess of the admit script's pick, and the counts (before
+// the admission) at which its policy still allows the pod, as far as the
+// caller's view of the fleet goes.
+type Hint struct {
+	Pod      string
+	Min, Max int
 }
 
 // AdmitReply is what the admit script decided, and how many of the
@@ -74,18 +88,20 @@ func admitKeys(k Keys, instance string) []string {
 // FenceEpoch).
 func (s *Store) Admit(ctx context.Context, req AdmitRequest) (AdmitReply, error) {
 	hot := s.hot(req.Fleet, req.Instance)
-	args := append(make([]any, 0, len(hot.admit)+10+3*len(req.Releases)), hot.admit...)
+	args := append(make([]any, 0, len(hot.admit)+13+3*len(req.Releases)), hot.admit...)
 	// ARGV, in admit.lua's order: cap, policy, bucket, slots, channel,
-	// epoch, run_check, id, want, release_seq ('' for no releases), then
-	// (pod, n, pending) per release. Only the request's own values are boxed.
+	// epoch, run_check, id, want, release_seq ('' for no releases), hint
+	// ('' for none), its lowest and highest count, then (pod, n, pending)
+	// per release. Only the request's own values are boxed.
 	args = append(args, req.MaxPerPod, policyArg(req.Policy), Bucket(req.Now), BucketSlots, hot.channel, req.Epoch, hot.run, hot.instance, req.N)
 	if len(req.Releases) == 0 {
 		args = append(args, "")
 	} else {
 		args = append(args, req.Seq)
-		for _, r := range req.Releases {
-			args = append(args, r.Pod, r.N, r.Pending)
-		}
+	}
+	args = append(args, req.Hint.Pod, req.Hint.Min, req.Hint.Max)
+	for _, r := range req.Releases {
+		args = append(args, r.Pod, r.N, r.Pending)
 	}
 	if s.waitReplicas > 0 {
 		return s.admitWait(ctx, req, hot, args)

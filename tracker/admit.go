@@ -312,6 +312,12 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 			reused = append(reused, pod)
 		}
 		counts, lowered := f.releaseCountsLocked(rel, seq)
+		// One admission alone goes with a guess of the pick (hint.go); a
+		// batch is already sharing its call.
+		var hint store.Hint
+		if len(n)-len(reused) == 1 {
+			hint, _ = f.view.hint.take(&f.view, fc)
+		}
 		f.mu.Unlock()
 		res := make([]admission, len(n))
 		for i, pod := range reused {
@@ -321,7 +327,16 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 		var err error
 		switch {
 		case len(reused) < len(n):
-			a, err = t.store.Admit(ctx, store.AdmitRequest{Fleet: f.name, MaxPerPod: fc.MaxConnectionsPerPod, Policy: fc.Policy, Instance: t.cfg.InstanceID, Epoch: epoch, Now: now, N: len(n) - len(reused), Seq: seq, Releases: counts})
+			a, err = t.store.Admit(ctx, store.AdmitRequest{Fleet: f.name, MaxPerPod: fc.MaxConnectionsPerPod, Policy: fc.Policy, Instance: t.cfg.InstanceID, Epoch: epoch, Now: now, N: len(n) - len(reused), Seq: seq, Releases: counts, Hint: hint})
+			if hint.Pod != "" && err == nil && a.Fence == "" {
+				granted := ""
+				if len(a.Pods) > 0 {
+					granted = a.Pods[0]
+				}
+				f.mu.Lock()
+				f.view.hint.result(hint, granted)
+				f.mu.Unlock()
+			}
 		case len(counts) > 0: // every admission reused: the releases go alone
 			_, err = t.store.Release(ctx, store.ReleaseRequest{Fleet: f.name, Instance: t.cfg.InstanceID, Epoch: epoch, Seq: seq, Releases: counts})
 		}

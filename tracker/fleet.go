@@ -302,6 +302,8 @@ type view struct {
 	// the cap), mineTotal the sum of mine: what a sharded fleet's choice
 	// of a group reads (freeSlots).
 	free, mineTotal int
+	// hint guesses the admit script's next pick from this view (hint.go).
+	hint hints
 }
 
 func newView(res store.SyncResult, counts []store.PodCount, cap int) view {

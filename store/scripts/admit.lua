@@ -12,8 +12,10 @@
 -- established until the instance's next heartbeat says otherwise (sync.lua).
 -- ARGV: 1 cap, 2 policy (pack|spread), 3 bucket, 4 slots, 5 events channel,
 --       6 the caller's epoch id, 7 run id check (1|0), 8 instance id,
---       9 how many connections, 10 the releases' seq or '', then per pod
---       released: pod, n, pending
+--       9 how many connections, 10 the releases' seq or '', 11 a hinted
+--       pod or '' (below), 12 and 13 the lowest and highest count the
+--       hinted pod may have before the admission, then per pod released:
+--       pod, n, pending
 -- Returns {granted, reason, released, pod, n, pod, n, ...}: the pods
 -- granted with how many each, why the others were refused ('' when none
 -- was) and how many connections it released; or {-1, why, ms, released}
@@ -31,7 +33,8 @@ local rej_capacity_key, rej_no_pods_key, rejinst_key = KEYS[5], KEYS[6], KEYS[7]
 local epoch_key, pend_key = KEYS[8], KEYS[9]
 local cap_arg, policy, bucket_arg, slots_arg, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local epoch, run_check, id, want_arg, release_seq = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local RELEASES = 11 -- ARGV index of the first released (pod, n, pending)
+local hint, hint_lo, hint_hi = ARGV[11], ARGV[12], ARGV[13]
+local RELEASES = 14 -- ARGV index of the first released (pod, n, pending)
 
 local open, last = fence(epoch_key, epoch, run_check, id)
 if open == nil then return {-1, 'epoch', 0, -1} end
@@ -59,10 +62,33 @@ local cap, want = tonumber(cap_arg), tonumber(want_arg)
 local give = {} -- pod -> connections granted on it
 local pods = {} -- the pods of give, in order
 local granted = 0
+-- The hint (PROTOCOL.md, "Hinted admission"): the pod the caller expects
+-- the pick below to choose, from its last view of the fleet. It is taken
+-- without the pick when it is placeable (in avail: XX), has room for all
+-- `want` under the cap, and its count before them is within the caller's
+-- range [hint_lo, hint_hi] (what the policy allows as far as the caller's
+-- view goes). The increment is then the grant's own, so a granted
+-- admission on the hint runs the fence, this ZADD and the HINCRBY of
+-- inst:<id>. Otherwise the increment is undone, before any other call
+-- can see it, and the pick decides as if there had been no hint.
+local hinted = false
+if hint ~= '' then
+  local c = redis.call('ZADD', avail_key, 'XX', 'INCR', want, hint)
+  if c then
+    local before = tonumber(c) - want
+    if before + want <= cap and before >= tonumber(hint_lo) and before <= tonumber(hint_hi) then
+      give[hint], pods[1], granted, hinted = want, hint, want, true
+    else
+      redis.call('ZADD', avail_key, 'XX', 'INCR', -want, hint)
+    end
+  end
+end
 -- n admissions in a row use at most the n pods they would pick first:
 -- each of those takes one or more, and a pod further down the order is
 -- never better than one of them that is still under the cap.
-if policy == 'pack' then
+if hinted then
+  -- decided: the hint's pod took them all
+elseif policy == 'pack' then
   -- fullest pod under the cap first (empty pods stay empty and can go); it
   -- stays the fullest until it reaches the cap.
   local r = redis.call('ZREVRANGEBYSCORE', avail_key, '(' .. cap, '-inf', 'WITHSCORES', 'LIMIT', 0, want)
@@ -104,7 +130,8 @@ end
 local reply = {granted, '', released}
 for _, pod in ipairs(pods) do
   local n = give[pod]
-  redis.call('ZINCRBY', avail_key, n, pod) -- picked from avail: its count is there
+  -- picked from avail: its count is there (a hint's is already raised)
+  if not hinted then redis.call('ZINCRBY', avail_key, n, pod) end
   redis.call('HINCRBY', inst_key, pod, n)
   reply[#reply + 1], reply[#reply + 2] = pod, n
 end

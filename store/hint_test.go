@@ -1,0 +1,151 @@
+package store_test
+
+import (
+	"context"
+	"maps"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wsgate/wsgate/fleets"
+	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/store/storetest"
+	"github.com/wsgate/wsgate/test/redistest"
+)
+
+// commandCalls is how many times Redis ran each command so far, a script's
+// inner calls included (INFO commandstats).
+func commandCalls(t *testing.T, rdb *redis.Client) map[string]int {
+	t.Helper()
+	stats, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, line := range strings.Split(stats, "\r\n") {
+		name, rest, ok := strings.Cut(strings.TrimPrefix(line, "cmdstat_"), ":calls=")
+		if !ok || !strings.HasPrefix(line, "cmdstat_") {
+			continue
+		}
+		out[name], _ = strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+	}
+	return out
+}
+
+// loads is each pod's count in fleet "chat": the placeable ones (avail) and
+// the others (load).
+func loads(t *testing.T, c redis.Cmdable) map[string]int {
+	t.Helper()
+	k := store.NewStore(nil, "wsgate").Keys("chat")
+	out := map[string]int{}
+	for _, key := range []string{k.Avail(), k.Load()} {
+		zs, err := c.ZRangeWithScores(context.Background(), key, 0, -1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, z := range zs {
+			out[z.Member.(string)] = int(z.Score)
+		}
+	}
+	return out
+}
+
+// An admission whose hint holds is granted on the hinted pod without the
+// pick: the script runs no range read and no ZINCRBY, only the fence, the
+// ZADD on the hint and the instance's entitlement (PROTOCOL.md, "Hinted
+// admission").
+func TestHintTakenSkipsThePick(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	s := store.NewStore(rdb, "wsgate")
+	ctx := context.Background()
+	storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"))
+	epoch := storetest.EpochOf(t, s, "chat", "e1")
+	req := store.AdmitRequest{Fleet: "chat", MaxPerPod: 2, Policy: fleets.PolicySpread, Instance: "e1", Epoch: epoch, Now: storetest.T0}
+	// The pick (spread, every pod empty) would choose 10.0.0.1:80: the hint
+	// names another one, which only the hint path can give.
+	req.Hint = store.Hint{Pod: "10.0.0.3:80", Min: 0, Max: 1}
+	if _, err := s.AdmitOne(ctx, req); err != nil { // loads the script
+		t.Fatal(err)
+	}
+	before := commandCalls(t, rdb)
+	a, err := s.AdmitOne(ctx, req)
+	if err != nil || a.Pod != "10.0.0.3:80" {
+		t.Fatalf("admit with a hint: %+v %v; want 10.0.0.3:80", a, err)
+	}
+	after := commandCalls(t, rdb)
+	for _, cmd := range []string{"zrangebyscore", "zrevrangebyscore", "zincrby"} {
+		if after[cmd] != before[cmd] {
+			t.Errorf("a hinted admission ran %s %d times; want none", cmd, after[cmd]-before[cmd])
+		}
+	}
+	if got := after["zadd"] - before["zadd"]; got != 1 {
+		t.Errorf("a hinted admission ran ZADD %d times; want 1 (the grant's own)", got)
+	}
+	if got := loads(t, rdb); got["10.0.0.3:80"] != 2 || got["10.0.0.1:80"] != 0 {
+		t.Errorf("counts %v; want 10.0.0.3:80 at 2", got)
+	}
+	// Now at the cap: the hint no longer holds, and the pick decides.
+	a, err = s.AdmitOne(ctx, req)
+	if err != nil || a.Pod != "10.0.0.1:80" {
+		t.Fatalf("admit with a hint on a full pod: %+v %v; want the pick's 10.0.0.1:80", a, err)
+	}
+}
+
+// A hint that does not hold leaves no trace: the pick decides as without
+// it, and the hinted pod's count is what it was.
+func TestHintRefusedIsThePick(t *testing.T) {
+	a1, a2, a3 := "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"
+	for _, tc := range []struct {
+		name   string
+		policy fleets.Policy
+		cap    int
+		pods   []fleets.Pod
+		held   []string // admitted first, without a hint, in order (pack: highest name first)
+		hint   store.Hint
+		want   string // the pod granted, "" when refused
+	}{
+		{"unknown pod", fleets.PolicySpread, 2, storetest.Pods(a1, a2), nil, store.Hint{Pod: "10.0.0.9:80", Max: 5}, a1},
+		{"not ready", fleets.PolicySpread, 2, append(storetest.Pods(a1, a2), fleets.Pod{Addr: a3, Name: "p3"}), nil, store.Hint{Pod: a3, Max: 5}, a1},
+		{"draining", fleets.PolicySpread, 2, append(storetest.Pods(a1, a2), fleets.Pod{Addr: a3, Name: "p3", Ready: true, Draining: true}), nil, store.Hint{Pod: a3, Max: 5}, a1},
+		{"full", fleets.PolicySpread, 1, storetest.Pods(a1, a2), []string{a1}, store.Hint{Pod: a1, Max: 5}, a2},
+		{"above the range", fleets.PolicySpread, 3, storetest.Pods(a1, a2), []string{a1}, store.Hint{Pod: a1, Max: 0}, a2},
+		{"below the range", fleets.PolicyPack, 3, storetest.Pods(a1, a2, a3), []string{a3}, store.Hint{Pod: a1, Min: 1, Max: 2}, a3},
+		{"every pod full", fleets.PolicyPack, 1, storetest.Pods(a1, a2), []string{a2, a1}, store.Hint{Pod: a2, Max: 5}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			storetest.Backends(t, func(t *testing.T, s *store.Store, b storetest.Backend) {
+				ctx := context.Background()
+				storetest.SetPods(t, s, "chat", tc.pods)
+				epoch := storetest.EpochOf(t, s, "chat", "e1")
+				req := store.AdmitRequest{Fleet: "chat", MaxPerPod: tc.cap, Policy: tc.policy, Instance: "e1", Epoch: epoch, Now: storetest.T0}
+				for _, pod := range tc.held {
+					if a, err := s.AdmitOne(ctx, req); err != nil || a.Pod != pod {
+						t.Fatalf("setup admission: %+v %v; want %s", a, err, pod)
+					}
+				}
+				before := loads(t, b.Client)
+				req.Hint = tc.hint
+				a, err := s.AdmitOne(ctx, req)
+				if err != nil || a.Pod != tc.want {
+					t.Fatalf("admit with hint %+v: %+v %v; want %q", tc.hint, a, err, tc.want)
+				}
+				want := maps.Clone(before)
+				if tc.want != "" {
+					want[tc.want]++
+				}
+				if got := loads(t, b.Client); !maps.Equal(got, want) {
+					t.Errorf("counts %v after the admission; want %v (the hint's pod as it was)", got, want)
+				}
+				granted := 0
+				if tc.want != "" {
+					granted = 1
+				}
+				if got := storetest.Held(t, b.Client, "chat", "e1"); got != len(tc.held)+granted {
+					t.Errorf("e1 entitled to %d slots; want %d", got, len(tc.held)+granted)
+				}
+			})
+		})
+	}
+}
