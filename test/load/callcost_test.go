@@ -20,7 +20,8 @@ import (
 // paper estimate of a sharded fleet is built from.
 //
 //   - admit: one admission asking Redis (admit.lua, one connection, no
-//     release carried), on a fleet of 300 pods, policy pack;
+//     release carried), on a fleet of 300 pods, policy pack; /hinted: with
+//     the tracker's guess of the pick, which the script takes;
 //   - release: one connection given back (release.lua);
 //   - refused: an admission Redis refuses for capacity (every pod full);
 //   - heartbeat/pods=P: one instance's heartbeat (sync.lua) that reports
@@ -39,38 +40,13 @@ func BenchmarkRedisCallCost(b *testing.B) {
 	s := store.NewStore(rdb, "wsgate")
 	ctx := context.Background()
 
-	b.Run("admit+release", func(b *testing.B) {
-		c := newCostFleet(b, s, "cost", 300, 1<<20)
-		const block = 500
-		var admit, release redisStats
-		var n int
-		for done := 0; done < b.N; done += block {
-			k := min(block, b.N-done)
-			pods := make([]string, 0, k)
-			r0 := redisCost(b, rdb)
-			for range k {
-				a, err := s.Admit(ctx, c.admit)
-				if err != nil || len(a.Pods) != 1 {
-					b.Fatal(a, err)
-				}
-				pods = append(pods, a.Pods[0])
-			}
-			r1 := redisCost(b, rdb)
-			for _, pod := range pods {
-				rel := store.ReleaseRequest{Fleet: c.name, Instance: c.inst, Epoch: c.epoch, Seq: 2,
-					Releases: []store.ReleaseCount{{Pod: pod, N: 1, Pending: 1}}}
-				if got, err := s.Release(ctx, rel); err != nil || got != 1 {
-					b.Fatal(got, err)
-				}
-			}
-			r2 := redisCost(b, rdb)
-			admit, release, n = admit.add(r1.sub(r0)), release.add(r2.sub(r1)), n+k
+	for _, hinted := range []bool{false, true} {
+		name := "admit+release"
+		if hinted {
+			name += "/hinted"
 		}
-		b.ReportMetric(admit.cpu/float64(n)*1e6, "admit-redis-cpu-µs/call")
-		b.ReportMetric(release.cpu/float64(n)*1e6, "release-redis-cpu-µs/call")
-		b.ReportMetric(admit.cmds/float64(n), "admit-redis-cmds/call")
-		b.ReportMetric(release.cmds/float64(n), "release-redis-cmds/call")
-	})
+		b.Run(name, func(b *testing.B) { admitReleaseCost(b, s, rdb, hinted) })
+	}
 
 	b.Run("refused", func(b *testing.B) {
 		c := newCostFleet(b, s, "full", 10, 1)
@@ -184,4 +160,50 @@ func newCostFleet(b *testing.B, s *store.Store, name string, pods, capPerPod int
 	c.admit = store.AdmitRequest{Fleet: name, MaxPerPod: capPerPod, Policy: fleets.PolicyPack, Instance: c.inst,
 		Epoch: c.epoch, Now: time.Now(), N: 1}
 	return c
+}
+
+// admitReleaseCost is BenchmarkRedisCallCost's admit+release: blocks of
+// admissions, one connection each, then their releases. hinted: each
+// admission carries the pod the pick would choose as its hint (the
+// tracker's guess, "Hinted admission" in PROTOCOL.md), which the script
+// takes instead of the pick.
+func admitReleaseCost(b *testing.B, s *store.Store, rdb *redis.Client, hinted bool) {
+	ctx := context.Background()
+	c := newCostFleet(b, s, "cost", 300, 1<<20)
+	if hinted {
+		a, err := s.Admit(ctx, c.admit)
+		if err != nil || len(a.Pods) != 1 {
+			b.Fatal(a, err)
+		}
+		c.admit.Hint = store.Hint{Pod: a.Pods[0], Max: 1 << 20}
+	}
+	const block = 500
+	var admit, release redisStats
+	var n int
+	for done := 0; done < b.N; done += block {
+		k := min(block, b.N-done)
+		pods := make([]string, 0, k)
+		r0 := redisCost(b, rdb)
+		for range k {
+			a, err := s.Admit(ctx, c.admit)
+			if err != nil || len(a.Pods) != 1 {
+				b.Fatal(a, err)
+			}
+			pods = append(pods, a.Pods[0])
+		}
+		r1 := redisCost(b, rdb)
+		for _, pod := range pods {
+			rel := store.ReleaseRequest{Fleet: c.name, Instance: c.inst, Epoch: c.epoch, Seq: 2,
+				Releases: []store.ReleaseCount{{Pod: pod, N: 1, Pending: 1}}}
+			if got, err := s.Release(ctx, rel); err != nil || got != 1 {
+				b.Fatal(got, err)
+			}
+		}
+		r2 := redisCost(b, rdb)
+		admit, release, n = admit.add(r1.sub(r0)), release.add(r2.sub(r1)), n+k
+	}
+	b.ReportMetric(admit.cpu/float64(n)*1e6, "admit-redis-cpu-µs/call")
+	b.ReportMetric(release.cpu/float64(n)*1e6, "release-redis-cpu-µs/call")
+	b.ReportMetric(admit.cmds/float64(n), "admit-redis-cmds/call")
+	b.ReportMetric(release.cmds/float64(n), "release-redis-cmds/call")
 }
