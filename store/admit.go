@@ -54,11 +54,12 @@ type AdmitRequest struct {
 	N        int
 	Seq      uint64
 	Releases []ReleaseCount
-	// Hint, when its Pod is set, is the pod the caller expects the script's
-	// pick to choose: the script grants on it without the pick when it is
-	// placeable, has room for all N under MaxPerPod, and its count before
-	// them is within [Hint.Min, Hint.Max]; otherwise it picks as without a
-	// hint (PROTOCOL.md, "Hinted admission").
+	// Hint, when its Pod is set and N is 1, is the pod the caller expects
+	// the script's pick to choose: the script grants on it without the
+	// pick when it is placeable, under MaxPerPod, and its count before the
+	// admission is within [Hint.Min, Hint.Max]; otherwise (and for N > 1,
+	// which the pick spreads as N admissions in a row) it picks as without
+	// a hint (PROTOCOL.md, "Hinted admission").
 	Hint Hint
 }
 
@@ -75,6 +76,9 @@ type Hint struct {
 type AdmitReply struct {
 	Admissions
 	Released int
+	// HintTaken says that the admission went to the request's Hint without
+	// the pick (the pick may choose the same pod when it refused the hint).
+	HintTaken bool
 }
 
 // admitKeys are admit.lua's KEYS, in its order.
@@ -136,13 +140,15 @@ func (s *Store) admitWait(ctx context.Context, req AdmitRequest, hot *hotKeys, a
 	return a, err
 }
 
-// admit.lua's reply, by position: {granted, reason, released, then pod, n
-// pairs}; or, when Redis must not decide, {-1, fence, wait ms, released}.
+// admit.lua's reply, by position: {granted, reason, released, hinted, then
+// pod, n pairs}; or, when Redis must not decide, {-1, fence, wait ms,
+// released}.
 const (
 	admitGranted  = 0 // connections granted; -1: Redis did not decide
 	admitReason   = 1 // why the others were refused ('' when none was); or the fence
 	admitReleased = 2 // connections released; or the fence's wait (ms)
-	admitPods     = 3 // the first pod granted, then how many on it, and so on
+	admitHinted   = 3 // 1 when the hint was taken
+	admitPods     = 4 // the first pod granted, then how many on it, and so on
 	// admitFencedReleased is, when fenced, the connections released: -1
 	// when the epoch refused them too.
 	admitFencedReleased = 3
@@ -175,7 +181,7 @@ func decodeAdmit(req AdmitRequest, res []any) (AdmitReply, error) {
 	if int64(len(a.Pods)) != granted || len(a.Pods) > req.N {
 		return AdmitReply{}, fmt.Errorf("admit %s: unexpected reply %v", req.Fleet, res)
 	}
-	return AdmitReply{Admissions: a, Released: int(i64(res[admitReleased]))}, nil
+	return AdmitReply{Admissions: a, Released: int(i64(res[admitReleased])), HintTaken: i64(res[admitHinted]) == 1}, nil
 }
 
 // AdmitOne is Admit for one connection (req.N is ignored).

@@ -70,9 +70,10 @@ func TestHintTakenSkipsThePick(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := commandCalls(t, rdb)
-	a, err := s.AdmitOne(ctx, req)
-	if err != nil || a.Pod != "10.0.0.3:80" {
-		t.Fatalf("admit with a hint: %+v %v; want 10.0.0.3:80", a, err)
+	req.N = 1
+	r, err := s.Admit(ctx, req)
+	if err != nil || len(r.Pods) != 1 || r.Pods[0] != "10.0.0.3:80" || !r.HintTaken {
+		t.Fatalf("admit with a hint: %+v %v; want 10.0.0.3:80, the hint taken", r, err)
 	}
 	after := commandCalls(t, rdb)
 	for _, cmd := range []string{"zrangebyscore", "zrevrangebyscore", "zincrby"} {
@@ -86,11 +87,54 @@ func TestHintTakenSkipsThePick(t *testing.T) {
 	if got := loads(t, rdb); got["10.0.0.3:80"] != 2 || got["10.0.0.1:80"] != 0 {
 		t.Errorf("counts %v; want 10.0.0.3:80 at 2", got)
 	}
-	// Now at the cap: the hint no longer holds, and the pick decides.
-	a, err = s.AdmitOne(ctx, req)
-	if err != nil || a.Pod != "10.0.0.1:80" {
-		t.Fatalf("admit with a hint on a full pod: %+v %v; want the pick's 10.0.0.1:80", a, err)
+	if got := storetest.Held(t, rdb, "chat", "e1"); got != 2 {
+		t.Errorf("e1 entitled to %d slots; want 2: a hinted grant is the instance's as any other", got)
 	}
+	// Now at the cap: the hint no longer holds, and the pick decides.
+	r, err = s.Admit(ctx, req)
+	if err != nil || len(r.Pods) != 1 || r.Pods[0] != "10.0.0.1:80" || r.HintTaken {
+		t.Fatalf("admit with a hint on a full pod: %+v %v; want the pick's 10.0.0.1:80", r, err)
+	}
+}
+
+// The reply says whether the hint was taken, also when the pick, after
+// refusing it, chose the same pod.
+func TestHintRefusedThenPickedIsNotTaken(t *testing.T) {
+	storetest.Backends(t, func(t *testing.T, s *store.Store, b storetest.Backend) {
+		ctx := context.Background()
+		storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80", "10.0.0.2:80"))
+		req := store.AdmitRequest{Fleet: "chat", MaxPerPod: 4, Policy: fleets.PolicySpread, Instance: "e1", Epoch: storetest.EpochOf(t, s, "chat", "e1"), Now: storetest.T0, N: 4}
+		if r, err := s.Admit(ctx, req); err != nil || len(r.Pods) != 4 {
+			t.Fatalf("setup: %+v %v", r, err)
+		}
+		// both pods at 2: above the hint's range, and the pick's first
+		req.N, req.Hint = 1, store.Hint{Pod: "10.0.0.1:80", Max: 1}
+		r, err := s.Admit(ctx, req)
+		if err != nil || len(r.Pods) != 1 || r.Pods[0] != "10.0.0.1:80" {
+			t.Fatalf("admit: %+v %v; want the pick's 10.0.0.1:80", r, err)
+		}
+		if r.HintTaken {
+			t.Error("the reply says the hint was taken; the script refused it (count 2, range [0, 1])")
+		}
+	})
+}
+
+// Several admissions in one call go where the pick puts them, as that many
+// admissions in a row would: a hint names one pod, and is for one.
+func TestHintIsForOneAdmission(t *testing.T) {
+	storetest.Backends(t, func(t *testing.T, s *store.Store, b storetest.Backend) {
+		ctx := context.Background()
+		storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"))
+		req := store.AdmitRequest{Fleet: "chat", MaxPerPod: 4, Policy: fleets.PolicySpread, Instance: "e1", Epoch: storetest.EpochOf(t, s, "chat", "e1"), Now: storetest.T0,
+			N: 3, Hint: store.Hint{Pod: "10.0.0.3:80", Max: 4}}
+		r, err := s.Admit(ctx, req)
+		if err != nil || len(r.Pods) != 3 || r.HintTaken {
+			t.Fatalf("admit 3 with a hint: %+v %v", r, err)
+		}
+		if got := loads(t, b.Client); !maps.Equal(got, map[string]int{"10.0.0.1:80": 1, "10.0.0.2:80": 1, "10.0.0.3:80": 1}) {
+			t.Errorf("counts %v; want one on each pod, as three admissions in a row", got)
+		}
+	})
 }
 
 // A hint that does not hold leaves no trace: the pick decides as without
@@ -126,10 +170,14 @@ func TestHintRefusedIsThePick(t *testing.T) {
 					}
 				}
 				before := loads(t, b.Client)
-				req.Hint = tc.hint
-				a, err := s.AdmitOne(ctx, req)
-				if err != nil || a.Pod != tc.want {
-					t.Fatalf("admit with hint %+v: %+v %v; want %q", tc.hint, a, err, tc.want)
+				req.Hint, req.N = tc.hint, 1
+				r, err := s.Admit(ctx, req)
+				got := ""
+				if len(r.Pods) == 1 {
+					got = r.Pods[0]
+				}
+				if err != nil || got != tc.want || r.HintTaken {
+					t.Fatalf("admit with hint %+v: %+v %v; want %q by the pick", tc.hint, r, err, tc.want)
 				}
 				want := maps.Clone(before)
 				if tc.want != "" {

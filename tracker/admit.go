@@ -315,6 +315,7 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 		// One admission alone goes with a guess of the pick (hint.go); a
 		// batch is already sharing its call.
 		var hint store.Hint
+		gen := f.view.gen
 		if len(n)-len(reused) == 1 {
 			hint, _ = f.view.hint.take(&f.view, fc)
 		}
@@ -329,13 +330,7 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 		case len(reused) < len(n):
 			a, err = t.store.Admit(ctx, store.AdmitRequest{Fleet: f.name, MaxPerPod: fc.MaxConnectionsPerPod, Policy: fc.Policy, Instance: t.cfg.InstanceID, Epoch: epoch, Now: now, N: len(n) - len(reused), Seq: seq, Releases: counts, Hint: hint})
 			if hint.Pod != "" && err == nil && a.Fence == "" {
-				granted := ""
-				if len(a.Pods) > 0 {
-					granted = a.Pods[0]
-				}
-				f.mu.Lock()
-				f.view.hint.result(hint, granted)
-				f.mu.Unlock()
+				t.hinted(f, gen, hint, a)
 			}
 		case len(counts) > 0: // every admission reused: the releases go alone
 			_, err = t.store.Release(ctx, store.ReleaseRequest{Fleet: f.name, Instance: t.cfg.InstanceID, Epoch: epoch, Seq: seq, Releases: counts})
@@ -369,6 +364,33 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 			}
 		}
 		return res, nil
+	}
+}
+
+// hinted learns from the answer a to an admit call that carried hint, a
+// guess of the view gen (hint.go), and counts it.
+func (t *Tracker) hinted(f *fleet, gen uint64, hint store.Hint, a store.AdmitReply) {
+	outcome := "refused"
+	if a.HintTaken {
+		outcome = "taken"
+	}
+	t.metrics.Hints.WithLabelValues(f.fam.name, outcome).Inc()
+	granted := ""
+	if len(a.Pods) > 0 {
+		granted = a.Pods[0]
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hintResultLocked(gen, hint, a.HintTaken, granted)
+}
+
+// hintResultLocked gives the view the answer to its guess, unless a
+// heartbeat replaced the view since the guess (its gate is open once the
+// heartbeat's call is over, before the view is replaced; and a caller that
+// gave up on a call in flight returns its unit of the gate early).
+func (f *fleet) hintResultLocked(gen uint64, hint store.Hint, taken bool, granted string) {
+	if f.view.gen == gen {
+		f.view.hint.result(hint, taken, granted)
 	}
 }
 

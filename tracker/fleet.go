@@ -302,8 +302,11 @@ type view struct {
 	// the cap), mineTotal the sum of mine: what a sharded fleet's choice
 	// of a group reads (freeSlots).
 	free, mineTotal int
-	// hint guesses the admit script's next pick from this view (hint.go).
+	// hint guesses the admit script's next pick from this view (hint.go);
+	// gen tells this view from the one before, so that a call's answer is
+	// learnt only by the view its guess came from.
 	hint hints
+	gen  uint64
 }
 
 func newView(res store.SyncResult, counts []store.PodCount, cap int) view {

@@ -390,7 +390,9 @@ func (t *Tracker) syncView(f *fleet, res store.SyncResult, counts []store.PodCou
 	if !f.granting {
 		f.recoveryEnd = f.lastHeartbeat.Add(max(res.Recovering, f.epochSeen.Add(t.cfg.InstanceTTL).Sub(t.now())))
 	}
+	gen := f.view.gen + 1
 	f.view = newView(res, counts, f.conf().MaxConnectionsPerPod)
+	f.view.gen = gen
 	f.toReap = nil
 	if res.Instances != nil { // asked for (WatchInstances)
 		f.toReap = f.stalled.Observe(res.Instances, t.cfg.InstanceID, now)

@@ -21,6 +21,7 @@ type hints struct {
 	cap      int
 	pods     []string // candidates, in the order they are tried
 	left     []int    // how many more admissions each may be guessed for
+	total    int      // the sum of left: none left is known at once
 	next     int
 	min, max int // the counts the policy allows before an admission, as far as the view goes
 }
@@ -64,6 +65,7 @@ func (h *hints) build(v *view, fc *fleets.Fleet) {
 		if v.load[pod] == target {
 			h.pods = append(h.pods, pod)
 			h.left = append(h.left, room)
+			h.total += room
 		}
 	}
 	if fc.Policy == fleets.PolicyPack {
@@ -79,42 +81,59 @@ func (h *hints) take(v *view, fc *fleets.Fleet) (store.Hint, bool) {
 	if !h.built || h.policy != fc.Policy || h.cap != fc.MaxConnectionsPerPod {
 		h.build(v, fc)
 	}
-	for range h.pods {
-		i := h.next
-		if h.left[i] > 0 {
-			h.left[i]--
-			if h.policy != fleets.PolicyPack {
-				h.next = (i + 1) % len(h.pods) // spread: one each in turn
-			}
-			return store.Hint{Pod: h.pods[i], Min: h.min, Max: h.max}, true
-		}
-		h.next = (i + 1) % len(h.pods)
+	if h.total == 0 {
+		return store.Hint{}, false
 	}
-	return store.Hint{}, false
+	for h.left[h.next] == 0 {
+		h.next = (h.next + 1) % len(h.pods)
+	}
+	i := h.next
+	h.left[i]--
+	h.total--
+	if h.policy != fleets.PolicyPack {
+		h.next = (i + 1) % len(h.pods) // spread: one each in turn
+	}
+	return store.Hint{Pod: h.pods[i], Min: h.min, Max: h.max}, true
 }
 
 // result learns from the script's answer to a call that carried hint:
-// granted is the pod it granted ("" when it refused). A guess the script
-// did not take is not tried again before the next heartbeat: the pod is full
-// or no longer among the ones the policy allows (others took it meanwhile),
-// or it stopped being placeable. Under pack, a pod the pick chose instead is
-// the fullest under the cap: the next guess.
-func (h *hints) result(hint store.Hint, granted string) {
-	if granted == hint.Pod {
+// whether it took it, and the pod it granted instead ("" when it refused).
+//
+// Under spread a refused guess means that the view is out of date (other
+// instances' admissions raised the pod, or the fleet's lowest count, since
+// the heartbeat, or the pod stopped being placeable): no more guesses
+// until the next heartbeat, so that a stale view costs one refused guess a
+// heartbeat, not one per pod. Under pack the pod is full, or not placeable
+// any more: it is not guessed again, and the pod the pick chose instead,
+// the fullest under the cap by Redis' counts, is the next guess.
+func (h *hints) result(hint store.Hint, taken bool, granted string) {
+	if taken {
 		return
 	}
-	i := slices.Index(h.pods, hint.Pod)
-	if i >= 0 {
+	if h.policy != fleets.PolicyPack {
+		h.drop()
+		return
+	}
+	if i := slices.Index(h.pods, hint.Pod); i >= 0 {
+		h.total -= h.left[i]
 		h.left[i] = 0
 	}
-	if h.policy == fleets.PolicyPack && granted != "" {
-		// Its count is unknown: the script says when it is full.
-		if j := slices.Index(h.pods, granted); j >= 0 {
-			h.left[j], h.next = h.cap, j
-			return
-		}
-		h.pods = append([]string{granted}, h.pods...)
-		h.left = append([]int{h.cap}, h.left...)
-		h.next = 0
+	if granted == "" {
+		return
 	}
+	// Its count is unknown: the script says when it is full.
+	if j := slices.Index(h.pods, granted); j >= 0 {
+		h.total += h.cap - h.left[j]
+		h.left[j], h.next = h.cap, j
+		return
+	}
+	h.pods = append([]string{granted}, h.pods...)
+	h.left = append([]int{h.cap}, h.left...)
+	h.total += h.cap
+	h.next = 0
+}
+
+// drop ends the guesses until the next heartbeat.
+func (h *hints) drop() {
+	h.pods, h.left, h.total, h.next = nil, nil, 0, 0
 }

@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -21,7 +22,7 @@ func takeAll(h *hints, v *view, fc *fleets.Fleet) []store.Hint {
 			return out
 		}
 		out = append(out, g)
-		h.result(g, g.Pod)
+		h.result(g, true, g.Pod)
 		if len(out) > 100 {
 			panic("no end of guesses")
 		}
@@ -84,16 +85,16 @@ func TestHintsPack(t *testing.T) {
 }
 
 // A guess the script did not take is not made again before the next
-// heartbeat; under pack the pod the pick chose instead is the next guess.
+// heartbeat, even when the pick then chose the same pod; under spread no
+// guess at all is (the view is out of date), under pack the pod the pick
+// chose instead is the next guess.
 func TestHintsLearnFromTheScript(t *testing.T) {
 	fc := &fleets.Fleet{MaxConnectionsPerPod: 4, Policy: fleets.PolicySpread}
 	v := hintView(map[string]int{"a": 0, "b": 0})
 	g, _ := v.hint.take(&v, fc)
-	v.hint.result(g, "z")
-	for _, next := range takeAll(&v.hint, &v, fc) {
-		if next.Pod == g.Pod {
-			t.Fatalf("guessed %s again after the script refused it", g.Pod)
-		}
+	v.hint.result(g, false, g.Pod) // refused, and the pick chose the same pod
+	if next, ok := v.hint.take(&v, fc); ok {
+		t.Fatalf("spread: guessed %s after a refusal; want no guess before the next heartbeat", next.Pod)
 	}
 
 	fc = &fleets.Fleet{MaxConnectionsPerPod: 4, Policy: fleets.PolicyPack}
@@ -102,13 +103,15 @@ func TestHintsLearnFromTheScript(t *testing.T) {
 	if g.Pod != "b" {
 		t.Fatalf("pack guess %s; want b", g.Pod)
 	}
-	v.hint.result(g, "a")
+	v.hint.result(g, false, "a")
 	if g, _ = v.hint.take(&v, fc); g.Pod != "a" {
 		t.Errorf("after the pick chose a, guess %s; want a", g.Pod)
 	}
-	v.hint.result(g, "") // refused: every pod full
-	if g, ok := v.hint.take(&v, fc); ok && g.Pod == "a" {
-		t.Errorf("guessed a again after a refusal")
+	v.hint.result(g, false, "") // refused: every pod full
+	for _, next := range takeAll(&v.hint, &v, fc) {
+		if next.Pod == "a" || next.Pod == "b" {
+			t.Errorf("guessed %s again after a refusal", next.Pod)
+		}
 	}
 
 	// A policy changed since the guesses were made starts them anew.
@@ -116,5 +119,47 @@ func TestHintsLearnFromTheScript(t *testing.T) {
 	v.hint.take(&v, fc)
 	if g, _ := v.hint.take(&v, &fleets.Fleet{MaxConnectionsPerPod: 4, Policy: fleets.PolicySpread}); g.Pod != "a" {
 		t.Errorf("after a change to spread, guess %s; want a", g.Pod)
+	}
+}
+
+// The answer to a guess of the view before the last heartbeat does not
+// touch the new view's guesses.
+func TestHintAnswerOfAnOlderView(t *testing.T) {
+	fc := fleets.Fleet{Name: "chat", MaxConnectionsPerPod: 10, Policy: fleets.PolicySpread}
+	f := newFleet(fc, "chat")
+	f.view = hintView(map[string]int{"a": 0})
+	g, _ := f.view.hint.take(&f.view, &fc)
+	gen := f.view.gen
+	f.view = hintView(map[string]int{"a": 5}) // the heartbeat's view
+	f.view.gen = gen + 1
+	if _, ok := f.view.hint.take(&f.view, &fc); !ok {
+		t.Fatal("no guess from the new view")
+	}
+	f.hintResultLocked(gen, g, false, "") // the old guess, refused
+	if _, ok := f.view.hint.take(&f.view, &fc); !ok {
+		t.Error("the new view's guesses ended on the answer to the old view's")
+	}
+}
+
+// With every guess used up, take answers at once, however many pods.
+func BenchmarkHintTakeExhausted(b *testing.B) {
+	loads := map[string]int{}
+	for i := range 10000 {
+		loads[fmt.Sprintf("10.0.%d.%d:80", i/256, i%256)] = 3
+	}
+	fc := &fleets.Fleet{MaxConnectionsPerPod: 10, Policy: fleets.PolicySpread}
+	v := hintView(loads)
+	for {
+		g, ok := v.hint.take(&v, fc)
+		if !ok {
+			break
+		}
+		v.hint.result(g, true, g.Pod)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if _, ok := v.hint.take(&v, fc); ok {
+			b.Fatal("a guess after all were used")
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wsgate/wsgate/fleets"
@@ -100,6 +101,9 @@ func TestHintedAdmissionsFollowThePolicy(t *testing.T) {
 			if got := pickCalls(t, rdb) - picks; got != 0 {
 				t.Errorf("4 admissions ran the pick %d times; want none: each took its hint", got)
 			}
+			if got := testutil.ToFloat64(tr.Metrics().Hints.WithLabelValues("chat", "taken")); got != 4 {
+				t.Errorf("admit_hints_total{outcome=taken} %v; want 4", got)
+			}
 		})
 	}
 }
@@ -129,6 +133,15 @@ func TestHintsOfSeveralTrackersKeepTheCap(t *testing.T) {
 	}
 	if got := podCounts(t, rdb); !slices.Equal(got, []int{3, 3, 3, 3}) {
 		t.Fatalf("counts %v; want every pod at the cap", got)
+	}
+	// The first two admissions (each its tracker's first guess, of a pod
+	// at most at 1) were granted on their guesses.
+	taken := 0.0
+	for _, tr := range trs {
+		taken += testutil.ToFloat64(tr.Metrics().Hints.WithLabelValues("chat", "taken"))
+	}
+	if taken < 2 {
+		t.Errorf("%v guesses taken; want at least 2", taken)
 	}
 	for _, tr := range trs {
 		if res := admit(t, tr, "chat"); res.Admitted {

@@ -17,6 +17,7 @@ type Metrics struct {
 	AccessLogEntries *prometheus.CounterVec
 	BatchSize        *prometheus.HistogramVec
 	Reused           *prometheus.CounterVec
+	Hints            *prometheus.CounterVec
 	ReplicationSafe  *prometheus.GaugeVec
 	LayoutMismatch   *prometheus.GaugeVec
 	LayoutUnknown    *prometheus.GaugeVec
@@ -69,6 +70,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "wsgate_tracker_reused_slots_total",
 			Help: "Admissions decided without a Redis call: into a slot one of this instance's connections had just freed, whose release was still queued (PROTOCOL.md, Reuse).",
 		}, []string{"fleet"}),
+		Hints: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wsgate_tracker_admit_hints_total",
+			Help: "Admissions sent to Redis with this instance's guess of the pod, by outcome: taken (granted on it without the pick: one call less) or refused (the pick decided: a call more; under spread, no more guesses until the next heartbeat). PROTOCOL.md, Hinted admission.",
+		}, []string{"fleet", "outcome"}),
 		ReplicationSafe: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wsgate_tracker_redis_replication_safe",
 			Help: "1 when the last replication check (at start and at each new epoch) found that the fleet's Redis keeps the cap under split brain (no replicas, or admissions wait for every replica, and expired instances are not reaped beside replicas), for every group of a fleet with shards; 0 when it cannot, or before a check could reach Redis for each group (PROTOCOL.md, Replication and failover).",
@@ -90,7 +95,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.RedisErrors.WithLabelValues(op)
 	}
 	if reg != nil {
-		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused, m.ReplicationSafe, m.LayoutMismatch, m.LayoutUnknown, m.Heartbeats)
+		reg.MustRegister(m.Admissions, m.AdmitSeconds, m.RedisErrors, m.Degraded, m.Fallbacks, m.FallbackMode, m.Expired, m.AccessLogEntries, m.BatchSize, m.Reused, m.Hints, m.ReplicationSafe, m.LayoutMismatch, m.LayoutUnknown, m.Heartbeats)
 	}
 	return m
 }
@@ -110,6 +115,9 @@ func (m *Metrics) addFleet(fleet string) {
 		m.Expired.WithLabelValues(fleet, why)
 	}
 	m.Reused.WithLabelValues(fleet)
+	for _, outcome := range hintOutcomes {
+		m.Hints.WithLabelValues(fleet, outcome)
+	}
 	m.ReplicationSafe.WithLabelValues(fleet)
 	m.LayoutMismatch.WithLabelValues(fleet).Set(0)
 	m.LayoutUnknown.WithLabelValues(fleet).Set(1)
@@ -117,6 +125,9 @@ func (m *Metrics) addFleet(fleet string) {
 		m.Heartbeats.WithLabelValues(fleet, kind)
 	}
 }
+
+// hintOutcomes are the values of admit_hints_total's outcome label.
+var hintOutcomes = []string{"taken", "refused"}
 
 // heartbeatKinds are the values of heartbeats_total's kind label.
 var heartbeatKinds = []string{"full", "delta", "refused_delta"}
@@ -130,6 +141,7 @@ func (m *Metrics) removeFleet(fleet string) {
 	m.Fallbacks.DeletePartialMatch(l)
 	m.Expired.DeletePartialMatch(l)
 	m.Reused.DeletePartialMatch(l)
+	m.Hints.DeletePartialMatch(l)
 	m.ReplicationSafe.DeletePartialMatch(l)
 	m.LayoutMismatch.DeletePartialMatch(l)
 	m.LayoutUnknown.DeletePartialMatch(l)

@@ -16,9 +16,10 @@
 --       pod or '' (below), 12 and 13 the lowest and highest count the
 --       hinted pod may have before the admission, then per pod released:
 --       pod, n, pending
--- Returns {granted, reason, released, pod, n, pod, n, ...}: the pods
--- granted with how many each, why the others were refused ('' when none
--- was) and how many connections it released; or {-1, why, ms, released}
+-- Returns {granted, reason, released, hinted, pod, n, pod, n, ...}: the
+-- pods granted with how many each, why the others were refused ('' when
+-- none was), how many connections it released and whether the hint was
+-- taken (1|0); or {-1, why, ms, released}
 -- when Redis must not decide: 'epoch' (not the caller's epoch, or another
 -- Redis process: nothing released, -1), 'recovering' (after data loss, ms
 -- until every instance has re-published: at least 1 while no tracker has
@@ -63,23 +64,24 @@ local give = {} -- pod -> connections granted on it
 local pods = {} -- the pods of give, in order
 local granted = 0
 -- The hint (PROTOCOL.md, "Hinted admission"): the pod the caller expects
--- the pick below to choose, from its last view of the fleet. It is taken
--- without the pick when it is placeable (in avail: XX), has room for all
--- `want` under the cap, and its count before them is within the caller's
+-- the pick below to choose for one admission, from its last view of the
+-- fleet (several go where the pick puts them: a hint is one pod). It is
+-- taken without the pick when it is placeable (in avail: XX), has room
+-- under the cap, and its count before the admission is within the caller's
 -- range [hint_lo, hint_hi] (what the policy allows as far as the caller's
 -- view goes). The increment is then the grant's own, so a granted
 -- admission on the hint runs the fence, this ZADD and the HINCRBY of
 -- inst:<id>. Otherwise the increment is undone, before any other call
 -- can see it, and the pick decides as if there had been no hint.
 local hinted = false
-if hint ~= '' then
-  local c = redis.call('ZADD', avail_key, 'XX', 'INCR', want, hint)
+if hint ~= '' and want == 1 then
+  local c = redis.call('ZADD', avail_key, 'XX', 'INCR', 1, hint)
   if c then
-    local before = tonumber(c) - want
-    if before + want <= cap and before >= tonumber(hint_lo) and before <= tonumber(hint_hi) then
-      give[hint], pods[1], granted, hinted = want, hint, want, true
+    local before = tonumber(c) - 1
+    if before < cap and before >= tonumber(hint_lo) and before <= tonumber(hint_hi) then
+      give[hint], pods[1], granted, hinted = 1, hint, 1, true
     else
-      redis.call('ZADD', avail_key, 'XX', 'INCR', -want, hint)
+      redis.call('ZADD', avail_key, 'XX', 'INCR', -1, hint)
     end
   end
 end
@@ -127,7 +129,7 @@ else
     end
   end
 end
-local reply = {granted, '', released}
+local reply = {granted, '', released, hinted and 1 or 0}
 for _, pod in ipairs(pods) do
   local n = give[pod]
   -- picked from avail: its count is there (a hint's is already raised)
