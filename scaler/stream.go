@@ -13,8 +13,10 @@ import (
 
 // StreamIsActive pushes true each time the fleet turns active: at once
 // when it already is, then on every inactive -> active change. It wakes on
-// the fleet's events channel, which the admit script publishes to on the
-// first live connection and the first rejection of a bucket, and polls
+// the fleet's events channel, which a heartbeat publishes to when its
+// instance's live connections rise from 0 (at most a heartbeat after the
+// admission: tracker/PROTOCOL.md, "The fleet's live count") and the admit
+// script on the first rejection of a bucket, and polls
 // every PollInterval in case a message is lost (pub/sub is fire and
 // forget). KEDA ignores a pushed false, so none is sent. The stream ends
 // when KEDA goes away or Close is called.
@@ -51,8 +53,9 @@ func (s *Server) StreamIsActive(ref *externalscaler.ScaledObjectRef, stream grpc
 		case <-s.done:
 			return nil
 		case msg := <-events:
-			// "active" is the admit script's 0 -> 1 live connections: a
-			// transition even if no poll saw the fleet idle in between.
+			// "active" is a heartbeat's 0 -> n live connections of its
+			// instance: a transition even if no poll saw the fleet idle
+			// in between.
 			if msg == "active" {
 				was = false
 			}
@@ -62,7 +65,7 @@ func (s *Server) StreamIsActive(ref *externalscaler.ScaledObjectRef, stream grpc
 }
 
 // subscribe subscribes to the events channel of every group of fc (each
-// group's admit script publishes on its own: a sharded fleet turns active
+// group's scripts publish on its own: a sharded fleet turns active
 // in whichever group takes its first connection) and delivers their
 // messages on one channel until ctx ends. Every subscription is confirmed
 // before it returns, so an event published right after it is not missed.

@@ -207,7 +207,7 @@ type ReleaseRequest struct {
 
 // releaseKeys are release.lua's KEYS, in its order.
 func releaseKeys(k Keys, instance string) []string {
-	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Stats(), k.Pend(instance), k.Epoch()}
+	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Pend(instance), k.Epoch()}
 }
 
 // Release gives back the connections of req that its instance holds, in

@@ -272,8 +272,8 @@ func TestAdmitReleaseRefused(t *testing.T) {
 	if !errors.Is(err, store.ErrEpochFenced) || a.Fence != store.FenceEpoch || a.Released != 0 {
 		t.Fatalf("with another epoch: %+v, %v; want fenced (epoch) and ErrEpochFenced", a, err)
 	}
-	if live := storetest.Summary(t, s, "chat", storetest.T0).Live; live != 1 {
-		t.Fatalf("live %d after a fenced call; want 1: nothing released", live)
+	if live := storetest.Counted(t, s, "chat"); live != 1 {
+		t.Fatalf("Redis counts %d after a fenced call; want 1: nothing released", live)
 	}
 	// A new epoch, still in its recovery wait: e1 syncs what it holds.
 	if err := rdb.Del(ctx, s.Keys("chat").Epoch()).Err(); err != nil {
@@ -288,7 +288,7 @@ func TestAdmitReleaseRefused(t *testing.T) {
 	if err != nil || a.Fence != store.FenceRecovering || a.Released != 1 {
 		t.Fatalf("in the recovery wait: %+v, %v; want recovering and 1 released", a, err)
 	}
-	if live := storetest.Summary(t, s, "chat", storetest.T0).Live; live != 0 {
-		t.Fatalf("live %d after the release in the recovery wait; want 0", live)
+	if live := storetest.Counted(t, s, "chat"); live != 0 {
+		t.Fatalf("Redis counts %d after the release in the recovery wait; want 0", live)
 	}
 }

@@ -12,19 +12,39 @@ import (
 
 // deltaInstance drives one instance's heartbeats the way the tracker does
 // (PROTOCOL.md, "Delta heartbeats"): seq numbers its calls, base names its
-// last acknowledged one.
+// last acknowledged one, held is what it holds per pod (what its
+// heartbeats sent), whose sum each heartbeat publishes.
 type deltaInstance struct {
 	t    *testing.T
 	s    *store.Store
 	id   string
 	seq  uint64
 	base store.SyncBase
+	held map[string]int
+}
+
+// total is the instance's live connections, all pods: what a heartbeat
+// publishes, a delta's too.
+func (d *deltaInstance) total() int {
+	n := 0
+	for _, c := range d.held {
+		n += c
+	}
+	return n
 }
 
 func (d *deltaInstance) sync(delta bool, counts ...store.PodCount) store.SyncResult {
 	d.t.Helper()
 	d.seq++
-	req := store.SyncRequest{Fleet: "chat", Instance: d.id, Lease: time.Minute, Seq: d.seq, Counts: counts, WatchInstances: true}
+	if !delta || d.held == nil {
+		d.held = map[string]int{}
+	}
+	for _, c := range counts {
+		if d.held[c.Pod] = c.Live; c.Live == 0 {
+			delete(d.held, c.Pod)
+		}
+	}
+	req := store.SyncRequest{Fleet: "chat", Instance: d.id, Lease: time.Minute, Seq: d.seq, Counts: counts, Live: d.total(), WatchInstances: true}
 	if delta {
 		base := d.base
 		req.Base = &base
@@ -40,8 +60,11 @@ func (d *deltaInstance) sync(delta bool, counts ...store.PodCount) store.SyncRes
 }
 
 // counted is what Redis counts for instance id: live and established per
-// pod, and the fleet's load (each pod's live count, all instances), which
-// must agree with stats.live.
+// pod, and the fleet's load (each pod's live count, all instances). These
+// tests make no admission or release: every count in Redis is one a
+// heartbeat published, so the summary's live count, the totals the alive
+// instances' heartbeats published, must equal both the sum of the
+// instances' counts and that of the pods'.
 func counted(t *testing.T, s *store.Store, id string) (live, est, load map[string]int) {
 	t.Helper()
 	snap, err := s.Snapshot(context.Background(), "chat", storetest.T0)
@@ -49,18 +72,23 @@ func counted(t *testing.T, s *store.Store, id string) (live, est, load map[strin
 		t.Fatal(err)
 	}
 	live, est = map[string]int{}, map[string]int{}
+	held := 0
 	for _, in := range snap.Instances {
 		if in.ID == id {
 			maps.Copy(live, in.Live)
 			maps.Copy(est, in.Established)
+		}
+		for _, n := range in.Live {
+			held += n
 		}
 	}
 	total := 0
 	for _, n := range snap.Load {
 		total += n
 	}
-	if int64(total) != snap.Live {
-		t.Errorf("load %v sums to %d, stats.live says %d", snap.Load, total, snap.Live)
+	sum := storetest.Summary(t, s, "chat", storetest.T0)
+	if int64(total) != sum.Live || held != total {
+		t.Errorf("load %v sums to %d, the instances hold %d, the heartbeats' totals %d", snap.Load, total, held, sum.Live)
 	}
 	return live, est, snap.Load
 }
@@ -98,6 +126,11 @@ func TestDeltaSyncAppliesOnlyWhatItSends(t *testing.T) {
 		live := map[string]int{"10.0.0.1:80": 2, "10.0.0.2:80": 2, "10.0.0.4:80": 1}
 		est := map[string]int{"10.0.0.1:80": 2, "10.0.0.2:80": 1, "10.0.0.4:80": 1}
 		wantCounts(t, s, "e1", live, est)
+		// The delta published e1's whole total, pod 1 too, not the 3 of
+		// the pods it sent.
+		if sum := storetest.Summary(t, s, "chat", storetest.T0); sum.Live != 5 {
+			t.Errorf("after the delta the summary counts %d; want e1's 5", sum.Live)
+		}
 		// nothing moved: an empty delta changes no count, and renews
 		res := e1.sync(true)
 		if res.NeedFull || res.Seq != e1.seq || res.Instances["e1"] != e1.seq {
@@ -133,7 +166,7 @@ func TestDeltaSyncIsRefusedWhenRedisMayDiffer(t *testing.T) {
 			// a lease of a millisecond, then reaped once it ended by Redis' clock
 			e1.seq++
 			if _, err := e1.s.Sync(context.Background(), store.SyncRequest{Fleet: "chat", Instance: "e1", Lease: time.Millisecond, Seq: e1.seq,
-				Base: &e1.base}); err != nil {
+				Base: &e1.base, Live: e1.total()}); err != nil {
 				t.Fatal(err)
 			}
 			e1.base.Seq = e1.seq

@@ -15,7 +15,8 @@ import (
 
 // shardedChat fills a fleet "chat" of three shards on s: six pods, each in
 // the group fleets.GroupOf puts it in, two instances heartbeating every
-// group, and live connections admitted in every group. It returns the
+// group, and live connections admitted in every group and published by
+// a heartbeat of each instance. It returns the
 // pods by group.
 func shardedChat(t *testing.T, s *store.Store) (fleets.Fleet, map[string][]fleets.Pod) {
 	t.Helper()
@@ -41,6 +42,11 @@ func shardedChat(t *testing.T, s *store.Store) (fleets.Fleet, map[string][]fleet
 	}
 	if a := storetest.Admit(t, s, "chat#2", 10, fleets.PolicyPack, "e2", storetest.T0); a.Reason != store.ReasonCapacity {
 		t.Fatalf("chat#2 full: admission %+v, want a capacity refusal", a)
+	}
+	// The instances heartbeat what they were granted: Summary.Live is
+	// their totals.
+	for _, g := range f.GroupNames() {
+		storetest.Republish(t, s, g, storetest.T0, "e1", "e2")
 	}
 	return f, byGroup
 }

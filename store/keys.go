@@ -18,8 +18,8 @@ const (
 	keyGen       = "gen"        // hash: instance -> runs of its tracker so far
 	keyRej       = "rej:"       // + reason: the fleet's rejection ring
 	keyRejInst   = "rejinst:"   // + instance: its rejection rings, one per reason
-	keyStats     = "stats"      // hash: live, pods, ready, draining, left
-	keyEpoch     = "epoch"      // hash: id, run, created, until, confirmed, repl, waited, early
+	keyStats     = "stats"      // hash: pods, ready, draining, left (live: versions before issue 27 only)
+	keyEpoch     = "epoch"      // hash: id, run, created, until, confirmed, open, repl, waited, early, i:<id> and h:<id> per instance
 	keySynced    = "synced:"    // + epoch: set of the instances synced in it
 	keyRepublish = "republish:" // + epoch: hash of the instances its early end waits for
 	keyEvents    = "events"     // pub/sub channel: "active" and rejection reasons
@@ -105,8 +105,9 @@ func (k Keys) Synced(epoch string) string { return k.prefix + keySynced + epoch 
 // wait early after a failover").
 func (k Keys) Republish(epoch string) string { return k.prefix + keyRepublish + epoch }
 
-// Events is the fleet's pub/sub channel: the admit and sync scripts publish
-// "active" when live connections rise from 0, and the admit script the
+// Events is the fleet's pub/sub channel: the sync script publishes
+// "active" when an instance's live connections rise from 0 (the heartbeat
+// that publishes them, not the admission), and the admit script the
 // reason of the first rejection of every bucket.
 func (k Keys) Events() string { return k.prefix + keyEvents }
 

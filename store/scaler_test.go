@@ -121,8 +121,10 @@ func TestPodLoads(t *testing.T) {
 	})
 }
 
-// A subscription confirmed by SubscribeEvents sees the admit script's
-// "active" for the first connection and the reason of the first rejection.
+// A subscription confirmed by SubscribeEvents sees "active" from the
+// heartbeat whose instance's total rises from 0, never from the admission
+// itself nor from a heartbeat that finds the instance's total above 0
+// already, and the reason of the first rejection of each bucket.
 func TestEventsSubscription(t *testing.T) {
 	storetest.Backends(t, func(t *testing.T, s *store.Store, _ storetest.Backend) {
 		ctx := context.Background()
@@ -131,10 +133,8 @@ func TestEventsSubscription(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ev.Close()
-		storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
-		storetest.Admit(t, s, "chat", 1, fleets.PolicyPack, "e1", storetest.T0)
-		storetest.Admit(t, s, "chat", 1, fleets.PolicyPack, "e1", storetest.T0)
-		for _, want := range []string{"active", string(store.ReasonCapacity)} {
+		next := func(want string) {
+			t.Helper()
 			select {
 			case got := <-ev.C():
 				if got != want {
@@ -144,5 +144,25 @@ func TestEventsSubscription(t *testing.T) {
 				t.Fatalf("no event %q within 10s", want)
 			}
 		}
+		storetest.SetPods(t, s, "chat", storetest.Pods("10.0.0.1:80"))
+		a := storetest.Admit(t, s, "chat", 1, fleets.PolicyPack, "e1", storetest.T0)
+		storetest.Admit(t, s, "chat", 1, fleets.PolicyPack, "e1", storetest.T0)
+		next(string(store.ReasonCapacity)) // the admission published nothing
+		storetest.Republish(t, s, "chat", storetest.T0, "e1")
+		next("active") // e1's total: 0 -> 1
+		storetest.Republish(t, s, "chat", storetest.T0, "e1")
+		// 1 -> 1: nothing; the rejection of the next bucket comes next
+		storetest.Admit(t, s, "chat", 1, fleets.PolicyPack, "e1", storetest.T0.Add(store.BucketWidth))
+		next(string(store.ReasonCapacity))
+
+		// Back to 0 (a heartbeat publishes it), then up again: active again.
+		if n, err := s.Release(ctx, store.ReleaseRequest{Fleet: "chat", Instance: "e1", Epoch: storetest.EpochOf(t, s, "chat", "e1"),
+			Releases: []store.ReleaseCount{{Pod: a.Pod, N: 1}}}); err != nil || n != 1 {
+			t.Fatalf("release = %d, %v; want 1", n, err)
+		}
+		storetest.Republish(t, s, "chat", storetest.T0, "e1")
+		storetest.Admit(t, s, "chat", 1, fleets.PolicyPack, "e1", storetest.T0)
+		storetest.Republish(t, s, "chat", storetest.T0, "e1")
+		next("active")
 	})
 }

@@ -24,9 +24,12 @@ type InstanceState struct {
 
 // Snapshot is the whole state of one fleet, for operators.
 type Snapshot struct {
-	Fleet      string
-	Pods       map[string]fleets.Pod // address -> registry entry
-	Load       map[string]int        // address -> live connections, all instances (avail and load together)
+	Fleet string
+	Pods  map[string]fleets.Pod // address -> registry entry
+	Load  map[string]int        // address -> live connections, all instances (avail and load together)
+	// Live is the sum of Load: Redis' count of live connections, exact at
+	// the moment of the snapshot (Summary.Live, the heartbeats' totals,
+	// trails it by up to a heartbeat).
 	Live       int64
 	Epoch      string
 	Synced     []string
@@ -50,7 +53,7 @@ func (s Snapshot) Known() bool { return s.Epoch != "" || len(s.Pods) > 0 || len(
 
 // snapshotKeys are snapshot.lua's KEYS, in its order.
 func snapshotKeys(k Keys) []string {
-	return []string{k.Pods(), k.Load(), k.Instances(), k.Stats(), k.Epoch(), k.Avail()}
+	return []string{k.Pods(), k.Load(), k.Instances(), k.Epoch(), k.Avail()}
 }
 
 // Snapshot reads everything of fleet in one round trip (snapshot.lua).
@@ -73,7 +76,6 @@ func (s *Store) Snapshot(ctx context.Context, fleet string, now time.Time) (Snap
 const (
 	snapPods          = iota // (address, json) per pod
 	snapLoad                 // (pod, count) of the pods not placeable
-	snapStats                // the stats hash, (field, value) pairs
 	snapAvail                // (pod, count) of the placeable pods above 0
 	snapEpoch                // the epoch's id
 	snapSynced               // the ids synced in it
@@ -113,8 +115,8 @@ func decodeSnapshot(fleet string, res []any) (Snapshot, error) {
 	for pod, n := range counts(res[snapAvail]) {
 		out.Load[pod] = n // placeable pods: their counts live in avail
 	}
-	if v, err := strconv.ParseInt(pairs(res[snapStats])["live"], 10, 64); err == nil {
-		out.Live = v
+	for _, n := range out.Load {
+		out.Live += int64(n)
 	}
 	out.Epoch, _ = res[snapEpoch].(string)
 	out.Synced = strs(res[snapSynced])

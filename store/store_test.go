@@ -37,6 +37,7 @@ func TestAdmitPackFillsTheFullestPodFirst(t *testing.T) {
 		if a.Pod != "" || a.Reason != store.ReasonCapacity {
 			t.Fatalf("seventh admission = %+v, want capacity rejection", a)
 		}
+		storetest.Republish(t, s, "chat", storetest.T0, "e1") // publishes e1's total
 		sum := storetest.Summary(t, s, "chat", storetest.T0)
 		if sum.Live != 6 || sum.Rejections[store.ReasonCapacity].M5 != 1 {
 			t.Errorf("summary live=%d capacity=%+v, want 6 and one rejection", sum.Live, sum.Rejections[store.ReasonCapacity])
@@ -152,6 +153,12 @@ func TestSyncReplacesTheInstanceCountsAndFixesLoad(t *testing.T) {
 		}
 		if res.Avail["10.0.0.1:80"]+res.Avail["10.0.0.2:80"] != total {
 			t.Errorf("sync's avail view %v does not match load %v", res.Avail, snap.Load)
+		}
+		// Once e2 heartbeats too, the summary's live count (the totals
+		// both published) is the pods' counts.
+		storetest.Republish(t, s, "chat", storetest.T0, "e2")
+		if sum := storetest.Summary(t, s, "chat", storetest.T0); sum.Live != int64(total) {
+			t.Errorf("after both heartbeats summary live %d, want the pods' %d", sum.Live, total)
 		}
 
 		// Redis loses everything: the next sync opens a new epoch and restores e1's part.

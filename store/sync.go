@@ -56,8 +56,14 @@ type SyncRequest struct {
 	// the instance's last one in its epoch; otherwise nothing is done
 	// and the result says NeedFull. Nil: a full heartbeat, Counts is all
 	// the instance holds.
-	Base       *SyncBase
-	Counts     []PodCount
+	Base   *SyncBase
+	Counts []PodCount
+	// Live is the instance's live connections in the fleet, all pods:
+	// what Redis counts for it once the heartbeat applies, published for
+	// the scaler (Summary.Live sums it over the instances alive). A delta
+	// must give it (its Counts are only some pods); for a full heartbeat
+	// it is the sum of Counts' Live, which 0 stands for.
+	Live       int
 	Rejections []RejectionCount
 	// Reap names instances whose seq the caller saw stand still for a lease.
 	Reap []string
@@ -100,7 +106,7 @@ type SyncResult struct {
 
 // syncKeys are sync.lua's KEYS, in its order.
 func syncKeys(k Keys, instance string) []string {
-	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Pend(instance), k.Instances(), k.Stats(), k.Epoch(), k.Seq()}
+	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Pend(instance), k.Instances(), k.Epoch(), k.Seq()}
 }
 
 // Sync replaces the instance's counts with req.Counts and flushes its
@@ -110,16 +116,29 @@ func (s *Store) Sync(ctx context.Context, req SyncRequest) (SyncResult, error) {
 	keys := s.hot(req.Fleet, req.Instance).sync
 	// ARGV, in sync.lua's order: id, lease_ms, new_epoch, prefix, slots,
 	// channel, run_check, seq, recovery_ms, confirm, wait_replicas, kind,
-	// base seq, base epoch, then the counted lists: npods and (pod, live,
-	// established) each, nrej and (reason, bucket, count) each, nreap and
-	// the ids.
+	// base seq, base epoch, the instance's total, then the counted lists:
+	// npods and (pod, live, established) each, nrej and (reason, bucket,
+	// count) each, nreap and the ids.
 	kind, baseSeq, baseEpoch := "full", "", ""
+	total := req.Live
 	if req.Base != nil {
 		kind, baseSeq, baseEpoch = "delta", strconv.FormatUint(req.Base.Seq, 10), req.Base.Epoch
+	} else {
+		sum := 0
+		for _, c := range req.Counts {
+			sum += c.Live
+		}
+		if total != 0 && total != sum {
+			return SyncResult{}, fmt.Errorf("sync %s: SyncRequest.Live %d is not the sum %d of a full heartbeat's Counts", req.Fleet, total, sum)
+		}
+		total = sum
+	}
+	if total < 0 {
+		return SyncResult{}, fmt.Errorf("sync %s: SyncRequest.Live %d is negative", req.Fleet, total)
 	}
 	args := []any{req.Instance, req.Lease.Milliseconds(), newEpoch(), fk.Prefix(),
 		BucketSlots, fk.Events(), s.runCheck, req.Seq, req.RecoveryWait.Milliseconds(), req.Confirm,
-		req.WaitReplicas, kind, baseSeq, baseEpoch, len(req.Counts)}
+		req.WaitReplicas, kind, baseSeq, baseEpoch, total, len(req.Counts)}
 	for _, c := range req.Counts {
 		args = append(args, c.Pod, c.Live, c.Established)
 	}

@@ -25,10 +25,11 @@ import (
 type syncCall struct {
 	kind    string         // full or delta
 	pods    map[string]int // the pods sent, with their live count
+	total   int            // the instance's total it published, all pods
 	refused bool           // a delta Redis refused (need_full)
 }
 
-// syncSpy records the heartbeat calls (sync.lua: 8 keys) and can make the
+// syncSpy records the heartbeat calls (sync.lua: 7 keys) and can make the
 // reply of the next call of a script (by its number of keys) get lost
 // after the script ran.
 type syncSpy struct {
@@ -67,15 +68,16 @@ func (h *syncSpy) after(cmd redis.Cmder, err error) error {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if keys == "8" && err == nil {
-		// ARGV starts after the 8 keys: 12 kind, 15 npods, then
-		// (pod, live, established) each (sync.lua's header)
-		argv := cmd.Args()[3+8:]
+	if keys == "7" && err == nil {
+		// ARGV starts after the 7 keys: 12 kind, 15 the total, 16 npods,
+		// then (pod, live, established) each (sync.lua's header)
+		argv := cmd.Args()[3+7:]
 		c := syncCall{kind: fmt.Sprint(argv[11]), pods: map[string]int{}}
-		n, _ := strconv.Atoi(fmt.Sprint(argv[14]))
+		c.total, _ = strconv.Atoi(fmt.Sprint(argv[14]))
+		n, _ := strconv.Atoi(fmt.Sprint(argv[15]))
 		for i := 0; i < n; i++ {
-			live, _ := strconv.Atoi(fmt.Sprint(argv[15+3*i+1]))
-			c.pods[fmt.Sprint(argv[15+3*i])] = live
+			live, _ := strconv.Atoi(fmt.Sprint(argv[16+3*i+1]))
+			c.pods[fmt.Sprint(argv[16+3*i])] = live
 		}
 		// the reply's stale slot (sync.lua): 2 for a refused delta
 		if res, ok := cmd.(*redis.Cmd).Val().([]any); ok && len(res) == 6 {
@@ -180,7 +182,8 @@ func (h *truth) release(t *testing.T, tr *tracker.Tracker, r tracker.Result) {
 }
 
 // matches checks that Redis counts exactly h for e1 (inst:e1, pend:e1)
-// and, e1 being the only instance, as every pod's load.
+// and, e1 being the only instance, as every pod's load and, once e1
+// heartbeated, as the summary's live count.
 func (h *truth) matches(t *testing.T, rdb *redis.Client) {
 	t.Helper()
 	ctx := context.Background()
@@ -213,6 +216,15 @@ func (h *truth) matches(t *testing.T, rdb *redis.Client) {
 	}
 	if !maps.Equal(load, h.live) {
 		t.Errorf("Redis' load %v; want e1's %v", load, h.live)
+	}
+	// Right after e1's heartbeat, the total it published is the
+	// summary's live count.
+	total := 0
+	for _, n := range h.live {
+		total += n
+	}
+	if sum, err := store.NewStore(rdb, "wsgate").Summary(ctx, "chat", time.Now()); err != nil || sum.Live != int64(total) {
+		t.Errorf("the summary counts %d live (%v); want e1's %d", sum.Live, err, total)
 	}
 }
 
@@ -253,7 +265,11 @@ func TestDeltaHeartbeatSendsOnlyWhatMoved(t *testing.T) {
 		h.establish(t, tr, r)
 		moved[r.Pod] = 1
 	}
-	wantDelta(t, beat(t, tr, spy), moved)
+	calls := beat(t, tr, spy)
+	wantDelta(t, calls, moved)
+	if calls[0].total != 10 {
+		t.Errorf("the delta sending %d pods published a total of %d; want all 10 e1 holds", len(moved), calls[0].total)
+	}
 	h.matches(t, rdb)
 
 	wantDelta(t, beat(t, tr, spy), map[string]int{})
@@ -347,7 +363,7 @@ func TestRefusedDeltaRestatesInTheSameHeartbeat(t *testing.T) {
 // makes the next heartbeat full: Redis may count what the tracker does
 // not know of.
 func TestLostReplyMakesTheNextHeartbeatFull(t *testing.T) {
-	for _, c := range []struct{ name, keys string }{{"heartbeat", "8"}, {"admission", "9"}} {
+	for _, c := range []struct{ name, keys string }{{"heartbeat", "7"}, {"admission", "9"}} {
 		t.Run(c.name, func(t *testing.T) {
 			tr, spy, _, _, rdb := deltaTracker(t, 2, 3)
 			h := newTruth()

@@ -238,7 +238,7 @@ func heartbeatKind(req store.SyncRequest) string {
 }
 
 // syncSnapshot takes what a heartbeat publishes: what the instance holds per
-// pod (as a delta, only what moved), the rejections buffered since the
+// pod (as a delta, only what moved) and in all, the rejections buffered since the
 // last one (taken out of the buffer; syncFailed puts them back), the next
 // seq, and the epoch to confirm once a full instance TTL of this clock has
 // passed since it first saw it.
@@ -255,6 +255,12 @@ func (t *Tracker) syncSnapshot(f *fleet, now time.Time) syncSnap {
 		}
 	}
 	counts, base := f.deltaLocked(held)
+	// The whole total, a delta's too: Redis publishes it for the scaler
+	// (PROTOCOL.md, "The fleet's live count").
+	total := 0
+	for _, c := range held {
+		total += c.Live
+	}
 	clear(f.moved)
 	// The script replaces this instance's slots with what it holds: from
 	// now on it relies on no more, whether or not the reply comes back
@@ -271,7 +277,7 @@ func (t *Tracker) syncSnapshot(f *fleet, now time.Time) syncSnap {
 	f.seq++
 	req := store.SyncRequest{
 		Fleet: f.name, Instance: t.cfg.InstanceID, Lease: t.cfg.InstanceTTL, RecoveryWait: t.cfg.InstanceTTL,
-		Seq: f.seq, Base: base, Counts: counts, Rejections: rej, Reap: f.toReap,
+		Seq: f.seq, Base: base, Counts: counts, Live: total, Rejections: rej, Reap: f.toReap,
 		WatchInstances: t.cfg.ExpiredInstances == fleets.ExpiredReap && f.stalled.Due(),
 		// whether a promoted replica may end its recovery wait early
 		WaitReplicas: t.cfg.WaitReplicas,

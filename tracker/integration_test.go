@@ -13,6 +13,7 @@ import (
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/store/storetest"
 	"github.com/wsgate/wsgate/test/redistest"
 	"github.com/wsgate/wsgate/tracker"
 )
@@ -293,8 +294,13 @@ func TestDeadInstanceIsReaped(t *testing.T) {
 	srvClockPasses(t, srv, 1100*time.Millisecond)
 	heartbeat(t, alive)
 	heartbeat(t, alive)
-	if got := total(); got != 6 {
-		t.Fatalf("reaped before the reaper watched a full lease: live = %d", got)
+	if got := storetest.Counted(t, alive.Store(), "chat"); got != 6 {
+		t.Fatalf("reaped before the reaper watched a full lease: Redis counts %d", got)
+	}
+	// The scaler's count is the instances' whose lease runs: dead's
+	// connections left it with its lease, reaped or not.
+	if got := total(); got != 3 {
+		t.Fatalf("dead's lease ended: the summary counts %d, want alive's 3", got)
 	}
 	clk.Advance(200 * time.Millisecond)
 	heartbeat(t, alive) // names dead

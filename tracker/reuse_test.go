@@ -33,14 +33,14 @@ func TestReuseTakesBackAQueuedRelease(t *testing.T) {
 	if err := tr.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got, admits, releases := live(), h.get("9"), h.get("6"); got != 1 || admits != 1 || releases != 0 {
+	if got, admits, releases := live(), h.get("9"), h.get("5"); got != 1 || admits != 1 || releases != 0 {
 		t.Fatalf("after reuse and Flush: live %d, %d admit calls, %d release calls; want 1, 1, 0", got, admits, releases)
 	}
 	if n := testutil.ToFloat64(tr.Metrics().Reused.WithLabelValues("chat")); n != 1 {
 		t.Errorf("reused_slots_total = %v, want 1", n)
 	}
 	release(t, tr, second.Conn)
-	if got, releases := live(), h.get("6"); got != 0 || releases != 1 {
+	if got, releases := live(), h.get("5"); got != 0 || releases != 1 {
 		t.Fatalf("after the second release: live %d, %d release calls; want 0, 1", got, releases)
 	}
 }
@@ -278,9 +278,9 @@ func TestQueuedAdmissionTakesBackASlotReleasedMeanwhile(t *testing.T) {
 	if err := tr.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if reused != 2 || viaRedis != 1 || calls.get("9") != 3 || calls.get("6") != 0 || redisLive(t, tr) != 3 {
+	if reused != 2 || viaRedis != 1 || calls.get("9") != 3 || calls.get("5") != 0 || redisLive(t, tr) != 3 {
 		t.Fatalf("%d reused, %d through Redis, %d admit calls, %d release calls, Redis live %d; want 2, 1, 3, 0, 3",
-			reused, viaRedis, calls.get("9"), calls.get("6"), redisLive(t, tr))
+			reused, viaRedis, calls.get("9"), calls.get("5"), redisLive(t, tr))
 	}
 }
 

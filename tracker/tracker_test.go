@@ -800,8 +800,8 @@ func TestNoRedisAdmissionPastTheLocalLease(t *testing.T) {
 	if r := admit(t, tr, "chat"); r.Admitted {
 		t.Fatalf("past its local lease: %+v; want refused", r)
 	}
-	if sum := storetest.Summary(t, storeOn(rdb), "chat", storetest.T0); sum.Live != 1 {
-		t.Fatalf("Redis counts %d; want 1: nothing asked of it past the lease", sum.Live)
+	if n := storetest.Counted(t, storeOn(rdb), "chat"); n != 1 {
+		t.Fatalf("Redis counts %d; want 1: nothing asked of it past the lease", n)
 	}
 	heartbeat(t, tr)
 	if r := admit(t, tr, "chat"); !r.Admitted || r.Fallback {
@@ -828,7 +828,7 @@ func TestReleaseLingerIsConfigured(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := storeOn(rdb)
-	for storetest.Summary(t, s, "chat", storetest.T0).Live != 0 {
+	for storetest.Counted(t, s, "chat") != 0 {
 		if time.Since(began) > time.Minute {
 			t.Fatal("the release never reached Redis")
 		}

@@ -25,10 +25,12 @@
 -- until every instance has re-published: at least 1 while no tracker has
 -- confirmed the wait on its own clock), 'lease' (the caller was reaped or left, or has not
 -- heartbeated in this epoch: PROTOCOL.md, "One read for the fence").
--- A granted admission runs HMGET epoch, the pick (ZREVRANGEBYSCORE or
--- ZRANGEBYSCORE), then per pod ZINCRBY and HINCRBY, and one HINCRBY of
--- stats: five calls for one connection. TIME only while the epoch is not
--- open (in its recovery wait, and the first call after it).
+-- A granted admission runs the fence (HMGET epoch), the pick
+-- (ZREVRANGEBYSCORE or ZRANGEBYSCORE), then per pod ZINCRBY and HINCRBY
+-- inst:<id>: four calls for one connection. No fleet total and no
+-- `active` event: the heartbeats publish those (PROTOCOL.md, "The fleet's
+-- live count"). TIME only while the epoch is not open (in its recovery
+-- wait, and the first call after it).
 local load_key, avail_key, inst_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rej_capacity_key, rej_no_pods_key, rejinst_key = KEYS[5], KEYS[6], KEYS[7]
 local epoch_key, pend_key = KEYS[8], KEYS[9]
@@ -39,12 +41,11 @@ local RELEASES = 14 -- ARGV index of the first released (pod, n, pending)
 
 local open, last = fence(epoch_key, epoch, run_check, id)
 if open == nil then return {-1, 'epoch', 0, -1} end
-local released, moved = 0, 0
+local released = 0
 if release_seq ~= '' then
-  released, moved = give_back(load_key, avail_key, inst_key, pend_key, last, release_seq, RELEASES)
+  released = give_back(load_key, avail_key, inst_key, pend_key, last, release_seq, RELEASES)
 end
 local function refuse(why, ms)
-  if moved ~= 0 then redis.call('HINCRBY', stats_key, 'live', moved) end
   return {-1, why, ms, released}
 end
 if not open then
@@ -136,11 +137,6 @@ for _, pod in ipairs(pods) do
   if not hinted then redis.call('ZINCRBY', avail_key, n, pod) end
   redis.call('HINCRBY', inst_key, pod, n)
   reply[#reply + 1], reply[#reply + 2] = pod, n
-end
--- One HINCRBY for the releases and the grants; the fleet became active if
--- it had no live connection once the releases were applied.
-if granted + moved ~= 0 and redis.call('HINCRBY', stats_key, 'live', granted + moved) == granted and granted > 0 then
-  redis.call('PUBLISH', channel, 'active')
 end
 local refused = want - granted
 if refused > 0 then

@@ -4,7 +4,7 @@
 --
 -- Some keys are named inside the scripts rather than passed in KEYS: the
 -- keys of other instances (reaping), the epoch's synced set, the epoch
--- itself where leave and reap drop an instance's i:<id>, and the
+-- itself where leave and reap drop an instance's i:<id> and h:<id>, and the
 -- rejection rings flushed by a heartbeat. Their names are only known while
 -- the script runs; they are the prefix and a suffix store/keys.go names
 -- (keys_test.go checks it). Redis, Sentinel and Redis Cluster accept this because
@@ -84,20 +84,17 @@ end
 -- while the pod is placeable (ready, not draining), in load otherwise. Both
 -- are sorted sets; admission picks from avail in O(log pods).
 --
--- adjust moves a pod's live count by d, never below zero, and returns the
--- change actually applied, so callers keep stats.live equal to the sum.
+-- adjust moves a pod's live count by d, never below zero. No fleet total
+-- follows it: the scaler's live count is the heartbeats' (summary.lua).
 -- ZADD XX INCR touches avail only if the pod is there: one call where a
 -- ZSCORE and a ZINCRBY would take two.
 local function adjust(load, avail, pod, d)
   local key, after = avail, redis.call('ZADD', avail, 'XX', 'INCR', d, pod)
   if not after then key, after = load, redis.call('ZINCRBY', load, d, pod) end
   after = tonumber(after)
-  local before = after - d
   if after < 0 or (after == 0 and key == load) then
     if key == load then redis.call('ZREM', load, pod) else redis.call('ZADD', avail, 0, pod) end
   end
-  after = math.max(after, 0)
-  return after - math.max(before, 0)
 end
 
 -- give_back releases connections of instance id: for each (pod, n,
@@ -110,14 +107,13 @@ end
 -- is in that heartbeat's counts if the heartbeat ran first (Redis' seq is
 -- then above it) and is ignored. Releases do not move seq: only
 -- heartbeats do, so that a reaper watching it sees heartbeats. Returns how
--- many it released and the change of the pods' live counts, which the
--- caller adds to stats.live. last is the instance's seq in the epoch
+-- many it released. last is the instance's seq in the epoch
 -- (fence's second answer): false when it was reaped or left, and so holds
 -- nothing here (remove_instance emptied inst:<id>, and only a heartbeat,
 -- which sets i:<id> again, or a granted admission fills it).
 local function give_back(load, avail, inst, pend, last, seq, from)
-  if not last or tonumber(seq) < tonumber(last) then return 0, 0 end
-  local total, moved = 0, 0
+  if not last or tonumber(seq) < tonumber(last) then return 0 end
+  local total = 0
   for i = from, #ARGV, 3 do
     local pod, n, pending = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
     -- HINCRBY first: the common case (it held them) takes one call.
@@ -133,10 +129,10 @@ local function give_back(load, avail, inst, pend, last, seq, from)
         local p = redis.call('HINCRBY', pend, pod, -pending)
         if p <= 0 then redis.call('HDEL', pend, pod) end
       end
-      moved = moved + adjust(load, avail, pod, -d)
+      adjust(load, avail, pod, -d)
     end
   end
-  return total, moved
+  return total
 end
 
 -- count is a pod's live connections, wherever its count is stored.
@@ -187,21 +183,22 @@ local function ring_windows(key, pfx, bucket, w1, w2, w3)
 end
 
 -- remove_instance drops instance id from the fleet: its per-pod counts
--- leave load/avail, its keys go. Its seq generation (gen) stays, so that a
--- later run of the same id still numbers above every call of this one.
+-- leave load/avail, its keys go, and so does the total its heartbeats
+-- published (h:<id>, summed by summary.lua). Its seq generation (gen)
+-- stays, so that a later run of the same id still numbers above every
+-- call of this one.
 local function remove_instance(prefix, id)
   local ik = prefix .. 'inst:' .. id
   local f = redis.call('HGETALL', ik)
-  local moved = 0
   for i = 1, #f, 2 do
-    moved = moved + adjust(prefix .. 'load', prefix .. 'avail', f[i], -tonumber(f[i + 1]))
+    adjust(prefix .. 'load', prefix .. 'avail', f[i], -tonumber(f[i + 1]))
   end
-  if moved ~= 0 then redis.call('HINCRBY', prefix .. 'stats', 'live', moved) end
   redis.call('DEL', ik, prefix .. 'pend:' .. id, prefix .. 'rejinst:' .. id)
   redis.call('ZREM', prefix .. 'instances', id)
   redis.call('HDEL', prefix .. 'seq', id)
-  -- its admissions and releases are refused from now on (fence): 'lease'
-  redis.call('HDEL', prefix .. 'epoch', 'i:' .. id)
+  -- its admissions and releases are refused from now on (fence): 'lease';
+  -- the scaler no longer counts its connections
+  redis.call('HDEL', prefix .. 'epoch', 'i:' .. id, 'h:' .. id)
 end
 
 -- reap_expired removes the instances named in ids (the caller watched each

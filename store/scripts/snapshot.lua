@@ -1,15 +1,18 @@
 -- snapshot: the whole state of one fleet for operators (wsgate metrics), in
 -- one round trip. Read-only; O(pods x instances), so not for the hot path.
--- KEYS: 1 pods, 2 load, 3 instances, 4 stats, 5 epoch, 6 avail
+-- KEYS: 1 pods, 2 load, 3 instances, 4 epoch, 5 avail
 -- ARGV: 1 prefix, 2 bucket, 3 w1, 4 w2, 5 w3, 6.. reasons
--- Returns {pods, load, stats, avail, epoch, synced, instances, rejections,
+-- Returns {pods, load, avail, epoch, synced, instances, rejections,
 -- Redis' clock (ms, what leases are judged by), the epoch's recovery wait
 -- end (ms of Redis' clock, 0 when unknown), whether a tracker confirmed the
 -- wait on its own clock (1|0, see sync.lua)} where
 -- instances is a list of {id, lease, live, pending, windows} and
 -- windows/rejections are flat lists of (reason, w1, w2, w3).
-local pods_key, load_key, instances_key, stats_key, epoch_key, avail_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+-- The fleet's live count is not in it: store/snapshot.go sums the pods'
+-- counts it returns (load and avail), exact where summary.lua's sum of the
+-- heartbeats' totals trails by up to a heartbeat.
+local pods_key, load_key, instances_key, epoch_key, avail_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, bucket_arg, w1_arg, w2_arg, w3_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local REASONS = 6 -- ARGV index of the first reason
 
@@ -58,7 +61,6 @@ end
 return {
   redis.call('HGETALL', pods_key),
   redis.call('ZRANGE', load_key, 0, -1, 'WITHSCORES'),
-  redis.call('HGETALL', stats_key),
   redis.call('ZRANGEBYSCORE', avail_key, 1, '+inf', 'WITHSCORES'),
   epoch, synced, inst, fleet, now_ms(), until_ms, confirmed,
 }

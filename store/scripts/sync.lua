@@ -2,8 +2,11 @@
 -- local truth, load/avail are corrected by the difference, its lease is
 -- renewed (Redis' clock), it joins the epoch's synced set, buffered
 -- rejections are flushed and the expired instances it names are reaped.
--- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 pend:<id>, 5 instances, 6 stats,
---       7 epoch, 8 seq
+-- It also publishes the instance's total of live connections (h:<id> in
+-- the epoch, beside i:<id>): the scaler's live count is their sum over the
+-- instances alive (summary.lua; PROTOCOL.md, "The fleet's live count").
+-- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 pend:<id>, 5 instances, 6 epoch,
+--       7 seq
 -- pend:<id> holds only the connections not yet established at the instance's
 -- last heartbeat (admit.lua leaves it alone, releases lower it): they are few
 -- and short-lived, so established = live - pending costs almost no memory.
@@ -16,7 +19,9 @@
 --       12 kind: 'full' (the pods sent are all the instance holds) or
 --       'delta' (only the pods whose counts moved since the base: see
 --       "A delta" below), 13 the base's seq and 14 its epoch id ('' for
---       a full one), 15 npods, then npods x (pod, live, established),
+--       a full one), 15 the instance's live connections, all its pods (a
+--       delta's too, not only the pods it sends), 16 npods, then npods x
+--       (pod, live, established),
 --       then nrej, then nrej x (reason, bucket, count),
 --       then nreap, then nreap x id
 -- Returns {epoch id, created (0|1), ms until the recovery wait ends (at
@@ -32,12 +37,13 @@
 -- redis.call becomes a Lua table, then a reply again), and the instances'
 -- seqs, now and then, from instances.lua (store/sync.go).
 local load_key, avail_key, inst_key, pend_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local instances_key, stats_key, epoch_key, seq_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local instances_key, epoch_key, seq_key = KEYS[5], KEYS[6], KEYS[7]
 local id, lease_ms, new_epoch, prefix, slots_arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local channel, run_check, seq_arg, recovery_ms, confirm = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local wait_replicas = ARGV[11]
 local delta, base_seq, base_epoch = ARGV[12] == 'delta', ARGV[13], ARGV[14]
-local COUNTED = 15 -- ARGV index of npods; the lists follow it
+local total = tonumber(ARGV[15])
+local COUNTED = 16 -- ARGV index of npods; the lists follow it
 
 local slots = tonumber(slots_arg)
 local now = now_ms()
@@ -50,7 +56,7 @@ local created = 0
 if redis.call('TYPE', epoch_key).ok == 'string' then
   redis.call('DEL', epoch_key) -- a version before epochs were fenced: start anew
 end
-local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed', 'created', 'repl', 'waited', 'early', 'open')
+local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed', 'created', 'repl', 'waited', 'early', 'open', 'h:' .. id)
 local run = run_id(run_check)
 local epoch, until_ms, confirmed = e[1], tonumber(e[3]) or 0, e[4] == '1'
 -- opened: the epoch's `open` is set (below, open_if_over)
@@ -59,6 +65,9 @@ local opened = e[9] == '1'
 -- count in the epoch hash, which has no TTL, so that losing the set itself
 -- (evicted, expired, deleted) leaves the full wait, never ends it.
 local early = (tonumber(e[8] or '0') or 0) > 0
+-- was: the total this instance's last heartbeat in the epoch published
+-- (0 when none, or a new epoch below: it starts empty)
+local was = tonumber(e[10] or '0') or 0
 -- The early end (PROTOCOL.md, "Ending the wait early after a failover"):
 -- waits says that this instance's admissions count only once every replica
 -- this Redis has acknowledged them: WAIT below the number of replicas lets
@@ -102,6 +111,7 @@ if not epoch or e[2] ~= run then
     early = true
   end
   created = 1
+  was = 0
 else
   if not waits and (e[7] == '1' or early) then
     -- a heartbeat that does not wait for the replicas: this epoch's
@@ -167,7 +177,15 @@ redis.call('HSET', seq_key, id, seq)
 -- The same seq in the epoch: the admit and release scripts read it with
 -- the epoch (lib.lua fence), and its absence is the 'lease' refusal. A
 -- new epoch (DEL) drops every instance's; remove_instance drops one.
-redis.call('HSET', epoch_key, 'i:' .. id, seq)
+-- Beside it, in the same call, the instance's total (h:<id>): what the
+-- counts below leave in inst:<id>, summed by summary.lua while the
+-- instance's lease runs. The same DEL and HDEL drop it.
+redis.call('HSET', epoch_key, 'i:' .. id, seq, 'h:' .. id, total)
+-- The scaler's wake-up from zero (`active`): this instance's connections
+-- rose from none. At most a heartbeat after the admission that made it;
+-- once per instance and heartbeat at most (PROTOCOL.md, "The fleet's live
+-- count").
+if was <= 0 and total > 0 then redis.call('PUBLISH', channel, 'active') end
 
 -- This heartbeat re-publishes the instance: once every instance the early
 -- end waits for has, the wait is over. No clock decides it, so no tracker
@@ -186,7 +204,6 @@ end
 
 local npods = tonumber(ARGV[COUNTED])
 local i = COUNTED + 1
-local moved = 0
 if delta then
   -- Only the pods sent, each to the counts sent (0 and 0: it holds none
   -- there any more); the rest of inst:<id> and pend:<id> stays.
@@ -195,7 +212,7 @@ if delta then
     i = i + 3
     local d = live - tonumber(redis.call('HGET', inst_key, pod) or '0')
     if d ~= 0 then
-      moved = moved + adjust(load_key, avail_key, pod, d)
+      adjust(load_key, avail_key, pod, d)
       if live > 0 then redis.call('HSET', inst_key, pod, live) else redis.call('HDEL', inst_key, pod) end
     end
     if live > est then redis.call('HSET', pend_key, pod, live - est) else redis.call('HDEL', pend_key, pod) end
@@ -211,17 +228,12 @@ else
     i = i + 3
     local d = live - (old[pod] or 0)
     old[pod] = nil
-    if d ~= 0 then moved = moved + adjust(load_key, avail_key, pod, d) end
+    if d ~= 0 then adjust(load_key, avail_key, pod, d) end
     if live > 0 then redis.call('HSET', inst_key, pod, live) end
     if live > est then redis.call('HSET', pend_key, pod, live - est) end
   end
   for pod, n in pairs(old) do
-    moved = moved + adjust(load_key, avail_key, pod, -n)
-  end
-end
-if moved ~= 0 then
-  if redis.call('HINCRBY', stats_key, 'live', moved) > 0 and moved > 0 then
-    redis.call('PUBLISH', channel, 'active')
+    adjust(load_key, avail_key, pod, -n)
   end
 end
 

@@ -166,3 +166,62 @@ func Held(t *testing.T, c redis.Cmdable, fleet, inst string) int {
 	}
 	return n
 }
+
+// Republish is a full heartbeat of each of instances that publishes what
+// Redis counts for it (its per-pod counts, pending ones included), as a
+// tracker whose local truth is exactly its grants would: Redis' counts
+// stay, the instance's total (what Summary.Live sums) becomes theirs, and
+// its lease runs an hour. An instance Redis does not hold (reaped, left)
+// is skipped: a heartbeat would bring it back.
+func Republish(t *testing.T, s *store.Store, fleet string, now time.Time, instances ...string) {
+	t.Helper()
+	ctx := context.Background()
+	snap, err := s.Snapshot(ctx, fleet, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs, err := s.Instances(ctx, fleet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range instances {
+		seq, ok := seqs[id]
+		if !ok {
+			continue
+		}
+		var counts []store.PodCount
+		for _, in := range snap.Instances {
+			if in.ID != id {
+				continue
+			}
+			for pod, n := range in.Live {
+				counts = append(counts, store.PodCount{Pod: pod, Live: n, Established: in.Established[pod]})
+			}
+		}
+		// The seq Redis holds: not stale, and releases compare with the same.
+		res, err := s.Sync(ctx, store.SyncRequest{Fleet: fleet, Instance: id, Lease: time.Hour, Seq: seq, Counts: counts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Stale || res.NeedFull {
+			t.Fatalf("republish %s of %s: stale %v, need full %v", fleet, id, res.Stale, res.NeedFull)
+		}
+	}
+}
+
+// Counted is Redis' count of fleet's live connections, all pods (avail
+// and load): what the admit and release scripts move at once, where
+// Summary.Live, the instances' heartbeats' totals, trails it by up to a
+// heartbeat.
+func Counted(t *testing.T, s *store.Store, fleet string) int {
+	t.Helper()
+	loads, err := s.PodLoads(context.Background(), fleet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range loads {
+		n += c
+	}
+	return n
+}
