@@ -25,9 +25,12 @@
 -- until every instance has re-published: at least 1 while no tracker has
 -- confirmed the wait on its own clock), 'lease' (the caller was reaped or left, or has not
 -- heartbeated in this epoch: PROTOCOL.md, "One read for the fence").
--- A granted admission runs the fence (HMGET epoch), the pick
+-- A granted admission of one connection on the caller's hint runs the
+-- fence (HMGET epoch), the ZADD XX INCR of the hinted pod and the HINCRBY
+-- of inst:<id>: three calls. Without a hint it runs the fence, the pick
 -- (ZREVRANGEBYSCORE or ZRANGEBYSCORE), then per pod ZINCRBY and HINCRBY
--- inst:<id>: four calls for one connection. No fleet total and no
+-- inst:<id>: four calls for one connection, six after a refused hint (its
+-- ZADD and the undo). No fleet total and no
 -- `active` event: the heartbeats publish those (PROTOCOL.md, "The fleet's
 -- live count"). TIME only while the epoch is not open (in its recovery
 -- wait, and the first call after it).
