@@ -192,7 +192,9 @@ func (e *env) heartbeat(tr *tracker.Tracker) {
 	}
 }
 
-// admit makes n admissions and returns how many were admitted.
+// admit makes n admissions and returns how many were admitted, then
+// heartbeats tr: the scaler counts what the instances' heartbeats
+// published (tracker/PROTOCOL.md, "The fleet's live count").
 func (e *env) admit(tr *tracker.Tracker, fleet string, n int) (admitted int, conns []string) {
 	e.t.Helper()
 	for range n {
@@ -205,6 +207,7 @@ func (e *env) admit(tr *tracker.Tracker, fleet string, n int) (admitted int, con
 			conns = append(conns, res.Conn)
 		}
 	}
+	e.heartbeat(tr)
 	return admitted, conns
 }
 
@@ -449,6 +452,7 @@ func TestIsActive(t *testing.T) {
 	if err := tr.Flush(context.Background()); err != nil { // Redis has it
 		t.Fatal(err)
 	}
+	e.heartbeat(tr) // and the scaler's count
 	if e.active("fleet", "web") {
 		t.Error("web active after its only connection left")
 	}

@@ -27,7 +27,7 @@ func shardedFleets() []fleets.Fleet {
 
 // fillGroups gives every group of chat two pods (from the addresses the
 // group's FNV picks) and one instance, and admits want[k] connections in
-// group k.
+// group k, which the instance's heartbeat then publishes.
 func fillGroups(t *testing.T, e *env, want []int) {
 	t.Helper()
 	f := shardedFleets()[0]
@@ -44,6 +44,7 @@ func fillGroups(t *testing.T, e *env, want []int) {
 		for range want[k] {
 			storetest.Admit(t, e.store, g, f.MaxConnectionsPerPod, fleets.PolicyPack, "envoy-a", time.Now())
 		}
+		storetest.Republish(t, e.store, g, time.Now(), "envoy-a")
 	}
 }
 
@@ -93,6 +94,7 @@ func TestShardedFleetActiveOnAnyGroupsEvent(t *testing.T) {
 		e.waitSubscribers(g, 1)
 	}
 	storetest.Admit(t, e.store, "chat#2", 2, fleets.PolicyPack, "envoy-a", time.Now())
+	storetest.Republish(t, e.store, "chat#2", time.Now(), "envoy-a") // publishes it: "active"
 	select {
 	case r := <-got:
 		if r.err != nil || !r.res.Result {

@@ -64,7 +64,7 @@ func TestStreamIsActivePushesWithinASecond(t *testing.T) {
 	e.waitSubscribers("web", 1)
 
 	admitted := time.Now()
-	_, conns := e.admit(tr, "web", 1)
+	_, conns := e.admit(tr, "web", 1) // and the heartbeat that publishes it
 	r := <-got
 	if r.err != nil || !r.res.Result {
 		t.Fatalf("first push: %v %v, want true", r.res, r.err)

@@ -87,6 +87,11 @@ func runScript(ctx context.Context, out io.Writer, d demoSystem, o demoOptions) 
 		open = append(open, r.conn)
 		p.line("  => a freed slot admits again")
 	}
+	// The scaler counts what the trackers' heartbeats published: wait for
+	// the one that carries the new connection before asking it.
+	if err := awaitLive(ctx, p, d, int64(len(open))); err != nil {
+		return err
+	}
 
 	if err := awaitSettle(ctx, p, d); err != nil {
 		return err
@@ -200,7 +205,9 @@ func awaitRecovery(ctx context.Context, p *demoPrinter, d demoSystem) error {
 }
 
 // awaitLive waits until Redis and the pods themselves both count want live
-// connections: releases travel over the gateways' access-log streams.
+// connections: releases travel over the gateways' access-log streams, and
+// Redis' count is the summary's, what the trackers' heartbeats published
+// (tracker/PROTOCOL.md, "The fleet's live count").
 func awaitLive(ctx context.Context, p *demoPrinter, d demoSystem, want int64) error {
 	start := time.Now()
 	deadline := start.Add(demoWait)

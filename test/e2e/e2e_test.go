@@ -68,7 +68,7 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 	closed := time.Now()
 	admitted[0].Close(websocket.StatusNormalClosure, "")
 	await.Until(t, "slot freed after close", 20*time.Second, func() (bool, string) {
-		n := h.live(t)
+		n := h.counted(t)
 		return n == 11, strconv.FormatInt(n, 10)
 	})
 	t.Logf("release seen in Redis %s after close", time.Since(closed).Round(time.Millisecond))
@@ -82,8 +82,8 @@ func TestGlobalCapAcrossGateways(t *testing.T) {
 	}
 	await.Until(t, "all slots free", 20*time.Second, func() (bool, string) {
 		n, _ := h.backendLive()
-		l := h.live(t)
-		return n == 0 && l == 0, fmt.Sprintf("backends %d redis %d", n, l)
+		c, l := h.counted(t), h.live(t)
+		return n == 0 && c == 0 && l == 0, fmt.Sprintf("backends %d redis %d (summary %d)", n, c, l)
 	})
 }
 

@@ -282,7 +282,8 @@ func maxi(a, b int64) int64 {
 	return b
 }
 
-// live reads the fleet's live count from Redis.
+// live reads the fleet's live count from Redis as the scaler does: the
+// totals the trackers' heartbeats published (-1: Redis does not answer).
 func (h *harness) live(t *testing.T) int64 {
 	t.Helper()
 	s, err := h.store.Summary(context.Background(), "chat", time.Now())
@@ -290,4 +291,19 @@ func (h *harness) live(t *testing.T) int64 {
 		return -1
 	}
 	return s.Live
+}
+
+// counted reads the fleet's slots taken in Redis: its pods' counts, which
+// an admission or a release moves at once (-1: Redis does not answer).
+func (h *harness) counted(t *testing.T) int64 {
+	t.Helper()
+	loads, err := h.store.PodLoads(context.Background(), "chat")
+	if err != nil {
+		return -1
+	}
+	var n int64
+	for _, c := range loads {
+		n += int64(c)
+	}
+	return n
 }

@@ -183,7 +183,7 @@ func (h *harness) refused(t *testing.T, ctx context.Context, url, why string, li
 		}
 	}
 	await.Until(t, why+": slot released", 20*time.Second, func() (bool, string) {
-		l := h.live(t)
+		l := h.counted(t)
 		return l == live, strconv.FormatInt(l, 10)
 	})
 }

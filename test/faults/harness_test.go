@@ -23,7 +23,6 @@ package faults
 import (
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -106,7 +105,7 @@ const fleet = "chat"
 // (store/scripts/*.lua, with the Store's "{<prefix>:<fleet>}:" prefix);
 // keep every one of them here, so a renaming is adjusted in one place.
 var keys = struct {
-	instances, load, avail, stats string
+	instances, load, avail string
 	// admitMarker is a key only the admit script is called with and
 	// instancesMarker one the heartbeat (sync) is called with: the proxy
 	// recognises the two calls by them, in EVALSHA as in EVAL.
@@ -118,7 +117,6 @@ var keys = struct {
 	instances:       store.FleetKeys("", fleet).Instances(),
 	load:            store.FleetKeys("", fleet).Load(),
 	avail:           store.FleetKeys("", fleet).Avail(),
-	stats:           store.FleetKeys("", fleet).Stats(),
 	admitMarker:     store.FleetKeys("", fleet).Rej(store.ReasonNoPods),
 	instancesMarker: store.FleetKeys("", fleet).Instances(),
 	layoutMarker:    store.FleetKeys("", fleet).Layout(),
@@ -844,7 +842,9 @@ func (h *harness) awaitFallback(tp *trackerProc, d time.Duration) {
 }
 
 // redisCount is what Redis counts for the fleet: the pods' counts summed
-// (avail and load) and stats' live (-1 when Redis does not answer).
+// (avail and load), which admission decides on, and the summary's live
+// count, the totals the alive instances' heartbeats published, which the
+// scaler reads (-1 when Redis does not answer).
 func (h *harness) redisCount() (pods, live int64) {
 	ctx, cancel := rctx()
 	defer cancel()
@@ -857,17 +857,18 @@ func (h *harness) redisCount() (pods, live int64) {
 			pods += int64(z.Score)
 		}
 	}
-	v, err := h.rdb.HGet(ctx, keys.stats, "live").Int64()
-	if err != nil && !errors.Is(err, redis.Nil) {
+	sum, err := store.NewStore(h.rdb, "wsgate").Summary(ctx, fleet, time.Now())
+	if err != nil {
 		return -1, -1
 	}
-	return pods, v
+	return pods, sum.Live
 }
 
-// live is the fleet's live count in Redis (-1: Redis does not answer).
+// live is the fleet's live count in Redis, its pods' counts (-1: Redis
+// does not answer).
 func (h *harness) live() int64 {
-	_, live := h.redisCount()
-	return live
+	pods, _ := h.redisCount()
+	return pods
 }
 
 // backendLive is what the backends hold now, all together.
@@ -896,9 +897,10 @@ func (h *harness) awaitDrained(d time.Duration) time.Duration {
 }
 
 // awaitCounted waits until the backends hold n connections and Redis
-// counts exactly those: the releases of every connection that ended have
-// reached Redis (a tracker sends them after the access log reports the
-// end, in its next release call).
+// counts exactly those, in the pods' counts and in the summary: the
+// releases of every connection that ended have reached Redis (a tracker
+// sends them after the access log reports the end, in its next release
+// call), and every instance's heartbeat since published its total.
 func (h *harness) awaitCounted(n int64, d time.Duration) time.Duration {
 	h.t.Helper()
 	start := time.Now()

@@ -90,9 +90,15 @@ func TestLateRestartCountsWhatEnvoyCarries(t *testing.T) {
 				n := adopted(a)
 				return n >= 4, fmt.Sprint(n)
 			})
-			if _, live := h.redisCount(); live != carried {
-				t.Errorf("Redis' live count %d, want the %d the backends hold", live, carried)
+			if pods, _ := h.redisCount(); pods != carried {
+				t.Errorf("Redis' live count %d, want the %d the backends hold", pods, carried)
 			}
+			// and the scaler's, once each tracker's heartbeat published
+			// what it holds
+			await.Until(t, "the summary counts what the backends hold", 4*hb+5*time.Second, func() (bool, string) {
+				_, live := h.redisCount()
+				return live == carried, fmt.Sprintf("summary %d, backends %d", live, carried)
+			})
 			// Every pod is at (or, with reap, above) its cap: nothing more,
 			// through either tracker. In keep and kube Redis counted A's
 			// connections before A's first heartbeat (it kept them), and

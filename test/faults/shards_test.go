@@ -3,7 +3,6 @@ package faults
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -249,9 +248,9 @@ func shardMasterKilled(t *testing.T, dead int) {
 		if k == dead {
 			continue
 		}
-		gk := store.FleetKeys(prefix, fleets.GroupName(fleet, k))
+		g := fleets.GroupName(fleet, k)
 		await.Until(t, fmt.Sprintf("group %d's count in Redis at 0", k), 20*time.Second, func() (bool, string) {
-			n, err := redisGroupCount(crdb, gk)
+			n, err := redisGroupCount(crdb, prefix, g)
 			return err == nil && n == 0, fmt.Sprint(n, err)
 		})
 	}
@@ -297,11 +296,14 @@ func shardMetrics(h *harness) map[string]float64 {
 	return out
 }
 
-// redisGroupCount is what a group's master counts: its pods' counts
-// summed and its stats' live.
-func redisGroupCount(rdb *redis.ClusterClient, k store.Keys) (int64, error) {
+// redisGroupCount is what group g's master counts (keys under prefix):
+// its pods' counts summed and its summary's live count (the totals its
+// instances' heartbeats published).
+func redisGroupCount(rdb *redis.ClusterClient, prefix, g string) (int64, error) {
 	ctx, cancel := rctx()
 	defer cancel()
+	st := store.NewStore(rdb, prefix)
+	k := st.Keys(g)
 	var n int64
 	for _, key := range []string{k.Avail(), k.Load()} {
 		zs, err := rdb.ZRangeWithScores(ctx, key, 0, -1).Result()
@@ -312,9 +314,9 @@ func redisGroupCount(rdb *redis.ClusterClient, k store.Keys) (int64, error) {
 			n += int64(z.Score)
 		}
 	}
-	live, err := rdb.HGet(ctx, k.Stats(), "live").Int64()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return -1, fmt.Errorf("hget %s live: %w", k.Stats(), err)
+	sum, err := st.Summary(ctx, g, time.Now())
+	if err != nil {
+		return -1, err
 	}
-	return n + live, nil
+	return n + sum.Live, nil
 }

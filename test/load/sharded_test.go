@@ -199,8 +199,8 @@ func (r *shardRig) released(b *testing.B) {
 	for {
 		var live int64
 		for _, g := range r.fc.GroupNames() {
-			n, err := r.rdb.HGet(ctx, r.storeKeys(g).Stats(), "live").Int64()
-			if err != nil && err != redis.Nil {
+			n, err := podsLive(ctx, r.rdb, r.storeKeys(g))
+			if err != nil {
 				b.Fatal(err)
 			}
 			live += n
