@@ -311,14 +311,15 @@ func TestScaleDownWaitsForDeletionCosts(t *testing.T) {
 	closeN(few, 5)
 	closeN(empty, 6)
 	// No desiredReplicas is read meanwhile: the drain must be chosen on the
-	// settled counts.
+	// settled counts, the pods' and the summary's the scaler reads (the
+	// trackers' heartbeats publish it).
 	await.Until(t, "counts 5, 1, 0 in the backends and Redis", 30*time.Second, func() (bool, string) {
-		s := snapshot()
-		ok := s.Live == 6
+		s, live := snapshot(), h.live(t)
+		ok := s.Live == 6 && live == 6
 		for b, want := range map[*backend]int{full: 5, few: 1, empty: 0} {
 			ok = ok && b.Live.Load() == int64(want) && s.Load[b.Addr] == want
 		}
-		return ok, fmt.Sprintf("redis %v live %d", s.Load, s.Live)
+		return ok, fmt.Sprintf("redis %v live %d (summary %d)", s.Load, s.Live, live)
 	})
 
 	// The first reading starts the drain and holds the scale-down.

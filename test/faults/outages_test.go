@@ -435,7 +435,12 @@ func TestBadInputToEveryListener(t *testing.T) {
 	if err := wsdial.Ping(ctx, good.Conn); err != nil {
 		t.Fatal(err)
 	}
-	await.Until(t, "good connection still counted", 20*time.Second, func() (bool, string) { l := h.live(); return l == 1, fmt.Sprint(l) })
+	// counted in the pods and, once a heartbeat published it, in the
+	// summary the scaler reads below
+	await.Until(t, "good connection still counted", 20*time.Second, func() (bool, string) {
+		pods, live := h.redisCount()
+		return pods == 1 && live == 1, fmt.Sprintf("pods %d, summary %d", pods, live)
+	})
 
 	// Scaler.
 	for _, c := range []struct {
