@@ -175,6 +175,9 @@ func TestScaleToZeroKeepsTheLastPodPlaceable(t *testing.T) {
 	if !res.Admitted {
 		t.Fatalf("admission during the cooldown: %+v; want admitted on the last pod", res)
 	}
+	// The scaler counts what the heartbeats published (PROTOCOL.md, "The
+	// fleet's live count"): this one carries the connection.
+	noErr(t, tr.Heartbeat(ctx))
 	if r := e.desired(ctx, t, fleet); r != 1 {
 		t.Fatalf("one connection on one pod: the scaler reported %d; want 1", r)
 	}
