@@ -124,8 +124,16 @@ func (r *readiness) check(s store.Summary, now time.Time) error {
 	if want == 0 && m.expected > 0 && age < r.lapse {
 		want, from = m.expected, "alive before the epoch changed"
 	}
-	if need := int64(math.Ceil(r.ratio*float64(want) - 1e-9)); s.Synced < need {
+	need := int64(math.Ceil(r.ratio*float64(want) - 1e-9))
+	if s.Synced < need {
 		return fmt.Errorf("%d of %d expected tracker instances (%s) synced in epoch %s, need %d", s.Synced, want, from, s.Epoch, need)
+	}
+	// The live count is what the instances' heartbeats published: one that
+	// is alive without publishing (a tracker of a version before that, in
+	// a rolling upgrade) is missing from it, and the count would err low.
+	if alive := int64(math.Ceil(r.ratio*float64(s.Alive) - 1e-9)); s.Published < max(need, alive) {
+		return fmt.Errorf("%d of %d alive tracker instances published their connections in epoch %s, need %d: trackers of a version before 2026-12 publish none (upgrade them)",
+			s.Published, s.Alive, s.Epoch, max(need, alive))
 	}
 	// Instances vanishing within an epoch were reaped: dead, or only cut off
 	// from Redis with their connections still up. Their counts are gone

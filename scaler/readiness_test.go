@@ -17,7 +17,7 @@ func (f countFunc) ExpectedInstances(fleet string) int { return f(fleet) }
 // until that many trackers re-synced; the explicit flag wins over it.
 func TestReadinessExpectsTheEnvoyServiceEndpoints(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_000)
-	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 2, Alive: 2}
+	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 2, Alive: 2, Published: 2}
 	envoys := 4
 	r := newReadiness(time.Second, 0.95, 0)
 	if err := r.check(sum, now); err != nil {
@@ -45,7 +45,7 @@ func TestReadinessExpectsTheEnvoyServiceEndpoints(t *testing.T) {
 // with them; the metric holds until the lower number lasted the settle time.
 func TestReadinessHoldsWhenInstancesVanish(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_000)
-	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10}
+	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10, Published: 10}
 	r := newReadiness(30*time.Second, 0.95, 0)
 	if err := r.check(sum, now); err != nil {
 		t.Fatal(err)
@@ -71,7 +71,7 @@ func TestReadinessHoldsWhenInstancesVanish(t *testing.T) {
 // leaving at once holds nothing, while a fifth vanishing still does.
 func TestReadinessTrustsInstancesThatLeft(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_000)
-	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10, Left: 1}
+	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10, Published: 10, Left: 1}
 	r := newReadiness(30*time.Second, 0.95, 0)
 	if err := r.check(sum, now); err != nil {
 		t.Fatal(err)
@@ -91,10 +91,10 @@ func TestReadinessTrustsInstancesThatLeft(t *testing.T) {
 // (fewer ready Envoy endpoints) holds nothing either.
 func TestReadinessRidesOutRollingUpdates(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_000)
-	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10}
+	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10, Published: 10}
 	r := newReadiness(30*time.Second, 0.95, 0)
 	for i, alive := range []int64{10, 11, 10, 11, 10, 9} {
-		sum.Alive = alive
+		sum.Alive, sum.Published = alive, alive // a new instance publishes with its first heartbeat
 		if err := r.check(sum, now.Add(time.Duration(i)*time.Second)); err != nil {
 			t.Fatalf("step %d (alive %d): %v", i, alive, err)
 		}
@@ -102,16 +102,33 @@ func TestReadinessRidesOutRollingUpdates(t *testing.T) {
 	envoys := 10
 	r = newReadiness(30*time.Second, 0.95, 0)
 	r.counter = countFunc(func(string) int { return envoys })
-	sum.Alive = 10
+	sum.Alive, sum.Published = 10, 10
 	if err := r.check(sum, now); err != nil {
 		t.Fatal(err)
 	}
-	envoys, sum.Alive = 6, 6 // a scale-in of Envoy
+	envoys, sum.Alive, sum.Published = 6, 6, 6 // a scale-in of Envoy
 	if err := r.check(sum, now.Add(time.Second)); err != nil {
 		t.Fatalf("a scale-in Kubernetes confirms: %v", err)
 	}
 	sum.Alive = 3 // three more vanish, Kubernetes still has 6 ready
 	if err := r.check(sum, now.Add(2*time.Second)); err == nil {
 		t.Fatal("instances vanished that Kubernetes says are ready: not held")
+	}
+}
+
+// TestReadinessHoldsWhileAliveInstancesPublishNothing: trackers of a
+// version before the heartbeats published their totals heartbeat (alive,
+// synced) but are missing from the live count: the metric holds until
+// enough of the alive ones publish, with or without an expected number.
+func TestReadinessHoldsWhileAliveInstancesPublishNothing(t *testing.T) {
+	now := time.UnixMilli(1_800_000_000_000)
+	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10, Published: 6}
+	r := newReadiness(time.Second, 0.9, 0)
+	if err := r.check(sum, now); err == nil || !strings.Contains(err.Error(), "6 of 10 alive tracker instances published") {
+		t.Fatalf("6 of 10 alive instances published: %v; want a hold", err)
+	}
+	sum.Published = 9
+	if err := r.check(sum, now); err != nil {
+		t.Fatalf("9 of 10 published, ratio 0.9: %v", err)
 	}
 }

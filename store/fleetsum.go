@@ -53,8 +53,8 @@ func (s *Store) FleetSummary(ctx context.Context, f fleets.Fleet, now time.Time)
 //   - Alive and Left are the highest of any group: every tracker heartbeats
 //     every group, so each group counts the same instances; adding them
 //     would multiply the fleet's trackers by its shards.
-//   - Synced is the lowest of any group: the fleet has re-synced only as
-//     far as its least re-synced group.
+//   - Synced and Published are the lowest of any group: the fleet has
+//     re-synced only as far as its least re-synced group.
 //   - Epoch is "" while any group has none (the fleet is not whole yet),
 //     else the groups' epochs joined by ","; a new epoch of any group makes
 //     a new one for the fleet. Its start (EpochStart) is the latest of the
@@ -79,6 +79,9 @@ func SumSummaries(fleet string, groups []Summary) Summary {
 		out.Left = max(out.Left, g.Left)
 		if i == 0 || g.Synced < out.Synced {
 			out.Synced = g.Synced
+		}
+		if i == 0 || g.Published < out.Published {
+			out.Published = g.Published
 		}
 		for r, w := range g.Rejections {
 			t := out.Rejections[r]

@@ -67,11 +67,12 @@ func TestAdmitAndReleaseWriteNoStats(t *testing.T) {
 	})
 }
 
-// The summary's live count is the sum of the totals the instances whose
-// lease runs by Redis' clock published in the epoch: an instance whose
-// lease ended drops out at once, reaped or not; a leave, a reap and a new
-// epoch remove what it published.
-func TestSummaryLiveSumsTheAliveInstancesTotals(t *testing.T) {
+// The summary's live count is the sum of the totals the instances Redis
+// still counts published in the epoch: an instance whose lease ended but
+// was not reaped (keep, kube) still holds its slots, and stays in it; a
+// leave, a reap and a new epoch remove what it published. Published counts
+// the alive instances that published a total in the epoch.
+func TestSummaryLiveSumsTheCountedInstancesTotals(t *testing.T) {
 	// miniredis only: the test sets Redis' clock.
 	s, mr := storetest.NewMini(t)
 	ctx := context.Background()
@@ -93,11 +94,11 @@ func TestSummaryLiveSumsTheAliveInstancesTotals(t *testing.T) {
 		}
 		epoch = res.Epoch
 	}
-	want := func(live, alive int64, why string) {
+	want := func(live, alive, published int64, why string) {
 		t.Helper()
 		sum := storetest.Summary(t, s, "chat", storetest.T0)
-		if sum.Live != live || sum.Alive != alive {
-			t.Fatalf("%s: live %d of %d instances alive; want %d of %d", why, sum.Live, sum.Alive, live, alive)
+		if sum.Live != live || sum.Alive != alive || sum.Published != published {
+			t.Fatalf("%s: live %d, %d instances alive, %d published; want %d, %d, %d", why, sum.Live, sum.Alive, sum.Published, live, alive, published)
 		}
 	}
 	published := func(inst string) bool {
@@ -108,10 +109,10 @@ func TestSummaryLiveSumsTheAliveInstancesTotals(t *testing.T) {
 	beat("a", 10*time.Second, 2)
 	beat("b", time.Hour, 3)
 	beat("c", time.Hour, 4)
-	want(9, 3, "three instances")
+	want(9, 3, 3, "three instances")
 
 	mr.SetTime(storetest.T0.Add(11 * time.Second))
-	want(7, 2, "a's lease ended, not reaped")
+	want(9, 2, 2, "a's lease ended, not reaped: its slots are still counted")
 	if !published("a") {
 		t.Fatal("a's total is gone before it was reaped; the test shows nothing")
 	}
@@ -122,7 +123,7 @@ func TestSummaryLiveSumsTheAliveInstancesTotals(t *testing.T) {
 	if there, err := s.Leave(ctx, store.LeaveRequest{Fleet: "chat", Instance: "c", Seq: seq["c"] + 1}); err != nil || !there {
 		t.Fatalf("leave of c: %v, %v", there, err)
 	}
-	want(3, 1, "c left")
+	want(5, 1, 1, "c left")
 	if published("c") {
 		t.Error("c's total outlived its leave")
 	}
@@ -130,20 +131,20 @@ func TestSummaryLiveSumsTheAliveInstancesTotals(t *testing.T) {
 	if reaped, err := s.Reap(ctx, "chat", []string{"a"}); err != nil || !slices.Equal(reaped, []string{"a"}) {
 		t.Fatalf("reap of a: %v, %v", reaped, err)
 	}
-	want(3, 1, "a reaped")
+	want(3, 1, 1, "a reaped")
 	if published("a") {
 		t.Error("a's total outlived its reap")
 	}
 
 	beat("a", time.Hour, 1) // a full heartbeat brings it back
-	want(4, 2, "a back")
+	want(4, 2, 2, "a back")
 
 	// A new epoch: every total is gone until each instance heartbeats in it.
 	mr.Del(s.Keys("chat").Epoch())
 	beat("b", time.Hour, 3)
-	want(3, 2, "a new epoch, only b re-published")
+	want(3, 2, 1, "a new epoch, only b re-published")
 	beat("a", time.Hour, 1)
-	want(4, 2, "both re-published")
+	want(4, 2, 2, "both re-published")
 }
 
 // A full heartbeat's total is the sum of its counts: a Live that says

@@ -164,5 +164,24 @@ func TestEventsSubscription(t *testing.T) {
 		storetest.Admit(t, s, "chat", 1, fleets.PolicyPack, "e1", storetest.T0)
 		storetest.Republish(t, s, "chat", storetest.T0, "e1")
 		next("active")
+
+		// Another instance's first connection, while e1 holds one: the
+		// fleet was active already, and its rise from 0 says nothing (the
+		// rejection of a later bucket is the next event, not "active").
+		storetest.Admit(t, s, "chat", 2, fleets.PolicyPack, "e2", storetest.T0)
+		storetest.Republish(t, s, "chat", storetest.T0, "e2")
+		storetest.Admit(t, s, "chat", 2, fleets.PolicyPack, "e2", storetest.T0.Add(2*store.BucketWidth))
+		next(string(store.ReasonCapacity))
+
+		// Both leave, with their connections: the fleet is idle again, and
+		// the next instance's first connection wakes the scaler.
+		for _, id := range []string{"e1", "e2"} {
+			if _, err := s.Leave(ctx, store.LeaveRequest{Fleet: "chat", Instance: id, Seq: 1 << 40}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		storetest.Admit(t, s, "chat", 2, fleets.PolicyPack, "e3", storetest.T0)
+		storetest.Republish(t, s, "chat", storetest.T0, "e3")
+		next("active")
 	})
 }

@@ -10,7 +10,10 @@ import (
 // the number of pods.
 type Summary struct {
 	Fleet string
-	// Live is the number of live connections, all pods and instances.
+	// Live is the live connections of the instances Redis counts (alive,
+	// or past their lease and not reaped), as each one's last heartbeat in
+	// this epoch published them: up to a heartbeat behind the admissions
+	// (tracker/PROTOCOL.md, "The fleet's live count").
 	Live int64
 	// Pods, Ready, Draining count the registry: Ready includes Draining.
 	Pods, Ready, Draining int64
@@ -22,6 +25,10 @@ type Summary struct {
 	Synced int64
 	// Alive is how many instances hold an unexpired lease.
 	Alive int64
+	// Published is how many of them published their total in Epoch: an
+	// alive instance without one (a tracker of a version before the
+	// heartbeats published totals) is missing from Live.
+	Published int64
 	// Left counts the instances that left on their own in this epoch (a
 	// drained Envoy pod): a drop of Alive they explain lost no count.
 	Left       int64
@@ -60,7 +67,8 @@ func (s *Store) Summary(ctx context.Context, fleet string, now time.Time) (Summa
 }
 
 // summary.lua's reply, by position: the counts, then three windows per
-// reason, then Redis' clock and the instances that left.
+// reason, then Redis' clock, the instances that left and the alive ones
+// that published a total.
 const (
 	summaryLive = iota
 	summaryPods
@@ -75,8 +83,8 @@ const (
 
 func decodeSummary(fleet string, res []any) (Summary, error) {
 	rejEnd := summaryRejections + 3*len(Reasons)
-	redisNow, left := rejEnd, rejEnd+1
-	if len(res) != left+1 {
+	redisNow, left, published := rejEnd, rejEnd+1, rejEnd+2
+	if len(res) != published+1 {
 		return Summary{}, fmt.Errorf("summary %s: unexpected reply of %d elements", fleet, len(res))
 	}
 	out := Summary{Fleet: fleet, Rejections: map[Reason]Windows{}}
@@ -85,7 +93,7 @@ func decodeSummary(fleet string, res []any) (Summary, error) {
 	out.Epoch, _ = res[summaryEpoch].(string)
 	out.Synced, out.Alive = i64(res[summarySynced]), i64(res[summaryAlive])
 	out.RedisNow = time.UnixMilli(i64(res[redisNow]))
-	out.Left = i64(res[left])
+	out.Left, out.Published = i64(res[left]), i64(res[published])
 	for k, r := range Reasons {
 		b := summaryRejections + 3*k
 		out.Rejections[r] = Windows{M5: i64(res[b]), M15: i64(res[b+1]), H1: i64(res[b+2])}

@@ -93,7 +93,7 @@ fleet's layout (the number of groups Redis records for it): the offline
 step of changing a fleet's shards (README, "Sharded fleets"). Trackers and
 the scaler follow the recorded layout; one whose shards differ admits
 nothing through Redis. Refused while any group of the recorded layout still
-counts a connection: drain the fleet first, and run every tracker and the
+counts a connection on a pod (Redis' own counts): drain the fleet first, and run every tracker and the
 scaler with the new shards before this, or an old one records the old
 layout again.
 
@@ -176,17 +176,24 @@ func runForgetLayout(args []string) error {
 	return nil
 }
 
-// drained checks that no group of fleet's layout n counts a connection.
+// drained checks that no group of fleet's layout n counts a connection on
+// any pod: Redis' own counts, which admission keeps at once, not the
+// scaler's live count, which the heartbeats publish and which leaves out an
+// instance that stopped heartbeating but still holds slots.
 func drained(ctx context.Context, st *store.Store, fleet string, n int) error {
 	var busy []string
 	for k := range n {
 		g := fleets.GroupName(fleet, k)
-		sum, err := st.Summary(ctx, g, time.Now())
+		loads, err := st.PodLoads(ctx, g)
 		if err != nil {
 			return fmt.Errorf("group %s: %w", g, err)
 		}
-		if sum.Live > 0 {
-			busy = append(busy, fmt.Sprintf("%s: %d", g, sum.Live))
+		total := 0
+		for _, c := range loads {
+			total += c
+		}
+		if total > 0 {
+			busy = append(busy, fmt.Sprintf("%s: %d", g, total))
 		}
 	}
 	if len(busy) > 0 {

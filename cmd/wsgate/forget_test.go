@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
+	"github.com/wsgate/wsgate/store/storetest"
 	"github.com/wsgate/wsgate/test/await"
 	"github.com/wsgate/wsgate/test/redistest"
 )
@@ -136,5 +138,29 @@ func TestForgetLayoutChecksTheDrainAgainAfterTheFreeze(t *testing.T) {
 	}
 	if n, err := s.RecordedLayout(ctx, "chat"); err != nil || n != 3 {
 		t.Errorf("after the refusal, the recorded layout: %d %v; want 3 back", n, err)
+	}
+}
+
+// forget-layout's drain check reads Redis' own counts of the pods, which
+// an admission moves at once, not the scaler's live count, which only the
+// next heartbeat carries: a connection admitted since the last heartbeat
+// keeps the layout.
+func TestForgetLayoutSeesAnAdmissionBeforeItsHeartbeat(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s := store.NewStore(srv.Client(), "wsgate")
+	if n, err := s.Layout(ctx, "chat", 2); err != nil || n != 2 {
+		t.Fatalf("recording a layout of 2: %d %v", n, err)
+	}
+	storetest.SetPods(t, s, "chat#1", storetest.Pods("10.0.0.1:80"))
+	if a := storetest.Admit(t, s, "chat#1", 2, fleets.PolicyPack, "e1", time.Now()); a.Pod == "" {
+		t.Fatalf("admission refused: %+v", a)
+	}
+	if sum, err := s.Summary(ctx, "chat#1", time.Now()); err != nil || sum.Live != 0 {
+		t.Fatalf("the summary counts %d (%v) before a heartbeat; the test needs 0", sum.Live, err)
+	}
+	err := runForgetLayout([]string{"--redis-addr", srv.Addr(), "--fleet", "chat", "--settle", "0s"})
+	if err == nil || !strings.Contains(err.Error(), "chat#1: 1") {
+		t.Errorf("forgetting the layout of a group with an admitted connection: %v", err)
 	}
 }

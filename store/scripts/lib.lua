@@ -197,8 +197,11 @@ local function remove_instance(prefix, id)
   redis.call('ZREM', prefix .. 'instances', id)
   redis.call('HDEL', prefix .. 'seq', id)
   -- its admissions and releases are refused from now on (fence): 'lease';
-  -- the scaler no longer counts its connections
-  redis.call('HDEL', prefix .. 'epoch', 'i:' .. id, 'h:' .. id)
+  -- the scaler no longer counts its connections, nor the instance among
+  -- the busy ones (sync.lua)
+  local ek = prefix .. 'epoch'
+  if (tonumber(redis.call('HGET', ek, 'h:' .. id) or '0') or 0) > 0 then redis.call('HINCRBY', ek, 'busy', -1) end
+  redis.call('HDEL', ek, 'i:' .. id, 'h:' .. id)
 end
 
 -- reap_expired removes the instances named in ids (the caller watched each

@@ -181,11 +181,17 @@ redis.call('HSET', seq_key, id, seq)
 -- counts below leave in inst:<id>, summed by summary.lua while the
 -- instance's lease runs. The same DEL and HDEL drop it.
 redis.call('HSET', epoch_key, 'i:' .. id, seq, 'h:' .. id, total)
--- The scaler's wake-up from zero (`active`): this instance's connections
--- rose from none. At most a heartbeat after the admission that made it;
--- once per instance and heartbeat at most (PROTOCOL.md, "The fleet's live
--- count").
-if was <= 0 and total > 0 then redis.call('PUBLISH', channel, 'active') end
+-- The scaler's wake-up from zero (`active`): the epoch's `busy` counts
+-- the instances whose total is not 0, and the fleet turned active when it
+-- rises from 0: at most a heartbeat after the admission that made it, and
+-- once per such rise of the whole fleet, not per instance (PROTOCOL.md,
+-- "The fleet's live count"). remove_instance lowers it with the total it
+-- drops; a new epoch (DEL) starts it anew, as every total.
+if was <= 0 and total > 0 then
+  if redis.call('HINCRBY', epoch_key, 'busy', 1) == 1 then redis.call('PUBLISH', channel, 'active') end
+elseif was > 0 and total <= 0 then
+  redis.call('HINCRBY', epoch_key, 'busy', -1)
+end
 
 -- This heartbeat re-publishes the instance: once every instance the early
 -- end waits for has, the wait is over. No clock decides it, so no tracker
