@@ -83,7 +83,7 @@ type AdmitReply struct {
 
 // admitKeys are admit.lua's KEYS, in its order.
 func admitKeys(k Keys, instance string) []string {
-	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Stats(), k.Rej(ReasonCapacity), k.Rej(ReasonNoPods),
+	return []string{k.Load(), k.Avail(), k.Inst(instance), k.Rej(ReasonCapacity), k.Rej(ReasonNoPods),
 		k.RejInst(instance), k.Epoch(), k.Pend(instance)}
 }
 

@@ -164,7 +164,7 @@ func (h slowAdmits) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 }
 func (h slowAdmits) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); cmd.Name() == "evalsha" && hotKeys(a) == "9" {
+		if a := cmd.Args(); cmd.Name() == "evalsha" && hotKeys(a) == "8" {
 			time.Sleep(h.d) // a slow Redis, not synchronisation
 		}
 		return next(ctx, cmd)
@@ -246,14 +246,14 @@ func TestAdmitAfterTheCallerLeft(t *testing.T) {
 func TestHotCallsAreNeverRetried(t *testing.T) {
 	tr, h := countedTracker(t, 2)
 	release(t, tr, admit(t, tr, "chat").Conn)
-	for name, keys := range map[string]string{"admit": "9", "release": "5"} {
+	for name, keys := range map[string]string{"admit": "8", "release": "5"} {
 		if retry, seen := h.retryable[keys]; !seen || retry {
 			t.Errorf("%s call: seen %v, retryable %v; want seen and never retried", name, seen, retry)
 		}
 	}
 }
 
-// hotKeys is the number of keys of an EVALSHA of the admit script ("9")
+// hotKeys is the number of keys of an EVALSHA of the admit script ("8")
 // or the release script ("5"), "" for another script: those two are the
 // scripts whose first key is the fleet's load (the summary has 9 keys
 // too).
@@ -345,7 +345,7 @@ func TestReleaseRidesOnTheNextAdmitCall(t *testing.T) {
 	if !second.Admitted || second.Fallback {
 		t.Fatalf("second admission: %+v; want admitted through Redis on the slot the release freed", second)
 	}
-	if got, admits, releases := live(), h.get("9"), h.get("5"); got != 1 || admits != 2 || releases != 0 {
+	if got, admits, releases := live(), h.get("8"), h.get("5"); got != 1 || admits != 2 || releases != 0 {
 		t.Fatalf("after the second admission: live %d, %d admit calls, %d release calls; want 1, 2, 0", got, admits, releases)
 	}
 	if err := tr.Release(context.Background(), second.Conn); err != nil {

@@ -297,14 +297,17 @@ func TestDeadInstanceIsReaped(t *testing.T) {
 	if got := storetest.Counted(t, alive.Store(), "chat"); got != 6 {
 		t.Fatalf("reaped before the reaper watched a full lease: Redis counts %d", got)
 	}
-	// The scaler's count is the instances' whose lease runs: dead's
-	// connections left it with its lease, reaped or not.
-	if got := total(); got != 3 {
-		t.Fatalf("dead's lease ended: the summary counts %d, want alive's 3", got)
+	// The scaler counts what Redis counts: dead's slots, and so its
+	// connections, until it is reaped.
+	if got := total(); got != 6 {
+		t.Fatalf("dead's lease ended, not reaped: the summary counts %d, want 6", got)
 	}
 	clk.Advance(200 * time.Millisecond)
 	heartbeat(t, alive) // names dead
 	heartbeat(t, alive) // reaps it
+	if got := total(); got != 3 {
+		t.Fatalf("dead reaped: the summary counts %d, want alive's 3", got)
+	}
 	snap, err := alive.Store().Snapshot(context.Background(), "chat", clk.Now())
 	if err != nil {
 		t.Fatal(err)

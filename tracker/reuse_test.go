@@ -33,7 +33,7 @@ func TestReuseTakesBackAQueuedRelease(t *testing.T) {
 	if err := tr.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got, admits, releases := live(), h.get("9"), h.get("5"); got != 1 || admits != 1 || releases != 0 {
+	if got, admits, releases := live(), h.get("8"), h.get("5"); got != 1 || admits != 1 || releases != 0 {
 		t.Fatalf("after reuse and Flush: live %d, %d admit calls, %d release calls; want 1, 1, 0", got, admits, releases)
 	}
 	if n := testutil.ToFloat64(tr.Metrics().Reused.WithLabelValues("chat")); n != 1 {
@@ -100,7 +100,7 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		if r.Reused || r.Fallback {
 			t.Fatalf("admission %+v; want it decided by Redis", r)
 		}
-		if got := h.get("9"); got != admits {
+		if got := h.get("8"); got != admits {
 			t.Fatalf("%d admit calls, want %d", got, admits)
 		}
 	}
@@ -203,7 +203,7 @@ func TestReuseOnlyWhereTheAdmitScriptCouldPlace(t *testing.T) {
 		if r := admit(t, tr, "chat"); r.Reused || r.Admitted {
 			t.Fatalf("admission past the lease %+v; want refused", r)
 		}
-		if got := h.get("9"); got != 1 {
+		if got := h.get("8"); got != 1 {
 			t.Fatalf("%d admit calls, want 1: none past the lease", got)
 		}
 		heartbeat(t, tr)
@@ -224,7 +224,7 @@ func (h *holdAdmit) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 }
 func (h *holdAdmit) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); cmd.Name() == "evalsha" && hotKeys(a) == "9" {
+		if a := cmd.Args(); cmd.Name() == "evalsha" && hotKeys(a) == "8" {
 			first := false
 			h.once.Do(func() { first = true })
 			if first {
@@ -278,9 +278,9 @@ func TestQueuedAdmissionTakesBackASlotReleasedMeanwhile(t *testing.T) {
 	if err := tr.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if reused != 2 || viaRedis != 1 || calls.get("9") != 3 || calls.get("5") != 0 || redisLive(t, tr) != 3 {
+	if reused != 2 || viaRedis != 1 || calls.get("8") != 3 || calls.get("5") != 0 || redisLive(t, tr) != 3 {
 		t.Fatalf("%d reused, %d through Redis, %d admit calls, %d release calls, Redis live %d; want 2, 1, 3, 0, 3",
-			reused, viaRedis, calls.get("9"), calls.get("5"), redisLive(t, tr))
+			reused, viaRedis, calls.get("8"), calls.get("5"), redisLive(t, tr))
 	}
 }
 

@@ -6,8 +6,8 @@
 -- applies the releases the call carries, as release.lua would
 -- (`release_seq` is their seq, '' when none): one call where two would run
 -- back to back.
--- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 stats, 5 rej:capacity, 6 rej:no_pods,
---       7 rejinst:<id>, 8 epoch, 9 pend:<id>
+-- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 rej:capacity, 5 rej:no_pods,
+--       6 rejinst:<id>, 7 epoch, 8 pend:<id>
 -- pend:<id> is not touched by the admissions: a new connection counts as
 -- established until the instance's next heartbeat says otherwise (sync.lua).
 -- ARGV: 1 cap, 2 policy (pack|spread), 3 bucket, 4 slots, 5 events channel,
@@ -34,9 +34,9 @@
 -- `active` event: the heartbeats publish those (PROTOCOL.md, "The fleet's
 -- live count"). TIME only while the epoch is not open (in its recovery
 -- wait, and the first call after it).
-local load_key, avail_key, inst_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local rej_capacity_key, rej_no_pods_key, rejinst_key = KEYS[5], KEYS[6], KEYS[7]
-local epoch_key, pend_key = KEYS[8], KEYS[9]
+local load_key, avail_key, inst_key = KEYS[1], KEYS[2], KEYS[3]
+local rej_capacity_key, rej_no_pods_key, rejinst_key = KEYS[4], KEYS[5], KEYS[6]
+local epoch_key, pend_key = KEYS[7], KEYS[8]
 local cap_arg, policy, bucket_arg, slots_arg, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local epoch, run_check, id, want_arg, release_seq = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local hint, hint_lo, hint_hi = ARGV[11], ARGV[12], ARGV[13]
