@@ -129,11 +129,13 @@ func (r *readiness) check(s store.Summary, now time.Time) error {
 		return fmt.Errorf("%d of %d expected tracker instances (%s) synced in epoch %s, need %d", s.Synced, want, from, s.Epoch, need)
 	}
 	// The live count is what the instances' heartbeats published: one that
-	// is alive without publishing (a tracker of a version before that, in
-	// a rolling upgrade) is missing from it, and the count would err low.
-	if alive := int64(math.Ceil(r.ratio*float64(s.Alive) - 1e-9)); s.Published < max(need, alive) {
-		return fmt.Errorf("%d of %d alive tracker instances published their connections in epoch %s, need %d: trackers of a version before 2026-12 publish none (upgrade them)",
-			s.Published, s.Alive, s.Epoch, max(need, alive))
+	// heartbeats in the epoch without publishing (a tracker of a version
+	// before that, in a rolling upgrade) is missing from it, and the count
+	// would err low. (One alive that has not heartbeated in a new epoch yet
+	// is the synced check's, against the instances expected.)
+	if synced := int64(math.Ceil(r.ratio*float64(min(s.Synced, s.Alive)) - 1e-9)); s.Published < max(need, synced) {
+		return fmt.Errorf("%d of %d tracker instances synced in epoch %s published their connections, need %d: trackers of a version before 2026-12 publish none (upgrade them)",
+			s.Published, min(s.Synced, s.Alive), s.Epoch, max(need, synced))
 	}
 	// Instances vanishing within an epoch were reaped: dead, or only cut off
 	// from Redis with their connections still up. Their counts are gone

@@ -119,12 +119,12 @@ func TestReadinessRidesOutRollingUpdates(t *testing.T) {
 // TestReadinessHoldsWhileAliveInstancesPublishNothing: trackers of a
 // version before the heartbeats published their totals heartbeat (alive,
 // synced) but are missing from the live count: the metric holds until
-// enough of the alive ones publish, with or without an expected number.
+// enough of the synced ones publish, with or without an expected number.
 func TestReadinessHoldsWhileAliveInstancesPublishNothing(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_000)
 	sum := store.Summary{Fleet: "chat", Epoch: "1799999000000-00aa", Synced: 10, Alive: 10, Published: 6}
 	r := newReadiness(time.Second, 0.9, 0)
-	if err := r.check(sum, now); err == nil || !strings.Contains(err.Error(), "6 of 10 alive tracker instances published") {
+	if err := r.check(sum, now); err == nil || !strings.Contains(err.Error(), "6 of 10 tracker instances synced in epoch 1799999000000-00aa published") {
 		t.Fatalf("6 of 10 alive instances published: %v; want a hold", err)
 	}
 	sum.Published = 9

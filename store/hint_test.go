@@ -3,8 +3,6 @@ package store_test
 import (
 	"context"
 	"maps"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -14,25 +12,6 @@ import (
 	"github.com/wsgate/wsgate/store/storetest"
 	"github.com/wsgate/wsgate/test/redistest"
 )
-
-// commandCalls is how many times Redis ran each command so far, a script's
-// inner calls included (INFO commandstats).
-func commandCalls(t *testing.T, rdb *redis.Client) map[string]int {
-	t.Helper()
-	stats, err := rdb.Info(context.Background(), "commandstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]int{}
-	for _, line := range strings.Split(stats, "\r\n") {
-		name, rest, ok := strings.Cut(strings.TrimPrefix(line, "cmdstat_"), ":calls=")
-		if !ok || !strings.HasPrefix(line, "cmdstat_") {
-			continue
-		}
-		out[name], _ = strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
-	}
-	return out
-}
 
 // loads is each pod's count in fleet "chat": the placeable ones (avail) and
 // the others (load).
@@ -69,13 +48,13 @@ func TestHintTakenSkipsThePick(t *testing.T) {
 	if _, err := s.AdmitOne(ctx, req); err != nil { // loads the script
 		t.Fatal(err)
 	}
-	before := commandCalls(t, rdb)
+	before := redistest.CommandCalls(t, rdb)
 	req.N = 1
 	r, err := s.Admit(ctx, req)
 	if err != nil || len(r.Pods) != 1 || r.Pods[0] != "10.0.0.3:80" || !r.HintTaken {
 		t.Fatalf("admit with a hint: %+v %v; want 10.0.0.3:80, the hint taken", r, err)
 	}
-	after := commandCalls(t, rdb)
+	after := redistest.CommandCalls(t, rdb)
 	for _, cmd := range []string{"zrangebyscore", "zrevrangebyscore", "zincrby"} {
 		if after[cmd] != before[cmd] {
 			t.Errorf("a hinted admission ran %s %d times; want none", cmd, after[cmd]-before[cmd])

@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"context"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,17 +18,7 @@ import (
 // one too.
 func infoCalls(t *testing.T, rdb *redis.Client) int {
 	t.Helper()
-	stats, err := rdb.Info(context.Background(), "commandstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(stats, "\r\n") {
-		if rest, ok := strings.CutPrefix(line, "cmdstat_info:calls="); ok {
-			n, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
-			return n
-		}
-	}
-	return 0
+	return redistest.CommandCalls(t, rdb)["info"]
 }
 
 // clusterInfoCalls is infoCalls summed over a cluster's masters.

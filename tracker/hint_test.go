@@ -4,7 +4,6 @@ import (
 	"context"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,20 +19,8 @@ import (
 // pickCalls is how many range reads (the admit script's pick) Redis ran.
 func pickCalls(t *testing.T, rdb *redis.Client) int {
 	t.Helper()
-	stats, err := rdb.Info(context.Background(), "commandstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, line := range strings.Split(stats, "\r\n") {
-		for _, cmd := range []string{"cmdstat_zrangebyscore:calls=", "cmdstat_zrevrangebyscore:calls="} {
-			if rest, ok := strings.CutPrefix(line, cmd); ok {
-				c, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
-				n += c
-			}
-		}
-	}
-	return n
+	c := redistest.CommandCalls(t, rdb)
+	return c["zrangebyscore"] + c["zrevrangebyscore"]
 }
 
 // hintTrackers are n trackers of fleet chat (cap, policy, four pods) on a

@@ -369,3 +369,23 @@ func SpreadOverMasters(t testing.TB, rdb *redis.ClusterClient, tries int, keys f
 	t.Fatalf("none of %d candidates puts its keys on as many masters", tries)
 	return 0, nil
 }
+
+// CommandCalls is how many times the Redis server behind c ran each
+// command so far (INFO commandstats: a script's inner calls included, the
+// INFO of this call too), by lower-case name.
+func CommandCalls(t testing.TB, c *redis.Client) map[string]int {
+	t.Helper()
+	stats, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, line := range strings.Split(stats, "\r\n") {
+		name, rest, ok := strings.Cut(line, ":calls=")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		out[strings.TrimPrefix(name, "cmdstat_")], _ = strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+	}
+	return out
+}
