@@ -56,7 +56,7 @@ local created = 0
 if redis.call('TYPE', epoch_key).ok == 'string' then
   redis.call('DEL', epoch_key) -- a version before epochs were fenced: start anew
 end
-local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed', 'created', 'repl', 'waited', 'early', 'open', 'h:' .. id)
+local e = redis.call('HMGET', epoch_key, 'id', 'run', 'until', 'confirmed', 'created', 'repl', 'waited', 'early', 'open', 'h:' .. id, 'i:' .. id)
 local run = run_id(run_check)
 local epoch, until_ms, confirmed = e[1], tonumber(e[3]) or 0, e[4] == '1'
 -- opened: the epoch's `open` is set (below, open_if_over)
@@ -167,8 +167,10 @@ end
 -- while i:<id> is missing its admissions are refused 'lease') and the
 -- tracker sends a full heartbeat at once.
 -- (Compared as numbers: Lua writes seq as a number, exact below 2^53.)
+-- i:<id> is the one the HMGET above read: nothing in this call wrote it
+-- since, and when this call made a new epoch, the epoch ids differ.
 if delta then
-  local beat = tonumber(redis.call('HGET', epoch_key, 'i:' .. id) or '')
+  local beat = tonumber(e[11] or '')
   if epoch ~= base_epoch or not beat or beat ~= tonumber(base_seq) then
     return {epoch, created, left(), {}, 2, tostring(last)}
   end
