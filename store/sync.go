@@ -60,7 +60,7 @@ type SyncRequest struct {
 	Counts []PodCount
 	// Live is the instance's live connections in the fleet, all pods:
 	// what Redis counts for it once the heartbeat applies, published for
-	// the scaler (Summary.Live sums it over the instances alive). A delta
+	// the scaler (Summary.Live sums it over the instances Redis counts). A delta
 	// must give it (its Counts are only some pods); for a full heartbeat
 	// it is the sum of Counts' Live, which 0 stands for.
 	Live       int

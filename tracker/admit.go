@@ -330,7 +330,7 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 		case len(reused) < len(n):
 			a, err = t.store.Admit(ctx, store.AdmitRequest{Fleet: f.name, MaxPerPod: fc.MaxConnectionsPerPod, Policy: fc.Policy, Instance: t.cfg.InstanceID, Epoch: epoch, Now: now, N: len(n) - len(reused), Seq: seq, Releases: counts, Hint: hint})
 			if hint.Pod != "" && err == nil && a.Fence == "" {
-				t.hinted(f, gen, hint, a)
+				f.hinted(gen, hint, a)
 			}
 		case len(counts) > 0: // every admission reused: the releases go alone
 			_, err = t.store.Release(ctx, store.ReleaseRequest{Fleet: f.name, Instance: t.cfg.InstanceID, Epoch: epoch, Seq: seq, Releases: counts})
@@ -369,12 +369,12 @@ func (t *Tracker) sendAdmits(f *fleet) func(context.Context, []struct{}) ([]admi
 
 // hinted learns from the answer a to an admit call that carried hint, a
 // guess of the view gen (hint.go), and counts it.
-func (t *Tracker) hinted(f *fleet, gen uint64, hint store.Hint, a store.AdmitReply) {
-	outcome := "refused"
+func (f *fleet) hinted(gen uint64, hint store.Hint, a store.AdmitReply) {
 	if a.HintTaken {
-		outcome = "taken"
+		f.fam.hintsTaken.Inc()
+	} else {
+		f.fam.hintsRefused.Inc()
 	}
-	t.metrics.Hints.WithLabelValues(f.fam.name, outcome).Inc()
 	granted := ""
 	if len(a.Pods) > 0 {
 		granted = a.Pods[0]

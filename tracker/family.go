@@ -32,6 +32,8 @@ type family struct {
 	groups   []*fleet // group k at k; never changed
 	admitted prometheus.Counter
 	rejected map[store.Reason]prometheus.Counter
+	// hints counts the admit calls' guesses by outcome: taken, refused.
+	hintsTaken, hintsRefused prometheus.Counter
 
 	// layout is what the layout guard found (layoutUnknown until group
 	// 0's Redis answered it once): only layoutOK lets the groups use Redis.

@@ -3,6 +3,7 @@ package tracker
 import (
 	"math/rand/v2"
 	"slices"
+	"sort"
 
 	"github.com/wsgate/wsgate/fleets"
 	"github.com/wsgate/wsgate/store"
@@ -43,12 +44,10 @@ func (h *hints) build(v *view, fc *fleets.Fleet) {
 	}
 	target, room := 0, 0
 	if fc.Policy == fleets.PolicyPack {
-		i := slices.IndexFunc(v.loads, func(n int) bool { return n >= h.cap }) // loads is sorted
+		// the fullest pod under the cap: the last load below it (as fits)
+		i := sort.SearchInts(v.loads, h.cap)
 		if i == 0 {
 			return // every pod is full
-		}
-		if i < 0 {
-			i = len(v.loads)
 		}
 		target = v.loads[i-1]
 		room = h.cap - target

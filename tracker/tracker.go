@@ -129,6 +129,8 @@ func (t *Tracker) newFamily(fc fleets.Fleet) *family {
 	for _, r := range store.Reasons {
 		fam.rejected[r] = t.metrics.Admissions.WithLabelValues(fc.Name, "rejected", string(r))
 	}
+	fam.hintsTaken = t.metrics.Hints.WithLabelValues(fc.Name, "taken")
+	fam.hintsRefused = t.metrics.Hints.WithLabelValues(fc.Name, "refused")
 	n := max(fc.Shards, 1)
 	for k := range n {
 		fam.groups = append(fam.groups, t.newFleet(fam, k, groupConf(fc, k, n)))

@@ -4,7 +4,7 @@
 -- rejections are flushed and the expired instances it names are reaped.
 -- It also publishes the instance's total of live connections (h:<id> in
 -- the epoch, beside i:<id>): the scaler's live count is their sum over the
--- instances alive (summary.lua; PROTOCOL.md, "The fleet's live count").
+-- members of instances (summary.lua; PROTOCOL.md, "The fleet's live count").
 -- KEYS: 1 load, 2 avail, 3 inst:<id>, 4 pend:<id>, 5 instances, 6 epoch,
 --       7 seq
 -- pend:<id> holds only the connections not yet established at the instance's
