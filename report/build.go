@@ -2,6 +2,7 @@ package report
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"time"
@@ -46,7 +47,8 @@ type Options struct {
 	// Caps is maxConnectionsPerPod by fleet, where known.
 	Caps map[string]int
 	// Settle and ReadinessRatio are the scaler's readiness gate: an epoch
-	// must be Settle old and ReadinessRatio of the alive instances synced.
+	// must be Settle old, ReadinessRatio of the alive instances synced, and
+	// that ratio of those published their totals.
 	Settle         time.Duration
 	ReadinessRatio float64
 	// Now is when the state was read.
@@ -246,6 +248,7 @@ func readiness(s store.Snapshot, o Options) *Readiness {
 		synced[id] = true
 	}
 	at := leaseClock(s, o.Now)
+	published := 0 // of the synced ones: the scaler's live count misses the others
 	for _, in := range s.Instances {
 		if in.LeaseUntil.Before(at) {
 			continue
@@ -253,6 +256,9 @@ func readiness(s store.Snapshot, o Options) *Readiness {
 		r.Alive++
 		if synced[in.ID] {
 			r.Synced++
+			if in.Published {
+				published++
+			}
 		} else {
 			r.Unsynced = append(r.Unsynced, in.ID)
 		}
@@ -286,6 +292,10 @@ func readiness(s store.Snapshot, o Options) *Readiness {
 		r.Why = fmt.Sprintf("epoch %s old, settle is %s", roundDur(r.EpochAgeSeconds), roundDur(r.SettleSeconds))
 	case r.SyncedShare < r.RequiredShare:
 		r.Why = fmt.Sprintf("%d of %d alive instances synced, %.0f%% required", r.Synced, r.Alive, 100*r.RequiredShare)
+	case r.Synced > 0 && float64(published) < math.Ceil(r.RequiredShare*float64(r.Synced)-1e-9):
+		// as scaler/readiness.go: trackers of a version before 2026-12
+		// heartbeat without publishing what they hold
+		r.Why = fmt.Sprintf("%d of %d synced instances published their connections, %.0f%% required (older trackers publish none)", published, r.Synced, 100*r.RequiredShare)
 	default:
 		r.Ready = true
 	}

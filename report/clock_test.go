@@ -65,3 +65,25 @@ func TestLeasesWithoutRedisClock(t *testing.T) {
 		}
 	}
 }
+
+// The readiness view holds, as the scaler does, while too few of the synced
+// instances published their totals (trackers of an older version publish
+// none, and the scaler's live count misses their connections).
+func TestReadinessNeedsPublishedTotals(t *testing.T) {
+	epoch := "1795607880000-0000beef" // t0 less 2 minutes
+	for _, tc := range []struct {
+		published bool
+		ready     bool
+	}{{false, false}, {true, true}} {
+		snap := store.Snapshot{Fleet: "chat", Epoch: epoch, Synced: []string{"new", "old"}, RedisNow: t0,
+			Instances: []store.InstanceState{
+				{ID: "new", LeaseUntil: t0.Add(time.Minute), Published: true},
+				{ID: "old", LeaseUntil: t0.Add(time.Minute), Published: tc.published},
+			}}
+		r := report.Build([]report.FleetState{{Snapshot: snap}}, report.Options{Views: []report.View{report.ViewReadiness},
+			Settle: time.Second, ReadinessRatio: 0.95, Now: t0}).Fleets[0].Readiness
+		if r.Ready != tc.ready {
+			t.Errorf("old published %v: ready %v (%s), want %v", tc.published, r.Ready, r.Why, tc.ready)
+		}
+	}
+}

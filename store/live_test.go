@@ -143,6 +143,15 @@ func TestSummaryLiveSumsTheCountedInstancesTotals(t *testing.T) {
 	mr.Del(s.Keys("chat").Epoch())
 	beat("b", time.Hour, 3)
 	want(3, 2, 1, "a new epoch, only b re-published")
+	snap, err := s.Snapshot(ctx, "chat", storetest.T0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range snap.Instances {
+		if in.Published != (in.ID == "b") {
+			t.Errorf("snapshot: %s published %v; only b re-published in the new epoch", in.ID, in.Published)
+		}
+	}
 	beat("a", time.Hour, 1)
 	want(4, 2, 2, "both re-published")
 }

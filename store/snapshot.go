@@ -20,6 +20,10 @@ type InstanceState struct {
 	// counted established at its last heartbeat, and those it admitted since.
 	Established map[string]int
 	Rejections  map[Reason]Windows
+	// Published says that the instance's last heartbeat in this epoch
+	// published its total, which the scaler's live count sums (a tracker
+	// of a version before that publishes none).
+	Published bool
 }
 
 // Snapshot is the whole state of one fleet, for operators.
@@ -79,7 +83,7 @@ const (
 	snapAvail                // (pod, count) of the placeable pods above 0
 	snapEpoch                // the epoch's id
 	snapSynced               // the ids synced in it
-	snapInstances            // {id, lease ms, live, pending, windows} per instance
+	snapInstances            // {id, lease ms, live, pending, windows, total} per instance
 	snapRejections           // (reason, 5m, 15m, 1h) per reason
 	snapRedisNow             // Redis' clock (ms)
 	snapRecoveryUntil        // the end of the epoch's recovery wait (ms; 0: none)
@@ -94,6 +98,7 @@ const (
 	snapInstLive
 	snapInstPending
 	snapInstWindows
+	snapInstTotal // nil when it published none in this epoch
 	snapInstLen
 )
 
@@ -130,7 +135,7 @@ func decodeSnapshot(fleet string, res []any) (Snapshot, error) {
 		id, _ := f[snapInstID].(string)
 		lease, _ := strconv.ParseFloat(fmt.Sprint(f[snapInstLease]), 64)
 		in := InstanceState{ID: id, LeaseUntil: time.UnixMilli(int64(lease)), Live: counts(f[snapInstLive]),
-			Established: map[string]int{}, Rejections: windows(f[snapInstWindows])}
+			Established: map[string]int{}, Rejections: windows(f[snapInstWindows]), Published: f[snapInstTotal] != nil}
 		pending := counts(f[snapInstPending])
 		for pod, n := range in.Live {
 			if e := n - pending[pod]; e > 0 {

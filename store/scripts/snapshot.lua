@@ -6,7 +6,8 @@
 -- Redis' clock (ms, what leases are judged by), the epoch's recovery wait
 -- end (ms of Redis' clock, 0 when unknown), whether a tracker confirmed the
 -- wait on its own clock (1|0, see sync.lua)} where
--- instances is a list of {id, lease, live, pending, windows} and
+-- instances is a list of {id, lease, live, pending, windows, published
+-- total or nil} and
 -- windows/rejections are flat lists of (reason, w1, w2, w3).
 -- The fleet's live count is not in it: store/snapshot.go sums the pods'
 -- counts it returns (load and avail), exact where summary.lua's sum of the
@@ -46,6 +47,9 @@ for i = 1, #ids, 2 do
     redis.call('HGETALL', prefix .. 'inst:' .. id),
     redis.call('HGETALL', prefix .. 'pend:' .. id),
     windows(prefix .. 'rejinst:' .. id, function(r) return r .. ':' end),
+    -- its total as its last heartbeat in this epoch published it (sync.lua),
+    -- or nil: none yet, or a tracker of a version that publishes none
+    redis.call('HGET', epoch_key, 'h:' .. id),
   }
 end
 
